@@ -1,0 +1,728 @@
+//! The WebSocket connection after the opening handshake: frame decoding, message
+//! reassembly, control frames, the closing handshake and the send path.
+//!
+//! A [`Connection`] never touches a socket or a clock. The driver feeds it bytes with
+//! `receive*`, gives it commands with `send_*`, and takes its output with
+//! [`Connection::poll_transmit`] and [`Connection::poll_event`]. **After any input or
+//! command, drain events, then transmits.** Replies the core makes on its own (pongs, the
+//! close echo, the close frame that fails a connection) are queued when the event that
+//! causes them is polled, so they leave in input order, after whatever the application
+//! sent in answer to the events before them.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::config::Config;
+use crate::error::{ProtocolError, SendError};
+use crate::frame::close::ClosePayloadError;
+use crate::frame::{apply_mask, CloseCode, CloseFrame, FrameHeader, OpCode};
+use crate::utf8::{Utf8Bytes, Utf8Validator};
+
+/// Which end of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The end that accepted the connection: it receives masked frames and sends
+    /// unmasked ones.
+    Server,
+    /// The end that opened the connection: it masks every frame it sends.
+    Client,
+}
+
+/// The connection's state (RFC 6455 §4-§7 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// A close frame was sent; waiting for the peer's.
+    Closing,
+    /// Both close frames were exchanged, or the transport ended. A server now closes
+    /// the TCP connection; a client waits for the server to close it (§7.1.1).
+    Closed,
+}
+
+/// What a received message or fragment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// UTF-8 text.
+    Text,
+    /// Binary data.
+    Binary,
+}
+
+/// Something the peer did, handed to the application by [`Connection::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A whole text message, validated as UTF-8.
+    Text(Utf8Bytes),
+    /// A whole binary message.
+    Binary(Bytes),
+    /// A ping. The pong is queued when this event is polled.
+    Ping(Bytes),
+    /// A pong.
+    Pong(Bytes),
+    /// The peer's close frame (`None` for an empty body). If the application had not
+    /// sent a close frame, the echo with the same code is queued when this is polled.
+    Close(Option<CloseFrame>),
+    /// The peer broke the protocol, or the transport ended without a closing handshake.
+    /// For protocol faults a close frame with [`ProtocolError::close_code`] is queued
+    /// when this is polled.
+    Error(ProtocolError),
+}
+
+/// Work whose side effects happen when the application polls it, in input order.
+#[derive(Debug)]
+enum Pending {
+    Event(Event),
+    Ping(Bytes),
+    Close(Option<CloseFrame>),
+    Fail(ProtocolError),
+    Eof,
+}
+
+/// The frame decoder's position in the input.
+#[derive(Debug, Clone, Copy)]
+enum Rx {
+    /// Waiting for a frame header.
+    Header,
+    /// Inside a frame's payload.
+    Payload(RxFrame),
+    /// Skipping the rest of a frame after a fault.
+    Skip(u64),
+    /// Ignoring all input: the peer's close frame was received, the stream cannot be
+    /// framed any more, or the transport ended.
+    Discard,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RxFrame {
+    opcode: OpCode,
+    fin: bool,
+    mask: Option<[u8; 4]>,
+    len: usize,
+    /// Payload bytes already unmasked (and, for text, validated) in place.
+    done: usize,
+    /// Whether the payload belongs to a text message.
+    text: bool,
+}
+
+/// Frames queued for the transport.
+#[derive(Debug, Default)]
+struct Outbox {
+    chunks: VecDeque<Bytes>,
+    buf: BytesMut,
+    queued: usize,
+}
+
+impl Outbox {
+    fn reserve(&mut self, need: usize) {
+        if self.buf.capacity() - self.buf.len() < need {
+            self.buf.reserve(need.max(4096));
+        }
+    }
+
+    fn push(&mut self, header: FrameHeader, payload: &[u8], shared: Option<&Bytes>, inline_max: usize) {
+        let hlen = header.encoded_len();
+        self.queued += hlen + payload.len();
+        if let Some(key) = header.mask {
+            self.reserve(hlen + payload.len());
+            header.encode(&mut self.buf);
+            let start = self.buf.len();
+            self.buf.extend_from_slice(payload);
+            apply_mask(&mut self.buf[start..], key, 0);
+        } else if payload.len() <= inline_max || shared.is_none() {
+            self.reserve(hlen + payload.len());
+            header.encode(&mut self.buf);
+            self.buf.extend_from_slice(payload);
+        } else {
+            self.reserve(hlen);
+            header.encode(&mut self.buf);
+            self.chunks.push_back(self.buf.split().freeze());
+            if let Some(b) = shared {
+                self.chunks.push_back(b.clone());
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        let chunk = match self.chunks.pop_front() {
+            Some(c) => c,
+            None if !self.buf.is_empty() => self.buf.split().freeze(),
+            None => return None,
+        };
+        self.queued -= chunk.len();
+        Some(chunk)
+    }
+}
+
+/// One WebSocket connection's protocol state, from the end of the opening handshake to
+/// the end of the closing handshake. See the module docs for the driving loop.
+///
+/// ```
+/// use volley_proto::{Config, Connection, Event, Role};
+///
+/// let mut server = Connection::new(Role::Server, Config::default());
+/// // A masked "Hello" from RFC 6455 §5.7.
+/// server.receive(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+/// let Some(Event::Text(text)) = server.poll_event() else { panic!() };
+/// assert_eq!(text, "Hello");
+/// server.send_text(text).unwrap();
+/// let out = server.poll_transmit().unwrap();
+/// assert_eq!(&out[..], &[0x81, 0x05, b'H', b'e', b'l', b'l', b'o']);
+/// ```
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    config: Config,
+    state: State,
+    rbuf: BytesMut,
+    rx: Rx,
+    /// A peer's fault was found: only a close frame still matters in the input.
+    rx_failed: bool,
+    rx_eof: bool,
+    /// The fragmented message being reassembled.
+    message: Option<BytesMut>,
+    /// Size so far of the message being received, for the message limit.
+    message_size: u64,
+    /// Kind of the message being received, if fragmented.
+    message_kind: Option<MessageKind>,
+    rx_utf8: Utf8Validator,
+    pending: VecDeque<Pending>,
+    out: Outbox,
+    close_sent: bool,
+    close_received: bool,
+    failed: bool,
+    tx_fragment: Option<MessageKind>,
+    tx_utf8: Utf8Validator,
+    /// RSV bits (as in the first header byte: 0x40, 0x20, 0x10) that negotiated
+    /// extensions define.
+    allowed_rsv: u8,
+}
+
+impl Connection {
+    /// A connection in the [`State::Open`] state for `role`.
+    pub fn new(role: Role, config: Config) -> Self {
+        Connection {
+            role,
+            config,
+            state: State::Open,
+            rbuf: BytesMut::new(),
+            rx: Rx::Header,
+            rx_failed: false,
+            rx_eof: false,
+            message: None,
+            message_size: 0,
+            message_kind: None,
+            rx_utf8: Utf8Validator::new(),
+            pending: VecDeque::new(),
+            out: Outbox::default(),
+            close_sent: false,
+            close_received: false,
+            failed: false,
+            tx_fragment: None,
+            tx_utf8: Utf8Validator::new(),
+            allowed_rsv: 0,
+        }
+    }
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether a close frame was sent (by the application, as an echo, or to fail the
+    /// connection): no more frames may be sent.
+    pub fn is_close_sent(&self) -> bool {
+        self.close_sent
+    }
+
+    /// Whether the peer's close frame was received.
+    pub fn is_close_received(&self) -> bool {
+        self.close_received
+    }
+
+    // ---- input -------------------------------------------------------------------
+
+    /// Feeds bytes read from the transport (copying them into the input buffer).
+    pub fn receive(&mut self, data: &[u8]) {
+        if matches!(self.rx, Rx::Discard) {
+            return;
+        }
+        self.rbuf.extend_from_slice(data);
+        self.process();
+    }
+
+    /// The input buffer, for a driver that reads from its transport straight into it
+    /// (no copy); call [`Connection::receive_buffered`] after appending to it. Frame
+    /// payloads are split off this buffer without copying.
+    pub fn input_buffer(&mut self) -> &mut BytesMut {
+        &mut self.rbuf
+    }
+
+    /// Processes bytes a driver appended to [`Connection::input_buffer`].
+    pub fn receive_buffered(&mut self) {
+        self.process();
+    }
+
+    /// How many more input bytes the frame in progress needs (0 when between frames),
+    /// so a driver can size its reads.
+    pub fn input_needed(&self) -> usize {
+        match self.rx {
+            Rx::Payload(f) => f.len.saturating_sub(self.rbuf.len()),
+            _ => 0,
+        }
+    }
+
+    /// Reports that the transport's read side ended.
+    pub fn receive_eof(&mut self) {
+        if self.rx_eof {
+            return;
+        }
+        self.rx_eof = true;
+        self.rx = Rx::Discard;
+        self.rbuf = BytesMut::new();
+        self.pending.push_back(Pending::Eof);
+    }
+
+    /// Releases buffers that hold no data, so an idle connection costs a few hundred
+    /// bytes. Drivers call it when a read would block.
+    pub fn release_idle_memory(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+        if self.out.buf.is_empty() && self.out.buf.capacity() > 0 {
+            self.out.buf = BytesMut::new();
+        }
+    }
+
+    /// Fails the connection because of a peer's fault: decoding stops (except to find
+    /// the peer's close frame) and the fault is queued for the application.
+    fn fail(&mut self, err: ProtocolError) {
+        if !self.rx_failed {
+            self.rx_failed = true;
+            self.message = None;
+            self.pending.push_back(Pending::Fail(err));
+        }
+    }
+
+    fn process(&mut self) {
+        loop {
+            match self.rx {
+                Rx::Discard => {
+                    self.rbuf.clear();
+                    return;
+                }
+                Rx::Skip(n) => {
+                    let k = n.min(self.rbuf.len() as u64);
+                    self.rbuf.advance(k as usize);
+                    if k < n {
+                        self.rx = Rx::Skip(n - k);
+                        return;
+                    }
+                    self.rx = Rx::Header;
+                }
+                Rx::Header => match FrameHeader::parse(&self.rbuf) {
+                    Ok(None) => return,
+                    Err(_) => {
+                        self.fail(ProtocolError::InvalidLength);
+                        self.rx = Rx::Discard;
+                    }
+                    Ok(Some((h, n))) => {
+                        self.rbuf.advance(n);
+                        self.rx = if self.rx_failed {
+                            self.after_failure_header(&h)
+                        } else {
+                            self.check_header(&h)
+                        };
+                    }
+                },
+                Rx::Payload(mut f) => {
+                    let avail = self.rbuf.len().min(f.len);
+                    if avail > f.done {
+                        let chunk = &mut self.rbuf[f.done..avail];
+                        if let Some(key) = f.mask {
+                            apply_mask(chunk, key, f.done);
+                        }
+                        if f.text && self.rx_utf8.feed(chunk).is_err() {
+                            // §8.1: "When an endpoint is to interpret a byte stream as
+                            // UTF-8 but finds that the byte stream is not, in fact, a valid
+                            // UTF-8 stream, that endpoint MUST _Fail the WebSocket
+                            // Connection_." We do so at the first invalid byte.
+                            self.fail(ProtocolError::InvalidUtf8);
+                            self.rx = Rx::Skip(f.len as u64);
+                            continue;
+                        }
+                        f.done = avail;
+                    }
+                    if avail < f.len {
+                        self.rx = Rx::Payload(f);
+                        return;
+                    }
+                    let payload = self.rbuf.split_to(f.len).freeze();
+                    self.rx = Rx::Header;
+                    if self.rx_failed {
+                        self.after_failure_frame(f, payload);
+                    } else {
+                        self.on_frame(f, payload);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Validates a header and decides what to do with the payload.
+    fn check_header(&mut self, h: &FrameHeader) -> Rx {
+        let skip = Rx::Skip(h.payload_len);
+        let Some(opcode) = OpCode::from_u8(h.opcode) else {
+            self.fail(ProtocolError::ReservedOpcode(h.opcode));
+            return skip;
+        };
+        let rsv = (u8::from(h.rsv1) << 6) | (u8::from(h.rsv2) << 5) | (u8::from(h.rsv3) << 4);
+        if rsv & !self.allowed_rsv != 0 {
+            // §5.2: "If a nonzero value is received and none of the negotiated extensions
+            // defines the meaning of such a nonzero value, the receiving endpoint MUST
+            // _Fail the WebSocket Connection_."
+            self.fail(ProtocolError::ReservedBits);
+            return skip;
+        }
+        if opcode.is_control() {
+            // §5.5: "All control frames MUST have a payload length of 125 bytes or less
+            // and MUST NOT be fragmented."
+            if !h.fin {
+                self.fail(ProtocolError::FragmentedControlFrame);
+                return skip;
+            }
+            if h.payload_len > 125 {
+                self.fail(ProtocolError::ControlFrameTooLong(h.payload_len));
+                return skip;
+            }
+        }
+        match (self.role, h.mask.is_some()) {
+            // §5.1: "The server MUST close the connection upon receiving a frame that is
+            // not masked" and "A client MUST close a connection if it detects a masked
+            // frame."
+            (Role::Server, false) => {
+                self.fail(ProtocolError::UnmaskedFrame);
+                return skip;
+            }
+            (Role::Client, true) => {
+                self.fail(ProtocolError::MaskedFrame);
+                return skip;
+            }
+            _ => {}
+        }
+        let text = match opcode {
+            OpCode::Continuation => match self.message_kind {
+                Some(kind) => kind == MessageKind::Text,
+                None => {
+                    self.fail(ProtocolError::UnexpectedContinuation);
+                    return skip;
+                }
+            },
+            OpCode::Text | OpCode::Binary => {
+                if self.message_kind.is_some() {
+                    self.fail(ProtocolError::ExpectedContinuation);
+                    return skip;
+                }
+                self.message_size = 0;
+                self.rx_utf8.reset();
+                opcode == OpCode::Text
+            }
+            _ => false,
+        };
+        if h.payload_len > self.config.max_frame_size as u64 {
+            self.fail(ProtocolError::FrameTooBig { size: h.payload_len, max: self.config.max_frame_size });
+            return skip;
+        }
+        if !opcode.is_control() {
+            let size = self.message_size + h.payload_len;
+            if size > self.config.max_message_size as u64 {
+                self.fail(ProtocolError::MessageTooBig { size, max: self.config.max_message_size });
+                return skip;
+            }
+            self.message_size = size;
+        }
+        Rx::Payload(RxFrame {
+            opcode,
+            fin: h.fin,
+            mask: h.mask,
+            // Fits: bounded by max_frame_size, a usize, or by 125 for control frames.
+            len: h.payload_len as usize,
+            done: 0,
+            text,
+        })
+    }
+
+    /// After a fault, only the peer's close frame matters: it completes the closing
+    /// handshake. Everything else is skipped.
+    fn after_failure_header(&mut self, h: &FrameHeader) -> Rx {
+        if h.opcode == OpCode::Close.as_u8() && h.payload_len <= 125 {
+            Rx::Payload(RxFrame {
+                opcode: OpCode::Close,
+                fin: true,
+                mask: h.mask,
+                len: h.payload_len as usize,
+                done: 0,
+                text: false,
+            })
+        } else {
+            Rx::Skip(h.payload_len)
+        }
+    }
+
+    fn after_failure_frame(&mut self, f: RxFrame, payload: Bytes) {
+        if f.opcode == OpCode::Close {
+            self.rx = Rx::Discard;
+            let frame = CloseFrame::parse(&payload).ok().flatten();
+            self.pending.push_back(Pending::Close(frame));
+        }
+    }
+
+    fn on_frame(&mut self, f: RxFrame, payload: Bytes) {
+        match f.opcode {
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                let kind = if f.text { MessageKind::Text } else { MessageKind::Binary };
+                let data = match (f.opcode, self.message.take()) {
+                    (OpCode::Continuation, Some(mut m)) => {
+                        m.extend_from_slice(&payload);
+                        if !f.fin {
+                            self.message = Some(m);
+                            return;
+                        }
+                        m.freeze()
+                    }
+                    (_, _) if !f.fin => {
+                        self.message_kind = Some(kind);
+                        self.message = Some(BytesMut::from(&payload[..]));
+                        return;
+                    }
+                    (_, _) => payload,
+                };
+                self.message_kind = None;
+                let event = match kind {
+                    MessageKind::Text => {
+                        if self.rx_utf8.finish().is_err() {
+                            self.fail(ProtocolError::InvalidUtf8);
+                            return;
+                        }
+                        Event::Text(Utf8Bytes::from_validated(data))
+                    }
+                    MessageKind::Binary => Event::Binary(data),
+                };
+                self.pending.push_back(Pending::Event(event));
+            }
+            OpCode::Ping => self.pending.push_back(Pending::Ping(payload)),
+            OpCode::Pong => self.pending.push_back(Pending::Event(Event::Pong(payload))),
+            OpCode::Close => match CloseFrame::parse(&payload) {
+                Ok(frame) => {
+                    self.rx = Rx::Discard;
+                    self.pending.push_back(Pending::Close(frame));
+                }
+                Err(ClosePayloadError::InvalidUtf8) => self.fail(ProtocolError::InvalidUtf8),
+                Err(ClosePayloadError::OneByte) => self.fail(ProtocolError::InvalidClosePayload),
+                Err(ClosePayloadError::InvalidCode(c)) => self.fail(ProtocolError::InvalidCloseCode(c)),
+            },
+        }
+    }
+
+    // ---- output ------------------------------------------------------------------
+
+    /// The next event, carrying out the reply it calls for (see [`Event`]).
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        while let Some(p) = self.pending.pop_front() {
+            match p {
+                Pending::Event(e) => return Some(e),
+                Pending::Ping(data) => {
+                    // §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong
+                    // frame in response ... unless it already received a Close frame."
+                    if !self.close_sent {
+                        self.push_control(OpCode::Pong, &data);
+                    }
+                    return Some(Event::Ping(data));
+                }
+                Pending::Close(frame) => {
+                    self.close_received = true;
+                    if !self.close_sent {
+                        // §5.5.1: "the endpoint typically echos the status code it
+                        // received."
+                        let payload = frame.as_ref().map(|f| CloseFrame::new(f.code, "").encode());
+                        self.push_close(payload.unwrap_or_default());
+                    }
+                    self.state = State::Closed;
+                    return Some(Event::Close(frame));
+                }
+                Pending::Fail(err) => {
+                    self.failed = true;
+                    if !self.close_sent {
+                        self.push_close(CloseFrame::new(err.close_code(), "").encode());
+                    }
+                    if !self.close_received {
+                        self.state = State::Closing;
+                    }
+                    return Some(Event::Error(err));
+                }
+                Pending::Eof => {
+                    let was = self.state;
+                    self.state = State::Closed;
+                    if was != State::Closed && !self.failed {
+                        return Some(Event::Error(ProtocolError::AbnormalClosure));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The next chunk of bytes to write to the transport. Chunks are ordered; a driver
+    /// may gather several into one vectored write.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.out.pop()
+    }
+
+    /// Bytes queued for the transport and not yet taken by `poll_transmit`.
+    pub fn transmit_len(&self) -> usize {
+        self.out.queued
+    }
+
+    // ---- commands ----------------------------------------------------------------
+
+    fn mask(&self) -> Option<[u8; 4]> {
+        match self.role {
+            Role::Client => Some(self.config.random.mask_key()),
+            Role::Server => None,
+        }
+    }
+
+    fn push(&mut self, opcode: OpCode, fin: bool, payload: &[u8], shared: Option<&Bytes>) {
+        let header = FrameHeader {
+            fin,
+            rsv1: false,
+            rsv2: false,
+            rsv3: false,
+            opcode: opcode.as_u8(),
+            mask: self.mask(),
+            payload_len: payload.len() as u64,
+        };
+        self.out.push(header, payload, shared, self.config.inline_payload_size);
+    }
+
+    fn push_control(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.push(opcode, true, payload, None);
+    }
+
+    fn push_close(&mut self, payload: Bytes) {
+        self.close_sent = true;
+        self.push_control(OpCode::Close, &payload);
+    }
+
+    fn check_open(&self) -> Result<(), SendError> {
+        if self.close_sent {
+            Err(SendError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn send_message(&mut self, opcode: OpCode, payload: &Bytes) -> Result<(), SendError> {
+        self.check_open()?;
+        if self.tx_fragment.is_some() {
+            return Err(SendError::FragmentInProgress);
+        }
+        self.push(opcode, true, payload, Some(payload));
+        Ok(())
+    }
+
+    /// Queues a text message in one frame.
+    pub fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), SendError> {
+        let payload = text.into().into_bytes();
+        self.send_message(OpCode::Text, &payload)
+    }
+
+    /// Queues a binary message in one frame.
+    pub fn send_binary(&mut self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.send_message(OpCode::Binary, &data.into())
+    }
+
+    /// Queues one fragment of a message, so a large message can be streamed without
+    /// holding it whole. The first call starts a message of `kind`; later calls continue
+    /// it (with the same `kind`) until one with `fin` set ends it. Text fragments are
+    /// checked as a UTF-8 stream; a fragment that breaks it is refused and not sent.
+    /// Control frames (ping, pong, close) may be sent between fragments.
+    pub fn send_fragment(&mut self, kind: MessageKind, data: impl Into<Bytes>, fin: bool) -> Result<(), SendError> {
+        self.check_open()?;
+        let data = data.into();
+        let opcode = match self.tx_fragment {
+            Some(k) if k != kind => return Err(SendError::FragmentInProgress),
+            Some(_) => OpCode::Continuation,
+            None => {
+                self.tx_utf8.reset();
+                match kind {
+                    MessageKind::Text => OpCode::Text,
+                    MessageKind::Binary => OpCode::Binary,
+                }
+            }
+        };
+        if kind == MessageKind::Text {
+            let mut v = self.tx_utf8.clone();
+            v.feed(&data).map_err(|_| SendError::InvalidUtf8)?;
+            if fin {
+                v.finish().map_err(|_| SendError::InvalidUtf8)?;
+            }
+            self.tx_utf8 = v;
+        }
+        self.tx_fragment = if fin { None } else { Some(kind) };
+        self.push(opcode, fin, &data, Some(&data));
+        Ok(())
+    }
+
+    /// Queues a ping (payload at most 125 bytes).
+    pub fn send_ping(&mut self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.send_control(OpCode::Ping, data.into())
+    }
+
+    /// Queues an unsolicited pong (payload at most 125 bytes); pongs that answer pings
+    /// are sent by the core itself.
+    pub fn send_pong(&mut self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.send_control(OpCode::Pong, data.into())
+    }
+
+    fn send_control(&mut self, opcode: OpCode, data: Bytes) -> Result<(), SendError> {
+        self.check_open()?;
+        if data.len() > 125 {
+            return Err(SendError::ControlFrameTooLong(data.len()));
+        }
+        self.push_control(opcode, &data);
+        Ok(())
+    }
+
+    /// Starts the closing handshake with a code and a reason (at most 123 bytes).
+    /// Nothing may be sent after it. Use [`CloseCode::NORMAL`] for an ordinary close.
+    pub fn send_close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        self.check_open()?;
+        if !code.is_valid_on_wire() {
+            return Err(SendError::InvalidCloseCode(code.0));
+        }
+        if reason.len() > 123 {
+            return Err(SendError::ControlFrameTooLong(reason.len() + 2));
+        }
+        self.push_close(CloseFrame::new(code, reason).encode());
+        self.state = if self.close_received { State::Closed } else { State::Closing };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

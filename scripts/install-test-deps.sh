@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Install the tools the test suites need. Idempotent; does nothing (quickly) when
+# everything is already in place.
+#
+#   scripts/install-test-deps.sh              # every section
+#   scripts/install-test-deps.sh browser      # only the named section(s)
+#
+# Sections (run in this order):
+#   browser   Debian's chromium (/usr/bin/chromium) + `npm ci` in tests/browser
+#
+# To add a section: write an `install_<name>` function below and append <name> to
+# SECTIONS. Use `apt_install` for Debian packages (it runs `apt-get update` at most
+# once per invocation).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SECTIONS=(browser)
+
+log() { printf '[install-test-deps] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- helpers -------------------------------------------------------------------
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || die "not root and no sudo: cannot install Debian packages"
+  SUDO=(sudo)
+fi
+
+APT_UPDATED=0
+apt_install() {
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    log "apt-get update"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+    APT_UPDATED=1
+  fi
+  log "apt-get install -y $*"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
+# `npm ci` in $1 unless node_modules was installed from exactly the current
+# package.json + package-lock.json (recorded in node_modules/.deps-stamp).
+npm_ci_if_stale() {
+  local dir="$1" stamp want
+  command -v npm >/dev/null || die "npm not found (node >= 20 and npm are required)"
+  [[ -f "$dir/package-lock.json" ]] || die "$dir/package-lock.json is missing"
+  stamp="$dir/node_modules/.deps-stamp"
+  want="$(cat "$dir/package.json" "$dir/package-lock.json" | sha256sum | cut -d' ' -f1) node-$(node --version)"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    log "${dir#"$ROOT"/}/node_modules is up to date"
+    return
+  fi
+  log "npm ci in ${dir#"$ROOT"/}"
+  (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund)
+  printf '%s\n' "$want" >"$stamp"
+}
+
+# --- sections ------------------------------------------------------------------
+
+install_browser() {
+  if [[ -x /usr/bin/chromium ]]; then
+    log "chromium present: /usr/bin/chromium"
+  else
+    apt_install chromium
+    [[ -x /usr/bin/chromium ]] || die "apt-get installed chromium but /usr/bin/chromium is missing"
+  fi
+  # playwright-core only drives the browser above; it never downloads one.
+  npm_ci_if_stale "$ROOT/tests/browser"
+}
+
+# --- main ----------------------------------------------------------------------
+
+if [[ $# -gt 0 ]]; then
+  wanted=("$@")
+else
+  wanted=("${SECTIONS[@]}")
+fi
+for section in "${wanted[@]}"; do
+  declare -F "install_$section" >/dev/null || die "unknown section '$section' (known: ${SECTIONS[*]})"
+done
+for section in "${wanted[@]}"; do
+  "install_$section"
+done
+log "done"
