@@ -1,1 +1,41 @@
-fn main() {}
+//! The `volley` command: WebSocket tools. `main` parses flags and maps errors to exit
+//! codes; each subcommand lives in its own module.
+
+mod echo;
+
+use clap::{Parser, Subcommand};
+
+/// Volley: a WebSocket stack.
+#[derive(Parser, Debug)]
+#[command(name = "volley", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a WebSocket echo server: every text and binary message is sent back unchanged.
+    Echo(echo::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VOLLEY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Echo(args) => echo::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("volley: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -78,6 +78,8 @@ enum Pending {
     Ping(Bytes),
     Close(Option<CloseFrame>),
     Fail(ProtocolError),
+    /// The peer's close frame was invalid: the handshake is over all the same.
+    InvalidClose,
     Eof,
 }
 
@@ -122,7 +124,13 @@ impl Outbox {
         }
     }
 
-    fn push(&mut self, header: FrameHeader, payload: &[u8], shared: Option<&Bytes>, inline_max: usize) {
+    fn push(
+        &mut self,
+        header: FrameHeader,
+        payload: &[u8],
+        shared: Option<&Bytes>,
+        inline_max: usize,
+    ) {
         let hlen = header.encoded_len();
         self.queued += hlen + payload.len();
         if let Some(key) = header.mask {
@@ -343,7 +351,14 @@ impl Connection {
                         self.rx = if self.rx_failed {
                             self.after_failure_header(&h)
                         } else {
-                            self.check_header(&h)
+                            let rx = self.check_header(&h);
+                            if self.rx_failed && h.opcode == OpCode::Close.as_u8() {
+                                // A malformed close frame is still the peer's close.
+                                self.pending.push_back(Pending::InvalidClose);
+                                Rx::Discard
+                            } else {
+                                rx
+                            }
                         };
                     }
                 },
@@ -442,13 +457,19 @@ impl Connection {
             _ => false,
         };
         if h.payload_len > self.config.max_frame_size as u64 {
-            self.fail(ProtocolError::FrameTooBig { size: h.payload_len, max: self.config.max_frame_size });
+            self.fail(ProtocolError::FrameTooBig {
+                size: h.payload_len,
+                max: self.config.max_frame_size,
+            });
             return skip;
         }
         if !opcode.is_control() {
             let size = self.message_size + h.payload_len;
             if size > self.config.max_message_size as u64 {
-                self.fail(ProtocolError::MessageTooBig { size, max: self.config.max_message_size });
+                self.fail(ProtocolError::MessageTooBig {
+                    size,
+                    max: self.config.max_message_size,
+                });
                 return skip;
             }
             self.message_size = size;
@@ -492,7 +513,11 @@ impl Connection {
     fn on_frame(&mut self, f: RxFrame, payload: Bytes) {
         match f.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                let kind = if f.text { MessageKind::Text } else { MessageKind::Binary };
+                let kind = if f.text {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
                 let data = match (f.opcode, self.message.take()) {
                     (OpCode::Continuation, Some(mut m)) => {
                         m.extend_from_slice(&payload);
@@ -529,9 +554,18 @@ impl Connection {
                     self.rx = Rx::Discard;
                     self.pending.push_back(Pending::Close(frame));
                 }
-                Err(ClosePayloadError::InvalidUtf8) => self.fail(ProtocolError::InvalidUtf8),
-                Err(ClosePayloadError::OneByte) => self.fail(ProtocolError::InvalidClosePayload),
-                Err(ClosePayloadError::InvalidCode(c)) => self.fail(ProtocolError::InvalidCloseCode(c)),
+                Err(e) => {
+                    self.fail(match e {
+                        ClosePayloadError::InvalidUtf8 => ProtocolError::InvalidUtf8,
+                        ClosePayloadError::OneByte => ProtocolError::InvalidClosePayload,
+                        ClosePayloadError::InvalidCode(c) => ProtocolError::InvalidCloseCode(c),
+                    });
+                    // It is still the peer's close frame: once ours answers it, the
+                    // closing handshake is complete and the server may close the TCP
+                    // connection without waiting for another.
+                    self.rx = Rx::Discard;
+                    self.pending.push_back(Pending::InvalidClose);
+                }
             },
         }
     }
@@ -572,6 +606,10 @@ impl Connection {
                         self.state = State::Closing;
                     }
                     return Some(Event::Error(err));
+                }
+                Pending::InvalidClose => {
+                    self.close_received = true;
+                    self.state = State::Closed;
                 }
                 Pending::Eof => {
                     let was = self.state;
@@ -616,7 +654,8 @@ impl Connection {
             mask: self.mask(),
             payload_len: payload.len() as u64,
         };
-        self.out.push(header, payload, shared, self.config.inline_payload_size);
+        self.out
+            .push(header, payload, shared, self.config.inline_payload_size);
     }
 
     fn push_control(&mut self, opcode: OpCode, payload: &[u8]) {
@@ -661,7 +700,12 @@ impl Connection {
     /// it (with the same `kind`) until one with `fin` set ends it. Text fragments are
     /// checked as a UTF-8 stream; a fragment that breaks it is refused and not sent.
     /// Control frames (ping, pong, close) may be sent between fragments.
-    pub fn send_fragment(&mut self, kind: MessageKind, data: impl Into<Bytes>, fin: bool) -> Result<(), SendError> {
+    pub fn send_fragment(
+        &mut self,
+        kind: MessageKind,
+        data: impl Into<Bytes>,
+        fin: bool,
+    ) -> Result<(), SendError> {
         self.check_open()?;
         let data = data.into();
         let opcode = match self.tx_fragment {
@@ -719,7 +763,11 @@ impl Connection {
             return Err(SendError::ControlFrameTooLong(reason.len() + 2));
         }
         self.push_close(CloseFrame::new(code, reason).encode());
-        self.state = if self.close_received { State::Closed } else { State::Closing };
+        self.state = if self.close_received {
+            State::Closed
+        } else {
+            State::Closing
+        };
         Ok(())
     }
 }

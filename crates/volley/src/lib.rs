@@ -1,1 +1,45 @@
-//! placeholder
+//! # volley
+//!
+//! WebSocket (RFC 6455) on tokio, built on the sans-I/O core [`volley_proto`].
+//!
+//! ```text
+//!  socket ─► WebSocket<S> ─► volley_proto::Connection ─► Stream<Item = Result<Message>>
+//!  Sink<Message> / send / feed ─► Connection ─► corked, vectored writes ─► socket
+//! ```
+//!
+//! A server accepts on any `AsyncRead + AsyncWrite` ([`accept`], [`accept_with`] for a
+//! hook that sees the request); a client [`connect`]s to a `ws://` URL or runs the
+//! handshake on its own transport ([`ClientBuilder`]).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), volley::Error> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+//! let (tcp, _) = listener.accept().await?;
+//! let mut ws = volley::accept(tcp).await?;
+//! while let Some(msg) = ws.recv().await {
+//!     let msg = msg?;
+//!     if msg.is_data() {
+//!         ws.feed(msg).await?; // corked: flushed before the next read waits
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod message;
+pub mod server;
+pub mod websocket;
+
+pub use client::{connect, ClientBuilder};
+pub use config::Config;
+pub use error::Error;
+pub use message::Message;
+pub use server::{accept, accept_with, Rejection};
+pub use websocket::WebSocket;
+
+pub use volley_proto as proto;
+pub use volley_proto::handshake::{Request, Response, ServerResponse};
+pub use volley_proto::{CloseCode, CloseFrame, MessageKind, Role, State, Utf8Bytes};

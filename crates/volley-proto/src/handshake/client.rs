@@ -42,7 +42,9 @@ impl ClientRequest {
     /// Offers a subprotocol; the order of calls is the order of preference.
     pub fn add_protocol(&mut self, protocol: &str) -> Result<(), HandshakeError> {
         if !is_token(protocol) {
-            return Err(HandshakeError::InvalidHeader(format!("Sec-WebSocket-Protocol: {protocol}")));
+            return Err(HandshakeError::InvalidHeader(format!(
+                "Sec-WebSocket-Protocol: {protocol}"
+            )));
         }
         self.protocols.push(protocol.to_string());
         Ok(())
@@ -64,7 +66,10 @@ impl ClientRequest {
             "sec-websocket-version",
             "sec-websocket-accept",
         ];
-        if !is_token(name) || !is_header_value(value) || OWN.contains(&name.to_ascii_lowercase().as_str()) {
+        if !is_token(name)
+            || !is_header_value(value)
+            || OWN.contains(&name.to_ascii_lowercase().as_str())
+        {
             return Err(HandshakeError::InvalidHeader(name.to_string()));
         }
         self.headers.push((name.to_string(), value.to_string()));
@@ -91,10 +96,18 @@ impl ClientRequest {
             self.target, self.host, self.key
         );
         if !self.protocols.is_empty() {
-            let _ = write!(s, "Sec-WebSocket-Protocol: {}\r\n", self.protocols.join(", "));
+            let _ = write!(
+                s,
+                "Sec-WebSocket-Protocol: {}\r\n",
+                self.protocols.join(", ")
+            );
         }
         if !self.extensions.is_empty() {
-            let list: Vec<String> = self.extensions.iter().map(ExtensionOffer::to_header_value).collect();
+            let list: Vec<String> = self
+                .extensions
+                .iter()
+                .map(ExtensionOffer::to_header_value)
+                .collect();
             let _ = write!(s, "Sec-WebSocket-Extensions: {}\r\n", list.join(", "));
         }
         for (n, v) in &self.headers {
@@ -108,7 +121,11 @@ impl ClientRequest {
     /// MUST validate the server's response"). `Ok(None)` means more bytes are needed;
     /// `Ok(Some((response, n)))` means the head took `n` bytes and the rest belongs to
     /// the frame decoder.
-    pub fn parse_response(&self, buf: &[u8], config: &Config) -> Result<Option<(ServerResponse, usize)>, HandshakeError> {
+    pub fn parse_response(
+        &self,
+        buf: &[u8],
+        config: &Config,
+    ) -> Result<Option<(ServerResponse, usize)>, HandshakeError> {
         let mut headers = vec![httparse::EMPTY_HEADER; config.max_headers];
         let mut resp = httparse::Response::new(&mut headers);
         let n = match resp.parse(buf) {
@@ -145,7 +162,8 @@ impl ClientRequest {
         {
             let mut accepts = headers.get_all("Sec-WebSocket-Accept");
             let accept = accepts.next().map(str::trim);
-            if accept != Some(accept_key(self.key.as_bytes()).as_str()) || accepts.next().is_some() {
+            if accept != Some(accept_key(self.key.as_bytes()).as_str()) || accepts.next().is_some()
+            {
                 return Err(HandshakeError::Accept);
             }
         }
@@ -171,7 +189,15 @@ impl ClientRequest {
             }
             protocol
         };
-        Ok(Some((ServerResponse { status, headers, protocol, extensions }, n)))
+        Ok(Some((
+            ServerResponse {
+                status,
+                headers,
+                protocol,
+                extensions,
+            },
+            n,
+        )))
     }
 }
 
@@ -213,7 +239,10 @@ mod tests {
     use crate::handshake::server::{Request, Response};
 
     fn config() -> Config {
-        Config { random: RandomSource::fixed([1, 2, 3, 4]), ..Config::default() }
+        Config {
+            random: RandomSource::fixed([1, 2, 3, 4]),
+            ..Config::default()
+        }
     }
 
     #[test]
@@ -240,7 +269,8 @@ mod tests {
         let bytes = req.encode();
         let (sreq, _) = Request::parse(&bytes, &config()).unwrap().unwrap();
         let mut resp = Response::accept(&sreq);
-        resp.set_protocol(&sreq, sreq.pick_protocol(&["b"]).unwrap()).unwrap();
+        resp.set_protocol(&sreq, sreq.pick_protocol(&["b"]).unwrap())
+            .unwrap();
         let mut wire = resp.encode();
         wire.extend_from_slice(b"\x81\x00");
         let (answer, n) = req.parse_response(&wire, &config()).unwrap().unwrap();
@@ -257,14 +287,32 @@ mod tests {
         );
         let check = |s: String| req.parse_response(s.as_bytes(), &config());
         assert!(check(good.clone()).unwrap().is_some());
-        assert_eq!(check(good.replace("101 Switching Protocols", "200 OK")).unwrap_err(), HandshakeError::Status(200));
-        assert_eq!(check(good.replace("Upgrade: websocket", "Upgrade: x")).unwrap_err(), HandshakeError::Upgrade);
-        assert_eq!(check(good.replace("Connection: Upgrade", "Connection: close")).unwrap_err(), HandshakeError::Connection);
+        assert_eq!(
+            check(good.replace("101 Switching Protocols", "200 OK")).unwrap_err(),
+            HandshakeError::Status(200)
+        );
+        assert_eq!(
+            check(good.replace("Upgrade: websocket", "Upgrade: x")).unwrap_err(),
+            HandshakeError::Upgrade
+        );
+        assert_eq!(
+            check(good.replace("Connection: Upgrade", "Connection: close")).unwrap_err(),
+            HandshakeError::Connection
+        );
         let wrong = good.replace("Accept: ", "Accept: x");
         assert_eq!(check(wrong).unwrap_err(), HandshakeError::Accept);
         let proto = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat\r\n\r\n");
-        assert_eq!(check(proto).unwrap_err(), HandshakeError::Protocol("chat".into()));
-        let ext = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
-        assert_eq!(check(ext).unwrap_err(), HandshakeError::Extension("permessage-deflate".into()));
+        assert_eq!(
+            check(proto).unwrap_err(),
+            HandshakeError::Protocol("chat".into())
+        );
+        let ext = good.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        );
+        assert_eq!(
+            check(ext).unwrap_err(),
+            HandshakeError::Extension("permessage-deflate".into())
+        );
     }
 }

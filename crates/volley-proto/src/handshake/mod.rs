@@ -115,7 +115,12 @@ pub struct Headers(Vec<(String, Vec<u8>)>);
 
 impl Headers {
     pub(crate) fn from_httparse(headers: &[httparse::Header<'_>]) -> Self {
-        Headers(headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect())
+        Headers(
+            headers
+                .iter()
+                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                .collect(),
+        )
     }
 
     /// The first value of `name` (case-insensitive) that is valid UTF-8.
@@ -176,7 +181,9 @@ pub struct ExtensionOffer {
 
 impl ExtensionOffer {
     /// Parses every Sec-WebSocket-Extensions value, in order.
-    pub fn parse_all<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Vec<ExtensionOffer>, HandshakeError> {
+    pub fn parse_all<'a>(
+        values: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<ExtensionOffer>, HandshakeError> {
         let mut offers = Vec::new();
         for value in values {
             for item in split_outside_quotes(value, ',') {
@@ -200,7 +207,10 @@ impl ExtensionOffer {
                     }
                     params.push((k.to_string(), v));
                 }
-                offers.push(ExtensionOffer { name: name.to_string(), params });
+                offers.push(ExtensionOffer {
+                    name: name.to_string(),
+                    params,
+                });
             }
         }
         Ok(offers)
@@ -250,7 +260,11 @@ fn unquote(v: &str) -> Result<String, HandshakeError> {
             let mut out = String::new();
             let mut chars = inner.chars();
             while let Some(c) = chars.next() {
-                out.push(if c == '\\' { chars.next().ok_or(err.clone())? } else { c });
+                out.push(if c == '\\' {
+                    chars.next().ok_or(err.clone())?
+                } else {
+                    c
+                });
             }
             out
         }
@@ -267,9 +281,8 @@ fn unquote(v: &str) -> Result<String, HandshakeError> {
 /// Whether `s` is an HTTP token (RFC 7230 §3.2.6).
 pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Whether a header value can be sent as is (no control characters but tab).
@@ -283,7 +296,10 @@ mod tests {
 
     #[test]
     fn rfc6455_1_3_accept_key() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -297,7 +313,10 @@ mod tests {
         assert_eq!(offers[0].name, "permessage-deflate");
         assert_eq!(
             offers[0].params,
-            vec![("client_max_window_bits".into(), None), ("server_max_window_bits".into(), Some("10".into()))]
+            vec![
+                ("client_max_window_bits".into(), None),
+                ("server_max_window_bits".into(), Some("10".into()))
+            ]
         );
         assert!(offers[1].params.is_empty());
         assert_eq!(offers[2].name, "x-foo");

@@ -1,0 +1,124 @@
+//! The server side: read and check the opening handshake on any transport, let the
+//! application accept or reject it, and answer.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use volley_proto::handshake::{server::reject_response, Request, Response};
+use volley_proto::{HandshakeError, Role};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::websocket::{with_timeout, WebSocket};
+
+/// A refusal of an upgrade request: an HTTP status, header fields and a body.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Rejection {
+    /// A refusal with `status` (for example 403 for a foreign Origin, 401 without
+    /// credentials).
+    pub fn new(status: u16) -> Self {
+        Rejection {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+
+    /// Adds a header field to the refusal.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets the plain-text body.
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        reject_response(self.status, &headers, &self.body)
+    }
+}
+
+/// Accepts a WebSocket connection on `io` with the default configuration.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> Result<WebSocket<S>, Error> {
+    accept_with(io, Config::default(), |_, _| Ok(())).await
+}
+
+/// Accepts a WebSocket connection on `io`. The hook sees the checked request (path,
+/// query, headers, Origin, cookies, offered subprotocols and extensions) and may
+/// accept it, adding header fields or choosing a subprotocol on the response, or
+/// refuse it with a [`Rejection`]. Before the hook runs, the response already carries
+/// the first of the client's subprotocols found in [`Config::protocols`].
+pub async fn accept_with<S, F>(mut io: S, config: Config, hook: F) -> Result<WebSocket<S>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+{
+    let limit = config.handshake_timeout;
+    let (response, leftover) = with_timeout(limit, "opening handshake", async {
+        let (request, leftover) = match read_request(&mut io, &config).await {
+            Ok(r) => r,
+            Err(Error::Handshake(e)) => {
+                // Best effort: tell the client why, then close.
+                let _ = io.write_all(&e.response()).await;
+                let _ = io.shutdown().await;
+                return Err(Error::Handshake(e));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut response = Response::accept(&request);
+        if let Some(p) = request.pick_protocol(&config.protocols) {
+            let p = p.to_string();
+            response.set_protocol(&request, &p)?;
+        }
+        if let Err(rejection) = hook(&request, &mut response) {
+            let _ = io.write_all(&rejection.encode()).await;
+            let _ = io.shutdown().await;
+            return Err(Error::Rejected(rejection.status));
+        }
+        io.write_all(&response.encode()).await?;
+        io.flush().await?;
+        Ok((response, leftover))
+    })
+    .await?;
+    let protocol = response.protocol().map(str::to_string);
+    Ok(WebSocket::from_handshaken(
+        io,
+        Role::Server,
+        config,
+        &leftover,
+        protocol,
+    ))
+}
+
+async fn read_request<S: AsyncRead + Unpin>(
+    io: &mut S,
+    config: &Config,
+) -> Result<(Request, BytesMut), Error> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        if let Some((request, n)) = Request::parse(&buf, &config.proto)? {
+            let _ = buf.split_to(n);
+            return Ok((request, buf));
+        }
+        if buf.len() > config.proto.max_handshake_size {
+            return Err(HandshakeError::TooLarge(config.proto.max_handshake_size).into());
+        }
+    }
+}
