@@ -12,7 +12,9 @@ use rand::RngCore;
 /// a strong source of entropy"). Tests substitute a fixed source to get byte-exact
 /// output.
 #[derive(Clone)]
-pub struct RandomSource(Arc<dyn Fn(&mut [u8]) + Send + Sync>);
+pub struct RandomSource(Arc<FillFn>);
+
+type FillFn = dyn Fn(&mut [u8]) + Send + Sync;
 
 impl RandomSource {
     /// The operating-system-seeded secure generator (the default).

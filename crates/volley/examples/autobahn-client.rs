@@ -21,9 +21,9 @@ async fn run_case(base: &str, case: u32) -> Result<(), volley::Error> {
     let url = format!("{base}/runCase?case={case}&agent={AGENT}");
     let (mut ws, _) = ClientBuilder::new(url).connect().await?;
     while let Some(msg) = ws.recv().await {
-        match msg? {
-            msg @ (Message::Text(_) | Message::Binary(_)) => ws.feed(msg).await?,
-            _ => {}
+        let msg = msg?;
+        if msg.is_data() {
+            ws.feed(msg).await?;
         }
     }
     Ok(())

@@ -172,9 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             self.take_transmits();
         }
         while let Some(item) = self.recv().await {
-            if let Err(e) = item {
-                return Err(e);
-            }
+            item?;
         }
         Ok(())
     }

@@ -1,0 +1,218 @@
+//! A client core against a server core in memory, and the property tests built on it:
+//! what one side sends the other receives unchanged, and splitting the input at any
+//! byte changes nothing.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use volley_proto::{CloseCode, Config, Connection, Event, MessageKind, RandomSource, Role, State};
+
+/// Two protocol cores wired back to back.
+struct Pair {
+    client: Connection,
+    server: Connection,
+}
+
+impl Pair {
+    fn new() -> Self {
+        let mut config = Config::default();
+        config.random = RandomSource::fixed([9, 8, 7, 6]);
+        Pair {
+            client: Connection::new(Role::Client, config.clone()),
+            server: Connection::new(Role::Server, config),
+        }
+    }
+
+    /// Moves bytes both ways until neither side has anything to send; returns the
+    /// events each side saw (client's, server's).
+    fn run(&mut self) -> (Vec<Event>, Vec<Event>) {
+        let (mut ce, mut se) = (Vec::new(), Vec::new());
+        loop {
+            let mut moved = false;
+            while let Some(chunk) = self.client.poll_transmit() {
+                self.server.receive(&chunk);
+                moved = true;
+            }
+            while let Some(e) = self.server.poll_event() {
+                se.push(e);
+                moved = true;
+            }
+            while let Some(chunk) = self.server.poll_transmit() {
+                self.client.receive(&chunk);
+                moved = true;
+            }
+            while let Some(e) = self.client.poll_event() {
+                ce.push(e);
+                moved = true;
+            }
+            if !moved {
+                return (ce, se);
+            }
+        }
+    }
+}
+
+#[test]
+fn closing_handshake_in_memory() {
+    let mut p = Pair::new();
+    p.client.send_text("hi").unwrap();
+    p.client.send_close(CloseCode::NORMAL, "bye").unwrap();
+    let (ce, se) = p.run();
+    assert_eq!(se.len(), 2);
+    assert_eq!(se[0], Event::Text("hi".into()));
+    assert!(
+        matches!(&se[1], Event::Close(Some(f)) if f.code == CloseCode::NORMAL && f.reason == "bye")
+    );
+    assert!(matches!(&ce[..], [Event::Close(Some(f))] if f.code == CloseCode::NORMAL));
+    assert_eq!(
+        (p.client.state(), p.server.state()),
+        (State::Closed, State::Closed)
+    );
+}
+
+#[test]
+fn ping_pong_in_memory() {
+    let mut p = Pair::new();
+    p.server
+        .send_ping(Bytes::from_static(b"are you there"))
+        .unwrap();
+    let (ce, se) = p.run();
+    assert_eq!(ce, [Event::Ping(Bytes::from_static(b"are you there"))]);
+    assert_eq!(se, [Event::Pong(Bytes::from_static(b"are you there"))]);
+}
+
+/// A message to send, whole or in fragments.
+#[derive(Debug, Clone)]
+enum Msg {
+    Text(String),
+    Binary(Vec<u8>),
+    Fragmented(MessageKind, Vec<Vec<u8>>),
+    Ping(Vec<u8>),
+}
+
+fn msg() -> impl Strategy<Value = Msg> {
+    prop_oneof![
+        "\\PC{0,40}".prop_map(Msg::Text),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(Msg::Binary),
+        proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..50), 1..5)
+            .prop_map(|parts| Msg::Fragmented(MessageKind::Binary, parts)),
+        ("\\PC{0,30}", 1usize..4).prop_map(|(s, n)| {
+            // Split text at arbitrary byte offsets: fragments need not end on characters.
+            let b = s.into_bytes();
+            let step = b.len() / n + 1;
+            Msg::Fragmented(
+                MessageKind::Text,
+                b.chunks(step).map(<[u8]>::to_vec).collect(),
+            )
+        }),
+        proptest::collection::vec(any::<u8>(), 0..125).prop_map(Msg::Ping),
+    ]
+}
+
+fn send(c: &mut Connection, m: &Msg) {
+    match m {
+        Msg::Text(s) => c.send_text(s.as_str()).unwrap(),
+        Msg::Binary(b) => c.send_binary(b.clone()).unwrap(),
+        Msg::Fragmented(kind, parts) => {
+            if parts.is_empty() {
+                c.send_fragment(*kind, Bytes::new(), true).unwrap();
+            }
+            for (i, p) in parts.iter().enumerate() {
+                c.send_fragment(*kind, p.clone(), i + 1 == parts.len())
+                    .unwrap();
+            }
+        }
+        Msg::Ping(p) => c.send_ping(p.clone()).unwrap(),
+    }
+}
+
+fn expected(m: &Msg) -> Event {
+    match m {
+        Msg::Text(s) => Event::Text(s.as_str().into()),
+        Msg::Binary(b) => Event::Binary(b.clone().into()),
+        Msg::Fragmented(MessageKind::Text, parts) => {
+            Event::Text(String::from_utf8(parts.concat()).unwrap().into())
+        }
+        Msg::Fragmented(_, parts) => Event::Binary(parts.concat().into()),
+        Msg::Ping(p) => Event::Ping(p.clone().into()),
+    }
+}
+
+fn feed_split(server: &mut Connection, wire: &[u8], cuts: &[usize]) -> (Vec<Event>, Vec<u8>) {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut events = Vec::new();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for c in cuts.into_iter().chain([wire.len()]) {
+        server.receive(&wire[start..c]);
+        start = c;
+        while let Some(e) = server.poll_event() {
+            events.push(e);
+        }
+        while let Some(t) = server.poll_transmit() {
+            out.extend_from_slice(&t);
+        }
+    }
+    (events, out)
+}
+
+proptest! {
+    #[test]
+    fn what_the_client_sends_the_server_receives(msgs in proptest::collection::vec(msg(), 0..12)) {
+        let mut p = Pair::new();
+        for m in &msgs {
+            send(&mut p.client, m);
+        }
+        let (_, se) = p.run();
+        let want: Vec<Event> = msgs.iter().map(expected).collect();
+        prop_assert_eq!(se, want);
+    }
+
+    #[test]
+    fn what_the_server_sends_the_client_receives(msgs in proptest::collection::vec(msg(), 0..12)) {
+        let mut p = Pair::new();
+        for m in &msgs {
+            send(&mut p.server, m);
+        }
+        let (ce, _) = p.run();
+        let want: Vec<Event> = msgs.iter().map(expected).collect();
+        prop_assert_eq!(ce, want);
+    }
+
+    #[test]
+    fn splitting_valid_input_anywhere_changes_nothing(msgs in proptest::collection::vec(msg(), 1..8),
+                                                      cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+        let mut client = Pair::new().client;
+        for m in &msgs {
+            send(&mut client, m);
+        }
+        client.send_close(CloseCode::NORMAL, "done").unwrap();
+        let mut wire = Vec::new();
+        while let Some(t) = client.poll_transmit() {
+            wire.extend_from_slice(&t);
+        }
+        let whole = feed_split(&mut Pair::new().server, &wire, &[]);
+        let split = feed_split(&mut Pair::new().server, &wire, &cuts);
+        prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn splitting_arbitrary_input_anywhere_changes_nothing(prefix in proptest::collection::vec(msg(), 0..3),
+                                                         junk in proptest::collection::vec(any::<u8>(), 0..200),
+                                                         cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+        // Valid frames, then arbitrary bytes: the same events, errors and replies
+        // however the bytes are cut.
+        let mut client = Pair::new().client;
+        for m in &prefix {
+            send(&mut client, m);
+        }
+        let mut wire = Vec::new();
+        while let Some(t) = client.poll_transmit() {
+            wire.extend_from_slice(&t);
+        }
+        wire.extend_from_slice(&junk);
+        let whole = feed_split(&mut Pair::new().server, &wire, &[]);
+        let split = feed_split(&mut Pair::new().server, &wire, &cuts);
+        prop_assert_eq!(whole, split);
+    }
+}
