@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::config::Config;
+use crate::deflate::{Compressor, Decompressor, DeflateConfig, DeflateParams, InflateError};
 use crate::error::{ProtocolError, SendError};
 use crate::frame::close::ClosePayloadError;
 use crate::frame::{apply_mask, CloseCode, CloseFrame, FrameHeader, OpCode};
@@ -124,13 +125,7 @@ impl Outbox {
         }
     }
 
-    fn push(
-        &mut self,
-        header: FrameHeader,
-        payload: &[u8],
-        shared: Option<&Bytes>,
-        inline_max: usize,
-    ) {
+    fn push(&mut self, header: FrameHeader, payload: &[u8], shared: Option<&Bytes>, inline_max: usize) {
         let hlen = header.encoded_len();
         self.queued += hlen + payload.len();
         if let Some(key) = header.mask {
@@ -206,6 +201,40 @@ pub struct Connection {
     /// RSV bits (as in the first header byte: 0x40, 0x20, 0x10) that negotiated
     /// extensions define.
     allowed_rsv: u8,
+    deflate: Option<Box<Deflate>>,
+    /// The message being received is compressed (RSV1 on its first frame).
+    rx_compressed: bool,
+    /// The fragmented message being sent is compressed.
+    tx_compressed: bool,
+}
+
+/// permessage-deflate state: the agreed parameters and the codec halves, made on
+/// first use.
+#[derive(Debug)]
+struct Deflate {
+    params: DeflateParams,
+    config: DeflateConfig,
+    compressor: Option<Compressor>,
+    decompressor: Option<Decompressor>,
+}
+
+impl Deflate {
+    fn compressor(&mut self, role: Role) -> &mut Compressor {
+        let (bits, reset) = match role {
+            Role::Server => (self.params.server_max_window_bits, self.params.server_no_context_takeover),
+            Role::Client => (self.params.client_max_window_bits, self.params.client_no_context_takeover),
+        };
+        let config = &self.config;
+        self.compressor.get_or_insert_with(|| Compressor::new(bits, config.level, config.mem_level, reset))
+    }
+
+    fn decompressor(&mut self, role: Role) -> &mut Decompressor {
+        let (bits, reset) = match role {
+            Role::Server => (self.params.client_max_window_bits, self.params.client_no_context_takeover),
+            Role::Client => (self.params.server_max_window_bits, self.params.server_no_context_takeover),
+        };
+        self.decompressor.get_or_insert_with(|| Decompressor::new(bits, reset))
+    }
 }
 
 impl Connection {
@@ -231,7 +260,22 @@ impl Connection {
             tx_fragment: None,
             tx_utf8: Utf8Validator::new(),
             allowed_rsv: 0,
+            deflate: None,
+            rx_compressed: false,
+            tx_compressed: false,
         }
+    }
+
+    /// Turns on permessage-deflate with the parameters agreed in the handshake (see
+    /// [`crate::deflate`]). Call it before any frame is exchanged.
+    pub fn enable_deflate(&mut self, params: DeflateParams, config: DeflateConfig) {
+        self.allowed_rsv |= 0x40;
+        self.deflate = Some(Box::new(Deflate { params, config, compressor: None, decompressor: None }));
+    }
+
+    /// The agreed permessage-deflate parameters, if the extension is on.
+    pub fn deflate_params(&self) -> Option<&DeflateParams> {
+        self.deflate.as_ref().map(|d| &d.params)
     }
 
     /// This end's role.
@@ -411,6 +455,13 @@ impl Connection {
             self.fail(ProtocolError::ReservedBits);
             return skip;
         }
+        if h.rsv1 && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            // RFC 7692 §6: the "Per-Message Compressed" bit is set on the first frame of a
+            // message only: "An endpoint MUST NOT set the RSV1 bit" on control frames or
+            // on continuation frames.
+            self.fail(ProtocolError::ReservedBits);
+            return skip;
+        }
         if opcode.is_control() {
             // §5.5: "All control frames MUST have a payload length of 125 bytes or less
             // and MUST NOT be fragmented."
@@ -452,24 +503,19 @@ impl Connection {
                 }
                 self.message_size = 0;
                 self.rx_utf8.reset();
+                self.rx_compressed = h.rsv1;
                 opcode == OpCode::Text
             }
             _ => false,
         };
         if h.payload_len > self.config.max_frame_size as u64 {
-            self.fail(ProtocolError::FrameTooBig {
-                size: h.payload_len,
-                max: self.config.max_frame_size,
-            });
+            self.fail(ProtocolError::FrameTooBig { size: h.payload_len, max: self.config.max_frame_size });
             return skip;
         }
         if !opcode.is_control() {
             let size = self.message_size + h.payload_len;
             if size > self.config.max_message_size as u64 {
-                self.fail(ProtocolError::MessageTooBig {
-                    size,
-                    max: self.config.max_message_size,
-                });
+                self.fail(ProtocolError::MessageTooBig { size, max: self.config.max_message_size });
                 return skip;
             }
             self.message_size = size;
@@ -481,7 +527,7 @@ impl Connection {
             // Fits: bounded by max_frame_size, a usize, or by 125 for control frames.
             len: h.payload_len as usize,
             done: 0,
-            text,
+            text: text && !(self.rx_compressed && !opcode.is_control()),
         })
     }
 
@@ -512,12 +558,15 @@ impl Connection {
 
     fn on_frame(&mut self, f: RxFrame, payload: Bytes) {
         match f.opcode {
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                let kind = if f.text {
-                    MessageKind::Text
-                } else {
-                    MessageKind::Binary
+            OpCode::Text | OpCode::Binary | OpCode::Continuation if self.rx_compressed => {
+                let kind = match (f.opcode, self.message_kind) {
+                    (OpCode::Text, _) | (OpCode::Continuation, Some(MessageKind::Text)) => MessageKind::Text,
+                    _ => MessageKind::Binary,
                 };
+                self.on_compressed_frame(kind, f.fin, &payload);
+            }
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                let kind = if f.text { MessageKind::Text } else { MessageKind::Binary };
                 let data = match (f.opcode, self.message.take()) {
                     (OpCode::Continuation, Some(mut m)) => {
                         m.extend_from_slice(&payload);
@@ -568,6 +617,40 @@ impl Connection {
                 }
             },
         }
+    }
+
+    /// Inflates a frame of a compressed message into the message buffer.
+    fn on_compressed_frame(&mut self, kind: MessageKind, fin: bool, payload: &[u8]) {
+        let mut buf = self.message.take().unwrap_or_default();
+        let max = self.config.max_message_size;
+        let role = self.role;
+        let Some(deflate) = self.deflate.as_mut() else { return };
+        let utf8 = (kind == MessageKind::Text).then_some(&mut self.rx_utf8);
+        match deflate.decompressor(role).inflate(payload, fin, &mut buf, max, utf8) {
+            Ok(()) => {}
+            Err(InflateError::TooBig) => {
+                return self.fail(ProtocolError::MessageTooBig { size: buf.len() as u64, max });
+            }
+            Err(InflateError::Corrupt) => return self.fail(ProtocolError::InvalidCompressedData),
+            Err(InflateError::Utf8) => return self.fail(ProtocolError::InvalidUtf8),
+        }
+        if !fin {
+            self.message_kind = Some(kind);
+            self.message = Some(buf);
+            return;
+        }
+        self.message_kind = None;
+        let data = buf.freeze();
+        let event = match kind {
+            MessageKind::Text => {
+                if self.rx_utf8.finish().is_err() {
+                    return self.fail(ProtocolError::InvalidUtf8);
+                }
+                Event::Text(Utf8Bytes::from_validated(data))
+            }
+            MessageKind::Binary => Event::Binary(data),
+        };
+        self.pending.push_back(Pending::Event(event));
     }
 
     // ---- output ------------------------------------------------------------------
@@ -645,17 +728,20 @@ impl Connection {
     }
 
     fn push(&mut self, opcode: OpCode, fin: bool, payload: &[u8], shared: Option<&Bytes>) {
+        self.push_rsv(opcode, fin, false, payload, shared);
+    }
+
+    fn push_rsv(&mut self, opcode: OpCode, fin: bool, rsv1: bool, payload: &[u8], shared: Option<&Bytes>) {
         let header = FrameHeader {
             fin,
-            rsv1: false,
+            rsv1,
             rsv2: false,
             rsv3: false,
             opcode: opcode.as_u8(),
             mask: self.mask(),
             payload_len: payload.len() as u64,
         };
-        self.out
-            .push(header, payload, shared, self.config.inline_payload_size);
+        self.out.push(header, payload, shared, self.config.inline_payload_size);
     }
 
     fn push_control(&mut self, opcode: OpCode, payload: &[u8]) {
@@ -675,24 +761,45 @@ impl Connection {
         }
     }
 
-    fn send_message(&mut self, opcode: OpCode, payload: &Bytes) -> Result<(), SendError> {
+    fn send_message(&mut self, opcode: OpCode, payload: &Bytes, compress: bool) -> Result<(), SendError> {
         self.check_open()?;
         if self.tx_fragment.is_some() {
             return Err(SendError::FragmentInProgress);
         }
-        self.push(opcode, true, payload, Some(payload));
+        let role = self.role;
+        match self.deflate.as_mut() {
+            Some(d) if compress && payload.len() >= d.config.threshold => {
+                let compressed = d.compressor(role).compress(payload, true);
+                self.push_rsv(opcode, true, true, &compressed, Some(&compressed));
+            }
+            _ => self.push(opcode, true, payload, Some(payload)),
+        }
         Ok(())
+    }
+
+    /// Queues a message that is never compressed, even when permessage-deflate is on
+    /// (for data that is already compressed, or to save time on a hot path).
+    pub fn send_uncompressed(&mut self, kind: MessageKind, data: impl Into<Bytes>) -> Result<(), SendError> {
+        let data = data.into();
+        let opcode = match kind {
+            MessageKind::Text => {
+                Utf8Bytes::try_from(data.clone()).map_err(|_| SendError::InvalidUtf8)?;
+                OpCode::Text
+            }
+            MessageKind::Binary => OpCode::Binary,
+        };
+        self.send_message(opcode, &data, false)
     }
 
     /// Queues a text message in one frame.
     pub fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), SendError> {
         let payload = text.into().into_bytes();
-        self.send_message(OpCode::Text, &payload)
+        self.send_message(OpCode::Text, &payload, true)
     }
 
     /// Queues a binary message in one frame.
     pub fn send_binary(&mut self, data: impl Into<Bytes>) -> Result<(), SendError> {
-        self.send_message(OpCode::Binary, &data.into())
+        self.send_message(OpCode::Binary, &data.into(), true)
     }
 
     /// Queues one fragment of a message, so a large message can be streamed without
@@ -700,12 +807,7 @@ impl Connection {
     /// it (with the same `kind`) until one with `fin` set ends it. Text fragments are
     /// checked as a UTF-8 stream; a fragment that breaks it is refused and not sent.
     /// Control frames (ping, pong, close) may be sent between fragments.
-    pub fn send_fragment(
-        &mut self,
-        kind: MessageKind,
-        data: impl Into<Bytes>,
-        fin: bool,
-    ) -> Result<(), SendError> {
+    pub fn send_fragment(&mut self, kind: MessageKind, data: impl Into<Bytes>, fin: bool) -> Result<(), SendError> {
         self.check_open()?;
         let data = data.into();
         let opcode = match self.tx_fragment {
@@ -727,8 +829,21 @@ impl Connection {
             }
             self.tx_utf8 = v;
         }
+        if opcode != OpCode::Continuation {
+            // A fragmented message is compressed whole or not at all, whatever the size
+            // of its first fragment.
+            self.tx_compressed = self.deflate.is_some();
+        }
         self.tx_fragment = if fin { None } else { Some(kind) };
-        self.push(opcode, fin, &data, Some(&data));
+        let role = self.role;
+        match self.deflate.as_mut() {
+            Some(d) if self.tx_compressed => {
+                let compressed = d.compressor(role).compress(&data, fin);
+                let first = opcode != OpCode::Continuation;
+                self.push_rsv(opcode, fin, first, &compressed, Some(&compressed));
+            }
+            _ => self.push(opcode, fin, &data, Some(&data)),
+        }
         Ok(())
     }
 
@@ -763,11 +878,7 @@ impl Connection {
             return Err(SendError::ControlFrameTooLong(reason.len() + 2));
         }
         self.push_close(CloseFrame::new(code, reason).encode());
-        self.state = if self.close_received {
-            State::Closed
-        } else {
-            State::Closing
-        };
+        self.state = if self.close_received { State::Closed } else { State::Closing };
         Ok(())
     }
 }

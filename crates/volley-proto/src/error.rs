@@ -55,6 +55,9 @@ pub enum ProtocolError {
     /// A text message, or a close reason, was not valid UTF-8.
     #[error("invalid UTF-8 in a text message or close reason")]
     InvalidUtf8,
+    /// A compressed message was not a valid deflate stream.
+    #[error("invalid compressed data")]
+    InvalidCompressedData,
     /// A close frame had a 1-byte payload.
     #[error("close frame with a 1-byte payload")]
     InvalidClosePayload,
@@ -71,10 +74,8 @@ impl ProtocolError {
     /// The close code this fault is answered with.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            ProtocolError::FrameTooBig { .. } | ProtocolError::MessageTooBig { .. } => {
-                CloseCode::MESSAGE_TOO_BIG
-            }
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::FrameTooBig { .. } | ProtocolError::MessageTooBig { .. } => CloseCode::MESSAGE_TOO_BIG,
+            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => CloseCode::INVALID_PAYLOAD,
             ProtocolError::AbnormalClosure => CloseCode::ABNORMAL,
             _ => CloseCode::PROTOCOL_ERROR,
         }

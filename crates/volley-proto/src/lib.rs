@@ -43,6 +43,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
@@ -50,6 +51,7 @@ pub mod utf8;
 
 pub use config::{Config, ConfigError, RandomSource};
 pub use connection::{Connection, Event, MessageKind, Role, State};
+pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use frame::{CloseCode, CloseFrame, OpCode};
 pub use handshake::{ExtensionOffer, HandshakeError};

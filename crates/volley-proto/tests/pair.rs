@@ -16,10 +16,7 @@ impl Pair {
     fn new() -> Self {
         let mut config = Config::default();
         config.random = RandomSource::fixed([9, 8, 7, 6]);
-        Pair {
-            client: Connection::new(Role::Client, config.clone()),
-            server: Connection::new(Role::Server, config),
-        }
+        Pair { client: Connection::new(Role::Client, config.clone()), server: Connection::new(Role::Server, config) }
     }
 
     /// Moves bytes both ways until neither side has anything to send; returns the
@@ -59,22 +56,15 @@ fn closing_handshake_in_memory() {
     let (ce, se) = p.run();
     assert_eq!(se.len(), 2);
     assert_eq!(se[0], Event::Text("hi".into()));
-    assert!(
-        matches!(&se[1], Event::Close(Some(f)) if f.code == CloseCode::NORMAL && f.reason == "bye")
-    );
+    assert!(matches!(&se[1], Event::Close(Some(f)) if f.code == CloseCode::NORMAL && f.reason == "bye"));
     assert!(matches!(&ce[..], [Event::Close(Some(f))] if f.code == CloseCode::NORMAL));
-    assert_eq!(
-        (p.client.state(), p.server.state()),
-        (State::Closed, State::Closed)
-    );
+    assert_eq!((p.client.state(), p.server.state()), (State::Closed, State::Closed));
 }
 
 #[test]
 fn ping_pong_in_memory() {
     let mut p = Pair::new();
-    p.server
-        .send_ping(Bytes::from_static(b"are you there"))
-        .unwrap();
+    p.server.send_ping(Bytes::from_static(b"are you there")).unwrap();
     let (ce, se) = p.run();
     assert_eq!(ce, [Event::Ping(Bytes::from_static(b"are you there"))]);
     assert_eq!(se, [Event::Pong(Bytes::from_static(b"are you there"))]);
@@ -99,10 +89,7 @@ fn msg() -> impl Strategy<Value = Msg> {
             // Split text at arbitrary byte offsets: fragments need not end on characters.
             let b = s.into_bytes();
             let step = b.len() / n + 1;
-            Msg::Fragmented(
-                MessageKind::Text,
-                b.chunks(step).map(<[u8]>::to_vec).collect(),
-            )
+            Msg::Fragmented(MessageKind::Text, b.chunks(step).map(<[u8]>::to_vec).collect())
         }),
         proptest::collection::vec(any::<u8>(), 0..125).prop_map(Msg::Ping),
     ]
@@ -117,8 +104,7 @@ fn send(c: &mut Connection, m: &Msg) {
                 c.send_fragment(*kind, Bytes::new(), true).unwrap();
             }
             for (i, p) in parts.iter().enumerate() {
-                c.send_fragment(*kind, p.clone(), i + 1 == parts.len())
-                    .unwrap();
+                c.send_fragment(*kind, p.clone(), i + 1 == parts.len()).unwrap();
             }
         }
         Msg::Ping(p) => c.send_ping(p.clone()).unwrap(),
@@ -129,9 +115,7 @@ fn expected(m: &Msg) -> Event {
     match m {
         Msg::Text(s) => Event::Text(s.as_str().into()),
         Msg::Binary(b) => Event::Binary(b.clone().into()),
-        Msg::Fragmented(MessageKind::Text, parts) => {
-            Event::Text(String::from_utf8(parts.concat()).unwrap().into())
-        }
+        Msg::Fragmented(MessageKind::Text, parts) => Event::Text(String::from_utf8(parts.concat()).unwrap().into()),
         Msg::Fragmented(_, parts) => Event::Binary(parts.concat().into()),
         Msg::Ping(p) => Event::Ping(p.clone().into()),
     }
@@ -215,4 +199,108 @@ proptest! {
         let split = feed_split(&mut Pair::new().server, &wire, &cuts);
         prop_assert_eq!(whole, split);
     }
+}
+
+/// Settings for both ends of a permessage-deflate pair.
+fn deflate_config() -> impl Strategy<Value = volley_proto::DeflateConfig> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        9u8..=15,
+        9u8..=15,
+        0u8..=9,
+        1u8..=9,
+        prop_oneof![Just(0usize), Just(64), 0usize..200],
+    )
+        .prop_map(|(lnct, rnct, lbits, rbits, level, mem, threshold)| {
+            let mut c = volley_proto::DeflateConfig::default();
+            c.local_no_context_takeover = lnct;
+            c.remote_no_context_takeover = rnct;
+            c.local_max_window_bits = lbits;
+            c.remote_max_window_bits = rbits;
+            c.level = level;
+            c.mem_level = mem;
+            c.threshold = threshold;
+            c
+        })
+}
+
+/// Negotiates as a real handshake would and turns the extension on at both ends.
+fn deflate_pair(client_cfg: &volley_proto::DeflateConfig, server_cfg: &volley_proto::DeflateConfig) -> Pair {
+    use volley_proto::deflate::{accept_response, client_offer, negotiate};
+    let offer = client_offer(client_cfg);
+    let (server_params, answer) = negotiate(&[offer], server_cfg).expect("server accepts our offer");
+    let client_params = accept_response(&answer, client_cfg).expect("client accepts the answer");
+    let mut p = Pair::new();
+    p.client.enable_deflate(client_params, client_cfg.clone());
+    p.server.enable_deflate(server_params, server_cfg.clone());
+    p
+}
+
+fn big_text() -> impl Strategy<Value = Msg> {
+    // Compressible text well over any threshold, so compression really runs.
+    ("[a-c ]{0,20}", 1usize..200).prop_map(|(s, n)| Msg::Text(s.repeat(n)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn deflate_round_trips_with_every_parameter_combination(
+        client_cfg in deflate_config(),
+        server_cfg in deflate_config(),
+        msgs in proptest::collection::vec(prop_oneof![msg(), big_text()], 0..10),
+    ) {
+        let mut p = deflate_pair(&client_cfg, &server_cfg);
+        for m in &msgs {
+            send(&mut p.client, m);
+            send(&mut p.server, m);
+        }
+        let (ce, se) = p.run();
+        // Each side also sees the pongs answering its own pings.
+        let not_pong = |e: &&Event| !matches!(e, Event::Pong(_));
+        let (ce, se): (Vec<Event>, Vec<Event>) = (ce.iter().filter(not_pong).cloned().collect(), se.iter().filter(not_pong).cloned().collect());
+        let want: Vec<Event> = msgs.iter().map(expected).collect();
+        prop_assert_eq!(&se, &want);
+        prop_assert_eq!(&ce, &want);
+    }
+}
+
+#[test]
+fn deflate_sets_rsv1_and_shrinks_repetitive_messages() {
+    let cfg = volley_proto::DeflateConfig::default();
+    let mut p = deflate_pair(&cfg, &cfg);
+    let text = "hello hello hello hello ".repeat(100);
+    p.server.send_text(text.as_str()).unwrap();
+    let wire = p.server.poll_transmit().unwrap();
+    assert_eq!(wire[0], 0xc1, "FIN + RSV1 + text");
+    assert!(wire.len() < text.len() / 10, "{} bytes on the wire", wire.len());
+    p.client.receive(&wire);
+    assert_eq!(p.client.poll_event(), Some(Event::Text(text.as_str().into())));
+    // Below the threshold, or on request, messages go uncompressed.
+    p.server.send_text("short").unwrap();
+    p.server.send_uncompressed(MessageKind::Binary, text.clone().into_bytes()).unwrap();
+    let mut out = Vec::new();
+    while let Some(t) = p.server.poll_transmit() {
+        out.extend_from_slice(&t);
+    }
+    assert_eq!(out[0], 0x81);
+    assert_eq!(out[7], 0x82);
+}
+
+#[test]
+fn deflate_bomb_fails_with_1009_in_bounded_memory() {
+    let cfg = volley_proto::DeflateConfig::default();
+    let mut p = deflate_pair(&cfg, &cfg);
+    let mut limits = Config::default();
+    limits.max_message_size = 1 << 20;
+    limits.random = RandomSource::fixed([1, 2, 3, 4]);
+    let params = *p.server.deflate_params().unwrap();
+    p.server = Connection::new(Role::Server, limits);
+    p.server.enable_deflate(params, cfg);
+    // 64 MiB of zeros compresses to about 64 KiB.
+    p.client.send_binary(vec![0u8; 64 << 20]).unwrap();
+    let (_, se) = p.run();
+    assert!(matches!(se[0], Event::Error(volley_proto::ProtocolError::MessageTooBig { .. })), "{se:?}");
+    assert!(p.server.is_close_sent());
 }

@@ -31,9 +31,7 @@ async fn run_case(base: &str, case: u32) -> Result<(), volley::Error> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let base = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "ws://127.0.0.1:9001".to_string());
+    let base = std::env::args().nth(1).unwrap_or_else(|| "ws://127.0.0.1:9001".to_string());
     let base = base.trim_end_matches('/').to_string();
     let count = match case_count(&base).await {
         Ok(n) => n,

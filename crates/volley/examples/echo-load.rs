@@ -15,10 +15,7 @@ use volley::Message;
 async fn main() -> Result<(), volley::Error> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
-    let url = args
-        .get(1)
-        .cloned()
-        .unwrap_or_else(|| "ws://127.0.0.1:9001".into());
+    let url = args.get(1).cloned().unwrap_or_else(|| "ws://127.0.0.1:9001".into());
     let (conns, size, inflight, secs) = (arg(2, 100), arg(3, 20) as usize, arg(4, 16), arg(5, 5));
     let total = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);

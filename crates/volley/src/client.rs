@@ -27,27 +27,13 @@ fn parse_url(url: &str) -> Result<Target, Error> {
         Some("wss") => return Err(Error::Url("wss:// is not supported yet".into())),
         _ => return Err(Error::Url(format!("{url}: the scheme must be ws://"))),
     };
-    let authority = uri
-        .authority()
-        .ok_or_else(|| Error::Url(format!("{url}: no host")))?;
+    let authority = uri.authority().ok_or_else(|| Error::Url(format!("{url}: no host")))?;
     let host = authority.host();
     let port = authority.port_u16().unwrap_or(default_port);
-    let host_header = if port == default_port {
-        host.to_string()
-    } else {
-        format!("{host}:{port}")
-    };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
+    let host_header = if port == default_port { host.to_string() } else { format!("{host}:{port}") };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    Ok(Target {
-        host,
-        port,
-        host_header,
-        path,
-    })
+    Ok(Target { host, port, host_header, path })
 }
 
 /// Builds a client connection: URL, header fields, subprotocols, configuration.
@@ -61,11 +47,7 @@ pub struct ClientBuilder {
 impl ClientBuilder {
     /// A client for `url` (`ws://host[:port][/path][?query]`).
     pub fn new(url: impl Into<String>) -> Self {
-        ClientBuilder {
-            url: url.into(),
-            headers: Vec::new(),
-            config: Config::default(),
-        }
+        ClientBuilder { url: url.into(), headers: Vec::new(), config: Config::default() }
     }
 
     /// Adds a header field to the handshake request (Origin, Cookie, Authorization...).
@@ -116,22 +98,21 @@ impl ClientBuilder {
         for (n, v) in &self.headers {
             request.add_header(n, v)?;
         }
-        let (response, leftover) =
-            with_timeout(config.handshake_timeout, "opening handshake", async {
-                io.write_all(&request.encode()).await?;
-                io.flush().await?;
-                let mut buf = BytesMut::with_capacity(1024);
-                loop {
-                    if io.read_buf(&mut buf).await? == 0 {
-                        return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                    }
-                    if let Some((response, n)) = request.parse_response(&buf, &config.proto)? {
-                        let _ = buf.split_to(n);
-                        return Ok((response, buf));
-                    }
+        let (response, leftover) = with_timeout(config.handshake_timeout, "opening handshake", async {
+            io.write_all(&request.encode()).await?;
+            io.flush().await?;
+            let mut buf = BytesMut::with_capacity(1024);
+            loop {
+                if io.read_buf(&mut buf).await? == 0 {
+                    return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
-            })
-            .await?;
+                if let Some((response, n)) = request.parse_response(&buf, &config.proto)? {
+                    let _ = buf.split_to(n);
+                    return Ok((response, buf));
+                }
+            }
+        })
+        .await?;
         let protocol = response.protocol().map(str::to_string);
         let ws = WebSocket::from_handshaken(io, Role::Client, config, &leftover, protocol);
         Ok((ws, response))
@@ -161,12 +142,7 @@ mod tests {
         );
         let t = parse_url("ws://[::1]:9001").unwrap();
         assert_eq!(
-            (
-                t.host.as_str(),
-                t.port,
-                t.host_header.as_str(),
-                t.path.as_str()
-            ),
+            (t.host.as_str(), t.port, t.host_header.as_str(), t.path.as_str()),
             ("::1", 9001, "[::1]:9001", "/")
         );
         assert!(parse_url("http://x/").is_err());

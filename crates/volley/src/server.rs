@@ -22,11 +22,7 @@ impl Rejection {
     /// A refusal with `status` (for example 403 for a foreign Origin, 401 without
     /// credentials).
     pub fn new(status: u16) -> Self {
-        Rejection {
-            status,
-            headers: Vec::new(),
-            body: String::new(),
-        }
+        Rejection { status, headers: Vec::new(), body: String::new() }
     }
 
     /// Adds a header field to the refusal.
@@ -42,11 +38,7 @@ impl Rejection {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let headers: Vec<(&str, &str)> = self
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
+        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         reject_response(self.status, &headers, &self.body)
     }
 }
@@ -94,19 +86,10 @@ where
     })
     .await?;
     let protocol = response.protocol().map(str::to_string);
-    Ok(WebSocket::from_handshaken(
-        io,
-        Role::Server,
-        config,
-        &leftover,
-        protocol,
-    ))
+    Ok(WebSocket::from_handshaken(io, Role::Server, config, &leftover, protocol))
 }
 
-async fn read_request<S: AsyncRead + Unpin>(
-    io: &mut S,
-    config: &Config,
-) -> Result<(Request, BytesMut), Error> {
+async fn read_request<S: AsyncRead + Unpin>(io: &mut S, config: &Config) -> Result<(Request, BytesMut), Error> {
     use tokio::io::AsyncReadExt;
     let mut buf = BytesMut::with_capacity(1024);
     loop {

@@ -75,13 +75,7 @@ impl<S> std::fmt::Debug for WebSocket<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Wraps a transport on which the opening handshake has already completed.
     /// `leftover` holds any bytes read past the handshake head.
-    pub fn from_handshaken(
-        io: S,
-        role: Role,
-        config: Config,
-        leftover: &[u8],
-        protocol: Option<String>,
-    ) -> Self {
+    pub fn from_handshaken(io: S, role: Role, config: Config, leftover: &[u8], protocol: Option<String>) -> Self {
         let mut conn = Connection::new(role, config.proto.clone());
         if !leftover.is_empty() {
             conn.receive(leftover);
@@ -145,12 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Queues one fragment of a message (see
     /// [`Connection::send_fragment`](volley_proto::Connection::send_fragment)), so a
     /// large message can be streamed without holding it whole.
-    pub async fn feed_fragment(
-        &mut self,
-        kind: MessageKind,
-        data: Bytes,
-        fin: bool,
-    ) -> Result<(), Error> {
+    pub async fn feed_fragment(&mut self, kind: MessageKind, data: Bytes, fin: bool) -> Result<(), Error> {
         poll_fn(|cx| self.poll_write_ready(cx)).await?;
         self.conn.send_fragment(kind, data, fin)?;
         self.take_transmits();
@@ -159,9 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Writes everything queued to the transport.
     pub async fn flush(&mut self) -> Result<(), Error> {
-        poll_fn(|cx| self.poll_flush_all(cx))
-            .await
-            .map_err(Error::Io)
+        poll_fn(|cx| self.poll_flush_all(cx)).await.map_err(Error::Io)
     }
 
     /// Starts the closing handshake with `code` and `reason`, then waits for it to
@@ -259,10 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Reads once into the core's input buffer: `Ok(0)` at end of stream.
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let want = self
-            .config
-            .read_buffer_size
-            .max(self.conn.input_needed().min(4 << 20));
+        let want = self.config.read_buffer_size.max(self.conn.input_needed().min(4 << 20));
         let buf = self.conn.input_buffer();
         if buf.capacity() - buf.len() < want / 2 {
             buf.reserve(want);
@@ -336,7 +320,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     fn pending_or_timeout(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.close_timer_expired(cx) {
             tracing::debug!("closing handshake timed out");
-            self.finish = Finish::Done;
+            // Give up on the peer, but still shut our side down; if even that cannot
+            // finish, just stop.
+            self.finish = if self.finish == Finish::ShuttingDown { Finish::Done } else { Finish::ShuttingDown };
             if self.last.is_none() {
                 self.last = Some(Err(Error::Timeout("closing handshake")));
             }
@@ -352,6 +338,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             if self.finish == Finish::Done {
                 return Poll::Ready(self.last.take());
             }
+            if self.finish != Finish::Running {
+                ready!(self.poll_finish(cx));
+                continue;
+            }
             if let Some(event) = self.conn.poll_event() {
                 self.take_transmits();
                 let msg = match event {
@@ -360,7 +350,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     Event::Ping(b) => Message::Ping(b),
                     Event::Pong(b) => Message::Pong(b),
                     Event::Close(frame) => {
-                        self.last = Some(Ok(Message::Close(frame)));
+                        // After a failure the error stays the last word.
+                        if self.last.is_none() {
+                            self.last = Some(Ok(Message::Close(frame)));
+                        }
                         continue;
                     }
                     Event::Error(e) => {
@@ -385,7 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                         if self.last.is_none() {
                             self.last = Some(Err(Error::Timeout("closing handshake")));
                         }
-                        self.finish = Finish::Done;
+                        self.finish = Finish::ShuttingDown;
                         continue;
                     }
                 }

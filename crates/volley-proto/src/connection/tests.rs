@@ -6,13 +6,7 @@ fn server() -> Connection {
 }
 
 fn client() -> Connection {
-    Connection::new(
-        Role::Client,
-        Config {
-            random: RandomSource::fixed([0x37, 0xfa, 0x21, 0x3d]),
-            ..Config::default()
-        },
-    )
+    Connection::new(Role::Client, Config { random: RandomSource::fixed([0x37, 0xfa, 0x21, 0x3d]), ..Config::default() })
 }
 
 fn events(c: &mut Connection) -> Vec<Event> {
@@ -51,10 +45,7 @@ fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
 fn rfc6455_5_7_masked_hello_from_client() {
     let mut c = client();
     c.send_text("Hello").unwrap();
-    assert_eq!(
-        transmit(&mut c),
-        [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
-    );
+    assert_eq!(transmit(&mut c), [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
 }
 
 #[test]
@@ -72,10 +63,7 @@ fn rfc6455_5_7_ping_gets_pong() {
     c.receive(&[0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
     assert_eq!(events(&mut c), [Event::Ping(Bytes::from_static(b"Hello"))]);
     // "a masked Pong response": 0x8a 0x85 0x37 0xfa 0x21 0x3d 0x7f 0x9f 0x4d 0x51 0x58
-    assert_eq!(
-        transmit(&mut c),
-        [0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
-    );
+    assert_eq!(transmit(&mut c), [0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
 }
 
 #[test]
@@ -83,10 +71,7 @@ fn rfc6455_5_7_binary_lengths() {
     let mut s = server();
     let payload = vec![7u8; 256];
     s.receive(&masked(0x82, &payload));
-    assert_eq!(
-        events(&mut s),
-        [Event::Binary(Bytes::from(payload.clone()))]
-    );
+    assert_eq!(events(&mut s), [Event::Binary(Bytes::from(payload.clone()))]);
     s.send_binary(payload).unwrap();
     let out = transmit(&mut s);
     assert_eq!(&out[..4], [0x82, 0x7e, 0x01, 0x00]);
@@ -100,13 +85,7 @@ fn control_frames_interleave_with_fragments() {
     input.extend(masked(0x89, b"p"));
     input.extend(masked(0x80, b"gment"));
     s.receive(&input);
-    assert_eq!(
-        events(&mut s),
-        [
-            Event::Ping(Bytes::from_static(b"p")),
-            Event::Text("fragment".into())
-        ]
-    );
+    assert_eq!(events(&mut s), [Event::Ping(Bytes::from_static(b"p")), Event::Text("fragment".into())]);
     assert_eq!(transmit(&mut s), [0x8a, 0x01, b'p']);
 }
 
@@ -143,10 +122,7 @@ fn rfc6455_5_1_unmasked_client_frame_fails() {
     fails_with(vec![0x81, 0x01, b'x'], 1002);
     let mut c = client();
     c.receive(&masked(0x81, b"x"));
-    assert!(matches!(
-        events(&mut c)[..],
-        [Event::Error(ProtocolError::MaskedFrame)]
-    ));
+    assert!(matches!(events(&mut c)[..], [Event::Error(ProtocolError::MaskedFrame)]));
 }
 
 #[test]
@@ -176,10 +152,7 @@ fn rfc6455_8_1_invalid_utf8_fails_fast_mid_frame() {
     payload.truncate(20);
     let frame = masked(0x81, &payload);
     s.receive(&frame[..6 + 5]);
-    assert!(matches!(
-        events(&mut s)[..],
-        [Event::Error(ProtocolError::InvalidUtf8)]
-    ));
+    assert!(matches!(events(&mut s)[..], [Event::Error(ProtocolError::InvalidUtf8)]));
     assert_eq!(transmit(&mut s), [0x88, 0x02, 0x03, 0xef]);
 }
 
@@ -190,36 +163,20 @@ fn rfc6455_8_1_invalid_utf8_across_fragments() {
     s.receive(&masked(0x00, &[0xf4]));
     assert_eq!(events(&mut s), []);
     s.receive(&masked(0x80, &[0x90, 0x80, 0x80]));
-    assert!(matches!(
-        events(&mut s)[..],
-        [Event::Error(ProtocolError::InvalidUtf8)]
-    ));
+    assert!(matches!(events(&mut s)[..], [Event::Error(ProtocolError::InvalidUtf8)]));
 }
 
 #[test]
 fn limits_fail_with_1009() {
-    let config = Config {
-        max_frame_size: 10,
-        max_message_size: 15,
-        ..Config::default()
-    };
+    let config = Config { max_frame_size: 10, max_message_size: 15, ..Config::default() };
     let mut s = Connection::new(Role::Server, config.clone());
     s.receive(&masked(0x82, &[0; 11]));
-    assert!(matches!(
-        events(&mut s)[..],
-        [Event::Error(ProtocolError::FrameTooBig {
-            size: 11,
-            max: 10
-        })]
-    ));
+    assert!(matches!(events(&mut s)[..], [Event::Error(ProtocolError::FrameTooBig { size: 11, max: 10 })]));
     let mut s = Connection::new(Role::Server, config);
     let mut input = masked(0x02, &[0; 10]);
     input.extend(masked(0x80, &[0; 6]));
     s.receive(&input);
-    assert!(matches!(
-        events(&mut s)[..],
-        [Event::Error(ProtocolError::MessageTooBig { .. })]
-    ));
+    assert!(matches!(events(&mut s)[..], [Event::Error(ProtocolError::MessageTooBig { .. })]));
 }
 
 #[test]
@@ -237,10 +194,7 @@ fn a_huge_declared_length_allocates_nothing() {
     }
     .encode(&mut header);
     s.receive(&header);
-    assert!(matches!(
-        events(&mut s)[..],
-        [Event::Error(ProtocolError::FrameTooBig { .. })]
-    ));
+    assert!(matches!(events(&mut s)[..], [Event::Error(ProtocolError::FrameTooBig { .. })]));
     s.receive(&[0u8; 4096]);
     assert!(s.input_buffer().capacity() < 64 * 1024);
 }
@@ -249,10 +203,7 @@ fn a_huge_declared_length_allocates_nothing() {
 fn rfc6455_5_5_1_close_echoes_code() {
     let mut s = server();
     s.receive(&masked(0x88, b"\x0f\xa0bye"));
-    assert_eq!(
-        events(&mut s),
-        [Event::Close(Some(CloseFrame::new(CloseCode(4000), "bye")))]
-    );
+    assert_eq!(events(&mut s), [Event::Close(Some(CloseFrame::new(CloseCode(4000), "bye")))]);
     assert_eq!(transmit(&mut s), [0x88, 0x02, 0x0f, 0xa0]);
     assert_eq!(s.state(), State::Closed);
     // Nothing may be sent after close, and later input is ignored.
@@ -271,31 +222,18 @@ fn empty_close_is_echoed_empty() {
 
 #[test]
 fn invalid_close_payloads_fail_and_end_the_handshake() {
-    for (payload, code) in [
-        (&b"\x03"[..], 1002u16),
-        (b"\x03\xed", 1002),
-        (b"\x03\xe8\xff", 1007),
-    ] {
+    for (payload, code) in [(&b"\x03"[..], 1002u16), (b"\x03\xed", 1002), (b"\x03\xe8\xff", 1007)] {
         let mut s = server();
         s.receive(&masked(0x88, payload));
         let evs = events(&mut s);
-        assert!(
-            matches!(&evs[..], [Event::Error(e)] if e.close_code().0 == code),
-            "{evs:?}"
-        );
-        assert_eq!(
-            transmit(&mut s),
-            [0x88, 0x02, (code >> 8) as u8, code as u8]
-        );
+        assert!(matches!(&evs[..], [Event::Error(e)] if e.close_code().0 == code), "{evs:?}");
+        assert_eq!(transmit(&mut s), [0x88, 0x02, (code >> 8) as u8, code as u8]);
         // The peer's (invalid) close frame was its close: nothing more to wait for.
         assert_eq!(s.state(), State::Closed);
     }
     let mut s = server();
     s.receive(&masked(0x88, &[b'x'; 126]));
-    assert!(matches!(
-        events(&mut s)[..],
-        [Event::Error(ProtocolError::ControlFrameTooLong(126))]
-    ));
+    assert!(matches!(events(&mut s)[..], [Event::Error(ProtocolError::ControlFrameTooLong(126))]));
     assert_eq!(s.state(), State::Closed);
 }
 
@@ -309,13 +247,7 @@ fn local_close_then_peer_close() {
     let mut input = masked(0x81, b"x");
     input.extend(masked(0x88, b"\x03\xe8"));
     s.receive(&input);
-    assert_eq!(
-        events(&mut s),
-        [
-            Event::Text("x".into()),
-            Event::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))
-        ]
-    );
+    assert_eq!(events(&mut s), [Event::Text("x".into()), Event::Close(Some(CloseFrame::new(CloseCode::NORMAL, "")))]);
     assert_eq!(transmit(&mut s), b"");
     assert_eq!(s.state(), State::Closed);
     assert_eq!(s.send_close(CloseCode::NORMAL, ""), Err(SendError::Closed));
@@ -325,18 +257,9 @@ fn local_close_then_peer_close() {
 #[test]
 fn send_close_checks_code_and_length() {
     let mut s = server();
-    assert_eq!(
-        s.send_close(CloseCode::NO_STATUS, ""),
-        Err(SendError::InvalidCloseCode(1005))
-    );
-    assert!(matches!(
-        s.send_close(CloseCode::NORMAL, &"x".repeat(124)),
-        Err(SendError::ControlFrameTooLong(_))
-    ));
-    assert!(matches!(
-        s.send_ping(vec![0; 126]),
-        Err(SendError::ControlFrameTooLong(126))
-    ));
+    assert_eq!(s.send_close(CloseCode::NO_STATUS, ""), Err(SendError::InvalidCloseCode(1005)));
+    assert!(matches!(s.send_close(CloseCode::NORMAL, &"x".repeat(124)), Err(SendError::ControlFrameTooLong(_))));
+    assert!(matches!(s.send_ping(vec![0; 126]), Err(SendError::ControlFrameTooLong(126))));
 }
 
 #[test]
@@ -375,10 +298,7 @@ fn after_a_failure_the_peer_close_completes_the_handshake() {
 fn eof_without_close_is_abnormal() {
     let mut s = server();
     s.receive_eof();
-    assert_eq!(
-        events(&mut s),
-        [Event::Error(ProtocolError::AbnormalClosure)]
-    );
+    assert_eq!(events(&mut s), [Event::Error(ProtocolError::AbnormalClosure)]);
     assert_eq!(s.state(), State::Closed);
     assert_eq!(transmit(&mut s), b"");
 }
@@ -386,30 +306,16 @@ fn eof_without_close_is_abnormal() {
 #[test]
 fn fragmented_send_streams_and_checks_utf8() {
     let mut s = server();
-    s.send_fragment(MessageKind::Text, "κό".as_bytes()[..3].to_vec(), false)
-        .unwrap();
+    s.send_fragment(MessageKind::Text, "κό".as_bytes()[..3].to_vec(), false).unwrap();
     assert_eq!(s.send_text("x"), Err(SendError::FragmentInProgress));
     s.send_ping(Bytes::from_static(b"p")).unwrap();
-    assert_eq!(
-        s.send_fragment(MessageKind::Binary, Bytes::new(), true),
-        Err(SendError::FragmentInProgress)
-    );
-    assert_eq!(
-        s.send_fragment(MessageKind::Text, vec![0xff], true),
-        Err(SendError::InvalidUtf8)
-    );
-    s.send_fragment(MessageKind::Text, "κό".as_bytes()[3..].to_vec(), true)
-        .unwrap();
+    assert_eq!(s.send_fragment(MessageKind::Binary, Bytes::new(), true), Err(SendError::FragmentInProgress));
+    assert_eq!(s.send_fragment(MessageKind::Text, vec![0xff], true), Err(SendError::InvalidUtf8));
+    s.send_fragment(MessageKind::Text, "κό".as_bytes()[3..].to_vec(), true).unwrap();
     let out = transmit(&mut s);
     let mut c = client();
     c.receive(&out);
-    assert_eq!(
-        events(&mut c),
-        [
-            Event::Ping(Bytes::from_static(b"p")),
-            Event::Text("κό".into())
-        ]
-    );
+    assert_eq!(events(&mut c), [Event::Ping(Bytes::from_static(b"p")), Event::Text("κό".into())]);
 }
 
 #[test]
@@ -439,18 +345,12 @@ fn a_batch_of_small_frames_is_one_chunk() {
 #[test]
 fn received_payloads_are_not_copied() {
     let mut s = server();
-    s.input_buffer()
-        .extend_from_slice(&masked(0x82, &[9u8; 1000]));
+    s.input_buffer().extend_from_slice(&masked(0x82, &[9u8; 1000]));
     let base = s.input_buffer().as_ptr() as usize;
     s.receive_buffered();
-    let Some(Event::Binary(b)) = s.poll_event() else {
-        panic!()
-    };
+    let Some(Event::Binary(b)) = s.poll_event() else { panic!() };
     let p = b.as_ptr() as usize;
-    assert!(
-        p >= base && p < base + 2000,
-        "payload points into the read buffer"
-    );
+    assert!(p >= base && p < base + 2000, "payload points into the read buffer");
 }
 
 #[test]

@@ -103,10 +103,7 @@ pub(crate) enum ClosePayloadError {
 impl CloseFrame {
     /// A close frame with a code and a reason.
     pub fn new(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Self {
-        CloseFrame {
-            code,
-            reason: reason.into(),
-        }
+        CloseFrame { code, reason: reason.into() }
     }
 
     /// Parses the payload of a received close frame; `Ok(None)` for an empty body.
@@ -119,8 +116,7 @@ impl CloseFrame {
                 if !code.is_valid_on_wire() {
                     return Err(ClosePayloadError::InvalidCode(code.0));
                 }
-                let reason = Utf8Bytes::try_from(payload.slice(2..))
-                    .map_err(|_| ClosePayloadError::InvalidUtf8)?;
+                let reason = Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| ClosePayloadError::InvalidUtf8)?;
                 Ok(Some(CloseFrame { code, reason }))
             }
         }
@@ -141,15 +137,10 @@ mod tests {
 
     #[test]
     fn rfc6455_7_4_1_code_validity() {
-        for ok in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
-            4000, 4999,
-        ] {
+        for ok in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999] {
             assert!(CloseCode(ok).is_valid_on_wire(), "{ok}");
         }
-        for bad in [
-            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
-        ] {
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
             assert!(!CloseCode(bad).is_valid_on_wire(), "{bad}");
         }
     }
@@ -157,21 +148,10 @@ mod tests {
     #[test]
     fn close_payload_parsing() {
         assert_eq!(CloseFrame::parse(&Bytes::new()), Ok(None));
-        assert_eq!(
-            CloseFrame::parse(&Bytes::from_static(&[3])),
-            Err(ClosePayloadError::OneByte)
-        );
-        assert_eq!(
-            CloseFrame::parse(&Bytes::from_static(&[0x03, 0xed])),
-            Err(ClosePayloadError::InvalidCode(1005))
-        );
-        assert_eq!(
-            CloseFrame::parse(&Bytes::from_static(&[0x03, 0xe8, 0xff])),
-            Err(ClosePayloadError::InvalidUtf8)
-        );
-        let f = CloseFrame::parse(&Bytes::from_static(b"\x03\xe8bye"))
-            .unwrap()
-            .unwrap();
+        assert_eq!(CloseFrame::parse(&Bytes::from_static(&[3])), Err(ClosePayloadError::OneByte));
+        assert_eq!(CloseFrame::parse(&Bytes::from_static(&[0x03, 0xed])), Err(ClosePayloadError::InvalidCode(1005)));
+        assert_eq!(CloseFrame::parse(&Bytes::from_static(&[0x03, 0xe8, 0xff])), Err(ClosePayloadError::InvalidUtf8));
+        let f = CloseFrame::parse(&Bytes::from_static(b"\x03\xe8bye")).unwrap().unwrap();
         assert_eq!(f, CloseFrame::new(CloseCode::NORMAL, "bye"));
         assert_eq!(&f.encode()[..], b"\x03\xe8bye");
     }

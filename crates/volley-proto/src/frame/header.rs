@@ -134,15 +134,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(fin: bool, opcode: u8, mask: Option<[u8; 4]>, len: u64) -> FrameHeader {
-        FrameHeader {
-            fin,
-            rsv1: false,
-            rsv2: false,
-            rsv3: false,
-            opcode,
-            mask,
-            payload_len: len,
-        }
+        FrameHeader { fin, rsv1: false, rsv2: false, rsv3: false, opcode, mask, payload_len: len }
     }
 
     #[test]
@@ -165,9 +157,7 @@ mod tests {
     #[test]
     fn rfc6455_5_7_length_encodings() {
         // "256 bytes binary message in a single unmasked frame": 0x82 0x7E 0x0100
-        let (h, n) = FrameHeader::parse(&[0x82, 0x7e, 0x01, 0x00])
-            .unwrap()
-            .unwrap();
+        let (h, n) = FrameHeader::parse(&[0x82, 0x7e, 0x01, 0x00]).unwrap().unwrap();
         assert_eq!((h.payload_len, n), (256, 4));
         // "64KiB binary message in a single unmasked frame": 0x82 0x7F 0x0000000000010000
         let b = [0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0];

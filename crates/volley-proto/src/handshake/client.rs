@@ -42,9 +42,7 @@ impl ClientRequest {
     /// Offers a subprotocol; the order of calls is the order of preference.
     pub fn add_protocol(&mut self, protocol: &str) -> Result<(), HandshakeError> {
         if !is_token(protocol) {
-            return Err(HandshakeError::InvalidHeader(format!(
-                "Sec-WebSocket-Protocol: {protocol}"
-            )));
+            return Err(HandshakeError::InvalidHeader(format!("Sec-WebSocket-Protocol: {protocol}")));
         }
         self.protocols.push(protocol.to_string());
         Ok(())
@@ -58,18 +56,9 @@ impl ClientRequest {
     /// Adds a header field (Origin, Cookie, Authorization, ...). Names must be tokens and
     /// values free of line breaks. The fields the handshake itself sets are refused.
     pub fn add_header(&mut self, name: &str, value: &str) -> Result<(), HandshakeError> {
-        const OWN: [&str; 6] = [
-            "host",
-            "upgrade",
-            "connection",
-            "sec-websocket-key",
-            "sec-websocket-version",
-            "sec-websocket-accept",
-        ];
-        if !is_token(name)
-            || !is_header_value(value)
-            || OWN.contains(&name.to_ascii_lowercase().as_str())
-        {
+        const OWN: [&str; 6] =
+            ["host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-accept"];
+        if !is_token(name) || !is_header_value(value) || OWN.contains(&name.to_ascii_lowercase().as_str()) {
             return Err(HandshakeError::InvalidHeader(name.to_string()));
         }
         self.headers.push((name.to_string(), value.to_string()));
@@ -96,18 +85,10 @@ impl ClientRequest {
             self.target, self.host, self.key
         );
         if !self.protocols.is_empty() {
-            let _ = write!(
-                s,
-                "Sec-WebSocket-Protocol: {}\r\n",
-                self.protocols.join(", ")
-            );
+            let _ = write!(s, "Sec-WebSocket-Protocol: {}\r\n", self.protocols.join(", "));
         }
         if !self.extensions.is_empty() {
-            let list: Vec<String> = self
-                .extensions
-                .iter()
-                .map(ExtensionOffer::to_header_value)
-                .collect();
+            let list: Vec<String> = self.extensions.iter().map(ExtensionOffer::to_header_value).collect();
             let _ = write!(s, "Sec-WebSocket-Extensions: {}\r\n", list.join(", "));
         }
         for (n, v) in &self.headers {
@@ -136,9 +117,7 @@ impl ClientRequest {
                 }
                 return Ok(None);
             }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(HandshakeError::TooManyHeaders(config.max_headers))
-            }
+            Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders(config.max_headers)),
             Err(e) => return Err(HandshakeError::Http(e.to_string())),
         };
         if n > config.max_handshake_size {
@@ -162,8 +141,7 @@ impl ClientRequest {
         {
             let mut accepts = headers.get_all("Sec-WebSocket-Accept");
             let accept = accepts.next().map(str::trim);
-            if accept != Some(accept_key(self.key.as_bytes()).as_str()) || accepts.next().is_some()
-            {
+            if accept != Some(accept_key(self.key.as_bytes()).as_str()) || accepts.next().is_some() {
                 return Err(HandshakeError::Accept);
             }
         }
@@ -189,15 +167,7 @@ impl ClientRequest {
             }
             protocol
         };
-        Ok(Some((
-            ServerResponse {
-                status,
-                headers,
-                protocol,
-                extensions,
-            },
-            n,
-        )))
+        Ok(Some((ServerResponse { status, headers, protocol, extensions }, n)))
     }
 }
 
@@ -239,10 +209,7 @@ mod tests {
     use crate::handshake::server::{Request, Response};
 
     fn config() -> Config {
-        Config {
-            random: RandomSource::fixed([1, 2, 3, 4]),
-            ..Config::default()
-        }
+        Config { random: RandomSource::fixed([1, 2, 3, 4]), ..Config::default() }
     }
 
     #[test]
@@ -269,8 +236,7 @@ mod tests {
         let bytes = req.encode();
         let (sreq, _) = Request::parse(&bytes, &config()).unwrap().unwrap();
         let mut resp = Response::accept(&sreq);
-        resp.set_protocol(&sreq, sreq.pick_protocol(&["b"]).unwrap())
-            .unwrap();
+        resp.set_protocol(&sreq, sreq.pick_protocol(&["b"]).unwrap()).unwrap();
         let mut wire = resp.encode();
         wire.extend_from_slice(b"\x81\x00");
         let (answer, n) = req.parse_response(&wire, &config()).unwrap().unwrap();
@@ -287,14 +253,8 @@ mod tests {
         );
         let check = |s: String| req.parse_response(s.as_bytes(), &config());
         assert!(check(good.clone()).unwrap().is_some());
-        assert_eq!(
-            check(good.replace("101 Switching Protocols", "200 OK")).unwrap_err(),
-            HandshakeError::Status(200)
-        );
-        assert_eq!(
-            check(good.replace("Upgrade: websocket", "Upgrade: x")).unwrap_err(),
-            HandshakeError::Upgrade
-        );
+        assert_eq!(check(good.replace("101 Switching Protocols", "200 OK")).unwrap_err(), HandshakeError::Status(200));
+        assert_eq!(check(good.replace("Upgrade: websocket", "Upgrade: x")).unwrap_err(), HandshakeError::Upgrade);
         assert_eq!(
             check(good.replace("Connection: Upgrade", "Connection: close")).unwrap_err(),
             HandshakeError::Connection
@@ -302,17 +262,8 @@ mod tests {
         let wrong = good.replace("Accept: ", "Accept: x");
         assert_eq!(check(wrong).unwrap_err(), HandshakeError::Accept);
         let proto = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat\r\n\r\n");
-        assert_eq!(
-            check(proto).unwrap_err(),
-            HandshakeError::Protocol("chat".into())
-        );
-        let ext = good.replace(
-            "\r\n\r\n",
-            "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
-        );
-        assert_eq!(
-            check(ext).unwrap_err(),
-            HandshakeError::Extension("permessage-deflate".into())
-        );
+        assert_eq!(check(proto).unwrap_err(), HandshakeError::Protocol("chat".into()));
+        let ext = good.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+        assert_eq!(check(ext).unwrap_err(), HandshakeError::Extension("permessage-deflate".into()));
     }
 }

@@ -115,12 +115,7 @@ pub struct Headers(Vec<(String, Vec<u8>)>);
 
 impl Headers {
     pub(crate) fn from_httparse(headers: &[httparse::Header<'_>]) -> Self {
-        Headers(
-            headers
-                .iter()
-                .map(|h| (h.name.to_string(), h.value.to_vec()))
-                .collect(),
-        )
+        Headers(headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect())
     }
 
     /// The first value of `name` (case-insensitive) that is valid UTF-8.
@@ -155,17 +150,12 @@ impl Headers {
     /// Whether any comma-separated token of any `name` field equals `token`
     /// (case-insensitive), as for `Connection: keep-alive, Upgrade`.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.get_all(name)
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+        self.get_all(name).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
     /// The comma-separated tokens of every `name` field, trimmed, empty ones dropped.
     pub fn tokens<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        self.get_all(name)
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        self.get_all(name).flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty())
     }
 }
 
@@ -181,9 +171,7 @@ pub struct ExtensionOffer {
 
 impl ExtensionOffer {
     /// Parses every Sec-WebSocket-Extensions value, in order.
-    pub fn parse_all<'a>(
-        values: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Vec<ExtensionOffer>, HandshakeError> {
+    pub fn parse_all<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Vec<ExtensionOffer>, HandshakeError> {
         let mut offers = Vec::new();
         for value in values {
             for item in split_outside_quotes(value, ',') {
@@ -207,10 +195,7 @@ impl ExtensionOffer {
                     }
                     params.push((k.to_string(), v));
                 }
-                offers.push(ExtensionOffer {
-                    name: name.to_string(),
-                    params,
-                });
+                offers.push(ExtensionOffer { name: name.to_string(), params });
             }
         }
         Ok(offers)
@@ -260,11 +245,7 @@ fn unquote(v: &str) -> Result<String, HandshakeError> {
             let mut out = String::new();
             let mut chars = inner.chars();
             while let Some(c) = chars.next() {
-                out.push(if c == '\\' {
-                    chars.next().ok_or(err.clone())?
-                } else {
-                    c
-                });
+                out.push(if c == '\\' { chars.next().ok_or(err.clone())? } else { c });
             }
             out
         }
@@ -280,9 +261,7 @@ fn unquote(v: &str) -> Result<String, HandshakeError> {
 
 /// Whether `s` is an HTTP token (RFC 7230 §3.2.6).
 pub(crate) fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Whether a header value can be sent as is (no control characters but tab).
@@ -296,10 +275,7 @@ mod tests {
 
     #[test]
     fn rfc6455_1_3_accept_key() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -313,10 +289,7 @@ mod tests {
         assert_eq!(offers[0].name, "permessage-deflate");
         assert_eq!(
             offers[0].params,
-            vec![
-                ("client_max_window_bits".into(), None),
-                ("server_max_window_bits".into(), Some("10".into()))
-            ]
+            vec![("client_max_window_bits".into(), None), ("server_max_window_bits".into(), Some("10".into()))]
         );
         assert!(offers[1].params.is_empty());
         assert_eq!(offers[2].name, "x-foo");

@@ -36,9 +36,7 @@ impl Request {
                 }
                 return Ok(None);
             }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(HandshakeError::TooManyHeaders(config.max_headers))
-            }
+            Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders(config.max_headers)),
             Err(e) => return Err(HandshakeError::Http(e.to_string())),
         };
         if n > config.max_handshake_size {
@@ -53,12 +51,7 @@ impl Request {
     }
 
     /// Checks the fields RFC 6455 §4.2.1 requires.
-    fn check(
-        method: String,
-        target: String,
-        version: u8,
-        headers: Headers,
-    ) -> Result<Request, HandshakeError> {
+    fn check(method: String, target: String, version: u8, headers: Headers) -> Result<Request, HandshakeError> {
         // §4.2.1 1: "An HTTP/1.1 or higher GET request".
         if method != "GET" {
             return Err(HandshakeError::Method(method));
@@ -92,11 +85,7 @@ impl Request {
         // decoded, is 16 bytes in length."
         let key = {
             let mut keys = headers.get_all("Sec-WebSocket-Key");
-            let key = keys
-                .next()
-                .map(str::trim)
-                .ok_or(HandshakeError::Key)?
-                .to_string();
+            let key = keys.next().map(str::trim).ok_or(HandshakeError::Key)?.to_string();
             if keys.next().is_some() || BASE64.decode(&key).map(|k| k.len()) != Ok(16) {
                 return Err(HandshakeError::Key);
             }
@@ -110,14 +99,7 @@ impl Request {
             protocols.push(p.to_string());
         }
         let extensions = ExtensionOffer::parse_all(headers.get_all("Sec-WebSocket-Extensions"))?;
-        Ok(Request {
-            method,
-            target,
-            headers,
-            key,
-            protocols,
-            extensions,
-        })
+        Ok(Request { method, target, headers, key, protocols, extensions })
     }
 
     /// The request method (always `GET` once checked).
@@ -187,10 +169,7 @@ impl Request {
 
     /// The first subprotocol in the client's list that `supported` contains.
     pub fn pick_protocol<S: AsRef<str>>(&self, supported: &[S]) -> Option<&str> {
-        self.protocols
-            .iter()
-            .find(|p| supported.iter().any(|s| s.as_ref() == p.as_str()))
-            .map(String::as_str)
+        self.protocols.iter().find(|p| supported.iter().any(|s| s.as_ref() == p.as_str())).map(String::as_str)
     }
 }
 
@@ -207,19 +186,12 @@ pub struct Response {
 impl Response {
     /// A 101 answer to `request`, with no subprotocol and no extensions yet.
     pub fn accept(request: &Request) -> Response {
-        Response {
-            accept: accept_key(request.key.as_bytes()),
-            ..Response::default()
-        }
+        Response { accept: accept_key(request.key.as_bytes()), ..Response::default() }
     }
 
     /// Selects a subprotocol, which must be one the client offered (§4.2.2 5.4: "the
     /// value chosen MUST be derived from the client's handshake").
-    pub fn set_protocol(
-        &mut self,
-        request: &Request,
-        protocol: &str,
-    ) -> Result<(), HandshakeError> {
+    pub fn set_protocol(&mut self, request: &Request, protocol: &str) -> Result<(), HandshakeError> {
         if !request.protocols.iter().any(|p| p == protocol) {
             return Err(HandshakeError::Protocol(protocol.to_string()));
         }
@@ -255,19 +227,13 @@ impl Response {
     /// The response head.
     pub fn encode(&self) -> Vec<u8> {
         let mut s = String::with_capacity(160);
-        s.push_str(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
-        );
+        s.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
         let _ = write!(s, "Sec-WebSocket-Accept: {}\r\n", self.accept);
         if let Some(p) = &self.protocol {
             let _ = write!(s, "Sec-WebSocket-Protocol: {p}\r\n");
         }
         if !self.extensions.is_empty() {
-            let list: Vec<String> = self
-                .extensions
-                .iter()
-                .map(ExtensionOffer::to_header_value)
-                .collect();
+            let list: Vec<String> = self.extensions.iter().map(ExtensionOffer::to_header_value).collect();
             let _ = write!(s, "Sec-WebSocket-Extensions: {}\r\n", list.join(", "));
         }
         for (n, v) in &self.headers {
@@ -316,8 +282,7 @@ fn reason_phrase(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
-    const RFC_REQUEST: &str =
-        "GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
+    const RFC_REQUEST: &str = "GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
         Origin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\n\
         Sec-WebSocket-Version: 13\r\n\r\n";
@@ -331,11 +296,7 @@ mod tests {
         let mut bytes = RFC_REQUEST.as_bytes().to_vec();
         bytes.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
         let (req, n) = Request::parse(&bytes, &Config::default()).unwrap().unwrap();
-        assert_eq!(
-            n,
-            RFC_REQUEST.len(),
-            "frame bytes after the head are left over"
-        );
+        assert_eq!(n, RFC_REQUEST.len(), "frame bytes after the head are left over");
         assert_eq!(req.path(), "/chat");
         assert_eq!(req.origin(), Some("http://example.com"));
         assert_eq!(req.protocols(), ["chat", "superchat"]);
@@ -354,10 +315,7 @@ mod tests {
     #[test]
     fn every_prefix_is_incomplete() {
         for cut in 0..RFC_REQUEST.len() {
-            assert!(
-                parse(&RFC_REQUEST[..cut]).unwrap().is_none(),
-                "cut at {cut}"
-            );
+            assert!(parse(&RFC_REQUEST[..cut]).unwrap().is_none(), "cut at {cut}");
         }
     }
 
@@ -366,22 +324,10 @@ mod tests {
         let bad = |from: &str, to: &str| parse(&RFC_REQUEST.replace(from, to)).unwrap_err();
         assert_eq!(bad("GET", "POST"), HandshakeError::Method("POST".into()));
         assert_eq!(bad("HTTP/1.1", "HTTP/1.0"), HandshakeError::HttpVersion);
-        assert_eq!(
-            bad("Host: server.example.com\r\n", ""),
-            HandshakeError::MissingHost
-        );
-        assert_eq!(
-            bad("Upgrade: websocket", "Upgrade: h2c"),
-            HandshakeError::Upgrade
-        );
-        assert_eq!(
-            bad("Connection: Upgrade", "Connection: keep-alive"),
-            HandshakeError::Connection
-        );
-        assert_eq!(
-            bad("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ=="),
-            HandshakeError::Key
-        );
+        assert_eq!(bad("Host: server.example.com\r\n", ""), HandshakeError::MissingHost);
+        assert_eq!(bad("Upgrade: websocket", "Upgrade: h2c"), HandshakeError::Upgrade);
+        assert_eq!(bad("Connection: Upgrade", "Connection: keep-alive"), HandshakeError::Connection);
+        assert_eq!(bad("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ=="), HandshakeError::Key);
         let v = bad("Version: 13", "Version: 8");
         assert_eq!(v, HandshakeError::Version(Some("8".into())));
         assert_eq!(v.status(), 426);
@@ -400,25 +346,17 @@ mod tests {
 
     #[test]
     fn limits_are_enforced() {
-        let config = Config {
-            max_handshake_size: 100,
-            ..Config::default()
-        };
+        let config = Config { max_handshake_size: 100, ..Config::default() };
         let err = Request::parse(RFC_REQUEST.as_bytes(), &config).unwrap_err();
         assert_eq!(err.status(), 431);
-        let config = Config {
-            max_headers: 4,
-            ..Config::default()
-        };
+        let config = Config { max_headers: 4, ..Config::default() };
         let err = Request::parse(RFC_REQUEST.as_bytes(), &config).unwrap_err();
         assert_eq!(err, HandshakeError::TooManyHeaders(4));
     }
 
     #[test]
     fn query_and_cookies() {
-        let req = RFC_REQUEST
-            .replace("/chat", "/chat?room=1")
-            .replace("Origin", "Cookie: a=1; b=2\r\nOrigin");
+        let req = RFC_REQUEST.replace("/chat", "/chat?room=1").replace("Origin", "Cookie: a=1; b=2\r\nOrigin");
         let (req, _) = parse(&req).unwrap().unwrap();
         assert_eq!((req.path(), req.query()), ("/chat", Some("room=1")));
         assert_eq!(req.cookies().collect::<Vec<_>>(), [("a", "1"), ("b", "2")]);

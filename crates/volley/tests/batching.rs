@@ -1,0 +1,146 @@
+//! Writes are corked: an echo loop that `feed`s every message it receives answers a
+//! whole batch of input with a few vectored writes, not one write per message.
+
+mod common;
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use common::{masked, raw_client_handshake, within};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use volley::{accept, Message};
+
+/// A transport that counts the write calls that complete (return `Ready`).
+struct CountingWrites<S> {
+    inner: S,
+    writes: Arc<AtomicUsize>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountingWrites<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountingWrites<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn echo_loop_answers_100_pipelined_frames_with_few_writes() {
+    const N: usize = 100;
+    let (client_io, server_io): (DuplexStream, DuplexStream) = tokio::io::duplex(256 << 10);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_writes = writes.clone();
+    let server = tokio::spawn(async move {
+        let io = CountingWrites { inner: server_io, writes: server_writes.clone() };
+        let mut ws = accept(io).await.unwrap();
+        // Count only what the echo loop writes, not the 101 answer.
+        server_writes.store(0, Ordering::SeqCst);
+        ready_tx.send(()).unwrap();
+        let mut echoed = 0;
+        while let Some(item) = ws.recv().await {
+            let msg = item.unwrap();
+            if msg.is_data() {
+                ws.feed(msg).await.unwrap();
+                echoed += 1;
+            }
+        }
+        echoed
+    });
+
+    let mut client = client_io;
+    raw_client_handshake(&mut client).await;
+    within(ready_rx).await.unwrap();
+
+    // 100 small masked frames in ONE write.
+    let payloads: Vec<String> = (0..N).map(|i| format!("message #{i:03}")).collect();
+    let batch: Vec<u8> = payloads.iter().flat_map(|p| masked(0x81, p.as_bytes())).collect();
+    client.write_all(&batch).await.unwrap();
+
+    // The echo: the same 100 frames, unmasked, in order.
+    let expected: Vec<u8> = payloads
+        .iter()
+        .flat_map(|p| {
+            let mut f = vec![0x81, p.len() as u8];
+            f.extend_from_slice(p.as_bytes());
+            f
+        })
+        .collect();
+    let mut echoed = vec![0u8; expected.len()];
+    within(client.read_exact(&mut echoed)).await.unwrap();
+    assert!(echoed == expected, "the echo is not the 100 frames in order");
+
+    let count = writes.load(Ordering::SeqCst);
+    assert!(count <= 3, "100 echoed messages took {count} writes; they should be batched");
+
+    // Close cleanly: a masked close, then the echo and the server's EOF.
+    client.write_all(&masked(0x88, &[0x03, 0xe8])).await.unwrap();
+    let mut rest = Vec::new();
+    within(client.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(rest, vec![0x88, 0x02, 0x03, 0xe8]);
+    assert_eq!(within(server).await.unwrap(), N);
+}
+
+#[tokio::test]
+async fn echoed_messages_are_byte_identical_through_a_duplex_pipe() {
+    // The same corked echo loop over tokio::io::duplex with a volley client, checking
+    // Message-level equality for mixed kinds.
+    let (client_io, server_io) = tokio::io::duplex(64 << 10);
+    let server = tokio::spawn(async move {
+        let mut ws = accept(server_io).await.unwrap();
+        while let Some(item) = ws.recv().await {
+            let msg = item.unwrap();
+            if msg.is_data() {
+                ws.feed(msg).await.unwrap();
+            }
+        }
+    });
+    let (mut ws, _) = within(volley::ClientBuilder::new("ws://localhost/").handshake(client_io)).await.unwrap();
+    let msgs: Vec<Message> = (0..50)
+        .map(|i| if i % 2 == 0 { Message::text(format!("t{i}")) } else { Message::binary(vec![i as u8; i]) })
+        .collect();
+    for m in &msgs {
+        ws.feed(m.clone()).await.unwrap();
+    }
+    within(ws.flush()).await.unwrap();
+    for m in &msgs {
+        assert_eq!(&within(ws.recv()).await.unwrap().unwrap(), m);
+    }
+    within(ws.close(volley::CloseCode::NORMAL, "")).await.unwrap();
+    within(server).await.unwrap();
+}

@@ -1,0 +1,330 @@
+//! The opening handshake as users see it: subprotocol negotiation, request details
+//! reaching the server's hook, response headers and rejections reaching the client,
+//! the HTTP answers to bad requests, and the handshake timeout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{bind, masked, read_to_eof, url, within};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use volley::proto::handshake::ClientRequest;
+use volley::proto::HandshakeError;
+use volley::{accept_with, ClientBuilder, CloseCode, Config, Error, Message, Rejection};
+
+#[tokio::test]
+async fn server_picks_first_client_offered_subprotocol_it_supports() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let config = Config::new().protocols(["b", "a"]);
+        let mut ws = accept_with(tcp, config, |_, _| Ok(())).await.unwrap();
+        let protocol = ws.protocol().map(str::to_string);
+        while let Some(item) = ws.recv().await {
+            item.unwrap();
+        }
+        protocol
+    });
+    let (mut ws, response) =
+        within(ClientBuilder::new(url(port, "/")).protocol("a").protocol("b").connect()).await.unwrap();
+    assert_eq!(ws.protocol(), Some("a"));
+    assert_eq!(response.protocol(), Some("a"));
+    within(ws.close(CloseCode::NORMAL, "")).await.unwrap();
+    assert_eq!(within(server).await.unwrap().as_deref(), Some("a"));
+}
+
+#[tokio::test]
+async fn no_subprotocol_when_none_is_shared() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let config = Config::new().protocols(["x"]);
+        let ws = accept_with(tcp, config, |_, _| Ok(())).await.unwrap();
+        ws.protocol().map(str::to_string)
+    });
+    let (ws, response) = within(ClientBuilder::new(url(port, "/")).protocol("a").connect()).await.unwrap();
+    assert_eq!(ws.protocol(), None);
+    assert_eq!(response.protocol(), None);
+    assert_eq!(within(server).await.unwrap(), None);
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    path: String,
+    query: Option<String>,
+    target: String,
+    host: Option<String>,
+    origin: Option<String>,
+    cookies: Vec<(String, String)>,
+    custom: Option<String>,
+    protocols: Vec<String>,
+}
+
+#[tokio::test]
+async fn hook_sees_path_query_origin_cookies_and_custom_headers() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut seen = Seen::default();
+        let ws = accept_with(tcp, Config::new(), |req, _| {
+            seen = Seen {
+                path: req.path().to_string(),
+                query: req.query().map(str::to_string),
+                target: req.target().to_string(),
+                host: req.host().map(str::to_string),
+                origin: req.origin().map(str::to_string),
+                cookies: req.cookies().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+                custom: req.header("x-custom-thing").map(str::to_string),
+                protocols: req.protocols().to_vec(),
+            };
+            Ok(())
+        })
+        .await
+        .unwrap();
+        drop(ws);
+        seen
+    });
+    let (_ws, _) = within(
+        ClientBuilder::new(url(port, "/chat/room?user=ann&x=1"))
+            .header("Origin", "https://example.com")
+            .header("Cookie", "session=abc123; theme=dark")
+            .header("X-Custom-Thing", "hello there")
+            .protocol("chat.v1")
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let seen = within(server).await.unwrap();
+    assert_eq!(seen.path, "/chat/room");
+    assert_eq!(seen.query.as_deref(), Some("user=ann&x=1"));
+    assert_eq!(seen.target, "/chat/room?user=ann&x=1");
+    assert_eq!(seen.host, Some(format!("127.0.0.1:{port}")));
+    assert_eq!(seen.origin.as_deref(), Some("https://example.com"));
+    assert_eq!(
+        seen.cookies,
+        vec![("session".to_string(), "abc123".to_string()), ("theme".to_string(), "dark".to_string())]
+    );
+    assert_eq!(seen.custom.as_deref(), Some("hello there"));
+    assert_eq!(seen.protocols, vec!["chat.v1".to_string()]);
+}
+
+#[tokio::test]
+async fn hook_response_header_reaches_client() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = accept_with(tcp, Config::new(), |_, resp| {
+            resp.add_header("X-Server-Says", "welcome").unwrap();
+            resp.add_header("Set-Cookie", "id=42; HttpOnly").unwrap();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        while let Some(item) = ws.recv().await {
+            item.unwrap();
+        }
+    });
+    let (mut ws, response) = within(volley::connect(&url(port, "/"))).await.unwrap();
+    assert_eq!(response.status(), 101);
+    assert_eq!(response.headers().get("x-server-says"), Some("welcome"));
+    assert_eq!(response.headers().get("Set-Cookie"), Some("id=42; HttpOnly"));
+    // The connection works after the customised answer.
+    within(ws.send(Message::text("hi"))).await.unwrap();
+    within(ws.close(CloseCode::NORMAL, "")).await.unwrap();
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn hook_rejection_gives_client_status_and_server_rejected() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        accept_with(tcp, Config::new(), |req, _| {
+            if req.origin() == Some("https://evil.example") {
+                Err(Rejection::new(403).header("X-Reason", "origin").body("go away"))
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    });
+    let err = within(ClientBuilder::new(url(port, "/")).header("Origin", "https://evil.example").connect())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Handshake(HandshakeError::Status(403))), "client got {err:?}");
+    let server_err = within(server).await.unwrap().unwrap_err();
+    assert!(matches!(server_err, Error::Rejected(403)), "server got {server_err:?}");
+}
+
+#[tokio::test]
+async fn rejection_response_carries_status_headers_and_body() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        accept_with(tcp, Config::new(), |_, _| {
+            Err(Rejection::new(401).header("WWW-Authenticate", "Bearer").body("no token"))
+        })
+        .await
+    });
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = ClientRequest::new("127.0.0.1", "/", &volley::proto::Config::default());
+    tcp.write_all(&request.encode()).await.unwrap();
+    let answer = String::from_utf8(within(read_to_eof(&mut tcp)).await.unwrap()).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    assert!(answer.contains("WWW-Authenticate: Bearer\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nno token"), "{answer}");
+    assert!(matches!(within(server).await.unwrap(), Err(Error::Rejected(401))));
+}
+
+/// Sends `request` to a server running `accept_with(config)` from a raw socket, and
+/// returns the whole HTTP answer (the server closes after it) and the server's error.
+async fn bad_handshake(request: &[u8], config: Config) -> (String, Error) {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let result = accept_with(&mut tcp, config, |_, _| Ok(())).await.map(|_| ());
+        // Drain what the client sent past the point of failure, so closing the socket
+        // does not reset the connection before the client has read the answer.
+        let _ = read_to_eof(&mut tcp).await;
+        result.unwrap_err()
+    });
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let answer = within(read_to_eof(&mut tcp)).await.unwrap();
+    let err = within(server).await.unwrap();
+    (String::from_utf8(answer).unwrap(), err)
+}
+
+fn status_of(answer: &str) -> u16 {
+    let line = answer.lines().next().unwrap_or_default();
+    assert!(line.starts_with("HTTP/1.1 "), "not an HTTP answer: {answer:?}");
+    line[9..12].parse().unwrap()
+}
+
+fn has_header(answer: &str, name: &str, value: &str) -> bool {
+    let head = answer.split("\r\n\r\n").next().unwrap();
+    head.lines()
+        .skip(1)
+        .any(|l| l.split_once(':').is_some_and(|(n, v)| n.trim().eq_ignore_ascii_case(name) && v.trim() == value))
+}
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+#[tokio::test]
+async fn version_8_gets_426_with_supported_version() {
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 8\r\n\r\n"
+    );
+    let (answer, err) = bad_handshake(req.as_bytes(), Config::new()).await;
+    assert_eq!(status_of(&answer), 426, "{answer}");
+    assert!(has_header(&answer, "Sec-WebSocket-Version", "13"), "{answer}");
+    assert!(matches!(err, Error::Handshake(HandshakeError::Version(_))), "{err:?}");
+}
+
+#[tokio::test]
+async fn post_gets_405() {
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n"
+    );
+    let (answer, err) = bad_handshake(req.as_bytes(), Config::new()).await;
+    assert_eq!(status_of(&answer), 405, "{answer}");
+    assert!(has_header(&answer, "Allow", "GET"), "{answer}");
+    assert!(matches!(err, Error::Handshake(HandshakeError::Method(_))), "{err:?}");
+}
+
+#[tokio::test]
+async fn missing_key_gets_400() {
+    let req = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+               Sec-WebSocket-Version: 13\r\n\r\n";
+    let (answer, err) = bad_handshake(req.as_bytes(), Config::new()).await;
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert!(matches!(err, Error::Handshake(HandshakeError::Key)), "{err:?}");
+}
+
+#[tokio::test]
+async fn head_over_max_handshake_size_gets_431() {
+    let pad = "p".repeat(3000);
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nX-Pad: {pad}\r\n\r\n"
+    );
+    let (answer, err) = bad_handshake(req.as_bytes(), Config::new().max_handshake_size(1024)).await;
+    assert_eq!(status_of(&answer), 431, "{answer}");
+    assert!(matches!(err, Error::Handshake(HandshakeError::TooLarge(1024))), "{err:?}");
+}
+
+#[tokio::test]
+async fn head_that_never_ends_gets_431_once_past_the_limit() {
+    // No blank line: the server must not keep buffering forever.
+    let req = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n", "p".repeat(4000));
+    let (answer, err) = bad_handshake(req.as_bytes(), Config::new().max_handshake_size(1024)).await;
+    assert_eq!(status_of(&answer), 431, "{answer}");
+    assert!(matches!(err, Error::Handshake(HandshakeError::TooLarge(_))), "{err:?}");
+}
+
+#[tokio::test]
+async fn bytes_right_after_the_request_head_are_the_first_frames() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = volley::accept(tcp).await.unwrap();
+        let first = ws.recv().await.unwrap().unwrap();
+        let second = ws.recv().await.unwrap().unwrap();
+        (first, second)
+    });
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = ClientRequest::new("127.0.0.1", "/", &volley::proto::Config::default());
+    // The head and two frames in one write: the server must not lose what followed
+    // the head in its first read.
+    let mut bytes = request.encode();
+    bytes.extend(masked(0x81, b"early"));
+    bytes.extend(masked(0x82, &[9, 9, 9]));
+    tcp.write_all(&bytes).await.unwrap();
+    let (first, second) = within(server).await.unwrap();
+    assert_eq!(first, Message::text("early"));
+    assert_eq!(second, Message::binary(vec![9, 9, 9]));
+}
+
+#[tokio::test]
+async fn server_handshake_times_out_on_silent_client() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let config = Config::new().handshake_timeout(Duration::from_millis(200));
+        let start = Instant::now();
+        let result = accept_with(tcp, config, |_, _| Ok(())).await;
+        (result.map(|_| ()), start.elapsed())
+    });
+    // Connects and sends nothing.
+    let _silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (result, elapsed) = within(server).await.unwrap();
+    assert!(matches!(result, Err(Error::Timeout(_))), "expected a timeout, got {result:?}");
+    assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn client_handshake_times_out_on_silent_server() {
+    let (listener, port) = bind().await;
+    // Accepts the TCP connection and never answers.
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        drop(tcp);
+    });
+    let start = Instant::now();
+    let result = within(
+        ClientBuilder::new(url(port, "/"))
+            .config(Config::new().handshake_timeout(Duration::from_millis(200)))
+            .connect(),
+    )
+    .await;
+    let elapsed = start.elapsed();
+    assert!(matches!(result, Err(Error::Timeout(_))), "expected a timeout, got {:?}", result.map(|_| ()));
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    server.abort();
+}
