@@ -527,7 +527,7 @@ impl Connection {
             // Fits: bounded by max_frame_size, a usize, or by 125 for control frames.
             len: h.payload_len as usize,
             done: 0,
-            text: text && !(self.rx_compressed && !opcode.is_control()),
+            text: text && !self.rx_compressed,
         })
     }
 
