@@ -12,7 +12,7 @@
 #   VOLLEY_AUTOBAHN_SERVER_CMD  command (bash -c) for the server under test
 #   VOLLEY_AUTOBAHN_CLIENT_CMD  command (bash -c) for the client under test
 #   SKIP_BUILD=1                do not run cargo build
-#   AUTOBAHN_TIMEOUT            seconds allowed per role for the test run (default 300)
+#   AUTOBAHN_TIMEOUT            seconds allowed per role for the test run (default 1200)
 #   PYTHON2                     Python 2.7 interpreter used to create autobahn/.tools/venv
 #
 # The suite is installed (once, cached) into autobahn/.tools/; reports and logs
@@ -36,7 +36,7 @@ fi
 SERVER_PORT=9001   # must match autobahn/fuzzingclient.json
 CLIENT_PORT=9002   # must match autobahn/fuzzingserver.json
 AGENT=volley
-ROLE_TIMEOUT=${AUTOBAHN_TIMEOUT:-300}
+ROLE_TIMEOUT=${AUTOBAHN_TIMEOUT:-1200}
 STARTUP_TIMEOUT=30
 
 TOOLS=autobahn/.tools

@@ -19,6 +19,9 @@ pub struct Args {
     /// Largest frame accepted, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_frame_size: usize,
+    /// Do not negotiate permessage-deflate (on by default when the client offers it).
+    #[arg(long)]
+    no_deflate: bool,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,

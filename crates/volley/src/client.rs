@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use volley_proto::handshake::{ClientRequest, ServerResponse};
-use volley_proto::Role;
+use volley_proto::{deflate, HandshakeError, Role};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -98,6 +98,9 @@ impl ClientBuilder {
         for (n, v) in &self.headers {
             request.add_header(n, v)?;
         }
+        if let Some(dc) = &config.deflate {
+            request.add_extension(deflate::client_offer(dc));
+        }
         let (response, leftover) = with_timeout(config.handshake_timeout, "opening handshake", async {
             io.write_all(&request.encode()).await?;
             io.flush().await?;
@@ -114,7 +117,16 @@ impl ClientBuilder {
         })
         .await?;
         let protocol = response.protocol().map(str::to_string);
-        let ws = WebSocket::from_handshaken(io, Role::Client, config, &leftover, protocol);
+        let mut params = None;
+        for answer in response.extensions() {
+            match (&config.deflate, params) {
+                (Some(dc), None) if answer.name == deflate::EXTENSION => {
+                    params = Some(deflate::accept_response(answer, dc)?);
+                }
+                _ => return Err(HandshakeError::Extension(answer.name.clone()).into()),
+            }
+        }
+        let ws = WebSocket::from_handshaken(io, Role::Client, config, &leftover, protocol, params);
         Ok((ws, response))
     }
 }

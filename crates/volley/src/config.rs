@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use volley_proto::{Config as ProtoConfig, RandomSource};
+use volley_proto::{Config as ProtoConfig, DeflateConfig, RandomSource};
 
 /// Settings of a WebSocket connection, for both roles. Build it with the setters; each
 /// states its default.
@@ -14,6 +14,7 @@ pub struct Config {
     pub(crate) write_buffer_size: usize,
     pub(crate) read_buffer_size: usize,
     pub(crate) protocols: Vec<String>,
+    pub(crate) deflate: Option<DeflateConfig>,
 }
 
 impl Default for Config {
@@ -25,6 +26,7 @@ impl Default for Config {
             write_buffer_size: 128 << 10,
             read_buffer_size: 8 << 10,
             protocols: Vec::new(),
+            deflate: Some(DeflateConfig::default()),
         }
     }
 }
@@ -101,6 +103,24 @@ impl Config {
     pub fn random_source(mut self, random: RandomSource) -> Self {
         self.proto.random = random;
         self
+    }
+
+    /// permessage-deflate (RFC 7692) settings, or `None` to turn the extension off.
+    /// Default: on, with [`DeflateConfig::default`] (12-bit windows, memory level 5,
+    /// messages under 64 bytes sent as they are). A server accepts the first offer it
+    /// can; a client offers it. The compression state is allocated on first use.
+    pub fn deflate(mut self, deflate: Option<DeflateConfig>) -> Self {
+        self.deflate = deflate;
+        self
+    }
+
+    /// Checks the settings (limits and deflate parameters).
+    pub fn validate(&self) -> Result<(), volley_proto::ConfigError> {
+        self.proto.validate()?;
+        if let Some(d) = &self.deflate {
+            d.validate()?;
+        }
+        Ok(())
     }
 
     /// The protocol core's configuration.

@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use volley_proto::handshake::{server::reject_response, Request, Response};
-use volley_proto::{HandshakeError, Role};
+use volley_proto::{deflate, HandshakeError, Role};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -59,7 +59,7 @@ where
     F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
 {
     let limit = config.handshake_timeout;
-    let (response, leftover) = with_timeout(limit, "opening handshake", async {
+    let (response, leftover, params) = with_timeout(limit, "opening handshake", async {
         let (request, leftover) = match read_request(&mut io, &config).await {
             Ok(r) => r,
             Err(Error::Handshake(e)) => {
@@ -75,6 +75,13 @@ where
             let p = p.to_string();
             response.set_protocol(&request, &p)?;
         }
+        let mut params = None;
+        if let Some(dc) = &config.deflate {
+            if let Some((agreed, answer)) = deflate::negotiate(request.extensions(), dc) {
+                response.add_extension(answer);
+                params = Some(agreed);
+            }
+        }
         if let Err(rejection) = hook(&request, &mut response) {
             let _ = io.write_all(&rejection.encode()).await;
             let _ = io.shutdown().await;
@@ -82,11 +89,11 @@ where
         }
         io.write_all(&response.encode()).await?;
         io.flush().await?;
-        Ok((response, leftover))
+        Ok((response, leftover, params))
     })
     .await?;
     let protocol = response.protocol().map(str::to_string);
-    Ok(WebSocket::from_handshaken(io, Role::Server, config, &leftover, protocol))
+    Ok(WebSocket::from_handshaken(io, Role::Server, config, &leftover, protocol, params))
 }
 
 async fn read_request<S: AsyncRead + Unpin>(io: &mut S, config: &Config) -> Result<(Request, BytesMut), Error> {

@@ -12,7 +12,7 @@ use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant, Sleep};
-use volley_proto::{CloseCode, Connection, Event, MessageKind, Role, State};
+use volley_proto::{CloseCode, Connection, DeflateParams, Event, MessageKind, Role, State};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -75,8 +75,20 @@ impl<S> std::fmt::Debug for WebSocket<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Wraps a transport on which the opening handshake has already completed.
     /// `leftover` holds any bytes read past the handshake head.
-    pub fn from_handshaken(io: S, role: Role, config: Config, leftover: &[u8], protocol: Option<String>) -> Self {
+    /// `deflate` holds the permessage-deflate parameters if the handshake agreed on them
+    /// (they are used with the configuration's deflate settings).
+    pub fn from_handshaken(
+        io: S,
+        role: Role,
+        config: Config,
+        leftover: &[u8],
+        protocol: Option<String>,
+        deflate: Option<DeflateParams>,
+    ) -> Self {
         let mut conn = Connection::new(role, config.proto.clone());
+        if let Some(params) = deflate {
+            conn.enable_deflate(params, config.deflate.clone().unwrap_or_default());
+        }
         if !leftover.is_empty() {
             conn.receive(leftover);
         }
@@ -97,6 +109,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// The subprotocol agreed in the handshake.
     pub fn protocol(&self) -> Option<&str> {
         self.protocol.as_deref()
+    }
+
+    /// The permessage-deflate parameters, if the handshake agreed on the extension.
+    pub fn deflate(&self) -> Option<&DeflateParams> {
+        self.conn.deflate_params()
     }
 
     /// This end's role.
@@ -142,6 +159,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn feed_fragment(&mut self, kind: MessageKind, data: Bytes, fin: bool) -> Result<(), Error> {
         poll_fn(|cx| self.poll_write_ready(cx)).await?;
         self.conn.send_fragment(kind, data, fin)?;
+        self.take_transmits();
+        Ok(())
+    }
+
+    /// Queues a message that is never compressed, even with permessage-deflate on (for
+    /// data that is already compressed).
+    pub async fn feed_uncompressed(&mut self, kind: MessageKind, data: Bytes) -> Result<(), Error> {
+        poll_fn(|cx| self.poll_write_ready(cx)).await?;
+        self.conn.send_uncompressed(kind, data)?;
         self.take_transmits();
         Ok(())
     }
