@@ -411,3 +411,82 @@ export async function withEchoPage({ t, server: serverOpts = {}, browser: browse
     await cleanup();
   }
 }
+
+/**
+ * A transparent TCP proxy on 127.0.0.1:PORT that forwards every connection to
+ * `target` ({ host, port }) and counts the bytes in each direction, as they appear
+ * on the wire (HTTP upgrade handshake and WebSocket frame headers included).
+ * Returns { port, url, stats(), waitIdle(timeoutMs), close() } where stats() is
+ *   { connections, open, up, down }  (up = client->server bytes, down = server->client).
+ * close() is idempotent and destroys any still-open connection.
+ */
+export async function startByteCountingProxy(target, host = '127.0.0.1') {
+  const counts = { connections: 0, open: 0, up: 0, down: 0 };
+  const sockets = new Set();
+  let idleWaiters = [];
+  const notifyIdle = () => {
+    if (counts.open === 0) {
+      const w = idleWaiters;
+      idleWaiters = [];
+      for (const r of w) r();
+    }
+  };
+
+  const srv = net.createServer((client) => {
+    counts.connections++;
+    counts.open++;
+    const upstream = net.connect({ host: target.host, port: target.port });
+    sockets.add(client);
+    sockets.add(upstream);
+    client.setNoDelay(true);
+    upstream.setNoDelay(true);
+    client.on('data', (chunk) => (counts.up += chunk.length));
+    upstream.on('data', (chunk) => (counts.down += chunk.length));
+    // pipe() handles back-pressure and forwards a half-close (FIN) in each direction.
+    client.pipe(upstream);
+    upstream.pipe(client);
+    let closed = 0;
+    const onClose = (sock) => () => {
+      sockets.delete(sock);
+      if (++closed === 2) {
+        counts.open--;
+        notifyIdle();
+      }
+    };
+    // An error (e.g. RST) on one side tears the other side down too.
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+    client.on('close', onClose(client));
+    upstream.on('close', onClose(upstream));
+    client.on('close', () => upstream.end());
+    upstream.on('close', () => client.end());
+  });
+  await new Promise((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, host, resolve);
+  });
+  srv.unref();
+  const { port } = srv.address();
+  let closing = null;
+  return {
+    host,
+    port,
+    url: `ws://${host}:${port}/`,
+    stats: () => ({ ...counts }),
+    /** Resolve true once no proxied connection is open, false after timeoutMs. */
+    waitIdle(timeoutMs = 5000) {
+      if (counts.open === 0) return Promise.resolve(true);
+      return Promise.race([
+        new Promise((r) => idleWaiters.push(() => r(true))),
+        sleep(timeoutMs, false, { ref: false }),
+      ]);
+    },
+    close() {
+      closing ??= new Promise((resolve) => {
+        for (const s of sockets) s.destroy();
+        srv.close(() => resolve());
+      });
+      return closing;
+    },
+  };
+}

@@ -39,8 +39,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    let config = Config::new().max_message_size(args.max_message_size).max_frame_size(args.max_frame_size);
-    config.proto().validate().context("configuration")?;
+    let mut config = Config::new().max_message_size(args.max_message_size).max_frame_size(args.max_frame_size);
+    if args.no_deflate {
+        config = config.deflate(None);
+    }
+    config.validate().context("configuration")?;
     tracing::info!(addr = %listener.local_addr()?, "echo server listening");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);

@@ -219,21 +219,44 @@ struct Deflate {
 }
 
 impl Deflate {
-    fn compressor(&mut self, role: Role) -> &mut Compressor {
-        let (bits, reset) = match role {
+    /// Compresses a message or fragment in this endpoint's direction. Without context
+    /// takeover the compressor is dropped after each message: making a new one costs
+    /// about what resetting does, and an idle connection then holds nothing.
+    fn compress(&mut self, role: Role, data: &[u8], fin: bool) -> Bytes {
+        let (bits, no_takeover) = match role {
             Role::Server => (self.params.server_max_window_bits, self.params.server_no_context_takeover),
             Role::Client => (self.params.client_max_window_bits, self.params.client_no_context_takeover),
         };
         let config = &self.config;
-        self.compressor.get_or_insert_with(|| Compressor::new(bits, config.level, config.mem_level, reset))
+        let c = self.compressor.get_or_insert_with(|| Compressor::new(bits, config.level, config.mem_level));
+        let out = c.compress(data, fin);
+        if fin && no_takeover {
+            self.compressor = None;
+        }
+        out
     }
 
-    fn decompressor(&mut self, role: Role) -> &mut Decompressor {
-        let (bits, reset) = match role {
+    /// Inflates a frame of a message in the peer's direction, likewise dropping the
+    /// decompressor after each message without context takeover.
+    fn inflate(
+        &mut self,
+        role: Role,
+        payload: &[u8],
+        fin: bool,
+        out: &mut BytesMut,
+        limit: usize,
+        utf8: Option<&mut Utf8Validator>,
+    ) -> Result<(), InflateError> {
+        let (bits, no_takeover) = match role {
             Role::Server => (self.params.client_max_window_bits, self.params.client_no_context_takeover),
             Role::Client => (self.params.server_max_window_bits, self.params.server_no_context_takeover),
         };
-        self.decompressor.get_or_insert_with(|| Decompressor::new(bits, reset))
+        let d = self.decompressor.get_or_insert_with(|| Decompressor::new(bits));
+        let result = d.inflate(payload, fin, out, limit, utf8);
+        if fin && no_takeover {
+            self.decompressor = None;
+        }
+        result
     }
 }
 
@@ -350,10 +373,13 @@ impl Connection {
     /// Releases buffers that hold no data, so an idle connection costs a few hundred
     /// bytes. Drivers call it when a read would block.
     pub fn release_idle_memory(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+        // An empty buffer may still hold a reference to a shared allocation (what is
+        // left of it after payloads were split off), so it is replaced even when its
+        // own capacity is zero.
+        if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
-        if self.out.buf.is_empty() && self.out.buf.capacity() > 0 {
+        if self.out.buf.is_empty() {
             self.out.buf = BytesMut::new();
         }
     }
@@ -626,7 +652,7 @@ impl Connection {
         let role = self.role;
         let Some(deflate) = self.deflate.as_mut() else { return };
         let utf8 = (kind == MessageKind::Text).then_some(&mut self.rx_utf8);
-        match deflate.decompressor(role).inflate(payload, fin, &mut buf, max, utf8) {
+        match deflate.inflate(role, payload, fin, &mut buf, max, utf8) {
             Ok(()) => {}
             Err(InflateError::TooBig) => {
                 return self.fail(ProtocolError::MessageTooBig { size: buf.len() as u64, max });
@@ -769,7 +795,7 @@ impl Connection {
         let role = self.role;
         match self.deflate.as_mut() {
             Some(d) if compress && payload.len() >= d.config.threshold => {
-                let compressed = d.compressor(role).compress(payload, true);
+                let compressed = d.compress(role, payload, true);
                 self.push_rsv(opcode, true, true, &compressed, Some(&compressed));
             }
             _ => self.push(opcode, true, payload, Some(payload)),
@@ -838,7 +864,7 @@ impl Connection {
         let role = self.role;
         match self.deflate.as_mut() {
             Some(d) if self.tx_compressed => {
-                let compressed = d.compressor(role).compress(&data, fin);
+                let compressed = d.compress(role, &data, fin);
                 let first = opcode != OpCode::Continuation;
                 self.push_rsv(opcode, fin, first, &compressed, Some(&compressed));
             }

@@ -11,7 +11,9 @@
 //! [`Config::max_message_size`](crate::Config::max_message_size) after every chunk of
 //! output, so a decompression bomb fails with 1009 after at most one chunk past the
 //! limit. The compressor and decompressor are created on first use, so a connection that
-//! negotiates the extension but sends only small messages pays nothing for it.
+//! negotiates the extension but sends only small messages pays nothing for it; in a
+//! direction without context takeover they are dropped after every message, so an idle
+//! connection holds no compression state at all.
 //!
 //! Window bits 8: zlib cannot compress with a 256-byte window (it silently uses 512
 //! bytes), so this endpoint never agrees to compress with 8 bits. It does agree to
@@ -256,7 +258,6 @@ pub(crate) enum InflateError {
 /// The compressing half.
 pub(crate) struct Compressor {
     z: zlib_rs::Deflate,
-    reset_after_message: bool,
 }
 
 impl std::fmt::Debug for Compressor {
@@ -266,14 +267,14 @@ impl std::fmt::Debug for Compressor {
 }
 
 impl Compressor {
-    pub(crate) fn new(window_bits: u8, level: u8, mem_level: u8, reset_after_message: bool) -> Self {
+    pub(crate) fn new(window_bits: u8, level: u8, mem_level: u8) -> Self {
         let z = zlib_rs::Deflate::new_with_config(ZConfig {
             level: i32::from(level.min(9)),
             window_bits: -i32::from(window_bits.clamp(9, 15)),
             mem_level: i32::from(mem_level.clamp(1, 9)),
             ..ZConfig::default()
         });
-        Compressor { z, reset_after_message }
+        Compressor { z }
     }
 
     /// Compresses one fragment (the whole message when `fin`), sync-flushed; on the last
@@ -306,9 +307,6 @@ impl Compressor {
                 // §7.2.3.6: an empty message compresses to a single 0x00 octet.
                 out.extend_from_slice(&[0x00]);
             }
-            if self.reset_after_message {
-                self.z.reset();
-            }
         }
         out.freeze()
     }
@@ -318,7 +316,6 @@ impl Compressor {
 pub(crate) struct Decompressor {
     z: zlib_rs::Inflate,
     window_bits: u8,
-    reset_after_message: bool,
 }
 
 impl std::fmt::Debug for Decompressor {
@@ -328,10 +325,10 @@ impl std::fmt::Debug for Decompressor {
 }
 
 impl Decompressor {
-    pub(crate) fn new(window_bits: u8, reset_after_message: bool) -> Self {
+    pub(crate) fn new(window_bits: u8) -> Self {
         // An 8-bit stream is read with a 9-bit window (see the module docs).
         let window_bits = window_bits.clamp(9, 15);
-        Decompressor { z: zlib_rs::Inflate::new(false, window_bits), window_bits, reset_after_message }
+        Decompressor { z: zlib_rs::Inflate::new(false, window_bits), window_bits }
     }
 
     fn fresh(&mut self) {
@@ -357,7 +354,7 @@ impl Decompressor {
                 Ok(())
             }
         });
-        if fin && self.reset_after_message || result.is_err() {
+        if result.is_err() {
             self.fresh();
         }
         result
@@ -425,21 +422,21 @@ mod tests {
     fn rfc7692_7_2_3_1_hello_golden() {
         // "Hello" compressed in one frame: 0xf2 0x48 0xcd 0xc9 0xc9 0x07 0x00.
         let wire = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
-        let mut d = Decompressor::new(15, false);
+        let mut d = Decompressor::new(15);
         let mut out = BytesMut::new();
         d.inflate(&wire, true, &mut out, 1 << 20, None).unwrap();
         assert_eq!(&out[..], b"Hello");
-        let mut c = Compressor::new(15, 6, 8, false);
+        let mut c = Compressor::new(15, 6, 8);
         assert_eq!(&c.compress(b"Hello", true)[..], &wire);
     }
 
     #[test]
     fn rfc7692_7_2_3_2_context_takeover_golden() {
         // The second "Hello" with context takeover: 0xf2 0x00 0x11 0x00 0x00.
-        let mut c = Compressor::new(15, 6, 8, false);
+        let mut c = Compressor::new(15, 6, 8);
         c.compress(b"Hello", true);
         assert_eq!(&c.compress(b"Hello", true)[..], [0xf2, 0x00, 0x11, 0x00, 0x00]);
-        let mut d = Decompressor::new(15, false);
+        let mut d = Decompressor::new(15);
         let mut out = BytesMut::new();
         d.inflate(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], true, &mut out, 1 << 20, None).unwrap();
         out.clear();
@@ -450,7 +447,7 @@ mod tests {
     #[test]
     fn rfc7692_7_2_3_3_stored_block_golden() {
         // "Hello" in a DEFLATE block with no compression: 0x00 0x05 0x00 0xfa 0xff "Hello" 0x00.
-        let mut d = Decompressor::new(15, false);
+        let mut d = Decompressor::new(15);
         let mut out = BytesMut::new();
         d.inflate(b"\x00\x05\x00\xfa\xffHello\x00", true, &mut out, 1 << 20, None).unwrap();
         assert_eq!(&out[..], b"Hello");
@@ -460,7 +457,7 @@ mod tests {
     fn rfc7692_7_2_3_4_bfinal_golden() {
         // "Hello" in a block with BFINAL set: 0xf3 0x48 0xcd 0xc9 0xc9 0x07 0x00 0x00. The
         // stream ends; the next message starts a new one.
-        let mut d = Decompressor::new(15, false);
+        let mut d = Decompressor::new(15);
         let mut out = BytesMut::new();
         d.inflate(&[0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00], true, &mut out, 1 << 20, None).unwrap();
         assert_eq!(&out[..], b"Hello");
@@ -476,7 +473,7 @@ mod tests {
     fn rfc7692_7_2_3_5_two_blocks_golden() {
         // "He" and "llo" in two DEFLATE blocks in one message.
         let wire = [0xf2, 0x48, 0x05, 0x00, 0x00, 0x00, 0xff, 0xff, 0xca, 0xc9, 0xc9, 0x07, 0x00];
-        let mut d = Decompressor::new(15, false);
+        let mut d = Decompressor::new(15);
         let mut out = BytesMut::new();
         d.inflate(&wire, true, &mut out, 1 << 20, None).unwrap();
         assert_eq!(&out[..], b"Hello");
@@ -484,9 +481,9 @@ mod tests {
 
     #[test]
     fn rfc7692_7_2_3_6_empty_message() {
-        let mut c = Compressor::new(15, 6, 8, false);
+        let mut c = Compressor::new(15, 6, 8);
         assert_eq!(&c.compress(b"", true)[..], [0x00]);
-        let mut d = Decompressor::new(15, false);
+        let mut d = Decompressor::new(15);
         let mut out = BytesMut::new();
         d.inflate(&[0x00], true, &mut out, 10, None).unwrap();
         assert!(out.is_empty());
@@ -495,10 +492,10 @@ mod tests {
     #[test]
     fn a_bomb_stops_at_the_limit() {
         let zeros = vec![0u8; 10 << 20];
-        let mut c = Compressor::new(15, 9, 9, false);
+        let mut c = Compressor::new(15, 9, 9);
         let bomb = c.compress(&zeros, true);
         assert!(bomb.len() < 20_000, "{}", bomb.len());
-        let mut d = Decompressor::new(15, false);
+        let mut d = Decompressor::new(15);
         let mut out = BytesMut::new();
         assert_eq!(d.inflate(&bomb, true, &mut out, 1 << 20, None), Err(InflateError::TooBig));
         // Stopped within one chunk of the limit, never sized to the inflated total.
@@ -508,7 +505,7 @@ mod tests {
 
     #[test]
     fn corrupt_data_is_an_error() {
-        let mut d = Decompressor::new(15, false);
+        let mut d = Decompressor::new(15);
         let mut out = BytesMut::new();
         assert_eq!(d.inflate(&[0xff, 0xff, 0xff, 0xff], true, &mut out, 1 << 20, None), Err(InflateError::Corrupt));
     }
