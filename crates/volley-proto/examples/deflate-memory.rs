@@ -90,6 +90,52 @@ fn child(mode: &str, bits: u8, mem: u8, takeover: bool) -> usize {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
+/// Wire size of a JSON-like 16 KiB message (the first of a stream, so no history helps)
+/// and of 100 small 200-byte messages in a row (context takeover helping), by level.
+fn ratios() {
+    let json = |n: usize, seed: u32| {
+        let mut s = String::new();
+        let mut x = seed;
+        while s.len() < n {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            s.push_str(&format!("{{\"user\":\"u{}\",\"value\":{},\"ok\":true}}", x % 97, (x >> 8) % 10_000));
+        }
+        s.truncate(n);
+        s
+    };
+    println!("| level | window/mem | 16 KiB JSON message | 100 x 200 B messages |");
+    println!("|---|---|---|---|");
+    for (level, bits, mem) in [(1, 12, 5), (6, 12, 5), (9, 12, 5), (6, 15, 8), (1, 9, 1)] {
+        let mut cfg = DeflateConfig::default();
+        cfg.level = level;
+        cfg.local_max_window_bits = bits;
+        cfg.remote_max_window_bits = bits;
+        cfg.mem_level = mem;
+        cfg.threshold = 0;
+        let (params, _) = negotiate(&[client_offer(&cfg)], &cfg).expect("negotiation");
+        let wire = |msgs: Vec<String>| {
+            let mut s = Connection::new(Role::Server, Config::default());
+            s.enable_deflate(params, cfg.clone());
+            let mut n = 0;
+            for m in msgs {
+                s.send_text(m).expect("send");
+                while let Some(t) = s.poll_transmit() {
+                    n += t.len();
+                }
+            }
+            n
+        };
+        let big = wire(vec![json(16384, 7)]);
+        let small = wire((0..100).map(|i| json(200, i)).collect());
+        println!(
+            "| {level} | {bits}/{mem} | {big} B ({:.1}%) | {small} B ({:.1}%) |",
+            100.0 * big as f64 / 16384.0,
+            100.0 * small as f64 / 20000.0
+        );
+    }
+    println!();
+}
+
 fn kib(b: usize) -> String {
     format!("{:.1} KiB", b as f64 / 1024.0)
 }
@@ -101,6 +147,7 @@ fn main() {
         println!("{n}");
         return;
     }
+    ratios();
     let base = child("none", 15, 8, true);
     println!("Baseline: a connection without deflate, after one 64 KiB message each way: {}.\n", kib(base));
     println!("| window bits | mem level | compressor | decompressor | both | both, no context takeover |");
