@@ -148,6 +148,23 @@ impl Outbox {
         }
     }
 
+    /// Queues an already-encoded frame: small ones are copied into the batch buffer,
+    /// large ones queued by reference.
+    fn push_encoded(&mut self, header: &Bytes, payload: &Bytes, inline_max: usize) {
+        self.queued += header.len() + payload.len();
+        if payload.len() <= inline_max {
+            self.reserve(header.len() + payload.len());
+            self.buf.extend_from_slice(header);
+            self.buf.extend_from_slice(payload);
+        } else {
+            if !self.buf.is_empty() {
+                self.chunks.push_back(self.buf.split().freeze());
+            }
+            self.chunks.push_back(header.clone());
+            self.chunks.push_back(payload.clone());
+        }
+    }
+
     fn pop(&mut self) -> Option<Bytes> {
         let chunk = match self.chunks.pop_front() {
             Some(c) => c,
@@ -193,6 +210,9 @@ pub struct Connection {
     rx_utf8: Utf8Validator,
     pending: VecDeque<Pending>,
     out: Outbox,
+    /// Control frames queued ahead of data while `control_priority` is on.
+    ctrl: Outbox,
+    control_priority: bool,
     close_sent: bool,
     close_received: bool,
     failed: bool,
@@ -277,6 +297,8 @@ impl Connection {
             rx_utf8: Utf8Validator::new(),
             pending: VecDeque::new(),
             out: Outbox::default(),
+            ctrl: Outbox::default(),
+            control_priority: false,
             close_sent: false,
             close_received: false,
             failed: false,
@@ -736,12 +758,61 @@ impl Connection {
     /// may gather several into one vectored write.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.out.pop()
+        self.ctrl.pop().or_else(|| self.out.pop())
+    }
+
+    /// Like [`Connection::poll_transmit`], but only control frames queued with
+    /// [`Connection::set_control_priority`] on: what a driver writes ahead of its backlog.
+    #[must_use]
+    pub fn poll_transmit_control(&mut self) -> Option<Bytes> {
+        self.ctrl.pop()
     }
 
     /// Bytes queued for the transport and not yet taken by `poll_transmit`.
     pub fn transmit_len(&self) -> usize {
-        self.out.queued
+        self.out.queued + self.ctrl.queued
+    }
+
+    /// While on, control frames (pongs, pings, close frames) are queued apart from data
+    /// and handed out first, so a driver whose transport is backed up can write them
+    /// ahead of data it has not started writing. Off by default: then every frame leaves
+    /// in the order it was made, which keeps replies behind the answers the application
+    /// gave to earlier messages.
+    pub fn set_control_priority(&mut self, on: bool) {
+        self.control_priority = on;
+    }
+
+    /// Tells the core that a close frame was sent on this connection by another
+    /// encoder (the writer half of a split connection): it must not echo the peer's
+    /// close, and the connection is closing.
+    pub fn note_close_sent(&mut self) {
+        if !self.close_sent {
+            self.close_sent = true;
+            self.state = if self.close_received { State::Closed } else { State::Closing };
+        }
+    }
+
+    /// Queues a prepared message (see [`PreparedMessage`](crate::PreparedMessage)): a
+    /// server reuses its encoded frame, compressed or not, by reference count; a client
+    /// (which must mask every frame) encodes it as usual.
+    pub fn send_prepared(&mut self, msg: &crate::prepared::PreparedMessage) -> Result<(), SendError> {
+        self.check_open()?;
+        if self.tx_fragment.is_some() {
+            return Err(SendError::FragmentInProgress);
+        }
+        if self.role == Role::Client {
+            let opcode = msg.opcode();
+            let compress = self.deflate.is_some();
+            return self.send_message(opcode, msg.payload(), compress);
+        }
+        let frame = match &self.deflate {
+            Some(d) if msg.payload().len() >= d.config.threshold => {
+                msg.compressed_for(&d.params).unwrap_or_else(|| msg.plain())
+            }
+            _ => msg.plain(),
+        };
+        self.out.push_encoded(frame.0, frame.1, self.config.inline_payload_size);
+        Ok(())
     }
 
     // ---- commands ----------------------------------------------------------------
@@ -771,7 +842,20 @@ impl Connection {
     }
 
     fn push_control(&mut self, opcode: OpCode, payload: &[u8]) {
-        self.push(opcode, true, payload, None);
+        if self.control_priority {
+            let header = FrameHeader {
+                fin: true,
+                rsv1: false,
+                rsv2: false,
+                rsv3: false,
+                opcode: opcode.as_u8(),
+                mask: self.mask(),
+                payload_len: payload.len() as u64,
+            };
+            self.ctrl.push(header, payload, None, self.config.inline_payload_size);
+        } else {
+            self.push(opcode, true, payload, None);
+        }
     }
 
     fn push_close(&mut self, payload: Bytes) {

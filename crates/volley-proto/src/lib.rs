@@ -47,6 +47,7 @@ pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod prepared;
 pub mod utf8;
 
 pub use config::{Config, ConfigError, RandomSource};
@@ -55,4 +56,5 @@ pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use frame::{CloseCode, CloseFrame, OpCode};
 pub use handshake::{ExtensionOffer, HandshakeError};
+pub use prepared::PreparedMessage;
 pub use utf8::{Utf8Bytes, Utf8Error, Utf8Validator};

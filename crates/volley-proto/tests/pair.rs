@@ -304,3 +304,52 @@ fn deflate_bomb_fails_with_1009_in_bounded_memory() {
     assert!(matches!(se[0], Event::Error(volley_proto::ProtocolError::MessageTooBig { .. })), "{se:?}");
     assert!(p.server.is_close_sent());
 }
+
+#[test]
+fn prepared_messages_reach_every_kind_of_peer() {
+    use volley_proto::PreparedMessage;
+    let text = "broadcast ".repeat(200);
+    let prepared = PreparedMessage::text(text.as_str()).with_deflate(12, 6);
+    // Plain server, deflate without context takeover (compressed frame reused), deflate
+    // with context takeover (plain frame), and a client (encoded as usual).
+    let mut nct = volley_proto::DeflateConfig::default();
+    nct.local_no_context_takeover = true;
+    let mut pairs = vec![Pair::new(), deflate_pair(&volley_proto::DeflateConfig::default(), &nct)];
+    pairs.push(deflate_pair(&volley_proto::DeflateConfig::default(), &volley_proto::DeflateConfig::default()));
+    for p in &mut pairs {
+        p.server.send_prepared(&prepared).unwrap();
+        p.client.send_prepared(&prepared).unwrap();
+        let (ce, se) = p.run();
+        assert_eq!(ce, [Event::Text(text.as_str().into())]);
+        assert_eq!(se, [Event::Text(text.as_str().into())]);
+    }
+    // A large compressed frame is shared, not re-encoded: two connections send the
+    // same allocation.
+    let mut x: u32 = 1;
+    let noisy: String = (0..4000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            format!("{:x}", x >> 12)
+        })
+        .collect();
+    let prepared = PreparedMessage::text(noisy.as_str()).with_deflate(12, 6);
+    let mut s = deflate_pair(&volley_proto::DeflateConfig::default(), &nct).server;
+    s.send_prepared(&prepared).unwrap();
+    let header = s.poll_transmit().unwrap();
+    assert_eq!(header[0], 0xc1, "compressed");
+    let body = s.poll_transmit().unwrap();
+    let mut s2 = deflate_pair(&volley_proto::DeflateConfig::default(), &nct).server;
+    s2.send_prepared(&prepared).unwrap();
+    let _ = s2.poll_transmit().unwrap();
+    assert_eq!(s2.poll_transmit().unwrap().as_ptr(), body.as_ptr());
+}
+
+#[test]
+fn control_priority_puts_pongs_ahead_of_data() {
+    let mut s = Pair::new().server;
+    s.send_binary(vec![1u8; 10]).unwrap();
+    s.set_control_priority(true);
+    s.send_ping(Bytes::from_static(b"p")).unwrap();
+    assert_eq!(&s.poll_transmit_control().unwrap()[..], b"\x89\x01p");
+    assert_eq!(s.poll_transmit().unwrap()[0], 0x82);
+}
