@@ -118,6 +118,12 @@ impl Headers {
         Headers(headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect())
     }
 
+    /// Header fields from (name, value) pairs, for requests parsed by another HTTP
+    /// stack (hyper, h2).
+    pub fn from_pairs<N: AsRef<str>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
+        Headers(pairs.into_iter().map(|(n, v)| (n.as_ref().to_string(), v.as_ref().to_vec())).collect())
+    }
+
     /// The first value of `name` (case-insensitive) that is valid UTF-8.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.get_all(name).next()

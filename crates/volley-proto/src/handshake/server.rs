@@ -50,6 +50,44 @@ impl Request {
         Ok(Some((request, n)))
     }
 
+    /// Checks an HTTP/1.1 request that another HTTP stack (hyper, for example) already
+    /// parsed: `method`, `target` (path and query), whether it is HTTP/1.1 or later,
+    /// and its header fields, against RFC 6455 §4.2.1.
+    pub fn from_http1(method: &str, target: &str, http11: bool, headers: Headers) -> Result<Request, HandshakeError> {
+        Request::check(method.to_string(), target.to_string(), u8::from(http11), headers)
+    }
+
+    /// Checks an HTTP/2 extended CONNECT request (RFC 8441 §4-5): method CONNECT with
+    /// `:protocol` `websocket` (the caller checks the pseudo-headers and passes the
+    /// `:path` as `target`), and `Sec-WebSocket-Version: 13`. There is no key, no
+    /// Upgrade and no Connection header in HTTP/2; the answer is a 200 carrying the
+    /// subprotocol and extensions.
+    pub fn from_http2_connect(target: &str, headers: Headers) -> Result<Request, HandshakeError> {
+        {
+            let mut versions = headers.get_all("Sec-WebSocket-Version");
+            let v = versions.next();
+            if v.map(str::trim) != Some("13") || versions.next().is_some() {
+                return Err(HandshakeError::Version(v.map(str::to_string)));
+            }
+        }
+        let mut protocols = Vec::new();
+        for p in headers.tokens("Sec-WebSocket-Protocol") {
+            if !is_token(p) {
+                return Err(HandshakeError::MalformedHeader("Sec-WebSocket-Protocol"));
+            }
+            protocols.push(p.to_string());
+        }
+        let extensions = ExtensionOffer::parse_all(headers.get_all("Sec-WebSocket-Extensions"))?;
+        Ok(Request {
+            method: "CONNECT".into(),
+            target: target.to_string(),
+            headers,
+            key: String::new(),
+            protocols,
+            extensions,
+        })
+    }
+
     /// Checks the fields RFC 6455 §4.2.1 requires.
     fn check(method: String, target: String, version: u8, headers: Headers) -> Result<Request, HandshakeError> {
         // §4.2.1 1: "An HTTP/1.1 or higher GET request".
@@ -152,7 +190,7 @@ impl Request {
             .map(|(n, v)| (n.trim(), v.trim()))
     }
 
-    /// The Sec-WebSocket-Key.
+    /// The Sec-WebSocket-Key (empty for an HTTP/2 extended CONNECT).
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -222,6 +260,16 @@ impl Response {
         }
         self.headers.push((name.to_string(), value.to_string()));
         Ok(())
+    }
+
+    /// The Sec-WebSocket-Accept value (empty for an HTTP/2 request, which has no key).
+    pub fn accept_key(&self) -> &str {
+        &self.accept
+    }
+
+    /// The extra header fields added with [`Response::add_header`].
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
     }
 
     /// The response head.
