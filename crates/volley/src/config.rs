@@ -2,7 +2,23 @@
 
 use std::time::Duration;
 
-use volley_proto::{Config as ProtoConfig, DeflateConfig, RandomSource};
+use volley_proto::{CloseCode, Config as ProtoConfig, DeflateConfig, RandomSource};
+
+/// What to do when the peer reads slower than the application sends and the write
+/// buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlowReader {
+    /// The send waits until the buffer drains (the default): backpressure reaches the
+    /// application.
+    Wait,
+    /// The new message is dropped (and counted, see `dropped_messages`); the send
+    /// returns at once. For live data where the latest value matters, not every value.
+    DropNewest,
+    /// Queued data not yet started is discarded and the connection is closed with this
+    /// code (1008 policy violation or 1013 try again later are usual).
+    Close(CloseCode),
+}
 
 /// Settings of a WebSocket connection, for both roles. Build it with the setters; each
 /// states its default.
@@ -15,6 +31,11 @@ pub struct Config {
     pub(crate) read_buffer_size: usize,
     pub(crate) protocols: Vec<String>,
     pub(crate) deflate: Option<DeflateConfig>,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) slow_reader: SlowReader,
 }
 
 impl Default for Config {
@@ -27,6 +48,11 @@ impl Default for Config {
             read_buffer_size: 8 << 10,
             protocols: Vec::new(),
             deflate: Some(DeflateConfig::default()),
+            ping_interval: Some(Duration::from_secs(30)),
+            pong_timeout: Duration::from_secs(30),
+            idle_timeout: None,
+            max_lifetime: None,
+            slow_reader: SlowReader::Wait,
         }
     }
 }
@@ -121,6 +147,44 @@ impl Config {
             d.validate()?;
         }
         Ok(())
+    }
+
+    /// Interval between keepalive pings, or `None` for no pings. Default 30 s: short
+    /// enough to keep NAT and proxy mappings alive, rare enough to cost nothing. Pings
+    /// are sent while the connection is being read (`recv`), and each pong gives a
+    /// round-trip time ([`WebSocket::rtt`](crate::WebSocket::rtt)).
+    pub fn ping_interval(mut self, every: Option<Duration>) -> Self {
+        self.ping_interval = every;
+        self
+    }
+
+    /// How long to wait for the pong to a keepalive ping before the peer is taken for
+    /// dead and the connection closed (1011). Default 30 s.
+    pub fn pong_timeout(mut self, t: Duration) -> Self {
+        self.pong_timeout = t;
+        self
+    }
+
+    /// Close the connection (1001) when nothing has been received for this long.
+    /// Default: none.
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.idle_timeout = t;
+        self
+    }
+
+    /// Close the connection (1001) once it has been open this long, so that clients
+    /// reconnect (to re-authenticate, or to spread over new servers). Default: none.
+    pub fn max_lifetime(mut self, t: Option<Duration>) -> Self {
+        self.max_lifetime = t;
+        self
+    }
+
+    /// What to do when the write buffer ([`Config::write_buffer_size`]) is full because
+    /// the peer does not keep up. Default [`SlowReader::Wait`]. Pongs and close frames
+    /// are never dropped, and go ahead of data that has not started to leave.
+    pub fn slow_reader(mut self, policy: SlowReader) -> Self {
+        self.slow_reader = policy;
+        self
     }
 
     /// The protocol core's configuration.

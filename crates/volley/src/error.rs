@@ -28,9 +28,14 @@ pub enum Error {
     /// The opening or closing handshake took longer than its timeout.
     #[error("{0} timed out")]
     Timeout(&'static str),
-    /// The URL is not a usable ws:// URL.
+    /// The URL is not a usable ws:// or wss:// URL.
     #[error("invalid URL: {0}")]
     Url(String),
+    /// The peer read too slowly: the write buffer filled up and the
+    /// [`SlowReader::Close`](crate::config::SlowReader::Close) policy closed the
+    /// connection with this code.
+    #[error("the peer reads too slowly; closed with {0}")]
+    SlowReader(volley_proto::CloseCode),
     /// The connection is already closed.
     #[error("connection closed")]
     Closed,

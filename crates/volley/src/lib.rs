@@ -31,15 +31,19 @@ pub mod config;
 pub mod error;
 pub mod message;
 pub mod server;
+pub mod split;
+pub mod tls;
 pub mod websocket;
 
 pub use client::{connect, ClientBuilder};
-pub use config::Config;
+pub use config::{Config, SlowReader};
 pub use error::Error;
 pub use message::Message;
-pub use server::{accept, accept_with, Rejection};
-pub use websocket::WebSocket;
+pub use server::{accept, accept_tcp_with, accept_with, Rejection};
+pub use split::{Broadcast, ReadHalf, WriteHalf};
+pub use tls::MaybeTlsStream;
+pub use websocket::{ConnectionInfo, WebSocket};
 
 pub use volley_proto as proto;
 pub use volley_proto::handshake::{Request, Response, ServerResponse};
-pub use volley_proto::{CloseCode, CloseFrame, MessageKind, Role, State, Utf8Bytes};
+pub use volley_proto::{CloseCode, CloseFrame, MessageKind, PreparedMessage, Role, State, Utf8Bytes};

@@ -59,7 +59,7 @@ where
     F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
 {
     let limit = config.handshake_timeout;
-    let (response, leftover, params) = with_timeout(limit, "opening handshake", async {
+    let (request, response, leftover, params) = with_timeout(limit, "opening handshake", async {
         let (request, leftover) = match read_request(&mut io, &config).await {
             Ok(r) => r,
             Err(Error::Handshake(e)) => {
@@ -89,11 +89,33 @@ where
         }
         io.write_all(&response.encode()).await?;
         io.flush().await?;
-        Ok((response, leftover, params))
+        Ok((request, response, leftover, params))
     })
     .await?;
     let protocol = response.protocol().map(str::to_string);
-    Ok(WebSocket::from_handshaken(io, Role::Server, config, &leftover, protocol, params))
+    let ws = WebSocket::from_handshaken(io, Role::Server, config, &leftover, protocol, params);
+    Ok(ws.with_handshake_info(
+        request.target(),
+        request.headers().clone(),
+        response.extensions().to_vec(),
+        http::Version::HTTP_11,
+    ))
+}
+
+/// [`accept_with`] on a TCP connection: also turns on `TCP_NODELAY` (frames are
+/// batched already) and records both addresses in the connection's
+/// [`info`](WebSocket::info).
+pub async fn accept_tcp_with<F>(
+    tcp: tokio::net::TcpStream,
+    config: Config,
+    hook: F,
+) -> Result<WebSocket<tokio::net::TcpStream>, Error>
+where
+    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+{
+    tcp.set_nodelay(true)?;
+    let (remote, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
+    Ok(accept_with(tcp, config, hook).await?.with_addrs(remote, local))
 }
 
 async fn read_request<S: AsyncRead + Unpin>(io: &mut S, config: &Config) -> Result<(Request, BytesMut), Error> {

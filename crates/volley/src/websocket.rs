@@ -4,17 +4,21 @@
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant, Sleep};
-use volley_proto::{CloseCode, Connection, DeflateParams, Event, MessageKind, Role, State};
+use volley_proto::handshake::Headers;
+use volley_proto::{CloseCode, Connection, DeflateParams, Event, MessageKind, PreparedMessage, Role, State};
 
-use crate::config::Config;
+use crate::config::{Config, SlowReader};
 use crate::error::Error;
 use crate::message::Message;
 
@@ -43,12 +47,111 @@ pub struct WebSocket<S> {
     config: Config,
     wq: VecDeque<Bytes>,
     wq_len: usize,
+    /// The front chunk of `wq` is partly written: nothing may go before it.
+    front_partial: bool,
     read_eof: bool,
     /// The item to yield once the connection has finished closing.
     last: Option<Result<Message, Error>>,
     close_timer: Option<Pin<Box<Sleep>>>,
     finish: Finish,
+    info: ConnectionInfo,
+    user_data: http::Extensions,
+    keepalive: Keepalive,
+    dropped: u64,
+    /// `Sink::poll_ready` decided the next message is dropped.
+    drop_next: bool,
+    /// The peer stopped answering: do not wait for anything from it.
+    dead: bool,
+}
+
+/// Who and what a connection is: an id unique in the process, addresses, the request
+/// target and headers, what the handshake agreed on.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    id: u64,
+    remote_addr: Option<SocketAddr>,
+    local_addr: Option<SocketAddr>,
+    target: String,
+    headers: Headers,
     protocol: Option<String>,
+    extensions: Vec<volley_proto::ExtensionOffer>,
+    http_version: http::Version,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl ConnectionInfo {
+    fn new(protocol: Option<String>) -> Self {
+        ConnectionInfo {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            remote_addr: None,
+            local_addr: None,
+            target: String::new(),
+            headers: Headers::default(),
+            protocol,
+            extensions: Vec::new(),
+            http_version: http::Version::HTTP_11,
+        }
+    }
+
+    /// A number unique among the connections of this process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The peer's address, when the transport has one.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote_addr
+    }
+
+    /// This end's address, when the transport has one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The request target, path and query (`/chat?room=1`).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The path part of the target.
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(&self.target, |(p, _)| p)
+    }
+
+    /// The handshake headers: the request's on a server, the response's on a client.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The agreed subprotocol.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// The agreed extensions, as they appeared in the server's answer.
+    pub fn extensions(&self) -> &[volley_proto::ExtensionOffer] {
+        &self.extensions
+    }
+
+    /// The HTTP version the WebSocket runs over (HTTP/1.1, or HTTP/2 with RFC 8441).
+    pub fn http_version(&self) -> http::Version {
+        self.http_version
+    }
+}
+
+/// Keepalive and lifetime timers.
+#[derive(Default)]
+struct Keepalive {
+    /// Fires for the next ping, or at the pong deadline when a ping is out.
+    ping_timer: Option<Pin<Box<Sleep>>>,
+    /// The outstanding ping: its payload and when it left.
+    outstanding: Option<([u8; 8], Instant)>,
+    seq: u64,
+    rtt: Option<Duration>,
+    last_read: Option<Instant>,
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    lifetime_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// Progress of the end of the connection.
@@ -64,9 +167,10 @@ enum Finish {
 impl<S> std::fmt::Debug for WebSocket<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebSocket")
+            .field("id", &self.info.id)
             .field("role", &self.conn.role())
             .field("state", &self.conn.state())
-            .field("protocol", &self.protocol)
+            .field("protocol", &self.info.protocol)
             .field("buffered", &self.wq_len)
             .finish()
     }
@@ -92,23 +196,104 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if !leftover.is_empty() {
             conn.receive(leftover);
         }
+        let now = Instant::now();
+        let keepalive = Keepalive {
+            ping_timer: config.ping_interval.map(|d| Box::pin(sleep(d))),
+            lifetime_timer: config.max_lifetime.map(|d| Box::pin(sleep(d))),
+            idle_timer: config.idle_timeout.map(|d| Box::pin(sleep(d))),
+            last_read: Some(now),
+            ..Keepalive::default()
+        };
         WebSocket {
             io,
             conn,
             config,
             wq: VecDeque::new(),
             wq_len: 0,
+            front_partial: false,
             read_eof: false,
             last: None,
             close_timer: None,
             finish: Finish::Running,
-            protocol,
+            info: ConnectionInfo::new(protocol),
+            user_data: http::Extensions::new(),
+            keepalive,
+            dropped: 0,
+            drop_next: false,
+            dead: false,
         }
+    }
+
+    /// Records the handshake details in [`WebSocket::info`] (the accept and connect
+    /// functions do this; a custom handshake may too).
+    pub fn with_handshake_info(
+        mut self,
+        target: &str,
+        headers: Headers,
+        extensions: Vec<volley_proto::ExtensionOffer>,
+        http_version: http::Version,
+    ) -> Self {
+        self.info.target = target.to_string();
+        self.info.headers = headers;
+        self.info.extensions = extensions;
+        self.info.http_version = http_version;
+        self
+    }
+
+    /// Records the transport's addresses in [`WebSocket::info`].
+    pub fn with_addrs(mut self, remote: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
+        self.info.remote_addr = remote;
+        self.info.local_addr = local;
+        self
+    }
+
+    /// The connection's id, addresses, target, headers and agreed protocol and
+    /// extensions.
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+
+    /// Typed data the application attaches to this connection (user id, session...).
+    pub fn user_data(&self) -> &http::Extensions {
+        &self.user_data
+    }
+
+    /// Mutable access to the connection's typed user data.
+    pub fn user_data_mut(&mut self) -> &mut http::Extensions {
+        &mut self.user_data
+    }
+
+    pub(crate) fn write_policy(&self) -> (usize, SlowReader) {
+        (self.config.write_buffer_size, self.config.slow_reader)
+    }
+
+    pub(crate) fn set_write_policy(&mut self, policy: SlowReader) {
+        self.config.slow_reader = policy;
+    }
+
+    /// Drops queued data that has not started to leave and closes with `code`, ahead of
+    /// anything else (the slow-reader close).
+    pub(crate) fn abort_with(&mut self, code: CloseCode) {
+        self.abort_queue();
+        if !self.conn.is_close_sent() {
+            let _ = self.conn.send_close(code, "");
+        }
+        self.take_transmits();
+    }
+
+    /// The latest round-trip time measured from a keepalive ping and its pong.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.keepalive.rtt
+    }
+
+    /// Messages dropped by the [`SlowReader::DropNewest`] policy.
+    pub fn dropped_messages(&self) -> u64 {
+        self.dropped
     }
 
     /// The subprotocol agreed in the handshake.
     pub fn protocol(&self) -> Option<&str> {
-        self.protocol.as_deref()
+        self.info.protocol.as_deref()
     }
 
     /// The permessage-deflate parameters, if the handshake agreed on the extension.
@@ -147,17 +332,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.flush().await
     }
 
-    /// Queues a message without flushing, waiting only if the write buffer is full.
+    /// Queues a message without flushing. When the write buffer is full the
+    /// [`SlowReader`] policy decides: wait for it to drain, drop this message, or close.
     pub async fn feed(&mut self, msg: Message) -> Result<(), Error> {
-        poll_fn(|cx| self.poll_write_ready(cx)).await?;
-        self.queue(msg)
+        if poll_fn(|cx| self.poll_write_ready(cx)).await? {
+            self.queue(msg)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues a prepared message (encoded, and compressed, once for many connections;
+    /// see [`PreparedMessage`]), under the same write-buffer policy as `feed`.
+    pub async fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
+        if poll_fn(|cx| self.poll_write_ready(cx)).await? {
+            self.conn.send_prepared(msg)?;
+            self.take_transmits();
+        }
+        Ok(())
     }
 
     /// Queues one fragment of a message (see
     /// [`Connection::send_fragment`](volley_proto::Connection::send_fragment)), so a
     /// large message can be streamed without holding it whole.
     pub async fn feed_fragment(&mut self, kind: MessageKind, data: Bytes, fin: bool) -> Result<(), Error> {
-        poll_fn(|cx| self.poll_write_ready(cx)).await?;
+        // A fragment is never dropped: the rest of its message would be meaningless.
+        while !poll_fn(|cx| self.poll_write_ready(cx)).await? {}
         self.conn.send_fragment(kind, data, fin)?;
         self.take_transmits();
         Ok(())
@@ -166,13 +366,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Queues a message that is never compressed, even with permessage-deflate on (for
     /// data that is already compressed).
     pub async fn feed_uncompressed(&mut self, kind: MessageKind, data: Bytes) -> Result<(), Error> {
-        poll_fn(|cx| self.poll_write_ready(cx)).await?;
-        self.conn.send_uncompressed(kind, data)?;
-        self.take_transmits();
+        if poll_fn(|cx| self.poll_write_ready(cx)).await? {
+            self.conn.send_uncompressed(kind, data)?;
+            self.take_transmits();
+        }
         Ok(())
     }
 
-    /// Writes everything queued to the transport.
+    /// Writes everything queued to the transport: awaiting it is awaiting the drain of
+    /// the write buffer ([`WebSocket::buffered_amount`] reaches 0).
     pub async fn flush(&mut self) -> Result<(), Error> {
         poll_fn(|cx| self.poll_flush_all(cx)).await.map_err(Error::Io)
     }
@@ -209,25 +411,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     fn take_transmits(&mut self) {
+        // Control frames queued with priority (the transport is backed up) go right
+        // behind the chunk being written, ahead of data that has not started.
+        let mut at = usize::from(self.front_partial);
+        while let Some(chunk) = self.conn.poll_transmit_control() {
+            self.wq_len += chunk.len();
+            self.wq.insert(at.min(self.wq.len()), chunk);
+            at += 1;
+        }
         while let Some(chunk) = self.conn.poll_transmit() {
             self.wq_len += chunk.len();
             self.wq.push_back(chunk);
         }
     }
 
-    /// Ready when the write queue is below the write buffer size.
-    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.finish == Finish::Done {
+    /// Ready with `true` when a message may be queued, `false` when the slow-reader
+    /// policy dropped it.
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        if self.finish == Finish::Done || self.dead {
             return Poll::Ready(Err(Error::Closed));
         }
-        while self.wq_len >= self.config.write_buffer_size {
-            ready!(self.poll_write_queue(cx))?;
+        if self.wq_len < self.config.write_buffer_size {
+            return Poll::Ready(Ok(true));
         }
-        Poll::Ready(Ok(()))
+        let written = self.poll_write_backlog(cx);
+        if let Poll::Ready(Err(e)) = written {
+            return Poll::Ready(Err(Error::Io(e)));
+        }
+        if self.wq_len < self.config.write_buffer_size {
+            return Poll::Ready(Ok(true));
+        }
+        match self.config.slow_reader {
+            SlowReader::Wait => Poll::Pending,
+            SlowReader::DropNewest => {
+                self.dropped += 1;
+                tracing::debug!(id = self.info.id, dropped = self.dropped, "write buffer full: message dropped");
+                Poll::Ready(Ok(false))
+            }
+            SlowReader::Close(code) => {
+                tracing::debug!(id = self.info.id, %code, "write buffer full: closing");
+                self.abort_queue();
+                if !self.conn.is_close_sent() {
+                    let _ = self.conn.send_close(code, "");
+                }
+                self.take_transmits();
+                Poll::Ready(Err(Error::SlowReader(code)))
+            }
+        }
+    }
+
+    /// Discards queued data that has not started to leave.
+    fn abort_queue(&mut self) {
+        while self.conn.poll_transmit().is_some() {}
+        let keep = usize::from(self.front_partial);
+        while self.wq.len() > keep {
+            if let Some(c) = self.wq.pop_back() {
+                self.wq_len -= c.len();
+            }
+        }
+        self.conn.set_control_priority(true);
     }
 
     /// Writes the queue to the transport, gathering chunks into vectored writes.
-    fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write_queue_inner(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.wq.is_empty() {
             let n = if self.wq.len() > 1 && self.io.is_write_vectored() {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -248,6 +494,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Poll::Ready(Ok(()))
     }
 
+    /// `poll_write_queue`, noting whether the transport is backed up: while it is,
+    /// control frames are queued with priority.
+    fn poll_write_backlog(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = self.poll_write_queue_inner(cx);
+        self.conn.set_control_priority(r.is_pending());
+        r
+    }
+
     fn advance_queue(&mut self, mut n: usize) {
         self.wq_len -= n;
         while n > 0 {
@@ -257,8 +511,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             if n >= front.len() {
                 n -= front.len();
                 self.wq.pop_front();
+                self.front_partial = false;
             } else {
                 front.advance(n);
+                self.front_partial = true;
                 n = 0;
             }
         }
@@ -266,8 +522,85 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.take_transmits();
-        ready!(self.poll_write_queue(cx))?;
+        ready!(self.poll_write_backlog(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Runs the keepalive, idle and lifetime timers.
+    fn poll_timers(&mut self, cx: &mut Context<'_>) {
+        let now = Instant::now();
+        if let Some(t) = self.keepalive.ping_timer.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                if self.keepalive.outstanding.is_some() {
+                    // The peer did not answer the last ping in time: it is gone.
+                    tracing::debug!(id = self.info.id, "pong timeout: closing");
+                    self.dead = true;
+                    self.keepalive.ping_timer = None;
+                    self.abort_queue();
+                    if !self.conn.is_close_sent() {
+                        let _ = self.conn.send_close(CloseCode::INTERNAL_ERROR, "keepalive timeout");
+                    }
+                    self.take_transmits();
+                    if self.last.is_none() {
+                        self.last = Some(Err(Error::Timeout("keepalive pong")));
+                    }
+                    self.finish = Finish::Flushing;
+                    return;
+                }
+                self.keepalive.seq += 1;
+                let payload = self.keepalive.seq.to_be_bytes();
+                self.conn.set_control_priority(true);
+                if self.conn.send_ping(Bytes::copy_from_slice(&payload)).is_ok() {
+                    self.keepalive.outstanding = Some((payload, now));
+                    t.as_mut().reset(now + self.config.pong_timeout);
+                    let _ = t.as_mut().poll(cx);
+                } else {
+                    self.keepalive.ping_timer = None;
+                }
+                self.conn.set_control_priority(!self.wq.is_empty());
+                self.take_transmits();
+            }
+        }
+        if let (Some(t), Some(idle)) = (self.keepalive.idle_timer.as_mut(), self.config.idle_timeout) {
+            if t.as_mut().poll(cx).is_ready() {
+                let due = self.keepalive.last_read.unwrap_or(now) + idle;
+                if due > now {
+                    t.as_mut().reset(due);
+                    let _ = t.as_mut().poll(cx);
+                } else {
+                    self.keepalive.idle_timer = None;
+                    self.local_close(CloseCode::GOING_AWAY, "idle timeout");
+                }
+            }
+        }
+        if let Some(t) = self.keepalive.lifetime_timer.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                self.keepalive.lifetime_timer = None;
+                self.local_close(CloseCode::GOING_AWAY, "connection lifetime reached");
+            }
+        }
+    }
+
+    /// Starts the closing handshake on the library's own initiative.
+    fn local_close(&mut self, code: CloseCode, reason: &str) {
+        tracing::debug!(id = self.info.id, %code, reason, "closing");
+        if !self.conn.is_close_sent() {
+            let _ = self.conn.send_close(code, reason);
+            self.take_transmits();
+        }
+    }
+
+    fn on_pong(&mut self, payload: &[u8]) {
+        if let Some((sent, at)) = self.keepalive.outstanding {
+            if payload == sent {
+                let now = Instant::now();
+                self.keepalive.rtt = Some(now - at);
+                self.keepalive.outstanding = None;
+                if let (Some(t), Some(every)) = (self.keepalive.ping_timer.as_mut(), self.config.ping_interval) {
+                    t.as_mut().reset(at + every);
+                }
+            }
+        }
     }
 
     /// Reads once into the core's input buffer: `Ok(0)` at end of stream.
@@ -313,7 +646,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     // be closed first by the server ... the client SHOULD wait for the
                     // server to close the connection".
                     self.finish = match self.conn.role() {
-                        Role::Client if !self.read_eof => Finish::AwaitingEof,
+                        Role::Client if !self.read_eof && !self.dead => Finish::AwaitingEof,
                         _ => Finish::ShuttingDown,
                     };
                 }
@@ -374,7 +707,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     Event::Text(t) => Message::Text(t),
                     Event::Binary(b) => Message::Binary(b),
                     Event::Ping(b) => Message::Ping(b),
-                    Event::Pong(b) => Message::Pong(b),
+                    Event::Pong(b) => {
+                        self.on_pong(&b);
+                        Message::Pong(b)
+                    }
                     Event::Close(frame) => {
                         // After a failure the error stays the last word.
                         if self.last.is_none() {
@@ -410,12 +746,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 }
                 State::Open => {}
             }
+            self.poll_timers(cx);
+            if self.finish != Finish::Running {
+                continue;
+            }
             match self.poll_read_some(cx) {
                 Poll::Ready(Ok(0)) => {
                     self.read_eof = true;
                     self.conn.receive_eof();
                 }
-                Poll::Ready(Ok(_)) => self.conn.receive_buffered(),
+                Poll::Ready(Ok(_)) => {
+                    if self.keepalive.idle_timer.is_some() {
+                        self.keepalive.last_read = Some(Instant::now());
+                    }
+                    self.conn.receive_buffered();
+                }
                 Poll::Ready(Err(e)) => {
                     self.conn.receive_eof();
                     while self.conn.poll_event().is_some() {}
@@ -452,11 +797,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
     type Error = Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.get_mut().poll_write_ready(cx)
+        let this = self.get_mut();
+        this.drop_next = !ready!(this.poll_write_ready(cx))?;
+        Poll::Ready(Ok(()))
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Error> {
-        self.get_mut().queue(item)
+        let this = self.get_mut();
+        if std::mem::take(&mut this.drop_next) {
+            return Ok(());
+        }
+        this.queue(item)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {

@@ -1,0 +1,312 @@
+//! TLS for `wss://`, on rustls with the *ring* crypto provider: server configurations
+//! and acceptors from PEM files, [`accept_tls`], the client's default configuration
+//! (Mozilla's roots from `webpki-roots`), and [`MaybeTlsStream`], the transport of a
+//! client connection for both `ws://` and `wss://`.
+//!
+//! Every configuration built here names its crypto provider explicitly
+//! ([`crypto_provider`]), so nothing depends on a process-wide default provider being
+//! installed, and nothing here installs one.
+//!
+//! A server without the helpers: accept TCP, run a [`TlsAcceptor`] on it, then
+//! [`accept_with`] on the TLS stream ([`WebSocket`] works over any
+//! `AsyncRead + AsyncWrite`). [`accept_tls`] does exactly that, within the handshake
+//! timeout:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), volley::Error> {
+//! let acceptor = volley::tls::acceptor("cert.pem", "key.pem")?;
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+//! loop {
+//!     let (tcp, _) = listener.accept().await?;
+//!     let acceptor = acceptor.clone();
+//!     tokio::spawn(async move {
+//!         let mut ws = volley::tls::accept_tls(tcp, &acceptor, volley::Config::new(), |_, _| Ok(())).await?;
+//!         while let Some(msg) = ws.recv().await {
+//!             let msg = msg?;
+//!             if msg.is_data() {
+//!                 ws.feed(msg).await?;
+//!             }
+//!         }
+//!         Ok::<_, volley::Error>(())
+//!     });
+//! }
+//! # }
+//! ```
+//!
+//! A client only needs a `wss://` URL: [`ClientBuilder::connect`](crate::ClientBuilder::connect)
+//! connects TCP, runs TLS (SNI and certificate check against the URL's host, ALPN
+//! `http/1.1`), then the WebSocket handshake. TLS failures (an unknown issuer, a name
+//! mismatch, a peer that does not speak TLS) come back as [`Error::Io`] whose inner error
+//! is the [`rustls::Error`].
+
+use std::io::{self, IoSlice};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::{self, PemObject};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use volley_proto::handshake::{Request, Response};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::server::{accept_with, Rejection};
+use crate::websocket::{with_timeout, WebSocket};
+
+pub use rustls;
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+pub use tokio_rustls;
+pub use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// The TLS stream of a server connection accepted by [`accept_tls`].
+pub type ServerTlsStream<S> = tokio_rustls::server::TlsStream<S>;
+
+/// The ALPN protocol a WebSocket (RFC 6455) connection runs on.
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// The crypto provider of every configuration built here: *ring*'s, with its default
+/// cipher suites and key exchange groups.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate of a PEM file (a server's chain: its own certificate first,
+/// then the intermediates). Errors name the file; a file without certificates is one.
+pub fn load_certs(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let path = path.as_ref();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem_error(path, "certificates", e))?;
+    if certs.is_empty() {
+        return Err(pem_error(path, "certificates", pem::Error::NoItemsFound));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key of a PEM file (PKCS#8, PKCS#1 or SEC1). Errors name the
+/// file.
+pub fn load_private_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>, Error> {
+    let path = path.as_ref();
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, "private key", e))
+}
+
+fn pem_error(path: &Path, what: &str, e: pem::Error) -> Error {
+    let path = path.display();
+    Error::Io(match e {
+        pem::Error::Io(e) => io::Error::new(e.kind(), format!("{path}: {e}")),
+        pem::Error::NoItemsFound => io::Error::new(io::ErrorKind::InvalidData, format!("{path}: no PEM {what} found")),
+        e => io::Error::new(io::ErrorKind::InvalidData, format!("{path}: {e}")),
+    })
+}
+
+/// A server configuration for a certificate chain and its private key: TLS 1.2 and 1.3
+/// with the *ring* provider, no client authentication, and ALPN `http/1.1` (a client
+/// that offers ALPN without `http/1.1`, say only `h2`, is refused). Adjust the result
+/// with `Arc::make_mut` if needed.
+pub fn server_config(
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, Error> {
+    build_server_config(cert_chain, key).map_err(tls_error)
+}
+
+fn build_server_config(
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(cert_chain, key)?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// [`server_config`] from PEM files: the certificate chain and the private key. Errors
+/// name the file at fault.
+pub fn server_config_from_pem(
+    cert_path: impl AsRef<Path>,
+    key_path: impl AsRef<Path>,
+) -> Result<Arc<ServerConfig>, Error> {
+    let (cert_path, key_path) = (cert_path.as_ref(), key_path.as_ref());
+    let certs = load_certs(cert_path)?;
+    let key = load_private_key(key_path)?;
+    build_server_config(certs, key).map_err(|e| {
+        let msg = format!("{} with {}: {e}", cert_path.display(), key_path.display());
+        Error::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
+    })
+}
+
+/// A TLS acceptor for the certificate chain and private key in these PEM files (see
+/// [`server_config`]).
+pub fn acceptor(cert_path: impl AsRef<Path>, key_path: impl AsRef<Path>) -> Result<TlsAcceptor, Error> {
+    Ok(TlsAcceptor::from(server_config_from_pem(cert_path, key_path)?))
+}
+
+/// Runs the TLS handshake on `io`, then accepts a WebSocket connection on the TLS stream
+/// as [`accept_with`] does. The TLS handshake and the WebSocket handshake each get the
+/// configuration's handshake timeout. The server's view of TLS (SNI, ALPN, protocol
+/// version) is at `ws.get_ref().get_ref().1`.
+pub async fn accept_tls<S, F>(
+    io: S,
+    acceptor: &TlsAcceptor,
+    config: Config,
+    hook: F,
+) -> Result<WebSocket<ServerTlsStream<S>>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+{
+    let tls = with_timeout(config.handshake_timeout, "TLS handshake", async { Ok(acceptor.accept(io).await?) }).await?;
+    accept_with(tls, config, hook).await
+}
+
+/// [`accept_tls`] on a TCP connection: also turns on `TCP_NODELAY` and records both
+/// addresses in the connection's [`info`](WebSocket::info).
+pub async fn accept_tls_tcp<F>(
+    tcp: tokio::net::TcpStream,
+    acceptor: &TlsAcceptor,
+    config: Config,
+    hook: F,
+) -> Result<WebSocket<ServerTlsStream<tokio::net::TcpStream>>, Error>
+where
+    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+{
+    tcp.set_nodelay(true)?;
+    let (remote, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
+    Ok(accept_tls(tcp, acceptor, config, hook).await?.with_addrs(remote, local))
+}
+
+/// The trust anchors a client uses unless told otherwise: Mozilla's root program, as
+/// compiled into `webpki-roots`.
+///
+/// Volley takes these rather than the operating system's store (`rustls-native-certs`)
+/// so that certificate checks behave the same on every machine and in minimal
+/// containers without a CA bundle, with no extra dependency. For the system store, or
+/// a private CA, build a [`ClientConfig`] with [`client_config`] and pass it to
+/// [`ClientBuilder::tls_config`](crate::ClientBuilder::tls_config).
+pub fn default_roots() -> RootCertStore {
+    RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }
+}
+
+/// A client configuration trusting `roots`: TLS 1.2 and 1.3 with the *ring* provider,
+/// no client certificate, ALPN `http/1.1`.
+pub fn client_config(roots: RootCertStore) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        // Cannot fail: ring's default provider has cipher suites for TLS 1.2 and 1.3.
+        .expect("the ring provider supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Arc::new(config)
+}
+
+/// The client configuration used for `wss://` by default: [`client_config`] with
+/// [`default_roots`], built once and shared (so TLS sessions can be resumed).
+pub fn default_client_config() -> Arc<ClientConfig> {
+    static DEFAULT: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    DEFAULT.get_or_init(|| client_config(default_roots())).clone()
+}
+
+/// The name a client checks the server's certificate against (and sends as SNI, for a
+/// DNS name): an IP address or a DNS name, from a URL's host without brackets.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, Error> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(ServerName::from(ip));
+    }
+    ServerName::try_from(host.to_string()).map_err(|_| Error::Url(format!("{host}: not a valid TLS server name")))
+}
+
+pub(crate) fn tls_error(e: rustls::Error) -> Error {
+    Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// The transport of a client connection: plain TCP for `ws://`, TLS over TCP for
+/// `wss://`. It reads and writes (vectored writes included) through whichever it is.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum MaybeTlsStream {
+    /// A `ws://` connection.
+    Plain(TcpStream),
+    /// A `wss://` connection (boxed: the TLS state is large).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl MaybeTlsStream {
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, MaybeTlsStream::Tls(_))
+    }
+
+    /// The TCP connection underneath (addresses, socket options).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            MaybeTlsStream::Plain(tcp) => tcp,
+            MaybeTlsStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// The TLS session, for `wss://`: negotiated ALPN protocol, protocol version, cipher
+    /// suite, the server's certificates.
+    pub fn tls(&self) -> Option<&rustls::ClientConnection> {
+        match self {
+            MaybeTlsStream::Plain(_) => None,
+            MaybeTlsStream::Tls(tls) => Some(tls.get_ref().1),
+        }
+    }
+}
+
+impl AsyncRead for MaybeTlsStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTlsStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTlsStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTlsStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTlsStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTlsStream::Plain(s) => s.is_write_vectored(),
+            MaybeTlsStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTlsStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTlsStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! The runtime features over real TCP on 127.0.0.1: connection info and ids,
+//! keepalive and round-trip time, pong/idle/lifetime timeouts against a peer that stops
+//! answering or a dead TCP peer, slow-reader policies with a reader that stops reading,
+//! control frames ahead of a backlog, split halves across tasks, cancel safety, and
+//! broadcast of prepared messages.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{bind, masked, raw_client, read_frame, url, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use volley::{Broadcast, CloseCode, Config, Error, Message, PreparedMessage, SlowReader};
+
+/// Accepts one connection on a fresh listener with `config`; returns the port and the
+/// server-side WebSocket once a client connects.
+async fn server(config: Config) -> (u16, tokio::task::JoinHandle<volley::WebSocket<TcpStream>>) {
+    let (listener, port) = bind().await;
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        volley::accept_tcp_with(tcp, config, |_, _| Ok(())).await.unwrap()
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn connection_info_has_ids_addresses_target_headers_and_user_data() {
+    let (port, task) = server(Config::new()).await;
+    let (client, _) =
+        volley::ClientBuilder::new(url(port, "/room/7?x=1")).header("X-Team", "blue").connect().await.unwrap();
+    let mut ws = task.await.unwrap();
+    let info = ws.info().clone();
+    assert_eq!(info.path(), "/room/7");
+    assert_eq!(info.target(), "/room/7?x=1");
+    assert_eq!(info.headers().get("x-team"), Some("blue"));
+    assert_eq!(info.remote_addr().unwrap().ip().to_string(), "127.0.0.1");
+    assert_eq!(info.local_addr().unwrap().port(), port);
+    assert_eq!(info.http_version(), http::Version::HTTP_11);
+    assert!(info.extensions()[0].name == "permessage-deflate");
+    assert_ne!(info.id(), client.info().id(), "ids are unique");
+    #[derive(Clone, Debug, PartialEq)]
+    struct User(&'static str);
+    ws.user_data_mut().insert(User("ada"));
+    assert_eq!(ws.user_data().get::<User>(), Some(&User("ada")));
+}
+
+#[tokio::test]
+async fn keepalive_pings_measure_round_trip_time() {
+    let config = Config::new().ping_interval(Some(Duration::from_millis(50)));
+    let (port, task) = server(config).await;
+    let (mut client, _) = volley::connect(&url(port, "/")).await.unwrap();
+    let mut ws = task.await.unwrap();
+    // The client answers pings while it reads.
+    let reader = tokio::spawn(async move { while client.recv().await.is_some() {} });
+    within(async {
+        loop {
+            tokio::select! {
+                msg = ws.recv() => assert!(matches!(msg, Some(Ok(Message::Pong(_)))), "unexpected {msg:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            if ws.rtt().is_some() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ws.rtt().unwrap() < Duration::from_secs(1));
+    reader.abort();
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_is_closed_after_the_pong_timeout() {
+    let config = Config::new().ping_interval(Some(Duration::from_millis(50))).pong_timeout(Duration::from_millis(100));
+    let (port, task) = server(config).await;
+    // A raw client that completes the handshake and then never reads nor answers.
+    let _silent = raw_client(port).await;
+    let mut ws = task.await.unwrap();
+    let started = std::time::Instant::now();
+    let last = within(async {
+        let mut last = None;
+        while let Some(item) = ws.recv().await {
+            last = Some(item);
+        }
+        last
+    })
+    .await;
+    assert!(matches!(last, Some(Err(Error::Timeout("keepalive pong")))), "{last:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// A TCP proxy that forwards until told to stop, then keeps both connections open and
+/// silent: to the endpoints the peer is dead (no FIN, no RST, no data).
+async fn blackhole_proxy(target: u16) -> (u16, Arc<tokio::sync::Notify>) {
+    let (listener, port) = bind().await;
+    let kill = Arc::new(tokio::sync::Notify::new());
+    let k = kill.clone();
+    tokio::spawn(async move {
+        let (a, _) = listener.accept().await.unwrap();
+        let b = TcpStream::connect(("127.0.0.1", target)).await.unwrap();
+        let (mut ar, mut aw) = a.into_split();
+        let (mut br, mut bw) = b.into_split();
+        let pump = async {
+            tokio::join!(async { tokio::io::copy(&mut ar, &mut bw).await.ok() }, async {
+                tokio::io::copy(&mut br, &mut aw).await.ok()
+            })
+        };
+        tokio::select! {
+            _ = pump => {}
+            _ = k.notified() => {}
+        }
+        // Hold the sockets open, silent, for a while.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop((ar, aw, br, bw));
+    });
+    (port, kill)
+}
+
+#[tokio::test]
+async fn a_dead_tcp_peer_is_detected_by_keepalive() {
+    let (listener, port) = bind().await;
+    let (proxy, kill) = blackhole_proxy(port).await;
+    let client = tokio::spawn(async move {
+        let config =
+            Config::new().ping_interval(Some(Duration::from_millis(50))).pong_timeout(Duration::from_millis(150));
+        let (ws, _) = volley::ClientBuilder::new(url(proxy, "/")).config(config).connect().await.unwrap();
+        ws
+    });
+    let (tcp, _) = listener.accept().await.unwrap();
+    let server = volley::accept(tcp).await.unwrap();
+    let mut ws = client.await.unwrap();
+    // It works through the proxy, then the peer dies.
+    ws.send(Message::text("hi")).await.unwrap();
+    kill.notify_one();
+    let started = std::time::Instant::now();
+    let last = within(async {
+        let mut last = None;
+        while let Some(item) = ws.recv().await {
+            last = Some(item);
+        }
+        last
+    })
+    .await;
+    assert!(matches!(last, Some(Err(Error::Timeout("keepalive pong")))), "{last:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "a dead peer must not hold the client");
+    drop(server);
+}
+
+#[tokio::test]
+async fn idle_timeout_and_max_lifetime_close_with_1001() {
+    for config in [
+        Config::new().idle_timeout(Some(Duration::from_millis(100))),
+        Config::new().max_lifetime(Some(Duration::from_millis(100))),
+    ] {
+        let (port, task) = server(config).await;
+        let (mut client, _) = volley::connect(&url(port, "/")).await.unwrap();
+        let mut ws = task.await.unwrap();
+        let server_side = tokio::spawn(async move { while ws.recv().await.is_some() {} });
+        let last = within(async {
+            let mut last = None;
+            while let Some(item) = client.recv().await {
+                last = Some(item);
+            }
+            last
+        })
+        .await;
+        match last {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::GOING_AWAY),
+            other => panic!("{other:?}"),
+        }
+        within(server_side).await.unwrap();
+    }
+}
+
+/// A server whose raw client never reads: the server's socket buffers fill up.
+async fn stalled(config: Config) -> (volley::WebSocket<TcpStream>, TcpStream) {
+    let (port, task) = server(config.write_buffer_size(64 << 10).deflate(None)).await;
+    let raw = raw_client(port).await;
+    (task.await.unwrap(), raw)
+}
+
+#[tokio::test]
+async fn slow_reader_wait_applies_backpressure() {
+    let (mut ws, _raw) = stalled(Config::new()).await;
+    let big = Message::binary(vec![7u8; 64 << 10]);
+    let blocked = tokio::time::timeout(Duration::from_millis(500), async {
+        for _ in 0..200 {
+            ws.feed(big.clone()).await.unwrap();
+        }
+    })
+    .await;
+    assert!(blocked.is_err(), "feed must wait once the peer stops reading");
+    assert!(ws.buffered_amount() >= 64 << 10);
+}
+
+#[tokio::test]
+async fn slow_reader_drop_newest_drops_and_counts() {
+    let (mut ws, _raw) = stalled(Config::new().slow_reader(SlowReader::DropNewest)).await;
+    let big = Message::binary(vec![7u8; 64 << 10]);
+    within(async {
+        for _ in 0..200 {
+            ws.feed(big.clone()).await.unwrap();
+        }
+    })
+    .await;
+    assert!(ws.dropped_messages() > 100, "{}", ws.dropped_messages());
+}
+
+#[tokio::test]
+async fn slow_reader_close_discards_the_backlog_and_sends_the_close_first() {
+    let (mut ws, mut raw) = stalled(Config::new().slow_reader(SlowReader::Close(CloseCode::POLICY_VIOLATION))).await;
+    let big = Message::binary(vec![7u8; 64 << 10]);
+    let err = within(async {
+        loop {
+            if let Err(e) = ws.feed(big.clone()).await {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert!(matches!(err, Error::SlowReader(CloseCode::POLICY_VIOLATION)), "{err}");
+    // The reader wakes up: it gets what was already in flight, then the close frame,
+    // long before the hundreds of KiB that were queued.
+    let server_side = tokio::spawn(async move {
+        let mut last = None;
+        while let Some(item) = ws.recv().await {
+            last = Some(item);
+        }
+        last
+    });
+    let mut seen = 0usize;
+    let code = within(async {
+        loop {
+            let (op, payload) = read_frame(&mut raw).await;
+            if op & 0x0f == 0x8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+            seen += payload.len();
+        }
+    })
+    .await;
+    assert_eq!(code, 1008);
+    assert!(seen < 8 << 20, "{seen} bytes before the close");
+    raw.write_all(&masked(0x88, &1008u16.to_be_bytes())).await.unwrap();
+    let last = within(server_side).await.unwrap();
+    assert!(matches!(last, Some(Err(Error::SlowReader(_))) | Some(Ok(Message::Close(_))) | None), "{last:?}");
+}
+
+#[tokio::test]
+async fn pongs_go_ahead_of_a_backlog() {
+    let (mut ws, mut raw) = stalled(Config::new()).await;
+    // Fill the socket and the write buffer.
+    let big = Message::binary(vec![1u8; 64 << 10]);
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            ws.feed(big.clone()).await.unwrap();
+        }
+    })
+    .await;
+    let backlog = ws.buffered_amount();
+    assert!(backlog > 0);
+    // The peer pings, then starts reading.
+    raw.write_all(&masked(0x89, b"urgent")).await.unwrap();
+    let server_side = tokio::spawn(async move {
+        while let Some(item) = ws.recv().await {
+            item?;
+        }
+        Ok::<_, Error>(())
+    });
+    within(async {
+        loop {
+            let (op, payload) = read_frame(&mut raw).await;
+            if op & 0x0f == 0xA {
+                assert_eq!(payload, b"urgent");
+                return;
+            }
+        }
+    })
+    .await;
+    // Without priority the pong would come after the whole backlog (nothing was fed
+    // after the ping). With it, backlog data still follows the pong.
+    let mut after = 0usize;
+    while let Ok((_, payload)) = tokio::time::timeout(Duration::from_millis(300), read_frame(&mut raw)).await {
+        after += payload.len();
+        if after >= backlog / 2 {
+            break;
+        }
+    }
+    assert!(after >= backlog / 2, "only {after} bytes of a {backlog}-byte backlog came after the pong");
+    server_side.abort();
+}
+
+#[tokio::test]
+async fn split_halves_work_from_different_tasks() {
+    let (port, task) = server(Config::new()).await;
+    let (client, _) = volley::connect(&url(port, "/")).await.unwrap();
+    let ws = task.await.unwrap();
+    let (mut read, write) = ws.split();
+    // Server: echo through the halves, with the writer in another task.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(16);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            write.send(m).await.unwrap();
+        }
+        write.close(CloseCode::NORMAL, "done").await.ok();
+    });
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(Ok(m)) = read.recv().await {
+            if m.is_data() {
+                n += 1;
+                tx.send(m).await.unwrap();
+                if n == 100 {
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        n
+    });
+    let (mut cread, cwrite) = client.split();
+    for i in 0..100 {
+        cwrite.feed(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    cwrite.flush().await.unwrap();
+    for i in 0..100 {
+        let m = within(cread.recv()).await.unwrap().unwrap();
+        assert_eq!(m, Message::text(format!("m{i}")));
+    }
+    assert_eq!(within(reader).await.unwrap(), 100);
+    within(writer).await.unwrap();
+    let last = within(async {
+        let mut last = None;
+        while let Some(item) = cread.recv().await {
+            last = Some(item);
+        }
+        last
+    })
+    .await;
+    assert!(matches!(&last, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::NORMAL), "{last:?}");
+}
+
+#[tokio::test]
+async fn cancelled_reads_and_sends_lose_no_bytes() {
+    let (port, task) = server(Config::new()).await;
+    let (mut client, _) = volley::connect(&url(port, "/")).await.unwrap();
+    let mut ws = task.await.unwrap();
+    // The server echoes, reading with a recv that is cancelled over and over by a
+    // short timer in select!.
+    let echo = tokio::spawn(async move {
+        let mut n = 0;
+        while n < 300 {
+            tokio::select! {
+                msg = ws.recv() => match msg {
+                    Some(Ok(m)) if m.is_data() => { ws.feed(m).await.unwrap(); n += 1; }
+                    Some(Ok(_)) => {}
+                    other => panic!("{other:?}"),
+                },
+                _ = tokio::time::sleep(Duration::from_micros(50)) => {}
+            }
+        }
+        ws.flush().await.unwrap();
+        ws
+    });
+    // The client sends with feeds that may be cancelled; it resends only what a
+    // cancelled feed did not queue.
+    let payload = |i: usize| Message::binary(vec![(i % 251) as u8; 1 + (i * 37) % 3000]);
+    let mut i = 0;
+    while i < 300 {
+        tokio::select! {
+            r = client.feed(payload(i)) => { r.unwrap(); i += 1; }
+            _ = tokio::time::sleep(Duration::from_micros(30)) => {}
+        }
+    }
+    client.flush().await.unwrap();
+    for i in 0..300 {
+        let got = within(client.recv()).await.unwrap().unwrap();
+        assert_eq!(got, payload(i), "message {i}");
+    }
+    within(echo).await.unwrap();
+}
+
+#[tokio::test]
+async fn broadcast_sends_one_prepared_message_to_every_member() {
+    let (listener, port) = bind().await;
+    let group = Arc::new(Broadcast::new());
+    let g = group.clone();
+    let acceptor = tokio::spawn(async move {
+        let mut readers = Vec::new();
+        for _ in 0..20 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            // Half the members negotiate deflate without context takeover, so the
+            // compressed frame is shared; the others get the plain frame.
+            let ws = volley::accept_tcp_with(tcp, Config::new(), |_, _| Ok(())).await.unwrap();
+            let (read, write) = ws.split();
+            g.join(write);
+            readers.push(read);
+        }
+        readers
+    });
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut d = volley::proto::DeflateConfig::default();
+        d.remote_no_context_takeover = i % 2 == 0;
+        let config = Config::new().deflate(Some(d));
+        let (ws, _) = volley::ClientBuilder::new(url(port, "/")).config(config).connect().await.unwrap();
+        clients.push(ws);
+    }
+    let _readers = within(acceptor).await.unwrap();
+    assert_eq!(group.len(), 20);
+    let text = "tick ".repeat(500);
+    let msg = PreparedMessage::text(text.as_str()).with_deflate(12, 6);
+    assert_eq!(group.send(&msg), 20);
+    for c in &mut clients {
+        assert_eq!(within(c.recv()).await.unwrap().unwrap(), Message::text(text.as_str()));
+    }
+    // Members that closed are dropped from the group.
+    drop(clients);
+    within(async {
+        while !group.is_empty() {
+            group.send(&msg);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unread_bytes_are_not_lost_when_a_split_reader_is_slow() {
+    let (port, task) = server(Config::new()).await;
+    let mut raw = raw_client(port).await;
+    let ws = task.await.unwrap();
+    let (mut read, _write) = ws.split();
+    for i in 0..1000u32 {
+        raw.write_all(&masked(0x82, &i.to_be_bytes())).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..1000u32 {
+        assert_eq!(within(read.recv()).await.unwrap().unwrap(), Message::binary(i.to_be_bytes().to_vec()));
+    }
+    let mut buf = [0u8; 1];
+    assert!(tokio::time::timeout(Duration::from_millis(50), raw.read(&mut buf)).await.is_err());
+}
