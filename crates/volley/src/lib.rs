@@ -47,3 +47,8 @@ pub use websocket::{ConnectionInfo, WebSocket};
 pub use volley_proto as proto;
 pub use volley_proto::handshake::{Request, Response, ServerResponse};
 pub use volley_proto::{CloseCode, CloseFrame, MessageKind, PreparedMessage, Role, State, Utf8Bytes};
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
