@@ -7,6 +7,8 @@
 #
 # Sections (run in this order):
 #   browser   Debian's chromium (/usr/bin/chromium) + `npm ci` in tests/browser
+#   proxies   Debian's tinyproxy (HTTP CONNECT) and microsocks (SOCKS5), for
+#             crates/volley/tests/proxy.rs
 #
 # To add a section: write an `install_<name>` function below and append <name> to
 # SECTIONS. Use `apt_install` for Debian packages (it runs `apt-get update` at most
@@ -14,7 +16,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SECTIONS=(browser)
+SECTIONS=(browser proxies terminal)
 
 log() { printf '[install-test-deps] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -66,6 +68,40 @@ install_browser() {
   fi
   # playwright-core only drives the browser above; it never downloads one.
   npm_ci_if_stale "$ROOT/tests/browser"
+}
+
+install_proxies() {
+  # The proxies that crates/volley/tests/proxy.rs starts on loopback. Debian installs
+  # the binaries under /usr/bin; the tests look them up on PATH, then in /usr/bin and
+  # /usr/sbin. tinyproxy's package also enables a system service: the tests never use
+  # it (they run their own instance in the foreground on a free port).
+  local missing=() pkg bin
+  for pkg in tinyproxy microsocks; do
+    bin="$pkg"
+    if command -v "$bin" >/dev/null || [[ -x /usr/bin/$bin || -x /usr/sbin/$bin ]]; then
+      log "$pkg present"
+    else
+      missing+=("$pkg")
+    fi
+  done
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    apt_install "${missing[@]}"
+    for bin in "${missing[@]}"; do
+      command -v "$bin" >/dev/null || [[ -x /usr/bin/$bin || -x /usr/sbin/$bin ]] ||
+        die "apt-get installed $bin but the binary is not on PATH, /usr/bin or /usr/sbin"
+    done
+  fi
+}
+
+install_terminal() {
+  # tmux: crates/volley-cli/tests/connect.rs types into `volley connect` in a real
+  # terminal and reads the screen back.
+  if command -v tmux >/dev/null; then
+    log "tmux present"
+  else
+    apt_install tmux
+    command -v tmux >/dev/null || die "apt-get installed tmux but it is not on PATH"
+  fi
 }
 
 # --- main ----------------------------------------------------------------------

@@ -18,8 +18,8 @@ step() { printf '\n==> %s\n' "$*"; }
 step "installing test dependencies"
 scripts/install-test-deps.sh
 
-step "cargo test --workspace"
-if cargo test --workspace 2>&1 | tee "$LOG_DIR/cargo.log"; then :; else status=1; fi
+step "cargo test --workspace --all-features"
+if cargo test --workspace --all-features 2>&1 | tee "$LOG_DIR/cargo.log"; then :; else status=1; fi
 read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } } END { print p+0, f+0 }' "$LOG_DIR/cargo.log")
 passed=$((passed + p)); failed=$((failed + f))
 

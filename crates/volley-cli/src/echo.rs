@@ -1,5 +1,14 @@
 //! `volley echo`: a server that sends every message back unchanged, over ws:// or, with
 //! a certificate (from PEM files or self-signed at startup), wss://.
+//!
+//! Plain ws:// goes straight to `volley::accept_with` (the fast path, the one Autobahn
+//! measures). With TLS the server offers ALPN `h2` and `http/1.1` and serves connections
+//! with hyper (`volley::http::Server`): WebSockets over HTTP/1.1 (Upgrade) and over
+//! HTTP/2 (extended CONNECT, RFC 8441), and a small test page at `GET /` that opens a
+//! WebSocket to the same origin. `--h2c` serves plain TCP the same way (HTTP/1.1 or
+//! HTTP/2 with prior knowledge). Each accepted WebSocket is logged with its HTTP
+//! version: `websocket accepted http_version=HTTP/2.0` at info level on the hyper path,
+//! at debug level on the fast path.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +17,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use volley::http::hyper::{header, Method, Request, Response, StatusCode};
+use volley::http::{Body, Server};
 use volley::tls::{CertificateDer, PrivateKeyDer, TlsAcceptor};
 use volley::{Config, Message, WebSocket};
+
+/// Time allowed for a TLS handshake (the default handshake timeout of `volley::Config`).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The names a `--tls-self-signed` certificate is valid for.
 const SELF_SIGNED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -42,6 +56,11 @@ pub struct Args {
     /// generated at startup (for tests: clients must be told to trust it).
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     tls_self_signed: bool,
+    /// Without TLS, serve connections with the HTTP server too, as with TLS: HTTP/1.1
+    /// or HTTP/2 with prior knowledge (h2c, WebSockets by extended CONNECT), and the
+    /// test page at `GET /`. Off by default: plain ws:// takes the direct path.
+    #[arg(long)]
+    h2c: bool,
 }
 
 /// Runs the echo server until Ctrl-C.
@@ -63,7 +82,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.validate().context("configuration")?;
     let tls = tls_acceptor(&args)?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    tracing::info!(addr = %listener.local_addr()?, scheme, "echo server listening");
+    let http = (tls.is_some() || args.h2c).then(|| http_server(config.clone()));
+    let mode = match (&tls, &http) {
+        (Some(_), _) => "HTTP/1.1 and HTTP/2 over TLS (ALPN h2, http/1.1)",
+        (None, Some(_)) => "HTTP/1.1 and HTTP/2 with prior knowledge (h2c)",
+        (None, None) => "HTTP/1.1",
+    };
+    tracing::info!(addr = %listener.local_addr()?, scheme, mode, "echo server listening");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
     loop {
@@ -72,8 +97,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 Ok((tcp, peer)) => {
                     let config = config.clone();
                     let tls = tls.clone();
+                    let http = http.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = accept(tcp, peer, config, tls).await {
+                        let result = match http {
+                            Some(server) => serve_http(tcp, peer, tls, server).await,
+                            None => accept(tcp, peer, config).await,
+                        };
+                        if let Err(e) = result {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });
@@ -95,9 +125,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 /// The TLS acceptor the flags ask for, if any.
 fn tls_acceptor(args: &Args) -> anyhow::Result<Option<TlsAcceptor>> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let acceptor = volley::tls::acceptor(cert, key).map_err(setup_error).context("loading the TLS certificate")?;
+        let config = volley::tls::server_config_from_pem(cert, key)
+            .map_err(setup_error)
+            .context("loading the TLS certificate")?;
         tracing::info!(cert = %cert.display(), "TLS on");
-        return Ok(Some(acceptor));
+        return Ok(Some(TlsAcceptor::from(volley::http::with_h2_alpn(config))));
     }
     if !args.tls_self_signed {
         return Ok(None);
@@ -107,6 +139,7 @@ fn tls_acceptor(args: &Args) -> anyhow::Result<Option<TlsAcceptor>> {
     let key = PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
     let cert: CertificateDer<'static> = generated.cert.der().clone();
     let config = volley::tls::server_config(vec![cert], key).map_err(setup_error).context("TLS configuration")?;
+    let config = volley::http::with_h2_alpn(config);
     tracing::warn!(
         names = ?SELF_SIGNED_NAMES,
         "TLS on with a SELF-SIGNED certificate generated at startup: clients will not trust it unless told to"
@@ -124,21 +157,102 @@ fn setup_error(e: volley::Error) -> anyhow::Error {
     }
 }
 
-/// Runs the TLS handshake if TLS is on, then the WebSocket handshake, then echoes.
-async fn accept(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    config: Config,
-    tls: Option<TlsAcceptor>,
-) -> Result<(), volley::Error> {
-    tcp.set_nodelay(true)?;
+/// The direct path for plain ws://: the WebSocket handshake, then echo.
+async fn accept(tcp: TcpStream, peer: SocketAddr, config: Config) -> Result<(), volley::Error> {
     let hook = |req: &volley::Request, _: &mut volley::Response| {
         tracing::debug!(%peer, path = req.target(), "upgrade");
         Ok(())
     };
+    let ws = volley::accept_tcp_with(tcp, config, hook).await?;
+    tracing::debug!(http_version = ?ws.info().http_version(), %peer, path = ws.info().target(), "websocket accepted");
+    echo(ws, peer).await
+}
+
+/// The HTTP server of the TLS and h2c modes: WebSockets over HTTP/1.1 and HTTP/2, the
+/// test page at `GET /`, 404 for anything else.
+fn http_server(config: Config) -> Server {
+    Server::new(config)
+        .hook(|req, _| {
+            tracing::debug!(path = req.target(), method = req.method(), "upgrade");
+            Ok(())
+        })
+        .fallback(|req: Request<_>| async move { page(req.method(), req.uri().path()) })
+}
+
+/// The answer to a request that is not a WebSocket request.
+fn page(method: &Method, path: &str) -> Response<Body> {
+    let (status, content_type, body) = match (method, path) {
+        (&Method::GET | &Method::HEAD, "/") => (StatusCode::OK, "text/html; charset=utf-8", TEST_PAGE),
+        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: WebSockets and GET / only\n"),
+    };
+    let body = if method == Method::HEAD { "" } else { body };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A page that opens a WebSocket to its own origin (wss:// from https://) and echoes
+/// what is typed into it.
+const TEST_PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8">
+<title>volley echo</title>
+<h1>volley echo</h1>
+<p>A WebSocket to this server (<code id="url"></code>): what you send comes back.</p>
+<form id="form"><input id="text" value="hello" autofocus> <button>Send</button></form>
+<pre id="log"></pre>
+<script>
+const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/';
+const log = (line) => { document.getElementById('log').textContent += line + '\n'; };
+document.getElementById('url').textContent = url;
+let ws = null;
+function open() {
+  ws = new WebSocket(url);
+  ws.onopen = () => log('open (extensions: ' + (ws.extensions || 'none') + ')');
+  ws.onmessage = (e) => log('< ' + e.data);
+  ws.onclose = (e) => { log('closed ' + e.code); ws = null; };
+  ws.onerror = () => log('error');
+}
+document.getElementById('form').onsubmit = (e) => {
+  e.preventDefault();
+  const text = document.getElementById('text').value;
+  if (!ws) open();
+  if (ws.readyState === WebSocket.OPEN) { ws.send(text); log('> ' + text); }
+  else ws.addEventListener('open', () => { ws.send(text); log('> ' + text); }, { once: true });
+};
+</script>
+"#;
+
+/// The TLS handshake if TLS is on, then HTTP (1.1 or 2) with WebSocket upgrades.
+async fn serve_http(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    server: Server,
+) -> Result<(), volley::Error> {
+    tcp.set_nodelay(true)?;
+    let local = tcp.local_addr().ok();
+    let handler = move |ws: WebSocket<volley::http::UpgradedIo>| {
+        let ws = ws.with_addrs(Some(peer), local);
+        tracing::info!(http_version = ?ws.info().http_version(), %peer, path = ws.info().target(), "websocket accepted");
+        async move {
+            if let Err(e) = echo(ws, peer).await {
+                tracing::debug!(%peer, error = %e, "WebSocket ended with an error");
+            }
+        }
+    };
     match tls {
-        Some(acceptor) => echo(volley::tls::accept_tls(tcp, &acceptor, config, hook).await?, peer).await,
-        None => echo(volley::accept_with(tcp, config, hook).await?, peer).await,
+        None => server.serve_connection(tcp, handler).await,
+        Some(acceptor) => {
+            let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                .await
+                .map_err(|_| volley::Error::Timeout("TLS handshake"))??;
+            let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+            tracing::debug!(%peer, ?alpn, "TLS on");
+            server.serve_connection(tls, handler).await
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `volley` command: WebSocket tools. `main` parses flags and maps errors to exit
 //! codes; each subcommand lives in its own module.
 
+mod connect;
 mod echo;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run a WebSocket echo server: every text and binary message is sent back unchanged.
     Echo(echo::Args),
+    /// Connect to a WebSocket server: an interactive client, or a pipe for scripts.
+    Connect(connect::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +33,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Echo(args) => echo::run(args),
+        Command::Connect(args) => connect::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

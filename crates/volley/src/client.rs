@@ -2,7 +2,12 @@
 //! rustls, see [`crate::tls`]), or the opening handshake over a transport the
 //! application already has.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 
 use bytes::BytesMut;
 use rustls::ClientConfig;
@@ -25,6 +30,107 @@ struct Target {
     host_header: String,
     path: String,
     tls: bool,
+    /// `user:password` from the URL, percent-decoded.
+    userinfo: Option<String>,
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| char::from(c).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Resolves a redirect's `Location` against the URL that answered it; http(s) become
+/// ws(s).
+fn redirect_target(from: &str, location: &str) -> Result<String, Error> {
+    let bad = || Error::Url(format!("invalid redirect location {location:?}"));
+    let mapped = if let Some(rest) = location.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = location.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if location.starts_with("ws://") || location.starts_with("wss://") {
+        location.to_string()
+    } else if location.starts_with('/') {
+        let uri: http::Uri = from.parse().map_err(|_| bad())?;
+        let scheme = uri.scheme_str().ok_or_else(bad)?;
+        let authority = uri.authority().ok_or_else(bad)?;
+        format!("{scheme}://{authority}{location}")
+    } else {
+        return Err(bad());
+    };
+    if parse_url(from)?.tls && !parse_url(&mapped)?.tls {
+        return Err(Error::Url(format!("refusing a redirect from wss:// to {mapped}")));
+    }
+    Ok(mapped)
+}
+
+/// Orders resolved addresses for happy eyeballs (RFC 8305 §4): alternate address
+/// families, starting with the family of the first answer.
+fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let first_v6 = addrs.first().is_some_and(SocketAddr::is_ipv6);
+    let (mut a, mut b): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|x| x.is_ipv6() == first_v6);
+    a.reverse();
+    b.reverse();
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    while !a.is_empty() || !b.is_empty() {
+        out.extend(a.pop());
+        out.extend(b.pop());
+    }
+    out
+}
+
+/// How long an attempt gets before the next address is tried in parallel (RFC 8305
+/// recommends 250 ms).
+const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Connects to `host:port` with happy eyeballs: every resolved address is tried, the
+/// next one started when the previous fails or has not answered within 250 ms; the
+/// first to connect wins and the others are dropped.
+pub async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, Error> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    let mut pending = interleave(addrs).into_iter();
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut last_error = None;
+    loop {
+        if attempts.is_empty() {
+            match pending.next() {
+                Some(addr) => {
+                    attempts.spawn(TcpStream::connect(addr));
+                }
+                None => {
+                    return Err(last_error.unwrap_or_else(|| {
+                        Error::Io(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no address")))
+                    }))
+                }
+            }
+        }
+        tokio::select! {
+            done = attempts.join_next() => match done {
+                Some(Ok(Ok(tcp))) => return Ok(tcp),
+                Some(Ok(Err(e))) => last_error = Some(Error::Io(e)),
+                Some(Err(e)) => last_error = Some(Error::Io(std::io::Error::other(e))),
+                None => {}
+            },
+            _ = tokio::time::sleep(CONNECTION_ATTEMPT_DELAY), if pending.len() > 0 => {
+                if let Some(addr) = pending.next() {
+                    attempts.spawn(TcpStream::connect(addr));
+                }
+            }
+        }
+    }
 }
 
 fn parse_url(url: &str) -> Result<Target, Error> {
@@ -35,12 +141,13 @@ fn parse_url(url: &str) -> Result<Target, Error> {
         _ => return Err(Error::Url(format!("{url}: the scheme must be ws:// or wss://"))),
     };
     let authority = uri.authority().ok_or_else(|| Error::Url(format!("{url}: no host")))?;
+    let userinfo = authority.as_str().rsplit_once('@').map(|(u, _)| percent_decode(u));
     let host = authority.host();
     let port = authority.port_u16().unwrap_or(default_port);
     let host_header = if port == default_port { host.to_string() } else { format!("{host}:{port}") };
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    Ok(Target { host, port, host_header, path, tls })
+    Ok(Target { host, port, host_header, path, tls, userinfo })
 }
 
 /// Builds a client connection: URL, header fields, subprotocols, configuration, and
@@ -52,6 +159,18 @@ pub struct ClientBuilder {
     config: Config,
     tls_config: Option<Arc<ClientConfig>>,
     root_certificates: Vec<CertificateDer<'static>>,
+    connect_timeout: Duration,
+    max_redirects: usize,
+    proxy: ProxyChoice,
+}
+
+/// Which proxy a client goes through.
+#[derive(Debug, Clone)]
+enum ProxyChoice {
+    /// From `https_proxy`, `http_proxy`, `all_proxy` and `no_proxy`, as curl reads them.
+    Environment,
+    None,
+    Given(crate::proxy::Proxy),
 }
 
 impl ClientBuilder {
@@ -63,7 +182,62 @@ impl ClientBuilder {
             config: Config::default(),
             tls_config: None,
             root_certificates: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            max_redirects: 5,
+            proxy: ProxyChoice::Environment,
         }
+    }
+
+    /// Sends `Authorization: Basic` with these credentials (also taken from a URL's
+    /// `user:password@`). They are not sent again after a redirect to another host.
+    pub fn basic_auth(self, user: &str, password: &str) -> Self {
+        let token = BASE64.encode(format!("{user}:{password}"));
+        self.header("Authorization", &format!("Basic {token}"))
+    }
+
+    /// Sends `Authorization: Bearer TOKEN`.
+    pub fn bearer_auth(self, token: &str) -> Self {
+        self.header("Authorization", &format!("Bearer {token}"))
+    }
+
+    /// Sends an `Origin` header, as a browser page of that origin would.
+    pub fn origin(self, origin: &str) -> Self {
+        self.header("Origin", origin)
+    }
+
+    /// Sends a `Cookie` header with these name=value pairs.
+    pub fn cookies<'a>(self, cookies: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let value: Vec<String> = cookies.into_iter().map(|(n, v)| format!("{n}={v}")).collect();
+        self.header("Cookie", &value.join("; "))
+    }
+
+    /// Time allowed to open the TCP connection (all addresses, happy eyeballs). Default
+    /// 10 s. The TLS and WebSocket handshakes each get the handshake timeout.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Redirects (301, 302, 303, 307, 308) followed during the handshake before giving
+    /// up. Default 5; 0 refuses every redirect. A redirect from `wss://` to `ws://` is
+    /// always refused.
+    pub fn max_redirects(mut self, n: usize) -> Self {
+        self.max_redirects = n;
+        self
+    }
+
+    /// Goes through this proxy (HTTP CONNECT or SOCKS5), whatever the environment says.
+    pub fn proxy(mut self, proxy: crate::proxy::Proxy) -> Self {
+        self.proxy = ProxyChoice::Given(proxy);
+        self
+    }
+
+    /// Connects directly, ignoring proxy environment variables. By default the client
+    /// reads `https_proxy` (wss), `http_proxy` (ws), `all_proxy` and `no_proxy` the way
+    /// curl does.
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy = ProxyChoice::None;
+        self
     }
 
     /// Adds a header field to the handshake request (Origin, Cookie, Authorization...).
@@ -129,11 +303,51 @@ impl ClientBuilder {
     /// handshake each get the handshake timeout. TLS failures are [`Error::Io`] errors
     /// wrapping the [`rustls::Error`].
     pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, ServerResponse), Error> {
+        let first = parse_url(&self.url)?;
+        let mut builder = self;
+        if let Some(userinfo) = &first.userinfo {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            builder = builder.basic_auth(user, password);
+        }
+        let mut hops = 0;
+        loop {
+            match builder.clone().connect_once().await {
+                Err(Error::Handshake(HandshakeError::Redirect(status, location))) => {
+                    hops += 1;
+                    if hops > builder.max_redirects {
+                        return Err(HandshakeError::Redirect(status, location).into());
+                    }
+                    let next = redirect_target(&builder.url, &location)?;
+                    let to = parse_url(&next)?;
+                    tracing::debug!(status, %next, "following redirect");
+                    if to.host != first.host {
+                        // Credentials are for the host they were given for.
+                        builder.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("authorization"));
+                    }
+                    builder.url = next;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One connection attempt to `self.url`, without following redirects.
+    async fn connect_once(self) -> Result<(WebSocket<MaybeTlsStream>, ServerResponse), Error> {
         let target = parse_url(&self.url)?;
         let tls = if target.tls { Some((self.client_tls_config()?, tls::server_name(&target.host)?)) } else { None };
         let limit = self.config.handshake_timeout;
-        let tcp = with_timeout(limit, "connect", async {
-            let io = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        let proxy = match &self.proxy {
+            ProxyChoice::Environment => {
+                crate::proxy::Proxy::from_env(if target.tls { "wss" } else { "ws" }, &target.host_header)
+            }
+            ProxyChoice::None => None,
+            ProxyChoice::Given(p) => Some(p.clone()),
+        };
+        let tcp = with_timeout(self.connect_timeout, "connect", async {
+            let io = match &proxy {
+                Some(p) => crate::proxy::connect_via(p, &target.host, target.port).await?,
+                None => connect_tcp(&target.host, target.port).await?,
+            };
             io.set_nodelay(true)?;
             Ok(io)
         })
@@ -214,6 +428,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn redirects_resolve_and_map_schemes() {
+        assert_eq!(redirect_target("ws://a:1/x", "/y?z").unwrap(), "ws://a:1/y?z");
+        assert_eq!(redirect_target("wss://a/x", "https://b/c").unwrap(), "wss://b/c");
+        assert_eq!(redirect_target("ws://a/x", "http://b:8/c").unwrap(), "ws://b:8/c");
+        assert_eq!(redirect_target("ws://a/x", "wss://b/").unwrap(), "wss://b/");
+        assert!(redirect_target("ws://a/x", "relative").is_err());
+        assert!(redirect_target("ws://a/x", "ftp://b/").is_err());
+        // Never from TLS to plain text.
+        assert!(matches!(redirect_target("wss://a/x", "http://a/y"), Err(Error::Url(_))));
+        assert!(matches!(redirect_target("wss://a/x", "ws://a/y"), Err(Error::Url(_))));
+        assert_eq!(redirect_target("wss://a/x", "/y").unwrap(), "wss://a/y");
+    }
+
+    #[test]
+    fn userinfo_and_happy_eyeballs_order() {
+        let t = parse_url("ws://us%20er:p%40ss@h:1/").unwrap();
+        assert_eq!(t.userinfo.as_deref(), Some("us er:p@ss"));
+        assert_eq!(t.host, "h");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        let v6: SocketAddr = "[::1]:1".parse().unwrap();
+        let v4: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let v4b: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        assert_eq!(interleave(vec![v6, v4, v4b]), vec![v6, v4, v4b]);
+        assert_eq!(interleave(vec![v4, v4b, v6]), vec![v4, v6, v4b]);
+    }
+
+    #[test]
     fn urls() {
         let t = parse_url("ws://example.com/chat?x=1").unwrap();
         assert_eq!(
@@ -224,6 +465,7 @@ mod tests {
                 host_header: "example.com".into(),
                 path: "/chat?x=1".into(),
                 tls: false,
+                userinfo: None,
             }
         );
         let t = parse_url("ws://[::1]:9001").unwrap();

@@ -29,7 +29,11 @@
 pub mod client;
 pub mod config;
 pub mod error;
+#[cfg(feature = "hyper")]
+pub mod http;
 pub mod message;
+pub mod proxy;
+pub mod reconnect;
 pub mod server;
 pub mod split;
 pub mod tls;
@@ -39,6 +43,7 @@ pub use client::{connect, ClientBuilder};
 pub use config::{Config, SlowReader};
 pub use error::Error;
 pub use message::Message;
+pub use reconnect::{Backoff, ConnectionState, Reconnecting};
 pub use server::{accept, accept_tcp_with, accept_with, Rejection};
 pub use split::{Broadcast, ReadHalf, WriteHalf};
 pub use tls::MaybeTlsStream;

@@ -37,6 +37,13 @@ impl Rejection {
         self
     }
 
+    /// The status, header fields and body, for HTTP stacks that build their own response
+    /// (`volley::http`).
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+    pub(crate) fn parts(&self) -> (u16, &[(String, String)], &str) {
+        (self.status, &self.headers, &self.body)
+    }
+
     fn encode(&self) -> Vec<u8> {
         let headers: Vec<(&str, &str)> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         reject_response(self.status, &headers, &self.body)

@@ -128,6 +128,11 @@ impl ClientRequest {
         // 1: "If the status code received from the server is not 101, the client
         // handles the response per HTTP procedures."
         if status != 101 {
+            if matches!(status, 301 | 302 | 303 | 307 | 308) {
+                if let Some(location) = headers.get("Location") {
+                    return Err(HandshakeError::Redirect(status, location.trim().to_string()));
+                }
+            }
             return Err(HandshakeError::Status(status));
         }
         // 2, 3: Upgrade "websocket" and Connection "Upgrade", case-insensitive.

@@ -68,6 +68,10 @@ pub enum HandshakeError {
     /// The server answered with a status other than 101.
     #[error("server answered with status {0}")]
     Status(u16),
+    /// The server answered with a redirection (301, 302, 303, 307 or 308) to this
+    /// location, as sent (possibly relative).
+    #[error("server redirected ({0}) to {1}")]
+    Redirect(u16, String),
     /// Sec-WebSocket-Accept did not match the key.
     #[error("Sec-WebSocket-Accept does not match the key")]
     Accept,

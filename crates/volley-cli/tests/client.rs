@@ -1,0 +1,76 @@
+//! The client against a real server process: reconnection after the `volley echo`
+//! process is killed and started again.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use volley::{Backoff, ClientBuilder, ConnectionState, Message, Reconnecting};
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn echo(port: u16) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["echo", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    Proc(child)
+}
+
+#[tokio::test]
+async fn reconnects_after_the_server_is_killed_and_restarted() {
+    let port = free_port();
+    let mut server = Some(echo(port));
+    let states = Arc::new(Mutex::new(Vec::new()));
+    let log = states.clone();
+    let backoff = Backoff { initial: Duration::from_millis(50), max: Duration::from_millis(300), factor: 2.0 };
+    let mut client = Reconnecting::new(ClientBuilder::new(format!("ws://127.0.0.1:{port}/")).no_proxy())
+        .backoff(backoff)
+        .greeting(vec![Message::text("hello again")])
+        .on_state(move |s| log.lock().unwrap().push(s.clone()));
+    // The echo server sends the greeting back.
+    assert_eq!(client.recv().await.unwrap(), Message::text("hello again"));
+    client.send(Message::text("one")).await.unwrap();
+    assert_eq!(client.recv().await.unwrap(), Message::text("one"));
+
+    // Kill the server; restart it on the same port a little later.
+    drop(server.take());
+    let restart = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        echo(port)
+    });
+    let greeting = tokio::time::timeout(Duration::from_secs(10), client.recv()).await.unwrap().unwrap();
+    assert_eq!(greeting, Message::text("hello again"), "the greeting is re-sent on the new connection");
+    client.send(Message::text("two")).await.unwrap();
+    assert_eq!(client.recv().await.unwrap(), Message::text("two"));
+    let _server = restart.await.unwrap();
+
+    let states = states.lock().unwrap().clone();
+    let connected = states.iter().filter(|s| **s == ConnectionState::Connected).count();
+    assert_eq!(connected, 2, "{states:?}");
+    assert!(states.iter().any(|s| matches!(s, ConnectionState::Disconnected { .. })), "{states:?}");
+    assert!(states.iter().any(|s| matches!(s, ConnectionState::Waiting { .. })), "{states:?}");
+}
