@@ -2,7 +2,7 @@
 // tabs join the room, see each other, exchange messages that show in both tabs at once,
 // and the first tab sees the second leave. Also checks the example's HTTP routing and
 // its limits (message size, empty names). Leaves a screenshot of tab 1 in
-// $CHAT_SCREENSHOT (default /tmp/chat.png).
+// $CHAT_SCREENSHOT (default: chat.png in the system's temporary directory).
 //
 // Build first: cargo build --release -p volley --example chat
 // Run: scripts/browser-test.sh chat.test.mjs   (or: cd tests/browser && node --test chat.test.mjs)
@@ -10,11 +10,12 @@
 // Environment:
 //   CHAT_BIN         the example binary (default: $CARGO_TARGET_DIR/release/examples/chat,
 //                    or target/release/examples/chat; relative to the repository root)
-//   CHAT_SCREENSHOT  where to save the screenshot of tab 1 (default: /tmp/chat.png)
+//   CHAT_SCREENSHOT  where to save the screenshot of tab 1 (default: chat.png in os.tmpdir())
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
@@ -239,7 +240,7 @@ test('Chromium: two tabs chat through the chat example', { timeout: 90_000 }, as
     await waitForSystem(tab1, `${name2} left`);
     await waitForMembers(tab1, [name1]);
 
-    const shot = process.env.CHAT_SCREENSHOT || '/tmp/chat.png';
+    const shot = process.env.CHAT_SCREENSHOT || path.join(tmpdir(), 'chat.png');
     await tab1.screenshot({ path: shot });
     t.diagnostic(`screenshot of tab 1: ${shot}`);
 
