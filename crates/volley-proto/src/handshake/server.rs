@@ -63,21 +63,8 @@ impl Request {
     /// Upgrade and no Connection header in HTTP/2; the answer is a 200 carrying the
     /// subprotocol and extensions.
     pub fn from_http2_connect(target: &str, headers: Headers) -> Result<Request, HandshakeError> {
-        {
-            let mut versions = headers.get_all("Sec-WebSocket-Version");
-            let v = versions.next();
-            if v.map(str::trim) != Some("13") || versions.next().is_some() {
-                return Err(HandshakeError::Version(v.map(str::to_string)));
-            }
-        }
-        let mut protocols = Vec::new();
-        for p in headers.tokens("Sec-WebSocket-Protocol") {
-            if !is_token(p) {
-                return Err(HandshakeError::MalformedHeader("Sec-WebSocket-Protocol"));
-            }
-            protocols.push(p.to_string());
-        }
-        let extensions = ExtensionOffer::parse_all(headers.get_all("Sec-WebSocket-Extensions"))?;
+        check_version(&headers)?;
+        let (protocols, extensions) = offers(&headers)?;
         Ok(Request {
             method: "CONNECT".into(),
             target: target.to_string(),
@@ -112,13 +99,7 @@ impl Request {
         }
         // 6: "A |Sec-WebSocket-Version| header field, with a value of 13." Checked
         // before the key so that a client of another version learns which we speak.
-        {
-            let mut versions = headers.get_all("Sec-WebSocket-Version");
-            let v = versions.next();
-            if v.map(str::trim) != Some("13") || versions.next().is_some() {
-                return Err(HandshakeError::Version(v.map(str::to_string)));
-            }
-        }
+        check_version(&headers)?;
         // 5: "A |Sec-WebSocket-Key| header field with a base64-encoded value that, when
         // decoded, is 16 bytes in length."
         let key = {
@@ -129,14 +110,7 @@ impl Request {
             }
             key
         };
-        let mut protocols = Vec::new();
-        for p in headers.tokens("Sec-WebSocket-Protocol") {
-            if !is_token(p) {
-                return Err(HandshakeError::MalformedHeader("Sec-WebSocket-Protocol"));
-            }
-            protocols.push(p.to_string());
-        }
-        let extensions = ExtensionOffer::parse_all(headers.get_all("Sec-WebSocket-Extensions"))?;
+        let (protocols, extensions) = offers(&headers)?;
         Ok(Request { method, target, headers, key, protocols, extensions })
     }
 
@@ -209,6 +183,30 @@ impl Request {
     pub fn pick_protocol<S: AsRef<str>>(&self, supported: &[S]) -> Option<&str> {
         self.protocols.iter().find(|p| supported.iter().any(|s| s.as_ref() == p.as_str())).map(String::as_str)
     }
+}
+
+/// "A |Sec-WebSocket-Version| header field, with a value of 13" (RFC 6455 §4.2.1 6,
+/// RFC 8441 §5), exactly once.
+fn check_version(headers: &Headers) -> Result<(), HandshakeError> {
+    let mut versions = headers.get_all("Sec-WebSocket-Version");
+    let v = versions.next();
+    if v.map(str::trim) != Some("13") || versions.next().is_some() {
+        return Err(HandshakeError::Version(v.map(str::to_string)));
+    }
+    Ok(())
+}
+
+/// The offered subprotocols (tokens) and extensions.
+fn offers(headers: &Headers) -> Result<(Vec<String>, Vec<ExtensionOffer>), HandshakeError> {
+    let mut protocols = Vec::new();
+    for p in headers.tokens("Sec-WebSocket-Protocol") {
+        if !is_token(p) {
+            return Err(HandshakeError::MalformedHeader("Sec-WebSocket-Protocol"));
+        }
+        protocols.push(p.to_string());
+    }
+    let extensions = ExtensionOffer::parse_all(headers.get_all("Sec-WebSocket-Extensions"))?;
+    Ok((protocols, extensions))
 }
 
 /// The server's 101 Switching Protocols answer, with the subprotocol, extensions and
