@@ -162,6 +162,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     max_redirects: usize,
     proxy: ProxyChoice,
+    http2: bool,
 }
 
 /// Which proxy a client goes through.
@@ -185,6 +186,7 @@ impl ClientBuilder {
             connect_timeout: Duration::from_secs(10),
             max_redirects: 5,
             proxy: ProxyChoice::Environment,
+            http2: false,
         }
     }
 
@@ -278,8 +280,33 @@ impl ClientBuilder {
         self
     }
 
+    /// Allows WebSockets over HTTP/2 (RFC 8441) for `wss://` URLs (feature `hyper`; off
+    /// by default): the TLS handshake offers ALPN `h2` before `http/1.1`, and when the
+    /// server selects `h2` the WebSocket runs as an extended CONNECT stream over that
+    /// connection, as [`H2ClientBuilder`](crate::http::H2ClientBuilder) does; otherwise
+    /// it runs over HTTP/1.1 as usual. A server that selects `h2` but does not announce
+    /// `SETTINGS_ENABLE_CONNECT_PROTOCOL` fails the connection with [`Error::Io`] of
+    /// kind `Unsupported` (it serves HTTP/2 but no WebSockets over it). `ws://` URLs
+    /// stay on HTTP/1.1. With [`ClientBuilder::tls_config`], its ALPN list is used as
+    /// it is. The answer reports status 200 and the WebSocket's
+    /// [`info`](WebSocket::info) says `HTTP/2.0`.
+    #[cfg(feature = "hyper")]
+    pub fn http2(mut self, allow: bool) -> Self {
+        self.http2 = allow;
+        self
+    }
+
     /// The TLS configuration for a wss:// connection.
     fn client_tls_config(&self) -> Result<Arc<ClientConfig>, Error> {
+        let mut config = self.base_tls_config()?;
+        if self.http2 && self.tls_config.is_none() {
+            Arc::make_mut(&mut config).alpn_protocols = vec![b"h2".to_vec(), tls::ALPN_HTTP11.to_vec()];
+        }
+        Ok(config)
+    }
+
+    /// The TLS configuration for a wss:// connection, before HTTP/2 is offered.
+    fn base_tls_config(&self) -> Result<Arc<ClientConfig>, Error> {
         match (&self.tls_config, self.root_certificates.is_empty()) {
             (Some(config), true) => Ok(config.clone()),
             (Some(_), false) => Err(Error::Io(std::io::Error::new(
@@ -359,11 +386,39 @@ impl ClientBuilder {
                 let connector = TlsConnector::from(config);
                 let stream =
                     with_timeout(limit, "TLS handshake", async { Ok(connector.connect(name, tcp).await?) }).await?;
+                #[cfg(feature = "hyper")]
+                if stream.get_ref().1.alpn_protocol() == Some(crate::http::ALPN_H2) {
+                    return self.connect_h2(stream, (remote, local)).await;
+                }
                 MaybeTlsStream::Tls(Box::new(stream))
             }
         };
         let (ws, response) = self.handshake(io).await?;
         Ok((ws.with_addrs(remote, local), response))
+    }
+
+    /// The WebSocket over HTTP/2, on a TLS connection whose server selected `h2`.
+    #[cfg(feature = "hyper")]
+    async fn connect_h2(
+        self,
+        stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        addrs: (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
+    ) -> Result<(WebSocket<MaybeTlsStream>, ServerResponse), Error> {
+        let mut builder = crate::http::H2ClientBuilder::new(self.url).config(self.config);
+        for (n, v) in &self.headers {
+            builder = builder.header(n, v);
+        }
+        let (ws, response) = builder.run_over(stream, addrs, |io| MaybeTlsStream::H2(Box::new(io))).await?;
+        let headers = volley_proto::handshake::Headers::from_pairs(
+            response.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+        );
+        let response = ServerResponse::new(
+            response.status().as_u16(),
+            headers,
+            ws.protocol().map(str::to_string),
+            ws.info().extensions().to_vec(),
+        );
+        Ok((ws, response))
     }
 
     /// Performs the opening handshake over a transport that is already connected.

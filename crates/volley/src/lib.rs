@@ -44,7 +44,7 @@ pub use config::{Config, SlowReader};
 pub use error::Error;
 pub use message::Message;
 pub use reconnect::{Backoff, ConnectionState, Reconnecting};
-pub use server::{accept, accept_tcp_with, accept_with, Rejection};
+pub use server::{accept, accept_from, accept_tcp_with, accept_with, Rejection};
 pub use split::{Broadcast, ReadHalf, WriteHalf};
 pub use tls::MaybeTlsStream;
 pub use websocket::{ConnectionInfo, WebSocket};

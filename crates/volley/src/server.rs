@@ -60,14 +60,33 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> Result<WebSocke
 /// accept it, adding header fields or choosing a subprotocol on the response, or
 /// refuse it with a [`Rejection`]. Before the hook runs, the response already carries
 /// the first of the client's subprotocols found in [`Config::protocols`].
-pub async fn accept_with<S, F>(mut io: S, config: Config, hook: F) -> Result<WebSocket<S>, Error>
+///
+/// [`Request::remote_addr`] is unknown here (`io` may be anything): use
+/// [`accept_tcp_with`] on a TCP connection, or [`accept_from`].
+pub async fn accept_with<S, F>(io: S, config: Config, hook: F) -> Result<WebSocket<S>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+{
+    accept_from(io, None, config, hook).await
+}
+
+/// [`accept_with`] for a transport whose peer address the caller knows (a TLS stream
+/// over TCP, a proxied connection): the hook sees it as [`Request::remote_addr`] and the
+/// WebSocket's [`info`](WebSocket::info) records it.
+pub async fn accept_from<S, F>(
+    mut io: S,
+    remote: Option<std::net::SocketAddr>,
+    config: Config,
+    hook: F,
+) -> Result<WebSocket<S>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
 {
     let limit = config.handshake_timeout;
     let (request, response, leftover, params) = with_timeout(limit, "opening handshake", async {
-        let (request, leftover) = match read_request(&mut io, &config).await {
+        let (mut request, leftover) = match read_request(&mut io, &config).await {
             Ok(r) => r,
             Err(Error::Handshake(e)) => {
                 // Best effort: tell the client why, then close.
@@ -77,6 +96,7 @@ where
             }
             Err(e) => return Err(e),
         };
+        request.set_remote_addr(remote);
         let mut response = Response::accept(&request);
         if let Some(p) = request.pick_protocol(&config.protocols) {
             let p = p.to_string();
@@ -101,12 +121,14 @@ where
     .await?;
     let protocol = response.protocol().map(str::to_string);
     let ws = WebSocket::from_handshaken(io, Role::Server, config, &leftover, protocol, params);
-    Ok(ws.with_handshake_info(
-        request.target(),
-        request.headers().clone(),
-        response.extensions().to_vec(),
-        http::Version::HTTP_11,
-    ))
+    Ok(ws
+        .with_handshake_info(
+            request.target(),
+            request.headers().clone(),
+            response.extensions().to_vec(),
+            http::Version::HTTP_11,
+        )
+        .with_addrs(remote, None))
 }
 
 /// [`accept_with`] on a TCP connection: also turns on `TCP_NODELAY` (frames are
@@ -122,7 +144,7 @@ where
 {
     tcp.set_nodelay(true)?;
     let (remote, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
-    Ok(accept_with(tcp, config, hook).await?.with_addrs(remote, local))
+    Ok(accept_from(tcp, remote, config, hook).await?.with_addrs(remote, local))
 }
 
 async fn read_request<S: AsyncRead + Unpin>(io: &mut S, config: &Config) -> Result<(Request, BytesMut), Error> {

@@ -227,7 +227,9 @@ pub(crate) fn tls_error(e: rustls::Error) -> Error {
 }
 
 /// The transport of a client connection: plain TCP for `ws://`, TLS over TCP for
-/// `wss://`. It reads and writes (vectored writes included) through whichever it is.
+/// `wss://`, or (feature `hyper`, when [`ClientBuilder::http2`](crate::ClientBuilder::http2)
+/// allows it and the server selects ALPN `h2`) an HTTP/2 stream over TLS. It reads and
+/// writes (vectored writes included) through whichever it is.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum MaybeTlsStream {
@@ -235,28 +237,43 @@ pub enum MaybeTlsStream {
     Plain(TcpStream),
     /// A `wss://` connection (boxed: the TLS state is large).
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A `wss://` WebSocket over HTTP/2 (RFC 8441): one stream of an HTTP/2 connection
+    /// over TLS, which hyper drives in a task of its own.
+    #[cfg(feature = "hyper")]
+    H2(Box<crate::http::UpgradedIo>),
 }
 
 impl MaybeTlsStream {
     /// Whether the connection runs over TLS.
     pub fn is_tls(&self) -> bool {
-        matches!(self, MaybeTlsStream::Tls(_))
-    }
-
-    /// The TCP connection underneath (addresses, socket options).
-    pub fn tcp(&self) -> &TcpStream {
         match self {
-            MaybeTlsStream::Plain(tcp) => tcp,
-            MaybeTlsStream::Tls(tls) => tls.get_ref().0,
+            MaybeTlsStream::Plain(_) => false,
+            MaybeTlsStream::Tls(_) => true,
+            // Only `wss://` URLs take HTTP/2, chosen by ALPN.
+            #[cfg(feature = "hyper")]
+            MaybeTlsStream::H2(_) => true,
         }
     }
 
-    /// The TLS session, for `wss://`: negotiated ALPN protocol, protocol version, cipher
-    /// suite, the server's certificates.
+    /// The TCP connection underneath (addresses, socket options); `None` over HTTP/2,
+    /// where the connection belongs to hyper.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            MaybeTlsStream::Plain(tcp) => Some(tcp),
+            MaybeTlsStream::Tls(tls) => Some(tls.get_ref().0),
+            #[cfg(feature = "hyper")]
+            MaybeTlsStream::H2(_) => None,
+        }
+    }
+
+    /// The TLS session, for `wss://` over HTTP/1.1: negotiated ALPN protocol, protocol
+    /// version, cipher suite, the server's certificates. `None` for `ws://`, and over
+    /// HTTP/2, where the session belongs to hyper (the WebSocket's
+    /// [`info`](crate::WebSocket::info) tells the HTTP version).
     pub fn tls(&self) -> Option<&rustls::ClientConnection> {
         match self {
-            MaybeTlsStream::Plain(_) => None,
             MaybeTlsStream::Tls(tls) => Some(tls.get_ref().1),
+            _ => None,
         }
     }
 }
@@ -266,6 +283,8 @@ impl AsyncRead for MaybeTlsStream {
         match self.get_mut() {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(feature = "hyper")]
+            MaybeTlsStream::H2(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -275,6 +294,8 @@ impl AsyncWrite for MaybeTlsStream {
         match self.get_mut() {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(feature = "hyper")]
+            MaybeTlsStream::H2(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -286,6 +307,8 @@ impl AsyncWrite for MaybeTlsStream {
         match self.get_mut() {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "hyper")]
+            MaybeTlsStream::H2(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -293,6 +316,8 @@ impl AsyncWrite for MaybeTlsStream {
         match self {
             MaybeTlsStream::Plain(s) => s.is_write_vectored(),
             MaybeTlsStream::Tls(s) => s.is_write_vectored(),
+            #[cfg(feature = "hyper")]
+            MaybeTlsStream::H2(s) => s.is_write_vectored(),
         }
     }
 
@@ -300,6 +325,8 @@ impl AsyncWrite for MaybeTlsStream {
         match self.get_mut() {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(feature = "hyper")]
+            MaybeTlsStream::H2(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -307,6 +334,8 @@ impl AsyncWrite for MaybeTlsStream {
         match self.get_mut() {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(feature = "hyper")]
+            MaybeTlsStream::H2(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -240,10 +240,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self
     }
 
-    /// Records the transport's addresses in [`WebSocket::info`].
+    /// Records the transport's addresses in [`WebSocket::info`] (a `None` keeps what is
+    /// already known).
     pub fn with_addrs(mut self, remote: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
-        self.info.remote_addr = remote;
-        self.info.local_addr = local;
+        self.info.remote_addr = remote.or(self.info.remote_addr);
+        self.info.local_addr = local.or(self.info.local_addr);
         self
     }
 

@@ -206,13 +206,16 @@ async fn volley_server(
             if req.header("x-refuse").is_some() {
                 return Err(Rejection::new(403).body("refused"));
             }
+            // The hook sees the peer's address on every path (TCP, TLS, HTTP/2).
+            let remote = req.remote_addr().ok_or_else(|| Rejection::new(500).body("no remote address"))?;
+            resp.add_header("x-remote-seen", &remote.to_string()).map_err(|_| Rejection::new(500))?;
             resp.add_header("x-version-seen", if req.key().is_empty() { "h2" } else { "h1" })
                 .map_err(|_| Rejection::new(500))
         })
         .fallback(|_req| async { http::Response::new(Body::from("page")) });
     tokio::spawn(async move {
         loop {
-            let (tcp, _) = listener.accept().await.unwrap();
+            let (tcp, peer) = listener.accept().await.unwrap();
             let (server, tx, tls) = (server.clone(), tx.clone(), tls.clone());
             tokio::spawn(async move {
                 let handler = move |ws| echo(ws, tx.clone());
@@ -220,7 +223,7 @@ async fn volley_server(
                     None => server.serve_tcp(tcp, handler).await,
                     Some(acceptor) => {
                         let Ok(tls) = acceptor.accept(tcp).await else { return };
-                        server.serve_connection(tls, handler).await
+                        server.serve_connection_from(tls, Some(peer), handler).await
                     }
                 };
             });
@@ -244,6 +247,7 @@ async fn h2c_extended_connect_echo_with_deflate() {
     assert_eq!(response.status(), http::StatusCode::OK);
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.headers()["x-version-seen"], "h2");
+    assert!(response.headers()["x-remote-seen"].to_str().unwrap().starts_with("127.0.0.1:"), "hook saw the peer");
     assert_eq!(ws.info().http_version(), http::Version::HTTP_2);
     assert_eq!(ws.role(), volley::Role::Client);
     assert_eq!(ws.protocol(), Some("chat"));
@@ -326,6 +330,53 @@ async fn h2_over_tls_with_alpn() {
         within(ClientBuilder::new(format!("wss://localhost:{port}/tls")).root_certificate(root).connect())
             .await
             .unwrap();
+    assert_eq!(ws.get_ref().tls().unwrap().alpn_protocol(), Some(&b"http/1.1"[..]));
+    let server = within(seen.recv()).await.unwrap();
+    assert_eq!(server.version, http::Version::HTTP_11);
+    assert_eq!(server.remote, ws.get_ref().tcp().unwrap().local_addr().ok(), "remote address over TLS");
+    exchange(&mut ws).await;
+}
+
+/// `ClientBuilder::http2(true)`: HTTP/2 when the server selects `h2` by ALPN, HTTP/1.1
+/// when it offers only `http/1.1`, through the same API and transport type.
+#[tokio::test]
+async fn client_builder_chooses_http2_by_alpn() {
+    let (root, config) = pki();
+    let (listener, port) = bind().await;
+    let mut seen =
+        volley_server(listener, Some(TlsAcceptor::from(volley::http::with_h2_alpn(config.clone()))), Config::new())
+            .await;
+    let (mut ws, response) = within(
+        ClientBuilder::new(format!("wss://localhost:{port}/auto"))
+            .root_certificate(root.clone())
+            .protocol("chat")
+            .header("x-extra", "1")
+            .http2(true)
+            .no_proxy()
+            .connect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200, "the extended CONNECT's answer");
+    assert_eq!(response.headers().get("x-version-seen"), Some("h2"));
+    assert!(response.headers().get("x-remote-seen").is_some());
+    assert_eq!(ws.info().http_version(), http::Version::HTTP_2);
+    assert!(ws.get_ref().is_tls() && ws.get_ref().tls().is_none() && ws.get_ref().tcp().is_none());
+    assert!(ws.info().remote_addr().is_some());
+    assert!(ws.deflate().is_some(), "permessage-deflate over HTTP/2");
+    let server = within(seen.recv()).await.unwrap();
+    assert_eq!((server.version, server.target.as_str()), (http::Version::HTTP_2, "/auto"));
+    exchange(&mut ws).await;
+
+    // A server that offers only http/1.1: the same call runs over HTTP/1.1.
+    let (listener, port) = bind().await;
+    let mut seen = volley_server(listener, Some(TlsAcceptor::from(config)), Config::new()).await;
+    let (mut ws, response) =
+        within(ClientBuilder::new(format!("wss://localhost:{port}/auto")).root_certificate(root).http2(true).connect())
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 101);
+    assert_eq!(ws.info().http_version(), http::Version::HTTP_11);
     assert_eq!(ws.get_ref().tls().unwrap().alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(within(seen.recv()).await.unwrap().version, http::Version::HTTP_11);
     exchange(&mut ws).await;

@@ -26,6 +26,31 @@ async fn server(config: Config) -> (u16, tokio::task::JoinHandle<volley::WebSock
 }
 
 #[tokio::test]
+async fn the_handshake_hook_sees_the_remote_address() {
+    let (listener, port) = bind().await;
+    let task = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let mut seen = None;
+        let ws = volley::accept_tcp_with(tcp, Config::new(), |req, _| {
+            seen = req.remote_addr();
+            // Refuse one address range, as a server with an allow-list would.
+            if req.remote_addr().is_some_and(|a| a.ip().is_unspecified()) {
+                return Err(volley::Rejection::new(403));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        (peer, seen, ws.info().remote_addr())
+    });
+    let (client, _) = volley::ClientBuilder::new(url(port, "/")).no_proxy().connect().await.unwrap();
+    let (peer, seen, recorded) = task.await.unwrap();
+    assert_eq!(seen, Some(peer), "the hook saw the peer's address");
+    assert_eq!(recorded, Some(peer));
+    assert_eq!(client.info().local_addr(), Some(peer));
+}
+
+#[tokio::test]
 async fn connection_info_has_ids_addresses_target_headers_and_user_data() {
     let (port, task) = server(Config::new()).await;
     let (client, _) =

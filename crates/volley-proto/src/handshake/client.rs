@@ -186,7 +186,14 @@ pub struct ServerResponse {
 }
 
 impl ServerResponse {
-    /// The status code (101).
+    /// An answer checked elsewhere: the 200 to an HTTP/2 extended CONNECT (RFC 8441),
+    /// whose status, header fields, subprotocol and extensions a runtime checked with
+    /// its HTTP/2 stack, so that both versions report the answer the same way.
+    pub fn new(status: u16, headers: Headers, protocol: Option<String>, extensions: Vec<ExtensionOffer>) -> Self {
+        ServerResponse { status, headers, protocol, extensions }
+    }
+
+    /// The status code (101, or 200 over HTTP/2).
     pub fn status(&self) -> u16 {
         self.status
     }

@@ -2,6 +2,7 @@
 //! (RFC 6455 §4.2.1), then build the 101 answer or a rejection (§4.2.2).
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -19,6 +20,7 @@ pub struct Request {
     key: String,
     protocols: Vec<String>,
     extensions: Vec<ExtensionOffer>,
+    remote_addr: Option<SocketAddr>,
 }
 
 impl Request {
@@ -72,6 +74,7 @@ impl Request {
             key: String::new(),
             protocols,
             extensions,
+            remote_addr: None,
         })
     }
 
@@ -111,7 +114,7 @@ impl Request {
             key
         };
         let (protocols, extensions) = offers(&headers)?;
-        Ok(Request { method, target, headers, key, protocols, extensions })
+        Ok(Request { method, target, headers, key, protocols, extensions, remote_addr: None })
     }
 
     /// The request method (always `GET` once checked).
@@ -142,6 +145,18 @@ impl Request {
     /// The first value of a header field (case-insensitive name).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name)
+    }
+
+    /// The address of the peer that sent the request, when the transport knows it (the
+    /// core parses bytes and cannot: the runtime that accepted the connection sets it).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote_addr
+    }
+
+    /// Records the address of the peer that sent the request, for the hooks that
+    /// look at [`Request::remote_addr`].
+    pub fn set_remote_addr(&mut self, addr: Option<SocketAddr>) {
+        self.remote_addr = addr;
     }
 
     /// The Host header.

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use ::axum::body::Body as AxumBody;
-use ::axum::extract::{ConnectInfo, FromRequestParts};
+use ::axum::extract::FromRequestParts;
 use ::axum::response::{IntoResponse, Response as AxumResponse};
 use ::http::request::Parts;
 use ::http::Version;
@@ -69,8 +69,8 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, UpgradeError> {
         let request = check(&parts.method, &parts.uri, parts.version, &parts.headers, &parts.extensions)?;
+        let remote = super::remote_addr(&parts.extensions);
         let checked = Checked::new(request, parts.version, &mut parts.extensions)?;
-        let remote = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         Ok(WebSocketUpgrade { checked, config: Config::default(), remote })
     }
 }
@@ -102,8 +102,9 @@ impl WebSocketUpgrade {
         self.checked.version
     }
 
-    /// The remote address from axum's `ConnectInfo<SocketAddr>`, if the router was
-    /// served with it.
+    /// The remote address from axum's `ConnectInfo<SocketAddr>` (if the router was
+    /// served with it) or a [`RemoteAddr`](super::RemoteAddr) extension; the hook sees
+    /// it as [`Request::remote_addr`].
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.remote
     }
@@ -129,7 +130,7 @@ impl WebSocketUpgrade {
         F: FnOnce(WebSocket<UpgradedIo>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        match self.checked.respond(self.config, hook) {
+        match self.checked.respond(self.config, self.remote, hook) {
             Ok((response, websocket)) => {
                 let websocket = websocket.with_addrs(self.remote, None);
                 tokio::spawn(async move {

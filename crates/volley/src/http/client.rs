@@ -181,7 +181,7 @@ impl H2ClientBuilder {
         .await?;
         let addrs = (tcp.peer_addr().ok(), tcp.local_addr().ok());
         match tls {
-            None => self.run(tcp, target, addrs).await,
+            None => self.run(tcp, target, addrs, |io| io).await,
             Some((config, name)) => {
                 let connector = TlsConnector::from(config);
                 let no_h2 = || {
@@ -203,7 +203,7 @@ impl H2ClientBuilder {
                 if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
                     return Err(no_h2());
                 }
-                self.run(stream, target, addrs).await
+                self.run(stream, target, addrs, |io| io).await
             }
         }
     }
@@ -216,17 +216,35 @@ impl H2ClientBuilder {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let target = parse_url(&self.url)?;
-        self.run(io, target, (None, None)).await
+        self.run(io, target, (None, None), |io| io).await
     }
 
-    async fn run<S>(
+    /// [`H2ClientBuilder::handshake`] for [`ClientBuilder`](crate::ClientBuilder) once
+    /// ALPN chose `h2`: the WebSocket's transport is `wrap`ped, its addresses recorded.
+    pub(crate) async fn run_over<S, T>(
+        self,
+        io: S,
+        addrs: (Option<SocketAddr>, Option<SocketAddr>),
+        wrap: impl FnOnce(UpgradedIo) -> T,
+    ) -> Result<(WebSocket<T>, ::http::Response<()>), Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let target = parse_url(&self.url)?;
+        self.run(io, target, addrs, wrap).await
+    }
+
+    async fn run<S, T>(
         self,
         io: S,
         target: Target,
         (remote, local): (Option<SocketAddr>, Option<SocketAddr>),
-    ) -> Result<(WebSocket<UpgradedIo>, ::http::Response<()>), Error>
+        wrap: impl FnOnce(UpgradedIo) -> T,
+    ) -> Result<(WebSocket<T>, ::http::Response<()>), Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin,
     {
         let config = self.config;
         let request = connect_request(&target, &config, &self.headers)?;
@@ -302,7 +320,7 @@ impl H2ClientBuilder {
         }
         let fields = Headers::from_pairs(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
         let upgraded = hyper::upgrade::on(&mut response).await.map_err(hyper_error)?;
-        let ws = WebSocket::from_handshaken(TokioIo::new(upgraded), Role::Client, config, &[], protocol, params)
+        let ws = WebSocket::from_handshaken(wrap(TokioIo::new(upgraded)), Role::Client, config, &[], protocol, params)
             .with_handshake_info(&target.path, fields, extensions, Version::HTTP_2)
             .with_addrs(remote, local);
         let (parts, _) = response.into_parts();

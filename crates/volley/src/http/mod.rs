@@ -162,13 +162,27 @@ where
 {
     let version = req.version();
     let request = check(req.method(), req.uri(), version, req.headers(), req.extensions())?;
+    let remote = remote_addr(req.extensions());
     let checked = Checked::new(request, version, req.extensions_mut())?;
-    #[cfg(feature = "axum")]
-    let remote = req.extensions().get::<::axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
-    #[cfg(not(feature = "axum"))]
-    let remote = None;
-    let (response, fut) = checked.respond(config, hook)?;
+    let (response, fut) = checked.respond(config, remote, hook)?;
     Ok((response, fut.with_addrs(remote, None)))
+}
+
+/// The peer's address, as a request extension: [`Server`] inserts it into every request
+/// it serves from [`Server::serve_tcp`] or [`Server::serve_connection_from`], and
+/// [`upgrade`] hands it to the hook ([`Request::remote_addr`]) and the WebSocket's
+/// [`info`](WebSocket::info). With another server, insert it yourself (axum's
+/// `ConnectInfo<SocketAddr>` is read too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteAddr(pub SocketAddr);
+
+/// The peer's address from the request's extensions: [`RemoteAddr`], or axum's
+/// `ConnectInfo<SocketAddr>`.
+pub(crate) fn remote_addr(extensions: &Extensions) -> Option<SocketAddr> {
+    let ours = extensions.get::<RemoteAddr>().map(|r| r.0);
+    #[cfg(feature = "axum")]
+    let ours = ours.or_else(|| extensions.get::<::axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0));
+    ours
 }
 
 /// Checks a request head against RFC 6455 §4.2.1 (HTTP/1.1) or RFC 8441 §4-5 (HTTP/2).
@@ -217,11 +231,17 @@ impl Checked {
     }
 
     /// Negotiates subprotocol and compression, runs the hook, and builds the answer.
-    fn respond<F>(self, config: Config, hook: F) -> Result<(::http::Response<Body>, UpgradeFut), UpgradeError>
+    fn respond<F>(
+        self,
+        config: Config,
+        remote: Option<SocketAddr>,
+        hook: F,
+    ) -> Result<(::http::Response<Body>, UpgradeFut), UpgradeError>
     where
         F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
     {
-        let Checked { request, on_upgrade, version } = self;
+        let Checked { mut request, on_upgrade, version } = self;
+        request.set_remote_addr(remote);
         let mut response = Response::accept(&request);
         if let Some(p) = request.pick_protocol(&config.protocols) {
             let p = p.to_string();
@@ -247,7 +267,7 @@ impl Checked {
             extensions: response.extensions().to_vec(),
             params,
             version,
-            remote: None,
+            remote,
             local: None,
         };
         Ok((http_response, UpgradeFut { on_upgrade, pending: Some(Box::new(pending)) }))

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use volley_proto::handshake::{Request, Response};
 
-use super::{hyper_error, is_websocket_request, upgrade, Body, UpgradedIo, ALPN_H2};
+use super::{hyper_error, is_websocket_request, upgrade, Body, RemoteAddr, UpgradedIo, ALPN_H2};
 use crate::config::Config;
 use crate::error::Error;
 use crate::server::Rejection;
@@ -128,9 +129,30 @@ impl Server {
         H: Fn(WebSocket<UpgradedIo>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.serve_connection_from(io, None, handler).await
+    }
+
+    /// [`Server::serve_connection`] for a connection whose peer address the caller knows
+    /// (a TLS stream over TCP, say): every request carries it as a [`RemoteAddr`]
+    /// extension (the fallback sees it too), the hook as [`Request::remote_addr`], and
+    /// each WebSocket's [`info`](WebSocket::info) records it.
+    pub async fn serve_connection_from<I, H, Fut>(
+        &self,
+        io: I,
+        remote: Option<SocketAddr>,
+        handler: H,
+    ) -> Result<(), Error>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(WebSocket<UpgradedIo>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let handler = Arc::new(handler);
         let (config, hook, fallback) = (self.config.clone(), self.hook.clone(), self.fallback.clone());
         let service = service_fn(move |mut req: ::http::Request<Incoming>| {
+            if let Some(addr) = remote {
+                req.extensions_mut().insert(RemoteAddr(addr));
+            }
             let future: ResponseFuture = match &fallback {
                 Some(fallback) if !is_websocket_request(&req) => fallback(req),
                 _ => {
@@ -178,7 +200,7 @@ impl Server {
     {
         tcp.set_nodelay(true)?;
         let (remote, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
-        self.serve_connection(tcp, move |ws| handler(ws.with_addrs(remote, local))).await
+        self.serve_connection_from(tcp, remote, move |ws| handler(ws.with_addrs(remote, local))).await
     }
 }
 
