@@ -1,6 +1,7 @@
 // The chat example (crates/volley/examples/chat.rs) in a real (headless) Chromium: two
 // tabs join the room, see each other, exchange messages that show in both tabs at once,
-// and the first tab sees the second leave. Also checks the example's HTTP routing and
+// and the first tab sees the second leave; once over http:// (WebSocket over HTTP/1.1)
+// and once over https:// with --tls-self-signed (page and WebSocket over HTTP/2). Also checks the example's HTTP routing and
 // its limits (message size, empty names). Leaves a screenshot of tab 1 in
 // $CHAT_SCREENSHOT (default: chat.png in the system's temporary directory).
 //
@@ -39,15 +40,15 @@ process.once('exit', () => {
   }
 });
 
-/** Start the example on a free port; returns { url, output(), stop() }. */
-async function startChat() {
+/** Start the example on a free port (with `extraArgs`); returns { url, output(), stop() }. */
+async function startChat({ extraArgs = [], scheme = 'http' } = {}) {
   const bin = chatBin();
   if (!existsSync(bin)) {
     throw new Error(`chat binary not found: ${bin}\nbuild it with \`cargo build --release -p volley --example chat\`, or set CHAT_BIN`);
   }
   const host = '127.0.0.1';
   const port = await freePort(host);
-  const proc = spawn(bin, ['--listen', `${host}:${port}`], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(bin, ['--listen', `${host}:${port}`, ...extraArgs], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(proc);
   let out = '';
   const keep = (chunk) => {
@@ -67,7 +68,7 @@ async function startChat() {
     });
   }).then(() => live.delete(proc));
   const server = {
-    url: `http://${host}:${port}/`,
+    url: `${scheme}://${host}:${port}/`,
     output: () => out,
     async stop() {
       if (!status) {
@@ -136,7 +137,7 @@ async function ownName(page) {
  */
 async function rawSession({ requests, errors: wantErrors, timeoutMs }) {
   const url = new URL('/ws', location.href);
-  url.protocol = 'ws:';
+  url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const ws = new WebSocket(url);
   const events = [];
   const done = new Promise((resolve) => {
@@ -164,30 +165,45 @@ async function rawSession({ requests, errors: wantErrors, timeoutMs }) {
   return { events, open };
 }
 
-test('Chromium: two tabs chat through the chat example', { timeout: 90_000 }, async (t) => {
+test('Chromium: two tabs chat through the chat example (http://, ws:// over HTTP/1.1)', { timeout: 90_000 }, (t) =>
+  twoTabs(t, { tls: false }),
+);
+
+// With TLS the page loads over HTTP/2 (ALPN h2) and Chromium opens the chat's WebSocket
+// as an extended CONNECT on that connection (RFC 8441). The proof that it did: the
+// server's `welcome` event names the HTTP version of the request it upgraded, and the
+// server logs it ("joined over HTTP/2.0").
+test('Chromium: two tabs chat over https:// and wss:// on HTTP/2 (RFC 8441)', { timeout: 90_000 }, (t) =>
+  twoTabs(t, { tls: true }),
+);
+
+async function twoTabs(t, { tls }) {
   const started = Date.now();
   let server, browser;
   const consoleLines = [];
   const cleanup = () => Promise.allSettled([browser?.close(), server?.stop()]);
   t.signal.addEventListener('abort', () => void cleanup(), { once: true });
   try {
-    server = await startChat();
+    server = await startChat(tls ? { extraArgs: ['--tls-self-signed'], scheme: 'https' } : {});
     t.diagnostic(`chat at ${server.url}`);
 
-    // Plain HTTP on the same port: the page, a 404 and a bare GET /ws.
-    const page0 = await fetch(server.url, { signal: AbortSignal.timeout(STEP_MS) });
-    assert.equal(page0.status, 200);
-    assert.match(page0.headers.get('content-type'), /^text\/html/);
-    assert.match(await page0.text(), /<title>Volley chat<\/title>/);
-    const missing = await fetch(new URL('/nope', server.url), { signal: AbortSignal.timeout(STEP_MS) });
-    assert.equal(missing.status, 404);
-    await missing.arrayBuffer();
-    const bare = await fetch(new URL('/ws', server.url), { signal: AbortSignal.timeout(STEP_MS) });
-    assert.equal(bare.status, 426, 'GET /ws without an upgrade');
-    await bare.arrayBuffer();
+    if (!tls) {
+      // Plain HTTP on the same port: the page, a 404 and a bare GET /ws.
+      const page0 = await fetch(server.url, { signal: AbortSignal.timeout(STEP_MS) });
+      assert.equal(page0.status, 200);
+      assert.match(page0.headers.get('content-type'), /^text\/html/);
+      assert.match(await page0.text(), /<title>Volley chat<\/title>/);
+      const missing = await fetch(new URL('/nope', server.url), { signal: AbortSignal.timeout(STEP_MS) });
+      assert.equal(missing.status, 404);
+      await missing.arrayBuffer();
+      const bare = await fetch(new URL('/ws', server.url), { signal: AbortSignal.timeout(STEP_MS) });
+      assert.equal(bare.status, 426, 'GET /ws without an upgrade');
+      await bare.arrayBuffer();
+    }
 
-    browser = await launchBrowser();
-    const context = await browser.newContext({ viewport: { width: 960, height: 600 } });
+    // The certificate is generated at startup: the browser is told to accept it.
+    browser = await launchBrowser(tls ? { args: ['--ignore-certificate-errors'] } : {});
+    const context = await browser.newContext({ viewport: { width: 960, height: 600 }, ignoreHTTPSErrors: tls });
     const watch = (page, tag) => {
       page.on('console', (m) => consoleLines.push(`[${tag} ${m.type()}] ${m.text()}`));
       page.on('pageerror', (e) => consoleLines.push(`[${tag} pageerror] ${e.message}`));
@@ -197,6 +213,11 @@ test('Chromium: two tabs chat through the chat example', { timeout: 90_000 }, as
     await tab1.goto(server.url);
     const name1 = await ownName(tab1);
     assert.match(name1, /^guest-\d+$/, 'tab 1 gets a guest name');
+    const nav = await tab1.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol);
+    const wsHttp = await tab1.evaluate(() => document.body.dataset.http);
+    t.diagnostic(`page over ${nav}, WebSocket over ${wsHttp}`);
+    assert.equal(nav, tls ? 'h2' : 'http/1.1', 'the page\'s HTTP version');
+    assert.equal(wsHttp, tls ? 'HTTP/2' : 'HTTP/1.1', 'the WebSocket\'s HTTP version, as the server saw it');
     await waitForSystem(tab1, `${name1} joined (you)`);
 
     // Tab 2 picks its own name (URL-encoded, with a space and a non-ASCII letter).
@@ -271,6 +292,10 @@ test('Chromium: two tabs chat through the chat example', { timeout: 90_000 }, as
     await waitForSystem(tab1, `${name1} is now Alice`);
     assert.equal(await tab1.textContent('#me'), 'Alice');
     await waitForMembers(tab1, ['Alice']);
+    if (tls) {
+      assert.match(server.output(), /joined over HTTP\/2\.0/, 'the server logged a member over HTTP/2');
+      assert.doesNotMatch(server.output(), /joined over HTTP\/1\.1/, 'no member over HTTP/1.1');
+    }
 
     t.diagnostic(`took ${Date.now() - started} ms`);
   } catch (err) {
@@ -283,4 +308,4 @@ test('Chromium: two tabs chat through the chat example', { timeout: 90_000 }, as
   } finally {
     await cleanup();
   }
-});
+}

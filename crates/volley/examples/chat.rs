@@ -1,27 +1,34 @@
 //! A multi-user chat room in the browser, on one port: `GET /` serves the page
-//! (`chat.html`) and `GET /ws` upgrades to a WebSocket that joins the room.
+//! (`chat.html`) and `/ws` upgrades to a WebSocket that joins the room.
 //!
 //! `cargo run --release -p volley --example chat` then open <http://127.0.0.1:8080/> in a
 //! few tabs. `--listen ADDR` (or the `CHAT_ADDR` environment variable) changes the
 //! address. `/?name=alice` picks a name; otherwise the server assigns `guest-N`.
 //!
+//! `--tls-self-signed` (or `--tls-cert FILE --tls-key FILE`) serves `https://` and
+//! `wss://` instead, with ALPN `h2`: the page then comes over HTTP/2 and the browser
+//! opens its WebSocket as an extended CONNECT stream on the same connection (RFC 8441).
+//! The server runs on `volley::http::Server` (hyper), so HTTP/1.1 and HTTP/2 share one
+//! code path; the `welcome` event tells the page which one its WebSocket uses.
+//!
 //! Wire format, JSON text messages. The page sends `{"type":"message","text":…}` and
-//! `{"type":"rename","name":…}`; the server sends `welcome` (your name), `join`, `leave`,
+//! `{"type":"rename","name":…}`; the server sends `welcome` (your name, and `http`:
+//! `HTTP/1.1` or `HTTP/2`), `join`, `leave`,
 //! `rename`, `members` (the whole list, after every change), `message` (`from`, `text`,
 //! `ts` in Unix milliseconds) and `error`.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use volley::http::hyper::{header, Method, Request as HttpRequest, Response as HttpResponse, StatusCode};
+use volley::http::{Body, Server, UpgradedIo};
+use volley::tls::{CertificateDer, PrivateKeyDer, TlsAcceptor};
 use volley::{CloseCode, Config, Message, Rejection, WebSocket};
 
 /// The page, compiled into the binary.
@@ -35,9 +42,10 @@ const MAX_NAME: usize = 24;
 /// The largest WebSocket message accepted (a chat message plus its JSON envelope and
 /// escapes); anything bigger fails the connection with 1009.
 const MAX_FRAME: usize = 64 * 1024;
-/// The largest HTTP request head read before routing.
-const MAX_HEAD: usize = 8 * 1024;
-/// How long a client may take to send its request head.
+/// The largest HTTP request head accepted (hyper's HTTP/1.1 buffer is at least 8 KiB).
+const MAX_HEAD: usize = 16 * 1024;
+/// How long a client may take for its TLS handshake (the request head gets the
+/// WebSocket configuration's handshake timeout).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued for one member before it counts as too slow and is dropped.
 const QUEUE: usize = 256;
@@ -147,151 +155,88 @@ fn query_name(query: Option<&str>) -> Option<String> {
     query?.split('&').find_map(|pair| pair.strip_prefix("name=").map(percent_decode))
 }
 
-/// A stream that first replays bytes already read from `inner`, then reads `inner`;
-/// writes go straight through. It lets the router read the request head and still hand
-/// the whole request to [`volley::accept_with`].
-struct Replay<S> {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.pos < this.prefix.len() {
-            let n = (this.prefix.len() - this.pos).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Reads until the end of the request head (or [`MAX_HEAD`] bytes, or end of stream)
-/// and returns everything read.
-async fn read_head(tcp: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    loop {
-        let n = tcp.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > MAX_HEAD {
-            return Ok(buf);
-        }
-    }
-}
-
-/// Writes a complete HTTP/1.1 response and closes the connection.
-async fn respond(tcp: &mut TcpStream, status: &str, content_type: &str, body: &str, head_only: bool) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = tcp.write_all(head.as_bytes()).await;
-    if !head_only {
-        let _ = tcp.write_all(body.as_bytes()).await;
-    }
-    let _ = tcp.shutdown().await;
-}
-
-/// Routes one TCP connection: the page, the WebSocket, or an error.
-async fn serve(mut tcp: TcpStream, peer: SocketAddr, room: Shared) {
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp)).await {
-        Ok(Ok(head)) => head,
-        _ => return,
-    };
-    if head.len() > MAX_HEAD {
-        return respond(&mut tcp, "431 Request Header Fields Too Large", "text/plain", "request too large\n", false)
-            .await;
-    }
-    let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let request_line = String::from_utf8_lossy(request_line);
-    let mut parts = request_line.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        (_, "/ws") => {
-            let io = Replay { prefix: head, pos: 0, inner: tcp };
-            join(io, peer, room).await;
-        }
-        ("GET" | "HEAD", "/" | "/index.html") => {
-            respond(&mut tcp, "200 OK", "text/html; charset=utf-8", PAGE, method == "HEAD").await;
-        }
-        ("GET" | "HEAD", _) => respond(&mut tcp, "404 Not Found", "text/plain", "not found\n", method == "HEAD").await,
-        _ => respond(&mut tcp, "405 Method Not Allowed", "text/plain", "method not allowed\n", false).await,
-    }
-}
-
 /// Whether a browser's Origin names the same host as the request (so other sites
 /// cannot open the chat socket with the visitor's credentials).
 fn same_origin(origin: &str, host: &str) -> bool {
     origin.split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }
 
-/// Completes the WebSocket handshake, then runs the member until it leaves.
-async fn join(io: Replay<TcpStream>, peer: SocketAddr, room: Shared) {
+/// The HTTP server: the page at `GET /`, WebSockets at `/ws` (HTTP/1.1 Upgrade, or
+/// extended CONNECT over HTTP/2), 404 for anything else.
+fn http_server() -> Server {
     let config = Config::new().max_message_size(MAX_FRAME);
-    let mut wanted = None;
-    let accepted = volley::accept_with(io, config, |req, _| {
-        if let (Some(origin), Some(host)) = (req.origin(), req.host()) {
-            if !same_origin(origin, host) {
-                return Err(Rejection::new(403).body("foreign origin"));
+    let mut server = Server::new(config)
+        .hook(|req, _| {
+            if req.path() != "/ws" {
+                return Err(Rejection::new(404).body("not found"));
+            }
+            if let (Some(origin), Some(host)) = (req.origin(), req.host()) {
+                if !same_origin(origin, host) {
+                    return Err(Rejection::new(403).body("foreign origin"));
+                }
+            }
+            Ok(())
+        })
+        .fallback(|req: HttpRequest<_>| async move { page(req.method(), req.uri().path()) });
+    // Bounds on request heads: 16 KiB over HTTP/1.1 (hyper's smallest buffer is 8 KiB),
+    // 16 KiB of header fields over HTTP/2.
+    server.builder_mut().http1().max_buf_size(MAX_HEAD);
+    server.builder_mut().http2().max_header_list_size(MAX_HEAD as u32);
+    server
+}
+
+/// The answer to a request that is not a WebSocket request.
+fn page(method: &Method, path: &str) -> HttpResponse<Body> {
+    let (status, content_type, body) = match (method, path) {
+        (&Method::GET | &Method::HEAD, "/" | "/index.html") => (StatusCode::OK, "text/html; charset=utf-8", PAGE),
+        (_, "/ws") => (StatusCode::UPGRADE_REQUIRED, "text/plain", "a WebSocket endpoint: upgrade required\n"),
+        (&Method::GET | &Method::HEAD, _) => (StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n"),
+    };
+    let body = if method == Method::HEAD { "" } else { body };
+    let mut response = HttpResponse::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    if status == StatusCode::UPGRADE_REQUIRED {
+        headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    }
+    response
+}
+
+/// Serves one TCP connection: TLS first if on, then HTTP/1.1 or HTTP/2, each WebSocket
+/// becoming a member of the room.
+async fn serve(tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, server: Server, room: Shared) {
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
+    let handler = move |ws: WebSocket<UpgradedIo>| {
+        let ws = ws.with_addrs(Some(peer), local);
+        let room = room.clone();
+        async move {
+            let version = ws.info().http_version();
+            let wanted = query_name(ws.info().query());
+            if let Err(e) = run_member(ws, room, wanted, version).await {
+                eprintln!("chat: {peer}: {e}");
             }
         }
-        wanted = query_name(req.query());
-        Ok(())
-    })
-    .await;
-    let ws = match accepted {
-        Ok(ws) => ws,
-        Err(e) => {
-            eprintln!("chat: {peer}: handshake failed: {e}");
-            return;
-        }
     };
-    if let Err(e) = run_member(ws, room, wanted).await {
+    let result = match tls {
+        None => server.serve_connection_from(tcp, Some(peer), handler).await,
+        Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => server.serve_connection_from(tls, Some(peer), handler).await,
+            Ok(Err(e)) => return eprintln!("chat: {peer}: TLS handshake failed: {e}"),
+            Err(_) => return eprintln!("chat: {peer}: TLS handshake timed out"),
+        },
+    };
+    if let Err(e) = result {
         eprintln!("chat: {peer}: {e}");
     }
 }
 
 /// Sends one event straight to this member (not through the room).
-async fn tell(ws: &mut WebSocket<Replay<TcpStream>>, event: Value) -> Result<(), volley::Error> {
+async fn tell(ws: &mut WebSocket<UpgradedIo>, event: Value) -> Result<(), volley::Error> {
     ws.send(Message::text(event.to_string())).await
 }
 
@@ -302,9 +247,10 @@ fn error_event(text: &str) -> Value {
 /// One member's life: join the room, then relay the socket's messages to the room and
 /// the room's messages to the socket, and leave (whatever ended it).
 async fn run_member(
-    mut ws: WebSocket<Replay<TcpStream>>,
+    mut ws: WebSocket<UpgradedIo>,
     room: Shared,
     wanted: Option<String>,
+    version: http::Version,
 ) -> Result<(), volley::Error> {
     let (tx, mut rx) = mpsc::channel(QUEUE);
     let mut refused = None;
@@ -329,11 +275,12 @@ async fn run_member(
         r.broadcast_members();
         (id, name)
     };
-    eprintln!("chat: {name} joined");
+    eprintln!("chat: {name} joined over {version:?}");
 
     let result = async {
         // Sent directly, so it arrives before the room's news queued meanwhile.
-        tell(&mut ws, json!({ "type": "welcome", "name": name })).await?;
+        let http = if version == http::Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" };
+        tell(&mut ws, json!({ "type": "welcome", "name": name, "http": http })).await?;
         if let Some(why) = refused {
             tell(&mut ws, error_event(&format!("{why}; you are {name}"))).await?;
         }
@@ -423,48 +370,101 @@ fn handle(room: &Shared, id: u64, name: &mut String, text: &str) -> Option<Value
     }
 }
 
-/// The listen address: `--listen ADDR` (or `--listen=ADDR`), else `CHAT_ADDR`, else
-/// [`DEFAULT_ADDR`].
-fn listen_addr() -> Result<String, String> {
+/// What the command line asks for.
+struct Options {
+    addr: String,
+    tls: Option<TlsSource>,
+}
+
+/// Where the TLS certificate comes from.
+enum TlsSource {
+    Files { cert: PathBuf, key: PathBuf },
+    SelfSigned,
+}
+
+const USAGE: &str = "usage: chat [--listen ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed]
+  --listen ADDR        where to listen (default 127.0.0.1:8080, or $CHAT_ADDR)
+  --tls-cert FILE      serve https:// and wss:// with this PEM certificate chain (and --tls-key)
+  --tls-key FILE       the PEM private key of --tls-cert
+  --tls-self-signed    serve https:// with a certificate for localhost generated at startup
+With TLS the server offers HTTP/2 (ALPN h2): browsers then run the chat's WebSocket over
+HTTP/2 (RFC 8441) on the page's own connection.";
+
+/// Parses the command line (`--flag VALUE` or `--flag=VALUE`).
+fn options() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
-    let mut addr = None;
+    let (mut addr, mut cert, mut key, mut self_signed) = (None, None, None, false);
     while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--listen" | "-l" => addr = Some(args.next().ok_or("--listen needs an address")?),
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| inline.clone().or_else(|| args.next()).ok_or(format!("{name} needs a value"));
+        match flag.as_str() {
+            "--listen" | "-l" => addr = Some(value("--listen")?),
+            "--tls-cert" => cert = Some(PathBuf::from(value("--tls-cert")?)),
+            "--tls-key" => key = Some(PathBuf::from(value("--tls-key")?)),
+            "--tls-self-signed" => self_signed = true,
             "-h" | "--help" => {
-                println!("usage: chat [--listen ADDR]   (default {DEFAULT_ADDR}, or $CHAT_ADDR)");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
-            _ => match arg.strip_prefix("--listen=") {
-                Some(a) => addr = Some(a.to_string()),
-                None => return Err(format!("unknown argument {arg:?}")),
-            },
+            _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
-    Ok(addr.or_else(|| std::env::var("CHAT_ADDR").ok()).unwrap_or_else(|| DEFAULT_ADDR.to_string()))
+    let tls = match (cert, key, self_signed) {
+        (None, None, false) => None,
+        (None, None, true) => Some(TlsSource::SelfSigned),
+        (Some(cert), Some(key), false) => Some(TlsSource::Files { cert, key }),
+        (_, _, true) => return Err("--tls-self-signed excludes --tls-cert and --tls-key".into()),
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    let addr = addr.or_else(|| std::env::var("CHAT_ADDR").ok()).unwrap_or_else(|| DEFAULT_ADDR.to_string());
+    Ok(Options { addr, tls })
+}
+
+/// The TLS acceptor, with ALPN `h2` then `http/1.1`.
+fn tls_acceptor(source: &TlsSource) -> Result<TlsAcceptor, String> {
+    let config = match source {
+        TlsSource::Files { cert, key } => volley::tls::server_config_from_pem(cert, key).map_err(|e| e.to_string())?,
+        TlsSource::SelfSigned => {
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+            let generated = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+            let cert: CertificateDer<'static> = generated.cert.der().clone();
+            eprintln!("chat: TLS with a SELF-SIGNED certificate for localhost: browsers will warn");
+            volley::tls::server_config(vec![cert], key).map_err(|e| e.to_string())?
+        }
+    };
+    Ok(TlsAcceptor::from(volley::http::with_h2_alpn(config)))
 }
 
 #[tokio::main]
 async fn main() {
-    let addr = listen_addr().unwrap_or_else(|e| {
-        eprintln!("chat: {e}\nusage: chat [--listen ADDR]");
+    let options = options().unwrap_or_else(|e| {
+        eprintln!("chat: {e}\n{USAGE}");
         std::process::exit(2);
     });
-    let listener = match TcpListener::bind(&addr).await {
+    let tls = options.tls.as_ref().map(tls_acceptor).transpose().unwrap_or_else(|e| {
+        eprintln!("chat: TLS: {e}");
+        std::process::exit(1);
+    });
+    let listener = match TcpListener::bind(&options.addr).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("chat: cannot listen on {addr}: {e}");
+            eprintln!("chat: cannot listen on {}: {e}", options.addr);
             std::process::exit(1);
         }
     };
-    let local = listener.local_addr().map_or(addr, |a| a.to_string());
-    eprintln!("chat: open http://{local}/ in a few tabs");
+    let local = listener.local_addr().map_or(options.addr.clone(), |a| a.to_string());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("chat: open {scheme}://{local}/ in a few tabs");
     let room = Shared::default();
+    let server = http_server();
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                tokio::spawn(serve(tcp, peer, room.clone()));
+                tokio::spawn(serve(tcp, peer, tls.clone(), server.clone(), room.clone()));
             }
             Err(e) => {
                 // Out of descriptors, say: wait a little rather than spin.

@@ -119,6 +119,11 @@ impl ConnectionInfo {
         self.target.split_once('?').map_or(&self.target, |(p, _)| p)
     }
 
+    /// The query part of the target without `?`, if any (`room=1`).
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, q)| q)
+    }
+
     /// The handshake headers: the request's on a server, the response's on a client.
     pub fn headers(&self) -> &Headers {
         &self.headers
