@@ -7,8 +7,8 @@
 #
 # Sections (run in this order):
 #   browser   Debian's chromium (/usr/bin/chromium) + `npm ci` in tests/browser
-#   proxies   Debian's tinyproxy (HTTP CONNECT) and microsocks (SOCKS5), for
-#             crates/volley/tests/proxy.rs
+#   proxies   Debian's tinyproxy (HTTP CONNECT), microsocks (SOCKS5) and nginx (a real
+#             HTTP server's redirects), for crates/volley/tests/{proxy,proxy_env,redirects}.rs
 #
 # To add a section: write an `install_<name>` function below and append <name> to
 # SECTIONS. Use `apt_install` for Debian packages (it runs `apt-get update` at most
@@ -71,12 +71,13 @@ install_browser() {
 }
 
 install_proxies() {
-  # The proxies that crates/volley/tests/proxy.rs starts on loopback. Debian installs
-  # the binaries under /usr/bin; the tests look them up on PATH, then in /usr/bin and
-  # /usr/sbin. tinyproxy's package also enables a system service: the tests never use
-  # it (they run their own instance in the foreground on a free port).
+  # The servers that crates/volley/tests/{proxy,proxy_env,redirects}.rs start on
+  # loopback. Debian installs the binaries under /usr/bin or /usr/sbin; the tests look
+  # them up on PATH, then in /usr/bin and /usr/sbin. The tinyproxy and nginx packages
+  # also enable a system service: the tests never use it (they run their own instance
+  # in the foreground on a free port, with their own configuration).
   local missing=() pkg bin
-  for pkg in tinyproxy microsocks; do
+  for pkg in tinyproxy microsocks nginx; do
     bin="$pkg"
     if command -v "$bin" >/dev/null || [[ -x /usr/bin/$bin || -x /usr/sbin/$bin ]]; then
       log "$pkg present"

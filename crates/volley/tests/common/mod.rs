@@ -3,6 +3,8 @@
 //! and reading bytes on the wire directly.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::future::Future;
 use std::time::Duration;
 
