@@ -55,6 +55,10 @@ pub struct Args {
     /// Do not offer permessage-deflate.
     #[arg(long)]
     no_deflate: bool,
+    /// For wss://, offer HTTP/2 (ALPN h2): when the server picks it, the WebSocket runs
+    /// over HTTP/2 (RFC 8441), else over HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
 }
 
 /// Runs the client until the connection ends (or stdin ends, in pipe mode).
@@ -85,8 +89,9 @@ fn builder(args: &Args) -> anyhow::Result<ClientBuilder> {
     if let Some(p) = &args.proxy {
         b = b.proxy(volley::proxy::Proxy::parse(p).with_context(|| format!("proxy {p}"))?);
     }
+    b = b.http2(args.http2);
     if args.insecure {
-        b = b.tls_config(insecure_config());
+        b = b.tls_config(insecure_config(args.http2));
     } else if let Some(ca) = &args.ca {
         for cert in volley::tls::load_certs(ca)? {
             b = b.root_certificate(cert);
@@ -175,11 +180,13 @@ async fn session(args: Args) -> anyhow::Result<()> {
     let (ws, response) = b.connect().await.with_context(|| format!("connecting to {}", args.url))?;
     if args.show_handshake {
         let mut err = std::io::stderr();
-        let _ = writeln!(err, "> GET {} HTTP/1.1", ws.info().target());
+        let h2 = ws.info().http_version() == volley::http::hyper::Version::HTTP_2;
+        let (method, version) = if h2 { ("CONNECT", "HTTP/2") } else { ("GET", "HTTP/1.1") };
+        let _ = writeln!(err, "> {method} {} {version}", ws.info().target());
         for h in &args.headers {
             let _ = writeln!(err, "> {h}");
         }
-        let _ = writeln!(err, "< HTTP/1.1 {}", response.status());
+        let _ = writeln!(err, "< {version} {}", response.status());
         for (n, v) in response.headers().iter() {
             let _ = writeln!(err, "< {n}: {}", String::from_utf8_lossy(v));
         }
@@ -288,7 +295,7 @@ async fn interactive(ws: volley::WebSocket<volley::MaybeTlsStream>) -> anyhow::R
 }
 
 /// A TLS configuration that accepts any certificate: `--insecure`, for local trials.
-fn insecure_config() -> Arc<rustls::ClientConfig> {
+fn insecure_config(http2: bool) -> Arc<rustls::ClientConfig> {
     #[derive(Debug)]
     struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
     impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
@@ -324,7 +331,11 @@ fn insecure_config() -> Arc<rustls::ClientConfig> {
     }
     let provider = volley::tls::crypto_provider();
     let mut config = volley::tls::client_config(volley::tls::default_roots());
-    Arc::make_mut(&mut config).dangerous().set_certificate_verifier(Arc::new(AcceptAnything(provider)));
+    let c = Arc::make_mut(&mut config);
+    c.dangerous().set_certificate_verifier(Arc::new(AcceptAnything(provider)));
+    if http2 {
+        c.alpn_protocols.insert(0, volley::http::ALPN_H2.to_vec());
+    }
     config
 }
 

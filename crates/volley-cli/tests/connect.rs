@@ -20,9 +20,15 @@ fn free_port() -> u16 {
 }
 
 fn echo() -> (Proc, u16) {
+    echo_with(&[])
+}
+
+/// `volley echo` with extra flags, on a free port.
+fn echo_with(extra: &[&str]) -> (Proc, u16) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_volley"))
         .args(["echo", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -161,4 +167,32 @@ fn show_handshake_and_a_refused_connection() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to ws://127.0.0.1"));
+}
+
+/// Pipe mode over wss:// to `volley echo --tls-self-signed`: with --http2 the WebSocket
+/// runs over HTTP/2 (the handshake shown is the extended CONNECT), without it over
+/// HTTP/1.1; the same lines come back either way.
+#[test]
+fn wss_with_and_without_http2() {
+    let (_server, port) = echo_with(&["--tls-self-signed"]);
+    for (flags, request, answer) in [
+        (&["--http2"][..], "> CONNECT /tls HTTP/2", "< HTTP/2 200"),
+        (&[][..], "> GET /tls HTTP/1.1", "< HTTP/1.1 101"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+            .args(["connect", "--no-proxy", "--insecure", "--show-handshake"])
+            .args(flags)
+            .arg(format!("wss://localhost:{port}/tls"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all("über TLS\nsecond\n".as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{flags:?}: {err}");
+        assert!(err.contains(request) && err.contains(answer), "{flags:?}: {err}");
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "über TLS\nsecond\n", "{flags:?}");
+    }
 }
