@@ -1,6 +1,7 @@
 //! The `volley` command: WebSocket tools. `main` parses flags and maps errors to exit
 //! codes; each subcommand lives in its own module.
 
+mod bench;
 mod connect;
 mod echo;
 
@@ -20,6 +21,9 @@ enum Command {
     Echo(echo::Args),
     /// Connect to a WebSocket server: an interactive client, or a pipe for scripts.
     Connect(connect::Args),
+    /// Load-test a WebSocket echo server: throughput, latency at a fixed rate, or memory
+    /// per idle connection.
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +38,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Echo(args) => echo::run(args),
         Command::Connect(args) => connect::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,174 @@
+//! `volley bench` against a real `volley echo` process: the JSON report of each mode
+//! (throughput, fixed rate, idle with the server's memory) and failures reported
+//! without a panic.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `volley echo` on a free port; returns it and its URL.
+fn echo() -> (Proc, String) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["echo", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, format!("ws://127.0.0.1:{port}/"))
+}
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_volley")).arg("bench").args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// Runs `volley bench ARGS --json`, checks that stdout is exactly one JSON object with
+/// every documented key, and returns it.
+fn bench_json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = bench(&all);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\nstdout: {stdout}\nstderr: {stderr}", out.status);
+    assert_eq!(stdout.lines().count(), 1, "one line of JSON: {stdout}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    for key in [
+        "mode",
+        "url",
+        "connections",
+        "connections_open",
+        "connect_errors",
+        "size",
+        "binary",
+        "in_flight",
+        "rate",
+        "deflate",
+        "duration_s",
+        "messages",
+        "msgs_per_sec",
+        "bytes_per_sec",
+        "errors",
+        "latency_us",
+        "server",
+    ] {
+        assert!(report.get(key).is_some(), "key {key} missing: {report}");
+    }
+    report
+}
+
+fn u(report: &Value, key: &str) -> u64 {
+    report[key].as_u64().unwrap_or_else(|| panic!("{key} is not a count: {report}"))
+}
+
+fn f(report: &Value, key: &str) -> f64 {
+    report[key].as_f64().unwrap_or_else(|| panic!("{key} is not a number: {report}"))
+}
+
+/// Latency percentiles are present and ordered.
+fn check_latency(report: &Value) {
+    let l = &report["latency_us"];
+    let p = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("latency {k}: {report}"));
+    assert!(p("p50") >= 1, "{report}");
+    assert!(p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("p999") && p("p999") <= p("max"), "{l}");
+    assert!(l["mean"].as_f64().unwrap() > 0.0, "{l}");
+}
+
+#[test]
+fn throughput_mode_reports_round_trips_and_latency() {
+    let (_server, url) = echo();
+    let r = bench_json(&[&url, "-c", "4", "-s", "100", "-k", "4", "-d", "1", "--warmup", "0.2"]);
+    assert_eq!(r["mode"], "throughput");
+    assert_eq!(r["url"], url.as_str());
+    assert_eq!((u(&r, "connections"), u(&r, "connections_open"), u(&r, "connect_errors")), (4, 4, 0));
+    assert_eq!((u(&r, "size"), u(&r, "in_flight")), (100, 4));
+    assert_eq!((r["binary"].as_bool(), r["deflate"].as_bool()), (Some(false), Some(false)));
+    assert!(r["rate"].is_null() && r["server"].is_null(), "{r}");
+    assert!(u(&r, "messages") > 0, "{r}");
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+    let seconds = f(&r, "duration_s");
+    assert!((0.9..3.0).contains(&seconds), "{r}");
+    let rate = f(&r, "msgs_per_sec");
+    assert!((rate - u(&r, "messages") as f64 / seconds).abs() < 1.0, "{r}");
+    assert!((f(&r, "bytes_per_sec") - rate * 100.0).abs() < 100.0, "{r}");
+    check_latency(&r);
+}
+
+#[test]
+fn binary_messages_with_deflate_offered() {
+    let (_server, url) = echo();
+    let r = bench_json(&[&url, "-c", "2", "-s", "3000", "--binary", "--deflate", "-d", "0.5", "--warmup", "0"]);
+    assert_eq!((r["binary"].as_bool(), r["deflate"].as_bool()), (Some(true), Some(true)));
+    assert!(u(&r, "messages") > 0, "{r}");
+    assert_eq!((u(&r, "errors"), u(&r, "mismatches")), (0, 0), "{r}");
+    check_latency(&r);
+}
+
+#[test]
+fn rate_mode_keeps_the_requested_rate() {
+    let (_server, url) = echo();
+    let r = bench_json(&[&url, "-c", "10", "--rate", "2000", "-d", "1", "--warmup", "0.2"]);
+    assert_eq!(r["mode"], "rate");
+    assert_eq!(f(&r, "rate"), 2000.0);
+    assert_eq!(u(&r, "errors"), 0, "{r}");
+    // The scheduler's correctness, not the machine's speed: a broad band.
+    let rate = f(&r, "msgs_per_sec");
+    assert!((1000.0..=3000.0).contains(&rate), "{rate} msgs/s for 2000 requested: {r}");
+    check_latency(&r);
+}
+
+#[test]
+fn idle_mode_reports_the_servers_memory() {
+    let (server, url) = echo();
+    let pid = server.0.id().to_string();
+    let r = bench_json(&[&url, "-c", "50", "--idle", "--hold", "0.3", "--server-pid", &pid]);
+    assert_eq!(r["mode"], "idle");
+    assert_eq!((u(&r, "connections"), u(&r, "connections_open")), (50, 50), "{r}");
+    assert_eq!((u(&r, "messages"), u(&r, "errors")), (0, 0), "{r}");
+    assert!(r["latency_us"].is_null(), "{r}");
+    let s = &r["server"];
+    assert_eq!(s["pid"].as_u64(), Some(u64::from(server.0.id())));
+    let before = s["rss_before"].as_u64().unwrap_or_else(|| panic!("rss_before: {r}"));
+    let after = s["rss_after"].as_u64().unwrap_or_else(|| panic!("rss_after: {r}"));
+    assert!(before > 0 && after > 0, "{r}");
+    assert!(s["rss_per_conn"].is_number(), "{r}");
+    assert!(s["cpu_s"].as_f64().is_some_and(|c| c >= 0.0), "{r}");
+    assert!(s["msgs_per_cpu_s"].is_null(), "{r}");
+}
+
+#[test]
+fn unreachable_server_is_reported_not_a_panic() {
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let out = bench(&[&url, "-c", "3", "-d", "0.2", "--warmup", "0", "--json"]);
+    assert!(!out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((u(&r, "connections_open"), u(&r, "connect_errors")), (0, 3), "{r}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not be opened") && !stderr.contains("panicked"), "{stderr}");
+
+    let out = bench(&["wss://127.0.0.1:1/", "--json"]);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ws:// only"));
+}
