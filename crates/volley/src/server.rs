@@ -1,6 +1,9 @@
 //! The server side: read and check the opening handshake on any transport, let the
 //! application accept or reject it, and answer.
 
+use std::future::Future;
+use std::net::SocketAddr;
+
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use volley_proto::handshake::{server::reject_response, Request, Response};
@@ -51,8 +54,12 @@ impl Rejection {
 }
 
 /// Accepts a WebSocket connection on `io` with the default configuration.
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> Result<WebSocket<S>, Error> {
-    accept_with(io, Config::default(), |_, _| Ok(())).await
+///
+/// Like every `accept` function here, it returns a boxed future: the handshake's state
+/// (buffers, the request, the timer) lives on the heap while it runs and is freed
+/// after, so the task that awaits it stays as small as the [`WebSocket`] it keeps.
+pub fn accept<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> impl Future<Output = Result<WebSocket<S>, Error>> {
+    accept_with(io, Config::default(), |_, _| Ok(()))
 }
 
 /// Accepts a WebSocket connection on `io`. The hook sees the checked request (path,
@@ -63,20 +70,53 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> Result<WebSocke
 ///
 /// [`Request::remote_addr`] is unknown here (`io` may be anything): use
 /// [`accept_tcp_with`] on a TCP connection, or [`accept_from`].
-pub async fn accept_with<S, F>(io: S, config: Config, hook: F) -> Result<WebSocket<S>, Error>
+pub fn accept_with<S, F>(io: S, config: Config, hook: F) -> impl Future<Output = Result<WebSocket<S>, Error>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
 {
-    accept_from(io, None, config, hook).await
+    Box::pin(handshake(io, (None, None), config, hook))
 }
 
 /// [`accept_with`] for a transport whose peer address the caller knows (a TLS stream
 /// over TCP, a proxied connection): the hook sees it as [`Request::remote_addr`] and the
 /// WebSocket's [`info`](WebSocket::info) records it.
-pub async fn accept_from<S, F>(
+pub fn accept_from<S, F>(
+    io: S,
+    remote: Option<SocketAddr>,
+    config: Config,
+    hook: F,
+) -> impl Future<Output = Result<WebSocket<S>, Error>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+{
+    Box::pin(handshake(io, (remote, None), config, hook))
+}
+
+/// [`accept_with`] on a TCP connection: also turns on `TCP_NODELAY` (frames are
+/// batched already) and records both addresses in the connection's
+/// [`info`](WebSocket::info).
+pub fn accept_tcp_with<F>(
+    tcp: tokio::net::TcpStream,
+    config: Config,
+    hook: F,
+) -> impl Future<Output = Result<WebSocket<tokio::net::TcpStream>, Error>>
+where
+    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+{
+    Box::pin(async move {
+        tcp.set_nodelay(true)?;
+        let addrs = (tcp.peer_addr().ok(), tcp.local_addr().ok());
+        handshake(tcp, addrs, config, hook).await
+    })
+}
+
+/// The server's opening handshake: read and check the request, negotiate, run the
+/// hook, answer, and build the WebSocket.
+async fn handshake<S, F>(
     mut io: S,
-    remote: Option<std::net::SocketAddr>,
+    (remote, local): (Option<SocketAddr>, Option<SocketAddr>),
     config: Config,
     hook: F,
 ) -> Result<WebSocket<S>, Error>
@@ -128,23 +168,7 @@ where
             response.extensions().to_vec(),
             http::Version::HTTP_11,
         )
-        .with_addrs(remote, None))
-}
-
-/// [`accept_with`] on a TCP connection: also turns on `TCP_NODELAY` (frames are
-/// batched already) and records both addresses in the connection's
-/// [`info`](WebSocket::info).
-pub async fn accept_tcp_with<F>(
-    tcp: tokio::net::TcpStream,
-    config: Config,
-    hook: F,
-) -> Result<WebSocket<tokio::net::TcpStream>, Error>
-where
-    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
-{
-    tcp.set_nodelay(true)?;
-    let (remote, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
-    Ok(accept_from(tcp, remote, config, hook).await?.with_addrs(remote, local))
+        .with_addrs(remote, local))
 }
 
 async fn read_request<S: AsyncRead + Unpin>(io: &mut S, config: &Config) -> Result<(Request, BytesMut), Error> {

@@ -114,18 +114,51 @@ impl HandshakeError {
 }
 
 /// Header fields of a request or response, in arrival order, names as received.
+///
+/// Stored compactly, since a server keeps its connections' request headers for their
+/// whole life: every name in one string, every value in one buffer, and an index of
+/// where each ends (three allocations, whatever the number of fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, Vec<u8>)>);
+pub struct Headers {
+    names: String,
+    values: Box<[u8]>,
+    /// For each field, where its name ends in `names` and its value in `values`.
+    ends: Box<[(u32, u32)]>,
+}
 
 impl Headers {
     pub(crate) fn from_httparse(headers: &[httparse::Header<'_>]) -> Self {
-        Headers(headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect())
+        Headers::from_pairs(headers.iter().map(|h| (h.name, h.value)))
     }
 
     /// Header fields from (name, value) pairs, for requests parsed by another HTTP
     /// stack (hyper, h2).
     pub fn from_pairs<N: AsRef<str>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
-        Headers(pairs.into_iter().map(|(n, v)| (n.as_ref().to_string(), v.as_ref().to_vec())).collect())
+        let (mut names, mut values, mut ends) = (String::new(), Vec::new(), Vec::new());
+        for (n, v) in pairs {
+            names.push_str(n.as_ref());
+            values.extend_from_slice(v.as_ref());
+            // Heads are bounded far below 4 GiB (`Config::max_handshake_size`); past
+            // that, fields would be cut short rather than wrap around.
+            ends.push((
+                u32::try_from(names.len()).unwrap_or(u32::MAX),
+                u32::try_from(values.len()).unwrap_or(u32::MAX),
+            ));
+        }
+        names.shrink_to_fit();
+        Headers { names, values: values.into_boxed_slice(), ends: ends.into_boxed_slice() }
+    }
+
+    /// Every field as (name, raw value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let mut start = (0usize, 0usize);
+        self.ends.iter().map(move |&(n, v)| {
+            let (n, v) = (n as usize, v as usize);
+            let name = self.names.get(start.0..n).unwrap_or_default();
+            let value = self.values.get(start.1..v).unwrap_or_default();
+            start = (n, v);
+            (name, value)
+        })
     }
 
     /// The first value of `name` (case-insensitive) that is valid UTF-8.
@@ -136,25 +169,17 @@ impl Headers {
     /// Every value of `name` (case-insensitive), in order; values that are not UTF-8
     /// are skipped (use [`Headers::iter`] for raw bytes).
     pub fn get_all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        self.0
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-    }
-
-    /// Every field as (name, raw value).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).filter_map(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// The number of fields.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.ends.len()
     }
 
     /// Whether there are no fields.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ends.is_empty()
     }
 
     /// Whether any comma-separated token of any `name` field equals `token`
@@ -284,6 +309,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn headers_keep_order_case_repeats_and_raw_bytes() {
+        let h = Headers::from_pairs([
+            ("Host", &b"example.com"[..]),
+            ("Cookie", b"a=1"),
+            ("X-Bin", b"\xff\xfe"),
+            ("cookie", b"b=2"),
+            ("Empty", b""),
+        ]);
+        assert_eq!(h.len(), 5);
+        let all: Vec<(&str, &[u8])> = h.iter().collect();
+        assert_eq!(all[0], ("Host", &b"example.com"[..]));
+        assert_eq!(all[2], ("X-Bin", &b"\xff\xfe"[..]));
+        assert_eq!(all[4], ("Empty", &b""[..]));
+        assert_eq!(h.get_all("COOKIE").collect::<Vec<_>>(), ["a=1", "b=2"]);
+        assert_eq!(h.get("x-bin"), None, "not UTF-8: only through iter");
+        assert_eq!(h.get("empty"), Some(""));
+        assert_eq!(h.get("missing"), None);
+        assert_eq!(h.clone(), h);
+        let none = Headers::default();
+        assert!(none.is_empty() && none.iter().next().is_none());
+    }
+
+    #[test]
     fn rfc6455_1_3_accept_key() {
         assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
@@ -309,7 +357,7 @@ mod tests {
 
     #[test]
     fn token_lists_are_case_insensitive() {
-        let h = Headers(vec![("connection".into(), b"keep-alive, UPGRADE".to_vec())]);
+        let h = Headers::from_pairs([("connection", b"keep-alive, UPGRADE")]);
         assert!(h.has_token("Connection", "upgrade"));
         assert!(!h.has_token("Connection", "close"));
     }
