@@ -44,7 +44,7 @@ const MAX_IOVECS: usize = 64;
 pub struct WebSocket<S> {
     io: S,
     conn: Connection,
-    config: Config,
+    limits: Limits,
     wq: VecDeque<Bytes>,
     wq_len: usize,
     /// The front chunk of `wq` is partly written: nothing may go before it.
@@ -159,6 +159,34 @@ struct Keepalive {
     lifetime_timer: Option<Pin<Box<Sleep>>>,
 }
 
+/// The settings a running connection consults, copied out of its [`Config`] so that
+/// each connection does not keep the whole configuration (subprotocols, compression
+/// settings, handshake limits) for its whole life.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    write_buffer_size: usize,
+    read_buffer_size: usize,
+    slow_reader: SlowReader,
+    close_timeout: Duration,
+    pong_timeout: Duration,
+    ping_interval: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+impl From<&Config> for Limits {
+    fn from(c: &Config) -> Self {
+        Limits {
+            write_buffer_size: c.write_buffer_size,
+            read_buffer_size: c.read_buffer_size,
+            slow_reader: c.slow_reader,
+            close_timeout: c.close_timeout,
+            pong_timeout: c.pong_timeout,
+            ping_interval: c.ping_interval,
+            idle_timeout: c.idle_timeout,
+        }
+    }
+}
+
 /// Progress of the end of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Finish {
@@ -212,7 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         WebSocket {
             io,
             conn,
-            config,
+            limits: Limits::from(&config),
             wq: VecDeque::new(),
             wq_len: 0,
             front_partial: false,
@@ -270,11 +298,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     pub(crate) fn write_policy(&self) -> (usize, SlowReader) {
-        (self.config.write_buffer_size, self.config.slow_reader)
+        (self.limits.write_buffer_size, self.limits.slow_reader)
     }
 
     pub(crate) fn set_write_policy(&mut self, policy: SlowReader) {
-        self.config.slow_reader = policy;
+        self.limits.slow_reader = policy;
     }
 
     /// Drops queued data that has not started to leave and closes with `code`, ahead of
@@ -437,17 +465,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if self.finish == Finish::Done || self.dead {
             return Poll::Ready(Err(Error::Closed));
         }
-        if self.wq_len < self.config.write_buffer_size {
+        if self.wq_len < self.limits.write_buffer_size {
             return Poll::Ready(Ok(true));
         }
         let written = self.poll_write_backlog(cx);
         if let Poll::Ready(Err(e)) = written {
             return Poll::Ready(Err(Error::Io(e)));
         }
-        if self.wq_len < self.config.write_buffer_size {
+        if self.wq_len < self.limits.write_buffer_size {
             return Poll::Ready(Ok(true));
         }
-        match self.config.slow_reader {
+        match self.limits.slow_reader {
             SlowReader::Wait => Poll::Pending,
             SlowReader::DropNewest => {
                 self.dropped += 1;
@@ -558,7 +586,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 self.conn.set_control_priority(true);
                 if self.conn.send_ping(Bytes::copy_from_slice(&payload)).is_ok() {
                     self.keepalive.outstanding = Some((payload, now));
-                    t.as_mut().reset(now + self.config.pong_timeout);
+                    t.as_mut().reset(now + self.limits.pong_timeout);
                     let _ = t.as_mut().poll(cx);
                 } else {
                     self.keepalive.ping_timer = None;
@@ -567,7 +595,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 self.take_transmits();
             }
         }
-        if let (Some(t), Some(idle)) = (self.keepalive.idle_timer.as_mut(), self.config.idle_timeout) {
+        if let (Some(t), Some(idle)) = (self.keepalive.idle_timer.as_mut(), self.limits.idle_timeout) {
             if t.as_mut().poll(cx).is_ready() {
                 let due = self.keepalive.last_read.unwrap_or(now) + idle;
                 if due > now {
@@ -602,7 +630,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 let now = Instant::now();
                 self.keepalive.rtt = Some(now - at);
                 self.keepalive.outstanding = None;
-                if let (Some(t), Some(every)) = (self.keepalive.ping_timer.as_mut(), self.config.ping_interval) {
+                if let (Some(t), Some(every)) = (self.keepalive.ping_timer.as_mut(), self.limits.ping_interval) {
                     t.as_mut().reset(at + every);
                 }
             }
@@ -611,7 +639,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Reads once into the core's input buffer: `Ok(0)` at end of stream.
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let want = self.config.read_buffer_size.max(self.conn.input_needed().min(4 << 20));
+        let want = self.limits.read_buffer_size.max(self.conn.input_needed().min(4 << 20));
         let buf = self.conn.input_buffer();
         if buf.capacity() - buf.len() < want / 2 {
             buf.reserve(want);
@@ -621,7 +649,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     fn arm_close_timer(&mut self) {
         if self.close_timer.is_none() {
-            self.close_timer = Some(Box::pin(sleep(self.config.close_timeout)));
+            self.close_timer = Some(Box::pin(sleep(self.limits.close_timeout)));
         }
     }
 
