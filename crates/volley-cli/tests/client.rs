@@ -1,5 +1,6 @@
-//! The client against a real server process: reconnection after the `volley echo`
-//! process is killed and started again.
+//! Real processes on the other end: reconnection after the `volley echo` process is
+//! killed and started again, and keepalive against a `volley connect` process that is
+//! paused (SIGSTOP).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -73,4 +74,54 @@ async fn reconnects_after_the_server_is_killed_and_restarted() {
     assert_eq!(connected, 2, "{states:?}");
     assert!(states.iter().any(|s| matches!(s, ConnectionState::Disconnected { .. })), "{states:?}");
     assert!(states.iter().any(|s| matches!(s, ConnectionState::Waiting { .. })), "{states:?}");
+}
+
+/// A peer that stops answering because its process is paused (SIGSTOP): its kernel
+/// still acknowledges TCP segments, but nothing answers the server's pings, so the
+/// server's keepalive closes the connection after the pong timeout. The peer is a real
+/// `volley connect` process in pipe mode.
+#[tokio::test]
+async fn a_paused_peer_process_is_closed_after_the_pong_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut peer = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["connect", "--no-proxy", &format!("ws://127.0.0.1:{port}/")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = peer.id().to_string();
+    let _stdin = peer.stdin.take();
+    let peer = Proc(peer);
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+    let config = volley::Config::new()
+        .ping_interval(Some(Duration::from_millis(100)))
+        .pong_timeout(Duration::from_millis(300))
+        .close_timeout(Duration::from_millis(300));
+    let mut ws = volley::accept_tcp_with(tcp, config, |_, _| Ok(())).await.unwrap();
+
+    // While the peer runs, its pongs arrive: a round-trip time is measured.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ws.rtt().is_none() {
+        assert!(Instant::now() < deadline, "no pong from the running peer");
+        let _ = tokio::time::timeout(Duration::from_millis(50), ws.recv()).await;
+    }
+
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let paused = Instant::now();
+    let last = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut last = None;
+        while let Some(item) = ws.recv().await {
+            last = Some(item);
+        }
+        last
+    })
+    .await
+    .expect("the server did not give up on the paused peer");
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    drop(peer);
+    assert!(matches!(last, Some(Err(volley::Error::Timeout("keepalive pong")))), "{last:?}");
+    // Detected within a ping interval plus the pong timeout (and the close timeout).
+    assert!(paused.elapsed() < Duration::from_secs(2), "took {:?}", paused.elapsed());
 }
