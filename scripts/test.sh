@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the workspace's unit, property and integration tests,
-# the Autobahn|Testsuite in both roles, the headless-Chromium test and a short fuzz run.
+# the Autobahn|Testsuite in both roles, the headless-Chromium test, a short fuzz run and
+# a smoke run of the benchmark harness (bench/smoke.sh).
 # Installs what the tests need first (Debian chromium, npm packages, the Autobahn suite,
 # cargo-fuzz). Ends with one line: "tests: N passed, M failed".
 set -euo pipefail
@@ -42,6 +43,9 @@ passed=$((passed + ${p:-0})); failed=$((failed + ${f:-1}))
 
 step "fuzz smoke"
 if scripts/fuzz-smoke.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
+
+step "benchmark harness smoke"
+if bench/smoke.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
 
 if [[ $status -ne 0 && $failed -eq 0 ]]; then failed=1; fi
 echo

@@ -1,0 +1,997 @@
+#!/usr/bin/env python3
+"""The benchmark comparison: Volley against tokio-tungstenite, fastwebsockets and
+tokio-websockets, with a raw TCP echo as the ceiling, through workloads W1-W9.
+
+Builds the echo servers (bench/, `bench-server`, `fanout-client`) and the load
+generator (`volley bench`) in release mode, then runs every server through every
+workload in one run, interleaved (A B C D E A B C D E ...), the server pinned to one
+core and the generator to the other, for --reps repetitions. Prints and writes the
+medians, each server's ratio to the best peer and to the raw ceiling, for throughput
+and for round trips per server-CPU-second, whether each target is met, and SVG bar
+charts: docs/BENCHMARKS.md and docs/bench/ (or --out DIR). Python 3 standard library
+only; Linux only (taskset, /proc).
+
+    python3 bench/run.py                   # the full comparison (about 20 minutes)
+    python3 bench/run.py --quick --out DIR # a few seconds per workload: the CI smoke
+    python3 bench/run.py --only W1,W5 --servers volley,fastwebsockets,raw
+
+Exit status: 0 when every run produced its JSON, 1 otherwise (a server that failed to
+start, a generator that failed or printed no JSON).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import select
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+
+# name, label, kind ("volley", "peer" or "ceiling"), bench-server --impl
+SERVERS = [
+    ("volley", "Volley", "volley", "volley"),
+    ("tungstenite", "tokio-tungstenite", "peer", "tungstenite"),
+    ("fastwebsockets", "fastwebsockets", "peer", "fastwebsockets"),
+    ("tokio-websockets", "tokio-websockets", "peer", "tokio-websockets"),
+    ("raw", "raw TCP echo (ceiling)", "ceiling", "raw"),
+]
+SERVER_NAMES = [s[0] for s in SERVERS]
+LABEL = {s[0]: s[1] for s in SERVERS}
+KIND = {s[0]: s[2] for s in SERVERS}
+IMPL = {s[0]: s[3] for s in SERVERS}
+# W8 compares Volley with permessage-deflate to Volley without.
+LABEL["volley-deflate"] = "Volley + permessage-deflate"
+KIND["volley-deflate"] = "volley"
+IMPL["volley-deflate"] = "volley"
+
+WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"]
+TITLES = {
+    "W1": "W1: 100 connections × 20 B text",
+    "W2": "W2: 100 connections × 16 KiB binary",
+    "W3": "W3: 1000 connections × 20 B text",
+    "W4": "W4: one connection, 1024 in flight, 64 B text",
+    "W5": "W5: p99 latency at a fixed rate, 100 connections, 20 B text",
+    "W6": "W6: memory per idle connection",
+    "W7": "W7: most concurrent connections held",
+    "W8": "W8: W1 with permessage-deflate",
+    "W9": "W9: fan-out, one message to every connection (prepared broadcast)",
+}
+# Descriptor headroom over the connection count (listener, stdio, runtime).
+FD_MARGIN = 100
+
+
+def settings(args):
+    """Per-workload parameters: full size, or tiny with --quick."""
+    q = args.quick
+    return {
+        "W1": {"c": 10 if q else 100, "s": 20, "k": 1},
+        "W2": {"c": 10 if q else 100, "s": 16384, "k": 1, "binary": True},
+        "W3": {"c": 50 if q else 1000, "s": 20, "k": 1},
+        "W4": {"c": 1, "s": 64, "k": 64 if q else 1024},
+        "W5": {"c": 10 if q else 100, "s": 20, "rates": [1000] if q else [5000, 20000]},
+        "W6": {"counts": [200] if q else [10000, 100000], "hold": 0.2 if q else 2.0},
+        "W7": {"step": 500 if q else 50000, "max": 500 if q else args.max_conns, "hold": 0.2 if q else 2.0},
+        "W8": {"c": 10 if q else 100, "s": 20, "k": 1, "more_sizes": [] if q else [1024]},
+        "W9": {"c": 100 if q else 10000, "m": 20 if q else 200, "s": 64, "warmup": 5 if q else 10},
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_capture(cmd, cwd=ROOT):
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
+def nofile_hard():
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def raise_nofile():
+    """preexec_fn of the children: soft descriptor limit up to the hard one."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def fd_capacity():
+    """Most connections one process can hold (server and generator each hold one end)."""
+    hard = nofile_hard()
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    return max(0, hard - FD_MARGIN)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def target_dir(manifest):
+    out = run_capture(["cargo", "metadata", "--format-version", "1", "--no-deps", "--manifest-path", manifest])
+    try:
+        return json.loads(out)["target_directory"]
+    except (ValueError, KeyError):
+        return os.path.join(os.path.dirname(manifest), "target")
+
+
+def build(args):
+    bench_manifest = os.path.join(BENCH, "Cargo.toml")
+    root_manifest = os.path.join(ROOT, "Cargo.toml")
+    if not args.no_build:
+        for cmd in (
+            ["cargo", "build", "--release", "--manifest-path", bench_manifest],
+            ["cargo", "build", "--release", "--manifest-path", root_manifest, "-p", "volley-cli"],
+        ):
+            log("==> " + " ".join(cmd))
+            subprocess.run(cmd, cwd=ROOT, check=True)
+    bench_bin = os.path.join(target_dir(bench_manifest), "release")
+    volley_bin = os.path.join(target_dir(root_manifest), "release", "volley")
+    paths = {
+        "server": os.path.join(bench_bin, "bench-server"),
+        "fanout": os.path.join(bench_bin, "fanout-client"),
+        "volley": volley_bin,
+    }
+    for p in paths.values():
+        if not os.access(p, os.X_OK):
+            sys.exit(f"run.py: {p} is missing (build it, or drop --no-build)")
+    return paths
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Server:
+    """A bench-server pinned to the server core; stopped with SIGTERM."""
+
+    def __init__(self, paths, name, logdir, core, extra=()):
+        cmd = ["taskset", "-c", str(core), paths["server"], "--impl", IMPL[name], "--listen", "127.0.0.1:0"]
+        if name == "volley-deflate":
+            cmd.append("--deflate")
+        cmd += list(extra)
+        self.errlog = tempfile.NamedTemporaryFile(dir=logdir, prefix=f"{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self.errlog, preexec_fn=raise_nofile, text=True, bufsize=1
+        )
+        self.addr = None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"{name}: server did not start: {line.strip() or self.stderr_tail()}")
+        self.addr = line.split()[-1]
+
+    @property
+    def pid(self):
+        return self.proc.pid  # taskset execs the server: same process
+
+    def url(self):
+        return f"ws://{self.addr}/"
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stderr_tail(self):
+        try:
+            with open(self.errlog.name, errors="replace") as f:
+                return " | ".join(f.read().strip().splitlines()[-3:])
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.errlog.close()
+
+
+def run_client(cmd, core, timeout):
+    """Runs a generator command pinned to the generator core; returns (json, error)."""
+    full = ["taskset", "-c", str(core)] + cmd
+    try:
+        p = subprocess.run(full, capture_output=True, text=True, timeout=timeout, preexec_fn=raise_nofile)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    out = p.stdout.strip()
+    try:
+        data = json.loads(out.splitlines()[-1]) if out else None
+    except ValueError:
+        data = None
+    if data is None:
+        tail = " | ".join(p.stderr.strip().splitlines()[-3:])
+        return None, f"exit {p.returncode}, no JSON: {tail}"
+    if p.returncode != 0:
+        return data, f"exit {p.returncode}"
+    return data, None
+
+
+def bench_cmd(paths, url, pid, args, c, s=20, k=1, binary=False, rate=None, idle=False, hold=2.0, deflate=False):
+    cmd = [paths["volley"], "bench", url, "-c", str(c), "--server-pid", str(pid), "--json", "--no-progress"]
+    if idle:
+        cmd += ["--idle", "--hold", str(hold)]
+    else:
+        cmd += ["-s", str(s), "-d", str(args.duration), "--warmup", str(args.warmup)]
+        if rate is not None:
+            cmd += ["--rate", str(rate)]
+        else:
+            cmd += ["-k", str(k)]
+        if binary:
+            cmd.append("--binary")
+    if deflate:
+        cmd.append("--deflate")
+    if c > 2000:
+        cmd += ["--connect-concurrency", "512"]
+    return cmd
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class Results:
+    def __init__(self):
+        self.runs = []  # every run: workload, case, server, rep, ok, error, data
+        self.failures = []
+        self.notes = {}  # workload -> [text]
+
+    def add(self, workload, case, server, rep, data, error):
+        ok = error is None and data is not None
+        self.runs.append(
+            {"workload": workload, "case": case, "server": server, "rep": rep, "ok": ok, "error": error, "data": data}
+        )
+        if not ok:
+            self.failures.append(f"{workload} {case} {server} rep {rep + 1}: {error}")
+
+    def values(self, workload, case, server, metric):
+        out = []
+        for r in self.runs:
+            if (r["workload"], r["case"], r["server"]) == (workload, case, server) and r["ok"]:
+                out.append(metric(r["data"]))
+        return out
+
+    def med(self, workload, case, server, metric):
+        return median(self.values(workload, case, server, metric))
+
+    def note(self, workload, text):
+        self.notes.setdefault(workload, []).append(text)
+
+
+def msgs_per_sec(d):
+    return d.get("msgs_per_sec")
+
+
+def msgs_per_cpu(d):
+    return (d.get("server") or {}).get("msgs_per_cpu_s")
+
+
+def cpu_s(d):
+    return (d.get("server") or {}).get("cpu_s")
+
+
+def p99(d):
+    return (d.get("latency_us") or {}).get("p99")
+
+
+def p50(d):
+    return (d.get("latency_us") or {}).get("p50")
+
+
+def rss_per_conn(d):
+    return (d.get("server") or {}).get("rss_per_conn")
+
+
+def check_counts(data, want):
+    """An error text when the run did not do what it was asked."""
+    if data is None:
+        return None
+    if data.get("connections_open", 0) < want:
+        first = data.get("first_connect_error") or ""
+        return f"only {data.get('connections_open')} of {want} connections opened {first}".strip()
+    if data.get("mode") != "idle" and data.get("mode") != "fanout" and not data.get("messages"):
+        return "no messages were echoed"
+    return None
+
+
+def interleaved(args, results, paths, workload, case, servers, client, want, timeout, logdir, server_extra=()):
+    """Runs `servers` round-robin (A B C A B C ...) for --reps repetitions; `client(name,
+    server)` gives the generator's command line."""
+    for rep in range(args.reps):
+        for name in servers:
+            data, error = None, None
+            try:
+                server = Server(paths, name, logdir, args.server_core, extra=server_extra)
+            except RuntimeError as e:
+                results.add(workload, case, name, rep, None, str(e))
+                log(f"    {workload} {case:>8} {name:<16} FAILED: {e}")
+                continue
+            try:
+                data, error = run_client(client(name, server), args.client_core, timeout)
+                error = error or check_counts(data, want)
+                if not server.alive():
+                    error = error or f"server exited: {server.stderr_tail()}"
+            finally:
+                server.stop()
+            results.add(workload, case, name, rep, data, error)
+            log(f"    {workload} {case:>8} {name:<16} rep {rep + 1}: {summary(data) if data else ''}"
+                f"{'  FAILED: ' + error if error else ''}")
+
+
+def summary(d):
+    if d.get("mode") == "idle":
+        return f"{d.get('connections_open')} open, {fmt_bytes(rss_per_conn(d))}/conn"
+    if d.get("mode") == "fanout":
+        return f"{fmt_num(d.get('deliveries_per_sec'))} deliveries/s, p99 {fmt_us((d.get('latency_us') or {}).get('p99'))}"
+    return (f"{fmt_num(msgs_per_sec(d))} msg/s, {fmt_num(msgs_per_cpu(d))} msg/CPU-s, "
+            f"p99 {fmt_us(p99(d))}")
+
+
+def run_throughput(args, results, paths, servers, w, conf, logdir, deflate_pair=False):
+    # W8 runs its target size (case "") and, for information, larger text that compresses.
+    sizes = [("", conf["s"])] + [(f"{s} B", s) for s in conf.get("more_sizes", [])]
+    for case, size in sizes:
+        def client(name, server, size=size):
+            return bench_cmd(paths, server.url(), server.pid, args, conf["c"], s=size, k=conf["k"],
+                             binary=conf.get("binary", False), deflate=name == "volley-deflate")
+
+        chosen = ["volley", "volley-deflate"] if deflate_pair else servers
+        interleaved(args, results, paths, w, case, chosen, client, conf["c"], args.duration + args.warmup + 120,
+                    logdir)
+
+
+def run_rate(args, results, paths, servers, conf, logdir):
+    for rate in conf["rates"]:
+        def client(name, server, rate=rate):
+            return bench_cmd(paths, server.url(), server.pid, args, conf["c"], s=conf["s"], rate=rate)
+
+        interleaved(args, results, paths, "W5", f"{rate}/s", servers, client, conf["c"],
+                    args.duration + args.warmup + 120, logdir)
+
+
+def run_idle(args, results, paths, servers, conf, logdir):
+    cap = fd_capacity()
+    for count in conf["counts"]:
+        if count > cap:
+            results.note("W6", f"{count:,} connections not run: the descriptor limit (RLIMIT_NOFILE hard limit "
+                               f"{nofile_hard():,} per process) holds at most {cap:,}.")
+            continue
+
+        def client(name, server, count=count):
+            return bench_cmd(paths, server.url(), server.pid, args, count, idle=True, hold=conf["hold"])
+
+        interleaved(args, results, paths, "W6", str(count), servers, client, count,
+                    conf["hold"] + 60 + count / 1000, logdir)
+
+
+def run_ramp(args, results, paths, servers, conf, logdir):
+    """W7: more connections per step until a step cannot be held; one pass per server."""
+    cap = fd_capacity()
+    top = min(conf["max"], cap)
+    step = conf["step"]
+    targets = list(range(step, top, step)) + [top]
+    for name in servers:
+        held, reason = 0, f"reached --max-conns ({conf['max']:,})"
+        if top < conf["max"]:
+            reason = (f"descriptor limit: RLIMIT_NOFILE hard limit {nofile_hard():,} per process "
+                      f"(each process holds one end of every connection)")
+        for target in targets:
+            try:
+                server = Server(paths, name, logdir, args.server_core)
+            except RuntimeError as e:
+                results.add("W7", str(target), name, 0, None, str(e))
+                reason = str(e)
+                break
+            cmd = bench_cmd(paths, server.url(), server.pid, args, target, idle=True, hold=conf["hold"])
+            try:
+                data, error = run_client(cmd, args.client_core, conf["hold"] + 120 + target / 500)
+                alive = server.alive()
+                tail = server.stderr_tail()
+            finally:
+                server.stop()
+            opened = (data or {}).get("connections_open", 0)
+            log(f"    W7 {target:>8} {name:<16}: {opened:,} held{'  (' + error + ')' if error else ''}")
+            if data is None:
+                results.add("W7", str(target), name, 0, None, error)
+                reason = error
+                break
+            # Holding fewer than asked ends the ramp; it is the finding, not a failure.
+            results.runs.append({"workload": "W7", "case": str(target), "server": name, "rep": 0, "ok": True,
+                                 "error": error, "data": data})
+            held = max(held, opened)
+            if opened < target or not alive:
+                first = data.get("first_connect_error") or (tail if not alive else "")
+                reason = f"{opened:,} of {target:,} opened at this step: {first or 'connect errors'}"
+                break
+        results.runs.append({"workload": "W7", "case": "max", "server": name, "rep": 0, "ok": True, "error": None,
+                             "data": {"held": held, "reason": reason}})
+
+
+def run_fanout(args, results, paths, conf, logdir):
+    if conf["c"] > fd_capacity():
+        results.note("W9", f"{conf['c']:,} connections exceed the descriptor limit; not run.")
+        return
+
+    def client(name, server):
+        return [paths["fanout"], server.url(), "-c", str(conf["c"]), "-m", str(conf["m"]), "-s", str(conf["s"]),
+                "--warmup", str(conf["warmup"]), "--server-pid", str(server.pid), "--connect-concurrency", "512"]
+
+    interleaved(args, results, paths, "W9", "", ["volley"], client, conf["c"], 300 + conf["c"] / 200, logdir,
+                server_extra=["--broadcast"])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_num(v):
+    if v is None:
+        return "–"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} M"
+    if v >= 1e4:
+        return f"{v / 1e3:.0f} k"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f} k"
+    return f"{v:.0f}"
+
+
+def fmt_us(v):
+    if v is None:
+        return "–"
+    if v >= 1000:
+        return f"{v / 1000:.2f} ms"
+    return f"{v:.0f} µs"
+
+
+def fmt_bytes(v):
+    if v is None:
+        return "–"
+    if v >= 1 << 20:
+        return f"{v / (1 << 20):.1f} MiB"
+    if v >= 10 << 10:
+        return f"{v / 1024:.0f} KiB"
+    return f"{v:,.0f} B"
+
+
+def fmt_ratio(v):
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def best_peer(results, w, case, metric, servers, lower_is_better=False):
+    vals = [(results.med(w, case, s, metric), s) for s in servers if KIND.get(s) == "peer"]
+    vals = [(v, s) for v, s in vals if v is not None]
+    if not vals:
+        return None, None
+    return (min if lower_is_better else max)(vals)
+
+
+def verdict(ok):
+    return "–" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def svg_bars(path, title, panels):
+    """Horizontal bar charts side by side; panels: [(subtitle, unit_fmt, [(label, value, kind)])]."""
+    colors = {"volley": "#d1495b", "peer": "#6c8ebf", "ceiling": "#9a9a9a"}
+    label_w, bar_w, gap, row_h, top = 190, 260, 40, 26, 56
+    rows = max((len(p[2]) for p in panels), default=1)
+    width = len(panels) * (label_w + bar_w + 70) + (len(panels) - 1) * gap + 20
+    height = top + rows * row_h + 20
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="10" y="20" font-size="14" font-weight="bold">{esc(title)}</text>']
+    for i, (subtitle, fmt, bars) in enumerate(panels):
+        x0 = 10 + i * (label_w + bar_w + 70 + gap)
+        out.append(f'<text x="{x0}" y="42" font-size="12" fill="#333">{esc(subtitle)}</text>')
+        vmax = max((v for _, v, _ in bars if v is not None), default=0) or 1
+        for j, (label, value, kind) in enumerate(bars):
+            y = top + j * row_h
+            out.append(f'<text x="{x0 + label_w - 6}" y="{y + 15}" text-anchor="end">{esc(label)}</text>')
+            if value is None:
+                out.append(f'<text x="{x0 + label_w + 4}" y="{y + 15}" fill="#999">no result</text>')
+                continue
+            w = max(1.0, bar_w * value / vmax)
+            out.append(f'<rect x="{x0 + label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" '
+                       f'fill="{colors.get(kind, "#6c8ebf")}"/>')
+            out.append(f'<text x="{x0 + label_w + w + 4:.1f}" y="{y + 15}">{esc(fmt(value))}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def esc(s):
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def machine_facts():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+            mem = f"{kb / (1 << 20):.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+
+    def sysctl(name):
+        try:
+            with open("/proc/sys/" + name.replace(".", "/")) as f:
+                return " ".join(f.read().split())
+        except OSError:
+            return "?"
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "rustc": run_capture(["rustc", "-V"]),
+        "nofile": nofile_hard(),
+        "file_max": sysctl("fs.file-max"),
+        "nr_open": sysctl("fs.nr_open"),
+        "port_range": sysctl("net.ipv4.ip_local_port_range"),
+        "tcp_mem": sysctl("net.ipv4.tcp_mem"),
+        "somaxconn": sysctl("net.core.somaxconn"),
+    }
+
+
+def peer_versions():
+    versions = {}
+    try:
+        with open(os.path.join(BENCH, "Cargo.lock")) as f:
+            name = None
+            for line in f:
+                if line.startswith("name = "):
+                    name = line.split('"')[1]
+                elif line.startswith("version = ") and name in ("tokio-tungstenite", "fastwebsockets",
+                                                                  "tokio-websockets", "tokio"):
+                    versions[name] = line.split('"')[1]
+    except OSError:
+        pass
+    return versions
+
+
+def throughput_section(results, w, servers, md, svgdir, rel, targets, deflate_pair=False, case=""):
+    if deflate_pair:
+        servers = ["volley", "volley-deflate"]
+    present = [s for s in servers if results.values(w, case, s, lambda d: 1)]
+    if not present:
+        md.append("No result.\n")
+        return
+    bp_rate, bp_rate_name = best_peer(results, w, case, msgs_per_sec, servers)
+    bp_cpu, bp_cpu_name = best_peer(results, w, case, msgs_per_cpu, servers)
+    raw_rate = results.med(w, case, "raw", msgs_per_sec)
+    raw_cpu = results.med(w, case, "raw", msgs_per_cpu)
+    if deflate_pair:
+        plain_cpu = results.med(w, case, "volley", msgs_per_cpu)
+        md.append("| server | round trips/s | server CPU (s) | round trips per server-CPU-s "
+                  "| CPU per round trip ÷ uncompressed | p50 | p99 |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|")
+        for s in present:
+            cpu = results.med(w, case, s, msgs_per_cpu)
+            md.append(f"| {LABEL[s]} | {fmt_num(results.med(w, case, s, msgs_per_sec))} | "
+                      f"{fmt_s(results.med(w, case, s, cpu_s))} | {fmt_num(cpu)} | "
+                      f"{fmt_ratio(ratio(plain_cpu, cpu))} | {fmt_us(results.med(w, case, s, p50))} | "
+                      f"{fmt_us(results.med(w, case, s, p99))} |")
+    else:
+        md.append(f"Best peer: {LABEL.get(bp_cpu_name, '–')} per server-CPU-second, "
+                  f"{LABEL.get(bp_rate_name, '–')} in throughput.\n")
+        md.append("| server | round trips/s | ÷ best peer | ÷ ceiling | server CPU (s) "
+                  "| round trips per server-CPU-s | ÷ best peer | ÷ ceiling | p50 | p99 |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for s in present:
+            rate = results.med(w, case, s, msgs_per_sec)
+            cpu = results.med(w, case, s, msgs_per_cpu)
+            md.append(f"| {LABEL[s]} | {fmt_num(rate)} | {fmt_ratio(ratio(rate, bp_rate))} | "
+                      f"{fmt_ratio(ratio(rate, raw_rate))} | {fmt_s(results.med(w, case, s, cpu_s))} | "
+                      f"{fmt_num(cpu)} | {fmt_ratio(ratio(cpu, bp_cpu))} | {fmt_ratio(ratio(cpu, raw_cpu))} | "
+                      f"{fmt_us(results.med(w, case, s, p50))} | {fmt_us(results.med(w, case, s, p99))} |")
+    md.append("")
+    name = f"{w.lower()}{'-' + case.split()[0] if case else ''}.svg"
+    title = TITLES[w] + (f" ({case} messages)" if case else "")
+    svg_bars(os.path.join(svgdir, name), title, [
+        ("round trips per second (median)", fmt_num,
+         [(LABEL[s], results.med(w, case, s, msgs_per_sec), KIND[s]) for s in present]),
+        ("round trips per server-CPU-second (median)", fmt_num,
+         [(LABEL[s], results.med(w, case, s, msgs_per_cpu), KIND[s]) for s in present]),
+    ])
+    md.append(f"![{title}]({rel}/{name})\n")
+    v_cpu = results.med(w, case, "volley", msgs_per_cpu)
+    if case:
+        return
+    if deflate_pair:
+        d_cpu = results.med(w, case, "volley-deflate", msgs_per_cpu)
+        cost = ratio(v_cpu, d_cpu)
+        ok = None if cost is None else cost <= 1.5
+        targets.append((w, "cost with permessage-deflate ≤ 1.5× uncompressed W1 (server CPU per round trip)",
+                        f"{fmt_ratio(cost)}", ok))
+        return
+    if w in ("W1", "W2", "W3"):
+        r_peer = ratio(v_cpu, bp_cpu)
+        r_ceil = ratio(v_cpu, raw_cpu)
+        targets.append((w, "Volley ≥ 1.25× the best peer in round trips per server-CPU-second",
+                        fmt_ratio(r_peer), None if r_peer is None else r_peer >= 1.25))
+        targets.append((w, "Volley ≥ 0.9× the raw ceiling in round trips per server-CPU-second",
+                        fmt_ratio(r_ceil), None if r_ceil is None else r_ceil >= 0.9))
+    if w == "W4":
+        r_ceil = ratio(v_cpu, raw_cpu)
+        r_rate = ratio(results.med(w, case, "volley", msgs_per_sec), raw_rate)
+        targets.append((w, "Volley within 10% of the raw ceiling (round trips per server-CPU-second)",
+                        fmt_ratio(r_ceil), None if r_ceil is None else r_ceil >= 0.9))
+        targets.append((w, "Volley within 10% of the raw ceiling (round trips per second)",
+                        fmt_ratio(r_rate), None if r_rate is None else r_rate >= 0.9))
+
+
+def fmt_s(v):
+    return "–" if v is None else f"{v:.2f}"
+
+
+def rate_section(results, servers, conf, md, svgdir, rel, targets):
+    panels = []
+    for rate in conf["rates"]:
+        case = f"{rate}/s"
+        present = [s for s in servers if results.values("W5", case, s, lambda d: 1)]
+        if not present:
+            continue
+        best, best_name = best_peer(results, "W5", case, p99, servers, lower_is_better=True)
+        md.append(f"**{rate:,} messages/s** (best peer p99: {LABEL.get(best_name, '–')})\n")
+        md.append("| server | p50 | p99 | p99.9 | max | p99 ÷ best peer's | achieved msg/s | server CPU (s) |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for s in present:
+            v = results.med("W5", case, s, p99)
+            md.append(f"| {LABEL[s]} | {fmt_us(results.med('W5', case, s, p50))} | {fmt_us(v)} | "
+                      f"{fmt_us(results.med('W5', case, s, lambda d: (d.get('latency_us') or {}).get('p999')))} | "
+                      f"{fmt_us(results.med('W5', case, s, lambda d: (d.get('latency_us') or {}).get('max')))} | "
+                      f"{fmt_ratio(ratio(v, best))} | {fmt_num(results.med('W5', case, s, msgs_per_sec))} | "
+                      f"{fmt_s(results.med('W5', case, s, cpu_s))} |")
+        md.append("")
+        panels.append((f"p99 latency at {rate:,} msg/s (median; shorter is better)", fmt_us,
+                       [(LABEL[s], results.med("W5", case, s, p99), KIND[s]) for s in present]))
+        v = results.med("W5", case, "volley", p99)
+        targets.append(("W5", f"Volley p99 at {rate:,} msg/s no worse than the best peer's",
+                        f"{fmt_us(v)} vs {fmt_us(best)}", None if v is None or best is None else v <= best))
+    if panels:
+        svg_bars(os.path.join(svgdir, "w5.svg"), TITLES["W5"], panels)
+        md.append(f"![{TITLES['W5']}]({rel}/w5.svg)\n")
+
+
+def idle_section(results, servers, conf, md, svgdir, rel, targets):
+    panels = []
+    for count in conf["counts"]:
+        case = str(count)
+        present = [s for s in servers if results.values("W6", case, s, lambda d: 1)]
+        if not present:
+            continue
+        md.append(f"**{count:,} idle connections**\n")
+        md.append("| server | bytes per connection | server RSS with them |")
+        md.append("|---|---:|---:|")
+        for s in present:
+            md.append(f"| {LABEL[s]} | {fmt_bytes(results.med('W6', case, s, rss_per_conn))} | "
+                      f"{fmt_bytes(results.med('W6', case, s, lambda d: (d.get('server') or {}).get('rss_after')))} |")
+        md.append("")
+        panels.append((f"{count:,} idle connections: bytes each (shorter is better)", fmt_bytes,
+                       [(LABEL[s], results.med("W6", case, s, rss_per_conn), KIND[s]) for s in present]))
+        v = results.med("W6", case, "volley", rss_per_conn)
+        targets.append(("W6", f"Volley ≤ 300 bytes per idle connection at {count:,}", fmt_bytes(v),
+                        None if v is None else v <= 300))
+    for text in results.notes.get("W6", []):
+        md.append(f"{text}\n")
+        if "not run" in text:
+            targets.append(("W6", f"Volley ≤ 300 bytes per idle connection at {text.split()[0]}", "not run", None))
+    if panels:
+        svg_bars(os.path.join(svgdir, "w6.svg"), TITLES["W6"], panels)
+        md.append(f"![{TITLES['W6']}]({rel}/w6.svg)\n")
+
+
+def ramp_section(results, servers, md, svgdir, rel, targets, facts):
+    rows = []
+    for s in servers:
+        for r in results.runs:
+            if r["workload"] == "W7" and r["case"] == "max" and r["server"] == s:
+                rows.append((s, r["data"]["held"], r["data"]["reason"]))
+    if not rows:
+        md.append("No result.\n")
+        return
+    md.append("| server | most connections held | why the ramp stopped |")
+    md.append("|---|---:|---|")
+    for s, held, reason in rows:
+        md.append(f"| {LABEL[s]} | {held:,} | {esc(reason)} |")
+    md.append("")
+    svg_bars(os.path.join(svgdir, "w7.svg"), TITLES["W7"],
+             [("connections held", lambda v: f"{v:,.0f}", [(LABEL[s], held, KIND[s]) for s, held, _ in rows])])
+    md.append(f"![{TITLES['W7']}]({rel}/w7.svg)\n")
+    held = next((h for s, h, _ in rows if s == "volley"), None)
+    targets.append(("W7", "≥ 1,000,000 concurrent connections (limits documented)",
+                    "–" if held is None else f"{held:,}", None if held is None else held >= 1_000_000))
+    md.append(f"""What the ramp ran into here, and what one million connections on one machine needs
+(both ends on this machine, so every number counts twice):
+
+- **File descriptors**: one per connection in each process. Here the hard
+  `RLIMIT_NOFILE` is {facts['nofile']:,} and cannot be raised without `CAP_SYS_RESOURCE`
+  (in a container: the runtime's `--ulimit nofile=`; under systemd: `LimitNOFILE=`).
+  1M needs a hard limit above 1,000,100 for both processes, `fs.nr_open` at least that
+  (here {facts['nr_open']}), and `fs.file-max` above 2,000,000 (here {facts['file_max']}).
+- **Ports**: a source address has `net.ipv4.ip_local_port_range` ({facts['port_range']})
+  ports toward one server address and port; the generator spreads connections over
+  127.0.0.1..127.0.0.N (`--source-addrs`, one per 25,000 connections: 40 for 1M).
+- **Kernel memory**: socket buffers count against `net.ipv4.tcp_mem` (pages; here
+  {facts['tcp_mem']}); idle sockets hold little, but 2M sockets need a few GiB of kernel
+  memory beyond both processes' resident memory ({facts['memory']} in this machine).
+- **Connection tracking**, when netfilter's conntrack is loaded:
+  `net.netfilter.nf_conntrack_max` above 2,000,000.
+- **Accept backlog**: `net.core.somaxconn` ({facts['somaxconn']}); the servers ask for 4,096.
+""")
+
+
+def fanout_section(results, md, targets):
+    ds = [r["data"] for r in results.runs if r["workload"] == "W9" and r["ok"]]
+    if not ds:
+        md.append("No result.\n")
+        for text in results.notes.get("W9", []):
+            md.append(f"{text}\n")
+        return
+    m = lambda f: median([f(d) for d in ds])  # noqa: E731
+    lat = lambda k: m(lambda d: (d.get("latency_us") or {}).get(k))  # noqa: E731
+    md.append("| server | receivers | deliveries/s | time to last receiver p50 | p99 | max "
+              "| deliveries per server-CPU-s | missed |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    md.append(f"| Volley (`Broadcast` of a `PreparedMessage`) | {m(lambda d: d['connections_open']):,.0f} | "
+              f"{fmt_num(m(lambda d: d['deliveries_per_sec']))} | {fmt_us(lat('p50'))} | {fmt_us(lat('p99'))} | "
+              f"{fmt_us(lat('max'))} | "
+              f"{fmt_num(m(lambda d: (d.get('server') or {}).get('deliveries_per_cpu_s')))} | "
+              f"{m(lambda d: d['missed']):.0f} |")
+    md.append("")
+
+
+def write_report(args, results, servers, facts, started, finished, out_dir):
+    conf = settings(args)
+    svgdir = os.path.join(out_dir, "bench")
+    os.makedirs(svgdir, exist_ok=True)
+    for old in os.listdir(svgdir):  # charts of an earlier run
+        if old.endswith(".svg"):
+            os.remove(os.path.join(svgdir, old))
+    rel = "bench"
+    targets = []
+    versions = peer_versions()
+    md = ["# Benchmarks", ""]
+    md.append("<!-- Generated by bench/run.py; do not edit by hand. -->\n")
+    if args.only:
+        md.append(f"**Partial run: workloads {', '.join(args.only)} only.**\n")
+    if args.quick:
+        md.append("**Quick run (--quick): tiny counts, one short repetition; the figures mean nothing.**\n")
+    md.append(f"Command: `{command_line()}`\n")
+    md.append(f"Run {started:%Y-%m-%d %H:%M} to {finished:%H:%M} UTC, {args.reps} repetition(s) per server and "
+              f"workload, interleaved (every server once, then again); {args.duration} s measured after "
+              f"{args.warmup} s of warm-up per run. Figures are medians over the repetitions.\n")
+    md.append("## Machine\n")
+    md.append(f"- CPU: {facts['cpu']}, {facts['nproc']} logical cores; memory {facts['memory']}")
+    md.append(f"- Linux {facts['kernel']}; {facts['rustc']}")
+    md.append(f"- Server pinned to core {args.server_core}, generator (`volley bench`, one thread) to core "
+              f"{args.client_core} (`taskset`)" + (" (**the same core**)" if args.server_core == args.client_core
+                                                  else ""))
+    md.append(f"- Load average at the start {facts['load_start']}, at the end {facts['load_end']} "
+              f"(other work on the machine shows up in throughput; CPU time per round trip is "
+              f"the server process's own)")
+    md.append(f"- Descriptor limit (hard `RLIMIT_NOFILE`): {facts['nofile']:,}")
+    md.append(f"- Peers: tokio-tungstenite {versions.get('tokio-tungstenite', '?')}, fastwebsockets "
+              f"{versions.get('fastwebsockets', '?')}, tokio-websockets {versions.get('tokio-websockets', '?')}; "
+              f"tokio {versions.get('tokio', '?')}\n")
+    md.append("""## How
+
+Every server is `bench-server` (bench/servers): a tokio current-thread runtime, one accept
+loop, `TCP_NODELAY`, one task per connection that reads a message and writes it back.
+
+- **Volley**: `accept_with`, then `recv` and `feed` (flushed before the next read waits).
+  Keepalive off (no peer sends pings); permessage-deflate only in W8.
+- **tokio-tungstenite** and **tokio-websockets**: their examples' `Stream` + `Sink` loop,
+  with replies batched as their `Sink` allows: `feed` each reply, `flush` once no further
+  message is ready. Default configurations.
+- **fastwebsockets**: `WebSocket::after_handshake` on the TCP stream (the crate's direct
+  path; the handshake is done by bench-server), `FragmentCollector`, `read_frame` then
+  `write_frame`. It has no write batching.
+- **raw TCP echo (ceiling)**: the same handshake, then the bytes straight back with only
+  the masking key dropped and the payload unmasked in place: the least any WebSocket
+  server must do (no message assembly, no validation).
+
+The generator is `volley bench` (closed loop, K messages in flight per connection; open
+loop at a fixed rate for W5; idle for W6 and W7), with `--server-pid`: the server's CPU
+time (utime + stime, clock ticks) is read from /proc over exactly the measured phase,
+and **round trips per server-CPU-second** is the fair figure when the generator, not the
+server, saturates its core. W9 uses `fanout-client` (bench/servers). "÷ best peer" is
+the ratio to the best of tokio-tungstenite, fastwebsockets and tokio-websockets for that
+column; "÷ ceiling" the ratio to the raw TCP echo.
+""")
+    md.append("## Targets\n")
+    body = []
+    for w in [w for w in WORKLOADS if w in args.only_set]:
+        body.append(f"## {TITLES[w]}\n")
+        if w in ("W1", "W2", "W3", "W4"):
+            c = conf[w]
+            body.append(f"{c['c']:,} connection(s), {c['s']:,} B {'binary' if c.get('binary') else 'text'}, "
+                        f"{c['k']} in flight per connection.\n")
+            throughput_section(results, w, servers, body, svgdir, rel, targets)
+        elif w == "W5":
+            rate_section(results, servers, conf["W5"], body, svgdir, rel, targets)
+        elif w == "W6":
+            body.append(f"`volley bench --idle`: (server RSS after − before) ÷ connections, after holding "
+                        f"them {conf['W6']['hold']} s.\n")
+            idle_section(results, servers, conf["W6"], body, svgdir, rel, targets)
+        elif w == "W7":
+            body.append(f"A fresh server per step, `volley bench --idle` with {conf['W7']['step']:,} more "
+                        f"connections per step up to `--max-conns` ({conf['W7']['max']:,}), capped by the "
+                        f"descriptor limit; one pass.\n")
+            ramp_section(results, servers, body, svgdir, rel, targets, facts)
+        elif w == "W8":
+            c = conf["W8"]
+            body.append(f"{c['c']} connections, {c['s']} B text, {c['k']} in flight; Volley with and without "
+                        "`--deflate` on both sides, interleaved. None of the peers implements "
+                        "permessage-deflate on the server (tokio-tungstenite and fastwebsockets say so in "
+                        "their READMEs; tokio-websockets has no extension support), so W8 is Volley against "
+                        "itself: the cost ratio is uncompressed round trips per server-CPU-second ÷ "
+                        "compressed ones. Volley's default threshold (64 B) sends messages this short "
+                        "uncompressed, so this measures negotiation and the per-message checks, not "
+                        "compression.\n")
+            throughput_section(results, w, servers, body, svgdir, rel, targets, deflate_pair=True)
+            for size in c.get("more_sizes", []):
+                body.append(f"For comparison (no target), {size:,} B text messages, which are compressed:\n")
+                throughput_section(results, w, servers, body, svgdir, rel, targets, deflate_pair=True,
+                                   case=f"{size} B")
+        elif w == "W9":
+            c = conf["W9"]
+            body.append(f"`bench-server --impl volley --broadcast` and `fanout-client`: {c['c']:,} receiving "
+                        f"connections; a sender connection sends {c['m']} messages of {c['s']} B one at a time "
+                        f"(after {c['warmup']} unmeasured), each timed until the last receiver has it. Volley "
+                        "only: the peers have no broadcast of pre-encoded messages, and one written for them "
+                        "here would measure this harness, not them. The client is one thread too, and reading "
+                        f"{c['c']:,} sockets per message is most of its work: deliveries/s is bounded by the "
+                        "client; deliveries per server-CPU-second is the server's figure.\n")
+            fanout_section(results, body, targets)
+    md.append("| workload | target | measured | |")
+    md.append("|---|---|---:|---|")
+    for w, text, value, ok in targets:
+        md.append(f"| {w} | {text} | {value} | {verdict(ok)} |")
+    md.append("")
+    if results.failures:
+        md.append("**Failed runs:**\n")
+        md += [f"- {esc(f)}" for f in results.failures]
+        md.append("")
+    md += body
+    md.append("Raw results of every run: [bench/results.json](bench/results.json).\n")
+    path = os.path.join(out_dir, "BENCHMARKS.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md).rstrip() + "\n")
+    with open(os.path.join(svgdir, "results.json"), "w") as f:
+        json.dump({"command": command_line(), "machine": facts, "runs": results.runs}, f, indent=1)
+    return path, targets
+
+
+def command_line():
+    argv = [a for a in sys.argv[1:]]
+    return " ".join(["python3", "bench/run.py"] + [shlex.quote(a) for a in argv])
+
+
+def load_avg():
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--reps", type=int, default=3, help="repetitions per server and workload (default 3)")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per run (default 1)")
+    p.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W5 (default: all)")
+    p.add_argument("--servers", default="", help=f"comma-separated servers (default: {','.join(SERVER_NAMES)})")
+    p.add_argument("--max-conns", type=int, default=200000, help="W7: stop the ramp here (default 200000)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny counts, 1 repetition, sub-second runs: a smoke test (needs --out)")
+    p.add_argument("--out", default="", help="directory for BENCHMARKS.md and bench/*.svg (default: docs/)")
+    p.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    p.add_argument("--server-core", type=int, default=0, help="core the server is pinned to (default 0)")
+    p.add_argument("--client-core", type=int, default=1, help="core the generator is pinned to (default 1)")
+    args = p.parse_args()
+
+    if args.quick:
+        if not args.out:
+            p.error("--quick does not overwrite docs/BENCHMARKS.md: give --out DIR")
+        args.reps = 1
+        args.duration = min(args.duration, 0.3)
+        args.warmup = min(args.warmup, 0.05)
+    args.only = [w.strip().upper() for w in args.only.split(",") if w.strip()]
+    for w in args.only:
+        if w not in WORKLOADS:
+            p.error(f"unknown workload {w} (known: {','.join(WORKLOADS)})")
+    args.only_set = set(args.only or WORKLOADS)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()] or SERVER_NAMES
+    for s in servers:
+        if s not in SERVER_NAMES:
+            p.error(f"unknown server {s} (known: {','.join(SERVER_NAMES)})")
+    out_dir = os.path.abspath(args.out or os.path.join(ROOT, "docs"))
+    if not sys.platform.startswith("linux"):
+        sys.exit("run.py: Linux only (taskset, /proc)")
+    usable = sorted(os.sched_getaffinity(0))
+    for attr in ("server_core", "client_core"):
+        if getattr(args, attr) not in usable:
+            log(f"run.py: core {getattr(args, attr)} is not available (usable: {usable}); using {usable[-1]}")
+            setattr(args, attr, usable[-1])
+    if args.server_core == args.client_core:
+        log("run.py: server and generator share one core: the figures are not comparable to a two-core run")
+
+    paths = build(args)
+    facts = machine_facts()
+    facts["load_start"] = load_avg()
+    conf = settings(args)
+    results = Results()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="volley-bench-") as logdir:
+        for w in WORKLOADS:
+            if w not in args.only_set:
+                continue
+            log(f"==> {TITLES[w]}")
+            if w in ("W1", "W2", "W3", "W4"):
+                run_throughput(args, results, paths, servers, w, conf[w], logdir)
+            elif w == "W5":
+                run_rate(args, results, paths, servers, conf["W5"], logdir)
+            elif w == "W6":
+                run_idle(args, results, paths, servers, conf["W6"], logdir)
+            elif w == "W7":
+                run_ramp(args, results, paths, servers, conf["W7"], logdir)
+            elif w == "W8":
+                if "volley" in servers:
+                    run_throughput(args, results, paths, servers, w, conf["W8"], logdir, deflate_pair=True)
+            elif w == "W9":
+                if "volley" in servers:
+                    run_fanout(args, results, paths, conf["W9"], logdir)
+    facts["load_end"] = load_avg()
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    path, targets = write_report(args, results, servers, facts, started, finished, out_dir)
+
+    log(f"\n==> {len(results.runs)} runs in {time.monotonic() - t0:.0f} s; report: {path}")
+    for w, text, value, ok in targets:
+        log(f"    {w}: {text}: {value} ({'met' if ok else 'not met' if ok is not None else 'n/a'})")
+    if results.failures:
+        log(f"\n{len(results.failures)} failed run(s):")
+        for f in results.failures:
+            log(f"    {f}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

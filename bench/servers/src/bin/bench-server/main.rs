@@ -1,0 +1,175 @@
+//! `bench-server`: one echo server per implementation, built the same way for each, for
+//! the comparison harness (bench/run.py).
+//!
+//! ```text
+//! bench-server --impl volley|tungstenite|fastwebsockets|tokio-websockets|raw --listen ADDR
+//!              [--deflate] [--broadcast]
+//! ```
+//!
+//! Every implementation runs on a tokio current-thread runtime (the harness pins the
+//! process to one core), accepts in one loop, sets `TCP_NODELAY` on every connection and
+//! spawns one task per connection that reads a message and writes it back. No task is
+//! wrapped in `tokio::task::unconstrained` (some peers' examples do): all run under
+//! tokio's default cooperative budget. The first line on stdout is
+//! `listening on ADDR` (with the port the system chose for `:0`).
+//!
+//! `--deflate` negotiates permessage-deflate (Volley only: none of the peers implements
+//! it on the server). `--broadcast` (Volley only) turns the echo into a fan-out: every
+//! message from a client is sent to all connections through a [`volley::Broadcast`] of
+//! prepared messages; connections to the path `/sender` send but are not members.
+
+mod fastws;
+mod handshake;
+mod raw;
+mod tokio_websockets;
+mod tungstenite;
+mod volley_echo;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Pending connections the listener queues (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: u32 = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Impl {
+    Volley,
+    Tungstenite,
+    FastWebSockets,
+    TokioWebSockets,
+    Raw,
+}
+
+struct Args {
+    imp: Impl,
+    listen: SocketAddr,
+    deflate: bool,
+    broadcast: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut imp = None;
+    let mut listen: SocketAddr = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    let mut deflate = false;
+    let mut broadcast = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--impl" => {
+                let name = args.next().ok_or("--impl needs a value")?;
+                imp = Some(match name.as_str() {
+                    "volley" => Impl::Volley,
+                    "tungstenite" | "tokio-tungstenite" => Impl::Tungstenite,
+                    "fastwebsockets" => Impl::FastWebSockets,
+                    "tokio-websockets" => Impl::TokioWebSockets,
+                    "raw" => Impl::Raw,
+                    other => return Err(format!("unknown implementation {other:?}")),
+                });
+            }
+            "--listen" => {
+                let addr = args.next().ok_or("--listen needs a value")?;
+                listen = addr.parse().map_err(|e| format!("--listen {addr}: {e}"))?;
+            }
+            "--deflate" => deflate = true,
+            "--broadcast" => broadcast = true,
+            "-h" | "--help" => {
+                return Err("usage: bench-server --impl volley|tungstenite|fastwebsockets|tokio-websockets|raw \
+                            --listen ADDR [--deflate] [--broadcast]"
+                    .into())
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let imp = imp.ok_or("--impl is required")?;
+    if deflate && imp != Impl::Volley {
+        return Err(format!("--deflate: {imp:?} has no server-side permessage-deflate"));
+    }
+    if broadcast && imp != Impl::Volley {
+        return Err(format!("--broadcast is implemented for volley only, not {imp:?}"));
+    }
+    Ok(Args { imp, listen, deflate, broadcast })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench-server: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+async fn serve(args: Args) -> std::io::Result<()> {
+    let listener = bind(args.listen)?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", listener.local_addr()?)?;
+        out.flush()?;
+    }
+    let group = args.broadcast.then(volley_echo::group);
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                eprintln!("bench-server: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            eprintln!("bench-server: TCP_NODELAY: {e}");
+        }
+        spawn_connection(args.imp, tcp, args.deflate, group.clone());
+    }
+}
+
+fn spawn_connection(imp: Impl, tcp: TcpStream, deflate: bool, group: Option<volley_echo::Group>) {
+    // Errors end the connection quietly: clients of a benchmark hang up abruptly.
+    match (imp, group) {
+        (Impl::Volley, Some(group)) => {
+            tokio::spawn(async move { volley_echo::fan_out(tcp, group).await.ok() });
+        }
+        (Impl::Volley, None) => {
+            tokio::spawn(async move { volley_echo::echo(tcp, deflate).await.ok() });
+        }
+        (Impl::Tungstenite, _) => {
+            tokio::spawn(async move { tungstenite::echo(tcp).await.ok() });
+        }
+        (Impl::FastWebSockets, _) => {
+            tokio::spawn(async move { fastws::echo(tcp).await.ok() });
+        }
+        (Impl::TokioWebSockets, _) => {
+            tokio::spawn(async move { tokio_websockets::echo(tcp).await.ok() });
+        }
+        (Impl::Raw, _) => {
+            tokio::spawn(async move { raw::echo(tcp).await.ok() });
+        }
+    }
+}

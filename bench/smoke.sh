@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Benchmark harness smoke test, for CI: runs bench/run.py --quick (it builds the bench
+# workspace and the volley binary in release mode first), every server through every
+# workload once with tiny counts and sub-second runs, into a temporary directory, so
+# docs/BENCHMARKS.md is left alone. No timing is asserted. Exits non-zero if a server
+# failed to start or a run produced no JSON (run.py's exit status), or if no report was
+# written.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+
+echo "==> cargo test --release --manifest-path bench/Cargo.toml"
+cargo test --release --manifest-path bench/Cargo.toml
+start=$(date +%s)
+python3 bench/run.py --quick --out "$OUT"
+test -s "$OUT/BENCHMARKS.md"
+test -s "$OUT/bench/results.json"
+echo "benchmark harness smoke: every server ran every workload ($(($(date +%s) - start)) s)"
