@@ -693,10 +693,13 @@ def idle_section(results, servers, conf, md, svgdir, rel, targets):
         if not present:
             continue
         md.append(f"**{count:,} idle connections**\n")
-        md.append("| server | bytes per connection | server RSS with them |")
-        md.append("|---|---:|---:|")
+        raw = results.med("W6", case, "raw", rss_per_conn)
+        md.append("| server | bytes per connection | above the raw echo's | server RSS with them |")
+        md.append("|---|---:|---:|---:|")
         for s in present:
-            md.append(f"| {LABEL[s]} | {fmt_bytes(results.med('W6', case, s, rss_per_conn))} | "
+            v = results.med("W6", case, s, rss_per_conn)
+            above = None if v is None or raw is None else v - raw
+            md.append(f"| {LABEL[s]} | {fmt_bytes(v)} | {fmt_bytes(above) if s != 'raw' else '–'} | "
                       f"{fmt_bytes(results.med('W6', case, s, lambda d: (d.get('server') or {}).get('rss_after')))} |")
         md.append("")
         panels.append((f"{count:,} idle connections: bytes each (shorter is better)", fmt_bytes,
@@ -763,14 +766,19 @@ def fanout_section(results, md, targets):
     m = lambda f: median([f(d) for d in ds])  # noqa: E731
     lat = lambda k: m(lambda d: (d.get("latency_us") or {}).get(k))  # noqa: E731
     md.append("| server | receivers | deliveries/s | time to last receiver p50 | p99 | max "
-              "| deliveries per server-CPU-s | missed |")
-    md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+              "| server CPU busy | deliveries per server-CPU-s | server RSS | missed |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    busy = m(lambda d: ratio((d.get("server") or {}).get("cpu_s"), d.get("duration_s")))
     md.append(f"| Volley (`Broadcast` of a `PreparedMessage`) | {m(lambda d: d['connections_open']):,.0f} | "
               f"{fmt_num(m(lambda d: d['deliveries_per_sec']))} | {fmt_us(lat('p50'))} | {fmt_us(lat('p99'))} | "
-              f"{fmt_us(lat('max'))} | "
+              f"{fmt_us(lat('max'))} | {'–' if busy is None else f'{busy:.0%}'} | "
               f"{fmt_num(m(lambda d: (d.get('server') or {}).get('deliveries_per_cpu_s')))} | "
+              f"{fmt_bytes(m(lambda d: (d.get('server') or {}).get('rss_after')))} | "
               f"{m(lambda d: d['missed']):.0f} |")
     md.append("")
+    if busy is not None:
+        md.append("The server was busy {:.0%} of the measured time: {}.\n".format(
+            busy, "the server's core is the bottleneck" if busy > 0.9 else "the client's core limits the rate"))
 
 
 def write_report(args, results, servers, facts, started, finished, out_dir):
@@ -844,7 +852,11 @@ column; "÷ ceiling" the ratio to the raw TCP echo.
             rate_section(results, servers, conf["W5"], body, svgdir, rel, targets)
         elif w == "W6":
             body.append(f"`volley bench --idle`: (server RSS after − before) ÷ connections, after holding "
-                        f"them {conf['W6']['hold']} s.\n")
+                        f"them {conf['W6']['hold']} s. Resident memory counts everything the process "
+                        "touched for the connections: the library's state, but also the tokio task and "
+                        "I/O registration, the allocator's overhead and what the handshakes left behind; "
+                        "the raw echo, which keeps almost nothing of its own, shows that floor. Socket "
+                        "buffers are kernel memory and not in it.\n")
             idle_section(results, servers, conf["W6"], body, svgdir, rel, targets)
         elif w == "W7":
             body.append(f"A fresh server per step, `volley bench --idle` with {conf['W7']['step']:,} more "
@@ -872,9 +884,9 @@ column; "÷ ceiling" the ratio to the raw TCP echo.
                         f"connections; a sender connection sends {c['m']} messages of {c['s']} B one at a time "
                         f"(after {c['warmup']} unmeasured), each timed until the last receiver has it. Volley "
                         "only: the peers have no broadcast of pre-encoded messages, and one written for them "
-                        "here would measure this harness, not them. The client is one thread too, and reading "
-                        f"{c['c']:,} sockets per message is most of its work: deliveries/s is bounded by the "
-                        "client; deliveries per server-CPU-second is the server's figure.\n")
+                        "here would measure this harness, not them. The client is one thread too (it reads "
+                        f"{c['c']:,} sockets per message); deliveries per server-CPU-second is the server's "
+                        "own figure either way.\n")
             fanout_section(results, body, targets)
     md.append("| workload | target | measured | |")
     md.append("|---|---|---:|---|")
