@@ -296,6 +296,11 @@ def p50(d):
     return (d.get("latency_us") or {}).get("p50")
 
 
+def busy(d):
+    """The share of the measured phase the server spent on its CPU."""
+    return ratio(cpu_s(d), d.get("duration_s"))
+
+
 def rss_per_conn(d):
     return (d.get("server") or {}).get("rss_per_conn")
 
@@ -594,27 +599,29 @@ def throughput_section(results, w, servers, md, svgdir, rel, targets, deflate_pa
     raw_cpu = results.med(w, case, "raw", msgs_per_cpu)
     if deflate_pair:
         plain_cpu = results.med(w, case, "volley", msgs_per_cpu)
-        md.append("| server | round trips/s | server CPU (s) | round trips per server-CPU-s "
+        md.append("| server | round trips/s | server busy | round trips per server-CPU-s | spread "
                   "| CPU per round trip ÷ uncompressed | p50 | p99 |")
-        md.append("|---|---:|---:|---:|---:|---:|---:|")
+        md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for s in present:
             cpu = results.med(w, case, s, msgs_per_cpu)
             md.append(f"| {LABEL[s]} | {fmt_num(results.med(w, case, s, msgs_per_sec))} | "
-                      f"{fmt_s(results.med(w, case, s, cpu_s))} | {fmt_num(cpu)} | "
+                      f"{fmt_pct(results.med(w, case, s, busy))} | {fmt_num(cpu)} | "
+                      f"{spread(results.values(w, case, s, msgs_per_cpu))} | "
                       f"{fmt_ratio(ratio(plain_cpu, cpu))} | {fmt_us(results.med(w, case, s, p50))} | "
                       f"{fmt_us(results.med(w, case, s, p99))} |")
     else:
         md.append(f"Best peer: {LABEL.get(bp_cpu_name, '–')} per server-CPU-second, "
                   f"{LABEL.get(bp_rate_name, '–')} in throughput.\n")
-        md.append("| server | round trips/s | ÷ best peer | ÷ ceiling | server CPU (s) "
-                  "| round trips per server-CPU-s | ÷ best peer | ÷ ceiling | p50 | p99 |")
-        md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        md.append("| server | round trips/s | ÷ best peer | ÷ ceiling | server busy "
+                  "| round trips per server-CPU-s | spread | ÷ best peer | ÷ ceiling | p50 | p99 |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for s in present:
             rate = results.med(w, case, s, msgs_per_sec)
             cpu = results.med(w, case, s, msgs_per_cpu)
             md.append(f"| {LABEL[s]} | {fmt_num(rate)} | {fmt_ratio(ratio(rate, bp_rate))} | "
-                      f"{fmt_ratio(ratio(rate, raw_rate))} | {fmt_s(results.med(w, case, s, cpu_s))} | "
-                      f"{fmt_num(cpu)} | {fmt_ratio(ratio(cpu, bp_cpu))} | {fmt_ratio(ratio(cpu, raw_cpu))} | "
+                      f"{fmt_ratio(ratio(rate, raw_rate))} | {fmt_pct(results.med(w, case, s, busy))} | "
+                      f"{fmt_num(cpu)} | {spread(results.values(w, case, s, msgs_per_cpu))} | "
+                      f"{fmt_ratio(ratio(cpu, bp_cpu))} | {fmt_ratio(ratio(cpu, raw_cpu))} | "
                       f"{fmt_us(results.med(w, case, s, p50))} | {fmt_us(results.med(w, case, s, p99))} |")
     md.append("")
     name = f"{w.lower()}{'-' + case.split()[0] if case else ''}.svg"
@@ -650,6 +657,18 @@ def throughput_section(results, w, servers, md, svgdir, rel, targets, deflate_pa
                         fmt_ratio(r_ceil), None if r_ceil is None else r_ceil >= 0.9))
         targets.append((w, "Volley within 10% of the raw ceiling (round trips per second)",
                         fmt_ratio(r_rate), None if r_rate is None else r_rate >= 0.9))
+
+
+def fmt_pct(v):
+    return "–" if v is None else f"{v:.0%}"
+
+
+def spread(values):
+    """Half the range of the repetitions, relative to their median."""
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return "–"
+    return f"±{(max(values) - min(values)) / 2 / statistics.median(values):.0%}"
 
 
 def fmt_s(v):
@@ -781,7 +800,7 @@ def fanout_section(results, md, targets):
             busy, "the server's core is the bottleneck" if busy > 0.9 else "the client's core limits the rate"))
 
 
-def write_report(args, results, servers, facts, started, finished, out_dir):
+def write_report(args, results, servers, facts, started, finished, out_dir, command):
     conf = settings(args)
     svgdir = os.path.join(out_dir, "bench")
     os.makedirs(svgdir, exist_ok=True)
@@ -797,7 +816,7 @@ def write_report(args, results, servers, facts, started, finished, out_dir):
         md.append(f"**Partial run: workloads {', '.join(args.only)} only.**\n")
     if args.quick:
         md.append("**Quick run (--quick): tiny counts, one short repetition; the figures mean nothing.**\n")
-    md.append(f"Command: `{command_line()}`\n")
+    md.append(f"Command: `{command}`\n")
     md.append(f"Run {started:%Y-%m-%d %H:%M} to {finished:%H:%M} UTC, {args.reps} repetition(s) per server and "
               f"workload, interleaved (every server once, then again); {args.duration} s measured after "
               f"{args.warmup} s of warm-up per run. Figures are medians over the repetitions.\n")
@@ -837,7 +856,12 @@ time (utime + stime, clock ticks) is read from /proc over exactly the measured p
 and **round trips per server-CPU-second** is the fair figure when the generator, not the
 server, saturates its core. W9 uses `fanout-client` (bench/servers). "÷ best peer" is
 the ratio to the best of tokio-tungstenite, fastwebsockets and tokio-websockets for that
-column; "÷ ceiling" the ratio to the raw TCP echo.
+column; "÷ ceiling" the ratio to the raw TCP echo. "Server busy" is the server's CPU time
+over the measured phase: near 100% the server is the bottleneck, below it the generator
+(or the round trip) limits the rate. "Spread" is half the range of the repetitions,
+relative to the median. Compare servers within a workload, where the runs are
+interleaved; figures of different workloads were taken minutes apart, and the machine
+may have had other work.
 """)
     md.append("## Targets\n")
     body = []
@@ -903,8 +927,32 @@ column; "÷ ceiling" the ratio to the raw TCP echo.
     with open(path, "w") as f:
         f.write("\n".join(md).rstrip() + "\n")
     with open(os.path.join(svgdir, "results.json"), "w") as f:
-        json.dump({"command": command_line(), "machine": facts, "runs": results.runs}, f, indent=1)
+        saved = {k: getattr(args, k) for k in SAVED_ARGS}
+        json.dump({"command": command, "settings": saved, "servers": servers, "started": started.isoformat(),
+                   "finished": finished.isoformat(), "machine": facts, "notes": results.notes,
+                   "failures": results.failures, "runs": results.runs}, f, indent=1)
     return path, targets
+
+
+# What --rerender needs to render a saved run again.
+SAVED_ARGS = ["reps", "duration", "warmup", "only", "max_conns", "quick", "server_core", "client_core"]
+
+
+def rerender(path, out_dir):
+    """Writes the report of a saved results.json again, without running anything."""
+    with open(path) as f:
+        saved = json.load(f)
+    args = argparse.Namespace(**saved["settings"])
+    args.only_set = set(args.only or WORKLOADS)
+    results = Results()
+    results.runs = saved["runs"]
+    results.notes = saved.get("notes", {})
+    results.failures = saved.get("failures", [])
+    started = datetime.datetime.fromisoformat(saved["started"])
+    finished = datetime.datetime.fromisoformat(saved["finished"])
+    # The SVGs and the copy of results.json are written next to the report.
+    return write_report(args, results, saved["servers"], saved["machine"], started, finished, out_dir,
+                        saved["command"])
 
 
 def command_line():
@@ -936,7 +984,14 @@ def main():
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     p.add_argument("--server-core", type=int, default=0, help="core the server is pinned to (default 0)")
     p.add_argument("--client-core", type=int, default=1, help="core the generator is pinned to (default 1)")
+    p.add_argument("--rerender", metavar="RESULTS_JSON",
+                   help="only write the report again from a saved results.json (to --out, default docs/)")
     args = p.parse_args()
+
+    if args.rerender:
+        path, _ = rerender(args.rerender, os.path.abspath(args.out or os.path.join(ROOT, "docs")))
+        log(f"report: {path}")
+        return 0
 
     if args.quick:
         if not args.out:
@@ -992,7 +1047,7 @@ def main():
                     run_fanout(args, results, paths, conf["W9"], logdir)
     facts["load_end"] = load_avg()
     finished = datetime.datetime.now(datetime.timezone.utc)
-    path, targets = write_report(args, results, servers, facts, started, finished, out_dir)
+    path, targets = write_report(args, results, servers, facts, started, finished, out_dir, command_line())
 
     log(f"\n==> {len(results.runs)} runs in {time.monotonic() - t0:.0f} s; report: {path}")
     for w, text, value, ok in targets:
