@@ -11,7 +11,7 @@ and for round trips per server-CPU-second, whether each target is met, and SVG b
 charts: docs/BENCHMARKS.md and docs/bench/ (or --out DIR). Python 3 standard library
 only; Linux only (taskset, /proc).
 
-    python3 bench/run.py                   # the full comparison (about 20 minutes)
+    python3 bench/run.py                   # the full comparison (about 15 minutes)
     python3 bench/run.py --quick --out DIR # a few seconds per workload: the CI smoke
     python3 bench/run.py --only W1,W5 --servers volley,fastwebsockets,raw
 
@@ -880,7 +880,8 @@ may have had other work.
                         "touched for the connections: the library's state, but also the tokio task and "
                         "I/O registration, the allocator's overhead and what the handshakes left behind; "
                         "the raw echo, which keeps almost nothing of its own, shows that floor. Socket "
-                        "buffers are kernel memory and not in it.\n")
+                        "buffers are kernel memory and not in it. tokio-tungstenite's default configuration "
+                        "gives every connection a 128 KiB read buffer (`WebSocketConfig::read_buffer_size`).\n")
             idle_section(results, servers, conf["W6"], body, svgdir, rel, targets)
         elif w == "W7":
             body.append(f"A fresh server per step, `volley bench --idle` with {conf['W7']['step']:,} more "
