@@ -440,7 +440,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 self.conn.send_close(code, reason)?;
             }
         }
-        self.take_transmits();
+        // The frame stays in the core's batch buffer, where the frames fed after it are
+        // appended: the next write takes the whole batch as one chunk.
         Ok(())
     }
 
@@ -465,14 +466,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if self.finish == Finish::Done || self.dead {
             return Poll::Ready(Err(Error::Closed));
         }
-        if self.wq_len < self.limits.write_buffer_size {
+        if self.buffered_amount() < self.limits.write_buffer_size {
             return Poll::Ready(Ok(true));
         }
         let written = self.poll_write_backlog(cx);
         if let Poll::Ready(Err(e)) = written {
             return Poll::Ready(Err(Error::Io(e)));
         }
-        if self.wq_len < self.limits.write_buffer_size {
+        if self.buffered_amount() < self.limits.write_buffer_size {
             return Poll::Ready(Ok(true));
         }
         match self.limits.slow_reader {
@@ -531,6 +532,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// `poll_write_queue`, noting whether the transport is backed up: while it is,
     /// control frames are queued with priority.
     fn poll_write_backlog(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.take_transmits();
         let r = self.poll_write_queue_inner(cx);
         self.conn.set_control_priority(r.is_pending());
         r
@@ -736,7 +738,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 continue;
             }
             if let Some(event) = self.conn.poll_event() {
-                self.take_transmits();
+                // Replies the core made (a pong, a close echo) stay in its batch buffer
+                // with the application's answers until the next write takes them.
                 let msg = match event {
                     Event::Text(t) => Message::Text(t),
                     Event::Binary(b) => Message::Binary(b),
