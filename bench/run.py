@@ -555,7 +555,10 @@ def machine_facts():
         except OSError:
             return "?"
 
+    commit = run_capture(["git", "rev-parse", "--short=12", "HEAD"])
+    dirty = run_capture(["git", "status", "--porcelain", "--untracked-files=no", "--", "crates", "Cargo.lock"])
     return {
+        "volley_commit": (commit or "unknown") + (" with uncommitted changes in crates/" if dirty else ""),
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "memory": mem,
@@ -823,6 +826,7 @@ def write_report(args, results, servers, facts, started, finished, out_dir, comm
     md.append("## Machine\n")
     md.append(f"- CPU: {facts['cpu']}, {facts['nproc']} logical cores; memory {facts['memory']}")
     md.append(f"- Linux {facts['kernel']}; {facts['rustc']}")
+    md.append(f"- Volley at commit {facts.get('volley_commit', 'unknown')}")
     md.append(f"- Server pinned to core {args.server_core}, generator (`volley bench`, one thread) to core "
               f"{args.client_core} (`taskset`)" + (" (**the same core**)" if args.server_core == args.client_core
                                                   else ""))
