@@ -1,43 +1,16 @@
 //! `volley connect` as a person uses it: an interactive session in a real terminal
 //! (tmux: keys are typed, the screen is read back), and pipe mode from a script.
 
+mod common;
+
 use std::io::Write;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{echo_with, free_port, Proc};
 
 fn echo() -> (Proc, u16) {
     echo_with(&[])
-}
-
-/// `volley echo` with extra flags, on a free port.
-fn echo_with(extra: &[&str]) -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_volley"))
-        .args(["echo", "--listen", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "echo server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Proc(child), port)
 }
 
 /// A tmux session running one command, killed when dropped.
