@@ -21,6 +21,7 @@
 mod fastws;
 mod handshake;
 mod raw;
+mod stream_sink;
 mod tokio_websockets;
 mod tungstenite;
 mod volley_echo;

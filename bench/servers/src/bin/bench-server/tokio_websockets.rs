@@ -5,25 +5,10 @@
 //! whenever the stream is polled for the next message, so in practice every reply
 //! leaves in a write of its own, as with `send`.
 
-use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
 use tokio_websockets::{Error, ServerBuilder};
 
 pub async fn echo(tcp: TcpStream) -> Result<(), Error> {
-    let (_request, mut ws) = ServerBuilder::new().accept(tcp).await?;
-    loop {
-        let next = match ws.next().now_or_never() {
-            Some(next) => next,
-            None => {
-                ws.flush().await?;
-                ws.next().await
-            }
-        };
-        let Some(msg) = next else { break };
-        let msg = msg?;
-        if msg.is_text() || msg.is_binary() {
-            ws.feed(msg).await?;
-        }
-    }
-    Ok(())
+    let (_request, ws) = ServerBuilder::new().accept(tcp).await?;
+    super::stream_sink::echo(ws, |m: &tokio_websockets::Message| m.is_text() || m.is_binary()).await
 }

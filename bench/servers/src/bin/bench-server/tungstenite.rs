@@ -6,25 +6,10 @@
 //! of pipelined messages with one write; with `send` per message tokio-tungstenite
 //! would make one write per message.
 
-use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Error;
 
 pub async fn echo(tcp: TcpStream) -> Result<(), Error> {
-    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
-    loop {
-        let next = match ws.next().now_or_never() {
-            Some(next) => next,
-            None => {
-                ws.flush().await?;
-                ws.next().await
-            }
-        };
-        let Some(msg) = next else { break };
-        let msg = msg?;
-        if msg.is_text() || msg.is_binary() {
-            ws.feed(msg).await?;
-        }
-    }
-    Ok(())
+    let ws = tokio_tungstenite::accept_async(tcp).await?;
+    super::stream_sink::echo(ws, |m: &tokio_tungstenite::tungstenite::Message| m.is_text() || m.is_binary()).await
 }
