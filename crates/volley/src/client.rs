@@ -314,13 +314,7 @@ impl ClientBuilder {
                 "root_certificate cannot be combined with tls_config: add the root to the ClientConfig",
             ))),
             (None, true) => Ok(tls::default_client_config()),
-            (None, false) => {
-                let mut roots = tls::default_roots();
-                for cert in &self.root_certificates {
-                    roots.add(cert.clone()).map_err(tls::tls_error)?;
-                }
-                Ok(tls::client_config(roots))
-            }
+            (None, false) => Ok(tls::client_config(tls::roots_with(&self.root_certificates)?)),
         }
     }
 
@@ -454,15 +448,7 @@ impl ClientBuilder {
         })
         .await?;
         let protocol = response.protocol().map(str::to_string);
-        let mut params = None;
-        for answer in response.extensions() {
-            match (&config.deflate, params) {
-                (Some(dc), None) if answer.name == deflate::EXTENSION => {
-                    params = Some(deflate::accept_response(answer, dc)?);
-                }
-                _ => return Err(HandshakeError::Extension(answer.name.clone()).into()),
-            }
-        }
+        let params = accept_extensions(response.extensions(), &config)?;
         let ws = WebSocket::from_handshaken(io, Role::Client, config, &leftover, protocol, params).with_handshake_info(
             &target.path,
             response.headers().clone(),
@@ -471,6 +457,24 @@ impl ClientBuilder {
         );
         Ok((ws, response))
     }
+}
+
+/// Checks the extensions a server's answer agreed to (HTTP/1.1 or HTTP/2): only
+/// permessage-deflate, once, and only if offered; returns its parameters.
+pub(crate) fn accept_extensions(
+    answers: &[volley_proto::ExtensionOffer],
+    config: &Config,
+) -> Result<Option<volley_proto::DeflateParams>, Error> {
+    let mut params = None;
+    for answer in answers {
+        match (&config.deflate, params) {
+            (Some(dc), None) if answer.name == deflate::EXTENSION => {
+                params = Some(deflate::accept_response(answer, dc)?);
+            }
+            _ => return Err(HandshakeError::Extension(answer.name.clone()).into()),
+        }
+    }
+    Ok(params)
 }
 
 /// Connects to a ws:// or wss:// URL with the default configuration.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use volley_proto::handshake::{server::reject_response, Request, Response};
-use volley_proto::{deflate, HandshakeError, Role};
+use volley_proto::{deflate, DeflateParams, HandshakeError, Role};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -137,18 +137,7 @@ where
             Err(e) => return Err(e),
         };
         request.set_remote_addr(remote);
-        let mut response = Response::accept(&request);
-        if let Some(p) = request.pick_protocol(&config.protocols) {
-            let p = p.to_string();
-            response.set_protocol(&request, &p)?;
-        }
-        let mut params = None;
-        if let Some(dc) = &config.deflate {
-            if let Some((agreed, answer)) = deflate::negotiate(request.extensions(), dc) {
-                response.add_extension(answer);
-                params = Some(agreed);
-            }
-        }
+        let (mut response, params) = negotiate(&request, &config);
         if let Err(rejection) = hook(&request, &mut response) {
             let _ = io.write_all(&rejection.encode()).await;
             let _ = io.shutdown().await;
@@ -169,6 +158,27 @@ where
             http::Version::HTTP_11,
         )
         .with_addrs(remote, local))
+}
+
+/// The answer to a checked request before the hook sees it: the first of the client's
+/// subprotocols found in [`Config::protocols`], and permessage-deflate if the client
+/// offered it and the configuration allows it (with the agreed parameters). Shared by
+/// every server path, HTTP/1.1 and HTTP/2 alike.
+pub(crate) fn negotiate(request: &Request, config: &Config) -> (Response, Option<DeflateParams>) {
+    let mut response = Response::accept(request);
+    if let Some(p) = request.pick_protocol(&config.protocols) {
+        let p = p.to_string();
+        // Cannot fail: `p` is one of the request's own subprotocols.
+        let _ = response.set_protocol(request, &p);
+    }
+    let mut params = None;
+    if let Some(dc) = &config.deflate {
+        if let Some((agreed, answer)) = deflate::negotiate(request.extensions(), dc) {
+            response.add_extension(answer);
+            params = Some(agreed);
+        }
+    }
+    (response, params)
 }
 
 async fn read_request<S: AsyncRead + Unpin>(io: &mut S, config: &Config) -> Result<(Request, BytesMut), Error> {

@@ -222,6 +222,15 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, Error> {
     ServerName::try_from(host.to_string()).map_err(|_| Error::Url(format!("{host}: not a valid TLS server name")))
 }
 
+/// [`default_roots`] plus `extra` (a private CA, a test's own root).
+pub(crate) fn roots_with(extra: &[CertificateDer<'static>]) -> Result<RootCertStore, Error> {
+    let mut roots = default_roots();
+    for cert in extra {
+        roots.add(cert.clone()).map_err(tls_error)?;
+    }
+    Ok(roots)
+}
+
 pub(crate) fn tls_error(e: rustls::Error) -> Error {
     Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
 }

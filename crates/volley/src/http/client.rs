@@ -147,13 +147,7 @@ impl H2ClientBuilder {
                 "root_certificate cannot be combined with tls_config: add the root to the ClientConfig",
             ))),
             (None, true) => Ok(default_h2_client_config()),
-            (None, false) => {
-                let mut roots = tls::default_roots();
-                for cert in &self.root_certificates {
-                    roots.add(cert.clone()).map_err(tls::tls_error)?;
-                }
-                Ok(h2_client_config(roots))
-            }
+            (None, false) => Ok(h2_client_config(tls::roots_with(&self.root_certificates)?)),
         }
     }
 
@@ -309,15 +303,7 @@ impl H2ClientBuilder {
             values.push(v.to_str().map_err(|_| HandshakeError::MalformedHeader("Sec-WebSocket-Extensions"))?);
         }
         let extensions = ExtensionOffer::parse_all(values)?;
-        let mut params = None;
-        for answer in &extensions {
-            match (&config.deflate, params) {
-                (Some(dc), None) if answer.name == deflate::EXTENSION => {
-                    params = Some(deflate::accept_response(answer, dc)?);
-                }
-                _ => return Err(HandshakeError::Extension(answer.name.clone()).into()),
-            }
-        }
+        let params = crate::client::accept_extensions(&extensions, &config)?;
         let fields = Headers::from_pairs(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
         let upgraded = hyper::upgrade::on(&mut response).await.map_err(hyper_error)?;
         let ws = WebSocket::from_handshaken(wrap(TokioIo::new(upgraded)), Role::Client, config, &[], protocol, params)

@@ -82,7 +82,7 @@ use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use volley_proto::handshake::{Headers, Request, Response};
-use volley_proto::{deflate, DeflateParams, ExtensionOffer, HandshakeError, Role};
+use volley_proto::{DeflateParams, ExtensionOffer, HandshakeError, Role};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -242,19 +242,7 @@ impl Checked {
     {
         let Checked { mut request, on_upgrade, version } = self;
         request.set_remote_addr(remote);
-        let mut response = Response::accept(&request);
-        if let Some(p) = request.pick_protocol(&config.protocols) {
-            let p = p.to_string();
-            // Cannot fail: `p` is one of the request's own subprotocols.
-            let _ = response.set_protocol(&request, &p);
-        }
-        let mut params = None;
-        if let Some(dc) = &config.deflate {
-            if let Some((agreed, answer)) = deflate::negotiate(request.extensions(), dc) {
-                response.add_extension(answer);
-                params = Some(agreed);
-            }
-        }
+        let (mut response, params) = crate::server::negotiate(&request, &config);
         if let Err(rejection) = hook(&request, &mut response) {
             return Err(UpgradeError { kind: Kind::Rejected(rejection), version });
         }
