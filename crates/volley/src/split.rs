@@ -2,10 +2,11 @@
 //! broadcast groups that send one prepared message to many connections.
 //!
 //! [`WebSocket::split`] hands the connection to a task of its own, which drives it
-//! exactly as an unsplit `WebSocket` (keepalive, closing handshake, corked writes) and
-//! talks to the halves over channels: no lock is taken on the way of a message. The
-//! [`WriteHalf`] is `Clone`, so many tasks (or a [`Broadcast`] group) can send to one
-//! connection.
+//! exactly as an unsplit `WebSocket` (keepalive, closing handshake, corked writes). The
+//! halves talk to it through two queues under one lock that is held only to push or pop
+//! (never across an await or a system call), and the queues give their memory back
+//! whenever they empty. The [`WriteHalf`] is `Clone`, so many tasks (or a [`Broadcast`]
+//! group) can send to one connection.
 //!
 //! Cancel safety, for `tokio::select!`:
 //! - [`ReadHalf::recv`] is cancel-safe: a message is either returned or stays queued.
@@ -17,12 +18,13 @@
 //! The unsplit [`WebSocket`] is cancel-safe too: `recv` keeps partial input inside the
 //! connection, and `feed`/`flush` keep queued frames in its write queue.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use volley_proto::{CloseCode, PreparedMessage};
 
 use crate::config::SlowReader;
@@ -30,7 +32,8 @@ use crate::error::Error;
 use crate::message::Message;
 use crate::websocket::{ConnectionInfo, WebSocket};
 
-/// Messages received and not yet taken by the reader half.
+/// Messages received and not yet taken by the reader half: past this many, the
+/// connection task stops reading (TCP pushes back on the peer).
 const INBOX: usize = 256;
 /// Commands (messages to send) the writer halves may queue before `feed` waits, on top
 /// of the byte limit.
@@ -41,43 +44,98 @@ enum Command {
     Message(Message, usize),
     Prepared(PreparedMessage, usize),
     Flush(oneshot::Sender<Result<(), Error>>),
-    /// Slow reader: drop what has not started to leave and close with this code.
-    Abort(CloseCode),
 }
 
 /// State shared by the halves and the connection task.
+///
+/// One short-held lock guards the queues both ways. They are plain `VecDeque`s that
+/// give their memory back whenever their consumer is about to wait, so an idle split
+/// connection holds no queue memory at all (channels keep blocks of slots allocated for
+/// their whole life, which for a broadcast to thousands of mostly idle members was most
+/// of each member's memory).
 struct Shared {
-    /// Bytes handed to writer halves and not yet passed to the connection.
-    queued: AtomicUsize,
-    /// Bytes in the connection's own write buffer.
-    buffered: AtomicUsize,
-    dropped: AtomicU64,
-    closed: AtomicBool,
+    inner: Mutex<Inner>,
+    /// Woken when the writers may find room: commands were taken, buffered bytes were
+    /// written, or the connection ended.
     drained: Notify,
+    info: ConnectionInfo,
     limit: usize,
     policy: SlowReader,
 }
 
+#[derive(Default)]
+struct Inner {
+    /// Messages from the writer halves, in order.
+    commands: VecDeque<Command>,
+    /// Slow reader: drop what has not started to leave and close with this code,
+    /// ahead of any command.
+    abort: Option<CloseCode>,
+    /// Received items the reader half has not taken.
+    inbox: VecDeque<Result<Message, Error>>,
+    /// Bytes in `commands`.
+    queued: usize,
+    /// Bytes in the connection's own write buffer, as of its last step.
+    buffered: usize,
+    dropped: u64,
+    /// The connection task has ended.
+    closed: bool,
+    /// The reader half has been dropped: received items are discarded.
+    reader_gone: bool,
+    /// The connection task, waiting for a command or for room in the inbox.
+    driver: Option<Waker>,
+    /// The reader half, waiting for an item.
+    reader: Option<Waker>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves `Inner` consistent between statements that can
+        // panic (none allocate halfway through an update), so a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a message of `len` bytes fits under the byte limit.
+    fn has_room(&self, inner: &Inner, len: usize) -> bool {
+        let used = inner.queued + inner.buffered;
+        used < self.limit || len == 0 && used == 0
+    }
+}
+
+/// Wakes the waker taken from the shared state, after the lock is released.
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
 /// The receiving half of a split connection.
-#[derive(Debug)]
 pub struct ReadHalf {
-    rx: mpsc::Receiver<Result<Message, Error>>,
-    info: Arc<ConnectionInfo>,
+    shared: Arc<Shared>,
 }
 
 /// The sending half of a split connection. Cloning it gives another sender to the same
 /// connection.
 #[derive(Clone)]
 pub struct WriteHalf {
-    tx: mpsc::Sender<Command>,
-    urgent: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
-    info: Arc<ConnectionInfo>,
+}
+
+impl std::fmt::Debug for ReadHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadHalf").field("id", &self.shared.info.id()).finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for WriteHalf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteHalf").field("id", &self.info.id()).finish_non_exhaustive()
+        f.debug_struct("WriteHalf").field("id", &self.shared.info.id()).finish_non_exhaustive()
     }
 }
 
@@ -85,185 +143,258 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
     /// Splits the connection into a reader and a writer half, spawning a task on the
     /// current tokio runtime that drives it. Keepalive, the closing handshake and the
     /// slow-reader policy keep working; the task ends with the connection.
-    pub fn split(self) -> (ReadHalf, WriteHalf) {
-        let info = Arc::new(self.info().clone());
+    pub fn split(mut self) -> (ReadHalf, WriteHalf) {
+        let info = self.take_info();
         let (limit, policy) = self.write_policy();
-        let shared = Arc::new(Shared {
-            queued: AtomicUsize::new(0),
-            buffered: AtomicUsize::new(0),
-            dropped: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            drained: Notify::new(),
-            limit,
-            policy,
-        });
-        let (in_tx, in_rx) = mpsc::channel(INBOX);
-        let (tx, cmd_rx) = mpsc::channel(OUTBOX);
-        let (urgent, urgent_rx) = mpsc::unbounded_channel();
-        tokio::spawn(drive(self, cmd_rx, urgent_rx, in_tx, shared.clone()));
-        (ReadHalf { rx: in_rx, info: info.clone() }, WriteHalf { tx, urgent, shared, info })
+        let shared = Arc::new(Shared { inner: Mutex::default(), drained: Notify::new(), info, limit, policy });
+        tokio::spawn(drive(self, shared.clone()));
+        (ReadHalf { shared: shared.clone() }, WriteHalf { shared })
     }
+}
+
+/// One thing for the connection task to do.
+enum Step {
+    Abort(CloseCode),
+    Command(Command),
+    Received(Option<Result<Message, Error>>),
 }
 
 /// The connection task.
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
-    mut ws: WebSocket<S>,
-    mut cmds: mpsc::Receiver<Command>,
-    mut urgent: mpsc::UnboundedReceiver<Command>,
-    inbox: mpsc::Sender<Result<Message, Error>>,
-    shared: Arc<Shared>,
-) {
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, shared: Arc<Shared>) {
     // The halves apply the policy; here the connection only waits for its buffer.
     ws.set_write_policy(SlowReader::Wait);
-    let mut writers = true;
-    let mut reader = true;
     loop {
-        tokio::select! {
-            biased;
-            Some(cmd) = urgent.recv() => handle(&mut ws, cmd, &shared).await,
-            cmd = cmds.recv(), if writers => match cmd {
-                Some(cmd) => handle(&mut ws, cmd, &shared).await,
-                None => writers = false,
-            },
-            item = ws.recv() => match item {
-                Some(item) => {
-                    if reader && inbox.send(item).await.is_err() {
-                        // Nobody reads any more; keep driving for keepalive and close.
-                        reader = false;
-                    }
+        let step = poll_fn(|cx| next_step(&mut ws, &shared, cx)).await;
+        let mut taken = 0;
+        match step {
+            Step::Abort(code) => ws.abort_with(code),
+            Step::Command(Command::Message(msg, len)) => {
+                let _ = ws.feed(msg).await;
+                taken = len;
+            }
+            Step::Command(Command::Prepared(msg, len)) => {
+                let _ = ws.feed_prepared(&msg).await;
+                taken = len;
+            }
+            Step::Command(Command::Flush(reply)) => {
+                let _ = reply.send(ws.flush().await);
+            }
+            Step::Received(Some(item)) => {
+                let mut inner = shared.lock();
+                if !inner.reader_gone {
+                    inner.inbox.push_back(item);
+                    let reader = inner.reader.take();
+                    drop(inner);
+                    wake(reader);
                 }
-                None => break,
-            },
+                continue;
+            }
+            Step::Received(None) => break,
         }
-        shared.buffered.store(ws.buffered_amount(), Ordering::Relaxed);
+        let mut inner = shared.lock();
+        inner.queued -= taken;
+        inner.buffered = ws.buffered_amount();
+        drop(inner);
+        shared.drained.notify_waiters();
     }
-    shared.closed.store(true, Ordering::Release);
-    shared.queued.store(0, Ordering::Release);
-    shared.buffered.store(0, Ordering::Relaxed);
+    let mut inner = shared.lock();
+    inner.closed = true;
+    inner.queued = 0;
+    inner.buffered = 0;
+    inner.abort = None;
+    // Pending flushes learn that the connection is gone.
+    let commands = std::mem::take(&mut inner.commands);
+    let reader = inner.reader.take();
+    drop(inner);
+    drop(commands);
+    wake(reader);
     shared.drained.notify_waiters();
 }
 
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocket<S>, cmd: Command, shared: &Shared) {
-    let done = |len: usize| {
-        shared.queued.fetch_sub(len, Ordering::AcqRel);
-        shared.drained.notify_waiters();
-    };
-    match cmd {
-        Command::Message(msg, len) => {
-            let _ = ws.feed(msg).await;
-            done(len);
-        }
-        Command::Prepared(msg, len) => {
-            let _ = ws.feed_prepared(&msg).await;
-            done(len);
-        }
-        Command::Flush(reply) => {
-            let _ = reply.send(ws.flush().await);
-        }
-        Command::Abort(code) => ws.abort_with(code),
+/// The next step for the connection task: an abort, then the writers' commands in
+/// order, then the connection's own progress (input, keepalive, writing its buffer).
+fn next_step<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocket<S>,
+    shared: &Shared,
+    cx: &mut Context<'_>,
+) -> Poll<Step> {
+    let mut inner = shared.lock();
+    if let Some(code) = inner.abort.take() {
+        return Poll::Ready(Step::Abort(code));
     }
+    if let Some(cmd) = inner.commands.pop_front() {
+        return Poll::Ready(Step::Command(cmd));
+    }
+    if inner.commands.capacity() > 0 {
+        inner.commands = VecDeque::new();
+    }
+    register(&mut inner.driver, cx);
+    let inbox_full = !inner.reader_gone && inner.inbox.len() >= INBOX;
+    drop(inner);
+    if inbox_full {
+        // The reader half wakes this task when it takes an item.
+        return Poll::Pending;
+    }
+    let polled = ws.poll_recv(cx);
+    if polled.is_pending() {
+        // The connection may have written part of its buffer before waiting.
+        let buffered = ws.buffered_amount();
+        let mut inner = shared.lock();
+        let freed = buffered < inner.buffered;
+        inner.buffered = buffered;
+        drop(inner);
+        if freed {
+            shared.drained.notify_waiters();
+        }
+    }
+    polled.map(Step::Received)
 }
 
 impl ReadHalf {
     /// Receives the next message; `None` once the connection has closed (the item
     /// before it is the peer's close frame or the error that ended the connection).
     pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
-        self.rx.recv().await
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next message (the body of [`ReadHalf::recv`] and of the `Stream`
+    /// implementation).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        let mut inner = self.shared.lock();
+        if let Some(item) = inner.inbox.pop_front() {
+            // The connection task stops reading while the inbox is full.
+            let driver = if inner.inbox.len() + 1 == INBOX { inner.driver.take() } else { None };
+            drop(inner);
+            wake(driver);
+            return Poll::Ready(Some(item));
+        }
+        if inner.closed {
+            return Poll::Ready(None);
+        }
+        if inner.inbox.capacity() > 0 {
+            inner.inbox = VecDeque::new();
+        }
+        register(&mut inner.reader, cx);
+        Poll::Pending
     }
 
     /// The connection's id, addresses, target, headers and agreed protocol.
     pub fn info(&self) -> &ConnectionInfo {
-        &self.info
+        &self.shared.info
+    }
+}
+
+impl Drop for ReadHalf {
+    fn drop(&mut self) {
+        // Nobody reads any more: the connection keeps running (keepalive, writes, the
+        // closing handshake) and discards what arrives.
+        let mut inner = self.shared.lock();
+        inner.reader_gone = true;
+        let inbox = std::mem::take(&mut inner.inbox);
+        let driver = inner.driver.take();
+        drop(inner);
+        drop(inbox);
+        wake(driver);
     }
 }
 
 impl futures_core::Stream for ReadHalf {
     type Item = Result<Message, Error>;
 
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.get_mut().rx.poll_recv(cx)
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx)
     }
 }
 
-/// Whether a message of `len` bytes may be queued now.
-enum Admit {
-    Yes,
-    Drop,
-    Wait,
+/// What happened to a message offered without waiting.
+enum Offer {
+    Queued,
+    /// Not queued now: the byte limit or the command bound is reached.
+    Full,
+    /// Not queued, ever: the connection has ended, or is being closed as a slow reader.
+    Refused(Error),
 }
 
 impl WriteHalf {
     /// The connection's id, addresses, target, headers and agreed protocol.
     pub fn info(&self) -> &ConnectionInfo {
-        &self.info
+        &self.shared.info
     }
 
     /// Bytes queued for sending and not yet written to the transport.
     pub fn buffered_amount(&self) -> usize {
-        self.shared.queued.load(Ordering::Acquire) + self.shared.buffered.load(Ordering::Relaxed)
+        let inner = self.shared.lock();
+        inner.queued + inner.buffered
     }
 
-    /// Messages dropped by the [`SlowReader::DropNewest`] policy.
+    /// Messages dropped by the [`SlowReader::DropNewest`] policy (and by a
+    /// [`Broadcast`] that found the member's buffer full).
     pub fn dropped_messages(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+        self.shared.lock().dropped
     }
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.lock().closed
     }
 
-    fn admit(&self, len: usize) -> Result<Admit, Error> {
-        if self.is_closed() {
-            return Err(Error::Closed);
+    /// Queues the command if there is room, applying the slow-reader policy when the
+    /// byte limit is reached (`policed`; a close frame or a flush only waits for the
+    /// command bound).
+    fn offer(&self, make: &mut Option<Command>, len: usize, policed: bool) -> Offer {
+        let shared = &*self.shared;
+        let mut inner = shared.lock();
+        if inner.closed {
+            return Offer::Refused(Error::Closed);
         }
-        if self.buffered_amount() < self.shared.limit || len == 0 && self.buffered_amount() == 0 {
-            return Ok(Admit::Yes);
+        let room = inner.commands.len() < OUTBOX;
+        if room && (!policed || shared.has_room(&inner, len)) {
+            let Some(cmd) = make.take() else {
+                return Offer::Refused(Error::Closed);
+            };
+            inner.queued += len;
+            inner.commands.push_back(cmd);
+            let driver = inner.driver.take();
+            drop(inner);
+            wake(driver);
+            return Offer::Queued;
         }
-        match self.shared.policy {
-            SlowReader::Wait => Ok(Admit::Wait),
-            SlowReader::DropNewest => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                Ok(Admit::Drop)
+        if room {
+            if let SlowReader::Close(code) = shared.policy {
+                if inner.abort.is_none() {
+                    inner.abort = Some(code);
+                }
+                let driver = inner.driver.take();
+                drop(inner);
+                wake(driver);
+                return Offer::Refused(Error::SlowReader(code));
             }
-            SlowReader::Close(code) => {
-                let _ = self.urgent.send(Command::Abort(code));
-                Err(Error::SlowReader(code))
-            }
         }
+        Offer::Full
     }
 
-    async fn wait_for_room(&self) -> Result<(), Error> {
+    /// Queues a command, waiting for room as the policy says. Cancel-safe: the command
+    /// is queued whole in one step, or not at all.
+    async fn enqueue(&self, cmd: Command, len: usize, policed: bool) -> Result<(), Error> {
+        let mut cmd = Some(cmd);
         loop {
             let notified = self.shared.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.is_closed() {
-                return Err(Error::Closed);
+            match self.offer(&mut cmd, len, policed) {
+                Offer::Queued => return Ok(()),
+                Offer::Refused(e) => return Err(e),
+                Offer::Full => {}
             }
-            if self.buffered_amount() < self.shared.limit {
-                return Ok(());
+            if policed && self.shared.policy == SlowReader::DropNewest {
+                let mut inner = self.shared.lock();
+                if !self.shared.has_room(&inner, len) {
+                    inner.dropped += 1;
+                    return Ok(());
+                }
             }
             notified.await;
         }
-    }
-
-    async fn enqueue(&self, make: impl FnOnce(usize) -> Command, len: usize) -> Result<(), Error> {
-        loop {
-            match self.admit(len)? {
-                Admit::Yes => break,
-                Admit::Drop => return Ok(()),
-                Admit::Wait => self.wait_for_room().await?,
-            }
-        }
-        // Reserve first: cancelled here, nothing was queued.
-        let permit = self.tx.reserve().await.map_err(|_| Error::Closed)?;
-        self.shared.queued.fetch_add(len, Ordering::AcqRel);
-        permit.send(make(len));
-        Ok(())
     }
 
     /// Queues a message, applying the connection's [`SlowReader`] policy when its
@@ -274,20 +405,15 @@ impl WriteHalf {
             Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
             Message::Close(_) => 0,
         };
-        if matches!(msg, Message::Close(_)) {
-            // Close frames are never dropped by the policy.
-            let permit = self.tx.reserve().await.map_err(|_| Error::Closed)?;
-            permit.send(Command::Message(msg, 0));
-            return Ok(());
-        }
-        self.enqueue(|len| Command::Message(msg, len), len).await
+        // Close frames are never dropped by the policy.
+        let policed = !matches!(msg, Message::Close(_));
+        self.enqueue(Command::Message(msg, len), len, policed).await
     }
 
     /// Queues a prepared message (encoded once for many connections).
     pub async fn feed_prepared(&self, msg: &PreparedMessage) -> Result<(), Error> {
-        let msg = msg.clone();
         let len = msg.payload().len();
-        self.enqueue(|len| Command::Prepared(msg, len), len).await
+        self.enqueue(Command::Prepared(msg.clone(), len), len, true).await
     }
 
     /// Queues a message and waits until everything queued so far is written.
@@ -299,7 +425,7 @@ impl WriteHalf {
     /// Waits until everything queued so far is written to the transport.
     pub async fn flush(&self) -> Result<(), Error> {
         let (reply, done) = oneshot::channel();
-        self.tx.send(Command::Flush(reply)).await.map_err(|_| Error::Closed)?;
+        self.enqueue(Command::Flush(reply), 0, false).await?;
         done.await.map_err(|_| Error::Closed)?
     }
 
@@ -309,30 +435,20 @@ impl WriteHalf {
     }
 
     /// Queues a prepared message without waiting: the broadcast path. Returns `false`
-    /// when the message was not queued (the policy dropped it, the connection closed or
+    /// when the message was not queued (the buffer is full, the connection closed or
     /// is being closed for reading too slowly).
     pub fn try_feed_prepared(&self, msg: &PreparedMessage) -> bool {
+        matches!(self.try_offer_prepared(msg), Offer::Queued)
+    }
+
+    fn try_offer_prepared(&self, msg: &PreparedMessage) -> Offer {
         let len = msg.payload().len();
-        match self.admit(len) {
-            Ok(Admit::Yes) => {}
-            Ok(Admit::Wait) => {
-                // A broadcast never waits for one slow member.
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            Ok(Admit::Drop) | Err(_) => return false,
+        let offer = self.offer(&mut Some(Command::Prepared(msg.clone(), len)), len, true);
+        if let Offer::Full = offer {
+            // A broadcast never waits for one slow member.
+            self.shared.lock().dropped += 1;
         }
-        match self.tx.try_reserve() {
-            Ok(permit) => {
-                self.shared.queued.fetch_add(len, Ordering::AcqRel);
-                permit.send(Command::Prepared(msg.clone(), len));
-                true
-            }
-            Err(_) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-        }
+        offer
     }
 }
 
@@ -355,7 +471,7 @@ impl Broadcast {
 
     /// Adds a connection (by its writer half); returns its id.
     pub fn join(&self, member: WriteHalf) -> u64 {
-        let id = member.info.id();
+        let id = member.info().id();
         self.lock().insert(id, member);
         id
     }
@@ -377,9 +493,16 @@ impl Broadcast {
 
     /// Sends `msg` to every member; returns how many queued it.
     pub fn send(&self, msg: &PreparedMessage) -> usize {
-        let mut members = self.lock();
-        members.retain(|_, m| !m.is_closed());
-        members.values().filter(|m| m.try_feed_prepared(msg)).count()
+        let mut queued = 0;
+        self.lock().retain(|_, m| match m.try_offer_prepared(msg) {
+            Offer::Queued => {
+                queued += 1;
+                true
+            }
+            Offer::Full => true,
+            Offer::Refused(_) => !m.is_closed(),
+        });
+        queued
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, WriteHalf>> {

@@ -297,6 +297,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         &mut self.user_data
     }
 
+    /// Moves the handshake details out, leaving only the id (for log lines): the split
+    /// halves share one copy of them.
+    pub(crate) fn take_info(&mut self) -> ConnectionInfo {
+        let light = ConnectionInfo {
+            id: self.info.id,
+            remote_addr: None,
+            local_addr: None,
+            target: String::new(),
+            headers: Headers::default(),
+            protocol: None,
+            extensions: Vec::new(),
+            http_version: self.info.http_version,
+        };
+        std::mem::replace(&mut self.info, light)
+    }
+
     pub(crate) fn write_policy(&self) -> (usize, SlowReader) {
         (self.limits.write_buffer_size, self.limits.slow_reader)
     }

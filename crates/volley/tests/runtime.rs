@@ -273,6 +273,119 @@ async fn slow_reader_close_discards_the_backlog_and_sends_the_close_first() {
 }
 
 #[tokio::test]
+async fn a_split_writer_waits_for_a_slow_reader_and_resumes_as_it_reads() {
+    let (ws, mut raw) = stalled(Config::new()).await;
+    let (_read, write) = ws.split();
+    let chunk = 64 << 10;
+    let total = 100;
+    let writer = tokio::spawn(async move {
+        for i in 0..total {
+            write.feed(Message::binary(vec![i as u8; chunk])).await.unwrap();
+        }
+        write.flush().await.unwrap();
+        write
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!writer.is_finished(), "feed must wait once the peer stops reading");
+    // The peer starts reading: every message arrives, whole and in order, and the
+    // writer is woken as the buffer drains (nothing else happens on the connection).
+    within(async {
+        for i in 0..total {
+            let (op, payload) = read_frame(&mut raw).await;
+            assert_eq!(op, 0x82);
+            assert_eq!(payload.len(), chunk);
+            assert!(payload.iter().all(|&b| b == i as u8), "message {i}");
+        }
+    })
+    .await;
+    let write = within(writer).await.unwrap();
+    assert_eq!(write.buffered_amount(), 0);
+    assert_eq!(write.dropped_messages(), 0);
+}
+
+#[tokio::test]
+async fn a_split_writer_applies_drop_newest_and_close() {
+    let (ws, _raw) = stalled(Config::new().slow_reader(SlowReader::DropNewest)).await;
+    let (_read, write) = ws.split();
+    let big = Message::binary(vec![7u8; 64 << 10]);
+    within(async {
+        for _ in 0..200 {
+            write.feed(big.clone()).await.unwrap();
+        }
+    })
+    .await;
+    assert!(write.dropped_messages() > 100, "{}", write.dropped_messages());
+
+    let (ws, mut raw) = stalled(Config::new().slow_reader(SlowReader::Close(CloseCode::POLICY_VIOLATION))).await;
+    let (mut read, write) = ws.split();
+    let err = within(async {
+        loop {
+            if let Err(e) = write.feed(big.clone()).await {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert!(matches!(err, Error::SlowReader(CloseCode::POLICY_VIOLATION)), "{err}");
+    // The close frame goes ahead of the discarded backlog; the reader half sees the end.
+    let mut seen = 0usize;
+    let code = within(async {
+        loop {
+            let (op, payload) = read_frame(&mut raw).await;
+            if op & 0x0f == 0x8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+            seen += payload.len();
+        }
+    })
+    .await;
+    assert_eq!(code, 1008);
+    assert!(seen < 8 << 20, "{seen} bytes before the close");
+    raw.write_all(&masked(0x88, &1008u16.to_be_bytes())).await.unwrap();
+    within(async { while read.recv().await.is_some() {} }).await;
+    assert!(write.is_closed());
+    assert!(matches!(write.feed(Message::text("late")).await, Err(Error::Closed)));
+    assert!(matches!(write.flush().await, Err(Error::Closed)));
+}
+
+#[tokio::test]
+async fn a_dropped_read_half_leaves_the_connection_running() {
+    let (port, task) = server(Config::new()).await;
+    let (mut client, _) = volley::connect(&url(port, "/")).await.unwrap();
+    let ws = task.await.unwrap();
+    let (read, write) = ws.split();
+    drop(read);
+    // What arrives is discarded, pings are still answered, and the writer still sends.
+    for i in 0..(3 * 256) {
+        client.feed(Message::text(format!("ignored {i}"))).await.unwrap();
+    }
+    client.send(Message::Ping(bytes::Bytes::from_static(b"still there"))).await.unwrap();
+    write.send(Message::text("from the writer")).await.unwrap();
+    let mut got = Vec::new();
+    within(async {
+        while got.len() < 2 {
+            let m = client.recv().await.unwrap().unwrap();
+            if matches!(m, Message::Pong(_) | Message::Text(_)) {
+                got.push(m);
+            }
+        }
+    })
+    .await;
+    assert!(got.contains(&Message::Pong(bytes::Bytes::from_static(b"still there"))), "{got:?}");
+    assert!(got.contains(&Message::text("from the writer")), "{got:?}");
+    write.close(CloseCode::NORMAL, "bye").await.unwrap();
+    let last = within(async {
+        let mut last = None;
+        while let Some(item) = client.recv().await {
+            last = Some(item);
+        }
+        last
+    })
+    .await;
+    assert!(matches!(&last, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::NORMAL), "{last:?}");
+}
+
+#[tokio::test]
 async fn pongs_go_ahead_of_a_backlog() {
     let (mut ws, mut raw) = stalled(Config::new()).await;
     // Fill the socket and the write buffer.
