@@ -127,6 +127,9 @@ pub struct Utf8Validator {
     partial_len: u8,
 }
 
+/// Up to this length, an all-ASCII piece is recognised without the SIMD validator.
+const SHORT_ASCII: usize = 256;
+
 /// The length of the sequence a valid lead byte starts.
 fn sequence_len(lead: u8) -> usize {
     match lead {
@@ -161,7 +164,9 @@ impl Utf8Validator {
                 }
             }
         }
-        if basic::from_utf8(input).is_ok() {
+        // Short ASCII (most chat and signalling messages) is checked a word at a time;
+        // the SIMD validator's set-up costs more than that below a few hundred bytes.
+        if input.len() <= SHORT_ASCII && input.is_ascii() || basic::from_utf8(input).is_ok() {
             return Ok(());
         }
         match compat::from_utf8(input) {
@@ -224,6 +229,21 @@ mod tests {
         let s = "héllo ✓ 😀".as_bytes();
         for cut in 0..=s.len() {
             assert_eq!(validate_in_pieces(s, &[cut]), Ok(()), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn ascii_fast_path_agrees_with_the_validator_around_its_limit() {
+        for len in [0, 1, 7, 8, 9, SHORT_ASCII - 1, SHORT_ASCII, SHORT_ASCII + 1, 1000] {
+            let ascii = vec![b'a'; len];
+            assert_eq!(validate_in_pieces(&ascii, &[]), Ok(()), "{len} ASCII bytes");
+            for bad in [0x80u8, 0xff, 0xc3] {
+                let mut text = ascii.clone();
+                text.push(bad);
+                assert_eq!(validate_in_pieces(&text, &[]), Err(Utf8Error), "{len} + {bad:#x}");
+                text.insert(len / 2, bad);
+                assert_eq!(validate_in_pieces(&text, &[]), Err(Utf8Error), "{len} with {bad:#x} inside");
+            }
         }
     }
 
