@@ -272,6 +272,25 @@ class Results:
     def med(self, workload, case, server, metric):
         return median(self.values(workload, case, server, metric))
 
+    def by_rep(self, workload, case, server, metric):
+        out = {}
+        for r in self.runs:
+            if (r["workload"], r["case"], r["server"]) == (workload, case, server) and r["ok"]:
+                v = metric(r["data"])
+                if v is not None:
+                    out[r["rep"]] = v
+        return out
+
+    def paired(self, workload, case, server, ref, metric):
+        """The median over repetitions of `server`'s figure divided by `ref`'s in the same
+        repetition. Runs of one repetition are seconds apart, while the machine's speed
+        can drift between repetitions, so this is steadier than a ratio of medians."""
+        if ref is None:
+            return None
+        a = self.by_rep(workload, case, server, metric)
+        b = self.by_rep(workload, case, ref, metric)
+        return median([a[k] / b[k] for k in a if b.get(k)])
+
     def note(self, workload, text):
         self.notes.setdefault(workload, []).append(text)
 
@@ -596,12 +615,10 @@ def throughput_section(results, w, servers, md, svgdir, rel, targets, deflate_pa
     if not present:
         md.append("No result.\n")
         return
-    bp_rate, bp_rate_name = best_peer(results, w, case, msgs_per_sec, servers)
-    bp_cpu, bp_cpu_name = best_peer(results, w, case, msgs_per_cpu, servers)
-    raw_rate = results.med(w, case, "raw", msgs_per_sec)
+    _, bp_rate_name = best_peer(results, w, case, msgs_per_sec, servers)
+    _, bp_cpu_name = best_peer(results, w, case, msgs_per_cpu, servers)
     raw_cpu = results.med(w, case, "raw", msgs_per_cpu)
     if deflate_pair:
-        plain_cpu = results.med(w, case, "volley", msgs_per_cpu)
         md.append("| server | round trips/s | server busy | round trips per server-CPU-s | spread "
                   "| CPU per round trip ÷ uncompressed | p50 | p99 |")
         md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -610,7 +627,8 @@ def throughput_section(results, w, servers, md, svgdir, rel, targets, deflate_pa
             md.append(f"| {LABEL[s]} | {fmt_num(results.med(w, case, s, msgs_per_sec))} | "
                       f"{fmt_pct(results.med(w, case, s, busy))} | {fmt_num(cpu)} | "
                       f"{spread(results.values(w, case, s, msgs_per_cpu))} | "
-                      f"{fmt_ratio(ratio(plain_cpu, cpu))} | {fmt_us(results.med(w, case, s, p50))} | "
+                      f"{fmt_ratio(results.paired(w, case, 'volley', s, msgs_per_cpu))} | "
+                      f"{fmt_us(results.med(w, case, s, p50))} | "
                       f"{fmt_us(results.med(w, case, s, p99))} |")
     else:
         md.append(f"Best peer: {LABEL.get(bp_cpu_name, '–')} per server-CPU-second, "
@@ -618,13 +636,17 @@ def throughput_section(results, w, servers, md, svgdir, rel, targets, deflate_pa
         md.append("| server | round trips/s | ÷ best peer | ÷ ceiling | server busy "
                   "| round trips per server-CPU-s | spread | ÷ best peer | ÷ ceiling | p50 | p99 |")
         md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        raw = "raw" if raw_cpu is not None else None
         for s in present:
             rate = results.med(w, case, s, msgs_per_sec)
             cpu = results.med(w, case, s, msgs_per_cpu)
-            md.append(f"| {LABEL[s]} | {fmt_num(rate)} | {fmt_ratio(ratio(rate, bp_rate))} | "
-                      f"{fmt_ratio(ratio(rate, raw_rate))} | {fmt_pct(results.med(w, case, s, busy))} | "
+            md.append(f"| {LABEL[s]} | {fmt_num(rate)} | "
+                      f"{fmt_ratio(results.paired(w, case, s, bp_rate_name, msgs_per_sec))} | "
+                      f"{fmt_ratio(results.paired(w, case, s, raw, msgs_per_sec))} | "
+                      f"{fmt_pct(results.med(w, case, s, busy))} | "
                       f"{fmt_num(cpu)} | {spread(results.values(w, case, s, msgs_per_cpu))} | "
-                      f"{fmt_ratio(ratio(cpu, bp_cpu))} | {fmt_ratio(ratio(cpu, raw_cpu))} | "
+                      f"{fmt_ratio(results.paired(w, case, s, bp_cpu_name, msgs_per_cpu))} | "
+                      f"{fmt_ratio(results.paired(w, case, s, raw, msgs_per_cpu))} | "
                       f"{fmt_us(results.med(w, case, s, p50))} | {fmt_us(results.med(w, case, s, p99))} |")
     md.append("")
     name = f"{w.lower()}{'-' + case.split()[0] if case else ''}.svg"
@@ -636,26 +658,25 @@ def throughput_section(results, w, servers, md, svgdir, rel, targets, deflate_pa
          [(LABEL[s], results.med(w, case, s, msgs_per_cpu), KIND[s]) for s in present]),
     ])
     md.append(f"![{title}]({rel}/{name})\n")
-    v_cpu = results.med(w, case, "volley", msgs_per_cpu)
     if case:
         return
     if deflate_pair:
-        d_cpu = results.med(w, case, "volley-deflate", msgs_per_cpu)
-        cost = ratio(v_cpu, d_cpu)
+        cost = results.paired(w, case, "volley", "volley-deflate", msgs_per_cpu)
         ok = None if cost is None else cost <= 1.5
         targets.append((w, "cost with permessage-deflate ≤ 1.5× uncompressed W1 (server CPU per round trip)",
                         f"{fmt_ratio(cost)}", ok))
         return
+    raw = "raw" if raw_cpu is not None else None
     if w in ("W1", "W2", "W3"):
-        r_peer = ratio(v_cpu, bp_cpu)
-        r_ceil = ratio(v_cpu, raw_cpu)
+        r_peer = results.paired(w, case, "volley", bp_cpu_name, msgs_per_cpu)
+        r_ceil = results.paired(w, case, "volley", raw, msgs_per_cpu)
         targets.append((w, "Volley ≥ 1.25× the best peer in round trips per server-CPU-second",
                         fmt_ratio(r_peer), None if r_peer is None else r_peer >= 1.25))
         targets.append((w, "Volley ≥ 0.9× the raw ceiling in round trips per server-CPU-second",
                         fmt_ratio(r_ceil), None if r_ceil is None else r_ceil >= 0.9))
     if w == "W4":
-        r_ceil = ratio(v_cpu, raw_cpu)
-        r_rate = ratio(results.med(w, case, "volley", msgs_per_sec), raw_rate)
+        r_ceil = results.paired(w, case, "volley", raw, msgs_per_cpu)
+        r_rate = results.paired(w, case, "volley", raw, msgs_per_sec)
         targets.append((w, "Volley within 10% of the raw ceiling (round trips per server-CPU-second)",
                         fmt_ratio(r_ceil), None if r_ceil is None else r_ceil >= 0.9))
         targets.append((w, "Volley within 10% of the raw ceiling (round trips per second)",
@@ -860,7 +881,11 @@ time (utime + stime, clock ticks) is read from /proc over exactly the measured p
 and **round trips per server-CPU-second** is the fair figure when the generator, not the
 server, saturates its core. W9 uses `fanout-client` (bench/servers). "÷ best peer" is
 the ratio to the best of tokio-tungstenite, fastwebsockets and tokio-websockets for that
-column; "÷ ceiling" the ratio to the raw TCP echo. "Server busy" is the server's CPU time
+column (the peer with the best median); "÷ ceiling" the ratio to the raw TCP echo. Every
+ratio, in the tables and the targets, is the median over the repetitions of the ratio
+within one repetition: the runs of a repetition are seconds apart, while this shared
+machine's speed can shift between repetitions (by a quarter, from one run to the next,
+in some runs), which a ratio of medians would mix up. "Server busy" is the server's CPU time
 over the measured phase: near 100% the server is the bottleneck, below it the generator
 (or the round trip) limits the rate. "Spread" is half the range of the repetitions,
 relative to the median. Compare servers within a workload, where the runs are
