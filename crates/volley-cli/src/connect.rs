@@ -286,7 +286,14 @@ async fn interactive(ws: volley::WebSocket<volley::MaybeTlsStream>) -> anyhow::R
                 Some(Ok(msg)) => say(format!("< {} {}", now(), describe(&msg))),
                 Some(Err(e)) => say(format!("! {} {e}", now())),
                 None => {
-                    say(format!("* {} connection closed", now()));
+                    // The line editor prints what `say` hands it from its own thread,
+                    // and the process ends right after this: give it a moment for the
+                    // lines already handed over, then write the last one directly
+                    // (over the prompt; the terminal may be in raw mode, hence \r\n).
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    let mut err = std::io::stderr();
+                    let _ = write!(err, "\r\x1b[K* {} connection closed\r\n", now());
+                    let _ = err.flush();
                     return Ok(());
                 }
             },
