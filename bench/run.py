@@ -617,7 +617,8 @@ def throughput_section(results, w, servers, md, svgdir, rel, targets, deflate_pa
         return
     _, bp_rate_name = best_peer(results, w, case, msgs_per_sec, servers)
     _, bp_cpu_name = best_peer(results, w, case, msgs_per_cpu, servers)
-    raw_cpu = results.med(w, case, "raw", msgs_per_cpu)
+    # The ceiling, when this run has it.
+    raw = "raw" if results.values(w, case, "raw", lambda d: 1) else None
     if deflate_pair:
         md.append("| server | round trips/s | server busy | round trips per server-CPU-s | spread "
                   "| CPU per round trip ÷ uncompressed | p50 | p99 |")
@@ -636,7 +637,6 @@ def throughput_section(results, w, servers, md, svgdir, rel, targets, deflate_pa
         md.append("| server | round trips/s | ÷ best peer | ÷ ceiling | server busy "
                   "| round trips per server-CPU-s | spread | ÷ best peer | ÷ ceiling | p50 | p99 |")
         md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        raw = "raw" if raw_cpu is not None else None
         for s in present:
             rate = results.med(w, case, s, msgs_per_sec)
             cpu = results.med(w, case, s, msgs_per_cpu)
@@ -666,7 +666,6 @@ def throughput_section(results, w, servers, md, svgdir, rel, targets, deflate_pa
         targets.append((w, "cost with permessage-deflate ≤ 1.5× uncompressed W1 (server CPU per round trip)",
                         f"{fmt_ratio(cost)}", ok))
         return
-    raw = "raw" if raw_cpu is not None else None
     if w in ("W1", "W2", "W3"):
         r_peer = results.paired(w, case, "volley", bp_cpu_name, msgs_per_cpu)
         r_ceil = results.paired(w, case, "volley", raw, msgs_per_cpu)

@@ -309,8 +309,11 @@ impl futures_core::Stream for ReadHalf {
 /// What happened to a message offered without waiting.
 enum Offer {
     Queued,
-    /// Not queued now: the byte limit or the command bound is reached.
-    Full,
+    /// Dropped under [`SlowReader::DropNewest`] (and counted).
+    Dropped,
+    /// Not queued now, so handed back: the command bound is reached, or the byte limit
+    /// under [`SlowReader::Wait`].
+    Full(Command),
     /// Not queued, ever: the connection has ended, or is being closed as a slow reader.
     Refused(Error),
 }
@@ -341,17 +344,16 @@ impl WriteHalf {
     /// Queues the command if there is room, applying the slow-reader policy when the
     /// byte limit is reached (`policed`; a close frame or a flush only waits for the
     /// command bound).
-    fn offer(&self, make: &mut Option<Command>, len: usize, policed: bool) -> Offer {
+    fn offer(&self, cmd: Command, len: usize, policed: bool) -> Offer {
         let shared = &*self.shared;
         let mut inner = shared.lock();
         if inner.closed {
             return Offer::Refused(Error::Closed);
         }
-        let room = inner.commands.len() < OUTBOX;
-        if room && (!policed || shared.has_room(&inner, len)) {
-            let Some(cmd) = make.take() else {
-                return Offer::Refused(Error::Closed);
-            };
+        if inner.commands.len() >= OUTBOX {
+            return Offer::Full(cmd);
+        }
+        if !policed || shared.has_room(&inner, len) {
             inner.queued += len;
             inner.commands.push_back(cmd);
             let driver = inner.driver.take();
@@ -359,39 +361,33 @@ impl WriteHalf {
             wake(driver);
             return Offer::Queued;
         }
-        if room {
-            if let SlowReader::Close(code) = shared.policy {
-                if inner.abort.is_none() {
-                    inner.abort = Some(code);
-                }
+        match shared.policy {
+            SlowReader::Wait => Offer::Full(cmd),
+            SlowReader::DropNewest => {
+                inner.dropped += 1;
+                Offer::Dropped
+            }
+            SlowReader::Close(code) => {
+                inner.abort.get_or_insert(code);
                 let driver = inner.driver.take();
                 drop(inner);
                 wake(driver);
-                return Offer::Refused(Error::SlowReader(code));
+                Offer::Refused(Error::SlowReader(code))
             }
         }
-        Offer::Full
     }
 
     /// Queues a command, waiting for room as the policy says. Cancel-safe: the command
     /// is queued whole in one step, or not at all.
-    async fn enqueue(&self, cmd: Command, len: usize, policed: bool) -> Result<(), Error> {
-        let mut cmd = Some(cmd);
+    async fn enqueue(&self, mut cmd: Command, len: usize, policed: bool) -> Result<(), Error> {
         loop {
             let notified = self.shared.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.offer(&mut cmd, len, policed) {
-                Offer::Queued => return Ok(()),
+            match self.offer(cmd, len, policed) {
+                Offer::Queued | Offer::Dropped => return Ok(()),
                 Offer::Refused(e) => return Err(e),
-                Offer::Full => {}
-            }
-            if policed && self.shared.policy == SlowReader::DropNewest {
-                let mut inner = self.shared.lock();
-                if !self.shared.has_room(&inner, len) {
-                    inner.dropped += 1;
-                    return Ok(());
-                }
+                Offer::Full(back) => cmd = back,
             }
             notified.await;
         }
@@ -443,8 +439,8 @@ impl WriteHalf {
 
     fn try_offer_prepared(&self, msg: &PreparedMessage) -> Offer {
         let len = msg.payload().len();
-        let offer = self.offer(&mut Some(Command::Prepared(msg.clone(), len)), len, true);
-        if let Offer::Full = offer {
+        let offer = self.offer(Command::Prepared(msg.clone(), len), len, true);
+        if let Offer::Full(_) = offer {
             // A broadcast never waits for one slow member.
             self.shared.lock().dropped += 1;
         }
@@ -499,7 +495,7 @@ impl Broadcast {
                 queued += 1;
                 true
             }
-            Offer::Full => true,
+            Offer::Full(_) | Offer::Dropped => true,
             Offer::Refused(_) => !m.is_closed(),
         });
         queued

@@ -205,6 +205,18 @@ async fn stalled(config: Config) -> (volley::WebSocket<TcpStream>, TcpStream) {
     (task.await.unwrap(), raw)
 }
 
+/// Reads frames up to the close frame; returns its code and the data bytes before it.
+async fn close_code_after_data(raw: &mut TcpStream) -> (u16, usize) {
+    let mut seen = 0;
+    loop {
+        let (op, payload) = read_frame(raw).await;
+        if op & 0x0f == 0x8 {
+            return (u16::from_be_bytes([payload[0], payload[1]]), seen);
+        }
+        seen += payload.len();
+    }
+}
+
 #[tokio::test]
 async fn slow_reader_wait_applies_backpressure() {
     let (mut ws, _raw) = stalled(Config::new()).await;
@@ -254,17 +266,7 @@ async fn slow_reader_close_discards_the_backlog_and_sends_the_close_first() {
         }
         last
     });
-    let mut seen = 0usize;
-    let code = within(async {
-        loop {
-            let (op, payload) = read_frame(&mut raw).await;
-            if op & 0x0f == 0x8 {
-                return u16::from_be_bytes([payload[0], payload[1]]);
-            }
-            seen += payload.len();
-        }
-    })
-    .await;
+    let (code, seen) = within(close_code_after_data(&mut raw)).await;
     assert_eq!(code, 1008);
     assert!(seen < 8 << 20, "{seen} bytes before the close");
     raw.write_all(&masked(0x88, &1008u16.to_be_bytes())).await.unwrap();
@@ -328,17 +330,7 @@ async fn a_split_writer_applies_drop_newest_and_close() {
     .await;
     assert!(matches!(err, Error::SlowReader(CloseCode::POLICY_VIOLATION)), "{err}");
     // The close frame goes ahead of the discarded backlog; the reader half sees the end.
-    let mut seen = 0usize;
-    let code = within(async {
-        loop {
-            let (op, payload) = read_frame(&mut raw).await;
-            if op & 0x0f == 0x8 {
-                return u16::from_be_bytes([payload[0], payload[1]]);
-            }
-            seen += payload.len();
-        }
-    })
-    .await;
+    let (code, seen) = within(close_code_after_data(&mut raw)).await;
     assert_eq!(code, 1008);
     assert!(seen < 8 << 20, "{seen} bytes before the close");
     raw.write_all(&masked(0x88, &1008u16.to_be_bytes())).await.unwrap();
