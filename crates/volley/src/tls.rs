@@ -236,7 +236,7 @@ pub(crate) fn tls_error(e: rustls::Error) -> Error {
 }
 
 /// The transport of a client connection: plain TCP for `ws://`, TLS over TCP for
-/// `wss://`, or (feature `hyper`, when [`ClientBuilder::http2`](crate::ClientBuilder::http2)
+/// `wss://`, or (feature `hyper`, when `ClientBuilder::http2`
 /// allows it and the server selects ALPN `h2`) an HTTP/2 stream over TLS. It reads and
 /// writes (vectored writes included) through whichever it is.
 #[derive(Debug)]
