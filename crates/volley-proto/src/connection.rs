@@ -210,8 +210,9 @@ pub struct Connection {
     rx_utf8: Utf8Validator,
     pending: VecDeque<Pending>,
     out: Outbox,
-    /// Control frames queued ahead of data while `control_priority` is on.
-    ctrl: Outbox,
+    /// Control frames queued ahead of data while `control_priority` is on (allocated
+    /// the first time one is, and released when idle).
+    ctrl: Option<Box<Outbox>>,
     control_priority: bool,
     close_sent: bool,
     close_received: bool,
@@ -297,7 +298,7 @@ impl Connection {
             rx_utf8: Utf8Validator::new(),
             pending: VecDeque::new(),
             out: Outbox::default(),
-            ctrl: Outbox::default(),
+            ctrl: None,
             control_priority: false,
             close_sent: false,
             close_received: false,
@@ -403,6 +404,9 @@ impl Connection {
         }
         if self.out.buf.is_empty() {
             self.out.buf = BytesMut::new();
+        }
+        if self.ctrl.as_ref().is_some_and(|c| c.queued == 0) {
+            self.ctrl = None;
         }
     }
 
@@ -758,19 +762,19 @@ impl Connection {
     /// may gather several into one vectored write.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.ctrl.pop().or_else(|| self.out.pop())
+        self.poll_transmit_control().or_else(|| self.out.pop())
     }
 
     /// Like [`Connection::poll_transmit`], but only control frames queued with
     /// [`Connection::set_control_priority`] on: what a driver writes ahead of its backlog.
     #[must_use]
     pub fn poll_transmit_control(&mut self) -> Option<Bytes> {
-        self.ctrl.pop()
+        self.ctrl.as_mut()?.pop()
     }
 
     /// Bytes queued for the transport and not yet taken by `poll_transmit`.
     pub fn transmit_len(&self) -> usize {
-        self.out.queued + self.ctrl.queued
+        self.out.queued + self.ctrl.as_ref().map_or(0, |c| c.queued)
     }
 
     /// While on, control frames (pongs, pings, close frames) are queued apart from data
@@ -852,7 +856,8 @@ impl Connection {
                 mask: self.mask(),
                 payload_len: payload.len() as u64,
             };
-            self.ctrl.push(header, payload, None, self.config.inline_payload_size);
+            let inline_max = self.config.inline_payload_size;
+            self.ctrl.get_or_insert_default().push(header, payload, None, inline_max);
         } else {
             self.push(opcode, true, payload, None);
         }

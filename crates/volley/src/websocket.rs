@@ -50,13 +50,15 @@ pub struct WebSocket<S> {
     /// The front chunk of `wq` is partly written: nothing may go before it.
     front_partial: bool,
     read_eof: bool,
-    /// The item to yield once the connection has finished closing.
-    last: Option<Result<Message, Error>>,
+    /// The item to yield once the connection has finished closing (boxed: it is set
+    /// once, at the end, and an open connection should not carry its space).
+    last: Option<Box<Result<Message, Error>>>,
     close_timer: Option<Pin<Box<Sleep>>>,
     finish: Finish,
     info: ConnectionInfo,
     user_data: http::Extensions,
-    keepalive: Keepalive,
+    /// Allocated only when keepalive pings, an idle timeout or a lifetime is set.
+    keepalive: Option<Box<Keepalive>>,
     dropped: u64,
     /// `Sink::poll_ready` decided the next message is dropped.
     drop_next: bool,
@@ -71,10 +73,10 @@ pub struct ConnectionInfo {
     id: u64,
     remote_addr: Option<SocketAddr>,
     local_addr: Option<SocketAddr>,
-    target: String,
+    target: Box<str>,
     headers: Headers,
-    protocol: Option<String>,
-    extensions: Vec<volley_proto::ExtensionOffer>,
+    protocol: Option<Box<str>>,
+    extensions: Box<[volley_proto::ExtensionOffer]>,
     http_version: http::Version,
 }
 
@@ -86,10 +88,10 @@ impl ConnectionInfo {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             remote_addr: None,
             local_addr: None,
-            target: String::new(),
+            target: Box::default(),
             headers: Headers::default(),
-            protocol,
-            extensions: Vec::new(),
+            protocol: protocol.map(String::into_boxed_str),
+            extensions: Box::default(),
             http_version: http::Version::HTTP_11,
         }
     }
@@ -116,7 +118,7 @@ impl ConnectionInfo {
 
     /// The path part of the target.
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(&self.target, |(p, _)| p)
+        self.target.split_once('?').map_or(&*self.target, |(p, _)| p)
     }
 
     /// The query part of the target without `?`, if any (`room=1`).
@@ -145,44 +147,63 @@ impl ConnectionInfo {
     }
 }
 
-/// Keepalive and lifetime timers.
-#[derive(Default)]
+/// Keepalive, idle and lifetime timers, with their settings.
 struct Keepalive {
     /// Fires for the next ping, or at the pong deadline when a ping is out.
     ping_timer: Option<Pin<Box<Sleep>>>,
-    /// The outstanding ping: its payload and when it left.
-    outstanding: Option<([u8; 8], Instant)>,
+    /// When the outstanding ping left; its payload is `seq`.
+    outstanding: Option<Instant>,
     seq: u64,
     rtt: Option<Duration>,
-    last_read: Option<Instant>,
+    last_read: Instant,
     idle_timer: Option<Pin<Box<Sleep>>>,
     lifetime_timer: Option<Pin<Box<Sleep>>>,
+    ping_interval: Option<Duration>,
+    pong_timeout: Duration,
+    idle_timeout: Option<Duration>,
 }
 
-/// The settings a running connection consults, copied out of its [`Config`] so that
-/// each connection does not keep the whole configuration (subprotocols, compression
-/// settings, handshake limits) for its whole life.
+impl Keepalive {
+    /// The timers `config` asks for, or `None` when it asks for none.
+    fn new(config: &Config) -> Option<Box<Self>> {
+        if config.ping_interval.is_none() && config.idle_timeout.is_none() && config.max_lifetime.is_none() {
+            return None;
+        }
+        Some(Box::new(Keepalive {
+            ping_timer: config.ping_interval.map(|d| Box::pin(sleep(d))),
+            outstanding: None,
+            seq: 0,
+            rtt: None,
+            last_read: Instant::now(),
+            idle_timer: config.idle_timeout.map(|d| Box::pin(sleep(d))),
+            lifetime_timer: config.max_lifetime.map(|d| Box::pin(sleep(d))),
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            idle_timeout: config.idle_timeout,
+        }))
+    }
+}
+
+/// The settings every running connection consults, copied out of its [`Config`] so
+/// that each connection does not keep the whole configuration (subprotocols,
+/// compression settings, handshake limits) for its whole life. The timers' settings
+/// live with the timers, in [`Keepalive`].
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     write_buffer_size: usize,
-    read_buffer_size: usize,
+    /// At most 4 GiB (larger settings are clamped).
+    read_buffer_size: u32,
     slow_reader: SlowReader,
     close_timeout: Duration,
-    pong_timeout: Duration,
-    ping_interval: Option<Duration>,
-    idle_timeout: Option<Duration>,
 }
 
 impl From<&Config> for Limits {
     fn from(c: &Config) -> Self {
         Limits {
             write_buffer_size: c.write_buffer_size,
-            read_buffer_size: c.read_buffer_size,
+            read_buffer_size: u32::try_from(c.read_buffer_size).unwrap_or(u32::MAX),
             slow_reader: c.slow_reader,
             close_timeout: c.close_timeout,
-            pong_timeout: c.pong_timeout,
-            ping_interval: c.ping_interval,
-            idle_timeout: c.idle_timeout,
         }
     }
 }
@@ -229,14 +250,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if !leftover.is_empty() {
             conn.receive(leftover);
         }
-        let now = Instant::now();
-        let keepalive = Keepalive {
-            ping_timer: config.ping_interval.map(|d| Box::pin(sleep(d))),
-            lifetime_timer: config.max_lifetime.map(|d| Box::pin(sleep(d))),
-            idle_timer: config.idle_timeout.map(|d| Box::pin(sleep(d))),
-            last_read: Some(now),
-            ..Keepalive::default()
-        };
+        let keepalive = Keepalive::new(&config);
         WebSocket {
             io,
             conn,
@@ -266,9 +280,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         extensions: Vec<volley_proto::ExtensionOffer>,
         http_version: http::Version,
     ) -> Self {
-        self.info.target = target.to_string();
+        self.info.target = target.into();
         self.info.headers = headers;
-        self.info.extensions = extensions;
+        self.info.extensions = extensions.into_boxed_slice();
         self.info.http_version = http_version;
         self
     }
@@ -304,10 +318,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             id: self.info.id,
             remote_addr: None,
             local_addr: None,
-            target: String::new(),
+            target: Box::default(),
             headers: Headers::default(),
             protocol: None,
-            extensions: Vec::new(),
+            extensions: Box::default(),
             http_version: self.info.http_version,
         };
         std::mem::replace(&mut self.info, light)
@@ -333,7 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The latest round-trip time measured from a keepalive ping and its pong.
     pub fn rtt(&self) -> Option<Duration> {
-        self.keepalive.rtt
+        self.keepalive.as_ref().and_then(|k| k.rtt)
     }
 
     /// Messages dropped by the [`SlowReader::DropNewest`] policy.
@@ -580,56 +594,72 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Runs the keepalive, idle and lifetime timers.
     fn poll_timers(&mut self, cx: &mut Context<'_>) {
+        let Some(k) = self.keepalive.as_deref_mut() else {
+            return;
+        };
         let now = Instant::now();
-        if let Some(t) = self.keepalive.ping_timer.as_mut() {
+        let mut sent_ping = false;
+        if let Some(t) = k.ping_timer.as_mut() {
             if t.as_mut().poll(cx).is_ready() {
-                if self.keepalive.outstanding.is_some() {
+                if k.outstanding.is_some() {
                     // The peer did not answer the last ping in time: it is gone.
+                    k.ping_timer = None;
                     tracing::debug!(id = self.info.id, "pong timeout: closing");
                     self.dead = true;
-                    self.keepalive.ping_timer = None;
                     self.abort_queue();
                     if !self.conn.is_close_sent() {
                         let _ = self.conn.send_close(CloseCode::INTERNAL_ERROR, "keepalive timeout");
                     }
                     self.take_transmits();
-                    if self.last.is_none() {
-                        self.last = Some(Err(Error::Timeout("keepalive pong")));
-                    }
+                    self.set_last(Err(Error::Timeout("keepalive pong")));
                     self.finish = Finish::Flushing;
                     return;
                 }
-                self.keepalive.seq += 1;
-                let payload = self.keepalive.seq.to_be_bytes();
+                k.seq += 1;
                 self.conn.set_control_priority(true);
-                if self.conn.send_ping(Bytes::copy_from_slice(&payload)).is_ok() {
-                    self.keepalive.outstanding = Some((payload, now));
-                    t.as_mut().reset(now + self.limits.pong_timeout);
+                if self.conn.send_ping(Bytes::copy_from_slice(&k.seq.to_be_bytes())).is_ok() {
+                    k.outstanding = Some(now);
+                    t.as_mut().reset(now + k.pong_timeout);
                     let _ = t.as_mut().poll(cx);
                 } else {
-                    self.keepalive.ping_timer = None;
+                    k.ping_timer = None;
                 }
                 self.conn.set_control_priority(!self.wq.is_empty());
-                self.take_transmits();
+                sent_ping = true;
             }
         }
-        if let (Some(t), Some(idle)) = (self.keepalive.idle_timer.as_mut(), self.limits.idle_timeout) {
+        let mut close = None;
+        if let (Some(t), Some(idle)) = (k.idle_timer.as_mut(), k.idle_timeout) {
             if t.as_mut().poll(cx).is_ready() {
-                let due = self.keepalive.last_read.unwrap_or(now) + idle;
+                let due = k.last_read + idle;
                 if due > now {
                     t.as_mut().reset(due);
                     let _ = t.as_mut().poll(cx);
                 } else {
-                    self.keepalive.idle_timer = None;
-                    self.local_close(CloseCode::GOING_AWAY, "idle timeout");
+                    k.idle_timer = None;
+                    close = Some("idle timeout");
                 }
             }
         }
-        if let Some(t) = self.keepalive.lifetime_timer.as_mut() {
+        if let Some(t) = k.lifetime_timer.as_mut() {
             if t.as_mut().poll(cx).is_ready() {
-                self.keepalive.lifetime_timer = None;
-                self.local_close(CloseCode::GOING_AWAY, "connection lifetime reached");
+                k.lifetime_timer = None;
+                close = close.or(Some("connection lifetime reached"));
             }
+        }
+        if sent_ping {
+            self.take_transmits();
+        }
+        if let Some(reason) = close {
+            self.local_close(CloseCode::GOING_AWAY, reason);
+        }
+    }
+
+    /// Records the stream's last item, unless one is already recorded (after a
+    /// failure the error stays the last word).
+    fn set_last(&mut self, last: Result<Message, Error>) {
+        if self.last.is_none() {
+            self.last = Some(Box::new(last));
         }
     }
 
@@ -643,12 +673,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     fn on_pong(&mut self, payload: &[u8]) {
-        if let Some((sent, at)) = self.keepalive.outstanding {
-            if payload == sent {
-                let now = Instant::now();
-                self.keepalive.rtt = Some(now - at);
-                self.keepalive.outstanding = None;
-                if let (Some(t), Some(every)) = (self.keepalive.ping_timer.as_mut(), self.limits.ping_interval) {
+        let Some(k) = self.keepalive.as_deref_mut() else {
+            return;
+        };
+        if let Some(at) = k.outstanding {
+            if payload == k.seq.to_be_bytes() {
+                k.rtt = Some(at.elapsed());
+                k.outstanding = None;
+                if let (Some(t), Some(every)) = (k.ping_timer.as_mut(), k.ping_interval) {
                     t.as_mut().reset(at + every);
                 }
             }
@@ -657,7 +689,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Reads once into the core's input buffer: `Ok(0)` at end of stream.
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let want = self.limits.read_buffer_size.max(self.conn.input_needed().min(4 << 20));
+        let want = (self.limits.read_buffer_size as usize).max(self.conn.input_needed().min(4 << 20));
         let buf = self.conn.input_buffer();
         if buf.capacity() - buf.len() < want / 2 {
             buf.reserve(want);
@@ -734,9 +766,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             // Give up on the peer, but still shut our side down; if even that cannot
             // finish, just stop.
             self.finish = if self.finish == Finish::ShuttingDown { Finish::Done } else { Finish::ShuttingDown };
-            if self.last.is_none() {
-                self.last = Some(Err(Error::Timeout("closing handshake")));
-            }
+            self.set_last(Err(Error::Timeout("closing handshake")));
             return self.poll_finish(cx);
         }
         Poll::Pending
@@ -747,7 +777,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
         loop {
             if self.finish == Finish::Done {
-                return Poll::Ready(self.last.take());
+                return Poll::Ready(self.last.take().map(|last| *last));
             }
             if self.finish != Finish::Running {
                 ready!(self.poll_finish(cx));
@@ -766,16 +796,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     }
                     Event::Close(frame) => {
                         // After a failure the error stays the last word.
-                        if self.last.is_none() {
-                            self.last = Some(Ok(Message::Close(frame)));
-                        }
+                        self.set_last(Ok(Message::Close(frame)));
                         continue;
                     }
                     Event::Error(e) => {
                         tracing::debug!(error = %e, "connection failed");
-                        if self.last.is_none() {
-                            self.last = Some(Err(Error::Protocol(e)));
-                        }
+                        self.set_last(Err(Error::Protocol(e)));
                         continue;
                     }
                     _ => continue,
@@ -790,9 +816,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 State::Closing => {
                     self.arm_close_timer();
                     if self.close_timer_expired(cx) {
-                        if self.last.is_none() {
-                            self.last = Some(Err(Error::Timeout("closing handshake")));
-                        }
+                        self.set_last(Err(Error::Timeout("closing handshake")));
                         self.finish = Finish::ShuttingDown;
                         continue;
                     }
@@ -809,8 +833,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     self.conn.receive_eof();
                 }
                 Poll::Ready(Ok(_)) => {
-                    if self.keepalive.idle_timer.is_some() {
-                        self.keepalive.last_read = Some(Instant::now());
+                    if let Some(k) = self.keepalive.as_deref_mut().filter(|k| k.idle_timer.is_some()) {
+                        k.last_read = Instant::now();
                     }
                     self.conn.receive_buffered();
                 }
@@ -818,7 +842,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     self.conn.receive_eof();
                     while self.conn.poll_event().is_some() {}
                     self.finish = Finish::Done;
-                    self.last = Some(Err(Error::Io(e)));
+                    self.last = Some(Box::new(Err(Error::Io(e))));
                 }
                 Poll::Pending => {
                     // About to wait for input: release idle buffers and send what the
@@ -828,7 +852,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                         self.conn.receive_eof();
                         while self.conn.poll_event().is_some() {}
                         self.finish = Finish::Done;
-                        self.last = Some(Err(Error::Io(e)));
+                        self.last = Some(Box::new(Err(Error::Io(e))));
                         continue;
                     }
                     return Poll::Pending;

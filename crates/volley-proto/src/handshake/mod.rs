@@ -116,14 +116,13 @@ impl HandshakeError {
 /// Header fields of a request or response, in arrival order, names as received.
 ///
 /// Stored compactly, since a server keeps its connections' request headers for their
-/// whole life: every name in one string, every value in one buffer, and an index of
-/// where each ends (three allocations, whatever the number of fields).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// whole life: one allocation, whatever the number of fields. It holds an index (for
+/// each field, where its name and its value end, as two little-endian `u32`s) followed
+/// by every field's name and value, one after the other.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    names: String,
-    values: Box<[u8]>,
-    /// For each field, where its name ends in `names` and its value in `values`.
-    ends: Box<[(u32, u32)]>,
+    data: Box<[u8]>,
+    count: u32,
 }
 
 impl Headers {
@@ -134,29 +133,34 @@ impl Headers {
     /// Header fields from (name, value) pairs, for requests parsed by another HTTP
     /// stack (hyper, h2).
     pub fn from_pairs<N: AsRef<str>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
-        let (mut names, mut values, mut ends) = (String::new(), Vec::new(), Vec::new());
+        let (mut index, mut text) = (Vec::new(), Vec::new());
         for (n, v) in pairs {
-            names.push_str(n.as_ref());
-            values.extend_from_slice(v.as_ref());
+            text.extend_from_slice(n.as_ref().as_bytes());
+            let name_end = text.len();
+            text.extend_from_slice(v.as_ref());
             // Heads are bounded far below 4 GiB (`Config::max_handshake_size`); past
             // that, fields would be cut short rather than wrap around.
-            ends.push((
-                u32::try_from(names.len()).unwrap_or(u32::MAX),
-                u32::try_from(values.len()).unwrap_or(u32::MAX),
-            ));
+            for end in [name_end, text.len()] {
+                index.extend_from_slice(&u32::try_from(end).unwrap_or(u32::MAX).to_le_bytes());
+            }
         }
-        names.shrink_to_fit();
-        Headers { names, values: values.into_boxed_slice(), ends: ends.into_boxed_slice() }
+        let count = u32::try_from(index.len() / 8).unwrap_or(u32::MAX);
+        index.extend_from_slice(&text);
+        Headers { data: index.into_boxed_slice(), count }
     }
 
     /// Every field as (name, raw value).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        let mut start = (0usize, 0usize);
-        self.ends.iter().map(move |&(n, v)| {
-            let (n, v) = (n as usize, v as usize);
-            let name = self.names.get(start.0..n).unwrap_or_default();
-            let value = self.values.get(start.1..v).unwrap_or_default();
-            start = (n, v);
+        let (index, text) = self.data.split_at((self.count as usize * 8).min(self.data.len()));
+        let mut start = 0usize;
+        index.chunks_exact(8).map(move |ends| {
+            let end =
+                |i: usize| ends.get(i..i + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes) as usize;
+            let (name_end, value_end) = (end(0), end(4));
+            // Names were `&str`s when they were stored.
+            let name = text.get(start..name_end).and_then(|n| std::str::from_utf8(n).ok()).unwrap_or_default();
+            let value = text.get(name_end..value_end).unwrap_or_default();
+            start = value_end;
             (name, value)
         })
     }
@@ -174,12 +178,12 @@ impl Headers {
 
     /// The number of fields.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.count as usize
     }
 
     /// Whether there are no fields.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.count == 0
     }
 
     /// Whether any comma-separated token of any `name` field equals `token`
@@ -191,6 +195,12 @@ impl Headers {
     /// The comma-separated tokens of every `name` field, trimmed, empty ones dropped.
     pub fn tokens<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         self.get_all(name).flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty())
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter().map(|(n, v)| (n, String::from_utf8_lossy(v)))).finish()
     }
 }
 
@@ -327,6 +337,7 @@ mod tests {
         assert_eq!(h.get("empty"), Some(""));
         assert_eq!(h.get("missing"), None);
         assert_eq!(h.clone(), h);
+        assert_eq!(format!("{:?}", Headers::from_pairs([("A", "1")])), r#"[("A", "1")]"#);
         let none = Headers::default();
         assert!(none.is_empty() && none.iter().next().is_none());
     }
