@@ -19,9 +19,10 @@
 //! connection, and `feed`/`flush` keep queued frames in its write queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, Notify};
@@ -146,8 +147,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
     pub fn split(mut self) -> (ReadHalf, WriteHalf) {
         let info = self.take_info();
         let (limit, policy) = self.write_policy();
+        // The halves apply the policy; the connection itself only waits for its buffer.
+        self.set_write_policy(SlowReader::Wait);
         let shared = Arc::new(Shared { inner: Mutex::default(), drained: Notify::new(), info, limit, policy });
-        tokio::spawn(drive(self, shared.clone()));
+        tokio::spawn(Driver { ws: self, shared: shared.clone(), current: None });
         (ReadHalf { shared: shared.clone() }, WriteHalf { shared })
     }
 }
@@ -159,56 +162,120 @@ enum Step {
     Received(Option<Result<Message, Error>>),
 }
 
-/// The connection task.
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, shared: Arc<Shared>) {
-    // The halves apply the policy; here the connection only waits for its buffer.
-    ws.set_write_policy(SlowReader::Wait);
-    loop {
-        let step = poll_fn(|cx| next_step(&mut ws, &shared, cx)).await;
-        let mut taken = 0;
-        match step {
-            Step::Abort(code) => ws.abort_with(code),
-            Step::Command(Command::Message(msg, len)) => {
-                let _ = ws.feed(msg).await;
-                taken = len;
-            }
-            Step::Command(Command::Prepared(msg, len)) => {
-                let _ = ws.feed_prepared(&msg).await;
-                taken = len;
-            }
-            Step::Command(Command::Flush(reply)) => {
-                let _ = reply.send(ws.flush().await);
-            }
-            Step::Received(Some(item)) => {
-                let mut inner = shared.lock();
-                if !inner.reader_gone {
-                    inner.inbox.push_back(item);
-                    let reader = inner.reader.take();
-                    drop(inner);
-                    wake(reader);
-                }
+/// The connection task. It is written as a plain future rather than an `async fn`,
+/// whose state would hold the connection twice (a moved-in argument keeps its own slot)
+/// next to the state of every await: this way each split connection's task is about
+/// the size of the connection.
+struct Driver<S> {
+    ws: WebSocket<S>,
+    shared: Arc<Shared>,
+    /// A command taken from the queue that waits for room in the connection's buffer
+    /// (a message) or for the buffer to be written (a flush).
+    current: Option<Command>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if let Some(cmd) = this.current.take() {
+                let Poll::Ready(taken) = this.run(cmd, cx) else {
+                    return Poll::Pending;
+                };
+                this.progress(taken);
                 continue;
             }
-            Step::Received(None) => break,
+            match ready!(next_step(&mut this.ws, &this.shared, cx)) {
+                Step::Abort(code) => {
+                    this.ws.abort_with(code);
+                    this.progress(0);
+                }
+                Step::Command(cmd) => this.current = Some(cmd),
+                Step::Received(Some(item)) => {
+                    let mut inner = this.shared.lock();
+                    if !inner.reader_gone {
+                        inner.inbox.push_back(item);
+                        let reader = inner.reader.take();
+                        drop(inner);
+                        wake(reader);
+                    }
+                }
+                Step::Received(None) => {
+                    this.finish();
+                    return Poll::Ready(());
+                }
+            }
         }
-        let mut inner = shared.lock();
-        inner.queued -= taken;
-        inner.buffered = ws.buffered_amount();
-        drop(inner);
-        shared.drained.notify_waiters();
     }
-    let mut inner = shared.lock();
-    inner.closed = true;
-    inner.queued = 0;
-    inner.buffered = 0;
-    inner.abort = None;
-    // Pending flushes learn that the connection is gone.
-    let commands = std::mem::take(&mut inner.commands);
-    let reader = inner.reader.take();
-    drop(inner);
-    drop(commands);
-    wake(reader);
-    shared.drained.notify_waiters();
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    /// Hands a command to the connection; ready with the queued bytes it accounted
+    /// for. Pending, it keeps the command for the next poll.
+    fn run(&mut self, cmd: Command, cx: &mut Context<'_>) -> Poll<usize> {
+        match cmd {
+            Command::Message(msg, len) => match self.ws.poll_write_ready(cx) {
+                Poll::Ready(Ok(true)) => {
+                    let _ = self.ws.queue(msg);
+                    Poll::Ready(len)
+                }
+                // The connection has ended (or, never with its `Wait` policy, dropped it).
+                Poll::Ready(_) => Poll::Ready(len),
+                Poll::Pending => {
+                    self.current = Some(Command::Message(msg, len));
+                    Poll::Pending
+                }
+            },
+            Command::Prepared(msg, len) => match self.ws.poll_write_ready(cx) {
+                Poll::Ready(Ok(true)) => {
+                    let _ = self.ws.queue_prepared(&msg);
+                    Poll::Ready(len)
+                }
+                Poll::Ready(_) => Poll::Ready(len),
+                Poll::Pending => {
+                    self.current = Some(Command::Prepared(msg, len));
+                    Poll::Pending
+                }
+            },
+            Command::Flush(reply) => match self.ws.poll_flush_all(cx) {
+                Poll::Ready(r) => {
+                    let _ = reply.send(r.map_err(Error::Io));
+                    Poll::Ready(0)
+                }
+                Poll::Pending => {
+                    self.current = Some(Command::Flush(reply));
+                    Poll::Pending
+                }
+            },
+        }
+    }
+
+    /// Accounts for a handled command and wakes the writers waiting for room.
+    fn progress(&mut self, taken: usize) {
+        let mut inner = self.shared.lock();
+        inner.queued -= taken;
+        inner.buffered = self.ws.buffered_amount();
+        drop(inner);
+        self.shared.drained.notify_waiters();
+    }
+
+    /// The connection has ended: the halves learn it.
+    fn finish(&mut self) {
+        let mut inner = self.shared.lock();
+        inner.closed = true;
+        inner.queued = 0;
+        inner.buffered = 0;
+        inner.abort = None;
+        // Pending flushes learn that the connection is gone.
+        let commands = std::mem::take(&mut inner.commands);
+        let reader = inner.reader.take();
+        drop(inner);
+        drop(commands);
+        wake(reader);
+        self.shared.drained.notify_waiters();
+    }
 }
 
 /// The next step for the connection task: an abort, then the writers' commands in

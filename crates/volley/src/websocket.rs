@@ -410,9 +410,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// see [`PreparedMessage`]), under the same write-buffer policy as `feed`.
     pub async fn feed_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
         if poll_fn(|cx| self.poll_write_ready(cx)).await? {
-            self.conn.send_prepared(msg)?;
-            self.take_transmits();
+            self.queue_prepared(msg)?;
         }
+        Ok(())
+    }
+
+    pub(crate) fn queue_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
+        self.conn.send_prepared(msg)?;
+        self.take_transmits();
         Ok(())
     }
 
@@ -456,7 +461,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Ok(())
     }
 
-    fn queue(&mut self, msg: Message) -> Result<(), Error> {
+    pub(crate) fn queue(&mut self, msg: Message) -> Result<(), Error> {
         match msg {
             Message::Text(t) => self.conn.send_text(t)?,
             Message::Binary(b) => self.conn.send_binary(b)?,
@@ -492,7 +497,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Ready with `true` when a message may be queued, `false` when the slow-reader
     /// policy dropped it.
-    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+    pub(crate) fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
         if self.finish == Finish::Done || self.dead {
             return Poll::Ready(Err(Error::Closed));
         }
@@ -586,7 +591,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
-    fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.take_transmits();
         ready!(self.poll_write_backlog(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
