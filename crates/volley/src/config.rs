@@ -96,21 +96,22 @@ impl Config {
     }
 
     /// Time allowed for the closing handshake, from our close frame (or the peer's)
-    /// to the end of the TCP connection. Default 5 s.
+    /// to the end of the TCP connection. Default 5 s. Kept in whole milliseconds
+    /// (rounded up).
     pub fn close_timeout(mut self, t: Duration) -> Self {
         self.close_timeout = t;
         self
     }
 
     /// Bytes buffered for sending before `send`/`feed` wait for the socket to drain.
-    /// Default 128 KiB.
+    /// Default 128 KiB; at most 4 GiB (larger values are clamped).
     pub fn write_buffer_size(mut self, bytes: usize) -> Self {
         self.write_buffer_size = bytes.max(1);
         self
     }
 
-    /// Size of each read from the socket. Default 8 KiB; the buffer is allocated when
-    /// data arrives and released while the connection is idle.
+    /// Size of each read from the socket. Default 8 KiB, at most 4 GiB; the buffer is
+    /// allocated when data arrives and released while the connection is idle.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.read_buffer_size = bytes.max(64);
         self

@@ -188,23 +188,37 @@ impl Keepalive {
 /// that each connection does not keep the whole configuration (subprotocols,
 /// compression settings, handshake limits) for its whole life. The timers' settings
 /// live with the timers, in [`Keepalive`].
+///
+/// Stored in 16 bytes: sizes are clamped to 4 GiB, and the close timeout is kept in
+/// whole milliseconds, rounded up (clamped to about 49 days).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
-    write_buffer_size: usize,
-    /// At most 4 GiB (larger settings are clamped).
+    write_buffer_size: u32,
     read_buffer_size: u32,
     slow_reader: SlowReader,
-    close_timeout: Duration,
+    close_timeout_ms: u32,
 }
 
 impl From<&Config> for Limits {
     fn from(c: &Config) -> Self {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let ms = c.close_timeout.as_micros().div_ceil(1000);
         Limits {
-            write_buffer_size: c.write_buffer_size,
-            read_buffer_size: u32::try_from(c.read_buffer_size).unwrap_or(u32::MAX),
+            write_buffer_size: clamp(c.write_buffer_size),
+            read_buffer_size: clamp(c.read_buffer_size),
             slow_reader: c.slow_reader,
-            close_timeout: c.close_timeout,
+            close_timeout_ms: u32::try_from(ms).unwrap_or(u32::MAX),
         }
+    }
+}
+
+impl Limits {
+    fn write_buffer_size(&self) -> usize {
+        self.write_buffer_size as usize
+    }
+
+    fn close_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.close_timeout_ms))
     }
 }
 
@@ -328,7 +342,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     pub(crate) fn write_policy(&self) -> (usize, SlowReader) {
-        (self.limits.write_buffer_size, self.limits.slow_reader)
+        (self.limits.write_buffer_size(), self.limits.slow_reader)
     }
 
     pub(crate) fn set_write_policy(&mut self, policy: SlowReader) {
@@ -391,19 +405,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// Queues a message and flushes it (and everything queued before it).
-    pub async fn send(&mut self, msg: Message) -> Result<(), Error> {
-        self.feed(msg).await?;
-        self.flush().await
+    pub fn send(&mut self, msg: Message) -> impl Future<Output = Result<(), Error>> + '_ {
+        // Written with `poll_fn` rather than as an `async fn`: an application's
+        // connection future embeds this one, and an `async fn` would hold the message
+        // twice (its argument and the local it moves into) beside its await states.
+        let mut msg = Some(msg);
+        poll_fn(move |cx| {
+            if msg.is_some() {
+                let queue = ready!(self.poll_write_ready(cx))?;
+                if let Some(msg) = msg.take().filter(|_| queue) {
+                    self.queue(msg)?;
+                }
+            }
+            self.poll_flush_all(cx).map_err(Error::Io)
+        })
     }
 
     /// Queues a message without flushing. When the write buffer is full the
     /// [`SlowReader`] policy decides: wait for it to drain, drop this message, or close.
-    pub async fn feed(&mut self, msg: Message) -> Result<(), Error> {
-        if poll_fn(|cx| self.poll_write_ready(cx)).await? {
-            self.queue(msg)
-        } else {
-            Ok(())
-        }
+    pub fn feed(&mut self, msg: Message) -> impl Future<Output = Result<(), Error>> + '_ {
+        let mut msg = Some(msg);
+        poll_fn(move |cx| {
+            let queue = ready!(self.poll_write_ready(cx))?;
+            match msg.take() {
+                Some(msg) if queue => Poll::Ready(self.queue(msg)),
+                _ => Poll::Ready(Ok(())),
+            }
+        })
     }
 
     /// Queues a prepared message (encoded, and compressed, once for many connections;
@@ -501,14 +529,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if self.finish == Finish::Done || self.dead {
             return Poll::Ready(Err(Error::Closed));
         }
-        if self.buffered_amount() < self.limits.write_buffer_size {
+        if self.buffered_amount() < self.limits.write_buffer_size() {
             return Poll::Ready(Ok(true));
         }
         let written = self.poll_write_backlog(cx);
         if let Poll::Ready(Err(e)) = written {
             return Poll::Ready(Err(Error::Io(e)));
         }
-        if self.buffered_amount() < self.limits.write_buffer_size {
+        if self.buffered_amount() < self.limits.write_buffer_size() {
             return Poll::Ready(Ok(true));
         }
         match self.limits.slow_reader {
@@ -704,7 +732,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     fn arm_close_timer(&mut self) {
         if self.close_timer.is_none() {
-            self.close_timer = Some(Box::pin(sleep(self.limits.close_timeout)));
+            self.close_timer = Some(Box::pin(sleep(self.limits.close_timeout())));
         }
     }
 
@@ -916,5 +944,24 @@ pub(crate) async fn with_timeout<T>(
     match tokio::time::timeout_at(Instant::now() + limit, fut).await {
         Ok(r) => r,
         Err(_) => Err(Error::Timeout(what)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_round_the_close_timeout_up_and_clamp_sizes() {
+        let config = Config::new()
+            .close_timeout(Duration::from_micros(1500))
+            .write_buffer_size(5 << 30)
+            .read_buffer_size(16 << 10);
+        let limits = Limits::from(&config);
+        assert_eq!(limits.close_timeout(), Duration::from_millis(2), "a sub-millisecond part rounds up, never to 0");
+        assert_eq!(limits.write_buffer_size(), u32::MAX as usize);
+        assert_eq!(limits.read_buffer_size, 16 << 10);
+        let forever = Limits::from(&Config::new().close_timeout(Duration::from_secs(u64::MAX)));
+        assert_eq!(forever.close_timeout(), Duration::from_millis(u64::from(u32::MAX)));
     }
 }
