@@ -103,14 +103,7 @@ async fn a_peer_that_stops_answering_is_closed_after_the_pong_timeout() {
     let _silent = raw_client(port).await;
     let mut ws = task.await.unwrap();
     let started = std::time::Instant::now();
-    let last = within(async {
-        let mut last = None;
-        while let Some(item) = ws.recv().await {
-            last = Some(item);
-        }
-        last
-    })
-    .await;
+    let last = within(last_item(&mut ws)).await;
     assert!(matches!(last, Some(Err(Error::Timeout("keepalive pong")))), "{last:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
@@ -159,14 +152,7 @@ async fn a_dead_tcp_peer_is_detected_by_keepalive() {
     ws.send(Message::text("hi")).await.unwrap();
     kill.notify_one();
     let started = std::time::Instant::now();
-    let last = within(async {
-        let mut last = None;
-        while let Some(item) = ws.recv().await {
-            last = Some(item);
-        }
-        last
-    })
-    .await;
+    let last = within(last_item(&mut ws)).await;
     assert!(matches!(last, Some(Err(Error::Timeout("keepalive pong")))), "{last:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "a dead peer must not hold the client");
     drop(server);
@@ -182,14 +168,7 @@ async fn idle_timeout_and_max_lifetime_close_with_1001() {
         let (mut client, _) = volley::connect(&url(port, "/")).await.unwrap();
         let mut ws = task.await.unwrap();
         let server_side = tokio::spawn(async move { while ws.recv().await.is_some() {} });
-        let last = within(async {
-            let mut last = None;
-            while let Some(item) = client.recv().await {
-                last = Some(item);
-            }
-            last
-        })
-        .await;
+        let last = within(last_item(&mut client)).await;
         match last {
             Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::GOING_AWAY),
             other => panic!("{other:?}"),
@@ -206,6 +185,15 @@ async fn stalled(config: Config) -> (volley::WebSocket<TcpStream>, TcpStream) {
 }
 
 /// Reads frames up to the close frame; returns its code and the data bytes before it.
+/// Reads a connection (or its reader half) to its end; the last item.
+async fn last_item<T>(stream: &mut (impl futures_core::Stream<Item = T> + Unpin)) -> Option<T> {
+    let mut last = None;
+    while let Some(item) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await {
+        last = Some(item);
+    }
+    last
+}
+
 async fn close_code_after_data(raw: &mut TcpStream) -> (u16, usize) {
     let mut seen = 0;
     loop {
@@ -259,13 +247,7 @@ async fn slow_reader_close_discards_the_backlog_and_sends_the_close_first() {
     assert!(matches!(err, Error::SlowReader(CloseCode::POLICY_VIOLATION)), "{err}");
     // The reader wakes up: it gets what was already in flight, then the close frame,
     // long before the hundreds of KiB that were queued.
-    let server_side = tokio::spawn(async move {
-        let mut last = None;
-        while let Some(item) = ws.recv().await {
-            last = Some(item);
-        }
-        last
-    });
+    let server_side = tokio::spawn(async move { last_item(&mut ws).await });
     let (code, seen) = within(close_code_after_data(&mut raw)).await;
     assert_eq!(code, 1008);
     assert!(seen < 8 << 20, "{seen} bytes before the close");
@@ -366,14 +348,7 @@ async fn a_dropped_read_half_leaves_the_connection_running() {
     assert!(got.contains(&Message::Pong(bytes::Bytes::from_static(b"still there"))), "{got:?}");
     assert!(got.contains(&Message::text("from the writer")), "{got:?}");
     write.close(CloseCode::NORMAL, "bye").await.unwrap();
-    let last = within(async {
-        let mut last = None;
-        while let Some(item) = client.recv().await {
-            last = Some(item);
-        }
-        last
-    })
-    .await;
+    let last = within(last_item(&mut client)).await;
     assert!(matches!(&last, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::NORMAL), "{last:?}");
 }
 
@@ -460,14 +435,7 @@ async fn split_halves_work_from_different_tasks() {
     }
     assert_eq!(within(reader).await.unwrap(), 100);
     within(writer).await.unwrap();
-    let last = within(async {
-        let mut last = None;
-        while let Some(item) = cread.recv().await {
-            last = Some(item);
-        }
-        last
-    })
-    .await;
+    let last = within(last_item(&mut cread)).await;
     assert!(matches!(&last, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::NORMAL), "{last:?}");
 }
 
