@@ -229,6 +229,33 @@ pub struct Connection {
     tx_compressed: bool,
 }
 
+/// An open connection with nothing in flight, reduced to what it must remember: its
+/// role, configuration and permessage-deflate state (codec contexts included). What
+/// [`Connection::park`] keeps while the transport has no task; [`ParkedConnection::resume`]
+/// makes it a [`Connection`] again.
+#[derive(Debug)]
+pub struct ParkedConnection {
+    config: Config,
+    deflate: Option<Box<Deflate>>,
+    role: Role,
+    allowed_rsv: u8,
+}
+
+impl ParkedConnection {
+    /// The connection again, exactly as it was parked.
+    pub fn resume(self) -> Connection {
+        let mut conn = Connection::new(self.role, self.config);
+        conn.allowed_rsv = self.allowed_rsv;
+        conn.deflate = self.deflate;
+        conn
+    }
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+}
+
 /// permessage-deflate state: the agreed parameters and the codec halves, made on
 /// first use.
 #[derive(Debug)]
@@ -408,6 +435,42 @@ impl Connection {
         if self.ctrl.as_ref().is_some_and(|c| c.queued == 0) {
             self.ctrl = None;
         }
+    }
+
+    /// Whether the connection is open with nothing in flight: no input buffered or
+    /// half-decoded, no event waiting to be polled, no output waiting to be taken, no
+    /// message half-received or half-sent, and no close frame either way. Only then can
+    /// it be [parked](Connection::park).
+    pub fn is_quiescent(&self) -> bool {
+        self.state == State::Open
+            && !self.close_sent
+            && !self.close_received
+            && !self.failed
+            && !self.rx_failed
+            && !self.rx_eof
+            && matches!(self.rx, Rx::Header)
+            && self.rbuf.is_empty()
+            && self.message.is_none()
+            && self.message_kind.is_none()
+            && self.pending.is_empty()
+            && self.transmit_len() == 0
+            && self.tx_fragment.is_none()
+    }
+
+    /// Reduces a [quiescent](Connection::is_quiescent) connection to a
+    /// [`ParkedConnection`] (about a fifth of the size, with no buffers), or hands it
+    /// back unchanged if it is not quiescent.
+    #[allow(clippy::result_large_err)] // the error is the connection itself, handed back
+    pub fn park(self) -> Result<ParkedConnection, Connection> {
+        if !self.is_quiescent() {
+            return Err(self);
+        }
+        Ok(ParkedConnection {
+            config: self.config,
+            deflate: self.deflate,
+            role: self.role,
+            allowed_rsv: self.allowed_rsv,
+        })
     }
 
     /// Fails the connection because of a peer's fault: decoding stops (except to find

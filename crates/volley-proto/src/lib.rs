@@ -51,7 +51,7 @@ pub mod prepared;
 pub mod utf8;
 
 pub use config::{Config, ConfigError, RandomSource};
-pub use connection::{Connection, Event, MessageKind, Role, State};
+pub use connection::{Connection, Event, MessageKind, ParkedConnection, Role, State};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use frame::{CloseCode, CloseFrame, OpCode};

@@ -32,6 +32,8 @@ pub mod error;
 #[cfg(feature = "hyper")]
 pub mod http;
 pub mod message;
+#[cfg(unix)]
+pub mod park;
 pub mod proxy;
 pub mod reconnect;
 pub mod server;

@@ -16,7 +16,9 @@ use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant, Sleep};
 use volley_proto::handshake::Headers;
-use volley_proto::{CloseCode, Connection, DeflateParams, Event, MessageKind, PreparedMessage, Role, State};
+use volley_proto::{
+    CloseCode, Connection, DeflateParams, Event, MessageKind, ParkedConnection, PreparedMessage, Role, State,
+};
 
 use crate::config::{Config, SlowReader};
 use crate::error::Error;
@@ -892,6 +894,79 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 }
             }
         }
+    }
+}
+
+/// What a [quiescent](WebSocket::is_quiescent) connection keeps while parked (see
+/// [`crate::park`]): everything but its transport and its (empty) buffers, queues and
+/// close state.
+pub(crate) struct ParkedSocket {
+    conn: ParkedConnection,
+    limits: Limits,
+    info: ConnectionInfo,
+    user_data: http::Extensions,
+    keepalive: Option<Box<Keepalive>>,
+    dropped: u64,
+}
+
+impl ParkedSocket {
+    /// The earliest keepalive, idle or lifetime deadline: the connection must be
+    /// running by then, even if the peer sends nothing.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let k = self.keepalive.as_deref()?;
+        [&k.ping_timer, &k.idle_timer, &k.lifetime_timer].into_iter().flatten().map(|t| t.deadline()).min()
+    }
+
+    /// The connection again, on `io`, as it was parked.
+    pub(crate) fn resume<S>(self, io: S) -> WebSocket<S> {
+        WebSocket {
+            io,
+            conn: self.conn.resume(),
+            limits: self.limits,
+            wq: VecDeque::new(),
+            wq_len: 0,
+            front_partial: false,
+            read_eof: false,
+            last: None,
+            close_timer: None,
+            finish: Finish::Running,
+            info: self.info,
+            user_data: self.user_data,
+            keepalive: self.keepalive,
+            dropped: self.dropped,
+            drop_next: false,
+            dead: false,
+        }
+    }
+}
+
+impl<S> WebSocket<S> {
+    /// Whether the connection is open with nothing in flight: no input read and not
+    /// yet handed out, no message half-received or half-sent, nothing queued for the
+    /// transport, and no closing handshake under way. Only such a connection can be
+    /// [parked](crate::park::Parking::park). After `recv` has waited for input, a
+    /// connection whose writes all went out is quiescent.
+    pub fn is_quiescent(&self) -> bool {
+        self.finish == Finish::Running
+            && self.wq.is_empty()
+            && !self.read_eof
+            && !self.dead
+            && !self.drop_next
+            && self.last.is_none()
+            && self.close_timer.is_none()
+            && self.conn.is_quiescent()
+    }
+
+    /// Splits a quiescent connection into its transport and what it must remember, or
+    /// hands it back unchanged.
+    #[allow(clippy::result_large_err)] // the error is the connection itself, handed back
+    pub(crate) fn park(self) -> Result<(S, ParkedSocket), Self> {
+        if !self.is_quiescent() {
+            return Err(self);
+        }
+        let WebSocket { io, conn, limits, info, user_data, keepalive, dropped, .. } = self;
+        let conn = conn.park().expect("checked quiescent");
+        Ok((io, ParkedSocket { conn, limits, info, user_data, keepalive, dropped }))
     }
 }
 

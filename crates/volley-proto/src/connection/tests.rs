@@ -364,3 +364,77 @@ fn idle_connection_releases_buffers() {
     assert_eq!(s.input_buffer().capacity(), 0);
     assert_eq!(s.out.buf.capacity(), 0);
 }
+
+/// Moves everything `from` has to send into `to`, and returns `to`'s events.
+fn pass(from: &mut Connection, to: &mut Connection) -> Vec<Event> {
+    let bytes = transmit(from);
+    to.receive(&bytes);
+    events(to)
+}
+
+#[test]
+fn only_a_quiescent_connection_parks() {
+    // Fresh: parks, and comes back with its role.
+    let parked = server().park().expect("a fresh connection is quiescent");
+    assert_eq!(parked.role(), Role::Server);
+    let mut s = parked.resume();
+
+    // An event not yet polled.
+    s.receive(&masked(0x81, b"hi"));
+    let mut s = s.park().expect_err("an unpolled event");
+    assert_eq!(events(&mut s), vec![Event::Text("hi".into())]);
+    // Half a frame buffered.
+    s.receive(&masked(0x81, b"hello")[..3]);
+    let mut s = s.park().expect_err("a half-received frame");
+    s.receive(&masked(0x81, b"hello")[3..]);
+    assert_eq!(events(&mut s), vec![Event::Text("hello".into())]);
+    // Half a message (a first fragment).
+    s.receive(&masked(0x01, b"frag"));
+    let mut s = s.park().expect_err("a half-received message");
+    s.receive(&masked(0x80, b"ment"));
+    assert_eq!(events(&mut s), vec![Event::Text("fragment".into())]);
+    // Output not yet taken.
+    s.send_text("out").unwrap();
+    let mut s = s.park().expect_err("untaken output");
+    assert_eq!(transmit(&mut s), [0x81, 0x03, b'o', b'u', b't']);
+    // Half a message sent.
+    s.send_fragment(MessageKind::Binary, Bytes::from_static(b"a"), false).unwrap();
+    transmit(&mut s);
+    let mut s = s.park().expect_err("a half-sent message");
+    s.send_fragment(MessageKind::Binary, Bytes::from_static(b"b"), true).unwrap();
+    transmit(&mut s);
+    // Quiescent again: parks; a closing connection does not.
+    let mut s = s.park().expect("quiescent again").resume();
+    s.send_close(CloseCode::NORMAL, "").unwrap();
+    transmit(&mut s);
+    assert!(s.park().is_err(), "a closing connection");
+}
+
+#[test]
+fn a_parked_connection_keeps_its_compression_contexts() {
+    let params = DeflateParams {
+        server_no_context_takeover: false,
+        client_no_context_takeover: false,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    };
+    let mut c = client();
+    let mut s = server();
+    c.enable_deflate(params, DeflateConfig::default());
+    s.enable_deflate(params, DeflateConfig::default());
+    let text = "the same sentence, twice over, so that the second copy refers to the first";
+    for round in 0..3 {
+        c.send_text(text).unwrap();
+        let compressed = transmit(&mut c);
+        s.receive(&compressed);
+        assert_eq!(events(&mut s), vec![Event::Text(text.into())], "round {round}");
+        s.send_text(text).unwrap();
+        assert_eq!(pass(&mut s, &mut c), vec![Event::Text(text.into())], "round {round}");
+        if round > 0 {
+            // The context taken over: a repeat compresses to a few bytes.
+            assert!(compressed.len() < 16, "round {round}: {} bytes", compressed.len());
+        }
+        s = s.park().expect("quiescent after each round").resume();
+        c = c.park().expect("quiescent after each round").resume();
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! bench-server --impl volley|tungstenite|fastwebsockets|tokio-websockets|raw --listen ADDR
-//!              [--deflate] [--broadcast]
+//!              [--deflate] [--broadcast] [--park-after MS]
 //! ```
 //!
 //! Every implementation runs on a tokio current-thread runtime (the harness pins the
@@ -17,6 +17,9 @@
 //! it on the server). `--broadcast` (Volley only) turns the echo into a fan-out: every
 //! message from a client is sent to all connections through a [`volley::Broadcast`] of
 //! prepared messages; connections to the path `/sender` send but are not members.
+//! `--park-after MS` (Volley only) parks a connection that received nothing for `MS`
+//! milliseconds in a [`volley::park::Parking`], without a task, until its peer sends
+//! again (the harness's W6 row "Volley, parked").
 
 mod fastws;
 mod handshake;
@@ -50,6 +53,7 @@ struct Args {
     listen: SocketAddr,
     deflate: bool,
     broadcast: bool,
+    park_after: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -57,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
     let mut listen: SocketAddr = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
     let mut deflate = false;
     let mut broadcast = false;
+    let mut park_after = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -77,9 +82,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--deflate" => deflate = true,
             "--broadcast" => broadcast = true,
+            "--park-after" => {
+                let ms = args.next().ok_or("--park-after needs a value in milliseconds")?;
+                let ms: u64 = ms.parse().map_err(|e| format!("--park-after {ms}: {e}"))?;
+                park_after = Some(Duration::from_millis(ms));
+            }
             "-h" | "--help" => {
                 return Err("usage: bench-server --impl volley|tungstenite|fastwebsockets|tokio-websockets|raw \
-                            --listen ADDR [--deflate] [--broadcast]"
+                            --listen ADDR [--deflate] [--broadcast] [--park-after MS]"
                     .into())
             }
             other => return Err(format!("unknown argument {other:?}")),
@@ -92,7 +102,10 @@ fn parse_args() -> Result<Args, String> {
     if broadcast && imp != Impl::Volley {
         return Err(format!("--broadcast is implemented for volley only, not {imp:?}"));
     }
-    Ok(Args { imp, listen, deflate, broadcast })
+    if park_after.is_some() && (imp != Impl::Volley || broadcast) {
+        return Err("--park-after is implemented for the volley echo only".into());
+    }
+    Ok(Args { imp, listen, deflate, broadcast, park_after })
 }
 
 fn main() -> ExitCode {
@@ -134,20 +147,36 @@ async fn serve(args: Args) -> std::io::Result<()> {
         out.flush()?;
     }
     let group = args.broadcast.then(volley_echo::group);
+    if let Some(after) = args.park_after {
+        let parking = volley_echo::Parked::new(after)?;
+        loop {
+            let tcp = accept(&listener).await;
+            let parking = parking.clone();
+            tokio::spawn(async move { volley_echo::echo_parked(tcp, args.deflate, parking).await.ok() });
+        }
+    }
     loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
+        let tcp = accept(&listener).await;
+        spawn_connection(args.imp, tcp, args.deflate, group.clone());
+    }
+}
+
+/// The next connection, with `TCP_NODELAY` set.
+async fn accept(listener: &TcpListener) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    eprintln!("bench-server: TCP_NODELAY: {e}");
+                }
+                return tcp;
+            }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
                 eprintln!("bench-server: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
             }
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            eprintln!("bench-server: TCP_NODELAY: {e}");
         }
-        spawn_connection(args.imp, tcp, args.deflate, group.clone());
     }
 }
 

@@ -1,15 +1,18 @@
 //! The Volley echo server (the README's loop: `recv`, then `feed`, which is flushed
 //! before the next read waits, so a batch of messages is answered with one write), and
-//! the fan-out server of `--broadcast`.
+//! the fan-out server of `--broadcast`, and the same echo with idle connections
+//! parked (`--park-after`).
 //!
 //! Configuration: Volley's defaults except keepalive, which is off because none of the
 //! peers sends pings, and permessage-deflate, which is on only with `--deflate` (then
 //! with Volley's default parameters).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
-use volley::{Broadcast, Config, Message, PreparedMessage};
+use volley::park::{ParkError, Parking};
+use volley::{Broadcast, Config, Message, PreparedMessage, WebSocket};
 
 /// The members of the fan-out.
 pub type Group = Arc<Broadcast>;
@@ -58,4 +61,52 @@ pub async fn fan_out(tcp: TcpStream, group: Group) -> Result<(), volley::Error> 
         group.leave(id);
     }
     Ok(())
+}
+
+/// The parking of `--park-after`, and how long a connection stays silent before it
+/// is parked. Cheap to clone.
+#[derive(Clone)]
+pub struct Parked {
+    parking: Parking<()>,
+    after: Duration,
+}
+
+impl Parked {
+    /// A parking, and the task that serves the connections it hands back.
+    pub fn new(after: Duration) -> std::io::Result<Self> {
+        let parked = Parked { parking: Parking::new()?, after };
+        let p = parked.clone();
+        tokio::spawn(async move {
+            while let Ok((ws, ())) = p.parking.woken().await {
+                tokio::spawn(serve_parked(ws, p.clone()));
+            }
+        });
+        Ok(parked)
+    }
+}
+
+pub async fn echo_parked(tcp: TcpStream, deflate: bool, parked: Parked) -> Result<(), volley::Error> {
+    let ws = volley::accept_with(tcp, config(deflate), |_, _| Ok(())).await?;
+    serve_parked(ws, parked).await
+}
+
+/// The echo loop; after `after` without a message, the connection is parked and the
+/// task ends.
+async fn serve_parked(mut ws: WebSocket<TcpStream>, parked: Parked) -> Result<(), volley::Error> {
+    loop {
+        match tokio::time::timeout(parked.after, ws.recv()).await {
+            Ok(Some(msg)) => {
+                let msg = msg?;
+                if msg.is_data() {
+                    ws.feed(msg).await?;
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(_) => match parked.parking.park(ws, ()) {
+                Ok(_) => return Ok(()),
+                Err(ParkError::Busy(back, ())) => ws = back,
+                Err(ParkError::Io(e, ())) => return Err(e.into()),
+            },
+        }
+    }
 }

@@ -1,0 +1,482 @@
+//! Parking: idle connections held without a task each, and handed back when their peer
+//! sends something or a keepalive deadline comes.
+//!
+//! A running connection is a tokio task holding the application's future, the
+//! [`WebSocket`] and tokio's registration of the socket: about 1.7 KB for an idle echo
+//! connection. A server with many connections that are mostly silent (notifications,
+//! presence, dashboards) can [`park`](Parking::park) them instead. The socket moves to
+//! the parking's own poller (one per [`Parking`], waited on by one thread of its own);
+//! what stays in memory is the connection's protocol state, limits, info,
+//! user data and a value of the application's choice, in one slot. The application's
+//! task ends.
+//!
+//! When the peer sends anything (a message, a ping, a close frame, or just closes the
+//! socket), or when the connection's ping, idle or lifetime timer is due, the connection
+//! is handed back by [`Parking::woken`] with its value, exactly as it was parked, and the
+//! application spawns a task for it again. [`Parking::take`] unparks one at once, to send
+//! it something.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tokio::net::TcpStream;
+//! use volley::park::{ParkError, Parking};
+//! use volley::WebSocket;
+//!
+//! /// Echoes, and parks the connection after 5 s without a message.
+//! async fn serve(mut ws: WebSocket<TcpStream>, parking: Parking<()>) -> Result<(), volley::Error> {
+//!     loop {
+//!         match tokio::time::timeout(Duration::from_secs(5), ws.recv()).await {
+//!             Ok(Some(msg)) => {
+//!                 let msg = msg?;
+//!                 if msg.is_data() {
+//!                     ws.feed(msg).await?;
+//!                 }
+//!             }
+//!             Ok(None) => return Ok(()),
+//!             // `recv` is cancel-safe: nothing is lost by the timeout.
+//!             Err(_) => match parking.park(ws, ()) {
+//!                 Ok(_) => return Ok(()),
+//!                 // Something is still in flight (a write the socket has not taken).
+//!                 Err(ParkError::Busy(back, ())) => ws = back,
+//!                 Err(ParkError::Io(e, ())) => return Err(e.into()),
+//!             },
+//!         }
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let parking = Parking::new()?;
+//! let p = parking.clone();
+//! tokio::spawn(async move {
+//!     while let Ok((ws, ())) = p.woken().await {
+//!         tokio::spawn(serve(ws, p.clone()));
+//!     }
+//! });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+//! loop {
+//!     let (tcp, _) = listener.accept().await?;
+//!     let parking = parking.clone();
+//!     tokio::spawn(async move { serve(volley::accept(tcp).await?, parking).await });
+//! }
+//! # }
+//! ```
+//!
+//! Only a [quiescent](WebSocket::is_quiescent) connection parks: open, with every
+//! received message handed out and every queued write taken by the socket. Plain TCP
+//! connections only (a TLS session's state is far larger than what parking saves).
+//! Dropping the last handle to a [`Parking`] closes the connections it holds without a
+//! closing handshake; [`Parking::wake_all`] hands them all back first, to close them
+//! properly. Unix only.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::websocket::{ParkedSocket, WebSocket};
+
+/// How many readiness events one poll of the parking's poller takes.
+const EVENTS: usize = 256;
+
+/// The token of the poller's waker (parked sockets use their slot number).
+const WAKER: Token = Token(usize::MAX);
+
+/// A set of parked connections, each with a value of type `T` (see the
+/// [module docs](self)). Cheap to clone: clones share the set. When the last clone is
+/// dropped, the poller's thread ends and the connections still parked are closed.
+pub struct Parking<T> {
+    handle: Arc<Handle<T>>,
+}
+
+impl<T> Clone for Parking<T> {
+    fn clone(&self) -> Self {
+        Parking { handle: Arc::clone(&self.handle) }
+    }
+}
+
+impl<T> fmt::Debug for Parking<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.handle.core.lock();
+        f.debug_struct("Parking").field("parked", &st.parked).field("woken", &st.woken.len()).finish()
+    }
+}
+
+/// Names a parked connection, for [`Parking::take`]. A connection parked again gets a
+/// new id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ParkedId {
+    key: u32,
+    generation: u32,
+}
+
+/// Why [`Parking::park`] did not park a connection.
+// The connection is handed back by value: boxing it would allocate on the path that
+// goes on serving it.
+#[allow(clippy::large_enum_variant)]
+pub enum ParkError<T> {
+    /// The connection is not [quiescent](WebSocket::is_quiescent): it is handed back
+    /// unchanged, with the value, to be served on.
+    Busy(WebSocket<TcpStream>, T),
+    /// The socket could not be moved to the parking's poller: the connection is lost
+    /// (its socket closed); the value is handed back.
+    Io(io::Error, T),
+}
+
+impl<T> fmt::Debug for ParkError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParkError::Busy(ws, _) => f.debug_tuple("Busy").field(&ws.info().id()).finish(),
+            ParkError::Io(e, _) => f.debug_tuple("Io").field(e).finish(),
+        }
+    }
+}
+
+impl<T> fmt::Display for ParkError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParkError::Busy(..) => f.write_str("the connection has data in flight and cannot be parked"),
+            ParkError::Io(e, _) => write!(f, "parking the connection failed: {e}"),
+        }
+    }
+}
+
+impl<T> std::error::Error for ParkError<T> {}
+
+/// What the handles own: dropping the last one stops the poller's thread.
+struct Handle<T> {
+    core: Arc<Core<T>>,
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        self.core.shutdown.store(true, Ordering::Release);
+        let _ = self.core.waker.wake();
+    }
+}
+
+/// What the handles and the poller's thread share.
+struct Core<T> {
+    registry: mio::Registry,
+    waker: mio::Waker,
+    state: Mutex<State<T>>,
+    /// Signalled when connections are handed back, or when the poller failed.
+    notify: Notify,
+    shutdown: AtomicBool,
+}
+
+impl<T> Core<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // No method panics halfway through a change, so the state stays consistent
+        // even if a panic elsewhere poisoned the lock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct State<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    /// Keepalive deadlines of parked connections, earliest first; entries whose slot
+    /// has moved on (another generation) are skipped.
+    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Connections handed back and not yet taken by `woken`.
+    woken: VecDeque<Entry<T>>,
+    parked: usize,
+    /// The deadline the poller's thread waits until, if any.
+    timer_at: Option<Instant>,
+    /// Why the poller's thread stopped, once it has.
+    failed: Option<io::Error>,
+}
+
+struct Slot<T> {
+    generation: u32,
+    entry: Option<Entry<T>>,
+}
+
+struct Entry<T> {
+    io: std::net::TcpStream,
+    socket: ParkedSocket,
+    value: T,
+}
+
+impl<T> State<T> {
+    /// Takes a parked connection out of its slot and off the poller.
+    fn unpark(&mut self, key: usize, registry: &mio::Registry) -> Option<Entry<T>> {
+        let slot = self.slots.get_mut(key)?;
+        let entry = slot.entry.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        let _ = registry.deregister(&mut SourceFd(&entry.io.as_raw_fd()));
+        self.free.push(key as u32);
+        self.parked -= 1;
+        Some(entry)
+    }
+
+    fn is_current(&self, key: u32, generation: u32) -> bool {
+        self.slots.get(key as usize).is_some_and(|s| s.generation == generation && s.entry.is_some())
+    }
+
+    /// Hands back every connection whose deadline has come.
+    fn expire(&mut self, now: Instant, registry: &mio::Registry) {
+        while let Some(&Reverse((at, key, generation))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            if self.is_current(key, generation) {
+                if let Some(entry) = self.unpark(key as usize, registry) {
+                    self.woken.push_back(entry);
+                }
+            }
+        }
+    }
+
+    /// The earliest deadline of a connection still parked.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, key, generation))) = self.deadlines.peek() {
+            if self.is_current(key, generation) {
+                return Some(at);
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+}
+
+/// The poller's thread: waits for parked sockets to become readable or for the next
+/// deadline, and hands those connections back.
+fn run_poller<T>(mut poller: mio::Poll, core: Arc<Core<T>>) {
+    let mut events = Events::with_capacity(EVENTS);
+    let result = loop {
+        let timeout = {
+            let mut st = core.lock();
+            let at = st.next_deadline();
+            st.timer_at = at;
+            at.map(|at| at.saturating_duration_since(Instant::now()))
+        };
+        if core.shutdown.load(Ordering::Acquire) {
+            break Ok(());
+        }
+        match poller.poll(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(e),
+        }
+        let mut st = core.lock();
+        let before = st.woken.len();
+        for event in events.iter().filter(|e| e.token() != WAKER) {
+            if let Some(entry) = st.unpark(event.token().0, &core.registry) {
+                st.woken.push_back(entry);
+            }
+        }
+        st.expire(Instant::now(), &core.registry);
+        let woke = st.woken.len() > before;
+        drop(st);
+        if woke {
+            core.notify.notify_one();
+        }
+    };
+    let mut st = core.lock();
+    // Close what is still parked (and what was never taken): nobody will serve it.
+    let slots = std::mem::take(&mut st.slots);
+    let woken = std::mem::take(&mut st.woken);
+    st.parked = 0;
+    st.failed = Some(match result {
+        Ok(()) => io::Error::other("the parking was dropped"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the parking's poller failed: parked connections closed");
+            e
+        }
+    });
+    drop(st);
+    drop((slots, woken));
+    core.notify.notify_waiters();
+    core.notify.notify_one();
+}
+
+impl<T: Send + 'static> Parking<T> {
+    /// An empty parking, with its poller's thread.
+    pub fn new() -> io::Result<Self> {
+        let poller = mio::Poll::new()?;
+        let registry = poller.registry().try_clone()?;
+        let waker = mio::Waker::new(poller.registry(), WAKER)?;
+        let core = Arc::new(Core {
+            registry,
+            waker,
+            state: Mutex::new(State {
+                slots: Vec::new(),
+                free: Vec::new(),
+                deadlines: BinaryHeap::new(),
+                woken: VecDeque::new(),
+                parked: 0,
+                timer_at: None,
+                failed: None,
+            }),
+            notify: Notify::new(),
+            shutdown: AtomicBool::new(false),
+        });
+        let thread_core = Arc::clone(&core);
+        std::thread::Builder::new().name("volley-parking".into()).spawn(move || run_poller(poller, thread_core))?;
+        Ok(Parking { handle: Arc::new(Handle { core }) })
+    }
+}
+
+impl<T> Parking<T> {
+    fn core(&self) -> &Core<T> {
+        &self.handle.core
+    }
+
+    /// Connections held: parked, or handed back and not yet taken by
+    /// [`Parking::woken`].
+    pub fn len(&self) -> usize {
+        let st = self.core().lock();
+        st.parked + st.woken.len()
+    }
+
+    /// Whether no connection is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Parks a [quiescent](WebSocket::is_quiescent) connection with `value` until its
+    /// peer sends something or one of its timers is due; see [`Parking::woken`]. Call
+    /// it inside the tokio runtime that runs the connection.
+    ///
+    /// A connection with something in flight is handed back as [`ParkError::Busy`]:
+    /// serve it on (typically, wait for its next message or for its writes to go out)
+    /// and try again later.
+    #[allow(clippy::result_large_err)] // see `ParkError`
+    pub fn park(&self, ws: WebSocket<TcpStream>, value: T) -> Result<ParkedId, ParkError<T>> {
+        let (io, socket) = match ws.park() {
+            Ok(parts) => parts,
+            Err(ws) => return Err(ParkError::Busy(ws, value)),
+        };
+        let deadline = socket.deadline();
+        let io = match io.into_std() {
+            Ok(io) => io,
+            Err(e) => return Err(ParkError::Io(e, value)),
+        };
+        let core = self.core();
+        let mut st = core.lock();
+        if let Some(e) = &st.failed {
+            return Err(ParkError::Io(io::Error::new(e.kind(), e.to_string()), value));
+        }
+        let key = match st.free.pop() {
+            Some(key) => key as usize,
+            None if st.slots.len() < u32::MAX as usize => {
+                st.slots.push(Slot { generation: 0, entry: None });
+                st.slots.len() - 1
+            }
+            None => return Err(ParkError::Io(io::Error::other("too many parked connections"), value)),
+        };
+        // Registered under the lock: the poller's thread cannot see the socket ready
+        // before its slot is filled. A socket that is already readable is reported at
+        // once.
+        if let Err(e) = core.registry.register(&mut SourceFd(&io.as_raw_fd()), Token(key), Interest::READABLE) {
+            st.free.push(key as u32);
+            return Err(ParkError::Io(e, value));
+        }
+        let generation = st.slots[key].generation;
+        st.slots[key].entry = Some(Entry { io, socket, value });
+        st.parked += 1;
+        if let Some(at) = deadline {
+            st.deadlines.push(Reverse((at, key as u32, generation)));
+            if st.timer_at.is_none_or(|t| at < t) {
+                st.timer_at = Some(at);
+                let _ = core.waker.wake();
+            }
+            // Deadlines of unparked connections are dropped lazily; keep them bounded.
+            if st.deadlines.len() > 2 * st.parked + 1024 {
+                let State { deadlines, slots, .. } = &mut *st;
+                deadlines.retain(|&Reverse((_, k, g))| {
+                    slots.get(k as usize).is_some_and(|s| s.generation == g && s.entry.is_some())
+                });
+            }
+        }
+        Ok(ParkedId { key: key as u32, generation })
+    }
+
+    /// Unparks the connection `id` at once, if it is still parked: to send it
+    /// something. Call it inside the tokio runtime. `None` if it was already handed
+    /// back, or if its socket cannot rejoin the runtime (then it is closed).
+    pub fn take(&self, id: ParkedId) -> Option<(WebSocket<TcpStream>, T)> {
+        let core = self.core();
+        let entry = {
+            let mut st = core.lock();
+            if !st.is_current(id.key, id.generation) {
+                return None;
+            }
+            st.unpark(id.key as usize, &core.registry)?
+        };
+        resume(entry)
+    }
+
+    /// Hands every parked connection back through [`Parking::woken`]: before a
+    /// shutdown, to close each one with a closing handshake.
+    pub fn wake_all(&self) {
+        let core = self.core();
+        let mut st = core.lock();
+        for key in 0..st.slots.len() {
+            if let Some(entry) = st.unpark(key, &core.registry) {
+                st.woken.push_back(entry);
+            }
+        }
+        drop(st);
+        core.notify.notify_one();
+    }
+
+    /// The next connection whose peer sent something (or closed), or whose ping, idle
+    /// or lifetime timer is due, with its value. Typically one task runs it in a loop
+    /// that spawns a task for each connection it returns; several tasks may. Call it
+    /// inside the tokio runtime. An error means the poller stopped: the parking cannot
+    /// go on.
+    pub async fn woken(&self) -> io::Result<(WebSocket<TcpStream>, T)> {
+        let core = self.core();
+        loop {
+            let notified = core.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut st = core.lock();
+                match st.woken.pop_front() {
+                    Some(entry) => Some((entry, !st.woken.is_empty())),
+                    None => match &st.failed {
+                        Some(e) => return Err(io::Error::new(e.kind(), e.to_string())),
+                        None => None,
+                    },
+                }
+            };
+            match next {
+                Some((entry, more)) => {
+                    if more {
+                        // Let another waiting task take the next one.
+                        core.notify.notify_one();
+                    }
+                    if let Some(back) = resume(entry) {
+                        return Ok(back);
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+}
+
+/// Puts a handed-back socket back on the runtime.
+fn resume<T>(entry: Entry<T>) -> Option<(WebSocket<TcpStream>, T)> {
+    let Entry { io, socket, value } = entry;
+    match TcpStream::from_std(io) {
+        Ok(io) => Some((socket.resume(io), value)),
+        Err(e) => {
+            tracing::debug!(error = %e, "a parked connection could not rejoin the runtime: dropped");
+            None
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Parking over real TCP on 127.0.0.1: a parked connection comes back, unchanged, when
+//! its peer sends a message, a burst, a close frame or just closes the socket, or when
+//! its keepalive ping is due; busy connections are refused; `take` and `wake_all`
+//! unpark at once; dropping the parking closes what it holds.
+#![cfg(unix)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bind, close_body, masked, raw_client, read_frame, read_to_eof, url, within};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use volley::park::{ParkError, Parking};
+use volley::{CloseCode, Config, Message, WebSocket};
+
+/// Accepts one connection with `config`; returns the port and the server side.
+async fn server(config: Config) -> (u16, tokio::task::JoinHandle<WebSocket<TcpStream>>) {
+    let (listener, port) = bind().await;
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        volley::accept_tcp_with(tcp, config, |_, _| Ok(())).await.unwrap()
+    });
+    (port, task)
+}
+
+fn park<T>(parking: &Parking<T>, ws: WebSocket<TcpStream>, value: T) -> volley::park::ParkedId {
+    match parking.park(ws, value) {
+        Ok(id) => id,
+        Err(e) => panic!("not parked: {e}"),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct User(&'static str);
+
+#[tokio::test]
+async fn a_parked_connection_comes_back_unchanged_when_its_peer_sends() {
+    let parking = Parking::new().unwrap();
+    let (port, task) = server(Config::new()).await;
+    // A Volley client: permessage-deflate with context takeover, so the compression
+    // contexts must survive parking too.
+    let (mut client, _) =
+        volley::ClientBuilder::new(url(port, "/room/7")).header("X-Team", "blue").connect().await.unwrap();
+    let mut ws = task.await.unwrap();
+    assert!(ws.deflate().is_some());
+    ws.user_data_mut().insert(User("ada"));
+    let id = ws.info().id();
+    let text = "a sentence long enough to be compressed, sent again and again";
+
+    for round in 0..3 {
+        assert!(ws.is_quiescent(), "round {round}");
+        park(&parking, ws, round);
+        assert_eq!(parking.len(), 1);
+        // A burst while parked: all of it arrives, in order.
+        for i in 0..3 {
+            client.send(Message::text(format!("{text} {round}.{i}"))).await.unwrap();
+        }
+        let (back, value) = within(parking.woken()).await.unwrap();
+        ws = back;
+        assert_eq!(value, round);
+        assert_eq!(parking.len(), 0);
+        assert_eq!(ws.info().id(), id);
+        assert_eq!(ws.info().path(), "/room/7");
+        assert_eq!(ws.info().headers().get("x-team"), Some("blue"));
+        assert_eq!(ws.user_data().get::<User>(), Some(&User("ada")));
+        for i in 0..3 {
+            let msg = within(ws.recv()).await.unwrap().unwrap();
+            assert_eq!(msg, Message::text(format!("{text} {round}.{i}")));
+            ws.send(msg).await.unwrap();
+            let echo = within(client.recv()).await.unwrap().unwrap();
+            assert_eq!(echo, Message::text(format!("{text} {round}.{i}")));
+        }
+    }
+    // The closing handshake after parking is a normal one.
+    park(&parking, ws, 9);
+    let closing = tokio::spawn(async move { client.close(CloseCode::NORMAL, "bye").await.map_err(|e| e.to_string()) });
+    let (mut ws, _) = within(parking.woken()).await.unwrap();
+    assert!(matches!(within(ws.recv()).await, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::NORMAL));
+    assert!(within(ws.recv()).await.is_none());
+    within(closing).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_with_input_not_yet_handed_out_is_busy() {
+    let parking = Parking::new().unwrap();
+    let (port, task) = server(Config::new()).await;
+    let mut raw = raw_client(port).await;
+    let mut ws = task.await.unwrap();
+    // Two frames in one write: one read takes both.
+    let mut both = masked(0x81, b"one");
+    both.extend_from_slice(&masked(0x81, b"two"));
+    raw.write_all(&both).await.unwrap();
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("one"));
+    assert!(!ws.is_quiescent());
+    let Err(ParkError::Busy(mut ws, value)) = parking.park(ws, "kept") else { panic!("parked a busy connection") };
+    assert_eq!(value, "kept");
+    assert!(parking.is_empty());
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("two"));
+    park(&parking, ws, "now");
+    assert_eq!(parking.len(), 1);
+}
+
+#[tokio::test]
+async fn a_peer_that_goes_away_wakes_its_parked_connection() {
+    let parking = Parking::new().unwrap();
+    // A close frame.
+    let (port, task) = server(Config::new()).await;
+    let mut raw = raw_client(port).await;
+    park(&parking, task.await.unwrap(), ());
+    raw.write_all(&masked(0x88, &close_body(1001, "gone"))).await.unwrap();
+    let (mut ws, ()) = within(parking.woken()).await.unwrap();
+    assert!(matches!(within(ws.recv()).await, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::GOING_AWAY));
+    assert!(within(ws.recv()).await.is_none());
+    assert_eq!(read_frame(&mut raw).await, (0x88, close_body(1001, "")), "the close echo");
+
+    // The socket closed without a close frame.
+    let (port, task) = server(Config::new()).await;
+    let raw = raw_client(port).await;
+    park(&parking, task.await.unwrap(), ());
+    drop(raw);
+    let (mut ws, ()) = within(parking.woken()).await.unwrap();
+    let last = within(ws.recv()).await;
+    assert!(matches!(last, Some(Err(_))), "an abnormal closure: {last:?}");
+    assert!(within(ws.recv()).await.is_none());
+}
+
+#[tokio::test]
+async fn a_keepalive_ping_due_wakes_a_parked_connection() {
+    let parking = Parking::new().unwrap();
+    let config = Config::new().ping_interval(Some(Duration::from_millis(400)));
+    let (port, task) = server(config).await;
+    let mut raw = raw_client(port).await;
+    park(&parking, task.await.unwrap(), ());
+    // Not before the ping is due...
+    assert!(tokio::time::timeout(Duration::from_millis(100), parking.woken()).await.is_err());
+    // ...but when it is, although the peer sent nothing.
+    let (mut ws, ()) = within(parking.woken()).await.unwrap();
+    let recv = tokio::spawn(async move { ws.recv().await.map(|m| m.map_err(|e| e.to_string())) });
+    let (opcode, payload) = within(read_frame(&mut raw)).await;
+    assert_eq!(opcode, 0x89, "a ping");
+    raw.write_all(&masked(0x8a, &payload)).await.unwrap();
+    assert!(matches!(within(recv).await.unwrap(), Some(Ok(Message::Pong(_)))));
+}
+
+#[tokio::test]
+async fn take_unparks_at_once_and_wake_all_hands_everything_back() {
+    let parking = Parking::new().unwrap();
+    let mut raws = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (port, task) = server(Config::new()).await;
+        raws.push(raw_client(port).await);
+        ids.push(park(&parking, task.await.unwrap(), i));
+    }
+    assert_eq!(parking.len(), 3);
+    let (mut ws, value) = parking.take(ids[1]).expect("still parked");
+    assert_eq!(value, 1);
+    assert!(parking.take(ids[1]).is_none(), "taken already");
+    ws.send(Message::text("news")).await.unwrap();
+    assert_eq!(read_frame(&mut raws[1]).await, (0x81, b"news".to_vec()));
+    let again = park(&parking, ws, 1);
+    assert_ne!(again, ids[1], "a new id each time");
+    assert!(parking.take(ids[1]).is_none(), "the old id is stale");
+
+    parking.wake_all();
+    assert_eq!(parking.len(), 3);
+    let mut values = Vec::new();
+    for _ in 0..3 {
+        let (mut ws, value) = within(parking.woken()).await.unwrap();
+        values.push(value);
+        ws.send(Message::text(format!("bye {value}"))).await.unwrap();
+    }
+    values.sort();
+    assert_eq!(values, [0, 1, 2]);
+    for (i, raw) in raws.iter_mut().enumerate() {
+        assert_eq!(read_frame(raw).await, (0x81, format!("bye {i}").into_bytes()));
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_parking_closes_what_it_holds() {
+    let parking = Parking::new().unwrap();
+    let (port, task) = server(Config::new()).await;
+    let mut raw = raw_client(port).await;
+    park(&parking, task.await.unwrap(), ());
+    let waiter = {
+        let parking = parking.clone();
+        tokio::spawn(async move { parking.woken().await.map(|_| ()) })
+    };
+    tokio::task::yield_now().await;
+    drop(parking);
+    // The waiting task still holds a clone: the parking lives until it stops waiting.
+    waiter.abort();
+    let _ = waiter.await;
+    // Closed without a closing handshake: end of stream, or a reset.
+    if let Ok(rest) = within(read_to_eof(&mut raw)).await {
+        assert!(rest.is_empty(), "nothing was sent: {rest:?}");
+    }
+}
