@@ -9,6 +9,10 @@
 //! HTTP/2 with prior knowledge). Each accepted WebSocket is logged with its HTTP
 //! version: `websocket accepted http_version=HTTP/2.0` at info level on the hyper path,
 //! at debug level on the fast path.
+//!
+//! `--park-after SECONDS` (plain ws://, Unix) parks a connection that received nothing
+//! for that long in a `volley::park::Parking`: it is held without a task until its
+//! peer sends again or its keepalive ping is due.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use volley::http::hyper::{header, Method, Request, Response, StatusCode};
 use volley::http::{Body, Server};
+#[cfg(unix)]
+use volley::park::{ParkError, Parking};
 use volley::tls::{CertificateDer, PrivateKeyDer, TlsAcceptor};
 use volley::{Config, Message, WebSocket};
 
@@ -61,6 +67,11 @@ pub struct Args {
     /// test page at `GET /`. Off by default: plain ws:// takes the direct path.
     #[arg(long)]
     h2c: bool,
+    /// Park a connection that received nothing for this many seconds: it is held
+    /// without a task, in a fraction of the memory, until its peer sends again (plain
+    /// ws://, Unix only).
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["tls_cert", "tls_key", "tls_self_signed", "h2c"])]
+    park_after: Option<f64>,
 }
 
 /// Runs the echo server until Ctrl-C.
@@ -80,6 +91,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         config = config.deflate(None);
     }
     config.validate().context("configuration")?;
+    let parking = parking(args.park_after)?;
     let tls = tls_acceptor(&args)?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let http = (tls.is_some() || args.h2c).then(|| http_server(config.clone()));
@@ -98,10 +110,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                     let config = config.clone();
                     let tls = tls.clone();
                     let http = http.clone();
+                    let parking = parking.clone();
                     tokio::spawn(async move {
                         let result = match http {
                             Some(server) => serve_http(tcp, peer, tls, server).await,
-                            None => accept(tcp, peer, config).await,
+                            None => accept(tcp, peer, config, parking).await,
                         };
                         if let Err(e) = result {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -157,15 +170,84 @@ fn setup_error(e: volley::Error) -> anyhow::Error {
     }
 }
 
+/// With `--park-after`: the parking, how long a connection stays silent before it is
+/// parked, and the task that serves the connections it hands back.
+#[cfg(unix)]
+#[derive(Clone)]
+struct Parked {
+    parking: Parking<SocketAddr>,
+    after: Duration,
+}
+
+#[cfg(not(unix))]
+#[derive(Clone)]
+enum Parked {}
+
+#[cfg(unix)]
+fn parking(after: Option<f64>) -> anyhow::Result<Option<Parked>> {
+    let Some(secs) = after else { return Ok(None) };
+    let after = Duration::try_from_secs_f64(secs).context("--park-after: a number of seconds, 0 or more")?;
+    let parked = Parked { parking: Parking::new().context("starting the parking")?, after };
+    let p = parked.clone();
+    tokio::spawn(async move {
+        loop {
+            match p.parking.woken().await {
+                Ok((ws, peer)) => {
+                    tokio::spawn(echo_parked(ws, peer, p.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the parking stopped");
+                    return;
+                }
+            }
+        }
+    });
+    tracing::info!(after = ?after, "parking idle connections");
+    Ok(Some(parked))
+}
+
+#[cfg(not(unix))]
+fn parking(after: Option<f64>) -> anyhow::Result<Option<Parked>> {
+    match after {
+        Some(_) => anyhow::bail!("--park-after: parking needs a Unix system"),
+        None => Ok(None),
+    }
+}
+
+/// The echo loop of `--park-after`: a connection silent for `after` is parked and its
+/// task ends; the parking's task starts a new one when the peer sends again.
+#[cfg(unix)]
+async fn echo_parked(mut ws: WebSocket<TcpStream>, peer: SocketAddr, parked: Parked) -> Result<(), volley::Error> {
+    loop {
+        match tokio::time::timeout(parked.after, ws.recv()).await {
+            Ok(Some(msg)) => match msg? {
+                msg @ (Message::Text(_) | Message::Binary(_)) => ws.feed(msg).await?,
+                Message::Close(frame) => tracing::debug!(%peer, ?frame, "closed by peer"),
+                _ => {}
+            },
+            Ok(None) => return Ok(()),
+            Err(_) => match parked.parking.park(ws, peer) {
+                Ok(_) => return Ok(()),
+                Err(ParkError::Busy(back, _)) => ws = back,
+                Err(ParkError::Io(e, _)) => return Err(e.into()),
+            },
+        }
+    }
+}
+
 /// The direct path for plain ws://: the WebSocket handshake, then echo.
-async fn accept(tcp: TcpStream, peer: SocketAddr, config: Config) -> Result<(), volley::Error> {
+async fn accept(tcp: TcpStream, peer: SocketAddr, config: Config, parked: Option<Parked>) -> Result<(), volley::Error> {
     let hook = |req: &volley::Request, _: &mut volley::Response| {
         tracing::debug!(%peer, path = req.target(), "upgrade");
         Ok(())
     };
     let ws = volley::accept_tcp_with(tcp, config, hook).await?;
     tracing::debug!(http_version = ?ws.info().http_version(), %peer, path = ws.info().target(), "websocket accepted");
-    echo(ws, peer).await
+    match parked {
+        #[cfg(unix)]
+        Some(parked) => echo_parked(ws, peer, parked).await,
+        _ => echo(ws, peer).await,
+    }
 }
 
 /// The HTTP server of the TLS and h2c modes: WebSockets over HTTP/1.1 and HTTP/2, the

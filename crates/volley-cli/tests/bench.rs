@@ -133,6 +133,21 @@ fn idle_mode_reports_the_servers_memory() {
     assert!(s["msgs_per_cpu_s"].is_null(), "{r}");
 }
 
+/// `volley echo --park-after`: at 20 messages a second over 4 connections, each
+/// connection is silent for about 200 ms between messages, so it is parked after 20 ms
+/// and woken by the next one. Every message still comes back.
+#[cfg(unix)]
+#[test]
+fn parked_connections_still_echo_every_message() {
+    let (_server, port) = echo_with(&["--park-after", "0.02"]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let r = bench_json(&[&url, "-c", "4", "--rate", "20", "-d", "1.5", "--warmup", "0.3"]);
+    assert_eq!(u(&r, "connections_open"), 4, "{r}");
+    assert_eq!((u(&r, "errors"), u(&r, "mismatches")), (0, 0), "{r}");
+    let sent = 20.0 * f(&r, "duration_s");
+    assert!(u(&r, "messages") as f64 >= sent * 0.8, "{} of about {sent}: {r}", u(&r, "messages"));
+}
+
 #[test]
 fn unreachable_server_is_reported_not_a_panic() {
     let port = free_port();
