@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
@@ -73,8 +73,7 @@ pub struct WebSocket<S> {
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     id: u64,
-    remote_addr: Option<SocketAddr>,
-    local_addr: Option<SocketAddr>,
+    addrs: Addrs,
     target: Box<str>,
     headers: Headers,
     protocol: Option<Box<str>>,
@@ -84,12 +83,47 @@ pub struct ConnectionInfo {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A connection's two addresses: inline when both are IPv4 or unknown (24 bytes, where
+/// two `Option<SocketAddr>` take 64), boxed otherwise.
+#[derive(Debug, Clone)]
+enum Addrs {
+    V4(Option<SocketAddrV4>, Option<SocketAddrV4>),
+    Other(Box<[Option<SocketAddr>; 2]>),
+}
+
+impl Default for Addrs {
+    fn default() -> Self {
+        Addrs::V4(None, None)
+    }
+}
+
+impl Addrs {
+    fn new(remote: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
+        let v4 = |a: Option<SocketAddr>| match a {
+            None => Some(None),
+            Some(SocketAddr::V4(a)) => Some(Some(a)),
+            Some(SocketAddr::V6(_)) => None,
+        };
+        match (v4(remote), v4(local)) {
+            (Some(r), Some(l)) => Addrs::V4(r, l),
+            _ => Addrs::Other(Box::new([remote, local])),
+        }
+    }
+
+    /// The remote and the local address.
+    fn get(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        match self {
+            Addrs::V4(r, l) => (r.map(SocketAddr::V4), l.map(SocketAddr::V4)),
+            Addrs::Other(a) => (a[0], a[1]),
+        }
+    }
+}
+
 impl ConnectionInfo {
     fn new(protocol: Option<String>) -> Self {
         ConnectionInfo {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            remote_addr: None,
-            local_addr: None,
+            addrs: Addrs::default(),
             target: Box::default(),
             headers: Headers::default(),
             protocol: protocol.map(String::into_boxed_str),
@@ -105,12 +139,12 @@ impl ConnectionInfo {
 
     /// The peer's address, when the transport has one.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.remote_addr
+        self.addrs.get().0
     }
 
     /// This end's address, when the transport has one.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local_addr
+        self.addrs.get().1
     }
 
     /// The request target, path and query (`/chat?room=1`).
@@ -306,8 +340,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Records the transport's addresses in [`WebSocket::info`] (a `None` keeps what is
     /// already known).
     pub fn with_addrs(mut self, remote: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
-        self.info.remote_addr = remote.or(self.info.remote_addr);
-        self.info.local_addr = local.or(self.info.local_addr);
+        let (r, l) = self.info.addrs.get();
+        self.info.addrs = Addrs::new(remote.or(r), local.or(l));
         self
     }
 
@@ -315,6 +349,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// extensions.
     pub fn info(&self) -> &ConnectionInfo {
         &self.info
+    }
+
+    /// Frees the handshake's request headers kept for [`ConnectionInfo::headers`]
+    /// (typically 100 to 500 bytes), for a server that has read what it needs from them
+    /// (in the accept hook, or just after) and holds many connections, parked ones
+    /// especially. `info().headers()` is empty afterwards; the rest of the info stays.
+    pub fn drop_request_headers(&mut self) {
+        self.info.headers = Headers::default();
     }
 
     /// Typed data the application attaches to this connection (user id, session...).
@@ -332,8 +374,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub(crate) fn take_info(&mut self) -> ConnectionInfo {
         let light = ConnectionInfo {
             id: self.info.id,
-            remote_addr: None,
-            local_addr: None,
+            addrs: Addrs::default(),
             target: Box::default(),
             headers: Headers::default(),
             protocol: None,
@@ -1025,6 +1066,28 @@ pub(crate) async fn with_timeout<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_of_either_family_come_back_as_given() {
+        let v4: SocketAddr = "192.0.2.7:443".parse().unwrap();
+        let v4b: SocketAddr = "127.0.0.1:51000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1%3]:8080".parse().unwrap();
+        for (remote, local) in [
+            (None, None),
+            (Some(v4), Some(v4b)),
+            (Some(v4), None),
+            (None, Some(v4b)),
+            (Some(v6), Some(v4b)),
+            (Some(v4), Some(v6)),
+            (Some(v6), None),
+        ] {
+            let addrs = Addrs::new(remote, local);
+            assert_eq!(addrs.get(), (remote, local));
+            let v4_only = [remote, local].iter().flatten().all(|a| a.is_ipv4());
+            assert_eq!(matches!(addrs, Addrs::V4(..)), v4_only, "{remote:?} {local:?}");
+        }
+        assert!(std::mem::size_of::<Addrs>() <= 24);
+    }
 
     #[test]
     fn limits_round_the_close_timeout_up_and_clamp_sizes() {

@@ -69,6 +69,11 @@ async fn connection_info_has_ids_addresses_target_headers_and_user_data() {
     struct User(&'static str);
     ws.user_data_mut().insert(User("ada"));
     assert_eq!(ws.user_data().get::<User>(), Some(&User("ada")));
+    // A server that read what it needs frees the headers; the rest stays.
+    ws.drop_request_headers();
+    assert!(ws.info().headers().is_empty() && ws.info().headers().get("x-team").is_none());
+    assert_eq!(ws.info().target(), "/room/7?x=1");
+    assert_eq!(ws.info().id(), info.id());
 }
 
 #[tokio::test]

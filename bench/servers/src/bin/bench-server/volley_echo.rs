@@ -85,8 +85,12 @@ impl Parked {
     }
 }
 
+/// The echo of `--park-after`, built for many idle connections: the request headers
+/// are freed after the handshake (an echo never reads them), and a connection silent
+/// for `after` is parked.
 pub async fn echo_parked(tcp: TcpStream, deflate: bool, parked: Parked) -> Result<(), volley::Error> {
-    let ws = volley::accept_with(tcp, config(deflate), |_, _| Ok(())).await?;
+    let mut ws = volley::accept_with(tcp, config(deflate), |_, _| Ok(())).await?;
+    ws.drop_request_headers();
     serve_parked(ws, parked).await
 }
 
