@@ -201,6 +201,13 @@ struct Slot<T> {
     entry: Option<Entry<T>>,
 }
 
+impl<T> Slot<T> {
+    /// Whether the slot still holds the connection parked as `generation`.
+    fn holds(&self, generation: u32) -> bool {
+        self.generation == generation && self.entry.is_some()
+    }
+}
+
 struct Entry<T> {
     io: std::net::TcpStream,
     socket: ParkedSocket,
@@ -220,7 +227,7 @@ impl<T> State<T> {
     }
 
     fn is_current(&self, key: u32, generation: u32) -> bool {
-        self.slots.get(key as usize).is_some_and(|s| s.generation == generation && s.entry.is_some())
+        self.slots.get(key as usize).is_some_and(|s| s.holds(generation))
     }
 
     /// Hands back every connection whose deadline has come.
@@ -395,9 +402,7 @@ impl<T> Parking<T> {
             // Deadlines of unparked connections are dropped lazily; keep them bounded.
             if st.deadlines.len() > 2 * st.parked + 1024 {
                 let State { deadlines, slots, .. } = &mut *st;
-                deadlines.retain(|&Reverse((_, k, g))| {
-                    slots.get(k as usize).is_some_and(|s| s.generation == g && s.entry.is_some())
-                });
+                deadlines.retain(|&Reverse((_, k, g))| slots.get(k as usize).is_some_and(|s| s.holds(g)));
             }
         }
         Ok(ParkedId { key: key as u32, generation })

@@ -300,25 +300,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if !leftover.is_empty() {
             conn.receive(leftover);
         }
-        let keepalive = Keepalive::new(&config);
-        WebSocket {
-            io,
-            conn,
-            limits: Limits::from(&config),
-            wq: VecDeque::new(),
-            wq_len: 0,
-            front_partial: false,
-            read_eof: false,
-            last: None,
-            close_timer: None,
-            finish: Finish::Running,
-            info: ConnectionInfo::new(protocol),
-            user_data: http::Extensions::new(),
-            keepalive,
-            dropped: 0,
-            drop_next: false,
-            dead: false,
-        }
+        let (limits, keepalive) = (Limits::from(&config), Keepalive::new(&config));
+        WebSocket::running(io, conn, limits, ConnectionInfo::new(protocol), http::Extensions::new(), keepalive, 0)
     }
 
     /// Records the handshake details in [`WebSocket::info`] (the accept and connect
@@ -960,10 +943,27 @@ impl ParkedSocket {
 
     /// The connection again, on `io`, as it was parked.
     pub(crate) fn resume<S>(self, io: S) -> WebSocket<S> {
+        let ParkedSocket { conn, limits, info, user_data, keepalive, dropped } = self;
+        WebSocket::running(io, conn.resume(), limits, info, user_data, keepalive, dropped)
+    }
+}
+
+impl<S> WebSocket<S> {
+    /// A running connection with empty queues, from what it keeps for its whole life
+    /// (a new one, or one coming back from parking).
+    fn running(
+        io: S,
+        conn: Connection,
+        limits: Limits,
+        info: ConnectionInfo,
+        user_data: http::Extensions,
+        keepalive: Option<Box<Keepalive>>,
+        dropped: u64,
+    ) -> Self {
         WebSocket {
             io,
-            conn: self.conn.resume(),
-            limits: self.limits,
+            conn,
+            limits,
             wq: VecDeque::new(),
             wq_len: 0,
             front_partial: false,
@@ -971,17 +971,15 @@ impl ParkedSocket {
             last: None,
             close_timer: None,
             finish: Finish::Running,
-            info: self.info,
-            user_data: self.user_data,
-            keepalive: self.keepalive,
-            dropped: self.dropped,
+            info,
+            user_data,
+            keepalive,
+            dropped,
             drop_next: false,
             dead: false,
         }
     }
-}
 
-impl<S> WebSocket<S> {
     /// Whether the connection is open with nothing in flight: no input read and not
     /// yet handed out, no message half-received or half-sent, nothing queued for the
     /// transport, and no closing handshake under way. Only such a connection can be

@@ -31,6 +31,15 @@ fn park<T>(parking: &Parking<T>, ws: WebSocket<TcpStream>, value: T) -> volley::
     }
 }
 
+/// A connection from a raw client, parked with `value` as soon as it is accepted;
+/// returns the client's socket and the parked id.
+async fn parked_raw<T>(parking: &Parking<T>, config: Config, value: T) -> (TcpStream, volley::park::ParkedId) {
+    let (port, task) = server(config).await;
+    let raw = raw_client(port).await;
+    let id = park(parking, task.await.unwrap(), value);
+    (raw, id)
+}
+
 #[derive(Clone, Debug, PartialEq)]
 struct User(&'static str);
 
@@ -105,9 +114,7 @@ async fn a_connection_with_input_not_yet_handed_out_is_busy() {
 async fn a_peer_that_goes_away_wakes_its_parked_connection() {
     let parking = Parking::new().unwrap();
     // A close frame.
-    let (port, task) = server(Config::new()).await;
-    let mut raw = raw_client(port).await;
-    park(&parking, task.await.unwrap(), ());
+    let (mut raw, _) = parked_raw(&parking, Config::new(), ()).await;
     raw.write_all(&masked(0x88, &close_body(1001, "gone"))).await.unwrap();
     let (mut ws, ()) = within(parking.woken()).await.unwrap();
     assert!(matches!(within(ws.recv()).await, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::GOING_AWAY));
@@ -115,9 +122,7 @@ async fn a_peer_that_goes_away_wakes_its_parked_connection() {
     assert_eq!(read_frame(&mut raw).await, (0x88, close_body(1001, "")), "the close echo");
 
     // The socket closed without a close frame.
-    let (port, task) = server(Config::new()).await;
-    let raw = raw_client(port).await;
-    park(&parking, task.await.unwrap(), ());
+    let (raw, _) = parked_raw(&parking, Config::new(), ()).await;
     drop(raw);
     let (mut ws, ()) = within(parking.woken()).await.unwrap();
     let last = within(ws.recv()).await;
@@ -129,9 +134,7 @@ async fn a_peer_that_goes_away_wakes_its_parked_connection() {
 async fn a_keepalive_ping_due_wakes_a_parked_connection() {
     let parking = Parking::new().unwrap();
     let config = Config::new().ping_interval(Some(Duration::from_millis(400)));
-    let (port, task) = server(config).await;
-    let mut raw = raw_client(port).await;
-    park(&parking, task.await.unwrap(), ());
+    let (mut raw, _) = parked_raw(&parking, config, ()).await;
     // Not before the ping is due...
     assert!(tokio::time::timeout(Duration::from_millis(100), parking.woken()).await.is_err());
     // ...but when it is, although the peer sent nothing.
@@ -149,9 +152,9 @@ async fn take_unparks_at_once_and_wake_all_hands_everything_back() {
     let mut raws = Vec::new();
     let mut ids = Vec::new();
     for i in 0..3 {
-        let (port, task) = server(Config::new()).await;
-        raws.push(raw_client(port).await);
-        ids.push(park(&parking, task.await.unwrap(), i));
+        let (raw, id) = parked_raw(&parking, Config::new(), i).await;
+        raws.push(raw);
+        ids.push(id);
     }
     assert_eq!(parking.len(), 3);
     let (mut ws, value) = parking.take(ids[1]).expect("still parked");
@@ -181,9 +184,7 @@ async fn take_unparks_at_once_and_wake_all_hands_everything_back() {
 #[tokio::test]
 async fn dropping_the_parking_closes_what_it_holds() {
     let parking = Parking::new().unwrap();
-    let (port, task) = server(Config::new()).await;
-    let mut raw = raw_client(port).await;
-    park(&parking, task.await.unwrap(), ());
+    let (mut raw, _) = parked_raw(&parking, Config::new(), ()).await;
     let waiter = {
         let parking = parking.clone();
         tokio::spawn(async move { parking.woken().await.map(|_| ()) })
