@@ -14,6 +14,7 @@
 //! for that long in a `volley::park::Parking`: it is held without a task until its
 //! peer sends again or its keepalive ping is due.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -111,15 +112,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                     let tls = tls.clone();
                     let http = http.clone();
                     let parking = parking.clone();
-                    tokio::spawn(async move {
-                        let result = match http {
-                            Some(server) => serve_http(tcp, peer, tls, server).await,
-                            None => accept(tcp, peer, config, parking).await,
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    // One task type per path, so that a plain connection's task is not
+                    // as large as the HTTP server's connection future.
+                    match http {
+                        Some(server) => {
+                            tokio::spawn(log_end(peer, serve_http(tcp, peer, tls, server)));
                         }
-                    });
+                        None => {
+                            tokio::spawn(log_end(peer, accept(tcp, peer, config, parking)));
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
@@ -217,25 +219,54 @@ fn parking(after: Option<f64>) -> anyhow::Result<Option<Parked>> {
 /// The echo loop of `--park-after`: a connection silent for `after` is parked and its
 /// task ends; the parking's task starts a new one when the peer sends again.
 #[cfg(unix)]
-async fn echo_parked(mut ws: WebSocket<TcpStream>, peer: SocketAddr, parked: Parked) -> Result<(), volley::Error> {
-    loop {
-        match tokio::time::timeout(parked.after, ws.recv()).await {
-            Ok(Some(msg)) => match msg? {
-                msg @ (Message::Text(_) | Message::Binary(_)) => ws.feed(msg).await?,
-                Message::Close(frame) => tracing::debug!(%peer, ?frame, "closed by peer"),
-                _ => {}
-            },
-            Ok(None) => return Ok(()),
-            Err(_) => match parked.parking.park(ws, peer) {
-                Ok(_) => return Ok(()),
-                Err(ParkError::Busy(back, _)) => ws = back,
-                Err(ParkError::Io(e, _)) => return Err(e.into()),
-            },
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep the `WebSocket` twice
+fn echo_parked(mut ws: WebSocket<TcpStream>, peer: SocketAddr, parked: Parked) -> impl Future<Output = ()> {
+    // Built as `echo` is, for the same reason.
+    async move {
+        loop {
+            // Serves until the connection ends (false) or stays silent for `after` (true).
+            let served: Result<bool, volley::Error> = async {
+                loop {
+                    match tokio::time::timeout(parked.after, ws.recv()).await {
+                        Ok(Some(msg)) => match msg? {
+                            msg @ (Message::Text(_) | Message::Binary(_)) => ws.feed(msg).await?,
+                            Message::Close(frame) => tracing::debug!(%peer, ?frame, "closed by peer"),
+                            _ => {}
+                        },
+                        Ok(None) => return Ok(false),
+                        Err(_) => return Ok(true),
+                    }
+                }
+            }
+            .await;
+            let e = match served {
+                Ok(false) => return,
+                Ok(true) => match parked.parking.park(ws, peer) {
+                    Ok(_) => return,
+                    Err(ParkError::Busy(back, _)) => {
+                        ws = back;
+                        continue;
+                    }
+                    Err(ParkError::Io(e, _)) => volley::Error::from(e),
+                },
+                Err(e) => e,
+            };
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            return;
         }
     }
 }
 
-/// The direct path for plain ws://: the WebSocket handshake, then echo.
+/// Logs how a connection's task ended, if with an error.
+async fn log_end(peer: SocketAddr, task: impl Future<Output = Result<(), volley::Error>>) {
+    if let Err(e) = task.await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The plain ws:// path: the opening handshake, then the echo in a task of its own.
+/// The handshake's state (the config, the request) ends with this task, and the
+/// connection's task holds only the echo loop.
 async fn accept(tcp: TcpStream, peer: SocketAddr, config: Config, parked: Option<Parked>) -> Result<(), volley::Error> {
     let hook = |req: &volley::Request, _: &mut volley::Response| {
         tracing::debug!(%peer, path = req.target(), "upgrade");
@@ -245,9 +276,10 @@ async fn accept(tcp: TcpStream, peer: SocketAddr, config: Config, parked: Option
     tracing::debug!(http_version = ?ws.info().http_version(), %peer, path = ws.info().target(), "websocket accepted");
     match parked {
         #[cfg(unix)]
-        Some(parked) => echo_parked(ws, peer, parked).await,
-        _ => echo(ws, peer).await,
-    }
+        Some(parked) => tokio::spawn(echo_parked(ws, peer, parked)),
+        _ => tokio::spawn(echo(ws, peer)),
+    };
+    Ok(())
 }
 
 /// The HTTP server of the TLS and h2c modes: WebSockets over HTTP/1.1 and HTTP/2, the
@@ -319,11 +351,7 @@ async fn serve_http(
     let handler = move |ws: WebSocket<volley::http::UpgradedIo>| {
         let ws = ws.with_addrs(Some(peer), local);
         tracing::info!(http_version = ?ws.info().http_version(), %peer, path = ws.info().target(), "websocket accepted");
-        async move {
-            if let Err(e) = echo(ws, peer).await {
-                tracing::debug!(%peer, error = %e, "WebSocket ended with an error");
-            }
-        }
+        echo(ws, peer)
     };
     match tls {
         None => server.serve_connection(tcp, handler).await,
@@ -338,13 +366,26 @@ async fn serve_http(
     }
 }
 
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, peer: SocketAddr) -> Result<(), volley::Error> {
-    while let Some(msg) = ws.recv().await {
-        match msg? {
-            msg @ (Message::Text(_) | Message::Binary(_)) => ws.feed(msg).await?,
-            Message::Close(frame) => tracing::debug!(%peer, ?frame, "closed by peer"),
-            _ => {}
+/// Echoes until the connection ends, and logs how it ended.
+// Written as a function returning an `async move` block that uses its captured
+// `WebSocket` in place, with the loop in an inner block that borrows it: an `async fn`,
+// or a wrapper awaiting this future, would keep the `WebSocket` twice in the task.
+#[allow(clippy::manual_async_fn)] // see above
+fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocket<S>, peer: SocketAddr) -> impl Future<Output = ()> {
+    async move {
+        let result: Result<(), volley::Error> = async {
+            while let Some(msg) = ws.recv().await {
+                match msg? {
+                    msg @ (Message::Text(_) | Message::Binary(_)) => ws.feed(msg).await?,
+                    Message::Close(frame) => tracing::debug!(%peer, ?frame, "closed by peer"),
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     }
-    Ok(())
 }

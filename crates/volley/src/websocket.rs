@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes};
 use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{sleep, Instant, Sleep};
+use tokio::time::{sleep, sleep_until, Instant, Sleep};
 use volley_proto::handshake::Headers;
 use volley_proto::{
     CloseCode, Connection, DeflateParams, Event, MessageKind, ParkedConnection, PreparedMessage, Role, State,
@@ -217,6 +217,65 @@ impl Keepalive {
             pong_timeout: config.pong_timeout,
             idle_timeout: config.idle_timeout,
         }))
+    }
+}
+
+/// A parked connection's [`Keepalive`]: the timers' deadlines, without the timers. A
+/// tokio timer that has been polled holds the waker of its task, and with it the
+/// memory of the task that ended when the connection was parked.
+struct ParkedKeepalive {
+    ping_at: Option<Instant>,
+    idle_at: Option<Instant>,
+    lifetime_at: Option<Instant>,
+    outstanding: Option<Instant>,
+    seq: u64,
+    rtt: Option<Duration>,
+    last_read: Instant,
+    ping_interval: Option<Duration>,
+    pong_timeout: Duration,
+    idle_timeout: Option<Duration>,
+}
+
+impl Keepalive {
+    /// Drops the timers, keeping when each one is due.
+    fn park(self) -> ParkedKeepalive {
+        let at = |t: Option<Pin<Box<Sleep>>>| t.map(|t| t.deadline());
+        ParkedKeepalive {
+            ping_at: at(self.ping_timer),
+            idle_at: at(self.idle_timer),
+            lifetime_at: at(self.lifetime_timer),
+            outstanding: self.outstanding,
+            seq: self.seq,
+            rtt: self.rtt,
+            last_read: self.last_read,
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+impl ParkedKeepalive {
+    /// The timers again, due when they were.
+    fn resume(self) -> Keepalive {
+        let timer = |at: Option<Instant>| at.map(|at| Box::pin(sleep_until(at)));
+        Keepalive {
+            ping_timer: timer(self.ping_at),
+            outstanding: self.outstanding,
+            seq: self.seq,
+            rtt: self.rtt,
+            last_read: self.last_read,
+            idle_timer: timer(self.idle_at),
+            lifetime_timer: timer(self.lifetime_at),
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
+    /// The earliest deadline.
+    fn deadline(&self) -> Option<Instant> {
+        [self.ping_at, self.idle_at, self.lifetime_at].into_iter().flatten().min()
     }
 }
 
@@ -929,7 +988,7 @@ pub(crate) struct ParkedSocket {
     limits: Limits,
     info: ConnectionInfo,
     user_data: http::Extensions,
-    keepalive: Option<Box<Keepalive>>,
+    keepalive: Option<Box<ParkedKeepalive>>,
     dropped: u64,
 }
 
@@ -937,13 +996,13 @@ impl ParkedSocket {
     /// The earliest keepalive, idle or lifetime deadline: the connection must be
     /// running by then, even if the peer sends nothing.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        let k = self.keepalive.as_deref()?;
-        [&k.ping_timer, &k.idle_timer, &k.lifetime_timer].into_iter().flatten().map(|t| t.deadline()).min()
+        self.keepalive.as_deref()?.deadline()
     }
 
     /// The connection again, on `io`, as it was parked.
     pub(crate) fn resume<S>(self, io: S) -> WebSocket<S> {
         let ParkedSocket { conn, limits, info, user_data, keepalive, dropped } = self;
+        let keepalive = keepalive.map(|k| Box::new(k.resume()));
         WebSocket::running(io, conn.resume(), limits, info, user_data, keepalive, dropped)
     }
 }
@@ -1005,6 +1064,7 @@ impl<S> WebSocket<S> {
         }
         let WebSocket { io, conn, limits, info, user_data, keepalive, dropped, .. } = self;
         let conn = conn.park().expect("checked quiescent");
+        let keepalive = keepalive.map(|k| Box::new(k.park()));
         Ok((io, ParkedSocket { conn, limits, info, user_data, keepalive, dropped }))
     }
 }

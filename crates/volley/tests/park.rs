@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::time::Duration;
 
 use common::{bind, close_body, masked, raw_client, read_frame, read_to_eof, url, within};
@@ -144,6 +145,49 @@ async fn a_keepalive_ping_due_wakes_a_parked_connection() {
     assert_eq!(opcode, 0x89, "a ping");
     raw.write_all(&masked(0x8a, &payload)).await.unwrap();
     assert!(matches!(within(recv).await.unwrap(), Some(Ok(Message::Pong(_)))));
+}
+
+/// A waker that counts its clones: the test's stand-in for the task that parks.
+struct Witness;
+
+impl std::task::Wake for Witness {
+    fn wake(self: std::sync::Arc<Self>) {}
+}
+
+#[tokio::test]
+async fn a_parked_connection_keeps_no_waker_of_the_task_that_parked_it() {
+    // A task's memory lives as long as a clone of its waker does: a parked connection
+    // that kept one (in a running keepalive timer, say) would keep its ended task.
+    let parking = Parking::new().unwrap();
+    let config = Config::new()
+        .ping_interval(Some(Duration::from_secs(30)))
+        .idle_timeout(Some(Duration::from_secs(60)))
+        .max_lifetime(Some(Duration::from_secs(90)));
+    let (port, task) = server(config).await;
+    let mut raw = raw_client(port).await;
+    let mut ws = task.await.unwrap();
+    // Polled once by "the task": the timers and the socket register its waker.
+    let witness = std::sync::Arc::new(Witness);
+    let waker = std::task::Waker::from(witness.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(std::pin::Pin::new(&mut Box::pin(ws.recv())).poll(&mut cx).is_pending());
+    drop(waker);
+    assert!(std::sync::Arc::strong_count(&witness) > 1, "the running connection holds the waker");
+    park(&parking, ws, ());
+    assert_eq!(std::sync::Arc::strong_count(&witness), 1, "the parked connection holds no waker");
+
+    // It comes back when its peer sends, and works on: the ping is answered.
+    raw.write_all(&masked(0x89, b"hi")).await.unwrap();
+    let (mut ws, ()) = within(parking.woken()).await.unwrap();
+    let served = tokio::spawn(async move {
+        let first = ws.recv().await.map(|m| m.map_err(|e| e.to_string()));
+        while ws.recv().await.is_some() {}
+        first
+    });
+    let (opcode, payload) = within(read_frame(&mut raw)).await;
+    assert_eq!((opcode, &payload[..]), (0x8a, &b"hi"[..]), "the pong");
+    drop(raw);
+    assert!(matches!(within(served).await.unwrap(), Some(Ok(Message::Ping(_)))));
 }
 
 #[tokio::test]
