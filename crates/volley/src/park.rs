@@ -182,7 +182,7 @@ impl<T> Core<T> {
 }
 
 struct State<T> {
-    slots: Vec<Slot<T>>,
+    slots: Slots<T>,
     free: Vec<u32>,
     /// Keepalive deadlines of parked connections, earliest first; entries whose slot
     /// has moved on (another generation) are skipped.
@@ -194,6 +194,48 @@ struct State<T> {
     timer_at: Option<Instant>,
     /// Why the poller's thread stopped, once it has.
     failed: Option<io::Error>,
+}
+
+/// Slots in chunks of [`Slots::CHUNK`] that never move: growing neither copies the
+/// parked connections nor frees a large block (which the allocator could keep, and
+/// keep resident).
+struct Slots<T> {
+    chunks: Vec<Vec<Slot<T>>>,
+    len: usize,
+}
+
+impl<T> Slots<T> {
+    const CHUNK: usize = 1024;
+
+    fn new() -> Self {
+        Slots { chunks: Vec::new(), len: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, key: usize) -> Option<&Slot<T>> {
+        self.chunks.get(key / Self::CHUNK)?.get(key % Self::CHUNK)
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut Slot<T>> {
+        self.chunks.get_mut(key / Self::CHUNK)?.get_mut(key % Self::CHUNK)
+    }
+
+    /// A new empty slot; returns its key.
+    fn push(&mut self) -> usize {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(Slot { generation: 0, entry: None }),
+            _ => {
+                let mut chunk = Vec::with_capacity(Self::CHUNK);
+                chunk.push(Slot { generation: 0, entry: None });
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+        self.len - 1
+    }
 }
 
 struct Slot<T> {
@@ -292,7 +334,7 @@ fn run_poller<T>(mut poller: mio::Poll, core: Arc<Core<T>>) {
     };
     let mut st = core.lock();
     // Close what is still parked (and what was never taken): nobody will serve it.
-    let slots = std::mem::take(&mut st.slots);
+    let slots = std::mem::replace(&mut st.slots, Slots::new());
     let woken = std::mem::take(&mut st.woken);
     st.parked = 0;
     st.failed = Some(match result {
@@ -318,7 +360,7 @@ impl<T: Send + 'static> Parking<T> {
             registry,
             waker,
             state: Mutex::new(State {
-                slots: Vec::new(),
+                slots: Slots::new(),
                 free: Vec::new(),
                 deadlines: BinaryHeap::new(),
                 woken: VecDeque::new(),
@@ -377,10 +419,7 @@ impl<T> Parking<T> {
         }
         let key = match st.free.pop() {
             Some(key) => key as usize,
-            None if st.slots.len() < u32::MAX as usize => {
-                st.slots.push(Slot { generation: 0, entry: None });
-                st.slots.len() - 1
-            }
+            None if st.slots.len() < u32::MAX as usize => st.slots.push(),
             None => return Err(ParkError::Io(io::Error::other("too many parked connections"), value)),
         };
         // Registered under the lock: the poller's thread cannot see the socket ready
@@ -390,8 +429,9 @@ impl<T> Parking<T> {
             st.free.push(key as u32);
             return Err(ParkError::Io(e, value));
         }
-        let generation = st.slots[key].generation;
-        st.slots[key].entry = Some(Entry { io, socket, value });
+        let slot = st.slots.get_mut(key).expect("a slot just found or made");
+        let generation = slot.generation;
+        slot.entry = Some(Entry { io, socket, value });
         st.parked += 1;
         if let Some(at) = deadline {
             st.deadlines.push(Reverse((at, key as u32, generation)));

@@ -74,7 +74,7 @@ pub struct WebSocket<S> {
 pub struct ConnectionInfo {
     id: u64,
     addrs: Addrs,
-    target: Box<str>,
+    target: Target,
     headers: Headers,
     protocol: Option<Box<str>>,
     extensions: Box<[volley_proto::ExtensionOffer]>,
@@ -94,6 +94,51 @@ enum Addrs {
 impl Default for Addrs {
     fn default() -> Self {
         Addrs::V4(None, None)
+    }
+}
+
+/// A request target: inline up to [`Target::INLINE`] bytes (most WebSocket paths fit),
+/// boxed past that. A small allocation that lives as long as its connection pins a
+/// page of the heap that would otherwise go back to the allocator.
+#[derive(Clone)]
+enum Target {
+    Inline { len: u8, bytes: [u8; Target::INLINE] },
+    Boxed(Box<str>),
+}
+
+impl Target {
+    /// The longest target kept inline: 22 bytes make the whole 24.
+    const INLINE: usize = 22;
+
+    fn new(target: &str) -> Self {
+        match u8::try_from(target.len()) {
+            Ok(len) if target.len() <= Target::INLINE => {
+                let mut bytes = [0; Target::INLINE];
+                bytes[..target.len()].copy_from_slice(target.as_bytes());
+                Target::Inline { len, bytes }
+            }
+            _ => Target::Boxed(target.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `&str`, cut at its end: always UTF-8.
+            Target::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            Target::Boxed(s) => s,
+        }
+    }
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target::new("")
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -124,7 +169,7 @@ impl ConnectionInfo {
         ConnectionInfo {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             addrs: Addrs::default(),
-            target: Box::default(),
+            target: Target::default(),
             headers: Headers::default(),
             protocol: protocol.map(String::into_boxed_str),
             extensions: Box::default(),
@@ -149,17 +194,18 @@ impl ConnectionInfo {
 
     /// The request target, path and query (`/chat?room=1`).
     pub fn target(&self) -> &str {
-        &self.target
+        self.target.as_str()
     }
 
     /// The path part of the target.
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(&*self.target, |(p, _)| p)
+        let target = self.target.as_str();
+        target.split_once('?').map_or(target, |(p, _)| p)
     }
 
     /// The query part of the target without `?`, if any (`room=1`).
     pub fn query(&self) -> Option<&str> {
-        self.target.split_once('?').map(|(_, q)| q)
+        self.target.as_str().split_once('?').map(|(_, q)| q)
     }
 
     /// The handshake headers: the request's on a server, the response's on a client.
@@ -372,7 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         extensions: Vec<volley_proto::ExtensionOffer>,
         http_version: http::Version,
     ) -> Self {
-        self.info.target = target.into();
+        self.info.target = Target::new(target);
         self.info.headers = headers;
         self.info.extensions = extensions.into_boxed_slice();
         self.info.http_version = http_version;
@@ -417,7 +463,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let light = ConnectionInfo {
             id: self.info.id,
             addrs: Addrs::default(),
-            target: Box::default(),
+            target: Target::default(),
             headers: Headers::default(),
             protocol: None,
             extensions: Box::default(),
@@ -1124,6 +1170,18 @@ pub(crate) async fn with_timeout<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_of_any_length_come_back_as_given() {
+        let long = "/".repeat(200);
+        for t in ["", "/", "/chat?room=1", "/exactly/twenty-two/bb", "/twenty-three/bytes/abc", "/é/ü?q=ß", &long] {
+            let target = Target::new(t);
+            assert_eq!(target.as_str(), t);
+            assert_eq!(matches!(target, Target::Inline { .. }), t.len() <= Target::INLINE, "{t}");
+            assert_eq!(format!("{target:?}"), format!("{t:?}"));
+        }
+        assert_eq!(std::mem::size_of::<Target>(), 24);
+    }
 
     #[test]
     fn addresses_of_either_family_come_back_as_given() {

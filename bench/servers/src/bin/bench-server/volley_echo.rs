@@ -7,6 +7,7 @@
 //! peers sends pings, and permessage-deflate, which is on only with `--deflate` (then
 //! with Volley's default parameters).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,31 +87,46 @@ impl Parked {
 }
 
 /// The echo of `--park-after`, built for many idle connections: the request headers
-/// are freed after the handshake (an echo never reads them), and a connection silent
-/// for `after` is parked.
+/// are freed after the handshake (an echo never reads them), and the echo loop runs in
+/// a task of its own, which holds nothing of the handshake.
 pub async fn echo_parked(tcp: TcpStream, deflate: bool, parked: Parked) -> Result<(), volley::Error> {
     let mut ws = volley::accept_with(tcp, config(deflate), |_, _| Ok(())).await?;
     ws.drop_request_headers();
-    serve_parked(ws, parked).await
+    tokio::spawn(serve_parked(ws, parked));
+    Ok(())
 }
 
 /// The echo loop; after `after` without a message, the connection is parked and the
-/// task ends.
-async fn serve_parked(mut ws: WebSocket<TcpStream>, parked: Parked) -> Result<(), volley::Error> {
-    loop {
-        match tokio::time::timeout(parked.after, ws.recv()).await {
-            Ok(Some(msg)) => {
-                let msg = msg?;
-                if msg.is_data() {
-                    ws.feed(msg).await?;
+/// task ends. Not an `async fn`: one would keep the `WebSocket` twice in the task (as
+/// its argument and as the local it moves into); this block keeps it once, and the
+/// loop borrows it.
+#[allow(clippy::manual_async_fn)]
+fn serve_parked(mut ws: WebSocket<TcpStream>, parked: Parked) -> impl Future<Output = ()> {
+    async move {
+        loop {
+            // Serves until the connection ends (false) or stays silent (true).
+            let served: Result<bool, volley::Error> = async {
+                loop {
+                    match tokio::time::timeout(parked.after, ws.recv()).await {
+                        Ok(Some(msg)) => {
+                            let msg = msg?;
+                            if msg.is_data() {
+                                ws.feed(msg).await?;
+                            }
+                        }
+                        Ok(None) => return Ok(false),
+                        Err(_) => return Ok(true),
+                    }
                 }
             }
-            Ok(None) => return Ok(()),
-            Err(_) => match parked.parking.park(ws, ()) {
-                Ok(_) => return Ok(()),
+            .await;
+            if !matches!(served, Ok(true)) {
+                return;
+            }
+            match parked.parking.park(ws, ()) {
                 Err(ParkError::Busy(back, ())) => ws = back,
-                Err(ParkError::Io(e, ())) => return Err(e.into()),
-            },
+                Ok(_) | Err(ParkError::Io(..)) => return,
+            }
         }
     }
 }
