@@ -364,22 +364,20 @@ impl ClientBuilder {
             ProxyChoice::None => None,
             ProxyChoice::Given(p) => Some(p.clone()),
         };
-        let tcp = with_timeout(self.connect_timeout, "connect", async {
+        let tcp = with_timeout!(self.connect_timeout, "connect", async {
             let io = match &proxy {
                 Some(p) => crate::proxy::connect_via(p, &target.host, target.port).await?,
                 None => connect_tcp(&target.host, target.port).await?,
             };
             io.set_nodelay(true)?;
             Ok(io)
-        })
-        .await?;
+        })?;
         let (remote, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
         let io = match tls {
             None => MaybeTlsStream::Plain(tcp),
             Some((config, name)) => {
                 let connector = TlsConnector::from(config);
-                let stream =
-                    with_timeout(limit, "TLS handshake", async { Ok(connector.connect(name, tcp).await?) }).await?;
+                let stream = with_timeout!(limit, "TLS handshake", async { Ok(connector.connect(name, tcp).await?) })?;
                 #[cfg(feature = "hyper")]
                 if stream.get_ref().1.alpn_protocol() == Some(crate::http::ALPN_H2) {
                     return self.connect_h2(stream, (remote, local)).await;
@@ -432,7 +430,7 @@ impl ClientBuilder {
         if let Some(dc) = &config.deflate {
             request.add_extension(deflate::client_offer(dc));
         }
-        let (response, leftover) = with_timeout(config.handshake_timeout, "opening handshake", async {
+        let (response, leftover) = with_timeout!(config.handshake_timeout, "opening handshake", async {
             io.write_all(&request.encode()).await?;
             io.flush().await?;
             let mut buf = BytesMut::with_capacity(1024);
@@ -445,8 +443,7 @@ impl ClientBuilder {
                     return Ok((response, buf));
                 }
             }
-        })
-        .await?;
+        })?;
         let protocol = response.protocol().map(str::to_string);
         let params = accept_extensions(response.extensions(), &config)?;
         let ws = WebSocket::from_handshaken(io, Role::Client, config, &leftover, protocol, params).with_handshake_info(

@@ -75,7 +75,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
 {
-    Box::pin(handshake(io, (None, None), config, hook))
+    Box::pin(handshake(io, None, (None, None), config, hook))
 }
 
 /// [`accept_with`] for a transport whose peer address the caller knows (a TLS stream
@@ -91,7 +91,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
 {
-    Box::pin(handshake(io, (remote, None), config, hook))
+    Box::pin(handshake(io, None, (remote, None), config, hook))
 }
 
 /// [`accept_with`] on a TCP connection: also turns on `TCP_NODELAY` (frames are
@@ -105,59 +105,71 @@ pub fn accept_tcp_with<F>(
 where
     F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
 {
-    Box::pin(async move {
-        tcp.set_nodelay(true)?;
-        let addrs = (tcp.peer_addr().ok(), tcp.local_addr().ok());
-        handshake(tcp, addrs, config, hook).await
-    })
+    // Set up before the handshake's future is made, so that no wrapper future holds
+    // the connection and the configuration a second time; a failure is the
+    // handshake's result.
+    let nodelay = tcp.set_nodelay(true);
+    let addrs = (tcp.peer_addr().ok(), tcp.local_addr().ok());
+    Box::pin(handshake(tcp, nodelay.err(), addrs, config, hook))
 }
 
 /// The server's opening handshake: read and check the request, negotiate, run the
-/// hook, answer, and build the WebSocket.
-async fn handshake<S, F>(
+/// hook, answer, and build the WebSocket; or `failed`, if setting up the transport
+/// did.
+///
+/// Not an `async fn`: one keeps its arguments twice (as arguments, and as the locals
+/// they move into), the transport and the whole configuration included; this block
+/// keeps them once.
+#[allow(clippy::manual_async_fn)]
+fn handshake<S, F>(
     mut io: S,
+    failed: Option<std::io::Error>,
     (remote, local): (Option<SocketAddr>, Option<SocketAddr>),
     config: Config,
     hook: F,
-) -> Result<WebSocket<S>, Error>
+) -> impl Future<Output = Result<WebSocket<S>, Error>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
 {
-    let limit = config.handshake_timeout;
-    let (request, response, leftover, params) = with_timeout(limit, "opening handshake", async {
-        let (mut request, leftover) = match read_request(&mut io, &config).await {
-            Ok(r) => r,
-            Err(Error::Handshake(e)) => {
-                // Best effort: tell the client why, then close.
-                let _ = io.write_all(&e.response()).await;
-                let _ = io.shutdown().await;
-                return Err(Error::Handshake(e));
-            }
-            Err(e) => return Err(e),
-        };
-        request.set_remote_addr(remote);
-        let (mut response, params) = negotiate(&request, &config);
-        if let Err(rejection) = hook(&request, &mut response) {
-            let _ = io.write_all(&rejection.encode()).await;
-            let _ = io.shutdown().await;
-            return Err(Error::Rejected(rejection.status));
+    async move {
+        if let Some(e) = failed {
+            return Err(e.into());
         }
-        io.write_all(&response.encode()).await?;
-        io.flush().await?;
-        Ok((request, response, leftover, params))
-    })
-    .await?;
-    let protocol = response.protocol().map(str::to_string);
-    let ws = WebSocket::from_handshaken(io, Role::Server, config, &leftover, protocol, params);
-    Ok(ws
-        .with_handshake_info(
-            request.target(),
-            request.headers().clone(),
-            response.extensions().to_vec(),
-            http::Version::HTTP_11,
-        )
-        .with_addrs(remote, local))
+        let limit = config.handshake_timeout;
+        let (request, response, leftover, params) = with_timeout!(limit, "opening handshake", async {
+            let (mut request, leftover) = match read_request(&mut io, &config).await {
+                Ok(r) => r,
+                Err(Error::Handshake(e)) => {
+                    // Best effort: tell the client why, then close.
+                    let _ = io.write_all(&e.response()).await;
+                    let _ = io.shutdown().await;
+                    return Err(Error::Handshake(e));
+                }
+                Err(e) => return Err(e),
+            };
+            request.set_remote_addr(remote);
+            let (mut response, params) = negotiate(&request, &config);
+            if let Err(rejection) = hook(&request, &mut response) {
+                let _ = io.write_all(&rejection.encode()).await;
+                let _ = io.shutdown().await;
+                return Err(Error::Rejected(rejection.status));
+            }
+            io.write_all(&response.encode()).await?;
+            io.flush().await?;
+            Ok((request, response, leftover, params))
+        })?;
+        let protocol = response.protocol().map(str::to_string);
+        let ws = WebSocket::from_handshaken(io, Role::Server, config, &leftover, protocol, params);
+        Ok(ws
+            .with_handshake_info(
+                request.target(),
+                request.headers().clone(),
+                response.extensions().to_vec(),
+                http::Version::HTTP_11,
+            )
+            .with_addrs(remote, local))
+    }
 }
 
 /// The answer to a checked request before the hook sees it: the first of the client's

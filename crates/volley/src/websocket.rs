@@ -1155,17 +1155,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
     }
 }
 
-/// A deadline helper for handshakes.
-pub(crate) async fn with_timeout<T>(
-    limit: std::time::Duration,
-    what: &'static str,
-    fut: impl std::future::Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout_at(Instant::now() + limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout(what)),
-    }
+/// Awaits a handshake step for at most `limit`: `Error::Timeout(what)` past it.
+///
+/// A macro rather than an `async fn`: a function taking the step's future by value
+/// would keep it twice (as its argument, and inside the timeout it moves into), in a
+/// future that every connection holds through its handshake.
+macro_rules! with_timeout {
+    ($limit:expr, $what:expr, $fut:expr $(,)?) => {
+        match tokio::time::timeout_at(tokio::time::Instant::now() + $limit, $fut).await {
+            Ok(r) => r,
+            Err(_) => Err($crate::error::Error::Timeout($what)),
+        }
+    };
 }
+pub(crate) use with_timeout;
 
 #[cfg(test)]
 mod tests {

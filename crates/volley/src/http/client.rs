@@ -167,12 +167,11 @@ impl H2ClientBuilder {
         let target = parse_url(&self.url)?;
         let tls = if target.tls { Some((self.client_tls_config()?, tls::server_name(&target.host)?)) } else { None };
         let limit = self.config.handshake_timeout;
-        let tcp = with_timeout(limit, "connect", async {
+        let tcp = with_timeout!(limit, "connect", async {
             let io = TcpStream::connect((target.host.as_str(), target.port)).await?;
             io.set_nodelay(true)?;
             Ok(io)
-        })
-        .await?;
+        })?;
         let addrs = (tcp.peer_addr().ok(), tcp.local_addr().ok());
         match tls {
             None => self.run(tcp, target, addrs, |io| io).await,
@@ -181,7 +180,7 @@ impl H2ClientBuilder {
                 let no_h2 = || {
                     unsupported(format!("{}: the server does not speak HTTP/2 over TLS (ALPN h2)", target.authority))
                 };
-                let stream = with_timeout(limit, "TLS handshake", async {
+                let stream = with_timeout!(limit, "TLS handshake", async {
                     connector.connect(name, tcp).await.map_err(|e| {
                         let refused = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
                             == Some(&rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol));
@@ -191,8 +190,7 @@ impl H2ClientBuilder {
                             Error::Io(e)
                         }
                     })
-                })
-                .await?;
+                })?;
                 // A server that ignores ALPN is refused here.
                 if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
                     return Err(no_h2());
@@ -242,7 +240,7 @@ impl H2ClientBuilder {
     {
         let config = self.config;
         let request = connect_request(&target, &config, &self.headers)?;
-        let mut response = with_timeout(config.handshake_timeout, "opening handshake", async {
+        let mut response = with_timeout!(config.handshake_timeout, "opening handshake", async {
             let (settings_tx, settings_rx) = oneshot::channel();
             let io = TokioIo::new(SettingsSniffer::new(io, settings_tx));
             let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -282,8 +280,7 @@ impl H2ClientBuilder {
             }
             sender.ready().await.map_err(hyper_error)?;
             sender.send_request(request).await.map_err(hyper_error)
-        })
-        .await?;
+        })?;
         if response.status() != StatusCode::OK {
             return Err(HandshakeError::Status(response.status().as_u16()).into());
         }
