@@ -10,6 +10,7 @@
 //! sent in answer to the events before them.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -194,7 +195,7 @@ impl Outbox {
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
-    config: Config,
+    config: Arc<Config>,
     state: State,
     rbuf: BytesMut,
     rx: Rx,
@@ -235,7 +236,7 @@ pub struct Connection {
 /// makes it a [`Connection`] again.
 #[derive(Debug)]
 pub struct ParkedConnection {
-    config: Config,
+    config: Arc<Config>,
     deflate: Option<Box<Deflate>>,
     role: Role,
     allowed_rsv: u8,
@@ -244,7 +245,7 @@ pub struct ParkedConnection {
 impl ParkedConnection {
     /// The connection again, exactly as it was parked.
     pub fn resume(self) -> Connection {
-        let mut conn = Connection::new(self.role, self.config);
+        let mut conn = Connection::with_shared_config(self.role, self.config);
         conn.allowed_rsv = self.allowed_rsv;
         conn.deflate = self.deflate;
         conn
@@ -311,6 +312,12 @@ impl Deflate {
 impl Connection {
     /// A connection in the [`State::Open`] state for `role`.
     pub fn new(role: Role, config: Config) -> Self {
+        Connection::with_shared_config(role, Arc::new(config))
+    }
+
+    /// [`Connection::new`] with a configuration shared among connections: each keeps
+    /// a reference to it (8 bytes) rather than a copy.
+    pub fn with_shared_config(role: Role, config: Arc<Config>) -> Self {
         Connection {
             role,
             config,

@@ -1,5 +1,6 @@
 //! The tokio layer's configuration: protocol limits plus timeouts and buffer sizes.
 
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use volley_proto::{CloseCode, Config as ProtoConfig, DeflateConfig, RandomSource};
@@ -20,11 +21,17 @@ pub enum SlowReader {
     Close(CloseCode),
 }
 
+/// The default protocol configuration, shared: a [`Config`] that keeps it allocates
+/// nothing for it.
+static DEFAULT_PROTO: LazyLock<Arc<ProtoConfig>> = LazyLock::new(Arc::default);
+
 /// Settings of a WebSocket connection, for both roles. Build it with the setters; each
 /// states its default.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub(crate) proto: ProtoConfig,
+    /// Shared by every connection made with this configuration (and its clones):
+    /// each connection keeps a reference, not a copy.
+    pub(crate) proto: Arc<ProtoConfig>,
     pub(crate) handshake_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) write_buffer_size: usize,
@@ -41,7 +48,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            proto: ProtoConfig::default(),
+            proto: Arc::clone(&DEFAULT_PROTO),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             write_buffer_size: 128 << 10,
@@ -66,26 +73,26 @@ impl Config {
     /// Largest frame payload accepted. Default 16 MiB; larger frames fail the
     /// connection with 1009.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.proto.max_frame_size = bytes;
+        Arc::make_mut(&mut self.proto).max_frame_size = bytes;
         self
     }
 
     /// Largest message accepted. Default 64 MiB; larger messages fail the connection
     /// with 1009.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.proto.max_message_size = bytes;
+        Arc::make_mut(&mut self.proto).max_message_size = bytes;
         self
     }
 
     /// Largest opening handshake head. Default 16 KiB (431 past it on the server).
     pub fn max_handshake_size(mut self, bytes: usize) -> Self {
-        self.proto.max_handshake_size = bytes;
+        Arc::make_mut(&mut self.proto).max_handshake_size = bytes;
         self
     }
 
     /// Most header fields in the opening handshake. Default 64.
     pub fn max_headers(mut self, count: usize) -> Self {
-        self.proto.max_headers = count;
+        Arc::make_mut(&mut self.proto).max_headers = count;
         self
     }
 
@@ -128,7 +135,7 @@ impl Config {
     /// The source of masking and handshake keys (tests use a fixed one for byte-exact
     /// output). Default: the operating-system-seeded secure generator.
     pub fn random_source(mut self, random: RandomSource) -> Self {
-        self.proto.random = random;
+        Arc::make_mut(&mut self.proto).random = random;
         self
     }
 

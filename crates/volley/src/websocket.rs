@@ -7,6 +7,7 @@ use std::io::{self, IoSlice};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -398,7 +399,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         protocol: Option<String>,
         deflate: Option<DeflateParams>,
     ) -> Self {
-        let mut conn = Connection::new(role, config.proto.clone());
+        let mut conn = Connection::with_shared_config(role, Arc::clone(&config.proto));
         if let Some(params) = deflate {
             conn.enable_deflate(params, config.deflate.clone().unwrap_or_default());
         }
@@ -1173,6 +1174,25 @@ pub(crate) use with_timeout;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connections_share_their_configuration_and_changes_stay_local() {
+        let config = Config::new().max_message_size(1 << 20);
+        let ws = |c: &Config| {
+            let (io, _) = tokio::io::duplex(64);
+            WebSocket::from_handshaken(io, Role::Server, c.clone(), &[], None, None)
+        };
+        let (a, b) = (ws(&config), ws(&config));
+        assert!(std::ptr::eq(a.conn.config(), b.conn.config()), "one copy for both");
+        assert_eq!(a.conn.config().max_message_size, 1 << 20);
+        // Changing a clone changes neither the original nor the defaults.
+        let other = config.clone().max_message_size(7);
+        assert_eq!(ws(&other).conn.config().max_message_size, 7);
+        assert_eq!(ws(&config).conn.config().max_message_size, 1 << 20);
+        let default = volley_proto::Config::default().max_message_size;
+        assert_eq!(ws(&Config::new()).conn.config().max_message_size, default);
+        assert_ne!(default, 1 << 20);
+    }
 
     #[test]
     fn targets_of_any_length_come_back_as_given() {
