@@ -226,10 +226,10 @@ impl<T> Slots<T> {
     /// A new empty slot; returns its key.
     fn push(&mut self) -> usize {
         match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(Slot { generation: 0, entry: None }),
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(Slot::EMPTY),
             _ => {
                 let mut chunk = Vec::with_capacity(Self::CHUNK);
-                chunk.push(Slot { generation: 0, entry: None });
+                chunk.push(Slot::EMPTY);
                 self.chunks.push(chunk);
             }
         }
@@ -238,15 +238,25 @@ impl<T> Slots<T> {
     }
 }
 
+/// One parked connection, or none. Its fields are laid out flat (rather than as an
+/// `Option<Entry<T>>`) so that the generation fits beside the socket's descriptor.
 struct Slot<T> {
     generation: u32,
-    entry: Option<Entry<T>>,
+    io: Option<std::net::TcpStream>,
+    parked: Option<(ParkedSocket, T)>,
 }
 
 impl<T> Slot<T> {
+    const EMPTY: Self = Slot { generation: 0, io: None, parked: None };
+
     /// Whether the slot still holds the connection parked as `generation`.
     fn holds(&self, generation: u32) -> bool {
-        self.generation == generation && self.entry.is_some()
+        self.generation == generation && self.io.is_some()
+    }
+
+    fn take(&mut self) -> Option<Entry<T>> {
+        let (io, (socket, value)) = (self.io.take()?, self.parked.take()?);
+        Some(Entry { io, socket, value })
     }
 }
 
@@ -260,7 +270,7 @@ impl<T> State<T> {
     /// Takes a parked connection out of its slot and off the poller.
     fn unpark(&mut self, key: usize, registry: &mio::Registry) -> Option<Entry<T>> {
         let slot = self.slots.get_mut(key)?;
-        let entry = slot.entry.take()?;
+        let entry = slot.take()?;
         slot.generation = slot.generation.wrapping_add(1);
         let _ = registry.deregister(&mut SourceFd(&entry.io.as_raw_fd()));
         self.free.push(key as u32);
@@ -431,7 +441,7 @@ impl<T> Parking<T> {
         }
         let slot = st.slots.get_mut(key).expect("a slot just found or made");
         let generation = slot.generation;
-        slot.entry = Some(Entry { io, socket, value });
+        (slot.io, slot.parked) = (Some(io), Some((socket, value)));
         st.parked += 1;
         if let Some(at) = deadline {
             st.deadlines.push(Reverse((at, key as u32, generation)));
@@ -523,5 +533,15 @@ fn resume<T>(entry: Entry<T>) -> Option<(WebSocket<TcpStream>, T)> {
             tracing::debug!(error = %e, "a parked connection could not rejoin the runtime: dropped");
             None
         }
+    }
+}
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    /// The size the docs give for a parked connection without compression (the
+    /// compression contexts, when negotiated, are behind a pointer).
+    #[test]
+    fn a_parked_connection_takes_one_152_byte_slot() {
+        assert_eq!(std::mem::size_of::<super::Slot<()>>(), 152);
     }
 }

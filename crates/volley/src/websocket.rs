@@ -77,9 +77,16 @@ pub struct ConnectionInfo {
     addrs: Addrs,
     target: Target,
     headers: Headers,
+    /// The agreed subprotocol and extensions, allocated only when there are some.
+    agreed: Option<Box<Agreed>>,
+    http_version: http::Version,
+}
+
+/// What a handshake agreed on beyond plain WebSocket.
+#[derive(Debug, Clone)]
+struct Agreed {
     protocol: Option<Box<str>>,
     extensions: Box<[volley_proto::ExtensionOffer]>,
-    http_version: http::Version,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -172,8 +179,7 @@ impl ConnectionInfo {
             addrs: Addrs::default(),
             target: Target::default(),
             headers: Headers::default(),
-            protocol: protocol.map(String::into_boxed_str),
-            extensions: Box::default(),
+            agreed: protocol.map(|p| Box::new(Agreed { protocol: Some(p.into()), extensions: Box::default() })),
             http_version: http::Version::HTTP_11,
         }
     }
@@ -216,12 +222,12 @@ impl ConnectionInfo {
 
     /// The agreed subprotocol.
     pub fn protocol(&self) -> Option<&str> {
-        self.protocol.as_deref()
+        self.agreed.as_ref()?.protocol.as_deref()
     }
 
     /// The agreed extensions, as they appeared in the server's answer.
     pub fn extensions(&self) -> &[volley_proto::ExtensionOffer] {
-        &self.extensions
+        self.agreed.as_ref().map_or(&[], |a| &a.extensions)
     }
 
     /// The HTTP version the WebSocket runs over (HTTP/1.1, or HTTP/2 with RFC 8441).
@@ -380,7 +386,7 @@ impl<S> std::fmt::Debug for WebSocket<S> {
             .field("id", &self.info.id)
             .field("role", &self.conn.role())
             .field("state", &self.conn.state())
-            .field("protocol", &self.info.protocol)
+            .field("protocol", &self.info.protocol())
             .field("buffered", &self.wq_len)
             .finish()
     }
@@ -421,7 +427,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     ) -> Self {
         self.info.target = Target::new(target);
         self.info.headers = headers;
-        self.info.extensions = extensions.into_boxed_slice();
+        if !extensions.is_empty() {
+            let agreed =
+                self.info.agreed.get_or_insert_with(|| Box::new(Agreed { protocol: None, extensions: Box::default() }));
+            agreed.extensions = extensions.into_boxed_slice();
+        } else if let Some(agreed) = &mut self.info.agreed {
+            agreed.extensions = Box::default();
+        }
         self.info.http_version = http_version;
         self
     }
@@ -466,8 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             addrs: Addrs::default(),
             target: Target::default(),
             headers: Headers::default(),
-            protocol: None,
-            extensions: Box::default(),
+            agreed: None,
             http_version: self.info.http_version,
         };
         std::mem::replace(&mut self.info, light)
@@ -503,7 +514,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The subprotocol agreed in the handshake.
     pub fn protocol(&self) -> Option<&str> {
-        self.info.protocol.as_deref()
+        self.info.protocol()
     }
 
     /// The permessage-deflate parameters, if the handshake agreed on the extension.
@@ -1192,6 +1203,26 @@ mod tests {
         let default = volley_proto::Config::default().max_message_size;
         assert_eq!(ws(&Config::new()).conn.config().max_message_size, default);
         assert_ne!(default, 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn the_agreed_protocol_and_extensions_come_back_as_given() {
+        let ws = |protocol: Option<&str>, extensions: Vec<volley_proto::ExtensionOffer>| {
+            let (io, _) = tokio::io::duplex(64);
+            WebSocket::from_handshaken(io, Role::Server, Config::new(), &[], protocol.map(String::from), None)
+                .with_handshake_info("/", Headers::default(), extensions, http::Version::HTTP_11)
+        };
+        let offer = volley_proto::ExtensionOffer { name: "x-test".into(), params: vec![("a".into(), None)] };
+        let both = ws(Some("chat"), vec![offer.clone()]);
+        assert_eq!((both.info().protocol(), both.info().extensions()), (Some("chat"), &[offer.clone()][..]));
+        let ext = ws(None, vec![offer.clone()]);
+        assert_eq!((ext.info().protocol(), ext.info().extensions()), (None, &[offer][..]));
+        let proto = ws(Some("chat"), vec![]);
+        assert_eq!((proto.info().protocol(), proto.info().extensions()), (Some("chat"), &[][..]));
+        let neither = ws(None, vec![]);
+        assert!(neither.info().protocol().is_none() && neither.info().extensions().is_empty());
+        assert!(neither.info().agreed.is_none(), "nothing allocated");
+        assert!(std::mem::size_of::<ConnectionInfo>() <= 80);
     }
 
     #[test]
