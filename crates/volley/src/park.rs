@@ -541,7 +541,7 @@ mod tests {
     /// The size the docs give for a parked connection without compression (the
     /// compression contexts, when negotiated, are behind a pointer).
     #[test]
-    fn a_parked_connection_takes_one_152_byte_slot() {
-        assert_eq!(std::mem::size_of::<super::Slot<()>>(), 152);
+    fn a_parked_connection_takes_one_144_byte_slot() {
+        assert_eq!(std::mem::size_of::<super::Slot<()>>(), 144);
     }
 }

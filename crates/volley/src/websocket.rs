@@ -77,31 +77,44 @@ pub struct ConnectionInfo {
     addrs: Addrs,
     target: Target,
     headers: Headers,
-    /// The agreed subprotocol and extensions, allocated only when there are some.
+    /// The agreed subprotocol, extensions and HTTP version, allocated only when they
+    /// are not the plain ones (none, none, HTTP/1.1).
     agreed: Option<Box<Agreed>>,
-    http_version: http::Version,
 }
 
-/// What a handshake agreed on beyond plain WebSocket.
+/// What a handshake agreed on beyond plain WebSocket over HTTP/1.1.
 #[derive(Debug, Clone)]
 struct Agreed {
     protocol: Option<Box<str>>,
     extensions: Box<[volley_proto::ExtensionOffer]>,
+    http_version: http::Version,
+}
+
+impl Agreed {
+    fn is_plain(&self) -> bool {
+        self.protocol.is_none() && self.extensions.is_empty() && self.http_version == http::Version::HTTP_11
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A connection's two addresses: inline when both are IPv4 or unknown (24 bytes, where
+/// A connection's two addresses: inline when both are IPv4 or unknown (16 bytes, where
 /// two `Option<SocketAddr>` take 64), boxed otherwise.
 #[derive(Debug, Clone)]
 enum Addrs {
-    V4(Option<SocketAddrV4>, Option<SocketAddrV4>),
+    /// The remote's and the local address and port; bit 0 of `known` says the remote
+    /// address is known, bit 1 the local one.
+    V4 {
+        ips: [[u8; 4]; 2],
+        ports: [u16; 2],
+        known: u8,
+    },
     Other(Box<[Option<SocketAddr>; 2]>),
 }
 
 impl Default for Addrs {
     fn default() -> Self {
-        Addrs::V4(None, None)
+        Addrs::V4 { ips: [[0; 4]; 2], ports: [0; 2], known: 0 }
     }
 }
 
@@ -152,21 +165,31 @@ impl std::fmt::Debug for Target {
 
 impl Addrs {
     fn new(remote: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
-        let v4 = |a: Option<SocketAddr>| match a {
-            None => Some(None),
-            Some(SocketAddr::V4(a)) => Some(Some(a)),
-            Some(SocketAddr::V6(_)) => None,
-        };
-        match (v4(remote), v4(local)) {
-            (Some(r), Some(l)) => Addrs::V4(r, l),
-            _ => Addrs::Other(Box::new([remote, local])),
+        let mut inline = Addrs::default();
+        if let Addrs::V4 { ips, ports, known } = &mut inline {
+            for (i, addr) in [remote, local].into_iter().enumerate() {
+                match addr {
+                    None => {}
+                    Some(SocketAddr::V4(a)) => {
+                        (ips[i], ports[i]) = (a.ip().octets(), a.port());
+                        *known |= 1 << i;
+                    }
+                    Some(SocketAddr::V6(_)) => return Addrs::Other(Box::new([remote, local])),
+                }
+            }
         }
+        inline
     }
 
     /// The remote and the local address.
     fn get(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
         match self {
-            Addrs::V4(r, l) => (r.map(SocketAddr::V4), l.map(SocketAddr::V4)),
+            Addrs::V4 { ips, ports, known } => {
+                let at = |i: usize| {
+                    (known & (1 << i) != 0).then(|| SocketAddr::V4(SocketAddrV4::new(ips[i].into(), ports[i])))
+                };
+                (at(0), at(1))
+            }
             Addrs::Other(a) => (a[0], a[1]),
         }
     }
@@ -174,14 +197,24 @@ impl Addrs {
 
 impl ConnectionInfo {
     fn new(protocol: Option<String>) -> Self {
-        ConnectionInfo {
+        let mut info = ConnectionInfo {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             addrs: Addrs::default(),
             target: Target::default(),
             headers: Headers::default(),
-            agreed: protocol.map(|p| Box::new(Agreed { protocol: Some(p.into()), extensions: Box::default() })),
-            http_version: http::Version::HTTP_11,
-        }
+            agreed: None,
+        };
+        info.change_agreed(|a| a.protocol = protocol.map(String::into_boxed_str));
+        info
+    }
+
+    /// Changes what was agreed, allocating only for what is not plain.
+    fn change_agreed(&mut self, change: impl FnOnce(&mut Agreed)) {
+        let mut agreed = self.agreed.take().unwrap_or_else(|| {
+            Box::new(Agreed { protocol: None, extensions: Box::default(), http_version: http::Version::HTTP_11 })
+        });
+        change(&mut agreed);
+        self.agreed = (!agreed.is_plain()).then_some(agreed);
     }
 
     /// A number unique among the connections of this process.
@@ -232,7 +265,7 @@ impl ConnectionInfo {
 
     /// The HTTP version the WebSocket runs over (HTTP/1.1, or HTTP/2 with RFC 8441).
     pub fn http_version(&self) -> http::Version {
-        self.http_version
+        self.agreed.as_ref().map_or(http::Version::HTTP_11, |a| a.http_version)
     }
 }
 
@@ -427,14 +460,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     ) -> Self {
         self.info.target = Target::new(target);
         self.info.headers = headers;
-        if !extensions.is_empty() {
-            let agreed =
-                self.info.agreed.get_or_insert_with(|| Box::new(Agreed { protocol: None, extensions: Box::default() }));
-            agreed.extensions = extensions.into_boxed_slice();
-        } else if let Some(agreed) = &mut self.info.agreed {
-            agreed.extensions = Box::default();
-        }
-        self.info.http_version = http_version;
+        self.info.change_agreed(|a| {
+            a.extensions = extensions.into_boxed_slice();
+            a.http_version = http_version;
+        });
         self
     }
 
@@ -473,14 +502,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Moves the handshake details out, leaving only the id (for log lines): the split
     /// halves share one copy of them.
     pub(crate) fn take_info(&mut self) -> ConnectionInfo {
-        let light = ConnectionInfo {
+        let mut light = ConnectionInfo {
             id: self.info.id,
             addrs: Addrs::default(),
             target: Target::default(),
             headers: Headers::default(),
             agreed: None,
-            http_version: self.info.http_version,
         };
+        light.change_agreed(|a| a.http_version = self.info.http_version());
         std::mem::replace(&mut self.info, light)
     }
 
@@ -1206,7 +1235,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_agreed_protocol_and_extensions_come_back_as_given() {
+    async fn the_agreed_protocol_extensions_and_http_version_come_back_as_given() {
         let ws = |protocol: Option<&str>, extensions: Vec<volley_proto::ExtensionOffer>| {
             let (io, _) = tokio::io::duplex(64);
             WebSocket::from_handshaken(io, Role::Server, Config::new(), &[], protocol.map(String::from), None)
@@ -1222,7 +1251,16 @@ mod tests {
         let neither = ws(None, vec![]);
         assert!(neither.info().protocol().is_none() && neither.info().extensions().is_empty());
         assert!(neither.info().agreed.is_none(), "nothing allocated");
-        assert!(std::mem::size_of::<ConnectionInfo>() <= 80);
+        assert_eq!(neither.info().http_version(), http::Version::HTTP_11);
+        let (io, _) = tokio::io::duplex(64);
+        let h2 = WebSocket::from_handshaken(io, Role::Server, Config::new(), &[], None, None).with_handshake_info(
+            "/",
+            Headers::default(),
+            vec![],
+            http::Version::HTTP_2,
+        );
+        assert_eq!((h2.info().http_version(), h2.info().protocol()), (http::Version::HTTP_2, None));
+        assert!(std::mem::size_of::<ConnectionInfo>() <= 72);
     }
 
     #[test]
@@ -1254,9 +1292,9 @@ mod tests {
             let addrs = Addrs::new(remote, local);
             assert_eq!(addrs.get(), (remote, local));
             let v4_only = [remote, local].iter().flatten().all(|a| a.is_ipv4());
-            assert_eq!(matches!(addrs, Addrs::V4(..)), v4_only, "{remote:?} {local:?}");
+            assert_eq!(matches!(addrs, Addrs::V4 { .. }), v4_only, "{remote:?} {local:?}");
         }
-        assert!(std::mem::size_of::<Addrs>() <= 24);
+        assert!(std::mem::size_of::<Addrs>() <= 16);
     }
 
     #[test]

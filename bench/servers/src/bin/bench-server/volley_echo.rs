@@ -87,46 +87,53 @@ impl Parked {
 }
 
 /// The echo of `--park-after`, built for many idle connections: the request headers
-/// are freed after the handshake (an echo never reads them), and the echo loop runs in
-/// a task of its own, which holds nothing of the handshake.
+/// are freed after the handshake (an echo never reads them), and a connection silent
+/// for `after` is parked and its task ends.
 pub async fn echo_parked(tcp: TcpStream, deflate: bool, parked: Parked) -> Result<(), volley::Error> {
     let mut ws = volley::accept_with(tcp, config(deflate), |_, _| Ok(())).await?;
     ws.drop_request_headers();
-    tokio::spawn(serve_parked(ws, parked));
-    Ok(())
+    loop {
+        if !echo_until_silent(&mut ws, parked.after).await? {
+            return Ok(());
+        }
+        match parked.parking.park(ws, ()) {
+            Ok(_) => return Ok(()),
+            Err(ParkError::Busy(back, ())) => ws = back,
+            Err(ParkError::Io(e, ())) => return Err(e.into()),
+        }
+    }
 }
 
-/// The echo loop; after `after` without a message, the connection is parked and the
-/// task ends. Not an `async fn`: one would keep the `WebSocket` twice in the task (as
-/// its argument and as the local it moves into); this block keeps it once, and the
-/// loop borrows it.
+/// `echo_parked` for a connection handed back by the parking. Not an `async fn`: one
+/// would keep the `WebSocket` twice in the task (as its argument and as the local it
+/// moves into); this block keeps it once.
 #[allow(clippy::manual_async_fn)]
 fn serve_parked(mut ws: WebSocket<TcpStream>, parked: Parked) -> impl Future<Output = ()> {
     async move {
         loop {
-            // Serves until the connection ends (false) or stays silent (true).
-            let served: Result<bool, volley::Error> = async {
-                loop {
-                    match tokio::time::timeout(parked.after, ws.recv()).await {
-                        Ok(Some(msg)) => {
-                            let msg = msg?;
-                            if msg.is_data() {
-                                ws.feed(msg).await?;
-                            }
-                        }
-                        Ok(None) => return Ok(false),
-                        Err(_) => return Ok(true),
-                    }
-                }
-            }
-            .await;
-            if !matches!(served, Ok(true)) {
+            if !matches!(echo_until_silent(&mut ws, parked.after).await, Ok(true)) {
                 return;
             }
             match parked.parking.park(ws, ()) {
                 Err(ParkError::Busy(back, ())) => ws = back,
                 Ok(_) | Err(ParkError::Io(..)) => return,
             }
+        }
+    }
+}
+
+/// Echoes until the connection ends (false) or stays silent for `after` (true).
+async fn echo_until_silent(ws: &mut WebSocket<TcpStream>, after: Duration) -> Result<bool, volley::Error> {
+    loop {
+        match tokio::time::timeout(after, ws.recv()).await {
+            Ok(Some(msg)) => {
+                let msg = msg?;
+                if msg.is_data() {
+                    ws.feed(msg).await?;
+                }
+            }
+            Ok(None) => return Ok(false),
+            Err(_) => return Ok(true),
         }
     }
 }
