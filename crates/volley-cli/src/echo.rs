@@ -272,8 +272,10 @@ async fn accept(tcp: TcpStream, peer: SocketAddr, config: Config, parked: Option
         tracing::debug!(%peer, path = req.target(), "upgrade");
         Ok(())
     };
-    let ws = volley::accept_tcp_with(tcp, config, hook).await?;
+    let mut ws = volley::accept_tcp_with(tcp, config, hook).await?;
     tracing::debug!(http_version = ?ws.info().http_version(), %peer, path = ws.info().target(), "websocket accepted");
+    // An echo never reads the request's headers again: free them.
+    ws.drop_request_headers();
     match parked {
         #[cfg(unix)]
         Some(parked) => tokio::spawn(echo_parked(ws, peer, parked)),
