@@ -82,7 +82,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::websocket::{ParkedSocket, WebSocket};
+use crate::websocket::{ParkedKeepalive, ParkedSocket, WebSocket};
 
 /// How many readiness events one poll of the parking's poller takes.
 const EVENTS: usize = 256;
@@ -198,9 +198,13 @@ struct State<T> {
 
 /// Slots in chunks of [`Slots::CHUNK`] that never move: growing neither copies the
 /// parked connections nor frees a large block (which the allocator could keep, and
-/// keep resident).
+/// keep resident). The timers' state of parked connections that have timers is in a
+/// table beside each chunk, made when the first of them parks there: a parking
+/// whose connections have no timers has none, and one whose connections have timers
+/// does not allocate them one by one.
 struct Slots<T> {
     chunks: Vec<Vec<Slot<T>>>,
+    timers: Vec<Vec<Option<ParkedKeepalive>>>,
     len: usize,
 }
 
@@ -208,7 +212,34 @@ impl<T> Slots<T> {
     const CHUNK: usize = 1024;
 
     fn new() -> Self {
-        Slots { chunks: Vec::new(), len: 0 }
+        Slots { chunks: Vec::new(), timers: Vec::new(), len: 0 }
+    }
+
+    /// Records the timers of the connection parked in slot `key`.
+    fn set_timers(&mut self, key: usize, timers: Option<ParkedKeepalive>) {
+        let (chunk, i) = (key / Self::CHUNK, key % Self::CHUNK);
+        let Some(timers) = timers else {
+            // A slot's entry is emptied when its connection leaves: nothing to clear.
+            return;
+        };
+        if self.timers.len() <= chunk {
+            self.timers.resize_with(chunk + 1, Vec::new);
+        }
+        let table = &mut self.timers[chunk];
+        if table.capacity() == 0 {
+            // Reserved whole, so that it never moves; its pages are touched only as
+            // its entries are used.
+            table.reserve_exact(Self::CHUNK);
+        }
+        if table.len() <= i {
+            table.resize_with(i + 1, || None);
+        }
+        table[i] = Some(timers);
+    }
+
+    /// Takes the timers of the connection parked in slot `key`, if it has any.
+    fn take_timers(&mut self, key: usize) -> Option<ParkedKeepalive> {
+        self.timers.get_mut(key / Self::CHUNK)?.get_mut(key % Self::CHUNK)?.take()
     }
 
     fn len(&self) -> usize {
@@ -254,15 +285,17 @@ impl<T> Slot<T> {
         self.generation == generation && self.io.is_some()
     }
 
+    /// The connection parked here, without its timers (see [`Slots::take_timers`]).
     fn take(&mut self) -> Option<Entry<T>> {
         let (io, (socket, value)) = (self.io.take()?, self.parked.take()?);
-        Some(Entry { io, socket, value })
+        Some(Entry { io, socket, timers: None, value })
     }
 }
 
 struct Entry<T> {
     io: std::net::TcpStream,
     socket: ParkedSocket,
+    timers: Option<ParkedKeepalive>,
     value: T,
 }
 
@@ -270,8 +303,9 @@ impl<T> State<T> {
     /// Takes a parked connection out of its slot and off the poller.
     fn unpark(&mut self, key: usize, registry: &mio::Registry) -> Option<Entry<T>> {
         let slot = self.slots.get_mut(key)?;
-        let entry = slot.take()?;
+        let mut entry = slot.take()?;
         slot.generation = slot.generation.wrapping_add(1);
+        entry.timers = self.slots.take_timers(key);
         let _ = registry.deregister(&mut SourceFd(&entry.io.as_raw_fd()));
         self.free.push(key as u32);
         self.parked -= 1;
@@ -413,11 +447,11 @@ impl<T> Parking<T> {
     /// and try again later.
     #[allow(clippy::result_large_err)] // see `ParkError`
     pub fn park(&self, ws: WebSocket<TcpStream>, value: T) -> Result<ParkedId, ParkError<T>> {
-        let (io, socket) = match ws.park() {
+        let (io, socket, timers) = match ws.park() {
             Ok(parts) => parts,
             Err(ws) => return Err(ParkError::Busy(ws, value)),
         };
-        let deadline = socket.deadline();
+        let deadline = timers.as_ref().and_then(ParkedKeepalive::deadline);
         let io = match io.into_std() {
             Ok(io) => io,
             Err(e) => return Err(ParkError::Io(e, value)),
@@ -442,6 +476,7 @@ impl<T> Parking<T> {
         let slot = st.slots.get_mut(key).expect("a slot just found or made");
         let generation = slot.generation;
         (slot.io, slot.parked) = (Some(io), Some((socket, value)));
+        st.slots.set_timers(key, timers);
         st.parked += 1;
         if let Some(at) = deadline {
             st.deadlines.push(Reverse((at, key as u32, generation)));
@@ -526,9 +561,9 @@ impl<T> Parking<T> {
 
 /// Puts a handed-back socket back on the runtime.
 fn resume<T>(entry: Entry<T>) -> Option<(WebSocket<TcpStream>, T)> {
-    let Entry { io, socket, value } = entry;
+    let Entry { io, socket, timers, value } = entry;
     match TcpStream::from_std(io) {
-        Ok(io) => Some((socket.resume(io), value)),
+        Ok(io) => Some((socket.resume(io, timers), value)),
         Err(e) => {
             tracing::debug!(error = %e, "a parked connection could not rejoin the runtime: dropped");
             None
@@ -539,9 +574,12 @@ fn resume<T>(entry: Entry<T>) -> Option<(WebSocket<TcpStream>, T)> {
 #[cfg(all(test, target_pointer_width = "64"))]
 mod tests {
     /// The size the docs give for a parked connection without compression (the
-    /// compression contexts, when negotiated, are behind a pointer).
+    /// compression contexts, when negotiated, are behind a pointer) and without
+    /// timers (those are in the chunk's table).
     #[test]
-    fn a_parked_connection_takes_one_144_byte_slot() {
-        assert_eq!(std::mem::size_of::<super::Slot<()>>(), 144);
+    fn a_parked_connection_takes_one_136_byte_slot() {
+        assert_eq!(std::mem::size_of::<super::Slot<()>>(), 136);
+        // And the timers' state, for a connection that has timers.
+        assert_eq!(std::mem::size_of::<Option<super::ParkedKeepalive>>(), 152);
     }
 }

@@ -308,8 +308,11 @@ impl Keepalive {
 
 /// A parked connection's [`Keepalive`]: the timers' deadlines, without the timers. A
 /// tokio timer that has been polled holds the waker of its task, and with it the
-/// memory of the task that ended when the connection was parked.
-struct ParkedKeepalive {
+/// memory of the task that ended when the connection was parked. Kept apart from the
+/// [`ParkedSocket`] (the parking stores it in its own table), so that connections
+/// without timers do not pay for it and connections with timers do not each
+/// allocate it.
+pub(crate) struct ParkedKeepalive {
     ping_at: Option<Instant>,
     idle_at: Option<Instant>,
     lifetime_at: Option<Instant>,
@@ -359,8 +362,9 @@ impl ParkedKeepalive {
         }
     }
 
-    /// The earliest deadline.
-    fn deadline(&self) -> Option<Instant> {
+    /// The earliest keepalive, idle or lifetime deadline: the connection must be
+    /// running by then, even if the peer sends nothing.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         [self.ping_at, self.idle_at, self.lifetime_at].into_iter().flatten().min()
     }
 }
@@ -1068,27 +1072,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 }
 
 /// What a [quiescent](WebSocket::is_quiescent) connection keeps while parked (see
-/// [`crate::park`]): everything but its transport and its (empty) buffers, queues and
-/// close state.
+/// [`crate::park`]): everything but its transport, its (empty) buffers, queues and
+/// close state, and its timers (a [`ParkedKeepalive`], kept apart).
 pub(crate) struct ParkedSocket {
     conn: ParkedConnection,
     limits: Limits,
     info: ConnectionInfo,
     user_data: http::Extensions,
-    keepalive: Option<Box<ParkedKeepalive>>,
     dropped: u64,
 }
 
 impl ParkedSocket {
-    /// The earliest keepalive, idle or lifetime deadline: the connection must be
-    /// running by then, even if the peer sends nothing.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.keepalive.as_deref()?.deadline()
-    }
-
-    /// The connection again, on `io`, as it was parked.
-    pub(crate) fn resume<S>(self, io: S) -> WebSocket<S> {
-        let ParkedSocket { conn, limits, info, user_data, keepalive, dropped } = self;
+    /// The connection again, on `io`, with its timers, as it was parked.
+    pub(crate) fn resume<S>(self, io: S, keepalive: Option<ParkedKeepalive>) -> WebSocket<S> {
+        let ParkedSocket { conn, limits, info, user_data, dropped } = self;
         let keepalive = keepalive.map(|k| Box::new(k.resume()));
         WebSocket::running(io, conn.resume(), limits, info, user_data, keepalive, dropped)
     }
@@ -1142,17 +1139,18 @@ impl<S> WebSocket<S> {
             && self.conn.is_quiescent()
     }
 
-    /// Splits a quiescent connection into its transport and what it must remember, or
-    /// hands it back unchanged.
+    /// Splits a quiescent connection into its transport, what it must remember and
+    /// its timers' state, or hands it back unchanged.
     #[allow(clippy::result_large_err)] // the error is the connection itself, handed back
-    pub(crate) fn park(self) -> Result<(S, ParkedSocket), Self> {
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn park(self) -> Result<(S, ParkedSocket, Option<ParkedKeepalive>), Self> {
         if !self.is_quiescent() {
             return Err(self);
         }
         let WebSocket { io, conn, limits, info, user_data, keepalive, dropped, .. } = self;
         let conn = conn.park().expect("checked quiescent");
-        let keepalive = keepalive.map(|k| Box::new(k.park()));
-        Ok((io, ParkedSocket { conn, limits, info, user_data, keepalive, dropped }))
+        let keepalive = keepalive.map(|k| k.park());
+        Ok((io, ParkedSocket { conn, limits, info, user_data, dropped }, keepalive))
     }
 }
 

@@ -191,6 +191,29 @@ async fn a_parked_connection_keeps_no_waker_of_the_task_that_parked_it() {
 }
 
 #[tokio::test]
+async fn timers_follow_their_connection_through_a_reused_slot() {
+    let parking = Parking::new().unwrap();
+    // A connection with a keepalive ping, parked and taken back: its slot is free.
+    let with_ping = Config::new().ping_interval(Some(Duration::from_millis(300)));
+    let (mut raw_a, id_a) = parked_raw(&parking, with_ping, 'a').await;
+    let (mut ws_a, _) = parking.take(id_a).expect("still parked");
+    // A connection without timers parks in that slot, and is taken back too.
+    let (mut raw_b, id_b) = parked_raw(&parking, Config::new().ping_interval(None), 'b').await;
+    let (mut ws_b, _) = parking.take(id_b).expect("still parked");
+    let a = tokio::spawn(async move { while ws_a.recv().await.is_some() {} });
+    let b = tokio::spawn(async move { while ws_b.recv().await.is_some() {} });
+    // The first still pings when its interval comes; the second never does.
+    let (opcode, _) = within(read_frame(&mut raw_a)).await;
+    assert_eq!(opcode, 0x89, "a ping from the connection with keepalive");
+    let mut byte = [0u8; 1];
+    let quiet = tokio::time::timeout(Duration::from_millis(700), tokio::io::AsyncReadExt::read(&mut raw_b, &mut byte));
+    assert!(quiet.await.is_err(), "no timer came with the slot");
+    drop((raw_a, raw_b));
+    within(a).await.unwrap();
+    within(b).await.unwrap();
+}
+
+#[tokio::test]
 async fn take_unparks_at_once_and_wake_all_hands_everything_back() {
     let parking = Parking::new().unwrap();
     let mut raws = Vec::new();
