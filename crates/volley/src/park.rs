@@ -205,45 +205,59 @@ struct State<T> {
 struct Slots<T> {
     chunks: Vec<Vec<Slot<T>>>,
     timers: Vec<Vec<Option<ParkedKeepalive>>>,
-    len: usize,
 }
 
 impl<T> Slots<T> {
     const CHUNK: usize = 1024;
 
     fn new() -> Self {
-        Slots { chunks: Vec::new(), timers: Vec::new(), len: 0 }
+        Slots { chunks: Vec::new(), timers: Vec::new() }
     }
 
-    /// Records the timers of the connection parked in slot `key`.
-    fn set_timers(&mut self, key: usize, timers: Option<ParkedKeepalive>) {
-        let (chunk, i) = (key / Self::CHUNK, key % Self::CHUNK);
-        let Some(timers) = timers else {
-            // A slot's entry is emptied when its connection leaves: nothing to clear.
-            return;
-        };
-        if self.timers.len() <= chunk {
-            self.timers.resize_with(chunk + 1, Vec::new);
+    /// Puts a connection in the empty slot `key`; returns the slot's generation.
+    fn fill(&mut self, key: usize, entry: Entry<T>) -> u32 {
+        let Entry { io, socket, timers, value } = entry;
+        let slot = self.get_mut(key).expect("a slot found free or just made");
+        (slot.io, slot.parked) = (Some(io), Some((socket, value)));
+        let generation = slot.generation;
+        if let Some(timers) = timers {
+            let chunk = key / Self::CHUNK;
+            if self.timers.len() <= chunk {
+                self.timers.resize_with(chunk + 1, Vec::new);
+            }
+            let table = &mut self.timers[chunk];
+            if table.capacity() == 0 {
+                // Reserved whole, so that it never moves; its pages are touched only
+                // as its entries are used.
+                table.reserve_exact(Self::CHUNK);
+            }
+            let i = key % Self::CHUNK;
+            if table.len() <= i {
+                table.resize_with(i + 1, || None);
+            }
+            table[i] = Some(timers);
         }
-        let table = &mut self.timers[chunk];
-        if table.capacity() == 0 {
-            // Reserved whole, so that it never moves; its pages are touched only as
-            // its entries are used.
-            table.reserve_exact(Self::CHUNK);
-        }
-        if table.len() <= i {
-            table.resize_with(i + 1, || None);
-        }
-        table[i] = Some(timers);
+        generation
     }
 
-    /// Takes the timers of the connection parked in slot `key`, if it has any.
-    fn take_timers(&mut self, key: usize) -> Option<ParkedKeepalive> {
-        self.timers.get_mut(key / Self::CHUNK)?.get_mut(key % Self::CHUNK)?.take()
+    /// Takes the connection out of slot `key`, with its timers, and moves the slot on
+    /// to its next generation.
+    fn empty(&mut self, key: usize) -> Option<Entry<T>> {
+        let slot = self.get_mut(key)?;
+        let (io, (socket, value)) = (slot.io.take()?, slot.parked.take()?);
+        slot.generation = slot.generation.wrapping_add(1);
+        let timers = self.timers.get_mut(key / Self::CHUNK).and_then(|t| t.get_mut(key % Self::CHUNK)?.take());
+        Some(Entry { io, socket, timers, value })
+    }
+
+    /// Whether slot `key` still holds the connection parked as `generation`.
+    fn holds(&self, key: u32, generation: u32) -> bool {
+        self.get(key as usize).is_some_and(|s| s.generation == generation && s.io.is_some())
     }
 
     fn len(&self) -> usize {
-        self.len
+        // Every chunk but the last is full.
+        self.chunks.last().map_or(0, |last| (self.chunks.len() - 1) * Self::CHUNK + last.len())
     }
 
     fn get(&self, key: usize) -> Option<&Slot<T>> {
@@ -264,8 +278,7 @@ impl<T> Slots<T> {
                 self.chunks.push(chunk);
             }
         }
-        self.len += 1;
-        self.len - 1
+        self.len() - 1
     }
 }
 
@@ -279,17 +292,6 @@ struct Slot<T> {
 
 impl<T> Slot<T> {
     const EMPTY: Self = Slot { generation: 0, io: None, parked: None };
-
-    /// Whether the slot still holds the connection parked as `generation`.
-    fn holds(&self, generation: u32) -> bool {
-        self.generation == generation && self.io.is_some()
-    }
-
-    /// The connection parked here, without its timers (see [`Slots::take_timers`]).
-    fn take(&mut self) -> Option<Entry<T>> {
-        let (io, (socket, value)) = (self.io.take()?, self.parked.take()?);
-        Some(Entry { io, socket, timers: None, value })
-    }
 }
 
 struct Entry<T> {
@@ -302,18 +304,11 @@ struct Entry<T> {
 impl<T> State<T> {
     /// Takes a parked connection out of its slot and off the poller.
     fn unpark(&mut self, key: usize, registry: &mio::Registry) -> Option<Entry<T>> {
-        let slot = self.slots.get_mut(key)?;
-        let mut entry = slot.take()?;
-        slot.generation = slot.generation.wrapping_add(1);
-        entry.timers = self.slots.take_timers(key);
+        let entry = self.slots.empty(key)?;
         let _ = registry.deregister(&mut SourceFd(&entry.io.as_raw_fd()));
         self.free.push(key as u32);
         self.parked -= 1;
         Some(entry)
-    }
-
-    fn is_current(&self, key: u32, generation: u32) -> bool {
-        self.slots.get(key as usize).is_some_and(|s| s.holds(generation))
     }
 
     /// Hands back every connection whose deadline has come.
@@ -323,7 +318,7 @@ impl<T> State<T> {
                 break;
             }
             self.deadlines.pop();
-            if self.is_current(key, generation) {
+            if self.slots.holds(key, generation) {
                 if let Some(entry) = self.unpark(key as usize, registry) {
                     self.woken.push_back(entry);
                 }
@@ -334,7 +329,7 @@ impl<T> State<T> {
     /// The earliest deadline of a connection still parked.
     fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(&Reverse((at, key, generation))) = self.deadlines.peek() {
-            if self.is_current(key, generation) {
+            if self.slots.holds(key, generation) {
                 return Some(at);
             }
             self.deadlines.pop();
@@ -473,10 +468,7 @@ impl<T> Parking<T> {
             st.free.push(key as u32);
             return Err(ParkError::Io(e, value));
         }
-        let slot = st.slots.get_mut(key).expect("a slot just found or made");
-        let generation = slot.generation;
-        (slot.io, slot.parked) = (Some(io), Some((socket, value)));
-        st.slots.set_timers(key, timers);
+        let generation = st.slots.fill(key, Entry { io, socket, timers, value });
         st.parked += 1;
         if let Some(at) = deadline {
             st.deadlines.push(Reverse((at, key as u32, generation)));
@@ -487,7 +479,7 @@ impl<T> Parking<T> {
             // Deadlines of unparked connections are dropped lazily; keep them bounded.
             if st.deadlines.len() > 2 * st.parked + 1024 {
                 let State { deadlines, slots, .. } = &mut *st;
-                deadlines.retain(|&Reverse((_, k, g))| slots.get(k as usize).is_some_and(|s| s.holds(g)));
+                deadlines.retain(|&Reverse((_, k, g))| slots.holds(k, g));
             }
         }
         Ok(ParkedId { key: key as u32, generation })
@@ -500,7 +492,7 @@ impl<T> Parking<T> {
         let core = self.core();
         let entry = {
             let mut st = core.lock();
-            if !st.is_current(id.key, id.generation) {
+            if !st.slots.holds(id.key, id.generation) {
                 return None;
             }
             st.unpark(id.key as usize, &core.registry)?

@@ -269,17 +269,23 @@ impl ConnectionInfo {
     }
 }
 
-/// Keepalive, idle and lifetime timers, with their settings.
+/// Keepalive, idle and lifetime timers, with their state and settings.
 struct Keepalive {
     /// Fires for the next ping, or at the pong deadline when a ping is out.
     ping_timer: Option<Pin<Box<Sleep>>>,
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    lifetime_timer: Option<Pin<Box<Sleep>>>,
+    state: KeepaliveState,
+}
+
+/// What the timers go by, the same running and parked.
+#[derive(Clone, Copy)]
+struct KeepaliveState {
     /// When the outstanding ping left; its payload is `seq`.
     outstanding: Option<Instant>,
     seq: u64,
     rtt: Option<Duration>,
     last_read: Instant,
-    idle_timer: Option<Pin<Box<Sleep>>>,
-    lifetime_timer: Option<Pin<Box<Sleep>>>,
     ping_interval: Option<Duration>,
     pong_timeout: Duration,
     idle_timeout: Option<Duration>,
@@ -293,16 +299,29 @@ impl Keepalive {
         }
         Some(Box::new(Keepalive {
             ping_timer: config.ping_interval.map(|d| Box::pin(sleep(d))),
-            outstanding: None,
-            seq: 0,
-            rtt: None,
-            last_read: Instant::now(),
             idle_timer: config.idle_timeout.map(|d| Box::pin(sleep(d))),
             lifetime_timer: config.max_lifetime.map(|d| Box::pin(sleep(d))),
-            ping_interval: config.ping_interval,
-            pong_timeout: config.pong_timeout,
-            idle_timeout: config.idle_timeout,
+            state: KeepaliveState {
+                outstanding: None,
+                seq: 0,
+                rtt: None,
+                last_read: Instant::now(),
+                ping_interval: config.ping_interval,
+                pong_timeout: config.pong_timeout,
+                idle_timeout: config.idle_timeout,
+            },
         }))
+    }
+
+    /// Drops the timers, keeping when each one is due.
+    fn park(self) -> ParkedKeepalive {
+        let at = |t: Option<Pin<Box<Sleep>>>| t.map(|t| t.deadline());
+        ParkedKeepalive {
+            ping_at: at(self.ping_timer),
+            idle_at: at(self.idle_timer),
+            lifetime_at: at(self.lifetime_timer),
+            state: self.state,
+        }
     }
 }
 
@@ -316,32 +335,7 @@ pub(crate) struct ParkedKeepalive {
     ping_at: Option<Instant>,
     idle_at: Option<Instant>,
     lifetime_at: Option<Instant>,
-    outstanding: Option<Instant>,
-    seq: u64,
-    rtt: Option<Duration>,
-    last_read: Instant,
-    ping_interval: Option<Duration>,
-    pong_timeout: Duration,
-    idle_timeout: Option<Duration>,
-}
-
-impl Keepalive {
-    /// Drops the timers, keeping when each one is due.
-    fn park(self) -> ParkedKeepalive {
-        let at = |t: Option<Pin<Box<Sleep>>>| t.map(|t| t.deadline());
-        ParkedKeepalive {
-            ping_at: at(self.ping_timer),
-            idle_at: at(self.idle_timer),
-            lifetime_at: at(self.lifetime_timer),
-            outstanding: self.outstanding,
-            seq: self.seq,
-            rtt: self.rtt,
-            last_read: self.last_read,
-            ping_interval: self.ping_interval,
-            pong_timeout: self.pong_timeout,
-            idle_timeout: self.idle_timeout,
-        }
-    }
+    state: KeepaliveState,
 }
 
 impl ParkedKeepalive {
@@ -350,15 +344,9 @@ impl ParkedKeepalive {
         let timer = |at: Option<Instant>| at.map(|at| Box::pin(sleep_until(at)));
         Keepalive {
             ping_timer: timer(self.ping_at),
-            outstanding: self.outstanding,
-            seq: self.seq,
-            rtt: self.rtt,
-            last_read: self.last_read,
             idle_timer: timer(self.idle_at),
             lifetime_timer: timer(self.lifetime_at),
-            ping_interval: self.ping_interval,
-            pong_timeout: self.pong_timeout,
-            idle_timeout: self.idle_timeout,
+            state: self.state,
         }
     }
 
@@ -537,7 +525,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The latest round-trip time measured from a keepalive ping and its pong.
     pub fn rtt(&self) -> Option<Duration> {
-        self.keepalive.as_ref().and_then(|k| k.rtt)
+        self.keepalive.as_ref().and_then(|k| k.state.rtt)
     }
 
     /// Messages dropped by the [`SlowReader::DropNewest`] policy.
@@ -810,7 +798,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let mut sent_ping = false;
         if let Some(t) = k.ping_timer.as_mut() {
             if t.as_mut().poll(cx).is_ready() {
-                if k.outstanding.is_some() {
+                if k.state.outstanding.is_some() {
                     // The peer did not answer the last ping in time: it is gone.
                     k.ping_timer = None;
                     tracing::debug!(id = self.info.id, "pong timeout: closing");
@@ -824,11 +812,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     self.finish = Finish::Flushing;
                     return;
                 }
-                k.seq += 1;
+                k.state.seq += 1;
                 self.conn.set_control_priority(true);
-                if self.conn.send_ping(Bytes::copy_from_slice(&k.seq.to_be_bytes())).is_ok() {
-                    k.outstanding = Some(now);
-                    t.as_mut().reset(now + k.pong_timeout);
+                if self.conn.send_ping(Bytes::copy_from_slice(&k.state.seq.to_be_bytes())).is_ok() {
+                    k.state.outstanding = Some(now);
+                    t.as_mut().reset(now + k.state.pong_timeout);
                     let _ = t.as_mut().poll(cx);
                 } else {
                     k.ping_timer = None;
@@ -838,9 +826,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }
         }
         let mut close = None;
-        if let (Some(t), Some(idle)) = (k.idle_timer.as_mut(), k.idle_timeout) {
+        if let (Some(t), Some(idle)) = (k.idle_timer.as_mut(), k.state.idle_timeout) {
             if t.as_mut().poll(cx).is_ready() {
-                let due = k.last_read + idle;
+                let due = k.state.last_read + idle;
                 if due > now {
                     t.as_mut().reset(due);
                     let _ = t.as_mut().poll(cx);
@@ -885,11 +873,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let Some(k) = self.keepalive.as_deref_mut() else {
             return;
         };
-        if let Some(at) = k.outstanding {
-            if payload == k.seq.to_be_bytes() {
-                k.rtt = Some(at.elapsed());
-                k.outstanding = None;
-                if let (Some(t), Some(every)) = (k.ping_timer.as_mut(), k.ping_interval) {
+        if let Some(at) = k.state.outstanding {
+            if payload == k.state.seq.to_be_bytes() {
+                k.state.rtt = Some(at.elapsed());
+                k.state.outstanding = None;
+                if let (Some(t), Some(every)) = (k.ping_timer.as_mut(), k.state.ping_interval) {
                     t.as_mut().reset(at + every);
                 }
             }
@@ -1043,7 +1031,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 }
                 Poll::Ready(Ok(_)) => {
                     if let Some(k) = self.keepalive.as_deref_mut().filter(|k| k.idle_timer.is_some()) {
-                        k.last_read = Instant::now();
+                        k.state.last_read = Instant::now();
                     }
                     self.conn.receive_buffered();
                 }
