@@ -143,7 +143,16 @@ async fn the_redirect_limit_and_loops_end_with_a_redirect_error() {
         .await
         .unwrap_err();
     assert_eq!(redirect(&e), (302, "/loop"));
-    let loops = std::fs::read_to_string(nginx.dir.join("access.log")).unwrap().matches("GET /loop ").count();
-    assert_eq!(loops, 6, "the first request and five redirects");
+    // nginx logs a request once it has finished it, which can be just after the client
+    // has read the answer: wait (a bounded while) for the last line.
+    let log = nginx.dir.join("access.log");
+    let count = || std::fs::read_to_string(&log).unwrap().matches("GET /loop ").count();
+    for _ in 0..100 {
+        if count() >= 6 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(), 6, "the first request and five redirects");
     assert!(seen.try_recv().is_err(), "no request reached the volley server");
 }
