@@ -163,3 +163,50 @@ fn unreachable_server_is_reported_not_a_panic() {
     assert!(!out.status.success() && out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ws:// only"));
 }
+
+/// `--source-from`: the connections come from the addresses asked for (read back from
+/// the kernel's socket table while they are held), so that several generators can
+/// share one server without sharing ports.
+#[cfg(target_os = "linux")]
+#[test]
+fn connections_come_from_the_source_addresses_asked_for() {
+    let (_server, port) = echo_with(&[]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let run = std::thread::spawn(move || {
+        bench_json(&[&url, "-c", "6", "--idle", "--hold", "1.5", "--source-from", "127.0.3.7", "--source-addrs", "2"])
+    });
+    // Local (client) ends toward the server's port, by source address, from /proc/net/tcp:
+    // "sl local_address rem_address st ...", addresses as little-endian hex IP:port.
+    let sources = || -> Vec<String> {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let mut found: Vec<String> = table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (local, remote, state) = (fields[1], fields[2], fields[3]);
+                let (rip, rport) = remote.split_once(':')?;
+                (state == "01" && rip == "0100007F" && u16::from_str_radix(rport, 16).ok()? == port)
+                    .then(|| local.split_once(':').unwrap().0.to_string())
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut seen = sources();
+    while seen.len() < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        seen = sources();
+    }
+    // 127.0.3.7 and 127.0.3.8, little-endian, three connections each.
+    let expected: Vec<String> =
+        ["0703007F", "0703007F", "0703007F", "0803007F", "0803007F", "0803007F"].map(String::from).to_vec();
+    assert_eq!(seen, expected);
+    let r = run.join().unwrap();
+    assert_eq!((u(&r, "connections_open"), u(&r, "source_addrs")), (6, 2), "{r}");
+
+    let out = bench(&["ws://127.0.0.1:1/", "--source-from", "10.0.0.1", "--json"]);
+    assert!(!out.status.success() && out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.0/8"), "{out:?}");
+}

@@ -127,6 +127,11 @@ async fn open(index: usize, plan: &Plan) -> Result<Ws, String> {
     let socket = socket.map_err(|e| io("socket", e))?;
     if !plan.sources.is_empty() {
         let source = plan.sources[index % plan.sources.len()];
+        // The port is chosen at connect(), unique for the 4-tuple, rather than reserved
+        // by bind() for any destination (from bind()'s half of the ephemeral range).
+        #[cfg(target_os = "linux")]
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+            .map_err(|e| io("IP_BIND_ADDRESS_NO_PORT", e.into()))?;
         socket.bind(SocketAddr::new(source, 0)).map_err(|e| io(&format!("bind {source}"), e))?;
     }
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(plan.addr)).await {

@@ -39,9 +39,14 @@ const MEASURING: u8 = 2;
 /// Phase: over; connections close.
 const STOPPED: u8 = 3;
 
-/// Connections per source address by default (the ephemeral port range holds about
-/// 28,000 ports per address).
-const CONNECTIONS_PER_SOURCE: usize = 25_000;
+/// Connections per source address by default. Linux's default ephemeral port range
+/// holds about 28,000 ports toward one server address, but it hands out one parity (half
+/// the range) first: past about 14,000 connections from one source, every connect()
+/// searches the spent half before the other, and opening slows to a crawl.
+const CONNECTIONS_PER_SOURCE: usize = 12_000;
+
+/// Connections per source address past which opening them slows down (see above).
+const FAST_PORTS_PER_SOURCE: usize = 14_000;
 
 /// Histogram range: 1 µs to 60 s, 3 significant digits.
 const LATENCY_MAX_US: u64 = 60_000_000;
@@ -94,9 +99,15 @@ pub struct Args {
     server_pid: Option<u32>,
     /// Spread connections round-robin over source addresses 127.0.0.1 .. 127.0.0.N (for
     /// loopback targets), so that more connections fit than one address has ports.
-    /// Default: 1 + connections / 25000.
+    /// Default: one per 12,000 connections (past about 14,000 from one address, Linux
+    /// finds local ports slowly).
     #[arg(long, value_name = "N")]
     source_addrs: Option<usize>,
+    /// The first source address of --source-addrs (default 127.0.0.1), so that several
+    /// generators can share one loopback server without sharing ports: one generator
+    /// process holds at most its descriptor limit, so a million connections take many.
+    #[arg(long, value_name = "IP")]
+    source_from: Option<Ipv4Addr>,
     /// Handshakes in progress at once while opening.
     #[arg(long, value_name = "N", default_value_t = 256)]
     connect_concurrency: usize,
@@ -172,6 +183,12 @@ impl Args {
         if let Some(n) = self.source_addrs {
             if n == 0 || n > 1 << 16 {
                 bail!("--source-addrs must be between 1 and 65536");
+            }
+        }
+        if let Some(ip) = self.source_from {
+            let last = u32::from(ip).checked_add(self.source_addrs.unwrap_or(1) as u32 - 1);
+            if !ip.is_loopback() || !last.is_some_and(|l| Ipv4Addr::from(l).is_loopback()) {
+                bail!("--source-from: the source addresses must be in 127.0.0.0/8 (got {ip})");
             }
         }
         Ok(())
@@ -314,8 +331,8 @@ fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
 }
 
 /// Source address number `i` (0-based) of the loopback range: 127.0.0.1, 127.0.0.2, ...
-fn loopback_source(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::LOCALHOST).wrapping_add(i as u32)))
+fn loopback_source(first: Ipv4Addr, i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(u32::from(first).wrapping_add(i as u32)))
 }
 
 /// Opens the connections, runs the load, measures, and stops.
@@ -338,19 +355,22 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         .next()
         .with_context(|| format!("{host}: no address"))?;
     let loopback_v4 = matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback());
-    let source_addrs = args.source_addrs.unwrap_or(1 + args.connections / CONNECTIONS_PER_SOURCE);
-    let sources: Vec<IpAddr> = if loopback_v4 && source_addrs > 1 {
-        (0..source_addrs).map(loopback_source).collect()
+    let source_addrs = args.source_addrs.unwrap_or(args.connections.div_ceil(CONNECTIONS_PER_SOURCE));
+    let first = args.source_from.unwrap_or(Ipv4Addr::LOCALHOST);
+    let sources: Vec<IpAddr> = if loopback_v4 && (source_addrs > 1 || args.source_from.is_some()) {
+        (0..source_addrs).map(|i| loopback_source(first, i)).collect()
     } else {
-        if source_addrs > 1 && args.source_addrs.is_some() {
-            eprintln!("volley bench: warning: --source-addrs applies to 127.x.x.x targets only; ignored");
+        if (source_addrs > 1 && args.source_addrs.is_some()) || args.source_from.is_some() {
+            eprintln!(
+                "volley bench: warning: --source-addrs and --source-from apply to 127.x.x.x targets only; ignored"
+            );
         }
         Vec::new()
     };
-    if args.connections / sources.len().max(1) > 28_000 {
+    if args.connections.div_ceil(sources.len().max(1)) > FAST_PORTS_PER_SOURCE {
         eprintln!(
-            "volley bench: warning: more than 28,000 connections per source address may run out of local ports; \
-             use --source-addrs"
+            "volley bench: warning: more than {FAST_PORTS_PER_SOURCE} connections per source address: opening them \
+             slows down past that and may run out of local ports; use --source-addrs"
         );
     }
 
@@ -592,8 +612,10 @@ mod tests {
 
     #[test]
     fn sources_and_payload() {
-        assert_eq!(loopback_source(0), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
-        assert_eq!(loopback_source(255), IpAddr::V4(Ipv4Addr::new(127, 0, 1, 0)));
+        let one = Ipv4Addr::LOCALHOST;
+        assert_eq!(loopback_source(one, 0), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(loopback_source(one, 255), IpAddr::V4(Ipv4Addr::new(127, 0, 1, 0)));
+        assert_eq!(loopback_source(Ipv4Addr::new(127, 0, 2, 250), 10), IpAddr::V4(Ipv4Addr::new(127, 0, 3, 4)));
         let text = payload_text(50);
         assert_eq!(text.len(), 50);
         assert!(text.is_ascii());

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! bench-server --impl volley|tungstenite|fastwebsockets|tokio-websockets|raw --listen ADDR
-//!              [--deflate] [--broadcast] [--park-after MS]
+//!              [--deflate] [--broadcast] [--park-after MS] [--processes N]
 //! ```
 //!
 //! Every implementation runs on a tokio current-thread runtime (the harness pins the
@@ -20,6 +20,14 @@
 //! `--park-after MS` (Volley only) parks a connection that received nothing for `MS`
 //! milliseconds in a [`volley::park::Parking`], without a task, until its peer sends
 //! again (the harness's W6 row "Volley, parked").
+//!
+//! `--processes N` runs the server as N worker processes (this program again, without
+//! `--processes`) that listen on one address with `SO_REUSEPORT`, so the kernel spreads
+//! the connections over them: each process can hold no more connections than its
+//! descriptor limit allows, so a ramp past that limit (W7) needs several. This process
+//! starts the workers, prints `listening on ADDR` and then `workers PID…` (the processes
+//! to measure), and waits; the harness stops the whole process group. The workers
+//! inherit the CPU affinity (`taskset`), so they share the server's core.
 
 mod fastws;
 mod handshake;
@@ -28,6 +36,7 @@ mod stream_sink;
 mod tokio_websockets;
 mod tungstenite;
 mod volley_echo;
+mod workers;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -54,6 +63,10 @@ struct Args {
     deflate: bool,
     broadcast: bool,
     park_after: Option<Duration>,
+    /// Worker processes (`--processes`); 0 when this process serves by itself.
+    processes: usize,
+    /// Listen with `SO_REUSEPORT` (set for the workers).
+    reuseport: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -62,6 +75,8 @@ fn parse_args() -> Result<Args, String> {
     let mut deflate = false;
     let mut broadcast = false;
     let mut park_after = None;
+    let mut processes = 0;
+    let mut reuseport = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -87,9 +102,17 @@ fn parse_args() -> Result<Args, String> {
                 let ms: u64 = ms.parse().map_err(|e| format!("--park-after {ms}: {e}"))?;
                 park_after = Some(Duration::from_millis(ms));
             }
+            "--processes" => {
+                let n = args.next().ok_or("--processes needs a count")?;
+                processes = n.parse().map_err(|e| format!("--processes {n}: {e}"))?;
+                if !(1..=1024).contains(&processes) {
+                    return Err(format!("--processes {n}: between 1 and 1024"));
+                }
+            }
+            "--reuseport" => reuseport = true,
             "-h" | "--help" => {
                 return Err("usage: bench-server --impl volley|tungstenite|fastwebsockets|tokio-websockets|raw \
-                            --listen ADDR [--deflate] [--broadcast] [--park-after MS]"
+                            --listen ADDR [--deflate] [--broadcast] [--park-after MS] [--processes N]"
                     .into())
             }
             other => return Err(format!("unknown argument {other:?}")),
@@ -105,7 +128,10 @@ fn parse_args() -> Result<Args, String> {
     if park_after.is_some() && (imp != Impl::Volley || broadcast) {
         return Err("--park-after is implemented for the volley echo only".into());
     }
-    Ok(Args { imp, listen, deflate, broadcast, park_after })
+    if processes > 0 && broadcast {
+        return Err("--processes: a fan-out group lives in one process".into());
+    }
+    Ok(Args { imp, listen, deflate, broadcast, park_after, processes, reuseport })
 }
 
 fn main() -> ExitCode {
@@ -116,6 +142,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.processes > 0 {
+        return match workers::run(args.processes, args.listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -132,15 +167,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
-    let listener = bind(args.listen)?;
+    let listener = bind(args.listen, args.reuseport)?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", listener.local_addr()?)?;
