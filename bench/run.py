@@ -73,6 +73,11 @@ def w6_servers(servers):
             out += list(PARKED)
     return out
 
+def w7_servers(servers):
+    """The W7 servers: Volley parked at once follows Volley."""
+    return [x for s in servers for x in ([s, "volley-parked-0"] if s == "volley" else [s])]
+
+
 WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"]
 TITLES = {
     "W1": "W1: 100 connections × 20 B text",
@@ -87,6 +92,22 @@ TITLES = {
 }
 # Descriptor headroom over the connection count (listener, stdio, runtime).
 FD_MARGIN = 100
+# Connections per process when a run needs more than one process can hold (W7, and W6
+# past the descriptor limit): the server runs as several `SO_REUSEPORT` workers and as
+# many generators share the load, each under its descriptor limit with room for the
+# kernel's uneven spread over the workers. --quick uses a tiny share, to run the same
+# code.
+PER_PROCESS = 15000
+PER_PROCESS_QUICK = 250
+# Source addresses per generator: `volley bench` uses one per 12,000 connections.
+SOURCES_PER_GENERATOR = 2
+# Handshakes in progress at once per generator while many generators open.
+MANY_CONNECT_CONCURRENCY = 32
+# A many-process run stops when the machine's available memory falls below this
+# fraction of the total (or 2 GiB, whichever is more): the finding, not a crash.
+MEMORY_GUARD = 0.1
+# A many-process run stops when the count has not grown for this long (seconds).
+STALL_S = 15
 
 
 def settings(args):
@@ -98,8 +119,8 @@ def settings(args):
         "W3": {"c": 50 if q else 1000, "s": 20, "k": 1},
         "W4": {"c": 1, "s": 64, "k": 64 if q else 1024},
         "W5": {"c": 10 if q else 100, "s": 20, "rates": [1000] if q else [5000, 20000]},
-        "W6": {"counts": [200] if q else [10000, 100000], "hold": 0.2 if q else 2.0},
-        "W7": {"step": 500 if q else 50000, "max": 500 if q else args.max_conns, "hold": 0.2 if q else 2.0},
+        "W6": {"counts": [200, 500] if q else [10000, 100000], "hold": 0.2 if q else 2.0},
+        "W7": {"max": 500 if q else args.max_conns, "hold": 0.2 if q else 2.0, "limit_s": 60 if q else 600},
         "W8": {"c": 10 if q else 100, "s": 20, "k": 1, "more_sizes": [] if q else [1024]},
         "W9": {"c": 100 if q else 10000, "m": 20 if q else 200, "s": 64, "warmup": 5 if q else 10},
     }
@@ -179,33 +200,44 @@ def build(args):
 class Server:
     """A bench-server pinned to the server core; stopped with SIGTERM."""
 
-    def __init__(self, paths, name, logdir, core, extra=()):
+    def __init__(self, paths, name, logdir, core, extra=(), processes=0):
         cmd = ["taskset", "-c", str(core), paths["server"], "--impl", IMPL[name], "--listen", "127.0.0.1:0"]
         if name == "volley-deflate":
             cmd.append("--deflate")
         cmd += EXTRA.get(name, [])
         cmd += list(extra)
+        if processes:
+            cmd += ["--processes", str(processes)]
         self.errlog = tempfile.NamedTemporaryFile(dir=logdir, prefix=f"{name}-", suffix=".log", delete=False)
+        # A session of its own: stopping it stops its workers too.
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self.errlog, preexec_fn=raise_nofile, text=True, bufsize=1
+            cmd, stdout=subprocess.PIPE, stderr=self.errlog, preexec_fn=raise_nofile, text=True, bufsize=1,
+            start_new_session=True,
         )
         self.addr = None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+        self.pids = [self.proc.pid]  # taskset execs the server: same process
+        ready, _, _ = select.select([self.proc.stdout], [], [], 10 + processes / 10)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("listening on "):
             self.stop()
             raise RuntimeError(f"{name}: server did not start: {line.strip() or self.stderr_tail()}")
         self.addr = line.split()[-1]
+        if processes:
+            line = self.proc.stdout.readline()
+            if not line.startswith("workers "):
+                self.stop()
+                raise RuntimeError(f"{name}: no worker list: {line.strip() or self.stderr_tail()}")
+            self.pids = [int(p) for p in line.split()[1:]]
 
     @property
     def pid(self):
-        return self.proc.pid  # taskset execs the server: same process
+        return self.pids[0]
 
     def url(self):
         return f"ws://{self.addr}/"
 
     def alive(self):
-        return self.proc.poll() is None
+        return self.proc.poll() is None and all(os.path.exists(f"/proc/{p}") for p in self.pids)
 
     def stderr_tail(self):
         try:
@@ -215,13 +247,19 @@ class Server:
             return ""
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.proc.wait()
         self.proc.stdout.close()
         self.errlog.close()
 
@@ -413,60 +451,194 @@ def run_rate(args, results, paths, servers, conf, logdir):
 
 def run_idle(args, results, paths, servers, conf, logdir):
     cap = fd_capacity()
+    share = per_process(args)
     for count in conf["counts"]:
-        if count > cap:
-            results.note("W6", f"{count:,} connections not run: the descriptor limit (RLIMIT_NOFILE hard limit "
-                               f"{nofile_hard():,} per process) holds at most {cap:,}.")
+        if count <= cap and not (args.quick and count > share):
+            def client(name, server, count=count):
+                return bench_cmd(paths, server.url(), server.pid, args, count, idle=True, hold=conf["hold"])
+
+            interleaved(args, results, paths, "W6", str(count), servers, client, count,
+                        conf["hold"] + 60 + count / 1000, logdir)
             continue
+        # More than one process holds: a server of several processes and as many
+        # generators, the memory summed over the server's processes.
+        results.note("W6", f"{count:,} connections: more than one process can hold here (descriptor limit "
+                           f"{nofile_hard():,}), so each server ran as {-(-count // share)} `SO_REUSEPORT` worker "
+                           f"processes (`bench-server --processes`) and as many generators shared the load; "
+                           f"bytes per connection are the growth of the workers' summed resident memory.")
+        for rep in range(args.reps):
+            for name in servers:
+                d = hold_many(args, paths, name, count, conf["hold"], 120 + count / 1000, logdir)
+                error = d.get("error") or (None if d["connections_open"] >= count else
+                                           f"{d['connections_open']:,} of {count:,} held: {d['reason']}")
+                results.add("W6", str(count), name, rep, d, error)
+                log(f"    W6 {count:>8} {name:<16} rep {rep + 1}: {summary(d)}{'  FAILED: ' + error if error else ''}")
 
-        def client(name, server, count=count):
-            return bench_cmd(paths, server.url(), server.pid, args, count, idle=True, hold=conf["hold"])
 
-        interleaved(args, results, paths, "W6", str(count), servers, client, count,
-                    conf["hold"] + 60 + count / 1000, logdir)
+def per_process(args):
+    return min(PER_PROCESS_QUICK if args.quick else PER_PROCESS, fd_capacity())
+
+
+def mem_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def mem_total():
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def fd_count(pids):
+    """Open descriptors of these processes (a process gone counts none)."""
+    n = 0
+    for pid in pids:
+        try:
+            n += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            pass
+    return n
+
+
+def rss_sum(pids):
+    page = os.sysconf("SC_PAGE_SIZE")
+    n = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                n += int(f.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            pass
+    return n
+
+
+def generator_source(i, per_gen):
+    """The first source address of generator `i` (127.0.0.2 on: the single-process runs
+    use 127.0.0.1 up)."""
+    n = 2 + i * per_gen
+    return f"127.0.{n >> 8}.{n & 255}" if n < 1 << 16 else f"127.{n >> 16}.{(n >> 8) & 255}.{n & 255}"
+
+
+def hold_many(args, paths, name, count, hold, limit_s, logdir):
+    """Opens `count` idle connections to a server of several processes from as many
+    generators, all at once, and holds them. The count held is the server's: the
+    descriptors its workers opened, sampled every second. Stops at `count`, when the
+    count stops growing, when the machine's available memory runs low (the guard), or
+    after `limit_s`; returns what it found, shaped like an idle `volley bench` report."""
+    share = per_process(args)
+    nproc = -(-count // share)
+    out = {"mode": "idle", "connections": count, "connections_open": 0, "processes": nproc, "server": {}}
+    try:
+        server = Server(paths, name, logdir, args.server_core, processes=nproc)
+    except RuntimeError as e:
+        return dict(out, error=str(e), reason=str(e))
+    gens = []
+    total = mem_total() or 0
+    guard = max(2 << 30, int(total * MEMORY_GUARD))
+    try:
+        time.sleep(0.2)
+        base_fds, base_rss, avail0 = fd_count(server.pids), rss_sum(server.pids), mem_available()
+        t0 = time.monotonic()
+        for i in range(nproc):
+            c = min(share, count - i * share)
+            cmd = ["taskset", "-c", str(args.client_core), paths["volley"], "bench", server.url(), "-c", str(c),
+                   "--idle", "--hold", "86400", "--json", "--no-progress",
+                   "--source-from", generator_source(i, SOURCES_PER_GENERATOR),
+                   "--source-addrs", str(SOURCES_PER_GENERATOR),
+                   "--connect-concurrency", str(MANY_CONNECT_CONCURRENCY)]
+            err = tempfile.TemporaryFile(dir=logdir)
+            gens.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                          preexec_fn=raise_nofile), err))
+        held = peak = 0
+        grew_at = time.monotonic()
+        reason = None
+        while reason is None:
+            time.sleep(1)
+            now_held = fd_count(server.pids) - base_fds
+            if now_held > peak:
+                peak, grew_at = now_held, time.monotonic()
+            held = now_held
+            avail = mem_available()
+            if held >= count:
+                reason = f"all {count:,} open"
+            elif avail is not None and avail < guard:
+                reason = (f"memory: the machine's available memory fell to {fmt_bytes(avail)} (the run stops "
+                          f"below {fmt_bytes(guard)})")
+            elif not server.alive():
+                reason = f"a server process exited: {server.stderr_tail()}"
+            elif all(g.poll() is not None for g, _ in gens):
+                reason = "the generators ended"
+            elif time.monotonic() - grew_at > STALL_S:
+                reason = f"no more connections opened for {STALL_S} s"
+            elif time.monotonic() - t0 > limit_s:
+                reason = f"time limit ({limit_s:.0f} s)"
+        opened_s = time.monotonic() - t0
+        if held >= count:
+            time.sleep(hold)
+        held = fd_count(server.pids) - base_fds
+        rss = rss_sum(server.pids)
+        avail1 = mem_available()
+        out.update({
+            "connections_open": held,
+            "peak": peak,
+            "open_s": opened_s,
+            "reason": reason,
+            "mem_available_drop": None if avail0 is None or avail1 is None else avail0 - avail1,
+            "server": {"pids": server.pids, "rss_before": base_rss, "rss_after": rss,
+                       "rss_per_conn": (rss - base_rss) / held if held > 0 else None},
+        })
+        if not server.alive():
+            out["error"] = f"a server process exited: {server.stderr_tail()}"
+    finally:
+        # The generators report what they opened and close their connections.
+        for g, _ in gens:
+            if g.poll() is None:
+                g.send_signal(signal.SIGINT)
+        opened, errors, first = 0, 0, None
+        for g, err in gens:
+            try:
+                stdout, _ = g.communicate(timeout=60)
+                d = json.loads(stdout.strip().splitlines()[-1])
+                opened += d.get("connections_open", 0)
+                errors += d.get("connect_errors", 0)
+                first = first or d.get("first_connect_error")
+            except (subprocess.TimeoutExpired, ValueError, IndexError):
+                g.kill()
+                g.wait()
+            err.close()
+        out.update({"generators": len(gens), "generators_opened": opened, "connect_errors": errors,
+                    "first_connect_error": first})
+        server.stop()
+    return out
 
 
 def run_ramp(args, results, paths, servers, conf, logdir):
-    """W7: more connections per step until a step cannot be held; one pass per server."""
-    cap = fd_capacity()
-    top = min(conf["max"], cap)
-    step = conf["step"]
-    targets = list(range(step, top, step)) + [top]
+    """W7: every server asked for --max-conns idle connections at once, from as many
+    server processes and generators as the descriptor limit calls for."""
     for name in servers:
-        held, reason = 0, f"reached --max-conns ({conf['max']:,})"
-        if top < conf["max"]:
-            reason = (f"descriptor limit: RLIMIT_NOFILE hard limit {nofile_hard():,} per process "
-                      f"(each process holds one end of every connection)")
-        for target in targets:
-            try:
-                server = Server(paths, name, logdir, args.server_core)
-            except RuntimeError as e:
-                results.add("W7", str(target), name, 0, None, str(e))
-                reason = str(e)
-                break
-            cmd = bench_cmd(paths, server.url(), server.pid, args, target, idle=True, hold=conf["hold"])
-            try:
-                data, error = run_client(cmd, args.client_core, conf["hold"] + 120 + target / 500)
-                alive = server.alive()
-                tail = server.stderr_tail()
-            finally:
-                server.stop()
-            opened = (data or {}).get("connections_open", 0)
-            log(f"    W7 {target:>8} {name:<16}: {opened:,} held{'  (' + error + ')' if error else ''}")
-            if data is None:
-                results.add("W7", str(target), name, 0, None, error)
-                reason = error
-                break
-            # Holding fewer than asked ends the ramp; it is the finding, not a failure.
-            results.runs.append({"workload": "W7", "case": str(target), "server": name, "rep": 0, "ok": True,
-                                 "error": error, "data": data})
-            held = max(held, opened)
-            if opened < target or not alive:
-                first = data.get("first_connect_error") or (tail if not alive else "")
-                reason = f"{opened:,} of {target:,} opened at this step: {first or 'connect errors'}"
-                break
-        results.runs.append({"workload": "W7", "case": "max", "server": name, "rep": 0, "ok": True, "error": None,
-                             "data": {"held": held, "reason": reason}})
+        d = hold_many(args, paths, name, conf["max"], conf["hold"], conf["limit_s"], logdir)
+        held = d["connections_open"]
+        first = d.get("first_connect_error")
+        reason = d.get("error") or d["reason"]
+        if held < conf["max"] and first:
+            reason += f"; first connect error: {first}"
+        log(f"    W7 {conf['max']:>8} {name:<16}: {held:,} held in {d.get('open_s', 0):.0f} s, "
+            f"{fmt_bytes(rss_per_conn(d))}/conn ({reason})")
+        results.runs.append({"workload": "W7", "case": "max", "server": name, "rep": 0, "ok": True,
+                             "error": d.get("error"), "data": dict(d, held=held, reason=reason)})
+        # Holding fewer than asked is the finding of a full run; a quick run asks for
+        # so few that falling short means the harness is broken.
+        if args.quick and held < conf["max"]:
+            results.failures.append(f"W7 {name}: {held} of {conf['max']} held: {reason}")
 
 
 def run_fanout(args, results, paths, conf, logdir):
@@ -505,9 +677,16 @@ def fmt_us(v):
     return f"{v:.0f} µs"
 
 
+def positive(v):
+    """`v` when above zero (a fall in available memory smaller than the noise is none)."""
+    return v if v is not None and v > 0 else None
+
+
 def fmt_bytes(v):
     if v is None:
         return "–"
+    if v >= 10 << 30:
+        return f"{v / (1 << 30):.1f} GiB"
     if v >= 1 << 20:
         return f"{v / (1 << 20):.1f} MiB"
     if v >= 10 << 10:
@@ -784,38 +963,56 @@ def ramp_section(results, servers, md, svgdir, rel, targets, facts):
     for s in servers:
         for r in results.runs:
             if r["workload"] == "W7" and r["case"] == "max" and r["server"] == s:
-                rows.append((s, r["data"]["held"], r["data"]["reason"]))
+                rows.append((s, r["data"]))
     if not rows:
         md.append("No result.\n")
         return
-    md.append("| server | most connections held | why the ramp stopped |")
-    md.append("|---|---:|---|")
-    for s, held, reason in rows:
-        md.append(f"| {LABEL[s]} | {held:,} | {esc(reason)} |")
+    md.append("| server | connections held | server processes | server memory per connection | seconds to open "
+              "| machine memory used | why it stopped |")
+    md.append("|---|---:|---:|---:|---:|---:|---|")
+    for s, d in rows:
+        secs = d.get("open_s")
+        md.append(f"| {LABEL[s]} | {d['held']:,} | {d.get('processes', 1)} | {fmt_bytes(rss_per_conn(d))} | "
+                  f"{'–' if secs is None else f'{secs:.0f}'} | {fmt_bytes(positive(d.get('mem_available_drop')))} | "
+                  f"{esc(d['reason'])} |")
     md.append("")
     svg_bars(os.path.join(svgdir, "w7.svg"), TITLES["W7"],
-             [("connections held", lambda v: f"{v:,.0f}", [(LABEL[s], held, KIND[s]) for s, held, _ in rows])])
+             [("connections held", lambda v: f"{v:,.0f}", [(LABEL[s], d["held"], KIND[s]) for s, d in rows])])
     md.append(f"![{TITLES['W7']}]({rel}/w7.svg)\n")
-    held = next((h for s, h, _ in rows if s == "volley"), None)
-    targets.append(("W7", "≥ 1,000,000 concurrent connections (limits documented)",
-                    "–" if held is None else f"{held:,}", None if held is None else held >= 1_000_000))
-    md.append(f"""What the ramp ran into here, and what one million connections on one machine needs
-(both ends on this machine, so every number counts twice):
+    for s, d in rows:
+        if KIND[s] == "volley":
+            targets.append(("W7", f"{LABEL[s]}: ≥ 1,000,000 concurrent connections (limits documented)",
+                            f"{d['held']:,}", d["held"] >= 1_000_000))
+    md.append(f"""*Machine memory used* is how much the machine's available memory (`MemAvailable`) fell
+while the connections were open: both ends of every connection, kernel and user space,
+server and generators.
+
+What one million connections on one machine needs (both ends on this machine, so every
+number counts twice), and how this run meets it:
 
 - **File descriptors**: one per connection in each process. Here the hard
-  `RLIMIT_NOFILE` is {facts['nofile']:,} and cannot be raised without `CAP_SYS_RESOURCE`
-  (in a container: the runtime's `--ulimit nofile=`; under systemd: `LimitNOFILE=`).
-  1M needs a hard limit above 1,000,100 for both processes, `fs.nr_open` at least that
-  (here {facts['nr_open']}), and `fs.file-max` above 2,000,000 (here {facts['file_max']}).
-- **Ports**: a source address has `net.ipv4.ip_local_port_range` ({facts['port_range']})
-  ports toward one server address and port; the generator spreads connections over
-  127.0.0.1..127.0.0.N (`--source-addrs`, one per 25,000 connections: 40 for 1M).
-- **Kernel memory**: socket buffers count against `net.ipv4.tcp_mem` (pages; here
-  {facts['tcp_mem']}); idle sockets hold little, but 2M sockets need a few GiB of kernel
-  memory beyond both processes' resident memory ({facts['memory']} in this machine).
+  `RLIMIT_NOFILE` is {facts['nofile']:,} per process and cannot be raised without
+  `CAP_SYS_RESOURCE` (in a container: the runtime's `--ulimit nofile=`; under systemd:
+  `LimitNOFILE=`). So the server runs as one process per {PER_PROCESS:,} connections
+  (`bench-server --processes N`: workers listening on one address with `SO_REUSEPORT`,
+  all on the server's core), and as many `volley bench` generators share the load on
+  the generator's core. System-wide, `fs.file-max` ({facts['file_max']}) must exceed
+  2,000,000; one process holding 1M would need `fs.nr_open` above it (here
+  {facts['nr_open']}).
+- **Ports**: toward one server address and port, a source address has the ports of
+  `net.ipv4.ip_local_port_range` ({facts['port_range']}), but Linux hands out half of them
+  first and finds the rest slowly: `volley bench` uses one source address per 12,000
+  connections (`--source-addrs`, `--source-from`), with `IP_BIND_ADDRESS_NO_PORT`;
+  {SOURCES_PER_GENERATOR} per generator here, from 127.0.0.2 up.
+- **Memory**: socket buffers count against `net.ipv4.tcp_mem` (pages; here
+  {facts['tcp_mem']}); idle sockets hold little, but the kernel's state for 2M sockets is
+  several GiB (the *machine memory used* column) beyond the processes' resident memory
+  ({facts['memory']} in this machine). The run stops, as a finding, when the machine's
+  available memory falls below {MEMORY_GUARD:.0%} of it (at least 2 GiB).
 - **Connection tracking**, when netfilter's conntrack is loaded:
   `net.netfilter.nf_conntrack_max` above 2,000,000.
-- **Accept backlog**: `net.core.somaxconn` ({facts['somaxconn']}); the servers ask for 4,096.
+- **Accept backlog**: `net.core.somaxconn` ({facts['somaxconn']}); the servers ask for 4,096,
+  per worker.
 """)
 
 
@@ -937,10 +1134,15 @@ may have had other work.
                         "keeps it for reuse), so the parked rows count it too.\n")
             idle_section(results, w6_servers(servers), conf["W6"], body, svgdir, rel, targets)
         elif w == "W7":
-            body.append(f"A fresh server per step, `volley bench --idle` with {conf['W7']['step']:,} more "
-                        f"connections per step up to `--max-conns` ({conf['W7']['max']:,}), capped by the "
-                        f"descriptor limit; one pass.\n")
-            ramp_section(results, servers, body, svgdir, rel, targets, facts)
+            body.append(f"Every server is asked for `--max-conns` ({conf['W7']['max']:,}) idle connections at "
+                        f"once, one pass each: the server as one `SO_REUSEPORT` worker process per "
+                        f"{PER_PROCESS:,} connections, as many `volley bench --idle` generators, all opening "
+                        f"together; the count held is the server's (its workers' descriptors, read every "
+                        f"second), and a run stops at the count asked for, when the count stops growing for "
+                        f"{STALL_S} s, or when the machine runs low on memory. The connections are then held "
+                        f"{conf['W7']['hold']} s. Volley runs twice: a task per connection, and parked at "
+                        f"once (`--park-after 0`, as in W6).\n")
+            ramp_section(results, w7_servers(servers), body, svgdir, rel, targets, facts)
         elif w == "W8":
             c = conf["W8"]
             body.append(f"{c['c']} connections, {c['s']} B text, {c['k']} in flight; Volley with and without "
@@ -1031,7 +1233,8 @@ def main():
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per run (default 1)")
     p.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W5 (default: all)")
     p.add_argument("--servers", default="", help=f"comma-separated servers (default: {','.join(SERVER_NAMES)})")
-    p.add_argument("--max-conns", type=int, default=200000, help="W7: stop the ramp here (default 200000)")
+    p.add_argument("--max-conns", type=int, default=1000000,
+                   help="W7: connections asked of every server (default 1000000)")
     p.add_argument("--quick", action="store_true",
                    help="tiny counts, 1 repetition, sub-second runs: a smoke test (needs --out)")
     p.add_argument("--out", default="", help="directory for BENCHMARKS.md and bench/*.svg (default: docs/)")
@@ -1092,7 +1295,7 @@ def main():
             elif w == "W6":
                 run_idle(args, results, paths, w6_servers(servers), conf["W6"], logdir)
             elif w == "W7":
-                run_ramp(args, results, paths, servers, conf["W7"], logdir)
+                run_ramp(args, results, paths, w7_servers(servers), conf["W7"], logdir)
             elif w == "W8":
                 if "volley" in servers:
                     run_throughput(args, results, paths, servers, w, conf["W8"], logdir, deflate_pair=True)
