@@ -21,6 +21,7 @@ start, a generator that failed or printed no JSON).
 
 import argparse
 import datetime
+import ipaddress
 import json
 import os
 import platform
@@ -488,23 +489,16 @@ def per_process(args):
     return min(PER_PROCESS_QUICK if args.quick else PER_PROCESS, fd_capacity())
 
 
-def mem_available():
+def meminfo(key):
+    """A /proc/meminfo field (`MemTotal`, `MemAvailable`...) in bytes, or None."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def mem_total():
-    try:
-        with open("/proc/meminfo") as f:
-            return int(f.readline().split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def fd_count(pids):
@@ -533,14 +527,13 @@ def rss_sum(pids):
 def generator_source(i, per_gen):
     """The first source address of generator `i` (127.0.0.2 on: the single-process runs
     use 127.0.0.1 up)."""
-    n = 2 + i * per_gen
-    return f"127.0.{n >> 8}.{n & 255}" if n < 1 << 16 else f"127.{n >> 16}.{(n >> 8) & 255}.{n & 255}"
+    return str(ipaddress.IPv4Address("127.0.0.2") + i * per_gen)
 
 
 def hold_many(args, paths, name, count, hold, limit_s, logdir):
     """Opens `count` idle connections to a server of several processes from as many
     generators, all at once, and holds them. The count held is the server's: the
-    descriptors its workers opened, sampled every second. Stops at `count`, when the
+    descriptors its workers opened, read every SAMPLE_S. Stops at `count`, when the
     count stops growing, when the machine's available memory runs low (the guard), or
     after `limit_s`; returns what it found, shaped like an idle `volley bench` report."""
     share = per_process(args)
@@ -551,11 +544,11 @@ def hold_many(args, paths, name, count, hold, limit_s, logdir):
     except RuntimeError as e:
         return dict(out, error=str(e), reason=str(e))
     gens = []
-    total = mem_total() or 0
+    total = meminfo("MemTotal") or 0
     guard = max(MEMORY_GUARD_MIN, int(total * MEMORY_GUARD))
     try:
         time.sleep(0.2)
-        base_fds, base_rss, avail0 = fd_count(server.pids), rss_sum(server.pids), mem_available()
+        base_fds, base_rss, avail0 = fd_count(server.pids), rss_sum(server.pids), meminfo("MemAvailable")
         t0 = time.monotonic()
         for i in range(nproc):
             c = min(share, count - i * share)
@@ -572,11 +565,10 @@ def hold_many(args, paths, name, count, hold, limit_s, logdir):
         reason = None
         while reason is None:
             time.sleep(SAMPLE_S)
-            now_held = fd_count(server.pids) - base_fds
-            if now_held > peak:
-                peak, grew_at = now_held, time.monotonic()
-            held = now_held
-            avail = mem_available()
+            held = fd_count(server.pids) - base_fds
+            if held > peak:
+                peak, grew_at = held, time.monotonic()
+            avail = meminfo("MemAvailable")
             if held >= count:
                 reason = f"all {count:,} open"
             elif avail is not None and avail < guard:
@@ -600,7 +592,7 @@ def hold_many(args, paths, name, count, hold, limit_s, logdir):
                     g.send_signal(signal.SIGSTOP)
         held = fd_count(server.pids) - base_fds
         rss = rss_sum(server.pids)
-        avail1 = mem_available()
+        avail1 = meminfo("MemAvailable")
         out.update({
             "connections_open": held,
             "peak": peak,
@@ -770,13 +762,8 @@ def machine_facts():
                     break
     except OSError:
         pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(f.readline().split()[1])
-            mem = f"{kb / (1 << 20):.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
+    total = meminfo("MemTotal")
+    mem = "" if total is None else f"{total / (1 << 30):.1f} GiB"
 
     def sysctl(name):
         try:

@@ -330,7 +330,8 @@ fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
     Ok((host.to_string(), port))
 }
 
-/// Source address number `i` (0-based) of the loopback range: 127.0.0.1, 127.0.0.2, ...
+/// Source address number `i` (0-based) of the loopback range from `first` (127.0.0.1,
+/// 127.0.0.2, ... from 127.0.0.1).
 fn loopback_source(first: Ipv4Addr, i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(first).wrapping_add(i as u32)))
 }

@@ -6,41 +6,14 @@
 
 use std::io::{self, BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
-/// Starts the workers, reports them, and waits until one of them exits.
+/// Starts the workers, reports them, and waits for them to exit.
 pub fn run(processes: usize, listen: SocketAddr) -> io::Result<()> {
-    let exe = std::env::current_exe()?;
-    let args = worker_args();
-    let mut children: Vec<(Child, ChildStdout)> = Vec::with_capacity(processes);
-    let mut addr = listen;
-    let result = (|| {
-        for _ in 0..processes {
-            let mut child = Command::new(&exe)
-                .args(&args)
-                .args(["--reuseport", "--listen", &addr.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let stdout = child.stdout.take().ok_or_else(|| io::Error::other("worker without stdout"))?;
-            children.push((child, stdout));
-            let (_, stdout) = children.last_mut().expect("just pushed");
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line)?;
-            let reported = line
-                .strip_prefix("listening on ")
-                .and_then(|a| a.trim().parse().ok())
-                .ok_or_else(|| io::Error::other(format!("a worker did not start: {:?}", line.trim())))?;
-            addr = reported;
-        }
-        let mut out = io::stdout().lock();
-        writeln!(out, "listening on {addr}")?;
-        let pids: Vec<String> = children.iter().map(|(c, _)| c.id().to_string()).collect();
-        writeln!(out, "workers {}", pids.join(" "))?;
-        out.flush()
-    })();
-    if let Err(e) = result {
-        for (child, _) in &mut children {
+    let mut children: Vec<Child> = Vec::with_capacity(processes);
+    let started = start(processes, listen, &mut children);
+    if let Err(e) = started {
+        for child in &mut children {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -48,13 +21,44 @@ pub fn run(processes: usize, listen: SocketAddr) -> io::Result<()> {
     }
     // The workers run until the process group is stopped; one that exits early is
     // reported (the others keep serving).
-    for (mut child, _) in children {
+    for mut child in children {
         let status = child.wait()?;
         if !status.success() {
             eprintln!("bench-server: worker {} exited: {status}", child.id());
         }
     }
     Ok(())
+}
+
+/// Starts the workers one after the other (each binds the address the first one
+/// reported), pushing each into `children` as soon as it runs, then reports them.
+fn start(processes: usize, listen: SocketAddr, children: &mut Vec<Child>) -> io::Result<()> {
+    let exe = std::env::current_exe()?;
+    let args = worker_args();
+    let mut addr = listen;
+    for _ in 0..processes {
+        let mut child = Command::new(&exe)
+            .args(&args)
+            .args(["--reuseport", "--listen", &addr.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take();
+        children.push(child);
+        let mut line = String::new();
+        if let Some(stdout) = stdout {
+            BufReader::new(stdout).read_line(&mut line)?;
+        }
+        addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or_else(|| io::Error::other(format!("a worker did not start: {:?}", line.trim())))?;
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "listening on {addr}")?;
+    let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
+    writeln!(out, "workers {}", pids.join(" "))?;
+    out.flush()
 }
 
 /// This process's arguments without `--processes N` and `--listen ADDR`.
