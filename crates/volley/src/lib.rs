@@ -19,7 +19,7 @@
 //! while let Some(msg) = ws.recv().await {
 //!     let msg = msg?;
 //!     if msg.is_data() {
-//!         ws.feed(msg).await?; // corked: flushed before the next read waits
+//!         ws.feed(msg).await?; // corked: flushed before the next read
 //!     }
 //! }
 //! # Ok(()) }

@@ -35,8 +35,9 @@ const MAX_IOVECS: usize = 64;
 ///
 /// Writes are corked: `feed` only queues a frame, and queued frames go out together,
 /// in one vectored write, when the application flushes, when the queue passes the write
-/// buffer size, or when `recv` is about to wait for input. An echo loop that `feed`s
-/// every message it receives therefore answers a whole batch of input with one write.
+/// buffer size, or when `recv` has handled the input it has and is about to read more.
+/// An echo loop that `feed`s every message it receives therefore answers each read's
+/// batch of messages with one write, before it reads again.
 ///
 /// Received pings are answered and the peer's close frame echoed automatically. The
 /// stream ends (`None`) after the closing handshake; its last item is the peer's
@@ -1023,6 +1024,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             self.poll_timers(cx);
             if self.finish != Finish::Running {
                 continue;
+            }
+            // Before reading more, send what the application queued while handling the
+            // input read so far: the replies to one read do not wait behind the next
+            // (with a peer that streams without pause, that could be until the write
+            // buffer fills), and the peer can work on them while this side reads. A
+            // transport that cannot take them yet does not hold up the read.
+            if self.buffered_amount() > 0 {
+                if let Poll::Ready(Err(e)) = self.poll_flush_all(cx) {
+                    self.conn.receive_eof();
+                    while self.conn.poll_event().is_some() {}
+                    self.finish = Finish::Done;
+                    self.last = Some(Box::new(Err(Error::Io(e))));
+                    continue;
+                }
             }
             match self.poll_read_some(cx) {
                 Poll::Ready(Ok(0)) => {

@@ -1,13 +1,14 @@
 //! Writes are corked: an echo loop that `feed`s every message it receives answers a
-//! whole batch of input with a few vectored writes, not one write per message.
+//! whole batch of input with a few vectored writes, not one write per message, and
+//! answers what one read brought before it reads again.
 
 mod common;
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 
 use common::{masked, raw_client_handshake, within};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
@@ -142,5 +143,100 @@ async fn echoed_messages_are_byte_identical_through_a_duplex_pipe() {
         assert_eq!(&within(ws.recv()).await.unwrap().unwrap(), m);
     }
     within(ws.close(volley::CloseCode::NORMAL, "")).await.unwrap();
+    within(server).await.unwrap();
+}
+
+/// A transport that hands at most `max_read` bytes to each read and logs, in order,
+/// every read that returned bytes (`R`) and every write that completed (`W`).
+struct Logged {
+    inner: DuplexStream,
+    max_read: Arc<AtomicUsize>,
+    log: Arc<Mutex<String>>,
+}
+
+impl AsyncRead for Logged {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut chunk = vec![0; buf.remaining().min(self.max_read.load(Ordering::SeqCst))];
+        let mut limited = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut limited))?;
+        if !limited.filled().is_empty() {
+            buf.put_slice(limited.filled());
+            self.log.lock().unwrap().push('R');
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Logged {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        self.log.lock().unwrap().push('W');
+        Poll::Ready(r)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn echo_loop_answers_each_read_before_reading_again() {
+    // 40 frames of 18 bytes arrive at once, but the transport hands over 5 frames per
+    // read: the replies to those 5 go out before the next read, not held back until
+    // the input runs dry (a client that streams without pause would otherwise wait
+    // for its replies until the write buffer filled).
+    const N: usize = 40;
+    const FRAMES_PER_READ: usize = 5;
+    let (client_io, server_io) = tokio::io::duplex(256 << 10);
+    let log = Arc::new(Mutex::new(String::new()));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_log = log.clone();
+    let server = tokio::spawn(async move {
+        let max_read = Arc::new(AtomicUsize::new(usize::MAX));
+        let io = Logged { inner: server_io, max_read: max_read.clone(), log: server_log.clone() };
+        let mut ws = accept(io).await.unwrap();
+        max_read.store(FRAMES_PER_READ * 18, Ordering::SeqCst);
+        server_log.lock().unwrap().clear();
+        ready_tx.send(()).unwrap();
+        while let Some(item) = ws.recv().await {
+            let msg = item.unwrap();
+            if msg.is_data() {
+                ws.feed(msg).await.unwrap();
+            }
+        }
+    });
+
+    let mut client = client_io;
+    raw_client_handshake(&mut client).await;
+    within(ready_rx).await.unwrap();
+    let payloads: Vec<String> = (0..N).map(|i| format!("message #{i:03}")).collect();
+    let batch: Vec<u8> = payloads.iter().flat_map(|p| masked(0x81, p.as_bytes())).collect();
+    assert_eq!(batch.len(), N * 18);
+    client.write_all(&batch).await.unwrap();
+
+    let expected: Vec<u8> = payloads
+        .iter()
+        .flat_map(|p| {
+            let mut f = vec![0x81, p.len() as u8];
+            f.extend_from_slice(p.as_bytes());
+            f
+        })
+        .collect();
+    let mut echoed = vec![0u8; expected.len()];
+    within(client.read_exact(&mut echoed)).await.unwrap();
+    assert!(echoed == expected, "the echo is not the {N} frames in order");
+
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.matches('R').count(), N / FRAMES_PER_READ, "reads: {seen}");
+    assert!(!seen.contains("RR"), "a read came before the replies to the one before it were written: {seen}");
+
+    client.write_all(&masked(0x88, &[0x03, 0xe8])).await.unwrap();
+    let mut rest = Vec::new();
+    within(client.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(rest, vec![0x88, 0x02, 0x03, 0xe8]);
     within(server).await.unwrap();
 }

@@ -1,5 +1,5 @@
 //! The Volley echo server (the README's loop: `recv`, then `feed`, which is flushed
-//! before the next read waits, so a batch of messages is answered with one write), and
+//! before the next read, so each read's batch of messages is answered with one write), and
 //! the fan-out server of `--broadcast`, and the same echo with idle connections
 //! parked (`--park-after`).
 //!
