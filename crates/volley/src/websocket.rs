@@ -28,6 +28,12 @@ use crate::message::Message;
 /// The most chunks gathered into one vectored write.
 const MAX_IOVECS: usize = 64;
 
+/// Reads grow to at most `read_buffer_size << MAX_READ_BOOST` while the input keeps
+/// filling them (a peer that streams), so it is taken in fewer, larger reads, and each
+/// read's replies in fewer writes; sparse input keeps reads, and the buffers that
+/// received messages keep alive, at `read_buffer_size`.
+const MAX_READ_BOOST: u8 = 3;
+
 /// A WebSocket connection after a successful opening handshake.
 ///
 /// Read with [`WebSocket::recv`] (or as a [`Stream`]), write with [`WebSocket::send`],
@@ -68,6 +74,10 @@ pub struct WebSocket<S> {
     drop_next: bool,
     /// The peer stopped answering: do not wait for anything from it.
     dead: bool,
+    /// Reads ask for `read_buffer_size << read_boost` bytes: the size doubles after a
+    /// read that filled the room it had, and halves after one that used less than
+    /// half, within [`MAX_READ_BOOST`].
+    read_boost: u8,
 }
 
 /// Who and what a connection is: an id unique in the process, addresses, the request
@@ -887,12 +897,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Reads once into the core's input buffer: `Ok(0)` at end of stream.
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let want = (self.limits.read_buffer_size as usize).max(self.conn.input_needed().min(4 << 20));
+        let size = (self.limits.read_buffer_size as usize).saturating_mul(1 << self.read_boost);
+        let want = size.max(self.conn.input_needed().min(4 << 20));
         let buf = self.conn.input_buffer();
         if buf.capacity() - buf.len() < want / 2 {
             buf.reserve(want);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf)
+        let room = buf.capacity() - buf.len();
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf);
+        if let Poll::Ready(Ok(n)) = read {
+            if n >= room.min(size) {
+                self.read_boost = (self.read_boost + 1).min(MAX_READ_BOOST);
+            } else if n < size / 2 {
+                self.read_boost = self.read_boost.saturating_sub(1);
+            }
+        }
+        read
     }
 
     fn arm_close_timer(&mut self) {
@@ -1123,6 +1143,7 @@ impl<S> WebSocket<S> {
             dropped,
             drop_next: false,
             dead: false,
+            read_boost: 0,
         }
     }
 
@@ -1262,6 +1283,14 @@ mod tests {
         );
         assert_eq!((h2.info().http_version(), h2.info().protocol()), (http::Version::HTTP_2, None));
         assert!(std::mem::size_of::<ConnectionInfo>() <= 72);
+    }
+
+    #[test]
+    fn a_running_connection_stays_small() {
+        // An idle connection with a task holds this (plus its task): flags such as the
+        // read size's boost sit in the padding beside the others.
+        let size = std::mem::size_of::<WebSocket<tokio::net::TcpStream>>();
+        assert!(size <= 464, "WebSocket<TcpStream> is {size} bytes");
     }
 
     #[test]

@@ -240,3 +240,86 @@ async fn echo_loop_answers_each_read_before_reading_again() {
     assert_eq!(rest, vec![0x88, 0x02, 0x03, 0xe8]);
     within(server).await.unwrap();
 }
+
+/// A transport that logs how much room each read that returned bytes was offered.
+struct RoomLogged {
+    inner: DuplexStream,
+    rooms: Arc<Mutex<Vec<usize>>>,
+}
+
+impl AsyncRead for RoomLogged {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let room = buf.remaining();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.rooms.lock().unwrap().push(room);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for RoomLogged {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn reads_grow_while_the_peer_streams_and_shrink_back_when_it_does_not() {
+    const BASE: usize = 1024;
+    let (client_io, server_io) = tokio::io::duplex(1 << 20);
+    let rooms = Arc::new(Mutex::new(Vec::new()));
+    let server_rooms = rooms.clone();
+    let server = tokio::spawn(async move {
+        let io = RoomLogged { inner: server_io, rooms: server_rooms };
+        let config = volley::Config::new().read_buffer_size(BASE);
+        let mut ws = volley::accept_with(io, config, |_, _| Ok(())).await.unwrap();
+        while let Some(item) = ws.recv().await {
+            let msg = item.unwrap();
+            if msg.is_data() {
+                ws.feed(msg).await.unwrap();
+            }
+        }
+    });
+    let mut client = client_io;
+    raw_client_handshake(&mut client).await;
+    let echo_of = |p: &[u8]| {
+        let mut f = vec![0x81, p.len() as u8];
+        f.extend_from_slice(p);
+        f
+    };
+
+    // 64 KiB of small frames at once: the reads grow past the configured size.
+    let payload = [b'x'; 100];
+    let streamed: Vec<u8> = (0..600).flat_map(|_| masked(0x81, &payload)).collect();
+    client.write_all(&streamed).await.unwrap();
+    let mut echoed = vec![0u8; 600 * echo_of(&payload).len()];
+    within(client.read_exact(&mut echoed)).await.unwrap();
+    let grown = rooms.lock().unwrap().iter().copied().max().unwrap();
+    assert!(grown >= 4 * BASE, "reads stayed at {grown} bytes while the input streamed");
+    assert!(grown <= 16 * BASE, "reads grew to {grown} bytes, past 8x the configured {BASE} (with slack)");
+
+    // Then one message at a time: the reads come back to the configured size.
+    for _ in 0..4 {
+        client.write_all(&masked(0x81, b"ping")).await.unwrap();
+        let mut one = vec![0u8; echo_of(b"ping").len()];
+        within(client.read_exact(&mut one)).await.unwrap();
+        assert_eq!(one, echo_of(b"ping"));
+    }
+    let last = *rooms.lock().unwrap().last().unwrap();
+    assert!(last <= 2 * BASE, "a lone message was read into {last} bytes of room");
+
+    client.write_all(&masked(0x88, &[0x03, 0xe8])).await.unwrap();
+    let mut rest = Vec::new();
+    within(client.read_to_end(&mut rest)).await.unwrap();
+    within(server).await.unwrap();
+}
