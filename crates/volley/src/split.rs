@@ -195,11 +195,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 Step::Command(cmd) => this.current = Some(cmd),
                 Step::Received(Some(item)) => {
                     let mut inner = this.shared.lock();
-                    if !inner.reader_gone {
+                    // The connection writes what is queued before each read, so a
+                    // message may come with room freed for the writers.
+                    let buffered = this.ws.buffered_amount();
+                    let freed = buffered < inner.buffered;
+                    inner.buffered = buffered;
+                    if inner.reader_gone {
+                        drop(inner);
+                    } else {
                         inner.inbox.push_back(item);
                         let reader = inner.reader.take();
                         drop(inner);
                         wake(reader);
+                    }
+                    if freed {
+                        this.shared.drained.notify_waiters();
                     }
                 }
                 Step::Received(None) => {
