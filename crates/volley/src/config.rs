@@ -119,8 +119,9 @@ impl Config {
 
     /// Size of each read from the socket. Default 8 KiB, at most 4 GiB; the buffer is
     /// allocated when data arrives and released while the connection is idle. While
-    /// reads come back full (a peer that streams), the size doubles, up to 8 times this,
-    /// and it comes back down once they do not.
+    /// reads come back full (a peer that streams), the size doubles, up to 8 times this
+    /// (and no further than 256 KiB, or this size if larger), and it comes back down
+    /// once they do not.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.read_buffer_size = bytes.max(64);
         self

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use futures_core::Stream;
 use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,6 +33,9 @@ const MAX_IOVECS: usize = 64;
 /// read's replies in fewer writes; sparse input keeps reads, and the buffers that
 /// received messages keep alive, at `read_buffer_size`.
 const MAX_READ_BOOST: u8 = 3;
+
+/// Growing reads stop here (a `read_buffer_size` set larger is used as it is).
+const MAX_GROWN_READ: usize = 256 << 10;
 
 /// A WebSocket connection after a successful opening handshake.
 ///
@@ -897,14 +900,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Reads once into the core's input buffer: `Ok(0)` at end of stream.
     fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let size = (self.limits.read_buffer_size as usize).saturating_mul(1 << self.read_boost);
+        let base = self.limits.read_buffer_size as usize;
+        let size = base.saturating_mul(1 << self.read_boost).min(base.max(MAX_GROWN_READ));
         let want = size.max(self.conn.input_needed().min(4 << 20));
         let buf = self.conn.input_buffer();
         if buf.capacity() - buf.len() < want / 2 {
             buf.reserve(want);
         }
-        let room = buf.capacity() - buf.len();
-        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf);
+        // A read takes no more than asked, even where the buffer grew by more.
+        let room = (buf.capacity() - buf.len()).min(want);
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut BufMut::limit(&mut *buf, room));
         if let Poll::Ready(Ok(n)) = read {
             if n >= room.min(size) {
                 self.read_boost = (self.read_boost + 1).min(MAX_READ_BOOST);

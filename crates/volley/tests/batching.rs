@@ -323,3 +323,37 @@ async fn reads_grow_while_the_peer_streams_and_shrink_back_when_it_does_not() {
     within(client.read_to_end(&mut rest)).await.unwrap();
     within(server).await.unwrap();
 }
+
+#[tokio::test]
+async fn grown_reads_stop_at_256_kib() {
+    // 64 KiB reads may grow to 256 KiB, not to 8 × 64 KiB.
+    const BASE: usize = 64 << 10;
+    let (client_io, server_io) = tokio::io::duplex(4 << 20);
+    let rooms = Arc::new(Mutex::new(Vec::new()));
+    let server_rooms = rooms.clone();
+    let server = tokio::spawn(async move {
+        let io = RoomLogged { inner: server_io, rooms: server_rooms };
+        let config = volley::Config::new().read_buffer_size(BASE);
+        let mut ws = volley::accept_with(io, config, |_, _| Ok(())).await.unwrap();
+        let mut received = 0;
+        while let Some(item) = ws.recv().await {
+            if item.unwrap().is_data() {
+                received += 1;
+            }
+        }
+        received
+    });
+    let mut client = client_io;
+    raw_client_handshake(&mut client).await;
+    // 3 MiB of 100-byte frames, written at once; nothing is echoed.
+    let frames = 3 * (1 << 20) / 106;
+    let streamed: Vec<u8> = (0..frames).flat_map(|_| masked(0x82, &[7; 100])).collect();
+    client.write_all(&streamed).await.unwrap();
+    client.write_all(&masked(0x88, &[0x03, 0xe8])).await.unwrap();
+    let mut rest = Vec::new();
+    within(client.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(within(server).await.unwrap(), frames);
+    let grown = rooms.lock().unwrap().iter().copied().max().unwrap();
+    assert!(grown >= 2 * BASE, "reads stayed at {grown} bytes while the input streamed");
+    assert!(grown <= 256 << 10, "reads grew to {grown} bytes, past 256 KiB");
+}
