@@ -88,6 +88,15 @@ struct Inner {
     reader: Option<Waker>,
 }
 
+impl Inner {
+    /// Records the connection's write buffer; true when it shrank (room for writers).
+    fn set_buffered(&mut self, buffered: usize) -> bool {
+        let freed = buffered < self.buffered;
+        self.buffered = buffered;
+        freed
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every critical section leaves `Inner` consistent between statements that can
@@ -197,9 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                     let mut inner = this.shared.lock();
                     // The connection writes what is queued before each read, so a
                     // message may come with room freed for the writers.
-                    let buffered = this.ws.buffered_amount();
-                    let freed = buffered < inner.buffered;
-                    inner.buffered = buffered;
+                    let freed = inner.set_buffered(this.ws.buffered_amount());
                     if inner.reader_gone {
                         drop(inner);
                     } else {
@@ -317,8 +324,7 @@ fn next_step<S: AsyncRead + AsyncWrite + Unpin>(
         // The connection may have written part of its buffer before waiting.
         let buffered = ws.buffered_amount();
         let mut inner = shared.lock();
-        let freed = buffered < inner.buffered;
-        inner.buffered = buffered;
+        let freed = inner.set_buffered(buffered);
         drop(inner);
         if freed {
             shared.drained.notify_waiters();

@@ -920,6 +920,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         read
     }
 
+    /// The transport failed: the connection is over, with the error as its last item
+    /// (events not yet taken are dropped).
+    fn transport_failed(&mut self, e: io::Error) {
+        self.conn.receive_eof();
+        while self.conn.poll_event().is_some() {}
+        self.finish = Finish::Done;
+        self.last = Some(Box::new(Err(Error::Io(e))));
+    }
+
     fn arm_close_timer(&mut self) {
         if self.close_timer.is_none() {
             self.close_timer = Some(Box::pin(sleep(self.limits.close_timeout())));
@@ -1057,10 +1066,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             // transport that cannot take them yet does not hold up the read.
             if self.buffered_amount() > 0 {
                 if let Poll::Ready(Err(e)) = self.poll_flush_all(cx) {
-                    self.conn.receive_eof();
-                    while self.conn.poll_event().is_some() {}
-                    self.finish = Finish::Done;
-                    self.last = Some(Box::new(Err(Error::Io(e))));
+                    self.transport_failed(e);
                     continue;
                 }
             }
@@ -1075,21 +1081,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     }
                     self.conn.receive_buffered();
                 }
-                Poll::Ready(Err(e)) => {
-                    self.conn.receive_eof();
-                    while self.conn.poll_event().is_some() {}
-                    self.finish = Finish::Done;
-                    self.last = Some(Box::new(Err(Error::Io(e))));
-                }
+                Poll::Ready(Err(e)) => self.transport_failed(e),
                 Poll::Pending => {
                     // About to wait for input: release idle buffers and send what the
                     // application queued while handling the input so far.
                     self.conn.release_idle_memory();
                     if let Poll::Ready(Err(e)) = self.poll_flush_all(cx) {
-                        self.conn.receive_eof();
-                        while self.conn.poll_event().is_some() {}
-                        self.finish = Finish::Done;
-                        self.last = Some(Box::new(Err(Error::Io(e))));
+                        self.transport_failed(e);
                         continue;
                     }
                     return Poll::Pending;

@@ -14,25 +14,63 @@ use common::{masked, raw_client_handshake, within};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use volley::{accept, Message};
 
-/// A transport that counts the write calls that complete (return `Ready`).
-struct CountingWrites<S> {
-    inner: S,
-    writes: Arc<AtomicUsize>,
+/// A transport over a duplex pipe that hands at most `max_read` bytes to each read and
+/// records, in `log`, every read that returned bytes (`R`) and every write that
+/// completed (`W`), in order, and in `rooms` the room each such read was offered.
+struct Tap {
+    inner: DuplexStream,
+    probe: Arc<Probe>,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for CountingWrites<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+/// What a [`Tap`] records, shared with the test.
+struct Probe {
+    max_read: AtomicUsize,
+    log: Mutex<String>,
+    rooms: Mutex<Vec<usize>>,
+}
+
+impl Tap {
+    fn new(inner: DuplexStream) -> (Tap, Arc<Probe>) {
+        let probe =
+            Arc::new(Probe { max_read: AtomicUsize::new(usize::MAX), log: Mutex::default(), rooms: Mutex::default() });
+        (Tap { inner, probe: probe.clone() }, probe)
+    }
+
+    fn wrote<T>(&self, r: Poll<T>) -> Poll<T> {
+        if r.is_ready() {
+            self.probe.log.lock().unwrap().push('W');
+        }
+        r
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for CountingWrites<S> {
+impl Probe {
+    /// Forgets what was recorded so far (the opening handshake's read and write).
+    fn clear(&self) {
+        self.log.lock().unwrap().clear();
+        self.rooms.lock().unwrap().clear();
+    }
+}
+
+impl AsyncRead for Tap {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let room = buf.remaining();
+        let mut chunk = vec![0; room.min(self.probe.max_read.load(Ordering::SeqCst))];
+        let mut limited = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut limited))?;
+        if !limited.filled().is_empty() {
+            buf.put_slice(limited.filled());
+            self.probe.log.lock().unwrap().push('R');
+            self.probe.rooms.lock().unwrap().push(room);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Tap {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if r.is_ready() {
-            self.writes.fetch_add(1, Ordering::SeqCst);
-        }
-        r
+        self.wrote(r)
     }
 
     fn poll_write_vectored(
@@ -41,10 +79,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountingWrites<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if r.is_ready() {
-            self.writes.fetch_add(1, Ordering::SeqCst);
-        }
-        r
+        self.wrote(r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -64,14 +99,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountingWrites<S> {
 async fn echo_loop_answers_100_pipelined_frames_with_few_writes() {
     const N: usize = 100;
     let (client_io, server_io): (DuplexStream, DuplexStream) = tokio::io::duplex(256 << 10);
-    let writes = Arc::new(AtomicUsize::new(0));
+    let (io, probe) = Tap::new(server_io);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_writes = writes.clone();
+    let server_probe = probe.clone();
     let server = tokio::spawn(async move {
-        let io = CountingWrites { inner: server_io, writes: server_writes.clone() };
         let mut ws = accept(io).await.unwrap();
         // Count only what the echo loop writes, not the 101 answer.
-        server_writes.store(0, Ordering::SeqCst);
+        server_probe.clear();
         ready_tx.send(()).unwrap();
         let mut echoed = 0;
         while let Some(item) = ws.recv().await {
@@ -106,7 +140,7 @@ async fn echo_loop_answers_100_pipelined_frames_with_few_writes() {
     within(client.read_exact(&mut echoed)).await.unwrap();
     assert!(echoed == expected, "the echo is not the 100 frames in order");
 
-    let count = writes.load(Ordering::SeqCst);
+    let count = probe.log.lock().unwrap().matches('W').count();
     assert!(count <= 3, "100 echoed messages took {count} writes; they should be batched");
 
     // Close cleanly: a masked close, then the echo and the server's EOF.
@@ -146,43 +180,6 @@ async fn echoed_messages_are_byte_identical_through_a_duplex_pipe() {
     within(server).await.unwrap();
 }
 
-/// A transport that hands at most `max_read` bytes to each read and logs, in order,
-/// every read that returned bytes (`R`) and every write that completed (`W`).
-struct Logged {
-    inner: DuplexStream,
-    max_read: Arc<AtomicUsize>,
-    log: Arc<Mutex<String>>,
-}
-
-impl AsyncRead for Logged {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let mut chunk = vec![0; buf.remaining().min(self.max_read.load(Ordering::SeqCst))];
-        let mut limited = ReadBuf::new(&mut chunk);
-        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut limited))?;
-        if !limited.filled().is_empty() {
-            buf.put_slice(limited.filled());
-            self.log.lock().unwrap().push('R');
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Logged {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let r = ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
-        self.log.lock().unwrap().push('W');
-        Poll::Ready(r)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[tokio::test]
 async fn echo_loop_answers_each_read_before_reading_again() {
     // 40 frames of 18 bytes arrive at once, but the transport hands over 5 frames per
@@ -192,15 +189,13 @@ async fn echo_loop_answers_each_read_before_reading_again() {
     const N: usize = 40;
     const FRAMES_PER_READ: usize = 5;
     let (client_io, server_io) = tokio::io::duplex(256 << 10);
-    let log = Arc::new(Mutex::new(String::new()));
+    let (io, probe) = Tap::new(server_io);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_log = log.clone();
+    let server_probe = probe.clone();
     let server = tokio::spawn(async move {
-        let max_read = Arc::new(AtomicUsize::new(usize::MAX));
-        let io = Logged { inner: server_io, max_read: max_read.clone(), log: server_log.clone() };
         let mut ws = accept(io).await.unwrap();
-        max_read.store(FRAMES_PER_READ * 18, Ordering::SeqCst);
-        server_log.lock().unwrap().clear();
+        server_probe.max_read.store(FRAMES_PER_READ * 18, Ordering::SeqCst);
+        server_probe.clear();
         ready_tx.send(()).unwrap();
         while let Some(item) = ws.recv().await {
             let msg = item.unwrap();
@@ -230,7 +225,7 @@ async fn echo_loop_answers_each_read_before_reading_again() {
     within(client.read_exact(&mut echoed)).await.unwrap();
     assert!(echoed == expected, "the echo is not the {N} frames in order");
 
-    let seen = log.lock().unwrap().clone();
+    let seen = probe.log.lock().unwrap().clone();
     assert_eq!(seen.matches('R').count(), N / FRAMES_PER_READ, "reads: {seen}");
     assert!(!seen.contains("RR"), "a read came before the replies to the one before it were written: {seen}");
 
@@ -241,46 +236,12 @@ async fn echo_loop_answers_each_read_before_reading_again() {
     within(server).await.unwrap();
 }
 
-/// A transport that logs how much room each read that returned bytes was offered.
-struct RoomLogged {
-    inner: DuplexStream,
-    rooms: Arc<Mutex<Vec<usize>>>,
-}
-
-impl AsyncRead for RoomLogged {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let room = buf.remaining();
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            self.rooms.lock().unwrap().push(room);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for RoomLogged {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[tokio::test]
 async fn reads_grow_while_the_peer_streams_and_shrink_back_when_it_does_not() {
     const BASE: usize = 1024;
     let (client_io, server_io) = tokio::io::duplex(1 << 20);
-    let rooms = Arc::new(Mutex::new(Vec::new()));
-    let server_rooms = rooms.clone();
+    let (io, probe) = Tap::new(server_io);
     let server = tokio::spawn(async move {
-        let io = RoomLogged { inner: server_io, rooms: server_rooms };
         let config = volley::Config::new().read_buffer_size(BASE);
         let mut ws = volley::accept_with(io, config, |_, _| Ok(())).await.unwrap();
         while let Some(item) = ws.recv().await {
@@ -304,7 +265,7 @@ async fn reads_grow_while_the_peer_streams_and_shrink_back_when_it_does_not() {
     client.write_all(&streamed).await.unwrap();
     let mut echoed = vec![0u8; 600 * echo_of(&payload).len()];
     within(client.read_exact(&mut echoed)).await.unwrap();
-    let grown = rooms.lock().unwrap().iter().copied().max().unwrap();
+    let grown = probe.rooms.lock().unwrap().iter().copied().max().unwrap();
     assert!(grown >= 4 * BASE, "reads stayed at {grown} bytes while the input streamed");
     assert!(grown <= 16 * BASE, "reads grew to {grown} bytes, past 8x the configured {BASE} (with slack)");
 
@@ -315,7 +276,7 @@ async fn reads_grow_while_the_peer_streams_and_shrink_back_when_it_does_not() {
         within(client.read_exact(&mut one)).await.unwrap();
         assert_eq!(one, echo_of(b"ping"));
     }
-    let last = *rooms.lock().unwrap().last().unwrap();
+    let last = *probe.rooms.lock().unwrap().last().unwrap();
     assert!(last <= 2 * BASE, "a lone message was read into {last} bytes of room");
 
     client.write_all(&masked(0x88, &[0x03, 0xe8])).await.unwrap();
@@ -329,10 +290,8 @@ async fn grown_reads_stop_at_256_kib() {
     // 64 KiB reads may grow to 256 KiB, not to 8 × 64 KiB.
     const BASE: usize = 64 << 10;
     let (client_io, server_io) = tokio::io::duplex(4 << 20);
-    let rooms = Arc::new(Mutex::new(Vec::new()));
-    let server_rooms = rooms.clone();
+    let (io, probe) = Tap::new(server_io);
     let server = tokio::spawn(async move {
-        let io = RoomLogged { inner: server_io, rooms: server_rooms };
         let config = volley::Config::new().read_buffer_size(BASE);
         let mut ws = volley::accept_with(io, config, |_, _| Ok(())).await.unwrap();
         let mut received = 0;
@@ -353,7 +312,7 @@ async fn grown_reads_stop_at_256_kib() {
     let mut rest = Vec::new();
     within(client.read_to_end(&mut rest)).await.unwrap();
     assert_eq!(within(server).await.unwrap(), frames);
-    let grown = rooms.lock().unwrap().iter().copied().max().unwrap();
+    let grown = probe.rooms.lock().unwrap().iter().copied().max().unwrap();
     assert!(grown >= 2 * BASE, "reads stayed at {grown} bytes while the input streamed");
     assert!(grown <= 256 << 10, "reads grew to {grown} bytes, past 256 KiB");
 }
