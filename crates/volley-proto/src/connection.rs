@@ -19,6 +19,7 @@ use crate::deflate::{Compressor, Decompressor, DeflateConfig, DeflateParams, Inf
 use crate::error::{ProtocolError, SendError};
 use crate::frame::close::ClosePayloadError;
 use crate::frame::{apply_mask, CloseCode, CloseFrame, FrameHeader, OpCode};
+use crate::pool;
 use crate::utf8::{Utf8Bytes, Utf8Validator};
 
 /// Which end of the connection this is.
@@ -122,6 +123,11 @@ struct Outbox {
 impl Outbox {
     fn reserve(&mut self, need: usize) {
         if self.buf.capacity() - self.buf.len() < need {
+            if self.buf.capacity() == 0 {
+                if let Some(buf) = pool::take() {
+                    self.buf = buf;
+                }
+            }
             self.buf.reserve(need.max(4096));
         }
     }
@@ -397,8 +403,15 @@ impl Connection {
 
     /// The input buffer, for a driver that reads from its transport straight into it
     /// (no copy); call [`Connection::receive_buffered`] after appending to it. Frame
-    /// payloads are split off this buffer without copying.
+    /// payloads are split off this buffer without copying. After
+    /// [`Connection::release_idle_memory`] it is a buffer this thread released earlier,
+    /// when it has one, or else empty with no capacity.
     pub fn input_buffer(&mut self) -> &mut BytesMut {
+        if self.rbuf.capacity() == 0 {
+            if let Some(buf) = pool::take() {
+                self.rbuf = buf;
+            }
+        }
         &mut self.rbuf
     }
 
@@ -429,15 +442,20 @@ impl Connection {
 
     /// Releases buffers that hold no data, so an idle connection costs a few hundred
     /// bytes. Drivers call it when a read would block.
+    ///
+    /// Each thread keeps the last few buffers released on it (at most 4, of 1 to 64
+    /// KiB, and only those no received payload still shares) and hands them to the next
+    /// connection that reads or writes there, so a busy connection does not allocate
+    /// its buffers anew after every wait.
     pub fn release_idle_memory(&mut self) {
         // An empty buffer may still hold a reference to a shared allocation (what is
         // left of it after payloads were split off), so it is replaced even when its
         // own capacity is zero.
         if self.rbuf.is_empty() {
-            self.rbuf = BytesMut::new();
+            pool::give(std::mem::take(&mut self.rbuf));
         }
         if self.out.buf.is_empty() {
-            self.out.buf = BytesMut::new();
+            pool::give(std::mem::take(&mut self.out.buf));
         }
         if self.ctrl.as_ref().is_some_and(|c| c.queued == 0) {
             self.ctrl = None;

@@ -47,6 +47,7 @@ pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+mod pool;
 pub mod prepared;
 pub mod utf8;
 

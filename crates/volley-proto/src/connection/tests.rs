@@ -361,8 +361,40 @@ fn idle_connection_releases_buffers() {
     s.send_text("hi").unwrap();
     let _ = transmit(&mut s);
     s.release_idle_memory();
-    assert_eq!(s.input_buffer().capacity(), 0);
+    assert_eq!(s.rbuf.capacity(), 0);
     assert_eq!(s.out.buf.capacity(), 0);
+}
+
+#[test]
+fn buffers_released_while_waiting_are_reused_by_the_next_read_and_write() {
+    let mut s = server();
+    s.release_idle_memory();
+    while crate::pool::take().is_some() {}
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        let input = s.input_buffer();
+        if round == 0 {
+            assert_eq!(input.capacity(), 0);
+            input.reserve(8192);
+        } else {
+            assert!(input.capacity() >= 4096, "round {round}: the input buffer comes from the pool");
+        }
+        seen.push(input.as_ptr() as usize);
+        input.extend_from_slice(&masked(0x81, b"hi"));
+        s.receive_buffered();
+        let Some(Event::Text(text)) = s.poll_event() else { panic!() };
+        s.send_text(text).unwrap();
+        let out = s.poll_transmit().unwrap();
+        seen.push(out.as_ptr() as usize);
+        drop(out);
+        s.release_idle_memory();
+        assert_eq!((s.rbuf.capacity(), s.out.buf.capacity()), (0, 0), "an idle connection holds no buffer");
+    }
+    // Two allocations in all (input and output may swap), each reused from its start.
+    let mut distinct = seen.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 2, "the same two buffers each time: {seen:x?}");
 }
 
 /// Moves everything `from` has to send into `to`, and returns `to`'s events.
