@@ -120,16 +120,37 @@ struct Outbox {
     queued: usize,
 }
 
+/// The batch buffer's first size, and the largest it grows to at once.
+const BATCH_MIN: usize = 4 << 10;
+const BATCH_MAX: usize = 256 << 10;
+
 impl Outbox {
+    #[inline]
     fn reserve(&mut self, need: usize) {
         if self.buf.capacity() - self.buf.len() < need {
-            if self.buf.capacity() == 0 {
-                if let Some(buf) = pool::take() {
-                    self.buf = buf;
+            self.grow(need);
+        }
+    }
+
+    #[inline(never)]
+    fn grow(&mut self, need: usize) {
+        if self.buf.capacity() == 0 {
+            if let Some(buf) = pool::take() {
+                self.buf = buf;
+                if self.buf.capacity() >= need {
+                    return;
                 }
             }
-            self.buf.reserve(need.max(4096));
         }
+        let filled = self.buf.len();
+        if filled > 0 {
+            // Growing the buffer would copy the frames it holds: they are queued as a
+            // chunk of their own instead, and the batch goes on in a new buffer twice
+            // their size (the old one is no longer the only owner of its allocation,
+            // so `reserve` allocates anew without copying anything).
+            self.chunks.push_back(self.buf.split().freeze());
+        }
+        self.buf.reserve(need.max(BATCH_MIN).max(filled.saturating_mul(2).min(BATCH_MAX)));
     }
 
     fn push(&mut self, header: FrameHeader, payload: &[u8], shared: Option<&Bytes>, inline_max: usize) {

@@ -470,3 +470,30 @@ fn a_parked_connection_keeps_its_compression_contexts() {
         c = c.park().expect("quiescent after each round").resume();
     }
 }
+
+#[test]
+fn a_growing_batch_is_never_copied_it_continues_in_a_buffer_twice_the_size() {
+    let mut s = server();
+    s.release_idle_memory();
+    while crate::pool::take().is_some() {}
+    s.send_text("0123456789abcdefghij").unwrap();
+    let first = s.out.buf.as_ptr() as usize;
+    for _ in 1..2000 {
+        s.send_text("0123456789abcdefghij").unwrap();
+    }
+    let mut chunks = Vec::new();
+    while let Some(chunk) = s.poll_transmit() {
+        chunks.push(chunk);
+    }
+    // 2,000 frames of 22 bytes, in order.
+    let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    assert_eq!(all.len(), 2000 * 22);
+    assert!(all.chunks(22).all(|f| f == b"\x81\x140123456789abcdefghij"));
+    // The first frames were never moved, and each buffer is about twice the last.
+    assert_eq!(chunks[0].as_ptr() as usize, first, "the first buffer was copied");
+    let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+    assert!(sizes.len() >= 3, "{sizes:?}");
+    for pair in sizes.windows(2).take(sizes.len() - 2) {
+        assert!(pair[1] >= 2 * pair[0] - 22 && pair[1] <= 2 * pair[0] + 22, "{sizes:?}");
+    }
+}
