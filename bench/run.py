@@ -1172,6 +1172,9 @@ may have had other work.
     for w, text, value, ok in targets:
         md.append(f"| {w} | {text} | {value} | {verdict(ok)} |")
     md.append("")
+    if any(ok is False for _, _, _, ok in targets):
+        md.append("What bounds the targets not met, measured with perf, strace and callgrind, and "
+                  "what would move them: [PERFORMANCE.md](PERFORMANCE.md).\n")
     if results.failures:
         md.append("**Failed runs:**\n")
         md += [f"- {esc(f)}" for f in results.failures]
