@@ -798,7 +798,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     pub(crate) fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.take_transmits();
+        // `poll_write_backlog` takes the core's output first.
         ready!(self.poll_write_backlog(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
     }

@@ -12,7 +12,7 @@ use std::task::{ready, Context, Poll};
 
 use common::{masked, raw_client_handshake, within};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
-use volley::{accept, Message};
+use volley::{accept, Message, WebSocket};
 
 /// A transport over a duplex pipe that hands at most `max_read` bytes to each read and
 /// records, in `log`, every read that returned bytes (`R`) and every write that
@@ -95,6 +95,45 @@ impl AsyncWrite for Tap {
     }
 }
 
+/// The README's echo loop: `feed` every data message back until the connection ends;
+/// returns how many it echoed.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocket<S>) -> usize {
+    let mut echoed = 0;
+    while let Some(item) = ws.recv().await {
+        let msg = item.unwrap();
+        if msg.is_data() {
+            ws.feed(msg).await.unwrap();
+            echoed += 1;
+        }
+    }
+    echoed
+}
+
+/// An unmasked text frame of a short payload, as the server echoes it.
+fn echo_of(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x81, payload.len() as u8];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// `n` numbered text messages of 12 bytes: the masked frames a client sends (18 bytes
+/// each), and the server's echo of them, in order.
+fn numbered_texts(n: usize) -> (Vec<u8>, Vec<u8>) {
+    let payloads: Vec<String> = (0..n).map(|i| format!("message #{i:03}")).collect();
+    let batch = payloads.iter().flat_map(|p| masked(0x81, p.as_bytes())).collect();
+    let expected = payloads.iter().flat_map(|p| echo_of(p.as_bytes())).collect();
+    (batch, expected)
+}
+
+/// Sends a masked close frame (1000) and returns everything the server sends until
+/// its EOF.
+async fn close(client: &mut DuplexStream) -> Vec<u8> {
+    client.write_all(&masked(0x88, &[0x03, 0xe8])).await.unwrap();
+    let mut rest = Vec::new();
+    within(client.read_to_end(&mut rest)).await.unwrap();
+    rest
+}
+
 #[tokio::test]
 async fn echo_loop_answers_100_pipelined_frames_with_few_writes() {
     const N: usize = 100;
@@ -107,35 +146,17 @@ async fn echo_loop_answers_100_pipelined_frames_with_few_writes() {
         // Count only what the echo loop writes, not the 101 answer.
         server_probe.clear();
         ready_tx.send(()).unwrap();
-        let mut echoed = 0;
-        while let Some(item) = ws.recv().await {
-            let msg = item.unwrap();
-            if msg.is_data() {
-                ws.feed(msg).await.unwrap();
-                echoed += 1;
-            }
-        }
-        echoed
+        echo(&mut ws).await
     });
 
     let mut client = client_io;
     raw_client_handshake(&mut client).await;
     within(ready_rx).await.unwrap();
 
-    // 100 small masked frames in ONE write.
-    let payloads: Vec<String> = (0..N).map(|i| format!("message #{i:03}")).collect();
-    let batch: Vec<u8> = payloads.iter().flat_map(|p| masked(0x81, p.as_bytes())).collect();
+    // 100 small masked frames in ONE write; the echo: the same 100 frames, unmasked,
+    // in order.
+    let (batch, expected) = numbered_texts(N);
     client.write_all(&batch).await.unwrap();
-
-    // The echo: the same 100 frames, unmasked, in order.
-    let expected: Vec<u8> = payloads
-        .iter()
-        .flat_map(|p| {
-            let mut f = vec![0x81, p.len() as u8];
-            f.extend_from_slice(p.as_bytes());
-            f
-        })
-        .collect();
     let mut echoed = vec![0u8; expected.len()];
     within(client.read_exact(&mut echoed)).await.unwrap();
     assert!(echoed == expected, "the echo is not the 100 frames in order");
@@ -144,10 +165,7 @@ async fn echo_loop_answers_100_pipelined_frames_with_few_writes() {
     assert!(count <= 3, "100 echoed messages took {count} writes; they should be batched");
 
     // Close cleanly: a masked close, then the echo and the server's EOF.
-    client.write_all(&masked(0x88, &[0x03, 0xe8])).await.unwrap();
-    let mut rest = Vec::new();
-    within(client.read_to_end(&mut rest)).await.unwrap();
-    assert_eq!(rest, vec![0x88, 0x02, 0x03, 0xe8]);
+    assert_eq!(close(&mut client).await, vec![0x88, 0x02, 0x03, 0xe8]);
     assert_eq!(within(server).await.unwrap(), N);
 }
 
@@ -158,12 +176,7 @@ async fn echoed_messages_are_byte_identical_through_a_duplex_pipe() {
     let (client_io, server_io) = tokio::io::duplex(64 << 10);
     let server = tokio::spawn(async move {
         let mut ws = accept(server_io).await.unwrap();
-        while let Some(item) = ws.recv().await {
-            let msg = item.unwrap();
-            if msg.is_data() {
-                ws.feed(msg).await.unwrap();
-            }
-        }
+        echo(&mut ws).await;
     });
     let (mut ws, _) = within(volley::ClientBuilder::new("ws://localhost/").handshake(client_io)).await.unwrap();
     let msgs: Vec<Message> = (0..50)
@@ -197,30 +210,16 @@ async fn echo_loop_answers_each_read_before_reading_again() {
         server_probe.max_read.store(FRAMES_PER_READ * 18, Ordering::SeqCst);
         server_probe.clear();
         ready_tx.send(()).unwrap();
-        while let Some(item) = ws.recv().await {
-            let msg = item.unwrap();
-            if msg.is_data() {
-                ws.feed(msg).await.unwrap();
-            }
-        }
+        echo(&mut ws).await;
     });
 
     let mut client = client_io;
     raw_client_handshake(&mut client).await;
     within(ready_rx).await.unwrap();
-    let payloads: Vec<String> = (0..N).map(|i| format!("message #{i:03}")).collect();
-    let batch: Vec<u8> = payloads.iter().flat_map(|p| masked(0x81, p.as_bytes())).collect();
+    let (batch, expected) = numbered_texts(N);
     assert_eq!(batch.len(), N * 18);
     client.write_all(&batch).await.unwrap();
 
-    let expected: Vec<u8> = payloads
-        .iter()
-        .flat_map(|p| {
-            let mut f = vec![0x81, p.len() as u8];
-            f.extend_from_slice(p.as_bytes());
-            f
-        })
-        .collect();
     let mut echoed = vec![0u8; expected.len()];
     within(client.read_exact(&mut echoed)).await.unwrap();
     assert!(echoed == expected, "the echo is not the {N} frames in order");
@@ -229,10 +228,7 @@ async fn echo_loop_answers_each_read_before_reading_again() {
     assert_eq!(seen.matches('R').count(), N / FRAMES_PER_READ, "reads: {seen}");
     assert!(!seen.contains("RR"), "a read came before the replies to the one before it were written: {seen}");
 
-    client.write_all(&masked(0x88, &[0x03, 0xe8])).await.unwrap();
-    let mut rest = Vec::new();
-    within(client.read_to_end(&mut rest)).await.unwrap();
-    assert_eq!(rest, vec![0x88, 0x02, 0x03, 0xe8]);
+    assert_eq!(close(&mut client).await, vec![0x88, 0x02, 0x03, 0xe8]);
     within(server).await.unwrap();
 }
 
@@ -244,20 +240,10 @@ async fn reads_grow_while_the_peer_streams_and_shrink_back_when_it_does_not() {
     let server = tokio::spawn(async move {
         let config = volley::Config::new().read_buffer_size(BASE);
         let mut ws = volley::accept_with(io, config, |_, _| Ok(())).await.unwrap();
-        while let Some(item) = ws.recv().await {
-            let msg = item.unwrap();
-            if msg.is_data() {
-                ws.feed(msg).await.unwrap();
-            }
-        }
+        echo(&mut ws).await;
     });
     let mut client = client_io;
     raw_client_handshake(&mut client).await;
-    let echo_of = |p: &[u8]| {
-        let mut f = vec![0x81, p.len() as u8];
-        f.extend_from_slice(p);
-        f
-    };
 
     // 64 KiB of small frames at once: the reads grow past the configured size.
     let payload = [b'x'; 100];
@@ -279,9 +265,7 @@ async fn reads_grow_while_the_peer_streams_and_shrink_back_when_it_does_not() {
     let last = *probe.rooms.lock().unwrap().last().unwrap();
     assert!(last <= 2 * BASE, "a lone message was read into {last} bytes of room");
 
-    client.write_all(&masked(0x88, &[0x03, 0xe8])).await.unwrap();
-    let mut rest = Vec::new();
-    within(client.read_to_end(&mut rest)).await.unwrap();
+    close(&mut client).await;
     within(server).await.unwrap();
 }
 
@@ -308,9 +292,7 @@ async fn grown_reads_stop_at_256_kib() {
     let frames = 3 * (1 << 20) / 106;
     let streamed: Vec<u8> = (0..frames).flat_map(|_| masked(0x82, &[7; 100])).collect();
     client.write_all(&streamed).await.unwrap();
-    client.write_all(&masked(0x88, &[0x03, 0xe8])).await.unwrap();
-    let mut rest = Vec::new();
-    within(client.read_to_end(&mut rest)).await.unwrap();
+    close(&mut client).await;
     assert_eq!(within(server).await.unwrap(), frames);
     let grown = probe.rooms.lock().unwrap().iter().copied().max().unwrap();
     assert!(grown >= 2 * BASE, "reads stayed at {grown} bytes while the input streamed");
