@@ -199,7 +199,7 @@ async fn session(args: Args) -> anyhow::Result<()> {
 }
 
 async fn pipe_mode(ws: volley::WebSocket<volley::MaybeTlsStream>, binary: bool) -> anyhow::Result<()> {
-    let (mut read, write) = ws.split();
+    let (mut read, write) = ws.split()?;
     let sender = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -253,7 +253,7 @@ async fn interactive(ws: volley::WebSocket<volley::MaybeTlsStream>) -> anyhow::R
             }
         }
     });
-    let (mut read, write) = ws.split();
+    let (mut read, write) = ws.split()?;
     let mut say = |s: String| {
         let _ = printer.print(s);
     };

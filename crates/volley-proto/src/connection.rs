@@ -974,7 +974,10 @@ impl Connection {
 
     fn push_close(&mut self, payload: Bytes) {
         self.close_sent = true;
-        self.push_control(OpCode::Close, &payload);
+        // Never with control priority: §5.5.1 "The application MUST NOT send any more
+        // data frames after sending a Close frame", so the close frame follows every
+        // data frame queued before it, and is the last frame this connection queues.
+        self.push(OpCode::Close, true, &payload, None);
     }
 
     fn check_open(&self) -> Result<(), SendError> {
@@ -1084,10 +1087,23 @@ impl Connection {
 
     fn send_control(&mut self, opcode: OpCode, data: Bytes) -> Result<(), SendError> {
         self.check_open()?;
-        if data.len() > 125 {
-            return Err(SendError::ControlFrameTooLong(data.len()));
-        }
+        check_control_payload(data.len())?;
         self.push_control(opcode, &data);
+        Ok(())
+    }
+
+    /// Queues a close frame again, for a driver that discarded the close frame it had
+    /// taken from [`Connection::poll_transmit`] before any of it was written (a driver
+    /// that drops its unsent backlog to close a peer that reads too slowly). The state
+    /// does not change: a close frame was sent, as far as the protocol goes, and this
+    /// one replaces it on the wire. An error when no close frame was sent, or when
+    /// `code` and `reason` may not be sent.
+    pub fn resend_close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        if !self.close_sent {
+            return Err(SendError::NoCloseSent);
+        }
+        check_close(code, reason)?;
+        self.push_close(CloseFrame::new(code, reason).encode());
         Ok(())
     }
 
@@ -1095,16 +1111,36 @@ impl Connection {
     /// Nothing may be sent after it. Use [`CloseCode::NORMAL`] for an ordinary close.
     pub fn send_close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
         self.check_open()?;
-        if !code.is_valid_on_wire() {
-            return Err(SendError::InvalidCloseCode(code.0));
-        }
-        if reason.len() > 123 {
-            return Err(SendError::ControlFrameTooLong(reason.len() + 2));
-        }
+        check_close(code, reason)?;
         self.push_close(CloseFrame::new(code, reason).encode());
         self.state = if self.close_received { State::Closed } else { State::Closing };
         Ok(())
     }
+}
+
+/// Whether a ping or pong payload of `len` bytes may be sent: §5.5 "All control frames
+/// MUST have a payload length of 125 bytes or less". The check
+/// [`Connection::send_ping`] and [`Connection::send_pong`] make, for a driver that
+/// validates a command before handing it to the connection later (a split writer).
+pub fn check_control_payload(len: usize) -> Result<(), SendError> {
+    if len > 125 {
+        return Err(SendError::ControlFrameTooLong(len));
+    }
+    Ok(())
+}
+
+/// Whether a close frame with `code` and `reason` may be sent: a code valid on the wire
+/// (not 1005, 1006, 1015 or unassigned) and a reason of at most 123 bytes, so that the
+/// payload fits the 125 bytes of a control frame. The check [`Connection::send_close`]
+/// makes.
+pub fn check_close(code: CloseCode, reason: &str) -> Result<(), SendError> {
+    if !code.is_valid_on_wire() {
+        return Err(SendError::InvalidCloseCode(code.0));
+    }
+    if reason.len() > 123 {
+        return Err(SendError::ControlFrameTooLong(reason.len() + 2));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

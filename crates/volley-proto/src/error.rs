@@ -106,4 +106,8 @@ pub enum SendError {
     /// A text fragment that is not valid UTF-8 where the message so far is.
     #[error("invalid UTF-8 in a text fragment")]
     InvalidUtf8,
+    /// [`Connection::resend_close`](crate::Connection::resend_close) on a connection
+    /// that sent no close frame.
+    #[error("no close frame was sent")]
+    NoCloseSent,
 }

@@ -52,7 +52,9 @@ pub mod prepared;
 pub mod utf8;
 
 pub use config::{Config, ConfigError, RandomSource};
-pub use connection::{Connection, Event, MessageKind, ParkedConnection, Role, State};
+pub use connection::{
+    check_close, check_control_payload, Connection, Event, MessageKind, ParkedConnection, Role, State,
+};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use frame::{CloseCode, CloseFrame, OpCode};

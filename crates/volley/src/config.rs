@@ -191,8 +191,16 @@ impl Config {
     }
 
     /// What to do when the write buffer ([`Config::write_buffer_size`]) is full because
-    /// the peer does not keep up. Default [`SlowReader::Wait`]. Pongs and close frames
-    /// are never dropped, and go ahead of data that has not started to leave.
+    /// the peer does not keep up. Default [`SlowReader::Wait`]. The policy never drops
+    /// a pong or a close frame. While the transport is backed up, pings and pongs go
+    /// ahead of data that has not started to leave; a close frame never does (nothing
+    /// may follow it, so it leaves after the data queued before it).
+    ///
+    /// When [`SlowReader::Close`] (or a keepalive that finds the peer dead) fails the
+    /// connection, everything that has not started to leave is dropped, pongs and a
+    /// close frame the application queued included, and the library's close frame
+    /// goes next; an application's close frame that had started to leave finishes
+    /// instead, so exactly one close frame is always sent.
     pub fn slow_reader(mut self, policy: SlowReader) -> Self {
         self.slow_reader = policy;
         self

@@ -39,4 +39,8 @@ pub enum Error {
     /// The connection is already closed.
     #[error("connection closed")]
     Closed,
+    /// [`WebSocket::split`](crate::WebSocket::split) was called outside a tokio runtime
+    /// (it spawns the task that drives the connection).
+    #[error("no tokio runtime to run the connection on")]
+    NoRuntime,
 }

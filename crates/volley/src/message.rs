@@ -36,6 +36,18 @@ impl Message {
         matches!(self, Message::Text(_) | Message::Binary(_))
     }
 
+    /// Whether the message may be sent on an open connection: a ping or pong payload
+    /// of at most 125 bytes, a close frame with a code valid on the wire and a reason
+    /// of at most 123 bytes. The checks sending it makes, for a caller that validates
+    /// it before queueing it (the writer half of a split connection does).
+    pub fn check(&self) -> Result<(), volley_proto::SendError> {
+        match self {
+            Message::Ping(b) | Message::Pong(b) => volley_proto::check_control_payload(b.len()),
+            Message::Close(Some(f)) => volley_proto::check_close(f.code, &f.reason),
+            Message::Text(_) | Message::Binary(_) | Message::Close(None) => Ok(()),
+        }
+    }
+
     /// The payload bytes.
     pub fn into_data(self) -> Bytes {
         match self {

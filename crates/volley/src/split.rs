@@ -26,7 +26,7 @@ use std::task::{ready, Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, Notify};
-use volley_proto::{CloseCode, PreparedMessage};
+use volley_proto::{CloseCode, PreparedMessage, SendError};
 
 use crate::config::SlowReader;
 use crate::error::Error;
@@ -64,7 +64,6 @@ struct Shared {
     policy: SlowReader,
 }
 
-#[derive(Default)]
 struct Inner {
     /// Messages from the writer halves, in order.
     commands: VecDeque<Command>,
@@ -80,12 +79,20 @@ struct Inner {
     dropped: u64,
     /// The connection task has ended.
     closed: bool,
+    /// A close frame was queued by a writer, or sent by the connection itself (the
+    /// echo of the peer's, a keepalive or slow-reader close): nothing more may be sent.
+    close_queued: bool,
     /// The reader half has been dropped: received items are discarded.
     reader_gone: bool,
+    /// Writer halves alive; when none is and the reader half is gone, the connection
+    /// closes on its own.
+    writers: usize,
     /// The connection task, waiting for a command or for room in the inbox.
     driver: Option<Waker>,
     /// The reader half, waiting for an item.
     reader: Option<Waker>,
+    /// Writer halves used as a `Sink`, waiting for room (allocated only while some do).
+    sinks: Vec<Waker>,
 }
 
 impl Inner {
@@ -109,6 +116,15 @@ impl Shared {
         let used = inner.queued + inner.buffered;
         used < self.limit || len == 0 && used == 0
     }
+
+    /// Wakes every writer waiting for room (call without the lock held).
+    fn wake_writers(&self) {
+        self.drained.notify_waiters();
+        let sinks = std::mem::take(&mut self.lock().sinks);
+        for w in sinks {
+            w.wake();
+        }
+    }
 }
 
 /// Wakes the waker taken from the shared state, after the lock is released.
@@ -126,15 +142,44 @@ fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
 }
 
 /// The receiving half of a split connection.
+///
+/// Dropping it leaves the connection running for the writer halves (what arrives is
+/// discarded); when the reader half and every writer half are gone, the connection
+/// closes (1001, going away) on its own.
 pub struct ReadHalf {
     shared: Arc<Shared>,
 }
 
 /// The sending half of a split connection. Cloning it gives another sender to the same
 /// connection.
-#[derive(Clone)]
+///
+/// It checks each message as the unsplit [`WebSocket`] does, and reports a message it
+/// cannot send as an error: a ping or pong payload over 125 bytes, a close frame with
+/// a code that may not be sent or a reason over 123 bytes
+/// ([`Error::Send`]); anything after a close frame ([`SendError::Closed`]); anything
+/// once the connection has ended ([`Error::Closed`]).
 pub struct WriteHalf {
     shared: Arc<Shared>,
+    /// The flush under way through the `Sink` implementation.
+    sink_flush: Option<oneshot::Receiver<Result<(), Error>>>,
+}
+
+impl Clone for WriteHalf {
+    fn clone(&self) -> Self {
+        self.shared.lock().writers += 1;
+        WriteHalf { shared: self.shared.clone(), sink_flush: None }
+    }
+}
+
+impl Drop for WriteHalf {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        inner.writers -= 1;
+        // The last half gone: the connection task closes the connection.
+        let driver = if inner.writers == 0 && inner.reader_gone { inner.driver.take() } else { None };
+        drop(inner);
+        wake(driver);
+    }
 }
 
 impl std::fmt::Debug for ReadHalf {
@@ -152,35 +197,57 @@ impl std::fmt::Debug for WriteHalf {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
     /// Splits the connection into a reader and a writer half, spawning a task on the
     /// current tokio runtime that drives it. Keepalive, the closing handshake and the
-    /// slow-reader policy keep working; the task ends with the connection.
-    pub fn split(mut self) -> (ReadHalf, WriteHalf) {
+    /// slow-reader policy keep working while either half waits; the task ends with the
+    /// connection, and the connection closes (1001, going away) once both halves and
+    /// every clone of the writer are dropped.
+    ///
+    /// An error ([`Error::NoRuntime`]) outside a tokio runtime.
+    pub fn split(mut self) -> Result<(ReadHalf, WriteHalf), Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let info = self.take_info();
         let (limit, policy) = self.write_policy();
         // The halves apply the policy; the connection itself only waits for its buffer.
         self.set_write_policy(SlowReader::Wait);
-        let shared = Arc::new(Shared { inner: Mutex::default(), drained: Notify::new(), info, limit, policy });
-        tokio::spawn(Driver { ws: self, shared: shared.clone(), current: None });
-        (ReadHalf { shared: shared.clone() }, WriteHalf { shared })
+        let inner = Inner {
+            commands: VecDeque::new(),
+            abort: None,
+            inbox: VecDeque::new(),
+            queued: 0,
+            buffered: 0,
+            dropped: 0,
+            closed: false,
+            close_queued: self.is_close_sent(),
+            reader_gone: false,
+            writers: 1,
+            driver: None,
+            reader: None,
+            sinks: Vec::new(),
+        };
+        let shared = Arc::new(Shared { inner: Mutex::new(inner), drained: Notify::new(), info, limit, policy });
+        runtime.spawn(Driver { ws: self, shared: shared.clone(), current: None, orphaned: false });
+        Ok((ReadHalf { shared: shared.clone() }, WriteHalf { shared, sink_flush: None }))
     }
-}
-
-/// One thing for the connection task to do.
-enum Step {
-    Abort(CloseCode),
-    Command(Command),
-    Received(Option<Result<Message, Error>>),
 }
 
 /// The connection task. It is written as a plain future rather than an `async fn`,
 /// whose state would hold the connection twice (a moved-in argument keeps its own slot)
 /// next to the state of every await: this way each split connection's task is about
 /// the size of the connection.
+///
+/// Each poll hands the writers' commands to the connection for as long as it takes
+/// them without waiting, then polls the connection's input, which also runs its
+/// keepalive and idle timers, the closing handshake and the writing of its buffer.
+/// A command that waits (for room in the buffer, or for a flush) never stops the
+/// reading: a peer that streams at us while we stream at it is still read, pings are
+/// still answered, and a peer that stops reading is still timed out.
 struct Driver<S> {
     ws: WebSocket<S>,
     shared: Arc<Shared>,
     /// A command taken from the queue that waits for room in the connection's buffer
     /// (a message) or for the buffer to be written (a flush).
     current: Option<Command>,
+    /// Every half is gone: the connection is closing on its own.
+    orphaned: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
@@ -189,39 +256,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            if let Some(cmd) = this.current.take() {
-                let Poll::Ready(taken) = this.run(cmd, cx) else {
-                    return Poll::Pending;
-                };
-                this.progress(taken);
-                continue;
+            let inbox_full = this.hand_over(cx);
+            if inbox_full {
+                // Nothing is read until the reader half takes an item (it wakes this
+                // task), but the buffer keeps going out and the writers keep going in.
+                if this.ws.buffered_amount() > 0 {
+                    let _ = this.ws.poll_flush_all(cx);
+                }
+                if this.retry_current(cx) {
+                    continue;
+                }
+                this.sync();
+                return Poll::Pending;
             }
-            match ready!(next_step(&mut this.ws, &this.shared, cx)) {
-                Step::Abort(code) => {
-                    this.ws.abort_with(code);
-                    this.progress(0);
-                }
-                Step::Command(cmd) => this.current = Some(cmd),
-                Step::Received(Some(item)) => {
-                    let mut inner = this.shared.lock();
-                    // The connection writes what is queued before each read, so a
-                    // message may come with room freed for the writers.
-                    let freed = inner.set_buffered(this.ws.buffered_amount());
-                    if inner.reader_gone {
-                        drop(inner);
-                    } else {
-                        inner.inbox.push_back(item);
-                        let reader = inner.reader.take();
-                        drop(inner);
-                        wake(reader);
-                    }
-                    if freed {
-                        this.shared.drained.notify_waiters();
-                    }
-                }
-                Step::Received(None) => {
+            match this.ws.poll_recv(cx) {
+                Poll::Ready(Some(item)) => this.deliver(item),
+                Poll::Ready(None) => {
                     this.finish();
                     return Poll::Ready(());
+                }
+                Poll::Pending => {
+                    // The connection wrote what it could before waiting, which may
+                    // have made room for the command in hand.
+                    if this.retry_current(cx) {
+                        continue;
+                    }
+                    this.sync();
+                    return Poll::Pending;
                 }
             }
         }
@@ -229,43 +290,130 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    /// Hands an abort, then the writers' commands in order, to the connection for as
+    /// long as it takes them; once every half is gone, the rest of the queue and a
+    /// close frame. True when the inbox is full (the connection must not read).
+    fn hand_over(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let cmd = {
+                let mut inner = self.shared.lock();
+                if let Some(code) = inner.abort.take() {
+                    drop(inner);
+                    self.ws.abort_with(code, "");
+                    self.progress(0);
+                    continue;
+                }
+                if !self.orphaned && inner.reader_gone && inner.writers == 0 {
+                    self.orphaned = true;
+                }
+                let next = match self.current.take() {
+                    Some(cmd) => Some(cmd),
+                    None => inner.commands.pop_front(),
+                };
+                match next {
+                    Some(cmd) => cmd,
+                    None => {
+                        if inner.commands.capacity() > 0 {
+                            inner.commands = VecDeque::new();
+                        }
+                        register(&mut inner.driver, cx);
+                        let inbox_full = !inner.reader_gone && inner.inbox.len() >= INBOX;
+                        drop(inner);
+                        if self.orphaned && !self.ws.is_close_sent() {
+                            // Nobody can read or write any more: close, after what the
+                            // writers queued (the close timeout bounds the rest).
+                            self.ws.local_close(CloseCode::GOING_AWAY, "");
+                            self.progress(0);
+                        }
+                        return inbox_full;
+                    }
+                }
+            };
+            match self.run(cmd, cx) {
+                Poll::Ready(taken) => self.progress(taken),
+                Poll::Pending => {
+                    // Wait for room, but keep reading meanwhile.
+                    let mut inner = self.shared.lock();
+                    register(&mut inner.driver, cx);
+                    return !inner.reader_gone && inner.inbox.len() >= INBOX;
+                }
+            }
+        }
+    }
+
     /// Hands a command to the connection; ready with the queued bytes it accounted
     /// for. Pending, it keeps the command for the next poll.
     fn run(&mut self, cmd: Command, cx: &mut Context<'_>) -> Poll<usize> {
-        match cmd {
-            Command::Message(msg, len) => match self.ws.poll_write_ready(cx) {
-                Poll::Ready(Ok(true)) => {
-                    let _ = self.ws.queue(msg);
-                    Poll::Ready(len)
-                }
-                // The connection has ended (or, never with its `Wait` policy, dropped it).
-                Poll::Ready(_) => Poll::Ready(len),
+        let (queued, len) = match cmd {
+            Command::Flush(reply) => {
+                return match self.ws.poll_flush_all(cx) {
+                    Poll::Ready(r) => {
+                        let _ = reply.send(r.map_err(Error::Io));
+                        Poll::Ready(0)
+                    }
+                    Poll::Pending => {
+                        self.current = Some(Command::Flush(reply));
+                        Poll::Pending
+                    }
+                };
+            }
+            // Once every half is gone, what was queued goes in without waiting for
+            // room: nobody is left to wait, and the close timeout bounds the rest.
+            cmd if !self.orphaned => match self.ws.poll_write_ready(cx) {
+                Poll::Ready(Ok(_)) => match cmd {
+                    Command::Message(msg, len) => (self.ws.queue(msg), len),
+                    Command::Prepared(msg, len) => (self.ws.queue_prepared(&msg), len),
+                    Command::Flush(_) => unreachable!("handled above"),
+                },
+                // The connection has ended: the command goes nowhere.
+                Poll::Ready(Err(_)) => return Poll::Ready(command_len(&cmd)),
                 Poll::Pending => {
-                    self.current = Some(Command::Message(msg, len));
-                    Poll::Pending
+                    self.current = Some(cmd);
+                    return Poll::Pending;
                 }
             },
-            Command::Prepared(msg, len) => match self.ws.poll_write_ready(cx) {
-                Poll::Ready(Ok(true)) => {
-                    let _ = self.ws.queue_prepared(&msg);
-                    Poll::Ready(len)
-                }
-                Poll::Ready(_) => Poll::Ready(len),
-                Poll::Pending => {
-                    self.current = Some(Command::Prepared(msg, len));
-                    Poll::Pending
-                }
-            },
-            Command::Flush(reply) => match self.ws.poll_flush_all(cx) {
-                Poll::Ready(r) => {
-                    let _ = reply.send(r.map_err(Error::Io));
-                    Poll::Ready(0)
-                }
-                Poll::Pending => {
-                    self.current = Some(Command::Flush(reply));
-                    Poll::Pending
-                }
-            },
+            Command::Message(msg, len) => (self.ws.queue(msg), len),
+            Command::Prepared(msg, len) => (self.ws.queue_prepared(&msg), len),
+        };
+        if let Err(e) = queued {
+            // Checked by the writer, so only the connection's own state refuses it:
+            // a close frame went out (the echo of the peer's, or ours) in between.
+            tracing::debug!(id = self.shared.info.id(), error = %e, "message not sent");
+        }
+        Poll::Ready(len)
+    }
+
+    /// Tries the command in hand once more; true when it was handed over.
+    fn retry_current(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(cmd) = self.current.take() else {
+            return false;
+        };
+        match self.run(cmd, cx) {
+            Poll::Ready(taken) => {
+                self.progress(taken);
+                true
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    /// Hands a received item to the reader half (or drops it, if it is gone).
+    fn deliver(&mut self, item: Result<Message, Error>) {
+        let mut inner = self.shared.lock();
+        // The connection writes what is queued before each read, so a message may come
+        // with room freed for the writers.
+        let freed = inner.set_buffered(self.ws.buffered_amount());
+        inner.close_queued |= self.ws.is_close_sent();
+        if inner.reader_gone {
+            drop(inner);
+        } else {
+            inner.inbox.push_back(item);
+            let reader = inner.reader.take();
+            drop(inner);
+            wake(reader);
+        }
+        if freed {
+            self.shared.wake_writers();
         }
     }
 
@@ -274,14 +422,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let mut inner = self.shared.lock();
         inner.queued -= taken;
         inner.buffered = self.ws.buffered_amount();
+        inner.close_queued |= self.ws.is_close_sent();
         drop(inner);
-        self.shared.drained.notify_waiters();
+        self.shared.wake_writers();
+    }
+
+    /// Records the connection's state before the task waits: the buffer may have been
+    /// written in part, and a close frame may have gone out.
+    fn sync(&mut self) {
+        let mut inner = self.shared.lock();
+        let freed = inner.set_buffered(self.ws.buffered_amount());
+        inner.close_queued |= self.ws.is_close_sent();
+        drop(inner);
+        if freed {
+            self.shared.wake_writers();
+        }
     }
 
     /// The connection has ended: the halves learn it.
     fn finish(&mut self) {
         let mut inner = self.shared.lock();
         inner.closed = true;
+        inner.close_queued = true;
         inner.queued = 0;
         inner.buffered = 0;
         inner.abort = None;
@@ -290,47 +452,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let reader = inner.reader.take();
         drop(inner);
         drop(commands);
+        self.current = None;
         wake(reader);
-        self.shared.drained.notify_waiters();
+        self.shared.wake_writers();
     }
 }
 
-/// The next step for the connection task: an abort, then the writers' commands in
-/// order, then the connection's own progress (input, keepalive, writing its buffer).
-fn next_step<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut WebSocket<S>,
-    shared: &Shared,
-    cx: &mut Context<'_>,
-) -> Poll<Step> {
-    let mut inner = shared.lock();
-    if let Some(code) = inner.abort.take() {
-        return Poll::Ready(Step::Abort(code));
+/// The bytes a command accounts for in [`Inner::queued`].
+fn command_len(cmd: &Command) -> usize {
+    match cmd {
+        Command::Message(_, len) | Command::Prepared(_, len) => *len,
+        Command::Flush(_) => 0,
     }
-    if let Some(cmd) = inner.commands.pop_front() {
-        return Poll::Ready(Step::Command(cmd));
-    }
-    if inner.commands.capacity() > 0 {
-        inner.commands = VecDeque::new();
-    }
-    register(&mut inner.driver, cx);
-    let inbox_full = !inner.reader_gone && inner.inbox.len() >= INBOX;
-    drop(inner);
-    if inbox_full {
-        // The reader half wakes this task when it takes an item.
-        return Poll::Pending;
-    }
-    let polled = ws.poll_recv(cx);
-    if polled.is_pending() {
-        // The connection may have written part of its buffer before waiting.
-        let buffered = ws.buffered_amount();
-        let mut inner = shared.lock();
-        let freed = inner.set_buffered(buffered);
-        drop(inner);
-        if freed {
-            shared.drained.notify_waiters();
-        }
-    }
-    polled.map(Step::Received)
 }
 
 impl ReadHalf {
@@ -370,7 +503,8 @@ impl ReadHalf {
 impl Drop for ReadHalf {
     fn drop(&mut self) {
         // Nobody reads any more: the connection keeps running (keepalive, writes, the
-        // closing handshake) and discards what arrives.
+        // closing handshake) and discards what arrives; with no writer left either,
+        // it closes.
         let mut inner = self.shared.lock();
         inner.reader_gone = true;
         let inbox = std::mem::take(&mut inner.inbox);
@@ -397,8 +531,20 @@ enum Offer {
     /// Not queued now, so handed back: the command bound is reached, or the byte limit
     /// under [`SlowReader::Wait`].
     Full(Command),
-    /// Not queued, ever: the connection has ended, or is being closed as a slow reader.
+    /// Not queued, ever: the message may not be sent, the connection has ended, or it
+    /// is being closed as a slow reader.
     Refused(Error),
+}
+
+/// How a command is offered to the queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// A data message or a ping: the slow-reader policy applies at the byte limit.
+    Policed,
+    /// A close frame or a flush: it waits only for the command bound.
+    Unpoliced,
+    /// Queued whatever the bounds (a `Sink`'s `start_send` after `poll_ready`).
+    Forced,
 }
 
 impl WriteHalf {
@@ -425,19 +571,23 @@ impl WriteHalf {
     }
 
     /// Queues the command if there is room, applying the slow-reader policy when the
-    /// byte limit is reached (`policed`; a close frame or a flush only waits for the
-    /// command bound).
-    fn offer(&self, cmd: Command, len: usize, policed: bool) -> Offer {
+    /// byte limit is reached (see [`Admit`]).
+    fn offer(&self, cmd: Command, len: usize, admit: Admit) -> Offer {
         let shared = &*self.shared;
         let mut inner = shared.lock();
         if inner.closed {
             return Offer::Refused(Error::Closed);
         }
-        if inner.commands.len() >= OUTBOX {
+        let is_close = matches!(cmd, Command::Message(Message::Close(_), _));
+        if inner.close_queued && !matches!(cmd, Command::Flush(_)) {
+            return Offer::Refused(Error::Send(SendError::Closed));
+        }
+        if admit != Admit::Forced && inner.commands.len() >= OUTBOX {
             return Offer::Full(cmd);
         }
-        if !policed || shared.has_room(&inner, len) {
+        if admit != Admit::Policed || shared.has_room(&inner, len) {
             inner.queued += len;
+            inner.close_queued |= is_close;
             inner.commands.push_back(cmd);
             let driver = inner.driver.take();
             drop(inner);
@@ -462,12 +612,12 @@ impl WriteHalf {
 
     /// Queues a command, waiting for room as the policy says. Cancel-safe: the command
     /// is queued whole in one step, or not at all.
-    async fn enqueue(&self, mut cmd: Command, len: usize, policed: bool) -> Result<(), Error> {
+    async fn enqueue(&self, mut cmd: Command, len: usize, admit: Admit) -> Result<(), Error> {
         loop {
             let notified = self.shared.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.offer(cmd, len, policed) {
+            match self.offer(cmd, len, admit) {
                 Offer::Queued | Offer::Dropped => return Ok(()),
                 Offer::Refused(e) => return Err(e),
                 Offer::Full(back) => cmd = back,
@@ -476,23 +626,28 @@ impl WriteHalf {
         }
     }
 
+    /// Checks a message as sending it would, and says how it is admitted to the queue.
+    fn admit(msg: &Message) -> Result<(Admit, usize), Error> {
+        msg.check()?;
+        Ok(match msg {
+            Message::Text(t) => (Admit::Policed, t.len()),
+            Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => (Admit::Policed, b.len()),
+            // Close frames are never dropped by the policy.
+            Message::Close(_) => (Admit::Unpoliced, 0),
+        })
+    }
+
     /// Queues a message, applying the connection's [`SlowReader`] policy when its
     /// write buffer is full. It leaves with the next batch the connection writes.
     pub async fn feed(&self, msg: Message) -> Result<(), Error> {
-        let len = match &msg {
-            Message::Text(t) => t.len(),
-            Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
-            Message::Close(_) => 0,
-        };
-        // Close frames are never dropped by the policy.
-        let policed = !matches!(msg, Message::Close(_));
-        self.enqueue(Command::Message(msg, len), len, policed).await
+        let (admit, len) = Self::admit(&msg)?;
+        self.enqueue(Command::Message(msg, len), len, admit).await
     }
 
     /// Queues a prepared message (encoded once for many connections).
     pub async fn feed_prepared(&self, msg: &PreparedMessage) -> Result<(), Error> {
         let len = msg.payload().len();
-        self.enqueue(Command::Prepared(msg.clone(), len), len, true).await
+        self.enqueue(Command::Prepared(msg.clone(), len), len, Admit::Policed).await
     }
 
     /// Queues a message and waits until everything queued so far is written.
@@ -504,7 +659,7 @@ impl WriteHalf {
     /// Waits until everything queued so far is written to the transport.
     pub async fn flush(&self) -> Result<(), Error> {
         let (reply, done) = oneshot::channel();
-        self.enqueue(Command::Flush(reply), 0, false).await?;
+        self.enqueue(Command::Flush(reply), 0, Admit::Unpoliced).await?;
         done.await.map_err(|_| Error::Closed)?
     }
 
@@ -522,12 +677,83 @@ impl WriteHalf {
 
     fn try_offer_prepared(&self, msg: &PreparedMessage) -> Offer {
         let len = msg.payload().len();
-        let offer = self.offer(Command::Prepared(msg.clone(), len), len, true);
+        let offer = self.offer(Command::Prepared(msg.clone(), len), len, Admit::Policed);
         if let Offer::Full(_) = offer {
             // A broadcast never waits for one slow member.
             self.shared.lock().dropped += 1;
         }
         offer
+    }
+
+    /// Ready when a message offered now would be queued (or dropped or refused by the
+    /// policy) without waiting; registers for a wake-up otherwise.
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let mut inner = self.shared.lock();
+        if inner.closed {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        let room = self.shared.has_room(&inner, 1) || self.shared.policy != SlowReader::Wait;
+        if inner.commands.len() < OUTBOX && room {
+            return Poll::Ready(Ok(()));
+        }
+        if !inner.sinks.iter().any(|w| w.will_wake(cx.waker())) {
+            inner.sinks.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// A writer half is a `Sink` of messages: `poll_ready` waits for room in the write
+/// buffer (or lets the [`SlowReader`] policy decide), `start_send` queues (checking the
+/// message as `feed` does), `poll_flush` waits for everything queued to be written and
+/// `poll_close` sends a close frame (1000) unless one was queued, then flushes.
+impl futures_sink::Sink<Message> for WriteHalf {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.poll_room(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, msg: Message) -> Result<(), Error> {
+        let (admit, len) = Self::admit(&msg)?;
+        let offer = match self.offer(Command::Message(msg, len), len, admit) {
+            // `poll_ready` found room; another clone may have taken it since, and the
+            // message is queued all the same, as the `Sink` contract asks.
+            Offer::Full(cmd) => self.offer(cmd, len, Admit::Forced),
+            offer => offer,
+        };
+        match offer {
+            Offer::Refused(e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(done) = this.sink_flush.as_mut() {
+                let r = ready!(Pin::new(done).poll(cx));
+                this.sink_flush = None;
+                return Poll::Ready(r.unwrap_or(Err(Error::Closed)));
+            }
+            ready!(this.poll_room(cx))?;
+            let (reply, done) = oneshot::channel();
+            match this.offer(Command::Flush(reply), 0, Admit::Forced) {
+                Offer::Refused(e) => return Poll::Ready(Err(e)),
+                _ => this.sink_flush = Some(done),
+            }
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let this = self.get_mut();
+        if this.sink_flush.is_none() && !this.shared.lock().close_queued {
+            ready!(this.poll_room(cx))?;
+            if let Offer::Refused(e) = this.offer(Command::Message(Message::Close(None), 0), 0, Admit::Forced) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Pin::new(this).poll_flush(cx)
     }
 }
 

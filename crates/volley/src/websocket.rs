@@ -527,14 +527,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.limits.slow_reader = policy;
     }
 
-    /// Drops queued data that has not started to leave and closes with `code`, ahead of
-    /// anything else (the slow-reader close).
-    pub(crate) fn abort_with(&mut self, code: CloseCode) {
-        self.abort_queue();
+    /// Fails the connection on the library's own initiative (a slow reader, a peer that
+    /// stopped answering pings): drops everything queued that has not started to leave
+    /// and closes with `code` and `reason` right behind the chunk being written.
+    ///
+    /// What is dropped: data, pings and pongs, and a close frame the application had
+    /// queued behind that data. A close frame is never lost: one that had started to
+    /// leave finishes; one that had not is replaced by this close frame (with the
+    /// code that says why the connection is failed).
+    pub(crate) fn abort_with(&mut self, code: CloseCode, reason: &str) {
+        let discarded_close = self.abort_queue();
         if !self.conn.is_close_sent() {
-            let _ = self.conn.send_close(code, "");
+            let _ = self.conn.send_close(code, reason);
+        } else if discarded_close {
+            let _ = self.conn.resend_close(code, reason);
         }
         self.take_transmits();
+    }
+
+    /// Whether a close frame has been queued on this connection (by the application,
+    /// as the echo of the peer's, or by the library): nothing more may be sent.
+    pub(crate) fn is_close_sent(&self) -> bool {
+        self.conn.is_close_sent()
     }
 
     /// The latest round-trip time measured from a keepalive ping and its pong.
@@ -630,9 +644,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Queues one fragment of a message (see
     /// [`Connection::send_fragment`](volley_proto::Connection::send_fragment)), so a
     /// large message can be streamed without holding it whole.
+    ///
+    /// A fragment is never dropped (the rest of its message would be meaningless): under
+    /// [`SlowReader::DropNewest`] it waits for room, as under [`SlowReader::Wait`];
+    /// under [`SlowReader::Close`] a full buffer closes the connection.
     pub async fn feed_fragment(&mut self, kind: MessageKind, data: Bytes, fin: bool) -> Result<(), Error> {
-        // A fragment is never dropped: the rest of its message would be meaningless.
-        while !poll_fn(|cx| self.poll_write_ready(cx)).await? {}
+        poll_fn(|cx| self.poll_room(cx, false)).await?;
         self.conn.send_fragment(kind, data, fin)?;
         self.take_transmits();
         Ok(())
@@ -704,6 +721,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Ready with `true` when a message may be queued, `false` when the slow-reader
     /// policy dropped it.
     pub(crate) fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        self.poll_room(cx, true)
+    }
+
+    /// Ready when there is room in the write buffer, applying the slow-reader policy
+    /// when there is none: ready with `false` when [`SlowReader::DropNewest`] drops the
+    /// message, unless it may not be dropped (`droppable` false: it waits for room).
+    fn poll_room(&mut self, cx: &mut Context<'_>, droppable: bool) -> Poll<Result<bool, Error>> {
         if self.finish == Finish::Done || self.dead {
             return Poll::Ready(Err(Error::Closed));
         }
@@ -719,6 +743,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
         match self.limits.slow_reader {
             SlowReader::Wait => Poll::Pending,
+            SlowReader::DropNewest if !droppable => Poll::Pending,
             SlowReader::DropNewest => {
                 self.dropped += 1;
                 tracing::debug!(id = self.info.id, dropped = self.dropped, "write buffer full: message dropped");
@@ -726,18 +751,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }
             SlowReader::Close(code) => {
                 tracing::debug!(id = self.info.id, %code, "write buffer full: closing");
-                self.abort_queue();
-                if !self.conn.is_close_sent() {
-                    let _ = self.conn.send_close(code, "");
-                }
-                self.take_transmits();
+                self.abort_with(code, "");
                 Poll::Ready(Err(Error::SlowReader(code)))
             }
         }
     }
 
-    /// Discards queued data that has not started to leave.
-    fn abort_queue(&mut self) {
+    /// Discards everything queued that has not started to leave (all but a partly
+    /// written front chunk); true when that discarded a close frame.
+    fn abort_queue(&mut self) -> bool {
+        // A close frame is the last frame a connection queues (nothing may follow it),
+        // and it fits in one chunk: it survives only if it has been written already
+        // (the queues are empty) or is in the partly written chunk that stays.
+        let nothing_after_front = self.conn.transmit_len() == 0 && self.wq.len() <= usize::from(self.front_partial);
+        let discarded_close = self.conn.is_close_sent() && !nothing_after_front;
         while self.conn.poll_transmit().is_some() {}
         let keep = usize::from(self.front_partial);
         while self.wq.len() > keep {
@@ -746,6 +773,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             }
         }
         self.conn.set_control_priority(true);
+        discarded_close
     }
 
     /// Writes the queue to the transport, gathering chunks into vectored writes.
@@ -817,11 +845,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     k.ping_timer = None;
                     tracing::debug!(id = self.info.id, "pong timeout: closing");
                     self.dead = true;
-                    self.abort_queue();
-                    if !self.conn.is_close_sent() {
-                        let _ = self.conn.send_close(CloseCode::INTERNAL_ERROR, "keepalive timeout");
-                    }
-                    self.take_transmits();
+                    self.abort_with(CloseCode::INTERNAL_ERROR, "keepalive timeout");
                     self.set_last(Err(Error::Timeout("keepalive pong")));
                     self.finish = Finish::Flushing;
                     return;
@@ -875,7 +899,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// Starts the closing handshake on the library's own initiative.
-    fn local_close(&mut self, code: CloseCode, reason: &str) {
+    pub(crate) fn local_close(&mut self, code: CloseCode, reason: &str) {
         tracing::debug!(id = self.info.id, %code, reason, "closing");
         if !self.conn.is_close_sent() {
             let _ = self.conn.send_close(code, reason);

@@ -264,7 +264,7 @@ async fn slow_reader_close_discards_the_backlog_and_sends_the_close_first() {
 #[tokio::test]
 async fn a_split_writer_waits_for_a_slow_reader_and_resumes_as_it_reads() {
     let (ws, mut raw) = stalled(Config::new()).await;
-    let (_read, write) = ws.split();
+    let (_read, write) = ws.split().unwrap();
     let chunk = 64 << 10;
     let total = 100;
     let writer = tokio::spawn(async move {
@@ -295,7 +295,7 @@ async fn a_split_writer_waits_for_a_slow_reader_and_resumes_as_it_reads() {
 #[tokio::test]
 async fn a_split_writer_applies_drop_newest_and_close() {
     let (ws, _raw) = stalled(Config::new().slow_reader(SlowReader::DropNewest)).await;
-    let (_read, write) = ws.split();
+    let (_read, write) = ws.split().unwrap();
     let big = Message::binary(vec![7u8; 64 << 10]);
     within(async {
         for _ in 0..200 {
@@ -306,7 +306,7 @@ async fn a_split_writer_applies_drop_newest_and_close() {
     assert!(write.dropped_messages() > 100, "{}", write.dropped_messages());
 
     let (ws, mut raw) = stalled(Config::new().slow_reader(SlowReader::Close(CloseCode::POLICY_VIOLATION))).await;
-    let (mut read, write) = ws.split();
+    let (mut read, write) = ws.split().unwrap();
     let err = within(async {
         loop {
             if let Err(e) = write.feed(big.clone()).await {
@@ -332,7 +332,7 @@ async fn a_dropped_read_half_leaves_the_connection_running() {
     let (port, task) = server(Config::new()).await;
     let (mut client, _) = volley::connect(&url(port, "/")).await.unwrap();
     let ws = task.await.unwrap();
-    let (read, write) = ws.split();
+    let (read, write) = ws.split().unwrap();
     drop(read);
     // What arrives is discarded, pings are still answered, and the writer still sends.
     for i in 0..(3 * 256) {
@@ -406,7 +406,7 @@ async fn split_halves_work_from_different_tasks() {
     let (port, task) = server(Config::new()).await;
     let (client, _) = volley::connect(&url(port, "/")).await.unwrap();
     let ws = task.await.unwrap();
-    let (mut read, write) = ws.split();
+    let (mut read, write) = ws.split().unwrap();
     // Server: echo through the halves, with the writer in another task.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(16);
     let writer = tokio::spawn(async move {
@@ -429,7 +429,7 @@ async fn split_halves_work_from_different_tasks() {
         drop(tx);
         n
     });
-    let (mut cread, cwrite) = client.split();
+    let (mut cread, cwrite) = client.split().unwrap();
     for i in 0..100 {
         cwrite.feed(Message::text(format!("m{i}"))).await.unwrap();
     }
@@ -496,7 +496,7 @@ async fn broadcast_sends_one_prepared_message_to_every_member() {
             // Half the members negotiate deflate without context takeover, so the
             // compressed frame is shared; the others get the plain frame.
             let ws = volley::accept_tcp_with(tcp, Config::new(), |_, _| Ok(())).await.unwrap();
-            let (read, write) = ws.split();
+            let (read, write) = ws.split().unwrap();
             g.join(write);
             readers.push(read);
         }
@@ -534,7 +534,7 @@ async fn unread_bytes_are_not_lost_when_a_split_reader_is_slow() {
     let (port, task) = server(Config::new()).await;
     let mut raw = raw_client(port).await;
     let ws = task.await.unwrap();
-    let (mut read, _write) = ws.split();
+    let (mut read, _write) = ws.split().unwrap();
     for i in 0..1000u32 {
         raw.write_all(&masked(0x82, &i.to_be_bytes())).await.unwrap();
     }

@@ -47,7 +47,7 @@ pub async fn echo(tcp: TcpStream, deflate: bool) -> Result<(), volley::Error> {
 pub async fn fan_out(tcp: TcpStream, group: Group) -> Result<(), volley::Error> {
     let ws = volley::accept_with(tcp, config(false), |_, _| Ok(())).await?;
     let member = ws.info().path() != "/sender";
-    let (mut reader, writer) = ws.split();
+    let (mut reader, writer) = ws.split()?;
     let id = member.then(|| group.join(writer));
     while let Some(msg) = reader.recv().await {
         let prepared = match msg {
