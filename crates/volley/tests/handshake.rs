@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use volley::proto::handshake::ClientRequest;
 use volley::proto::HandshakeError;
-use volley::{accept_with, ClientBuilder, CloseCode, Config, Error, Message, Rejection};
+use volley::{ClientBuilder, CloseCode, Config, Error, Message, Rejection, ServerBuilder};
 
 #[tokio::test]
 async fn server_picks_first_client_offered_subprotocol_it_supports() {
@@ -19,7 +19,7 @@ async fn server_picks_first_client_offered_subprotocol_it_supports() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let config = Config::new().protocols(["b", "a"]);
-        let mut ws = accept_with(tcp, config, |_, _| Ok(())).await.unwrap();
+        let mut ws = ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap();
         let protocol = ws.protocol().map(str::to_string);
         while let Some(item) = ws.recv().await {
             item.unwrap();
@@ -40,7 +40,7 @@ async fn no_subprotocol_when_none_is_shared() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let config = Config::new().protocols(["x"]);
-        let ws = accept_with(tcp, config, |_, _| Ok(())).await.unwrap();
+        let ws = ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap();
         ws.protocol().map(str::to_string)
     });
     let (ws, response) = within(ClientBuilder::new(url(port, "/")).protocol("a").connect()).await.unwrap();
@@ -67,21 +67,23 @@ async fn hook_sees_path_query_origin_cookies_and_custom_headers() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut seen = Seen::default();
-        let ws = accept_with(tcp, Config::new(), |req, _| {
-            seen = Seen {
-                path: req.path().to_string(),
-                query: req.query().map(str::to_string),
-                target: req.target().to_string(),
-                host: req.host().map(str::to_string),
-                origin: req.origin().map(str::to_string),
-                cookies: req.cookies().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-                custom: req.header("x-custom-thing").map(str::to_string),
-                protocols: req.protocols().to_vec(),
-            };
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let ws = ServerBuilder::new()
+            .hook(|req, _| {
+                seen = Seen {
+                    path: req.path().to_string(),
+                    query: req.query().map(str::to_string),
+                    target: req.target().to_string(),
+                    host: req.host().map(str::to_string),
+                    origin: req.origin().map(str::to_string),
+                    cookies: req.cookies().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+                    custom: req.header("x-custom-thing").map(str::to_string),
+                    protocols: req.protocols().to_vec(),
+                };
+                Ok(())
+            })
+            .accept_tcp(tcp)
+            .await
+            .unwrap();
         drop(ws);
         seen
     });
@@ -114,13 +116,15 @@ async fn hook_response_header_reaches_client() {
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = accept_with(tcp, Config::new(), |_, resp| {
-            resp.add_header("X-Server-Says", "welcome").unwrap();
-            resp.add_header("Set-Cookie", "id=42; HttpOnly").unwrap();
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let mut ws = ServerBuilder::new()
+            .hook(|_, resp| {
+                resp.add_header("X-Server-Says", "welcome").unwrap();
+                resp.add_header("Set-Cookie", "id=42; HttpOnly").unwrap();
+                Ok(())
+            })
+            .accept_tcp(tcp)
+            .await
+            .unwrap();
         while let Some(item) = ws.recv().await {
             item.unwrap();
         }
@@ -140,14 +144,16 @@ async fn hook_rejection_gives_client_status_and_server_rejected() {
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        accept_with(tcp, Config::new(), |req, _| {
-            if req.origin() == Some("https://evil.example") {
-                Err(Rejection::new(403).header("X-Reason", "origin").body("go away"))
-            } else {
-                Ok(())
-            }
-        })
-        .await
+        ServerBuilder::new()
+            .hook(|req, _| {
+                if req.origin() == Some("https://evil.example") {
+                    Err(Rejection::new(403).header("X-Reason", "origin").body("go away"))
+                } else {
+                    Ok(())
+                }
+            })
+            .accept_tcp(tcp)
+            .await
     });
     let err = within(ClientBuilder::new(url(port, "/")).header("Origin", "https://evil.example").connect())
         .await
@@ -162,10 +168,10 @@ async fn rejection_response_carries_status_headers_and_body() {
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        accept_with(tcp, Config::new(), |_, _| {
-            Err(Rejection::new(401).header("WWW-Authenticate", "Bearer").body("no token"))
-        })
-        .await
+        ServerBuilder::new()
+            .hook(|_, _| Err(Rejection::new(401).header("WWW-Authenticate", "Bearer").body("no token")))
+            .accept_tcp(tcp)
+            .await
     });
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let request = ClientRequest::new("127.0.0.1", "/", &volley::proto::Config::default());
@@ -177,13 +183,13 @@ async fn rejection_response_carries_status_headers_and_body() {
     assert!(matches!(within(server).await.unwrap(), Err(Error::Rejected(401))));
 }
 
-/// Sends `request` to a server running `accept_with(config)` from a raw socket, and
+/// Sends `request` to a server running `ServerBuilder::accept` with `config`, from a raw socket, and
 /// returns the whole HTTP answer (the server closes after it) and the server's error.
 async fn bad_handshake(request: &[u8], config: Config) -> (String, Error) {
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
-        let result = accept_with(&mut tcp, config, |_, _| Ok(())).await.map(|_| ());
+        let result = ServerBuilder::new().config(config).accept(&mut tcp).await.map(|_| ());
         // Drain what the client sent past the point of failure, so closing the socket
         // does not reset the connection before the client has read the answer.
         let _ = read_to_eof(&mut tcp).await;
@@ -296,7 +302,7 @@ async fn server_handshake_times_out_on_silent_client() {
         let (tcp, _) = listener.accept().await.unwrap();
         let config = Config::new().handshake_timeout(Duration::from_millis(200));
         let start = Instant::now();
-        let result = accept_with(tcp, config, |_, _| Ok(())).await;
+        let result = ServerBuilder::new().config(config).accept_tcp(tcp).await;
         (result.map(|_| ()), start.elapsed())
     });
     // Connects and sends nothing.

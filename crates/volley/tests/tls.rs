@@ -13,7 +13,7 @@ use rcgen::{BasicConstraints, Certificate, CertificateParams, CertifiedIssuer, I
 use tokio::net::TcpListener;
 use volley::tls::rustls::{self, CertificateError};
 use volley::tls::{CertificateDer, PrivateKeyDer, TlsAcceptor};
-use volley::{ClientBuilder, CloseCode, Config, Message};
+use volley::{ClientBuilder, CloseCode, Message, ServerBuilder};
 
 /// A test CA that issues server certificates.
 struct Pki {
@@ -59,7 +59,7 @@ struct Seen {
 /// Accepts one wss:// connection on `listener` and echoes it until it closes.
 async fn serve_one(listener: TcpListener, acceptor: TlsAcceptor) -> Result<Seen, volley::Error> {
     let (tcp, _) = listener.accept().await?;
-    let mut ws = volley::tls::accept_tls(tcp, &acceptor, Config::new(), |_, _| Ok(())).await?;
+    let mut ws = ServerBuilder::new().tls(acceptor).accept(tcp).await?;
     let conn = ws.get_ref().get_ref().1;
     let seen = Seen { sni: conn.server_name().map(str::to_string), alpn: conn.alpn_protocol().map(<[u8]>::to_vec) };
     while let Some(msg) = ws.recv().await {
