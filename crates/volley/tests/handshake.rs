@@ -1,6 +1,7 @@
 //! The opening handshake as users see it: subprotocol negotiation, request details
 //! reaching the server's hook, response headers and rejections reaching the client,
-//! the HTTP answers to bad requests, and the handshake timeout.
+//! the HTTP answers to bad requests, the handshake timeout, and the server's ways in
+//! (`ServerBuilder` on a pipe, on TCP with its set-up, with a given peer address).
 
 mod common;
 
@@ -333,4 +334,86 @@ async fn client_handshake_times_out_on_silent_server() {
     assert!(matches!(result, Err(Error::Timeout(_))), "expected a timeout, got {:?}", result.map(|_| ()));
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     server.abort();
+}
+
+// ---- the ways in: ServerBuilder on a pipe, on TCP, with a known peer address ---------
+
+#[tokio::test]
+async fn accept_runs_over_an_in_memory_pipe_with_a_hook_and_a_given_peer_address() {
+    let (client_io, server_io) = tokio::io::duplex(4096);
+    let peer: std::net::SocketAddr = "192.0.2.7:4321".parse().unwrap();
+    let server = tokio::spawn(async move {
+        let mut seen = None;
+        let mut ws = ServerBuilder::new()
+            .config(Config::new().protocols(["v2"]))
+            .remote_addr(peer)
+            .hook(|req, resp| {
+                seen = req.remote_addr();
+                resp.add_header("X-Via", "pipe").map_err(|_| Rejection::new(500))
+            })
+            .accept(server_io)
+            .await
+            .unwrap();
+        let recorded = ws.info().remote_addr();
+        let msg = ws.recv().await.unwrap().unwrap();
+        ws.send(msg).await.unwrap();
+        (seen, recorded)
+    });
+    let (mut ws, response) =
+        within(ClientBuilder::new("ws://localhost/pipe").protocol("v2").handshake(client_io)).await.unwrap();
+    assert_eq!(response.headers().get("x-via"), Some("pipe"), "the hook's header reached the client");
+    assert_eq!(response.protocol(), Some("v2"), "the configuration's subprotocol was chosen");
+    within(ws.send(Message::text("over a pipe"))).await.unwrap();
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("over a pipe"));
+    let (seen, recorded) = within(server).await.unwrap();
+    assert_eq!(seen, Some(peer), "the hook saw the address given to the builder");
+    assert_eq!(recorded, Some(peer), "the connection's info records it");
+}
+
+#[tokio::test]
+async fn accept_tcp_turns_on_nodelay_and_records_both_addresses_where_accept_does_not() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let set_up = ServerBuilder::new().accept_tcp(tcp).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let plain = volley::accept(tcp).await.unwrap();
+        (peer, set_up, plain)
+    });
+    let (_a, _) = within(volley::connect(&url(port, "/"))).await.unwrap();
+    let (_b, _) = within(volley::connect(&url(port, "/"))).await.unwrap();
+    let (peer, set_up, plain) = within(server).await.unwrap();
+    assert!(set_up.get_ref().nodelay().unwrap(), "accept_tcp turns TCP_NODELAY on");
+    assert_eq!(set_up.info().remote_addr(), Some(peer));
+    assert_eq!(set_up.info().local_addr().map(|a| a.port()), Some(port));
+    // `accept` takes any transport as it is: no socket options, no addresses.
+    assert!(!plain.get_ref().nodelay().unwrap());
+    assert_eq!((plain.info().remote_addr(), plain.info().local_addr()), (None, None));
+}
+
+#[tokio::test]
+async fn a_given_peer_address_wins_over_the_sockets_on_accept_tcp() {
+    // As behind a proxy that told the client's address (the PROXY protocol, say).
+    let client: std::net::SocketAddr = "198.51.100.1:5000".parse().unwrap();
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut seen = None;
+        let ws = ServerBuilder::new()
+            .remote_addr(client)
+            .hook(|req, _| {
+                seen = req.remote_addr();
+                Ok(())
+            })
+            .accept_tcp(tcp)
+            .await
+            .unwrap();
+        (seen, ws)
+    });
+    let (_ws, _) = within(volley::connect(&url(port, "/"))).await.unwrap();
+    let (seen, ws) = within(server).await.unwrap();
+    assert_eq!(seen, Some(client));
+    assert_eq!(ws.info().remote_addr(), Some(client));
+    assert_eq!(ws.info().local_addr().map(|a| a.port()), Some(port), "the local address is still the socket's");
+    assert!(ws.get_ref().nodelay().unwrap());
 }
