@@ -1079,7 +1079,7 @@ def write_report(args, results, servers, facts, started, finished, out_dir, comm
 Every server is `bench-server` (bench/servers): a tokio current-thread runtime, one accept
 loop, `TCP_NODELAY`, one task per connection that reads a message and writes it back.
 
-- **Volley**: `accept_with`, then `recv` and `feed` (flushed before the next read).
+- **Volley**: `ServerBuilder::accept`, then `recv` and `feed` (flushed before the next read).
   Keepalive off (no peer sends pings); permessage-deflate only in W8.
 - **tokio-tungstenite** and **tokio-websockets**: their examples' `Stream` + `Sink` loop,
   with replies batched as their `Sink` allows: `feed` each reply, `flush` once no further

@@ -1,8 +1,8 @@
 //! `volley echo`: a server that sends every message back unchanged, over ws:// or, with
 //! a certificate (from PEM files or self-signed at startup), wss://.
 //!
-//! Plain ws:// goes straight to `volley::accept_with` (the fast path, the one Autobahn
-//! measures). With TLS the server offers ALPN `h2` and `http/1.1` and serves connections
+//! Plain ws:// goes straight to `volley::ServerBuilder::accept_tcp` (the fast path, the
+//! one Autobahn measures). With TLS the server offers ALPN `h2` and `http/1.1` and serves connections
 //! with hyper (`volley::http::Server`): WebSockets over HTTP/1.1 (Upgrade) and over
 //! HTTP/2 (extended CONNECT, RFC 8441), and a small test page at `GET /` that opens a
 //! WebSocket to the same origin. `--h2c` serves plain TCP the same way (HTTP/1.1 or
@@ -272,7 +272,7 @@ async fn accept(tcp: TcpStream, peer: SocketAddr, config: Config, parked: Option
         tracing::debug!(%peer, path = req.target(), "upgrade");
         Ok(())
     };
-    let mut ws = volley::accept_tcp_with(tcp, config, hook).await?;
+    let mut ws = volley::ServerBuilder::new().config(config).hook(hook).accept_tcp(tcp).await?;
     tracing::debug!(http_version = ?ws.info().http_version(), %peer, path = ws.info().target(), "websocket accepted");
     // An echo never reads the request's headers again: free them.
     ws.drop_request_headers();

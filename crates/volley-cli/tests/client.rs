@@ -73,7 +73,7 @@ async fn a_paused_peer_process_is_closed_after_the_pong_timeout() {
         .ping_interval(Some(Duration::from_millis(100)))
         .pong_timeout(Duration::from_millis(300))
         .close_timeout(Duration::from_millis(300));
-    let mut ws = volley::accept_tcp_with(tcp, config, |_, _| Ok(())).await.unwrap();
+    let mut ws = volley::ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap();
 
     // While the peer runs, its pongs arrive: a round-trip time is measured.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -7,9 +7,10 @@
 //!  Sink<Message> / send / feed ─► Connection ─► corked, vectored writes ─► socket
 //! ```
 //!
-//! A server accepts on any `AsyncRead + AsyncWrite` ([`accept`], [`accept_with`] for a
-//! hook that sees the request); a client [`connect`]s to a `ws://` URL or runs the
-//! handshake on its own transport ([`ClientBuilder`]).
+//! A server accepts on any `AsyncRead + AsyncWrite` ([`accept`] with the defaults,
+//! [`ServerBuilder`] for a configuration, a hook that sees the request, TLS and TCP
+//! set-up); a client [`connect`]s to a `ws://` URL or runs the handshake on its own
+//! transport ([`ClientBuilder`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), volley::Error> {
@@ -46,7 +47,7 @@ pub use config::{Config, SlowReader};
 pub use error::Error;
 pub use message::Message;
 pub use reconnect::{Backoff, ConnectionState, Reconnecting};
-pub use server::{accept, accept_from, accept_tcp_with, accept_with, Rejection};
+pub use server::{accept, Rejection, ServerBuilder};
 pub use split::{Broadcast, ReadHalf, WriteHalf};
 pub use tls::MaybeTlsStream;
 pub use websocket::{ConnectionInfo, WebSocket};

@@ -1,16 +1,15 @@
 //! TLS for `wss://`, on rustls with the *ring* crypto provider: server configurations
-//! and acceptors from PEM files, [`accept_tls`], the client's default configuration
-//! (Mozilla's roots from `webpki-roots`), and [`MaybeTlsStream`], the transport of a
-//! client connection for both `ws://` and `wss://`.
+//! and acceptors from PEM files, the client's default configuration (Mozilla's roots
+//! from `webpki-roots`), and [`MaybeTlsStream`], the transport of a client connection
+//! for both `ws://` and `wss://`.
 //!
 //! Every configuration built here names its crypto provider explicitly
 //! ([`crypto_provider`]), so nothing depends on a process-wide default provider being
 //! installed, and nothing here installs one.
 //!
-//! A server without the helpers: accept TCP, run a [`TlsAcceptor`] on it, then
-//! [`accept_with`] on the TLS stream ([`WebSocket`] works over any
-//! `AsyncRead + AsyncWrite`). [`accept_tls`] does exactly that, within the handshake
-//! timeout:
+//! A server hands its [`TlsAcceptor`] to [`ServerBuilder::tls`](crate::ServerBuilder::tls),
+//! which runs TLS on the connection, then the WebSocket handshake on the TLS stream,
+//! each within the handshake timeout:
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), volley::Error> {
@@ -20,7 +19,7 @@
 //!     let (tcp, _) = listener.accept().await?;
 //!     let acceptor = acceptor.clone();
 //!     tokio::spawn(async move {
-//!         let mut ws = volley::tls::accept_tls(tcp, &acceptor, volley::Config::new(), |_, _| Ok(())).await?;
+//!         let mut ws = volley::ServerBuilder::new().tls(acceptor).accept_tcp(tcp).await?;
 //!         while let Some(msg) = ws.recv().await {
 //!             let msg = msg?;
 //!             if msg.is_data() {
@@ -50,19 +49,16 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use volley_proto::handshake::{Request, Response};
 
-use crate::config::Config;
 use crate::error::Error;
-use crate::server::{accept_with, Rejection};
-use crate::websocket::{with_timeout, WebSocket};
 
 pub use rustls;
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 pub use tokio_rustls;
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// The TLS stream of a server connection accepted by [`accept_tls`].
+/// The TLS stream of a server connection accepted with
+/// [`ServerBuilder::tls`](crate::ServerBuilder::tls).
 pub type ServerTlsStream<S> = tokio_rustls::server::TlsStream<S>;
 
 /// The ALPN protocol a WebSocket (RFC 6455) connection runs on.
@@ -145,40 +141,6 @@ pub fn server_config_from_pem(
 /// [`server_config`]).
 pub fn acceptor(cert_path: impl AsRef<Path>, key_path: impl AsRef<Path>) -> Result<TlsAcceptor, Error> {
     Ok(TlsAcceptor::from(server_config_from_pem(cert_path, key_path)?))
-}
-
-/// Runs the TLS handshake on `io`, then accepts a WebSocket connection on the TLS stream
-/// as [`accept_with`] does. The TLS handshake and the WebSocket handshake each get the
-/// configuration's handshake timeout. The server's view of TLS (SNI, ALPN, protocol
-/// version) is at `ws.get_ref().get_ref().1`.
-pub async fn accept_tls<S, F>(
-    io: S,
-    acceptor: &TlsAcceptor,
-    config: Config,
-    hook: F,
-) -> Result<WebSocket<ServerTlsStream<S>>, Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
-{
-    let tls = with_timeout!(config.handshake_timeout, "TLS handshake", async { Ok(acceptor.accept(io).await?) })?;
-    accept_with(tls, config, hook).await
-}
-
-/// [`accept_tls`] on a TCP connection: also turns on `TCP_NODELAY` and records both
-/// addresses in the connection's [`info`](WebSocket::info).
-pub async fn accept_tls_tcp<F>(
-    tcp: tokio::net::TcpStream,
-    acceptor: &TlsAcceptor,
-    config: Config,
-    hook: F,
-) -> Result<WebSocket<ServerTlsStream<tokio::net::TcpStream>>, Error>
-where
-    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
-{
-    tcp.set_nodelay(true)?;
-    let (remote, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
-    Ok(accept_tls(tcp, acceptor, config, hook).await?.with_addrs(remote, local))
 }
 
 /// The trust anchors a client uses unless told otherwise: Mozilla's root program, as

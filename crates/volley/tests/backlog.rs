@@ -18,7 +18,7 @@ async fn stalled(config: Config) -> (WebSocket<TcpStream>, TcpStream) {
     let config = config.write_buffer_size(64 << 10).deflate(None);
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        volley::accept_tcp_with(tcp, config, |_, _| Ok(())).await.unwrap()
+        volley::ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap()
     });
     let raw = raw_client(port).await;
     (within(server).await.unwrap(), raw)

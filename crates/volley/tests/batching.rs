@@ -239,7 +239,7 @@ async fn reads_grow_while_the_peer_streams_and_shrink_back_when_it_does_not() {
     let (io, probe) = Tap::new(server_io);
     let server = tokio::spawn(async move {
         let config = volley::Config::new().read_buffer_size(BASE);
-        let mut ws = volley::accept_with(io, config, |_, _| Ok(())).await.unwrap();
+        let mut ws = volley::ServerBuilder::new().config(config).accept(io).await.unwrap();
         echo(&mut ws).await;
     });
     let mut client = client_io;
@@ -277,7 +277,7 @@ async fn grown_reads_stop_at_256_kib() {
     let (io, probe) = Tap::new(server_io);
     let server = tokio::spawn(async move {
         let config = volley::Config::new().read_buffer_size(BASE);
-        let mut ws = volley::accept_with(io, config, |_, _| Ok(())).await.unwrap();
+        let mut ws = volley::ServerBuilder::new().config(config).accept(io).await.unwrap();
         let mut received = 0;
         while let Some(item) = ws.recv().await {
             if item.unwrap().is_data() {

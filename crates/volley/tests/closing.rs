@@ -12,14 +12,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use volley::proto::ProtocolError;
-use volley::{accept_with, ClientBuilder, CloseCode, CloseFrame, Config, Error, Message};
+use volley::{ClientBuilder, CloseCode, CloseFrame, Config, Error, Message, ServerBuilder};
 
 /// Accepts one connection with `config` and collects every item the stream yields
 /// until it ends, with the time from accept to the end.
 fn collecting_server(listener: TcpListener, config: Config) -> JoinHandle<(Vec<Result<Message, Error>>, Duration)> {
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = accept_with(tcp, config, |_, _| Ok(())).await.unwrap();
+        let mut ws = ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap();
         let start = Instant::now();
         let mut items = Vec::new();
         while let Some(item) = ws.recv().await {
@@ -234,7 +234,7 @@ async fn close_timeout_ends_recv_when_peer_never_answers() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let config = Config::new().close_timeout(Duration::from_millis(200));
-        let mut ws = accept_with(tcp, config, |_, _| Ok(())).await.unwrap();
+        let mut ws = ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap();
         ws.send(close_msg(1000, "")).await.unwrap();
         let start = Instant::now();
         let mut items = Vec::new();
@@ -260,7 +260,7 @@ async fn close_returns_timeout_when_peer_never_answers() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let config = Config::new().close_timeout(Duration::from_millis(200));
-        let mut ws = accept_with(tcp, config, |_, _| Ok(())).await.unwrap();
+        let mut ws = ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap();
         let start = Instant::now();
         let result = ws.close(CloseCode::NORMAL, "").await;
         (result, start.elapsed())
@@ -282,7 +282,7 @@ async fn server_shuts_down_tcp_when_close_times_out() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let config = Config::new().close_timeout(Duration::from_millis(200));
-        let mut ws = accept_with(tcp, config, |_, _| Ok(())).await.unwrap();
+        let mut ws = ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap();
         let _ = ws.close(CloseCode::NORMAL, "").await;
         assert!(ws.recv().await.is_none());
         // The stream has ended; the application still holds the WebSocket.

@@ -1,6 +1,7 @@
 //! The opening handshake as users see it: subprotocol negotiation, request details
 //! reaching the server's hook, response headers and rejections reaching the client,
-//! the HTTP answers to bad requests, and the handshake timeout.
+//! the HTTP answers to bad requests, the handshake timeout, and the server's ways in
+//! (`ServerBuilder` on a pipe, on TCP with its set-up, with a given peer address).
 
 mod common;
 
@@ -11,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use volley::proto::handshake::ClientRequest;
 use volley::proto::HandshakeError;
-use volley::{accept_with, ClientBuilder, CloseCode, Config, Error, Message, Rejection};
+use volley::{ClientBuilder, CloseCode, Config, Error, Message, Rejection, ServerBuilder};
 
 #[tokio::test]
 async fn server_picks_first_client_offered_subprotocol_it_supports() {
@@ -19,7 +20,7 @@ async fn server_picks_first_client_offered_subprotocol_it_supports() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let config = Config::new().protocols(["b", "a"]);
-        let mut ws = accept_with(tcp, config, |_, _| Ok(())).await.unwrap();
+        let mut ws = ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap();
         let protocol = ws.protocol().map(str::to_string);
         while let Some(item) = ws.recv().await {
             item.unwrap();
@@ -40,7 +41,7 @@ async fn no_subprotocol_when_none_is_shared() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let config = Config::new().protocols(["x"]);
-        let ws = accept_with(tcp, config, |_, _| Ok(())).await.unwrap();
+        let ws = ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap();
         ws.protocol().map(str::to_string)
     });
     let (ws, response) = within(ClientBuilder::new(url(port, "/")).protocol("a").connect()).await.unwrap();
@@ -67,21 +68,23 @@ async fn hook_sees_path_query_origin_cookies_and_custom_headers() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut seen = Seen::default();
-        let ws = accept_with(tcp, Config::new(), |req, _| {
-            seen = Seen {
-                path: req.path().to_string(),
-                query: req.query().map(str::to_string),
-                target: req.target().to_string(),
-                host: req.host().map(str::to_string),
-                origin: req.origin().map(str::to_string),
-                cookies: req.cookies().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-                custom: req.header("x-custom-thing").map(str::to_string),
-                protocols: req.protocols().to_vec(),
-            };
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let ws = ServerBuilder::new()
+            .hook(|req, _| {
+                seen = Seen {
+                    path: req.path().to_string(),
+                    query: req.query().map(str::to_string),
+                    target: req.target().to_string(),
+                    host: req.host().map(str::to_string),
+                    origin: req.origin().map(str::to_string),
+                    cookies: req.cookies().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+                    custom: req.header("x-custom-thing").map(str::to_string),
+                    protocols: req.protocols().to_vec(),
+                };
+                Ok(())
+            })
+            .accept_tcp(tcp)
+            .await
+            .unwrap();
         drop(ws);
         seen
     });
@@ -114,13 +117,15 @@ async fn hook_response_header_reaches_client() {
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = accept_with(tcp, Config::new(), |_, resp| {
-            resp.add_header("X-Server-Says", "welcome").unwrap();
-            resp.add_header("Set-Cookie", "id=42; HttpOnly").unwrap();
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let mut ws = ServerBuilder::new()
+            .hook(|_, resp| {
+                resp.add_header("X-Server-Says", "welcome").unwrap();
+                resp.add_header("Set-Cookie", "id=42; HttpOnly").unwrap();
+                Ok(())
+            })
+            .accept_tcp(tcp)
+            .await
+            .unwrap();
         while let Some(item) = ws.recv().await {
             item.unwrap();
         }
@@ -140,14 +145,16 @@ async fn hook_rejection_gives_client_status_and_server_rejected() {
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        accept_with(tcp, Config::new(), |req, _| {
-            if req.origin() == Some("https://evil.example") {
-                Err(Rejection::new(403).header("X-Reason", "origin").body("go away"))
-            } else {
-                Ok(())
-            }
-        })
-        .await
+        ServerBuilder::new()
+            .hook(|req, _| {
+                if req.origin() == Some("https://evil.example") {
+                    Err(Rejection::new(403).header("X-Reason", "origin").body("go away"))
+                } else {
+                    Ok(())
+                }
+            })
+            .accept_tcp(tcp)
+            .await
     });
     let err = within(ClientBuilder::new(url(port, "/")).header("Origin", "https://evil.example").connect())
         .await
@@ -162,10 +169,10 @@ async fn rejection_response_carries_status_headers_and_body() {
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        accept_with(tcp, Config::new(), |_, _| {
-            Err(Rejection::new(401).header("WWW-Authenticate", "Bearer").body("no token"))
-        })
-        .await
+        ServerBuilder::new()
+            .hook(|_, _| Err(Rejection::new(401).header("WWW-Authenticate", "Bearer").body("no token")))
+            .accept_tcp(tcp)
+            .await
     });
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let request = ClientRequest::new("127.0.0.1", "/", &volley::proto::Config::default());
@@ -177,13 +184,13 @@ async fn rejection_response_carries_status_headers_and_body() {
     assert!(matches!(within(server).await.unwrap(), Err(Error::Rejected(401))));
 }
 
-/// Sends `request` to a server running `accept_with(config)` from a raw socket, and
+/// Sends `request` to a server running `ServerBuilder::accept` with `config`, from a raw socket, and
 /// returns the whole HTTP answer (the server closes after it) and the server's error.
 async fn bad_handshake(request: &[u8], config: Config) -> (String, Error) {
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
-        let result = accept_with(&mut tcp, config, |_, _| Ok(())).await.map(|_| ());
+        let result = ServerBuilder::new().config(config).accept(&mut tcp).await.map(|_| ());
         // Drain what the client sent past the point of failure, so closing the socket
         // does not reset the connection before the client has read the answer.
         let _ = read_to_eof(&mut tcp).await;
@@ -296,7 +303,7 @@ async fn server_handshake_times_out_on_silent_client() {
         let (tcp, _) = listener.accept().await.unwrap();
         let config = Config::new().handshake_timeout(Duration::from_millis(200));
         let start = Instant::now();
-        let result = accept_with(tcp, config, |_, _| Ok(())).await;
+        let result = ServerBuilder::new().config(config).accept_tcp(tcp).await;
         (result.map(|_| ()), start.elapsed())
     });
     // Connects and sends nothing.
@@ -327,4 +334,86 @@ async fn client_handshake_times_out_on_silent_server() {
     assert!(matches!(result, Err(Error::Timeout(_))), "expected a timeout, got {:?}", result.map(|_| ()));
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     server.abort();
+}
+
+// ---- the ways in: ServerBuilder on a pipe, on TCP, with a known peer address ---------
+
+#[tokio::test]
+async fn accept_runs_over_an_in_memory_pipe_with_a_hook_and_a_given_peer_address() {
+    let (client_io, server_io) = tokio::io::duplex(4096);
+    let peer: std::net::SocketAddr = "192.0.2.7:4321".parse().unwrap();
+    let server = tokio::spawn(async move {
+        let mut seen = None;
+        let mut ws = ServerBuilder::new()
+            .config(Config::new().protocols(["v2"]))
+            .remote_addr(peer)
+            .hook(|req, resp| {
+                seen = req.remote_addr();
+                resp.add_header("X-Via", "pipe").map_err(|_| Rejection::new(500))
+            })
+            .accept(server_io)
+            .await
+            .unwrap();
+        let recorded = ws.info().remote_addr();
+        let msg = ws.recv().await.unwrap().unwrap();
+        ws.send(msg).await.unwrap();
+        (seen, recorded)
+    });
+    let (mut ws, response) =
+        within(ClientBuilder::new("ws://localhost/pipe").protocol("v2").handshake(client_io)).await.unwrap();
+    assert_eq!(response.headers().get("x-via"), Some("pipe"), "the hook's header reached the client");
+    assert_eq!(response.protocol(), Some("v2"), "the configuration's subprotocol was chosen");
+    within(ws.send(Message::text("over a pipe"))).await.unwrap();
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("over a pipe"));
+    let (seen, recorded) = within(server).await.unwrap();
+    assert_eq!(seen, Some(peer), "the hook saw the address given to the builder");
+    assert_eq!(recorded, Some(peer), "the connection's info records it");
+}
+
+#[tokio::test]
+async fn accept_tcp_turns_on_nodelay_and_records_both_addresses_where_accept_does_not() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let set_up = ServerBuilder::new().accept_tcp(tcp).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let plain = volley::accept(tcp).await.unwrap();
+        (peer, set_up, plain)
+    });
+    let (_a, _) = within(volley::connect(&url(port, "/"))).await.unwrap();
+    let (_b, _) = within(volley::connect(&url(port, "/"))).await.unwrap();
+    let (peer, set_up, plain) = within(server).await.unwrap();
+    assert!(set_up.get_ref().nodelay().unwrap(), "accept_tcp turns TCP_NODELAY on");
+    assert_eq!(set_up.info().remote_addr(), Some(peer));
+    assert_eq!(set_up.info().local_addr().map(|a| a.port()), Some(port));
+    // `accept` takes any transport as it is: no socket options, no addresses.
+    assert!(!plain.get_ref().nodelay().unwrap());
+    assert_eq!((plain.info().remote_addr(), plain.info().local_addr()), (None, None));
+}
+
+#[tokio::test]
+async fn a_given_peer_address_wins_over_the_sockets_on_accept_tcp() {
+    // As behind a proxy that told the client's address (the PROXY protocol, say).
+    let client: std::net::SocketAddr = "198.51.100.1:5000".parse().unwrap();
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut seen = None;
+        let ws = ServerBuilder::new()
+            .remote_addr(client)
+            .hook(|req, _| {
+                seen = req.remote_addr();
+                Ok(())
+            })
+            .accept_tcp(tcp)
+            .await
+            .unwrap();
+        (seen, ws)
+    });
+    let (_ws, _) = within(volley::connect(&url(port, "/"))).await.unwrap();
+    let (seen, ws) = within(server).await.unwrap();
+    assert_eq!(seen, Some(client));
+    assert_eq!(ws.info().remote_addr(), Some(client));
+    assert_eq!(ws.info().local_addr().map(|a| a.port()), Some(port), "the local address is still the socket's");
+    assert!(ws.get_ref().nodelay().unwrap());
 }

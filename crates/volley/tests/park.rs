@@ -20,7 +20,7 @@ async fn server(config: Config) -> (u16, tokio::task::JoinHandle<WebSocket<TcpSt
     let (listener, port) = bind().await;
     let task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        volley::accept_tcp_with(tcp, config, |_, _| Ok(())).await.unwrap()
+        volley::ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap()
     });
     (port, task)
 }

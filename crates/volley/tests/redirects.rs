@@ -29,15 +29,17 @@ async fn echo_server() -> (u16, mpsc::UnboundedReceiver<Seen>) {
         while let Ok((tcp, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut ws = volley::accept_tcp_with(tcp, volley::Config::new(), |req, _| {
-                    let _ = tx.send(Seen {
-                        target: req.target().to_string(),
-                        authorization: req.header("authorization").map(str::to_string),
-                        forwarded: req.header("x-forwarded-for").is_some(),
-                    });
-                    Ok(())
-                })
-                .await?;
+                let mut ws = volley::ServerBuilder::new()
+                    .hook(|req, _| {
+                        let _ = tx.send(Seen {
+                            target: req.target().to_string(),
+                            authorization: req.header("authorization").map(str::to_string),
+                            forwarded: req.header("x-forwarded-for").is_some(),
+                        });
+                        Ok(())
+                    })
+                    .accept_tcp(tcp)
+                    .await?;
                 while let Some(msg) = ws.recv().await {
                     if let msg @ (Message::Text(_) | Message::Binary(_)) = msg? {
                         ws.send(msg).await?;

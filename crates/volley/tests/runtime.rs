@@ -20,7 +20,7 @@ async fn server(config: Config) -> (u16, tokio::task::JoinHandle<volley::WebSock
     let (listener, port) = bind().await;
     let task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        volley::accept_tcp_with(tcp, config, |_, _| Ok(())).await.unwrap()
+        volley::ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap()
     });
     (port, task)
 }
@@ -31,16 +31,18 @@ async fn the_handshake_hook_sees_the_remote_address() {
     let task = tokio::spawn(async move {
         let (tcp, peer) = listener.accept().await.unwrap();
         let mut seen = None;
-        let ws = volley::accept_tcp_with(tcp, Config::new(), |req, _| {
-            seen = req.remote_addr();
-            // Refuse one address range, as a server with an allow-list would.
-            if req.remote_addr().is_some_and(|a| a.ip().is_unspecified()) {
-                return Err(volley::Rejection::new(403));
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let ws = volley::ServerBuilder::new()
+            .hook(|req, _| {
+                seen = req.remote_addr();
+                // Refuse one address range, as a server with an allow-list would.
+                if req.remote_addr().is_some_and(|a| a.ip().is_unspecified()) {
+                    return Err(volley::Rejection::new(403));
+                }
+                Ok(())
+            })
+            .accept_tcp(tcp)
+            .await
+            .unwrap();
         (peer, seen, ws.info().remote_addr())
     });
     let (client, _) = volley::ClientBuilder::new(url(port, "/")).no_proxy().connect().await.unwrap();
@@ -495,7 +497,7 @@ async fn broadcast_sends_one_prepared_message_to_every_member() {
             let (tcp, _) = listener.accept().await.unwrap();
             // Half the members negotiate deflate without context takeover, so the
             // compressed frame is shared; the others get the plain frame.
-            let ws = volley::accept_tcp_with(tcp, Config::new(), |_, _| Ok(())).await.unwrap();
+            let ws = volley::ServerBuilder::new().accept_tcp(tcp).await.unwrap();
             let (read, write) = ws.split().unwrap();
             g.join(write);
             readers.push(read);

@@ -27,7 +27,7 @@ async fn pair_with(config: Config, client_config: Config) -> (WebSocket<TcpStrea
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        volley::accept_tcp_with(tcp, config, |_, _| Ok(())).await.unwrap()
+        volley::ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap()
     });
     let (client, _) = volley::ClientBuilder::new(url(port, "/")).config(client_config).connect().await.unwrap();
     (within(server).await.unwrap(), client)
@@ -100,7 +100,7 @@ async fn a_writer_blocked_on_a_peer_that_stopped_reading_is_freed_by_the_pong_ti
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        volley::accept_tcp_with(tcp, config, |_, _| Ok(())).await.unwrap()
+        volley::ServerBuilder::new().config(config).accept_tcp(tcp).await.unwrap()
     });
     // A peer that completes the handshake, then never reads nor answers.
     let _silent = raw_client(port).await;

@@ -121,9 +121,9 @@ impl WebSocketUpgrade {
     }
 
     /// [`WebSocketUpgrade::on_upgrade`] with a hook, as with
-    /// [`accept_with`](crate::accept_with): it may add header fields to the response,
-    /// change the subprotocol, or refuse with a [`Rejection`] (which becomes the
-    /// response).
+    /// [`ServerBuilder::hook`](crate::ServerBuilder::hook): it may add header fields to
+    /// the response, change the subprotocol, or refuse with a [`Rejection`] (which
+    /// becomes the response).
     pub fn on_upgrade_with<H, F, Fut>(self, hook: H, callback: F) -> AxumResponse
     where
         H: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,

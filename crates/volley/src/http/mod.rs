@@ -16,11 +16,11 @@
 //! The pieces:
 //!
 //! - [`upgrade`]: checks a hyper (or any `http::Request`) request, runs the same hook as
-//!   [`accept_with`](crate::accept_with), and returns the response to send plus an
-//!   [`UpgradeFut`] that resolves to the [`WebSocket`] once hyper hands the connection
-//!   (or stream) over. A request that is not a valid WebSocket request, or that the hook
-//!   refuses, gives an [`UpgradeError`], which knows the HTTP response to send
-//!   ([`UpgradeError::into_http_response`]).
+//!   [`ServerBuilder::hook`](crate::ServerBuilder::hook), and returns the response to
+//!   send plus an [`UpgradeFut`] that resolves to the [`WebSocket`] once hyper hands
+//!   the connection (or stream) over. A request that is not a valid WebSocket request,
+//!   or that the hook refuses, gives an [`UpgradeError`], which knows the HTTP response
+//!   to send ([`UpgradeError::into_http_response`]).
 //! - [`Server`] and [`serve_connection`]: serve one connection with hyper-util's
 //!   automatic HTTP/1.1 + HTTP/2 builder, upgrades and extended CONNECT on, calling a
 //!   handler for each WebSocket and an optional fallback for the other requests.
@@ -133,12 +133,12 @@ fn wants_websocket(method: &Method, version: Version, headers: &HeaderMap, exten
 }
 
 /// Upgrades an HTTP request to a WebSocket: HTTP/1.1 `GET` with `Upgrade: websocket`
-/// (checked as [`accept_with`](crate::accept_with) checks it), or HTTP/2 extended
+/// (checked as [`ServerBuilder`](crate::ServerBuilder) checks it), or HTTP/2 extended
 /// `CONNECT` (RFC 8441: `:protocol websocket`, `Sec-WebSocket-Version: 13`).
 ///
-/// As with `accept_with`, the response first gets the client's first subprotocol found
-/// in [`Config::protocols`] and permessage-deflate if the client offered it and the
-/// configuration allows it; then the hook sees the checked request (for HTTP/2 its
+/// As with [`ServerBuilder`](crate::ServerBuilder), the response first gets the
+/// client's first subprotocol found in [`Config::protocols`] and permessage-deflate if
+/// the client offered it and the configuration allows it; then the hook sees the checked request (for HTTP/2 its
 /// `Host` is the `:authority`) and may edit the response or refuse with a
 /// [`Rejection`].
 ///

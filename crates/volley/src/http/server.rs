@@ -89,8 +89,9 @@ impl Server {
     }
 
     /// The hook every WebSocket request goes through, as with
-    /// [`accept_with`](crate::accept_with): it sees the checked request and may edit the
-    /// response or refuse with a [`Rejection`] (sent as the HTTP response).
+    /// [`ServerBuilder::hook`](crate::ServerBuilder::hook): it sees the checked request
+    /// and may edit the response or refuse with a [`Rejection`] (sent as the HTTP
+    /// response).
     pub fn hook<F>(mut self, hook: F) -> Self
     where
         F: Fn(&Request, &mut Response) -> Result<(), Rejection> + Send + Sync + 'static,
@@ -205,9 +206,9 @@ impl Server {
 }
 
 /// Serves one connection with [`Server`]: HTTP/1.1 and HTTP/2, every WebSocket request
-/// through `hook` (as with [`accept_with`](crate::accept_with)) and each WebSocket to
-/// `handler`; other requests get the answer for a request that is not a WebSocket
-/// request. For a fallback, or to tune hyper, use [`Server`].
+/// through `hook` (as with [`ServerBuilder::hook`](crate::ServerBuilder::hook)) and
+/// each WebSocket to `handler`; other requests get the answer for a request that is
+/// not a WebSocket request. For a fallback, or to tune hyper, use [`Server`].
 pub async fn serve_connection<I, F, H, Fut>(io: I, config: Config, hook: F, handler: H) -> Result<(), Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -32,7 +32,7 @@ fn config(deflate: bool) -> Config {
 }
 
 pub async fn echo(tcp: TcpStream, deflate: bool) -> Result<(), volley::Error> {
-    let mut ws = volley::accept_with(tcp, config(deflate), |_, _| Ok(())).await?;
+    let mut ws = volley::ServerBuilder::new().config(config(deflate)).accept(tcp).await?;
     while let Some(msg) = ws.recv().await {
         let msg = msg?;
         if msg.is_data() {
@@ -45,7 +45,7 @@ pub async fn echo(tcp: TcpStream, deflate: bool) -> Result<(), volley::Error> {
 /// A message from any client goes to every member, encoded once. Connections to
 /// `/sender` are not members.
 pub async fn fan_out(tcp: TcpStream, group: Group) -> Result<(), volley::Error> {
-    let ws = volley::accept_with(tcp, config(false), |_, _| Ok(())).await?;
+    let ws = volley::ServerBuilder::new().config(config(false)).accept(tcp).await?;
     let member = ws.info().path() != "/sender";
     let (mut reader, writer) = ws.split()?;
     let id = member.then(|| group.join(writer));
@@ -90,7 +90,7 @@ impl Parked {
 /// are freed after the handshake (an echo never reads them), and a connection silent
 /// for `after` is parked and its task ends.
 pub async fn echo_parked(tcp: TcpStream, deflate: bool, parked: Parked) -> Result<(), volley::Error> {
-    let mut ws = volley::accept_with(tcp, config(deflate), |_, _| Ok(())).await?;
+    let mut ws = volley::ServerBuilder::new().config(config(deflate)).accept(tcp).await?;
     ws.drop_request_headers();
     loop {
         if !echo_until_silent(&mut ws, parked.after).await? {
