@@ -34,6 +34,19 @@ struct Target {
     userinfo: Option<String>,
 }
 
+impl Target {
+    /// Whether both have the same origin (RFC 6454 §4): scheme, host and port.
+    fn same_origin(&self, other: &Target) -> bool {
+        self.tls == other.tls && self.port == other.port && self.host.eq_ignore_ascii_case(&other.host)
+    }
+}
+
+/// Header fields that carry the target's credentials: not sent after a redirect to
+/// another origin. (The proxy's own credentials are the proxy's, and stay.)
+fn is_credential(name: &str) -> bool {
+    ["authorization", "proxy-authorization", "cookie"].iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -191,13 +204,16 @@ impl ClientBuilder {
     }
 
     /// Sends `Authorization: Basic` with these credentials (also taken from a URL's
-    /// `user:password@`). They are not sent again after a redirect to another host.
+    /// `user:password@`). Like every `Authorization`, `Proxy-Authorization` and
+    /// `Cookie` header field, they are not sent after a redirect to another origin
+    /// (another scheme, host or port), nor after a later one back to the first origin.
     pub fn basic_auth(self, user: &str, password: &str) -> Self {
         let token = BASE64.encode(format!("{user}:{password}"));
         self.header("Authorization", &format!("Basic {token}"))
     }
 
-    /// Sends `Authorization: Bearer TOKEN`.
+    /// Sends `Authorization: Bearer TOKEN` (not after a redirect to another origin:
+    /// see [`ClientBuilder::basic_auth`]).
     pub fn bearer_auth(self, token: &str) -> Self {
         self.header("Authorization", &format!("Bearer {token}"))
     }
@@ -207,7 +223,8 @@ impl ClientBuilder {
         self.header("Origin", origin)
     }
 
-    /// Sends a `Cookie` header with these name=value pairs.
+    /// Sends a `Cookie` header with these name=value pairs (not after a redirect to
+    /// another origin: see [`ClientBuilder::basic_auth`]).
     pub fn cookies<'a>(self, cookies: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let value: Vec<String> = cookies.into_iter().map(|(n, v)| format!("{n}={v}")).collect();
         self.header("Cookie", &value.join("; "))
@@ -222,7 +239,8 @@ impl ClientBuilder {
 
     /// Redirects (301, 302, 303, 307, 308) followed during the handshake before giving
     /// up. Default 5; 0 refuses every redirect. A redirect from `wss://` to `ws://` is
-    /// always refused.
+    /// always refused. After a redirect to another origin (scheme, host or port),
+    /// `Authorization`, `Proxy-Authorization` and `Cookie` are no longer sent.
     pub fn max_redirects(mut self, n: usize) -> Self {
         self.max_redirects = n;
         self
@@ -341,9 +359,12 @@ impl ClientBuilder {
                     let next = redirect_target(&builder.url, &location)?;
                     let to = parse_url(&next)?;
                     tracing::debug!(status, %next, "following redirect");
-                    if to.host != first.host {
-                        // Credentials are for the host they were given for.
-                        builder.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("authorization"));
+                    if !to.same_origin(&first) {
+                        // Credentials and cookies are for the origin they were given for
+                        // (as in browsers, and curl since CVE-2022-27776): not for
+                        // another scheme, host or port. Once dropped they stay dropped,
+                        // even if a later redirect comes back to that origin.
+                        builder.headers.retain(|(n, _)| !is_credential(n));
                     }
                     builder.url = next;
                 }
@@ -495,6 +516,17 @@ mod tests {
         assert!(matches!(redirect_target("wss://a/x", "http://a/y"), Err(Error::Url(_))));
         assert!(matches!(redirect_target("wss://a/x", "ws://a/y"), Err(Error::Url(_))));
         assert_eq!(redirect_target("wss://a/x", "/y").unwrap(), "wss://a/y");
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port() {
+        let same = |a: &str, b: &str| parse_url(a).unwrap().same_origin(&parse_url(b).unwrap());
+        assert!(same("ws://a/x", "ws://A:80/y?z"), "default port, host case, path");
+        assert!(same("ws://u:p@a/", "ws://a/"), "userinfo is not part of the origin");
+        assert!(!same("ws://a/", "ws://a:81/"), "port");
+        assert!(!same("ws://a:443/", "wss://a/"), "scheme");
+        assert!(!same("ws://a/", "ws://b/"), "host");
+        assert!(is_credential("COOKIE") && is_credential("Proxy-Authorization") && !is_credential("Origin"));
     }
 
     #[test]
