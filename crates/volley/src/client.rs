@@ -24,12 +24,17 @@ use crate::websocket::{with_timeout, WebSocket};
 
 /// Where a ws:// or wss:// URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    host: String,
-    port: u16,
-    host_header: String,
-    path: String,
-    tls: bool,
+pub(crate) struct Target {
+    /// The host name or IP address (an IPv6 address without brackets).
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// `host[:port]`, the port only if it is not the scheme's default: the `Host`
+    /// header field (HTTP/1.1) or `:authority` (HTTP/2).
+    pub(crate) host_header: String,
+    /// The path and query.
+    pub(crate) path: String,
+    /// `wss://`.
+    pub(crate) tls: bool,
     /// `user:password` from the URL, percent-decoded.
     userinfo: Option<String>,
 }
@@ -146,7 +151,7 @@ pub async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, Error> {
     }
 }
 
-fn parse_url(url: &str) -> Result<Target, Error> {
+pub(crate) fn parse_url(url: &str) -> Result<Target, Error> {
     let uri: http::Uri = url.parse().map_err(|e| Error::Url(format!("{url}: {e}")))?;
     let (default_port, tls) = match uri.scheme_str() {
         Some("ws") => (80, false),
@@ -163,15 +168,19 @@ fn parse_url(url: &str) -> Result<Target, Error> {
     Ok(Target { host, port, host_header, path, tls, userinfo })
 }
 
-/// Builds a client connection: URL, header fields, subprotocols, configuration, and
-/// for `wss://` the TLS configuration.
+/// Builds a client connection: URL, header fields, subprotocols, configuration, TLS,
+/// proxy, timeouts and redirects. One builder for both ways of opening a WebSocket:
+/// [`connect`](ClientBuilder::connect) (HTTP/1.1 Upgrade, or HTTP/2 when
+/// [`http2`](ClientBuilder::http2) allows it and the server picks it) and, with feature
+/// `hyper`, [`connect_h2`](ClientBuilder::connect_h2) (HTTP/2 only, RFC 8441); each
+/// also has a `handshake` form for a transport the application already has.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    url: String,
-    headers: Vec<(String, String)>,
-    config: Config,
-    tls_config: Option<Arc<ClientConfig>>,
-    root_certificates: Vec<CertificateDer<'static>>,
+    pub(crate) url: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) config: Config,
+    pub(crate) tls_config: Option<Arc<ClientConfig>>,
+    pub(crate) root_certificates: Vec<CertificateDer<'static>>,
     connect_timeout: Duration,
     max_redirects: usize,
     proxy: ProxyChoice,
@@ -261,6 +270,8 @@ impl ClientBuilder {
     }
 
     /// Adds a header field to the handshake request (Origin, Cookie, Authorization...).
+    /// Over HTTP/2 names are sent in lower case, and connection-specific fields are
+    /// dropped by hyper.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
         self
@@ -281,10 +292,12 @@ impl ClientBuilder {
         self
     }
 
-    /// The TLS configuration for `wss://`, used as it is (ALPN included: set it to
-    /// `http/1.1`, as [`tls::client_config`] does, or leave it empty). Default:
-    /// [`tls::default_client_config`], which trusts Mozilla's roots (`webpki-roots`).
-    /// Cannot be combined with [`ClientBuilder::root_certificate`].
+    /// The TLS configuration for `wss://`. [`connect`](ClientBuilder::connect) uses it
+    /// as it is (ALPN included: set it to `http/1.1`, as [`tls::client_config`] does,
+    /// or leave it empty); `connect_h2` replaces its ALPN list by `h2`, the only
+    /// protocol it speaks. Default: [`tls::default_client_config`], which trusts
+    /// Mozilla's roots (`webpki-roots`). Cannot be combined with
+    /// [`ClientBuilder::root_certificate`].
     pub fn tls_config(mut self, config: Arc<ClientConfig>) -> Self {
         self.tls_config = Some(config);
         self
@@ -301,7 +314,7 @@ impl ClientBuilder {
     /// Allows WebSockets over HTTP/2 (RFC 8441) for `wss://` URLs (feature `hyper`; off
     /// by default): the TLS handshake offers ALPN `h2` before `http/1.1`, and when the
     /// server selects `h2` the WebSocket runs as an extended CONNECT stream over that
-    /// connection, as [`H2ClientBuilder`](crate::http::H2ClientBuilder) does; otherwise
+    /// connection, as [`connect_h2`](ClientBuilder::connect_h2) does; otherwise
     /// it runs over HTTP/1.1 as usual. A server that selects `h2` but does not announce
     /// `SETTINGS_ENABLE_CONNECT_PROTOCOL` fails the connection with [`Error::Io`] of
     /// kind `Unsupported` (it serves HTTP/2 but no WebSockets over it). `ws://` URLs
@@ -327,13 +340,44 @@ impl ClientBuilder {
     fn base_tls_config(&self) -> Result<Arc<ClientConfig>, Error> {
         match (&self.tls_config, self.root_certificates.is_empty()) {
             (Some(config), true) => Ok(config.clone()),
-            (Some(_), false) => Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "root_certificate cannot be combined with tls_config: add the root to the ClientConfig",
-            ))),
+            (Some(_), false) => Err(tls_config_conflict()),
             (None, true) => Ok(tls::default_client_config()),
             (None, false) => Ok(tls::client_config(tls::roots_with(&self.root_certificates)?)),
         }
+    }
+
+    /// The builder with the URL's `user:password@` (if any) as Basic credentials, and
+    /// the URL's target.
+    pub(crate) fn with_url_credentials(self) -> Result<(Self, Target), Error> {
+        let target = parse_url(&self.url)?;
+        let builder = match &target.userinfo {
+            Some(userinfo) => {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                self.basic_auth(user, password)
+            }
+            None => self,
+        };
+        Ok((builder, target))
+    }
+
+    /// Opens the TCP connection to `target` (through the proxy, if any) within the
+    /// connect timeout, with `TCP_NODELAY` on.
+    pub(crate) async fn open_tcp(&self, target: &Target) -> Result<TcpStream, Error> {
+        let proxy = match &self.proxy {
+            ProxyChoice::Environment => {
+                crate::proxy::Proxy::from_env(if target.tls { "wss" } else { "ws" }, &target.host_header)
+            }
+            ProxyChoice::None => None,
+            ProxyChoice::Given(p) => Some(p.clone()),
+        };
+        with_timeout!(self.connect_timeout, "connect", async {
+            let io = match &proxy {
+                Some(p) => crate::proxy::connect_via(p, &target.host, target.port).await?,
+                None => connect_tcp(&target.host, target.port).await?,
+            };
+            io.set_nodelay(true)?;
+            Ok(io)
+        })
     }
 
     /// Opens a TCP connection, runs TLS on it for `wss://` (certificate checked against
@@ -342,12 +386,7 @@ impl ClientBuilder {
     /// handshake each get the handshake timeout. TLS failures are [`Error::Io`] errors
     /// wrapping the [`rustls::Error`].
     pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, ServerResponse), Error> {
-        let first = parse_url(&self.url)?;
-        let mut builder = self;
-        if let Some(userinfo) = &first.userinfo {
-            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            builder = builder.basic_auth(user, password);
-        }
+        let (mut builder, first) = self.with_url_credentials()?;
         let mut hops = 0;
         loop {
             match builder.clone().connect_once().await {
@@ -378,21 +417,7 @@ impl ClientBuilder {
         let target = parse_url(&self.url)?;
         let tls = if target.tls { Some((self.client_tls_config()?, tls::server_name(&target.host)?)) } else { None };
         let limit = self.config.handshake_timeout;
-        let proxy = match &self.proxy {
-            ProxyChoice::Environment => {
-                crate::proxy::Proxy::from_env(if target.tls { "wss" } else { "ws" }, &target.host_header)
-            }
-            ProxyChoice::None => None,
-            ProxyChoice::Given(p) => Some(p.clone()),
-        };
-        let tcp = with_timeout!(self.connect_timeout, "connect", async {
-            let io = match &proxy {
-                Some(p) => crate::proxy::connect_via(p, &target.host, target.port).await?,
-                None => connect_tcp(&target.host, target.port).await?,
-            };
-            io.set_nodelay(true)?;
-            Ok(io)
-        })?;
+        let tcp = self.open_tcp(&target).await?;
         let (remote, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
         let io = match tls {
             None => MaybeTlsStream::Plain(tcp),
@@ -401,7 +426,7 @@ impl ClientBuilder {
                 let stream = with_timeout!(limit, "TLS handshake", async { Ok(connector.connect(name, tcp).await?) })?;
                 #[cfg(feature = "hyper")]
                 if stream.get_ref().1.alpn_protocol() == Some(crate::http::ALPN_H2) {
-                    return self.connect_h2(stream, (remote, local)).await;
+                    return self.connect_h2_over(stream, (remote, local)).await;
                 }
                 MaybeTlsStream::Tls(Box::new(stream))
             }
@@ -412,16 +437,14 @@ impl ClientBuilder {
 
     /// The WebSocket over HTTP/2, on a TLS connection whose server selected `h2`.
     #[cfg(feature = "hyper")]
-    async fn connect_h2(
+    async fn connect_h2_over(
         self,
         stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
         addrs: (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
     ) -> Result<(WebSocket<MaybeTlsStream>, ServerResponse), Error> {
-        let mut builder = crate::http::H2ClientBuilder::new(self.url).config(self.config);
-        for (n, v) in &self.headers {
-            builder = builder.header(n, v);
-        }
-        let (ws, response) = builder.run_over(stream, addrs, |io| MaybeTlsStream::H2(Box::new(io))).await?;
+        let target = parse_url(&self.url)?;
+        let (ws, response) =
+            crate::http::client::run(self, stream, target, addrs, |io| MaybeTlsStream::H2(Box::new(io))).await?;
         let headers = volley_proto::handshake::Headers::from_pairs(
             response.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
         );
@@ -475,6 +498,14 @@ impl ClientBuilder {
         );
         Ok((ws, response))
     }
+}
+
+/// The error for a builder given both `tls_config` and `root_certificate`.
+pub(crate) fn tls_config_conflict() -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "root_certificate cannot be combined with tls_config: add the root to the ClientConfig",
+    ))
 }
 
 /// Checks the extensions a server's answer agreed to (HTTP/1.1 or HTTP/2): only
