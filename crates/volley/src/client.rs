@@ -18,7 +18,7 @@ use volley_proto::handshake::{ClientRequest, ServerResponse};
 use volley_proto::{deflate, HandshakeError, Role};
 
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, Timeout};
 use crate::tls::{self, CertificateDer, MaybeTlsStream};
 use crate::websocket::{with_timeout, WebSocket};
 
@@ -370,7 +370,7 @@ impl ClientBuilder {
             ProxyChoice::None => None,
             ProxyChoice::Given(p) => Some(p.clone()),
         };
-        with_timeout!(self.connect_timeout, "connect", async {
+        with_timeout!(self.connect_timeout, Timeout::Connect, async {
             let io = match &proxy {
                 Some(p) => crate::proxy::connect_via(p, &target.host, target.port).await?,
                 None => connect_tcp(&target.host, target.port).await?,
@@ -423,7 +423,8 @@ impl ClientBuilder {
             None => MaybeTlsStream::Plain(tcp),
             Some((config, name)) => {
                 let connector = TlsConnector::from(config);
-                let stream = with_timeout!(limit, "TLS handshake", async { Ok(connector.connect(name, tcp).await?) })?;
+                let stream =
+                    with_timeout!(limit, Timeout::TlsHandshake, async { Ok(connector.connect(name, tcp).await?) })?;
                 #[cfg(feature = "hyper")]
                 if stream.get_ref().1.alpn_protocol() == Some(crate::http::ALPN_H2) {
                     return self.connect_h2_over(stream, (remote, local)).await;
@@ -474,7 +475,7 @@ impl ClientBuilder {
         if let Some(dc) = &config.deflate {
             request.add_extension(deflate::client_offer(dc));
         }
-        let (response, leftover) = with_timeout!(config.handshake_timeout, "opening handshake", async {
+        let (response, leftover) = with_timeout!(config.handshake_timeout, Timeout::Handshake, async {
             io.write_all(&request.encode()).await?;
             io.flush().await?;
             let mut buf = BytesMut::with_capacity(1024);

@@ -16,7 +16,7 @@
 //! let proxy = Proxy::parse("socks5h://user:secret@127.0.0.1:1080")?;
 //! let tcp = tokio::time::timeout(Duration::from_secs(10), connect_via(&proxy, "example.com", 80))
 //!     .await
-//!     .map_err(|_| volley::Error::Timeout("proxy connect"))??;
+//!     .map_err(|_| volley::Error::Timeout(volley::Timeout::Connect))??;
 //! let (ws, _response) = volley::ClientBuilder::new("ws://example.com/chat").handshake(tcp).await?;
 //! # drop(ws); Ok(()) }
 //! ```

@@ -137,7 +137,7 @@ where
             return Err(e.into());
         }
         let limit = config.handshake_timeout;
-        let (request, response, leftover, params) = with_timeout!(limit, "opening handshake", async {
+        let (request, response, leftover, params) = with_timeout!(limit, crate::error::Timeout::Handshake, async {
             let (mut request, leftover) = match read_request(&mut io, &config).await {
                 Ok(r) => r,
                 Err(Error::Handshake(e)) => {

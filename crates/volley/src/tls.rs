@@ -161,7 +161,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
 {
-    let tls = with_timeout!(config.handshake_timeout, "TLS handshake", async { Ok(acceptor.accept(io).await?) })?;
+    let tls = with_timeout!(config.handshake_timeout, crate::error::Timeout::TlsHandshake, async {
+        Ok(acceptor.accept(io).await?)
+    })?;
     accept_with(tls, config, hook).await
 }
 

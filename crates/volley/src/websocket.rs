@@ -822,7 +822,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                         let _ = self.conn.send_close(CloseCode::INTERNAL_ERROR, "keepalive timeout");
                     }
                     self.take_transmits();
-                    self.set_last(Err(Error::Timeout("keepalive pong")));
+                    self.set_last(Err(Error::Timeout(crate::error::Timeout::KeepalivePong)));
                     self.finish = Finish::Flushing;
                     return;
                 }
@@ -998,7 +998,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             // Give up on the peer, but still shut our side down; if even that cannot
             // finish, just stop.
             self.finish = if self.finish == Finish::ShuttingDown { Finish::Done } else { Finish::ShuttingDown };
-            self.set_last(Err(Error::Timeout("closing handshake")));
+            self.set_last(Err(Error::Timeout(crate::error::Timeout::Close)));
             return self.poll_finish(cx);
         }
         Poll::Pending
@@ -1048,7 +1048,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 State::Closing => {
                     self.arm_close_timer();
                     if self.close_timer_expired(cx) {
-                        self.set_last(Err(Error::Timeout("closing handshake")));
+                        self.set_last(Err(Error::Timeout(crate::error::Timeout::Close)));
                         self.finish = Finish::ShuttingDown;
                         continue;
                     }

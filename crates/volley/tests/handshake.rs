@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use volley::proto::handshake::ClientRequest;
 use volley::proto::HandshakeError;
-use volley::{accept_with, ClientBuilder, CloseCode, Config, Error, Message, Rejection};
+use volley::{accept_with, ClientBuilder, CloseCode, Config, Error, Message, Rejection, Timeout};
 
 #[tokio::test]
 async fn server_picks_first_client_offered_subprotocol_it_supports() {
@@ -302,7 +302,7 @@ async fn server_handshake_times_out_on_silent_client() {
     // Connects and sends nothing.
     let _silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (result, elapsed) = within(server).await.unwrap();
-    assert!(matches!(result, Err(Error::Timeout(_))), "expected a timeout, got {result:?}");
+    assert!(matches!(result, Err(Error::Timeout(Timeout::Handshake))), "expected a timeout, got {result:?}");
     assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
 }
@@ -324,7 +324,11 @@ async fn client_handshake_times_out_on_silent_server() {
     )
     .await;
     let elapsed = start.elapsed();
-    assert!(matches!(result, Err(Error::Timeout(_))), "expected a timeout, got {:?}", result.map(|_| ()));
+    assert!(
+        matches!(result, Err(Error::Timeout(Timeout::Handshake))),
+        "expected a timeout, got {:?}",
+        result.map(|_| ())
+    );
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     server.abort();
 }

@@ -11,6 +11,7 @@
 mod common;
 
 use std::io;
+use std::time::Duration;
 
 use common::process::{free_port, microsocks, tinyproxy};
 use common::{bind, within};
@@ -421,6 +422,25 @@ async fn socks5_to_an_http_proxy_says_so() {
     let e = within(connect_via(&via, "127.0.0.1", 80)).await.unwrap_err();
     assert_eq!(io_error(&e).kind(), io::ErrorKind::InvalidData, "{e}");
     assert!(e.to_string().contains("use http://"), "{e}");
+}
+
+/// The connect timeout covers the proxy's tunnel: a proxy that never answers CONNECT
+/// ends in `Timeout::Connect`.
+#[tokio::test]
+async fn a_silent_proxy_is_a_connect_timeout() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        // Reads the CONNECT request and never answers.
+        let _ = tcp.read(&mut [0u8; 1024]).await;
+        let _ = tcp.read(&mut [0u8; 1]).await;
+    });
+    let via = Proxy::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+    let client = ClientBuilder::new("ws://example.com/").proxy(via).connect_timeout(Duration::from_millis(100));
+    let e = within(client.connect()).await.unwrap_err();
+    assert!(matches!(e, volley::Error::Timeout(volley::Timeout::Connect)), "{e:?}");
+    assert_eq!(e.to_string(), "connect timed out");
+    server.abort();
 }
 
 #[tokio::test]

@@ -162,6 +162,23 @@ async fn unknown_issuer_is_a_certificate_error() {
 }
 
 #[tokio::test]
+async fn a_silent_tls_server_is_a_tls_handshake_timeout() {
+    let (listener, port) = bind().await;
+    // Accepts the TCP connection and never answers the ClientHello.
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        drop(tcp);
+    });
+    let config = Config::new().handshake_timeout(std::time::Duration::from_millis(100));
+    let err = within(ClientBuilder::new(format!("wss://127.0.0.1:{port}/")).config(config).no_proxy().connect())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, volley::Error::Timeout(volley::Timeout::TlsHandshake)), "{err:?}");
+    server.abort();
+}
+
+#[tokio::test]
 async fn wrong_hostname_is_a_certificate_error() {
     let pki = Pki::new();
     for host in ["127.0.0.1", "localhost"] {

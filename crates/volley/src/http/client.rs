@@ -24,7 +24,7 @@ use volley_proto::{deflate, ExtensionOffer, HandshakeError, Role};
 use super::{hyper_error, UpgradedIo, ALPN_H2};
 use crate::client::{parse_url, tls_config_conflict, ClientBuilder, Target};
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, Timeout};
 use crate::tls;
 use crate::websocket::{with_timeout, WebSocket};
 
@@ -92,7 +92,7 @@ impl ClientBuilder {
                 let no_h2 = || {
                     unsupported(format!("{}: the server does not speak HTTP/2 over TLS (ALPN h2)", target.host_header))
                 };
-                let stream = with_timeout!(limit, "TLS handshake", async {
+                let stream = with_timeout!(limit, Timeout::TlsHandshake, async {
                     connector.connect(name, tcp).await.map_err(|e| {
                         let refused = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
                             == Some(&rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol));
@@ -139,7 +139,7 @@ where
 {
     let ClientBuilder { config, headers, .. } = builder;
     let request = connect_request(&target, &config, &headers)?;
-    let mut response = with_timeout!(config.handshake_timeout, "opening handshake", async {
+    let mut response = with_timeout!(config.handshake_timeout, Timeout::Handshake, async {
         let (settings_tx, settings_rx) = oneshot::channel();
         let io = TokioIo::new(SettingsSniffer::new(io, settings_tx));
         let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
