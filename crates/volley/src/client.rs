@@ -2,6 +2,8 @@
 //! rustls, see [`crate::tls`]), or the opening handshake over a transport the
 //! application already has.
 
+mod refusal;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -380,11 +382,19 @@ impl ClientBuilder {
         })
     }
 
-    /// Opens a TCP connection, runs TLS on it for `wss://` (certificate checked against
-    /// the URL's host, which is also sent as SNI if it is a DNS name; ALPN `http/1.1`),
-    /// and performs the opening handshake. TCP connect, TLS handshake and WebSocket
-    /// handshake each get the handshake timeout. TLS failures are [`Error::Io`] errors
-    /// wrapping the [`rustls::Error`].
+    /// Opens a TCP connection (through the proxy, if any), runs TLS on it for `wss://`
+    /// (certificate checked against the URL's host, which is also sent as SNI if it is
+    /// a DNS name; ALPN `http/1.1`), and performs the opening handshake, following
+    /// redirects. The TCP connection gets the connect timeout, the TLS and WebSocket
+    /// handshakes each the handshake timeout. Errors a program may want to tell apart:
+    /// - [`Error::Refused`]: the server answered with another status than 101 (and
+    ///   not a redirect to follow), with its header fields and body;
+    /// - [`Error::Handshake`] with [`HandshakeError::Redirect`]: one redirect too many;
+    /// - [`Error::Timeout`]: which step;
+    /// - [`Error::Tls`]: the [`rustls::Error`] (an unknown issuer, a wrong name, …);
+    /// - [`Error::Proxy`]: the proxy refused the tunnel;
+    /// - [`Error::Config`]: settings that cannot work together;
+    /// - [`Error::Io`]: the network.
     pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, ServerResponse), Error> {
         let (mut builder, first) = self.with_url_credentials()?;
         let mut hops = 0;
@@ -423,8 +433,9 @@ impl ClientBuilder {
             None => MaybeTlsStream::Plain(tcp),
             Some((config, name)) => {
                 let connector = TlsConnector::from(config);
-                let stream =
-                    with_timeout!(limit, Timeout::TlsHandshake, async { Ok(connector.connect(name, tcp).await?) })?;
+                let stream = with_timeout!(limit, Timeout::TlsHandshake, async {
+                    connector.connect(name, tcp).await.map_err(tls::handshake_error)
+                })?;
                 #[cfg(feature = "hyper")]
                 if stream.get_ref().1.alpn_protocol() == Some(crate::http::ALPN_H2) {
                     return self.connect_h2_over(stream, (remote, local)).await;
@@ -458,7 +469,10 @@ impl ClientBuilder {
         Ok((ws, response))
     }
 
-    /// Performs the opening handshake over a transport that is already connected.
+    /// Performs the opening handshake over a transport that is already connected, within
+    /// the handshake timeout. A refusal (a status other than 101) is [`Error::Refused`];
+    /// a redirect is [`Error::Handshake`] with [`HandshakeError::Redirect`], not
+    /// followed.
     pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         self,
         mut io: S,
@@ -475,6 +489,9 @@ impl ClientBuilder {
         if let Some(dc) = &config.deflate {
             request.add_extension(deflate::client_offer(dc));
         }
+        // A refusal's body is read until this deadline, at the latest: before the
+        // timeout below, so that the refusal, not the timeout, is the error.
+        let deadline = tokio::time::Instant::now() + config.handshake_timeout;
         let (response, leftover) = with_timeout!(config.handshake_timeout, Timeout::Handshake, async {
             io.write_all(&request.encode()).await?;
             io.flush().await?;
@@ -483,9 +500,17 @@ impl ClientBuilder {
                 if io.read_buf(&mut buf).await? == 0 {
                     return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
-                if let Some((response, n)) = request.parse_response(&buf, &config.proto)? {
-                    let _ = buf.split_to(n);
-                    return Ok((response, buf));
+                match request.parse_response(&buf, &config.proto) {
+                    Ok(Some((response, n))) => {
+                        let _ = buf.split_to(n);
+                        return Ok((response, buf));
+                    }
+                    Ok(None) => {}
+                    Err(HandshakeError::Status(status)) => {
+                        let max_headers = config.proto.max_headers;
+                        return Err(refusal::read(&mut io, buf, status, max_headers, deadline).await);
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         })?;
@@ -503,10 +528,7 @@ impl ClientBuilder {
 
 /// The error for a builder given both `tls_config` and `root_certificate`.
 pub(crate) fn tls_config_conflict() -> Error {
-    Error::Io(std::io::Error::new(
-        std::io::ErrorKind::InvalidInput,
-        "root_certificate cannot be combined with tls_config: add the root to the ClientConfig",
-    ))
+    Error::Config("root_certificate cannot be combined with tls_config: add the root to the ClientConfig".into())
 }
 
 /// Checks the extensions a server's answer agreed to (HTTP/1.1 or HTTP/2): only

@@ -136,25 +136,28 @@ async fn hook_response_header_reaches_client() {
 }
 
 #[tokio::test]
-async fn hook_rejection_gives_client_status_and_server_rejected() {
+async fn hook_rejection_gives_client_the_answer_and_server_rejected() {
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         accept_with(tcp, Config::new(), |req, _| {
-            if req.origin() == Some("https://evil.example") {
-                Err(Rejection::new(403).header("X-Reason", "origin").body("go away"))
+            if req.header("authorization").is_none() {
+                Err(Rejection::new(401).header("WWW-Authenticate", "Bearer realm=\"chat\"").body("log in first"))
             } else {
                 Ok(())
             }
         })
         .await
     });
-    let err = within(ClientBuilder::new(url(port, "/")).header("Origin", "https://evil.example").connect())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Handshake(HandshakeError::Status(403))), "client got {err:?}");
+    let err = within(ClientBuilder::new(url(port, "/")).connect()).await.unwrap_err();
+    // The client gets the whole answer: status, header fields and body.
+    let Error::Refused(response) = &err else { panic!("client got {err:?}") };
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"chat\"");
+    assert_eq!(&response.body()[..], b"log in first");
+    assert_eq!(err.to_string(), "the server refused the handshake with status 401 Unauthorized");
     let server_err = within(server).await.unwrap().unwrap_err();
-    assert!(matches!(server_err, Error::Rejected(403)), "server got {server_err:?}");
+    assert!(matches!(server_err, Error::Rejected(401)), "server got {server_err:?}");
 }
 
 #[tokio::test]

@@ -18,7 +18,6 @@ use volley::http::hyper::body::Incoming;
 use volley::http::hyper::service::service_fn;
 use volley::http::hyper_util::rt::{TokioExecutor, TokioIo};
 use volley::http::{connect_h2, upgrade, Body, Server, UpgradedIo};
-use volley::proto::HandshakeError;
 use volley::tls::{CertificateDer, PrivateKeyDer, TlsAcceptor};
 use volley::{ClientBuilder, CloseCode, Config, Message, Rejection, WebSocket};
 
@@ -141,7 +140,9 @@ async fn hyper_hook_rejection_is_the_response() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, volley::Error::Handshake(HandshakeError::Status(403))), "{err:?}");
+    let volley::Error::Refused(response) = &err else { panic!("{err:?}") };
+    assert_eq!((response.status(), &response.body()[..]), (http::StatusCode::FORBIDDEN, &b"forbidden origin"[..]));
+    assert_eq!(response.headers()["x-reason"], "origin");
 
     // The whole answer, on the wire.
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -308,7 +309,10 @@ async fn h2_hook_rejection_is_the_status() {
     let err = within(ClientBuilder::new(format!("ws://127.0.0.1:{port}/")).header("x-refuse", "1").connect_h2())
         .await
         .unwrap_err();
-    assert!(matches!(err, volley::Error::Handshake(HandshakeError::Status(403))), "{err:?}");
+    // Over HTTP/2 too, the client gets the answer: status and body.
+    let volley::Error::Refused(response) = &err else { panic!("{err:?}") };
+    assert_eq!((response.status(), response.version()), (http::StatusCode::FORBIDDEN, http::Version::HTTP_2));
+    assert_eq!(&response.body()[..], b"refused");
 }
 
 /// A self-signed certificate for 127.0.0.1 and localhost, as a CA the client trusts and
@@ -503,7 +507,7 @@ mod axum_extractor {
         let err = within(ClientBuilder::new(format!("ws://127.0.0.1:{port}/ws")).header("x-refuse", "1").connect())
             .await
             .unwrap_err();
-        assert!(matches!(err, volley::Error::Handshake(HandshakeError::Status(401))), "{err:?}");
+        assert!(matches!(&err, volley::Error::Refused(r) if r.status() == 401), "{err:?}");
     }
 
     #[tokio::test]
@@ -524,7 +528,7 @@ mod axum_extractor {
         let err = within(ClientBuilder::new(format!("ws://127.0.0.1:{port}/ws")).header("x-refuse", "1").connect_h2())
             .await
             .unwrap_err();
-        assert!(matches!(err, volley::Error::Handshake(HandshakeError::Status(401))), "{err:?}");
+        assert!(matches!(&err, volley::Error::Refused(r) if r.status() == 401), "{err:?}");
     }
 
     #[tokio::test]

@@ -11,12 +11,14 @@ use std::task::{ready, Context, Poll};
 use ::http::header::{HeaderName, HeaderValue};
 use ::http::{Method, StatusCode, Version};
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::ext::Protocol;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use volley_proto::handshake::Headers;
 use volley_proto::{deflate, ExtensionOffer, HandshakeError, Role};
@@ -24,7 +26,7 @@ use volley_proto::{deflate, ExtensionOffer, HandshakeError, Role};
 use super::{hyper_error, UpgradedIo, ALPN_H2};
 use crate::client::{parse_url, tls_config_conflict, ClientBuilder, Target};
 use crate::config::Config;
-use crate::error::{Error, Timeout};
+use crate::error::{Error, Timeout, MAX_REFUSAL_BODY};
 use crate::tls;
 use crate::websocket::{with_timeout, WebSocket};
 
@@ -73,8 +75,8 @@ impl ClientBuilder {
     /// - the server did not select `h2` in ALPN, or its SETTINGS lack
     ///   `SETTINGS_ENABLE_CONNECT_PROTOCOL` (it does not do WebSockets over HTTP/2):
     ///   [`Error::Io`] of kind `Unsupported`, saying which;
-    /// - the server answered with another status than 200:
-    ///   [`HandshakeError::Status`];
+    /// - the server answered with another status than 200: [`Error::Refused`], with
+    ///   the answer (status, header fields, the start of the body);
     /// - a subprotocol or extension that was not offered: as for HTTP/1.1.
     ///
     /// The TLS handshake, the HTTP/2 handshake and the CONNECT each get the handshake
@@ -93,14 +95,13 @@ impl ClientBuilder {
                     unsupported(format!("{}: the server does not speak HTTP/2 over TLS (ALPN h2)", target.host_header))
                 };
                 let stream = with_timeout!(limit, Timeout::TlsHandshake, async {
-                    connector.connect(name, tcp).await.map_err(|e| {
-                        let refused = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
-                            == Some(&rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol));
-                        if refused {
+                    connector.connect(name, tcp).await.map_err(|e| match tls::handshake_error(e) {
+                        Error::Tls(e)
+                            if *e == rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol) =>
+                        {
                             no_h2()
-                        } else {
-                            Error::Io(e)
                         }
+                        e => e,
                     })
                 })?;
                 // A server that ignores ALPN is refused here.
@@ -139,6 +140,8 @@ where
 {
     let ClientBuilder { config, headers, .. } = builder;
     let request = connect_request(&target, &config, &headers)?;
+    // A refusal's body is read until the end of the handshake timeout.
+    let deadline = Instant::now() + config.handshake_timeout;
     let mut response = with_timeout!(config.handshake_timeout, Timeout::Handshake, async {
         let (settings_tx, settings_rx) = oneshot::channel();
         let io = TokioIo::new(SettingsSniffer::new(io, settings_tx));
@@ -181,7 +184,7 @@ where
         sender.send_request(request).await.map_err(hyper_error)
     })?;
     if response.status() != StatusCode::OK {
-        return Err(HandshakeError::Status(response.status().as_u16()).into());
+        return Err(refusal(response, deadline).await);
     }
     let headers = response.headers();
     let protocol = match headers.get("sec-websocket-protocol") {
@@ -207,6 +210,29 @@ where
         .with_addrs(remote, local);
     let (parts, _) = response.into_parts();
     Ok((ws, ::http::Response::from_parts(parts, ())))
+}
+
+/// [`Error::Refused`] with a refusal's status, header fields and the start of its body:
+/// what arrives before `deadline`, at most [`MAX_REFUSAL_BODY`] bytes.
+async fn refusal(response: ::http::Response<Incoming>, deadline: Instant) -> Error {
+    let (parts, mut body) = response.into_parts();
+    let mut data = Vec::new();
+    let read = async {
+        while data.len() < MAX_REFUSAL_BODY {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        data.extend_from_slice(chunk);
+                    }
+                }
+                _ => break,
+            }
+        }
+    };
+    // The deadline ends the body early: what came by then is kept.
+    let _ = tokio::time::timeout_at(deadline, read).await;
+    data.truncate(MAX_REFUSAL_BODY);
+    Error::Refused(Box::new(::http::Response::from_parts(parts, Bytes::from(data))))
 }
 
 /// The extended CONNECT request (RFC 8441 §4-5).
