@@ -360,7 +360,7 @@ async fn serve_http(
         Some(acceptor) => {
             let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                 .await
-                .map_err(|_| volley::Error::Timeout("TLS handshake"))??;
+                .map_err(|_| volley::Error::Timeout(volley::Timeout::TlsHandshake))??;
             let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
             tracing::debug!(%peer, ?alpn, "TLS on");
             server.serve_connection(tls, handler).await

@@ -2,6 +2,8 @@
 //! rustls, see [`crate::tls`]), or the opening handshake over a transport the
 //! application already has.
 
+mod refusal;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,20 +20,38 @@ use volley_proto::handshake::{ClientRequest, ServerResponse};
 use volley_proto::{deflate, HandshakeError, Role};
 
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, Timeout};
 use crate::tls::{self, CertificateDer, MaybeTlsStream};
 use crate::websocket::{with_timeout, WebSocket};
 
 /// Where a ws:// or wss:// URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    host: String,
-    port: u16,
-    host_header: String,
-    path: String,
-    tls: bool,
+pub(crate) struct Target {
+    /// The host name or IP address (an IPv6 address without brackets).
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// `host[:port]`, the port only if it is not the scheme's default: the `Host`
+    /// header field (HTTP/1.1) or `:authority` (HTTP/2).
+    pub(crate) host_header: String,
+    /// The path and query.
+    pub(crate) path: String,
+    /// `wss://`.
+    pub(crate) tls: bool,
     /// `user:password` from the URL, percent-decoded.
     userinfo: Option<String>,
+}
+
+impl Target {
+    /// Whether both have the same origin (RFC 6454 §4): scheme, host and port.
+    fn same_origin(&self, other: &Target) -> bool {
+        self.tls == other.tls && self.port == other.port && self.host.eq_ignore_ascii_case(&other.host)
+    }
+}
+
+/// Header fields that carry the target's credentials: not sent after a redirect to
+/// another origin. (The proxy's own credentials are the proxy's, and stay.)
+fn is_credential(name: &str) -> bool {
+    ["authorization", "proxy-authorization", "cookie"].iter().any(|c| name.eq_ignore_ascii_case(c))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -133,7 +153,7 @@ pub async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, Error> {
     }
 }
 
-fn parse_url(url: &str) -> Result<Target, Error> {
+pub(crate) fn parse_url(url: &str) -> Result<Target, Error> {
     let uri: http::Uri = url.parse().map_err(|e| Error::Url(format!("{url}: {e}")))?;
     let (default_port, tls) = match uri.scheme_str() {
         Some("ws") => (80, false),
@@ -150,15 +170,19 @@ fn parse_url(url: &str) -> Result<Target, Error> {
     Ok(Target { host, port, host_header, path, tls, userinfo })
 }
 
-/// Builds a client connection: URL, header fields, subprotocols, configuration, and
-/// for `wss://` the TLS configuration.
+/// Builds a client connection: URL, header fields, subprotocols, configuration, TLS,
+/// proxy, timeouts and redirects. One builder for both ways of opening a WebSocket:
+/// [`connect`](ClientBuilder::connect) (HTTP/1.1 Upgrade, or HTTP/2 when
+/// [`http2`](ClientBuilder::http2) allows it and the server picks it) and, with feature
+/// `hyper`, [`connect_h2`](ClientBuilder::connect_h2) (HTTP/2 only, RFC 8441); each
+/// also has a `handshake` form for a transport the application already has.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    url: String,
-    headers: Vec<(String, String)>,
-    config: Config,
-    tls_config: Option<Arc<ClientConfig>>,
-    root_certificates: Vec<CertificateDer<'static>>,
+    pub(crate) url: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) config: Config,
+    pub(crate) tls_config: Option<Arc<ClientConfig>>,
+    pub(crate) root_certificates: Vec<CertificateDer<'static>>,
     connect_timeout: Duration,
     max_redirects: usize,
     proxy: ProxyChoice,
@@ -191,13 +215,16 @@ impl ClientBuilder {
     }
 
     /// Sends `Authorization: Basic` with these credentials (also taken from a URL's
-    /// `user:password@`). They are not sent again after a redirect to another host.
+    /// `user:password@`). Like every `Authorization`, `Proxy-Authorization` and
+    /// `Cookie` header field, they are not sent after a redirect to another origin
+    /// (another scheme, host or port), nor after a later one back to the first origin.
     pub fn basic_auth(self, user: &str, password: &str) -> Self {
         let token = BASE64.encode(format!("{user}:{password}"));
         self.header("Authorization", &format!("Basic {token}"))
     }
 
-    /// Sends `Authorization: Bearer TOKEN`.
+    /// Sends `Authorization: Bearer TOKEN` (not after a redirect to another origin:
+    /// see [`ClientBuilder::basic_auth`]).
     pub fn bearer_auth(self, token: &str) -> Self {
         self.header("Authorization", &format!("Bearer {token}"))
     }
@@ -207,7 +234,8 @@ impl ClientBuilder {
         self.header("Origin", origin)
     }
 
-    /// Sends a `Cookie` header with these name=value pairs.
+    /// Sends a `Cookie` header with these name=value pairs (not after a redirect to
+    /// another origin: see [`ClientBuilder::basic_auth`]).
     pub fn cookies<'a>(self, cookies: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let value: Vec<String> = cookies.into_iter().map(|(n, v)| format!("{n}={v}")).collect();
         self.header("Cookie", &value.join("; "))
@@ -222,7 +250,8 @@ impl ClientBuilder {
 
     /// Redirects (301, 302, 303, 307, 308) followed during the handshake before giving
     /// up. Default 5; 0 refuses every redirect. A redirect from `wss://` to `ws://` is
-    /// always refused.
+    /// always refused. After a redirect to another origin (scheme, host or port),
+    /// `Authorization`, `Proxy-Authorization` and `Cookie` are no longer sent.
     pub fn max_redirects(mut self, n: usize) -> Self {
         self.max_redirects = n;
         self
@@ -243,6 +272,8 @@ impl ClientBuilder {
     }
 
     /// Adds a header field to the handshake request (Origin, Cookie, Authorization...).
+    /// Over HTTP/2 names are sent in lower case, and connection-specific fields are
+    /// dropped by hyper.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
         self
@@ -263,10 +294,12 @@ impl ClientBuilder {
         self
     }
 
-    /// The TLS configuration for `wss://`, used as it is (ALPN included: set it to
-    /// `http/1.1`, as [`tls::client_config`] does, or leave it empty). Default:
-    /// [`tls::default_client_config`], which trusts Mozilla's roots (`webpki-roots`).
-    /// Cannot be combined with [`ClientBuilder::root_certificate`].
+    /// The TLS configuration for `wss://`. [`connect`](ClientBuilder::connect) uses it
+    /// as it is (ALPN included: set it to `http/1.1`, as [`tls::client_config`] does,
+    /// or leave it empty); `connect_h2` replaces its ALPN list by `h2`, the only
+    /// protocol it speaks. Default: [`tls::default_client_config`], which trusts
+    /// Mozilla's roots (`webpki-roots`). Cannot be combined with
+    /// [`ClientBuilder::root_certificate`].
     pub fn tls_config(mut self, config: Arc<ClientConfig>) -> Self {
         self.tls_config = Some(config);
         self
@@ -283,7 +316,7 @@ impl ClientBuilder {
     /// Allows WebSockets over HTTP/2 (RFC 8441) for `wss://` URLs (feature `hyper`; off
     /// by default): the TLS handshake offers ALPN `h2` before `http/1.1`, and when the
     /// server selects `h2` the WebSocket runs as an extended CONNECT stream over that
-    /// connection, as [`H2ClientBuilder`](crate::http::H2ClientBuilder) does; otherwise
+    /// connection, as [`connect_h2`](ClientBuilder::connect_h2) does; otherwise
     /// it runs over HTTP/1.1 as usual. A server that selects `h2` but does not announce
     /// `SETTINGS_ENABLE_CONNECT_PROTOCOL` fails the connection with [`Error::Io`] of
     /// kind `Unsupported` (it serves HTTP/2 but no WebSockets over it). `ws://` URLs
@@ -309,27 +342,61 @@ impl ClientBuilder {
     fn base_tls_config(&self) -> Result<Arc<ClientConfig>, Error> {
         match (&self.tls_config, self.root_certificates.is_empty()) {
             (Some(config), true) => Ok(config.clone()),
-            (Some(_), false) => Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "root_certificate cannot be combined with tls_config: add the root to the ClientConfig",
-            ))),
+            (Some(_), false) => Err(tls_config_conflict()),
             (None, true) => Ok(tls::default_client_config()),
             (None, false) => Ok(tls::client_config(tls::roots_with(&self.root_certificates)?)),
         }
     }
 
-    /// Opens a TCP connection, runs TLS on it for `wss://` (certificate checked against
-    /// the URL's host, which is also sent as SNI if it is a DNS name; ALPN `http/1.1`),
-    /// and performs the opening handshake. TCP connect, TLS handshake and WebSocket
-    /// handshake each get the handshake timeout. TLS failures are [`Error::Io`] errors
-    /// wrapping the [`rustls::Error`].
+    /// The builder with the URL's `user:password@` (if any) as Basic credentials, and
+    /// the URL's target.
+    pub(crate) fn with_url_credentials(self) -> Result<(Self, Target), Error> {
+        let target = parse_url(&self.url)?;
+        let builder = match &target.userinfo {
+            Some(userinfo) => {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                self.basic_auth(user, password)
+            }
+            None => self,
+        };
+        Ok((builder, target))
+    }
+
+    /// Opens the TCP connection to `target` (through the proxy, if any) within the
+    /// connect timeout, with `TCP_NODELAY` on.
+    pub(crate) async fn open_tcp(&self, target: &Target) -> Result<TcpStream, Error> {
+        let proxy = match &self.proxy {
+            ProxyChoice::Environment => {
+                crate::proxy::Proxy::from_env(if target.tls { "wss" } else { "ws" }, &target.host_header)
+            }
+            ProxyChoice::None => None,
+            ProxyChoice::Given(p) => Some(p.clone()),
+        };
+        with_timeout!(self.connect_timeout, Timeout::Connect, async {
+            let io = match &proxy {
+                Some(p) => crate::proxy::connect_via(p, &target.host, target.port).await?,
+                None => connect_tcp(&target.host, target.port).await?,
+            };
+            io.set_nodelay(true)?;
+            Ok(io)
+        })
+    }
+
+    /// Opens a TCP connection (through the proxy, if any), runs TLS on it for `wss://`
+    /// (certificate checked against the URL's host, which is also sent as SNI if it is
+    /// a DNS name; ALPN `http/1.1`), and performs the opening handshake, following
+    /// redirects. The TCP connection gets the connect timeout, the TLS and WebSocket
+    /// handshakes each the handshake timeout. Errors a program may want to tell apart:
+    /// - [`Error::Refused`]: the server answered with another status than 101 (and
+    ///   not a redirect to follow), with its header fields and body;
+    /// - [`Error::Handshake`] with [`HandshakeError::Redirect`]: one redirect too many;
+    /// - [`Error::Timeout`]: which step;
+    /// - [`Error::Tls`]: the [`rustls::Error`] (an unknown issuer, a wrong name, …);
+    /// - [`Error::Proxy`]: the proxy refused the tunnel;
+    /// - [`Error::Config`]: settings that cannot work together;
+    /// - [`Error::Io`]: the network.
     pub async fn connect(self) -> Result<(WebSocket<MaybeTlsStream>, ServerResponse), Error> {
-        let first = parse_url(&self.url)?;
-        let mut builder = self;
-        if let Some(userinfo) = &first.userinfo {
-            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            builder = builder.basic_auth(user, password);
-        }
+        let (mut builder, first) = self.with_url_credentials()?;
         let mut hops = 0;
         loop {
             match builder.clone().connect_once().await {
@@ -341,9 +408,12 @@ impl ClientBuilder {
                     let next = redirect_target(&builder.url, &location)?;
                     let to = parse_url(&next)?;
                     tracing::debug!(status, %next, "following redirect");
-                    if to.host != first.host {
-                        // Credentials are for the host they were given for.
-                        builder.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("authorization"));
+                    if !to.same_origin(&first) {
+                        // Credentials and cookies are for the origin they were given for
+                        // (as in browsers, and curl since CVE-2022-27776): not for
+                        // another scheme, host or port. Once dropped they stay dropped,
+                        // even if a later redirect comes back to that origin.
+                        builder.headers.retain(|(n, _)| !is_credential(n));
                     }
                     builder.url = next;
                 }
@@ -357,30 +427,18 @@ impl ClientBuilder {
         let target = parse_url(&self.url)?;
         let tls = if target.tls { Some((self.client_tls_config()?, tls::server_name(&target.host)?)) } else { None };
         let limit = self.config.handshake_timeout;
-        let proxy = match &self.proxy {
-            ProxyChoice::Environment => {
-                crate::proxy::Proxy::from_env(if target.tls { "wss" } else { "ws" }, &target.host_header)
-            }
-            ProxyChoice::None => None,
-            ProxyChoice::Given(p) => Some(p.clone()),
-        };
-        let tcp = with_timeout!(self.connect_timeout, "connect", async {
-            let io = match &proxy {
-                Some(p) => crate::proxy::connect_via(p, &target.host, target.port).await?,
-                None => connect_tcp(&target.host, target.port).await?,
-            };
-            io.set_nodelay(true)?;
-            Ok(io)
-        })?;
+        let tcp = self.open_tcp(&target).await?;
         let (remote, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
         let io = match tls {
             None => MaybeTlsStream::Plain(tcp),
             Some((config, name)) => {
                 let connector = TlsConnector::from(config);
-                let stream = with_timeout!(limit, "TLS handshake", async { Ok(connector.connect(name, tcp).await?) })?;
+                let stream = with_timeout!(limit, Timeout::TlsHandshake, async {
+                    connector.connect(name, tcp).await.map_err(tls::handshake_error)
+                })?;
                 #[cfg(feature = "hyper")]
                 if stream.get_ref().1.alpn_protocol() == Some(crate::http::ALPN_H2) {
-                    return self.connect_h2(stream, (remote, local)).await;
+                    return self.connect_h2_over(stream, (remote, local)).await;
                 }
                 MaybeTlsStream::Tls(Box::new(stream))
             }
@@ -391,16 +449,14 @@ impl ClientBuilder {
 
     /// The WebSocket over HTTP/2, on a TLS connection whose server selected `h2`.
     #[cfg(feature = "hyper")]
-    async fn connect_h2(
+    async fn connect_h2_over(
         self,
         stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
         addrs: (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
     ) -> Result<(WebSocket<MaybeTlsStream>, ServerResponse), Error> {
-        let mut builder = crate::http::H2ClientBuilder::new(self.url).config(self.config);
-        for (n, v) in &self.headers {
-            builder = builder.header(n, v);
-        }
-        let (ws, response) = builder.run_over(stream, addrs, |io| MaybeTlsStream::H2(Box::new(io))).await?;
+        let target = parse_url(&self.url)?;
+        let (ws, response) =
+            crate::http::client::run(self, stream, target, addrs, |io| MaybeTlsStream::H2(Box::new(io))).await?;
         let headers = volley_proto::handshake::Headers::from_pairs(
             response.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
         );
@@ -413,7 +469,10 @@ impl ClientBuilder {
         Ok((ws, response))
     }
 
-    /// Performs the opening handshake over a transport that is already connected.
+    /// Performs the opening handshake over a transport that is already connected, within
+    /// the handshake timeout. A refusal (a status other than 101) is [`Error::Refused`];
+    /// a redirect is [`Error::Handshake`] with [`HandshakeError::Redirect`], not
+    /// followed.
     pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         self,
         mut io: S,
@@ -430,7 +489,10 @@ impl ClientBuilder {
         if let Some(dc) = &config.deflate {
             request.add_extension(deflate::client_offer(dc));
         }
-        let (response, leftover) = with_timeout!(config.handshake_timeout, "opening handshake", async {
+        // A refusal's body is read until this deadline, at the latest: before the
+        // timeout below, so that the refusal, not the timeout, is the error.
+        let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+        let (response, leftover) = with_timeout!(config.handshake_timeout, Timeout::Handshake, async {
             io.write_all(&request.encode()).await?;
             io.flush().await?;
             let mut buf = BytesMut::with_capacity(1024);
@@ -438,9 +500,17 @@ impl ClientBuilder {
                 if io.read_buf(&mut buf).await? == 0 {
                     return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
-                if let Some((response, n)) = request.parse_response(&buf, &config.proto)? {
-                    let _ = buf.split_to(n);
-                    return Ok((response, buf));
+                match request.parse_response(&buf, &config.proto) {
+                    Ok(Some((response, n))) => {
+                        let _ = buf.split_to(n);
+                        return Ok((response, buf));
+                    }
+                    Ok(None) => {}
+                    Err(HandshakeError::Status(status)) => {
+                        let max_headers = config.proto.max_headers;
+                        return Err(refusal::read(&mut io, buf, status, max_headers, deadline).await);
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         })?;
@@ -454,6 +524,11 @@ impl ClientBuilder {
         );
         Ok((ws, response))
     }
+}
+
+/// The error for a builder given both `tls_config` and `root_certificate`.
+pub(crate) fn tls_config_conflict() -> Error {
+    Error::Config("root_certificate cannot be combined with tls_config: add the root to the ClientConfig".into())
 }
 
 /// Checks the extensions a server's answer agreed to (HTTP/1.1 or HTTP/2): only
@@ -495,6 +570,17 @@ mod tests {
         assert!(matches!(redirect_target("wss://a/x", "http://a/y"), Err(Error::Url(_))));
         assert!(matches!(redirect_target("wss://a/x", "ws://a/y"), Err(Error::Url(_))));
         assert_eq!(redirect_target("wss://a/x", "/y").unwrap(), "wss://a/y");
+    }
+
+    #[test]
+    fn origins_are_scheme_host_and_port() {
+        let same = |a: &str, b: &str| parse_url(a).unwrap().same_origin(&parse_url(b).unwrap());
+        assert!(same("ws://a/x", "ws://A:80/y?z"), "default port, host case, path");
+        assert!(same("ws://u:p@a/", "ws://a/"), "userinfo is not part of the origin");
+        assert!(!same("ws://a/", "ws://a:81/"), "port");
+        assert!(!same("ws://a:443/", "wss://a/"), "scheme");
+        assert!(!same("ws://a/", "ws://b/"), "host");
+        assert!(is_credential("COOKIE") && is_credential("Proxy-Authorization") && !is_credential("Origin"));
     }
 
     #[test]

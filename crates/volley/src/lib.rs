@@ -44,7 +44,7 @@ pub mod websocket;
 
 pub use client::{connect, ClientBuilder};
 pub use config::{Config, SlowReader};
-pub use error::Error;
+pub use error::{Error, Timeout};
 pub use message::Message;
 pub use reconnect::{Backoff, ConnectionState, Reconnecting};
 pub use server::{accept, Rejection, ServerBuilder};

@@ -16,7 +16,7 @@
 //! let proxy = Proxy::parse("socks5h://user:secret@127.0.0.1:1080")?;
 //! let tcp = tokio::time::timeout(Duration::from_secs(10), connect_via(&proxy, "example.com", 80))
 //!     .await
-//!     .map_err(|_| volley::Error::Timeout("proxy connect"))??;
+//!     .map_err(|_| volley::Error::Timeout(volley::Timeout::Connect))??;
 //! let (ws, _response) = volley::ClientBuilder::new("ws://example.com/chat").handshake(tcp).await?;
 //! # drop(ws); Ok(()) }
 //! ```
@@ -39,18 +39,21 @@
 //!
 //! # Errors
 //!
-//! Everything fails as [`Error::Io`] (or [`Error::Url`] for a URL that does not parse).
-//! The [`io::ErrorKind`] says what kind of failure it is (`PermissionDenied` for
-//! authentication, `ConnectionRefused` for a refused tunnel, `InvalidData` for a proxy
-//! that does not speak the protocol, …); when the proxy answered, the inner error is a
-//! [`ProxyError`] with the details (HTTP status, SOCKS5 reply code):
+//! When the proxy answered (it refused the tunnel, the credentials, or broke its
+//! protocol), the error is [`Error::Proxy`] with a [`ProxyError`] that has the details
+//! (HTTP status, SOCKS5 reply code); [`ProxyError::kind`] sorts it (`PermissionDenied`
+//! for authentication, `ConnectionRefused` for a refused tunnel, `InvalidData` for a
+//! proxy that does not speak the protocol, …). A proxy that cannot be reached or that
+//! closes the connection is an [`Error::Io`], a URL that does not parse an
+//! [`Error::Url`], and arguments that cannot work (a target that is not a host name,
+//! SOCKS5 credentials over 255 bytes) an [`Error::Config`]:
 //!
 //! ```
 //! # use volley::proxy::ProxyError;
 //! fn proxy_status(e: &volley::Error) -> Option<u16> {
 //!     match e {
-//!         volley::Error::Io(io) => match io.get_ref()?.downcast_ref::<ProxyError>()? {
-//!             ProxyError::HttpStatus { status, .. } => Some(*status),
+//!         volley::Error::Proxy(p) => match **p {
+//!             ProxyError::HttpStatus { status, .. } => Some(status),
 //!             _ => None,
 //!         },
 //!         _ => None,
@@ -281,14 +284,15 @@ impl fmt::Debug for Proxy {
     }
 }
 
-/// What a proxy answered, as the inner error of an [`Error::Io`] from [`connect_via`]
-/// (reach it with `io_error.get_ref()` and `downcast_ref::<ProxyError>()`).
+/// What a proxy answered, in [`Error::Proxy`] from [`connect_via`] (and from a client
+/// connection through a proxy).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProxyError {
-    /// The HTTP proxy answered `CONNECT` with a status other than 2xx. The I/O error's
-    /// kind is `PermissionDenied` for 407 and 401 (authentication: some proxies answer
-    /// wrong credentials with 401) and 403, `ConnectionRefused` otherwise.
+    /// The HTTP proxy answered `CONNECT` with a status other than 2xx. Its
+    /// [`kind`](ProxyError::kind) is `PermissionDenied` for 407 and 401
+    /// (authentication: some proxies answer wrong credentials with 401) and 403,
+    /// `ConnectionRefused` otherwise.
     #[error("the HTTP proxy refused the tunnel to {target}: {status} {reason}{}", http_hint(*.status, *.sent_credentials))]
     HttpStatus {
         /// The status code.
@@ -314,7 +318,7 @@ pub enum ProxyError {
         status: u8,
     },
     /// The SOCKS5 proxy refused the connection to the target with this reply code
-    /// (RFC 1928 section 6). The I/O error's kind follows the code.
+    /// (RFC 1928 section 6). Its [`kind`](ProxyError::kind) follows the code.
     #[error("the SOCKS5 proxy could not connect to {target}: {} (reply {code})", socks_reply_message(*.code))]
     SocksReply {
         /// The reply code (non-zero).
@@ -325,6 +329,24 @@ pub enum ProxyError {
     /// The proxy's answer breaks its protocol (not HTTP, not SOCKS5, too large, …).
     #[error("{0}")]
     Malformed(String),
+}
+
+impl ProxyError {
+    /// The kind of failure, as an I/O error would say it: `PermissionDenied` for
+    /// authentication and forbidden targets, `ConnectionRefused` for a refused tunnel
+    /// (or the SOCKS5 reply's meaning: `HostUnreachable`, `NetworkUnreachable`, …),
+    /// `InvalidData` for an answer that breaks the protocol.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            ProxyError::HttpStatus { status: 401 | 403 | 407, .. } => io::ErrorKind::PermissionDenied,
+            ProxyError::HttpStatus { .. } => io::ErrorKind::ConnectionRefused,
+            ProxyError::SocksNoAcceptableMethod { .. } | ProxyError::SocksAuthFailed { .. } => {
+                io::ErrorKind::PermissionDenied
+            }
+            ProxyError::SocksReply { code, .. } => socks_reply_kind(*code),
+            ProxyError::Malformed(_) => io::ErrorKind::InvalidData,
+        }
+    }
 }
 
 fn http_hint(status: u16, sent_credentials: bool) -> &'static str {
@@ -362,16 +384,12 @@ fn socks_reply_kind(code: u8) -> io::ErrorKind {
     }
 }
 
-fn proxy_error(kind: io::ErrorKind, e: ProxyError) -> Error {
-    Error::Io(io::Error::new(kind, e))
+fn proxy_error(e: ProxyError) -> Error {
+    Error::Proxy(Box::new(e))
 }
 
 fn malformed(msg: impl Into<String>) -> Error {
-    proxy_error(io::ErrorKind::InvalidData, ProxyError::Malformed(msg.into()))
-}
-
-fn invalid_input(msg: String) -> Error {
-    Error::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
+    proxy_error(ProxyError::Malformed(msg.into()))
 }
 
 /// Opens a TCP connection to `proxy` and has it open a tunnel to `host:port`; the
@@ -390,8 +408,8 @@ fn invalid_input(msg: String) -> Error {
 ///   its end (bound address included) and no further.
 ///
 /// There is no timeout here: wrap the call in [`tokio::time::timeout`] (dropping the
-/// future closes the connection). Failures are [`Error::Io`] errors; see the
-/// [module documentation](self#errors).
+/// future closes the connection). A proxy's refusal is an [`Error::Proxy`], a failure
+/// to reach it an [`Error::Io`]; see the [module documentation](self#errors).
 pub async fn connect_via(proxy: &Proxy, host: &str, port: u16) -> Result<TcpStream, Error> {
     let target = Target::parse(host)?;
     let mut tcp = TcpStream::connect((proxy.host.as_str(), proxy.port))
@@ -424,7 +442,7 @@ impl Target {
         if valid {
             Ok(Target::Name(bare.to_string()))
         } else {
-            Err(invalid_input(format!("{host:?} is not a host name or IP address to tunnel to")))
+            Err(Error::Config(format!("{host:?} is not a host name or IP address to tunnel to")))
         }
     }
 
@@ -451,12 +469,8 @@ async fn http_connect(tcp: &mut TcpStream, proxy: &Proxy, target: &Target, port:
     if (200..300).contains(&status) {
         return Ok(());
     }
-    let kind = match status {
-        401 | 403 | 407 => io::ErrorKind::PermissionDenied,
-        _ => io::ErrorKind::ConnectionRefused,
-    };
     let sent_credentials = proxy.credentials.is_some();
-    Err(proxy_error(kind, ProxyError::HttpStatus { status, reason, target: authority, sent_credentials }))
+    Err(proxy_error(ProxyError::HttpStatus { status, reason, target: authority, sent_credentials }))
 }
 
 /// Reads an HTTP response head and consumes nothing after it: bytes are peeked, and
@@ -511,7 +525,7 @@ async fn socks5_connect(tcp: &mut TcpStream, proxy: &Proxy, target: &Target, por
     let credentials = proxy.credentials.as_ref();
     if let Some((user, pass)) = credentials {
         if user.is_empty() || user.len() > 255 || pass.len() > 255 {
-            return Err(invalid_input(
+            return Err(Error::Config(
                 "SOCKS5 username/password: the user name must have 1 to 255 bytes, the password at most 255".into(),
             ));
         }
@@ -545,18 +559,12 @@ async fn socks5_connect(tcp: &mut TcpStream, proxy: &Proxy, target: &Target, por
             read_reply(tcp, &mut status, "username/password authentication").await?;
             // RFC 1929 says version 1, but some servers answer 5: only the status counts.
             if status[1] != 0 {
-                return Err(proxy_error(
-                    io::ErrorKind::PermissionDenied,
-                    ProxyError::SocksAuthFailed { status: status[1] },
-                ));
+                return Err(proxy_error(ProxyError::SocksAuthFailed { status: status[1] }));
             }
         }
         (0xff, _) => {
             let offered_credentials = credentials.is_some();
-            return Err(proxy_error(
-                io::ErrorKind::PermissionDenied,
-                ProxyError::SocksNoAcceptableMethod { offered_credentials },
-            ));
+            return Err(proxy_error(ProxyError::SocksNoAcceptableMethod { offered_credentials }));
         }
         (method, _) => return Err(malformed(format!("the SOCKS5 proxy chose method {method}, which was not offered"))),
     }
@@ -592,7 +600,7 @@ async fn socks5_connect(tcp: &mut TcpStream, proxy: &Proxy, target: &Target, por
             SocksAddr::Ip(ip) => Target::Ip(*ip).authority(port),
             SocksAddr::Name(name) => format!("{name}:{port}"),
         };
-        return Err(proxy_error(socks_reply_kind(code), ProxyError::SocksReply { code, target }));
+        return Err(proxy_error(ProxyError::SocksReply { code, target }));
     }
     let bound = match reply[3] {
         1 => {

@@ -257,7 +257,8 @@ where
             return Err(e.into());
         }
         let limit = config.handshake_timeout;
-        let answered = with_timeout!(limit, "opening handshake", exchange(&mut io, &config, &remote, hook))?;
+        let answered =
+            with_timeout!(limit, crate::error::Timeout::Handshake, exchange(&mut io, &config, &remote, hook))?;
         Ok(finish(io, config, answered, (remote, local)))
     }
 }
@@ -283,8 +284,11 @@ where
             return Err(e.into());
         }
         let limit = config.handshake_timeout;
-        let mut tls = with_timeout!(limit, "TLS handshake", async { Ok(acceptor.accept(io).await?) })?;
-        let answered = with_timeout!(limit, "opening handshake", exchange(&mut tls, &config, &remote, hook))?;
+        let mut tls = with_timeout!(limit, crate::error::Timeout::TlsHandshake, async {
+            acceptor.accept(io).await.map_err(crate::tls::handshake_error)
+        })?;
+        let answered =
+            with_timeout!(limit, crate::error::Timeout::Handshake, exchange(&mut tls, &config, &remote, hook))?;
         Ok(finish(tls, config, answered, (remote, local)))
     }
 }

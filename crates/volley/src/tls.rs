@@ -35,8 +35,10 @@
 //! A client only needs a `wss://` URL: [`ClientBuilder::connect`](crate::ClientBuilder::connect)
 //! connects TCP, runs TLS (SNI and certificate check against the URL's host, ALPN
 //! `http/1.1`), then the WebSocket handshake. TLS failures (an unknown issuer, a name
-//! mismatch, a peer that does not speak TLS) come back as [`Error::Io`] whose inner error
-//! is the [`rustls::Error`].
+//! mismatch, a peer that does not speak TLS) come back as [`Error::Tls`] with the
+//! [`rustls::Error`], on both sides; a configuration that cannot work (PEM files without
+//! a certificate or a key, a key that does not fit) as [`Error::Config`] naming the
+//! file, or [`Error::Io`] if a file cannot be read.
 
 use std::io::{self, IoSlice};
 use std::path::Path;
@@ -92,11 +94,11 @@ pub fn load_private_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>
 
 fn pem_error(path: &Path, what: &str, e: pem::Error) -> Error {
     let path = path.display();
-    Error::Io(match e {
-        pem::Error::Io(e) => io::Error::new(e.kind(), format!("{path}: {e}")),
-        pem::Error::NoItemsFound => io::Error::new(io::ErrorKind::InvalidData, format!("{path}: no PEM {what} found")),
-        e => io::Error::new(io::ErrorKind::InvalidData, format!("{path}: {e}")),
-    })
+    match e {
+        pem::Error::Io(e) => Error::Io(io::Error::new(e.kind(), format!("{path}: {e}"))),
+        pem::Error::NoItemsFound => Error::Config(format!("{path}: no PEM {what} found")),
+        e => Error::Config(format!("{path}: {e}")),
+    }
 }
 
 /// A server configuration for a certificate chain and its private key: TLS 1.2 and 1.3
@@ -131,10 +133,8 @@ pub fn server_config_from_pem(
     let (cert_path, key_path) = (cert_path.as_ref(), key_path.as_ref());
     let certs = load_certs(cert_path)?;
     let key = load_private_key(key_path)?;
-    build_server_config(certs, key).map_err(|e| {
-        let msg = format!("{} with {}: {e}", cert_path.display(), key_path.display());
-        Error::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
-    })
+    build_server_config(certs, key)
+        .map_err(|e| Error::Config(format!("{} with {}: {e}", cert_path.display(), key_path.display())))
 }
 
 /// A TLS acceptor for the certificate chain and private key in these PEM files (see
@@ -194,7 +194,22 @@ pub(crate) fn roots_with(extra: &[CertificateDer<'static>]) -> Result<RootCertSt
 }
 
 pub(crate) fn tls_error(e: rustls::Error) -> Error {
-    Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e))
+    Error::Tls(Box::new(e))
+}
+
+/// A failed TLS handshake: [`Error::Tls`] if rustls failed it (tokio-rustls hands its
+/// error over inside an `io::Error`), [`Error::Io`] if the transport did.
+pub(crate) fn handshake_error(e: io::Error) -> Error {
+    if !e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        return Error::Io(e);
+    }
+    let kind = e.kind();
+    match e.into_inner().map(|inner| inner.downcast::<rustls::Error>()) {
+        Some(Ok(tls)) => Error::Tls(tls),
+        // Not reached: the inner error was checked to be a rustls error.
+        Some(Err(inner)) => Error::Io(io::Error::new(kind, inner)),
+        None => Error::Io(kind.into()),
+    }
 }
 
 /// The transport of a client connection: plain TCP for `ws://`, TLS over TCP for

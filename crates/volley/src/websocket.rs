@@ -846,7 +846,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     tracing::debug!(id = self.info.id, "pong timeout: closing");
                     self.dead = true;
                     self.abort_with(CloseCode::INTERNAL_ERROR, "keepalive timeout");
-                    self.set_last(Err(Error::Timeout("keepalive pong")));
+                    self.set_last(Err(Error::Timeout(crate::error::Timeout::KeepalivePong)));
                     self.finish = Finish::Flushing;
                     return;
                 }
@@ -1022,7 +1022,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             // Give up on the peer, but still shut our side down; if even that cannot
             // finish, just stop.
             self.finish = if self.finish == Finish::ShuttingDown { Finish::Done } else { Finish::ShuttingDown };
-            self.set_last(Err(Error::Timeout("closing handshake")));
+            self.set_last(Err(Error::Timeout(crate::error::Timeout::Close)));
             return self.poll_finish(cx);
         }
         Poll::Pending
@@ -1072,7 +1072,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 State::Closing => {
                     self.arm_close_timer();
                     if self.close_timer_expired(cx) {
-                        self.set_last(Err(Error::Timeout("closing handshake")));
+                        self.set_last(Err(Error::Timeout(crate::error::Timeout::Close)));
                         self.finish = Finish::ShuttingDown;
                         continue;
                     }

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use volley::proto::handshake::ClientRequest;
 use volley::proto::HandshakeError;
-use volley::{ClientBuilder, CloseCode, Config, Error, Message, Rejection, ServerBuilder};
+use volley::{ClientBuilder, CloseCode, Config, Error, Message, Rejection, ServerBuilder, Timeout};
 
 #[tokio::test]
 async fn server_picks_first_client_offered_subprotocol_it_supports() {
@@ -141,14 +141,14 @@ async fn hook_response_header_reaches_client() {
 }
 
 #[tokio::test]
-async fn hook_rejection_gives_client_status_and_server_rejected() {
+async fn hook_rejection_gives_client_the_answer_and_server_rejected() {
     let (listener, port) = bind().await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         ServerBuilder::new()
             .hook(|req, _| {
-                if req.origin() == Some("https://evil.example") {
-                    Err(Rejection::new(403).header("X-Reason", "origin").body("go away"))
+                if req.header("authorization").is_none() {
+                    Err(Rejection::new(401).header("WWW-Authenticate", "Bearer realm=\"chat\"").body("log in first"))
                 } else {
                     Ok(())
                 }
@@ -156,12 +156,15 @@ async fn hook_rejection_gives_client_status_and_server_rejected() {
             .accept_tcp(tcp)
             .await
     });
-    let err = within(ClientBuilder::new(url(port, "/")).header("Origin", "https://evil.example").connect())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Handshake(HandshakeError::Status(403))), "client got {err:?}");
+    let err = within(ClientBuilder::new(url(port, "/")).connect()).await.unwrap_err();
+    // The client gets the whole answer: status, header fields and body.
+    let Error::Refused(response) = &err else { panic!("client got {err:?}") };
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"chat\"");
+    assert_eq!(&response.body()[..], b"log in first");
+    assert_eq!(err.to_string(), "the server refused the handshake with status 401 Unauthorized");
     let server_err = within(server).await.unwrap().unwrap_err();
-    assert!(matches!(server_err, Error::Rejected(403)), "server got {server_err:?}");
+    assert!(matches!(server_err, Error::Rejected(401)), "server got {server_err:?}");
 }
 
 #[tokio::test]
@@ -309,7 +312,7 @@ async fn server_handshake_times_out_on_silent_client() {
     // Connects and sends nothing.
     let _silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (result, elapsed) = within(server).await.unwrap();
-    assert!(matches!(result, Err(Error::Timeout(_))), "expected a timeout, got {result:?}");
+    assert!(matches!(result, Err(Error::Timeout(Timeout::Handshake))), "expected a timeout, got {result:?}");
     assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
 }
@@ -331,7 +334,11 @@ async fn client_handshake_times_out_on_silent_server() {
     )
     .await;
     let elapsed = start.elapsed();
-    assert!(matches!(result, Err(Error::Timeout(_))), "expected a timeout, got {:?}", result.map(|_| ()));
+    assert!(
+        matches!(result, Err(Error::Timeout(Timeout::Handshake))),
+        "expected a timeout, got {:?}",
+        result.map(|_| ())
+    );
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     server.abort();
 }

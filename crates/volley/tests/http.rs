@@ -17,8 +17,7 @@ use tokio::sync::mpsc;
 use volley::http::hyper::body::Incoming;
 use volley::http::hyper::service::service_fn;
 use volley::http::hyper_util::rt::{TokioExecutor, TokioIo};
-use volley::http::{connect_h2, upgrade, Body, H2ClientBuilder, Server, UpgradedIo};
-use volley::proto::HandshakeError;
+use volley::http::{connect_h2, upgrade, Body, Server, UpgradedIo};
 use volley::tls::{CertificateDer, PrivateKeyDer, TlsAcceptor};
 use volley::{ClientBuilder, CloseCode, Config, Message, Rejection, WebSocket};
 
@@ -30,6 +29,7 @@ struct Seen {
     protocol: Option<String>,
     target: String,
     host: Option<String>,
+    authorization: Option<String>,
     remote: Option<SocketAddr>,
 }
 
@@ -42,6 +42,7 @@ async fn echo(mut ws: WebSocket<UpgradedIo>, seen: mpsc::UnboundedSender<Seen>) 
         protocol: ws.protocol().map(str::to_string),
         target: info.target().to_string(),
         host: info.headers().get("host").map(str::to_string),
+        authorization: info.headers().get("authorization").map(str::to_string),
         remote: info.remote_addr(),
     });
     while let Some(Ok(msg)) = ws.recv().await {
@@ -139,7 +140,9 @@ async fn hyper_hook_rejection_is_the_response() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, volley::Error::Handshake(HandshakeError::Status(403))), "{err:?}");
+    let volley::Error::Refused(response) = &err else { panic!("{err:?}") };
+    assert_eq!((response.status(), &response.body()[..]), (http::StatusCode::FORBIDDEN, &b"forbidden origin"[..]));
+    assert_eq!(response.headers()["x-reason"], "origin");
 
     // The whole answer, on the wire.
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -237,10 +240,10 @@ async fn h2c_extended_connect_echo_with_deflate() {
     let (listener, port) = bind().await;
     let mut seen = volley_server(listener, None, Config::new().protocols(["chat", "other"])).await;
     let (mut ws, response) = within(
-        H2ClientBuilder::new(format!("ws://127.0.0.1:{port}/h2/chat?x=1"))
+        ClientBuilder::new(format!("ws://127.0.0.1:{port}/h2/chat?x=1"))
             .protocol("chat")
             .header("origin", "http://127.0.0.1")
-            .connect(),
+            .connect_h2(),
     )
     .await
     .unwrap();
@@ -265,7 +268,7 @@ async fn h2c_extended_connect_echo_with_deflate() {
 
     // Without compression on the client, none is agreed.
     let (ws, _) =
-        within(H2ClientBuilder::new(format!("ws://127.0.0.1:{port}/")).config(Config::new().deflate(None)).connect())
+        within(ClientBuilder::new(format!("ws://127.0.0.1:{port}/")).config(Config::new().deflate(None)).connect_h2())
             .await
             .unwrap();
     assert!(ws.deflate().is_none());
@@ -282,14 +285,34 @@ async fn h2c_extended_connect_echo_with_deflate() {
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\npage"), "{answer}");
 }
 
+/// `connect_h2` is `ClientBuilder`'s: it takes the URL's credentials and goes through
+/// the builder's proxy (here tinyproxy, tunnelling h2c) like `connect`.
+#[tokio::test]
+async fn connect_h2_uses_the_builders_credentials_and_proxy() {
+    let (listener, port) = bind().await;
+    let mut seen = volley_server(listener, None, Config::new()).await;
+    let tinyproxy = common::process::tinyproxy(port, None).await;
+    let proxy = volley::proxy::Proxy::parse(&format!("http://127.0.0.1:{}", tinyproxy.port)).unwrap();
+    let client = ClientBuilder::new(format!("ws://user:secret@127.0.0.1:{port}/via")).proxy(proxy);
+    let (mut ws, _) = within(client.connect_h2()).await.unwrap_or_else(|e| panic!("{e}\n{}", tinyproxy.log()));
+    assert_eq!(ws.info().remote_addr().unwrap().port(), tinyproxy.port, "through the proxy");
+    let server = within(seen.recv()).await.unwrap();
+    assert_eq!(server.version, http::Version::HTTP_2);
+    assert_eq!(server.authorization.as_deref(), Some("Basic dXNlcjpzZWNyZXQ="), "user:secret from the URL");
+    exchange(&mut ws).await;
+}
+
 #[tokio::test]
 async fn h2_hook_rejection_is_the_status() {
     let (listener, port) = bind().await;
     let _seen = volley_server(listener, None, Config::new()).await;
-    let err = within(H2ClientBuilder::new(format!("ws://127.0.0.1:{port}/")).header("x-refuse", "1").connect())
+    let err = within(ClientBuilder::new(format!("ws://127.0.0.1:{port}/")).header("x-refuse", "1").connect_h2())
         .await
         .unwrap_err();
-    assert!(matches!(err, volley::Error::Handshake(HandshakeError::Status(403))), "{err:?}");
+    // Over HTTP/2 too, the client gets the answer: status and body.
+    let volley::Error::Refused(response) = &err else { panic!("{err:?}") };
+    assert_eq!((response.status(), response.version()), (http::StatusCode::FORBIDDEN, http::Version::HTTP_2));
+    assert_eq!(&response.body()[..], b"refused");
 }
 
 /// A self-signed certificate for 127.0.0.1 and localhost, as a CA the client trusts and
@@ -317,7 +340,7 @@ async fn h2_over_tls_with_alpn() {
     let mut seen = volley_server(listener, Some(acceptor), Config::new()).await;
 
     let (mut ws, _) =
-        within(H2ClientBuilder::new(format!("wss://localhost:{port}/tls")).root_certificate(root.clone()).connect())
+        within(ClientBuilder::new(format!("wss://localhost:{port}/tls")).root_certificate(root.clone()).connect_h2())
             .await
             .unwrap();
     assert_eq!(ws.info().http_version(), http::Version::HTTP_2);
@@ -388,7 +411,7 @@ async fn connect_h2_needs_alpn_h2() {
     let (listener, port) = bind().await;
     // volley::tls's configuration: ALPN http/1.1 only, as a plain wss:// server.
     let _seen = volley_server(listener, Some(TlsAcceptor::from(config)), Config::new()).await;
-    let err = within(H2ClientBuilder::new(format!("wss://localhost:{port}/")).root_certificate(root).connect())
+    let err = within(ClientBuilder::new(format!("wss://localhost:{port}/")).root_certificate(root).connect_h2())
         .await
         .unwrap_err();
     let volley::Error::Io(io) = &err else { panic!("{err:?}") };
@@ -484,14 +507,16 @@ mod axum_extractor {
         let err = within(ClientBuilder::new(format!("ws://127.0.0.1:{port}/ws")).header("x-refuse", "1").connect())
             .await
             .unwrap_err();
-        assert!(matches!(err, volley::Error::Handshake(HandshakeError::Status(401))), "{err:?}");
+        assert!(matches!(&err, volley::Error::Refused(r) if r.status() == 401), "{err:?}");
     }
 
     #[tokio::test]
     async fn axum_h2c_extractor_echo() {
         let (port, mut seen) = serve().await;
         let (mut ws, response) =
-            within(H2ClientBuilder::new(format!("ws://127.0.0.1:{port}/ws")).protocol("chat").connect()).await.unwrap();
+            within(ClientBuilder::new(format!("ws://127.0.0.1:{port}/ws")).protocol("chat").connect_h2())
+                .await
+                .unwrap();
         assert_eq!(response.headers()["x-axum"], "1");
         assert_eq!(ws.info().http_version(), http::Version::HTTP_2);
         assert!(ws.deflate().is_some());
@@ -500,10 +525,10 @@ mod axum_extractor {
         assert_eq!(server.protocol.as_deref(), Some("chat"));
         exchange(&mut ws).await;
 
-        let err = within(H2ClientBuilder::new(format!("ws://127.0.0.1:{port}/ws")).header("x-refuse", "1").connect())
+        let err = within(ClientBuilder::new(format!("ws://127.0.0.1:{port}/ws")).header("x-refuse", "1").connect_h2())
             .await
             .unwrap_err();
-        assert!(matches!(err, volley::Error::Handshake(HandshakeError::Status(401))), "{err:?}");
+        assert!(matches!(&err, volley::Error::Refused(r) if r.status() == 401), "{err:?}");
     }
 
     #[tokio::test]

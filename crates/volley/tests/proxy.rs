@@ -11,6 +11,7 @@
 mod common;
 
 use std::io;
+use std::time::Duration;
 
 use common::process::{free_port, microsocks, tinyproxy};
 use common::{bind, within};
@@ -63,12 +64,12 @@ fn io_error(e: &volley::Error) -> &io::Error {
     }
 }
 
-/// The proxy's answer inside a volley error (panics otherwise).
+/// The proxy's answer in a volley error (panics otherwise).
 fn proxy_error(e: &volley::Error) -> &ProxyError {
-    io_error(e)
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<ProxyError>())
-        .unwrap_or_else(|| panic!("expected a ProxyError inside, got {e:?}"))
+    match e {
+        volley::Error::Proxy(p) => p,
+        other => panic!("expected a proxy error, got {other:?}"),
+    }
 }
 
 /// A TCP server that writes `greeting` as soon as a connection arrives and then
@@ -116,7 +117,7 @@ async fn http_connect_without_or_with_wrong_credentials_is_407() {
 
     let none = Proxy::http(&format!("127.0.0.1:{}", proxy.port)).unwrap();
     let e = within(connect_via(&none, "127.0.0.1", target)).await.unwrap_err();
-    assert_eq!(io_error(&e).kind(), io::ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(proxy_error(&e).kind(), io::ErrorKind::PermissionDenied, "{e}");
     match proxy_error(&e) {
         ProxyError::HttpStatus { status: 407, sent_credentials: false, target: t, .. } => {
             assert_eq!(t, &format!("127.0.0.1:{target}"));
@@ -129,9 +130,14 @@ async fn http_connect_without_or_with_wrong_credentials_is_407() {
     // tinyproxy answers wrong credentials with 401 Unauthorized, not 407.
     let wrong = none.clone().with_credentials("alice", "wrong");
     let e = within(connect_via(&wrong, "127.0.0.1", target)).await.unwrap_err();
-    assert_eq!(io_error(&e).kind(), io::ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(proxy_error(&e).kind(), io::ErrorKind::PermissionDenied, "{e}");
     assert!(matches!(proxy_error(&e), ProxyError::HttpStatus { status: 401 | 407, sent_credentials: true, .. }), "{e}");
     assert!(e.to_string().contains("rejected the credentials"), "{e}");
+
+    // The same refusal from a client connection through the proxy.
+    let client = ClientBuilder::new(format!("ws://127.0.0.1:{target}/")).proxy(none);
+    let e = within(client.connect()).await.unwrap_err();
+    assert!(matches!(proxy_error(&e), ProxyError::HttpStatus { status: 407, .. }), "{e}");
 }
 
 #[tokio::test]
@@ -193,13 +199,13 @@ async fn socks5_authentication_failures() {
 
     let wrong = Proxy::parse(&format!("socks5://bob:nope@127.0.0.1:{}", proxy.port)).unwrap();
     let e = within(connect_via(&wrong, "127.0.0.1", target)).await.unwrap_err();
-    assert_eq!(io_error(&e).kind(), io::ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(proxy_error(&e).kind(), io::ErrorKind::PermissionDenied, "{e}");
     assert!(matches!(proxy_error(&e), ProxyError::SocksAuthFailed { .. }), "{e}");
     assert!(e.to_string().contains("rejected the username and password"), "{e}");
 
     let none = Proxy::parse(&format!("socks5://127.0.0.1:{}", proxy.port)).unwrap();
     let e = within(connect_via(&none, "127.0.0.1", target)).await.unwrap_err();
-    assert_eq!(io_error(&e).kind(), io::ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(proxy_error(&e).kind(), io::ErrorKind::PermissionDenied, "{e}");
     assert_eq!(proxy_error(&e), &ProxyError::SocksNoAcceptableMethod { offered_credentials: false });
     assert!(e.to_string().contains("none were given"), "{e}");
 }
@@ -210,16 +216,19 @@ async fn socks5_refused_target_through_microsocks() {
     let closed = free_port();
     let via = Proxy::parse(&format!("socks5://127.0.0.1:{}", proxy.port)).unwrap();
     let e = within(connect_via(&via, "127.0.0.1", closed)).await.unwrap_err();
-    match io_error(&e).kind() {
+    match &e {
         // microsocks maps ECONNREFUSED to reply 5.
-        io::ErrorKind::ConnectionRefused => assert!(
-            matches!(proxy_error(&e), ProxyError::SocksReply { code: 5, target } if *target == format!("127.0.0.1:{closed}")),
-            "{e}"
-        ),
+        volley::Error::Proxy(p) => {
+            assert_eq!(p.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+            assert!(
+                matches!(&**p, ProxyError::SocksReply { code: 5, target } if *target == format!("127.0.0.1:{closed}")),
+                "{e}"
+            );
+        }
         // Seen once under a loaded test run: the proxy's connection was reset before its
         // reply could be read. Still a failure to open the tunnel, reported as such.
-        io::ErrorKind::ConnectionReset => {}
-        other => panic!("expected the proxy to refuse the tunnel, got {other:?}: {e}"),
+        volley::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the proxy to refuse the tunnel, got {other:?}"),
     }
 }
 
@@ -269,7 +278,7 @@ async fn http_connect_answer_errors() {
         let (port, _) = fake_http_proxy(answer).await;
         let via = Proxy::parse(&format!("127.0.0.1:{port}")).unwrap();
         let e = within(connect_via(&via, "example.com", 80)).await.unwrap_err();
-        assert_eq!(io_error(&e).kind(), io::ErrorKind::InvalidData, "{e}");
+        assert_eq!(proxy_error(&e).kind(), io::ErrorKind::InvalidData, "{e}");
         assert!(e.to_string().contains(text), "{e}");
     }
 
@@ -277,13 +286,13 @@ async fn http_connect_answer_errors() {
     let (port, _) = fake_http_proxy(vec![5, 0, 0, 0, 0, 0, 0, 0]).await;
     let via = Proxy::parse(&format!("127.0.0.1:{port}")).unwrap();
     let e = within(connect_via(&via, "example.com", 80)).await.unwrap_err();
-    assert_eq!(io_error(&e).kind(), io::ErrorKind::InvalidData, "{e}");
+    assert_eq!(proxy_error(&e).kind(), io::ErrorKind::InvalidData, "{e}");
 
     // A refusal with a body.
     let (port, _) = fake_http_proxy(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 3\r\n\r\nbad".to_vec()).await;
     let via = Proxy::parse(&format!("127.0.0.1:{port}")).unwrap();
     let e = within(connect_via(&via, "example.com", 80)).await.unwrap_err();
-    assert_eq!(io_error(&e).kind(), io::ErrorKind::ConnectionRefused, "{e}");
+    assert_eq!(proxy_error(&e).kind(), io::ErrorKind::ConnectionRefused, "{e}");
     assert_eq!(
         proxy_error(&e),
         &ProxyError::HttpStatus {
@@ -401,7 +410,7 @@ async fn socks5_reply_codes_map_to_errors() {
         let (port, _) = fake_socks5(vec![5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await;
         let via = Proxy::parse(&format!("socks5h://127.0.0.1:{port}")).unwrap();
         let e = within(connect_via(&via, "example.com", 443)).await.unwrap_err();
-        assert_eq!(io_error(&e).kind(), kind, "reply {code}: {e}");
+        assert_eq!(proxy_error(&e).kind(), kind, "reply {code}: {e}");
         assert_eq!(proxy_error(&e), &ProxyError::SocksReply { code, target: "example.com:443".into() });
         assert!(e.to_string().contains(text), "reply {code}: {e}");
     }
@@ -419,8 +428,27 @@ async fn socks5_to_an_http_proxy_says_so() {
     });
     let via = Proxy::parse(&format!("socks5://127.0.0.1:{port}")).unwrap();
     let e = within(connect_via(&via, "127.0.0.1", 80)).await.unwrap_err();
-    assert_eq!(io_error(&e).kind(), io::ErrorKind::InvalidData, "{e}");
+    assert_eq!(proxy_error(&e).kind(), io::ErrorKind::InvalidData, "{e}");
     assert!(e.to_string().contains("use http://"), "{e}");
+}
+
+/// The connect timeout covers the proxy's tunnel: a proxy that never answers CONNECT
+/// ends in `Timeout::Connect`.
+#[tokio::test]
+async fn a_silent_proxy_is_a_connect_timeout() {
+    let (listener, port) = bind().await;
+    let server = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        // Reads the CONNECT request and never answers.
+        let _ = tcp.read(&mut [0u8; 1024]).await;
+        let _ = tcp.read(&mut [0u8; 1]).await;
+    });
+    let via = Proxy::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+    let client = ClientBuilder::new("ws://example.com/").proxy(via).connect_timeout(Duration::from_millis(100));
+    let e = within(client.connect()).await.unwrap_err();
+    assert!(matches!(e, volley::Error::Timeout(volley::Timeout::Connect)), "{e:?}");
+    assert_eq!(e.to_string(), "connect timed out");
+    server.abort();
 }
 
 #[tokio::test]
@@ -434,7 +462,7 @@ async fn unreachable_proxy_and_bad_targets() {
     // Targets that could inject into the request are refused before connecting.
     for bad in ["", "a b", "host\r\nX: y", "user@host", "a/b", "[::1"] {
         let e = within(connect_via(&via, bad, 80)).await.unwrap_err();
-        assert_eq!(io_error(&e).kind(), io::ErrorKind::InvalidInput, "{bad:?}: {e}");
+        assert!(matches!(e, volley::Error::Config(_)), "{bad:?}: {e:?}");
     }
 }
 

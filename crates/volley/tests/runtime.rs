@@ -111,7 +111,7 @@ async fn a_peer_that_stops_answering_is_closed_after_the_pong_timeout() {
     let mut ws = task.await.unwrap();
     let started = std::time::Instant::now();
     let last = within(last_item(&mut ws)).await;
-    assert!(matches!(last, Some(Err(Error::Timeout("keepalive pong")))), "{last:?}");
+    assert!(matches!(last, Some(Err(Error::Timeout(volley::Timeout::KeepalivePong)))), "{last:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
@@ -160,7 +160,7 @@ async fn a_dead_tcp_peer_is_detected_by_keepalive() {
     kill.notify_one();
     let started = std::time::Instant::now();
     let last = within(last_item(&mut ws)).await;
-    assert!(matches!(last, Some(Err(Error::Timeout("keepalive pong")))), "{last:?}");
+    assert!(matches!(last, Some(Err(Error::Timeout(volley::Timeout::KeepalivePong)))), "{last:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "a dead peer must not hold the client");
     drop(server);
 }

@@ -79,12 +79,12 @@ async fn tls_echo_server(pki: &Pki, names: &[&str]) -> (u16, tokio::task::JoinHa
     (port, server)
 }
 
-/// The rustls error inside a failed wss:// connection.
+/// The rustls error of a failed wss:// connection.
 fn rustls_error(e: &volley::Error) -> &rustls::Error {
-    let volley::Error::Io(io) = e else { panic!("expected an I/O error carrying a TLS error, got {e:?}") };
-    io.get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .unwrap_or_else(|| panic!("expected a rustls error inside {io:?}"))
+    match e {
+        volley::Error::Tls(tls) => tls,
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -158,8 +158,26 @@ async fn unknown_issuer_is_a_certificate_error() {
     // Default roots only (webpki-roots): the test CA is not among them.
     let err = within(ClientBuilder::new(format!("wss://127.0.0.1:{port}/")).connect()).await.unwrap_err();
     assert!(matches!(rustls_error(&err), rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)), "{err}");
-    // The server sees the client's alert as a failed handshake, not a panic.
-    assert!(matches!(within(server).await.unwrap(), Err(volley::Error::Io(_))));
+    // The server sees the client's alert as a failed TLS handshake, not a panic.
+    let server_err = within(server).await.unwrap().unwrap_err();
+    assert!(matches!(rustls_error(&server_err), rustls::Error::AlertReceived(_)), "{server_err}");
+}
+
+#[tokio::test]
+async fn a_silent_tls_server_is_a_tls_handshake_timeout() {
+    let (listener, port) = bind().await;
+    // Accepts the TCP connection and never answers the ClientHello.
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        drop(tcp);
+    });
+    let config = Config::new().handshake_timeout(std::time::Duration::from_millis(100));
+    let err = within(ClientBuilder::new(format!("wss://127.0.0.1:{port}/")).config(config).no_proxy().connect())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, volley::Error::Timeout(volley::Timeout::TlsHandshake)), "{err:?}");
+    server.abort();
 }
 
 #[tokio::test]
@@ -218,7 +236,7 @@ async fn custom_client_config() {
     let url = format!("wss://127.0.0.1:{port}/");
     // A custom configuration and extra roots do not mix: refused before connecting.
     let err = ClientBuilder::new(url.clone()).tls_config(config.clone()).root_certificate(pki.root()).connect().await;
-    assert!(matches!(err, Err(volley::Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput));
+    assert!(matches!(err, Err(volley::Error::Config(_))), "{:?}", err.map(|_| ()));
     let (mut ws, _) = within(ClientBuilder::new(url).tls_config(config).connect()).await.unwrap();
     ws.send(Message::text("custom")).await.unwrap();
     assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("custom"));
@@ -279,12 +297,15 @@ async fn acceptor_from_pem_files() {
     assert!(matches!(&err, volley::Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound), "{err}");
     assert!(err.to_string().contains("missing.pem"), "{err}");
     let err = acceptor_err(&key_path, &key_path);
+    assert!(matches!(err, volley::Error::Config(_)), "{err:?}");
     assert!(err.to_string().contains("key.pem") && err.to_string().contains("no PEM certificates"), "{err}");
     let err = acceptor_err(&cert_path, &cert_path);
+    assert!(matches!(err, volley::Error::Config(_)), "{err:?}");
     assert!(err.to_string().contains("chain.pem") && err.to_string().contains("private key"), "{err}");
     // A key that does not belong to the certificate.
     let other_key = dir.write("other-key.pem", &KeyPair::generate().unwrap().serialize_pem());
     let err = acceptor_err(&cert_path, &other_key);
+    assert!(matches!(err, volley::Error::Config(_)), "{err:?}");
     assert!(err.to_string().contains("other-key.pem"), "{err}");
 }
 
@@ -351,7 +372,7 @@ async fn tls_hook_rejection_reaches_the_client_as_a_status() {
     });
     let url = format!("wss://127.0.0.1:{port}/");
     let err = within(ClientBuilder::new(url).root_certificate(pki.root()).connect()).await.unwrap_err();
-    assert!(matches!(err, Error::Handshake(volley::proto::HandshakeError::Status(403))), "client got {err:?}");
+    assert!(matches!(&err, Error::Refused(r) if r.status() == 403), "client got {err:?}");
     assert!(matches!(within(server).await.unwrap(), Err(Error::Rejected(403))));
 }
 
@@ -391,7 +412,7 @@ async fn tls_handshake_times_out_on_a_silent_client() {
     let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let result = within(server).await.unwrap();
     assert!(
-        matches!(result, Err(Error::Timeout("TLS handshake"))),
+        matches!(result, Err(Error::Timeout(volley::Timeout::TlsHandshake))),
         "expected the TLS handshake to time out, got {result:?}"
     );
 }

@@ -11,51 +11,27 @@ use std::task::{ready, Context, Poll};
 use ::http::header::{HeaderName, HeaderValue};
 use ::http::{Method, StatusCode, Version};
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::ext::Protocol;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use volley_proto::handshake::Headers;
 use volley_proto::{deflate, ExtensionOffer, HandshakeError, Role};
 
 use super::{hyper_error, UpgradedIo, ALPN_H2};
+use crate::client::{parse_url, tls_config_conflict, ClientBuilder, Target};
 use crate::config::Config;
-use crate::error::Error;
-use crate::tls::{self, CertificateDer};
+use crate::error::{Error, Timeout, MAX_REFUSAL_BODY};
+use crate::tls;
 use crate::websocket::{with_timeout, WebSocket};
 
 /// `SETTINGS_ENABLE_CONNECT_PROTOCOL` (RFC 8441 §3).
 const SETTINGS_ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
-
-/// Where a ws:// or wss:// URL points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    host: String,
-    port: u16,
-    authority: String,
-    path: String,
-    tls: bool,
-}
-
-fn parse_url(url: &str) -> Result<Target, Error> {
-    let uri: ::http::Uri = url.parse().map_err(|e| Error::Url(format!("{url}: {e}")))?;
-    let (default_port, tls) = match uri.scheme_str() {
-        Some("ws") => (80, false),
-        Some("wss") => (443, true),
-        _ => return Err(Error::Url(format!("{url}: the scheme must be ws:// or wss://"))),
-    };
-    let authority = uri.authority().ok_or_else(|| Error::Url(format!("{url}: no host")))?;
-    let host = authority.host();
-    let port = authority.port_u16().unwrap_or(default_port);
-    let authority = if port == default_port { host.to_string() } else { format!("{host}:{port}") };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    Ok(Target { host, port, authority, path, tls })
-}
 
 /// A client configuration for HTTP/2 over TLS: [`tls::client_config`] with ALPN `h2`
 /// only.
@@ -71,69 +47,9 @@ fn default_h2_client_config() -> Arc<ClientConfig> {
     DEFAULT.get_or_init(|| h2_client_config(tls::default_roots())).clone()
 }
 
-/// Builds an RFC 8441 client connection: URL, header fields, subprotocols,
-/// configuration, and for `wss://` the TLS configuration. The counterpart of
-/// [`ClientBuilder`](crate::ClientBuilder) for WebSockets over HTTP/2.
-#[derive(Debug, Clone)]
-pub struct H2ClientBuilder {
-    url: String,
-    headers: Vec<(String, String)>,
-    config: Config,
-    tls_config: Option<Arc<ClientConfig>>,
-    root_certificates: Vec<CertificateDer<'static>>,
-}
-
-impl H2ClientBuilder {
-    /// A client for `url`: `wss://` runs HTTP/2 over TLS (ALPN `h2`), `ws://` runs
-    /// HTTP/2 with prior knowledge (h2c) over TCP.
-    pub fn new(url: impl Into<String>) -> Self {
-        H2ClientBuilder {
-            url: url.into(),
-            headers: Vec::new(),
-            config: Config::default(),
-            tls_config: None,
-            root_certificates: Vec::new(),
-        }
-    }
-
-    /// Adds a header field to the CONNECT request (Origin, Cookie, Authorization...).
-    /// HTTP/2 names are lower case; connection-specific fields are dropped by hyper.
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_string(), value.to_string()));
-        self
-    }
-
-    /// Offers a subprotocol (in order of preference).
-    pub fn protocol(mut self, protocol: &str) -> Self {
-        self.config.protocols.push(protocol.to_string());
-        self
-    }
-
-    /// Sets the configuration (its protocol list is kept, extended by `protocol`).
-    pub fn config(mut self, config: Config) -> Self {
-        let mut protocols = std::mem::take(&mut self.config.protocols);
-        self.config = config;
-        protocols.append(&mut self.config.protocols);
-        self.config.protocols = protocols;
-        self
-    }
-
-    /// The TLS configuration for `wss://`. Its ALPN list is replaced by `h2`, the only
-    /// protocol this client speaks. Default: [`h2_client_config`] with
-    /// [`tls::default_roots`]. Cannot be combined with
-    /// [`H2ClientBuilder::root_certificate`].
-    pub fn tls_config(mut self, config: Arc<ClientConfig>) -> Self {
-        self.tls_config = Some(config);
-        self
-    }
-
-    /// Trusts `cert` as a root for `wss://`, in addition to the default roots.
-    pub fn root_certificate(mut self, cert: CertificateDer<'static>) -> Self {
-        self.root_certificates.push(cert);
-        self
-    }
-
-    fn client_tls_config(&self) -> Result<Arc<ClientConfig>, Error> {
+impl ClientBuilder {
+    /// The TLS configuration for `wss://` over HTTP/2: ALPN `h2` only.
+    fn h2_tls_config(&self) -> Result<Arc<ClientConfig>, Error> {
         match (&self.tls_config, self.root_certificates.is_empty()) {
             (Some(config), true) => {
                 let mut config = config.clone();
@@ -142,173 +58,181 @@ impl H2ClientBuilder {
                 }
                 Ok(config)
             }
-            (Some(_), false) => Err(Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "root_certificate cannot be combined with tls_config: add the root to the ClientConfig",
-            ))),
+            (Some(_), false) => Err(tls_config_conflict()),
             (None, true) => Ok(default_h2_client_config()),
             (None, false) => Ok(h2_client_config(tls::roots_with(&self.root_certificates)?)),
         }
     }
 
-    /// Connects TCP, runs TLS for `wss://` (certificate checked against the URL's
-    /// host; the server must select ALPN `h2`), starts HTTP/2, waits for the server's
-    /// SETTINGS, and sends the extended CONNECT. Errors:
+    /// Opens a WebSocket over HTTP/2 (RFC 8441) on a connection of its own (feature
+    /// `hyper`): `wss://` runs HTTP/2 over TLS (the server must select ALPN `h2`;
+    /// certificate checked against the URL's host), `ws://` runs HTTP/2 with prior
+    /// knowledge (h2c) over TCP. The TCP connection is opened as for
+    /// [`connect`](ClientBuilder::connect) (proxy, happy eyeballs, connect timeout);
+    /// then HTTP/2 starts, the client waits for the server's SETTINGS and sends the
+    /// extended CONNECT with the builder's header fields, subprotocols and extensions.
+    /// Redirects are not followed. Errors:
     /// - the server did not select `h2` in ALPN, or its SETTINGS lack
     ///   `SETTINGS_ENABLE_CONNECT_PROTOCOL` (it does not do WebSockets over HTTP/2):
     ///   [`Error::Io`] of kind `Unsupported`, saying which;
-    /// - the server answered with another status than 200:
-    ///   [`HandshakeError::Status`];
+    /// - the server answered with another status than 200: [`Error::Refused`], with
+    ///   the answer (status, header fields, the start of the body);
     /// - a subprotocol or extension that was not offered: as for HTTP/1.1.
     ///
-    /// Each step (TCP, TLS, the HTTP/2 handshake and the CONNECT) gets the handshake
+    /// The TLS handshake, the HTTP/2 handshake and the CONNECT each get the handshake
     /// timeout. The HTTP/2 connection serves this one WebSocket and ends with it.
-    pub async fn connect(self) -> Result<(WebSocket<UpgradedIo>, ::http::Response<()>), Error> {
-        let target = parse_url(&self.url)?;
-        let tls = if target.tls { Some((self.client_tls_config()?, tls::server_name(&target.host)?)) } else { None };
-        let limit = self.config.handshake_timeout;
-        let tcp = with_timeout!(limit, "connect", async {
-            let io = TcpStream::connect((target.host.as_str(), target.port)).await?;
-            io.set_nodelay(true)?;
-            Ok(io)
-        })?;
+    pub async fn connect_h2(self) -> Result<(WebSocket<UpgradedIo>, ::http::Response<()>), Error> {
+        let (builder, target) = self.with_url_credentials()?;
+        let tls = if target.tls { Some((builder.h2_tls_config()?, tls::server_name(&target.host)?)) } else { None };
+        let limit = builder.config.handshake_timeout;
+        let tcp = builder.open_tcp(&target).await?;
         let addrs = (tcp.peer_addr().ok(), tcp.local_addr().ok());
         match tls {
-            None => self.run(tcp, target, addrs, |io| io).await,
+            None => run(builder, tcp, target, addrs, |io| io).await,
             Some((config, name)) => {
                 let connector = TlsConnector::from(config);
                 let no_h2 = || {
-                    unsupported(format!("{}: the server does not speak HTTP/2 over TLS (ALPN h2)", target.authority))
+                    unsupported(format!("{}: the server does not speak HTTP/2 over TLS (ALPN h2)", target.host_header))
                 };
-                let stream = with_timeout!(limit, "TLS handshake", async {
-                    connector.connect(name, tcp).await.map_err(|e| {
-                        let refused = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
-                            == Some(&rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol));
-                        if refused {
+                let stream = with_timeout!(limit, Timeout::TlsHandshake, async {
+                    connector.connect(name, tcp).await.map_err(|e| match tls::handshake_error(e) {
+                        Error::Tls(e)
+                            if *e == rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol) =>
+                        {
                             no_h2()
-                        } else {
-                            Error::Io(e)
                         }
+                        e => e,
                     })
                 })?;
                 // A server that ignores ALPN is refused here.
                 if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
                     return Err(no_h2());
                 }
-                self.run(stream, target, addrs, |io| io).await
+                run(builder, stream, target, addrs, |io| io).await
             }
         }
     }
 
     /// Runs HTTP/2 and the extended CONNECT over a transport that is already connected
     /// (and, for `wss://`, already TLS with `h2` agreed): the URL gives only the
-    /// `:scheme`, `:authority` and `:path`.
-    pub async fn handshake<S>(self, io: S) -> Result<(WebSocket<UpgradedIo>, ::http::Response<()>), Error>
+    /// `:scheme`, `:authority` and `:path`. Feature `hyper`.
+    pub async fn handshake_h2<S>(self, io: S) -> Result<(WebSocket<UpgradedIo>, ::http::Response<()>), Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let target = parse_url(&self.url)?;
-        self.run(io, target, (None, None), |io| io).await
+        run(self, io, target, (None, None), |io| io).await
     }
+}
 
-    /// [`H2ClientBuilder::handshake`] for [`ClientBuilder`](crate::ClientBuilder) once
-    /// ALPN chose `h2`: the WebSocket's transport is `wrap`ped, its addresses recorded.
-    pub(crate) async fn run_over<S, T>(
-        self,
-        io: S,
-        addrs: (Option<SocketAddr>, Option<SocketAddr>),
-        wrap: impl FnOnce(UpgradedIo) -> T,
-    ) -> Result<(WebSocket<T>, ::http::Response<()>), Error>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        T: AsyncRead + AsyncWrite + Unpin,
-    {
-        let target = parse_url(&self.url)?;
-        self.run(io, target, addrs, wrap).await
+/// HTTP/2 and the extended CONNECT over `io`, for `builder`'s request; the
+/// WebSocket's transport is `wrap`ped, its addresses recorded.
+pub(crate) async fn run<S, T>(
+    builder: ClientBuilder,
+    io: S,
+    target: Target,
+    (remote, local): (Option<SocketAddr>, Option<SocketAddr>),
+    wrap: impl FnOnce(UpgradedIo) -> T,
+) -> Result<(WebSocket<T>, ::http::Response<()>), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let ClientBuilder { config, headers, .. } = builder;
+    let request = connect_request(&target, &config, &headers)?;
+    // A refusal's body is read until the end of the handshake timeout.
+    let deadline = Instant::now() + config.handshake_timeout;
+    let mut response = with_timeout!(config.handshake_timeout, Timeout::Handshake, async {
+        let (settings_tx, settings_rx) = oneshot::channel();
+        let io = TokioIo::new(SettingsSniffer::new(io, settings_tx));
+        let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Empty<Bytes>>(io)
+            .await
+            .map_err(hyper_error)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+            }
+        });
+        // The server's first frame is its SETTINGS (RFC 9113 §3.4); without
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL it would reset the CONNECT stream, or
+        // take it for a proxy request.
+        match settings_rx.await {
+            Ok(Settings::ConnectProtocol) => {}
+            Ok(Settings::NoConnectProtocol) => {
+                return Err(unsupported(format!(
+                    "{}: the server does not accept WebSockets over HTTP/2: its SETTINGS lack \
+                     SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441)",
+                    target.host_header
+                )))
+            }
+            Ok(Settings::NotHttp2) => {
+                return Err(unsupported(format!(
+                    "{}: the server did not start HTTP/2 (its first frame is not SETTINGS): \
+                     it does not speak HTTP/2 with prior knowledge",
+                    target.host_header
+                )))
+            }
+            Err(_) => {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the HTTP/2 connection ended before the server's SETTINGS",
+                )))
+            }
+        }
+        sender.ready().await.map_err(hyper_error)?;
+        sender.send_request(request).await.map_err(hyper_error)
+    })?;
+    if response.status() != StatusCode::OK {
+        return Err(refusal(response, deadline).await);
     }
+    let headers = response.headers();
+    let protocol = match headers.get("sec-websocket-protocol") {
+        None => None,
+        Some(v) => {
+            let p = v.to_str().map_err(|_| HandshakeError::MalformedHeader("Sec-WebSocket-Protocol"))?.trim();
+            if !config.protocols.iter().any(|o| o == p) {
+                return Err(HandshakeError::Protocol(p.to_string()).into());
+            }
+            Some(p.to_string())
+        }
+    };
+    let mut values = Vec::new();
+    for v in headers.get_all("sec-websocket-extensions") {
+        values.push(v.to_str().map_err(|_| HandshakeError::MalformedHeader("Sec-WebSocket-Extensions"))?);
+    }
+    let extensions = ExtensionOffer::parse_all(values)?;
+    let params = crate::client::accept_extensions(&extensions, &config)?;
+    let fields = Headers::from_pairs(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+    let upgraded = hyper::upgrade::on(&mut response).await.map_err(hyper_error)?;
+    let ws = WebSocket::from_handshaken(wrap(TokioIo::new(upgraded)), Role::Client, config, &[], protocol, params)
+        .with_handshake_info(&target.path, fields, extensions, Version::HTTP_2)
+        .with_addrs(remote, local);
+    let (parts, _) = response.into_parts();
+    Ok((ws, ::http::Response::from_parts(parts, ())))
+}
 
-    async fn run<S, T>(
-        self,
-        io: S,
-        target: Target,
-        (remote, local): (Option<SocketAddr>, Option<SocketAddr>),
-        wrap: impl FnOnce(UpgradedIo) -> T,
-    ) -> Result<(WebSocket<T>, ::http::Response<()>), Error>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        T: AsyncRead + AsyncWrite + Unpin,
-    {
-        let config = self.config;
-        let request = connect_request(&target, &config, &self.headers)?;
-        let mut response = with_timeout!(config.handshake_timeout, "opening handshake", async {
-            let (settings_tx, settings_rx) = oneshot::channel();
-            let io = TokioIo::new(SettingsSniffer::new(io, settings_tx));
-            let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .handshake::<_, Empty<Bytes>>(io)
-                .await
-                .map_err(hyper_error)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+/// [`Error::Refused`] with a refusal's status, header fields and the start of its body:
+/// what arrives before `deadline`, at most [`MAX_REFUSAL_BODY`] bytes.
+async fn refusal(response: ::http::Response<Incoming>, deadline: Instant) -> Error {
+    let (parts, mut body) = response.into_parts();
+    let mut data = Vec::new();
+    let read = async {
+        while data.len() < MAX_REFUSAL_BODY {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        data.extend_from_slice(chunk);
+                    }
                 }
-            });
-            // The server's first frame is its SETTINGS (RFC 9113 §3.4); without
-            // SETTINGS_ENABLE_CONNECT_PROTOCOL it would reset the CONNECT stream, or
-            // take it for a proxy request.
-            match settings_rx.await {
-                Ok(Settings::ConnectProtocol) => {}
-                Ok(Settings::NoConnectProtocol) => {
-                    return Err(unsupported(format!(
-                        "{}: the server does not accept WebSockets over HTTP/2: its SETTINGS lack \
-                         SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441)",
-                        target.authority
-                    )))
-                }
-                Ok(Settings::NotHttp2) => {
-                    return Err(unsupported(format!(
-                        "{}: the server did not start HTTP/2 (its first frame is not SETTINGS): \
-                         it does not speak HTTP/2 with prior knowledge",
-                        target.authority
-                    )))
-                }
-                Err(_) => {
-                    return Err(Error::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the HTTP/2 connection ended before the server's SETTINGS",
-                    )))
-                }
+                _ => break,
             }
-            sender.ready().await.map_err(hyper_error)?;
-            sender.send_request(request).await.map_err(hyper_error)
-        })?;
-        if response.status() != StatusCode::OK {
-            return Err(HandshakeError::Status(response.status().as_u16()).into());
         }
-        let headers = response.headers();
-        let protocol = match headers.get("sec-websocket-protocol") {
-            None => None,
-            Some(v) => {
-                let p = v.to_str().map_err(|_| HandshakeError::MalformedHeader("Sec-WebSocket-Protocol"))?.trim();
-                if !config.protocols.iter().any(|o| o == p) {
-                    return Err(HandshakeError::Protocol(p.to_string()).into());
-                }
-                Some(p.to_string())
-            }
-        };
-        let mut values = Vec::new();
-        for v in headers.get_all("sec-websocket-extensions") {
-            values.push(v.to_str().map_err(|_| HandshakeError::MalformedHeader("Sec-WebSocket-Extensions"))?);
-        }
-        let extensions = ExtensionOffer::parse_all(values)?;
-        let params = crate::client::accept_extensions(&extensions, &config)?;
-        let fields = Headers::from_pairs(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
-        let upgraded = hyper::upgrade::on(&mut response).await.map_err(hyper_error)?;
-        let ws = WebSocket::from_handshaken(wrap(TokioIo::new(upgraded)), Role::Client, config, &[], protocol, params)
-            .with_handshake_info(&target.path, fields, extensions, Version::HTTP_2)
-            .with_addrs(remote, local);
-        let (parts, _) = response.into_parts();
-        Ok((ws, ::http::Response::from_parts(parts, ())))
-    }
+    };
+    // The deadline ends the body early: what came by then is kept.
+    let _ = tokio::time::timeout_at(deadline, read).await;
+    data.truncate(MAX_REFUSAL_BODY);
+    Error::Refused(Box::new(::http::Response::from_parts(parts, Bytes::from(data))))
 }
 
 /// The extended CONNECT request (RFC 8441 §4-5).
@@ -318,9 +242,9 @@ fn connect_request(
     extra: &[(String, String)],
 ) -> Result<::http::Request<Empty<Bytes>>, Error> {
     let scheme = if target.tls { "https" } else { "http" };
-    let uri: ::http::Uri = format!("{scheme}://{}{}", target.authority, target.path)
+    let uri: ::http::Uri = format!("{scheme}://{}{}", target.host_header, target.path)
         .parse()
-        .map_err(|e| Error::Url(format!("{}{}: {e}", target.authority, target.path)))?;
+        .map_err(|e| Error::Url(format!("{}{}: {e}", target.host_header, target.path)))?;
     let mut req = ::http::Request::new(Empty::new());
     *req.method_mut() = Method::CONNECT;
     *req.uri_mut() = uri;
@@ -487,9 +411,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SettingsSniffer<S> {
 }
 
 /// Opens a WebSocket over HTTP/2 (RFC 8441) with the default configuration: see
-/// [`H2ClientBuilder::connect`].
+/// [`ClientBuilder::connect_h2`].
 pub async fn connect_h2(url: &str) -> Result<(WebSocket<UpgradedIo>, ::http::Response<()>), Error> {
-    H2ClientBuilder::new(url).connect().await
+    ClientBuilder::new(url).connect_h2().await
 }
 
 #[cfg(test)]
@@ -520,14 +444,5 @@ mod tests {
         assert_eq!(sniff(&[0, 0, 0, 4, 1, 0, 0, 0, 0], 9), Some(Settings::NotHttp2), "a SETTINGS ACK first");
         assert_eq!(sniff(&[0, 0, 8, 6, 0], 9), None, "incomplete");
         assert_eq!(sniff(b"HTTP/1.1 400 Bad Request\r\n", 4), Some(Settings::NotHttp2), "HTTP/1.1");
-    }
-
-    #[test]
-    fn urls() {
-        let t = parse_url("wss://example.com/chat?x=1").unwrap();
-        assert_eq!((t.port, t.authority.as_str(), t.path.as_str(), t.tls), (443, "example.com", "/chat?x=1", true));
-        let t = parse_url("ws://[::1]:9001").unwrap();
-        assert_eq!((t.host.as_str(), t.authority.as_str(), t.path.as_str()), ("::1", "[::1]:9001", "/"));
-        assert!(parse_url("https://x/").is_err());
     }
 }

@@ -25,8 +25,9 @@
 //!   automatic HTTP/1.1 + HTTP/2 builder, upgrades and extended CONNECT on, calling a
 //!   handler for each WebSocket and an optional fallback for the other requests.
 //! - `WebSocketUpgrade` (feature `axum`): the axum extractor, for HTTP/1.1 and HTTP/2.
-//! - [`connect_h2`] and [`H2ClientBuilder`]: the RFC 8441 client, over TLS with ALPN
-//!   `h2` for `wss://`, or HTTP/2 with prior knowledge (h2c) for `ws://`.
+//! - [`connect_h2`] and [`ClientBuilder::connect_h2`](crate::ClientBuilder::connect_h2):
+//!   the RFC 8441 client, over TLS with ALPN `h2` for `wss://`, or HTTP/2 with prior
+//!   knowledge (h2c) for `ws://`.
 //!
 //! Every [`WebSocket`] made here records its HTTP version in
 //! [`ConnectionInfo::http_version`](crate::ConnectionInfo::http_version).
@@ -65,7 +66,7 @@
 
 #[cfg(feature = "axum")]
 mod axum;
-mod client;
+pub(crate) mod client;
 mod server;
 
 use std::fmt;
@@ -91,7 +92,7 @@ use crate::websocket::WebSocket;
 
 #[cfg(feature = "axum")]
 pub use self::axum::WebSocketUpgrade;
-pub use self::client::{connect_h2, h2_client_config, H2ClientBuilder};
+pub use self::client::{connect_h2, h2_client_config};
 pub use self::server::{serve_connection, with_h2_alpn, Server};
 /// hyper 1, as used here (for `hyper::ext::Protocol`, the server and client
 /// connection builders).
