@@ -3,13 +3,17 @@
 
 Reproducible: run `python3 fuzz/make_seeds.py` from anywhere; it rewrites the seed
 files (and removes nothing else). Connection seeds start with two chunk-size bytes
-(see volley_fuzz::run_connection): 00 00 feeds the rest in one piece.
+(see volley_fuzz::run_connection): 00 00 feeds the rest in one piece. The
+deflate_connection seeds have one byte before those, the role and the agreed
+permessage-deflate parameters (volley_fuzz::run_deflate_connection), and compressed
+frames made by zlib with those parameters.
 """
 
 import base64
 import hashlib
 import os
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
@@ -167,6 +171,92 @@ def frame_headers():
     }
 
 
+RSV1 = 0x40
+
+
+class Deflater:
+    """The sender's side of permessage-deflate (RFC 7692 §7.2.1) with Python's zlib: raw
+    deflate, each message flushed with Z_SYNC_FLUSH and its 00 00 ff ff tail removed.
+    With context takeover one compressor serves every message; without, each message
+    gets a new one."""
+
+    def __init__(self, window_bits, no_context_takeover):
+        # zlib cannot compress with a 256-byte window; 9 is the smallest it takes.
+        self.wbits = max(window_bits, 9)
+        self.nct = no_context_takeover
+        self.c = None
+
+    def compress(self, data):
+        if self.c is None or self.nct:
+            self.c = zlib.compressobj(6, zlib.DEFLATED, -self.wbits)
+        out = self.c.compress(data) + self.c.flush(zlib.Z_SYNC_FLUSH)
+        assert out.endswith(b"\x00\x00\xff\xff")
+        return out[:-4]
+
+
+def deflate_param_byte(role, server_nct, client_nct, client_bits, server_bits):
+    """The first byte of a deflate_connection input (volley_fuzz::run_deflate_connection)."""
+    b = (1 if role == "client" else 0) | (2 if server_nct else 0) | (4 if client_nct else 0)
+    b |= (15 - client_bits) << 3
+    b |= [15, 12, 10, 9].index(server_bits) << 6
+    return bytes([b])
+
+
+def deflate_conversations(role, server_nct, client_nct, client_bits, server_bits):
+    """Frame sequences from the peer of a fuzzed `role` connection, compressed by the
+    real compressor with the peer's own parameters."""
+    peer_is_client = role == "server"
+    m = KEY if peer_is_client else None
+    bits, nct = (client_bits, client_nct) if peer_is_client else (server_bits, server_nct)
+    f = lambda *a, **k: frame(*a, mask=m, **k)
+
+    def z(*messages):
+        d = Deflater(bits, nct)
+        return [d.compress(x) for x in messages]
+
+    hello, = z(b"Hello")
+    a, b, c = z(b"Hello, Hello, Hello", "héllo € héllo €".encode(), bytes(range(256)) * 8)
+    big, = z(bytes(300 << 10))  # inflates past the fuzz targets' 256 KiB message limit
+    empty, = z(b"")
+    return {
+        "hello": f(TEXT, hello, rsv=RSV1),
+        "uncompressed_hello": f(TEXT, b"Hello"),
+        "empty": f(BINARY, empty, rsv=RSV1),
+        # RSV1 on the first frame only (RFC 7692 §6.1).
+        "fragmented": f(TEXT, a[:3], fin=False, rsv=RSV1) + f(CONT, a[3:6], fin=False) + f(CONT, a[6:]),
+        # The same compressor across messages (unless no context takeover), with
+        # uncompressed frames and control frames between them.
+        "conversation": f(TEXT, a, rsv=RSV1) + f(PING, b"1") + f(BINARY, b"plain")
+        + f(TEXT, b, rsv=RSV1) + f(BINARY, c, rsv=RSV1) + f(CLOSE, close(1000, b"done")),
+        "too_big_inflated": f(BINARY, big, rsv=RSV1),
+        "rsv1_on_ping": f(PING, b"x", rsv=RSV1),
+        "rsv1_on_continuation": f(TEXT, a[:3], fin=False, rsv=RSV1) + f(CONT, a[3:], rsv=RSV1),
+        "not_deflate": f(TEXT, b"\xff\xfe\xfd\xfc", rsv=RSV1),
+        "compressed_bad_utf8": f(TEXT, z(b"abc\xc3\x28")[0], rsv=RSV1),
+        "rsv2": f(TEXT, hello, rsv=0x20),
+    }
+
+
+def deflate_connections():
+    seeds = {}
+    # (server_no_context_takeover, client_no_context_takeover, client bits, server bits)
+    settings = {
+        "takeover_15": (False, False, 15, 15),
+        "no_takeover_15": (True, True, 15, 15),
+        "takeover_9_12": (False, False, 9, 12),
+        "no_takeover_10": (True, True, 10, 10),
+    }
+    for role in ("server", "client"):
+        for sname, s in settings.items():
+            first = deflate_param_byte(role, *s)
+            for name, data in deflate_conversations(role, *s).items():
+                seeds[f"{role}_{sname}_{name}"] = first + b"\x00\x00" + data
+            for name in ("hello", "conversation"):
+                data = deflate_conversations(role, *s)[name]
+                seeds[f"{role}_{sname}_{name}_chunks_3_buffered_5"] = first + b"\x03\x85" + data
+    return seeds
+
+
 def write(target, seeds):
     d = os.path.join(CORPUS, target)
     os.makedirs(d, exist_ok=True)
@@ -191,6 +281,7 @@ def main():
             seeds[name + "_bytewise"] = b"\x01\x01" + data
             seeds[name + "_chunks_3_buffered_5"] = b"\x03\x85" + data
         counts[target] = write(target, seeds)
+    counts["deflate_connection"] = write("deflate_connection", deflate_connections())
     for target, n in counts.items():
         print(f"{target}: {n} seeds")
 

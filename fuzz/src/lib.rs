@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use volley_proto::{CloseCode, Config, Connection, Event, ProtocolError, RandomSource, Role, State};
+use volley_proto::{
+    CloseCode, Config, Connection, DeflateConfig, DeflateParams, Event, ProtocolError, RandomSource, Role, State,
+};
 
 /// The masking key of RFC 6455 §5.7's examples; the fixed random source of every target.
 pub const FIXED_KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -144,6 +146,37 @@ impl Harness {
 /// whose size byte has the high bit set goes through `input_buffer`/`receive_buffered`
 /// instead of `receive`.
 pub fn run_connection(role: Role, data: &[u8]) {
+    run(role, data, None);
+}
+
+/// [`run_connection`] with permessage-deflate on in both the fuzzed connection and its
+/// peer. The first byte picks the role and the agreed parameters:
+///
+/// - bit 0: the fuzzed connection's role (0 server, 1 client);
+/// - bit 1: `server_no_context_takeover`; bit 2: `client_no_context_takeover`;
+/// - bits 3-5: `client_max_window_bits`, 15 minus the value (at least 9);
+/// - bits 6-7: `server_max_window_bits`, one of 15, 12, 10, 9.
+///
+/// The rest is [`run_connection`]'s input. Every message is compressed (threshold 0),
+/// so the echoes exercise the compressor too.
+pub fn run_deflate_connection(data: &[u8]) {
+    let Some((&b, rest)) = data.split_first() else { return };
+    let role = if b & 1 == 0 { Role::Server } else { Role::Client };
+    let params = deflate_params(b);
+    run(role, rest, Some(params));
+}
+
+/// The parameters encoded in the first byte of a `deflate_connection` input.
+pub fn deflate_params(b: u8) -> DeflateParams {
+    DeflateParams {
+        server_no_context_takeover: b & 2 != 0,
+        client_no_context_takeover: b & 4 != 0,
+        client_max_window_bits: 15 - ((b >> 3) & 7).min(6),
+        server_max_window_bits: [15, 12, 10, 9][usize::from(b >> 6)],
+    }
+}
+
+fn run(role: Role, data: &[u8], deflate: Option<DeflateParams>) {
     let (sizes, mut input) = match data {
         [a, b, rest @ ..] => ([*a, *b], rest),
         _ => ([0, 0], data),
@@ -154,9 +187,17 @@ pub fn run_connection(role: Role, data: &[u8]) {
     };
     let mut peer_config = Config::default();
     peer_config.random = RandomSource::fixed(FIXED_KEY);
+    let mut conn = Connection::new(role, small_config());
+    let mut peer = Connection::new(peer_role, peer_config);
+    if let Some(params) = deflate {
+        let mut config = DeflateConfig::default();
+        config.threshold = 0;
+        conn.enable_deflate(params, config.clone());
+        peer.enable_deflate(params, config);
+    }
     let mut h = Harness {
-        conn: Connection::new(role, small_config()),
-        peer: Connection::new(peer_role, peer_config),
+        conn,
+        peer,
         expect: VecDeque::new(),
         eof: false,
         errors: 0,

@@ -83,8 +83,9 @@ async fn a_paused_peer_process_is_closed_after_the_pong_timeout() {
     }
 
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
-    let paused = Instant::now();
-    let last = tokio::time::timeout(Duration::from_secs(5), async {
+    // A guard against a hang, not a measure: the keepalive gives up after about 0.4 s
+    // (a ping interval plus the pong timeout); the last item says which timer did it.
+    let last = tokio::time::timeout(Duration::from_secs(30), async {
         let mut last = None;
         while let Some(item) = ws.recv().await {
             last = Some(item);
@@ -96,6 +97,4 @@ async fn a_paused_peer_process_is_closed_after_the_pong_timeout() {
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
     drop(peer);
     assert!(matches!(last, Some(Err(volley::Error::Timeout(volley::Timeout::KeepalivePong)))), "{last:?}");
-    // Detected within a ping interval plus the pong timeout (and the close timeout).
-    assert!(paused.elapsed() < Duration::from_secs(2), "took {:?}", paused.elapsed());
 }

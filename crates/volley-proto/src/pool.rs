@@ -76,7 +76,8 @@ mod tests {
         give(buf);
         let again = take().expect("kept");
         assert!(again.is_empty());
-        assert_eq!(again.capacity(), 8192, "the whole allocation comes back");
+        // At least what was asked for: `bytes` may round an allocation up.
+        assert!(again.capacity() >= 8192, "the whole allocation comes back: {}", again.capacity());
         assert!(take().is_none());
     }
 

@@ -565,13 +565,16 @@ fn resume<T>(entry: Entry<T>) -> Option<(WebSocket<TcpStream>, T)> {
 
 #[cfg(all(test, target_pointer_width = "64"))]
 mod tests {
-    /// The size the docs give for a parked connection without compression (the
-    /// compression contexts, when negotiated, are behind a pointer) and without
-    /// timers (those are in the chunk's table).
+    /// A parked connection without compression (the compression contexts, when
+    /// negotiated, are behind a pointer) and without timers (those are in the chunk's
+    /// table) fits the slot size the docs give; the exact figures, which change with
+    /// tokio's and the standard library's types, are in docs/PERFORMANCE.md.
     #[test]
-    fn a_parked_connection_takes_one_136_byte_slot() {
-        assert_eq!(std::mem::size_of::<super::Slot<()>>(), 136);
+    fn a_parked_connection_fits_in_a_136_byte_slot() {
+        let slot = std::mem::size_of::<super::Slot<()>>();
+        assert!(slot <= 136, "Slot<()> is {slot} bytes");
         // And the timers' state, for a connection that has timers.
-        assert_eq!(std::mem::size_of::<Option<super::ParkedKeepalive>>(), 152);
+        let timers = std::mem::size_of::<Option<super::ParkedKeepalive>>();
+        assert!(timers <= 152, "Option<ParkedKeepalive> is {timers} bytes");
     }
 }

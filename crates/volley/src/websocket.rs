@@ -1329,7 +1329,7 @@ mod tests {
             assert_eq!(matches!(target, Target::Inline { .. }), t.len() <= Target::INLINE, "{t}");
             assert_eq!(format!("{target:?}"), format!("{t:?}"));
         }
-        assert_eq!(std::mem::size_of::<Target>(), 24);
+        assert!(std::mem::size_of::<Target>() <= 24, "{}", std::mem::size_of::<Target>());
     }
 
     #[test]

@@ -8,7 +8,6 @@ mod common;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::{bind, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -436,9 +435,8 @@ async fn connect_h2_without_extended_connect_fails_cleanly() {
             });
         }
     });
-    let started = Instant::now();
+    // It fails on the server's SETTINGS (an `Unsupported` I/O error), not on a timeout.
     let err = within(connect_h2(&format!("ws://127.0.0.1:{port}/"))).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2), "failed only after {:?}", started.elapsed());
     let volley::Error::Io(io) = &err else { panic!("{err:?}") };
     assert_eq!(io.kind(), std::io::ErrorKind::Unsupported, "{err}");
     assert!(io.to_string().contains("SETTINGS_ENABLE_CONNECT_PROTOCOL"), "{err}");

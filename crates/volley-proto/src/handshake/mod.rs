@@ -353,7 +353,8 @@ mod tests {
         assert!(none.is_empty() && none.iter().next().is_none());
         let empty = Headers::from_pairs(std::iter::empty::<(&str, &str)>());
         assert!(empty.is_empty() && empty == none);
-        assert_eq!(std::mem::size_of::<Headers>(), 16);
+        // Two words: an empty set allocates nothing (docs/PERFORMANCE.md has the figure).
+        assert!(std::mem::size_of::<Headers>() <= 16, "{}", std::mem::size_of::<Headers>());
     }
 
     #[test]
