@@ -48,7 +48,7 @@ pub use error::{Error, Timeout};
 pub use message::Message;
 pub use reconnect::{Backoff, ConnectionState, Reconnecting};
 pub use server::{accept, Rejection, ServerBuilder};
-pub use split::{Broadcast, ReadHalf, WriteHalf};
+pub use split::{Broadcast, ReadHalf, ReuniteError, WriteHalf};
 pub use tls::MaybeTlsStream;
 pub use websocket::{ConnectionInfo, WebSocket};
 

@@ -6,7 +6,10 @@
 //! halves talk to it through two queues under one lock that is held only to push or pop
 //! (never across an await or a system call), and the queues give their memory back
 //! whenever they empty. The [`WriteHalf`] is `Clone`, so many tasks (or a [`Broadcast`]
-//! group) can send to one connection.
+//! group) can send to one connection, and a `Sink` of messages. The task keeps reading,
+//! answering pings and running the keepalive while a writer waits for room; once the
+//! reader half and every writer half are dropped it closes the connection (1001) after
+//! what was queued, and ends. [`ReadHalf::reunite`] gives the connection back.
 //!
 //! Cancel safety, for `tokio::select!`:
 //! - [`ReadHalf::recv`] is cancel-safe: a message is either returned or stays queued.
@@ -18,6 +21,7 @@
 //! The unsplit [`WebSocket`] is cancel-safe too: `recv` keeps partial input inside the
 //! connection, and `feed`/`flush` keep queued frames in its write queue.
 
+use std::any::{Any, TypeId};
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -62,7 +66,13 @@ struct Shared {
     info: ConnectionInfo,
     limit: usize,
     policy: SlowReader,
+    /// The transport's type, for [`ReadHalf::reunite`].
+    transport: TypeId,
 }
+
+/// The connection handed back to [`ReadHalf::reunite`], or `None` when the reader half
+/// holds messages it has not handed out.
+type Reunited = Option<Box<dyn Any + Send>>;
 
 struct Inner {
     /// Messages from the writer halves, in order.
@@ -93,6 +103,8 @@ struct Inner {
     reader: Option<Waker>,
     /// Writer halves used as a `Sink`, waiting for room (allocated only while some do).
     sinks: Vec<Waker>,
+    /// [`ReadHalf::reunite`] asks for the connection back.
+    reunite: Option<oneshot::Sender<Reunited>>,
 }
 
 impl Inner {
@@ -222,9 +234,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
             driver: None,
             reader: None,
             sinks: Vec::new(),
+            reunite: None,
         };
-        let shared = Arc::new(Shared { inner: Mutex::new(inner), drained: Notify::new(), info, limit, policy });
-        runtime.spawn(Driver { ws: self, shared: shared.clone(), current: None, orphaned: false });
+        let transport = TypeId::of::<S>();
+        let shared = Shared { inner: Mutex::new(inner), drained: Notify::new(), info, limit, policy, transport };
+        let shared = Arc::new(shared);
+        runtime.spawn(Driver { ws: Some(self), shared: shared.clone(), current: None, orphaned: false });
         Ok((ReadHalf { shared: shared.clone() }, WriteHalf { shared, sink_flush: None }))
     }
 }
@@ -241,7 +256,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> WebSocket<S> {
 /// reading: a peer that streams at us while we stream at it is still read, pings are
 /// still answered, and a peer that stops reading is still timed out.
 struct Driver<S> {
-    ws: WebSocket<S>,
+    /// The connection; `None` once handed back to [`ReadHalf::reunite`].
+    ws: Option<WebSocket<S>>,
     shared: Arc<Shared>,
     /// A command taken from the queue that waits for room in the connection's buffer
     /// (a message) or for the buffer to be written (a flush).
@@ -250,18 +266,21 @@ struct Driver<S> {
     orphaned: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Driver<S> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
+            if this.reunite() {
+                return Poll::Ready(());
+            }
             let inbox_full = this.hand_over(cx);
             if inbox_full {
                 // Nothing is read until the reader half takes an item (it wakes this
                 // task), but the buffer keeps going out and the writers keep going in.
-                if this.ws.buffered_amount() > 0 {
-                    let _ = this.ws.poll_flush_all(cx);
+                if this.ws().buffered_amount() > 0 {
+                    let _ = this.ws().poll_flush_all(cx);
                 }
                 if this.retry_current(cx) {
                     continue;
@@ -269,7 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
                 this.sync();
                 return Poll::Pending;
             }
-            match this.ws.poll_recv(cx) {
+            match this.ws().poll_recv(cx) {
                 Poll::Ready(Some(item)) => this.deliver(item),
                 Poll::Ready(None) => {
                     this.finish();
@@ -289,7 +308,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Driver<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<S> {
+    fn ws(&mut self) -> &mut WebSocket<S> {
+        // Taken only by `reunite`, after which the task is never polled again.
+        self.ws.as_mut().expect("the connection is taken only when the task ends")
+    }
+
+    /// The connection's buffered bytes, and whether it has sent a close frame.
+    fn write_state(&mut self) -> (usize, bool) {
+        let ws = self.ws();
+        (ws.buffered_amount(), ws.is_close_sent())
+    }
+
+    /// Hands the connection back to [`ReadHalf::reunite`] if it asks, with what the
+    /// writers queued; true when the task is over. While the reader half holds
+    /// messages it has not handed out, the answer is no (they would be lost).
+    fn reunite(&mut self) -> bool {
+        let mut inner = self.shared.lock();
+        let Some(reply) = inner.reunite.take() else {
+            return false;
+        };
+        if !inner.inbox.is_empty() {
+            drop(inner);
+            let _ = reply.send(None);
+            return false;
+        }
+        inner.closed = true;
+        let commands = std::mem::take(&mut inner.commands);
+        drop(inner);
+        let current = self.current.take();
+        let mut ws = self.ws.take().expect("the connection is taken only once");
+        for cmd in current.into_iter().chain(commands) {
+            // Queued whatever the room: the unsplit connection writes it.
+            let _ = match cmd {
+                Command::Message(msg, _) => ws.queue(msg),
+                Command::Prepared(msg, _) => ws.queue_prepared(&msg),
+                Command::Flush(_) => Ok(()),
+            };
+        }
+        ws.set_write_policy(self.shared.policy);
+        ws.restore_info(self.shared.info.clone());
+        if let Err(back) = reply.send(Some(Box::new(ws))) {
+            // `reunite` was cancelled: the connection goes with it.
+            drop(back);
+        }
+        true
+    }
+
     /// Hands an abort, then the writers' commands in order, to the connection for as
     /// long as it takes them; once every half is gone, the rest of the queue and a
     /// close frame. True when the inbox is full (the connection must not read).
@@ -299,7 +364,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 let mut inner = self.shared.lock();
                 if let Some(code) = inner.abort.take() {
                     drop(inner);
-                    self.ws.abort_with(code, "");
+                    self.ws().abort_with(code, "");
                     self.progress(0);
                     continue;
                 }
@@ -319,10 +384,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                         register(&mut inner.driver, cx);
                         let inbox_full = !inner.reader_gone && inner.inbox.len() >= INBOX;
                         drop(inner);
-                        if self.orphaned && !self.ws.is_close_sent() {
+                        if self.orphaned && !self.ws().is_close_sent() {
                             // Nobody can read or write any more: close, after what the
                             // writers queued (the close timeout bounds the rest).
-                            self.ws.local_close(CloseCode::GOING_AWAY, "");
+                            self.ws().local_close(CloseCode::GOING_AWAY, "");
                             self.progress(0);
                         }
                         return inbox_full;
@@ -346,7 +411,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn run(&mut self, cmd: Command, cx: &mut Context<'_>) -> Poll<usize> {
         let (queued, len) = match cmd {
             Command::Flush(reply) => {
-                return match self.ws.poll_flush_all(cx) {
+                return match self.ws().poll_flush_all(cx) {
                     Poll::Ready(r) => {
                         let _ = reply.send(r.map_err(Error::Io));
                         Poll::Ready(0)
@@ -359,10 +424,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
             // Once every half is gone, what was queued goes in without waiting for
             // room: nobody is left to wait, and the close timeout bounds the rest.
-            cmd if !self.orphaned => match self.ws.poll_write_ready(cx) {
+            cmd if !self.orphaned => match self.ws().poll_write_ready(cx) {
                 Poll::Ready(Ok(_)) => match cmd {
-                    Command::Message(msg, len) => (self.ws.queue(msg), len),
-                    Command::Prepared(msg, len) => (self.ws.queue_prepared(&msg), len),
+                    Command::Message(msg, len) => (self.ws().queue(msg), len),
+                    Command::Prepared(msg, len) => (self.ws().queue_prepared(&msg), len),
                     Command::Flush(_) => unreachable!("handled above"),
                 },
                 // The connection has ended: the command goes nowhere.
@@ -372,8 +437,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     return Poll::Pending;
                 }
             },
-            Command::Message(msg, len) => (self.ws.queue(msg), len),
-            Command::Prepared(msg, len) => (self.ws.queue_prepared(&msg), len),
+            Command::Message(msg, len) => (self.ws().queue(msg), len),
+            Command::Prepared(msg, len) => (self.ws().queue_prepared(&msg), len),
         };
         if let Err(e) = queued {
             // Checked by the writer, so only the connection's own state refuses it:
@@ -399,11 +464,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// Hands a received item to the reader half (or drops it, if it is gone).
     fn deliver(&mut self, item: Result<Message, Error>) {
+        let (buffered, close_sent) = self.write_state();
         let mut inner = self.shared.lock();
         // The connection writes what is queued before each read, so a message may come
         // with room freed for the writers.
-        let freed = inner.set_buffered(self.ws.buffered_amount());
-        inner.close_queued |= self.ws.is_close_sent();
+        let freed = inner.set_buffered(buffered);
+        inner.close_queued |= close_sent;
         if inner.reader_gone {
             drop(inner);
         } else {
@@ -419,10 +485,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// Accounts for a handled command and wakes the writers waiting for room.
     fn progress(&mut self, taken: usize) {
+        let (buffered, close_sent) = self.write_state();
         let mut inner = self.shared.lock();
         inner.queued -= taken;
-        inner.buffered = self.ws.buffered_amount();
-        inner.close_queued |= self.ws.is_close_sent();
+        inner.buffered = buffered;
+        inner.close_queued |= close_sent;
         drop(inner);
         self.shared.wake_writers();
     }
@@ -430,9 +497,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     /// Records the connection's state before the task waits: the buffer may have been
     /// written in part, and a close frame may have gone out.
     fn sync(&mut self) {
+        let (buffered, close_sent) = self.write_state();
         let mut inner = self.shared.lock();
-        let freed = inner.set_buffered(self.ws.buffered_amount());
-        inner.close_queued |= self.ws.is_close_sent();
+        let freed = inner.set_buffered(buffered);
+        inner.close_queued |= close_sent;
         drop(inner);
         if freed {
             self.shared.wake_writers();
@@ -467,6 +535,50 @@ fn command_len(cmd: &Command) -> usize {
 }
 
 impl ReadHalf {
+    /// Puts the halves back together into the connection they were split from, with
+    /// everything the writers queued still to be sent. `S` is the connection's
+    /// transport type.
+    ///
+    /// Fails, handing both halves back, when they come from different connections,
+    /// when `S` is not the transport type, when other clones of the writer half exist,
+    /// when the connection has ended, or while this reader half holds received
+    /// messages it has not handed out (receive them first). Cancelling the future
+    /// after it has asked for the connection drops the connection.
+    pub async fn reunite<S: Send + 'static>(self, write: WriteHalf) -> Result<WebSocket<S>, ReuniteError> {
+        let refused = |read, write, why| Err(ReuniteError { read, write, why });
+        if !Arc::ptr_eq(&self.shared, &write.shared) {
+            return refused(self, write, "the halves come from different connections");
+        }
+        if self.shared.transport != TypeId::of::<S>() {
+            return refused(self, write, "the connection's transport is of another type");
+        }
+        let answer = {
+            let mut inner = self.shared.lock();
+            if inner.closed {
+                drop(inner);
+                return refused(self, write, "the connection has ended");
+            }
+            if inner.writers > 1 {
+                drop(inner);
+                return refused(self, write, "other clones of the writer half exist");
+            }
+            let (reply, answer) = oneshot::channel();
+            inner.reunite = Some(reply);
+            let driver = inner.driver.take();
+            drop(inner);
+            wake(driver);
+            answer
+        };
+        match answer.await {
+            Ok(Some(ws)) => match ws.downcast::<WebSocket<S>>() {
+                Ok(ws) => Ok(*ws),
+                Err(_) => unreachable!("the transport type was checked"),
+            },
+            Ok(None) => refused(self, write, "the reader half holds messages it has not handed out"),
+            Err(_) => refused(self, write, "the connection has ended"),
+        }
+    }
+
     /// Receives the next message; `None` once the connection has closed (the item
     /// before it is the peer's close frame or the error that ended the connection).
     pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
@@ -522,6 +634,29 @@ impl futures_core::Stream for ReadHalf {
         self.get_mut().poll_recv(cx)
     }
 }
+
+/// [`ReadHalf::reunite`] could not put the halves back together: why, and the halves.
+pub struct ReuniteError {
+    /// The reader half, as it was.
+    pub read: ReadHalf,
+    /// The writer half, as it was.
+    pub write: WriteHalf,
+    why: &'static str,
+}
+
+impl std::fmt::Debug for ReuniteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReuniteError").field("why", &self.why).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for ReuniteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot reunite the halves: {}", self.why)
+    }
+}
+
+impl std::error::Error for ReuniteError {}
 
 /// What happened to a message offered without waiting.
 enum Offer {

@@ -519,6 +519,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         std::mem::replace(&mut self.info, light)
     }
 
+    /// Puts back the handshake details [`WebSocket::take_info`] moved out.
+    pub(crate) fn restore_info(&mut self, info: ConnectionInfo) {
+        self.info = info;
+    }
+
     pub(crate) fn write_policy(&self) -> (usize, SlowReader) {
         (self.limits.write_buffer_size(), self.limits.slow_reader)
     }

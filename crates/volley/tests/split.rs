@@ -287,3 +287,54 @@ fn split_outside_a_runtime_is_an_error() {
     let ws = WebSocket::from_handshaken(io, volley::Role::Server, config, &[], None, None);
     assert!(matches!(ws.split(), Err(Error::NoRuntime)));
 }
+
+#[tokio::test]
+async fn reunite_refuses_halves_that_do_not_belong_together() {
+    let (a, _client_a) = pair(Config::new()).await;
+    let (b, _client_b) = pair(Config::new()).await;
+    let (read_a, write_a) = a.split().unwrap();
+    let (read_b, write_b) = b.split().unwrap();
+    let err = read_a.reunite::<TcpStream>(write_b).await.unwrap_err();
+    assert!(err.to_string().contains("different connections"), "{err}");
+    let (read_a, write_b) = (err.read, err.write);
+    let err = read_a.reunite::<tokio::io::DuplexStream>(write_a.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("another type"), "{err}");
+    let err = err.read.reunite::<TcpStream>(err.write).await.unwrap_err();
+    assert!(err.to_string().contains("other clones"), "{err}");
+    drop((err, write_a, write_b, read_b));
+}
+
+#[tokio::test]
+async fn reunited_halves_are_the_connection_again_with_what_the_writer_queued() {
+    let (server, mut client) = pair(Config::new().write_buffer_size(4 << 10)).await;
+    let (read, write) = server.split().unwrap();
+    // A message received and not handed out keeps the halves apart until it is: it
+    // is never lost, whichever side of the reunion it lands on.
+    client.send(Message::text("first")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // (it has arrived by now, almost surely)
+    let (read, write) = match read.reunite::<TcpStream>(write).await {
+        Err(e) => {
+            assert!(e.to_string().contains("not handed out"), "{e}");
+            let mut read = e.read;
+            assert_eq!(within(read.recv()).await.unwrap().unwrap(), Message::text("first"));
+            (read, e.write)
+        }
+        Ok(mut ws) => {
+            assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("first"));
+            ws.split().unwrap()
+        }
+    };
+    let line = |i: usize| Message::text(format!("{i}:{}", "x".repeat(1000)));
+    for i in 0..20 {
+        write.feed(line(i)).await.unwrap();
+    }
+    let mut ws = read.reunite::<TcpStream>(write).await.unwrap();
+    assert_eq!(ws.info().remote_addr().map(|a| a.ip().to_string()).as_deref(), Some("127.0.0.1"), "info is back");
+    ws.send(Message::text("after")).await.unwrap();
+    for i in 0..20 {
+        assert_eq!(within(client.recv()).await.unwrap().unwrap(), line(i));
+    }
+    assert_eq!(within(client.recv()).await.unwrap().unwrap(), Message::text("after"));
+    client.send(Message::text("to the reunited")).await.unwrap();
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("to the reunited"));
+}
