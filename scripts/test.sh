@@ -27,7 +27,7 @@ passed=$((passed + p)); failed=$((failed + f))
 step "building release binaries"
 # (Two commands: with --example, cargo builds only that example of the listed packages.)
 cargo build --release -p volley-cli
-cargo build --release -p volley --example autobahn-client --example chat
+cargo build --release -p volley --features hyper --example autobahn-client --example chat
 
 step "Autobahn|Testsuite, both roles"
 if SKIP_BUILD=1 autobahn/run.sh all 2>&1 | tee "$LOG_DIR/autobahn.log"; then :; else status=1; fi

@@ -5,6 +5,7 @@
 mod refusal;
 
 use std::net::SocketAddr;
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,16 +13,20 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
 use bytes::BytesMut;
+#[cfg(feature = "tls")]
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+#[cfg(feature = "tls")]
 use tokio_rustls::TlsConnector;
 use volley_proto::handshake::{ClientRequest, ServerResponse};
 use volley_proto::{deflate, HandshakeError, Role};
 
 use crate::config::Config;
 use crate::error::{Error, Timeout};
-use crate::tls::{self, CertificateDer, MaybeTlsStream};
+use crate::stream::MaybeTlsStream;
+#[cfg(feature = "tls")]
+use crate::tls::{self, CertificateDer};
 use crate::websocket::{with_timeout, WebSocket};
 
 /// Where a ws:// or wss:// URL points.
@@ -181,15 +186,20 @@ pub struct ClientBuilder {
     pub(crate) url: String,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) config: Config,
+    #[cfg(feature = "tls")]
     pub(crate) tls_config: Option<Arc<ClientConfig>>,
+    #[cfg(feature = "tls")]
     pub(crate) root_certificates: Vec<CertificateDer<'static>>,
     connect_timeout: Duration,
     max_redirects: usize,
+    #[cfg(feature = "proxy")]
     proxy: ProxyChoice,
+    #[cfg(feature = "tls")]
     http2: bool,
 }
 
 /// Which proxy a client goes through.
+#[cfg(feature = "proxy")]
 #[derive(Debug, Clone)]
 enum ProxyChoice {
     /// From `https_proxy`, `http_proxy`, `all_proxy` and `no_proxy`, as curl reads them.
@@ -205,11 +215,15 @@ impl ClientBuilder {
             url: url.into(),
             headers: Vec::new(),
             config: Config::default(),
+            #[cfg(feature = "tls")]
             tls_config: None,
+            #[cfg(feature = "tls")]
             root_certificates: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             max_redirects: 5,
+            #[cfg(feature = "proxy")]
             proxy: ProxyChoice::Environment,
+            #[cfg(feature = "tls")]
             http2: false,
         }
     }
@@ -258,6 +272,8 @@ impl ClientBuilder {
     }
 
     /// Goes through this proxy (HTTP CONNECT or SOCKS5), whatever the environment says.
+    /// Feature `proxy`.
+    #[cfg(feature = "proxy")]
     pub fn proxy(mut self, proxy: crate::proxy::Proxy) -> Self {
         self.proxy = ProxyChoice::Given(proxy);
         self
@@ -265,9 +281,14 @@ impl ClientBuilder {
 
     /// Connects directly, ignoring proxy environment variables. By default the client
     /// reads `https_proxy` (wss), `http_proxy` (ws), `all_proxy` and `no_proxy` the way
-    /// curl does.
+    /// curl does (feature `proxy`; without it the client always connects directly, and
+    /// this changes nothing).
+    #[cfg_attr(not(feature = "proxy"), allow(unused_mut))]
     pub fn no_proxy(mut self) -> Self {
-        self.proxy = ProxyChoice::None;
+        #[cfg(feature = "proxy")]
+        {
+            self.proxy = ProxyChoice::None;
+        }
         self
     }
 
@@ -299,7 +320,8 @@ impl ClientBuilder {
     /// or leave it empty); `connect_h2` replaces its ALPN list by `h2`, the only
     /// protocol it speaks. Default: [`tls::default_client_config`], which trusts
     /// Mozilla's roots (`webpki-roots`). Cannot be combined with
-    /// [`ClientBuilder::root_certificate`].
+    /// [`ClientBuilder::root_certificate`]. Feature `tls`.
+    #[cfg(feature = "tls")]
     pub fn tls_config(mut self, config: Arc<ClientConfig>) -> Self {
         self.tls_config = Some(config);
         self
@@ -307,7 +329,8 @@ impl ClientBuilder {
 
     /// Trusts `cert` as a root for `wss://`, in addition to the default roots (a private
     /// CA, or a test's own). Cannot be combined with [`ClientBuilder::tls_config`]: add
-    /// the root to that configuration instead.
+    /// the root to that configuration instead. Feature `tls`.
+    #[cfg(feature = "tls")]
     pub fn root_certificate(mut self, cert: CertificateDer<'static>) -> Self {
         self.root_certificates.push(cert);
         self
@@ -330,6 +353,7 @@ impl ClientBuilder {
     }
 
     /// The TLS configuration for a wss:// connection.
+    #[cfg(feature = "tls")]
     fn client_tls_config(&self) -> Result<Arc<ClientConfig>, Error> {
         let mut config = self.base_tls_config()?;
         if self.http2 && self.tls_config.is_none() {
@@ -339,6 +363,7 @@ impl ClientBuilder {
     }
 
     /// The TLS configuration for a wss:// connection, before HTTP/2 is offered.
+    #[cfg(feature = "tls")]
     fn base_tls_config(&self) -> Result<Arc<ClientConfig>, Error> {
         match (&self.tls_config, self.root_certificates.is_empty()) {
             (Some(config), true) => Ok(config.clone()),
@@ -365,6 +390,7 @@ impl ClientBuilder {
     /// Opens the TCP connection to `target` (through the proxy, if any) within the
     /// connect timeout, with `TCP_NODELAY` on.
     pub(crate) async fn open_tcp(&self, target: &Target) -> Result<TcpStream, Error> {
+        #[cfg(feature = "proxy")]
         let proxy = match &self.proxy {
             ProxyChoice::Environment => {
                 crate::proxy::Proxy::from_env(if target.tls { "wss" } else { "ws" }, &target.host_header)
@@ -373,10 +399,13 @@ impl ClientBuilder {
             ProxyChoice::Given(p) => Some(p.clone()),
         };
         with_timeout!(self.connect_timeout, Timeout::Connect, async {
+            #[cfg(feature = "proxy")]
             let io = match &proxy {
                 Some(p) => crate::proxy::connect_via(p, &target.host, target.port).await?,
                 None => connect_tcp(&target.host, target.port).await?,
             };
+            #[cfg(not(feature = "proxy"))]
+            let io = connect_tcp(&target.host, target.port).await?;
             io.set_nodelay(true)?;
             Ok(io)
         })
@@ -425,13 +454,21 @@ impl ClientBuilder {
     /// One connection attempt to `self.url`, without following redirects.
     async fn connect_once(self) -> Result<(WebSocket<MaybeTlsStream>, ServerResponse), Error> {
         let target = parse_url(&self.url)?;
+        #[cfg(not(feature = "tls"))]
+        if target.tls {
+            return Err(no_tls());
+        }
+        #[cfg(feature = "tls")]
         let tls = if target.tls { Some((self.client_tls_config()?, tls::server_name(&target.host)?)) } else { None };
-        let limit = self.config.handshake_timeout;
         let tcp = self.open_tcp(&target).await?;
         let (remote, local) = (tcp.peer_addr().ok(), tcp.local_addr().ok());
+        #[cfg(not(feature = "tls"))]
+        let io = MaybeTlsStream::Plain(tcp);
+        #[cfg(feature = "tls")]
         let io = match tls {
             None => MaybeTlsStream::Plain(tcp),
             Some((config, name)) => {
+                let limit = self.config.handshake_timeout;
                 let connector = TlsConnector::from(config);
                 let stream = with_timeout!(limit, Timeout::TlsHandshake, async {
                     connector.connect(name, tcp).await.map_err(tls::handshake_error)
@@ -526,7 +563,14 @@ impl ClientBuilder {
     }
 }
 
+/// The error for a `wss://` URL without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+fn no_tls() -> Error {
+    Error::Config("wss:// needs the `tls` feature of volley".into())
+}
+
 /// The error for a builder given both `tls_config` and `root_certificate`.
+#[cfg(feature = "tls")]
 pub(crate) fn tls_config_conflict() -> Error {
     Error::Config("root_certificate cannot be combined with tls_config: add the root to the ClientConfig".into())
 }
@@ -624,5 +668,15 @@ mod tests {
         assert!(parse_url("http://x/").is_err());
         assert!(parse_url("https://x/").is_err());
         assert!(parse_url("nonsense").is_err());
+    }
+
+    /// Without TLS, a `wss://` URL is refused with an error that says why, before any
+    /// connection is made (port 1 on loopback has no server: a connection attempt
+    /// would fail with `Error::Io` instead).
+    #[cfg(not(feature = "tls"))]
+    #[tokio::test]
+    async fn wss_without_tls_is_a_configuration_error() {
+        let e = ClientBuilder::new("wss://127.0.0.1:1/").no_proxy().connect().await.unwrap_err();
+        assert!(matches!(&e, Error::Config(m) if m.contains("`tls` feature")), "{e:?}");
     }
 }

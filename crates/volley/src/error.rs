@@ -7,6 +7,7 @@ use std::io;
 use bytes::Bytes;
 use volley_proto::{HandshakeError, ProtocolError, SendError};
 
+#[cfg(feature = "proxy")]
 use crate::proxy::ProxyError;
 
 /// The most body bytes of a refusal kept in [`Error::Refused`]: 64 KiB, enough for an
@@ -51,17 +52,21 @@ pub enum Error {
     Url(String),
     /// A proxy refused the tunnel or broke its protocol: its answer. A proxy that cannot
     /// be reached, or that closes the connection, is an [`Error::Io`]. Boxed: the
-    /// answer carries text.
+    /// answer carries text. Feature `proxy`.
+    #[cfg(feature = "proxy")]
     #[error(transparent)]
     Proxy(Box<ProxyError>),
     /// TLS failed: in the handshake (an unknown issuer, a certificate for another
     /// name, a peer that does not speak TLS, an alert from the peer) or in building a
     /// configuration (a private key that does not fit). Boxed: the error is large.
+    /// Feature `tls`.
+    #[cfg(feature = "tls")]
     #[error("TLS error: {0}")]
     Tls(Box<rustls::Error>),
     /// A setting or argument that cannot work, refused before any connection is made
     /// (a TLS configuration together with extra roots, a PEM file without a
-    /// certificate, SOCKS5 credentials longer than 255 bytes, …).
+    /// certificate, SOCKS5 credentials longer than 255 bytes, a `wss://` URL without
+    /// the `tls` feature, …).
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The peer read too slowly: the write buffer filled up and the
@@ -132,6 +137,11 @@ mod tests {
             Error::Refused(Box::new(refused)).to_string(),
             "the server refused the handshake with status 401 Unauthorized"
         );
+    }
+
+    #[cfg(feature = "proxy")]
+    #[test]
+    fn proxy_errors_are_the_proxys_answer() {
         let proxy = ProxyError::Malformed("not HTTP".into());
         assert_eq!(Error::Proxy(Box::new(proxy)).to_string(), "not HTTP");
     }

@@ -12,6 +12,12 @@
 //! set-up); a client [`connect`]s to a `ws://` URL or runs the handshake on its own
 //! transport ([`ClientBuilder`]).
 //!
+//! Features, all on by default (none changes behaviour; each adds an API): `tls`
+//! (`wss://`, the `tls` module), `park` (the `park` module, Unix only), `proxy` (the
+//! `proxy` module and proxies from the environment); off by default: `hyper` (the
+//! `http` module: hyper, HTTP/2) and `axum` (its extractor). With
+//! `default-features = false` the crate serves and connects `ws://` only, directly.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), volley::Error> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
@@ -33,12 +39,15 @@ pub mod error;
 #[cfg(feature = "hyper")]
 pub mod http;
 pub mod message;
-#[cfg(unix)]
+#[cfg(all(unix, feature = "park"))]
 pub mod park;
+#[cfg(feature = "proxy")]
 pub mod proxy;
 pub mod reconnect;
 pub mod server;
 pub mod split;
+mod stream;
+#[cfg(feature = "tls")]
 pub mod tls;
 pub mod websocket;
 
@@ -49,7 +58,7 @@ pub use message::Message;
 pub use reconnect::{Backoff, ConnectionState, Reconnecting};
 pub use server::{accept, Rejection, ServerBuilder};
 pub use split::{Broadcast, ReadHalf, ReuniteError, WriteHalf};
-pub use tls::MaybeTlsStream;
+pub use stream::MaybeTlsStream;
 pub use websocket::{ConnectionInfo, WebSocket};
 
 pub use volley_proto as proto;

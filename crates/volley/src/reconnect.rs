@@ -9,7 +9,7 @@ use volley_proto::RandomSource;
 use crate::client::ClientBuilder;
 use crate::error::Error;
 use crate::message::Message;
-use crate::tls::MaybeTlsStream;
+use crate::stream::MaybeTlsStream;
 use crate::websocket::WebSocket;
 
 /// Where a [`Reconnecting`] client is.

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::error::Error;
+#[cfg(feature = "tls")]
 use crate::tls::{ServerTlsStream, TlsAcceptor};
 use crate::websocket::{with_timeout, WebSocket};
 
@@ -165,6 +166,8 @@ impl<H, T> ServerBuilder<H, T> {
     /// [`tls::server_config`](crate::tls::server_config)), within the handshake timeout.
     /// The WebSocket's transport is then a [`ServerTlsStream`]; the server's view of TLS
     /// (SNI, ALPN, protocol version) is at `ws.get_ref().get_ref().1`. Default: no TLS.
+    /// Feature `tls`.
+    #[cfg(feature = "tls")]
     pub fn tls(self, acceptor: TlsAcceptor) -> ServerBuilder<H, TlsAcceptor> {
         ServerBuilder { config: self.config, remote: self.remote, hook: self.hook, tls: acceptor }
     }
@@ -194,6 +197,7 @@ where
     }
 }
 
+#[cfg(feature = "tls")]
 impl<H> ServerBuilder<H, TlsAcceptor>
 where
     H: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
@@ -266,6 +270,7 @@ where
 /// [`handshake`] after a TLS handshake on `io`; each gets the handshake timeout. Not an
 /// `async fn`, for the reason `handshake` gives: this future holds the TLS stream
 /// besides, and nothing twice.
+#[cfg(feature = "tls")]
 #[allow(clippy::manual_async_fn)]
 fn tls_handshake<S, F>(
     io: S,
@@ -400,6 +405,7 @@ mod tests {
     use super::*;
 
     /// A TLS acceptor that is never run (no certificate): for the futures' sizes.
+    #[cfg(feature = "tls")]
     fn idle_acceptor() -> TlsAcceptor {
         let config = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
             .with_safe_default_protocol_versions()
@@ -419,6 +425,12 @@ mod tests {
         let plain = handshake(tcp, failed, addrs, Config::new(), |_, _| Ok(()));
         let plain = std::mem::size_of_val(&plain);
         assert!(plain <= 1192, "the TCP handshake's future is {plain} bytes");
+        #[cfg(feature = "tls")]
+        tls_future_adds_only_its_stream(&listener, plain).await;
+    }
+
+    #[cfg(feature = "tls")]
+    async fn tls_future_adds_only_its_stream(listener: &tokio::net::TcpListener, plain: usize) {
         // TLS adds its stream, not a second configuration or handshake.
         let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (failed, addrs) = set_up(&tcp, None);

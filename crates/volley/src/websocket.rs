@@ -328,6 +328,7 @@ impl Keepalive {
     }
 
     /// Drops the timers, keeping when each one is due.
+    #[cfg_attr(not(all(unix, feature = "park")), allow(dead_code))] // used by `crate::park`
     fn park(self) -> ParkedKeepalive {
         let at = |t: Option<Pin<Box<Sleep>>>| t.map(|t| t.deadline());
         ParkedKeepalive {
@@ -345,6 +346,7 @@ impl Keepalive {
 /// [`ParkedSocket`] (the parking stores it in its own table), so that connections
 /// without timers do not pay for it and connections with timers do not each
 /// allocate it.
+#[cfg_attr(not(all(unix, feature = "park")), allow(dead_code))] // used by `crate::park`
 pub(crate) struct ParkedKeepalive {
     ping_at: Option<Instant>,
     idle_at: Option<Instant>,
@@ -352,6 +354,7 @@ pub(crate) struct ParkedKeepalive {
     state: KeepaliveState,
 }
 
+#[cfg_attr(not(all(unix, feature = "park")), allow(dead_code))] // used by `crate::park`
 impl ParkedKeepalive {
     /// The timers again, due when they were.
     fn resume(self) -> Keepalive {
@@ -1129,6 +1132,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 /// What a [quiescent](WebSocket::is_quiescent) connection keeps while parked (see
 /// [`crate::park`]): everything but its transport, its (empty) buffers, queues and
 /// close state, and its timers (a [`ParkedKeepalive`], kept apart).
+#[cfg_attr(not(all(unix, feature = "park")), allow(dead_code))] // used by `crate::park`
 pub(crate) struct ParkedSocket {
     conn: ParkedConnection,
     limits: Limits,
@@ -1137,6 +1141,7 @@ pub(crate) struct ParkedSocket {
     dropped: u64,
 }
 
+#[cfg_attr(not(all(unix, feature = "park")), allow(dead_code))] // used by `crate::park`
 impl ParkedSocket {
     /// The connection again, on `io`, with its timers, as it was parked.
     pub(crate) fn resume<S>(self, io: S, keepalive: Option<ParkedKeepalive>) -> WebSocket<S> {
@@ -1199,6 +1204,7 @@ impl<S> WebSocket<S> {
     /// its timers' state, or hands it back unchanged.
     #[allow(clippy::result_large_err)] // the error is the connection itself, handed back
     #[allow(clippy::type_complexity)]
+    #[cfg_attr(not(all(unix, feature = "park")), allow(dead_code))] // used by `crate::park`
     pub(crate) fn park(self) -> Result<(S, ParkedSocket, Option<ParkedKeepalive>), Self> {
         if !self.is_quiescent() {
             return Err(self);

@@ -28,6 +28,7 @@ struct Seen {
     protocol: Option<String>,
     target: String,
     host: Option<String>,
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))] // read by the proxy test only
     authorization: Option<String>,
     remote: Option<SocketAddr>,
 }
@@ -286,6 +287,7 @@ async fn h2c_extended_connect_echo_with_deflate() {
 
 /// `connect_h2` is `ClientBuilder`'s: it takes the URL's credentials and goes through
 /// the builder's proxy (here tinyproxy, tunnelling h2c) like `connect`.
+#[cfg(feature = "proxy")]
 #[tokio::test]
 async fn connect_h2_uses_the_builders_credentials_and_proxy() {
     let (listener, port) = bind().await;

@@ -2,7 +2,7 @@
 //! its peer sends a message, a burst, a close frame or just closes the socket, or when
 //! its keepalive ping is due; busy connections are refused; `take` and `wake_all`
 //! unpark at once; dropping the parking closes what it holds.
-#![cfg(unix)]
+#![cfg(all(unix, feature = "park"))]
 
 mod common;
 

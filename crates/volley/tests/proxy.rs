@@ -7,6 +7,7 @@
 //!
 //! The proxy binaries come from Debian (`scripts/install-test-deps.sh proxies`); if one
 //! is missing, its tests fail and say so.
+#![cfg(feature = "proxy")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! real proxies (tinyproxy for HTTP CONNECT, microsocks for SOCKS5, from Debian's
 //! packages). One test in its own test binary: it changes the process's environment,
 //! which no other test may see.
+#![cfg(feature = "proxy")]
 
 mod common;
 

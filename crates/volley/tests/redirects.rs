@@ -4,6 +4,7 @@
 //! server, or reverse-proxies the WebSocket to it. The client follows the chain, drops
 //! credentials and cookies when the origin (scheme, host or port) changes and keeps them
 //! when it does not, stops at its limit, and reports a loop as a redirect error.
+#![cfg(feature = "tls")]
 
 mod common;
 
