@@ -1,8 +1,10 @@
-//! Configuration of a protocol connection: limits and the source of randomness.
+//! Configuration of a protocol connection: limits, the source of randomness, and where
+//! its buffers come from.
 
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use rand::RngCore;
 
 /// Fills buffers with random bytes: the client's masking keys and handshake keys.
@@ -68,6 +70,56 @@ impl fmt::Debug for RandomSource {
     }
 }
 
+/// A pool of buffers that connections take their input and output buffers from, and
+/// give them back to when they release them
+/// ([`Connection::release_idle_memory`](crate::Connection::release_idle_memory)).
+///
+/// The core keeps no pool of its own (it never touches threads or globals): a driver
+/// that wants released buffers reused supplies one through [`Config::buffers`]. The
+/// tokio layer keeps a few per thread.
+pub trait BufferPool: Send + Sync {
+    /// An empty buffer to use, if the pool has one.
+    fn take(&self) -> Option<BytesMut>;
+    /// A buffer the connection no longer needs: empty, but possibly still sharing its
+    /// allocation with payloads the application holds. The pool keeps it or drops it.
+    fn give(&self, buf: BytesMut);
+}
+
+/// Where a connection's buffers come from: a [`BufferPool`], or none (the default:
+/// each buffer is allocated when needed and freed when released).
+#[derive(Clone, Default)]
+pub struct Buffers(Option<Arc<dyn BufferPool>>);
+
+impl Buffers {
+    /// No pool: buffers are allocated when needed and freed when released.
+    pub fn none() -> Self {
+        Buffers(None)
+    }
+
+    /// Buffers from `pool`.
+    pub fn pool(pool: Arc<dyn BufferPool>) -> Self {
+        Buffers(Some(pool))
+    }
+
+    /// A buffer from the pool, if there is a pool and it has one.
+    pub fn take(&self) -> Option<BytesMut> {
+        self.0.as_ref()?.take()
+    }
+
+    /// Hands a released buffer to the pool (or drops it, without one).
+    pub fn give(&self, buf: BytesMut) {
+        if let Some(pool) = &self.0 {
+            pool.give(buf);
+        }
+    }
+}
+
+impl fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Buffers(pool)" } else { "Buffers(none)" })
+    }
+}
+
 /// Limits and settings of one WebSocket connection's protocol core.
 ///
 /// Every limit guards memory against a hostile peer; each default is chosen to let
@@ -94,6 +146,9 @@ pub struct Config {
     pub inline_payload_size: usize,
     /// Where the client's masking keys and handshake keys come from.
     pub random: RandomSource,
+    /// Where input and output buffers come from, and go when released. Default: no
+    /// pool (the tokio layer's configurations supply its per-thread pool).
+    pub buffers: Buffers,
 }
 
 impl Default for Config {
@@ -105,6 +160,7 @@ impl Default for Config {
             max_headers: 64,
             inline_payload_size: 2 << 10,
             random: RandomSource::default(),
+            buffers: Buffers::none(),
         }
     }
 }

@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::config::Config;
+use crate::config::{Buffers, Config};
 use crate::deflate::{Compressor, Decompressor, DeflateConfig, DeflateParams, InflateError};
 use crate::error::{ProtocolError, SendError};
 use crate::frame::close::ClosePayloadError;
+pub use crate::frame::MessageKind;
 use crate::frame::{apply_mask, CloseCode, CloseFrame, FrameHeader, OpCode};
-use crate::pool;
+use crate::prepared::PreparedMessage;
 use crate::utf8::{Utf8Bytes, Utf8Validator};
 
 /// Which end of the connection this is.
@@ -42,15 +43,6 @@ pub enum State {
     /// Both close frames were exchanged, or the transport ended. A server now closes
     /// the TCP connection; a client waits for the server to close it (§7.1.1).
     Closed,
-}
-
-/// What a received message or fragment holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MessageKind {
-    /// UTF-8 text.
-    Text,
-    /// Binary data.
-    Binary,
 }
 
 /// Something the peer did, handed to the application by [`Connection::poll_event`].
@@ -126,16 +118,16 @@ const BATCH_MAX: usize = 256 << 10;
 
 impl Outbox {
     #[inline]
-    fn reserve(&mut self, need: usize) {
+    fn reserve(&mut self, need: usize, buffers: &Buffers) {
         if self.buf.capacity() - self.buf.len() < need {
-            self.grow(need);
+            self.grow(need, buffers);
         }
     }
 
     #[inline(never)]
-    fn grow(&mut self, need: usize) {
+    fn grow(&mut self, need: usize, buffers: &Buffers) {
         if self.buf.capacity() == 0 {
-            if let Some(buf) = pool::take() {
+            if let Some(buf) = buffers.take() {
                 self.buf = buf;
                 if self.buf.capacity() >= need {
                     return;
@@ -153,21 +145,22 @@ impl Outbox {
         self.buf.reserve(need.max(BATCH_MIN).max(filled.saturating_mul(2).min(BATCH_MAX)));
     }
 
-    fn push(&mut self, header: FrameHeader, payload: &[u8], shared: Option<&Bytes>, inline_max: usize) {
+    fn push(&mut self, header: FrameHeader, payload: &[u8], shared: Option<&Bytes>, config: &Config) {
+        let (inline_max, buffers) = (config.inline_payload_size, &config.buffers);
         let hlen = header.encoded_len();
         self.queued += hlen + payload.len();
         if let Some(key) = header.mask {
-            self.reserve(hlen + payload.len());
+            self.reserve(hlen + payload.len(), buffers);
             header.encode(&mut self.buf);
             let start = self.buf.len();
             self.buf.extend_from_slice(payload);
             apply_mask(&mut self.buf[start..], key, 0);
         } else if payload.len() <= inline_max || shared.is_none() {
-            self.reserve(hlen + payload.len());
+            self.reserve(hlen + payload.len(), buffers);
             header.encode(&mut self.buf);
             self.buf.extend_from_slice(payload);
         } else {
-            self.reserve(hlen);
+            self.reserve(hlen, buffers);
             header.encode(&mut self.buf);
             self.chunks.push_back(self.buf.split().freeze());
             if let Some(b) = shared {
@@ -178,10 +171,10 @@ impl Outbox {
 
     /// Queues an already-encoded frame: small ones are copied into the batch buffer,
     /// large ones queued by reference.
-    fn push_encoded(&mut self, header: &Bytes, payload: &Bytes, inline_max: usize) {
+    fn push_encoded(&mut self, header: &Bytes, payload: &Bytes, config: &Config) {
         self.queued += header.len() + payload.len();
-        if payload.len() <= inline_max {
-            self.reserve(header.len() + payload.len());
+        if payload.len() <= config.inline_payload_size {
+            self.reserve(header.len() + payload.len(), &config.buffers);
             self.buf.extend_from_slice(header);
             self.buf.extend_from_slice(payload);
         } else {
@@ -425,11 +418,11 @@ impl Connection {
     /// The input buffer, for a driver that reads from its transport straight into it
     /// (no copy); call [`Connection::receive_buffered`] after appending to it. Frame
     /// payloads are split off this buffer without copying. After
-    /// [`Connection::release_idle_memory`] it is a buffer this thread released earlier,
-    /// when it has one, or else empty with no capacity.
+    /// [`Connection::release_idle_memory`] it is a buffer from the configuration's
+    /// [`Buffers`], when it has one, or else empty with no capacity.
     pub fn input_buffer(&mut self) -> &mut BytesMut {
         if self.rbuf.capacity() == 0 {
-            if let Some(buf) = pool::take() {
+            if let Some(buf) = self.config.buffers.take() {
                 self.rbuf = buf;
             }
         }
@@ -462,21 +455,18 @@ impl Connection {
     }
 
     /// Releases buffers that hold no data, so an idle connection costs a few hundred
-    /// bytes. Drivers call it when a read would block.
-    ///
-    /// Each thread keeps the last few buffers released on it (at most 4, of 1 to 64
-    /// KiB, and only those no received payload still shares) and hands them to the next
-    /// connection that reads or writes there, so a busy connection does not allocate
-    /// its buffers anew after every wait.
+    /// bytes. Drivers call it when a read would block. The buffers go to the
+    /// configuration's [`Buffers`] (the tokio layer keeps the last few per thread for
+    /// the next connection that reads or writes there); without a pool they are freed.
     pub fn release_idle_memory(&mut self) {
         // An empty buffer may still hold a reference to a shared allocation (what is
         // left of it after payloads were split off), so it is replaced even when its
         // own capacity is zero.
         if self.rbuf.is_empty() {
-            pool::give(std::mem::take(&mut self.rbuf));
+            self.config.buffers.give(std::mem::take(&mut self.rbuf));
         }
         if self.out.buf.is_empty() {
-            pool::give(std::mem::take(&mut self.out.buf));
+            self.config.buffers.give(std::mem::take(&mut self.out.buf));
         }
         if self.ctrl.as_ref().is_some_and(|c| c.queued == 0) {
             self.ctrl = None;
@@ -908,7 +898,7 @@ impl Connection {
     /// Queues a prepared message (see [`PreparedMessage`](crate::PreparedMessage)): a
     /// server reuses its encoded frame, compressed or not, by reference count; a client
     /// (which must mask every frame) encodes it as usual.
-    pub fn send_prepared(&mut self, msg: &crate::prepared::PreparedMessage) -> Result<(), SendError> {
+    pub fn send_prepared(&mut self, msg: &PreparedMessage) -> Result<(), SendError> {
         self.check_open()?;
         if self.tx_fragment.is_some() {
             return Err(SendError::FragmentInProgress);
@@ -924,7 +914,7 @@ impl Connection {
             }
             _ => msg.plain(),
         };
-        self.out.push_encoded(frame.0, frame.1, self.config.inline_payload_size);
+        self.out.push_encoded(frame.0, frame.1, &self.config);
         Ok(())
     }
 
@@ -951,7 +941,7 @@ impl Connection {
             mask: self.mask(),
             payload_len: payload.len() as u64,
         };
-        self.out.push(header, payload, shared, self.config.inline_payload_size);
+        self.out.push(header, payload, shared, &self.config);
     }
 
     fn push_control(&mut self, opcode: OpCode, payload: &[u8]) {
@@ -965,8 +955,7 @@ impl Connection {
                 mask: self.mask(),
                 payload_len: payload.len() as u64,
             };
-            let inline_max = self.config.inline_payload_size;
-            self.ctrl.get_or_insert_default().push(header, payload, None, inline_max);
+            self.ctrl.get_or_insert_default().push(header, payload, None, &self.config);
         } else {
             self.push(opcode, true, payload, None);
         }

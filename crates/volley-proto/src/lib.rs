@@ -47,11 +47,10 @@ pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
-mod pool;
 pub mod prepared;
 pub mod utf8;
 
-pub use config::{Config, ConfigError, RandomSource};
+pub use config::{BufferPool, Buffers, Config, ConfigError, RandomSource};
 pub use connection::{
     check_close, check_control_payload, Connection, Event, MessageKind, ParkedConnection, Role, State,
 };

@@ -3,9 +3,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::connection::MessageKind;
 use crate::deflate::{Compressor, DeflateParams};
-use crate::frame::{FrameHeader, OpCode};
+use crate::frame::{FrameHeader, MessageKind, OpCode};
 use crate::utf8::Utf8Bytes;
 
 /// A message whose server-side frame is encoded once. [`Connection::send_prepared`]

@@ -23,7 +23,11 @@ pub enum SlowReader {
 
 /// The default protocol configuration, shared: a [`Config`] that keeps it allocates
 /// nothing for it.
-static DEFAULT_PROTO: LazyLock<Arc<ProtoConfig>> = LazyLock::new(Arc::default);
+static DEFAULT_PROTO: LazyLock<Arc<ProtoConfig>> = LazyLock::new(|| {
+    let mut proto = ProtoConfig::default();
+    proto.buffers = crate::pool::per_thread();
+    Arc::new(proto)
+});
 
 /// Settings of a WebSocket connection, for both roles. Build it with the setters; each
 /// states its default.

@@ -41,6 +41,7 @@ pub mod http;
 pub mod message;
 #[cfg(all(unix, feature = "park"))]
 pub mod park;
+mod pool;
 #[cfg(feature = "proxy")]
 pub mod proxy;
 pub mod reconnect;

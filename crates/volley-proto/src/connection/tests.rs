@@ -365,11 +365,29 @@ fn idle_connection_releases_buffers() {
     assert_eq!(s.out.buf.capacity(), 0);
 }
 
+/// A pool that keeps every released buffer whose allocation is no longer shared.
+#[derive(Default)]
+struct KeepAll(std::sync::Mutex<Vec<BytesMut>>);
+
+impl crate::config::BufferPool for KeepAll {
+    fn take(&self) -> Option<BytesMut> {
+        self.0.lock().unwrap().pop()
+    }
+
+    fn give(&self, mut buf: BytesMut) {
+        if buf.try_reclaim(buf.capacity() + 1) {
+            self.0.lock().unwrap().push(buf);
+        }
+    }
+}
+
 #[test]
-fn buffers_released_while_waiting_are_reused_by_the_next_read_and_write() {
-    let mut s = server();
+fn buffers_come_from_and_go_to_the_configured_pool() {
+    let pool = std::sync::Arc::new(KeepAll::default());
+    let config = Config { buffers: crate::config::Buffers::pool(pool.clone()), ..Config::default() };
+    let mut s = Connection::new(Role::Server, config);
     s.release_idle_memory();
-    while crate::pool::take().is_some() {}
+    assert!(pool.0.lock().unwrap().is_empty(), "nothing to give back yet");
     let mut seen = Vec::new();
     for round in 0..3 {
         let input = s.input_buffer();
@@ -395,6 +413,21 @@ fn buffers_released_while_waiting_are_reused_by_the_next_read_and_write() {
     distinct.sort_unstable();
     distinct.dedup();
     assert_eq!(distinct.len(), 2, "the same two buffers each time: {seen:x?}");
+    assert_eq!(pool.0.lock().unwrap().len(), 2, "both are in the pool while the connection is idle");
+}
+
+#[test]
+fn without_a_pool_released_buffers_are_freed_and_new_ones_allocated() {
+    let mut s = server();
+    for _ in 0..2 {
+        let input = s.input_buffer();
+        assert_eq!(input.capacity(), 0, "no pool: nothing to take");
+        input.extend_from_slice(&masked(0x81, b"hi"));
+        s.receive_buffered();
+        let _ = events(&mut s);
+        s.release_idle_memory();
+        assert_eq!(s.rbuf.capacity(), 0);
+    }
 }
 
 /// Moves everything `from` has to send into `to`, and returns `to`'s events.
@@ -474,8 +507,6 @@ fn a_parked_connection_keeps_its_compression_contexts() {
 #[test]
 fn a_growing_batch_is_never_copied_it_continues_in_a_buffer_twice_the_size() {
     let mut s = server();
-    s.release_idle_memory();
-    while crate::pool::take().is_some() {}
     s.send_text("0123456789abcdefghij").unwrap();
     let first = s.out.buf.as_ptr() as usize;
     for _ in 1..2000 {

@@ -8,4 +8,4 @@ pub mod opcode;
 pub use close::{CloseCode, CloseFrame};
 pub use header::{FrameHeader, HeaderError, MAX_HEADER_LEN};
 pub use mask::apply_mask;
-pub use opcode::OpCode;
+pub use opcode::{MessageKind, OpCode};

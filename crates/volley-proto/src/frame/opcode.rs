@@ -49,3 +49,12 @@ impl OpCode {
         self.as_u8() & 0x8 != 0
     }
 }
+
+/// What a message or fragment holds: the two data opcodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// UTF-8 text.
+    Text,
+    /// Binary data.
+    Binary,
+}

@@ -1,7 +1,8 @@
-//! Released buffers, kept per thread for the next connection that reads or writes.
+//! Released buffers, kept per thread for the next connection that reads or writes: the
+//! [`BufferPool`] every configuration of this crate gives the protocol core.
 //!
 //! A connection gives up its empty input and output buffers each time it is about to
-//! wait ([`Connection::release_idle_memory`](crate::Connection::release_idle_memory)),
+//! wait ([`Connection::release_idle_memory`](volley_proto::Connection::release_idle_memory)),
 //! so that an idle connection holds none. Without this pool, a server whose
 //! connections each send one message at a time would allocate and free both buffers
 //! for every message; instead each thread keeps the last few it released, whole and no
@@ -10,7 +11,10 @@
 
 use std::cell::RefCell;
 
+use std::sync::{Arc, LazyLock};
+
 use bytes::BytesMut;
+use volley_proto::{BufferPool, Buffers};
 
 /// Buffers kept per thread.
 pub(crate) const MAX_POOLED: usize = 4;
@@ -18,6 +22,26 @@ pub(crate) const MAX_POOLED: usize = 4;
 pub(crate) const MIN_SIZE: usize = 1 << 10;
 /// Larger buffers (grown for a large frame or a long burst) are freed.
 pub(crate) const MAX_SIZE: usize = 64 << 10;
+
+/// The per-thread pool, as the protocol core's [`BufferPool`].
+struct PerThread;
+
+impl BufferPool for PerThread {
+    fn take(&self) -> Option<BytesMut> {
+        take()
+    }
+
+    fn give(&self, buf: BytesMut) {
+        give(buf);
+    }
+}
+
+static PER_THREAD: LazyLock<Arc<dyn BufferPool>> = LazyLock::new(|| Arc::new(PerThread));
+
+/// The per-thread pool, for a protocol configuration.
+pub(crate) fn per_thread() -> Buffers {
+    Buffers::pool(Arc::clone(&PER_THREAD))
+}
 
 thread_local! {
     static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -107,6 +131,21 @@ mod tests {
         drop(large.split());
         give(large);
         assert!(take().is_none());
+    }
+
+    #[test]
+    fn connections_of_this_crate_use_the_thread_pool() {
+        drain();
+        let mut buf = BytesMut::with_capacity(4096);
+        let at = buf.as_ptr() as usize;
+        buf.extend_from_slice(b"x");
+        drop(buf.split());
+        give(buf);
+        let config = crate::Config::new();
+        let taken = config.proto().buffers.take().expect("the configuration's pool is this thread's");
+        assert_eq!(taken.as_ptr() as usize, at);
+        let custom = crate::Config::new().max_frame_size(1 << 10);
+        assert!(format!("{:?}", custom.proto().buffers).contains("pool"), "kept by a changed configuration");
     }
 
     #[test]
