@@ -268,7 +268,7 @@ async fn log_end(peer: SocketAddr, task: impl Future<Output = Result<(), volley:
 /// The handshake's state (the config, the request) ends with this task, and the
 /// connection's task holds only the echo loop.
 async fn accept(tcp: TcpStream, peer: SocketAddr, config: Config, parked: Option<Parked>) -> Result<(), volley::Error> {
-    let hook = |req: &volley::Request, _: &mut volley::Response| {
+    let hook = |req: &volley::HandshakeRequest, _: &mut volley::Response| {
         tracing::debug!(%peer, path = req.target(), "upgrade");
         Ok(())
     };

@@ -57,7 +57,7 @@ pub use config::{Config, SlowReader};
 pub use error::{Error, Timeout};
 pub use message::Message;
 pub use reconnect::{Backoff, ConnectionState, Reconnecting};
-pub use server::{accept, Rejection, ServerBuilder};
+pub use server::{accept, HandshakeRequest, Rejection, ServerBuilder};
 pub use split::{Broadcast, ReadHalf, ReuniteError, WriteHalf};
 pub use stream::MaybeTlsStream;
 pub use websocket::{ConnectionInfo, WebSocket};

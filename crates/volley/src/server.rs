@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::Deref;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -58,6 +59,49 @@ impl Rejection {
     }
 }
 
+/// The opening handshake's request as a hook sees it: the checked [`Request`] (path,
+/// query, header fields, Origin, cookies, offered subprotocols and extensions, all
+/// through `Deref`: `req.origin()`, `req.header("Cookie")`), and the peer's address,
+/// which the runtime knows and the sans-I/O core does not.
+///
+/// ```
+/// # use volley::{HandshakeRequest, Rejection, Response};
+/// fn only_local(req: &HandshakeRequest, _resp: &mut Response) -> Result<(), Rejection> {
+///     match req.remote_addr() {
+///         Some(addr) if addr.ip().is_loopback() && req.path() == "/chat" => Ok(()),
+///         _ => Err(Rejection::new(403)),
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct HandshakeRequest {
+    request: Request,
+    remote_addr: Option<SocketAddr>,
+}
+
+impl HandshakeRequest {
+    /// The checked `request`, sent by the peer at `remote_addr` (`None` if the
+    /// transport does not tell): to call a hook outside a server, in a test say.
+    pub fn new(request: Request, remote_addr: Option<SocketAddr>) -> Self {
+        HandshakeRequest { request, remote_addr }
+    }
+
+    /// The address of the peer that sent the request, when known: the socket's with
+    /// [`ServerBuilder::accept_tcp`] (and the `volley::http` server's TCP and
+    /// `RemoteAddr` paths), or the one given to [`ServerBuilder::remote_addr`].
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote_addr
+    }
+}
+
+impl Deref for HandshakeRequest {
+    type Target = Request;
+
+    fn deref(&self) -> &Request {
+        &self.request
+    }
+}
+
 /// Accepts a WebSocket connection on `io` with the default configuration and no hook:
 /// `ServerBuilder::new().accept(io)`. [`ServerBuilder`] does everything else (a
 /// configuration, a hook that sees the request, TLS, TCP set-up).
@@ -71,7 +115,7 @@ pub fn accept<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> impl Future<Output = 
 }
 
 /// The hook of a [`ServerBuilder`] that has none: it accepts every checked request.
-type AcceptAll = fn(&Request, &mut Response) -> Result<(), Rejection>;
+type AcceptAll = fn(&HandshakeRequest, &mut Response) -> Result<(), Rejection>;
 
 /// How the server side accepts a connection: the configuration, an optional hook that
 /// sees the request, optional TLS, then [`accept`](ServerBuilder::accept) on any
@@ -138,7 +182,7 @@ impl<H, T> ServerBuilder<H, T> {
 
     /// The peer's address, for a transport that does not tell it (a Unix socket behind
     /// a proxy, a connection whose PROXY protocol header named the client): the hook
-    /// sees it as [`Request::remote_addr`] and the WebSocket's
+    /// sees it as [`HandshakeRequest::remote_addr`] and the WebSocket's
     /// [`info`](WebSocket::info) records it. It wins over the address
     /// [`accept_tcp`](ServerBuilder::accept_tcp) reads from the socket. Default: none,
     /// or the socket's with `accept_tcp`.
@@ -147,16 +191,16 @@ impl<H, T> ServerBuilder<H, T> {
         self
     }
 
-    /// The hook: it sees the checked request (path, query, headers, Origin, cookies,
-    /// offered subprotocols and extensions, [`Request::remote_addr`]) and may accept
-    /// it, adding header fields or choosing a subprotocol on the response, or refuse it
-    /// with a [`Rejection`], which the client receives as the HTTP answer. Before the
-    /// hook runs, the response already carries the first of the client's subprotocols
-    /// found in [`Config::protocols`] and the agreed extensions. Default: accept every
-    /// request.
+    /// The hook: it sees the checked request as a [`HandshakeRequest`] (path, query,
+    /// headers, Origin, cookies, offered subprotocols and extensions, the peer's address)
+    /// and may accept it, adding header fields or choosing a subprotocol on the response,
+    /// or refuse it with a [`Rejection`], which the client receives as the HTTP answer.
+    /// Before the hook runs, the response already carries the first of the client's
+    /// subprotocols found in [`Config::protocols`] and the agreed extensions. Default:
+    /// accept every request.
     pub fn hook<F>(self, hook: F) -> ServerBuilder<F, T>
     where
-        F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+        F: FnOnce(&HandshakeRequest, &mut Response) -> Result<(), Rejection>,
     {
         ServerBuilder { config: self.config, remote: self.remote, hook, tls: self.tls }
     }
@@ -175,7 +219,7 @@ impl<H, T> ServerBuilder<H, T> {
 
 impl<H> ServerBuilder<H, ()>
 where
-    H: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+    H: FnOnce(&HandshakeRequest, &mut Response) -> Result<(), Rejection>,
 {
     /// Accepts a WebSocket connection on any transport (a TLS stream of your own, a Unix
     /// socket, an in-memory pipe). On a [`TcpStream`], prefer
@@ -189,7 +233,7 @@ where
 
     /// [`accept`](ServerBuilder::accept) on a TCP connection, which it also sets up:
     /// `TCP_NODELAY` on (frames are batched already), and both addresses recorded for
-    /// the hook ([`Request::remote_addr`]) and the WebSocket's
+    /// the hook ([`HandshakeRequest::remote_addr`]) and the WebSocket's
     /// [`info`](WebSocket::info).
     pub fn accept_tcp(self, tcp: TcpStream) -> impl Future<Output = Result<WebSocket<TcpStream>, Error>> {
         let (failed, addrs) = set_up(&tcp, self.remote);
@@ -200,7 +244,7 @@ where
 #[cfg(feature = "tls")]
 impl<H> ServerBuilder<H, TlsAcceptor>
 where
-    H: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+    H: FnOnce(&HandshakeRequest, &mut Response) -> Result<(), Rejection>,
 {
     /// Runs the TLS handshake on any transport, then accepts a WebSocket connection on
     /// the TLS stream. On a [`TcpStream`], prefer
@@ -254,7 +298,7 @@ fn handshake<S, F>(
 ) -> impl Future<Output = Result<WebSocket<S>, Error>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+    F: FnOnce(&HandshakeRequest, &mut Response) -> Result<(), Rejection>,
 {
     async move {
         if let Some(e) = failed {
@@ -282,7 +326,7 @@ fn tls_handshake<S, F>(
 ) -> impl Future<Output = Result<WebSocket<ServerTlsStream<S>>, Error>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+    F: FnOnce(&HandshakeRequest, &mut Response) -> Result<(), Rejection>,
 {
     async move {
         if let Some(e) = failed {
@@ -317,10 +361,10 @@ fn exchange<'a, S, F>(
 ) -> impl Future<Output = Result<Answered, Error>> + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection> + 'a,
+    F: FnOnce(&HandshakeRequest, &mut Response) -> Result<(), Rejection> + 'a,
 {
     async move {
-        let (mut request, leftover) = match read_request(io, config).await {
+        let (request, leftover) = match read_request(io, config).await {
             Ok(r) => r,
             Err(Error::Handshake(e)) => {
                 // Best effort: tell the client why, then close.
@@ -330,7 +374,7 @@ where
             }
             Err(e) => return Err(e),
         };
-        request.set_remote_addr(*remote);
+        let request = HandshakeRequest::new(request, *remote);
         let (mut response, params) = negotiate(&request, config);
         if let Err(rejection) = hook(&request, &mut response) {
             let _ = io.write_all(&rejection.encode()).await;
@@ -339,7 +383,7 @@ where
         }
         io.write_all(&response.encode()).await?;
         io.flush().await?;
-        Ok((request, response, leftover, params))
+        Ok((request.request, response, leftover, params))
     }
 }
 

@@ -379,6 +379,35 @@ async fn accept_runs_over_an_in_memory_pipe_with_a_hook_and_a_given_peer_address
     assert_eq!(recorded, Some(peer), "the connection's info records it");
 }
 
+/// A hook written as a plain function: the request's own fields through `Deref` to the
+/// core's `Request`, the peer's address beside them (the core never sees the socket).
+fn loopback_team_members(req: &volley::HandshakeRequest, resp: &mut volley::Response) -> Result<(), Rejection> {
+    let local = req.remote_addr().is_some_and(|a| a.ip().is_loopback());
+    match (local, req.path(), req.header("X-Team")) {
+        (true, "/team", Some(team)) => resp.add_header("X-Welcome", team).map_err(|_| Rejection::new(500)),
+        _ => Err(Rejection::new(403)),
+    }
+}
+
+#[tokio::test]
+async fn a_hook_function_reads_the_request_and_the_peer_address_beside_it() {
+    async fn attempt(peer: &str) -> (Result<String, Error>, Result<(), Error>) {
+        let (client_io, server_io) = tokio::io::duplex(4096);
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        let server = ServerBuilder::new().remote_addr(peer).hook(loopback_team_members).accept(server_io);
+        let client = ClientBuilder::new("ws://localhost/team").header("X-Team", "blue").handshake(client_io);
+        let (server, client) = within(async { tokio::join!(server, client) }).await;
+        let client = client.map(|(_, response)| response.headers().get("x-welcome").unwrap_or_default().to_string());
+        (client, server.map(drop))
+    }
+    let (client, server) = attempt("127.0.0.1:4000").await;
+    assert_eq!(client.unwrap(), "blue", "the hook read the header and saw a loopback peer");
+    server.unwrap();
+    let (client, server) = attempt("192.0.2.7:4000").await;
+    assert!(matches!(&client, Err(Error::Refused(r)) if r.status() == 403), "client got {client:?}");
+    assert!(matches!(server, Err(Error::Rejected(403))), "server got {server:?}");
+}
+
 #[tokio::test]
 async fn accept_tcp_turns_on_nodelay_and_records_both_addresses_where_accept_does_not() {
     let (listener, port) = bind().await;

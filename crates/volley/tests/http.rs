@@ -73,7 +73,7 @@ where
 /// A hyper HTTP/1.1 server (with upgrades) calling `volley::http::upgrade` with `hook`.
 async fn hyper_http1_server<F>(hook: F) -> (u16, mpsc::UnboundedReceiver<Seen>)
 where
-    F: Fn(&volley::Request, &mut volley::Response) -> Result<(), Rejection> + Clone + Send + Sync + 'static,
+    F: Fn(&volley::HandshakeRequest, &mut volley::Response) -> Result<(), Rejection> + Clone + Send + Sync + 'static,
 {
     let (listener, port) = bind().await;
     let (tx, rx) = mpsc::unbounded_channel();

@@ -2,7 +2,6 @@
 //! (RFC 6455 §4.2.1), then build the 101 answer or a rejection (§4.2.2).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -10,8 +9,9 @@ use base64::Engine;
 use super::{accept_key, is_header_value, is_token, ExtensionOffer, HandshakeError, Headers};
 use crate::config::Config;
 
-/// A checked opening handshake request, with everything an application needs to decide
-/// whether to accept it.
+/// A checked opening handshake request, with everything it says that an application
+/// needs to decide whether to accept it. What the connection knows besides (the peer's
+/// address) is the runtime's to tell: the core never sees the connection.
 #[derive(Debug, Clone)]
 pub struct Request {
     method: String,
@@ -20,7 +20,6 @@ pub struct Request {
     key: String,
     protocols: Vec<String>,
     extensions: Vec<ExtensionOffer>,
-    remote_addr: Option<SocketAddr>,
 }
 
 impl Request {
@@ -74,7 +73,6 @@ impl Request {
             key: String::new(),
             protocols,
             extensions,
-            remote_addr: None,
         })
     }
 
@@ -114,7 +112,7 @@ impl Request {
             key
         };
         let (protocols, extensions) = offers(&headers)?;
-        Ok(Request { method, target, headers, key, protocols, extensions, remote_addr: None })
+        Ok(Request { method, target, headers, key, protocols, extensions })
     }
 
     /// The request method (always `GET` once checked).
@@ -145,18 +143,6 @@ impl Request {
     /// The first value of a header field (case-insensitive name).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name)
-    }
-
-    /// The address of the peer that sent the request, when the transport knows it (the
-    /// core parses bytes and cannot: the runtime that accepted the connection sets it).
-    pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.remote_addr
-    }
-
-    /// Records the address of the peer that sent the request, for the hooks that
-    /// look at [`Request::remote_addr`].
-    pub fn set_remote_addr(&mut self, addr: Option<SocketAddr>) {
-        self.remote_addr = addr;
     }
 
     /// The Host header.

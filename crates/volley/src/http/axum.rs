@@ -12,7 +12,7 @@ use volley_proto::handshake::{Request, Response};
 
 use super::{check, Checked, UpgradeError, UpgradedIo};
 use crate::config::Config;
-use crate::server::Rejection;
+use crate::server::{HandshakeRequest, Rejection};
 use crate::websocket::WebSocket;
 
 /// The axum extractor of a WebSocket request: an HTTP/1.1 Upgrade, or an HTTP/2
@@ -104,7 +104,7 @@ impl WebSocketUpgrade {
 
     /// The remote address from axum's `ConnectInfo<SocketAddr>` (if the router was
     /// served with it) or a [`RemoteAddr`](super::RemoteAddr) extension; the hook sees
-    /// it as [`Request::remote_addr`].
+    /// it as [`HandshakeRequest::remote_addr`].
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.remote
     }
@@ -126,7 +126,7 @@ impl WebSocketUpgrade {
     /// becomes the response).
     pub fn on_upgrade_with<H, F, Fut>(self, hook: H, callback: F) -> AxumResponse
     where
-        H: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+        H: FnOnce(&HandshakeRequest, &mut Response) -> Result<(), Rejection>,
         F: FnOnce(WebSocket<UpgradedIo>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {

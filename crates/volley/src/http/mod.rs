@@ -87,7 +87,7 @@ use volley_proto::{DeflateParams, ExtensionOffer, HandshakeError, Role};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::server::Rejection;
+use crate::server::{HandshakeRequest, Rejection};
 use crate::websocket::WebSocket;
 
 #[cfg(feature = "axum")]
@@ -159,7 +159,7 @@ pub fn upgrade<B, F>(
     hook: F,
 ) -> Result<(::http::Response<Body>, UpgradeFut), UpgradeError>
 where
-    F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+    F: FnOnce(&HandshakeRequest, &mut Response) -> Result<(), Rejection>,
 {
     let version = req.version();
     let request = check(req.method(), req.uri(), version, req.headers(), req.extensions())?;
@@ -171,9 +171,9 @@ where
 
 /// The peer's address, as a request extension: [`Server`] inserts it into every request
 /// it serves from [`Server::serve_tcp`] or [`Server::serve_connection_from`], and
-/// [`upgrade`] hands it to the hook ([`Request::remote_addr`]) and the WebSocket's
-/// [`info`](WebSocket::info). With another server, insert it yourself (axum's
-/// `ConnectInfo<SocketAddr>` is read too).
+/// [`upgrade`] hands it to the hook ([`HandshakeRequest::remote_addr`]) and the
+/// WebSocket's [`info`](WebSocket::info). With another server, insert it yourself
+/// (axum's `ConnectInfo<SocketAddr>` is read too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteAddr(pub SocketAddr);
 
@@ -239,10 +239,10 @@ impl Checked {
         hook: F,
     ) -> Result<(::http::Response<Body>, UpgradeFut), UpgradeError>
     where
-        F: FnOnce(&Request, &mut Response) -> Result<(), Rejection>,
+        F: FnOnce(&HandshakeRequest, &mut Response) -> Result<(), Rejection>,
     {
-        let Checked { mut request, on_upgrade, version } = self;
-        request.set_remote_addr(remote);
+        let Checked { request, on_upgrade, version } = self;
+        let request = HandshakeRequest::new(request, remote);
         let (mut response, params) = crate::server::negotiate(&request, &config);
         if let Err(rejection) = hook(&request, &mut response) {
             return Err(UpgradeError { kind: Kind::Rejected(rejection), version });

@@ -14,16 +14,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
-use volley_proto::handshake::{Request, Response};
+use volley_proto::handshake::Response;
 
 use super::{hyper_error, is_websocket_request, upgrade, Body, RemoteAddr, UpgradedIo, ALPN_H2};
 use crate::config::Config;
 use crate::error::Error;
-use crate::server::Rejection;
+use crate::server::{HandshakeRequest, Rejection};
 use crate::tls::ALPN_HTTP11;
 use crate::websocket::WebSocket;
 
-type Hook = dyn Fn(&Request, &mut Response) -> Result<(), Rejection> + Send + Sync;
+type Hook = dyn Fn(&HandshakeRequest, &mut Response) -> Result<(), Rejection> + Send + Sync;
 type ResponseFuture = Pin<Box<dyn Future<Output = ::http::Response<Body>> + Send>>;
 type Fallback = dyn Fn(::http::Request<Incoming>) -> ResponseFuture + Send + Sync;
 
@@ -94,7 +94,7 @@ impl Server {
     /// response).
     pub fn hook<F>(mut self, hook: F) -> Self
     where
-        F: Fn(&Request, &mut Response) -> Result<(), Rejection> + Send + Sync + 'static,
+        F: Fn(&HandshakeRequest, &mut Response) -> Result<(), Rejection> + Send + Sync + 'static,
     {
         self.hook = Some(Arc::new(hook));
         self
@@ -135,8 +135,9 @@ impl Server {
 
     /// [`Server::serve_connection`] for a connection whose peer address the caller knows
     /// (a TLS stream over TCP, say): every request carries it as a [`RemoteAddr`]
-    /// extension (the fallback sees it too), the hook as [`Request::remote_addr`], and
-    /// each WebSocket's [`info`](WebSocket::info) records it.
+    /// extension (the fallback sees it too), the hook as
+    /// [`HandshakeRequest::remote_addr`], and each WebSocket's [`info`](WebSocket::info)
+    /// records it.
     pub async fn serve_connection_from<I, H, Fut>(
         &self,
         io: I,
@@ -212,7 +213,7 @@ impl Server {
 pub async fn serve_connection<I, F, H, Fut>(io: I, config: Config, hook: F, handler: H) -> Result<(), Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(&Request, &mut Response) -> Result<(), Rejection> + Send + Sync + 'static,
+    F: Fn(&HandshakeRequest, &mut Response) -> Result<(), Rejection> + Send + Sync + 'static,
     H: Fn(WebSocket<UpgradedIo>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
