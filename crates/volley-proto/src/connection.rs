@@ -895,7 +895,7 @@ impl Connection {
         }
     }
 
-    /// Queues a prepared message (see [`PreparedMessage`](crate::PreparedMessage)): a
+    /// Queues a prepared message (see [`PreparedMessage`]): a
     /// server reuses its encoded frame, compressed or not, by reference count; a client
     /// (which must mask every frame) encodes it as usual.
     pub fn send_prepared(&mut self, msg: &PreparedMessage) -> Result<(), SendError> {

@@ -306,7 +306,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// Polls for the next message (the body of [`WebSocket::recv`] and of the
-    /// [`Stream`] implementation).
+    /// [`Stream`](futures_core::Stream) implementation).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
         loop {
             if self.finish == Finish::Done {
