@@ -102,14 +102,20 @@ async fn echo_once(ws: &mut volley::WebSocket<volley::tls::MaybeTlsStream>) {
     within(ws.close(CloseCode::NORMAL, "bye")).await.unwrap();
 }
 
+/// Connects `client` (no proxy) to where nginx sends it; a failure shows nginx's log.
+async fn through(
+    nginx: &common::process::Process,
+    client: ClientBuilder,
+) -> (volley::WebSocket<volley::MaybeTlsStream>, volley::ServerResponse) {
+    within(client.no_proxy().connect()).await.unwrap_or_else(|e| panic!("{e}\n--- nginx ---\n{}", nginx.log()))
+}
+
 #[tokio::test]
 async fn follows_a_chain_of_every_redirect_status_from_nginx() {
     let (echo, mut seen) = echo_server().await;
     let nginx = nginx(&chain(echo)).await;
     let url = format!("ws://user:secret@127.0.0.1:{}/start?room=7", nginx.port);
-    let (mut ws, response) = within(ClientBuilder::new(url).cookies([("session", "s1")]).no_proxy().connect())
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n--- nginx ---\n{}", nginx.log()));
+    let (mut ws, response) = through(&nginx, ClientBuilder::new(url).cookies([("session", "s1")])).await;
     assert_eq!(response.status(), 101);
     assert_eq!(ws.info().remote_addr().unwrap().port(), echo, "the WebSocket ends at the volley server");
     let seen = within(seen.recv()).await.unwrap();
@@ -132,8 +138,7 @@ async fn a_same_origin_redirect_keeps_credentials_and_nginx_proxies_the_websocke
     let nginx = nginx(&chain(echo)).await;
     let url = format!("ws://127.0.0.1:{}/same-host", nginx.port);
     let client = ClientBuilder::new(url).bearer_auth("t0k3n").cookies([("session", "s1"), ("theme", "dark")]);
-    let (mut ws, _) =
-        within(client.no_proxy().connect()).await.unwrap_or_else(|e| panic!("{e}\n--- nginx ---\n{}", nginx.log()));
+    let (mut ws, _) = through(&nginx, client).await;
     assert_eq!(ws.info().remote_addr().unwrap().port(), nginx.port, "the WebSocket runs through nginx");
     let seen = within(seen.recv()).await.unwrap();
     assert_eq!(seen.target, "/ws");
@@ -152,8 +157,7 @@ async fn a_redirect_to_another_port_drops_credentials_and_cookies() {
     // Credentials from the URL's userinfo, and a header of the application's own.
     let url = format!("ws://user:secret@127.0.0.1:{}/other-port", nginx.port);
     let client = ClientBuilder::new(url).cookies([("session", "s1")]).header("Proxy-Authorization", "Basic eDp5");
-    let (mut ws, _) =
-        within(client.no_proxy().connect()).await.unwrap_or_else(|e| panic!("{e}\n--- nginx ---\n{}", nginx.log()));
+    let (mut ws, _) = through(&nginx, client).await;
     assert_eq!(ws.info().remote_addr().unwrap().port(), echo, "same host, the volley server's port");
     let seen = within(seen.recv()).await.unwrap();
     assert_eq!(seen.target, "/final");
@@ -170,8 +174,7 @@ async fn credentials_stay_dropped_when_a_redirect_comes_back_to_the_first_origin
     let nginx = nginx(&chain(echo)).await;
     let url = format!("ws://127.0.0.1:{}/away", nginx.port);
     let client = ClientBuilder::new(url).bearer_auth("t0k3n").cookies([("session", "s1")]);
-    let (mut ws, _) =
-        within(client.no_proxy().connect()).await.unwrap_or_else(|e| panic!("{e}\n--- nginx ---\n{}", nginx.log()));
+    let (mut ws, _) = through(&nginx, client).await;
     assert_eq!(ws.info().remote_addr().unwrap().port(), nginx.port, "back at nginx's own origin");
     let seen = within(seen.recv()).await.unwrap();
     assert!(seen.forwarded, "the request came through nginx");
@@ -231,9 +234,7 @@ async fn a_redirect_from_ws_to_wss_drops_credentials_and_cookies() {
     .await;
     let url = format!("ws://127.0.0.1:{tls_port}/proxied/ws");
     let client = ClientBuilder::new(url).root_certificate(files.root.clone()).bearer_auth("t0k3n");
-    let (mut ws, _) = within(client.cookies([("session", "s1")]).no_proxy().connect())
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n--- nginx ---\n{}", nginx.log()));
+    let (mut ws, _) = through(&nginx, client.cookies([("session", "s1")])).await;
     assert!(ws.get_ref().is_tls(), "the redirect went to wss://");
     assert_eq!(ws.info().remote_addr().unwrap().port(), tls_port, "same host and port");
     let seen = within(seen.recv()).await.unwrap();
