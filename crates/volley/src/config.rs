@@ -195,8 +195,9 @@ impl Config {
     }
 
     /// What to do when the write buffer ([`Config::write_buffer_size`]) is full because
-    /// the peer does not keep up. Default [`SlowReader::Wait`]. The policy never drops
-    /// a pong or a close frame. While the transport is backed up, pings and pongs go
+    /// the peer does not keep up. Default [`SlowReader::Wait`]. The policy applies to
+    /// data and pings: a pong or a close frame is queued at once, never held back or
+    /// dropped. While the transport is backed up, pings and pongs go
     /// ahead of data that has not started to leave; a close frame never does (nothing
     /// may follow it, so it leaves after the data queued before it).
     ///

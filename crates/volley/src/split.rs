@@ -424,7 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<S> {
             }
             // Once every half is gone, what was queued goes in without waiting for
             // room: nobody is left to wait, and the close timeout bounds the rest.
-            cmd if !self.orphaned => match self.ws().poll_write_ready(cx) {
+            cmd if !self.orphaned => match ready_for(self.ws(), &cmd, cx) {
                 Poll::Ready(Ok(_)) => match cmd {
                     Command::Message(msg, len) => (self.ws().queue(msg), len),
                     Command::Prepared(msg, len) => (self.ws().queue_prepared(&msg), len),
@@ -523,6 +523,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<S> {
         self.current = None;
         wake(reader);
         self.shared.wake_writers();
+    }
+}
+
+/// Whether the connection takes a message command now: a pong or a close frame at
+/// once, anything else when there is room in its buffer.
+fn ready_for<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocket<S>,
+    cmd: &Command,
+    cx: &mut Context<'_>,
+) -> Poll<Result<bool, Error>> {
+    match cmd {
+        Command::Message(msg, _) => ws.poll_admit(cx, msg),
+        _ => ws.poll_write_ready(cx),
     }
 }
 
@@ -766,8 +779,9 @@ impl WriteHalf {
         msg.check()?;
         Ok(match msg {
             Message::Text(t) => (Admit::Policed, t.len()),
-            Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => (Admit::Policed, b.len()),
-            // Close frames are never dropped by the policy.
+            Message::Binary(b) | Message::Ping(b) => (Admit::Policed, b.len()),
+            // Pongs and close frames are never held back or dropped by the policy.
+            Message::Pong(b) => (Admit::Unpoliced, b.len()),
             Message::Close(_) => (Admit::Unpoliced, 0),
         })
     }

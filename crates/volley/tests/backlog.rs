@@ -151,3 +151,32 @@ async fn a_close_frame_queued_behind_a_backlog_is_not_lost_when_the_backlog_is_d
     let mut rest = Vec::new();
     assert_eq!(raw.read_to_end(&mut rest).await.unwrap_or(0), 0);
 }
+
+#[tokio::test]
+async fn a_pong_or_close_frame_fed_under_drop_newest_is_never_dropped() {
+    for split in [false, true] {
+        let (mut ws, mut raw) = stalled(Config::new().slow_reader(SlowReader::DropNewest)).await;
+        fill(&mut ws).await;
+        let dropped = ws.dropped_messages();
+        let pong = Message::Pong(bytes::Bytes::from_static(b"unsolicited"));
+        let close = Message::Close(Some(volley::CloseFrame::new(CloseCode::NORMAL, "bye")));
+        let _keep = if split {
+            let (read, write) = ws.split().unwrap();
+            within(write.feed(pong)).await.unwrap();
+            within(write.feed(close)).await.unwrap();
+            assert_eq!(write.dropped_messages(), 0, "split: nothing dropped");
+            Some((read, write))
+        } else {
+            within(ws.feed(pong)).await.unwrap();
+            within(ws.feed(close)).await.unwrap();
+            assert_eq!(ws.dropped_messages(), dropped, "nothing more dropped");
+            // The connection must run to write its backlog.
+            tokio::spawn(async move { while ws.recv().await.is_some() {} });
+            None
+        };
+        let frames = within(frames_to_eof(&mut raw)).await;
+        let ops: Vec<u8> = frames.iter().map(|(op, _)| op & 0x0f).filter(|op| *op != 0x2).collect();
+        assert_eq!(ops, [0xA, 0x8], "split {split}: the pong, then the close frame");
+        assert_eq!(&frames.last().unwrap().1[2..], b"bye");
+    }
+}

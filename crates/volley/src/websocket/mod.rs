@@ -297,8 +297,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         // twice (its argument and the local it moves into) beside its await states.
         let mut msg = Some(msg);
         poll_fn(move |cx| {
-            if msg.is_some() {
-                let queue = ready!(self.poll_write_ready(cx))?;
+            if let Some(m) = &msg {
+                let queue = ready!(self.poll_admit(cx, m))?;
                 if let Some(msg) = msg.take().filter(|_| queue) {
                     self.queue(msg)?;
                 }
@@ -309,10 +309,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Queues a message without flushing. When the write buffer is full the
     /// [`SlowReader`] policy decides: wait for it to drain, drop this message, or close.
+    /// A pong or a close frame is never held back or dropped by the policy: it is
+    /// queued at once, whatever the buffer holds.
     pub fn feed(&mut self, msg: Message) -> impl Future<Output = Result<(), Error>> + '_ {
         let mut msg = Some(msg);
         poll_fn(move |cx| {
-            let queue = ready!(self.poll_write_ready(cx))?;
+            let queue = match &msg {
+                Some(m) => ready!(self.poll_admit(cx, m))?,
+                None => false,
+            };
             match msg.take() {
                 Some(msg) if queue => Poll::Ready(self.queue(msg)),
                 _ => Poll::Ready(Ok(())),
@@ -376,6 +381,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             item?;
         }
         Ok(())
+    }
+
+    /// Ready with `true` when `msg` may be queued now, `false` when the slow-reader
+    /// policy dropped it: data and pings go through the policy; pongs and close frames
+    /// are never held back or dropped by it.
+    pub(crate) fn poll_admit(&mut self, cx: &mut Context<'_>, msg: &Message) -> Poll<Result<bool, Error>> {
+        if is_policed(msg) {
+            self.poll_write_ready(cx)
+        } else {
+            Poll::Ready(Ok(true))
+        }
     }
 
     pub(crate) fn queue(&mut self, msg: Message) -> Result<(), Error> {
@@ -452,7 +468,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Error> {
         let this = self.get_mut();
         if std::mem::take(&mut this.drop_next) {
-            return Ok(());
+            if is_policed(&item) {
+                return Ok(());
+            }
+            // `poll_ready` counted a drop for a message the policy does not drop.
+            this.dropped -= 1;
         }
         this.queue(item)
     }
@@ -486,6 +506,12 @@ macro_rules! with_timeout {
     };
 }
 pub(crate) use with_timeout;
+
+/// Whether the slow-reader policy applies to `msg`: to data and pings, not to pongs
+/// and close frames.
+fn is_policed(msg: &Message) -> bool {
+    !matches!(msg, Message::Pong(_) | Message::Close(_))
+}
 
 #[cfg(test)]
 mod tests {
