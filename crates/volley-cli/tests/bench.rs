@@ -213,3 +213,21 @@ fn connections_come_from_the_source_addresses_asked_for() {
     assert!(!out.status.success() && out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.0/8"), "{out:?}");
 }
+
+/// `--talk-first`: every connection sends one message and gets its echo before the
+/// idle hold, and the report says so.
+#[test]
+fn idle_mode_talks_first_when_asked() {
+    let (server, url) = echo();
+    let pid = server.0.id().to_string();
+    let r =
+        bench_json(&[&url, "-c", "20", "-s", "100", "--idle", "--talk-first", "--hold", "0.2", "--server-pid", &pid]);
+    assert_eq!(r["mode"], "idle");
+    assert_eq!((u(&r, "connections_open"), u(&r, "talked_first")), (20, 20), "{r}");
+    assert_eq!((u(&r, "errors"), u(&r, "mismatches")), (0, 0), "{r}");
+    assert!(r["server"]["rss_per_conn"].is_number(), "{r}");
+
+    // Without it, no connection speaks.
+    let r = bench_json(&[&url, "-c", "5", "--idle", "--hold", "0.1"]);
+    assert_eq!((u(&r, "connections_open"), u(&r, "talked_first")), (5, 0), "{r}");
+}

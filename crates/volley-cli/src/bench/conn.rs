@@ -76,6 +76,9 @@ pub struct Plan {
     pub size: usize,
     /// Binary rather than text messages.
     pub binary: bool,
+    /// Each connection sends one message and waits for its echo before it counts as
+    /// open (idle mode's `--talk-first`).
+    pub talk_first: bool,
 }
 
 type Ws = WebSocket<TcpStream>;
@@ -97,6 +100,13 @@ pub async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, permit: Own
             return;
         }
     };
+    if plan.talk_first {
+        if let Err(e) = talk(&mut ws, plan.as_ref()).await {
+            shared.connect_failed(format!("first message: {e}"));
+            return;
+        }
+        shared.talked.fetch_add(1, Relaxed);
+    }
     shared.open.fetch_add(1, Relaxed);
     let until = if matches!(plan.load, Load::Idle) { STOPPED } else { WARMUP };
     let mut result = hold(&mut ws, &mut phase, until).await;
@@ -145,6 +155,30 @@ async fn open(index: usize, plan: &Plan) -> Result<Ws, String> {
         e => format!("handshake: {e}"),
     })?;
     Ok(ws)
+}
+
+/// Sends the plan's message once and waits for its echo (pings and pongs aside).
+async fn talk(ws: &mut Ws, plan: &Plan) -> Result<(), String> {
+    ws.send(plan.message.clone()).await.map_err(|e| e.to_string())?;
+    loop {
+        match ws.recv().await {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(frame))) => return Err(closed_by_server(frame.map(|f| f.code))),
+            Some(Ok(msg)) => {
+                let (binary, len) = match &msg {
+                    Message::Binary(b) => (true, b.len()),
+                    Message::Text(t) => (false, t.len()),
+                    _ => return Err("an unexpected message".to_string()),
+                };
+                if binary != plan.binary || len != plan.size {
+                    return Err(format!("wrong echo: a message of {len} bytes for one of {}", plan.size));
+                }
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err(closed_by_server(None)),
+        }
+    }
 }
 
 /// Keeps reading (so that a server's close is noticed) until the phase reaches `until`.

@@ -90,6 +90,11 @@ pub struct Args {
     /// report memory.
     #[arg(long)]
     idle: bool,
+    /// Idle mode: each connection first sends one message (of --size bytes, text or
+    /// --binary) and waits for its echo, then goes idle: connections that spoke and fell
+    /// silent, as a real server holds them, rather than connections that never spoke.
+    #[arg(long, requires = "idle")]
+    talk_first: bool,
     /// Idle mode: how long to hold the connections open, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     hold: f64,
@@ -209,6 +214,8 @@ pub struct Shared {
     replies: AtomicU64,
     /// Connections open.
     open: AtomicU64,
+    /// Connections that got the echo of their first message (`--talk-first`).
+    talked: AtomicU64,
     /// Connections that could not be opened.
     connect_errors: AtomicU64,
     /// Connections that failed or were closed by the server before the end.
@@ -233,6 +240,7 @@ impl Shared {
             messages: AtomicU64::new(0),
             replies: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            talked: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
@@ -408,6 +416,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         message,
         size: args.size,
         binary: args.binary,
+        talk_first: args.talk_first,
     });
     let shared = Arc::new(Shared::new(args.threads)?);
     let progress = report::Progress::new(!(args.json || args.no_progress));
@@ -520,6 +529,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         connections,
         connections_open,
         connect_errors,
+        talked_first: shared.talked.load(Relaxed),
         size: args.size,
         binary: args.binary,
         in_flight: args.in_flight,

@@ -54,6 +54,9 @@ pub struct Report {
     pub connections_open: u64,
     /// Connections that could not be opened.
     pub connect_errors: u64,
+    /// Connections that sent a message and got its echo before going idle (idle mode's
+    /// `--talk-first`; 0 otherwise).
+    pub talked_first: u64,
     /// Payload size in bytes.
     pub size: usize,
     /// Binary (true) or text messages.
