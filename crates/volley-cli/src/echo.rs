@@ -10,6 +10,10 @@
 //! version: `websocket accepted http_version=HTTP/2.0` at info level on the hyper path,
 //! at debug level on the fast path.
 //!
+//! Each of `--threads` threads runs a current-thread runtime: the first accepts, and
+//! each connection is served, from its handshake to its end, by one thread (the threads
+//! in turn), with a parking per thread.
+//!
 //! `--park-after SECONDS` (plain ws://, Unix) parks a connection that received nothing
 //! for that long in a `volley::park::Parking`: it is held without a task until its
 //! peer sends again or its keepalive ping is due.
@@ -50,7 +54,8 @@ pub struct Args {
     /// Do not negotiate permessage-deflate (on by default when the client offers it).
     #[arg(long)]
     no_deflate: bool,
-    /// Worker threads (default: one per core).
+    /// Threads, each with a runtime of its own; the first accepts and hands the
+    /// connections to all in turn (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
     /// Serve wss:// with this PEM certificate chain (leaf first); needs --tls-key.
@@ -76,23 +81,62 @@ pub struct Args {
 }
 
 /// Runs the echo server until Ctrl-C.
+///
+/// Each thread runs a tokio current-thread runtime of its own (one thread by default per
+/// core): the first accepts, and hands each connection to the threads in turn, where it
+/// stays. A connection's messages never cross threads, and `--threads 1` is exactly one
+/// current-thread runtime, which does more round trips per CPU-second than a
+/// multi-thread runtime of one worker (tokio's work-stealing scheduler and its
+/// cross-thread wake-ups cost on every message).
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime");
+    // Threads 2 to N: a runtime each, with its own parking, idle until handed connections.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    for i in 1..threads {
+        let rt = runtime()?;
+        let ready = ready_tx.clone();
+        let park_after = args.park_after;
+        std::thread::Builder::new()
+            .name(format!("volley-echo-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    let worker =
+                        parking(park_after).map(|parked| Worker { rt: tokio::runtime::Handle::current(), parked });
+                    let failed = worker.is_err();
+                    // The first thread waits for every other before it serves.
+                    let _ = ready.send(worker);
+                    if !failed {
+                        std::future::pending::<()>().await;
+                    }
+                })
+            })
+            .context("starting a thread")?;
     }
-    let rt = rt.enable_all().build().context("starting the runtime")?;
-    rt.block_on(serve(args))
+    drop(ready_tx);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut workers = vec![Worker { rt: tokio::runtime::Handle::current(), parked: parking(args.park_after)? }];
+        for _ in 1..threads {
+            workers.push(ready_rx.recv().context("a thread ended while starting")??);
+        }
+        serve(args, workers).await
+    })
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+/// A runtime that serves connections, and its parking (with `--park-after`).
+struct Worker {
+    rt: tokio::runtime::Handle,
+    parked: Option<Parked>,
+}
+
+async fn serve(args: Args, workers: Vec<Worker>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let mut config = Config::new().max_message_size(args.max_message_size).max_frame_size(args.max_frame_size);
     if args.no_deflate {
         config = config.deflate(None);
     }
     config.validate().context("configuration")?;
-    let parking = parking(args.park_after)?;
     let tls = tls_acceptor(&args)?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let http = (tls.is_some() || args.h2c).then(|| http_server(config.clone()));
@@ -101,25 +145,42 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         (None, Some(_)) => "HTTP/1.1 and HTTP/2 with prior knowledge (h2c)",
         (None, None) => "HTTP/1.1",
     };
-    tracing::info!(addr = %listener.local_addr()?, scheme, mode, "echo server listening");
+    tracing::info!(addr = %listener.local_addr()?, scheme, mode, threads = workers.len(), "echo server listening");
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);
+    let mut next = 0;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    let here = next == 0;
+                    let worker = &workers[next];
+                    next = (next + 1) % workers.len();
                     let config = config.clone();
                     let tls = tls.clone();
                     let http = http.clone();
-                    let parking = parking.clone();
+                    let parked = worker.parked.clone();
+                    // This thread's connections stay on its reactor; another thread's
+                    // are moved to that thread's (as a std socket, registered there).
+                    let tcp = if here {
+                        Socket::Here(tcp)
+                    } else {
+                        match tcp.into_std() {
+                            Ok(std) => Socket::Moved(std),
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "handing over a connection failed");
+                                continue;
+                            }
+                        }
+                    };
                     // One task type per path, so that a plain connection's task is not
                     // as large as the HTTP server's connection future.
                     match http {
                         Some(server) => {
-                            tokio::spawn(log_end(peer, serve_http(tcp, peer, tls, server)));
+                            worker.rt.spawn(log_end(peer, async move { serve_http(tcp.register()?, peer, tls, server).await }));
                         }
                         None => {
-                            tokio::spawn(log_end(peer, accept(tcp, peer, config, parking)));
+                            worker.rt.spawn(log_end(peer, async move { accept(tcp.register()?, peer, config, parked).await }));
                         }
                     }
                 }
@@ -133,6 +194,24 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 tracing::info!("shutting down");
                 return Ok(());
             }
+        }
+    }
+}
+
+/// An accepted connection on its way to the thread that serves it.
+enum Socket {
+    /// Served by the accepting thread: already registered with its reactor.
+    Here(TcpStream),
+    /// Served by another thread: registered there, by [`Socket::register`].
+    Moved(std::net::TcpStream),
+}
+
+impl Socket {
+    /// The connection, registered with the reactor of the runtime this runs on.
+    fn register(self) -> Result<TcpStream, volley::Error> {
+        match self {
+            Socket::Here(tcp) => Ok(tcp),
+            Socket::Moved(std) => Ok(TcpStream::from_std(std)?),
         }
     }
 }

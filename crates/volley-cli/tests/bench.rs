@@ -231,3 +231,30 @@ fn idle_mode_talks_first_when_asked() {
     let r = bench_json(&[&url, "-c", "5", "--idle", "--hold", "0.1"]);
     assert_eq!((u(&r, "connections_open"), u(&r, "talked_first")), (5, 0), "{r}");
 }
+
+/// Threads of a process, from /proc.
+#[cfg(target_os = "linux")]
+fn threads_of(server: &Proc) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", server.0.id())).unwrap().count()
+}
+
+/// `volley echo --threads N` serves on N threads in all (`--threads 1`: one thread,
+/// which accepts and echoes, as a current-thread runtime does; with `--park-after`,
+/// each thread's parking adds its poller's thread), and the connections handed to the
+/// other threads echo, parked or not.
+#[cfg(target_os = "linux")]
+#[test]
+fn echo_runs_on_the_threads_asked_for() {
+    for (threads, extra, all) in [("1", None, 1), ("3", None, 3), ("1", Some("0.02"), 2), ("3", Some("0.02"), 6)] {
+        let mut flags = vec!["--threads", threads];
+        if let Some(after) = extra {
+            flags.extend(["--park-after", after]);
+        }
+        let (server, port) = echo_with(&flags);
+        let url = format!("ws://127.0.0.1:{port}/");
+        let r = bench_json(&[&url, "-c", "7", "--rate", "70", "-d", "0.6", "--warmup", "0.1"]);
+        assert_eq!((u(&r, "connections_open"), u(&r, "errors"), u(&r, "mismatches")), (7, 0, 0), "{flags:?}: {r}");
+        assert!(u(&r, "messages") > 0, "{flags:?}: {r}");
+        assert_eq!(threads_of(&server), all, "{flags:?}");
+    }
+}
