@@ -76,8 +76,8 @@ pub struct Plan {
     pub size: usize,
     /// Binary rather than text messages.
     pub binary: bool,
-    /// Each connection sends one message and waits for its echo before it counts as
-    /// open (idle mode's `--talk-first`).
+    /// Idle mode's `--talk-first`: once every connection is open, each sends one message
+    /// and waits for its echo before the hold.
     pub talk_first: bool,
 }
 
@@ -100,16 +100,20 @@ pub async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, permit: Own
             return;
         }
     };
-    if plan.talk_first {
-        if let Err(e) = talk(&mut ws, plan.as_ref()).await {
-            shared.connect_failed(format!("first message: {e}"));
-            return;
-        }
-        shared.talked.fetch_add(1, Relaxed);
-    }
     shared.open.fetch_add(1, Relaxed);
-    let until = if matches!(plan.load, Load::Idle) { STOPPED } else { WARMUP };
-    let mut result = hold(&mut ws, &mut phase, until).await;
+    let idle = matches!(plan.load, Load::Idle);
+    let mut result = Ok(());
+    if idle && plan.talk_first {
+        // Once every connection is open, all speak at once, then fall silent.
+        result = hold(&mut ws, &mut phase, WARMUP).await;
+        if result.is_ok() && *phase.borrow() < STOPPED {
+            result = talk(&mut ws, plan.as_ref()).await.map_err(|e| format!("first message: {e}"));
+        }
+        shared.talk_ended(result.is_ok());
+    }
+    if result.is_ok() {
+        result = hold(&mut ws, &mut phase, if idle { STOPPED } else { WARMUP }).await;
+    }
     if result.is_ok() && *phase.borrow() < STOPPED {
         result = drive(&mut ws, index, &plan, &shared, &mut phase).await;
     }

@@ -90,9 +90,10 @@ pub struct Args {
     /// report memory.
     #[arg(long)]
     idle: bool,
-    /// Idle mode: each connection first sends one message (of --size bytes, text or
-    /// --binary) and waits for its echo, then goes idle: connections that spoke and fell
-    /// silent, as a real server holds them, rather than connections that never spoke.
+    /// Idle mode: once every connection is open, each sends one message (of --size bytes,
+    /// text or --binary) and waits for its echo, then all go idle for the hold:
+    /// connections that spoke and fell silent, as a real server holds them, rather than
+    /// connections that never spoke.
     #[arg(long, requires = "idle")]
     talk_first: bool,
     /// Idle mode: how long to hold the connections open, in seconds.
@@ -216,6 +217,8 @@ pub struct Shared {
     open: AtomicU64,
     /// Connections that got the echo of their first message (`--talk-first`).
     talked: AtomicU64,
+    /// Connections done with their first message, echoed or failed (`--talk-first`).
+    talk_ended: AtomicU64,
     /// Connections that could not be opened.
     connect_errors: AtomicU64,
     /// Connections that failed or were closed by the server before the end.
@@ -241,6 +244,7 @@ impl Shared {
             replies: AtomicU64::new(0),
             open: AtomicU64::new(0),
             talked: AtomicU64::new(0),
+            talk_ended: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
@@ -261,6 +265,14 @@ impl Shared {
     fn connect_failed(&self, e: String) {
         self.connect_errors.fetch_add(1, Relaxed);
         keep_first(&self.first_connect_error, e);
+    }
+
+    /// A connection is done with its first message (`--talk-first`): echoed, or not.
+    fn talk_ended(&self, echoed: bool) {
+        if echoed {
+            self.talked.fetch_add(1, Relaxed);
+        }
+        self.talk_ended.fetch_add(1, Relaxed);
     }
 
     fn failed(&self, e: String) {
@@ -457,6 +469,16 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     let mut cpu = None;
     let mut rss_after = None;
     if !interrupted && connections_open > 0 {
+        if mode == Mode::Idle && args.talk_first {
+            // Every open connection sends its message; the hold starts once all are back.
+            shared.set_phase(WARMUP);
+            while shared.talk_ended.load(Relaxed) < connections_open && !interrupted {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = interrupted_by(&mut ctrl_c) => interrupted = true,
+                }
+            }
+        }
         if mode != Mode::Idle {
             shared.set_phase(WARMUP);
             progress.warmup(args.warmup);
