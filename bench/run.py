@@ -29,6 +29,7 @@ import resource
 import select
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,9 +39,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 
-# name, label, kind ("volley", "peer" or "ceiling"), bench-server --impl
+# name, label, kind ("volley", "peer" or "ceiling"), bench-server --impl (None: the
+# `volley echo` command, below)
 SERVERS = [
     ("volley", "Volley", "volley", "volley"),
+    ("volley-cli", "Volley (`volley echo`)", "volley", None),
     ("tungstenite", "tokio-tungstenite", "peer", "tungstenite"),
     ("fastwebsockets", "fastwebsockets", "peer", "fastwebsockets"),
     ("tokio-websockets", "tokio-websockets", "peer", "tokio-websockets"),
@@ -63,20 +66,42 @@ PARKED = {
 EXTRA = {}
 for _name, (_label, _extra) in PARKED.items():
     LABEL[_name], KIND[_name], IMPL[_name], EXTRA[_name] = _label, "volley", "volley", _extra
+# The shipped binary, as a user runs it: `volley echo --threads 1` (one current-thread
+# runtime, as bench-server), its default configuration (keepalive pings on, request
+# headers dropped after the handshake), with the same parked variants in W6. It runs as
+# one process: not in the many-process runs (W6 past the descriptor limit, W7).
+CLI = {
+    "volley-cli": [],
+    "volley-cli-parked": ["--park-after", "0.1"],
+    "volley-cli-parked-0": ["--park-after", "0"],
+}
+LABEL["volley-cli-parked"] = "Volley (`volley echo`), parked after 100 ms idle"
+LABEL["volley-cli-parked-0"] = "Volley (`volley echo`), parked at once"
+for _name in ("volley-cli-parked", "volley-cli-parked-0"):
+    KIND[_name], IMPL[_name] = "volley", None
 
 
 def w6_servers(servers):
-    """The W6 servers: the parked Volley variants follow Volley."""
+    """The W6 servers: the parked Volley variants follow Volley, and those of `volley
+    echo` follow it."""
     out = []
     for s in servers:
         out.append(s)
         if s == "volley":
             out += list(PARKED)
+        if s == "volley-cli":
+            out += [c for c in CLI if c != s]
     return out
+
+
+def many_process(servers):
+    """The servers of the many-process runs: all but `volley echo` (one process)."""
+    return [s for s in servers if s not in CLI]
+
 
 def w7_servers(servers):
     """The W7 servers: Volley parked at once follows Volley."""
-    return [x for s in servers for x in ([s, "volley-parked-0"] if s == "volley" else [s])]
+    return [x for s in many_process(servers) for x in ([s, "volley-parked-0"] if s == "volley" else [s])]
 
 
 WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"]
@@ -129,7 +154,9 @@ def settings(args):
         "W3": {"c": 50 if q else 1000, "s": 20, "k": 1},
         "W4": {"c": 1, "s": 64, "k": 64 if q else 1024},
         "W5": {"c": 10 if q else 100, "s": 20, "rates": [1000] if q else [5000, 20000]},
-        "W6": {"counts": [200, 500] if q else [10000, 100000], "hold": 0.2 if q else 2.0},
+        # talked: connections that each echoed one message before going idle.
+        "W6": {"counts": [200, 500] if q else [10000, 100000], "talked": [200] if q else [10000],
+               "hold": 0.2 if q else 2.0},
         "W7": {"max": 500 if q else args.max_conns, "hold": 0.2 if q else 2.0, "limit_s": 60 if q else 600},
         "W8": {"c": 10 if q else 100, "s": 20, "k": 1, "more_sizes": [] if q else [1024]},
         "W9": {"c": 100 if q else 10000, "m": 20 if q else 200, "s": 64, "warmup": 5 if q else 10},
@@ -207,11 +234,39 @@ def build(args):
 # --------------------------------------------------------------------------- processes
 
 
+def free_port():
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(proc, port, timeout):
+    """True once something accepts on the loopback `port`, False if `proc` exits or the
+    time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 class Server:
-    """A bench-server pinned to the server core; stopped with SIGTERM."""
+    """A bench-server, or `volley echo`, pinned to the server core; stopped with SIGTERM."""
 
     def __init__(self, paths, name, logdir, core, extra=(), processes=0):
-        cmd = ["taskset", "-c", str(core), paths["server"], "--impl", IMPL[name], "--listen", "127.0.0.1:0"]
+        port = None
+        if name in CLI:
+            if processes:
+                raise RuntimeError(f"{name}: `volley echo` runs as one process")
+            port = free_port()
+            cmd = ["taskset", "-c", str(core), paths["volley"], "echo", "--threads", "1",
+                   "--listen", f"127.0.0.1:{port}"] + CLI[name]
+        else:
+            cmd = ["taskset", "-c", str(core), paths["server"], "--impl", IMPL[name], "--listen", "127.0.0.1:0"]
         if name == "volley-deflate":
             cmd.append("--deflate")
         cmd += EXTRA.get(name, [])
@@ -226,6 +281,13 @@ class Server:
         )
         self.addr = None
         self.pids = [self.proc.pid]  # taskset execs the server: same process
+        if port is not None:
+            # `volley echo` logs to stderr: wait until it accepts.
+            if not wait_listening(self.proc, port, 10):
+                self.stop()
+                raise RuntimeError(f"{name}: server did not start: {self.stderr_tail()}")
+            self.addr = f"127.0.0.1:{port}"
+            return
         ready, _, _ = select.select([self.proc.stdout], [], [], 10 + processes / 10)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("listening on "):
@@ -294,10 +356,13 @@ def run_client(cmd, core, timeout):
     return data, None
 
 
-def bench_cmd(paths, url, pid, args, c, s=20, k=1, binary=False, rate=None, idle=False, hold=2.0, deflate=False):
+def bench_cmd(paths, url, pid, args, c, s=20, k=1, binary=False, rate=None, idle=False, hold=2.0, deflate=False,
+              talk_first=False):
     cmd = [paths["volley"], "bench", url, "-c", str(c), "--server-pid", str(pid), "--json", "--no-progress"]
     if idle:
         cmd += ["--idle", "--hold", str(hold)]
+        if talk_first:
+            cmd += ["--talk-first", "-s", str(s)]
     else:
         cmd += ["-s", str(s), "-d", str(args.duration), "--warmup", str(args.warmup)]
         if rate is not None:
@@ -475,14 +540,28 @@ def run_idle(args, results, paths, servers, conf, logdir):
         results.note("W6", f"{count:,} connections: more than one process can hold here (descriptor limit "
                            f"{nofile_hard():,}), so each server ran as {-(-count // share)} `SO_REUSEPORT` worker "
                            f"processes (`bench-server --processes`) and as many generators shared the load; "
-                           f"bytes per connection are the growth of the workers' summed resident memory.")
+                           f"bytes per connection are the growth of the workers' summed resident memory "
+                           f"(`volley echo` runs as one process: not in these rows).")
         for rep in range(args.reps):
-            for name in servers:
+            for name in many_process(servers):
                 d = hold_many(args, paths, name, count, conf["hold"], 120 + count / 1000, logdir)
                 error = d.get("error") or (None if d["connections_open"] >= count else
                                            f"{d['connections_open']:,} of {count:,} held: {d['reason']}")
                 results.add("W6", str(count), name, rep, d, error)
                 log(f"    W6 {count:>8} {name:<16} rep {rep + 1}: {summary(d)}{'  FAILED: ' + error if error else ''}")
+    # Connections that spoke, then fell silent: each echoes one message of 20 B first.
+    for count in [c for c in conf["talked"] if c <= cap]:
+        def client(name, server, count=count):
+            return bench_cmd(paths, server.url(), server.pid, args, count, s=20, idle=True, hold=conf["hold"],
+                             talk_first=True)
+
+        interleaved(args, results, paths, "W6", talked_case(count), servers, client, count,
+                    conf["hold"] + 60 + count / 1000, logdir)
+
+
+def talked_case(count):
+    """The W6 case of `count` connections that each echoed a message before going idle."""
+    return f"{count} talked"
 
 
 def per_process(args):
@@ -927,12 +1006,13 @@ def rate_section(results, servers, conf, md, svgdir, rel, targets):
 
 def idle_section(results, servers, conf, md, svgdir, rel, targets):
     panels = []
-    for count in conf["counts"]:
-        case = str(count)
+    cases = [(str(c), c, False) for c in conf["counts"]] + [(talked_case(c), c, True) for c in conf.get("talked", [])]
+    for case, count, talked in cases:
         present = [s for s in servers if results.values("W6", case, s, lambda d: 1)]
         if not present:
             continue
-        md.append(f"**{count:,} idle connections**\n")
+        what = "idle connections that each echoed one message first" if talked else "idle connections"
+        md.append(f"**{count:,} {what}**\n")
         raw = results.med("W6", case, "raw", rss_per_conn)
         md.append("| server | bytes per connection | above the raw echo's | server RSS with them |")
         md.append("|---|---:|---:|---:|")
@@ -942,8 +1022,10 @@ def idle_section(results, servers, conf, md, svgdir, rel, targets):
             md.append(f"| {LABEL[s]} | {fmt_bytes(v)} | {fmt_bytes(above) if s != 'raw' else '–'} | "
                       f"{fmt_bytes(results.med('W6', case, s, lambda d: (d.get('server') or {}).get('rss_after')))} |")
         md.append("")
-        panels.append((f"{count:,} idle connections: bytes each (shorter is better)", fmt_bytes,
+        panels.append((f"{count:,} {what}: bytes each (shorter is better)", fmt_bytes,
                        [(LABEL[s], results.med("W6", case, s, rss_per_conn), KIND[s]) for s in present]))
+        if talked:
+            continue  # the targets are for connections that never spoke
         for s in [s for s in present if KIND[s] == "volley"]:
             v = results.med("W6", case, s, rss_per_conn)
             targets.append(("W6", f"{LABEL[s]} ≤ 300 bytes per idle connection at {count:,}", fmt_bytes(v),
@@ -1081,6 +1163,9 @@ loop, `TCP_NODELAY`, one task per connection that reads a message and writes it 
 
 - **Volley**: `ServerBuilder::accept`, then `recv` and `feed` (flushed before the next read).
   Keepalive off (no peer sends pings); permessage-deflate only in W8.
+- **Volley (`volley echo`)**: not bench-server but the shipped binary, as a user runs it:
+  `volley echo --threads 1 --listen ADDR` (one current-thread runtime), with its defaults
+  (keepalive pings every 30 s, permessage-deflate if offered: the generator offers none).
 - **tokio-tungstenite** and **tokio-websockets**: their examples' `Stream` + `Sink` loop,
   with replies batched as their `Sink` allows: `feed` each reply, `flush` once no further
   message is ready. Default configurations.
@@ -1131,6 +1216,9 @@ may have had other work.
                         "a connection that received nothing for that long moves to a `volley::park::Parking` "
                         "and its task ends. Memory freed by those tasks stays in the process (the allocator "
                         "keeps it for reuse), so the parked rows count it too.\n")
+            body.append("The rows of connections that each echoed one message first (`volley bench --idle "
+                        "--talk-first`, 20 B) are what a server holds for connections that spoke and fell "
+                        "silent: what the first message's reading and writing left behind counts too.\n")
             idle_section(results, w6_servers(servers), conf["W6"], body, svgdir, rel, targets)
         elif w == "W7":
             body.append(f"Every server is asked for `--max-conns` ({conf['W7']['max']:,}) idle connections at "
