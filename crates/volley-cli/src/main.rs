@@ -7,6 +7,13 @@ mod echo;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc on Linux, configured (.cargo/config.toml) to return the memory that ended
+/// tasks freed: glibc's malloc keeps it, and idle connections that spoke once cost
+/// several times what ones that never spoke do (docs/PERFORMANCE.md, W6).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Volley: a WebSocket stack.
 #[derive(Parser, Debug)]
 #[command(name = "volley", version, about)]

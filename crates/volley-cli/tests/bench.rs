@@ -232,10 +232,17 @@ fn idle_mode_talks_first_when_asked() {
     assert_eq!((u(&r, "connections_open"), u(&r, "talked_first")), (5, 0), "{r}");
 }
 
-/// Threads of a process, from /proc.
+/// Threads of a process, from /proc, but for the allocator's (jemalloc's background
+/// thread, `jemalloc_bg_thd`).
 #[cfg(target_os = "linux")]
 fn threads_of(server: &Proc) -> usize {
-    std::fs::read_dir(format!("/proc/{}/task", server.0.id())).unwrap().count()
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.0.id())).unwrap();
+    tasks
+        .filter(|t| {
+            let comm = std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap_or_default();
+            !comm.starts_with("jemalloc")
+        })
+        .count()
 }
 
 /// `volley echo --threads N` serves on N threads in all (`--threads 1`: one thread,
@@ -257,4 +264,22 @@ fn echo_runs_on_the_threads_asked_for() {
         assert!(u(&r, "messages") > 0, "{flags:?}: {r}");
         assert_eq!(threads_of(&server), all, "{flags:?}");
     }
+}
+
+/// On Linux the `volley` binary's allocator returns freed memory to the system in the
+/// background (jemalloc's `background_thread`, set in .cargo/config.toml): what a
+/// burst of connections used is given back once they go idle, rather than kept by the
+/// allocator (docs/PERFORMANCE.md, W6 after activity).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_echo_server_returns_freed_memory_in_the_background() {
+    let (server, port) = echo_with(&["--threads", "1", "--park-after", "0"]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let r = bench_json(&[&url, "-c", "20", "--idle", "--talk-first", "--hold", "0.1"]);
+    assert_eq!(u(&r, "talked_first"), 20, "{r}");
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.0.id())).unwrap();
+    let names: Vec<String> = tasks
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap_or_default().trim().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("jemalloc_bg")), "no purging thread among {names:?}");
 }

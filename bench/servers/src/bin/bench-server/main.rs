@@ -21,6 +21,9 @@
 //! milliseconds in a [`volley::park::Parking`], without a task, until its peer sends
 //! again (the harness's W6 row "Volley, parked").
 //!
+//! On Linux the global allocator is jemalloc, configured (.cargo/config.toml at the
+//! repository's root) to return freed pages at once, as in the `volley` binary.
+//!
 //! `--processes N` runs the server as N worker processes (this program again, without
 //! `--processes`) that listen on one address with `SO_REUSEPORT`, so the kernel spreads
 //! the connections over them: each process can hold no more connections than its
@@ -44,6 +47,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// jemalloc, as in the `volley` binary (configured in the repository's
+/// .cargo/config.toml): every implementation here runs on it.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Pending connections the listener queues (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: u32 = 4096;
