@@ -85,9 +85,8 @@ pub struct Args {
 /// Each thread runs a tokio current-thread runtime of its own (one thread by default per
 /// core): the first accepts, and hands each connection to the threads in turn, where it
 /// stays. A connection's messages never cross threads, and `--threads 1` is exactly one
-/// current-thread runtime, which does more round trips per CPU-second than a
-/// multi-thread runtime of one worker (tokio's work-stealing scheduler and its
-/// cross-thread wake-ups cost on every message).
+/// current-thread runtime, as the benchmark's servers run: 5% fewer instructions per
+/// message than a multi-thread runtime of one worker (docs/PERFORMANCE.md).
 pub fn run(args: Args) -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime");
