@@ -1,0 +1,4 @@
+//! The JSON wire format: newline-delimited commands in, newline-delimited replies and
+//! pushes out, several to a frame.
+//!
+//! Not built yet.
