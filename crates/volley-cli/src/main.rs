@@ -4,6 +4,7 @@
 mod bench;
 mod connect;
 mod echo;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the hub: a real-time server (channels, presence, history, a server API) that
+    /// Centrifugo's client SDKs connect to, with a chat demo at `/`.
+    Serve(serve::Args),
     /// Run a WebSocket echo server: every text and binary message is sent back unchanged.
     Echo(echo::Args),
     /// Connect to a WebSocket server: an interactive client, or a pipe for scripts.
@@ -43,6 +47,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Echo(args) => echo::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Bench(args) => bench::run(args),

@@ -7,6 +7,15 @@
 //! behind it all (in memory by default). Embed it in a tokio or axum application with
 //! [`Hub`], or run it as `volley serve`.
 
+pub mod api;
 pub mod auth;
+pub mod broker;
+pub mod config;
 pub mod delta;
+pub mod engine;
 pub mod protocol;
+pub mod transport;
+
+pub use config::HubConfig;
+pub use engine::{ConfigError, Hub, ServerPublish};
+pub use transport::http::router;

@@ -137,7 +137,16 @@ mod tests {
 
     #[test]
     fn the_reconnect_rule_is_the_clients() {
-        for (code, again) in [(3000, true), (3499, true), (3500, false), (3999, false), (4000, true), (4499, true), (4500, false), (4999, false)] {
+        for (code, again) in [
+            (3000, true),
+            (3499, true),
+            (3500, false),
+            (3999, false),
+            (4000, true),
+            (4499, true),
+            (4500, false),
+            (4999, false),
+        ] {
             assert_eq!(Disconnect { code, reason: "".into() }.reconnect(), again, "{code}");
         }
     }

@@ -1,0 +1,318 @@
+//! `volley serve`: the hub (`volley-hub`) as a server, with the chat demo at `/`.
+//!
+//! The configuration comes from, in order of precedence: flags (`--set key=value`,
+//! `--listen`), environment variables (`VOLLEY_` and the key's path in capitals, dots
+//! as underscores: `VOLLEY_CLIENT_TOKEN_HMAC_SECRET_KEY`), the file of `--config`
+//! (TOML, or JSON by its extension), and the defaults. Without `--config` the defaults
+//! are the demo's: anonymous clients may use the `chat` namespace, and nothing else.
+//! An unknown key is an error that names it. A server API key that is not set is
+//! generated and printed at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::extract::Query;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use volley_hub::config::{duration, ChannelConfig, ChannelOptions, ClientConfig, HttpApiConfig};
+use volley_hub::{Hub, HubConfig};
+
+/// Arguments of `volley serve`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The configuration file (TOML; JSON if it ends in .json).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides `http_server.address` and `http_server.port`).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Sets a configuration key, e.g. `--set client.insecure=true` (repeatable; the
+    /// value is JSON if it parses as JSON, a string otherwise).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// The whole configuration of `volley serve`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Where to listen.
+    pub http_server: HttpServer,
+    /// Connections and what a client may do.
+    pub client: ClientConfig,
+    /// Channels and namespaces.
+    pub channel: ChannelConfig,
+    /// The server API.
+    pub http_api: HttpApiConfig,
+    /// The chat demo at `/`.
+    pub demo: Demo,
+    /// Shutdown.
+    pub shutdown: Shutdown,
+}
+
+/// Where to listen.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpServer {
+    /// The address (an IP, or `localhost`).
+    pub address: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl Default for HttpServer {
+    fn default() -> Self {
+        HttpServer { address: "127.0.0.1".into(), port: 8000 }
+    }
+}
+
+/// The chat demo.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Demo {
+    /// Serve the chat at `/` (its namespace `chat` is added if the configuration has
+    /// none: anonymous clients may subscribe, publish, read history and presence).
+    pub enabled: bool,
+}
+
+/// Shutdown.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shutdown {
+    /// Clients are disconnected (3001, "shutdown") over this window, so that they do
+    /// not all reconnect at once.
+    #[serde(with = "duration")]
+    pub disconnect_window: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown { disconnect_window: Duration::from_secs(5) }
+    }
+}
+
+/// The demo's namespace.
+pub const DEMO_NAMESPACE: &str = "chat";
+
+fn demo_namespace() -> ChannelOptions {
+    ChannelOptions {
+        name: DEMO_NAMESPACE.into(),
+        presence: true,
+        join_leave: true,
+        force_push_join_leave: true,
+        history_size: 100,
+        history_ttl: Duration::from_secs(24 * 3600),
+        force_recovery: true,
+        allow_subscribe_for_anonymous: true,
+        allow_subscribe_for_client: true,
+        allow_publish_for_subscriber: true,
+        allow_history_for_subscriber: true,
+        allow_presence_for_subscriber: true,
+        ..ChannelOptions::default()
+    }
+}
+
+/// Loads the configuration: defaults, file, environment, flags.
+pub fn load(args: &Args) -> anyhow::Result<ServeConfig> {
+    let mut value = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            if path.extension().is_some_and(|e| e == "json") {
+                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?
+            } else {
+                let t: toml::Value =
+                    toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+                serde_json::to_value(t)?
+            }
+        }
+        None => json!({ "demo": { "enabled": true }, "client": { "allow_anonymous_connect_without_token": true } }),
+    };
+    let paths = key_paths();
+    for (name, v) in std::env::vars() {
+        let Some(rest) = name.strip_prefix("VOLLEY_") else { continue };
+        if rest == "LOG" {
+            continue;
+        }
+        let Some(path) = paths.iter().find(|p| p.join("_").to_uppercase() == rest) else {
+            bail!("environment variable {name}: no configuration key is called that");
+        };
+        set(&mut value, path, parse_value(&v));
+    }
+    for s in &args.set {
+        let (k, v) = s.split_once('=').with_context(|| format!("--set {s}: KEY=VALUE"))?;
+        let path: Vec<String> = k.split('.').map(str::to_owned).collect();
+        set(&mut value, &path, parse_value(v));
+    }
+    if let Some(listen) = &args.listen {
+        let addr: SocketAddr =
+            listen.parse().with_context(|| format!("--listen {listen}: an address like 127.0.0.1:8000"))?;
+        set(&mut value, &["http_server".into(), "address".into()], json!(addr.ip().to_string()));
+        set(&mut value, &["http_server".into(), "port".into()], json!(addr.port()));
+    }
+    let mut config: ServeConfig = serde_json::from_value(value).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    if config.demo.enabled && !config.channel.namespaces.iter().any(|n| n.name == DEMO_NAMESPACE) {
+        config.channel.namespaces.push(demo_namespace());
+    }
+    Ok(config)
+}
+
+/// Every key's path, from the default configuration (leaves and sections both).
+fn key_paths() -> Vec<Vec<String>> {
+    fn walk(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        if let Value::Object(m) = v {
+            for (k, v) in m {
+                prefix.push(k.clone());
+                out.push(prefix.clone());
+                walk(v, prefix, out);
+                prefix.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::to_value(ServeConfig::default()).unwrap_or_default(), &mut Vec::new(), &mut out);
+    // `client.token` and `client.subscription_token` have the same keys.
+    out.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    out
+}
+
+fn parse_value(v: &str) -> Value {
+    serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()))
+}
+
+fn set(root: &mut Value, path: &[String], v: Value) {
+    let mut cur = root;
+    for (i, k) in path.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let map = cur.as_object_mut().expect("an object");
+        if i + 1 == path.len() {
+            map.insert(k.clone(), v);
+            return;
+        }
+        cur = map.entry(k.clone()).or_insert_with(|| json!({}));
+    }
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = load(&args)?;
+    if config.http_api.key.is_empty() {
+        config.http_api.key = random_key();
+        eprintln!("volley serve: http_api.key was not set; this run's key: {}", config.http_api.key);
+    }
+    if config.demo.enabled && config.client.token.hmac_secret_key.is_none() {
+        // The demo signs its users' tokens; a key nobody else knows.
+        config.client.token.hmac_secret_key = Some(random_key());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(config))
+}
+
+fn random_key() -> String {
+    let b: [u8; 24] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let hub_config =
+        HubConfig { client: config.client.clone(), channel: config.channel.clone(), http_api: config.http_api.clone() };
+    let hub = Hub::new(hub_config).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let mut app = volley_hub::router(hub.clone());
+    if config.demo.enabled {
+        let secret = config.client.token.hmac_secret_key.clone().unwrap_or_default();
+        app = app.merge(demo_routes(secret));
+    }
+    let addr = format!("{}:{}", config.http_server.address, config.http_server.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    println!("listening on {local}");
+    tracing::info!(%local, demo = config.demo.enabled, "volley serve");
+    let shutdown = {
+        let hub = hub.clone();
+        let window = config.shutdown.disconnect_window;
+        async move {
+            signal().await;
+            tracing::info!(?window, "shutting down: disconnecting clients");
+            hub.disconnect_all(volley_hub::protocol::Disconnect::SHUTDOWN, window).await;
+        }
+    };
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The demo: the page, its script, and `/demo/token`, which signs a token for a new
+/// random user with the name the page chose as its info.
+fn demo_routes(secret: String) -> axum::Router {
+    #[derive(Deserialize)]
+    struct TokenQuery {
+        #[serde(default)]
+        name: String,
+    }
+    axum::Router::new()
+        .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DEMO_PAGE) }))
+        .route(
+            "/demo/client.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], DEMO_CLIENT) }),
+        )
+        .route(
+            "/demo/token",
+            get(move |Query(q): Query<TokenQuery>| {
+                let secret = secret.clone();
+                async move {
+                    let name: String = q.name.chars().filter(|c| !c.is_control()).take(32).collect();
+                    let user = format!("demo-{}", &random_key()[..12]);
+                    let token = hs256(
+                        &secret,
+                        &json!({ "sub": user, "info": { "name": name }, "exp": unix_now() + 24 * 3600 }),
+                    );
+                    ([(header::CONTENT_TYPE, "application/json")], json!({ "token": token, "user": user }).to_string())
+                        .into_response()
+                }
+            }),
+        )
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// An HS256 JWT.
+fn hs256(secret: &str, claims: &Value) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = b64.encode(claims.to_string());
+    let signing = format!("{head}.{body}");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(signing.as_bytes());
+    format!("{signing}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+const DEMO_PAGE: &str = include_str!("../web/index.html");
+const DEMO_CLIENT: &str = include_str!("../web/client.js");

@@ -1,0 +1,577 @@
+//! The engine: connected clients, who is subscribed to what on this node, and the
+//! delivery of what the broker hands over.
+//!
+//! A publication arrives from the broker once per node; the engine encodes its push
+//! once per wire format, lazily, and queues the same bytes to every local subscriber.
+//! A subscription being set up buffers what arrives while its history is read, so that
+//! nothing falls between the history and the live stream; positioned subscriptions
+//! check that offsets follow each other, and a gap disconnects the client with 3010
+//! (it reconnects and recovers) instead of passing silently.
+
+pub(crate) mod channel;
+pub(crate) mod client;
+pub(crate) mod session;
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+
+pub use channel::ConfigError;
+
+use crate::auth::TokenVerifier;
+use crate::broker::{Broker, BrokerEvents, HistoryQuery, MemoryBroker, PublishOptions, PublishResult};
+use crate::config::HubConfig;
+use crate::protocol::{
+    self, ClientInfo, Disconnect, ErrorReply, Format, Publication, Push, PushKind, Reply, StreamPosition,
+};
+use channel::Channels;
+use client::ClientShared;
+
+const SHARDS: usize = 64;
+
+/// The hub: embed it in an application (see the crate's documentation), or run it as
+/// `volley serve`. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    pub(crate) inner: Arc<HubInner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("node", &self.inner.node).finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct HubInner {
+    pub config: HubConfig,
+    pub channels: Channels,
+    pub broker: Arc<dyn Broker>,
+    pub verifier: TokenVerifier,
+    pub sub_verifier: TokenVerifier,
+    /// This node's id.
+    pub node: String,
+    registry: Box<[Mutex<HashMap<String, Local>>]>,
+    pub(crate) conns: Mutex<Connections>,
+    pub metrics: Metrics,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Connections accepted.
+    pub connections_total: AtomicU64,
+    /// Commands received.
+    pub commands_total: AtomicU64,
+    /// Replies and pushes queued to clients.
+    pub messages_out_total: AtomicU64,
+    /// Publications received from the broker.
+    pub publications_total: AtomicU64,
+    /// Errors returned to clients, by code: see `errors`.
+    pub errors: Mutex<HashMap<u32, u64>>,
+}
+
+/// The connected clients of this node, for limits and the server API.
+#[derive(Default)]
+pub(crate) struct Connections {
+    pub by_id: HashMap<String, Arc<ClientShared>>,
+    pub users: HashMap<String, Vec<String>>,
+    pub ips: HashMap<std::net::IpAddr, usize>,
+    pub total: usize,
+    /// Client id → (user, channels) for the API's `info`, `subscribe`, `unsubscribe`.
+    pub sessions: HashMap<String, Arc<SessionControl>>,
+}
+
+/// What the server API may ask of a connected session from outside its task.
+#[derive(Debug, Default)]
+pub(crate) struct SessionControl {
+    /// Server-side subscribe/unsubscribe asked by the API, applied by the session.
+    pub requests: Mutex<Vec<ControlRequest>>,
+}
+
+#[derive(Debug)]
+pub(crate) enum ControlRequest {
+    Subscribe { channel: String },
+    Unsubscribe { channel: String },
+}
+
+/// The subscribers of one channel on this node.
+#[derive(Default)]
+struct Local {
+    subs: HashMap<u64, Sub>,
+}
+
+struct Sub {
+    client: Arc<ClientShared>,
+    /// Receives join and leave pushes.
+    join_leave: bool,
+    /// Checks offsets (positioned or recoverable).
+    positioned: bool,
+    /// The offset of the last publication queued to it.
+    last: u64,
+    /// Publications that arrived while the subscription was being set up.
+    buffer: Option<Vec<Arc<Publication>>>,
+}
+
+impl Hub {
+    /// A hub on the in-memory broker.
+    pub fn new(config: HubConfig) -> Result<Hub, ConfigError> {
+        Self::with_broker(config, Arc::new(MemoryBroker::new()))
+    }
+
+    /// A hub on the given broker.
+    pub fn with_broker(config: HubConfig, broker: Arc<dyn Broker>) -> Result<Hub, ConfigError> {
+        let channels = Channels::new(&config.channel)?;
+        let verifier =
+            TokenVerifier::new(&config.client.token).map_err(|e| ConfigError(format!("client.token: {e}")))?;
+        let sub_verifier = match &config.client.subscription_token {
+            Some(t) => TokenVerifier::new(t).map_err(|e| ConfigError(format!("client.subscription_token: {e}")))?,
+            None => verifier.clone(),
+        };
+        let inner = Arc::new(HubInner {
+            config,
+            channels,
+            broker: broker.clone(),
+            verifier,
+            sub_verifier,
+            node: client::new_client_id(),
+            registry: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            conns: Mutex::new(Connections::default()),
+            metrics: Metrics::default(),
+        });
+        broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
+        Ok(Hub { inner })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// The counters of `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Publishes `data` into `channel` as the server (the API's `publish`): no
+    /// permission checks, the channel's history options apply.
+    pub async fn publish(&self, channel: &str, data: Bytes, opts: ServerPublish) -> Result<PublishResult, ErrorReply> {
+        let resolved = self.inner.channels.resolve(channel)?;
+        let publication = Publication { data, tags: opts.tags, time: now_ms(), ..Default::default() };
+        self.inner.publish(channel, &resolved.options, publication, opts.idempotency_key, opts.skip_history).await
+    }
+
+    /// Connected clients on this node.
+    pub fn num_clients(&self) -> usize {
+        lock(&self.inner.conns).total
+    }
+
+    /// Distinct users connected on this node.
+    pub fn num_users(&self) -> usize {
+        lock(&self.inner.conns).users.len()
+    }
+
+    /// Channels with subscribers on this node, and how many.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for shard in self.inner.registry.iter() {
+            for (name, local) in lock(shard).iter() {
+                out.push((name.clone(), local.subs.len()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Subscriptions on this node.
+    pub fn num_subscriptions(&self) -> usize {
+        self.inner.registry.iter().map(|s| lock(s).values().map(|l| l.subs.len()).sum::<usize>()).sum()
+    }
+
+    /// Disconnects every connection of `user` on this node (the API's `disconnect`).
+    pub fn disconnect_user(&self, user: &str, client: Option<&str>, d: Disconnect) -> usize {
+        let conns = lock(&self.inner.conns);
+        let ids = conns.users.get(user).cloned().unwrap_or_default();
+        let mut n = 0;
+        for id in ids {
+            if client.is_some_and(|c| c != id) {
+                continue;
+            }
+            if let Some(c) = conns.by_id.get(&id) {
+                c.close(d.clone());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Disconnects everyone (shutdown), spreading the disconnects over `window` so that
+    /// clients do not all reconnect at the same moment.
+    pub async fn disconnect_all(&self, d: Disconnect, window: Duration) {
+        let clients: Vec<_> = lock(&self.inner.conns).by_id.values().cloned().collect();
+        if clients.is_empty() {
+            return;
+        }
+        let step = window / clients.len() as u32;
+        for c in clients {
+            c.close(d.clone());
+            if !step.is_zero() {
+                tokio::time::sleep(step).await;
+            }
+        }
+    }
+
+    /// Asks the sessions of `user` to subscribe to (or unsubscribe from) `channel`
+    /// (the API's `subscribe` and `unsubscribe`). Returns how many were asked.
+    pub(crate) fn control_user(&self, user: &str, client: Option<&str>, req: impl Fn() -> ControlRequest) -> usize {
+        let conns = lock(&self.inner.conns);
+        let mut n = 0;
+        for id in conns.users.get(user).into_iter().flatten() {
+            if client.is_some_and(|c| c != id) {
+                continue;
+            }
+            if let (Some(s), Some(c)) = (conns.sessions.get(id), conns.by_id.get(id)) {
+                lock(&s.requests).push(req());
+                // Wakes the session's task, which applies the request.
+                c.push_wake();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Reads a channel's history (the API's `history`).
+    pub async fn history(
+        &self,
+        channel: &str,
+        limit: Option<usize>,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    ) -> Result<(Vec<Arc<Publication>>, StreamPosition), ErrorReply> {
+        let resolved = self.inner.channels.resolve(channel)?;
+        if !resolved.options.has_history() {
+            return Err(ErrorReply::NOT_AVAILABLE);
+        }
+        self.inner.history(channel, &resolved.options, since, limit, reverse).await
+    }
+
+    /// Empties a channel's history.
+    pub async fn remove_history(&self, channel: &str) -> Result<(), ErrorReply> {
+        self.inner.channels.resolve(channel)?;
+        self.inner.broker.remove_history(channel).await.map_err(internal)
+    }
+
+    /// Who is in a channel.
+    pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, ErrorReply> {
+        let resolved = self.inner.channels.resolve(channel)?;
+        if !resolved.options.presence {
+            return Err(ErrorReply::NOT_AVAILABLE);
+        }
+        self.inner.broker.presence(channel).await.map_err(internal)
+    }
+
+    /// How many are in a channel.
+    pub async fn presence_stats(&self, channel: &str) -> Result<crate::broker::PresenceStats, ErrorReply> {
+        let resolved = self.inner.channels.resolve(channel)?;
+        if !resolved.options.presence {
+            return Err(ErrorReply::NOT_AVAILABLE);
+        }
+        self.inner.broker.presence_stats(channel).await.map_err(internal)
+    }
+}
+
+/// Options of a publish by the server.
+#[derive(Clone, Debug, Default)]
+pub struct ServerPublish {
+    /// Tags attached to the publication.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// A retry with the same key within the channel's idempotency window is a no-op.
+    pub idempotency_key: Option<String>,
+    /// Deliver without keeping it in history.
+    pub skip_history: bool,
+}
+
+pub(crate) fn internal(e: impl std::fmt::Display) -> ErrorReply {
+    tracing::warn!(error = %e, "broker error");
+    ErrorReply::INTERNAL
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// What a subscription set-up learned, to finish it with [`HubInner::go_live`].
+pub(crate) struct Pending {
+    pub channel: String,
+    pub seq: u64,
+}
+
+impl HubInner {
+    fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, Local>> {
+        let mut h = DefaultHasher::new();
+        channel.hash(&mut h);
+        lock(&self.registry[(h.finish() as usize) % SHARDS])
+    }
+
+    pub(crate) fn publish_options(
+        &self,
+        options: &crate::config::ChannelOptions,
+        key: Option<String>,
+        skip_history: bool,
+    ) -> PublishOptions {
+        PublishOptions {
+            history_size: if skip_history { 0 } else { options.history_size },
+            history_ttl: options.history_ttl,
+            history_meta_ttl: options.history_meta_ttl,
+            idempotency_key: key,
+            idempotent_ttl: Duration::from_secs(300),
+            use_delta: !options.allowed_delta_types.is_empty(),
+        }
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        channel: &str,
+        options: &crate::config::ChannelOptions,
+        publication: Publication,
+        key: Option<String>,
+        skip_history: bool,
+    ) -> Result<PublishResult, ErrorReply> {
+        let opts = self.publish_options(options, key, skip_history || !options.has_history());
+        self.broker.publish(channel, publication, opts).await.map_err(internal)
+    }
+
+    pub(crate) async fn history(
+        &self,
+        channel: &str,
+        options: &crate::config::ChannelOptions,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+        reverse: bool,
+    ) -> Result<(Vec<Arc<Publication>>, StreamPosition), ErrorReply> {
+        let query = HistoryQuery { since, limit, reverse, history_meta_ttl: options.history_meta_ttl };
+        let r = self.broker.history(channel, query).await.map_err(internal)?;
+        Ok((r.publications, r.position))
+    }
+
+    /// Registers a subscriber. A positioned one starts buffering: what arrives is kept
+    /// until [`HubInner::go_live`]. Subscribes the node through the broker when it is
+    /// the channel's first local subscriber.
+    pub(crate) async fn register(
+        &self,
+        channel: &str,
+        client: &Arc<ClientShared>,
+        positioned: bool,
+        join_leave: bool,
+    ) -> Result<Pending, ErrorReply> {
+        let first = {
+            let mut shard = self.shard(channel);
+            let local = shard.entry(channel.to_owned()).or_default();
+            let first = local.subs.is_empty();
+            local.subs.insert(
+                client.seq,
+                Sub { client: client.clone(), join_leave, positioned, last: 0, buffer: Some(Vec::new()) },
+            );
+            first
+        };
+        if first {
+            if let Err(e) = self.broker.subscribe(channel).await {
+                self.unregister(channel, client.seq).await;
+                return Err(internal(e));
+            }
+        }
+        Ok(Pending { channel: channel.to_owned(), seq: client.seq })
+    }
+
+    /// Ends a subscription's set-up: queues `first` (the reply that carries what was
+    /// recovered), then what arrived meanwhile after offset `last`, and makes the
+    /// subscription live, all under the channel's lock so that no push can come
+    /// between them or before the reply.
+    pub(crate) fn go_live(&self, pending: &Pending, first: Option<Bytes>, last: u64, client: &ClientShared) {
+        let mut shard = self.shard(&pending.channel);
+        let Some(sub) = shard.get_mut(&pending.channel).and_then(|l| l.subs.get_mut(&pending.seq)) else {
+            return;
+        };
+        if let Some(first) = first {
+            client.push(first);
+        }
+        sub.last = last;
+        let buffered = sub.buffer.take().unwrap_or_default();
+        for p in buffered {
+            if sub.positioned {
+                if p.offset <= sub.last {
+                    continue;
+                }
+                if p.offset != sub.last + 1 {
+                    client.close(Disconnect::INSUFFICIENT_STATE);
+                    return;
+                }
+                sub.last = p.offset;
+            }
+            match encode_publication(&pending.channel, &p, client.format) {
+                Some(b) => {
+                    client.push(b);
+                }
+                None => client.close(Disconnect::INAPPROPRIATE_PROTOCOL),
+            }
+        }
+    }
+
+    /// Removes a subscriber; unsubscribes the node when it was the last.
+    pub(crate) async fn unregister(&self, channel: &str, seq: u64) {
+        let last = {
+            let mut shard = self.shard(channel);
+            match shard.get_mut(channel) {
+                Some(local) => {
+                    local.subs.remove(&seq);
+                    let empty = local.subs.is_empty();
+                    if empty {
+                        shard.remove(channel);
+                    }
+                    empty
+                }
+                None => false,
+            }
+        };
+        if last {
+            if let Err(e) = self.broker.unsubscribe(channel).await {
+                tracing::warn!(error = %e, channel, "broker unsubscribe failed");
+            }
+        }
+    }
+
+    fn deliver(&self, channel: &str, publication: Arc<Publication>) {
+        self.metrics.publications_total.fetch_add(1, Ordering::Relaxed);
+        let mut shard = self.shard(channel);
+        let Some(local) = shard.get_mut(channel) else { return };
+        let mut json: Option<Option<Bytes>> = None;
+        let mut proto: Option<Bytes> = None;
+        let mut sent = 0u64;
+        for sub in local.subs.values_mut() {
+            if let Some(buffer) = &mut sub.buffer {
+                buffer.push(publication.clone());
+                continue;
+            }
+            if sub.positioned && publication.offset != 0 {
+                if publication.offset <= sub.last {
+                    continue;
+                }
+                if publication.offset != sub.last + 1 {
+                    sub.client.close(Disconnect::INSUFFICIENT_STATE);
+                    continue;
+                }
+                sub.last = publication.offset;
+            }
+            let bytes = match sub.client.format {
+                Format::Json => {
+                    json.get_or_insert_with(|| encode_publication(channel, &publication, Format::Json)).clone()
+                }
+                Format::Protobuf => Some(
+                    proto
+                        .get_or_insert_with(|| {
+                            encode_publication(channel, &publication, Format::Protobuf).unwrap_or_default()
+                        })
+                        .clone(),
+                ),
+            };
+            match bytes {
+                Some(b) => {
+                    if sub.client.push(b) {
+                        sent += 1;
+                    }
+                }
+                None => sub.client.close(Disconnect::INAPPROPRIATE_PROTOCOL),
+            }
+        }
+        self.metrics.messages_out_total.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    fn deliver_join_leave(&self, channel: &str, info: ClientInfo, join: bool) {
+        let shard = self.shard(channel);
+        let Some(local) = shard.get(channel) else { return };
+        let push = Reply::Push(Push {
+            channel: channel.to_owned(),
+            kind: if join { PushKind::Join(info) } else { PushKind::Leave(info) },
+        });
+        let mut json = None;
+        let mut proto = None;
+        for sub in local.subs.values().filter(|s| s.join_leave && s.buffer.is_none()) {
+            let bytes = match sub.client.format {
+                Format::Json => json.get_or_insert_with(|| encode(&push, Format::Json)).clone(),
+                Format::Protobuf => proto.get_or_insert_with(|| encode(&push, Format::Protobuf)).clone(),
+            };
+            sub.client.push(bytes);
+        }
+    }
+
+    pub(crate) fn count_error(&self, code: u32) {
+        *lock(&self.metrics.errors).entry(code).or_default() += 1;
+    }
+}
+
+/// Encodes a reply or push in a format.
+pub(crate) fn encode(reply: &Reply, format: Format) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    match format {
+        Format::Json => protocol::json::encode_reply(reply, &mut out),
+        Format::Protobuf => protocol::protobuf::encode_reply(reply, &mut out),
+    }
+    out.freeze()
+}
+
+/// Encodes a publication's push; `None` when the format cannot carry it (binary data
+/// to a JSON client).
+pub(crate) fn encode_publication(channel: &str, publication: &Publication, format: Format) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(64 + channel.len() + publication.data.len());
+    match format {
+        Format::Json => {
+            if !publication.data.is_empty() && !protocol::json::is_json(&publication.data) {
+                return None;
+            }
+            protocol::json::encode_publication_push(channel, publication, &mut out)
+        }
+        Format::Protobuf => protocol::protobuf::encode_publication_push(channel, publication, &mut out),
+    }
+    Some(out.freeze())
+}
+
+/// The broker's events, delivered to the hub (held weakly: the broker may outlive it).
+struct Events(Weak<HubInner>);
+
+impl BrokerEvents for Events {
+    fn publication(
+        &self,
+        channel: &str,
+        publication: Arc<Publication>,
+        _position: &StreamPosition,
+        _previous: Option<Arc<Publication>>,
+    ) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.deliver(channel, publication);
+        }
+    }
+
+    fn join(&self, channel: &str, info: ClientInfo) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.deliver_join_leave(channel, info, true);
+        }
+    }
+
+    fn leave(&self, channel: &str, info: ClientInfo) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.deliver_join_leave(channel, info, false);
+        }
+    }
+}

@@ -1,0 +1,789 @@
+//! One client's session, whatever carries it: the commands it sends, in order, and the
+//! state they build (the user, the subscriptions, the expiry). Replies and pushes go
+//! to the client's queue; the transport writes them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::client::ClientShared;
+use super::{encode, lock, now_ms, ControlRequest, HubInner, SessionControl};
+use crate::auth::{ConnectToken, SubscribeToken, TokenError};
+use crate::config::{ChannelOptions, RecoveryMode};
+use crate::protocol::{
+    self, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, ErrorReply, Format, HistoryRequest,
+    Publication, Push, PushKind, Reply, ReplyResult, Request, StreamPosition, SubscribeRequest, SubscribeResult,
+};
+
+/// The server's version, as sent in connect results.
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What ends a session from inside a command: the disconnect to send.
+pub(crate) type Outcome = Result<(), Disconnect>;
+
+pub(crate) struct Session {
+    hub: Arc<HubInner>,
+    pub client: Arc<ClientShared>,
+    control: Arc<SessionControl>,
+    remote_ip: Option<IpAddr>,
+    connected: bool,
+    user: String,
+    conn_info: Bytes,
+    /// When the connection expires (Unix seconds), unless refreshed.
+    expires_at: Option<u64>,
+    subs: HashMap<String, LocalSub>,
+    /// Commands allowed now (a token bucket).
+    tokens: f64,
+    refilled: Instant,
+    /// When a ping was sent that no pong has answered yet.
+    pub ping_sent: Option<Instant>,
+}
+
+struct LocalSub {
+    options: Arc<ChannelOptions>,
+    chan_info: Bytes,
+    expires_at: Option<u64>,
+}
+
+/// A subscription being set up: registered, buffering, its result not yet sent.
+struct Prepared {
+    pending: super::Pending,
+    result: SubscribeResult,
+    last: u64,
+    local: LocalSub,
+}
+
+fn unix_now() -> u64 {
+    (now_ms() / 1000) as u64
+}
+
+fn ttl(expires_at: Option<u64>) -> (bool, u32) {
+    match expires_at {
+        Some(at) => (true, at.saturating_sub(unix_now()).min(u64::from(u32::MAX)) as u32),
+        None => (false, 0),
+    }
+}
+
+impl Session {
+    pub fn new(hub: Arc<HubInner>, format: Format, remote_ip: Option<IpAddr>) -> Self {
+        let client = Arc::new(ClientShared::new(format, hub.config.client.queue_max_bytes));
+        let burst = f64::from(hub.config.client.command_burst.max(1));
+        Session {
+            hub,
+            client,
+            control: Arc::default(),
+            remote_ip,
+            connected: false,
+            user: String::new(),
+            conn_info: Bytes::new(),
+            expires_at: None,
+            subs: HashMap::new(),
+            tokens: burst,
+            refilled: Instant::now(),
+            ping_sent: None,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    fn info(&self, chan_info: Bytes) -> ClientInfo {
+        ClientInfo {
+            user: self.user.clone(),
+            client: self.client.id.clone(),
+            conn_info: self.conn_info.clone(),
+            chan_info,
+        }
+    }
+
+    fn send(&self, reply: &Reply) {
+        if self.client.push(encode(reply, self.client.format)) {
+            self.hub.metrics.messages_out_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn reply(&self, id: u32, result: ReplyResult) {
+        self.send(&Reply::Result { id, result });
+    }
+
+    fn error(&self, id: u32, error: ErrorReply) {
+        self.hub.count_error(error.code);
+        self.send(&Reply::Error { id, error });
+    }
+
+    /// Sends the server's ping; the client owes a pong.
+    pub fn ping(&mut self) {
+        self.send(&Reply::Ping);
+        if self.ping_sent.is_none() {
+            self.ping_sent = Some(Instant::now());
+        }
+    }
+
+    /// When the session must be checked next for expiry (connection or subscription).
+    pub fn deadline(&self) -> Option<u64> {
+        let delay = self.hub.config.client.expired_close_delay.as_secs();
+        let conn = self.expires_at.map(|t| t + delay);
+        let subs = self.subs.values().filter_map(|s| s.expires_at).min();
+        match (conn, subs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends the session if its connection or a subscription expired.
+    pub fn check_expiry(&self) -> Outcome {
+        let now = unix_now();
+        let delay = self.hub.config.client.expired_close_delay.as_secs();
+        if self.expires_at.is_some_and(|t| t + delay <= now) {
+            return Err(Disconnect::EXPIRED);
+        }
+        if self.subs.values().any(|s| s.expires_at.is_some_and(|t| t <= now)) {
+            return Err(Disconnect::SUB_EXPIRED);
+        }
+        Ok(())
+    }
+
+    /// Refreshes this client's presence in its channels (the broker expires entries
+    /// not refreshed within three ping intervals).
+    pub async fn refresh_presence(&self) {
+        for (channel, sub) in &self.subs {
+            if sub.options.presence {
+                let _ =
+                    self.hub.broker.add_presence(channel, self.info(sub.chan_info.clone()), self.presence_ttl()).await;
+            }
+        }
+    }
+
+    fn presence_ttl(&self) -> Duration {
+        (self.hub.config.client.ping_interval * 3).max(Duration::from_secs(30))
+    }
+
+    /// Applies what the server API asked (server-side subscribe and unsubscribe).
+    pub async fn apply_control(&mut self) -> Outcome {
+        let requests = std::mem::take(&mut *lock(&self.control.requests));
+        for r in requests {
+            match r {
+                ControlRequest::Subscribe { channel } => {
+                    if self.subs.contains_key(&channel) {
+                        continue;
+                    }
+                    let resolved = match self.hub.channels.resolve(&channel) {
+                        Ok(r) => r,
+                        Err(_) => continue,
+                    };
+                    if self.subs.len() >= self.hub.config.client.channel_limit {
+                        return Err(Disconnect::CHANNEL_LIMIT);
+                    }
+                    match self
+                        .prepare(&channel, &resolved.options, &SubscribeRequest::default(), Bytes::new(), None)
+                        .await
+                    {
+                        Ok(p) => {
+                            let push = Reply::Push(Push {
+                                channel: channel.clone(),
+                                kind: PushKind::Subscribe(p.result.clone()),
+                            });
+                            self.finish(channel, p, encode(&push, self.client.format)).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, channel, "server-side subscribe failed"),
+                    }
+                }
+                ControlRequest::Unsubscribe { channel } => {
+                    if self.subs.contains_key(&channel) {
+                        self.remove_sub(&channel).await;
+                        self.send(&Reply::Push(Push {
+                            channel,
+                            kind: PushKind::Unsubscribe {
+                                code: protocol::unsubscribe::SERVER,
+                                reason: "server unsubscribe".into(),
+                            },
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn allow_command(&mut self) -> bool {
+        let c = &self.hub.config.client;
+        if c.command_rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let burst = f64::from(c.command_burst.max(1));
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * f64::from(c.command_rate)).min(burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Handles one command.
+    pub async fn handle(&mut self, cmd: Command) -> Outcome {
+        self.hub.metrics.commands_total.fetch_add(1, Ordering::Relaxed);
+        let id = cmd.id;
+        if id == 0 {
+            // The pong (an empty command), or an old-style ping.
+            return match cmd.request {
+                Request::None => {
+                    self.ping_sent = None;
+                    Ok(())
+                }
+                // `send` needs no reply, so it may come without an id.
+                Request::Send { .. } if self.connected => Ok(()),
+                _ => Err(Disconnect::BAD_REQUEST),
+            };
+        }
+        if !self.connected {
+            return match cmd.request {
+                Request::Connect(req) => self.connect(id, req).await,
+                // Anything before connect.
+                _ => Err(Disconnect::BAD_REQUEST),
+            };
+        }
+        if !self.allow_command() {
+            self.error(id, ErrorReply::TOO_MANY_REQUESTS);
+            return Ok(());
+        }
+        let result = match cmd.request {
+            Request::None => Err(ErrorReply::METHOD_NOT_FOUND),
+            Request::Connect(_) => return Err(Disconnect::BAD_REQUEST),
+            Request::Subscribe(req) => return self.subscribe(id, req).await,
+            Request::Unsubscribe { channel } => self.unsubscribe(&channel).await,
+            Request::Publish { channel, data } => self.publish(&channel, data).await,
+            Request::Presence { channel } => self.presence(&channel).await,
+            Request::PresenceStats { channel } => self.presence_stats(&channel).await,
+            Request::History(req) => self.history(req).await,
+            // No RPC handler is configured: the method does not exist.
+            Request::Rpc { .. } => Err(ErrorReply::METHOD_NOT_FOUND),
+            Request::Send { .. } => return Ok(()),
+            Request::Refresh { token } => return self.refresh(id, &token).await,
+            Request::SubRefresh { channel, token } => return self.sub_refresh(id, &channel, &token).await,
+        };
+        match result {
+            Ok(r) => self.reply(id, r),
+            Err(e) => self.error(id, e),
+        }
+        Ok(())
+    }
+
+    async fn connect(&mut self, id: u32, req: ConnectRequest) -> Outcome {
+        let hub = self.hub.clone();
+        let c = &hub.config.client;
+        let token = if !req.token.is_empty() {
+            let verified = if c.insecure {
+                insecure_connect(&req.token)
+            } else {
+                self.hub.verifier.verify_connect(&req.token).await
+            };
+            match verified {
+                Ok(t) => t,
+                Err(TokenError::Expired) => {
+                    self.error(id, ErrorReply::TOKEN_EXPIRED);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection token refused");
+                    return Err(Disconnect::INVALID_TOKEN);
+                }
+            }
+        } else if c.allow_anonymous_connect_without_token || c.insecure {
+            ConnectToken::default()
+        } else {
+            self.error(id, ErrorReply::UNAUTHORIZED);
+            return Err(Disconnect::INVALID_TOKEN);
+        };
+        if token.expire_at.is_some_and(|t| t <= unix_now()) {
+            self.error(id, ErrorReply::TOKEN_EXPIRED);
+            return Ok(());
+        }
+        self.user = token.user.clone();
+        self.conn_info = token.info.clone().map(protocol::json::one_line).unwrap_or_default();
+        self.expires_at = token.expire_at;
+        self.register_connection()?;
+        self.connected = true;
+
+        // Server-side subscriptions: the token's, and the user's personal channel.
+        let mut channels: Vec<String> = token.channels.clone();
+        channels.extend(token.subs.keys().cloned());
+        if c.user_subscribe_to_personal && !self.user.is_empty() {
+            channels.push(self.hub.channels.personal(&c.user_personal_channel_namespace, &self.user));
+        }
+        channels.sort();
+        channels.dedup();
+        if channels.len() > c.channel_limit {
+            return Err(Disconnect::CHANNEL_LIMIT);
+        }
+        let mut prepared = Vec::new();
+        for channel in channels {
+            let resolved = match self.hub.channels.resolve(&channel) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, channel, "server-side subscription to an unknown channel");
+                    return Err(Disconnect::BAD_REQUEST);
+                }
+            };
+            let recover = req.subs.get(&channel).cloned().unwrap_or_default();
+            match self.prepare(&channel, &resolved.options, &recover, Bytes::new(), None).await {
+                Ok(p) => prepared.push((channel, p)),
+                Err(e) => {
+                    for (ch, p) in prepared {
+                        self.hub.unregister(&ch, p.pending.seq).await;
+                    }
+                    self.error(id, e);
+                    return Err(Disconnect::SERVER_ERROR);
+                }
+            }
+        }
+        let (expires, ttl) = ttl(self.expires_at);
+        let result = ConnectResult {
+            client: self.client.id.clone(),
+            version: VERSION.into(),
+            expires,
+            ttl,
+            subs: prepared.iter().map(|(ch, p)| (ch.clone(), p.result.clone())).collect(),
+            ping: self.hub.config.client.ping_interval.as_secs() as u32,
+            pong: !self.hub.config.client.ping_interval.is_zero(),
+            node: self.hub.node.clone(),
+            ..Default::default()
+        };
+        self.reply(id, ReplyResult::Connect(result));
+        for (channel, p) in prepared {
+            self.finish(channel, p, Bytes::new()).await;
+        }
+        Ok(())
+    }
+
+    fn register_connection(&mut self) -> Outcome {
+        let c = &self.hub.config.client;
+        let mut conns = lock(&self.hub.conns);
+        if conns.total >= c.connection_limit {
+            return Err(Disconnect::CONNECTION_LIMIT);
+        }
+        if c.user_connection_limit > 0
+            && !self.user.is_empty()
+            && conns.users.get(&self.user).map_or(0, Vec::len) >= c.user_connection_limit
+        {
+            return Err(Disconnect::CONNECTION_LIMIT);
+        }
+        if let Some(ip) = self.remote_ip {
+            if c.ip_connection_limit > 0 && conns.ips.get(&ip).copied().unwrap_or(0) >= c.ip_connection_limit {
+                return Err(Disconnect::CONNECTION_LIMIT);
+            }
+            *conns.ips.entry(ip).or_default() += 1;
+        }
+        conns.total += 1;
+        conns.users.entry(self.user.clone()).or_default().push(self.client.id.clone());
+        conns.by_id.insert(self.client.id.clone(), self.client.clone());
+        self.control = Arc::new(SessionControl::default());
+        conns.sessions.insert(self.client.id.clone(), self.control.clone());
+        self.hub.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, id: u32, req: SubscribeRequest) -> Outcome {
+        let channel = req.channel.clone();
+        let resolved = match self.hub.channels.resolve(&channel) {
+            Ok(r) => r,
+            Err(e) => {
+                self.error(id, e);
+                return Ok(());
+            }
+        };
+        if self.subs.contains_key(&channel) {
+            self.error(id, ErrorReply::ALREADY_SUBSCRIBED);
+            return Ok(());
+        }
+        if self.subs.len() >= self.hub.config.client.channel_limit {
+            self.error(id, ErrorReply::LIMIT_EXCEEDED);
+            return Ok(());
+        }
+        let insecure = self.hub.config.client.insecure;
+        let mut chan_info = Bytes::new();
+        let mut expires_at = None;
+        if !req.token.is_empty() {
+            let verified = if insecure {
+                insecure_subscribe(&req.token)
+            } else {
+                self.hub.sub_verifier.verify_subscribe(&req.token).await
+            };
+            let token = match verified {
+                Ok(t) => t,
+                Err(TokenError::Expired) => {
+                    self.error(id, ErrorReply::TOKEN_EXPIRED);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, channel, "subscription token refused");
+                    return Err(Disconnect::INVALID_TOKEN);
+                }
+            };
+            if token.channel != channel || token.user != self.user {
+                return Err(Disconnect::INVALID_TOKEN);
+            }
+            if token.expire_at.is_some_and(|t| t <= unix_now()) {
+                self.error(id, ErrorReply::TOKEN_EXPIRED);
+                return Ok(());
+            }
+            chan_info = token.info.map(protocol::json::one_line).unwrap_or_default();
+            expires_at = token.expire_at;
+        } else {
+            let o = &resolved.options;
+            let allowed = if resolved.private {
+                false
+            } else if let Some(users) = &resolved.users {
+                !self.user.is_empty() && users.iter().any(|u| *u == self.user)
+            } else {
+                insecure
+                    || (self.user.is_empty() && o.allow_subscribe_for_anonymous)
+                    || (!self.user.is_empty() && o.allow_subscribe_for_client)
+            };
+            if !allowed {
+                self.error(id, ErrorReply::PERMISSION_DENIED);
+                return Ok(());
+            }
+        }
+        match self.prepare(&channel, &resolved.options, &req, chan_info, expires_at).await {
+            Ok(p) => {
+                let reply =
+                    encode(&Reply::Result { id, result: ReplyResult::Subscribe(p.result.clone()) }, self.client.format);
+                self.finish(channel, p, reply).await;
+            }
+            Err(e) => self.error(id, e),
+        }
+        Ok(())
+    }
+
+    /// Registers a subscription and works out its result (recovery included); the
+    /// subscription buffers until [`Session::finish`].
+    async fn prepare(
+        &self,
+        channel: &str,
+        o: &Arc<ChannelOptions>,
+        req: &SubscribeRequest,
+        chan_info: Bytes,
+        expires_at: Option<u64>,
+    ) -> Result<Prepared, ErrorReply> {
+        let history = o.has_history();
+        let recoverable = history && (o.force_recovery || (o.allow_recovery && (req.recoverable || req.recover)));
+        let positioned = history && (recoverable || o.force_positioning || (o.allow_positioning && req.positioned));
+        let join_leave = o.join_leave && (o.force_push_join_leave || req.join_leave);
+        let pending = self.hub.register(channel, &self.client, positioned, join_leave).await?;
+        let (expires, ttl) = ttl(expires_at);
+        let mut result = SubscribeResult { expires, ttl, recoverable, positioned, ..Default::default() };
+        let mut last = 0;
+        if positioned {
+            let outcome = if recoverable && req.recover {
+                self.recover(channel, o, req).await
+            } else {
+                self.hub.history(channel, o, None, Some(0), false).await.map(|(_, top)| (Vec::new(), top, false))
+            };
+            let (pubs, top, recovered) = match outcome {
+                Ok(r) => r,
+                Err(e) => {
+                    self.hub.unregister(channel, pending.seq).await;
+                    return Err(e);
+                }
+            };
+            if req.recover && recoverable {
+                result.was_recovering = true;
+                result.recovered = recovered;
+                if !recovered && req.flag & SubscribeRequest::FLAG_REJECT_UNRECOVERED != 0 {
+                    self.hub.unregister(channel, pending.seq).await;
+                    return Err(ErrorReply::UNRECOVERABLE_POSITION);
+                }
+            }
+            last = top.offset;
+            result.epoch = top.epoch;
+            result.offset = top.offset;
+            result.publications = pubs.iter().map(|p| (**p).clone()).collect();
+        }
+        Ok(Prepared { pending, result, last, local: LocalSub { options: o.clone(), chan_info, expires_at } })
+    }
+
+    /// Recovery: the publications after the client's position, or `recovered: false`.
+    async fn recover(
+        &self,
+        channel: &str,
+        o: &ChannelOptions,
+        req: &SubscribeRequest,
+    ) -> Result<(Vec<Arc<Publication>>, StreamPosition, bool), ErrorReply> {
+        if o.force_recovery_mode == RecoveryMode::Cache {
+            let (pubs, top) = self.hub.history(channel, o, None, Some(1), false).await?;
+            let newer = top.epoch != req.epoch || top.offset > req.offset;
+            return Ok((if newer { pubs } else { Vec::new() }, top, true));
+        }
+        let limit =
+            if o.recovery_max_publication_limit > 0 { o.recovery_max_publication_limit } else { o.history_size };
+        let since = StreamPosition { offset: req.offset, epoch: req.epoch.clone() };
+        let (pubs, top) = self.hub.history(channel, o, Some(since), Some(limit + 1), false).await?;
+        let recovered = top.epoch == req.epoch
+            && req.offset <= top.offset
+            && pubs.len() <= limit
+            && match pubs.first() {
+                Some(first) => first.offset == req.offset + 1,
+                None => top.offset == req.offset,
+            };
+        if recovered {
+            Ok((pubs, top, true))
+        } else {
+            Ok((Vec::new(), top, false))
+        }
+    }
+
+    /// Sends the result (`first`, or nothing), makes the subscription live, joins.
+    async fn finish(&mut self, channel: String, p: Prepared, first: Bytes) {
+        let first = if first.is_empty() { None } else { Some(first) };
+        self.hub.go_live(&p.pending, first, p.last, &self.client);
+        let o = p.local.options.clone();
+        let info = self.info(p.local.chan_info.clone());
+        self.subs.insert(channel.clone(), p.local);
+        if o.presence {
+            if let Err(e) = self.hub.broker.add_presence(&channel, info.clone(), self.presence_ttl()).await {
+                tracing::warn!(error = %e, channel, "presence failed");
+            }
+        }
+        if o.join_leave {
+            let _ = self.hub.broker.publish_join(&channel, info).await;
+        }
+    }
+
+    async fn remove_sub(&mut self, channel: &str) {
+        let Some(sub) = self.subs.remove(channel) else { return };
+        self.hub.unregister(channel, self.client.seq).await;
+        if sub.options.presence {
+            let _ = self.hub.broker.remove_presence(channel, &self.client.id, &self.user).await;
+        }
+        if sub.options.join_leave {
+            let _ = self.hub.broker.publish_leave(channel, self.info(sub.chan_info)).await;
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> Result<ReplyResult, ErrorReply> {
+        self.remove_sub(channel).await;
+        Ok(ReplyResult::Unsubscribe)
+    }
+
+    /// Whether the client may act on `channel`: as a subscriber of it, as an
+    /// authenticated client, or as an anonymous one, as the options allow.
+    fn allowed(&self, channel: &str, subscriber: bool, client: bool, anonymous: bool) -> bool {
+        self.hub.config.client.insecure
+            || (subscriber && self.subs.contains_key(channel))
+            || (client && !self.user.is_empty())
+            || (anonymous && self.user.is_empty())
+    }
+
+    async fn publish(&mut self, channel: &str, data: Bytes) -> Result<ReplyResult, ErrorReply> {
+        let resolved = self.hub.channels.resolve(channel)?;
+        let o = &resolved.options;
+        if !self.allowed(
+            channel,
+            o.allow_publish_for_subscriber,
+            o.allow_publish_for_client,
+            o.allow_publish_for_anonymous,
+        ) {
+            return Err(ErrorReply::PERMISSION_DENIED);
+        }
+        if data.is_empty() {
+            return Err(ErrorReply::BAD_REQUEST);
+        }
+        let data = if self.client.format == Format::Json { protocol::json::one_line(data) } else { data };
+        let chan_info = self.subs.get(channel).map(|s| s.chan_info.clone()).unwrap_or_default();
+        let publication = Publication { data, info: Some(self.info(chan_info)), time: now_ms(), ..Default::default() };
+        self.hub.publish(channel, o, publication, None, false).await?;
+        Ok(ReplyResult::Publish)
+    }
+
+    async fn history(&mut self, req: HistoryRequest) -> Result<ReplyResult, ErrorReply> {
+        let resolved = self.hub.channels.resolve(&req.channel)?;
+        let o = &resolved.options;
+        if !o.has_history() {
+            return Err(ErrorReply::NOT_AVAILABLE);
+        }
+        if !self.allowed(
+            &req.channel,
+            o.allow_history_for_subscriber,
+            o.allow_history_for_client,
+            o.allow_history_for_anonymous,
+        ) {
+            return Err(ErrorReply::PERMISSION_DENIED);
+        }
+        let limit = match req.limit {
+            0 => Some(0),
+            n if n < 0 => None,
+            n => Some(n as usize),
+        };
+        let (pubs, top) = self.hub.history(&req.channel, o, req.since.clone(), limit, req.reverse).await?;
+        if let Some(since) = &req.since {
+            let lost = since.epoch != top.epoch
+                || since.offset > top.offset
+                || (!req.reverse && limit != Some(0) && pubs.first().is_some_and(|p| p.offset != since.offset + 1))
+                || (pubs.is_empty() && limit != Some(0) && top.offset > since.offset);
+            if lost {
+                return Err(ErrorReply::UNRECOVERABLE_POSITION);
+            }
+        }
+        Ok(ReplyResult::History { publications: pubs.iter().map(|p| (**p).clone()).collect(), position: top })
+    }
+
+    async fn presence(&mut self, channel: &str) -> Result<ReplyResult, ErrorReply> {
+        let resolved = self.hub.channels.resolve(channel)?;
+        let o = &resolved.options;
+        if !o.presence {
+            return Err(ErrorReply::NOT_AVAILABLE);
+        }
+        if !self.allowed(
+            channel,
+            o.allow_presence_for_subscriber,
+            o.allow_presence_for_client,
+            o.allow_presence_for_anonymous,
+        ) {
+            return Err(ErrorReply::PERMISSION_DENIED);
+        }
+        let p = self.hub.broker.presence(channel).await.map_err(super::internal)?;
+        Ok(ReplyResult::Presence(p.into_iter().collect()))
+    }
+
+    async fn presence_stats(&mut self, channel: &str) -> Result<ReplyResult, ErrorReply> {
+        let resolved = self.hub.channels.resolve(channel)?;
+        let o = &resolved.options;
+        if !o.presence {
+            return Err(ErrorReply::NOT_AVAILABLE);
+        }
+        if !self.allowed(
+            channel,
+            o.allow_presence_for_subscriber,
+            o.allow_presence_for_client,
+            o.allow_presence_for_anonymous,
+        ) {
+            return Err(ErrorReply::PERMISSION_DENIED);
+        }
+        let s = self.hub.broker.presence_stats(channel).await.map_err(super::internal)?;
+        Ok(ReplyResult::PresenceStats { num_clients: s.clients, num_users: s.users })
+    }
+
+    async fn refresh(&mut self, id: u32, token: &str) -> Outcome {
+        let verified = if self.hub.config.client.insecure {
+            insecure_connect(token)
+        } else {
+            self.hub.verifier.verify_connect(token).await
+        };
+        let t = match verified {
+            Ok(t) => t,
+            Err(TokenError::Expired) => {
+                self.error(id, ErrorReply::TOKEN_EXPIRED);
+                return Ok(());
+            }
+            Err(_) => return Err(Disconnect::INVALID_TOKEN),
+        };
+        if t.user != self.user {
+            return Err(Disconnect::INVALID_TOKEN);
+        }
+        self.expires_at = t.expire_at;
+        let (expires, ttl) = ttl(self.expires_at);
+        self.reply(id, ReplyResult::Refresh { client: self.client.id.clone(), version: VERSION.into(), expires, ttl });
+        Ok(())
+    }
+
+    async fn sub_refresh(&mut self, id: u32, channel: &str, token: &str) -> Outcome {
+        if !self.subs.contains_key(channel) {
+            self.error(id, ErrorReply::PERMISSION_DENIED);
+            return Ok(());
+        }
+        let verified = if self.hub.config.client.insecure {
+            insecure_subscribe(token)
+        } else {
+            self.hub.sub_verifier.verify_subscribe(token).await
+        };
+        let t = match verified {
+            Ok(t) => t,
+            Err(TokenError::Expired) => {
+                self.error(id, ErrorReply::TOKEN_EXPIRED);
+                return Ok(());
+            }
+            Err(_) => return Err(Disconnect::INVALID_TOKEN),
+        };
+        if t.channel != channel || t.user != self.user {
+            return Err(Disconnect::INVALID_TOKEN);
+        }
+        if let Some(s) = self.subs.get_mut(channel) {
+            s.expires_at = t.expire_at;
+        }
+        let (expires, ttl) = ttl(t.expire_at);
+        self.reply(id, ReplyResult::SubRefresh { expires, ttl });
+        Ok(())
+    }
+
+    /// Ends the session: leaves every channel, frees its place in the limits.
+    pub async fn close(&mut self) {
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for ch in channels {
+            self.remove_sub(&ch).await;
+        }
+        if !self.connected {
+            return;
+        }
+        self.connected = false;
+        let mut conns = lock(&self.hub.conns);
+        conns.total = conns.total.saturating_sub(1);
+        conns.by_id.remove(&self.client.id);
+        conns.sessions.remove(&self.client.id);
+        if let Some(ids) = conns.users.get_mut(&self.user) {
+            ids.retain(|i| *i != self.client.id);
+            if ids.is_empty() {
+                conns.users.remove(&self.user);
+            }
+        }
+        if let Some(ip) = self.remote_ip {
+            if let Some(n) = conns.ips.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    conns.ips.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// The claims of a token taken without checking its signature (`client.insecure`).
+fn insecure_claims(token: &str) -> Result<serde_json::Value, TokenError> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).ok_or_else(|| TokenError::Invalid("not a JWT".into()))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|e| TokenError::Invalid(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| TokenError::Invalid(e.to_string()))
+}
+
+fn insecure_connect(token: &str) -> Result<ConnectToken, TokenError> {
+    let c = insecure_claims(token)?;
+    Ok(ConnectToken {
+        user: c["sub"].as_str().unwrap_or_default().to_owned(),
+        info: c.get("info").map(|v| Bytes::from(v.to_string())),
+        channels: c["channels"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+fn insecure_subscribe(token: &str) -> Result<SubscribeToken, TokenError> {
+    let c = insecure_claims(token)?;
+    Ok(SubscribeToken {
+        user: c["sub"].as_str().unwrap_or_default().to_owned(),
+        channel: c["channel"].as_str().unwrap_or_default().to_owned(),
+        info: c.get("info").map(|v| Bytes::from(v.to_string())),
+        ..Default::default()
+    })
+}

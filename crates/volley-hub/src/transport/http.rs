@@ -1,0 +1,111 @@
+//! The hub's HTTP routes: the WebSocket endpoint, health and readiness, metrics.
+//! [`router`] gives an axum `Router` to serve as it is or to merge into an
+//! application's own.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use volley::http::WebSocketUpgrade;
+
+use super::websocket::{self, PROTOBUF_SUBPROTOCOL};
+use crate::engine::{lock, Hub};
+
+/// The hub's routes: `/connection/websocket`, the server API (`/api/...`), `/health`,
+/// `/ready`, `/metrics`.
+pub fn router(hub: Hub) -> Router {
+    Router::new()
+        .route("/connection/websocket", any(ws_handler))
+        .route("/health", get(|| async { ([(header::CONTENT_TYPE, "application/json")], "{}") }))
+        .route("/ready", get(|| async { ([(header::CONTENT_TYPE, "application/json")], "{}") }))
+        .route("/metrics", get(metrics))
+        .with_state(hub.clone())
+        .merge(crate::api::router(hub))
+}
+
+async fn ws_handler(State(hub): State<Hub>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host =
+            headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| ws.request().headers().get("host"));
+        if !origin_allowed(origin, host, &hub.config().client.allowed_origins) {
+            tracing::debug!(origin, "origin not allowed");
+            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        }
+    }
+    let remote: Option<SocketAddr> = ws.remote_addr();
+    let query = ws.request().query().map(str::to_owned);
+    let max = hub.config().client.max_command_size;
+    let config = volley::Config::default().max_message_size(max).max_frame_size(max).protocols([PROTOBUF_SUBPROTOCOL]);
+    ws.config(config).on_upgrade(move |ws| async move {
+        let format = websocket::format_of(ws.protocol(), query.as_deref());
+        websocket::serve(hub, ws, format, remote).await
+    })
+}
+
+/// Whether a browser's `Origin` may connect: listed (`*`, an exact origin, or a pattern
+/// with one `*`), or, with an empty list, the same host as the request.
+pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        return host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
+    }
+    allowed.iter().any(|a| match a.split_once('*') {
+        None => a.eq_ignore_ascii_case(origin),
+        Some((pre, post)) => {
+            origin.len() >= pre.len() + post.len()
+                && origin[..pre.len()].eq_ignore_ascii_case(pre)
+                && origin[origin.len() - post.len()..].eq_ignore_ascii_case(post)
+        }
+    })
+}
+
+async fn metrics(State(hub): State<Hub>) -> Response {
+    let m = hub.metrics();
+    let mut s = String::new();
+    let mut gauge = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(s, "# HELP volley_hub_{name} {help}\n# TYPE volley_hub_{name} gauge\nvolley_hub_{name} {v}");
+    };
+    gauge("clients", "Connected clients.", hub.num_clients() as u64);
+    gauge("users", "Distinct connected users.", hub.num_users() as u64);
+    gauge("subscriptions", "Subscriptions of connected clients.", hub.num_subscriptions() as u64);
+    gauge("channels", "Channels with subscribers on this node.", hub.channels().len() as u64);
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(s, "# HELP volley_hub_{name} {help}\n# TYPE volley_hub_{name} counter\nvolley_hub_{name} {v}");
+    };
+    counter("connections_total", "Connections accepted.", m.connections_total.load(Ordering::Relaxed));
+    counter("commands_total", "Commands received.", m.commands_total.load(Ordering::Relaxed));
+    counter(
+        "messages_out_total",
+        "Replies and pushes queued to clients.",
+        m.messages_out_total.load(Ordering::Relaxed),
+    );
+    counter("publications_total", "Publications delivered to this node.", m.publications_total.load(Ordering::Relaxed));
+    let _ =
+        writeln!(s, "# HELP volley_hub_errors_total Error replies, by code.\n# TYPE volley_hub_errors_total counter");
+    let mut errors: Vec<_> = lock(&m.errors).iter().map(|(k, v)| (*k, *v)).collect();
+    errors.sort();
+    for (code, n) in errors {
+        let _ = writeln!(s, "volley_hub_errors_total{{code=\"{code}\"}} {n}");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn origins() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(origin_allowed("http://localhost:8000", Some("localhost:8000"), &[]));
+        assert!(!origin_allowed("http://evil.example", Some("localhost:8000"), &[]));
+        assert!(origin_allowed("https://a.example.com", None, &list(&["https://*.example.com"])));
+        assert!(!origin_allowed("https://example.org", None, &list(&["https://*.example.com"])));
+        assert!(origin_allowed("anything", None, &list(&["*"])));
+    }
+}

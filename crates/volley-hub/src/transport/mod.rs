@@ -1,0 +1,5 @@
+//! Transports: how clients reach the hub. Each turns its connection into commands for
+//! a session and writes the session's queue back.
+
+pub mod http;
+pub mod websocket;
