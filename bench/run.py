@@ -1161,7 +1161,7 @@ def write_report(args, results, servers, facts, started, finished, out_dir, comm
 Every server is `bench-server` (bench/servers): a tokio current-thread runtime, one accept
 loop, `TCP_NODELAY`, one task per connection that reads a message and writes it back. On
 Linux its global allocator is jemalloc, as the `volley` binary's, configured to return
-freed pages at once (`.cargo/config.toml`).
+freed pages within about 100 ms (`.cargo/config.toml`).
 
 - **Volley**: `ServerBuilder::accept`, then `recv` and `feed` (flushed before the next read).
   Keepalive off (no peer sends pings); permessage-deflate only in W8.
@@ -1217,7 +1217,7 @@ may have had other work.
             body.append("The parked rows run the same echo with `--park-after 100` and `--park-after 0`: "
                         "a connection that received nothing for that long moves to a `volley::park::Parking` "
                         "and its task ends. bench-server and `volley` run on jemalloc configured to return "
-                        "freed pages at once (.cargo/config.toml), so the memory those tasks freed goes back "
+                        "freed pages within about 100 ms (.cargo/config.toml), so the memory those tasks freed goes back "
                         "to the system; what the allocator cannot return counts too.\n")
             body.append("The rows of connections that each echoed one message first (`volley bench --idle "
                         "--talk-first`, 20 B) are what a server holds for connections that spoke and fell "

@@ -22,7 +22,7 @@
 //! again (the harness's W6 row "Volley, parked").
 //!
 //! On Linux the global allocator is jemalloc, configured (.cargo/config.toml at the
-//! repository's root) to return freed pages at once, as in the `volley` binary.
+//! repository's root) to return freed pages within about 100 ms, as in the `volley` binary.
 //!
 //! `--processes N` runs the server as N worker processes (this program again, without
 //! `--processes`) that listen on one address with `SO_REUSEPORT`, so the kernel spreads
