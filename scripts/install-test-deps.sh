@@ -7,6 +7,9 @@
 #
 # Sections (run in this order):
 #   browser   Debian's chromium (/usr/bin/chromium) + `npm ci` in tests/browser
+#   hub       the real clients of the hub's protocols: `npm ci` in tests/hub (centrifuge-js,
+#             ws, playwright-core) and a virtualenv in tests/hub/python/.venv with
+#             centrifuge-python and cent from PyPI (tests/hub/python/requirements.txt)
 #   proxies   Debian's tinyproxy (HTTP CONNECT), microsocks (SOCKS5) and nginx (a real
 #             HTTP server's redirects), for crates/volley/tests/{proxy,proxy_env,redirects}.rs
 #
@@ -16,7 +19,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SECTIONS=(browser proxies terminal)
+SECTIONS=(browser hub proxies terminal)
 
 log() { printf '[install-test-deps] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -68,6 +71,23 @@ install_browser() {
   fi
   # playwright-core only drives the browser above; it never downloads one.
   npm_ci_if_stale "$ROOT/tests/browser"
+}
+
+install_hub() {
+  npm_ci_if_stale "$ROOT/tests/hub"
+  local venv="$ROOT/tests/hub/python/.venv" req="$ROOT/tests/hub/python/requirements.txt" stamp want
+  command -v python3 >/dev/null || die "python3 not found (3.9 or later is required)"
+  want="$(sha256sum "$req" | cut -d' ' -f1) $(python3 --version)"
+  stamp="$venv/.deps-stamp"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    log "tests/hub/python/.venv is up to date"
+    return
+  fi
+  log "virtualenv tests/hub/python/.venv: pip install -r requirements.txt"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  printf '%s\n' "$want" >"$stamp"
 }
 
 install_proxies() {

@@ -36,6 +36,11 @@ while read -r line; do
   if [[ $line == *"matches expected"* ]]; then passed=$((passed + n)); else failed=$((failed + n)); fi
 done < <(grep -E '^autobahn (server|client): [0-9]+ cases' "$LOG_DIR/autobahn.log" || true)
 
+step "the hub with the real clients (centrifuge-js, centrifuge-python, cent)"
+if scripts/hub-test.sh 2>&1 | tee "$LOG_DIR/hub.log"; then :; else status=1; fi
+p=$(awk '/^# pass / { v = $3 } END { print v }' "$LOG_DIR/hub.log"); f=$(awk '/^# fail / { v = $3 } END { print v }' "$LOG_DIR/hub.log")
+passed=$((passed + ${p:-0})); failed=$((failed + ${f:-1}))
+
 step "headless Chromium"
 if scripts/browser-test.sh 2>&1 | tee "$LOG_DIR/browser.log"; then :; else status=1; fi
 p=$(awk '/^# pass / { print $3 }' "$LOG_DIR/browser.log"); f=$(awk '/^# fail / { print $3 }' "$LOG_DIR/browser.log")

@@ -135,7 +135,9 @@ pub fn load(args: &Args) -> anyhow::Result<ServeConfig> {
     let paths = key_paths();
     for (name, v) in std::env::vars() {
         let Some(rest) = name.strip_prefix("VOLLEY_") else { continue };
-        if rest == "LOG" {
+        // Variables of the configuration start with a section's name; others (VOLLEY_LOG)
+        // are not configuration.
+        if !paths.iter().any(|p| p.len() == 1 && rest.starts_with(&format!("{}_", p[0].to_uppercase()))) {
             continue;
         }
         let Some(path) = paths.iter().find(|p| p.join("_").to_uppercase() == rest) else {

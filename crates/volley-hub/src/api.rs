@@ -66,10 +66,11 @@ async fn method_handler(
     } else {
         match serde_json::from_slice(&body) {
             Ok(v) => v,
-            Err(_) => return answer(&api, Err(ErrorReply::BAD_REQUEST)),
+            Err(_) => return answer(&api, &method, Err(ErrorReply::BAD_REQUEST)),
         }
     };
-    answer(&api, call(&api, &method, params).await)
+    let r = call(&api, &method, params).await;
+    answer(&api, &method, r)
 }
 
 async fn legacy_handler(State(api): State<Api>, headers: HeaderMap, body: Body) -> Response {
@@ -83,14 +84,20 @@ async fn legacy_handler(State(api): State<Api>, headers: HeaderMap, body: Body) 
         params: Value,
     }
     match serde_json::from_slice::<Legacy>(&body) {
-        Ok(l) => answer(&api, call(&api, &l.method, l.params).await),
-        Err(_) => answer(&api, Err(ErrorReply::BAD_REQUEST)),
+        Ok(l) => {
+            let r = call(&api, &l.method, l.params).await;
+            answer(&api, &l.method, r)
+        }
+        Err(_) => answer(&api, "", Err(ErrorReply::BAD_REQUEST)),
     }
 }
 
-fn answer(api: &Api, r: Result<Value, ErrorReply>) -> Response {
+/// The response: `{"result": ...}`, except for `batch`, whose `{"replies": [...]}` is
+/// the whole body (as Centrifugo answers it).
+fn answer(api: &Api, method: &str, r: Result<Value, ErrorReply>) -> Response {
     let transport = api.hub.config().http_api.error_mode == "transport";
     let (status, body) = match r {
+        Ok(v) if method == "batch" => (StatusCode::OK, v),
         Ok(v) => (StatusCode::OK, json!({ "result": v })),
         Err(e) => {
             let status = if transport { status_of(&e) } else { StatusCode::OK };

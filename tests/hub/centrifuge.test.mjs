@@ -1,0 +1,190 @@
+// centrifuge-js (npm `centrifuge`) in Node against `volley serve`: the scenarios a
+// Centrifugo user relies on, with the real client library, over JSON and Protobuf.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Centrifuge as CentrifugeJson } from 'centrifuge';
+import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
+import WebSocket from 'ws';
+import { cutter, now, once, startHub, token, waitFor } from './lib.mjs';
+
+const FORMATS = [
+  ['json', CentrifugeJson],
+  ['protobuf', CentrifugeProtobuf],
+];
+
+let hub;
+before(async () => { hub = await startHub(); });
+after(async () => { await hub?.stop(); });
+
+function client(Centrifuge, opts = {}, url = hub.url) {
+  const c = new Centrifuge(url, { websocket: WebSocket, ...opts });
+  c.on('error', () => {});
+  return c;
+}
+
+async function connected(c) {
+  c.connect();
+  await c.ready(5000);
+  return c;
+}
+
+for (const [format, Centrifuge] of FORMATS) {
+  describe(`centrifuge-js over ${format}`, () => {
+    test('connects with a JWT, and the connect result carries the client id and the ping interval', async () => {
+      const c = client(Centrifuge, { token: token({ sub: 'alice', exp: now() + 3600 }) });
+      const ctx = once(c, 'connected');
+      c.connect();
+      const { client: id, transport } = await ctx;
+      assert.match(id, /^[0-9a-f-]{36}$/);
+      assert.equal(transport, 'websocket');
+      c.disconnect();
+    });
+
+    test('subscribe, publish, history, presence and presence stats', async () => {
+      const ch = `chat:basic-${format}`;
+      const a = await connected(client(Centrifuge, { token: token({ sub: 'alice', info: { name: 'Alice' } }) }));
+      const b = await connected(client(Centrifuge, { token: token({ sub: 'bob' }) }));
+      const sa = a.newSubscription(ch);
+      const got = [];
+      sa.on('publication', (ctx) => got.push(ctx));
+      sa.subscribe();
+      const sb = b.newSubscription(ch);
+      sb.subscribe();
+      await sa.ready(5000);
+      await sb.ready(5000);
+      await sb.publish({ text: 'hi from bob' });
+      await waitFor(() => got.length === 1, 'the publication');
+      assert.deepEqual(got[0].data, { text: 'hi from bob' });
+      assert.equal(got[0].info.user, 'bob');
+      const h = await sa.history({ limit: 10 });
+      assert.equal(h.publications.length, 1);
+      assert.deepEqual(h.publications[0].data, { text: 'hi from bob' });
+      assert.equal(h.offset, h.publications[0].offset);
+      const p = await sa.presence();
+      assert.deepEqual(Object.values(p.clients).map((i) => i.user).sort(), ['alice', 'bob']);
+      const alice = Object.values(p.clients).find((i) => i.user === 'alice');
+      assert.deepEqual(alice.connInfo, { name: 'Alice' });
+      const s = await sa.presenceStats();
+      assert.deepEqual(s, { numClients: 2, numUsers: 2 });
+      a.disconnect();
+      b.disconnect();
+    });
+
+    test('an RPC without a handler is refused with 104', async () => {
+      const c = await connected(client(Centrifuge, { token: token({ sub: 'alice' }) }));
+      await assert.rejects(c.rpc('nothing', {}), (e) => e.code === 104);
+      c.disconnect();
+    });
+
+    test('a channel of an unknown namespace is refused with 102, and the connection stays', async () => {
+      const c = await connected(client(Centrifuge, { token: token({ sub: 'alice' }) }));
+      const s = c.newSubscription('nowhere:x');
+      const unsub = once(s, 'unsubscribed');
+      s.subscribe();
+      const ctx = await unsub;
+      assert.equal(ctx.code, 102);
+      assert.equal(c.state, 'connected');
+      c.disconnect();
+    });
+
+    test('recovery after a dropped connection: every missed publication, once, in order', async () => {
+      const ch = `chat:recovery-${format}`;
+      const proxy = await cutter(hub.addr);
+      const c = client(Centrifuge, { token: token({ sub: 'alice' }), minReconnectDelay: 50, maxReconnectDelay: 100 }, `ws://${proxy.addr}/connection/websocket`);
+      await connected(c);
+      const s = c.newSubscription(ch, { recoverable: true, positioned: true });
+      const seen = [];
+      const subscribed = [];
+      s.on('publication', (ctx) => seen.push(ctx.data.n));
+      s.on('subscribed', (ctx) => subscribed.push(ctx));
+      s.subscribe();
+      await s.ready(5000);
+      for (let n = 1; n <= 5; n++) await hub.api('publish', { channel: ch, data: { n } });
+      await waitFor(() => seen.length === 5, 'the first five');
+      proxy.cut();
+      await waitFor(() => c.state !== 'connected', 'the client to notice');
+      for (let n = 6; n <= 15; n++) await hub.api('publish', { channel: ch, data: { n } });
+      await waitFor(() => seen.length === 15, 'the recovered publications');
+      for (let n = 16; n <= 20; n++) await hub.api('publish', { channel: ch, data: { n } });
+      await waitFor(() => seen.length === 20, 'the live ones after recovery');
+      assert.deepEqual(seen, Array.from({ length: 20 }, (_, i) => i + 1));
+      const last = subscribed.at(-1);
+      assert.equal(last.wasRecovering, true);
+      assert.equal(last.recovered, true);
+      c.disconnect();
+      proxy.close();
+    });
+
+    test('an unrecoverable position: recovered is false and the position is the current one', async () => {
+      const ch = `small:gone-${format}`;
+      const proxy = await cutter(hub.addr);
+      const c = client(Centrifuge, { token: token({ sub: 'alice' }), minReconnectDelay: 50, maxReconnectDelay: 100 }, `ws://${proxy.addr}/connection/websocket`);
+      await connected(c);
+      const s = c.newSubscription(ch, { recoverable: true, positioned: true });
+      const seen = [];
+      const subscribed = [];
+      s.on('publication', (ctx) => seen.push(ctx.data.n));
+      s.on('subscribed', (ctx) => subscribed.push(ctx));
+      s.subscribe();
+      await s.ready(5000);
+      await hub.api('publish', { channel: ch, data: { n: 1 } });
+      await waitFor(() => seen.length === 1, 'the first');
+      proxy.cut();
+      await waitFor(() => c.state !== 'connected', 'the client to notice');
+      // History keeps 3: publications 2 and 3 fall out.
+      for (let n = 2; n <= 6; n++) await hub.api('publish', { channel: ch, data: { n } });
+      await waitFor(() => subscribed.length === 2, 'the second subscribe');
+      const last = subscribed.at(-1);
+      assert.equal(last.wasRecovering, true);
+      assert.equal(last.recovered, false);
+      assert.equal(last.streamPosition.offset, 6);
+      await hub.api('publish', { channel: ch, data: { n: 7 } });
+      await waitFor(() => seen.includes(7), 'the live one');
+      assert.deepEqual(seen, [1, 7], 'no silent gap filled, no duplicate');
+      c.disconnect();
+      proxy.close();
+    });
+
+    test('server-side subscriptions from the token', async () => {
+      const ch = `chat:server-side-${format}`;
+      const c = client(Centrifuge, { token: token({ sub: 'carol', channels: [ch] }) });
+      const pubs = [];
+      const subscribed = once(c, 'subscribed');
+      c.on('publication', (ctx) => pubs.push(ctx));
+      await connected(c);
+      assert.equal((await subscribed).channel, ch);
+      await hub.api('publish', { channel: ch, data: { hello: 'carol' } });
+      await waitFor(() => pubs.length === 1, 'the server-side publication');
+      assert.equal(pubs[0].channel, ch);
+      assert.deepEqual(pubs[0].data, { hello: 'carol' });
+      c.disconnect();
+    });
+
+    test('the connection token is refreshed before it expires', async () => {
+      let calls = 0;
+      const c = client(Centrifuge, {
+        token: token({ sub: 'dave', exp: now() + 2 }),
+        getToken: async () => { calls += 1; return token({ sub: 'dave', exp: now() + 3600 }); },
+      });
+      let disconnects = 0;
+      c.on('disconnected', () => { disconnects += 1; });
+      await connected(c);
+      await waitFor(() => calls >= 1, 'a refresh', 8000);
+      await sleep(300);
+      assert.equal(c.state, 'connected');
+      assert.equal(disconnects, 0);
+      c.disconnect();
+    });
+
+    test('a forged token is refused with 3500 and the client does not reconnect', async () => {
+      const c = client(Centrifuge, { token: token({ sub: 'mallory' }, 'not-the-secret') });
+      const d = once(c, 'disconnected');
+      c.connect();
+      const ctx = await d;
+      assert.equal(ctx.code, 3500);
+      assert.equal(c.state, 'disconnected');
+    });
+  });
+}

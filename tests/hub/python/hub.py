@@ -1,0 +1,89 @@
+"""Starts `volley serve` for the Python tests, and makes tokens.
+
+VOLLEY_BIN overrides the server binary (default: target/release/volley).
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+SECRET = "test-secret-of-the-hub-tests"
+API_KEY = "test-api-key"
+
+
+def volley_bin():
+    b = os.environ.get("VOLLEY_BIN") or os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "volley")
+    return b if os.path.isabs(b) or "/" not in b else os.path.join(ROOT, b)
+
+
+def namespace(name, **extra):
+    ns = {
+        "name": name,
+        "presence": True,
+        "join_leave": True,
+        "history_size": 100,
+        "history_ttl": "300s",
+        "allow_recovery": True,
+        "allow_positioning": True,
+        "allow_subscribe_for_client": True,
+        "allow_publish_for_subscriber": True,
+        "allow_history_for_subscriber": True,
+        "allow_presence_for_subscriber": True,
+    }
+    ns.update(extra)
+    return ns
+
+
+CONFIG = {
+    "client": {"token": {"hmac_secret_key": SECRET}},
+    "http_api": {"key": API_KEY},
+    "channel": {"namespaces": [namespace("chat")]},
+}
+
+
+class Hub:
+    """A `volley serve` process on a free port."""
+
+    def __init__(self, config=CONFIG):
+        self.dir = tempfile.mkdtemp(prefix="volley-hub-py-")
+        path = os.path.join(self.dir, "config.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        env = dict(os.environ, VOLLEY_LOG=os.environ.get("VOLLEY_LOG", "warn"))
+        self.proc = subprocess.Popen(
+            [volley_bin(), "serve", "--config", path, "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        self.stderr = []
+        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+        deadline = time.monotonic() + 15
+        while True:
+            line = self.proc.stdout.readline()
+            m = re.match(r"listening on (\S+)", line)
+            if m:
+                self.addr = m.group(1)
+                break
+            if not line or time.monotonic() > deadline:
+                raise RuntimeError("volley serve did not start: " + "".join(self.stderr))
+        self.url = f"ws://{self.addr}/connection/websocket"
+        self.api_url = f"http://{self.addr}/api"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+
+
+def token(claims, secret=SECRET):
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
