@@ -73,6 +73,9 @@ pub struct ClientConfig {
     pub user_subscribe_to_personal: bool,
     /// The namespace of personal channels (empty: no namespace).
     pub user_personal_channel_namespace: String,
+    /// Offer permessage-deflate (RFC 7692) to WebSocket clients. Off by default: it costs
+    /// CPU per connection for every message.
+    pub websocket_compression: bool,
     /// Park a connection (no task, its socket held by a poller) after this long
     /// without any traffic; 0 never parks.
     #[serde(with = "duration")]
@@ -101,6 +104,7 @@ impl Default for ClientConfig {
             queue_max_bytes: 1 << 20,
             user_subscribe_to_personal: false,
             user_personal_channel_namespace: String::new(),
+            websocket_compression: false,
             park_after: Duration::ZERO,
         }
     }

@@ -95,6 +95,11 @@ impl ClientShared {
         self.notify.notified().await
     }
 
+    /// The disconnect asked, if one was.
+    pub fn closing(&self) -> Option<Disconnect> {
+        self.lock().closing.clone()
+    }
+
     /// Takes what is queued, and the disconnect if one was asked.
     pub fn take(&self, into: &mut Vec<Bytes>) -> Option<Disconnect> {
         let mut o = self.lock();

@@ -40,7 +40,11 @@ async fn ws_handler(State(hub): State<Hub>, headers: HeaderMap, ws: WebSocketUpg
     let remote: Option<SocketAddr> = ws.remote_addr();
     let query = ws.request().query().map(str::to_owned);
     let max = hub.config().client.max_command_size;
-    let config = volley::Config::default().max_message_size(max).max_frame_size(max).protocols([PROTOBUF_SUBPROTOCOL]);
+    let mut config =
+        volley::Config::default().max_message_size(max).max_frame_size(max).protocols([PROTOBUF_SUBPROTOCOL]);
+    if !hub.config().client.websocket_compression {
+        config = config.deflate(None);
+    }
     ws.config(config).on_upgrade(move |ws| async move {
         let format = websocket::format_of(ws.protocol(), query.as_deref());
         websocket::serve(hub, ws, format, remote).await

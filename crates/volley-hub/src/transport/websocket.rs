@@ -9,6 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use volley::{CloseCode, Message, WebSocket};
 
+use crate::engine::client::ClientShared;
 use crate::engine::session::Session;
 use crate::engine::Hub;
 use crate::protocol::{self, Disconnect, Format};
@@ -90,13 +91,23 @@ where
             Err(_) => break None,
         }
     };
-    if let Some(d) = end {
-        let _ = flush(&mut ws, &client, &mut batch).await;
-        tracing::debug!(client = %client.id, code = d.code, reason = %d.reason, "disconnecting");
-        let _ = ws.close(CloseCode::from(d.code), &d.reason).await;
-    }
+    // Out of the channels and the limits first: a client that does not read may never
+    // take the close frame.
     session.close().await;
+    if let Some(d) = end {
+        tracing::debug!(client = %client.id, code = d.code, reason = %d.reason, "disconnecting");
+        let closing = async {
+            if d != Disconnect::SLOW {
+                flush(&mut ws, &client, &mut batch).await?;
+            }
+            ws.close(CloseCode::from(d.code), &d.reason).await
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
 }
+
+/// How long the closing handshake may take before the connection is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn commands(session: &mut Session, decoded: Result<Vec<protocol::Command>, String>) -> Result<(), Disconnect> {
     let cmds = decoded.map_err(|e| {
@@ -116,17 +127,24 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Writes everything queued as one frame. Returns the disconnect asked, if any.
+/// Writes what is queued, as one frame per batch, until the queue is empty. Returns the
+/// disconnect asked, if any. A write that waits on a client that does not read is
+/// abandoned as soon as the client is marked to be disconnected (3008 when its queue
+/// overflowed): nothing waits on a slow reader.
 async fn flush<S>(
     ws: &mut WebSocket<S>,
-    client: &crate::engine::client::ClientShared,
+    client: &ClientShared,
     batch: &mut Vec<Bytes>,
 ) -> Result<Option<Disconnect>, volley::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let closing = client.take(batch);
-    if !batch.is_empty() {
+    loop {
+        let closing = client.take(batch);
+        if batch.is_empty() || closing.is_some() {
+            batch.clear();
+            return Ok(closing);
+        }
         let frame = if batch.len() == 1 {
             batch.pop().expect("one")
         } else {
@@ -144,7 +162,20 @@ where
             Format::Json => Message::Text(frame.try_into().expect("the JSON encoder writes UTF-8")),
             Format::Protobuf => Message::Binary(frame),
         };
-        ws.send(msg).await?;
+        let send = ws.send(msg);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                r = &mut send => {
+                    r?;
+                    break;
+                }
+                _ = client.ready() => {
+                    if let Some(d) = client.closing() {
+                        return Ok(Some(d));
+                    }
+                }
+            }
+        }
     }
-    Ok(closing)
 }
