@@ -7,8 +7,8 @@
 #
 # Sections (run in this order):
 #   browser   Debian's chromium (/usr/bin/chromium) + `npm ci` in tests/browser
-#   hub       the real clients of the hub's protocols: `npm ci` in tests/hub (centrifuge-js,
-#             ws, playwright-core) and a virtualenv in tests/hub/python/.venv with
+#   hub       the real clients of the hub's protocols: Debian's chromium, `npm ci` in
+#             tests/hub (centrifuge-js, ws, playwright-core) and a virtualenv in tests/hub/python/.venv with
 #             centrifuge-python and cent from PyPI (tests/hub/python/requirements.txt)
 #   proxies   Debian's tinyproxy (HTTP CONNECT), microsocks (SOCKS5) and nginx (a real
 #             HTTP server's redirects), for crates/volley/tests/{proxy,proxy_env,redirects}.rs
@@ -62,18 +62,24 @@ npm_ci_if_stale() {
 
 # --- sections ------------------------------------------------------------------
 
-install_browser() {
+chromium() {
   if [[ -x /usr/bin/chromium ]]; then
     log "chromium present: /usr/bin/chromium"
   else
     apt_install chromium
     [[ -x /usr/bin/chromium ]] || die "apt-get installed chromium but /usr/bin/chromium is missing"
   fi
+}
+
+install_browser() {
+  chromium
   # playwright-core only drives the browser above; it never downloads one.
   npm_ci_if_stale "$ROOT/tests/browser"
 }
 
 install_hub() {
+  # The chat demo's test runs in Debian's Chromium, as the browser tests do.
+  chromium
   npm_ci_if_stale "$ROOT/tests/hub"
   local venv="$ROOT/tests/hub/python/.venv" req="$ROOT/tests/hub/python/requirements.txt" stamp want
   command -v python3 >/dev/null || die "python3 not found (3.9 or later is required)"

@@ -308,7 +308,20 @@ fn call<'a>(
                 Ok(json!({}))
             }
             "refresh" => {
-                let _p: UserParams = parse(params)?;
+                #[derive(Deserialize)]
+                struct RefreshParams {
+                    user: String,
+                    #[serde(default)]
+                    client: String,
+                    #[serde(default)]
+                    expired: bool,
+                    #[serde(default)]
+                    expire_at: u64,
+                }
+                let p: RefreshParams = parse(params)?;
+                let client = (!p.client.is_empty()).then_some(p.client.as_str());
+                let expire_at = (p.expire_at > 0).then_some(p.expire_at);
+                hub.control_user(&p.user, client, || ControlRequest::Refresh { expired: p.expired, expire_at });
                 Ok(json!({}))
             }
             "presence" => {

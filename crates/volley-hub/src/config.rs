@@ -76,10 +76,6 @@ pub struct ClientConfig {
     /// Offer permessage-deflate (RFC 7692) to WebSocket clients. Off by default: it costs
     /// CPU per connection for every message.
     pub websocket_compression: bool,
-    /// Park a connection (no task, its socket held by a poller) after this long
-    /// without any traffic; 0 never parks.
-    #[serde(with = "duration")]
-    pub park_after: Duration,
 }
 
 impl Default for ClientConfig {
@@ -105,7 +101,6 @@ impl Default for ClientConfig {
             user_subscribe_to_personal: false,
             user_personal_channel_namespace: String::new(),
             websocket_compression: false,
-            park_after: Duration::ZERO,
         }
     }
 }

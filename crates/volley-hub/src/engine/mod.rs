@@ -94,8 +94,17 @@ pub(crate) struct SessionControl {
 
 #[derive(Debug)]
 pub(crate) enum ControlRequest {
-    Subscribe { channel: String },
-    Unsubscribe { channel: String },
+    Subscribe {
+        channel: String,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    /// The API's `refresh`: a new expiry (`None`: never), or expired now.
+    Refresh {
+        expired: bool,
+        expire_at: Option<u64>,
+    },
 }
 
 /// The subscribers of one channel on this node.

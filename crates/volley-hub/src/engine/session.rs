@@ -193,6 +193,14 @@ impl Session {
                         Err(e) => tracing::debug!(error = %e, channel, "server-side subscribe failed"),
                     }
                 }
+                ControlRequest::Refresh { expired, expire_at } => {
+                    if expired {
+                        return Err(Disconnect::EXPIRED);
+                    }
+                    self.expires_at = expire_at;
+                    let (expires, ttl) = ttl(self.expires_at);
+                    self.send(&Reply::Push(Push { channel: String::new(), kind: PushKind::Refresh { expires, ttl } }));
+                }
                 ControlRequest::Unsubscribe { channel } => {
                     if self.subs.contains_key(&channel) {
                         self.remove_sub(&channel).await;
