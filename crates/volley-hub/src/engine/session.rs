@@ -450,7 +450,7 @@ impl Session {
             let allowed = if resolved.private {
                 false
             } else if let Some(users) = &resolved.users {
-                !self.user.is_empty() && users.iter().any(|u| *u == self.user)
+                !self.user.is_empty() && users.contains(&self.user)
             } else {
                 insecure
                     || (self.user.is_empty() && o.allow_subscribe_for_anonymous)
