@@ -96,6 +96,9 @@ impl Default for Shutdown {
     }
 }
 
+/// How long the shutdown waits for the closing handshakes after the last disconnect.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The demo's namespace.
 pub const DEMO_NAMESPACE: &str = "chat";
 
@@ -242,6 +245,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             signal().await;
             tracing::info!(?window, "shutting down: disconnecting clients");
             hub.disconnect_all(volley_hub::protocol::Disconnect::SHUTDOWN, window).await;
+            // Drain: the close frames leave before the process does.
+            let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+            while hub.num_connections() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     };
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())

@@ -70,6 +70,9 @@ pub struct Metrics {
     pub messages_out_total: AtomicU64,
     /// Publications received from the broker.
     pub publications_total: AtomicU64,
+    /// Transport connections open now (a client counts from its handshake to the end
+    /// of its closing handshake, connected or not).
+    pub open_connections: AtomicU64,
     /// Errors returned to clients, by code: see `errors`.
     pub errors: Mutex<HashMap<u32, u64>>,
 }
@@ -181,6 +184,12 @@ impl Hub {
     /// Connected clients on this node.
     pub fn num_clients(&self) -> usize {
         lock(&self.inner.conns).total
+    }
+
+    /// Transport connections still open on this node: [`Hub::num_clients`] counts
+    /// sessions, this counts them until their closing handshake is over.
+    pub fn num_connections(&self) -> usize {
+        self.inner.metrics.open_connections.load(Ordering::Relaxed) as usize
     }
 
     /// Distinct users connected on this node.

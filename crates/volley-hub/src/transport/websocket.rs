@@ -34,6 +34,7 @@ pub async fn serve<S>(hub: Hub, mut ws: WebSocket<S>, format: Format, remote: Op
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let _open = OpenGuard::new(&hub);
     let config = hub.config().client.clone();
     let mut session = Session::new(hub.inner.clone(), format, remote.map(|a| a.ip()));
     let client = session.client.clone();
@@ -103,6 +104,22 @@ where
             ws.close(CloseCode::from(d.code), &d.reason).await
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+}
+
+/// Counts an open transport connection while it lives.
+struct OpenGuard(Hub);
+
+impl OpenGuard {
+    fn new(hub: &Hub) -> Self {
+        hub.metrics().open_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenGuard(hub.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.metrics().open_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

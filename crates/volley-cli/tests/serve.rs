@@ -1,0 +1,148 @@
+//! `volley serve` as a process: its configuration (file, environment, flags, unknown
+//! keys), and its graceful shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Proc;
+use serde_json::json;
+use volley::Message;
+
+fn write_config(text: &str, ext: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("volley-serve-test-{}-{}.{ext}", std::process::id(), rand_suffix()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// Starts `volley serve` with `args`; returns the process and the address it printed.
+fn serve(args: &[&str], env: &[(&str, &str)]) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+    (Proc(child), addr)
+}
+
+/// Runs `volley serve` expecting it to fail at start; returns its stderr.
+fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "it started: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+async fn api(addr: &str, key: &str, method: &str, body: serde_json::Value) -> serde_json::Value {
+    // A plain HTTP/1.1 request on a TCP socket: the test needs no HTTP client.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.to_string();
+    let req = format!(
+        "POST /api/{method} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).unwrap()
+}
+
+#[test]
+fn an_unknown_key_is_an_error_that_names_it_wherever_it_comes_from() {
+    let file = write_config("[client]\nping_intervall = \"10s\"\n", "toml");
+    let err = fails(&["--config", file.to_str().unwrap()], &[]);
+    assert!(err.contains("ping_intervall"), "{err}");
+    let err = fails(&["--set", "channel.namespaces=[{\"name\":\"a\",\"presense\":true}]"], &[]);
+    assert!(err.contains("presense"), "{err}");
+    let err = fails(&[], &[("VOLLEY_CLIENT_PING_INTERVALL", "5s")]);
+    assert!(err.contains("VOLLEY_CLIENT_PING_INTERVALL"), "{err}");
+    let bad = write_config("{\"channel\": {\"namespaces\": [{\"name\": \"x\", \"force_recovery\": true}]}}", "json");
+    let err = fails(&["--config", bad.to_str().unwrap()], &[]);
+    assert!(err.contains("recovery needs history"), "{err}");
+    let _ = std::fs::remove_file(file);
+    let _ = std::fs::remove_file(bad);
+}
+
+#[tokio::test]
+async fn flags_beat_the_environment_which_beats_the_file() {
+    let file = write_config(
+        "[http_api]\nkey = \"from-file\"\n[client]\nallow_anonymous_connect_without_token = true\n",
+        "toml",
+    );
+    let path = file.to_str().unwrap().to_owned();
+    // The file alone.
+    let (_p, addr) = serve(&["--config", &path], &[]);
+    assert!(api(&addr, "from-file", "info", json!({})).await["result"]["nodes"].is_array());
+    // The environment over the file.
+    let (_p, addr) = serve(&["--config", &path], &[("VOLLEY_HTTP_API_KEY", "from-env")]);
+    assert!(api(&addr, "from-env", "info", json!({})).await["result"].is_object());
+    // A flag over both.
+    let (_p, addr) =
+        serve(&["--config", &path, "--set", "http_api.key=from-flag"], &[("VOLLEY_HTTP_API_KEY", "from-env")]);
+    assert!(api(&addr, "from-flag", "info", json!({})).await["result"].is_object());
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test]
+async fn sigterm_disconnects_clients_with_3001_over_the_window_and_exits_0() {
+    let (mut proc, addr) = serve(&["--set", "shutdown.disconnect_window=1s"], &[]);
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let (mut ws, _) = volley::connect(&format!("ws://{addr}/connection/websocket")).await.unwrap();
+        ws.send(Message::text(json!({"id": 1, "connect": {}}).to_string())).await.unwrap();
+        let reply = ws.recv().await.unwrap().unwrap();
+        assert!(reply.into_data().starts_with(b"{\"id\":1,\"connect\""));
+        clients.push(ws);
+    }
+    let started = Instant::now();
+    let pid = proc.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut codes = Vec::new();
+    for mut ws in clients {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await.unwrap() {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    codes.push((u16::from(f.code), f.reason.to_string(), started.elapsed()));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(codes.iter().all(|(c, r, _)| *c == 3001 && r == "shutdown"), "{codes:?}");
+    // Spread over the window, not all at once.
+    let first = codes.iter().map(|c| c.2).min().unwrap();
+    let last = codes.iter().map(|c| c.2).max().unwrap();
+    assert!(last - first >= Duration::from_millis(500), "{first:?}..{last:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
