@@ -28,6 +28,11 @@ enum Command {
     /// Run the hub: a real-time server (channels, presence, history, a server API) that
     /// Centrifugo's client SDKs connect to, with a chat demo at `/`.
     Serve(serve::Args),
+    /// Check a configuration of `volley serve` (file, environment, flags) and exit: 0 if
+    /// it would start, 1 with the reason otherwise.
+    CheckConfig(serve::Args),
+    /// Print the full default configuration of `volley serve`, every key with a comment.
+    DefaultConfig,
     /// Run a WebSocket echo server: every text and binary message is sent back unchanged.
     Echo(echo::Args),
     /// Connect to a WebSocket server: an interactive client, or a pipe for scripts.
@@ -48,6 +53,11 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::CheckConfig(args) => serve::check(args),
+        Command::DefaultConfig => {
+            print!("{}", serve::DEFAULT_CONFIG);
+            Ok(())
+        }
         Command::Echo(args) => echo::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Bench(args) => bench::run(args),

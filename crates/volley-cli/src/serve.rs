@@ -204,6 +204,27 @@ fn set(root: &mut Value, path: &[String], v: Value) {
     }
 }
 
+/// The full default configuration, every key with a comment (`volley default-config`).
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+/// `volley check-config`: loads the configuration as `serve` would and builds the hub
+/// from it (which checks the namespaces and the keys), without listening.
+pub fn check(args: Args) -> anyhow::Result<()> {
+    let config = load(&args)?;
+    let hub_config =
+        HubConfig { client: config.client.clone(), channel: config.channel.clone(), http_api: config.http_api.clone() };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async { Hub::new(hub_config).map(|_| ()) }).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    println!(
+        "configuration ok: listens on {}:{}, {} namespace(s){}",
+        config.http_server.address,
+        config.http_server.port,
+        config.channel.namespaces.len(),
+        if config.demo.enabled { ", the demo at /" } else { "" }
+    );
+    Ok(())
+}
+
 /// Runs the server until SIGTERM or Ctrl-C.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = load(&args)?;
@@ -326,3 +347,40 @@ fn hs256(secret: &str, claims: &Value) -> String {
 
 const DEMO_PAGE: &str = include_str!("../web/index.html");
 const DEMO_CLIENT: &str = include_str!("../web/client.js");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(v: &Value, prefix: &str, out: &mut Vec<String>) {
+        if let Value::Object(m) = v {
+            for (k, v) in m {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                if v.is_object() {
+                    leaves(v, &path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_printed_default_configuration_is_the_default_and_names_every_key() {
+        let parsed: ServeConfig = toml::from_str(DEFAULT_CONFIG).expect("it parses, with no unknown key");
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), serde_json::to_value(ServeConfig::default()).unwrap());
+        let mut keys = Vec::new();
+        leaves(&serde_json::to_value(ServeConfig::default()).unwrap(), "", &mut keys);
+        for key in keys {
+            let name = key.rsplit('.').next().unwrap();
+            let section = key.rsplit_once('.').map_or("", |(s, _)| s);
+            assert!(
+                DEFAULT_CONFIG.contains(&format!("\n{name} = "))
+                    || DEFAULT_CONFIG.contains(&format!("\n# {name} = "))
+                    || DEFAULT_CONFIG.contains(&format!("[{key}]"))
+                    || DEFAULT_CONFIG.contains(&format!("# [{key}]")),
+                "{key} (in [{section}]) is not in default-config.toml"
+            );
+        }
+    }
+}
