@@ -63,12 +63,27 @@ pub struct HttpServer {
     pub address: String,
     /// The port.
     pub port: u16,
+    /// TLS: HTTP/1.1 and HTTP/2 by ALPN on the same port.
+    pub tls: Tls,
 }
 
 impl Default for HttpServer {
     fn default() -> Self {
-        HttpServer { address: "127.0.0.1".into(), port: 8000 }
+        HttpServer { address: "127.0.0.1".into(), port: 8000, tls: Tls::default() }
     }
+}
+
+/// TLS.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// The certificate chain, PEM (leaf first).
+    pub cert_file: String,
+    /// Its private key, PEM.
+    pub key_file: String,
+    /// A self-signed certificate for localhost, 127.0.0.1 and ::1, made at start: for
+    /// development only.
+    pub self_signed: bool,
 }
 
 /// The chat demo.
@@ -254,11 +269,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let secret = config.client.token.hmac_secret_key.clone().unwrap_or_default();
         app = app.merge(demo_routes(secret));
     }
+    let tls = tls_acceptor(&config.http_server.tls)?;
     let addr = format!("{}:{}", config.http_server.address, config.http_server.port);
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     println!("listening on {local}");
-    tracing::info!(%local, demo = config.demo.enabled, "volley serve");
+    tracing::info!(%local, tls = tls.is_some(), demo = config.demo.enabled, "volley serve");
     let shutdown = {
         let hub = hub.clone();
         let window = config.shutdown.disconnect_window;
@@ -273,10 +289,90 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             }
         }
     };
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    match tls {
+        None => {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+        Some(acceptor) => serve_tls(listener, acceptor, app, shutdown).await,
+    }
     Ok(())
+}
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The names a self-signed certificate is valid for.
+const SELF_SIGNED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+fn tls_acceptor(tls: &Tls) -> anyhow::Result<Option<volley::tls::TlsAcceptor>> {
+    use volley::tls::{CertificateDer, PrivateKeyDer};
+    let config = if !tls.cert_file.is_empty() || !tls.key_file.is_empty() {
+        if tls.cert_file.is_empty() || tls.key_file.is_empty() {
+            bail!("http_server.tls: cert_file and key_file go together");
+        }
+        if tls.self_signed {
+            bail!("http_server.tls: self_signed, or cert_file and key_file, not both");
+        }
+        volley::tls::server_config_from_pem(&tls.cert_file, &tls.key_file)
+            .map_err(|e| anyhow::anyhow!("http_server.tls: {e}"))?
+    } else if tls.self_signed {
+        let names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|n| n.to_string()).collect();
+        let generated = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+        let key = PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
+        let cert: CertificateDer<'static> = generated.cert.der().clone();
+        tracing::warn!(names = ?SELF_SIGNED_NAMES, "TLS with a SELF-SIGNED certificate made at start: clients will not trust it unless told to");
+        volley::tls::server_config(vec![cert], key).map_err(|e| anyhow::anyhow!("TLS: {e}"))?
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(volley::tls::TlsAcceptor::from(volley::http::with_h2_alpn(config))))
+}
+
+/// Serves the routes over TLS, HTTP/1.1 or HTTP/2 as each client's ALPN chooses
+/// (WebSockets over HTTP/2 with RFC 8441), until `shutdown` completes.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: volley::tls::TlsAcceptor,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt as _;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().enable_connect_protocol();
+    let builder = std::sync::Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(req)
+            });
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
+    }
 }
 
 async fn signal() {

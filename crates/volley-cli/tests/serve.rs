@@ -118,18 +118,26 @@ async fn sigterm_disconnects_clients_with_3001_over_the_window_and_exits_0() {
     let started = Instant::now();
     let pid = proc.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let mut codes = Vec::new();
-    for mut ws in clients {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await.unwrap() {
-                Some(Ok(Message::Close(Some(f)))) => {
-                    codes.push((u16::from(f.code), f.reason.to_string(), started.elapsed()));
-                    break;
+    // Each client waits for its close in a task of its own, noting when it came.
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await.unwrap() {
+                        Some(Ok(Message::Close(Some(f)))) => {
+                            return (u16::from(f.code), f.reason.to_string(), started.elapsed())
+                        }
+                        Some(Ok(_)) => {}
+                        other => panic!("{other:?}"),
+                    }
                 }
-                Some(Ok(_)) => {}
-                other => panic!("{other:?}"),
-            }
-        }
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for w in waits {
+        codes.push(w.await.unwrap());
     }
     assert!(codes.iter().all(|(c, r, _)| *c == 3001 && r == "shutdown"), "{codes:?}");
     // Spread over the window, not all at once.
@@ -145,4 +153,38 @@ async fn sigterm_disconnects_clients_with_3001_over_the_window_and_exits_0() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn tls_serves_websockets_over_http_1_1_and_http_2_on_one_port() {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = write_config(&generated.cert.pem(), "crt");
+    let key = write_config(&generated.signing_key.serialize_pem(), "key");
+    let (_p, addr) = serve(
+        &[
+            "--set",
+            &format!("http_server.tls.cert_file={}", cert.display()),
+            "--set",
+            &format!("http_server.tls.key_file={}", key.display()),
+        ],
+        &[],
+    );
+    let port = addr.rsplit(':').next().unwrap();
+    let url = format!("wss://localhost:{port}/connection/websocket");
+    let root = volley::tls::CertificateDer::from(generated.cert.der().to_vec());
+    let h1 = volley::ClientBuilder::new(&url).root_certificate(root.clone()).connect().await.unwrap().0;
+    assert_eq!(h1.info().http_version(), axum::http::Version::HTTP_11);
+    hub_connects(h1).await;
+    let h2 = volley::ClientBuilder::new(&url).root_certificate(root).connect_h2().await.unwrap().0;
+    assert_eq!(h2.info().http_version(), axum::http::Version::HTTP_2);
+    hub_connects(h2).await;
+    let _ = std::fs::remove_file(cert);
+    let _ = std::fs::remove_file(key);
+}
+
+/// The hub answers `connect` on this WebSocket.
+async fn hub_connects<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut ws: volley::WebSocket<S>) {
+    ws.send(Message::text(json!({"id": 1, "connect": {}}).to_string())).await.unwrap();
+    let reply = ws.recv().await.unwrap().unwrap().into_data();
+    assert!(reply.starts_with(b"{\"id\":1,\"connect\""), "{reply:?}");
 }
