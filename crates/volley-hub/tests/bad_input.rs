@@ -246,3 +246,20 @@ async fn a_client_that_does_not_read_is_disconnected_with_3008_and_publishing_go
     // The one that never read was cut off at its queue's limit.
     assert_eq!(close_code(&mut ws).await, 3008);
 }
+
+#[tokio::test]
+async fn an_empty_subprotocol_header_is_accepted_as_json() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_hub, addr) = serve(config()).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /connection/websocket HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: \r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = s.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-protocol"), "no subprotocol selected: {head}");
+}
