@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -30,6 +31,8 @@ pub(crate) struct ClientShared {
 #[derive(Debug, Default)]
 struct Outbox {
     items: Vec<Bytes>,
+    /// When the oldest item waiting was queued.
+    since: Option<Instant>,
     bytes: usize,
     limit: usize,
     /// Set once: the client is to be disconnected.
@@ -65,6 +68,9 @@ impl ClientShared {
             return false;
         }
         let first = o.items.is_empty();
+        if first {
+            o.since = Some(Instant::now());
+        }
         o.bytes += item.len();
         o.items.push(item);
         drop(o);
@@ -100,12 +106,13 @@ impl ClientShared {
         self.lock().closing.clone()
     }
 
-    /// Takes what is queued, and the disconnect if one was asked.
-    pub fn take(&self, into: &mut Vec<Bytes>) -> Option<Disconnect> {
+    /// Takes what is queued: the disconnect if one was asked, and when the oldest item
+    /// taken was queued.
+    pub fn take_since(&self, into: &mut Vec<Bytes>) -> (Option<Disconnect>, Option<Instant>) {
         let mut o = self.lock();
         into.append(&mut o.items);
         o.bytes = 0;
-        o.closing.clone()
+        (o.closing.clone(), o.since.take())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
@@ -133,7 +140,7 @@ mod tests {
         assert!(c.push(Bytes::from_static(b"12345")));
         assert!(!c.push(Bytes::from_static(b"1")));
         let mut out = Vec::new();
-        assert_eq!(c.take(&mut out), Some(Disconnect::SLOW));
+        assert_eq!(c.take_since(&mut out).0, Some(Disconnect::SLOW));
         assert!(out.is_empty());
         assert!(!c.push(Bytes::from_static(b"1")), "nothing more is queued");
     }

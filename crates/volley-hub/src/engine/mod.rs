@@ -73,8 +73,50 @@ pub struct Metrics {
     /// Transport connections open now (a client counts from its handshake to the end
     /// of its closing handshake, connected or not).
     pub open_connections: AtomicU64,
-    /// Errors returned to clients, by code: see `errors`.
+    /// Errors returned to clients, by code.
     pub errors: Mutex<HashMap<u32, u64>>,
+    /// Commands received, by method.
+    pub commands: Mutex<HashMap<&'static str, u64>>,
+    /// From a reply or push being queued for a client to its frame being written.
+    pub delivery: Histogram,
+}
+
+/// A histogram with fixed buckets (seconds), for `/metrics`.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, in seconds.
+    pub bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative).
+    pub counts: Box<[AtomicU64]>,
+    /// Observations above the last bound.
+    pub over: AtomicU64,
+    /// The sum of the observations, in microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        const BOUNDS: &[f64] =
+            &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+        Histogram {
+            bounds: BOUNDS,
+            counts: BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            over: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        match self.bounds.iter().position(|b| secs <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// The connected clients of this node, for limits and the server API.

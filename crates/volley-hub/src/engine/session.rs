@@ -239,6 +239,7 @@ impl Session {
     /// Handles one command.
     pub async fn handle(&mut self, cmd: Command) -> Outcome {
         self.hub.metrics.commands_total.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.hub.metrics.commands).entry(cmd.request.method()).or_default() += 1;
         let id = cmd.id;
         if id == 0 {
             // The pong (an empty command), or an old-style ping.

@@ -96,6 +96,26 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The method's name, as the protocol spells it (`"ping"` for an empty command).
+    pub fn method(&self) -> &'static str {
+        match self {
+            Request::None => "ping",
+            Request::Connect(_) => "connect",
+            Request::Subscribe(_) => "subscribe",
+            Request::Unsubscribe { .. } => "unsubscribe",
+            Request::Publish { .. } => "publish",
+            Request::Presence { .. } => "presence",
+            Request::PresenceStats { .. } => "presence_stats",
+            Request::History(_) => "history",
+            Request::Rpc { .. } => "rpc",
+            Request::Send { .. } => "send",
+            Request::Refresh { .. } => "refresh",
+            Request::SubRefresh { .. } => "sub_refresh",
+        }
+    }
+}
+
 /// The parameters of `connect`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConnectRequest {

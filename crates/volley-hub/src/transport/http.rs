@@ -96,6 +96,26 @@ async fn metrics(State(hub): State<Hub>) -> Response {
     for (code, n) in errors {
         let _ = writeln!(s, "volley_hub_errors_total{{code=\"{code}\"}} {n}");
     }
+    let _ = writeln!(s, "# HELP volley_hub_commands_by_method_total Commands received, by method.\n# TYPE volley_hub_commands_by_method_total counter");
+    let mut commands: Vec<_> = lock(&m.commands).iter().map(|(k, v)| (*k, *v)).collect();
+    commands.sort();
+    for (method, n) in commands {
+        let _ = writeln!(s, "volley_hub_commands_by_method_total{{method=\"{method}\"}} {n}");
+    }
+    let h = &m.delivery;
+    let _ = writeln!(
+        s,
+        "# HELP volley_hub_delivery_seconds From a reply or push being queued for a client to its frame being written.\n# TYPE volley_hub_delivery_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (bound, count) in h.bounds.iter().zip(h.counts.iter()) {
+        cumulative += count.load(Ordering::Relaxed);
+        let _ = writeln!(s, "volley_hub_delivery_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += h.over.load(Ordering::Relaxed);
+    let _ = writeln!(s, "volley_hub_delivery_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(s, "volley_hub_delivery_seconds_sum {}", h.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+    let _ = writeln!(s, "volley_hub_delivery_seconds_count {cumulative}");
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
 }
 

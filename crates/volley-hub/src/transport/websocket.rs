@@ -86,7 +86,7 @@ where
                 }
             }
         }
-        match flush(&mut ws, &client, &mut batch).await {
+        match flush(&hub, &mut ws, &client, &mut batch).await {
             Ok(None) => {}
             Ok(Some(d)) => break Some(d),
             Err(_) => break None,
@@ -99,7 +99,7 @@ where
         tracing::debug!(client = %client.id, code = d.code, reason = %d.reason, "disconnecting");
         let closing = async {
             if d != Disconnect::SLOW {
-                flush(&mut ws, &client, &mut batch).await?;
+                flush(&hub, &mut ws, &client, &mut batch).await?;
             }
             ws.close(CloseCode::from(d.code), &d.reason).await
         };
@@ -149,6 +149,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// abandoned as soon as the client is marked to be disconnected (3008 when its queue
 /// overflowed): nothing waits on a slow reader.
 async fn flush<S>(
+    hub: &Hub,
     ws: &mut WebSocket<S>,
     client: &ClientShared,
     batch: &mut Vec<Bytes>,
@@ -157,7 +158,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     loop {
-        let closing = client.take(batch);
+        let (closing, since) = client.take_since(batch);
         if batch.is_empty() || closing.is_some() {
             batch.clear();
             return Ok(closing);
@@ -185,6 +186,9 @@ where
             tokio::select! {
                 r = &mut send => {
                     r?;
+                    if let Some(since) = since {
+                        hub.metrics().delivery.observe(since.elapsed());
+                    }
                     break;
                 }
                 _ = client.ready() => {
