@@ -211,6 +211,9 @@ pub struct ChannelOptions {
     pub allow_user_limited_channels: bool,
     /// Delta formats the channel may use (`fossil`).
     pub allowed_delta_types: Vec<String>,
+    /// A regular expression the channel's name (after `namespace:`) must match in full;
+    /// empty for any (102 otherwise).
+    pub channel_regex: String,
 }
 
 impl Default for ChannelOptions {
@@ -242,6 +245,7 @@ impl Default for ChannelOptions {
             allow_presence_for_anonymous: false,
             allow_user_limited_channels: false,
             allowed_delta_types: Vec::new(),
+            channel_regex: String::new(),
         }
     }
 }

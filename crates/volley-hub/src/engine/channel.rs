@@ -13,6 +13,8 @@ pub(crate) struct Channels {
     config: ChannelConfig,
     without: Arc<ChannelOptions>,
     namespaces: HashMap<String, Arc<ChannelOptions>>,
+    /// Each namespace's `channel_regex`, compiled (by name; "" for no namespace).
+    regexes: HashMap<String, regex::Regex>,
 }
 
 /// A configuration that cannot work.
@@ -52,7 +54,21 @@ impl Channels {
             }
         }
         check_options("", &config.without_namespace)?;
-        Ok(Channels { config: config.clone(), without: Arc::new(config.without_namespace.clone()), namespaces })
+        let mut regexes = HashMap::new();
+        for o in config.namespaces.iter().chain(std::iter::once(&config.without_namespace)) {
+            if !o.channel_regex.is_empty() {
+                let anchored = format!("^(?:{})$", o.channel_regex);
+                let re = regex::Regex::new(&anchored)
+                    .map_err(|e| ConfigError(format!("namespace {:?}: channel_regex: {e}", o.name)))?;
+                regexes.insert(o.name.clone(), re);
+            }
+        }
+        Ok(Channels {
+            config: config.clone(),
+            without: Arc::new(config.without_namespace.clone()),
+            namespaces,
+            regexes,
+        })
     }
 
     /// Resolves a channel's name: 102 for an unknown namespace or a bad name, 106 for
@@ -69,12 +85,17 @@ impl Channels {
         }
         let private = !self.config.private_prefix.is_empty() && channel.starts_with(&self.config.private_prefix);
         let name = if private { &channel[self.config.private_prefix.len()..] } else { channel };
-        let options = match name.split_once(self.config.namespace_boundary.as_str()) {
-            Some((ns, _)) if !self.config.namespace_boundary.is_empty() => {
-                self.namespaces.get(ns).cloned().ok_or(ErrorReply::UNKNOWN_CHANNEL)?
+        let (options, rest) = match name.split_once(self.config.namespace_boundary.as_str()) {
+            Some((ns, rest)) if !self.config.namespace_boundary.is_empty() => {
+                (self.namespaces.get(ns).cloned().ok_or(ErrorReply::UNKNOWN_CHANNEL)?, rest)
             }
-            _ => self.without.clone(),
+            _ => (self.without.clone(), name),
         };
+        if let Some(re) = self.regexes.get(&options.name) {
+            if !re.is_match(rest) {
+                return Err(ErrorReply::UNKNOWN_CHANNEL);
+            }
+        }
         let users = if options.allow_user_limited_channels && !self.config.user_boundary.is_empty() {
             name.rsplit_once(self.config.user_boundary.as_str())
                 .map(|(_, users)| users.split(self.config.user_separator.as_str()).map(str::to_owned).collect())
@@ -121,6 +142,7 @@ mod tests {
             "namespaces": [
                 {"name": "chat", "presence": true},
                 {"name": "dialog", "allow_user_limited_channels": true},
+                {"name": "rooms", "channel_regex": "[a-z]+[0-9]*"},
             ]
         }))
         .unwrap();
@@ -139,6 +161,9 @@ mod tests {
         assert!(c.resolve("chat:a#42").unwrap().users.is_none(), "not allowed in chat");
         assert_eq!(c.resolve(&"x".repeat(256)).unwrap_err(), ErrorReply::LIMIT_EXCEEDED);
         assert_eq!(c.resolve("").unwrap_err(), ErrorReply::BAD_REQUEST);
+        assert!(c.resolve("rooms:lobby7").is_ok());
+        assert_eq!(c.resolve("rooms:Lobby").unwrap_err(), ErrorReply::UNKNOWN_CHANNEL);
+        assert_eq!(c.resolve("rooms:lobby7x").unwrap_err(), ErrorReply::UNKNOWN_CHANNEL, "the whole name must match");
         assert_eq!(c.personal("", "42"), "#42");
         assert_eq!(c.personal("chat", "42"), "chat:#42");
     }
@@ -152,5 +177,8 @@ mod tests {
         assert!(Channels::new(&bad).unwrap_err().0.contains("recovery needs history"));
         let bad: ChannelConfig = serde_json::from_value(serde_json::json!({"namespaces": [{"name": "a b"}]})).unwrap();
         assert!(Channels::new(&bad).is_err());
+        let bad: ChannelConfig =
+            serde_json::from_value(serde_json::json!({"namespaces": [{"name": "a", "channel_regex": "("}]})).unwrap();
+        assert!(Channels::new(&bad).unwrap_err().0.contains("channel_regex"));
     }
 }
