@@ -51,7 +51,7 @@ use volley::tls::rustls::ClientConfig;
 ///
 /// Every field is optional; empty strings count as absent. A verifier with no key at all
 /// refuses every token.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokenConfig {
     /// The secret of HS256, HS384 and HS512 tokens (its UTF-8 bytes, as Centrifugo uses

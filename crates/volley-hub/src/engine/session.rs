@@ -301,6 +301,11 @@ impl Session {
                     self.error(id, ErrorReply::TOKEN_EXPIRED);
                     return Ok(());
                 }
+                Err(TokenError::KeysUnavailable(e)) => {
+                    tracing::warn!(error = %e, "connection token not checked: the keys are unavailable");
+                    self.error(id, ErrorReply::INTERNAL);
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "connection token refused");
                     return Err(Disconnect::INVALID_TOKEN);
@@ -343,7 +348,9 @@ impl Session {
                 }
             };
             let recover = req.subs.get(&channel).cloned().unwrap_or_default();
-            match self.prepare(&channel, &resolved.options, &recover, Bytes::new(), None).await {
+            let chan_info =
+                token.subs.get(&channel).and_then(|o| o.info.clone()).map(protocol::json::one_line).unwrap_or_default();
+            match self.prepare(&channel, &resolved.options, &recover, chan_info, None).await {
                 Ok(p) => prepared.push((channel, p)),
                 Err(e) => {
                     for (ch, p) in prepared {
@@ -432,19 +439,25 @@ impl Session {
                     self.error(id, ErrorReply::TOKEN_EXPIRED);
                     return Ok(());
                 }
+                Err(TokenError::KeysUnavailable(e)) => {
+                    tracing::warn!(error = %e, "subscription token not checked: the keys are unavailable");
+                    self.error(id, ErrorReply::INTERNAL);
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, channel, "subscription token refused");
                     return Err(Disconnect::INVALID_TOKEN);
                 }
             };
-            if token.channel != channel || token.user != self.user {
+            if let Err(e) = token.check(&channel, &self.user, &self.client.id) {
+                tracing::debug!(error = %e, channel, "subscription token for another channel, user or client");
                 return Err(Disconnect::INVALID_TOKEN);
             }
             if token.expire_at.is_some_and(|t| t <= unix_now()) {
                 self.error(id, ErrorReply::TOKEN_EXPIRED);
                 return Ok(());
             }
-            chan_info = token.info.map(protocol::json::one_line).unwrap_or_default();
+            chan_info = token.options.info.map(protocol::json::one_line).unwrap_or_default();
             expires_at = token.expire_at;
         } else {
             let o = &resolved.options;
@@ -693,6 +706,10 @@ impl Session {
                 self.error(id, ErrorReply::TOKEN_EXPIRED);
                 return Ok(());
             }
+            Err(TokenError::KeysUnavailable(_)) => {
+                self.error(id, ErrorReply::INTERNAL);
+                return Ok(());
+            }
             Err(_) => return Err(Disconnect::INVALID_TOKEN),
         };
         if t.user != self.user {
@@ -720,9 +737,13 @@ impl Session {
                 self.error(id, ErrorReply::TOKEN_EXPIRED);
                 return Ok(());
             }
+            Err(TokenError::KeysUnavailable(_)) => {
+                self.error(id, ErrorReply::INTERNAL);
+                return Ok(());
+            }
             Err(_) => return Err(Disconnect::INVALID_TOKEN),
         };
-        if t.channel != channel || t.user != self.user {
+        if t.check(channel, &self.user, &self.client.id).is_err() {
             return Err(Disconnect::INVALID_TOKEN);
         }
         if let Some(s) = self.subs.get_mut(channel) {
@@ -789,10 +810,11 @@ fn insecure_connect(token: &str) -> Result<ConnectToken, TokenError> {
 
 fn insecure_subscribe(token: &str) -> Result<SubscribeToken, TokenError> {
     let c = insecure_claims(token)?;
-    Ok(SubscribeToken {
+    let mut t = SubscribeToken {
         user: c["sub"].as_str().unwrap_or_default().to_owned(),
         channel: c["channel"].as_str().unwrap_or_default().to_owned(),
-        info: c.get("info").map(|v| Bytes::from(v.to_string())),
         ..Default::default()
-    })
+    };
+    t.options.info = c.get("info").map(|v| Bytes::from(v.to_string()));
+    Ok(t)
 }
