@@ -14,6 +14,12 @@ const FORMATS = [
   ['protobuf', CentrifugeProtobuf],
 ];
 
+// Payloads as each format carries them: JSON values, or bytes (here, JSON text).
+const codec = {
+  json: { out: (v) => v, in: (d) => d },
+  protobuf: { out: (v) => new TextEncoder().encode(JSON.stringify(v)), in: (d) => JSON.parse(new TextDecoder().decode(d)) },
+};
+
 let hub;
 before(async () => { hub = await startHub(); });
 after(async () => { await hub?.stop(); });
@@ -31,6 +37,7 @@ async function connected(c) {
 }
 
 for (const [format, Centrifuge] of FORMATS) {
+  const data = codec[format];
   describe(`centrifuge-js over ${format}`, () => {
     test('connects with a JWT, and the connect result carries the client id and the ping interval', async () => {
       const c = client(Centrifuge, { token: token({ sub: 'alice', exp: now() + 3600 }) });
@@ -54,18 +61,18 @@ for (const [format, Centrifuge] of FORMATS) {
       sb.subscribe();
       await sa.ready(5000);
       await sb.ready(5000);
-      await sb.publish({ text: 'hi from bob' });
+      await sb.publish(data.out({ text: 'hi from bob' }));
       await waitFor(() => got.length === 1, 'the publication');
-      assert.deepEqual(got[0].data, { text: 'hi from bob' });
+      assert.deepEqual(data.in(got[0].data), { text: 'hi from bob' });
       assert.equal(got[0].info.user, 'bob');
       const h = await sa.history({ limit: 10 });
       assert.equal(h.publications.length, 1);
-      assert.deepEqual(h.publications[0].data, { text: 'hi from bob' });
+      assert.deepEqual(data.in(h.publications[0].data), { text: 'hi from bob' });
       assert.equal(h.offset, h.publications[0].offset);
       const p = await sa.presence();
       assert.deepEqual(Object.values(p.clients).map((i) => i.user).sort(), ['alice', 'bob']);
       const alice = Object.values(p.clients).find((i) => i.user === 'alice');
-      assert.deepEqual(alice.connInfo, { name: 'Alice' });
+      assert.deepEqual(data.in(alice.connInfo), { name: 'Alice' });
       const s = await sa.presenceStats();
       assert.deepEqual(s, { numClients: 2, numUsers: 2 });
       a.disconnect();
@@ -74,7 +81,7 @@ for (const [format, Centrifuge] of FORMATS) {
 
     test('an RPC without a handler is refused with 104', async () => {
       const c = await connected(client(Centrifuge, { token: token({ sub: 'alice' }) }));
-      await assert.rejects(c.rpc('nothing', {}), (e) => e.code === 104);
+      await assert.rejects(c.rpc('nothing', data.out({})), (e) => e.code === 104);
       c.disconnect();
     });
 
@@ -97,7 +104,7 @@ for (const [format, Centrifuge] of FORMATS) {
       const s = c.newSubscription(ch, { recoverable: true, positioned: true });
       const seen = [];
       const subscribed = [];
-      s.on('publication', (ctx) => seen.push(ctx.data.n));
+      s.on('publication', (ctx) => seen.push(data.in(ctx.data).n));
       s.on('subscribed', (ctx) => subscribed.push(ctx));
       s.subscribe();
       await s.ready(5000);
@@ -125,7 +132,7 @@ for (const [format, Centrifuge] of FORMATS) {
       const s = c.newSubscription(ch, { recoverable: true, positioned: true });
       const seen = [];
       const subscribed = [];
-      s.on('publication', (ctx) => seen.push(ctx.data.n));
+      s.on('publication', (ctx) => seen.push(data.in(ctx.data).n));
       s.on('subscribed', (ctx) => subscribed.push(ctx));
       s.subscribe();
       await s.ready(5000);
@@ -158,7 +165,7 @@ for (const [format, Centrifuge] of FORMATS) {
       await hub.api('publish', { channel: ch, data: { hello: 'carol' } });
       await waitFor(() => pubs.length === 1, 'the server-side publication');
       assert.equal(pubs[0].channel, ch);
-      assert.deepEqual(pubs[0].data, { hello: 'carol' });
+      assert.deepEqual(data.in(pubs[0].data), { hello: 'carol' });
       c.disconnect();
     });
 

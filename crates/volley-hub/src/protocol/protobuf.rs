@@ -1129,7 +1129,8 @@ mod wire {
         pub flag: i64,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    // No derived `PartialEq`: see the impl below.
+    #[derive(Clone, prost::Message)]
     pub struct SubscribeResult {
         #[prost(bool, tag = "1")]
         pub expires: bool,
@@ -1156,6 +1157,17 @@ mod wire {
         /// A numeric channel id for the pushes that follow; never sent here.
         #[prost(int64, tag = "14")]
         pub id: i64,
+    }
+
+    /// Never equal to another value, its own default included: prost leaves a map
+    /// entry's value out when it equals the default, and protobufjs (centrifuge-js)
+    /// decodes a missing message value as `null`, on which it fails. A server-side
+    /// subscription of a channel without positions has an all-default result, so
+    /// `ConnectResult.subs` must write every value.
+    impl PartialEq for SubscribeResult {
+        fn eq(&self, other: &Self) -> bool {
+            std::ptr::eq(self, other)
+        }
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
