@@ -1,8 +1,10 @@
 """centrifuge-python (PyPI) against `volley serve`, over JSON and over Protobuf."""
 
 import asyncio
+import json
 import time
 import unittest
+import urllib.request
 
 from centrifuge import Client, ClientEventHandler, SubscriptionEventHandler
 
@@ -66,12 +68,15 @@ class CentrifugePython(unittest.IsolatedAsyncioTestCase):
         await sa.ready(5)
         await sb.ready(5)
         payload = {"text": "hello", "n": 1}
-        await sb.publish(payload)
+        # Over Protobuf payloads are bytes (here, JSON text); over JSON, JSON values.
+        enc = (lambda v: json.dumps(v).encode()) if protobuf else (lambda v: v)
+        dec = (lambda b: json.loads(b)) if protobuf else (lambda v: v)
+        await sb.publish(enc(payload))
         await wait_for(lambda: len(got.publications) == 1, "the publication")
-        self.assertEqual(got.publications[0].data, payload)
+        self.assertEqual(dec(got.publications[0].data), payload)
         self.assertEqual(got.publications[0].info.user, "bob")
         history = await sa.history(limit=10)
-        self.assertEqual([p.data for p in history.publications], [payload])
+        self.assertEqual([dec(p.data) for p in history.publications], [payload])
         self.assertEqual(history.offset, history.publications[0].offset)
         presence = await sa.presence()
         self.assertEqual(sorted(i.user for i in presence.clients.values()), ["alice", "bob"])
@@ -92,8 +97,6 @@ class CentrifugePython(unittest.IsolatedAsyncioTestCase):
         c = Client(self.hub.url, token=token({"sub": "carol", "channels": [ch]}), use_protobuf=True, events=events)
         await c.connect()
         await c.ready(5)
-        import urllib.request, json
-
         req = urllib.request.Request(
             f"{self.hub.api_url}/publish",
             data=json.dumps({"channel": ch, "data": {"x": 1}}).encode(),
@@ -102,7 +105,7 @@ class CentrifugePython(unittest.IsolatedAsyncioTestCase):
         urllib.request.urlopen(req).read()
         await wait_for(lambda: len(events.publications) == 1, "the server-side publication")
         self.assertEqual(events.publications[0].channel, ch)
-        self.assertEqual(events.publications[0].pub.data, {"x": 1})
+        self.assertEqual(json.loads(events.publications[0].pub.data), {"x": 1})
         await c.disconnect()
 
     async def test_a_forged_token_is_refused_with_3500(self):
