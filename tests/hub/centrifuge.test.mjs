@@ -185,6 +185,25 @@ for (const [format, Centrifuge] of FORMATS) {
       c.disconnect();
     });
 
+    test('fossil deltas: the client decodes every publication, most of them sent as deltas', async () => {
+      const ch = `delta:doc-${format}`;
+      const c = await connected(client(Centrifuge, { token: token({ sub: 'frank' }) }));
+      const s = c.newSubscription(ch, { delta: 'fossil', positioned: true, recoverable: true });
+      const seen = [];
+      s.on('publication', (ctx) => seen.push(data.in(ctx.data)));
+      s.subscribe();
+      await s.ready(5000);
+      const doc = (n) => ({ n, rows: Array.from({ length: 50 }, (_, i) => ({ id: i, name: `row ${i}`, value: i === n % 50 ? n : 0 })) });
+      for (let n = 1; n <= 10; n++) await hub.api('publish', { channel: ch, data: doc(n) });
+      await waitFor(() => seen.length === 10, 'ten publications');
+      assert.deepEqual(seen, Array.from({ length: 10 }, (_, i) => doc(i + 1)));
+      // The client's own counters: the first publication whole, the rest as deltas.
+      assert.equal(s._deltaNumFull, 1);
+      assert.equal(s._deltaNumDelta, 9);
+      assert.ok(s._deltaBytesReceived < s._deltaBytesDecoded / 3, `${s._deltaBytesReceived} bytes for ${s._deltaBytesDecoded}`);
+      c.disconnect();
+    });
+
     test('a forged token is refused with 3500 and the client does not reconnect', async () => {
       const c = client(Centrifuge, { token: token({ sub: 'mallory' }, 'not-the-secret') });
       const d = once(c, 'disconnected');

@@ -49,7 +49,13 @@ export function openNamespace(name, extra = {}) {
 export const DEFAULT_CONFIG = {
   client: { token: { hmac_secret_key: SECRET } },
   http_api: { key: API_KEY },
-  channel: { namespaces: [openNamespace('chat'), openNamespace('small', { history_size: 3 })] },
+  channel: {
+    namespaces: [
+      openNamespace('chat'),
+      openNamespace('small', { history_size: 3 }),
+      openNamespace('delta', { allowed_delta_types: ['fossil'] }),
+    ],
+  },
 };
 
 /** Starts `volley serve` with `config` (merged over DEFAULT_CONFIG's sections). */

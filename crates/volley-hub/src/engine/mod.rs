@@ -168,6 +168,11 @@ struct Sub {
     last: u64,
     /// Publications that arrived while the subscription was being set up.
     buffer: Option<Vec<Arc<Publication>>>,
+    /// Fossil deltas were negotiated: publications go as deltas from the one before when
+    /// the client holds that one (JSON: full payloads as strings).
+    delta: bool,
+    /// The offset of the publication the client holds as its delta base, if any.
+    base: Option<u64>,
 }
 
 impl Hub {
@@ -435,6 +440,7 @@ impl HubInner {
         client: &Arc<ClientShared>,
         positioned: bool,
         join_leave: bool,
+        delta: bool,
     ) -> Result<Pending, ErrorReply> {
         let first = {
             let mut shard = self.shard(channel);
@@ -442,7 +448,15 @@ impl HubInner {
             let first = local.subs.is_empty();
             local.subs.insert(
                 client.seq,
-                Sub { client: client.clone(), join_leave, positioned, last: 0, buffer: Some(Vec::new()) },
+                Sub {
+                    client: client.clone(),
+                    join_leave,
+                    positioned,
+                    last: 0,
+                    buffer: Some(Vec::new()),
+                    delta,
+                    base: None,
+                },
             );
             first
         };
@@ -459,7 +473,16 @@ impl HubInner {
     /// recovered), then what arrived meanwhile after offset `last`, and makes the
     /// subscription live, all under the channel's lock so that no push can come
     /// between them or before the reply.
-    pub(crate) fn go_live(&self, pending: &Pending, first: Option<Bytes>, last: u64, client: &ClientShared) {
+    /// `base` is the offset of the last publication the reply carried, the client's delta
+    /// base when deltas were negotiated.
+    pub(crate) fn go_live(
+        &self,
+        pending: &Pending,
+        first: Option<Bytes>,
+        last: u64,
+        base: Option<u64>,
+        client: &ClientShared,
+    ) {
         let mut shard = self.shard(&pending.channel);
         let Some(sub) = shard.get_mut(&pending.channel).and_then(|l| l.subs.get_mut(&pending.seq)) else {
             return;
@@ -468,6 +491,7 @@ impl HubInner {
             client.push(first);
         }
         sub.last = last;
+        sub.base = base;
         let buffered = sub.buffer.take().unwrap_or_default();
         for p in buffered {
             if sub.positioned {
@@ -480,9 +504,10 @@ impl HubInner {
                 }
                 sub.last = p.offset;
             }
-            match encode_publication(&pending.channel, &p, client.format) {
+            match encode_publication(&pending.channel, &p, client.format, sub.delta) {
                 Some(b) => {
                     client.push(b);
+                    sub.base = Some(p.offset);
                 }
                 None => client.close(Disconnect::INAPPROPRIATE_PROTOCOL),
             }
@@ -512,12 +537,17 @@ impl HubInner {
         }
     }
 
-    fn deliver(&self, channel: &str, publication: Arc<Publication>) {
+    fn deliver(&self, channel: &str, publication: Arc<Publication>, previous: Option<Arc<Publication>>) {
         self.metrics.publications_total.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(channel);
         let Some(local) = shard.get_mut(channel) else { return };
-        let mut json: Option<Option<Bytes>> = None;
-        let mut proto: Option<Bytes> = None;
+        // Each form encoded at most once, and only if a subscriber needs it.
+        let mut plain_json: Option<Option<Bytes>> = None;
+        let mut plain_proto: Option<Bytes> = None;
+        let mut full_json: Option<Option<Bytes>> = None;
+        let mut delta: Option<Option<Publication>> = None;
+        let mut delta_json: Option<Bytes> = None;
+        let mut delta_proto: Option<Bytes> = None;
         let mut sent = 0u64;
         for sub in local.subs.values_mut() {
             if let Some(buffer) = &mut sub.buffer {
@@ -534,14 +564,46 @@ impl HubInner {
                 }
                 sub.last = publication.offset;
             }
-            let bytes = match sub.client.format {
-                Format::Json => {
-                    json.get_or_insert_with(|| encode_publication(channel, &publication, Format::Json)).clone()
-                }
-                Format::Protobuf => Some(
-                    proto
+            // A delta only from the publication the client holds.
+            let as_delta = sub.delta
+                && previous.as_ref().is_some_and(|p| sub.base == Some(p.offset))
+                && delta
+                    .get_or_insert_with(|| {
+                        let prev = previous.as_ref().expect("checked above");
+                        crate::delta::encode_if_smaller(&prev.data, &publication.data).map(|d| Publication {
+                            data: Bytes::from(d),
+                            delta: true,
+                            ..(*publication).clone()
+                        })
+                    })
+                    .is_some();
+            let bytes = match (sub.client.format, sub.delta, as_delta) {
+                (Format::Json, _, true) => Some(
+                    delta_json
                         .get_or_insert_with(|| {
-                            encode_publication(channel, &publication, Format::Protobuf).unwrap_or_default()
+                            let d = delta.as_ref().and_then(Option::as_ref).expect("made above");
+                            encode_publication(channel, d, Format::Json, true).unwrap_or_default()
+                        })
+                        .clone(),
+                ),
+                (Format::Protobuf, _, true) => Some(
+                    delta_proto
+                        .get_or_insert_with(|| {
+                            let d = delta.as_ref().and_then(Option::as_ref).expect("made above");
+                            encode_publication(channel, d, Format::Protobuf, true).unwrap_or_default()
+                        })
+                        .clone(),
+                ),
+                (Format::Json, true, false) => full_json
+                    .get_or_insert_with(|| encode_publication(channel, &publication, Format::Json, true))
+                    .clone(),
+                (Format::Json, false, false) => plain_json
+                    .get_or_insert_with(|| encode_publication(channel, &publication, Format::Json, false))
+                    .clone(),
+                (Format::Protobuf, _, false) => Some(
+                    plain_proto
+                        .get_or_insert_with(|| {
+                            encode_publication(channel, &publication, Format::Protobuf, false).unwrap_or_default()
                         })
                         .clone(),
                 ),
@@ -551,6 +613,7 @@ impl HubInner {
                     if sub.client.push(b) {
                         sent += 1;
                     }
+                    sub.base = Some(publication.offset);
                 }
                 None => sub.client.close(Disconnect::INAPPROPRIATE_PROTOCOL),
             }
@@ -592,15 +655,25 @@ pub(crate) fn encode(reply: &Reply, format: Format) -> Bytes {
 }
 
 /// Encodes a publication's push; `None` when the format cannot carry it (binary data
-/// to a JSON client).
-pub(crate) fn encode_publication(channel: &str, publication: &Publication, format: Format) -> Option<Bytes> {
+/// to a JSON client). `delta_form`: the subscriber negotiated deltas, so on JSON the
+/// payload goes as a string (a delta always does).
+pub(crate) fn encode_publication(
+    channel: &str,
+    publication: &Publication,
+    format: Format,
+    delta_form: bool,
+) -> Option<Bytes> {
     let mut out = BytesMut::with_capacity(64 + channel.len() + publication.data.len());
     match format {
         Format::Json => {
-            if !publication.data.is_empty() && !protocol::json::is_json(&publication.data) {
+            if !publication.delta && !publication.data.is_empty() && !protocol::json::is_json(&publication.data) {
                 return None;
             }
-            protocol::json::encode_publication_push(channel, publication, &mut out)
+            if delta_form {
+                protocol::json::encode_publication_push_as_string(channel, publication, &mut out)
+            } else {
+                protocol::json::encode_publication_push(channel, publication, &mut out)
+            }
         }
         Format::Protobuf => protocol::protobuf::encode_publication_push(channel, publication, &mut out),
     }
@@ -616,10 +689,10 @@ impl BrokerEvents for Events {
         channel: &str,
         publication: Arc<Publication>,
         _position: &StreamPosition,
-        _previous: Option<Arc<Publication>>,
+        previous: Option<Arc<Publication>>,
     ) {
         if let Some(hub) = self.0.upgrade() {
-            hub.deliver(channel, publication);
+            hub.deliver(channel, publication, previous);
         }
     }
 

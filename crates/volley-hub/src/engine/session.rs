@@ -500,9 +500,11 @@ impl Session {
         let recoverable = history && (o.force_recovery || (o.allow_recovery && (req.recoverable || req.recover)));
         let positioned = history && (recoverable || o.force_positioning || (o.allow_positioning && req.positioned));
         let join_leave = o.join_leave && (o.force_push_join_leave || req.join_leave);
-        let pending = self.hub.register(channel, &self.client, positioned, join_leave).await?;
+        // Deltas need positions: the offset names the publication a delta starts from.
+        let delta = positioned && !req.delta.is_empty() && o.allowed_delta_types.contains(&req.delta);
+        let pending = self.hub.register(channel, &self.client, positioned, join_leave, delta).await?;
         let (expires, ttl) = ttl(expires_at);
-        let mut result = SubscribeResult { expires, ttl, recoverable, positioned, ..Default::default() };
+        let mut result = SubscribeResult { expires, ttl, recoverable, positioned, delta, ..Default::default() };
         let mut last = 0;
         if positioned {
             let outcome = if recoverable && req.recover {
@@ -565,8 +567,11 @@ impl Session {
 
     /// Sends the result (`first`, or nothing), makes the subscription live, joins.
     async fn finish(&mut self, channel: String, p: Prepared, first: Bytes) {
+        // The client's delta base: the last publication the result carries (it is not
+        // carried when the result is not sent, as in a server-side subscribe push).
+        let base = if first.is_empty() { None } else { p.result.publications.last().map(|p| p.offset) };
         let first = if first.is_empty() { None } else { Some(first) };
-        self.hub.go_live(&p.pending, first, p.last, &self.client);
+        self.hub.go_live(&p.pending, first, p.last, base, &self.client);
         let o = p.local.options.clone();
         let info = self.info(p.local.chan_info.clone());
         self.subs.insert(channel.clone(), p.local);

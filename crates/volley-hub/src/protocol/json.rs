@@ -276,6 +276,17 @@ pub fn encode_publication_push(channel: &str, publication: &Publication, out: &m
     out.put_slice(b"}}");
 }
 
+/// Appends the push of a publication for a subscriber that negotiated deltas: the
+/// payload as a JSON string (its text), as the clients then expect it, whether a delta
+/// or not.
+pub fn encode_publication_push_as_string(channel: &str, publication: &Publication, out: &mut BytesMut) {
+    out.put_slice(b"{\"push\":{\"channel\":");
+    string(channel, out);
+    out.put_slice(b",\"pub\":");
+    publication_obj_as(publication, true, out);
+    out.put_slice(b"}}");
+}
+
 fn error_obj(e: &ErrorReply, out: &mut BytesMut) {
     let _ = write!(Fmt(out), "{{\"code\":{},\"message\":", e.code);
     string(&e.message, out);
@@ -388,7 +399,14 @@ fn subscribe_obj(r: &SubscribeResult, out: &mut BytesMut) {
     o.str("epoch", &r.epoch);
     if !r.publications.is_empty() {
         o.key("publications");
-        publications_arr(&r.publications, o.out);
+        o.out.put_slice(b"[");
+        for (i, p) in r.publications.iter().enumerate() {
+            if i > 0 {
+                o.out.put_slice(b",");
+            }
+            publication_obj_as(p, r.delta, o.out);
+        }
+        o.out.put_slice(b"]");
     }
     o.flag("recovered", r.recovered);
     o.num("offset", r.offset);
@@ -411,9 +429,15 @@ fn publications_arr(pubs: &[Publication], out: &mut BytesMut) {
 }
 
 fn publication_obj(p: &Publication, out: &mut BytesMut) {
+    publication_obj_as(p, false, out)
+}
+
+/// A publication; `as_string`: its payload as a JSON string (deltas always are).
+fn publication_obj_as(p: &Publication, as_string: bool, out: &mut BytesMut) {
     let mut o = Obj::new(out, "{");
-    if p.delta {
-        // A delta is bytes, not JSON: the clients expect it as a JSON string.
+    if p.delta || as_string {
+        // A delta is bytes, not JSON; with deltas negotiated the clients expect every
+        // payload as a string (the text they build the next one from).
         o.key("data");
         string(&String::from_utf8_lossy(&p.data), o.out);
     } else {
