@@ -43,8 +43,57 @@ pub fn echo_on(port: u16, extra: &[&str]) -> Proc {
     server
 }
 
-/// `volley echo` with `extra` flags on a free port: the process and the port.
+/// `volley echo` with `extra` flags on a port of its own: the process and the port. The
+/// server binds port 0 and the port is read from its log, so no other process can take
+/// the port between a check and the bind.
 pub fn echo_with(extra: &[&str]) -> (Proc, u16) {
-    let port = free_port();
-    (echo_on(port, extra), port)
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("VOLLEY_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let server = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the log to its end, so that the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let plain = strip_ansi(&line);
+            if plain.contains("echo server listening") {
+                if let Some(port) = plain
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok())
+                {
+                    let _ = tx.send(port);
+                }
+            }
+        }
+    });
+    let port = rx.recv_timeout(Duration::from_secs(10)).expect("volley echo logs the address it listens on");
+    wait_for_port(port);
+    (server, port)
+}
+
+/// A log line without its terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... a letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
