@@ -2,13 +2,15 @@
 //! JSON, a command before connect, an unknown method, an oversized command, a
 //! subscription the client may not make, a flood of commands, a slow reader.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::serve;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use volley::{MaybeTlsStream, Message, WebSocket};
-use volley_hub::{Hub, HubConfig};
+use volley_hub::HubConfig;
 
 type Ws = WebSocket<MaybeTlsStream>;
 
@@ -31,15 +33,6 @@ fn config() -> HubConfig {
         "http_api": {"key": "k"},
     }))
     .unwrap()
-}
-
-async fn serve(config: HubConfig) -> (Hub, SocketAddr) {
-    let hub = Hub::new(config).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = volley_hub::router(hub.clone());
-    tokio::spawn(async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await });
-    (hub, addr)
 }
 
 async fn open(addr: SocketAddr) -> Ws {

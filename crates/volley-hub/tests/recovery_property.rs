@@ -7,13 +7,14 @@
 //! when the connection drops are lost to it, as they are to a real client, and must
 //! come back through recovery.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use volley::{MaybeTlsStream, Message, WebSocket};
 use volley_hub::{Hub, HubConfig};
 
@@ -184,12 +185,7 @@ async fn serve() -> (Hub, SocketAddr) {
         }]},
     }))
     .unwrap();
-    let hub = Hub::new(config).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = volley_hub::router(hub.clone());
-    tokio::spawn(async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await });
-    (hub, addr)
+    common::serve(config).await
 }
 
 async fn run(ops: Vec<Op>, case: usize, hub: &Hub, addr: SocketAddr) {

@@ -286,30 +286,52 @@ impl Session {
         Ok(())
     }
 
+    /// A connection token's claims: verified, or only read with `client.insecure`.
+    async fn connect_token(&self, token: &str) -> Result<ConnectToken, TokenError> {
+        if self.hub.config.client.insecure {
+            insecure_connect(token)
+        } else {
+            self.hub.verifier.verify_connect(token).await
+        }
+    }
+
+    /// A subscription token's claims: verified, or only read with `client.insecure`.
+    async fn subscribe_token(&self, token: &str) -> Result<SubscribeToken, TokenError> {
+        if self.hub.config.client.insecure {
+            insecure_subscribe(token)
+        } else {
+            self.hub.sub_verifier.verify_subscribe(token).await
+        }
+    }
+
+    /// What a refused token gets: an expired one 109 (the client gets a new one), one
+    /// that could not be checked 100 (temporary), any other the end of the connection
+    /// with 3500.
+    fn token_refused(&self, id: u32, e: TokenError, kind: &str) -> Outcome {
+        match e {
+            TokenError::Expired => {
+                self.error(id, ErrorReply::TOKEN_EXPIRED);
+                Ok(())
+            }
+            TokenError::KeysUnavailable(e) => {
+                tracing::warn!(error = %e, kind, "token not checked: the keys are unavailable");
+                self.error(id, ErrorReply::INTERNAL);
+                Ok(())
+            }
+            e => {
+                tracing::debug!(error = %e, kind, "token refused");
+                Err(Disconnect::INVALID_TOKEN)
+            }
+        }
+    }
+
     async fn connect(&mut self, id: u32, req: ConnectRequest) -> Outcome {
         let hub = self.hub.clone();
         let c = &hub.config.client;
         let token = if !req.token.is_empty() {
-            let verified = if c.insecure {
-                insecure_connect(&req.token)
-            } else {
-                self.hub.verifier.verify_connect(&req.token).await
-            };
-            match verified {
+            match self.connect_token(&req.token).await {
                 Ok(t) => t,
-                Err(TokenError::Expired) => {
-                    self.error(id, ErrorReply::TOKEN_EXPIRED);
-                    return Ok(());
-                }
-                Err(TokenError::KeysUnavailable(e)) => {
-                    tracing::warn!(error = %e, "connection token not checked: the keys are unavailable");
-                    self.error(id, ErrorReply::INTERNAL);
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "connection token refused");
-                    return Err(Disconnect::INVALID_TOKEN);
-                }
+                Err(e) => return self.token_refused(id, e, "connection"),
             }
         } else if c.allow_anonymous_connect_without_token || c.insecure {
             ConnectToken::default()
@@ -428,26 +450,9 @@ impl Session {
         let mut chan_info = Bytes::new();
         let mut expires_at = None;
         if !req.token.is_empty() {
-            let verified = if insecure {
-                insecure_subscribe(&req.token)
-            } else {
-                self.hub.sub_verifier.verify_subscribe(&req.token).await
-            };
-            let token = match verified {
+            let token = match self.subscribe_token(&req.token).await {
                 Ok(t) => t,
-                Err(TokenError::Expired) => {
-                    self.error(id, ErrorReply::TOKEN_EXPIRED);
-                    return Ok(());
-                }
-                Err(TokenError::KeysUnavailable(e)) => {
-                    tracing::warn!(error = %e, "subscription token not checked: the keys are unavailable");
-                    self.error(id, ErrorReply::INTERNAL);
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, channel, "subscription token refused");
-                    return Err(Disconnect::INVALID_TOKEN);
-                }
+                Err(e) => return self.token_refused(id, e, "subscription"),
             };
             if let Err(e) = token.check(&channel, &self.user, &self.client.id) {
                 tracing::debug!(error = %e, channel, "subscription token for another channel, user or client");
@@ -700,22 +705,9 @@ impl Session {
     }
 
     async fn refresh(&mut self, id: u32, token: &str) -> Outcome {
-        let verified = if self.hub.config.client.insecure {
-            insecure_connect(token)
-        } else {
-            self.hub.verifier.verify_connect(token).await
-        };
-        let t = match verified {
+        let t = match self.connect_token(token).await {
             Ok(t) => t,
-            Err(TokenError::Expired) => {
-                self.error(id, ErrorReply::TOKEN_EXPIRED);
-                return Ok(());
-            }
-            Err(TokenError::KeysUnavailable(_)) => {
-                self.error(id, ErrorReply::INTERNAL);
-                return Ok(());
-            }
-            Err(_) => return Err(Disconnect::INVALID_TOKEN),
+            Err(e) => return self.token_refused(id, e, "connection"),
         };
         if t.user != self.user {
             return Err(Disconnect::INVALID_TOKEN);
@@ -731,22 +723,9 @@ impl Session {
             self.error(id, ErrorReply::PERMISSION_DENIED);
             return Ok(());
         }
-        let verified = if self.hub.config.client.insecure {
-            insecure_subscribe(token)
-        } else {
-            self.hub.sub_verifier.verify_subscribe(token).await
-        };
-        let t = match verified {
+        let t = match self.subscribe_token(token).await {
             Ok(t) => t,
-            Err(TokenError::Expired) => {
-                self.error(id, ErrorReply::TOKEN_EXPIRED);
-                return Ok(());
-            }
-            Err(TokenError::KeysUnavailable(_)) => {
-                self.error(id, ErrorReply::INTERNAL);
-                return Ok(());
-            }
-            Err(_) => return Err(Disconnect::INVALID_TOKEN),
+            Err(e) => return self.token_refused(id, e, "subscription"),
         };
         if t.check(channel, &self.user, &self.client.id).is_err() {
             return Err(Disconnect::INVALID_TOKEN);
