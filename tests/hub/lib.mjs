@@ -47,7 +47,9 @@ export function openNamespace(name, extra = {}) {
 }
 
 export const DEFAULT_CONFIG = {
-  client: { token: { hmac_secret_key: SECRET } },
+  // Idle clients are parked after 50 ms: every scenario runs against clients that are
+  // parked between their steps.
+  client: { token: { hmac_secret_key: SECRET }, park_after: '50ms' },
   http_api: { key: API_KEY },
   channel: {
     namespaces: [

@@ -290,6 +290,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
     match tls {
+        // The WebSocket endpoint on the socket itself, so that idle clients can be
+        // parked; everything else through the router.
+        #[cfg(unix)]
+        None => volley_hub::transport::tcp::serve(hub.clone(), listener, app, shutdown).await,
+        #[cfg(not(unix))]
         None => {
             axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(shutdown)

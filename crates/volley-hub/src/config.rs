@@ -68,6 +68,13 @@ pub struct ClientConfig {
     /// Bytes waiting to be written to one client: a client that does not read and
     /// lets more pile up is disconnected with 3008 (slow).
     pub queue_max_bytes: usize,
+    /// How long a WebSocket client stays idle (nothing received but pongs, nothing
+    /// sent but pings) before its connection is parked: held without a task, in a few
+    /// hundred bytes, until its peer sends something, something is queued for it, or
+    /// its next ping is due. Plain TCP connections served by `transport::tcp` only
+    /// (`volley serve` without TLS). Zero: never parked.
+    #[serde(with = "duration")]
+    pub park_after: Duration,
     /// Subscribe every connected user to their personal channel (`#user` in
     /// `user_personal_channel_namespace`).
     pub user_subscribe_to_personal: bool,
@@ -98,6 +105,7 @@ impl Default for ClientConfig {
             command_rate: 100,
             command_burst: 200,
             queue_max_bytes: 1 << 20,
+            park_after: Duration::from_secs(5),
             user_subscribe_to_personal: false,
             user_personal_channel_namespace: String::new(),
             websocket_compression: false,

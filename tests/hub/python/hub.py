@@ -43,7 +43,9 @@ def namespace(name, **extra):
 
 
 CONFIG = {
-    "client": {"token": {"hmac_secret_key": SECRET}},
+    # Idle clients are parked after 50 ms: the tests run against clients parked
+    # between their steps.
+    "client": {"token": {"hmac_secret_key": SECRET}, "park_after": "50ms"},
     "http_api": {"key": API_KEY},
     "channel": {"namespaces": [namespace("chat")]},
 }

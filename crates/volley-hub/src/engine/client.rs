@@ -5,6 +5,11 @@
 //! bounded in bytes: a client that lets it overflow is marked to be disconnected with
 //! 3008 (slow) and nothing else waits for it. The connection's task takes everything
 //! queued at once and writes it as one frame.
+//!
+//! A client whose connection is parked (held without a task, `volley::park`) has no
+//! task to wake: whatever would wake it (a push, a close, a control request) sends its
+//! parked id to the transport's unparker instead, which takes the connection back and
+//! starts a task for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -37,6 +42,30 @@ struct Outbox {
     limit: usize,
     /// Set once: the client is to be disconnected.
     closing: Option<Disconnect>,
+    /// Set while the connection is parked: its id, and where to send it to be woken.
+    parked: Option<(ParkedId, Unparker)>,
+}
+
+/// Where a parked client's id goes to have its connection taken back and served.
+pub(crate) type Unparker = tokio::sync::mpsc::UnboundedSender<ParkedId>;
+
+/// The id of a parked connection, as the transport's parking names it.
+#[cfg(unix)]
+pub(crate) type ParkedId = volley::park::ParkedId;
+/// No parking here: no connection is ever parked.
+#[cfg(not(unix))]
+pub(crate) type ParkedId = std::convert::Infallible;
+
+/// The client's queue held locked while its connection is being parked: nothing can be
+/// queued in between the check that it is empty and the parking.
+pub(crate) struct IdleGuard<'a>(std::sync::MutexGuard<'a, Outbox>);
+
+impl IdleGuard<'_> {
+    /// Records that the connection is parked as `id`: what would wake its task sends
+    /// `id` to `unparker` instead.
+    pub fn parked(mut self, id: ParkedId, unparker: Unparker) {
+        self.0.parked = Some((id, unparker));
+    }
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(1);
@@ -63,8 +92,7 @@ impl ClientShared {
             o.closing = Some(Disconnect::SLOW);
             o.items.clear();
             o.bytes = 0;
-            drop(o);
-            self.notify.notify_one();
+            self.wake(o);
             return false;
         }
         let first = o.items.is_empty();
@@ -73,11 +101,33 @@ impl ClientShared {
         }
         o.bytes += item.len();
         o.items.push(item);
-        drop(o);
         if first {
-            self.notify.notify_one();
+            self.wake(o);
         }
         true
+    }
+
+    /// Wakes the client's task, or has its parked connection taken back.
+    fn wake(&self, mut o: std::sync::MutexGuard<'_, Outbox>) {
+        let parked = o.parked.take();
+        drop(o);
+        self.notify.notify_one();
+        if let Some((id, unparker)) = parked {
+            // The unparker is gone only when the server stopped.
+            let _ = unparker.send(id);
+        }
+    }
+
+    /// The queue, locked, if nothing is queued and no disconnect is asked: the
+    /// connection may be parked while the guard is held.
+    pub fn idle(&self) -> Option<IdleGuard<'_>> {
+        let o = self.lock();
+        (o.items.is_empty() && o.closing.is_none()).then_some(IdleGuard(o))
+    }
+
+    /// Forgets the parked id: the connection has a task again.
+    pub fn unparked(&self) {
+        self.lock().parked = None;
     }
 
     /// Marks the client to be disconnected (the first reason wins); what was queued is
@@ -87,13 +137,12 @@ impl ClientShared {
         if o.closing.is_none() {
             o.closing = Some(d);
         }
-        drop(o);
-        self.notify.notify_one();
+        self.wake(o);
     }
 
     /// Wakes the client's task without queueing anything (it has a request to apply).
     pub fn push_wake(&self) {
-        self.notify.notify_one();
+        self.wake(self.lock());
     }
 
     /// Waits until something is queued or the client is marked to close.

@@ -73,6 +73,10 @@ pub struct Metrics {
     /// Transport connections open now (a client counts from its handshake to the end
     /// of its closing handshake, connected or not).
     pub open_connections: AtomicU64,
+    /// Connections parked now (idle, held without a task).
+    pub parked_connections: AtomicU64,
+    /// Times a connection was parked.
+    pub parks_total: AtomicU64,
     /// Errors returned to clients, by code.
     pub errors: Mutex<HashMap<u32, u64>>,
     /// Commands received, by method.

@@ -78,10 +78,16 @@ async fn metrics(State(hub): State<Hub>) -> Response {
     gauge("users", "Distinct connected users.", hub.num_users() as u64);
     gauge("subscriptions", "Subscriptions of connected clients.", hub.num_subscriptions() as u64);
     gauge("channels", "Channels with subscribers on this node.", hub.channels().len() as u64);
+    gauge(
+        "parked_connections",
+        "WebSocket connections parked now (idle, held without a task).",
+        m.parked_connections.load(Ordering::Relaxed),
+    );
     let mut counter = |name: &str, help: &str, v: u64| {
         let _ = writeln!(s, "# HELP volley_hub_{name} {help}\n# TYPE volley_hub_{name} counter\nvolley_hub_{name} {v}");
     };
     counter("connections_total", "Connections accepted.", m.connections_total.load(Ordering::Relaxed));
+    counter("parks_total", "Times an idle connection was parked.", m.parks_total.load(Ordering::Relaxed));
     counter("commands_total", "Commands received.", m.commands_total.load(Ordering::Relaxed));
     counter(
         "messages_out_total",

@@ -2,4 +2,6 @@
 //! a session and writes the session's queue back.
 
 pub mod http;
+#[cfg(unix)]
+pub mod tcp;
 pub mod websocket;

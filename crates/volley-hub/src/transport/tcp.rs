@@ -1,0 +1,330 @@
+//! The hub on plain TCP, with idle clients parked.
+//!
+//! [`serve`] accepts TCP connections and looks at each request's first line without
+//! reading it: a `GET /connection/websocket` is answered by Volley's handshake on the
+//! socket itself, so the connection stays a `WebSocket<TcpStream>` that can be parked
+//! (`volley::park`) when its client is idle; every other request (the server API, the
+//! health and metrics routes, the application's own) goes to the axum router through
+//! hyper, HTTP/1.1 or HTTP/2.
+//!
+//! A client is parked once it has been idle for `client.park_after`: nothing received
+//! but pongs, nothing sent but pings, no pong awaited, nothing queued. Parked, it costs
+//! its session and the socket's protocol state, without a task. It is taken back and
+//! served by a task again when its peer sends anything, when something is queued for
+//! it (a publication, a join, a disconnect, a server-side subscribe), or when its next
+//! ping or expiry check is due.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use volley::park::{ParkError, ParkedId, Parking};
+use volley::{Rejection, ServerBuilder, WebSocket};
+
+use super::http::origin_allowed;
+use super::websocket::{self, Conn, Exit, PROTOBUF_SUBPROTOCOL};
+use crate::engine::{lock, Hub};
+
+/// The path of the WebSocket endpoint, as it starts a request line.
+const WS_REQUEST_LINE: &[u8] = b"GET /connection/websocket";
+
+/// How long a new connection may take to send the start of its request line.
+const REQUEST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long to wait before trying again to park a connection that was not quiescent
+/// (a write the socket had not taken yet).
+const PARK_RETRY: Duration = Duration::from_millis(100);
+
+/// Serves the hub's WebSocket endpoint (with parking, when `client.park_after` is not
+/// zero) and `app` (typically [`router`](super::http::router), merged with the
+/// application's own routes) on `listener`, until `shutdown` completes.
+///
+/// `app` still gets `/connection/websocket` requests that are not plain `GET`s of that
+/// path on HTTP/1.1 (an HTTP/2 extended CONNECT, say) and serves them without parking.
+pub async fn serve(hub: Hub, listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+    let parker = match hub.config().client.park_after {
+        d if d.is_zero() => None,
+        after => match Parker::start(&hub, after) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "parking unavailable: idle clients keep a task each");
+                None
+            }
+        },
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http2().enable_connect_protocol();
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, typically: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let (hub, parker, app, builder) = (hub.clone(), parker.clone(), app.clone(), builder.clone());
+        tokio::spawn(async move {
+            match websocket_request(&tcp).await {
+                Ok(true) => accept_websocket(hub, tcp, peer, parker).await,
+                Ok(false) => serve_http(tcp, peer, app, &builder).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "no request"),
+            }
+        });
+    }
+}
+
+/// Whether the connection's request is a `GET` of the WebSocket endpoint, from its
+/// first bytes, left unread.
+async fn websocket_request(tcp: &TcpStream) -> std::io::Result<bool> {
+    let deadline = Instant::now() + REQUEST_LINE_TIMEOUT;
+    let mut head = [0u8; WS_REQUEST_LINE.len() + 1];
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut head))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line"))??;
+        if n == head.len() {
+            return Ok(head.starts_with(WS_REQUEST_LINE) && matches!(head[n - 1], b' ' | b'?'));
+        }
+        if n == 0 || !WS_REQUEST_LINE.starts_with(&head[..n]) {
+            // Closed, or another request: hyper answers (or sees the end).
+            return Ok(false);
+        }
+        // The start of the line came alone: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Serves an HTTP connection with the axum router.
+async fn serve_http(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    use tower::ServiceExt as _;
+    let _ = tcp.set_nodelay(true);
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        app.clone().oneshot(req)
+    });
+    if let Err(e) = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), service).await {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}
+
+/// Runs the WebSocket handshake on the socket (with the Origin check), then serves the
+/// client, parking it when idle.
+async fn accept_websocket(hub: Hub, tcp: TcpStream, peer: SocketAddr, parker: Option<Arc<Parker>>) {
+    let c = &hub.config().client;
+    let mut config = volley::Config::default()
+        .max_message_size(c.max_command_size)
+        .max_frame_size(c.max_command_size)
+        .protocols([PROTOBUF_SUBPROTOCOL]);
+    if !c.websocket_compression {
+        config = config.deflate(None);
+    }
+    let checker = hub.clone();
+    let accepted = ServerBuilder::new()
+        .config(config)
+        .hook(move |req, _resp| match req.origin() {
+            Some(origin) if !origin_allowed(origin, req.header("host"), &checker.config().client.allowed_origins) => {
+                tracing::debug!(origin, "origin not allowed");
+                Err(Rejection::new(403).body("origin not allowed\n"))
+            }
+            _ => Ok(()),
+        })
+        .accept_tcp(tcp)
+        .await;
+    let mut ws = match accepted {
+        Ok(ws) => ws,
+        Err(e) => return tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+    };
+    let format = websocket::format_of(ws.protocol(), ws.info().query());
+    // Everything needed from the request was read: its headers would cost memory as
+    // long as the client stays.
+    ws.drop_request_headers();
+    let conn = Conn::new(&hub, format, Some(peer));
+    match parker {
+        Some(parker) => serve_parkable(hub, parker, ws, conn).await,
+        None => {
+            let _ = websocket::run(&hub, ws, conn, None).await;
+        }
+    }
+}
+
+/// Serves a client until it ends or is parked.
+async fn serve_parkable(hub: Hub, parker: Arc<Parker>, mut ws: WebSocket<TcpStream>, mut conn: Conn) {
+    loop {
+        let (back, c) = match websocket::run(&hub, ws, conn, Some(parker.after)).await {
+            Exit::Done => return,
+            Exit::Idle(back, c) => (back, c),
+        };
+        let client = c.session.client.clone();
+        // The queue stays locked until the connection is parked and its id recorded:
+        // whatever is queued meanwhile finds the id and has it taken back.
+        let Some(idle) = client.idle() else {
+            (ws, conn) = (back, c);
+            continue;
+        };
+        let wake_at = c.wake_at(&hub);
+        // Counted before: once parked, it may be woken (and uncounted) at once.
+        hub.metrics().parked_connections.fetch_add(1, Relaxed);
+        match parker.parking.park(back, c) {
+            Ok(id) => {
+                idle.parked(id, parker.unpark.clone());
+                hub.metrics().parks_total.fetch_add(1, Relaxed);
+                if let Some(at) = wake_at {
+                    parker.wake_at(at, id);
+                }
+                return;
+            }
+            Err(ParkError::Busy(back, mut c)) => {
+                drop(idle);
+                hub.metrics().parked_connections.fetch_sub(1, Relaxed);
+                c.park_in(PARK_RETRY);
+                (ws, conn) = (back, c);
+            }
+            Err(ParkError::Io(e, mut c)) => {
+                drop(idle);
+                hub.metrics().parked_connections.fetch_sub(1, Relaxed);
+                tracing::debug!(error = %e, "parking failed: connection lost");
+                c.session.close().await;
+                return;
+            }
+        }
+    }
+}
+
+/// The parking of idle clients, and what takes them back.
+struct Parker {
+    parking: Parking<Conn>,
+    after: Duration,
+    /// Where a parked client's id is sent when something is queued for it.
+    unpark: mpsc::UnboundedSender<ParkedId>,
+    /// When parked clients must be taken back whatever their peers do (pings, expiry).
+    schedule: Mutex<BinaryHeap<Reverse<Due>>>,
+    /// Wakes the scheduler when an earlier deadline was added.
+    rescheduled: Notify,
+}
+
+/// A parked connection's deadline; ordered by time alone.
+struct Due(Instant, ParkedId);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl Parker {
+    /// The parking and its three tasks: one serves the connections whose peers sent
+    /// something, one those that something was queued for, one those whose deadline
+    /// came.
+    fn start(hub: &Hub, after: Duration) -> std::io::Result<Arc<Parker>> {
+        let (unpark, mut unparked) = mpsc::unbounded_channel();
+        let parker = Arc::new(Parker {
+            parking: Parking::new()?,
+            after,
+            unpark,
+            schedule: Mutex::new(BinaryHeap::new()),
+            rescheduled: Notify::new(),
+        });
+        let (p, h) = (parker.clone(), hub.clone());
+        tokio::spawn(async move {
+            loop {
+                match p.parking.woken().await {
+                    Ok((ws, conn)) => {
+                        h.metrics().parked_connections.fetch_sub(1, Relaxed);
+                        tokio::spawn(serve_parkable(h.clone(), p.clone(), ws, conn));
+                    }
+                    Err(e) => return tracing::error!(error = %e, "the parking stopped"),
+                }
+            }
+        });
+        let (p, h) = (parker.clone(), hub.clone());
+        tokio::spawn(async move {
+            while let Some(id) = unparked.recv().await {
+                p.take(&h, id);
+            }
+        });
+        // Deadlines of clients taken back earlier (their peer spoke) stay in the heap
+        // until they come; a client parks at most once per `park_after`, so the heap
+        // holds a few entries per client at most.
+        let (p, h) = (parker.clone(), hub.clone());
+        tokio::spawn(async move {
+            loop {
+                let rescheduled = p.rescheduled.notified();
+                tokio::pin!(rescheduled);
+                rescheduled.as_mut().enable();
+                let (due, next) = {
+                    let mut schedule = lock(&p.schedule);
+                    let now = Instant::now();
+                    let mut due = Vec::new();
+                    while schedule.peek().is_some_and(|Reverse(d)| d.0 <= now) {
+                        due.push(schedule.pop().expect("peeked").0 .1);
+                    }
+                    (due, schedule.peek().map(|Reverse(d)| d.0))
+                };
+                for id in due {
+                    p.take(&h, id);
+                }
+                match next {
+                    Some(at) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at) => {}
+                            _ = rescheduled => {}
+                        }
+                    }
+                    None => rescheduled.await,
+                }
+            }
+        });
+        tracing::info!(after = ?after, "parking idle clients");
+        Ok(parker)
+    }
+
+    /// Takes a parked client back, if it still is, and serves it.
+    fn take(self: &Arc<Self>, hub: &Hub, id: ParkedId) {
+        if let Some((ws, conn)) = self.parking.take(id) {
+            hub.metrics().parked_connections.fetch_sub(1, Relaxed);
+            tokio::spawn(serve_parkable(hub.clone(), self.clone(), ws, conn));
+        }
+    }
+
+    /// Has the parked client `id` taken back at `at`.
+    fn wake_at(&self, at: Instant, id: ParkedId) {
+        let mut schedule = lock(&self.schedule);
+        let earliest = schedule.peek().is_none_or(|Reverse(d)| at < d.0);
+        schedule.push(Reverse(Due(at, id)));
+        drop(schedule);
+        if earliest {
+            self.rescheduled.notify_one();
+        }
+    }
+}
