@@ -2,6 +2,7 @@
 //! codes; each subcommand lives in its own module.
 
 mod bench;
+mod centrifugo;
 mod connect;
 mod echo;
 mod serve;

@@ -7,6 +7,10 @@
 //! are the demo's: anonymous clients may use the `chat` namespace, and nothing else.
 //! An unknown key is an error that names it. A server API key that is not set is
 //! generated and printed at start.
+//!
+//! The file may also be a Centrifugo v6 configuration (JSON, YAML or TOML): it is
+//! translated into Volley's (the `centrifugo` module), the keys Volley ignores are named
+//! in one warning at start, and the environment and flags apply to the result.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,12 +26,19 @@ use serde_json::{json, Value};
 use volley_hub::config::{duration, ChannelConfig, ChannelOptions, ClientConfig, HttpApiConfig};
 use volley_hub::{Hub, HubConfig};
 
+use crate::centrifugo::{self, ConfigFormat};
+
 /// Arguments of `volley serve`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The configuration file (TOML; JSON if it ends in .json).
+    /// The configuration file: Volley's (TOML; JSON if it ends in .json), or Centrifugo
+    /// v6's (JSON, YAML or TOML), told apart as --config-format says.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// What the file of --config holds. auto: Centrifugo's if it is YAML or has a key
+    /// only Centrifugo v6 has (log, engine, client.queue_max_size, ...), Volley's otherwise.
+    #[arg(long, value_enum, default_value_t = ConfigFormat::Auto)]
+    pub config_format: ConfigFormat,
     /// Address to listen on (overrides `http_server.address` and `http_server.port`).
     #[arg(long)]
     pub listen: Option<String>,
@@ -81,6 +92,11 @@ pub struct Tls {
     pub cert_file: String,
     /// Its private key, PEM.
     pub key_file: String,
+    /// The certificate chain as Centrifugo's `cert_pem` reads it: PEM text, its base64,
+    /// or a file's path (instead of `cert_file`).
+    pub cert_pem: String,
+    /// The private key the same way (instead of `key_file`).
+    pub key_pem: String,
     /// A self-signed certificate for localhost, 127.0.0.1 and ::1, made at start: for
     /// development only.
     pub self_signed: bool,
@@ -135,20 +151,48 @@ fn demo_namespace() -> ChannelOptions {
     }
 }
 
-/// Loads the configuration: defaults, file, environment, flags.
-pub fn load(args: &Args) -> anyhow::Result<ServeConfig> {
-    let mut value = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            if path.extension().is_some_and(|e| e == "json") {
-                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?
-            } else {
-                let t: toml::Value =
-                    toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
-                serde_json::to_value(t)?
-            }
+/// The configuration as `serve` and `check-config` use it.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: ServeConfig,
+    /// When the file was a Centrifugo configuration: why it was read as one.
+    pub centrifugo: Option<String>,
+    /// The keys of the Centrifugo configuration Volley ignores, by their dotted paths.
+    pub ignored: Vec<String>,
+}
+
+/// Reads the file of `--config` into a tree, and translates it when it is Centrifugo's.
+fn read_file(path: &std::path::Path, format: ConfigFormat) -> anyhow::Result<(Value, Option<String>, Vec<String>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let yaml = ext == "yml" || ext == "yaml";
+    let tree: Value = if yaml {
+        centrifugo::yaml_to_json(&text).with_context(|| path.display().to_string())?
+    } else if ext == "json" {
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?
+    } else {
+        let t: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+        serde_json::to_value(t)?
+    };
+    match centrifugo::detect(format, yaml, &tree).with_context(|| path.display().to_string())? {
+        None => Ok((tree, None, Vec::new())),
+        Some(why) => {
+            let t = centrifugo::translate(&tree).with_context(|| path.display().to_string())?;
+            Ok((t.config, Some(why), t.ignored))
         }
-        None => json!({ "demo": { "enabled": true }, "client": { "allow_anonymous_connect_without_token": true } }),
+    }
+}
+
+/// Loads the configuration: defaults, file, environment, flags.
+pub fn load(args: &Args) -> anyhow::Result<Loaded> {
+    let (mut value, centrifugo, ignored) = match &args.config {
+        Some(path) => read_file(path, args.config_format)?,
+        None => (
+            json!({ "demo": { "enabled": true }, "client": { "allow_anonymous_connect_without_token": true } }),
+            None,
+            Vec::new(),
+        ),
     };
     let paths = key_paths();
     for (name, v) in std::env::vars() {
@@ -178,7 +222,7 @@ pub fn load(args: &Args) -> anyhow::Result<ServeConfig> {
     if config.demo.enabled && !config.channel.namespaces.iter().any(|n| n.name == DEMO_NAMESPACE) {
         config.channel.namespaces.push(demo_namespace());
     }
-    Ok(config)
+    Ok(Loaded { config, centrifugo, ignored })
 }
 
 /// Every key's path, from the default configuration (leaves and sections both).
@@ -223,13 +267,15 @@ fn set(root: &mut Value, path: &[String], v: Value) {
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 
 /// `volley check-config`: loads the configuration as `serve` would and builds the hub
-/// from it (which checks the namespaces and the keys), without listening.
+/// from it (which checks the namespaces and the keys) and its TLS configuration, without
+/// listening. A Centrifugo configuration's ignored keys are listed.
 pub fn check(args: Args) -> anyhow::Result<()> {
-    let config = load(&args)?;
+    let Loaded { config, centrifugo, ignored } = load(&args)?;
     let hub_config =
         HubConfig { client: config.client.clone(), channel: config.channel.clone(), http_api: config.http_api.clone() };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async { Hub::new(hub_config).map(|_| ()) }).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    tls_acceptor(&config.http_server.tls)?;
     println!(
         "configuration ok: listens on {}:{}, {} namespace(s){}",
         config.http_server.address,
@@ -237,12 +283,33 @@ pub fn check(args: Args) -> anyhow::Result<()> {
         config.channel.namespaces.len(),
         if config.demo.enabled { ", the demo at /" } else { "" }
     );
+    if let Some(why) = centrifugo {
+        println!("read as a Centrifugo v6 configuration ({why})");
+        if ignored.is_empty() {
+            println!("every key is supported");
+        } else {
+            println!("ignored, Volley does not support them ({}):", ignored.len());
+            for key in &ignored {
+                println!("  {key}");
+            }
+        }
+    }
     Ok(())
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = load(&args)?;
+    let Loaded { mut config, centrifugo, ignored } = load(&args)?;
+    if let Some(why) = centrifugo {
+        tracing::info!(reason = %why, "read as a Centrifugo v6 configuration");
+        if !ignored.is_empty() {
+            tracing::warn!(
+                count = ignored.len(),
+                "keys of the Centrifugo configuration that Volley does not support and ignores: {}",
+                ignored.join(", ")
+            );
+        }
+    }
     if config.http_api.key.is_empty() {
         config.http_api.key = random_key();
         eprintln!("volley serve: http_api.key was not set; this run's key: {}", config.http_api.key);
@@ -312,16 +379,36 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SELF_SIGNED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 fn tls_acceptor(tls: &Tls) -> anyhow::Result<Option<volley::tls::TlsAcceptor>> {
+    use volley::tls::rustls::pki_types::pem::PemObject;
     use volley::tls::{CertificateDer, PrivateKeyDer};
-    let config = if !tls.cert_file.is_empty() || !tls.key_file.is_empty() {
+    let files = !tls.cert_file.is_empty() || !tls.key_file.is_empty();
+    let pems = !tls.cert_pem.is_empty() || !tls.key_pem.is_empty();
+    if files && pems {
+        bail!("http_server.tls: cert_file and key_file, or cert_pem and key_pem, not both");
+    }
+    if (files || pems) && tls.self_signed {
+        bail!("http_server.tls: self_signed, or a certificate and its key, not both");
+    }
+    let config = if files {
         if tls.cert_file.is_empty() || tls.key_file.is_empty() {
             bail!("http_server.tls: cert_file and key_file go together");
         }
-        if tls.self_signed {
-            bail!("http_server.tls: self_signed, or cert_file and key_file, not both");
-        }
         volley::tls::server_config_from_pem(&tls.cert_file, &tls.key_file)
             .map_err(|e| anyhow::anyhow!("http_server.tls: {e}"))?
+    } else if pems {
+        if tls.cert_pem.is_empty() || tls.key_pem.is_empty() {
+            bail!("http_server.tls: cert_pem and key_pem go together");
+        }
+        let cert = load_pem(&tls.cert_pem).context("http_server.tls.cert_pem")?;
+        let key = load_pem(&tls.key_pem).context("http_server.tls.key_pem")?;
+        let certs = CertificateDer::pem_slice_iter(&cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("http_server.tls.cert_pem: {e}"))?;
+        if certs.is_empty() {
+            bail!("http_server.tls.cert_pem: no certificate in it");
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| anyhow::anyhow!("http_server.tls.key_pem: {e}"))?;
+        volley::tls::server_config(certs, key).map_err(|e| anyhow::anyhow!("http_server.tls: {e}"))?
     } else if tls.self_signed {
         let names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|n| n.to_string()).collect();
         let generated = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
@@ -333,6 +420,28 @@ fn tls_acceptor(tls: &Tls) -> anyhow::Result<Option<volley::tls::TlsAcceptor>> {
         return Ok(None);
     };
     Ok(Some(volley::tls::TlsAcceptor::from(volley::http::with_h2_alpn(config))))
+}
+
+/// PEM data as Centrifugo reads its `cert_pem` and `key_pem`: PEM text, the base64 of PEM
+/// text, or the path of a file that holds PEM text (checked in that order).
+fn load_pem(value: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    const BEGIN: &[u8] = b"-----BEGIN ";
+    let has_pem = |b: &[u8]| b.windows(BEGIN.len()).any(|w| w == BEGIN);
+    if has_pem(value.as_bytes()) {
+        return Ok(value.as_bytes().to_vec());
+    }
+    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(value.trim()) {
+        if has_pem(&decoded) {
+            return Ok(decoded);
+        }
+    }
+    let bytes = std::fs::read(value)
+        .map_err(|e| anyhow::anyhow!("not PEM text, nor its base64, nor a file that can be read ({value}: {e})"))?;
+    if !has_pem(&bytes) {
+        bail!("{value}: no PEM data in the file");
+    }
+    Ok(bytes)
 }
 
 /// Serves the routes over TLS, HTTP/1.1 or HTTP/2 as each client's ALPN chooses

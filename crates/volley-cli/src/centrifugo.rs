@@ -1,0 +1,1083 @@
+//! Centrifugo v6 configuration files for `volley serve`: which files are Centrifugo's, and
+//! their translation into Volley's configuration tree.
+//!
+//! A Centrifugo file is read unchanged. Every key Volley supports is translated (renamed,
+//! its durations converted); every key it does not support is collected by its full dotted
+//! path and reported in one warning, not refused. The keys whose loss would weaken
+//! security (a token check, client certificates, a backend's veto over a permission the
+//! namespace also grants) are refused with the reason instead.
+//!
+//! Which keys are reported: a key is ignored silently when ignoring it changes nothing,
+//! that is when its value is Centrifugo's "off" (`false`, `0`, `""`, `[]`, `{}`, `null`), when
+//! it sits in an object whose `enabled` is `false`, or when it names what Volley does
+//! anyway (`engine.type = "memory"`, `websocket.handler_prefix = "/connection/websocket"`,
+//! ...). Every other key Volley does not support is reported.
+//!
+//! Which files are Centrifugo's ([`detect`]): YAML files (`.yml`, `.yaml`: Volley's own
+//! configuration is TOML or JSON), and TOML or JSON files that hold a key Centrifugo v6 has
+//! and Volley's configuration does not ([`centrifugo_marker`]). `--config-format` overrides.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use serde_json::{json, Map, Number, Value};
+use volley_hub::config::duration;
+
+/// Which configuration a `--config` file holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConfigFormat {
+    /// Centrifugo's if it is YAML or has a key only Centrifugo v6 has; Volley's otherwise.
+    #[default]
+    Auto,
+    /// Volley's own configuration (TOML, or JSON if it ends in `.json`).
+    Volley,
+    /// A Centrifugo v6 configuration (JSON, YAML or TOML by its extension).
+    Centrifugo,
+}
+
+/// A Centrifugo configuration translated into Volley's.
+#[derive(Debug)]
+pub struct Translation {
+    /// Volley's configuration tree, as `ServeConfig` reads it.
+    pub config: Value,
+    /// The keys Volley does not support, by their full dotted path, sorted. A namespace's
+    /// keys are named `channel.namespaces[NAME].key`.
+    pub ignored: Vec<String>,
+}
+
+/// Centrifugo's default of `client.recovery_max_publication_limit`.
+const RECOVERY_MAX_PUBLICATION_LIMIT: u64 = 300;
+
+/// The address Centrifugo binds when `http_server.address` is empty: every interface.
+const ALL_INTERFACES: &str = "0.0.0.0";
+
+/// The sections of Volley's configuration (the top-level keys of `ServeConfig`).
+const VOLLEY_SECTIONS: [&str; 6] = ["http_server", "client", "channel", "http_api", "demo", "shutdown"];
+
+/// The top-level sections of a Centrifugo v6 configuration that Volley's has not.
+const CENTRIFUGO_SECTIONS: &[&str] = &[
+    "log",
+    "engine",
+    "broker",
+    "presence_manager",
+    "map_broker",
+    "controller",
+    "shared_poll",
+    "rpc",
+    "proxies",
+    "grpc_api",
+    "consumers",
+    "websocket",
+    "sse",
+    "http_stream",
+    "webtransport",
+    "uni_sse",
+    "uni_http_stream",
+    "uni_websocket",
+    "uni_grpc",
+    "emulation",
+    "admin",
+    "prometheus",
+    "health",
+    "swagger",
+    "debug",
+    "dev",
+    "init",
+    "opentelemetry",
+    "graphite",
+    "usage_stats",
+    "node",
+    "pid_file",
+    "enable_unreleased_features",
+];
+
+/// Keys of the sections both configurations have that only Centrifugo v6 has (`[]` stands
+/// for any element of a list).
+const CENTRIFUGO_KEYS: &[&str] = &[
+    "http_server.internal_address",
+    "http_server.internal_port",
+    "http_server.tls.enabled",
+    "http_server.tls.client_ca_pem",
+    "http_server.tls.server_ca_pem",
+    "http_server.tls.insecure_skip_verify",
+    "http_server.tls.server_name",
+    "http_server.tls_autocert",
+    "http_server.tls_external",
+    "http_server.internal_tls",
+    "http_server.http3",
+    "http_server.h2c_external",
+    "client.proxy",
+    "client.disallow_anonymous_connection_tokens",
+    "client.expired_sub_close_delay",
+    "client.queue_max_size",
+    "client.presence_update_interval",
+    "client.concurrency",
+    "client.channel_position_check_delay",
+    "client.channel_position_max_time_lag",
+    "client.connection_rate_limit",
+    "client.connect_include_server_time",
+    "client.history_max_publication_limit",
+    "client.recovery_max_publication_limit",
+    "client.insecure_skip_token_signature_verify",
+    "client.user_id_http_header",
+    "client.subscribe_to_user_personal_channel",
+    "client.connect_code_to_unidirectional_disconnect",
+    "client.token.audience_regex",
+    "client.token.issuer_regex",
+    "client.token.insecure_skip_jwks_endpoint_safety_check",
+    "client.subscription_token.enabled",
+    "client.subscription_token.audience_regex",
+    "client.subscription_token.issuer_regex",
+    "client.subscription_token.insecure_skip_jwks_endpoint_safety_check",
+    "channel.proxy",
+    "channel.history_meta_ttl",
+    "http_api.disabled",
+    "http_api.handler_prefix",
+    "http_api.external",
+    "http_api.insecure",
+    "shutdown.timeout",
+];
+
+/// Keys of a Centrifugo v6 namespace (and of `channel.without_namespace`) that Volley's
+/// namespaces have not.
+const CENTRIFUGO_NAMESPACE_KEYS: &[&str] = &[
+    "delta_publish",
+    "subscribe_proxy_enabled",
+    "subscribe_proxy_name",
+    "publish_proxy_enabled",
+    "publish_proxy_name",
+    "sub_refresh_proxy_enabled",
+    "sub_refresh_proxy_name",
+    "subscribe_stream_proxy_enabled",
+    "subscribe_stream_proxy_name",
+    "subscribe_stream_proxy_bidirectional",
+    "allow_tags_filter",
+    "auto_cache_recovery",
+    "map_clients_presence_channel_prefix",
+    "map_users_presence_channel_prefix",
+    "publication_data_format",
+    "subscription_type",
+    "map",
+    "shared_poll",
+];
+
+/// Top-level keys of Centrifugo v5's flat configuration (v6 moved each into a section).
+const CENTRIFUGO_V5_KEYS: &[&str] = &[
+    "token_hmac_secret_key",
+    "token_rsa_public_key",
+    "token_ecdsa_public_key",
+    "token_jwks_public_endpoint",
+    "api_key",
+    "api_insecure",
+    "admin_password",
+    "admin_secret",
+    "allowed_origins",
+    "namespaces",
+    "allow_anonymous_connect_without_token",
+    "allow_subscribe_for_client",
+    "allow_publish_for_subscriber",
+    "presence",
+    "history_size",
+    "history_ttl",
+    "force_recovery",
+    "redis_address",
+    "log_level",
+    "tls_cert",
+    "tls_key",
+    "proxy_connect_endpoint",
+];
+
+/// How a `--config` file is read, decided from its extension, its tree and the flag.
+/// Returns `Some(reason)` when it is Centrifugo's (the reason names why), `None` when it is
+/// Volley's.
+pub fn detect(format: ConfigFormat, yaml: bool, tree: &Value) -> anyhow::Result<Option<String>> {
+    match format {
+        ConfigFormat::Centrifugo => Ok(Some("--config-format centrifugo".into())),
+        ConfigFormat::Volley if yaml => {
+            bail!("Volley's own configuration is TOML or JSON; a YAML file is read as Centrifugo's")
+        }
+        ConfigFormat::Volley => Ok(None),
+        ConfigFormat::Auto if yaml => Ok(Some("a YAML file".into())),
+        ConfigFormat::Auto => Ok(centrifugo_marker(tree).map(|k| format!("the key `{k}`, which only Centrifugo has"))),
+    }
+}
+
+/// The first key (a dotted path, `[]` for list elements) of `tree` that Centrifugo's
+/// configuration has and Volley's has not, if any (a v5 key too, so that it is named as such).
+pub fn centrifugo_marker(tree: &Value) -> Option<String> {
+    let root = tree.as_object()?;
+    for (section, v) in root {
+        if CENTRIFUGO_SECTIONS.contains(&section.as_str()) || CENTRIFUGO_V5_KEYS.contains(&section.as_str()) {
+            return Some(section.clone());
+        }
+        if !VOLLEY_SECTIONS.contains(&section.as_str()) {
+            continue;
+        }
+        let mut paths = Vec::new();
+        key_patterns(v, section, &mut paths);
+        for p in paths {
+            let namespace_key = p
+                .strip_prefix("channel.without_namespace.")
+                .or_else(|| p.strip_prefix("channel.namespaces[]."))
+                .is_some_and(|k| CENTRIFUGO_NAMESPACE_KEYS.contains(&k.split('.').next().unwrap_or(k)));
+            if namespace_key || CENTRIFUGO_KEYS.iter().any(|k| p == *k || p.starts_with(&format!("{k}."))) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Every key path under `v`, with `[]` for the elements of lists.
+fn key_patterns(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let p = format!("{prefix}.{k}");
+                out.push(p.clone());
+                key_patterns(v, &p, out);
+            }
+        }
+        Value::Array(a) => {
+            for e in a {
+                key_patterns(e, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Translates a Centrifugo v6 configuration tree into Volley's. Keys Volley does not
+/// support are listed in [`Translation::ignored`]; a key it cannot ignore safely, or a value
+/// of the wrong type, is an error (all of them at once, each by its path).
+pub fn translate(tree: &Value) -> anyhow::Result<Translation> {
+    let Value::Object(root) = tree else { bail!("a Centrifugo configuration is an object of sections") };
+    if let Some(k) = root.keys().find(|k| CENTRIFUGO_V5_KEYS.contains(&k.as_str())) {
+        bail!(
+            "`{k}` is a Centrifugo v5 key: Volley reads Centrifugo v6 configurations (Centrifugo's \
+             v6 migration guide has a converter)"
+        );
+    }
+    if root.get("engine").is_some_and(Value::is_string) {
+        bail!("`engine` as a string is Centrifugo v5's: Volley reads Centrifugo v6 configurations (`engine.type`)");
+    }
+    let mut cx = Cx::default();
+    let mut out = json!({});
+    let mut root = Section { path: String::new(), map: root.clone() };
+
+    match root.section(&mut cx, "http_server") {
+        Some(s) => http_server(&mut cx, s, &mut out),
+        None => put(&mut out, "http_server.address", json!(ALL_INTERFACES)),
+    }
+    let recovery_limit = match root.section(&mut cx, "client") {
+        Some(s) => client(&mut cx, s, &mut out),
+        None => RECOVERY_MAX_PUBLICATION_LIMIT,
+    };
+    let channel_section = root.section(&mut cx, "channel").unwrap_or_else(|| Section::empty("channel"));
+    channel(&mut cx, channel_section, &mut out, recovery_limit);
+    if let Some(s) = root.section(&mut cx, "http_api") {
+        http_api(&mut cx, s, &mut out);
+    }
+    if let Some(s) = root.section(&mut cx, "websocket") {
+        websocket(&mut cx, s, &mut out);
+    }
+    if let Some(s) = root.section(&mut cx, "engine") {
+        engine(&mut cx, s);
+    }
+    for name in ["broker", "presence_manager"] {
+        if let Some(s) = root.section(&mut cx, name) {
+            broker(&mut cx, s);
+        }
+    }
+    for (name, prefix) in [("prometheus", "/metrics"), ("health", "/health")] {
+        if let Some(s) = root.section(&mut cx, name) {
+            endpoint(&mut cx, s, prefix);
+        }
+    }
+    if let Some(mut s) = root.section(&mut cx, "log") {
+        if let Some(level) = s.string(&mut cx, "level") {
+            if level != "info" {
+                cx.report(s.key("level"));
+            }
+        }
+        s.finish(&mut cx);
+    }
+    root.finish(&mut cx);
+
+    if !cx.errors.is_empty() {
+        bail!("the Centrifugo configuration cannot be used as it is:\n  {}", cx.errors.join("\n  "));
+    }
+    cx.ignored.sort();
+    cx.ignored.dedup();
+    Ok(Translation { config: out, ignored: cx.ignored })
+}
+
+/// What a translation collects as it goes.
+#[derive(Default)]
+struct Cx {
+    ignored: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Cx {
+    fn report(&mut self, path: String) {
+        self.ignored.push(path);
+    }
+
+    fn error(&mut self, path: &str, reason: impl std::fmt::Display) {
+        self.errors.push(format!("{path}: {reason}"));
+    }
+
+    /// Reports the keys of `v` (at `path`) that are not off.
+    fn ignore(&mut self, path: &str, v: &Value) {
+        not_off(path, v, &mut self.ignored);
+    }
+}
+
+/// The leaves under `v` that are not "off": not `false`, `0`, `""`, `[]`, `{}` or `null`,
+/// and not in an object whose `enabled` is `false`. A list counts as one leaf.
+fn not_off(path: &str, v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Null | Value::Bool(false) => {}
+        Value::String(s) if s.is_empty() => {}
+        Value::Number(n) if n.as_f64() == Some(0.0) => {}
+        Value::Array(a) => {
+            let mut inner = Vec::new();
+            for e in a {
+                not_off(path, e, &mut inner);
+            }
+            if !inner.is_empty() {
+                out.push(path.to_owned());
+            }
+        }
+        Value::Object(m) => {
+            if m.get("enabled") == Some(&Value::Bool(false)) {
+                return;
+            }
+            for (k, v) in m {
+                not_off(&join(path, k), v, out);
+            }
+        }
+        _ => out.push(path.to_owned()),
+    }
+}
+
+fn is_off(v: &Value) -> bool {
+    let mut out = Vec::new();
+    not_off("", v, &mut out);
+    out.is_empty()
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Sets `path` (dotted) in `root`, creating the objects on the way.
+fn put(root: &mut Value, path: &str, v: Value) {
+    let mut cur = root;
+    let mut parts = path.split('.').peekable();
+    while let Some(k) = parts.next() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let map = cur.as_object_mut().expect("an object");
+        if parts.peek().is_none() {
+            map.insert(k.to_owned(), v);
+            return;
+        }
+        cur = map.entry(k.to_owned()).or_insert_with(|| json!({}));
+    }
+}
+
+/// One object of the Centrifugo tree whose keys are taken as they are translated; what is
+/// left at the end is ignored (and reported unless off).
+struct Section {
+    path: String,
+    map: Map<String, Value>,
+}
+
+impl Section {
+    fn empty(path: &str) -> Self {
+        Section { path: path.to_owned(), map: Map::new() }
+    }
+
+    fn key(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    /// Takes a key; `null` counts as absent.
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.map.remove(key).filter(|v| !v.is_null())
+    }
+
+    /// Takes a key that must be an object.
+    fn section(&mut self, cx: &mut Cx, key: &str) -> Option<Section> {
+        let path = self.key(key);
+        match self.take(key)? {
+            Value::Object(map) => Some(Section { path, map }),
+            other => {
+                cx.error(&path, format!("expected an object, found {}", kind(&other)));
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, cx: &mut Cx, key: &str) -> Option<bool> {
+        match self.take(key)? {
+            Value::Bool(b) => Some(b),
+            Value::String(s) if s == "true" || s == "false" => Some(s == "true"),
+            other => {
+                cx.error(&self.key(key), format!("expected true or false, found {}", kind(&other)));
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, cx: &mut Cx, key: &str) -> Option<u64> {
+        let v = self.take(key)?;
+        let n = match &v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        if n.is_none() {
+            cx.error(&self.key(key), format!("expected a whole number of at least 0, found {}", kind(&v)));
+        }
+        n
+    }
+
+    fn string(&mut self, cx: &mut Cx, key: &str) -> Option<String> {
+        match self.take(key)? {
+            Value::String(s) => Some(s),
+            other => {
+                cx.error(&self.key(key), format!("expected a string, found {}", kind(&other)));
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, cx: &mut Cx, key: &str) -> Option<Vec<String>> {
+        let path = self.key(key);
+        match self.take(key)? {
+            Value::Array(a) => {
+                let mut out = Vec::with_capacity(a.len());
+                for e in a {
+                    match e {
+                        Value::String(s) => out.push(s),
+                        other => {
+                            cx.error(&path, format!("expected a list of strings, found {} in it", kind(&other)));
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            // Centrifugo reads a list from a space-separated string too (environment style).
+            Value::String(s) => Some(s.split_whitespace().map(str::to_owned).collect()),
+            other => {
+                cx.error(&path, format!("expected a list of strings, found {}", kind(&other)));
+                None
+            }
+        }
+    }
+
+    /// A duration as Centrifugo reads it: a Go duration string (`"25s"`, `"1h30m"`,
+    /// `"-1s"`), in nanoseconds. A bare number is nanoseconds to Centrifugo, which is never
+    /// what was meant: refused unless 0.
+    fn duration(&mut self, cx: &mut Cx, key: &str) -> Option<i128> {
+        let path = self.key(key);
+        match self.take(key)? {
+            Value::String(s) => match parse_go_duration(&s) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    cx.error(&path, e);
+                    None
+                }
+            },
+            Value::Number(n) if n.as_f64() == Some(0.0) => Some(0),
+            Value::Number(n) if n.as_i64() == Some(-1) => Some(-1),
+            Value::Number(n) => {
+                cx.error(
+                    &path,
+                    format!(
+                        "{n} is {n} nanoseconds to Centrifugo; write the duration with its unit (\"{n}s\", \"{n}ms\")"
+                    ),
+                );
+                None
+            }
+            other => {
+                cx.error(&path, format!("expected a duration such as \"25s\", found {}", kind(&other)));
+                None
+            }
+        }
+    }
+
+    /// A duration that must not be negative, as Volley writes it.
+    fn volley_duration(&mut self, cx: &mut Cx, key: &str) -> Option<Value> {
+        let n = self.duration(cx, key)?;
+        if n < 0 {
+            cx.error(&self.key(key), "a negative duration");
+            return None;
+        }
+        Some(volley_duration(n))
+    }
+
+    /// Reports every key left, unless off.
+    fn finish(self, cx: &mut Cx) {
+        for (k, v) in &self.map {
+            cx.ignore(&join(&self.path, k), v);
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A duration in nanoseconds as Volley's configuration reads it: `"25s"` and the like when
+/// it is whole milliseconds, a number of seconds otherwise.
+fn volley_duration(nanos: i128) -> Value {
+    let nanos = u64::try_from(nanos.max(0)).unwrap_or(u64::MAX);
+    if nanos.is_multiple_of(1_000_000) {
+        json!(duration::format(Duration::from_nanos(nanos)))
+    } else {
+        Number::from_f64(nanos as f64 / 1e9).map_or(Value::Null, Value::Number)
+    }
+}
+
+/// Go's `time.ParseDuration`: an optional sign, then numbers (with an optional fraction)
+/// each followed by a unit: `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h`. `"0"` needs no unit.
+/// Returns nanoseconds.
+pub fn parse_go_duration(text: &str) -> Result<i128, String> {
+    let bad = |why: &str| format!("not a duration: {text:?} ({why}; e.g. \"25s\", \"500ms\", \"1h30m\")");
+    let mut s = text.trim();
+    let negative = match s.as_bytes().first() {
+        Some(b'-') => {
+            s = &s[1..];
+            true
+        }
+        Some(b'+') => {
+            s = &s[1..];
+            false
+        }
+        _ => false,
+    };
+    if s == "0" {
+        return Ok(0);
+    }
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    let mut total = 0f64;
+    while !s.is_empty() {
+        let num_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (num, rest) = s.split_at(num_end);
+        if num.is_empty() || num == "." {
+            return Err(bad("a number is missing"));
+        }
+        let n: f64 = num.parse().map_err(|_| bad("not a number"))?;
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let (unit, rest) = rest.split_at(unit_end);
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "" => return Err(bad("a unit is missing")),
+            _ => return Err(bad("unknown unit")),
+        };
+        total += n * scale;
+        s = rest;
+    }
+    // Go's durations are int64 nanoseconds (about 292 years).
+    if !total.is_finite() || total > i64::MAX as f64 {
+        return Err(bad("too long"));
+    }
+    let n = total.round() as i128;
+    Ok(if negative { -n } else { n })
+}
+
+/// `http_server`: the address, the port and TLS. Centrifugo's `cert_pem` and `key_pem` (PEM
+/// text, its base64, or a file's path) are copied: Volley's keys of those names read them
+/// the same way.
+fn http_server(cx: &mut Cx, mut s: Section, out: &mut Value) {
+    let address = s.string(cx, "address").filter(|a| !a.is_empty()).unwrap_or_else(|| ALL_INTERFACES.into());
+    put(out, "http_server.address", json!(address));
+    if let Some(port) = s.uint(cx, "port") {
+        match u16::try_from(port) {
+            Ok(p) => put(out, "http_server.port", json!(p)),
+            Err(_) => cx.error(&s.key("port"), "not a port (0 to 65535)"),
+        }
+    }
+    if let Some(mut tls) = s.section(cx, "tls") {
+        let enabled = tls.bool(cx, "enabled").unwrap_or(false);
+        let cert = tls.string(cx, "cert_pem").filter(|v| !v.is_empty());
+        let key = tls.string(cx, "key_pem").filter(|v| !v.is_empty());
+        let client_ca = tls.take("client_ca_pem").filter(|v| !is_off(v));
+        // Settings of TLS clients: a server's TLS has no use for them.
+        let client_side: Vec<(String, Value)> = ["server_ca_pem", "insecure_skip_verify", "server_name"]
+            .iter()
+            .filter_map(|k| tls.take(k).map(|v| (tls.key(k), v)))
+            .collect();
+        // An unknown key in the TLS section may be a certificate Volley would not use: it
+        // would then serve plain HTTP where TLS was meant.
+        for (k, v) in std::mem::take(&mut tls.map) {
+            if !is_off(&v) {
+                cx.error(&tls.key(&k), "not a key of Centrifugo v6's TLS section; refused rather than ignored");
+            }
+        }
+        if enabled {
+            match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    put(out, "http_server.tls.cert_pem", json!(cert));
+                    put(out, "http_server.tls.key_pem", json!(key));
+                }
+                _ => cx.error(&tls.path, "enabled needs cert_pem and key_pem"),
+            }
+            if client_ca.is_some() {
+                cx.error(
+                    &tls.key("client_ca_pem"),
+                    "Volley does not verify client certificates: refused rather than accepting every client",
+                );
+            }
+            for (path, v) in client_side {
+                cx.ignore(&path, &v);
+            }
+        }
+    }
+    if let Some(mut autocert) = s.section(cx, "tls_autocert") {
+        if autocert.bool(cx, "enabled") == Some(true) {
+            cx.error(
+                &autocert.key("enabled"),
+                "Volley does not get certificates by ACME: refused rather than serving plain HTTP \
+                 (give http_server.tls a certificate instead)",
+            );
+        }
+        // Without `enabled`, the rest is unused by Centrifugo too.
+    }
+    s.finish(cx);
+}
+
+/// `client`; returns the recovery limit to give every namespace.
+fn client(cx: &mut Cx, mut s: Section, out: &mut Value) -> u64 {
+    if let Some(t) = s.section(cx, "token") {
+        token(cx, t, out, "client.token");
+    }
+    if let Some(mut st) = s.section(cx, "subscription_token") {
+        // Without `enabled`, Centrifugo verifies subscription tokens with `client.token`
+        // and does not read this section: neither does Volley.
+        if st.bool(cx, "enabled") == Some(true) {
+            put(out, "client.subscription_token", json!({}));
+            token(cx, st, out, "client.subscription_token");
+        }
+    }
+    let anonymous = s.bool(cx, "allow_anonymous_connect_without_token");
+    if let Some(b) = anonymous {
+        put(out, "client.allow_anonymous_connect_without_token", json!(b));
+    }
+    if let Some(b) = s.bool(cx, "insecure") {
+        put(out, "client.insecure", json!(b));
+    }
+    if s.bool(cx, "disallow_anonymous_connection_tokens") == Some(true) {
+        cx.error(
+            &s.key("disallow_anonymous_connection_tokens"),
+            "Volley accepts connection tokens with an empty `sub` (anonymous users): refused rather than ignored",
+        );
+    }
+    if let Some(origins) = s.strings(cx, "allowed_origins") {
+        put(out, "client.allowed_origins", json!(origins));
+    }
+    // A negative interval turns pings off in Centrifugo; 0 does in Volley.
+    if let Some(n) = s.duration(cx, "ping_interval") {
+        put(out, "client.ping_interval", volley_duration(n.max(0)));
+    }
+    // A negative timeout turns pong checks off in Centrifugo; Volley always checks.
+    let pong_path = s.key("pong_timeout");
+    match s.duration(cx, "pong_timeout") {
+        Some(n) if n < 0 => cx.report(pong_path),
+        Some(n) => put(out, "client.pong_timeout", volley_duration(n)),
+        None => {}
+    }
+    for key in ["stale_close_delay", "expired_close_delay"] {
+        if let Some(v) = s.volley_duration(cx, key) {
+            put(out, &format!("client.{key}"), v);
+        }
+    }
+    for key in ["channel_limit", "user_connection_limit"] {
+        if let Some(n) = s.uint(cx, key) {
+            put(out, &format!("client.{key}"), json!(n));
+        }
+    }
+    // 0 is no limit to Centrifugo; Volley keeps its own (1,000,000 connections).
+    if let Some(n) = s.uint(cx, "connection_limit").filter(|n| *n > 0) {
+        put(out, "client.connection_limit", json!(n));
+    }
+    if let Some(n) = s.uint(cx, "queue_max_size") {
+        put(out, "client.queue_max_bytes", json!(n));
+    }
+    let recovery_limit = s.uint(cx, "recovery_max_publication_limit").unwrap_or(RECOVERY_MAX_PUBLICATION_LIMIT);
+    if let Some(mut personal) = s.section(cx, "subscribe_to_user_personal_channel") {
+        if let Some(b) = personal.bool(cx, "enabled") {
+            put(out, "client.user_subscribe_to_personal", json!(b));
+        }
+        if let Some(ns) = personal.string(cx, "personal_channel_namespace") {
+            put(out, "client.user_personal_channel_namespace", json!(ns));
+        }
+        personal.finish(cx);
+    }
+    if let Some(proxy) = s.take("proxy") {
+        if proxy.pointer("/connect/enabled") == Some(&json!(true)) && anonymous == Some(true) {
+            cx.error(
+                &s.key("proxy.connect.enabled"),
+                "Centrifugo asks the backend about connections without a token; Volley, without \
+                 the proxy, would let them all in as allow_anonymous_connect_without_token says: \
+                 refused rather than ignored",
+            );
+        }
+        cx.ignore(&s.key("proxy"), &proxy);
+    }
+    s.finish(cx);
+    recovery_limit
+}
+
+/// The keys of a token section Volley reads as they are (strings).
+const TOKEN_STRINGS: [&str; 8] = [
+    "hmac_secret_key",
+    "hmac_previous_secret_key",
+    "rsa_public_key",
+    "ecdsa_public_key",
+    "jwks_public_endpoint",
+    "audience",
+    "issuer",
+    "user_id_claim",
+];
+
+fn token(cx: &mut Cx, mut t: Section, out: &mut Value, to: &str) {
+    for key in TOKEN_STRINGS {
+        if let Some(v) = t.string(cx, key).filter(|v| !v.is_empty()) {
+            put(out, &format!("{to}.{key}"), json!(v));
+        }
+    }
+    if let Some(n) = t.uint(cx, "hmac_previous_secret_key_valid_until").filter(|n| *n > 0) {
+        put(out, &format!("{to}.hmac_previous_secret_key_valid_until"), json!(n));
+    }
+    for key in ["audience_regex", "issuer_regex"] {
+        if t.string(cx, key).is_some_and(|v| !v.is_empty()) {
+            let plain = key.trim_end_matches("_regex");
+            cx.error(
+                &t.key(key),
+                format!("Volley cannot check a token's claim against a pattern (it checks `{plain}` exactly): refused rather than accepting every {plain}"),
+            );
+        }
+    }
+    // A switch off a check Volley does not make: nothing changes without it.
+    if t.bool(cx, "insecure_skip_jwks_endpoint_safety_check") == Some(true) {
+        cx.report(t.key("insecure_skip_jwks_endpoint_safety_check"));
+    }
+    // An unknown token setting may be a check: refused rather than skipped.
+    for (k, v) in std::mem::take(&mut t.map) {
+        if !is_off(&v) {
+            cx.error(&t.key(&k), "a token setting Volley does not know: refused rather than ignored");
+        }
+    }
+}
+
+fn channel(cx: &mut Cx, mut s: Section, out: &mut Value, recovery_limit: u64) {
+    let meta_ttl = s.volley_duration(cx, "history_meta_ttl");
+    let fill = |mut o: Map<String, Value>| {
+        if let Some(ttl) = &meta_ttl {
+            o.entry("history_meta_ttl").or_insert_with(|| ttl.clone());
+        }
+        o.insert("recovery_max_publication_limit".into(), json!(recovery_limit));
+        Value::Object(o)
+    };
+    let without = match s.section(cx, "without_namespace") {
+        Some(w) => options(cx, w),
+        None => Map::new(),
+    };
+    put(out, "channel.without_namespace", fill(without));
+    if let Some(v) = s.take("namespaces") {
+        match v {
+            Value::Array(list) => {
+                let mut namespaces = Vec::with_capacity(list.len());
+                for (i, ns) in list.into_iter().enumerate() {
+                    let Value::Object(map) = ns else {
+                        cx.error(&format!("channel.namespaces[{i}]"), "expected an object");
+                        continue;
+                    };
+                    let label = map.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
+                    let path = match label {
+                        Some(n) => format!("channel.namespaces[{n}]"),
+                        None => format!("channel.namespaces[{i}]"),
+                    };
+                    let mut section = Section { path, map };
+                    let Some(name) = section.string(cx, "name").filter(|n| !n.is_empty()) else {
+                        cx.error(&section.path, "a namespace needs a name");
+                        continue;
+                    };
+                    let mut o = options(cx, section);
+                    o.insert("name".into(), json!(name));
+                    namespaces.push(fill(o));
+                }
+                put(out, "channel.namespaces", Value::Array(namespaces));
+            }
+            other => cx.error("channel.namespaces", format!("expected a list, found {}", kind(&other))),
+        }
+    }
+    if let Some(n) = s.uint(cx, "max_length") {
+        put(out, "channel.max_length", json!(n));
+    }
+    for key in ["private_prefix", "namespace_boundary", "user_boundary", "user_separator"] {
+        if let Some(v) = s.string(cx, key) {
+            put(out, &format!("channel.{key}"), json!(v));
+        }
+    }
+    s.finish(cx);
+}
+
+/// The options of a namespace Volley reads as they are: booleans.
+const OPTION_BOOLS: [&str; 19] = [
+    "presence",
+    "join_leave",
+    "force_push_join_leave",
+    "force_positioning",
+    "allow_positioning",
+    "force_recovery",
+    "allow_recovery",
+    "allow_subscribe_for_client",
+    "allow_subscribe_for_anonymous",
+    "allow_publish_for_subscriber",
+    "allow_publish_for_client",
+    "allow_publish_for_anonymous",
+    "allow_history_for_subscriber",
+    "allow_history_for_client",
+    "allow_history_for_anonymous",
+    "allow_presence_for_subscriber",
+    "allow_presence_for_client",
+    "allow_presence_for_anonymous",
+    "allow_user_limited_channels",
+];
+
+/// A namespace's proxies: the proxy's switch, its name, and the permissions that the
+/// proxy decides in Centrifugo and the namespace's options would grant in Volley without it.
+const OPTION_PROXIES: [(&str, &str, &[&str]); 4] = [
+    ("subscribe_proxy_enabled", "subscribe_proxy_name", &["allow_subscribe_for_client", "allow_subscribe_for_anonymous"]),
+    (
+        "publish_proxy_enabled",
+        "publish_proxy_name",
+        &["allow_publish_for_subscriber", "allow_publish_for_client", "allow_publish_for_anonymous"],
+    ),
+    ("sub_refresh_proxy_enabled", "sub_refresh_proxy_name", &[]),
+    (
+        "subscribe_stream_proxy_enabled",
+        "subscribe_stream_proxy_name",
+        &["allow_subscribe_for_client", "allow_subscribe_for_anonymous"],
+    ),
+];
+
+fn options(cx: &mut Cx, mut s: Section) -> Map<String, Value> {
+    let mut o = Map::new();
+    for key in OPTION_BOOLS {
+        if let Some(b) = s.bool(cx, key) {
+            o.insert(key.into(), json!(b));
+        }
+    }
+    if let Some(n) = s.uint(cx, "history_size") {
+        o.insert("history_size".into(), json!(n));
+    }
+    for key in ["history_ttl", "history_meta_ttl"] {
+        // 0 is "the global value" for history_meta_ttl: left unset here.
+        if let Some(v) = s.volley_duration(cx, key).filter(|v| !(key == "history_meta_ttl" && v.as_str() == Some("0s"))) {
+            o.insert(key.into(), v);
+        }
+    }
+    match s.string(cx, "force_recovery_mode").as_deref() {
+        None | Some("") => {}
+        Some(mode @ ("stream" | "cache")) => {
+            o.insert("force_recovery_mode".into(), json!(mode));
+        }
+        Some(other) => cx.error(&s.key("force_recovery_mode"), format!("{other:?}: \"stream\" or \"cache\"")),
+    }
+    if let Some(r) = s.string(cx, "channel_regex") {
+        o.insert("channel_regex".into(), json!(r));
+    }
+    if let Some(types) = s.strings(cx, "allowed_delta_types") {
+        o.insert("allowed_delta_types".into(), json!(types));
+    }
+    for (switch, name, grants) in OPTION_PROXIES {
+        let enabled = s.bool(cx, switch) == Some(true);
+        let name_path = s.key(name);
+        let name_value = s.take(name);
+        if !enabled {
+            // The proxy's name is unused while its switch is off.
+            continue;
+        }
+        if let Some(g) = grants.iter().find(|g| o.get(**g) == Some(&json!(true))) {
+            cx.error(
+                &s.key(switch),
+                format!(
+                    "Centrifugo asks the backend; Volley, without the proxy, would allow what `{g}` \
+                     grants to everyone it names: refused rather than ignored"
+                ),
+            );
+        }
+        cx.report(s.key(switch));
+        if let Some(v) = name_value {
+            cx.ignore(&name_path, &v);
+        }
+        if switch == "subscribe_stream_proxy_enabled" && s.bool(cx, "subscribe_stream_proxy_bidirectional") == Some(true)
+        {
+            cx.report(s.key("subscribe_stream_proxy_bidirectional"));
+        }
+    }
+    // Without its stream proxy, the bidirectional switch means nothing.
+    s.take("subscribe_stream_proxy_bidirectional");
+    if s.string(cx, "subscription_type").is_some_and(|t| !t.is_empty() && t != "stream") {
+        cx.report(s.key("subscription_type"));
+    }
+    s.finish(cx);
+    o
+}
+
+fn http_api(cx: &mut Cx, mut s: Section, out: &mut Value) {
+    for key in ["key", "error_mode"] {
+        if let Some(v) = s.string(cx, key) {
+            put(out, &format!("http_api.{key}"), json!(v));
+        }
+    }
+    if s.string(cx, "handler_prefix").is_some_and(|p| !p.is_empty() && p != "/api") {
+        cx.report(s.key("handler_prefix"));
+    }
+    if s.bool(cx, "disabled") == Some(true) {
+        cx.report(s.key("disabled"));
+    }
+    s.finish(cx);
+}
+
+fn websocket(cx: &mut Cx, mut s: Section, out: &mut Value) {
+    if let Some(b) = s.bool(cx, "compression") {
+        put(out, "client.websocket_compression", json!(b));
+    }
+    if let Some(n) = s.uint(cx, "message_size_limit").filter(|n| *n > 0) {
+        put(out, "client.max_command_size", json!(n));
+    }
+    if s.string(cx, "handler_prefix").is_some_and(|p| !p.is_empty() && p != "/connection/websocket") {
+        cx.report(s.key("handler_prefix"));
+    }
+    if s.bool(cx, "disabled") == Some(true) {
+        cx.report(s.key("disabled"));
+    }
+    s.finish(cx);
+}
+
+/// `engine`: Volley's is the memory engine; a memory engine's `redis` is unused.
+fn engine(cx: &mut Cx, mut s: Section) {
+    let memory = match s.string(cx, "type").as_deref() {
+        None | Some("") | Some("memory") => true,
+        Some(_) => {
+            cx.report(s.key("type"));
+            false
+        }
+    };
+    if memory {
+        s.take("redis");
+    }
+    s.finish(cx);
+}
+
+/// `broker` and `presence_manager`: off unless `enabled`; an enabled memory one is Volley's.
+fn broker(cx: &mut Cx, mut s: Section) {
+    let enabled_path = s.key("enabled");
+    let enabled = s.bool(cx, "enabled");
+    if enabled != Some(true) {
+        // Unused by Centrifugo too.
+        return;
+    }
+    match s.string(cx, "type").as_deref() {
+        None | Some("") | Some("memory") => {
+            for k in ["redis", "nats", "redisnats", "postgres"] {
+                s.take(k);
+            }
+        }
+        Some(_) => {
+            cx.report(enabled_path);
+            cx.report(s.key("type"));
+        }
+    }
+    s.finish(cx);
+}
+
+/// `prometheus` and `health`: Volley always serves them, at `prefix`.
+fn endpoint(cx: &mut Cx, mut s: Section, prefix: &str) {
+    if s.bool(cx, "enabled") == Some(false) {
+        cx.report(s.key("enabled"));
+    }
+    if s.string(cx, "handler_prefix").is_some_and(|p| !p.is_empty() && p != prefix) {
+        cx.report(s.key("handler_prefix"));
+    }
+    s.finish(cx);
+}
+
+/// YAML (1.2, one document) as a JSON tree. Mapping keys that are not strings are written as
+/// their text; anchors and aliases are expanded (within the loader's budget).
+pub fn yaml_to_json(text: &str) -> anyhow::Result<Value> {
+    use saphyr::{LoadableYamlNode, Yaml};
+    let docs = Yaml::load_from_str(text).map_err(|e| anyhow::anyhow!("not valid YAML: {e}"))?;
+    match docs.len() {
+        0 => Ok(json!({})),
+        1 => yaml_value(&docs[0], 0),
+        n => bail!("{n} YAML documents: a configuration is one"),
+    }
+}
+
+/// How deep a YAML document may nest (a configuration nests a few levels).
+const YAML_MAX_DEPTH: usize = 64;
+
+fn yaml_value(y: &saphyr::Yaml<'_>, depth: usize) -> anyhow::Result<Value> {
+    use saphyr::{Scalar, Yaml};
+    if depth > YAML_MAX_DEPTH {
+        bail!("YAML nested more than {YAML_MAX_DEPTH} levels deep");
+    }
+    Ok(match y {
+        Yaml::Value(Scalar::Null) => Value::Null,
+        Yaml::Value(Scalar::Boolean(b)) => json!(b),
+        Yaml::Value(Scalar::Integer(i)) => json!(i),
+        Yaml::Value(Scalar::FloatingPoint(f)) => {
+            Number::from_f64(f.into_inner()).map(Value::Number).ok_or_else(|| anyhow::anyhow!("YAML: {f} is not a number JSON has"))?
+        }
+        Yaml::Value(Scalar::String(s)) => json!(s),
+        Yaml::Representation(s, _, _) => json!(s),
+        Yaml::Tagged(_, inner) => yaml_value(inner, depth + 1)?,
+        Yaml::Sequence(items) => {
+            Value::Array(items.iter().map(|e| yaml_value(e, depth + 1)).collect::<anyhow::Result<_>>()?)
+        }
+        Yaml::Mapping(m) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                let key = match yaml_value(k, depth + 1)? {
+                    Value::String(s) => s,
+                    Value::Null => "null".into(),
+                    other @ (Value::Bool(_) | Value::Number(_)) => other.to_string(),
+                    _ => bail!("YAML: a mapping key that is a list or a mapping"),
+                };
+                out.insert(key, yaml_value(v, depth + 1)?);
+            }
+            Value::Object(out)
+        }
+        Yaml::Alias(_) => bail!("YAML: an alias that names no anchor"),
+        Yaml::BadValue => bail!("YAML: a value that cannot be read"),
+    })
+}
