@@ -874,7 +874,11 @@ const OPTION_BOOLS: [&str; 19] = [
 /// A namespace's proxies: the proxy's switch, its name, and the permissions that the
 /// proxy decides in Centrifugo and the namespace's options would grant in Volley without it.
 const OPTION_PROXIES: [(&str, &str, &[&str]); 4] = [
-    ("subscribe_proxy_enabled", "subscribe_proxy_name", &["allow_subscribe_for_client", "allow_subscribe_for_anonymous"]),
+    (
+        "subscribe_proxy_enabled",
+        "subscribe_proxy_name",
+        &["allow_subscribe_for_client", "allow_subscribe_for_anonymous"],
+    ),
     (
         "publish_proxy_enabled",
         "publish_proxy_name",
@@ -900,7 +904,8 @@ fn options(cx: &mut Cx, mut s: Section) -> Map<String, Value> {
     }
     for key in ["history_ttl", "history_meta_ttl"] {
         // 0 is "the global value" for history_meta_ttl: left unset here.
-        if let Some(v) = s.volley_duration(cx, key).filter(|v| !(key == "history_meta_ttl" && v.as_str() == Some("0s"))) {
+        if let Some(v) = s.volley_duration(cx, key).filter(|v| !(key == "history_meta_ttl" && v.as_str() == Some("0s")))
+        {
             o.insert(key.into(), v);
         }
     }
@@ -938,7 +943,8 @@ fn options(cx: &mut Cx, mut s: Section) -> Map<String, Value> {
         if let Some(v) = name_value {
             cx.ignore(&name_path, &v);
         }
-        if switch == "subscribe_stream_proxy_enabled" && s.bool(cx, "subscribe_stream_proxy_bidirectional") == Some(true)
+        if switch == "subscribe_stream_proxy_enabled"
+            && s.bool(cx, "subscribe_stream_proxy_bidirectional") == Some(true)
         {
             cx.report(s.key("subscribe_stream_proxy_bidirectional"));
         }
@@ -1055,9 +1061,9 @@ fn yaml_value(y: &saphyr::Yaml<'_>, depth: usize) -> anyhow::Result<Value> {
         Yaml::Value(Scalar::Null) => Value::Null,
         Yaml::Value(Scalar::Boolean(b)) => json!(b),
         Yaml::Value(Scalar::Integer(i)) => json!(i),
-        Yaml::Value(Scalar::FloatingPoint(f)) => {
-            Number::from_f64(f.into_inner()).map(Value::Number).ok_or_else(|| anyhow::anyhow!("YAML: {f} is not a number JSON has"))?
-        }
+        Yaml::Value(Scalar::FloatingPoint(f)) => Number::from_f64(f.into_inner())
+            .map(Value::Number)
+            .ok_or_else(|| anyhow::anyhow!("YAML: {f} is not a number JSON has"))?,
         Yaml::Value(Scalar::String(s)) => json!(s),
         Yaml::Representation(s, _, _) => json!(s),
         Yaml::Tagged(_, inner) => yaml_value(inner, depth + 1)?,
@@ -1080,4 +1086,622 @@ fn yaml_value(y: &saphyr::Yaml<'_>, depth: usize) -> anyhow::Result<Value> {
         Yaml::Alias(_) => bail!("YAML: an alias that names no anchor"),
         Yaml::BadValue => bail!("YAML: a value that cannot be read"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::ServeConfig;
+
+    /// A Centrifugo v6 configuration as an application would have it, in JSON.
+    const REALISTIC_JSON: &str = r#"{
+      "http_server": { "address": "", "port": 8000, "internal_port": "9000" },
+      "log": { "level": "info" },
+      "engine": { "type": "memory", "redis": { "address": ["redis://127.0.0.1:6379"] } },
+      "client": {
+        "token": { "hmac_secret_key": "conn-secret", "audience": "my-app", "issuer": "auth", "user_id_claim": "user.id" },
+        "subscription_token": { "enabled": true, "hmac_secret_key": "sub-secret" },
+        "allowed_origins": ["https://example.com", "https://*.example.com"],
+        "allow_anonymous_connect_without_token": false,
+        "ping_interval": "20s",
+        "pong_timeout": "5s",
+        "expired_close_delay": "1m",
+        "stale_close_delay": "1500ms",
+        "channel_limit": 64,
+        "connection_limit": 0,
+        "user_connection_limit": 5,
+        "queue_max_size": 2097152,
+        "recovery_max_publication_limit": 150,
+        "history_max_publication_limit": 300,
+        "presence_update_interval": "27s",
+        "subscribe_to_user_personal_channel": { "enabled": true, "personal_channel_namespace": "personal", "single_connection": false },
+        "proxy": { "connect": { "enabled": false, "endpoint": "http://localhost:3000/centrifugo/connect" } }
+      },
+      "channel": {
+        "history_meta_ttl": "168h",
+        "without_namespace": { "presence": true, "allow_subscribe_for_client": true },
+        "namespaces": [
+          { "name": "personal", "presence": true, "join_leave": true },
+          {
+            "name": "chat", "history_size": 100, "history_ttl": "1h30m", "history_meta_ttl": "720h",
+            "force_recovery": true, "force_recovery_mode": "stream",
+            "allow_subscribe_for_client": true, "allow_publish_for_subscriber": true,
+            "allow_history_for_subscriber": true, "allow_presence_for_subscriber": true,
+            "allowed_delta_types": ["fossil"], "delta_publish": true, "channel_regex": "^[a-z0-9_]+$"
+          },
+          {
+            "name": "updates", "history_size": 1, "history_ttl": "10m", "force_recovery": true,
+            "force_recovery_mode": "cache", "subscribe_proxy_enabled": true, "subscribe_proxy_name": "updates-proxy"
+          }
+        ]
+      },
+      "http_api": { "key": "api-key", "handler_prefix": "/api" },
+      "websocket": { "compression": true, "message_size_limit": 131072, "write_timeout": "1s" },
+      "admin": { "enabled": false, "password": "admin-password", "secret": "admin-secret" },
+      "prometheus": { "enabled": true },
+      "health": { "enabled": true },
+      "proxies": [{ "name": "updates-proxy", "endpoint": "http://localhost:3000/centrifugo/subscribe" }],
+      "shutdown": { "timeout": "30s" }
+    }"#;
+
+    /// The same configuration in YAML.
+    const REALISTIC_YAML: &str = r#"
+http_server:
+  address: ""
+  port: 8000
+  internal_port: "9000"
+log:
+  level: info
+engine:
+  type: memory
+  redis:
+    address: ["redis://127.0.0.1:6379"]
+client:
+  token:
+    hmac_secret_key: conn-secret
+    audience: my-app
+    issuer: auth
+    user_id_claim: user.id
+  subscription_token:
+    enabled: true
+    hmac_secret_key: sub-secret
+  allowed_origins:
+    - https://example.com
+    - https://*.example.com
+  allow_anonymous_connect_without_token: false
+  ping_interval: 20s
+  pong_timeout: 5s
+  expired_close_delay: 1m
+  stale_close_delay: 1500ms
+  channel_limit: 64
+  connection_limit: 0
+  user_connection_limit: 5
+  queue_max_size: 2097152
+  recovery_max_publication_limit: 150
+  history_max_publication_limit: 300
+  presence_update_interval: 27s
+  subscribe_to_user_personal_channel:
+    enabled: true
+    personal_channel_namespace: personal
+    single_connection: false
+  proxy:
+    connect:
+      enabled: false
+      endpoint: http://localhost:3000/centrifugo/connect
+channel:
+  history_meta_ttl: 168h
+  without_namespace:
+    presence: true
+    allow_subscribe_for_client: true
+  namespaces:
+    - name: personal
+      presence: true
+      join_leave: true
+    - name: chat
+      history_size: 100
+      history_ttl: 1h30m
+      history_meta_ttl: 720h
+      force_recovery: true
+      force_recovery_mode: stream
+      allow_subscribe_for_client: true
+      allow_publish_for_subscriber: true
+      allow_history_for_subscriber: true
+      allow_presence_for_subscriber: true
+      allowed_delta_types: [fossil]
+      delta_publish: true
+      channel_regex: "^[a-z0-9_]+$"
+    - name: updates
+      history_size: 1
+      history_ttl: 10m
+      force_recovery: true
+      force_recovery_mode: cache
+      subscribe_proxy_enabled: true
+      subscribe_proxy_name: updates-proxy
+http_api:
+  key: api-key
+  handler_prefix: /api
+websocket:
+  compression: true
+  message_size_limit: 131072
+  write_timeout: 1s
+admin:
+  enabled: false
+  password: admin-password
+  secret: admin-secret
+prometheus:
+  enabled: true
+health:
+  enabled: true
+proxies:
+  - name: updates-proxy
+    endpoint: http://localhost:3000/centrifugo/subscribe
+shutdown:
+  timeout: 30s
+"#;
+
+    /// The same configuration in TOML.
+    const REALISTIC_TOML: &str = r#"
+[http_server]
+address = ""
+port = 8000
+internal_port = "9000"
+
+[log]
+level = "info"
+
+[engine]
+type = "memory"
+redis = { address = ["redis://127.0.0.1:6379"] }
+
+[client]
+allowed_origins = ["https://example.com", "https://*.example.com"]
+allow_anonymous_connect_without_token = false
+ping_interval = "20s"
+pong_timeout = "5s"
+expired_close_delay = "1m"
+stale_close_delay = "1500ms"
+channel_limit = 64
+connection_limit = 0
+user_connection_limit = 5
+queue_max_size = 2097152
+recovery_max_publication_limit = 150
+history_max_publication_limit = 300
+presence_update_interval = "27s"
+
+[client.token]
+hmac_secret_key = "conn-secret"
+audience = "my-app"
+issuer = "auth"
+user_id_claim = "user.id"
+
+[client.subscription_token]
+enabled = true
+hmac_secret_key = "sub-secret"
+
+[client.subscribe_to_user_personal_channel]
+enabled = true
+personal_channel_namespace = "personal"
+single_connection = false
+
+[client.proxy.connect]
+enabled = false
+endpoint = "http://localhost:3000/centrifugo/connect"
+
+[channel]
+history_meta_ttl = "168h"
+
+[channel.without_namespace]
+presence = true
+allow_subscribe_for_client = true
+
+[[channel.namespaces]]
+name = "personal"
+presence = true
+join_leave = true
+
+[[channel.namespaces]]
+name = "chat"
+history_size = 100
+history_ttl = "1h30m"
+history_meta_ttl = "720h"
+force_recovery = true
+force_recovery_mode = "stream"
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+allow_history_for_subscriber = true
+allow_presence_for_subscriber = true
+allowed_delta_types = ["fossil"]
+delta_publish = true
+channel_regex = "^[a-z0-9_]+$"
+
+[[channel.namespaces]]
+name = "updates"
+history_size = 1
+history_ttl = "10m"
+force_recovery = true
+force_recovery_mode = "cache"
+subscribe_proxy_enabled = true
+subscribe_proxy_name = "updates-proxy"
+
+[http_api]
+key = "api-key"
+handler_prefix = "/api"
+
+[websocket]
+compression = true
+message_size_limit = 131072
+write_timeout = "1s"
+
+[admin]
+enabled = false
+password = "admin-password"
+secret = "admin-secret"
+
+[prometheus]
+enabled = true
+
+[health]
+enabled = true
+
+[[proxies]]
+name = "updates-proxy"
+endpoint = "http://localhost:3000/centrifugo/subscribe"
+
+[shutdown]
+timeout = "30s"
+"#;
+
+    fn from_json(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn from_toml(text: &str) -> Value {
+        serde_json::to_value(toml::from_str::<toml::Value>(text).unwrap()).unwrap()
+    }
+
+    fn translated(tree: Value) -> (ServeConfig, Vec<String>) {
+        let t = translate(&tree).unwrap_or_else(|e| panic!("{e:#}"));
+        let config: ServeConfig = serde_json::from_value(t.config).unwrap_or_else(|e| panic!("Volley's config: {e}"));
+        (config, t.ignored)
+    }
+
+    fn ignored(tree: Value) -> Vec<String> {
+        translate(&tree).unwrap_or_else(|e| panic!("{e:#}")).ignored
+    }
+
+    fn refused(tree: Value) -> String {
+        format!("{:#}", translate(&tree).expect_err("refused"))
+    }
+
+    #[test]
+    fn json_yaml_and_toml_forms_of_a_configuration_translate_the_same() {
+        let json = translate(&from_json(REALISTIC_JSON)).unwrap();
+        let yaml = translate(&yaml_to_json(REALISTIC_YAML).unwrap()).unwrap();
+        let toml = translate(&from_toml(REALISTIC_TOML)).unwrap();
+        assert_eq!(json.config, yaml.config);
+        assert_eq!(json.config, toml.config);
+        assert_eq!(json.ignored, yaml.ignored);
+        assert_eq!(json.ignored, toml.ignored);
+    }
+
+    #[test]
+    fn every_supported_key_of_a_realistic_configuration_reaches_volleys() {
+        let (c, _) = translated(from_json(REALISTIC_JSON));
+        let s = |secs| Duration::from_secs(secs);
+        // Centrifugo binds every interface when the address is empty.
+        assert_eq!((c.http_server.address.as_str(), c.http_server.port), ("0.0.0.0", 8000));
+        let t = &c.client.token;
+        assert_eq!(t.hmac_secret_key.as_deref(), Some("conn-secret"));
+        assert_eq!((t.audience.as_deref(), t.issuer.as_deref()), (Some("my-app"), Some("auth")));
+        assert_eq!(t.user_id_claim.as_deref(), Some("user.id"));
+        let sub = c.client.subscription_token.as_ref().expect("subscription tokens have their own keys");
+        assert_eq!(sub.hmac_secret_key.as_deref(), Some("sub-secret"));
+        assert_eq!(sub.audience, None);
+        assert_eq!(c.client.allowed_origins, ["https://example.com", "https://*.example.com"]);
+        assert!(!c.client.allow_anonymous_connect_without_token);
+        assert_eq!((c.client.ping_interval, c.client.pong_timeout), (s(20), s(5)));
+        assert_eq!(c.client.expired_close_delay, s(60));
+        assert_eq!(c.client.stale_close_delay, Duration::from_millis(1500));
+        assert_eq!((c.client.channel_limit, c.client.user_connection_limit), (64, 5));
+        // 0 is "no limit" to Centrifugo: Volley keeps its own limit.
+        assert_eq!(c.client.connection_limit, 1_000_000);
+        assert_eq!(c.client.queue_max_bytes, 2_097_152);
+        assert!(c.client.user_subscribe_to_personal);
+        assert_eq!(c.client.user_personal_channel_namespace, "personal");
+        assert!(c.client.websocket_compression);
+        assert_eq!(c.client.max_command_size, 131_072);
+        assert_eq!(c.http_api.key, "api-key");
+
+        let w = &c.channel.without_namespace;
+        assert!(w.presence && w.allow_subscribe_for_client && !w.allow_publish_for_subscriber);
+        // The global history_meta_ttl reaches every namespace that has none of its own.
+        assert_eq!(w.history_meta_ttl, s(7 * 86400));
+        assert_eq!(w.recovery_max_publication_limit, 150);
+        let names: Vec<&str> = c.channel.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["personal", "chat", "updates"]);
+        let personal = &c.channel.namespaces[0];
+        assert!(personal.presence && personal.join_leave && !personal.allow_subscribe_for_client);
+        assert_eq!(personal.history_meta_ttl, s(7 * 86400));
+        let chat = &c.channel.namespaces[1];
+        assert_eq!((chat.history_size, chat.history_ttl, chat.history_meta_ttl), (100, s(5400), s(30 * 86400)));
+        assert!(chat.force_recovery && chat.allow_subscribe_for_client && chat.allow_publish_for_subscriber);
+        assert!(chat.allow_history_for_subscriber && chat.allow_presence_for_subscriber);
+        assert!(!chat.allow_publish_for_client && !chat.allow_subscribe_for_anonymous);
+        assert_eq!(chat.allowed_delta_types, ["fossil"]);
+        assert_eq!(chat.channel_regex, "^[a-z0-9_]+$");
+        assert_eq!(chat.recovery_max_publication_limit, 150);
+        let updates = &c.channel.namespaces[2];
+        assert_eq!(updates.force_recovery_mode, volley_hub::config::RecoveryMode::Cache);
+        assert_eq!((updates.history_size, updates.history_ttl), (1, s(600)));
+        // And the hub accepts it.
+        let hub_config = volley_hub::HubConfig { client: c.client, channel: c.channel, http_api: c.http_api };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { volley_hub::Hub::new(hub_config).map(|_| ()) }).unwrap();
+    }
+
+    #[test]
+    fn the_ignored_keys_of_a_realistic_configuration_are_exactly_those_volley_lacks() {
+        let (_, ignored) = translated(from_json(REALISTIC_JSON));
+        assert_eq!(
+            ignored,
+            [
+                "channel.namespaces[chat].delta_publish",
+                "channel.namespaces[updates].subscribe_proxy_enabled",
+                "channel.namespaces[updates].subscribe_proxy_name",
+                "client.history_max_publication_limit",
+                "client.presence_update_interval",
+                "http_server.internal_port",
+                "proxies",
+                "shutdown.timeout",
+                "websocket.write_timeout",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_configuration_from_centrifugo_genconfig_has_nothing_to_report() {
+        let tree = from_json(
+            r#"{
+              "client": { "token": { "hmac_secret_key": "s" }, "allowed_origins": [] },
+              "admin": { "enabled": false, "password": "p", "secret": "q" },
+              "http_api": { "key": "k" }
+            }"#,
+        );
+        let (c, ignored) = translated(tree);
+        assert_eq!(ignored, Vec::<String>::new());
+        assert_eq!(c.http_api.key, "k");
+        // Centrifugo's default recovery limit, where Volley's would differ.
+        assert_eq!(c.channel.without_namespace.recovery_max_publication_limit, 300);
+    }
+
+    #[test]
+    fn off_values_and_disabled_sections_are_ignored_silently_and_the_rest_is_named() {
+        let tree = from_json(
+            r#"{
+              "client": { "concurrency": 0, "user_id_http_header": "", "connect_include_server_time": true },
+              "graphite": { "enabled": true, "port": 0, "host": "graphite.local" },
+              "uni_websocket": { "enabled": false, "handler_prefix": "/connection/uni_websocket" },
+              "broker": { "enabled": false, "type": "redis" },
+              "presence_manager": { "enabled": true, "type": "redis", "redis": { "address": ["redis://r:6379"] } },
+              "engine": { "type": "redis", "redis": { "address": ["redis://r:6379"] } },
+              "prometheus": { "enabled": false },
+              "websocket": { "handler_prefix": "/ws", "disabled": false },
+              "http_api": { "handler_prefix": "/api", "disabled": true, "insecure": true },
+              "log": { "level": "debug", "file": "" },
+              "consumers": [{ "name": "off", "enabled": false, "type": "kafka" }],
+              "pid_file": "/run/centrifugo.pid"
+            }"#,
+        );
+        assert_eq!(
+            ignored(tree),
+            [
+                "client.connect_include_server_time",
+                "engine.redis.address",
+                "engine.type",
+                "graphite.enabled",
+                "graphite.host",
+                "http_api.disabled",
+                "http_api.insecure",
+                "log.level",
+                "pid_file",
+                "presence_manager.enabled",
+                "presence_manager.redis.address",
+                "presence_manager.type",
+                "prometheus.enabled",
+                "websocket.handler_prefix",
+            ]
+        );
+    }
+
+    #[test]
+    fn settings_whose_loss_would_weaken_security_are_refused_each_by_its_path() {
+        let e = refused(from_json(
+            r#"{
+              "client": {
+                "token": { "hmac_secret_key": "s", "audience_regex": "^app-", "issuer_regex": "^auth", "some_new_check": true },
+                "subscription_token": { "enabled": true, "issuer_regex": "x" },
+                "disallow_anonymous_connection_tokens": true,
+                "allow_anonymous_connect_without_token": true,
+                "proxy": { "connect": { "enabled": true, "endpoint": "http://b/connect" } }
+              },
+              "http_server": {
+                "tls": { "enabled": true, "cert_pem": "c.pem", "key_pem": "k.pem", "client_ca_pem": "ca.pem" },
+                "tls_autocert": { "enabled": true }
+              },
+              "channel": { "namespaces": [
+                { "name": "a", "allow_subscribe_for_anonymous": true, "subscribe_proxy_enabled": true },
+                { "name": "b", "allow_publish_for_client": true, "publish_proxy_enabled": true },
+                { "name": "c", "allow_subscribe_for_client": true, "subscribe_stream_proxy_enabled": true }
+              ] }
+            }"#,
+        ));
+        for path in [
+            "client.token.audience_regex",
+            "client.token.issuer_regex",
+            "client.token.some_new_check",
+            "client.subscription_token.issuer_regex",
+            "client.disallow_anonymous_connection_tokens",
+            "client.proxy.connect.enabled",
+            "http_server.tls.client_ca_pem",
+            "http_server.tls_autocert.enabled",
+            "channel.namespaces[a].subscribe_proxy_enabled",
+            "channel.namespaces[b].publish_proxy_enabled",
+            "channel.namespaces[c].subscribe_stream_proxy_enabled",
+        ] {
+            assert!(e.contains(&format!("\n  {path}: ")), "{path} not refused in:\n{e}");
+        }
+        assert_eq!(e.matches("\n  ").count(), 11, "{e}");
+    }
+
+    #[test]
+    fn a_proxy_that_guards_nothing_the_namespace_grants_is_reported_not_refused() {
+        let tree = from_json(
+            r#"{
+              "client": { "proxy": { "connect": { "enabled": true, "endpoint": "http://b/connect" } } },
+              "channel": { "namespaces": [
+                { "name": "a", "subscribe_proxy_enabled": true, "publish_proxy_enabled": true, "publish_proxy_name": "p",
+                  "allow_history_for_subscriber": true },
+                { "name": "b", "subscribe_proxy_name": "unused", "sub_refresh_proxy_enabled": false }
+              ] }
+            }"#,
+        );
+        assert_eq!(
+            ignored(tree),
+            [
+                "channel.namespaces[a].publish_proxy_enabled",
+                "channel.namespaces[a].publish_proxy_name",
+                "channel.namespaces[a].subscribe_proxy_enabled",
+                "client.proxy.connect.enabled",
+                "client.proxy.connect.endpoint",
+            ]
+        );
+    }
+
+    #[test]
+    fn tls_is_copied_when_enabled_and_unused_otherwise() {
+        let on = from_json(
+            r#"{ "http_server": { "tls": { "enabled": true, "cert_pem": "/etc/c.pem", "key_pem": "/etc/k.pem", "server_name": "" } } }"#,
+        );
+        let (c, ignored) = translated(on);
+        assert_eq!(
+            (c.http_server.tls.cert_pem.as_str(), c.http_server.tls.key_pem.as_str()),
+            ("/etc/c.pem", "/etc/k.pem")
+        );
+        assert!(ignored.is_empty(), "{ignored:?}");
+        let off = from_json(
+            r#"{ "http_server": { "tls": { "enabled": false, "cert_pem": "/etc/c.pem", "key_pem": "/etc/k.pem" } } }"#,
+        );
+        let (c, ignored) = translated(off);
+        assert!(c.http_server.tls.cert_pem.is_empty() && ignored.is_empty());
+        // A key the TLS section does not have (Volley's own cert_file) could mean TLS was
+        // wanted: refused rather than serving plain HTTP.
+        let e = refused(from_json(r#"{ "log": {}, "http_server": { "tls": { "cert_file": "c.pem" } } }"#));
+        assert!(e.contains("http_server.tls.cert_file"), "{e}");
+        let e = refused(from_json(r#"{ "http_server": { "tls": { "enabled": true, "cert_pem": "c.pem" } } }"#));
+        assert!(e.contains("http_server.tls: enabled needs cert_pem and key_pem"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_read_as_go_writes_them() {
+        let ns = |s: &str| parse_go_duration(s).unwrap();
+        assert_eq!(ns("25s"), 25_000_000_000);
+        assert_eq!(ns("1h30m"), 5_400_000_000_000);
+        assert_eq!(ns("1.5h"), 5_400_000_000_000);
+        assert_eq!(ns("300ms"), 300_000_000);
+        assert_eq!(ns("2us") + ns("2µs"), 4_000);
+        assert_eq!(ns("-1s"), -1_000_000_000);
+        assert_eq!(ns("0"), 0);
+        for bad in ["", "25", "1x", "s", "1h 30m", "--1s", "9999999h"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?}");
+        }
+        // As Volley writes them: whole milliseconds as text, the rest as seconds.
+        assert_eq!(volley_duration(ns("720h")), json!("30d"));
+        assert_eq!(volley_duration(ns("1500ms")), json!("1500ms"));
+        assert_eq!(volley_duration(ns("250us")), json!(0.00025));
+        // A negative ping interval turns pings off; a negative pong timeout cannot be had.
+        let (c, ignored) = translated(from_json(r#"{ "client": { "ping_interval": "-1s", "pong_timeout": -1 } }"#));
+        assert_eq!(c.client.ping_interval, Duration::ZERO);
+        assert_eq!(c.client.pong_timeout, Duration::from_secs(8));
+        assert_eq!(ignored, ["client.pong_timeout"]);
+        // A bare number is nanoseconds to Centrifugo: refused, with the way to write it.
+        let e = refused(from_json(r#"{ "channel": { "namespaces": [{ "name": "a", "history_ttl": 60 }] } }"#));
+        assert!(e.contains("channel.namespaces[a].history_ttl: 60 is 60 nanoseconds"), "{e}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_an_error_that_names_its_key() {
+        let e = refused(from_json(
+            r#"{ "client": { "channel_limit": "many", "allowed_origins": [1], "token": "s" },
+                 "channel": { "namespaces": [{ "presence": true }, { "name": "x", "force_recovery_mode": "all" }] } }"#,
+        ));
+        for part in [
+            "client.channel_limit: expected a whole number",
+            "client.allowed_origins: expected a list of strings",
+            "client.token: expected an object",
+            "channel.namespaces[0]: a namespace needs a name",
+            "channel.namespaces[x].force_recovery_mode: \"all\"",
+        ] {
+            assert!(e.contains(part), "{part} not in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn a_centrifugo_v5_configuration_is_named_as_such() {
+        let e = refused(from_json(r#"{ "token_hmac_secret_key": "s", "api_key": "k" }"#));
+        assert!(e.contains("Centrifugo v5 key"), "{e}");
+        let e = refused(from_json(r#"{ "engine": "redis" }"#));
+        assert!(e.contains("Centrifugo v5"), "{e}");
+        assert_eq!(centrifugo_marker(&from_json(r#"{ "api_key": "k" }"#)).as_deref(), Some("api_key"));
+    }
+
+    #[test]
+    fn volleys_own_configuration_is_never_taken_for_centrifugos() {
+        // Every key of Volley's full default configuration, and typos of its own keys.
+        assert_eq!(centrifugo_marker(&from_toml(crate::serve::DEFAULT_CONFIG)), None);
+        assert_eq!(centrifugo_marker(&from_toml("[client]\nping_intervall = \"10s\"\n")), None);
+        let volley = from_toml("[client]\ncommand_rate = 5\n");
+        assert_eq!(detect(ConfigFormat::Auto, false, &volley).unwrap(), None);
+        // Keys only Centrifugo has, at any depth.
+        for (text, key) in [
+            (r#"{ "log": { "level": "debug" } }"#, "log"),
+            (r#"{ "client": { "queue_max_size": 1 } }"#, "client.queue_max_size"),
+            (r#"{ "client": { "token": { "issuer_regex": "x" } } }"#, "client.token.issuer_regex"),
+            (r#"{ "http_server": { "tls": { "enabled": true } } }"#, "http_server.tls.enabled"),
+            (
+                r#"{ "channel": { "namespaces": [{ "name": "a", "delta_publish": true }] } }"#,
+                "channel.namespaces[].delta_publish",
+            ),
+            (
+                r#"{ "channel": { "without_namespace": { "subscribe_proxy_name": "p" } } }"#,
+                "channel.without_namespace.subscribe_proxy_name",
+            ),
+            (r#"{ "shutdown": { "timeout": "30s" } }"#, "shutdown.timeout"),
+        ] {
+            assert_eq!(centrifugo_marker(&from_json(text)).as_deref(), Some(key), "{text}");
+        }
+        // YAML is Centrifugo's; the flag decides over the content.
+        assert!(detect(ConfigFormat::Auto, true, &json!({})).unwrap().is_some());
+        assert!(detect(ConfigFormat::Volley, true, &json!({})).is_err());
+        assert!(detect(ConfigFormat::Centrifugo, false, &volley).unwrap().is_some());
+        assert_eq!(detect(ConfigFormat::Volley, false, &from_json(r#"{ "log": {} }"#)).unwrap(), None);
+    }
+
+    #[test]
+    fn yaml_reads_as_yaml_1_2_with_its_limits() {
+        let v = yaml_to_json("a: yes\nb: 0x10\nc: ~\nd: 1.5\ne: &x [1, 2]\nf: *x\n8000: port\n").unwrap();
+        assert_eq!(v, json!({ "a": "yes", "b": 16, "c": null, "d": 1.5, "e": [1, 2], "f": [1, 2], "8000": "port" }));
+        assert_eq!(yaml_to_json("").unwrap(), json!({}));
+        assert!(yaml_to_json("a: 1\n---\nb: 2\n").unwrap_err().to_string().contains("2 YAML documents"));
+        assert!(yaml_to_json("a: [1\n").is_err());
+        assert!(yaml_to_json("? [1]\n: x\n").is_err());
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert!(yaml_to_json(&deep).is_err());
+        // Aliases that expand beyond the loader's budget are refused, not built.
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (name, prev) in ["b", "c", "d", "e", "f", "g"].into_iter().zip(["a", "b", "c", "d", "e", "f"]) {
+            let refs = vec![format!("*{prev}"); 10].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        assert!(yaml_to_json(&bomb).is_err());
+    }
 }

@@ -576,6 +576,38 @@ mod tests {
     }
 
     #[test]
+    fn tls_reads_cert_pem_and_key_pem_as_pem_text_its_base64_or_a_path() {
+        use base64::Engine as _;
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (generated.cert.pem(), generated.signing_key.serialize_pem());
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let dir = std::env::temp_dir();
+        let cert_path = dir.join(format!("volley-serve-unit-{}-cert.pem", std::process::id()));
+        let key_path = dir.join(format!("volley-serve-unit-{}-key.pem", std::process::id()));
+        std::fs::write(&cert_path, &cert).unwrap();
+        std::fs::write(&key_path, &key).unwrap();
+        let pem = |cert_pem: String, key_pem: String| Tls { cert_pem, key_pem, ..Tls::default() };
+        for tls in [
+            pem(cert.clone(), key.clone()),
+            pem(b64(&cert), b64(&key)),
+            pem(cert_path.display().to_string(), key_path.display().to_string()),
+        ] {
+            assert!(tls_acceptor(&tls).unwrap().is_some());
+        }
+        let err = |tls: Tls| match tls_acceptor(&tls) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err(pem(cert.clone(), String::new())).contains("cert_pem and key_pem go together"));
+        assert!(err(pem("nothing of the sort".into(), key.clone())).contains("http_server.tls.cert_pem"));
+        assert!(err(pem(key.clone(), key.clone())).contains("http_server.tls.cert_pem: no certificate"));
+        let both = Tls { cert_file: cert_path.display().to_string(), ..pem(cert.clone(), key.clone()) };
+        assert!(err(both).contains("not both"));
+        let _ = std::fs::remove_file(cert_path);
+        let _ = std::fs::remove_file(key_path);
+    }
+
+    #[test]
     fn the_printed_default_configuration_is_the_default_and_names_every_key() {
         let parsed: ServeConfig = toml::from_str(DEFAULT_CONFIG).expect("it parses, with no unknown key");
         assert_eq!(serde_json::to_value(&parsed).unwrap(), serde_json::to_value(ServeConfig::default()).unwrap());
