@@ -188,3 +188,174 @@ async fn hub_connects<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(m
     let reply = ws.recv().await.unwrap().unwrap().into_data();
     assert!(reply.starts_with(b"{\"id\":1,\"connect\""), "{reply:?}");
 }
+
+/// A Centrifugo v6 configuration as an application has it: keys Volley supports, keys it
+/// ignores (`client.presence_update_interval`, `delta_publish`, `log.level`), and sections
+/// that are off.
+fn centrifugo_config() -> serde_json::Value {
+    json!({
+        "http_server": { "port": 8000 },
+        "log": { "level": "debug" },
+        "engine": { "type": "memory" },
+        "client": {
+            "token": { "hmac_secret_key": "centrifugo-hmac-secret" },
+            "allowed_origins": [],
+            "presence_update_interval": "27s"
+        },
+        "channel": {
+            "namespaces": [{
+                "name": "chat", "history_size": 10, "history_ttl": "300s", "force_recovery": true,
+                "allow_subscribe_for_client": true, "allow_publish_for_subscriber": true, "delta_publish": true
+            }]
+        },
+        "http_api": { "key": "centrifugo-api-key" },
+        "admin": { "enabled": false, "password": "admin-password", "secret": "admin-secret" }
+    })
+}
+
+/// An HS256 JWT.
+fn hs256(secret: &str, claims: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signing = format!("{}.{}", b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#), b64.encode(claims.to_string()));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(signing.as_bytes());
+    format!("{signing}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+/// The next JSON reply or push from the hub (a frame may carry several, one a line).
+async fn next_json<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    ws: &mut volley::WebSocket<S>,
+    pending: &mut std::collections::VecDeque<serde_json::Value>,
+) -> serde_json::Value {
+    loop {
+        if let Some(v) = pending.pop_front() {
+            return v;
+        }
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.recv()).await.expect("a reply").unwrap().unwrap();
+        let data = msg.into_data();
+        for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            pending.push_back(serde_json::from_slice(line).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_centrifugo_configuration_serves_its_clients_and_its_api_unchanged() {
+    let file = write_config(&centrifugo_config().to_string(), "json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["serve", "--config", file.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("VOLLEY_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let proc = Proc(child);
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+
+    // One warning names every key Volley ignores, by its path.
+    let warning = loop {
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("a warning about the ignored keys");
+        if line.contains("WARN") {
+            break line;
+        }
+    };
+    assert!(
+        warning.contains("channel.namespaces[chat].delta_publish, client.presence_update_interval, log.level"),
+        "{warning}"
+    );
+
+    // The server API, with the key of http_api.key.
+    assert!(api(&addr, "centrifugo-api-key", "info", json!({})).await["result"]["nodes"].is_array());
+
+    // A client with a token signed with client.token.hmac_secret_key.
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let token = hs256("centrifugo-hmac-secret", &json!({ "sub": "alice", "exp": exp }));
+    let (mut ws, _) = volley::connect(&format!("ws://{addr}/connection/websocket")).await.unwrap();
+    let mut pending = Default::default();
+    ws.send(Message::text(json!({ "id": 1, "connect": { "token": token } }).to_string())).await.unwrap();
+    let connected = next_json(&mut ws, &mut pending).await;
+    assert!(connected["connect"]["client"].is_string(), "{connected}");
+    ws.send(Message::text(json!({ "id": 2, "subscribe": { "channel": "chat:lobby" } }).to_string())).await.unwrap();
+    let subscribed = next_json(&mut ws, &mut pending).await;
+    assert_eq!(subscribed["id"], 2, "{subscribed}");
+    assert!(subscribed["subscribe"]["recoverable"].as_bool().unwrap_or(false), "{subscribed}");
+
+    // The backend publishes through the API; the subscriber gets it.
+    let published =
+        api(&addr, "centrifugo-api-key", "publish", json!({ "channel": "chat:lobby", "data": { "text": "hi" } })).await;
+    assert!(published["result"].is_object(), "{published}");
+    let push = next_json(&mut ws, &mut pending).await;
+    assert_eq!(push["push"]["channel"], "chat:lobby", "{push}");
+    assert_eq!(push["push"]["pub"]["data"], json!({ "text": "hi" }), "{push}");
+
+    // A token signed with another secret is refused.
+    let forged = hs256("another-secret", &json!({ "sub": "mallory", "exp": exp }));
+    let (mut ws2, _) = volley::connect(&format!("ws://{addr}/connection/websocket")).await.unwrap();
+    ws2.send(Message::text(json!({ "id": 1, "connect": { "token": forged } }).to_string())).await.unwrap();
+    let refused = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws2.recv()).await.unwrap() {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(Message::Text(t))) => panic!("answered: {t:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(refused, 3500);
+    drop(proc);
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn check_config_reads_centrifugo_yaml_and_lists_the_ignored_keys() {
+    let yaml = r#"
+client:
+  token:
+    hmac_secret_key: s
+  presence_update_interval: 27s
+channel:
+  namespaces:
+    - name: chat
+      delta_publish: true
+http_api:
+  key: k
+log:
+  level: debug
+"#;
+    let file = write_config(yaml, "yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["check-config", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout,
+        "configuration ok: listens on 0.0.0.0:8000, 1 namespace(s)\n\
+         read as a Centrifugo v6 configuration (a YAML file)\n\
+         ignored, Volley does not support them (3):\n  \
+         channel.namespaces[chat].delta_publish\n  \
+         client.presence_update_interval\n  \
+         log.level\n"
+    );
+    // A setting Volley cannot ignore safely stops it, naming the key.
+    let refused = write_config("client:\n  disallow_anonymous_connection_tokens: true\n", "yml");
+    let out = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["check-config", "--config", refused.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("client.disallow_anonymous_connection_tokens"));
+    let _ = std::fs::remove_file(file);
+    let _ = std::fs::remove_file(refused);
+}
