@@ -9,9 +9,10 @@
 //!
 //! Which keys are reported: a key is ignored silently when ignoring it changes nothing,
 //! that is when its value is Centrifugo's "off" (`false`, `0`, `""`, `[]`, `{}`, `null`), when
-//! it sits in an object whose `enabled` is `false`, or when it names what Volley does
-//! anyway (`engine.type = "memory"`, `websocket.handler_prefix = "/connection/websocket"`,
-//! ...). Every other key Volley does not support is reported.
+//! it sits in an object whose `enabled` is `false` (but `prometheus` and `health`, which
+//! Volley serves anyway), or when it names what Volley does anyway (`engine.type =
+//! "memory"`, `websocket.handler_prefix = "/connection/websocket"`, ...). Every other key
+//! Volley does not support is reported.
 //!
 //! Which files are Centrifugo's ([`detect`]): YAML files (`.yml`, `.yaml`: Volley's own
 //! configuration is TOML or JSON), and TOML or JSON files that hold a key Centrifugo v6 has
