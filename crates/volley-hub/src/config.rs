@@ -53,7 +53,7 @@ pub struct ClientConfig {
     pub expired_close_delay: Duration,
     /// Channels one client may be subscribed to (106, or 3505 for server-side ones).
     pub channel_limit: usize,
-    /// Connections in total on this node (3504 above).
+    /// Connections in total on this node (3504 above); 0 for no limit.
     pub connection_limit: usize,
     /// Connections of one user on this node (3504 above); 0 for no limit.
     pub user_connection_limit: usize,

@@ -405,7 +405,7 @@ impl Session {
     fn register_connection(&mut self) -> Outcome {
         let c = &self.hub.config.client;
         let mut conns = lock(&self.hub.conns);
-        if conns.total >= c.connection_limit {
+        if c.connection_limit != 0 && conns.total >= c.connection_limit {
             return Err(Disconnect::CONNECTION_LIMIT);
         }
         if c.user_connection_limit > 0
