@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::engine::{ControlRequest, Hub, ServerPublish};
-use crate::protocol::{ClientInfo, Disconnect, ErrorReply, Publication, StreamPosition};
+use crate::protocol::{ClientInfo, Disconnect, ErrorReply, PayloadKind, Publication, StreamPosition};
 
 /// The API's routes: `/api/{method}` (and `/api` with `{"method", "params"}`).
 pub fn router(hub: Hub) -> Router {
@@ -61,11 +61,13 @@ async fn method_handler(
     if !authorized(&api, &headers) {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
     }
-    let params: Value = if body.is_empty() {
-        json!({})
+    // The body is parsed once, straight into the method's parameters: a publication's
+    // `data` is checked there and kept as the bytes that came.
+    let params = if body.is_empty() {
+        "{}"
     } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => v,
+        match std::str::from_utf8(&body) {
+            Ok(text) => text,
             Err(_) => return answer(&api, &method, Err(ErrorReply::BAD_REQUEST)),
         }
     };
@@ -78,14 +80,15 @@ async fn legacy_handler(State(api): State<Api>, headers: HeaderMap, body: Body) 
         return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
     }
     #[derive(Deserialize)]
-    struct Legacy {
+    struct Legacy<'a> {
         method: String,
-        #[serde(default)]
-        params: Value,
+        #[serde(borrow)]
+        params: Option<&'a RawValue>,
     }
     match serde_json::from_slice::<Legacy>(&body) {
         Ok(l) => {
-            let r = call(&api, &l.method, l.params).await;
+            let params = l.params.map_or("{}", |p| p.get());
+            let r = call(&api, &l.method, params).await;
             answer(&api, &l.method, r)
         }
         Err(_) => answer(&api, "", Err(ErrorReply::BAD_REQUEST)),
@@ -120,29 +123,37 @@ fn status_of(e: &ErrorReply) -> StatusCode {
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, ErrorReply> {
-    serde_json::from_value(params)
+/// The parameters of a method, parsed from the JSON text of the request (107 when they
+/// are not JSON or not of the method's shape).
+fn parse<'a, T: Deserialize<'a>>(params: &'a str) -> Result<T, ErrorReply> {
+    serde_json::from_str(params)
         .map_err(|e| ErrorReply { message: format!("bad request: {e}").into(), ..ErrorReply::BAD_REQUEST })
 }
 
-/// The payload of a publish: `data` (any JSON) or `b64data` (base64 bytes).
-fn payload(data: Option<Box<RawValue>>, b64data: Option<String>) -> Result<Bytes, ErrorReply> {
+/// The payload of a publish and what is known of it: `data` (any JSON, checked by the
+/// parse of the request, so never looked at again) or `b64data` (bytes, looked at by
+/// the hub once).
+fn payload(data: Option<&RawValue>, b64data: Option<String>) -> Result<(Bytes, PayloadKind), ErrorReply> {
     match (data, b64data) {
-        (Some(d), _) => Ok(crate::protocol::json::one_line(Bytes::from(d.get().to_owned()))),
-        (None, Some(b)) => {
-            base64::engine::general_purpose::STANDARD.decode(b).map(Bytes::from).map_err(|_| ErrorReply::BAD_REQUEST)
+        (Some(d), _) => {
+            Ok((crate::protocol::json::one_line(Bytes::copy_from_slice(d.get().as_bytes())), PayloadKind::Json))
         }
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(|b| (Bytes::from(b), PayloadKind::Unchecked))
+            .map_err(|_| ErrorReply::BAD_REQUEST),
         (None, None) => Err(ErrorReply::BAD_REQUEST),
     }
 }
 
 #[derive(Deserialize)]
-struct PublishParams {
+struct PublishParams<'a> {
     #[serde(default)]
     channel: String,
     #[serde(default)]
     channels: Vec<String>,
-    data: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
     b64data: Option<String>,
     #[serde(default)]
     skip_history: bool,
@@ -199,7 +210,7 @@ struct ChannelsParams {
 
 #[derive(Deserialize)]
 struct BatchParams {
-    commands: Vec<BTreeMap<String, Value>>,
+    commands: Vec<BTreeMap<String, Box<RawValue>>>,
 }
 
 fn info_json(i: &ClientInfo) -> Value {
@@ -243,16 +254,20 @@ fn publication_json(p: &Publication) -> Value {
 fn call<'a>(
     api: &'a Api,
     method: &'a str,
-    params: Value,
+    params: &'a str,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, ErrorReply>> + Send + 'a>> {
     Box::pin(async move {
         let hub = &api.hub;
         match method {
             "publish" => {
                 let p: PublishParams = parse(params)?;
-                let data = payload(p.data, p.b64data)?;
-                let opts =
-                    ServerPublish { tags: p.tags, idempotency_key: p.idempotency_key, skip_history: p.skip_history };
+                let (data, kind) = payload(p.data, p.b64data)?;
+                let opts = ServerPublish {
+                    tags: p.tags,
+                    idempotency_key: p.idempotency_key,
+                    skip_history: p.skip_history,
+                    kind,
+                };
                 let r = hub.publish(&p.channel, data, opts).await?;
                 Ok(position_json(&r.position))
             }
@@ -261,13 +276,16 @@ fn call<'a>(
                 if p.channels.is_empty() {
                     return Err(ErrorReply::BAD_REQUEST);
                 }
-                let data = payload(p.data, p.b64data)?;
+                let (data, kind) = payload(p.data, p.b64data)?;
+                // Looked at once for every channel.
+                let kind = if kind == PayloadKind::Unchecked { PayloadKind::of(&data) } else { kind };
                 let mut responses = Vec::with_capacity(p.channels.len());
                 for ch in &p.channels {
                     let opts = ServerPublish {
                         tags: p.tags.clone(),
                         idempotency_key: p.idempotency_key.clone(),
                         skip_history: p.skip_history,
+                        kind,
                     };
                     responses.push(match hub.publish(ch, data.clone(), opts).await {
                         Ok(r) => json!({ "result": position_json(&r.position) }),
@@ -393,7 +411,7 @@ fn call<'a>(
                         replies.push(json!({ "error": { "code": 107, "message": "bad request" } }));
                         continue;
                     }
-                    replies.push(match call(api, &m, params).await {
+                    replies.push(match call(api, &m, params.get()).await {
                         Ok(v) => json!({ m: v }),
                         Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
                     });

@@ -26,7 +26,7 @@ use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerEvents, HistoryQuery, MemoryBroker, PublishOptions, PublishResult};
 use crate::config::HubConfig;
 use crate::protocol::{
-    self, ClientInfo, Disconnect, ErrorReply, Format, Publication, Push, PushKind, Reply, StreamPosition,
+    self, ClientInfo, Disconnect, ErrorReply, Format, PayloadKind, Publication, Push, PushKind, Reply, StreamPosition,
 };
 use channel::Channels;
 use client::ClientShared;
@@ -228,7 +228,11 @@ impl Hub {
     /// permission checks, the channel's history options apply.
     pub async fn publish(&self, channel: &str, data: Bytes, opts: ServerPublish) -> Result<PublishResult, ErrorReply> {
         let resolved = self.inner.channels.resolve(channel)?;
-        let publication = Publication { data, tags: opts.tags, time: now_ms(), ..Default::default() };
+        let kind = match opts.kind {
+            PayloadKind::Unchecked => PayloadKind::of(&data),
+            known => known,
+        };
+        let publication = Publication { data, tags: opts.tags, time: now_ms(), kind, ..Default::default() };
         self.inner.publish(channel, &resolved.options, publication, opts.idempotency_key, opts.skip_history).await
     }
 
@@ -366,6 +370,10 @@ pub struct ServerPublish {
     pub idempotency_key: Option<String>,
     /// Deliver without keeping it in history.
     pub skip_history: bool,
+    /// What the caller knows of the payload: [`PayloadKind::Json`] when it is one JSON
+    /// value on one line (the API's `data`, which it parsed). Left
+    /// [`PayloadKind::Unchecked`], the hub looks once, here.
+    pub kind: PayloadKind,
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> ErrorReply {
@@ -670,7 +678,8 @@ pub(crate) fn encode_publication(
     let mut out = BytesMut::with_capacity(64 + channel.len() + publication.data.len());
     match format {
         Format::Json => {
-            if !publication.delta && !publication.data.is_empty() && !protocol::json::is_json(&publication.data) {
+            // Looked at once where it entered the hub, not here for every publication.
+            if !publication.delta && !publication.is_json() {
                 return None;
             }
             if delta_form {
@@ -710,5 +719,32 @@ impl BrokerEvents for Events {
         if let Some(hub) = self.0.upgrade() {
             hub.deliver_join_leave(channel, info, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(data: &'static [u8], kind: PayloadKind) -> Publication {
+        Publication { data: Bytes::from_static(data), kind, ..Default::default() }
+    }
+
+    #[test]
+    fn delivery_trusts_the_kind_found_where_the_payload_entered() {
+        assert_eq!(PayloadKind::of(b"{\"a\": [1, 2]}"), PayloadKind::Json);
+        assert_eq!(PayloadKind::of(b"\x00\x01"), PayloadKind::Binary);
+        assert_eq!(PayloadKind::of(b"{\n}"), PayloadKind::Binary, "a line break would split the frame's lines");
+        // Marked JSON where it entered: embedded as it is, never parsed again (a kind
+        // that lied would go through, which shows that nothing looks at it here).
+        let trusted = publication(b"not json, but marked so", PayloadKind::Json);
+        let push = encode_publication("c", &trusted, Format::Json, false).expect("embedded");
+        assert!(push.ends_with(b"\"data\":not json, but marked so}}}"));
+        assert!(encode_publication("c", &publication(b"{}", PayloadKind::Binary), Format::Json, false).is_none());
+        // Unchecked (from a broker that does not carry the kind): looked at here.
+        assert!(encode_publication("c", &publication(b"{}", PayloadKind::Unchecked), Format::Json, false).is_some());
+        assert!(encode_publication("c", &publication(b"{", PayloadKind::Unchecked), Format::Json, false).is_none());
+        // Protobuf carries anything.
+        assert!(encode_publication("c", &publication(b"\xff", PayloadKind::Binary), Format::Protobuf, false).is_some());
     }
 }

@@ -16,7 +16,8 @@ use crate::auth::{ConnectToken, SubscribeToken, TokenError};
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::protocol::{
     self, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, ErrorReply, Format, HistoryRequest,
-    Publication, Push, PushKind, Reply, ReplyResult, Request, StreamPosition, SubscribeRequest, SubscribeResult,
+    PayloadKind, Publication, Push, PushKind, Reply, ReplyResult, Request, StreamPosition, SubscribeRequest,
+    SubscribeResult,
 };
 
 /// The server's version, as sent in connect results.
@@ -99,6 +100,18 @@ impl Session {
             conn_info: self.conn_info.clone(),
             chan_info,
         }
+    }
+
+    /// Whether the client's format can carry these publications: binary data cannot go
+    /// to a JSON client, which is disconnected with 3506 (what the reply would have
+    /// carried is left out; the close goes before it). The kind of each payload was
+    /// found where it entered the hub: nothing is parsed here.
+    fn can_carry(&self, pubs: &[Arc<Publication>]) -> bool {
+        if self.client.format == Format::Json && pubs.iter().any(|p| !p.is_json()) {
+            self.client.close(Disconnect::INAPPROPRIATE_PROTOCOL);
+            return false;
+        }
+        true
     }
 
     fn send(&self, reply: &Reply) {
@@ -535,7 +548,9 @@ impl Session {
             last = top.offset;
             result.epoch = top.epoch;
             result.offset = top.offset;
-            result.publications = pubs.iter().map(|p| (**p).clone()).collect();
+            if self.can_carry(&pubs) {
+                result.publications = pubs.iter().map(|p| (**p).clone()).collect();
+            }
         }
         Ok(Prepared { pending, result, last, local: LocalSub { options: o.clone(), chan_info, expires_at } })
     }
@@ -629,9 +644,17 @@ impl Session {
         if data.is_empty() {
             return Err(ErrorReply::BAD_REQUEST);
         }
-        let data = if self.client.format == Format::Json { protocol::json::one_line(data) } else { data };
+        // Checked here, once: a JSON command's data was parsed with the command, a
+        // Protobuf one's bytes are looked at now. Delivery trusts the kind.
+        let (data, kind) = if self.client.format == Format::Json {
+            (protocol::json::one_line(data), PayloadKind::Json)
+        } else {
+            let kind = PayloadKind::of(&data);
+            (data, kind)
+        };
         let chan_info = self.subs.get(channel).map(|s| s.chan_info.clone()).unwrap_or_default();
-        let publication = Publication { data, info: Some(self.info(chan_info)), time: now_ms(), ..Default::default() };
+        let publication =
+            Publication { data, info: Some(self.info(chan_info)), time: now_ms(), kind, ..Default::default() };
         self.hub.publish(channel, o, publication, None, false).await?;
         Ok(ReplyResult::Publish)
     }
@@ -665,7 +688,9 @@ impl Session {
                 return Err(ErrorReply::UNRECOVERABLE_POSITION);
             }
         }
-        Ok(ReplyResult::History { publications: pubs.iter().map(|p| (**p).clone()).collect(), position: top })
+        let publications =
+            if self.can_carry(&pubs) { pubs.iter().map(|p| (**p).clone()).collect() } else { Vec::new() };
+        Ok(ReplyResult::History { publications, position: top })
     }
 
     async fn presence(&mut self, channel: &str) -> Result<ReplyResult, ErrorReply> {

@@ -202,6 +202,33 @@ pub struct ClientInfo {
     pub chan_info: Bytes,
 }
 
+/// What is known of a payload: whether the JSON format may embed it as it is. Found out
+/// once, where the payload enters the hub (a client's publish, the server API,
+/// [`crate::Hub::publish`]), so that delivery never parses a payload again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// Not looked at yet: [`Publication::is_json`] looks (a publication decoded from the
+    /// wire, or from a broker that does not carry the kind).
+    #[default]
+    Unchecked,
+    /// One JSON value with no raw line break: embedded in JSON replies as it is.
+    Json,
+    /// Anything else (binary data, or JSON over several lines from a Protobuf client):
+    /// it cannot go to a JSON client.
+    Binary,
+}
+
+impl PayloadKind {
+    /// Looks at `data` once: [`PayloadKind::Json`] or [`PayloadKind::Binary`].
+    pub fn of(data: &[u8]) -> PayloadKind {
+        if !data.iter().any(|&b| b == b'\n' || b == b'\r') && json::is_json(data) {
+            PayloadKind::Json
+        } else {
+            PayloadKind::Binary
+        }
+    }
+}
+
 /// A message published into a channel.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Publication {
@@ -217,6 +244,20 @@ pub struct Publication {
     pub delta: bool,
     /// Milliseconds since the Unix epoch when it was published (0: not sent).
     pub time: i64,
+    /// Whether `data` is JSON, as found where it entered the hub (never sent).
+    pub kind: PayloadKind,
+}
+
+impl Publication {
+    /// Whether the JSON format can carry `data` as it is (empty data can: it is left
+    /// out). Looks at the bytes only when nobody did before ([`PayloadKind::Unchecked`]).
+    pub fn is_json(&self) -> bool {
+        match self.kind {
+            PayloadKind::Json => true,
+            PayloadKind::Binary => self.data.is_empty(),
+            PayloadKind::Unchecked => self.data.is_empty() || PayloadKind::of(&self.data) == PayloadKind::Json,
+        }
+    }
 }
 
 /// What the server answers to a command, or pushes.

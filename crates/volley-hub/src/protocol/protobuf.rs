@@ -30,8 +30,8 @@ use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, Wi
 use prost::Message as _;
 
 use super::{
-    ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, ErrorReply, HistoryRequest, Publication, Push,
-    PushKind, Reply, ReplyResult, Request, StreamPosition, SubscribeRequest, SubscribeResult,
+    ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, ErrorReply, HistoryRequest, PayloadKind,
+    Publication, Push, PushKind, Reply, ReplyResult, Request, StreamPosition, SubscribeRequest, SubscribeResult,
 };
 
 /// The most commands [`decode_commands`] accepts from one frame. A command can be one byte
@@ -560,6 +560,7 @@ fn publication_from_wire(p: wire::Publication) -> Publication {
         tags: p.tags,
         delta: p.delta,
         time: p.time,
+        kind: PayloadKind::Unchecked,
     }
 }
 
@@ -1562,6 +1563,7 @@ mod tests {
                         tags: BTreeMap::from([("k".to_string(), "v".to_string())]),
                         delta: true,
                         time: 1_700_000_000_000,
+                        kind: PayloadKind::Unchecked,
                     }),
                 ),
                 "362234120463686174222c22077b2278223a317d2a0e0a01751201631a027b7d22025b5d302a3a060a016b1201764001488\
@@ -1780,6 +1782,7 @@ mod tests {
             ]),
             delta: true,
             time: 1_700_000_000_123,
+            kind: PayloadKind::Unchecked,
         };
         let publications = [
             Publication::default(),
