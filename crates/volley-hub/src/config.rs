@@ -222,6 +222,9 @@ pub struct ChannelOptions {
     /// A regular expression the channel's name (after `namespace:`) must match in full;
     /// empty for any (102 otherwise).
     pub channel_regex: String,
+    /// Subscribers may pass a tags filter (`tf`): they then receive only the
+    /// publications whose tags match (107 for a filter where this is off).
+    pub allow_tags_filter: bool,
 }
 
 impl Default for ChannelOptions {
@@ -254,6 +257,7 @@ impl Default for ChannelOptions {
             allow_user_limited_channels: false,
             allowed_delta_types: Vec::new(),
             channel_regex: String::new(),
+            allow_tags_filter: false,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod broker;
 pub mod config;
 pub mod delta;
 pub mod engine;
+pub mod filter;
 pub mod protocol;
 pub mod transport;
 

@@ -26,7 +26,8 @@ use crate::auth::TokenVerifier;
 use crate::broker::{Broker, BrokerEvents, HistoryQuery, MemoryBroker, PublishOptions, PublishResult};
 use crate::config::HubConfig;
 use crate::protocol::{
-    self, ClientInfo, Disconnect, ErrorReply, Format, PayloadKind, Publication, Push, PushKind, Reply, StreamPosition,
+    self, ClientInfo, Disconnect, ErrorReply, FilterNode, Format, PayloadKind, Publication, Push, PushKind, Reply,
+    StreamPosition,
 };
 use channel::Channels;
 use client::ClientShared;
@@ -177,6 +178,22 @@ struct Sub {
     delta: bool,
     /// The offset of the publication the client holds as its delta base, if any.
     base: Option<u64>,
+    /// A tags filter: publications whose tags do not match are skipped (their offsets
+    /// still count for the gap check).
+    filter: Option<Arc<FilterNode>>,
+}
+
+/// How a subscriber is served, as its subscribe negotiated.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SubOptions {
+    /// Checks offsets (positioned or recoverable).
+    pub positioned: bool,
+    /// Receives join and leave pushes.
+    pub join_leave: bool,
+    /// Fossil deltas were negotiated.
+    pub delta: bool,
+    /// A tags filter, validated.
+    pub filter: Option<Arc<FilterNode>>,
 }
 
 impl Hub {
@@ -450,9 +467,7 @@ impl HubInner {
         &self,
         channel: &str,
         client: &Arc<ClientShared>,
-        positioned: bool,
-        join_leave: bool,
-        delta: bool,
+        o: SubOptions,
     ) -> Result<Pending, ErrorReply> {
         let first = {
             let mut shard = self.shard(channel);
@@ -462,12 +477,13 @@ impl HubInner {
                 client.seq,
                 Sub {
                     client: client.clone(),
-                    join_leave,
-                    positioned,
+                    join_leave: o.join_leave,
+                    positioned: o.positioned,
                     last: 0,
                     buffer: Some(Vec::new()),
-                    delta,
+                    delta: o.delta,
                     base: None,
+                    filter: o.filter,
                 },
             );
             first
@@ -515,6 +531,9 @@ impl HubInner {
                     return;
                 }
                 sub.last = p.offset;
+            }
+            if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &p.tags)) {
+                continue;
             }
             match encode_publication(&pending.channel, &p, client.format, sub.delta) {
                 Some(b) => {
@@ -575,6 +594,10 @@ impl HubInner {
                     continue;
                 }
                 sub.last = publication.offset;
+            }
+            // No allocation: a filter only compares the tags in place.
+            if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &publication.tags)) {
+                continue;
             }
             // A delta only from the publication the client holds.
             let as_delta = sub.delta

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::client::ClientShared;
-use super::{encode, lock, now_ms, ControlRequest, HubInner, SessionControl};
+use super::{encode, lock, now_ms, ControlRequest, HubInner, SessionControl, SubOptions};
 use crate::auth::{ConnectToken, SubscribeToken, TokenError};
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::protocol::{
-    self, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, ErrorReply, Format, HistoryRequest,
-    PayloadKind, Publication, Push, PushKind, Reply, ReplyResult, Request, StreamPosition, SubscribeRequest,
-    SubscribeResult,
+    self, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, ErrorReply, FilterNode, Format,
+    HistoryRequest, PayloadKind, Publication, Push, PushKind, Reply, ReplyResult, Request, StreamPosition,
+    SubscribeRequest, SubscribeResult,
 };
 
 /// The server's version, as sent in connect results.
@@ -48,6 +48,25 @@ struct LocalSub {
     options: Arc<ChannelOptions>,
     chan_info: Bytes,
     expires_at: Option<u64>,
+}
+
+/// What a subscription is granted besides what its request asks.
+#[derive(Default)]
+struct Grant {
+    /// The subscription's info (from its token).
+    chan_info: Bytes,
+    /// When the subscription expires (its token's), unless refreshed.
+    expires_at: Option<u64>,
+    /// A validated tags filter.
+    filter: Option<Arc<FilterNode>>,
+    /// Made by the server (a token's channels, the API), not by a subscribe command.
+    server_side: bool,
+}
+
+impl Grant {
+    fn server_side() -> Grant {
+        Grant { server_side: true, ..Grant::default() }
+    }
 }
 
 /// A subscription being set up: registered, buffering, its result not yet sent.
@@ -193,7 +212,7 @@ impl Session {
                         return Err(Disconnect::CHANNEL_LIMIT);
                     }
                     match self
-                        .prepare(&channel, &resolved.options, &SubscribeRequest::default(), Bytes::new(), None)
+                        .prepare(&channel, &resolved.options, &SubscribeRequest::default(), Grant::server_side())
                         .await
                     {
                         Ok(p) => {
@@ -385,7 +404,8 @@ impl Session {
             let recover = req.subs.get(&channel).cloned().unwrap_or_default();
             let chan_info =
                 token.subs.get(&channel).and_then(|o| o.info.clone()).map(protocol::json::one_line).unwrap_or_default();
-            match self.prepare(&channel, &resolved.options, &recover, chan_info, None).await {
+            let grant = Grant { chan_info, ..Grant::server_side() };
+            match self.prepare(&channel, &resolved.options, &recover, grant).await {
                 Ok(p) => prepared.push((channel, p)),
                 Err(e) => {
                     for (ch, p) in prepared {
@@ -493,7 +513,25 @@ impl Session {
                 return Ok(());
             }
         }
-        match self.prepare(&channel, &resolved.options, &req, chan_info, expires_at).await {
+        // A tags filter where the namespace allows it, well formed: 107 otherwise.
+        let filter = match &req.tf {
+            None => None,
+            Some(_) if !resolved.options.allow_tags_filter => {
+                tracing::debug!(channel, "tags filter where the namespace does not allow it");
+                self.error(id, ErrorReply::BAD_REQUEST);
+                return Ok(());
+            }
+            Some(tf) => match crate::filter::validate(tf) {
+                Ok(()) => Some(Arc::new(tf.clone())),
+                Err(e) => {
+                    tracing::debug!(channel, error = %e, "tags filter refused");
+                    self.error(id, ErrorReply::BAD_REQUEST);
+                    return Ok(());
+                }
+            },
+        };
+        let grant = Grant { chan_info, expires_at, filter, server_side: false };
+        match self.prepare(&channel, &resolved.options, &req, grant).await {
             Ok(p) => {
                 let reply =
                     encode(&Reply::Result { id, result: ReplyResult::Subscribe(p.result.clone()) }, self.client.format);
@@ -511,22 +549,26 @@ impl Session {
         channel: &str,
         o: &Arc<ChannelOptions>,
         req: &SubscribeRequest,
-        chan_info: Bytes,
-        expires_at: Option<u64>,
+        grant: Grant,
     ) -> Result<Prepared, ErrorReply> {
+        let Grant { chan_info, expires_at, filter, server_side: _ } = grant;
         let history = o.has_history();
         let recoverable = history && (o.force_recovery || (o.allow_recovery && (req.recoverable || req.recover)));
         let positioned = history && (recoverable || o.force_positioning || (o.allow_positioning && req.positioned));
         let join_leave = o.join_leave && (o.force_push_join_leave || req.join_leave);
         // Deltas need positions: the offset names the publication a delta starts from.
-        let delta = positioned && !req.delta.is_empty() && o.allowed_delta_types.contains(&req.delta);
-        let pending = self.hub.register(channel, &self.client, positioned, join_leave, delta).await?;
+        // Not with a tags filter (as Centrifugo): the client does not hold every
+        // publication, so none could be the base of the next.
+        let delta =
+            positioned && filter.is_none() && !req.delta.is_empty() && o.allowed_delta_types.contains(&req.delta);
+        let sub = SubOptions { positioned, join_leave, delta, filter: filter.clone() };
+        let pending = self.hub.register(channel, &self.client, sub).await?;
         let (expires, ttl) = ttl(expires_at);
         let mut result = SubscribeResult { expires, ttl, recoverable, positioned, delta, ..Default::default() };
         let mut last = 0;
         if positioned {
             let outcome = if recoverable && req.recover {
-                self.recover(channel, o, req).await
+                self.recover(channel, o, req, filter.as_deref()).await
             } else {
                 self.hub.history(channel, o, None, Some(0), false).await.map(|(_, top)| (Vec::new(), top, false))
             };
@@ -556,16 +598,24 @@ impl Session {
     }
 
     /// Recovery: the publications after the client's position, or `recovered: false`.
+    /// With a tags filter, only those that match; whether the position is recovered is
+    /// decided on the whole stream, so positions stay exact.
     async fn recover(
         &self,
         channel: &str,
         o: &ChannelOptions,
         req: &SubscribeRequest,
+        filter: Option<&FilterNode>,
     ) -> Result<(Vec<Arc<Publication>>, StreamPosition, bool), ErrorReply> {
+        let keep = |p: &Arc<Publication>| filter.is_none_or(|f| crate::filter::matches(f, &p.tags));
         if o.force_recovery_mode == RecoveryMode::Cache {
-            let (pubs, top) = self.hub.history(channel, o, None, Some(1), false).await?;
-            let newer = top.epoch != req.epoch || top.offset > req.offset;
-            return Ok((if newer { pubs } else { Vec::new() }, top, true));
+            // The latest publication (the latest that matches, with a filter), when the
+            // client does not hold it yet.
+            let limit = if filter.is_some() { None } else { Some(1) };
+            let (pubs, top) = self.hub.history(channel, o, None, limit, false).await?;
+            let latest = pubs.into_iter().rev().find(keep);
+            let newer = |p: &Arc<Publication>| top.epoch != req.epoch || p.offset > req.offset;
+            return Ok((latest.filter(newer).into_iter().collect(), top, true));
         }
         let limit =
             if o.recovery_max_publication_limit > 0 { o.recovery_max_publication_limit } else { o.history_size };
@@ -579,7 +629,7 @@ impl Session {
                 None => top.offset == req.offset,
             };
         if recovered {
-            Ok((pubs, top, true))
+            Ok((pubs.into_iter().filter(keep).collect(), top, true))
         } else {
             Ok((Vec::new(), top, false))
         }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, ErrorReply, HistoryRequest, Publication, Push,
-    PushKind, Reply, ReplyResult, Request, StreamPosition, SubscribeRequest, SubscribeResult,
+    ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, ErrorReply, FilterNode, HistoryRequest,
+    Publication, Push, PushKind, Reply, ReplyResult, Request, StreamPosition, SubscribeRequest, SubscribeResult,
 };
 
 /// A frame that is not a sequence of valid commands.
@@ -143,6 +143,38 @@ struct JSubscribe<'a> {
     delta: String,
     #[serde(default)]
     flag: u64,
+    tf: Option<JFilter>,
+}
+
+/// A tags filter node, as `FilterNode` in JSON (recursion is bounded by serde_json's
+/// depth limit and by the command's size).
+#[derive(Deserialize)]
+struct JFilter {
+    #[serde(default)]
+    op: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    cmp: String,
+    #[serde(default)]
+    val: String,
+    #[serde(default)]
+    vals: Vec<String>,
+    #[serde(default)]
+    nodes: Vec<JFilter>,
+}
+
+impl JFilter {
+    fn into_node(self) -> FilterNode {
+        FilterNode {
+            op: self.op,
+            key: self.key,
+            cmp: self.cmp,
+            val: self.val,
+            vals: self.vals,
+            nodes: self.nodes.into_iter().map(JFilter::into_node).collect(),
+        }
+    }
 }
 
 impl JSubscribe<'_> {
@@ -159,6 +191,7 @@ impl JSubscribe<'_> {
             join_leave: self.join_leave,
             delta: self.delta,
             flag: self.flag,
+            tf: self.tf.map(JFilter::into_node),
         }
     }
 }
@@ -657,11 +690,18 @@ mod tests {
 
     #[test]
     fn subscribe_fields_and_flags_decode() {
-        let frame = Bytes::from_static(b"{\"id\":3,\"subscribe\":{\"channel\":\"c\",\"recover\":true,\"epoch\":\"e\",\"offset\":7,\"positioned\":true,\"recoverable\":true,\"join_leave\":true,\"delta\":\"fossil\",\"flag\":3,\"tf\":{}}}");
+        let frame = Bytes::from_static(b"{\"id\":3,\"subscribe\":{\"channel\":\"c\",\"recover\":true,\"epoch\":\"e\",\"offset\":7,\"positioned\":true,\"recoverable\":true,\"join_leave\":true,\"delta\":\"fossil\",\"flag\":3,\"tf\":{\"op\":\"or\",\"nodes\":[{\"key\":\"k\",\"cmp\":\"in\",\"vals\":[\"a\",\"b\"]},{\"key\":\"n\",\"cmp\":\"gt\",\"val\":\"1\"}]}}}");
         let cmds = decode_commands(&frame).unwrap();
         let Request::Subscribe(s) = &cmds[0].request else { panic!() };
         assert!(s.recover && s.positioned && s.recoverable && s.join_leave);
         assert_eq!((s.epoch.as_str(), s.offset, s.delta.as_str(), s.flag), ("e", 7, "fossil", 3));
+        let tf = s.tf.as_ref().unwrap();
+        assert_eq!((tf.op.as_str(), tf.nodes.len()), ("or", 2));
+        assert_eq!(tf.nodes[0].vals, ["a", "b"]);
+        assert_eq!((tf.nodes[1].key.as_str(), tf.nodes[1].cmp.as_str(), tf.nodes[1].val.as_str()), ("n", "gt", "1"));
+        let none = Bytes::from_static(b"{\"id\":4,\"subscribe\":{\"channel\":\"c\",\"tf\":null}}");
+        let Request::Subscribe(s) = &decode_commands(&none).unwrap()[0].request else { panic!() };
+        assert_eq!(s.tf, None);
     }
 
     #[test]

@@ -155,8 +155,30 @@ pub struct SubscribeRequest {
     pub join_leave: bool,
     /// The delta format the client can decode (`fossil`), or empty.
     pub delta: String,
-    /// Flags: bit 2 asks for error 112 instead of `recovered: false`.
+    /// Flags: bit 1 offers channel compaction, bit 2 asks for error 112 instead of
+    /// `recovered: false`.
     pub flag: u64,
+    /// A tags filter (`tf`): only publications whose tags match are delivered.
+    pub tf: Option<FilterNode>,
+}
+
+/// A node of a tags filter (see [`crate::filter`]): a comparison of one tag when `op` is
+/// empty, else `and`, `or` or `not` of `nodes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilterNode {
+    /// `""` (a comparison), `and`, `or` or `not`.
+    pub op: String,
+    /// The tag a comparison looks at.
+    pub key: String,
+    /// The comparison: `eq`, `neq`, `in`, `nin`, `ex`, `nex`, `sw`, `ew`, `ct`, `gt`,
+    /// `gte`, `lt`, `lte`.
+    pub cmp: String,
+    /// The value most comparisons take.
+    pub val: String,
+    /// The values of `in` and `nin`.
+    pub vals: Vec<String>,
+    /// The children of `and`, `or` and `not`.
+    pub nodes: Vec<FilterNode>,
 }
 
 impl SubscribeRequest {

@@ -30,8 +30,9 @@ use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, Wi
 use prost::Message as _;
 
 use super::{
-    ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, ErrorReply, HistoryRequest, PayloadKind,
-    Publication, Push, PushKind, Reply, ReplyResult, Request, StreamPosition, SubscribeRequest, SubscribeResult,
+    ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, ErrorReply, FilterNode, HistoryRequest,
+    PayloadKind, Publication, Push, PushKind, Reply, ReplyResult, Request, StreamPosition, SubscribeRequest,
+    SubscribeResult,
 };
 
 /// The most commands [`decode_commands`] accepts from one frame. A command can be one byte
@@ -430,6 +431,29 @@ fn subscribe_request_from_wire(r: wire::SubscribeRequest) -> SubscribeRequest {
         delta: r.delta,
         // int64 on the wire, a bit set here: the same 64 bits.
         flag: r.flag as u64,
+        tf: r.tf.map(filter_from_wire),
+    }
+}
+
+fn filter_from_wire(f: wire::FilterNode) -> FilterNode {
+    FilterNode {
+        op: f.op,
+        key: f.key,
+        cmp: f.cmp,
+        val: f.val,
+        vals: f.vals,
+        nodes: f.nodes.into_iter().map(filter_from_wire).collect(),
+    }
+}
+
+fn filter_to_wire(f: &FilterNode) -> wire::FilterNode {
+    wire::FilterNode {
+        op: f.op.clone(),
+        key: f.key.clone(),
+        cmp: f.cmp.clone(),
+        val: f.val.clone(),
+        vals: f.vals.clone(),
+        nodes: f.nodes.iter().map(filter_to_wire).collect(),
     }
 }
 
@@ -655,6 +679,7 @@ fn subscribe_request_to_wire(r: &SubscribeRequest) -> wire::SubscribeRequest {
         recoverable: r.recoverable,
         join_leave: r.join_leave,
         delta: r.delta.clone(),
+        tf: r.tf.as_ref().map(filter_to_wire),
         flag: r.flag as i64,
     }
 }
@@ -1103,7 +1128,23 @@ mod wire {
         pub ttl: u32,
     }
 
-    /// Field 13 (`tf`, a tag filter) is not declared: it is skipped when decoding.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FilterNode {
+        #[prost(string, tag = "1")]
+        pub op: String,
+        #[prost(string, tag = "2")]
+        pub key: String,
+        #[prost(string, tag = "3")]
+        pub cmp: String,
+        #[prost(string, tag = "4")]
+        pub val: String,
+        #[prost(string, repeated, tag = "5")]
+        pub vals: Vec<String>,
+        /// Nested as deep as prost's recursion limit allows (100), within the frame.
+        #[prost(message, repeated, tag = "6")]
+        pub nodes: Vec<FilterNode>,
+    }
+
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct SubscribeRequest {
         #[prost(string, tag = "1")]
@@ -1126,6 +1167,8 @@ mod wire {
         pub join_leave: bool,
         #[prost(string, tag = "12")]
         pub delta: String,
+        #[prost(message, optional, tag = "13")]
+        pub tf: Option<FilterNode>,
         #[prost(int64, tag = "14")]
         pub flag: i64,
     }
@@ -1389,6 +1432,7 @@ mod tests {
                     join_leave: true,
                     delta: "fossil".into(),
                     flag: SubscribeRequest::FLAG_REJECT_UNRECOVERED,
+                    tf: None,
                 }),
             },
             Command { id: 0, request: Request::None },
@@ -1484,6 +1528,28 @@ mod tests {
             join_leave: true,
             delta: "fossil".into(),
             flag: u64::MAX,
+            tf: Some(FilterNode {
+                op: "or".into(),
+                nodes: vec![
+                    FilterNode {
+                        key: "k".into(),
+                        cmp: "in".into(),
+                        vals: vec!["a".into(), "".into()],
+                        ..Default::default()
+                    },
+                    FilterNode {
+                        op: "not".into(),
+                        nodes: vec![FilterNode {
+                            key: "n".into(),
+                            cmp: "gte".into(),
+                            val: "1.5".into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
         };
         let commands = vec![
             Command {
