@@ -51,6 +51,10 @@ pub struct ClientConfig {
     /// with 3005.
     #[serde(with = "duration")]
     pub expired_close_delay: Duration,
+    /// How long after a subscription expires (its token's `exp`, not refreshed with
+    /// `sub_refresh`) the client is unsubscribed with 2501.
+    #[serde(with = "duration")]
+    pub expired_sub_close_delay: Duration,
     /// Channels one client may be subscribed to (106, or 3505 for server-side ones).
     pub channel_limit: usize,
     /// Connections in total on this node (3504 above); 0 for no limit.
@@ -97,6 +101,7 @@ impl Default for ClientConfig {
             pong_timeout: Duration::from_secs(8),
             stale_close_delay: Duration::from_secs(10),
             expired_close_delay: Duration::from_secs(25),
+            expired_sub_close_delay: Duration::from_secs(25),
             channel_limit: 128,
             connection_limit: 1_000_000,
             user_connection_limit: 0,

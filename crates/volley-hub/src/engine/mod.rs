@@ -5,8 +5,10 @@
 //! once per wire format, lazily, and queues the same bytes to every local subscriber.
 //! A subscription being set up buffers what arrives while its history is read, so that
 //! nothing falls between the history and the live stream; positioned subscriptions
-//! check that offsets follow each other, and a gap disconnects the client with 3010
-//! (it reconnects and recovers) instead of passing silently.
+//! check that offsets follow each other, and a gap unsubscribes the client with 2500
+//! (it resubscribes and recovers; a server-side subscription disconnects with 3010)
+//! instead of passing silently. A subscription with a tags filter skips what does not
+//! match.
 
 pub(crate) mod channel;
 pub(crate) mod client;
@@ -135,11 +137,16 @@ pub(crate) struct Connections {
     pub sessions: HashMap<String, Arc<SessionControl>>,
 }
 
-/// What the server API may ask of a connected session from outside its task.
+/// What the server API and the delivery may ask of a connected session from outside
+/// its task.
 #[derive(Debug, Default)]
 pub(crate) struct SessionControl {
     /// Server-side subscribe/unsubscribe asked by the API, applied by the session.
     pub requests: Mutex<Vec<ControlRequest>>,
+    /// Channels whose stream the delivery found a gap in: the client was told
+    /// (unsubscribe 2500) and gets nothing more from them; the session forgets them
+    /// before its next command, so that the client's resubscribe finds them gone.
+    pub lost: Mutex<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -181,6 +188,52 @@ struct Sub {
     /// A tags filter: publications whose tags do not match are skipped (their offsets
     /// still count for the gap check).
     filter: Option<Arc<FilterNode>>,
+    /// Made by the server: a gap closes the connection (3010) instead of unsubscribing.
+    server_side: bool,
+    /// A gap was found: the client was unsubscribed (2500) and gets nothing more here
+    /// until its session removes the subscription.
+    lost: bool,
+    /// Where the session learns that it was.
+    control: Arc<SessionControl>,
+}
+
+impl Sub {
+    /// Checks a publication's offset against the last one queued (positioned
+    /// subscriptions). `Ok(false)`: already sent, skip it; `Err`: a gap.
+    fn advance(&mut self, offset: u64) -> Result<bool, ()> {
+        if !self.positioned || offset == 0 {
+            return Ok(true);
+        }
+        if offset <= self.last {
+            return Ok(false);
+        }
+        if offset != self.last + 1 {
+            return Err(());
+        }
+        self.last = offset;
+        Ok(true)
+    }
+
+    /// A gap in the stream: a server-side subscription ends the connection with 3010
+    /// (the client reconnects and recovers); a client's own is unsubscribed with 2500
+    /// (it resubscribes and recovers) and the session is told to forget it.
+    fn lose(&mut self, channel: &str) {
+        if self.server_side {
+            self.client.close(Disconnect::INSUFFICIENT_STATE);
+            return;
+        }
+        self.lost = true;
+        let push = Reply::Push(Push {
+            channel: channel.to_owned(),
+            kind: PushKind::Unsubscribe {
+                code: protocol::unsubscribe::INSUFFICIENT_STATE,
+                reason: "insufficient state".into(),
+            },
+        });
+        self.client.push(encode(&push, self.client.format));
+        lock(&self.control.lost).push(channel.to_owned());
+        self.client.push_wake();
+    }
 }
 
 /// How a subscriber is served, as its subscribe negotiated.
@@ -194,6 +247,10 @@ pub(crate) struct SubOptions {
     pub delta: bool,
     /// A tags filter, validated.
     pub filter: Option<Arc<FilterNode>>,
+    /// Made by the server, not by a subscribe command.
+    pub server_side: bool,
+    /// The session's control, where a lost subscription is reported.
+    pub control: Arc<SessionControl>,
 }
 
 impl Hub {
@@ -484,6 +541,9 @@ impl HubInner {
                     delta: o.delta,
                     base: None,
                     filter: o.filter,
+                    server_side: o.server_side,
+                    lost: false,
+                    control: o.control,
                 },
             );
             first
@@ -502,7 +562,8 @@ impl HubInner {
     /// subscription live, all under the channel's lock so that no push can come
     /// between them or before the reply.
     /// `base` is the offset of the last publication the reply carried, the client's delta
-    /// base when deltas were negotiated.
+    /// base when deltas were negotiated. Returns false when a gap was found in what
+    /// arrived meanwhile: the subscription is lost (see [`Sub::lose`]).
     pub(crate) fn go_live(
         &self,
         pending: &Pending,
@@ -510,10 +571,10 @@ impl HubInner {
         last: u64,
         base: Option<u64>,
         client: &ClientShared,
-    ) {
+    ) -> bool {
         let mut shard = self.shard(&pending.channel);
         let Some(sub) = shard.get_mut(&pending.channel).and_then(|l| l.subs.get_mut(&pending.seq)) else {
-            return;
+            return true;
         };
         if let Some(first) = first {
             client.push(first);
@@ -522,15 +583,13 @@ impl HubInner {
         sub.base = base;
         let buffered = sub.buffer.take().unwrap_or_default();
         for p in buffered {
-            if sub.positioned {
-                if p.offset <= sub.last {
-                    continue;
+            match sub.advance(p.offset) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(()) => {
+                    sub.lose(&pending.channel);
+                    return false;
                 }
-                if p.offset != sub.last + 1 {
-                    client.close(Disconnect::INSUFFICIENT_STATE);
-                    return;
-                }
-                sub.last = p.offset;
             }
             if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &p.tags)) {
                 continue;
@@ -543,6 +602,7 @@ impl HubInner {
                 None => client.close(Disconnect::INAPPROPRIATE_PROTOCOL),
             }
         }
+        true
     }
 
     /// Removes a subscriber; unsubscribes the node when it was the last.
@@ -581,19 +641,20 @@ impl HubInner {
         let mut delta_proto: Option<Bytes> = None;
         let mut sent = 0u64;
         for sub in local.subs.values_mut() {
+            if sub.lost {
+                continue;
+            }
             if let Some(buffer) = &mut sub.buffer {
                 buffer.push(publication.clone());
                 continue;
             }
-            if sub.positioned && publication.offset != 0 {
-                if publication.offset <= sub.last {
+            match sub.advance(publication.offset) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(()) => {
+                    sub.lose(channel);
                     continue;
                 }
-                if publication.offset != sub.last + 1 {
-                    sub.client.close(Disconnect::INSUFFICIENT_STATE);
-                    continue;
-                }
-                sub.last = publication.offset;
             }
             // No allocation: a filter only compares the tags in place.
             if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &publication.tags)) {
@@ -665,7 +726,7 @@ impl HubInner {
         });
         let mut json = None;
         let mut proto = None;
-        for sub in local.subs.values().filter(|s| s.join_leave && s.buffer.is_none()) {
+        for sub in local.subs.values().filter(|s| s.join_leave && s.buffer.is_none() && !s.lost) {
             let bytes = match sub.client.format {
                 Format::Json => json.get_or_insert_with(|| encode(&push, Format::Json)).clone(),
                 Format::Protobuf => proto.get_or_insert_with(|| encode(&push, Format::Protobuf)).clone(),

@@ -158,31 +158,59 @@ impl Session {
 
     /// When the session must be checked next for expiry (connection or subscription).
     pub fn deadline(&self) -> Option<u64> {
-        let delay = self.hub.config.client.expired_close_delay.as_secs();
-        let conn = self.expires_at.map(|t| t + delay);
-        let subs = self.subs.values().filter_map(|s| s.expires_at).min();
+        let c = &self.hub.config.client;
+        let conn = self.expires_at.map(|t| t + c.expired_close_delay.as_secs());
+        let subs =
+            self.subs.values().filter_map(|s| s.expires_at).min().map(|t| t + c.expired_sub_close_delay.as_secs());
         match (conn, subs) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Ends the session if its connection or a subscription expired.
-    pub fn check_expiry(&self) -> Outcome {
+    /// Ends the session if its connection expired (3005); unsubscribes the client with
+    /// 2501 from each subscription that expired, and the connection goes on (the
+    /// client resubscribes with a new token).
+    pub async fn check_expiry(&mut self) -> Outcome {
         let now = unix_now();
-        let delay = self.hub.config.client.expired_close_delay.as_secs();
-        if self.expires_at.is_some_and(|t| t + delay <= now) {
+        let c = &self.hub.config.client;
+        if self.expires_at.is_some_and(|t| t + c.expired_close_delay.as_secs() <= now) {
             return Err(Disconnect::EXPIRED);
         }
-        if self.subs.values().any(|s| s.expires_at.is_some_and(|t| t <= now)) {
-            return Err(Disconnect::SUB_EXPIRED);
+        let delay = c.expired_sub_close_delay.as_secs();
+        let expired: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|t| t + delay <= now))
+            .map(|(ch, _)| ch.clone())
+            .collect();
+        for channel in expired {
+            self.remove_sub(&channel).await;
+            self.send(&Reply::Push(Push {
+                channel,
+                kind: PushKind::Unsubscribe {
+                    code: protocol::unsubscribe::EXPIRED,
+                    reason: "subscription expired".into(),
+                },
+            }));
         }
         Ok(())
     }
 
+    /// Forgets the subscriptions the delivery lost (a gap: the client was told with
+    /// 2500): out of the channel, its presence and the registry. Done before anything
+    /// else the session does, so that the client's resubscribe finds the channel free.
+    async fn forget_lost(&mut self) {
+        let lost = std::mem::take(&mut *lock(&self.control.lost));
+        for channel in lost {
+            self.remove_sub(&channel).await;
+        }
+    }
+
     /// Refreshes this client's presence in its channels (the broker expires entries
     /// not refreshed within three ping intervals).
-    pub async fn refresh_presence(&self) {
+    pub async fn refresh_presence(&mut self) {
+        self.forget_lost().await;
         for (channel, sub) in &self.subs {
             if sub.options.presence {
                 let _ =
@@ -197,6 +225,7 @@ impl Session {
 
     /// Applies what the server API asked (server-side subscribe and unsubscribe).
     pub async fn apply_control(&mut self) -> Outcome {
+        self.forget_lost().await;
         let requests = std::mem::take(&mut *lock(&self.control.requests));
         for r in requests {
             match r {
@@ -270,6 +299,7 @@ impl Session {
 
     /// Handles one command.
     pub async fn handle(&mut self, cmd: Command) -> Outcome {
+        self.forget_lost().await;
         self.hub.metrics.commands_total.fetch_add(1, Ordering::Relaxed);
         *lock(&self.hub.metrics.commands).entry(cmd.request.method()).or_default() += 1;
         let id = cmd.id;
@@ -551,7 +581,7 @@ impl Session {
         req: &SubscribeRequest,
         grant: Grant,
     ) -> Result<Prepared, ErrorReply> {
-        let Grant { chan_info, expires_at, filter, server_side: _ } = grant;
+        let Grant { chan_info, expires_at, filter, server_side } = grant;
         let history = o.has_history();
         let recoverable = history && (o.force_recovery || (o.allow_recovery && (req.recoverable || req.recover)));
         let positioned = history && (recoverable || o.force_positioning || (o.allow_positioning && req.positioned));
@@ -561,7 +591,14 @@ impl Session {
         // publication, so none could be the base of the next.
         let delta =
             positioned && filter.is_none() && !req.delta.is_empty() && o.allowed_delta_types.contains(&req.delta);
-        let sub = SubOptions { positioned, join_leave, delta, filter: filter.clone() };
+        let sub = SubOptions {
+            positioned,
+            join_leave,
+            delta,
+            filter: filter.clone(),
+            server_side,
+            control: self.control.clone(),
+        };
         let pending = self.hub.register(channel, &self.client, sub).await?;
         let (expires, ttl) = ttl(expires_at);
         let mut result = SubscribeResult { expires, ttl, recoverable, positioned, delta, ..Default::default() };
@@ -641,7 +678,12 @@ impl Session {
         // carried when the result is not sent, as in a server-side subscribe push).
         let base = if first.is_empty() { None } else { p.result.publications.last().map(|p| p.offset) };
         let first = if first.is_empty() { None } else { Some(first) };
-        self.hub.go_live(&p.pending, first, p.last, base, &self.client);
+        if !self.hub.go_live(&p.pending, first, p.last, base, &self.client) {
+            // A gap in what arrived while subscribing: the client was told (2500) and
+            // resubscribes; the subscription goes no further.
+            self.hub.unregister(&channel, p.pending.seq).await;
+            return;
+        }
         let o = p.local.options.clone();
         let info = self.info(p.local.chan_info.clone());
         self.subs.insert(channel.clone(), p.local);

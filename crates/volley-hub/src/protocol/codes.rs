@@ -82,13 +82,15 @@ impl Disconnect {
     pub const SERVER_ERROR: Disconnect = disconnect(3004, "internal server error");
     /// 3005: the connection's token expired and was not refreshed.
     pub const EXPIRED: Disconnect = disconnect(3005, "connection expired");
-    /// 3006: a subscription's token expired and was not refreshed.
+    /// 3006: a subscription's token expired and was not refreshed. Not sent by the hub,
+    /// which unsubscribes such a subscription with 2501 and keeps the connection.
     pub const SUB_EXPIRED: Disconnect = disconnect(3006, "subscription expired");
     /// 3008: the client did not read fast enough: its outbound queue overflowed.
     pub const SLOW: Disconnect = disconnect(3008, "slow");
     /// 3009: writing to the client failed.
     pub const WRITE_ERROR: Disconnect = disconnect(3009, "write error");
-    /// 3010: the client's position in a stream was lost: it reconnects and recovers.
+    /// 3010: the client's position in a stream was lost: it reconnects and recovers (a
+    /// gap in a server-side subscription; a client's own gets unsubscribe 2500).
     pub const INSUFFICIENT_STATE: Disconnect = disconnect(3010, "insufficient state");
     /// 3011: the server asks the client to reconnect.
     pub const FORCE_RECONNECT: Disconnect = disconnect(3011, "force reconnect");

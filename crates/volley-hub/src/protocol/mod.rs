@@ -462,4 +462,7 @@ pub mod unsubscribe {
     pub const SERVER: u32 = 2000;
     /// The client's stream lost publications: it resubscribes and recovers.
     pub const INSUFFICIENT_STATE: u32 = 2500;
+    /// The subscription's token expired and was not refreshed: the client resubscribes
+    /// with a new one.
+    pub const EXPIRED: u32 = 2501;
 }

@@ -12,9 +12,8 @@
 //! reply (the single byte `0`); the client's pong is an empty command.
 //!
 //! The wire messages are a superset of the format-neutral types: fields these types do not
-//! carry are skipped when decoding (`ConnectRequest.headers` and `flag`, the tag filter
-//! `SubscribeRequest.tf`, the channel ids of `Push.id` and `SubscribeResult.id`) and never
-//! sent. A command's method is the first request it holds, in the order Centrifugo
+//! carry are skipped when decoding (`ConnectRequest.headers` and `flag`, the channel ids of
+//! `Push.id` and `SubscribeResult.id`) and never sent. A command's method is the first request it holds, in the order Centrifugo
 //! dispatches them: connect, subscribe, unsubscribe, publish, presence, presence_stats,
 //! history, rpc, send, refresh, sub_refresh. A command holding none of them (or only the
 //! legacy `ping`) is [`Request::None`].
@@ -1456,7 +1455,12 @@ mod tests {
             Command { id: 11, request: Request::None },
             Command {
                 id: 12,
-                request: Request::Subscribe(SubscribeRequest { channel: "x".into(), ..SubscribeRequest::default() }),
+                // Python set the filter's fields 1, 2 and 4 (op, key, val).
+                request: Request::Subscribe(SubscribeRequest {
+                    channel: "x".into(),
+                    tf: Some(FilterNode { op: "eq".into(), key: "k".into(), val: "v".into(), ..Default::default() }),
+                    ..SubscribeRequest::default()
+                }),
             },
         ];
         assert_eq!(commands, expected);

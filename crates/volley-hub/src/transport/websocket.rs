@@ -168,7 +168,7 @@ where
             }
             _ = sleep_until(pong_deadline), if pong_deadline.is_some() => break Some(Disconnect::NO_PONG),
             _ = sleep_until(expiry), if expiry.is_some() => {
-                if let Err(d) = session.check_expiry() {
+                if let Err(d) = session.check_expiry().await {
                     break Some(d);
                 }
             }
