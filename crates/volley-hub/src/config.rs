@@ -230,6 +230,10 @@ pub struct ChannelOptions {
     /// Subscribers may pass a tags filter (`tf`): they then receive only the
     /// publications whose tags match (107 for a filter where this is off).
     pub allow_tags_filter: bool,
+    /// Subscribers that offer channel compaction (subscribe flag 1, as centrifuge-js
+    /// does) get a numeric channel id, and their publication, join and leave pushes
+    /// carry it instead of the channel's name.
+    pub allow_channel_compaction: bool,
 }
 
 impl Default for ChannelOptions {
@@ -263,6 +267,7 @@ impl Default for ChannelOptions {
             allowed_delta_types: Vec::new(),
             channel_regex: String::new(),
             allow_tags_filter: false,
+            allow_channel_compaction: false,
         }
     }
 }

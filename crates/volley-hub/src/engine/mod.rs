@@ -60,6 +60,8 @@ pub(crate) struct HubInner {
     registry: Box<[Mutex<HashMap<String, Local>>]>,
     pub(crate) conns: Mutex<Connections>,
     pub metrics: Metrics,
+    /// The next channel id for channel compaction.
+    channel_ids: AtomicU64,
 }
 
 /// Counters for `/metrics`.
@@ -165,9 +167,11 @@ pub(crate) enum ControlRequest {
 }
 
 /// The subscribers of one channel on this node.
-#[derive(Default)]
 struct Local {
     subs: HashMap<u64, Sub>,
+    /// The channel's id on this node, for subscribers with channel compaction: given
+    /// when the channel gets its first local subscriber, never given to another.
+    id: u64,
 }
 
 struct Sub {
@@ -195,6 +199,8 @@ struct Sub {
     lost: bool,
     /// Where the session learns that it was.
     control: Arc<SessionControl>,
+    /// Channel compaction: pushes name the channel by its id.
+    compact: bool,
 }
 
 impl Sub {
@@ -224,6 +230,7 @@ impl Sub {
         }
         self.lost = true;
         let push = Reply::Push(Push {
+            id: 0,
             channel: channel.to_owned(),
             kind: PushKind::Unsubscribe {
                 code: protocol::unsubscribe::INSUFFICIENT_STATE,
@@ -251,6 +258,8 @@ pub(crate) struct SubOptions {
     pub server_side: bool,
     /// The session's control, where a lost subscription is reported.
     pub control: Arc<SessionControl>,
+    /// Channel compaction was negotiated.
+    pub compact: bool,
 }
 
 impl Hub {
@@ -278,6 +287,7 @@ impl Hub {
             registry: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             conns: Mutex::new(Connections::default()),
             metrics: Metrics::default(),
+            channel_ids: AtomicU64::new(1),
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })
@@ -467,6 +477,8 @@ pub(crate) fn now_ms() -> i64 {
 pub(crate) struct Pending {
     pub channel: String,
     pub seq: u64,
+    /// The channel's id for channel compaction (0: not compacted).
+    pub id: u64,
 }
 
 impl HubInner {
@@ -526,10 +538,14 @@ impl HubInner {
         client: &Arc<ClientShared>,
         o: SubOptions,
     ) -> Result<Pending, ErrorReply> {
-        let first = {
+        let (first, id) = {
             let mut shard = self.shard(channel);
-            let local = shard.entry(channel.to_owned()).or_default();
+            let local = shard.entry(channel.to_owned()).or_insert_with(|| Local {
+                subs: HashMap::new(),
+                id: self.channel_ids.fetch_add(1, Ordering::Relaxed),
+            });
             let first = local.subs.is_empty();
+            let id = if o.compact { local.id } else { 0 };
             local.subs.insert(
                 client.seq,
                 Sub {
@@ -544,9 +560,10 @@ impl HubInner {
                     server_side: o.server_side,
                     lost: false,
                     control: o.control,
+                    compact: o.compact,
                 },
             );
-            first
+            (first, id)
         };
         if first {
             if let Err(e) = self.broker.subscribe(channel).await {
@@ -554,7 +571,7 @@ impl HubInner {
                 return Err(internal(e));
             }
         }
-        Ok(Pending { channel: channel.to_owned(), seq: client.seq })
+        Ok(Pending { channel: channel.to_owned(), seq: client.seq, id })
     }
 
     /// Ends a subscription's set-up: queues `first` (the reply that carries what was
@@ -594,7 +611,7 @@ impl HubInner {
             if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &p.tags)) {
                 continue;
             }
-            match encode_publication(&pending.channel, &p, client.format, sub.delta) {
+            match encode_publication(&pending.channel, pending.id, &p, client.format, sub.delta) {
                 Some(b) => {
                     client.push(b);
                     sub.base = Some(p.offset);
@@ -632,13 +649,10 @@ impl HubInner {
         self.metrics.publications_total.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(channel);
         let Some(local) = shard.get_mut(channel) else { return };
+        let chan_id = local.id;
         // Each form encoded at most once, and only if a subscriber needs it.
-        let mut plain_json: Option<Option<Bytes>> = None;
-        let mut plain_proto: Option<Bytes> = None;
-        let mut full_json: Option<Option<Bytes>> = None;
+        let mut encoded = Encodings::default();
         let mut delta: Option<Option<Publication>> = None;
-        let mut delta_json: Option<Bytes> = None;
-        let mut delta_proto: Option<Bytes> = None;
         let mut sent = 0u64;
         for sub in local.subs.values_mut() {
             if sub.lost {
@@ -673,37 +687,19 @@ impl HubInner {
                         })
                     })
                     .is_some();
-            let bytes = match (sub.client.format, sub.delta, as_delta) {
-                (Format::Json, _, true) => Some(
-                    delta_json
-                        .get_or_insert_with(|| {
-                            let d = delta.as_ref().and_then(Option::as_ref).expect("made above");
-                            encode_publication(channel, d, Format::Json, true).unwrap_or_default()
-                        })
-                        .clone(),
-                ),
-                (Format::Protobuf, _, true) => Some(
-                    delta_proto
-                        .get_or_insert_with(|| {
-                            let d = delta.as_ref().and_then(Option::as_ref).expect("made above");
-                            encode_publication(channel, d, Format::Protobuf, true).unwrap_or_default()
-                        })
-                        .clone(),
-                ),
-                (Format::Json, true, false) => full_json
-                    .get_or_insert_with(|| encode_publication(channel, &publication, Format::Json, true))
-                    .clone(),
-                (Format::Json, false, false) => plain_json
-                    .get_or_insert_with(|| encode_publication(channel, &publication, Format::Json, false))
-                    .clone(),
-                (Format::Protobuf, _, false) => Some(
-                    plain_proto
-                        .get_or_insert_with(|| {
-                            encode_publication(channel, &publication, Format::Protobuf, false).unwrap_or_default()
-                        })
-                        .clone(),
-                ),
+            let form = match (as_delta, sub.delta, sub.client.format) {
+                (true, _, _) => Form::Delta,
+                (false, true, Format::Json) => Form::String,
+                _ => Form::Plain,
             };
+            let id = if sub.compact { chan_id } else { 0 };
+            let bytes = encoded.get(sub.client.format, form, id, || {
+                let p = match form {
+                    Form::Delta => delta.as_ref().and_then(Option::as_ref).expect("made above"),
+                    _ => &publication,
+                };
+                encode_publication(channel, id, p, sub.client.format, form != Form::Plain)
+            });
             match bytes {
                 Some(b) => {
                     if sub.client.push(b) {
@@ -720,18 +716,17 @@ impl HubInner {
     fn deliver_join_leave(&self, channel: &str, info: ClientInfo, join: bool) {
         let shard = self.shard(channel);
         let Some(local) = shard.get(channel) else { return };
-        let push = Reply::Push(Push {
-            channel: channel.to_owned(),
-            kind: if join { PushKind::Join(info) } else { PushKind::Leave(info) },
-        });
-        let mut json = None;
-        let mut proto = None;
+        let kind = if join { PushKind::Join(info) } else { PushKind::Leave(info) };
+        let mut encoded = Encodings::default();
         for sub in local.subs.values().filter(|s| s.join_leave && s.buffer.is_none() && !s.lost) {
-            let bytes = match sub.client.format {
-                Format::Json => json.get_or_insert_with(|| encode(&push, Format::Json)).clone(),
-                Format::Protobuf => proto.get_or_insert_with(|| encode(&push, Format::Protobuf)).clone(),
-            };
-            sub.client.push(bytes);
+            let id = if sub.compact { local.id } else { 0 };
+            let bytes = encoded.get(sub.client.format, Form::Plain, id, || {
+                let channel = if id == 0 { channel.to_owned() } else { String::new() };
+                Some(encode(&Reply::Push(Push { id, channel, kind: kind.clone() }), sub.client.format))
+            });
+            if let Some(bytes) = bytes {
+                sub.client.push(bytes);
+            }
         }
     }
 
@@ -750,11 +745,47 @@ pub(crate) fn encode(reply: &Reply, format: Format) -> Bytes {
     out.freeze()
 }
 
+/// How a publication's payload goes to a subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// As it is.
+    Plain,
+    /// On JSON, as a string: the subscriber negotiated deltas.
+    String,
+    /// As a Fossil delta from the previous payload.
+    Delta,
+}
+
+/// The encodings of one push, each made once, when a subscriber first needs it: by
+/// format, form, and whether the channel is named by its id (channel compaction).
+#[derive(Default)]
+struct Encodings {
+    slots: [Option<Option<Bytes>>; 12],
+}
+
+impl Encodings {
+    fn get(&mut self, format: Format, form: Form, id: u64, make: impl FnOnce() -> Option<Bytes>) -> Option<Bytes> {
+        let format = match format {
+            Format::Json => 0,
+            Format::Protobuf => 1,
+        };
+        let form = match form {
+            Form::Plain => 0,
+            Form::String => 1,
+            Form::Delta => 2,
+        };
+        let slot = (format * 3 + form) * 2 + usize::from(id != 0);
+        self.slots[slot].get_or_insert_with(make).clone()
+    }
+}
+
 /// Encodes a publication's push; `None` when the format cannot carry it (binary data
 /// to a JSON client). `delta_form`: the subscriber negotiated deltas, so on JSON the
-/// payload goes as a string (a delta always does).
+/// payload goes as a string (a delta always does). `id`: the channel's id for a
+/// subscription with channel compaction (0: named).
 pub(crate) fn encode_publication(
     channel: &str,
+    id: u64,
     publication: &Publication,
     format: Format,
     delta_form: bool,
@@ -767,12 +798,12 @@ pub(crate) fn encode_publication(
                 return None;
             }
             if delta_form {
-                protocol::json::encode_publication_push_as_string(channel, publication, &mut out)
+                protocol::json::encode_publication_push_as_string(channel, id, publication, &mut out)
             } else {
-                protocol::json::encode_publication_push(channel, publication, &mut out)
+                protocol::json::encode_publication_push(channel, id, publication, &mut out)
             }
         }
-        Format::Protobuf => protocol::protobuf::encode_publication_push(channel, publication, &mut out),
+        Format::Protobuf => protocol::protobuf::encode_publication_push(channel, id, publication, &mut out),
     }
     Some(out.freeze())
 }
@@ -822,13 +853,15 @@ mod tests {
         // Marked JSON where it entered: embedded as it is, never parsed again (a kind
         // that lied would go through, which shows that nothing looks at it here).
         let trusted = publication(b"not json, but marked so", PayloadKind::Json);
-        let push = encode_publication("c", &trusted, Format::Json, false).expect("embedded");
+        let push = encode_publication("c", 0, &trusted, Format::Json, false).expect("embedded");
         assert!(push.ends_with(b"\"data\":not json, but marked so}}}"));
-        assert!(encode_publication("c", &publication(b"{}", PayloadKind::Binary), Format::Json, false).is_none());
+        assert!(encode_publication("c", 0, &publication(b"{}", PayloadKind::Binary), Format::Json, false).is_none());
         // Unchecked (from a broker that does not carry the kind): looked at here.
-        assert!(encode_publication("c", &publication(b"{}", PayloadKind::Unchecked), Format::Json, false).is_some());
-        assert!(encode_publication("c", &publication(b"{", PayloadKind::Unchecked), Format::Json, false).is_none());
+        assert!(encode_publication("c", 0, &publication(b"{}", PayloadKind::Unchecked), Format::Json, false).is_some());
+        assert!(encode_publication("c", 0, &publication(b"{", PayloadKind::Unchecked), Format::Json, false).is_none());
         // Protobuf carries anything.
-        assert!(encode_publication("c", &publication(b"\xff", PayloadKind::Binary), Format::Protobuf, false).is_some());
+        assert!(
+            encode_publication("c", 0, &publication(b"\xff", PayloadKind::Binary), Format::Protobuf, false).is_some()
+        );
     }
 }

@@ -187,6 +187,7 @@ impl Session {
         for channel in expired {
             self.remove_sub(&channel).await;
             self.send(&Reply::Push(Push {
+                id: 0,
                 channel,
                 kind: PushKind::Unsubscribe {
                     code: protocol::unsubscribe::EXPIRED,
@@ -246,6 +247,7 @@ impl Session {
                     {
                         Ok(p) => {
                             let push = Reply::Push(Push {
+                                id: 0,
                                 channel: channel.clone(),
                                 kind: PushKind::Subscribe(p.result.clone()),
                             });
@@ -260,12 +262,17 @@ impl Session {
                     }
                     self.expires_at = expire_at;
                     let (expires, ttl) = ttl(self.expires_at);
-                    self.send(&Reply::Push(Push { channel: String::new(), kind: PushKind::Refresh { expires, ttl } }));
+                    self.send(&Reply::Push(Push {
+                        id: 0,
+                        channel: String::new(),
+                        kind: PushKind::Refresh { expires, ttl },
+                    }));
                 }
                 ControlRequest::Unsubscribe { channel } => {
                     if self.subs.contains_key(&channel) {
                         self.remove_sub(&channel).await;
                         self.send(&Reply::Push(Push {
+                            id: 0,
                             channel,
                             kind: PushKind::Unsubscribe {
                                 code: protocol::unsubscribe::SERVER,
@@ -598,10 +605,16 @@ impl Session {
             filter: filter.clone(),
             server_side,
             control: self.control.clone(),
+            // Only on a client's own subscription: a server-side one has no subscribe
+            // reply to carry the id.
+            compact: !server_side
+                && o.allow_channel_compaction
+                && req.flag & SubscribeRequest::FLAG_CHANNEL_COMPACTION != 0,
         };
         let pending = self.hub.register(channel, &self.client, sub).await?;
         let (expires, ttl) = ttl(expires_at);
-        let mut result = SubscribeResult { expires, ttl, recoverable, positioned, delta, ..Default::default() };
+        let mut result =
+            SubscribeResult { expires, ttl, recoverable, positioned, delta, id: pending.id, ..Default::default() };
         let mut last = 0;
         if positioned {
             let outcome = if recoverable && req.recover {

@@ -300,23 +300,28 @@ pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
 }
 
 /// Appends the push of a publication: the hot path of fan-out, once per publication
-/// and format.
-pub fn encode_publication_push(channel: &str, publication: &Publication, out: &mut BytesMut) {
-    out.put_slice(b"{\"push\":{\"channel\":");
-    string(channel, out);
-    out.put_slice(b",\"pub\":");
-    publication_obj(publication, out);
-    out.put_slice(b"}}");
+/// and format. With channel compaction (`id` not 0) the push names the channel by its
+/// id instead of its name.
+pub fn encode_publication_push(channel: &str, id: u64, publication: &Publication, out: &mut BytesMut) {
+    publication_push(channel, id, publication, false, out)
 }
 
 /// Appends the push of a publication for a subscriber that negotiated deltas: the
 /// payload as a JSON string (its text), as the clients then expect it, whether a delta
 /// or not.
-pub fn encode_publication_push_as_string(channel: &str, publication: &Publication, out: &mut BytesMut) {
-    out.put_slice(b"{\"push\":{\"channel\":");
-    string(channel, out);
+pub fn encode_publication_push_as_string(channel: &str, id: u64, publication: &Publication, out: &mut BytesMut) {
+    publication_push(channel, id, publication, true, out)
+}
+
+fn publication_push(channel: &str, id: u64, publication: &Publication, as_string: bool, out: &mut BytesMut) {
+    if id != 0 {
+        let _ = write!(Fmt(out), "{{\"push\":{{\"id\":{id}");
+    } else {
+        out.put_slice(b"{\"push\":{\"channel\":");
+        string(channel, out);
+    }
     out.put_slice(b",\"pub\":");
-    publication_obj_as(publication, true, out);
+    publication_obj_as(publication, as_string, out);
     out.put_slice(b"}}");
 }
 
@@ -447,6 +452,7 @@ fn subscribe_obj(r: &SubscribeResult, out: &mut BytesMut) {
     o.data("data", &r.data);
     o.flag("was_recovering", r.was_recovering);
     o.flag("delta", r.delta);
+    o.num("id", r.id);
     o.end();
 }
 
@@ -517,10 +523,11 @@ fn info_obj(info: &ClientInfo, out: &mut BytesMut) {
 
 fn push_obj(push: &Push, out: &mut BytesMut) {
     if let PushKind::Publication(p) = &push.kind {
-        return encode_publication_push(&push.channel, p, out);
+        return encode_publication_push(&push.channel, push.id, p, out);
     }
     out.put_slice(b"{\"push\":");
     let mut o = Obj::new(out, "{");
+    o.num("id", push.id);
     o.str("channel", &push.channel);
     match &push.kind {
         PushKind::Publication(_) => unreachable!("handled above"),
@@ -736,7 +743,7 @@ mod tests {
             info: Some(ClientInfo { user: "u\"1".into(), client: "c".into(), ..Default::default() }),
             ..Default::default()
         };
-        let push = Reply::Push(Push { channel: "chat:a".into(), kind: PushKind::Publication(p) });
+        let push = Reply::Push(Push { id: 0, channel: "chat:a".into(), kind: PushKind::Publication(p) });
         let s = enc(&push);
         assert_eq!(
             s,
@@ -744,6 +751,28 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["push"]["pub"]["offset"], 3);
+    }
+
+    #[test]
+    fn a_compacted_push_names_its_channel_by_id() {
+        let p = Publication { offset: 1, data: Bytes::from_static(b"[1]"), ..Default::default() };
+        let mut out = BytesMut::new();
+        encode_publication_push("chat:a", 7, &p, &mut out);
+        assert_eq!(&out[..], br#"{"push":{"id":7,"pub":{"data":[1],"offset":1}}}"#);
+        out.clear();
+        encode_publication_push_as_string("chat:a", 7, &p, &mut out);
+        assert_eq!(&out[..], br#"{"push":{"id":7,"pub":{"data":"[1]","offset":1}}}"#);
+        let join = Reply::Push(Push {
+            id: 7,
+            channel: String::new(),
+            kind: PushKind::Join(ClientInfo { user: "u".into(), client: "c".into(), ..Default::default() }),
+        });
+        assert_eq!(enc(&join), r#"{"push":{"id":7,"join":{"info":{"user":"u","client":"c"}}}}"#);
+        let sub = SubscribeResult { id: 7, ..Default::default() };
+        assert_eq!(
+            enc(&Reply::Result { id: 2, result: ReplyResult::Subscribe(sub) }),
+            r#"{"id":2,"subscribe":{"id":7}}"#
+        );
     }
 
     #[test]
@@ -778,19 +807,21 @@ mod tests {
             },
             Reply::Result { id: 7, result: ReplyResult::SubRefresh { expires: true, ttl: 60 } },
             Reply::Result { id: 8, result: ReplyResult::Unsubscribe },
-            Reply::Push(Push { channel: "c".into(), kind: PushKind::Join(info.clone()) }),
-            Reply::Push(Push { channel: "c".into(), kind: PushKind::Leave(info) }),
+            Reply::Push(Push { id: 0, channel: "c".into(), kind: PushKind::Join(info.clone()) }),
+            Reply::Push(Push { id: 0, channel: "c".into(), kind: PushKind::Leave(info) }),
             Reply::Push(Push {
+                id: 0,
                 channel: "c".into(),
                 kind: PushKind::Unsubscribe { code: 2000, reason: "server unsubscribe".into() },
             }),
             Reply::Push(Push {
+                id: 0,
                 channel: String::new(),
                 kind: PushKind::Message { data: Bytes::from_static(b"\"m\"") },
             }),
-            Reply::Push(Push { channel: "c".into(), kind: PushKind::Subscribe(sub) }),
-            Reply::Push(Push { channel: String::new(), kind: PushKind::Disconnect(Disconnect::SHUTDOWN) }),
-            Reply::Push(Push { channel: String::new(), kind: PushKind::Refresh { expires: true, ttl: 5 } }),
+            Reply::Push(Push { id: 0, channel: "c".into(), kind: PushKind::Subscribe(sub) }),
+            Reply::Push(Push { id: 0, channel: String::new(), kind: PushKind::Disconnect(Disconnect::SHUTDOWN) }),
+            Reply::Push(Push { id: 0, channel: String::new(), kind: PushKind::Refresh { expires: true, ttl: 5 } }),
         ];
         for r in replies {
             let s = enc(&r);

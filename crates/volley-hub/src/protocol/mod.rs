@@ -182,6 +182,9 @@ pub struct FilterNode {
 }
 
 impl SubscribeRequest {
+    /// `flag & 1`: the client takes a numeric channel id in pushes instead of the
+    /// channel's name (channel compaction), where the namespace allows it.
+    pub const FLAG_CHANNEL_COMPACTION: u64 = 1;
     /// `flag & 2`: an unrecoverable position is an error (112), not `recovered: false`.
     pub const FLAG_REJECT_UNRECOVERED: u64 = 2;
 }
@@ -409,12 +412,18 @@ pub struct SubscribeResult {
     pub was_recovering: bool,
     /// Publications will come as fossil deltas where smaller.
     pub delta: bool,
+    /// Channel compaction: the numeric id the pushes of this subscription carry
+    /// instead of the channel's name (0: not compacted).
+    pub id: u64,
 }
 
 /// What the server pushes, on a channel or to the connection.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Push {
-    /// The channel, or empty for pushes to the connection.
+    /// The channel's numeric id on a subscription with channel compaction (its
+    /// subscribe result gave it), sent instead of `channel`; 0 otherwise.
+    pub id: u64,
+    /// The channel, or empty for pushes to the connection (and compacted ones).
     pub channel: String,
     /// What is pushed.
     pub kind: PushKind,

@@ -230,13 +230,18 @@ pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
 /// Appends the push of a publication, length-delimited: the same bytes as [`encode_reply`]
 /// of `Reply::Push` with [`PushKind::Publication`], written without building the message
 /// first (publications are the bulk of what a hub sends).
-pub fn encode_publication_push(channel: &str, publication: &Publication, out: &mut BytesMut) {
+pub fn encode_publication_push(channel: &str, id: u64, publication: &Publication, out: &mut BytesMut) {
+    // Channel compaction: the id instead of the name.
+    let channel = if id != 0 { "" } else { channel };
     let publication_len = publication_len(publication);
-    let push_len = str_field_len(tag::PUSH_CHANNEL, channel) + message_field_len(tag::PUSH_PUB, publication_len);
+    let push_len = varint_field_len(tag::PUSH_ID, id)
+        + str_field_len(tag::PUSH_CHANNEL, channel)
+        + message_field_len(tag::PUSH_PUB, publication_len);
     let reply_len = message_field_len(tag::REPLY_PUSH, push_len);
     out.reserve(encoded_len_varint(reply_len as u64) + reply_len);
     encode_varint(reply_len as u64, out);
     put_message_header(tag::REPLY_PUSH, push_len, out);
+    put_varint_field(tag::PUSH_ID, id, out);
     put_str_field(tag::PUSH_CHANNEL, channel, out);
     put_message_header(tag::PUSH_PUB, publication_len, out);
     put_publication(publication, out);
@@ -256,6 +261,7 @@ fn put_delimited(message: &impl prost::Message, out: &mut BytesMut) {
 /// The field numbers the fast path writes.
 mod tag {
     pub const REPLY_PUSH: u32 = 4;
+    pub const PUSH_ID: u32 = 1;
     pub const PUSH_CHANNEL: u32 = 2;
     pub const PUSH_PUB: u32 = 4;
     pub const PUB_DATA: u32 = 4;
@@ -515,7 +521,7 @@ fn reply_from_wire(reply: wire::Reply, at: usize) -> Result<Reply, DecodeError> 
 
 fn push_from_wire(push: wire::Push, at: usize) -> Result<Push, DecodeError> {
     let wire::Push {
-        id: _,
+        id,
         channel,
         publication,
         join,
@@ -568,7 +574,7 @@ fn push_from_wire(push: wire::Push, at: usize) -> Result<Push, DecodeError> {
     } else {
         return Err(DecodeError::UnknownReply { at });
     };
-    Ok(Push { channel, kind })
+    Ok(Push { id: u64::try_from(id).unwrap_or(0), channel, kind })
 }
 
 fn client_info_from_wire(info: wire::ClientInfo) -> ClientInfo {
@@ -600,6 +606,7 @@ fn subscribe_result_from_wire(r: wire::SubscribeResult) -> SubscribeResult {
         data: r.data,
         was_recovering: r.was_recovering,
         delta: r.delta,
+        id: u64::try_from(r.id).unwrap_or(0),
     }
 }
 
@@ -741,7 +748,7 @@ fn reply_to_wire(reply: &Reply) -> wire::Reply {
 }
 
 fn push_to_wire(push: &Push) -> wire::Push {
-    let mut out = wire::Push { channel: push.channel.clone(), ..Default::default() };
+    let mut out = wire::Push { id: push.id as i64, channel: push.channel.clone(), ..Default::default() };
     match &push.kind {
         PushKind::Publication(p) => out.publication = Some(publication_to_wire(p)),
         PushKind::Join(info) => out.join = Some(wire::Join { info: Some(client_info_to_wire(info)) }),
@@ -820,7 +827,8 @@ fn subscribe_result_to_wire(r: &SubscribeResult) -> wire::SubscribeResult {
         data: r.data.clone(),
         was_recovering: r.was_recovering,
         delta: r.delta,
-        id: 0,
+        // int64 on the wire; the hub's ids are far below its top.
+        id: r.id as i64,
     }
 }
 
@@ -1361,7 +1369,7 @@ mod tests {
     }
 
     fn push(channel: &str, kind: PushKind) -> Reply {
-        Reply::Push(Push { channel: channel.into(), kind })
+        Reply::Push(Push { id: 0, channel: channel.into(), kind })
     }
 
     fn result(id: u32, result: ReplyResult) -> Reply {
@@ -1683,6 +1691,7 @@ mod tests {
                         data: bytes("z"),
                         was_recovering: true,
                         delta: true,
+                        id: 0,
                     }),
                 ),
                 "29080232250801101e1801320265703a0522016130013a0522016230024001480250015a017a60016801",
@@ -1861,14 +1870,22 @@ mod tests {
             Publication { time: i64::MIN, ..publication("", u64::MAX) },
             full,
         ];
-        for channel in ["", "chat", "long:".repeat(100).as_str()] {
+        for (channel, id) in
+            [("", 0), ("chat", 0), ("long:".repeat(100).as_str(), 0), ("chat", 7), ("", u64::from(u32::MAX) + 1)]
+        {
             for p in &publications {
                 let mut fast = BytesMut::from(&b"before"[..]);
-                encode_publication_push(channel, p, &mut fast);
+                encode_publication_push(channel, id, p, &mut fast);
+                // With an id, the channel's name is left out.
+                let expected = Reply::Push(Push {
+                    id,
+                    channel: if id == 0 { channel.to_owned() } else { String::new() },
+                    kind: PushKind::Publication(p.clone()),
+                });
                 let mut slow = BytesMut::from(&b"before"[..]);
-                encode_reply(&push(channel, PushKind::Publication(p.clone())), &mut slow);
-                assert_eq!(fast, slow, "channel {channel:?}, publication {p:?}");
-                assert_eq!(decoded_replies(&fast[6..]), vec![push(channel, PushKind::Publication(p.clone()))]);
+                encode_reply(&expected, &mut slow);
+                assert_eq!(fast, slow, "channel {channel:?}, id {id}, publication {p:?}");
+                assert_eq!(decoded_replies(&fast[6..]), vec![expected]);
             }
         }
     }
