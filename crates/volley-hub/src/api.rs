@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::engine::{ControlRequest, Hub, ServerPublish};
-use crate::protocol::{ClientInfo, Disconnect, ErrorReply, PayloadKind, Publication, StreamPosition};
+use crate::engine::{ConnectionInfo, ControlRequest, Hub, ServerPublish};
+use crate::protocol::{ClientInfo, Disconnect, ErrorReply, Format, PayloadKind, Publication, StreamPosition};
 
 /// The API's routes: `/api/{method}` (and `/api` with `{"method", "params"}`).
 pub fn router(hub: Hub) -> Router {
@@ -387,6 +387,21 @@ fn call<'a>(
                 }
                 Ok(json!({ "channels": map }))
             }
+            "connections" => {
+                // Centrifugo PRO's method: the connections of a user (of everyone
+                // when `user` is left out), with the `meta` their tokens attached.
+                #[derive(Deserialize)]
+                struct ConnectionsParams {
+                    #[serde(default)]
+                    user: Option<String>,
+                }
+                let p: ConnectionsParams = parse(params)?;
+                let mut map = serde_json::Map::new();
+                for c in hub.connections(p.user.as_deref()) {
+                    map.insert(c.client.clone(), connection_json(&c));
+                }
+                Ok(json!({ "connections": map }))
+            }
             "info" => Ok(json!({
                 "nodes": [{
                     "uid": hub.node(),
@@ -421,6 +436,33 @@ fn call<'a>(
             _ => Err(ErrorReply::METHOD_NOT_FOUND),
         }
     })
+}
+
+fn connection_json(c: &ConnectionInfo) -> Value {
+    let mut v = json!({
+        "user": c.user,
+        "transport": c.transport,
+        "protocol": match c.protocol {
+            Format::Json => "json",
+            Format::Protobuf => "protobuf",
+        },
+    });
+    if !c.app_name.is_empty() {
+        v["app_name"] = json!(c.app_name);
+    }
+    if !c.app_version.is_empty() {
+        v["app_version"] = json!(c.app_version);
+    }
+    if let Some(uid) = &c.token_uid {
+        v["token_uid"] = json!(uid);
+    }
+    if let Some(iat) = c.token_issued_at {
+        v["token_issued_at"] = json!(iat);
+    }
+    if let Some(meta) = raw_json(&c.meta) {
+        v["meta"] = meta;
+    }
+    v
 }
 
 fn position_json(p: &StreamPosition) -> Value {

@@ -18,5 +18,5 @@ pub mod protocol;
 pub mod transport;
 
 pub use config::HubConfig;
-pub use engine::{ConfigError, Hub, ServerPublish};
+pub use engine::{ConfigError, ConnectionInfo, Hub, ServerPublish};
 pub use transport::http::router;

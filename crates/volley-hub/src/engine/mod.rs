@@ -149,6 +149,32 @@ pub(crate) struct SessionControl {
     /// (unsubscribe 2500) and gets nothing more from them; the session forgets them
     /// before its next command, so that the client's resubscribe finds them gone.
     pub lost: Mutex<Vec<String>>,
+    /// What the server API's `connections` shows of the session.
+    pub details: ConnectionInfo,
+}
+
+/// A connected client as the server API's `connections` shows it: who it is, what it
+/// runs, and the `meta` its token attached (never shown to clients).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConnectionInfo {
+    /// The client's id.
+    pub client: String,
+    /// The user's id.
+    pub user: String,
+    /// The client's name, as its connect command gave it (`js`, `python`, ...).
+    pub app_name: String,
+    /// The client's version, as its connect command gave it.
+    pub app_version: String,
+    /// The transport: `websocket`.
+    pub transport: &'static str,
+    /// The wire format.
+    pub protocol: Format,
+    /// The connection token's `jti`.
+    pub token_uid: Option<String>,
+    /// The connection token's `iat` (Unix seconds).
+    pub token_issued_at: Option<u64>,
+    /// The connection token's `meta`, JSON text as it came (empty: none).
+    pub meta: Bytes,
 }
 
 #[derive(Debug)]
@@ -329,6 +355,23 @@ impl Hub {
     /// sessions, this counts them until their closing handshake is over.
     pub fn num_connections(&self) -> usize {
         self.inner.metrics.open_connections.load(Ordering::Relaxed) as usize
+    }
+
+    /// The connections on this node, of one user or of all, for the server API's
+    /// `connections` (in no particular order).
+    pub fn connections(&self, user: Option<&str>) -> Vec<ConnectionInfo> {
+        let conns = lock(&self.inner.conns);
+        match user {
+            Some(user) => conns
+                .users
+                .get(user)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| conns.sessions.get(id))
+                .map(|s| s.details.clone())
+                .collect(),
+            None => conns.sessions.values().map(|s| s.details.clone()).collect(),
+        }
     }
 
     /// Distinct users connected on this node.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::client::ClientShared;
-use super::{encode, lock, now_ms, ControlRequest, HubInner, SessionControl, SubOptions};
+use super::{encode, lock, now_ms, ConnectionInfo, ControlRequest, HubInner, SessionControl, SubOptions};
 use crate::auth::{ConnectToken, SubscribeToken, TokenError};
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::protocol::{
@@ -415,7 +415,20 @@ impl Session {
         self.user = token.user.clone();
         self.conn_info = token.info.clone().map(protocol::json::one_line).unwrap_or_default();
         self.expires_at = token.expire_at;
-        self.register_connection()?;
+        // What the server API's `connections` shows; `meta` goes nowhere else (not to
+        // clients: not in presence, joins, leaves or publications).
+        let details = ConnectionInfo {
+            client: self.client.id.clone(),
+            user: self.user.clone(),
+            app_name: req.name.clone(),
+            app_version: req.version.clone(),
+            transport: "websocket",
+            protocol: self.client.format,
+            token_uid: token.jti.clone(),
+            token_issued_at: token.issued_at,
+            meta: token.meta.clone().unwrap_or_default(),
+        };
+        self.register_connection(details)?;
         self.connected = true;
 
         // Server-side subscriptions: the token's, and the user's personal channel.
@@ -472,7 +485,7 @@ impl Session {
         Ok(())
     }
 
-    fn register_connection(&mut self) -> Outcome {
+    fn register_connection(&mut self, details: ConnectionInfo) -> Outcome {
         let c = &self.hub.config.client;
         let mut conns = lock(&self.hub.conns);
         if c.connection_limit != 0 && conns.total >= c.connection_limit {
@@ -493,7 +506,7 @@ impl Session {
         conns.total += 1;
         conns.users.entry(self.user.clone()).or_default().push(self.client.id.clone());
         conns.by_id.insert(self.client.id.clone(), self.client.clone());
-        self.control = Arc::new(SessionControl::default());
+        self.control = Arc::new(SessionControl { details, ..SessionControl::default() });
         conns.sessions.insert(self.client.id.clone(), self.control.clone());
         self.hub.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -914,6 +927,9 @@ fn insecure_connect(token: &str) -> Result<ConnectToken, TokenError> {
     Ok(ConnectToken {
         user: c["sub"].as_str().unwrap_or_default().to_owned(),
         info: c.get("info").map(|v| Bytes::from(v.to_string())),
+        meta: c.get("meta").map(|v| Bytes::from(v.to_string())),
+        jti: c["jti"].as_str().map(str::to_owned),
+        issued_at: c["iat"].as_u64(),
         channels: c["channels"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())

@@ -18,9 +18,10 @@ use bytes::Bytes;
 pub use codes::{Disconnect, ErrorReply};
 
 /// A wire format of the client protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Format {
     /// Newline-delimited JSON in text frames (the default subprotocol).
+    #[default]
     Json,
     /// Varint-length-delimited Protobuf in binary frames (`centrifuge-protobuf`).
     Protobuf,
