@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Centrifuge as CentrifugeJson } from 'centrifuge';
 import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
 import WebSocket from 'ws';
-import { cutter, now, once, startHub, token, waitFor } from './lib.mjs';
+import { API_KEY, SECRET, cutter, now, once, startHub, token, waitFor } from './lib.mjs';
 
 const FORMATS = [
   ['json', CentrifugeJson],
@@ -204,6 +204,83 @@ for (const [format, Centrifuge] of FORMATS) {
       c.disconnect();
     });
 
+    test('a tags filter: only the publications whose tags match arrive, live and recovered', async () => {
+      const ch = `tags:stocks-${format}`;
+      const proxy = await cutter(hub.addr);
+      const c = client(Centrifuge, { token: token({ sub: 'gina' }), minReconnectDelay: 50, maxReconnectDelay: 100 }, `ws://${proxy.addr}/connection/websocket`);
+      await connected(c);
+      const tagsFilter = { op: 'or', nodes: [{ key: 'ticker', cmp: 'eq', val: 'AAPL' }, { key: 'price', cmp: 'gt', val: '100' }] };
+      const s = c.newSubscription(ch, { recoverable: true, positioned: true, tagsFilter });
+      const seen = [];
+      const subscribed = [];
+      s.on('publication', (ctx) => seen.push([data.in(ctx.data).n, ctx.tags.ticker]));
+      s.on('subscribed', (ctx) => subscribed.push(ctx));
+      s.subscribe();
+      await s.ready(5000);
+      const send = (n, ticker, price) => hub.api('publish', { channel: ch, data: { n }, tags: { ticker, price } });
+      await send(1, 'AAPL', '10');
+      await send(2, 'MSFT', '99.5');
+      await send(3, 'MSFT', '100.01');
+      await send(4, 'AAPL', '1');
+      await waitFor(() => seen.length === 3, 'the matching ones');
+      proxy.cut();
+      await waitFor(() => c.state !== 'connected', 'the client to notice');
+      await send(5, 'GOOG', '5');
+      await send(6, 'GOOG', '500');
+      await send(7, 'AAPL', '5');
+      await waitFor(() => subscribed.length === 2, 'the resubscribe');
+      await send(8, 'MSFT', '1');
+      await send(9, 'AAPL', '1');
+      await waitFor(() => seen.length === 6, 'the recovered and live ones');
+      assert.deepEqual(seen, [[1, 'AAPL'], [3, 'MSFT'], [4, 'AAPL'], [6, 'GOOG'], [7, 'AAPL'], [9, 'AAPL']]);
+      assert.equal(subscribed[1].recovered, true);
+      c.disconnect();
+      proxy.close();
+    });
+
+    test('a tags filter where the namespace does not allow one is refused with 107', async () => {
+      const c = await connected(client(Centrifuge, { token: token({ sub: 'gina' }) }));
+      const s = c.newSubscription(`chat:no-filter-${format}`, { tagsFilter: { key: 'k', cmp: 'eq', val: 'v' } });
+      const unsub = once(s, 'unsubscribed');
+      s.subscribe();
+      assert.equal((await unsub).code, 107);
+      assert.equal(c.state, 'connected');
+      c.disconnect();
+    });
+
+    test('channel compaction: the client takes the channel id (JSON) and gets every publication, join and leave', async () => {
+      const ch = `compact:room-with-a-long-name-${format}`;
+      const a = await connected(client(Centrifuge, { token: token({ sub: 'hana' }) }));
+      const s = a.newSubscription(ch);
+      const pubs = [];
+      const joins = [];
+      const leaves = [];
+      s.on('publication', (ctx) => pubs.push(data.in(ctx.data)));
+      s.on('join', (ctx) => joins.push(ctx.info.user));
+      s.on('leave', (ctx) => leaves.push(ctx.info.user));
+      s.subscribe();
+      await s.ready(5000);
+      if (format === 'json') {
+        assert.ok(s._id > 0, `the subscribe result carries an id: ${s._id}`);
+      } else {
+        // Over Protobuf the client would hold the id as a Long and route nothing by it:
+        // the hub names the channel instead.
+        assert.equal(Number(s._id || 0), 0);
+      }
+      const b = await connected(client(Centrifuge, { token: token({ sub: 'ivan' }) }));
+      const sb = b.newSubscription(ch);
+      sb.subscribe();
+      await sb.ready(5000);
+      await waitFor(() => joins.includes('ivan'), 'the join by id');
+      await hub.api('publish', { channel: ch, data: { n: 1 } });
+      await sb.publish(data.out({ n: 2 }));
+      await waitFor(() => pubs.length === 2, 'the publications by id');
+      assert.deepEqual(pubs, [{ n: 1 }, { n: 2 }]);
+      b.disconnect();
+      await waitFor(() => leaves.includes('ivan'), 'the leave by id');
+      a.disconnect();
+    });
+
     test('a forged token is refused with 3500 and the client does not reconnect', async () => {
       const c = client(Centrifuge, { token: token({ sub: 'mallory' }, 'not-the-secret') });
       const d = once(c, 'disconnected');
@@ -214,3 +291,51 @@ for (const [format, Centrifuge] of FORMATS) {
     });
   });
 }
+
+describe('subscription expiry', () => {
+  let expiring;
+  before(async () => {
+    expiring = await startHub({
+      client: { token: { hmac_secret_key: SECRET }, expired_sub_close_delay: '0s' },
+      http_api: { key: API_KEY },
+      channel: { namespaces: [{ name: 'priv', history_size: 10, history_ttl: '60s', allow_recovery: true }] },
+    });
+  });
+  after(async () => { await expiring?.stop(); });
+
+  for (const [format, Centrifuge] of FORMATS) {
+    test(`over ${format}: a subscription token not refreshed ends the subscription with 2501, not the connection, and the client resubscribes`, async () => {
+      const ch = `$priv:room-${format}`;
+      const c = client(Centrifuge, { token: token({ sub: 'jan' }) }, expiring.url);
+      await connected(c);
+      const states = [];
+      c.on('connecting', () => states.push('connecting'));
+      c.on('disconnected', () => states.push('disconnected'));
+      let calls = 0;
+      const s = c.newSubscription(ch, {
+        token: token({ sub: 'jan', channel: ch, exp: now() + 2 }),
+        // The refresh before the expiry fails (the backend is down); later ones work.
+        getToken: async () => {
+          calls += 1;
+          if (calls === 1) throw new Error('backend down');
+          return token({ sub: 'jan', channel: ch, exp: now() + 3600 });
+        },
+      });
+      const subscribing = [];
+      let subscribed = 0;
+      s.on('subscribing', (ctx) => subscribing.push(ctx.code));
+      s.on('subscribed', () => { subscribed += 1; });
+      s.subscribe();
+      await s.ready(5000);
+      await waitFor(() => subscribing.includes(2501), 'the unsubscribe push 2501', 8000);
+      await waitFor(() => subscribed === 2, 'the resubscribe with a new token', 8000);
+      assert.equal(c.state, 'connected');
+      assert.deepEqual(states, [], 'the connection never dropped');
+      const pubs = [];
+      s.on('publication', (ctx) => pubs.push(ctx));
+      await expiring.api('publish', { channel: ch, data: { n: 1 } });
+      await waitFor(() => pubs.length === 1, 'a publication after the resubscribe');
+      c.disconnect();
+    });
+  }
+});

@@ -56,6 +56,8 @@ export const DEFAULT_CONFIG = {
       openNamespace('chat'),
       openNamespace('small', { history_size: 3 }),
       openNamespace('delta', { allowed_delta_types: ['fossil'] }),
+      openNamespace('tags', { allow_tags_filter: true }),
+      openNamespace('compact', { allow_channel_compaction: true, force_push_join_leave: true }),
     ],
   },
 };

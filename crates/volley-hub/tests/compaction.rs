@@ -74,3 +74,43 @@ async fn a_namespace_without_the_option_names_channels() {
     let p = a.next().await.unwrap();
     assert_eq!(p["push"]["channel"], "n:x", "{p}");
 }
+
+#[tokio::test]
+async fn protobuf_clients_get_names_even_when_they_offer_compaction() {
+    use volley_hub::protocol::{
+        protobuf, Command, ConnectRequest, PushKind, Reply, ReplyResult, Request, SubscribeRequest,
+    };
+    // centrifuge-js offers the flag over Protobuf too, but would hold the int64 id as a
+    // Long and route nothing by it.
+    let (hub, addr) = serve(config()).await;
+    let mut ws = volley::ClientBuilder::new(format!("ws://{addr}/connection/websocket"))
+        .protocol("centrifuge-protobuf")
+        .connect()
+        .await
+        .unwrap()
+        .0;
+    let mut frame = bytes::BytesMut::new();
+    protobuf::encode_command(&Command { id: 1, request: Request::Connect(ConnectRequest::default()) }, &mut frame);
+    let sub = SubscribeRequest { channel: "c:x".into(), flag: 1, ..Default::default() };
+    protobuf::encode_command(&Command { id: 2, request: Request::Subscribe(sub) }, &mut frame);
+    ws.send(volley::Message::Binary(frame.freeze())).await.unwrap();
+    let mut replies = Vec::new();
+    while replies.len() < 3 {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), ws.recv()).await.unwrap() {
+            Some(Ok(volley::Message::Binary(b))) => {
+                replies.extend(protobuf::replies(&b).map(Result::unwrap));
+                if replies.len() == 2 {
+                    hub.publish("c:x", bytes::Bytes::from_static(b"{}"), Default::default()).await.unwrap();
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let Reply::Result { result: ReplyResult::Subscribe(r), .. } = &replies[1] else { panic!("{:?}", replies[1]) };
+    assert_eq!(r.id, 0);
+    // Its own join, then the publication, by name.
+    let pushes: Vec<_> = replies[2..].iter().collect();
+    let Reply::Push(p) = pushes[0] else { panic!("{pushes:?}") };
+    assert_eq!((p.id, p.channel.as_str()), (0, "c:x"));
+    assert!(matches!(p.kind, PushKind::Join(_) | PushKind::Publication(_)), "{p:?}");
+}

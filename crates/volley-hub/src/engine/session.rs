@@ -619,8 +619,11 @@ impl Session {
             server_side,
             control: self.control.clone(),
             // Only on a client's own subscription: a server-side one has no subscribe
-            // reply to carry the id.
+            // reply to carry the id. Only on JSON: over Protobuf, centrifuge-js (5.8)
+            // holds the int64 id as a Long object and compares ids with `===`, so it
+            // would route no compacted push; it offers the flag all the same.
             compact: !server_side
+                && self.client.format == Format::Json
                 && o.allow_channel_compaction
                 && req.flag & SubscribeRequest::FLAG_CHANNEL_COMPACTION != 0,
         };
