@@ -49,7 +49,17 @@ async fn an_expired_token_is_109_at_connect() {
 
 #[tokio::test]
 async fn a_connection_whose_token_expires_without_refresh_is_closed_with_3005() {
-    let (hub, addr) = serve(config(json!({"expired_close_delay": "0s"}))).await;
+    expiring_connection(json!({"expired_close_delay": "0s"})).await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_whose_token_expires_is_closed_with_3005() {
+    // Idle, it is parked before the expiry, and taken back for it.
+    expiring_connection(json!({"expired_close_delay": "0s", "park_after": "100ms"})).await;
+}
+
+async fn expiring_connection(client: Value) {
+    let (hub, addr) = serve(config(client)).await;
     let started = Instant::now();
     let mut c = Client::open(addr).await;
     let r = c.call(json!({"id": 1, "connect": {"token": token(json!({"sub": "u", "exp": unix_now() + 2}))}})).await;

@@ -128,7 +128,11 @@ where
         let session = &mut conn.session;
         let pong_deadline = session.ping_sent.map(|t| tokio::time::Instant::from_std(t + config.pong_timeout));
         let expiry = session.deadline().map(expiry_instant);
-        let parkable = park_after.is_some() && session.is_connected() && session.ping_sent.is_none();
+        // Not with an expiry due: parked, it would be taken back at once, again and again.
+        let parkable = park_after.is_some()
+            && session.is_connected()
+            && session.ping_sent.is_none()
+            && expiry.is_none_or(|at| at > tokio::time::Instant::now());
         let mut active = true;
         tokio::select! {
             biased;
