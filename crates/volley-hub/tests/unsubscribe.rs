@@ -35,7 +35,16 @@ fn config(extra_client: Value) -> HubConfig {
 
 #[tokio::test]
 async fn an_expired_subscription_is_unsubscribed_with_2501_and_the_connection_stays() {
-    let (hub, addr) = serve(config(json!({}))).await;
+    expired_subscription(json!({})).await;
+}
+
+#[tokio::test]
+async fn a_parked_client_is_woken_for_its_subscription_s_expiry() {
+    expired_subscription(json!({"park_after": "100ms"})).await;
+}
+
+async fn expired_subscription(client: Value) {
+    let (hub, addr) = serve(config(client)).await;
     let (mut c, _) = Client::connected(addr, json!({"token": token(json!({"sub": "u"}))})).await;
     let sub_token = token(json!({"sub": "u", "channel": "$s:private", "exp": unix_now() + 1}));
     let r = c.call(json!({"id": 2, "subscribe": {"channel": "$s:private", "token": sub_token}})).await;
@@ -149,12 +158,24 @@ async fn publish(hub: &Hub, channel: &str, data: &'static str) {
 
 #[tokio::test]
 async fn a_gap_unsubscribes_with_2500_and_the_client_resubscribes_and_recovers_on_the_same_connection() {
-    let (hub, addr) = lossy(config(json!({}))).await;
+    gap(json!({}), Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn a_gap_reaches_a_parked_client_too() {
+    gap(json!({"park_after": "100ms"}), Duration::from_millis(400)).await;
+}
+
+async fn gap(client: Value, idle: Duration) {
+    let (hub, addr) = lossy(config(client)).await;
     let (mut c, _) = Client::connected(addr, json!({"token": token(json!({"sub": "u"}))})).await;
     let r = c.call(json!({"id": 2, "subscribe": {"channel": "s:g", "recoverable": true}})).await;
     let epoch = r["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    // Idle long enough to be parked, where the configuration parks.
+    tokio::time::sleep(idle).await;
     publish(&hub, "s:g", "1").await;
     assert_eq!(c.next().await.unwrap()["push"]["pub"]["offset"], 1);
+    tokio::time::sleep(idle).await;
     publish(&hub, "s:g", "\"lost\"").await;
     publish(&hub, "s:g", "3").await;
     publish(&hub, "s:g", "4").await;
@@ -162,6 +183,7 @@ async fn a_gap_unsubscribes_with_2500_and_the_client_resubscribes_and_recovers_o
     assert_eq!(p, json!({"push": {"channel": "s:g", "unsubscribe": {"code": 2500, "reason": "insufficient state"}}}));
     // Nothing more from the lost subscription.
     assert!(c.next_within(Duration::from_millis(300)).await.is_err());
+    tokio::time::sleep(idle).await;
     // The client resubscribes from the last offset it has, at once: the hub has let go
     // of the channel first (no 105), and the recovery fills the gap.
     let sub = json!({"channel": "s:g", "recover": true, "recoverable": true, "epoch": epoch, "offset": 1});

@@ -255,6 +255,9 @@ impl Sub {
             return;
         }
         self.lost = true;
+        // Recorded before the push wakes the session (or takes its parked connection
+        // back), so that it finds the channel to forget.
+        lock(&self.control.lost).push(channel.to_owned());
         let push = Reply::Push(Push {
             id: 0,
             channel: channel.to_owned(),
@@ -264,7 +267,6 @@ impl Sub {
             },
         });
         self.client.push(encode(&push, self.client.format));
-        lock(&self.control.lost).push(channel.to_owned());
         self.client.push_wake();
     }
 }
