@@ -109,7 +109,6 @@ const CENTRIFUGO_KEYS: &[&str] = &[
     "http_server.h2c_external",
     "client.proxy",
     "client.disallow_anonymous_connection_tokens",
-    "client.expired_sub_close_delay",
     "client.queue_max_size",
     "client.presence_update_interval",
     "client.concurrency",
@@ -152,7 +151,6 @@ const CENTRIFUGO_NAMESPACE_KEYS: &[&str] = &[
     "subscribe_stream_proxy_enabled",
     "subscribe_stream_proxy_name",
     "subscribe_stream_proxy_bidirectional",
-    "allow_tags_filter",
     "auto_cache_recovery",
     "map_clients_presence_channel_prefix",
     "map_users_presence_channel_prefix",
@@ -712,7 +710,7 @@ fn client(cx: &mut Cx, mut s: Section, out: &mut Value) -> u64 {
         Some(n) => put(out, "client.pong_timeout", volley_duration(n)),
         None => {}
     }
-    for key in ["stale_close_delay", "expired_close_delay"] {
+    for key in ["stale_close_delay", "expired_close_delay", "expired_sub_close_delay"] {
         if let Some(v) = s.volley_duration(cx, key) {
             put(out, &format!("client.{key}"), v);
         }
@@ -850,7 +848,7 @@ fn channel(cx: &mut Cx, mut s: Section, out: &mut Value, recovery_limit: u64) {
 }
 
 /// The options of a namespace Volley reads as they are: booleans.
-const OPTION_BOOLS: [&str; 19] = [
+const OPTION_BOOLS: [&str; 21] = [
     "presence",
     "join_leave",
     "force_push_join_leave",
@@ -870,6 +868,8 @@ const OPTION_BOOLS: [&str; 19] = [
     "allow_presence_for_client",
     "allow_presence_for_anonymous",
     "allow_user_limited_channels",
+    "allow_tags_filter",
+    "allow_channel_compaction",
 ];
 
 /// A namespace's proxies: the proxy's switch, its name, and the permissions that the
@@ -1653,6 +1653,21 @@ timeout = "30s"
         let e = refused(from_json(r#"{ "engine": "redis" }"#));
         assert!(e.contains("Centrifugo v5"), "{e}");
         assert_eq!(centrifugo_marker(&from_json(r#"{ "api_key": "k" }"#)).as_deref(), Some("api_key"));
+    }
+
+    #[test]
+    fn tags_filters_channel_compaction_and_the_subscription_expiry_grace_are_translated() {
+        let (c, ignored) = translated(from_json(
+            r#"{ "client": { "expired_sub_close_delay": "1m30s", "queue_max_size": 1024 },
+                 "channel": { "namespaces": [{ "name": "m", "allow_tags_filter": true, "allow_channel_compaction": true }] } }"#,
+        ));
+        assert_eq!(c.client.expired_sub_close_delay, Duration::from_secs(90));
+        let m = &c.channel.namespaces[0];
+        assert!(m.allow_tags_filter && m.allow_channel_compaction);
+        assert_eq!(ignored, Vec::<String>::new());
+        // Volley's own keys now: not a sign of a Centrifugo file.
+        let own = r#"{ "client": { "expired_sub_close_delay": "1s" }, "channel": { "namespaces": [{ "name": "m", "allow_tags_filter": true }] } }"#;
+        assert_eq!(centrifugo_marker(&from_json(own)), None);
     }
 
     #[test]
