@@ -82,6 +82,8 @@ export async function startHub(config = DEFAULT_CONFIG, extraArgs = []) {
     });
     child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`volley serve exited (${code}): ${stderr}`)); });
   });
+  // The configuration was read at start.
+  fs.rmSync(dir, { recursive: true, force: true });
   const base = `http://${addr}`;
   return {
     addr,

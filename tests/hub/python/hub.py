@@ -9,6 +9,7 @@ import hmac
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -75,6 +76,8 @@ class Hub:
                 break
             if not line or time.monotonic() > deadline:
                 raise RuntimeError("volley serve did not start: " + "".join(self.stderr))
+        # The configuration was read at start.
+        shutil.rmtree(self.dir, ignore_errors=True)
         self.url = f"ws://{self.addr}/connection/websocket"
         self.api_url = f"http://{self.addr}/api"
 
