@@ -137,7 +137,7 @@ where
         tokio::select! {
             biased;
             _ = client.ready() => {
-                if let Err(d) = session.apply_control().await {
+                if let Err(d) = Box::pin(session.apply_control()).await {
                     break Some(d);
                 }
             }
@@ -168,7 +168,7 @@ where
                 ping_timer.as_mut().reset(conn.next_ping);
                 active = false;
                 session.ping();
-                session.refresh_presence().await;
+                Box::pin(session.refresh_presence()).await;
             }
             _ = sleep_until(pong_deadline), if pong_deadline.is_some() => break Some(Disconnect::NO_PONG),
             _ = sleep_until(expiry), if expiry.is_some() => {
@@ -192,7 +192,7 @@ where
     };
     // Out of the channels and the limits first: a client that does not read may never
     // take the close frame.
-    conn.session.close().await;
+    Box::pin(conn.session.close()).await;
     if let Some(d) = end {
         tracing::debug!(client = %client.id, code = d.code, reason = %d.reason, "disconnecting");
         let closing = async {
@@ -238,7 +238,9 @@ async fn commands(
     })?;
     *active = cmds.iter().any(|c| c.id != 0 || !matches!(c.request, protocol::Request::None));
     for cmd in cmds {
-        session.handle(cmd).await?;
+        // Boxed: the commands' futures (connect, subscribe, with the broker's calls)
+        // would otherwise all live in every connection's task, idle or not.
+        Box::pin(session.handle(cmd)).await?;
     }
     Ok(())
 }
@@ -304,5 +306,22 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection's task holds its loop's future: the commands' futures are boxed so
+    /// that it stays small (it was 8.7 KB unboxed, 2.5 KB boxed, in a debug build).
+    #[tokio::test]
+    async fn the_connection_loop_future_stays_small() {
+        let hub = crate::Hub::new(Default::default()).unwrap();
+        let (io, _peer) = tokio::io::duplex(64);
+        let ws =
+            volley::WebSocket::from_handshaken(io, volley::Role::Server, volley::Config::default(), &[], None, None);
+        let conn = super::Conn::new(&hub, crate::protocol::Format::Json, None);
+        let run = super::run(&hub, ws, conn, Some(std::time::Duration::from_secs(5)));
+        let size = std::mem::size_of_val(&run);
+        assert!(size < 4096, "the loop's future takes {size} bytes");
     }
 }
