@@ -23,7 +23,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use volley_hub::config::{duration, ChannelConfig, ChannelOptions, ClientConfig, HttpApiConfig};
+use volley_hub::config::{
+    duration, ChannelConfig, ChannelOptions, ClientConfig, EmulationConfig, EmulationStreamConfig, HttpApiConfig,
+};
 use volley_hub::{Hub, HubConfig};
 
 use crate::centrifugo::{self, ConfigFormat};
@@ -60,6 +62,12 @@ pub struct ServeConfig {
     pub channel: ChannelConfig,
     /// The server API.
     pub http_api: HttpApiConfig,
+    /// The HTTP-streaming emulation transport (`/connection/http_stream`).
+    pub http_stream: EmulationStreamConfig,
+    /// The SSE emulation transport (`/connection/sse`).
+    pub sse: EmulationStreamConfig,
+    /// The emulation transports' command endpoint (`/emulation`).
+    pub emulation: EmulationConfig,
     /// The chat demo at `/`.
     pub demo: Demo,
     /// Shutdown.
@@ -271,8 +279,14 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 /// listening. A Centrifugo configuration's ignored keys are listed.
 pub fn check(args: Args) -> anyhow::Result<()> {
     let Loaded { config, centrifugo, ignored } = load(&args)?;
-    let hub_config =
-        HubConfig { client: config.client.clone(), channel: config.channel.clone(), http_api: config.http_api.clone() };
+    let hub_config = HubConfig {
+        client: config.client.clone(),
+        channel: config.channel.clone(),
+        http_api: config.http_api.clone(),
+        http_stream: config.http_stream.clone(),
+        sse: config.sse.clone(),
+        emulation: config.emulation.clone(),
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async { Hub::new(hub_config).map(|_| ()) }).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     tls_acceptor(&config.http_server.tls)?;
@@ -328,8 +342,14 @@ fn random_key() -> String {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let hub_config =
-        HubConfig { client: config.client.clone(), channel: config.channel.clone(), http_api: config.http_api.clone() };
+    let hub_config = HubConfig {
+        client: config.client.clone(),
+        channel: config.channel.clone(),
+        http_api: config.http_api.clone(),
+        http_stream: config.http_stream.clone(),
+        sse: config.sse.clone(),
+        emulation: config.emulation.clone(),
+    };
     let hub = Hub::new(hub_config).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let mut app = volley_hub::router(hub.clone());
     if config.demo.enabled {

@@ -19,6 +19,12 @@ pub struct HubConfig {
     pub channel: ChannelConfig,
     /// The server API.
     pub http_api: HttpApiConfig,
+    /// The HTTP-streaming emulation transport (`/connection/http_stream`).
+    pub http_stream: EmulationStreamConfig,
+    /// The SSE emulation transport (`/connection/sse`).
+    pub sse: EmulationStreamConfig,
+    /// The endpoint of the emulation transports' commands (`/emulation`).
+    pub emulation: EmulationConfig,
 }
 
 /// Connections and what a client may do.
@@ -288,6 +294,39 @@ pub struct HttpApiConfig {
     pub key: String,
     /// Errors as HTTP statuses (`transport`) instead of a 200 with an error object.
     pub error_mode: String,
+}
+
+/// A bidirectional emulation stream (`http_stream`, `sse`): a stream from the server,
+/// with the client's commands sent to `/emulation`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmulationStreamConfig {
+    /// Whether the endpoint is served. On by default: an unused endpoint costs nothing,
+    /// and it is what lets centrifuge-js fall back when WebSocket is blocked.
+    pub enabled: bool,
+    /// The largest connect command accepted (a body, or `cf_connect` for SSE), in
+    /// bytes; 413 beyond.
+    pub max_request_body_size: usize,
+}
+
+impl Default for EmulationStreamConfig {
+    fn default() -> Self {
+        EmulationStreamConfig { enabled: true, max_request_body_size: 65536 }
+    }
+}
+
+/// The emulation endpoint (`/emulation`), served when `http_stream` or `sse` is.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmulationConfig {
+    /// The largest request accepted, in bytes; 413 beyond.
+    pub max_request_body_size: usize,
+}
+
+impl Default for EmulationConfig {
+    fn default() -> Self {
+        EmulationConfig { max_request_body_size: 65536 }
+    }
 }
 
 /// Durations in the configuration: `"25s"`, `"500ms"`, `"10m"`, `"1h"`, `"30d"`, or a

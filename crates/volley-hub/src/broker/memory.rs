@@ -306,6 +306,11 @@ impl Broker for MemoryBroker {
         };
         ready(Ok(stats))
     }
+
+    /// One node: there is no other node to send to.
+    fn send_control(&self, node: &str, _message: bytes::Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        ready(Err(BrokerError(format!("no node {node:?} on the memory broker (a single node)"))))
+    }
 }
 
 #[cfg(test)]

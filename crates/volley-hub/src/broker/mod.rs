@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 pub use memory::MemoryBroker;
 
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
@@ -44,6 +45,12 @@ pub trait BrokerEvents: Send + Sync + 'static {
     fn join(&self, channel: &str, info: ClientInfo);
     /// A client left the channel.
     fn leave(&self, channel: &str, info: ClientInfo);
+    /// A control message another node sent to this one ([`Broker::send_control`]).
+    /// Opaque to the broker; the hub uses it to forward the emulation transports'
+    /// commands to the node that holds their session. Ignored by default.
+    fn control(&self, message: Bytes) {
+        let _ = message;
+    }
 }
 
 /// How a publication is kept.
@@ -151,6 +158,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// How many clients and users are in a channel.
     fn presence_stats(&self, channel: &str) -> BoxFuture<'_, Result<PresenceStats, BrokerError>>;
+
+    /// Sends a control message to the node named `node` (the hub's node id), whose
+    /// events receive it in [`BrokerEvents::control`]. At most once: an error when the
+    /// node is unknown or unreachable (the caller answers its client that the session
+    /// is gone), no acknowledgement that the node acted on it. A node does not send
+    /// control messages to itself (the hub handles those locally).
+    fn send_control(&self, node: &str, message: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
 }
 
 /// A new epoch: random, short, printable.

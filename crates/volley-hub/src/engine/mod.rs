@@ -62,6 +62,8 @@ pub(crate) struct HubInner {
     pub metrics: Metrics,
     /// The next channel id for channel compaction.
     channel_ids: AtomicU64,
+    /// The emulation sessions on this node (`/connection/http_stream`, `/connection/sse`).
+    pub(crate) emulation: crate::transport::emulation::Sessions,
 }
 
 /// Counters for `/metrics`.
@@ -316,6 +318,7 @@ impl Hub {
             conns: Mutex::new(Connections::default()),
             metrics: Metrics::default(),
             channel_ids: AtomicU64::new(1),
+            emulation: Default::default(),
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })
@@ -878,6 +881,12 @@ impl BrokerEvents for Events {
     fn leave(&self, channel: &str, info: ClientInfo) {
         if let Some(hub) = self.0.upgrade() {
             hub.deliver_join_leave(channel, info, false);
+        }
+    }
+
+    fn control(&self, message: Bytes) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.emulation.deliver_now(&message);
         }
     }
 }

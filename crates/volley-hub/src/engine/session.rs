@@ -42,6 +42,8 @@ pub(crate) struct Session {
     refilled: Instant,
     /// When a ping was sent that no pong has answered yet.
     pub ping_sent: Option<Instant>,
+    /// The session id of an emulation transport, given in the connect result.
+    emulation_session: String,
 }
 
 struct LocalSub {
@@ -105,7 +107,14 @@ impl Session {
             tokens: burst,
             refilled: Instant::now(),
             ping_sent: None,
+            emulation_session: String::new(),
         }
+    }
+
+    /// Makes this an emulation transport's session: its connect result carries `id` and
+    /// the node, for the client's `/emulation` requests.
+    pub fn set_emulation_session(&mut self, id: String) {
+        self.emulation_session = id;
     }
 
     pub fn is_connected(&self) -> bool {
@@ -476,6 +485,7 @@ impl Session {
             ping: self.hub.config.client.ping_interval.as_secs() as u32,
             pong: !self.hub.config.client.ping_interval.is_zero(),
             node: self.hub.node.clone(),
+            session: self.emulation_session.clone(),
             ..Default::default()
         };
         self.reply(id, ReplyResult::Connect(result));

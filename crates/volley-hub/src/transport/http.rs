@@ -13,6 +13,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use volley::http::WebSocketUpgrade;
 
+use super::emulation;
 use super::websocket::{self, PROTOBUF_SUBPROTOCOL};
 use crate::engine::{lock, Hub};
 
@@ -21,11 +22,30 @@ use crate::engine::{lock, Hub};
 pub fn router(hub: Hub) -> Router {
     Router::new()
         .route("/connection/websocket", any(ws_handler))
+        .merge(emulation_routes(&hub))
         .route("/health", get(|| async { ([(header::CONTENT_TYPE, "application/json")], "{}") }))
         .route("/ready", get(|| async { ([(header::CONTENT_TYPE, "application/json")], "{}") }))
         .route("/metrics", get(metrics))
         .with_state(hub.clone())
         .merge(crate::api::router(hub))
+}
+
+/// The bidirectional emulation routes, as the configuration enables them:
+/// `/connection/http_stream`, `/connection/sse`, and `/emulation` when either is on.
+fn emulation_routes(hub: &Hub) -> Router<Hub> {
+    use axum::routing::{options, post};
+    let c = hub.config();
+    let mut r = Router::new();
+    if c.http_stream.enabled {
+        r = r.route("/connection/http_stream", post(emulation::http_stream).options(emulation::preflight));
+    }
+    if c.sse.enabled {
+        r = r.route("/connection/sse", get(emulation::sse).post(emulation::sse).options(emulation::preflight));
+    }
+    if c.http_stream.enabled || c.sse.enabled {
+        r = r.route("/emulation", post(emulation::emulation).merge(options(emulation::preflight)));
+    }
+    r
 }
 
 async fn ws_handler(State(hub): State<Hub>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {

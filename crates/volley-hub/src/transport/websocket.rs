@@ -1,7 +1,12 @@
 //! The WebSocket transport (`/connection/websocket`): frames in, commands to the
 //! session; the client's queue out, everything queued at once in one frame (JSON
 //! replies joined by newlines, Protobuf ones one after another).
+//!
+//! It also owns the session loop every bidirectional transport shares ([`run`]):
+//! commands in, the queue out, pings, pongs, expiry and the stale timer, over a
+//! [`Carrier`] (a WebSocket here; the emulation streams in `transport::emulation`).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -97,20 +102,93 @@ fn expiry_instant(unix_secs: u64) -> tokio::time::Instant {
 /// How a connection's loop ended.
 // Handed back by value once per parking: boxing it would allocate on that path.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Exit<S> {
+pub(crate) enum Exit<C> {
     /// The connection is over (closed, failed, disconnected).
     Done,
     /// The client has been idle for the `park_after` given: the connection may be
     /// parked (the caller checks the queue is still empty, under its lock).
-    Idle(WebSocket<S>, Conn),
+    Idle(C, Conn),
+}
+
+/// What a carrier received from its client.
+pub(crate) enum Inbound {
+    /// Commands, or why they could not be decoded (3501).
+    Commands(Result<Vec<protocol::Command>, String>),
+    /// A frame of the wrong kind for the client's format (3501).
+    Bad,
+    /// Nothing for the session (a WebSocket ping, say).
+    Skip,
+    /// The client is gone, or its connection failed.
+    End,
+}
+
+/// Where a session's commands come from and where its queue goes: a WebSocket, or an
+/// emulation stream (commands from `/emulation`, frames to an HTTP response body).
+pub(crate) trait Carrier: Send {
+    /// The next thing the client sent. Must be cancel-safe: the loop drops it when
+    /// something else is ready first.
+    fn recv(&mut self, format: Format) -> impl Future<Output = Inbound> + Send;
+    /// Writes a batch of encoded replies and pushes (taking them out of `batch`) in the
+    /// carrier's framing. Fails when the client is gone.
+    fn send(&mut self, format: Format, batch: &mut Vec<Bytes>) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Ends the connection, telling the client why when `d` is given.
+    fn close(&mut self, format: Format, d: Option<&Disconnect>) -> impl Future<Output = ()> + Send;
+}
+
+impl<S> Carrier for WebSocket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn recv(&mut self, format: Format) -> Inbound {
+        match WebSocket::recv(self).await {
+            None => Inbound::End,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "connection failed");
+                Inbound::End
+            }
+            Some(Ok(Message::Text(t))) if format == Format::Json => {
+                Inbound::Commands(protocol::json::decode_commands(&t.into_bytes()).map_err(|e| e.to_string()))
+            }
+            Some(Ok(Message::Binary(b))) if format == Format::Protobuf => {
+                Inbound::Commands(protocol::protobuf::decode_commands(&b).map_err(|e| e.to_string()))
+            }
+            Some(Ok(Message::Text(_) | Message::Binary(_))) => Inbound::Bad,
+            Some(Ok(Message::Close(_))) => Inbound::End,
+            Some(Ok(_)) => Inbound::Skip,
+        }
+    }
+
+    async fn send(&mut self, format: Format, batch: &mut Vec<Bytes>) -> Result<(), ()> {
+        let frame = if batch.len() == 1 {
+            batch.pop().expect("one")
+        } else {
+            let sep = usize::from(format == Format::Json);
+            let mut buf = BytesMut::with_capacity(batch.iter().map(|b| b.len() + sep).sum());
+            for (i, b) in batch.drain(..).enumerate() {
+                if i > 0 && sep == 1 {
+                    buf.put_u8(b'\n');
+                }
+                buf.put_slice(&b);
+            }
+            buf.freeze()
+        };
+        let msg = match format {
+            Format::Json => Message::Text(frame.try_into().expect("the JSON encoder writes UTF-8")),
+            Format::Protobuf => Message::Binary(frame),
+        };
+        WebSocket::send(self, msg).await.map_err(|_| ())
+    }
+
+    async fn close(&mut self, _format: Format, d: Option<&Disconnect>) {
+        if let Some(d) = d {
+            let _ = WebSocket::close(self, CloseCode::from(d.code), &d.reason).await;
+        }
+    }
 }
 
 /// Serves a client until it ends, or, with `park_after`, until it has been idle that
 /// long with nothing owed (connected, no pong awaited, nothing queued).
-pub(crate) async fn run<S>(hub: &Hub, mut ws: WebSocket<S>, mut conn: Conn, park_after: Option<Duration>) -> Exit<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+pub(crate) async fn run<C: Carrier>(hub: &Hub, mut ws: C, mut conn: Conn, park_after: Option<Duration>) -> Exit<C> {
     let config = &hub.config().client;
     let client = conn.session.client.clone();
     client.unparked();
@@ -141,18 +219,12 @@ where
                     break Some(d);
                 }
             }
-            msg = ws.recv() => {
+            msg = ws.recv(client.format) => {
                 let outcome = match msg {
-                    None => break None,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, client = %client.id, "connection failed");
-                        break None;
-                    }
-                    Some(Ok(Message::Text(t))) if client.format == Format::Json => commands(session, protocol::json::decode_commands(&t.into_bytes()).map_err(|e| e.to_string()), &mut active).await,
-                    Some(Ok(Message::Binary(b))) if client.format == Format::Protobuf => commands(session, protocol::protobuf::decode_commands(&b).map_err(|e| e.to_string()), &mut active).await,
-                    Some(Ok(Message::Text(_) | Message::Binary(_))) => Err(Disconnect::BAD_REQUEST),
-                    Some(Ok(Message::Close(_))) => break None,
-                    Some(Ok(_)) => Ok(()),
+                    Inbound::End => break None,
+                    Inbound::Commands(decoded) => commands(session, decoded, &mut active).await,
+                    Inbound::Bad => Err(Disconnect::BAD_REQUEST),
+                    Inbound::Skip => Ok(()),
                 };
                 if let Err(d) = outcome {
                     break Some(d);
@@ -196,12 +268,14 @@ where
     if let Some(d) = end {
         tracing::debug!(client = %client.id, code = d.code, reason = %d.reason, "disconnecting");
         let closing = async {
-            if d != Disconnect::SLOW {
-                flush(hub, &mut ws, &client, &mut batch).await?;
+            if d != Disconnect::SLOW && flush(hub, &mut ws, &client, &mut batch).await.is_err() {
+                return;
             }
-            ws.close(CloseCode::from(d.code), &d.reason).await
+            ws.close(client.format, Some(&d)).await
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    } else {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(client.format, None)).await;
     }
     Exit::Done
 }
@@ -256,56 +330,39 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// disconnect asked, if any. A write that waits on a client that does not read is
 /// abandoned as soon as the client is marked to be disconnected (3008 when its queue
 /// overflowed): nothing waits on a slow reader.
-async fn flush<S>(
+async fn flush<C: Carrier>(
     hub: &Hub,
-    ws: &mut WebSocket<S>,
+    ws: &mut C,
     client: &ClientShared,
     batch: &mut Vec<Bytes>,
-) -> Result<Option<Disconnect>, volley::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) -> Result<Option<Disconnect>, ()> {
     loop {
         let (closing, since) = client.take_since(batch);
         if batch.is_empty() || closing.is_some() {
             batch.clear();
             return Ok(closing);
         }
-        let frame = if batch.len() == 1 {
-            batch.pop().expect("one")
-        } else {
-            let sep = usize::from(client.format == Format::Json);
-            let mut buf = BytesMut::with_capacity(batch.iter().map(|b| b.len() + sep).sum());
-            for (i, b) in batch.drain(..).enumerate() {
-                if i > 0 && sep == 1 {
-                    buf.put_u8(b'\n');
-                }
-                buf.put_slice(&b);
-            }
-            buf.freeze()
-        };
-        let msg = match client.format {
-            Format::Json => Message::Text(frame.try_into().expect("the JSON encoder writes UTF-8")),
-            Format::Protobuf => Message::Binary(frame),
-        };
-        let send = ws.send(msg);
-        tokio::pin!(send);
-        loop {
-            tokio::select! {
-                r = &mut send => {
-                    r?;
-                    if let Some(since) = since {
-                        hub.metrics().delivery.observe(since.elapsed());
+        {
+            let send = ws.send(client.format, batch);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    r = &mut send => {
+                        r?;
+                        if let Some(since) = since {
+                            hub.metrics().delivery.observe(since.elapsed());
+                        }
+                        break;
                     }
-                    break;
-                }
-                _ = client.ready() => {
-                    if let Some(d) = client.closing() {
-                        return Ok(Some(d));
+                    _ = client.ready() => {
+                        if let Some(d) = client.closing() {
+                            return Ok(Some(d));
+                        }
                     }
                 }
             }
         }
+        batch.clear();
     }
 }
 
