@@ -1,17 +1,27 @@
 // centrifuge-js (npm `centrifuge`) in Node against `volley serve`: the scenarios a
-// Centrifugo user relies on, with the real client library, over JSON and Protobuf.
+// Centrifugo user relies on, with the real client library, over JSON and Protobuf, on
+// WebSocket and on the bidirectional emulation transports (HTTP streaming and SSE,
+// each passed alone, with the client's commands sent to /emulation).
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Centrifuge as CentrifugeJson } from 'centrifuge';
 import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
+import { EventSource } from 'eventsource';
 import WebSocket from 'ws';
 import { API_KEY, SECRET, cutter, now, once, startHub, token, waitFor } from './lib.mjs';
 
 const FORMATS = [
   ['json', CentrifugeJson],
   ['protobuf', CentrifugeProtobuf],
+];
+
+// Each transport with each format centrifuge-js speaks on it (SSE is JSON only).
+const KINDS = [
+  ...FORMATS.map(([format, Centrifuge]) => ({ transport: 'websocket', format, Centrifuge })),
+  ...FORMATS.map(([format, Centrifuge]) => ({ transport: 'http_stream', format, Centrifuge })),
+  { transport: 'sse', format: 'json', Centrifuge: CentrifugeJson },
 ];
 
 // Payloads as each format carries them: JSON values, or bytes (here, JSON text).
@@ -24,8 +34,20 @@ let hub;
 before(async () => { hub = await startHub(); });
 after(async () => { await hub?.stop(); });
 
-function client(Centrifuge, opts = {}, url = hub.url) {
-  const c = new Centrifuge(url, { websocket: WebSocket, ...opts });
+// A client of `kind` for the hub at `addr` (host:port). Over emulation only that
+// transport is offered, so a failure cannot hide behind a fallback.
+function client(kind, opts = {}, addr = hub.addr) {
+  const endpoint = kind.transport === 'websocket'
+    ? `ws://${addr}/connection/websocket`
+    : [{ transport: kind.transport, endpoint: `http://${addr}/connection/${kind.transport}` }];
+  const c = new kind.Centrifuge(endpoint, {
+    websocket: WebSocket,
+    fetch: globalThis.fetch,
+    readableStream: globalThis.ReadableStream,
+    eventsource: EventSource,
+    emulationEndpoint: `http://${addr}/emulation`,
+    ...opts,
+  });
   c.on('error', () => {});
   return c;
 }
@@ -36,23 +58,25 @@ async function connected(c) {
   return c;
 }
 
-for (const [format, Centrifuge] of FORMATS) {
+for (const kind of KINDS) {
+  const { transport, format } = kind;
+  const tag = `${transport}-${format}`;
   const data = codec[format];
-  describe(`centrifuge-js over ${format}`, () => {
+  describe(`centrifuge-js over ${transport} (${format})`, () => {
     test('connects with a JWT, and the connect result carries the client id and the ping interval', async () => {
-      const c = client(Centrifuge, { token: token({ sub: 'alice', exp: now() + 3600 }) });
+      const c = client(kind, { token: token({ sub: 'alice', exp: now() + 3600 }) });
       const ctx = once(c, 'connected');
       c.connect();
-      const { client: id, transport } = await ctx;
+      const { client: id, transport: used } = await ctx;
       assert.match(id, /^[0-9a-f-]{36}$/);
-      assert.equal(transport, 'websocket');
+      assert.equal(used, transport);
       c.disconnect();
     });
 
     test('subscribe, publish, history, presence and presence stats', async () => {
-      const ch = `chat:basic-${format}`;
-      const a = await connected(client(Centrifuge, { token: token({ sub: 'alice', info: { name: 'Alice' } }) }));
-      const b = await connected(client(Centrifuge, { token: token({ sub: 'bob' }) }));
+      const ch = `chat:basic-${tag}`;
+      const a = await connected(client(kind, { token: token({ sub: 'alice', info: { name: 'Alice' } }) }));
+      const b = await connected(client(kind, { token: token({ sub: 'bob' }) }));
       const sa = a.newSubscription(ch);
       const got = [];
       sa.on('publication', (ctx) => got.push(ctx));
@@ -80,13 +104,13 @@ for (const [format, Centrifuge] of FORMATS) {
     });
 
     test('an RPC without a handler is refused with 104', async () => {
-      const c = await connected(client(Centrifuge, { token: token({ sub: 'alice' }) }));
+      const c = await connected(client(kind, { token: token({ sub: 'alice' }) }));
       await assert.rejects(c.rpc('nothing', data.out({})), (e) => e.code === 104);
       c.disconnect();
     });
 
     test('a channel of an unknown namespace is refused with 102, and the connection stays', async () => {
-      const c = await connected(client(Centrifuge, { token: token({ sub: 'alice' }) }));
+      const c = await connected(client(kind, { token: token({ sub: 'alice' }) }));
       const s = c.newSubscription('nowhere:x');
       const unsub = once(s, 'unsubscribed');
       s.subscribe();
@@ -97,9 +121,9 @@ for (const [format, Centrifuge] of FORMATS) {
     });
 
     test('recovery after a dropped connection: every missed publication, once, in order', async () => {
-      const ch = `chat:recovery-${format}`;
+      const ch = `chat:recovery-${tag}`;
       const proxy = await cutter(hub.addr);
-      const c = client(Centrifuge, { token: token({ sub: 'alice' }), minReconnectDelay: 50, maxReconnectDelay: 100 }, `ws://${proxy.addr}/connection/websocket`);
+      const c = client(kind, { token: token({ sub: 'alice' }), minReconnectDelay: 50, maxReconnectDelay: 100 }, proxy.addr);
       await connected(c);
       const s = c.newSubscription(ch, { recoverable: true, positioned: true });
       const seen = [];
@@ -125,9 +149,9 @@ for (const [format, Centrifuge] of FORMATS) {
     });
 
     test('an unrecoverable position: recovered is false and the position is the current one', async () => {
-      const ch = `small:gone-${format}`;
+      const ch = `small:gone-${tag}`;
       const proxy = await cutter(hub.addr);
-      const c = client(Centrifuge, { token: token({ sub: 'alice' }), minReconnectDelay: 50, maxReconnectDelay: 100 }, `ws://${proxy.addr}/connection/websocket`);
+      const c = client(kind, { token: token({ sub: 'alice' }), minReconnectDelay: 50, maxReconnectDelay: 100 }, proxy.addr);
       await connected(c);
       const s = c.newSubscription(ch, { recoverable: true, positioned: true });
       const seen = [];
@@ -155,8 +179,8 @@ for (const [format, Centrifuge] of FORMATS) {
     });
 
     test('server-side subscriptions from the token', async () => {
-      const ch = `chat:server-side-${format}`;
-      const c = client(Centrifuge, { token: token({ sub: 'carol', channels: [ch] }) });
+      const ch = `chat:server-side-${tag}`;
+      const c = client(kind, { token: token({ sub: 'carol', channels: [ch] }) });
       const pubs = [];
       const subscribed = once(c, 'subscribed');
       c.on('publication', (ctx) => pubs.push(ctx));
@@ -171,7 +195,7 @@ for (const [format, Centrifuge] of FORMATS) {
 
     test('the connection token is refreshed before it expires', async () => {
       let calls = 0;
-      const c = client(Centrifuge, {
+      const c = client(kind, {
         token: token({ sub: 'dave', exp: now() + 2 }),
         getToken: async () => { calls += 1; return token({ sub: 'dave', exp: now() + 3600 }); },
       });
@@ -186,8 +210,8 @@ for (const [format, Centrifuge] of FORMATS) {
     });
 
     test('fossil deltas: the client decodes every publication, most of them sent as deltas', async () => {
-      const ch = `delta:doc-${format}`;
-      const c = await connected(client(Centrifuge, { token: token({ sub: 'frank' }) }));
+      const ch = `delta:doc-${tag}`;
+      const c = await connected(client(kind, { token: token({ sub: 'frank' }) }));
       const s = c.newSubscription(ch, { delta: 'fossil', positioned: true, recoverable: true });
       const seen = [];
       s.on('publication', (ctx) => seen.push(data.in(ctx.data)));
@@ -205,9 +229,9 @@ for (const [format, Centrifuge] of FORMATS) {
     });
 
     test('a tags filter: only the publications whose tags match arrive, live and recovered', async () => {
-      const ch = `tags:stocks-${format}`;
+      const ch = `tags:stocks-${tag}`;
       const proxy = await cutter(hub.addr);
-      const c = client(Centrifuge, { token: token({ sub: 'gina' }), minReconnectDelay: 50, maxReconnectDelay: 100 }, `ws://${proxy.addr}/connection/websocket`);
+      const c = client(kind, { token: token({ sub: 'gina' }), minReconnectDelay: 50, maxReconnectDelay: 100 }, proxy.addr);
       await connected(c);
       const tagsFilter = { op: 'or', nodes: [{ key: 'ticker', cmp: 'eq', val: 'AAPL' }, { key: 'price', cmp: 'gt', val: '100' }] };
       const s = c.newSubscription(ch, { recoverable: true, positioned: true, tagsFilter });
@@ -239,8 +263,8 @@ for (const [format, Centrifuge] of FORMATS) {
     });
 
     test('a tags filter where the namespace does not allow one is refused with 107', async () => {
-      const c = await connected(client(Centrifuge, { token: token({ sub: 'gina' }) }));
-      const s = c.newSubscription(`chat:no-filter-${format}`, { tagsFilter: { key: 'k', cmp: 'eq', val: 'v' } });
+      const c = await connected(client(kind, { token: token({ sub: 'gina' }) }));
+      const s = c.newSubscription(`chat:no-filter-${tag}`, { tagsFilter: { key: 'k', cmp: 'eq', val: 'v' } });
       const unsub = once(s, 'unsubscribed');
       s.subscribe();
       assert.equal((await unsub).code, 107);
@@ -249,8 +273,8 @@ for (const [format, Centrifuge] of FORMATS) {
     });
 
     test('channel compaction: the client takes the channel id (JSON) and gets every publication, join and leave', async () => {
-      const ch = `compact:room-with-a-long-name-${format}`;
-      const a = await connected(client(Centrifuge, { token: token({ sub: 'hana' }) }));
+      const ch = `compact:room-with-a-long-name-${tag}`;
+      const a = await connected(client(kind, { token: token({ sub: 'hana' }) }));
       const s = a.newSubscription(ch);
       const pubs = [];
       const joins = [];
@@ -267,7 +291,7 @@ for (const [format, Centrifuge] of FORMATS) {
         // the hub names the channel instead.
         assert.equal(Number(s._id || 0), 0);
       }
-      const b = await connected(client(Centrifuge, { token: token({ sub: 'ivan' }) }));
+      const b = await connected(client(kind, { token: token({ sub: 'ivan' }) }));
       const sb = b.newSubscription(ch);
       sb.subscribe();
       await sb.ready(5000);
@@ -282,7 +306,7 @@ for (const [format, Centrifuge] of FORMATS) {
     });
 
     test('a forged token is refused with 3500 and the client does not reconnect', async () => {
-      const c = client(Centrifuge, { token: token({ sub: 'mallory' }, 'not-the-secret') });
+      const c = client(kind, { token: token({ sub: 'mallory' }, 'not-the-secret') });
       const d = once(c, 'disconnected');
       c.connect();
       const ctx = await d;
@@ -303,10 +327,11 @@ describe('subscription expiry', () => {
   });
   after(async () => { await expiring?.stop(); });
 
-  for (const [format, Centrifuge] of FORMATS) {
-    test(`over ${format}: a subscription token not refreshed ends the subscription with 2501, not the connection, and the client resubscribes`, async () => {
-      const ch = `$priv:room-${format}`;
-      const c = client(Centrifuge, { token: token({ sub: 'jan' }) }, expiring.url);
+  for (const kind of KINDS) {
+    const { transport, format } = kind;
+    test(`over ${transport} (${format}): a subscription token not refreshed ends the subscription with 2501, not the connection, and the client resubscribes`, async () => {
+      const ch = `$priv:room-${transport}-${format}`;
+      const c = client(kind, { token: token({ sub: 'jan' }) }, expiring.addr);
       await connected(c);
       const states = [];
       c.on('connecting', () => states.push('connecting'));
