@@ -53,7 +53,8 @@ const RECOVERY_MAX_PUBLICATION_LIMIT: u64 = 300;
 const ALL_INTERFACES: &str = "0.0.0.0";
 
 /// The sections of Volley's configuration (the top-level keys of `ServeConfig`).
-const VOLLEY_SECTIONS: [&str; 6] = ["http_server", "client", "channel", "http_api", "demo", "shutdown"];
+const VOLLEY_SECTIONS: [&str; 9] =
+    ["http_server", "client", "channel", "http_api", "http_stream", "sse", "emulation", "demo", "shutdown"];
 
 /// The top-level sections of a Centrifugo v6 configuration that Volley's has not.
 const CENTRIFUGO_SECTIONS: &[&str] = &[
@@ -69,14 +70,11 @@ const CENTRIFUGO_SECTIONS: &[&str] = &[
     "grpc_api",
     "consumers",
     "websocket",
-    "sse",
-    "http_stream",
     "webtransport",
     "uni_sse",
     "uni_http_stream",
     "uni_websocket",
     "uni_grpc",
-    "emulation",
     "admin",
     "prometheus",
     "health",
@@ -95,6 +93,9 @@ const CENTRIFUGO_SECTIONS: &[&str] = &[
 /// Keys of the sections both configurations have that only Centrifugo v6 has (`[]` stands
 /// for any element of a list).
 const CENTRIFUGO_KEYS: &[&str] = &[
+    "http_stream.handler_prefix",
+    "sse.handler_prefix",
+    "emulation.handler_prefix",
     "http_server.internal_address",
     "http_server.internal_port",
     "http_server.tls.enabled",
@@ -279,6 +280,16 @@ pub fn translate(tree: &Value) -> anyhow::Result<Translation> {
     }
     if let Some(s) = root.section(&mut cx, "websocket") {
         websocket(&mut cx, s, &mut out);
+    }
+    for name in ["http_stream", "sse"] {
+        match root.section(&mut cx, name) {
+            Some(s) => emulation_stream(&mut cx, s, &mut out, name),
+            // Off in Centrifugo unless enabled: the translated server serves the same.
+            None => put(&mut out, &format!("{name}.enabled"), json!(false)),
+        }
+    }
+    if let Some(s) = root.section(&mut cx, "emulation") {
+        emulation(&mut cx, s, &mut out);
     }
     if let Some(s) = root.section(&mut cx, "engine") {
         engine(&mut cx, s);
@@ -990,6 +1001,30 @@ fn websocket(cx: &mut Cx, mut s: Section, out: &mut Value) {
     s.finish(cx);
 }
 
+/// `http_stream`, `sse`: the bidirectional emulation transports (off unless enabled, as
+/// in Centrifugo).
+fn emulation_stream(cx: &mut Cx, mut s: Section, out: &mut Value, name: &str) {
+    put(out, &format!("{name}.enabled"), json!(s.bool(cx, "enabled").unwrap_or(false)));
+    if let Some(n) = s.uint(cx, "max_request_body_size").filter(|n| *n > 0) {
+        put(out, &format!("{name}.max_request_body_size"), json!(n));
+    }
+    if s.string(cx, "handler_prefix").is_some_and(|p| !p.is_empty() && p != format!("/connection/{name}")) {
+        cx.report(s.key("handler_prefix"));
+    }
+    s.finish(cx);
+}
+
+/// `emulation`: the endpoint of the emulation transports' commands.
+fn emulation(cx: &mut Cx, mut s: Section, out: &mut Value) {
+    if let Some(n) = s.uint(cx, "max_request_body_size").filter(|n| *n > 0) {
+        put(out, "emulation.max_request_body_size", json!(n));
+    }
+    if s.string(cx, "handler_prefix").is_some_and(|p| !p.is_empty() && p != "/emulation") {
+        cx.report(s.key("handler_prefix"));
+    }
+    s.finish(cx);
+}
+
 /// `engine`: Volley's is the memory engine; a memory engine's `redis` is unused.
 fn engine(cx: &mut Cx, mut s: Section) {
     let memory = match s.string(cx, "type").as_deref() {
@@ -1366,6 +1401,25 @@ timeout = "30s"
         (config, t.ignored)
     }
 
+    #[test]
+    fn the_emulation_transports_are_translated_and_off_unless_enabled() {
+        let (c, ignored) = translated(json!({
+            "http_stream": { "enabled": true, "max_request_body_size": 1000 },
+            "sse": { "handler_prefix": "/sse" },
+            "emulation": { "max_request_body_size": 2000, "handler_prefix": "/emulation" },
+        }));
+        assert!(c.http_stream.enabled);
+        assert_eq!(c.http_stream.max_request_body_size, 1000);
+        assert!(!c.sse.enabled, "off in Centrifugo unless enabled");
+        assert_eq!(c.sse.max_request_body_size, 65536);
+        assert_eq!(c.emulation.max_request_body_size, 2000);
+        assert_eq!(ignored, ["sse.handler_prefix"]);
+        let (c, _) = translated(json!({}));
+        assert!(!c.http_stream.enabled && !c.sse.enabled);
+        // Volley's own configuration has them on by default.
+        assert!(ServeConfig::default().http_stream.enabled && ServeConfig::default().sse.enabled);
+    }
+
     fn ignored(tree: Value) -> Vec<String> {
         translate(&tree).unwrap_or_else(|e| panic!("{e:#}")).ignored
     }
@@ -1435,7 +1489,14 @@ timeout = "30s"
         assert_eq!(updates.force_recovery_mode, volley_hub::config::RecoveryMode::Cache);
         assert_eq!((updates.history_size, updates.history_ttl), (1, s(600)));
         // And the hub accepts it.
-        let hub_config = volley_hub::HubConfig { client: c.client, channel: c.channel, http_api: c.http_api };
+        let hub_config = volley_hub::HubConfig {
+            client: c.client,
+            channel: c.channel,
+            http_api: c.http_api,
+            http_stream: c.http_stream,
+            sse: c.sse,
+            emulation: c.emulation,
+        };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async { volley_hub::Hub::new(hub_config).map(|_| ()) }).unwrap();
     }

@@ -144,6 +144,9 @@ impl Broker for Lossy {
     fn presence_stats(&self, ch: &str) -> BoxFuture<'_, Result<PresenceStats, BrokerError>> {
         self.0.presence_stats(ch)
     }
+    fn send_control(&self, node: &str, message: bytes::Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.0.send_control(node, message)
+    }
 }
 
 async fn lossy(config: HubConfig) -> (Hub, std::net::SocketAddr) {

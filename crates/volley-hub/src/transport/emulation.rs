@@ -63,7 +63,13 @@ pub struct EmulationRequest {
 /// The emulation sessions on this node: session id → the session's format and where
 /// its commands go. An entry lives as long as its stream.
 #[derive(Default)]
-pub(crate) struct Sessions(Mutex<HashMap<String, (Format, mpsc::Sender<Vec<Command>>)>>);
+pub(crate) struct Sessions(Mutex<HashMap<String, Entry>>);
+
+/// A session's format and where its commands go.
+type Entry = (Format, mpsc::Sender<Vec<Command>>);
+
+/// Headers to add to a response (CORS).
+type Headers = Vec<(header::HeaderName, HeaderValue)>;
 
 /// Why a command was not handed to its session.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,7 +83,7 @@ pub(crate) enum Refused {
 }
 
 impl Sessions {
-    fn lookup(&self, session: &str) -> Option<(Format, mpsc::Sender<Vec<Command>>)> {
+    fn lookup(&self, session: &str) -> Option<Entry> {
         lock(&self.0).get(session).cloned()
     }
 
@@ -114,13 +120,10 @@ impl Sessions {
             tracing::debug!(session = %req.session, "forwarded command for a session gone");
             return;
         };
-        match Self::decode(format, &req.data) {
-            Ok(cmds) => {
-                if tx.try_send(cmds).is_err() {
-                    tracing::debug!(session = %req.session, "forwarded command dropped: session busy or gone");
-                }
+        if let Ok(cmds) = Self::decode(format, &req.data) {
+            if tx.try_send(cmds).is_err() {
+                tracing::debug!(session = %req.session, "forwarded command dropped: session busy or gone");
             }
-            Err(_) => {}
         }
     }
 }
@@ -223,13 +226,13 @@ impl futures_core::Stream for FrameStream {
 
 /// The CORS headers for a cross-origin request from an allowed origin; `Err` with a
 /// 403 response when the origin is not allowed.
-fn cors(hub: &Hub, headers: &HeaderMap) -> Result<Vec<(header::HeaderName, HeaderValue)>, Response> {
+fn cors(hub: &Hub, headers: &HeaderMap) -> Result<Headers, Box<Response>> {
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(Vec::new()) };
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let allowed = origin.to_str().is_ok_and(|o| origin_allowed(o, host, &hub.config().client.allowed_origins));
     if !allowed {
         tracing::debug!(?origin, "origin not allowed");
-        return Err((StatusCode::FORBIDDEN, "origin not allowed\n").into_response());
+        return Err(Box::new((StatusCode::FORBIDDEN, "origin not allowed\n").into_response()));
     }
     Ok(vec![
         (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()),
@@ -242,7 +245,7 @@ fn cors(hub: &Hub, headers: &HeaderMap) -> Result<Vec<(header::HeaderName, Heade
 /// origin.
 pub(crate) async fn preflight(State(hub): State<Hub>, headers: HeaderMap) -> Response {
     match cors(&hub, &headers) {
-        Err(r) => r,
+        Err(r) => *r,
         Ok(mut h) => {
             h.push((header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS")));
             h.push((
@@ -257,7 +260,7 @@ pub(crate) async fn preflight(State(hub): State<Hub>, headers: HeaderMap) -> Res
     }
 }
 
-fn status(code: StatusCode, msg: &'static str, cors: Vec<(header::HeaderName, HeaderValue)>) -> Response {
+fn status(code: StatusCode, msg: &'static str, cors: Headers) -> Response {
     let mut r = (code, msg).into_response();
     r.headers_mut().extend(cors);
     r
@@ -287,7 +290,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, StatusCode> {
 pub(crate) async fn emulation(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> Response {
     let cors = match cors(&hub, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = match read_body(body, hub.config().emulation.max_request_body_size).await {
         Ok(b) => b,
@@ -340,7 +343,7 @@ pub(crate) async fn http_stream(State(hub): State<Hub>, req: Request) -> Respons
     let headers = parts.headers;
     let cors = match cors(&hub, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let format = if is_protobuf(&headers) { Format::Protobuf } else { Format::Json };
     let body = match read_body(body, hub.config().http_stream.max_request_body_size).await {
@@ -360,7 +363,7 @@ pub(crate) async fn sse(State(hub): State<Hub>, req: Request) -> Response {
     let method = parts.method;
     let cors = match cors(&hub, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let limit = hub.config().sse.max_request_body_size;
     let connect = if method == Method::GET {
@@ -385,7 +388,7 @@ fn open(
     framing: Framing,
     connect: &[u8],
     remote: Option<SocketAddr>,
-    cors: Vec<(header::HeaderName, HeaderValue)>,
+    cors: Headers,
 ) -> Response {
     let cmds = match Sessions::decode(format, connect) {
         Ok(c) => c,
