@@ -368,3 +368,21 @@ async fn a_command_that_lands_on_another_node_is_forwarded_to_its_session() {
     // A node no broker knows: 404.
     assert_eq!(emulate(b, json!({"session": session, "node": "gone", "data": "{}"})).await, 404);
 }
+
+#[tokio::test]
+async fn streams_count_against_the_connections_per_ip() {
+    let mut c = config();
+    c.client.ip_connection_limit = 1;
+    let (hub, addr) = serve(c).await;
+    let (_first, _buf, _session, _node) = open_stream(addr).await;
+    let connect = json!({"id": 1, "connect": {}}).to_string();
+    let mut s =
+        request(addr, "POST", "/connection/http_stream", &[("Content-Type", "application/json")], connect.as_bytes())
+            .await;
+    let mut buf = Vec::new();
+    // Refused with the disconnect push 3504, then the stream ends.
+    read_until(&mut s, &mut buf, "{\"push\":{\"disconnect\":{\"code\":3504").await;
+    // The body's last chunk (the connection itself may stay for another request).
+    read_until(&mut s, &mut buf, "\r\n0\r\n\r\n").await;
+    assert_eq!(hub.num_clients(), 1);
+}
