@@ -434,3 +434,24 @@ async fn an_sse_reader_that_never_reads_is_dropped_and_its_memory_bounded() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(hub.num_clients(), 0, "the reader that does not read is dropped (3008)");
 }
+
+#[tokio::test]
+async fn streams_per_ip_are_capped_by_the_connection_limit() {
+    let mut c = config();
+    c.client.ip_connection_limit = 1;
+    let (hub, addr) = serve(c).await;
+    let (_, mut first) = Stream::open(addr, "/connection/uni_sse?channel=h:a", &[], b"\n\n").await;
+    first.next().await;
+    let (status, body) = get_body(addr, "/connection/uni_sse?channel=h:a").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("3504"), "{body}");
+    drop(first);
+    for _ in 0..100 {
+        if hub.num_clients() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, _, _, _) = get(addr, "/connection/uni_sse?channel=h:a", &[]).await;
+    assert_eq!(status, 200, "the place is free again once the first reader left");
+}
