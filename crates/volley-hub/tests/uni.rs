@@ -455,3 +455,19 @@ async fn streams_per_ip_are_capped_by_the_connection_limit() {
     let (status, _, _, _) = get(addr, "/connection/uni_sse?channel=h:a", &[]).await;
     assert_eq!(status, 200, "the place is free again once the first reader left");
 }
+
+#[tokio::test]
+async fn a_reader_disconnected_by_the_server_is_told_why_and_its_stream_ends() {
+    let (hub, addr) = serve(config()).await;
+    let t = token(json!({"sub": "u7", "exp": common::unix_now() + 60}));
+    let (_, mut s) =
+        Stream::open(addr, &format!("/connection/uni_http_stream?channel=h:a&token={t}"), &[], b"\n").await;
+    s.next().await;
+    assert_eq!(hub.disconnect_user("u7", None, volley_hub::protocol::Disconnect::FORCE_NO_RECONNECT), 1);
+    let d: Value = serde_json::from_str(&s.next().await).unwrap();
+    assert_eq!(d["disconnect"]["code"], 3503, "{d}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.s.read_to_end(&mut rest)).await.unwrap().unwrap();
+    assert_eq!(n, 0, "the stream ends");
+    assert_eq!(hub.num_clients(), 0);
+}

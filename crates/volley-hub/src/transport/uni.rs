@@ -301,26 +301,28 @@ impl Reader {
         Some(Out { position: None, data: Value::Object(push) })
     }
 
-    /// Waits for what comes next: messages, or the disconnect that ends the reader.
-    pub async fn next(&mut self) -> Result<Vec<Out>, Disconnect> {
-        loop {
-            let client = self.session.client.clone();
-            let (closing, _) = client.take_since(&mut self.batch);
-            let mut outs = Vec::new();
-            for b in std::mem::take(&mut self.batch) {
-                if let Ok(v) = serde_json::from_slice::<Value>(&b) {
-                    outs.extend(self.message(v));
-                }
+    /// Takes what is queued: the messages, or, with nothing else, the disconnect that
+    /// ends the reader. Nothing is awaited: after `client.ready()`, the caller applies
+    /// the session's control requests ([`Reader::woken`]) outside any `select!`, so
+    /// none is lost to a branch that won instead.
+    pub fn drain(&mut self) -> Result<Vec<Out>, Disconnect> {
+        let (closing, _) = self.session.client.take_since(&mut self.batch);
+        let mut outs = Vec::new();
+        for b in std::mem::take(&mut self.batch) {
+            if let Ok(v) = serde_json::from_slice::<Value>(&b) {
+                outs.extend(self.message(v));
             }
-            if !outs.is_empty() {
-                return Ok(outs);
-            }
-            if let Some(d) = closing {
-                return Err(d);
-            }
-            client.ready().await;
-            self.session.apply_control().await?;
         }
+        match closing {
+            Some(d) if outs.is_empty() => Err(d),
+            _ => Ok(outs),
+        }
+    }
+
+    /// After a wake: applies what was asked of the session (an unsubscribe, a
+    /// disconnect from the server API, ...).
+    pub async fn woken(&mut self) -> Result<(), Disconnect> {
+        self.session.apply_control().await
     }
 }
 
@@ -447,13 +449,17 @@ async fn pump(
             }
             continue;
         }
+        match reader.drain() {
+            Ok(outs) if !outs.is_empty() => {
+                pending = Some(Bytes::from(outs.iter().map(|o| frame(framing, o)).collect::<String>()));
+                continue;
+            }
+            Ok(_) => {}
+            Err(d) => return Some(d),
+        }
         tokio::select! {
-            r = reader.next() => match r {
-                Ok(outs) => {
-                    let s: String = outs.iter().map(|o| frame(framing, o)).collect();
-                    pending = Some(Bytes::from(s));
-                }
-                Err(d) => return Some(d),
+            _ = client.ready() => if let Err(d) = reader.woken().await {
+                return Some(d);
             },
             _ = tick.tick() => pending = Some(beat.clone()),
             _ = tx.closed() => return None,
@@ -538,19 +544,29 @@ pub(crate) async fn websocket(hub: axum::extract::State<Hub>, ws: volley::http::
         let every = hub.config().client.ping_interval;
         let every = if every.is_zero() { Duration::from_secs(25) } else { every };
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let client = reader.session.client.clone();
         while ok {
-            tokio::select! {
-                r = reader.next() => match r {
-                    Ok(outs) => {
-                        for o in &outs {
-                            let client = reader.session.client.clone();
-                            tokio::select! {
-                                r = ws.send(text(o)) => if r.is_err() { ok = false; break },
-                                _ = wait_closing(&client) => { end = client.closing(); ok = false; break }
-                            }
+            match reader.drain() {
+                Ok(outs) => {
+                    for o in &outs {
+                        tokio::select! {
+                            r = ws.send(text(o)) => if r.is_err() { ok = false; break },
+                            _ = wait_closing(&client) => { end = client.closing(); ok = false; break }
                         }
                     }
-                    Err(d) => { end = Some(d); break }
+                    if !outs.is_empty() {
+                        continue;
+                    }
+                }
+                Err(d) => {
+                    end = Some(d);
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = client.ready() => if let Err(d) = reader.woken().await {
+                    end = Some(d);
+                    break;
                 },
                 m = ws.recv() => match m {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
@@ -604,10 +620,29 @@ pub(crate) async fn long_poll(hub: axum::extract::State<Hub>, req: Request) -> R
     take(first.into_iter().skip(1).collect(), &mut pubs, &mut cursor);
     let mut disconnect = None;
     if asked && reader.recovered && pubs.is_empty() {
-        match tokio::time::timeout(wait, reader.next()).await {
-            Ok(Ok(outs)) => take(outs, &mut pubs, &mut cursor),
-            Ok(Err(d)) => disconnect = Some(d),
-            Err(_) => {}
+        let deadline = tokio::time::Instant::now() + wait;
+        let client = reader.session.client.clone();
+        loop {
+            match reader.drain() {
+                Ok(outs) => {
+                    // Pushes other than publications (join, leave) wait on.
+                    take(outs, &mut pubs, &mut cursor);
+                    if !pubs.is_empty() {
+                        break;
+                    }
+                }
+                Err(d) => {
+                    disconnect = Some(d);
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = client.ready() => if let Err(d) = reader.woken().await {
+                    disconnect = Some(d);
+                    break;
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
         }
     }
     reader.session.close().await;
