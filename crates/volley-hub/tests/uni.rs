@@ -471,3 +471,36 @@ async fn a_reader_disconnected_by_the_server_is_told_why_and_its_stream_ends() {
     assert_eq!(n, 0, "the stream ends");
     assert_eq!(hub.num_clients(), 0);
 }
+
+#[tokio::test]
+async fn centrifugo_cf_connect_resumes_too_and_the_router_alone_serves_it() {
+    let (hub, addr) = common::serve_router(config()).await;
+    let (_, mut s) = Stream::open(addr, "/connection/uni_sse?channel=h:a", &[], b"\n\n").await;
+    let (id, _) = event(&s.next().await);
+    drop(s);
+    let (offset, epoch) = id.as_deref().unwrap().split_once('.').unwrap();
+    publish(&hub, "h:a", 1).await;
+    let cf = json!({"subs": {"h:a": {"recover": true, "offset": offset.parse::<u64>().unwrap(), "epoch": epoch}}});
+    let q = serde_urlencoded::to_string([("cf_connect", cf.to_string())]).unwrap();
+    let (_, mut s) = Stream::open(addr, &format!("/connection/uni_sse?{q}"), &[], b"\n\n").await;
+    assert_eq!(event(&s.next().await).1["connect"]["recovered"], true);
+    assert_eq!(n_of(&event(&s.next().await).1), 1);
+}
+
+#[tokio::test]
+async fn a_uni_websocket_refused_a_channel_is_closed_with_3507() {
+    let (_hub, addr) = serve(config()).await;
+    let mut ws = volley::connect(&format!("ws://{addr}/connection/uni_websocket?channel=closed:x")).await.unwrap().0;
+    let mut code = None;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), ws.recv()).await {
+        match m.unwrap() {
+            Message::Close(Some(f)) => {
+                code = Some(u16::from(f.code));
+                break;
+            }
+            Message::Text(t) => assert!(t.as_str().contains("error"), "{}", t.as_str()),
+            _ => {}
+        }
+    }
+    assert_eq!(code, Some(3507));
+}
