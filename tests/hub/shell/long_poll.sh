@@ -31,7 +31,7 @@ while :; do
     ((size > biggest)) && biggest=$size
     cursor=$(jq -r .position "$resp")
     [[ "$(tail -1 "$out")" == "$N" ]] && break
-    [[ $polls -gt 500 ]] && break
+    [[ $polls -gt 500 || $unrecovered -gt 3 ]] && break
     # Away now and then: what is published meanwhile comes with the next polls.
     ((polls % 4 == 0)) && sleep 0.5
 done
