@@ -53,7 +53,18 @@ const RECOVERY_MAX_PUBLICATION_LIMIT: u64 = 300;
 const ALL_INTERFACES: &str = "0.0.0.0";
 
 /// The sections of Volley's configuration (the top-level keys of `ServeConfig`).
-const VOLLEY_SECTIONS: [&str; 6] = ["http_server", "client", "channel", "http_api", "demo", "shutdown"];
+const VOLLEY_SECTIONS: [&str; 10] = [
+    "http_server",
+    "client",
+    "channel",
+    "http_api",
+    "uni_sse",
+    "uni_http_stream",
+    "uni_websocket",
+    "uni_long_polling",
+    "demo",
+    "shutdown",
+];
 
 /// The top-level sections of a Centrifugo v6 configuration that Volley's has not.
 const CENTRIFUGO_SECTIONS: &[&str] = &[
@@ -72,9 +83,6 @@ const CENTRIFUGO_SECTIONS: &[&str] = &[
     "sse",
     "http_stream",
     "webtransport",
-    "uni_sse",
-    "uni_http_stream",
-    "uni_websocket",
     "uni_grpc",
     "emulation",
     "admin",
@@ -279,6 +287,11 @@ pub fn translate(tree: &Value) -> anyhow::Result<Translation> {
     }
     if let Some(s) = root.section(&mut cx, "websocket") {
         websocket(&mut cx, s, &mut out);
+    }
+    for name in ["uni_sse", "uni_http_stream", "uni_websocket"] {
+        if let Some(s) = root.section(&mut cx, name) {
+            uni(&mut cx, s, name, &mut out);
+        }
     }
     if let Some(s) = root.section(&mut cx, "engine") {
         engine(&mut cx, s);
@@ -974,6 +987,19 @@ fn http_api(cx: &mut Cx, mut s: Section, out: &mut Value) {
     s.finish(cx);
 }
 
+/// A unidirectional transport: its switch; the rest (another path, body limits,
+/// Centrifugo's connect over POST) is not Volley's.
+fn uni(cx: &mut Cx, mut s: Section, name: &str, out: &mut Value) {
+    if let Some(b) = s.bool(cx, "enabled") {
+        put(out, &format!("{name}.enabled"), json!(b));
+    }
+    let default_prefix = format!("/connection/{name}");
+    if s.string(cx, "handler_prefix").is_some_and(|p| !p.is_empty() && p != default_prefix) {
+        cx.report(s.key("handler_prefix"));
+    }
+    s.finish(cx);
+}
+
 fn websocket(cx: &mut Cx, mut s: Section, out: &mut Value) {
     if let Some(b) = s.bool(cx, "compression") {
         put(out, "client.websocket_compression", json!(b));
@@ -1435,7 +1461,7 @@ timeout = "30s"
         assert_eq!(updates.force_recovery_mode, volley_hub::config::RecoveryMode::Cache);
         assert_eq!((updates.history_size, updates.history_ttl), (1, s(600)));
         // And the hub accepts it.
-        let hub_config = volley_hub::HubConfig { client: c.client, channel: c.channel, http_api: c.http_api };
+        let hub_config = c.hub_config();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async { volley_hub::Hub::new(hub_config).map(|_| ()) }).unwrap();
     }
@@ -1473,6 +1499,20 @@ timeout = "30s"
         assert_eq!(c.http_api.key, "k");
         // Centrifugo's default recovery limit, where Volley's would differ.
         assert_eq!(c.channel.without_namespace.recovery_max_publication_limit, 300);
+    }
+
+    #[test]
+    fn the_unidirectional_transports_are_switched_as_in_centrifugo() {
+        let (c, ignored) = translated(from_json(
+            r#"{
+              "uni_sse": { "enabled": true },
+              "uni_http_stream": { "enabled": true, "max_request_body_size": 65536 },
+              "uni_websocket": { "enabled": false, "handler_prefix": "/uni" }
+            }"#,
+        ));
+        assert!(c.uni_sse.enabled && c.uni_http_stream.enabled && !c.uni_websocket.enabled);
+        assert!(!c.uni_long_polling.enabled, "Volley's own, off by default");
+        assert_eq!(ignored, ["uni_http_stream.max_request_body_size", "uni_websocket.handler_prefix"]);
     }
 
     #[test]

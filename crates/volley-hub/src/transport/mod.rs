@@ -2,6 +2,8 @@
 //! a session and writes the session's queue back.
 
 pub mod http;
+pub mod position;
 #[cfg(unix)]
 pub mod tcp;
+pub(crate) mod uni;
 pub mod websocket;
