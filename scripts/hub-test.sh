@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The hub (`volley serve`) against the real clients of its protocols: centrifuge-js in
-# Node (tests/hub/*.test.mjs, node's test runner) and centrifuge-python and cent from
-# PyPI (tests/hub/python, unittest).
+# Node (tests/hub/*.test.mjs, node's test runner), centrifuge-python and cent from
+# PyPI (tests/hub/python, unittest), and curl in shell scripts for the unidirectional
+# transports (tests/hub/shell/*.sh, "ok - NAME" / "not ok - NAME" lines; curl and jq).
 #
 # Assumes `scripts/install-test-deps.sh hub` has been run and the binary built
 # (`cargo build --release -p volley-cli`; VOLLEY_BIN overrides target/release/volley).
-# Ends with node's "# pass N / # fail M" summary lines, the Python ones added in.
+# Ends with node's "# pass N / # fail M" summary lines, the Python and shell ones added in.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -27,6 +28,20 @@ pf=$(grep -Eo '(failures|errors)=[0-9]+' "$LOG" | cut -d= -f2 | awk '{ s += $1 }
 pf=${pf:-0}
 [[ -n "$ran" ]] || { ran=0; pf=1; status=1; }
 
-echo "# pass $(( ${np:-0} + ran - pf ))"
-echo "# fail $(( ${nf:-1} + pf ))"
+: >"$LOG"
+sx=0
+for t in tests/hub/shell/*.sh; do
+    echo "# $t"
+    bash "$t" 2>&1 | tee -a "$LOG"
+    # A script that fails without saying which check did counts as one failure.
+    if [[ ${PIPESTATUS[0]} -ne 0 ]]; then
+        status=1
+        tail -1 "$LOG" | grep -q '^not ok - ' || sx=$((sx + 1))
+    fi
+done
+sp=$(grep -c '^ok - ' "$LOG"); sf=$(grep -c '^not ok - ' "$LOG")
+(( sf == 0 )) || status=1
+
+echo "# pass $(( ${np:-0} + ran - pf + sp ))"
+echo "# fail $(( ${nf:-1} + pf + sf + sx ))"
 exit $status

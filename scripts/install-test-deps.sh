@@ -80,6 +80,12 @@ install_browser() {
 install_hub() {
   # The chat demo's test runs in Debian's Chromium, as the browser tests do.
   chromium
+  # tests/hub/shell: a reader with curl, its answers read with jq.
+  local tools=() t
+  for t in curl jq; do command -v "$t" >/dev/null || tools+=("$t"); done
+  if [[ ${#tools[@]} -gt 0 ]]; then
+    apt_install "${tools[@]}"
+  fi
   npm_ci_if_stale "$ROOT/tests/hub"
   local venv="$ROOT/tests/hub/python/.venv" req="$ROOT/tests/hub/python/requirements.txt" stamp want
   command -v python3 >/dev/null || die "python3 not found (3.9 or later is required)"

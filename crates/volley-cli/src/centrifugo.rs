@@ -53,8 +53,21 @@ const RECOVERY_MAX_PUBLICATION_LIMIT: u64 = 300;
 const ALL_INTERFACES: &str = "0.0.0.0";
 
 /// The sections of Volley's configuration (the top-level keys of `ServeConfig`).
-const VOLLEY_SECTIONS: [&str; 9] =
-    ["http_server", "client", "channel", "http_api", "http_stream", "sse", "emulation", "demo", "shutdown"];
+const VOLLEY_SECTIONS: [&str; 13] = [
+    "http_server",
+    "client",
+    "channel",
+    "http_api",
+    "http_stream",
+    "sse",
+    "emulation",
+    "uni_sse",
+    "uni_http_stream",
+    "uni_websocket",
+    "uni_long_polling",
+    "demo",
+    "shutdown",
+];
 
 /// The top-level sections of a Centrifugo v6 configuration that Volley's has not.
 const CENTRIFUGO_SECTIONS: &[&str] = &[
@@ -71,9 +84,6 @@ const CENTRIFUGO_SECTIONS: &[&str] = &[
     "consumers",
     "websocket",
     "webtransport",
-    "uni_sse",
-    "uni_http_stream",
-    "uni_websocket",
     "uni_grpc",
     "admin",
     "prometheus",
@@ -290,6 +300,11 @@ pub fn translate(tree: &Value) -> anyhow::Result<Translation> {
     }
     if let Some(s) = root.section(&mut cx, "emulation") {
         emulation(&mut cx, s, &mut out);
+    }
+    for name in ["uni_sse", "uni_http_stream", "uni_websocket"] {
+        if let Some(s) = root.section(&mut cx, name) {
+            uni(&mut cx, s, name, &mut out);
+        }
     }
     if let Some(s) = root.section(&mut cx, "engine") {
         engine(&mut cx, s);
@@ -985,6 +1000,19 @@ fn http_api(cx: &mut Cx, mut s: Section, out: &mut Value) {
     s.finish(cx);
 }
 
+/// A unidirectional transport: its switch; the rest (another path, body limits,
+/// Centrifugo's connect over POST) is not Volley's.
+fn uni(cx: &mut Cx, mut s: Section, name: &str, out: &mut Value) {
+    if let Some(b) = s.bool(cx, "enabled") {
+        put(out, &format!("{name}.enabled"), json!(b));
+    }
+    let default_prefix = format!("/connection/{name}");
+    if s.string(cx, "handler_prefix").is_some_and(|p| !p.is_empty() && p != default_prefix) {
+        cx.report(s.key("handler_prefix"));
+    }
+    s.finish(cx);
+}
+
 fn websocket(cx: &mut Cx, mut s: Section, out: &mut Value) {
     if let Some(b) = s.bool(cx, "compression") {
         put(out, "client.websocket_compression", json!(b));
@@ -1489,14 +1517,7 @@ timeout = "30s"
         assert_eq!(updates.force_recovery_mode, volley_hub::config::RecoveryMode::Cache);
         assert_eq!((updates.history_size, updates.history_ttl), (1, s(600)));
         // And the hub accepts it.
-        let hub_config = volley_hub::HubConfig {
-            client: c.client,
-            channel: c.channel,
-            http_api: c.http_api,
-            http_stream: c.http_stream,
-            sse: c.sse,
-            emulation: c.emulation,
-        };
+        let hub_config = c.hub_config();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async { volley_hub::Hub::new(hub_config).map(|_| ()) }).unwrap();
     }
@@ -1534,6 +1555,20 @@ timeout = "30s"
         assert_eq!(c.http_api.key, "k");
         // Centrifugo's default recovery limit, where Volley's would differ.
         assert_eq!(c.channel.without_namespace.recovery_max_publication_limit, 300);
+    }
+
+    #[test]
+    fn the_unidirectional_transports_are_switched_as_in_centrifugo() {
+        let (c, ignored) = translated(from_json(
+            r#"{
+              "uni_sse": { "enabled": true },
+              "uni_http_stream": { "enabled": true, "max_request_body_size": 65536 },
+              "uni_websocket": { "enabled": false, "handler_prefix": "/uni" }
+            }"#,
+        ));
+        assert!(c.uni_sse.enabled && c.uni_http_stream.enabled && !c.uni_websocket.enabled);
+        assert!(!c.uni_long_polling.enabled, "Volley's own, off by default");
+        assert_eq!(ignored, ["uni_http_stream.max_request_body_size", "uni_websocket.handler_prefix"]);
     }
 
     #[test]

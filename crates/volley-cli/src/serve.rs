@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use volley_hub::config::{
     duration, ChannelConfig, ChannelOptions, ClientConfig, EmulationConfig, EmulationStreamConfig, HttpApiConfig,
+    LongPollingConfig, UniConfig,
 };
 use volley_hub::{Hub, HubConfig};
 
@@ -68,10 +69,36 @@ pub struct ServeConfig {
     pub sse: EmulationStreamConfig,
     /// The emulation transports' command endpoint (`/emulation`).
     pub emulation: EmulationConfig,
+    /// Unidirectional SSE.
+    pub uni_sse: UniConfig,
+    /// Unidirectional HTTP stream.
+    pub uni_http_stream: UniConfig,
+    /// Unidirectional WebSocket.
+    pub uni_websocket: UniConfig,
+    /// Long polling.
+    pub uni_long_polling: LongPollingConfig,
     /// The chat demo at `/`.
     pub demo: Demo,
     /// Shutdown.
     pub shutdown: Shutdown,
+}
+
+impl ServeConfig {
+    /// What the hub engine takes of it.
+    pub fn hub_config(&self) -> HubConfig {
+        HubConfig {
+            client: self.client.clone(),
+            channel: self.channel.clone(),
+            http_api: self.http_api.clone(),
+            http_stream: self.http_stream.clone(),
+            sse: self.sse.clone(),
+            emulation: self.emulation.clone(),
+            uni_sse: self.uni_sse.clone(),
+            uni_http_stream: self.uni_http_stream.clone(),
+            uni_websocket: self.uni_websocket.clone(),
+            uni_long_polling: self.uni_long_polling.clone(),
+        }
+    }
 }
 
 /// Where to listen.
@@ -279,14 +306,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 /// listening. A Centrifugo configuration's ignored keys are listed.
 pub fn check(args: Args) -> anyhow::Result<()> {
     let Loaded { config, centrifugo, ignored } = load(&args)?;
-    let hub_config = HubConfig {
-        client: config.client.clone(),
-        channel: config.channel.clone(),
-        http_api: config.http_api.clone(),
-        http_stream: config.http_stream.clone(),
-        sse: config.sse.clone(),
-        emulation: config.emulation.clone(),
-    };
+    let hub_config = config.hub_config();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async { Hub::new(hub_config).map(|_| ()) }).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     tls_acceptor(&config.http_server.tls)?;
@@ -342,14 +362,7 @@ fn random_key() -> String {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let hub_config = HubConfig {
-        client: config.client.clone(),
-        channel: config.channel.clone(),
-        http_api: config.http_api.clone(),
-        http_stream: config.http_stream.clone(),
-        sse: config.sse.clone(),
-        emulation: config.emulation.clone(),
-    };
+    let hub_config = config.hub_config();
     let hub = Hub::new(hub_config).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let mut app = volley_hub::router(hub.clone());
     if config.demo.enabled {

@@ -25,6 +25,41 @@ pub struct HubConfig {
     pub sse: EmulationStreamConfig,
     /// The endpoint of the emulation transports' commands (`/emulation`).
     pub emulation: EmulationConfig,
+    /// Unidirectional SSE (`/connection/uni_sse`).
+    pub uni_sse: UniConfig,
+    /// Unidirectional HTTP stream of newline-delimited JSON (`/connection/uni_http_stream`).
+    pub uni_http_stream: UniConfig,
+    /// Unidirectional WebSocket (`/connection/uni_websocket`).
+    pub uni_websocket: UniConfig,
+    /// Long polling (`/connection/uni_long_poll`).
+    pub uni_long_polling: LongPollingConfig,
+}
+
+/// A unidirectional transport's switch.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UniConfig {
+    /// Whether its endpoint answers (404 otherwise).
+    pub enabled: bool,
+}
+
+/// Long polling.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LongPollingConfig {
+    /// Whether `/connection/uni_long_poll` answers (404 otherwise).
+    pub enabled: bool,
+    /// How long a poll with nothing newer waits for a publication (at most 120s).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// The most publications in one answer; the cursor names the last one given.
+    pub max_publications: usize,
+}
+
+impl Default for LongPollingConfig {
+    fn default() -> Self {
+        LongPollingConfig { enabled: false, timeout: Duration::from_secs(25), max_publications: 100 }
+    }
 }
 
 /// Connections and what a client may do.

@@ -216,7 +216,7 @@ impl Carrier for StreamCarrier {
 /// The response body: the frames the session's loop sends, as they come.
 struct FrameStream(mpsc::Receiver<Bytes>);
 
-impl futures_core::Stream for FrameStream {
+impl futures_util::Stream for FrameStream {
     type Item = Result<AxBytes, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

@@ -3,6 +3,8 @@
 
 pub mod emulation;
 pub mod http;
+pub mod position;
 #[cfg(unix)]
 pub mod tcp;
+pub(crate) mod uni;
 pub mod websocket;
