@@ -251,8 +251,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // The demo signs its users' tokens; a key nobody else knows.
         config.client.token.hmac_secret_key = Some(random_key());
     }
+    raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(config))
+}
+
+/// Raises the soft open-file limit to the hard one: every client holds a descriptor, and
+/// the soft limit a shell or a service manager starts with (often 1,024) would refuse
+/// clients long before the hard one does.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit (one descriptor per client)"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
 }
 
 fn random_key() -> String {
@@ -429,7 +440,7 @@ fn unix_now() -> u64 {
 }
 
 /// An HS256 JWT.
-fn hs256(secret: &str, claims: &Value) -> String {
+pub(crate) fn hs256(secret: &str, claims: &Value) -> String {
     use base64::Engine as _;
     use hmac::{Hmac, Mac};
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
