@@ -269,6 +269,10 @@ pub struct Shared {
     flushed: AtomicU64,
     /// Pings of the server answered.
     pongs: AtomicU64,
+    /// When the last connect and the last subscribe were answered (µs from `base`):
+    /// the ends of their phases, which the controller sees only at its next tick.
+    last_connect_us: AtomicU64,
+    last_subscribe_us: AtomicU64,
     /// Latencies (µs): connect (from the TCP connect to the reply), subscribe (from
     /// the command to the reply), and deliveries in the measured phase.
     connect_latency: Mutex<Histogram<u64>>,
@@ -305,6 +309,8 @@ impl Shared {
             burst_done: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             pongs: AtomicU64::new(0),
+            last_connect_us: AtomicU64::new(0),
+            last_subscribe_us: AtomicU64::new(0),
             connect_latency: Mutex::new(histogram()?),
             subscribe_latency: Mutex::new(histogram()?),
             deliveries: Mutex::new(histogram()?),
@@ -321,6 +327,7 @@ impl Shared {
 
     fn connected(&self, took: Duration) {
         record(&self.connect_latency, took);
+        self.last_connect_us.fetch_max(self.base.elapsed().as_micros() as u64, Relaxed);
         self.connected.fetch_add(1, Relaxed);
     }
 
@@ -331,6 +338,7 @@ impl Shared {
 
     fn subscribed(&self, took: Duration) {
         record(&self.subscribe_latency, took);
+        self.last_subscribe_us.fetch_max(self.base.elapsed().as_micros() as u64, Relaxed);
         self.subscribed.fetch_add(1, Relaxed);
     }
 
@@ -395,6 +403,9 @@ struct Sample {
 pub struct Cost {
     /// Seconds.
     seconds: f64,
+    /// Seconds over which the CPU times were read (from the phase's start to the
+    /// controller's reading after its end: at least `seconds`).
+    cpu_window_s: f64,
     /// Server CPU seconds (user + system).
     server_cpu_s: Option<f64>,
     /// Generator CPU seconds.
@@ -412,9 +423,16 @@ impl Sample {
     }
 
     fn since(&self, start: &Sample) -> Cost {
+        self.since_until(start, self.at)
+    }
+
+    /// The cost from `start` to this sample, the phase's length taken as ending at `end`
+    /// (the CPU time read at this sample covers it).
+    fn since_until(&self, start: &Sample, end: Instant) -> Cost {
         let diff = |a: Option<f64>, b: Option<f64>| Some((a? - b?).max(0.0));
         Cost {
-            seconds: self.at.duration_since(start.at).as_secs_f64(),
+            seconds: end.min(self.at).saturating_duration_since(start.at).as_secs_f64(),
+            cpu_window_s: self.at.saturating_duration_since(start.at).as_secs_f64(),
             server_cpu_s: diff(self.server_cpu, start.server_cpu),
             generator_cpu_s: diff(self.generator_cpu, start.generator_cpu),
         }
@@ -754,9 +772,11 @@ impl Run<'_> {
     /// `position()` on the bar; `false` if it stalled or was interrupted.
     async fn wait_for(&mut self, done: impl Fn(&Shared) -> bool, position: impl Fn(&Shared) -> u64) -> bool {
         let mut last = (position(&self.shared), Instant::now());
+        // Polled often, so that the phase's end is read close to when it came.
+        let mut poll = tokio::time::interval(Duration::from_millis(10));
         while !done(&self.shared) {
             tokio::select! {
-                _ = self.tick.tick() => {}
+                _ = poll.tick() => {}
                 _ = interrupted_by(&mut self.ctrl_c) => {
                     self.interrupted = true;
                     return false;
@@ -796,7 +816,8 @@ impl Run<'_> {
             self.wait_for(|s| attempted(s) >= spawned, attempted).await;
         }
         let end = Sample::take(self.args.server_pid);
-        let cost = end.since(&start);
+        let last = self.shared.base + Duration::from_micros(self.shared.last_connect_us.load(Relaxed));
+        let cost = end.since_until(&start, if last > start.at { last } else { end.at });
         let connected = self.shared.connected.load(Relaxed);
         ConnectReport {
             connected,
@@ -819,7 +840,8 @@ impl Run<'_> {
         let answered = |s: &Shared| s.subscribed.load(Relaxed) + s.subscribe_errors.load(Relaxed);
         self.wait_for(|s| answered(s) + s.errors.load(Relaxed) >= alive, answered).await;
         let end = Sample::take(self.args.server_pid);
-        let cost = end.since(&start);
+        let last = self.shared.base + Duration::from_micros(self.shared.last_subscribe_us.load(Relaxed));
+        let cost = end.since_until(&start, if last > start.at { last } else { end.at });
         let subscribed = self.shared.subscribed.load(Relaxed);
         self.shared.set_phase(HOLDING);
         SubscribeReport {
@@ -1101,7 +1123,7 @@ impl Report {
             None => "–".to_string(),
         };
         let cpu = |c: &Cost| match c.server_cpu_s {
-            Some(s) => format!("{s:.2} s server CPU ({:.0}% of one core)", 100.0 * per(s, c.seconds)),
+            Some(s) => format!("{s:.2} s server CPU ({:.0}% of one core)", 100.0 * per(s, c.cpu_window_s)),
             None => "server CPU not measured".to_string(),
         };
         let opt_bytes = |v: Option<f64>| v.map_or("?".to_string(), bytes);
