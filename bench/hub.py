@@ -30,6 +30,7 @@ Exit status: 0 when every run produced its report, 1 otherwise.
 """
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import math
@@ -66,6 +67,12 @@ MEMORY_GUARD_MIN = 4 << 30
 # A many-process run stops when the clients connected and subscribed have not grown
 # for this long (seconds).
 STALL_S = 60
+# How often a many-process run reads the hubs' counts, the cores and the memory (s).
+SAMPLE_S = 2
+# The held case keeps its clients this long once all are subscribed, reading the count:
+# longer than both keepalives' intervals (the protocol's pings every 25 s, the
+# WebSocket pings every 30 s) and their timeouts.
+STEADY_S = 75
 # The soft descriptor limit the hub is started with, as a login shell gives it: `volley
 # serve` raises it to the hard limit itself, and the report says whether it did.
 SHELL_SOFT_NOFILE = 1024
@@ -95,7 +102,8 @@ def settings(args):
             "batches": [1],
         },
         "many": {"clients": 300 if q else 100000},
-        "held": {"clients": 300 if q else args.max_clients, "limit_s": 60 if q else args.held_limit},
+        "held": {"clients": 300 if q else args.max_clients, "limit_s": 60 if q else args.held_limit,
+                 "steady_s": 1 if q else STEADY_S},
         "per_process": 100 if q else PER_PROCESS,
         "hold": 0.3 if q else 2.0,
         "burst": 2,
@@ -171,6 +179,37 @@ def soft_nofile(pid):
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+class CoreClock:
+    """The business of each core since the last reading, from /proc/stat."""
+
+    def __init__(self):
+        self.last = self.read()
+
+    @staticmethod
+    def read():
+        out = {}
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    if line.startswith("cpu") and line[3].isdigit():
+                        name, *v = line.split()
+                        v = [int(x) for x in v]
+                        out[name] = (sum(v), v[3] + v[4])  # total, idle + iowait
+        except (OSError, ValueError, IndexError):
+            pass
+        return out
+
+    def busy(self):
+        now = self.read()
+        out = {}
+        for name, (total, idle) in now.items():
+            t0, i0 = self.last.get(name, (0, 0))
+            if total > t0:
+                out[name] = round(1 - (idle - i0) / (total - t0), 3)
+        self.last = now
+        return out
 
 
 class Hub:
@@ -318,13 +357,14 @@ def read_events(gens, timeout):
                 g["report"] = d
 
 
-def run_many(args, volley, logdir, secret, conf, count, limit_s, label):
+def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s=0):
     """`count` clients over several hubs of at most `per_process` clients each, one
     generator per hub, all at once; each generator connects, subscribes, receives the
     burst, reads its hub's memory after the hold, and then keeps its clients until told
     to stop. The count held is the hubs' own (`info`: clients and subscriptions), read
     once every generator is idle, or when the run stops: the memory guard, no growth for
-    STALL_S, or `limit_s`."""
+    STALL_S, or `limit_s`. With `steady_s`, the clients are then held that long (the
+    pings of both keepalives answered) and the count is read along: what stays held."""
     share = conf["per_process"]
     nproc = math.ceil(count / share)
     out = {"clients": count, "processes": nproc, "per_process": share}
@@ -333,6 +373,7 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label):
     guard = max(MEMORY_GUARD_MIN, int(total * MEMORY_GUARD))
     reason = None
     t0 = time.monotonic()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=16)
     try:
         api_key = secrets.token_hex(16)
         for i in range(nproc):
@@ -351,38 +392,70 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label):
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, bufsize=0,
                                     preexec_fn=lib.raise_nofile)
             gens.append({"proc": proc, "err": err, "events": {}, "clients": c})
-        peak, grew_at, last_info = (0, 0), time.monotonic(), 0.0
+        peak, grew_at, last_sample = (0, 0), time.monotonic(), 0.0
+        cores = CoreClock()
+        timeline = out["timeline"] = []
+
+        def sample():
+            """The hubs' counts, the cores' business and the memory, into the timeline."""
+            infos = list(pool.map(Hub.info, hubs))
+            held = (sum(i[0] for i in infos if i), sum(i[1] for i in infos if i))
+            timeline.append({"t": round(time.monotonic() - t0, 1), "clients": held[0], "subscriptions": held[1],
+                             "unanswered": sum(1 for i in infos if i is None), "cores": cores.busy(),
+                             "mem_available": lib.meminfo("MemAvailable")})
+            return held
+
+        def trouble():
+            avail = lib.meminfo("MemAvailable")
+            if avail is not None and avail < guard:
+                return (f"memory: the machine's available memory fell to {lib.fmt_bytes(avail)} (the run stops "
+                        f"below {lib.fmt_bytes(guard)})")
+            if not all(h.alive() for h in hubs):
+                dead = next(h for h in hubs if not h.alive())
+                return f"a hub exited: {dead.stderr_tail()}"
+            return None
+
         while reason is None:
             read_events(gens, 0.5)
             now = time.monotonic()
             if all("idle" in g["events"] for g in gens):
                 reason = f"all {nproc} generators idle"
-            elif (avail := lib.meminfo("MemAvailable")) is not None and avail < guard:
-                reason = (f"memory: the machine's available memory fell to {lib.fmt_bytes(avail)} (the run stops "
-                          f"below {lib.fmt_bytes(guard)})")
-            elif not all(h.alive() for h in hubs):
-                dead = next(h for h in hubs if not h.alive())
-                reason = f"a hub exited: {dead.stderr_tail()}"
+            elif (reason := trouble()) is not None:
+                pass
             elif all(g["proc"].poll() is not None for g in gens):
                 reason = "the generators ended"
             elif now - t0 > limit_s:
                 reason = f"time limit ({limit_s:.0f} s)"
-            elif now - last_info >= 2:
-                last_info = now
-                infos = [h.info() or (0, 0) for h in hubs]
-                held = (sum(i[0] for i in infos), sum(i[1] for i in infos))
+            elif now - last_sample >= SAMPLE_S:
+                last_sample = now
+                held = sample()
                 if held > peak:
                     peak, grew_at = held, now
                 elif now - grew_at > STALL_S:
                     reason = f"no more clients connected or subscribed for {STALL_S} s"
         out["seconds"] = time.monotonic() - t0
         out["reason"] = reason
+        if reason.endswith("generators idle") and steady_s > 0:
+            # Held: every client keeps answering pings (the hub's, and the WebSocket
+            # keepalive's) for steady_s, and the count is read all along.
+            end_at, low = time.monotonic() + steady_s, None
+            while time.monotonic() < end_at:
+                read_events(gens, SAMPLE_S)
+                held = sample()
+                low = held[1] if low is None else min(low, held[1])
+                if (why := trouble()) is not None:
+                    out["reason"] = reason = f"while held: {why}"
+                    break
+            out["steady_s"] = steady_s
+            out["steady_min_subscriptions"] = low
+        peak = max([peak] + [(e["clients"], e["subscriptions"]) for e in timeline])
+        out["peak_clients"], out["peak_subscriptions"] = peak
         if not reason.endswith("generators idle"):
             # Stop opening at once; count what is held.
             for g in gens:
                 if g["proc"].poll() is None:
                     g["proc"].send_signal(signal.SIGSTOP)
-        infos = [h.info() for h in hubs]
+        infos = list(pool.map(Hub.info, hubs))
         out["held_clients"] = sum(i[0] for i in infos if i)
         out["held_subscriptions"] = sum(i[1] for i in infos if i)
         out["unanswered_hubs"] = sum(1 for i in infos if i is None)
@@ -432,6 +505,7 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label):
         for h in hubs:
             if h.proc.poll() is None:
                 h.stop()
+        pool.shutdown()
     log(f"    {label}: {out.get('held_subscriptions', 0):,} subscribed clients held of {count:,} "
         f"({nproc} hubs), {lib.fmt_bytes(out.get('rss_per_client'))}/client; {out.get('reason')}")
     return out
@@ -577,6 +651,26 @@ def memory_split(runs):
             f"{lib.fmt_bytes(burst)} more after the burst and the hold")
 
 
+def timeline_table(md, timeline, rows=16):
+    """A many-process run's samples, thinned to about `rows`: the count held, the two
+    cores' business and the memory left."""
+    if not timeline:
+        return
+    step = max(1, math.ceil(len(timeline) / rows))
+    picked = timeline[::step]
+    if picked[-1] is not timeline[-1]:
+        picked.append(timeline[-1])
+    md.append("| seconds | subscribed | connected | hubs not answering | core 0 (hubs) | core 1 (generators) "
+              "| memory available |")
+    md.append("|---:|---:|---:|---:|---:|---:|---:|")
+    for e in picked:
+        cores = e.get("cores") or {}
+        md.append(f"| {e['t']:.0f} | {e['subscriptions']:,} | {e['clients']:,} | {e.get('unanswered', 0)} | "
+                  f"{fmt_pct(cores.get('cpu0'))} | {fmt_pct(cores.get('cpu1'))} | "
+                  f"{lib.fmt_bytes(e.get('mem_available'))} |")
+    md.append("")
+
+
 def write_report(args, results, facts, started, finished, out_dir, command):
     conf = settings(args)
     os.makedirs(os.path.join(out_dir, "bench"), exist_ok=True)
@@ -628,8 +722,9 @@ own reading of the frame (its core may be the busier one), and a publisher that 
 behind does not hide the delay. Deliveries per server-CPU-second divide the deliveries
 of the measured phase by the hub's CPU time (utime + stime from /proc) over the same
 phase: the API requests' parsing counts in it. A series of rising rates stops after a
-step whose p99 passes {args.max_p99:g} ms or that delivers under 90% of its publications'
-subscribers. "Lost" counts deliveries owed that had not arrived 5 s after the step.
+step whose p99 passes {args.max_p99:g} ms, that delivers under 90% of what its
+publications owe, or whose publications fall under 90% of the rate asked (the server API
+or the publishers fell behind). "Lost" counts deliveries owed that had not arrived 5 s after the step.
 Cases past one process's descriptor limit run as several hubs (see below).
 """)
     goal_rows = []
@@ -676,37 +771,52 @@ Cases past one process's descriptor limit run as several hubs (see below).
                 body.append("No result.\n")
                 continue
             d = runs[0]["data"]
+            steady = d.get("steady_s")
             body.append(f"{d['clients']:,} clients asked for at once, a channel each, over {d['processes']} hubs "
                         f"(`volley serve` processes on ports of their own, up to {d['per_process']:,} clients each: "
                         f"one process holds at most its descriptor limit, {facts['nofile']:,} here) and as many "
-                        f"generators, all on the same two cores. Each generator connects, subscribes, has the burst "
-                        f"delivered, holds {conf['hold']} s and reads its hub's memory; then holds its clients "
-                        f"until every generator is there (or the run stops), when the hubs' own counts "
-                        f"(`info`: clients, subscriptions) are read.\n")
+                        f"generators, all on the same two cores (hubs on one, generators on the other). Each "
+                        f"generator connects, subscribes, has the burst delivered, holds {conf['hold']} s and reads "
+                        f"its hub's memory, then keeps its clients (answering every ping) until the run ends. The "
+                        f"hubs' own counts (`info`: clients, subscriptions) are read every {SAMPLE_S} s; the run "
+                        f"stops when every generator got there"
+                        f"{f' and the clients were then held {steady} s more' if steady else ''}, when the count "
+                        f"stops growing for {STALL_S} s, when the machine runs low on memory, or at the time "
+                        f"limit.\n")
             body.append("| figure | |")
             body.append("|---|---|")
-            body.append(f"| subscribed clients held at once (the hubs' count) | **{d.get('held_subscriptions', 0):,}** "
-                        f"(clients connected: {d.get('held_clients', 0):,}) |")
+            if steady:
+                body.append(f"| subscribed clients held through {steady} s (the least the hubs counted) | "
+                            f"**{d.get('steady_min_subscriptions') or 0:,}** |")
+            body.append(f"| subscribed clients held at the end (the hubs' count) | "
+                        f"**{d.get('held_subscriptions', 0):,}** (clients connected: {d.get('held_clients', 0):,}) |")
+            body.append(f"| the most at once | {d.get('peak_subscriptions', 0):,} subscribed, "
+                        f"{d.get('peak_clients', 0):,} connected |")
             body.append(f"| clients that received the whole burst | {d.get('burst_complete', 0):,} |")
             body.append(f"| memory per idle client (the hubs' summed RSS growth ÷ clients) | "
                         f"{lib.fmt_bytes(d.get('rss_per_client'))} over {d.get('idle_reports', 0)} hubs |")
-            body.append(f"| the hubs' resident memory, all of them | {lib.fmt_bytes(d.get('rss_total'))} |")
-            body.append(f"| time to connect, subscribe, deliver the burst and hold | {d.get('seconds', 0):.0f} s |")
+            body.append(f"| the hubs' resident memory, all of them, at the end | {lib.fmt_bytes(d.get('rss_total'))} |")
+            body.append(f"| time until every generator was idle, or the run stopped | {d.get('seconds', 0):.0f} s |")
             body.append(f"| connect errors | {d.get('connect_errors', 0):,}"
                         f"{': ' + lib.esc(d['first_connect_error']) if d.get('first_connect_error') else ''} |")
             body.append(f"| clients failed after connecting | {d.get('client_errors', 0):,}"
                         f"{': ' + lib.esc(d['first_client_error']) if d.get('first_client_error') else ''} |")
             body.append(f"| why it stopped | {lib.esc(d.get('reason'))} |")
             body.append("")
+            timeline_table(body, d.get("timeline", []))
             if case == "many":
                 goal_rows.append((f"memory per idle client, {d['clients']:,} clients, a channel each",
                                   lib.fmt_bytes(d.get("rss_per_client")), f"≤ {GOAL_BYTES:,} B",
                                   None if d.get("rss_per_client") is None else d["rss_per_client"] <= GOAL_BYTES,
                                   f"{d['processes']} hubs' RSS growth ÷ clients"))
             else:
-                held = d.get("held_subscriptions", 0)
-                by = ("the count asked for" if held >= d["clients"] else lib.esc(d.get("reason")))
-                goal_rows.append(("most subscribed clients held on this machine", f"{held:,}", f"{GOAL_HELD:,}",
+                held = d.get("steady_min_subscriptions") if steady else None
+                held = held if held is not None else d.get("held_subscriptions", 0)
+                ok = held >= d["clients"]
+                by = "the count asked for" if ok else lib.esc(d.get("reason"))
+                goal_rows.append((f"most subscribed clients held on this machine"
+                                  f"{f' through {steady} s' if steady else ''}",
+                                  f"{held:,} (the most at once: {d.get('peak_subscriptions', 0):,})", f"{GOAL_HELD:,}",
                                   held >= GOAL_HELD, by))
     md.append("## Figures and goals\n")
     md.append(f"Centrifugo's documentation gives about {CENTRIFUGO_BYTES:,} B per idle connection by default and "
@@ -821,7 +931,8 @@ def main():
                 continue
             log(f"==> {title(case, conf)}")
             c = conf[case]
-            d = run_many(args, volley, logdir, secret, conf, c["clients"], c.get("limit_s", 600), case)
+            d = run_many(args, volley, logdir, secret, conf, c["clients"], c.get("limit_s", 600), case,
+                         steady_s=c.get("steady_s", 0))
             error = d.get("error")
             if case == "many" and not error and d.get("held_subscriptions", 0) < c["clients"]:
                 error = f"{d.get('held_subscriptions', 0):,} of {c['clients']:,} held: {d.get('reason')}"

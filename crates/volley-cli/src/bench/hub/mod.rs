@@ -102,8 +102,9 @@ pub struct Args {
     /// every rate for each, in order.
     #[arg(long, value_name = "N", value_delimiter = ',', default_values_t = [1])]
     batches: Vec<usize>,
-    /// A series of rising rates stops after a step whose p99 exceeds this (ms) or which
-    /// delivered less than 90% of what it published.
+    /// A series of rising rates stops after a step whose p99 exceeds this (ms), which
+    /// delivered less than 90% of what it published, or which published less than 90% of
+    /// the rate asked.
     #[arg(long, value_name = "MS", default_value_t = 1000.0)]
     max_p99: f64,
     /// Length of each fan-out step's measured phase, in seconds.
@@ -1027,6 +1028,14 @@ impl Run<'_> {
                 thousands(delivered),
                 100.0 * delivered as f64 / owed_in_window.max(1.0),
                 thousands(owed_in_window as u64)
+            ));
+        }
+        let made = per(counters.measured.load(Relaxed) as f64, cost.seconds);
+        if stopped.is_none() && made < 0.9 * rate {
+            stopped = Some(format!(
+                "the server API took {} publications/s of the {} asked",
+                thousands(made.round() as u64),
+                thousands(rate.round() as u64)
             ));
         }
         if stopped.is_none() && lost > 0 {
