@@ -73,6 +73,11 @@ SAMPLE_S = 2
 # longer than both keepalives' intervals (the protocol's pings every 25 s, the
 # WebSocket pings every 30 s) and their timeouts.
 STEADY_S = 75
+# The held case's ramp: connects per second, all generators together. A burst as fast
+# as the cores go leaves clients waiting longer than the protocol's pong timeout (8 s)
+# once the cores are saturated, and the hub drops them (3012): a ramp finds the count
+# the machine holds rather than the count a burst survives.
+HELD_RAMP = 3000
 # The soft descriptor limit the hub is started with, as a login shell gives it: `volley
 # serve` raises it to the hard limit itself, and the report says whether it did.
 SHELL_SOFT_NOFILE = 1024
@@ -101,9 +106,9 @@ def settings(args):
             "rates": [5, 20] if q else [1, 10, 30, 100, 200, 400],
             "batches": [1],
         },
-        "many": {"clients": 300 if q else 100000},
+        "many": {"clients": 300 if q else 100000, "steady_s": 1 if q else STEADY_S},
         "held": {"clients": 300 if q else args.max_clients, "limit_s": 60 if q else args.held_limit,
-                 "steady_s": 1 if q else STEADY_S},
+                 "steady_s": 1 if q else STEADY_S, "ramp": 1000 if q else args.held_ramp},
         "per_process": 100 if q else PER_PROCESS,
         "hold": 0.3 if q else 2.0,
         "burst": 2,
@@ -179,6 +184,19 @@ def soft_nofile(pid):
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def cpu_sum(pids):
+    """CPU seconds (user + system) of these processes, from /proc/PID/stat."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class CoreClock:
@@ -357,17 +375,19 @@ def read_events(gens, timeout):
                 g["report"] = d
 
 
-def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s=0):
+def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s=0, ramp=0):
     """`count` clients over several hubs of at most `per_process` clients each, one
     generator per hub, all at once; each generator connects, subscribes, receives the
     burst, reads its hub's memory after the hold, and then keeps its clients until told
     to stop. The count held is the hubs' own (`info`: clients and subscriptions), read
     once every generator is idle, or when the run stops: the memory guard, no growth for
     STALL_S, or `limit_s`. With `steady_s`, the clients are then held that long (the
-    pings of both keepalives answered) and the count is read along: what stays held."""
+    pings of both keepalives answered) and the count is read along: what stays held.
+    With `ramp`, the generators together start at most that many connects per second,
+    and each client subscribes as soon as it is connected."""
     share = conf["per_process"]
     nproc = math.ceil(count / share)
-    out = {"clients": count, "processes": nproc, "per_process": share}
+    out = {"clients": count, "processes": nproc, "per_process": share, "ramp": ramp}
     hubs, gens = [], []
     total = lib.meminfo("MemTotal") or 0
     guard = max(MEMORY_GUARD_MIN, int(total * MEMORY_GUARD))
@@ -386,6 +406,8 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s
                      "--source-addrs", str(SOURCES_PER_GENERATOR),
                      "--connect-concurrency", str(MANY_CONCURRENCY),
                      "--subscribe-concurrency", str(MANY_CONCURRENCY)]
+            if ramp:
+                extra += ["--connect-rate", f"{ramp / nproc:g}", "--subscribe-at-once"]
             cmd = ["taskset", "-c", str(args.client_core)] + generator_cmd(volley, hub, secret, c, conf=conf,
                                                                          extra=extra)
             err = tempfile.TemporaryFile(dir=logdir)
@@ -396,13 +418,13 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s
         cores = CoreClock()
         timeline = out["timeline"] = []
 
-        def sample():
+        def sample(steady=False):
             """The hubs' counts, the cores' business and the memory, into the timeline."""
             infos = list(pool.map(Hub.info, hubs))
             held = (sum(i[0] for i in infos if i), sum(i[1] for i in infos if i))
             timeline.append({"t": round(time.monotonic() - t0, 1), "clients": held[0], "subscriptions": held[1],
                              "unanswered": sum(1 for i in infos if i is None), "cores": cores.busy(),
-                             "mem_available": lib.meminfo("MemAvailable")})
+                             "mem_available": lib.meminfo("MemAvailable"), "steady": steady})
             return held
 
         def trouble():
@@ -439,15 +461,23 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s
             # Held: every client keeps answering pings (the hub's, and the WebSocket
             # keepalive's) for steady_s, and the count is read all along.
             end_at, low = time.monotonic() + steady_s, None
+            cores.busy()  # from here
+            cpu0, held0 = cpu_sum(h.pid for h in hubs), time.monotonic()
+            gcpu0 = cpu_sum(g["proc"].pid for g in gens)
             while time.monotonic() < end_at:
                 read_events(gens, SAMPLE_S)
-                held = sample()
+                held = sample(steady=True)
                 low = held[1] if low is None else min(low, held[1])
                 if (why := trouble()) is not None:
                     out["reason"] = reason = f"while held: {why}"
                     break
             out["steady_s"] = steady_s
             out["steady_min_subscriptions"] = low
+            out["steady_hub_cpu_share"] = (cpu_sum(h.pid for h in hubs) - cpu0) / (time.monotonic() - held0)
+            out["steady_generator_cpu_share"] = (cpu_sum(g["proc"].pid for g in gens) - gcpu0) / (
+                time.monotonic() - held0)
+            busy = [e["cores"] for e in timeline if e.get("steady") and e.get("cores")]
+            out["steady_cores"] = {c: statistics.mean(b[c] for b in busy if c in b) for c in (busy[0] if busy else {})}
         peak = max([peak] + [(e["clients"], e["subscriptions"]) for e in timeline])
         out["peak_clients"], out["peak_subscriptions"] = peak
         if not reason.endswith("generators idle"):
@@ -802,6 +832,21 @@ Cases past one process's descriptor limit run as several hubs (see below).
             body.append(f"| clients failed after connecting | {d.get('client_errors', 0):,}"
                         f"{': ' + lib.esc(d['first_client_error']) if d.get('first_client_error') else ''} |")
             body.append(f"| why it stopped | {lib.esc(d.get('reason'))} |")
+            if d.get("steady_cores"):
+                sc = d["steady_cores"]
+                held_n = d.get("steady_min_subscriptions") or 0
+                share_ = d.get("steady_hub_cpu_share")
+                gshare = d.get("steady_generator_cpu_share")
+                per_client = (f"; the hubs' own CPU time: {share_:.0%} of a core, {share_ * 1e6 / held_n:.1f} µs per "
+                              f"idle client per second (the generators': {fmt_pct(gshare)})"
+                              if held_n and share_ is not None else "")
+                body.append(f"| the cores while the clients were held {steady} s | hubs' core "
+                            f"{fmt_pct(sc.get('cpu0'))}, generators' core {fmt_pct(sc.get('cpu1'))} busy, for the "
+                            f"keepalives (the protocol's pings every 25 s and the WebSocket pings every 30 s, each "
+                            f"answered) and the count's polling{per_client} |")
+            if d.get("ramp"):
+                body.append(f"| connects started | at most {d['ramp']:,.0f} per second, all generators together; "
+                            f"each client subscribes once connected |")
             body.append("")
             timeline_table(body, d.get("timeline", []))
             if case == "many":
@@ -845,7 +890,7 @@ Cases past one process's descriptor limit run as several hubs (see below).
     return path, goal_rows
 
 
-SAVED_ARGS = ["reps", "duration", "warmup", "only", "max_clients", "held_limit", "quick", "server_core",
+SAVED_ARGS = ["reps", "duration", "warmup", "only", "max_clients", "held_limit", "held_ramp", "quick", "server_core",
               "client_core", "max_p99"]
 
 
@@ -871,6 +916,8 @@ def main():
                    help=f"held: the subscribed clients asked for (default {GOAL_HELD:,})")
     p.add_argument("--held-limit", type=float, default=1200,
                    help="held: seconds allowed to connect and subscribe them (default 1200)")
+    p.add_argument("--held-ramp", type=float, default=HELD_RAMP,
+                   help=f"held: connects per second, all generators together (default {HELD_RAMP:,})")
     p.add_argument("--quick", action="store_true", help="tiny counts and short steps: a smoke test (needs --out)")
     p.add_argument("--out", default="", help="directory for HUB-BENCHMARKS.md and bench/ (default: docs/)")
     p.add_argument("--no-build", action="store_true", help="use the release binary already built")
@@ -932,7 +979,7 @@ def main():
             log(f"==> {title(case, conf)}")
             c = conf[case]
             d = run_many(args, volley, logdir, secret, conf, c["clients"], c.get("limit_s", 600), case,
-                         steady_s=c.get("steady_s", 0))
+                         steady_s=c.get("steady_s", 0), ramp=c.get("ramp", 0))
             error = d.get("error")
             if case == "many" and not error and d.get("held_subscriptions", 0) < c["clients"]:
                 error = f"{d.get('held_subscriptions', 0):,} of {c['clients']:,} held: {d.get('reason')}"

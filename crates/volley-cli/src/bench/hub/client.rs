@@ -103,7 +103,9 @@ impl Client<'_> {
     /// From connected to the end: `Ok` when stopped, `Err` when the connection failed.
     async fn live(&mut self, index: usize, phase: &mut watch::Receiver<u8>) -> Result<(), String> {
         self.shared.alive.fetch_add(1, Relaxed);
-        self.until_phase(phase, SUBSCRIBING).await?;
+        if !self.plan.subscribe_at_once {
+            self.until_phase(phase, SUBSCRIBING).await?;
+        }
         if *phase.borrow() >= STOPPED {
             return Ok(());
         }

@@ -136,6 +136,14 @@ pub struct Args {
     /// Subscribes in flight at once.
     #[arg(long, value_name = "N", default_value_t = 256)]
     subscribe_concurrency: usize,
+    /// Connects started per second at most (0: as fast as --connect-concurrency
+    /// allows): a ramp, rather than a burst.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 0.0)]
+    connect_rate: f64,
+    /// Each client subscribes as soon as it is connected, rather than all together once
+    /// every client is connected (the subscribe figures then overlap the connects).
+    #[arg(long)]
+    subscribe_at_once: bool,
     /// After the last phase, keep the clients connected until SIGINT (Ctrl-C).
     #[arg(long)]
     wait: bool,
@@ -187,6 +195,9 @@ impl Args {
         if self.batches.contains(&0) {
             bail!("--batches: a batch has at least one channel");
         }
+        if !(self.connect_rate.is_finite() && self.connect_rate >= 0.0) {
+            bail!("--connect-rate must be a number of connects per second (0 for no limit)");
+        }
         if !(self.max_p99.is_finite() && self.max_p99 > 0.0) {
             bail!("--max-p99 must be a positive number of milliseconds");
         }
@@ -223,6 +234,8 @@ pub struct Plan {
     prefix: String,
     /// Publications a client receives in the burst.
     burst: usize,
+    /// Subscribe as soon as connected (`--subscribe-at-once`).
+    subscribe_at_once: bool,
 }
 
 impl Plan {
@@ -642,6 +655,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         channels,
         prefix,
         burst: args.burst,
+        subscribe_at_once: args.subscribe_at_once,
     });
     // This generator's channels (each once), and their subscribers among its clients.
     let (mine, subscribers) = channels_of(args.client_from, args.clients, channels);
@@ -801,9 +815,15 @@ impl Run<'_> {
         let permits = Arc::new(Semaphore::new(self.args.connect_concurrency));
         let attempted = |s: &Shared| s.connected.load(Relaxed) + s.connect_errors.load(Relaxed);
         let mut spawned = 0;
+        let began = Instant::now();
+        let pace = (self.args.connect_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / self.args.connect_rate));
         while spawned < n && !self.interrupted {
+            let due = pace.map_or(began, |p| began + p.mul_f64(spawned as f64));
             tokio::select! {
-                permit = permits.clone().acquire_owned() => {
+                permit = async {
+                    tokio::time::sleep_until(due).await;
+                    permits.clone().acquire_owned().await
+                } => {
                     let Ok(permit) = permit else { break };
                     tasks.spawn(client::run(spawned, self.plan.clone(), self.shared.clone(), permit));
                     spawned += 1;
