@@ -17,6 +17,7 @@ use axum::extract::Query;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use volley_hub::config::{duration, ChannelConfig, ChannelOptions, ClientConfig, HttpApiConfig};
@@ -282,7 +283,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let tls = tls_acceptor(&config.http_server.tls)?;
     let addr = format!("{}:{}", config.http_server.address, config.http_server.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
+    let listener = listen(&addr).await.with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     println!("listening on {local}");
     tracing::info!(%local, tls = tls.is_some(), demo = config.demo.enabled, "volley serve");
@@ -302,6 +303,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     match tls {
         None => {
+            // As the TLS path: replies and pushes are written when ready, not held by
+            // Nagle's algorithm until the client's (delayed) acknowledgement.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(shutdown)
                 .await?
@@ -309,6 +315,26 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Some(acceptor) => serve_tls(listener, acceptor, app, shutdown).await,
     }
     Ok(())
+}
+
+/// Connections waiting to be accepted (the kernel caps it at `net.core.somaxconn`).
+/// `TcpListener::bind` allows 128: past that, the connects of a burst of clients (a
+/// reconnect after a restart) are dropped and retried by their kernels a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` (resolved; the first address that binds), with
+/// [`LISTEN_BACKLOG`].
+async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))
 }
 
 /// How long a TLS handshake may take.
