@@ -498,6 +498,17 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_listener_binds_names_and_addresses_and_says_why_not() {
+        let l = listen("localhost:0").await.expect("localhost resolves and binds");
+        let addr = l.local_addr().unwrap();
+        assert!(addr.ip().is_loopback());
+        // The port is taken: the error is the bind's.
+        let e = listen(&addr.to_string()).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(listen("no-such-host.invalid:80").await.is_err());
+    }
+
     #[test]
     fn the_printed_default_configuration_is_the_default_and_names_every_key() {
         let parsed: ServeConfig = toml::from_str(DEFAULT_CONFIG).expect("it parses, with no unknown key");
