@@ -189,6 +189,34 @@ def soft_nofile(pid):
     return None
 
 
+class OtherWork:
+    """How busy the machine was with work other than this run's: the CPU time of both
+    cores (/proc/stat) less that of the hubs (`pids`) and of this script's children
+    (the generators, once they have been waited for), as a share of one core."""
+
+    def __init__(self, pids):
+        self.pids = list(pids)
+        self.t0 = time.monotonic()
+        self.busy0 = self.busy()
+        self.own0 = cpu_sum(self.pids) + self.children()
+
+    @staticmethod
+    def busy():
+        total = sum(t - i for t, i in CoreClock.read().values())
+        return total / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def children():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    def share(self, running=()):
+        """The share; `running` are pids of generators not yet waited for."""
+        own = cpu_sum(self.pids) + self.children() + cpu_sum(running) - self.own0
+        wall = time.monotonic() - self.t0
+        return max(0.0, (self.busy() - self.busy0 - own) / wall) if wall > 0 else None
+
+
 def cpu_sum(pids):
     """CPU seconds (user + system) of these processes, from /proc/PID/stat."""
     total = 0
@@ -329,10 +357,12 @@ def run_one(args, volley, logdir, secret, name, conf, case):
             case.get("batches", (1,)), conf)
         steps = len(case.get("rates", ())) * len(case.get("batches", (1,)))
         timeout = 120 + case["clients"] / 500 + steps * (conf["duration"] + conf["warmup"] + 10)
+        before = OtherWork([hub.pid])
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=lib.raise_nofile)
         except subprocess.TimeoutExpired:
             return None, f"timed out after {timeout:.0f} s", facts
+        facts["other_work"] = before.share()
         data = last_json(p.stdout)
         if data is None:
             tail = " | ".join(p.stderr.strip().splitlines()[-3:])
@@ -417,6 +447,7 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, bufsize=0,
                                     preexec_fn=lib.raise_nofile)
             gens.append({"proc": proc, "err": err, "events": {}, "clients": c})
+        other = OtherWork([h.pid for h in hubs])
         peak, grew_at, last_sample = (0, 0), time.monotonic(), 0.0
         cores = CoreClock()
         timeline = out["timeline"] = []
@@ -488,6 +519,7 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s
             for g in gens:
                 if g["proc"].poll() is None:
                     g["proc"].send_signal(signal.SIGSTOP)
+        out["other_work"] = other.share(running=[g["proc"].pid for g in gens])
         infos = list(pool.map(Hub.info, hubs))
         out["held_clients"] = sum(i[0] for i in infos if i)
         out["held_subscriptions"] = sum(i[1] for i in infos if i)
@@ -819,6 +851,11 @@ Cases past one process's descriptor limit run as several hubs (see below).
             continue
         runs = [r for r in results["runs"] if r["case"] == case]
         body.append(f"## {title(case, conf)}\n")
+        other = [r.get("other_work") for r in runs if r.get("other_work") is not None]
+        if other:
+            body.append(f"Other work on the machine while this ran (both cores' CPU time less this run's own): "
+                        f"{', '.join(fmt_pct(o) for o in other)} of a core"
+                        f"{' per run' if len(other) > 1 else ''}.\n")
         if case in ("fanout-many", "fanout-one"):
             ok = [r["data"] for r in runs if r.get("data") and r["data"].get("idle")]
             for r in runs:
@@ -1007,7 +1044,7 @@ def main():
             if not error and (d.get("steady_min_subscriptions") or 0) < c["clients"]:
                 error = f"{d.get('steady_min_subscriptions') or 0:,} of {c['clients']:,} held: {d.get('reason')}"
             results["runs"].append({"case": "many", "rep": 0, "data": d, "error": error,
-                                    "nofile_soft": d.get("nofile_soft")})
+                                    "nofile_soft": d.get("nofile_soft"), "other_work": d.get("other_work")})
             if error:
                 results["failures"].append(f"many: {error}")
         if "held" in args.only_set:
@@ -1022,7 +1059,7 @@ def main():
                 if args.quick and held < count:
                     error = error or f"{held} of {count} held: {d.get('reason')}"
                 results["runs"].append({"case": "held", "rep": i, "data": d, "error": error,
-                                        "nofile_soft": d.get("nofile_soft")})
+                                        "nofile_soft": d.get("nofile_soft"), "other_work": d.get("other_work")})
                 if error:
                     results["failures"].append(f"held {count:,}: {error}")
                 if held >= count:
