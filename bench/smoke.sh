@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark harness smoke test, for CI: runs bench/run.py --quick (it builds the bench
 # workspace and the volley binary in release mode first), every server through every
-# workload once with tiny counts and sub-second runs, into a temporary directory, so
-# docs/BENCHMARKS.md is left alone. No timing is asserted. Exits non-zero if a server
-# failed to start or a run produced no JSON (run.py's exit status), or if no report was
-# written.
+# workload once with tiny counts and sub-second runs, then bench/hub.py --quick (the
+# hub's cases, a few hundred clients each, on the binary just built), into a temporary
+# directory, so docs/BENCHMARKS.md and docs/HUB-BENCHMARKS.md are left alone. No timing
+# is asserted. Exits non-zero if a server failed to start or a run produced no report
+# (the scripts' exit status), or if a report was not written.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -19,3 +20,8 @@ python3 bench/run.py --quick --out "$OUT"
 test -s "$OUT/BENCHMARKS.md"
 test -s "$OUT/bench/results.json"
 echo "benchmark harness smoke: every server ran every workload ($(($(date +%s) - start)) s)"
+start=$(date +%s)
+python3 bench/hub.py --quick --no-build --out "$OUT/hub"
+test -s "$OUT/hub/HUB-BENCHMARKS.md"
+test -s "$OUT/hub/bench/hub-results.json"
+echo "benchmark harness smoke: the hub ran every case ($(($(date +%s) - start)) s)"

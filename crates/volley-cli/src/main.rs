@@ -41,6 +41,9 @@ enum Command {
     /// Load-test a WebSocket echo server: throughput, latency at a fixed rate, or memory
     /// per idle connection.
     Bench(bench::Args),
+    /// Load-test the hub (`volley serve`): clients connect with tokens and subscribe,
+    /// memory per idle client, then fan-out deliveries at rising rates.
+    BenchHub(bench::hub::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Echo(args) => echo::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchHub(args) => bench::hub::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

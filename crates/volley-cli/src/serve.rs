@@ -21,6 +21,7 @@ use axum::extract::Query;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use volley_hub::config::{
@@ -352,8 +353,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // The demo signs its users' tokens; a key nobody else knows.
         config.client.token.hmac_secret_key = Some(random_key());
     }
+    raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(config))
+}
+
+/// Raises the soft open-file limit to the hard one: every client holds a descriptor, and
+/// the soft limit a shell or a service manager starts with (often 1,024) would refuse
+/// clients long before the hard one does.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit (one descriptor per client)"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
 }
 
 fn random_key() -> String {
@@ -371,7 +383,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let tls = tls_acceptor(&config.http_server.tls)?;
     let addr = format!("{}:{}", config.http_server.address, config.http_server.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
+    let listener = listen(&addr).await.with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     println!("listening on {local}");
     tracing::info!(%local, tls = tls.is_some(), demo = config.demo.enabled, "volley serve");
@@ -396,6 +408,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         None => volley_hub::transport::tcp::serve(hub.clone(), listener, app, shutdown).await,
         #[cfg(not(unix))]
         None => {
+            // As the TLS path: replies and pushes are written when ready, not held by
+            // Nagle's algorithm until the client's (delayed) acknowledgement.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(shutdown)
                 .await?
@@ -403,6 +420,26 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Some(acceptor) => serve_tls(listener, acceptor, app, shutdown).await,
     }
     Ok(())
+}
+
+/// Connections waiting to be accepted (the kernel caps it at `net.core.somaxconn`).
+/// `TcpListener::bind` allows 128: past that, the connects of a burst of clients (a
+/// reconnect after a restart) are dropped and retried by their kernels a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` (resolved; the first address that binds), with
+/// [`LISTEN_BACKLOG`].
+async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))
 }
 
 /// How long a TLS handshake may take.
@@ -576,7 +613,7 @@ fn unix_now() -> u64 {
 }
 
 /// An HS256 JWT.
-fn hs256(secret: &str, claims: &Value) -> String {
+pub(crate) fn hs256(secret: &str, claims: &Value) -> String {
     use base64::Engine as _;
     use hmac::{Hmac, Mac};
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -606,6 +643,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_listener_binds_names_and_addresses_and_says_why_not() {
+        let l = listen("localhost:0").await.expect("localhost resolves and binds");
+        let addr = l.local_addr().unwrap();
+        assert!(addr.ip().is_loopback());
+        // The port is taken: the error is the bind's.
+        let e = listen(&addr.to_string()).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(listen("no-such-host.invalid:80").await.is_err());
     }
 
     #[test]

@@ -81,7 +81,8 @@ pub struct Plan {
     pub talk_first: bool,
 }
 
-type Ws = WebSocket<TcpStream>;
+/// A benchmark connection.
+pub type Ws = WebSocket<TcpStream>;
 
 /// Runs connection number `index` from its opening to its end. Failures are counted
 /// in `shared`, never returned.
@@ -133,14 +134,21 @@ pub async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, permit: Own
 /// Opens the TCP connection (bound to this connection's source address, if any) and
 /// runs the handshake on it.
 async fn open(index: usize, plan: &Plan) -> Result<Ws, String> {
+    open_ws(index, plan.addr, &plan.sources, &plan.client).await
+}
+
+/// Opens connection number `index` to `addr`: TCP from source address `index` modulo
+/// `sources` (the kernel's choice if there are none), then the handshake of `client`.
+/// An error is a line for the report, with a hint when a local resource ran out.
+pub async fn open_ws(index: usize, addr: SocketAddr, sources: &[IpAddr], client: &ClientBuilder) -> Result<Ws, String> {
     let io = |what: &str, e: std::io::Error| match super::sys::resource_hint(&e) {
         Some(hint) => format!("{what}: {e}; {hint}"),
         None => format!("{what}: {e}"),
     };
-    let socket = if plan.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
     let socket = socket.map_err(|e| io("socket", e))?;
-    if !plan.sources.is_empty() {
-        let source = plan.sources[index % plan.sources.len()];
+    if !sources.is_empty() {
+        let source = sources[index % sources.len()];
         // The port is chosen at connect(), unique for the 4-tuple, rather than reserved
         // by bind() for any destination (from bind()'s half of the ephemeral range).
         #[cfg(target_os = "linux")]
@@ -148,13 +156,13 @@ async fn open(index: usize, plan: &Plan) -> Result<Ws, String> {
             .map_err(|e| io("IP_BIND_ADDRESS_NO_PORT", e.into()))?;
         socket.bind(SocketAddr::new(source, 0)).map_err(|e| io(&format!("bind {source}"), e))?;
     }
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(plan.addr)).await {
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(io(&format!("connect {}", plan.addr), e)),
-        Err(_) => return Err(format!("connect {}: timed out", plan.addr)),
+        Ok(Err(e)) => return Err(io(&format!("connect {addr}"), e)),
+        Err(_) => return Err(format!("connect {addr}: timed out")),
     };
     tcp.set_nodelay(true).map_err(|e| io("TCP_NODELAY", e))?;
-    let (ws, _) = plan.client.clone().handshake(tcp).await.map_err(|e| match e {
+    let (ws, _) = client.clone().handshake(tcp).await.map_err(|e| match e {
         volley::Error::Io(e) => io("handshake", e),
         e => format!("handshake: {e}"),
     })?;

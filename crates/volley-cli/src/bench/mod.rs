@@ -11,6 +11,7 @@
 //! sharded HdrHistograms in batches.
 
 mod conn;
+pub mod hub;
 mod report;
 mod sys;
 
@@ -356,6 +357,37 @@ fn loopback_source(first: Ipv4Addr, i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(u32::from(first).wrapping_add(i as u32)))
 }
 
+/// The source addresses to spread `connections` over: for a 127.x.x.x target, `count`
+/// of them (default: one per [`CONNECTIONS_PER_SOURCE`]) from `first` (default
+/// 127.0.0.1); none (the kernel's choice) otherwise. Warns, as `command`, of what will
+/// not work well.
+pub fn source_addresses(
+    addr: SocketAddr,
+    connections: usize,
+    count: Option<usize>,
+    first: Option<Ipv4Addr>,
+    command: &str,
+) -> Vec<IpAddr> {
+    let loopback_v4 = matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback());
+    let source_addrs = count.unwrap_or(connections.div_ceil(CONNECTIONS_PER_SOURCE));
+    let sources: Vec<IpAddr> = if loopback_v4 && (source_addrs > 1 || first.is_some()) {
+        let first = first.unwrap_or(Ipv4Addr::LOCALHOST);
+        (0..source_addrs).map(|i| loopback_source(first, i)).collect()
+    } else {
+        if (source_addrs > 1 && count.is_some()) || first.is_some() {
+            eprintln!("{command}: warning: --source-addrs and --source-from apply to 127.x.x.x targets only; ignored");
+        }
+        Vec::new()
+    };
+    if connections.div_ceil(sources.len().max(1)) > FAST_PORTS_PER_SOURCE {
+        eprintln!(
+            "{command}: warning: more than {FAST_PORTS_PER_SOURCE} connections per source address: opening them \
+             slows down past that and may run out of local ports; use --source-addrs"
+        );
+    }
+    sources
+}
+
 /// Opens the connections, runs the load, measures, and stops.
 async fn bench(args: &Args) -> anyhow::Result<Report> {
     let mode = args.mode();
@@ -375,26 +407,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         .with_context(|| format!("resolving {host}"))?
         .next()
         .with_context(|| format!("{host}: no address"))?;
-    let loopback_v4 = matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback());
-    let source_addrs = args.source_addrs.unwrap_or(args.connections.div_ceil(CONNECTIONS_PER_SOURCE));
-    let first = args.source_from.unwrap_or(Ipv4Addr::LOCALHOST);
-    let sources: Vec<IpAddr> = if loopback_v4 && (source_addrs > 1 || args.source_from.is_some()) {
-        (0..source_addrs).map(|i| loopback_source(first, i)).collect()
-    } else {
-        if (source_addrs > 1 && args.source_addrs.is_some()) || args.source_from.is_some() {
-            eprintln!(
-                "volley bench: warning: --source-addrs and --source-from apply to 127.x.x.x targets only; ignored"
-            );
-        }
-        Vec::new()
-    };
-    if args.connections.div_ceil(sources.len().max(1)) > FAST_PORTS_PER_SOURCE {
-        eprintln!(
-            "volley bench: warning: more than {FAST_PORTS_PER_SOURCE} connections per source address: opening them \
-             slows down past that and may run out of local ports; use --source-addrs"
-        );
-    }
-
+    let sources = source_addresses(addr, args.connections, args.source_addrs, args.source_from, "volley bench");
     let server_pid = args.server_pid;
     let rss_before = match server_pid {
         Some(pid) => Some(sys::rss_bytes(pid).with_context(|| format!("reading the memory of process {pid}"))?),

@@ -100,7 +100,7 @@ pub struct Report {
 }
 
 /// `1234567` as `1,234,567`.
-fn thousands(n: u64) -> String {
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -113,7 +113,7 @@ fn thousands(n: u64) -> String {
 }
 
 /// Bytes with a binary unit.
-fn bytes(n: f64) -> String {
+pub fn bytes(n: f64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n;
     let mut unit = 0;
@@ -129,7 +129,7 @@ fn bytes(n: f64) -> String {
 }
 
 /// Microseconds, switching to milliseconds from 10 ms.
-fn micros(us: u64) -> String {
+pub fn micros(us: u64) -> String {
     if us >= 10_000 {
         format!("{:.1} ms", us as f64 / 1000.0)
     } else {
@@ -229,13 +229,19 @@ pub struct Progress {
     bar: ProgressBar,
     /// When the current timed phase started.
     started: Cell<std::time::Instant>,
+    /// Whether the current stage counts steps rather than time.
+    counted: Cell<bool>,
 }
 
 impl Progress {
     /// A progress bar, drawn if `show`.
     pub fn new(show: bool) -> Self {
         let target = if show { ProgressDrawTarget::stderr_with_hz(5) } else { ProgressDrawTarget::hidden() };
-        Progress { bar: ProgressBar::with_draw_target(None, target), started: Cell::new(std::time::Instant::now()) }
+        Progress {
+            bar: ProgressBar::with_draw_target(None, target),
+            started: Cell::new(std::time::Instant::now()),
+            counted: Cell::new(false),
+        }
     }
 
     fn style(&self, template: &str) {
@@ -246,8 +252,15 @@ impl Progress {
 
     /// Opening `n` connections.
     pub fn connecting(&self, n: usize) {
-        self.style("{prefix:>10} [{bar:30}] {pos}/{len} {msg}");
-        self.bar.set_prefix("connecting");
+        self.counting("connecting", n);
+    }
+
+    /// A stage of `n` steps, named `name` (its position set with [`Progress::set_position`]).
+    pub fn counting(&self, name: &str, n: usize) {
+        self.style("{prefix:>11} [{bar:30}] {pos}/{len} {msg}");
+        self.bar.set_prefix(name.to_string());
+        self.bar.set_message("");
+        self.counted.set(true);
         self.bar.set_length(n as u64);
         self.bar.set_position(0);
     }
@@ -267,14 +280,16 @@ impl Progress {
         self.phase(if idle { "holding" } else { "measuring" }, secs);
     }
 
-    fn phase(&self, name: &str, secs: f64) {
-        self.style("{prefix:>10} [{bar:30}] {elapsed_precise} {msg}");
+    /// A timed phase of `secs` seconds, named `name`.
+    pub fn phase(&self, name: &str, secs: f64) {
+        self.style("{prefix:>11} [{bar:30}] {elapsed_precise} {msg}");
         self.bar.set_prefix(name.to_string());
         self.bar.set_message("");
         self.bar.set_length((secs * 10.0).round().max(1.0) as u64);
         self.bar.reset();
         self.bar.enable_steady_tick(Duration::from_millis(200));
         self.started.set(std::time::Instant::now());
+        self.counted.set(false);
     }
 
     /// The live rate and error count.
@@ -283,6 +298,15 @@ impl Progress {
         self.bar.set_position(steps.min(self.bar.length().unwrap_or(0)));
         let errors = if errors > 0 { format!(", {} errors", thousands(errors)) } else { String::new() };
         self.bar.set_message(format!("{} msgs/s{errors}", thousands(msgs_per_sec.round() as u64)));
+    }
+
+    /// The text after the bar; in a timed phase, the bar also moves to the time elapsed.
+    pub fn set_message(&self, msg: String) {
+        if !self.counted.get() {
+            let steps = (self.started.get().elapsed().as_secs_f64() * 10.0) as u64;
+            self.bar.set_position(steps.min(self.bar.length().unwrap_or(0)));
+        }
+        self.bar.set_message(msg);
     }
 
     /// Removes the bar.

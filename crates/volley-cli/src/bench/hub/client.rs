@@ -1,0 +1,295 @@
+//! One client of `volley bench-hub`: it opens its connection and sends `connect` with its
+//! token, waits for the subscribe phase and subscribes to its channel, then reads until
+//! the end: it answers the server's pings, counts the publications it receives, and in
+//! a measured fan-out step times each from the send time its payload carries.
+
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use volley::{CloseCode, Message};
+
+use super::super::conn::{open_ws, Ws};
+use super::{api, Plan, Shared, MEASURING, STOPPED, SUBSCRIBING};
+
+/// Latencies kept by a client before they go into the shared histogram.
+const BATCH: usize = 256;
+
+/// The id of the `connect` command; `subscribe` is the next.
+const CONNECT_ID: u32 = 1;
+const SUBSCRIBE_ID: u32 = 2;
+
+/// Runs client number `index` (of this generator) from its opening to the end. Failures
+/// are counted in `shared`, never returned.
+pub async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
+    let mut phase = shared.phase_tx.subscribe();
+    if *phase.borrow_and_update() >= STOPPED {
+        return;
+    }
+    let started = Instant::now();
+    // Boxed: the handshake's state is large and only needed while opening.
+    let opened = Box::pin(open(index, &plan)).await;
+    drop(permit);
+    let ws = match opened {
+        Ok(ws) => ws,
+        Err(e) => {
+            shared.connect_failed(e);
+            return;
+        }
+    };
+    shared.connected(started.elapsed());
+    let mut client = Client { ws, shared: &shared, plan: &plan, received: 0, latencies: Vec::new() };
+    let result = client.live(index, &mut phase).await;
+    client.publish();
+    shared.alive.fetch_sub(1, Relaxed);
+    match result {
+        Ok(()) => {
+            // Stopped: close cleanly (bounded by the close timeout).
+            let _ = client.ws.close(CloseCode::NORMAL, "").await;
+        }
+        Err(e) => {
+            if *phase.borrow() < STOPPED {
+                shared.failed(e);
+            }
+        }
+    }
+}
+
+/// Opens the connection and connects: `connect` with the client's token, and its reply.
+async fn open(index: usize, plan: &Plan) -> Result<Ws, String> {
+    let mut ws = open_ws(index, plan.addr, &plan.sources, &plan.client).await?;
+    let token = plan.token(index);
+    let cmd = format!("{{\"id\":{CONNECT_ID},\"connect\":{{\"token\":\"{token}\",\"name\":\"volley-bench\"}}}}");
+    ws.send(Message::text(cmd)).await.map_err(|e| format!("sending connect: {e}"))?;
+    // Nothing but the reply can come before it.
+    loop {
+        match ws.recv().await {
+            Some(Ok(Message::Text(t))) => {
+                let line = t.as_bytes();
+                return match reply_id(line) {
+                    Some(CONNECT_ID) if !is_error(line) => Ok(ws),
+                    _ => Err(format!("connect refused: {}", excerpt(line))),
+                };
+            }
+            Some(Ok(Message::Close(frame))) => return Err(closed_by_server(frame.map(|f| f.code))),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("connect: {e}")),
+            None => return Err(closed_by_server(None)),
+        }
+    }
+}
+
+struct Client<'a> {
+    ws: Ws,
+    shared: &'a Shared,
+    plan: &'a Plan,
+    /// Publications received.
+    received: u64,
+    /// Latencies (µs) not yet in the shared histogram.
+    latencies: Vec<u32>,
+}
+
+/// What a client waits for: a frame, or a change of phase (`false`: the generator is
+/// gone).
+enum Event {
+    Frame(Option<Result<Message, volley::Error>>),
+    Phase(bool),
+}
+
+impl Client<'_> {
+    /// From connected to the end: `Ok` when stopped, `Err` when the connection failed.
+    async fn live(&mut self, index: usize, phase: &mut watch::Receiver<u8>) -> Result<(), String> {
+        self.shared.alive.fetch_add(1, Relaxed);
+        if !self.plan.subscribe_at_once {
+            self.until_phase(phase, SUBSCRIBING).await?;
+        }
+        if *phase.borrow() >= STOPPED {
+            return Ok(());
+        }
+        // At most `--subscribe-concurrency` subscribes in flight.
+        let permits = self.shared.subscribe_permits.clone();
+        let Some(Ok(permit)) = self.reading(phase, permits.acquire_owned()).await? else { return Ok(()) };
+        let channel = self.plan.channel_of(index);
+        let started = Instant::now();
+        let cmd = format!("{{\"id\":{SUBSCRIBE_ID},\"subscribe\":{{\"channel\":\"{channel}\"}}}}");
+        self.ws.send(Message::text(cmd)).await.map_err(|e| format!("sending subscribe: {e}"))?;
+        loop {
+            if *phase.borrow() >= STOPPED {
+                return Ok(());
+            }
+            let event = self.event(phase).await;
+            match self.handle(event).await? {
+                Some((SUBSCRIBE_ID, None)) => break,
+                Some((_, error)) => {
+                    self.shared.subscribe_failed(format!("subscribe {channel}: {}", error.unwrap_or_default()));
+                    // Held, but not subscribed: it stays connected.
+                    return self.until_phase(phase, STOPPED).await;
+                }
+                None => {}
+            }
+        }
+        self.shared.subscribed(started.elapsed());
+        drop(permit);
+        self.until_phase(phase, STOPPED).await
+    }
+
+    /// Reads (answering pings, counting publications) until the phase reaches `until`.
+    async fn until_phase(&mut self, phase: &mut watch::Receiver<u8>, until: u8) -> Result<(), String> {
+        while *phase.borrow() < until {
+            let event = self.event(phase).await;
+            self.handle(event).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `fut` while reading; `None` if the run stopped first.
+    async fn reading<F: Future>(
+        &mut self,
+        phase: &mut watch::Receiver<u8>,
+        fut: F,
+    ) -> Result<Option<F::Output>, String> {
+        tokio::pin!(fut);
+        loop {
+            if *phase.borrow() >= STOPPED {
+                return Ok(None);
+            }
+            // Both branches may be dropped unfinished: handling waits until after.
+            let event = tokio::select! {
+                out = &mut fut => return Ok(Some(out)),
+                event = self.event(phase) => event,
+            };
+            self.handle(event).await?;
+        }
+    }
+
+    /// The next frame, or a change of phase.
+    async fn event(&mut self, phase: &mut watch::Receiver<u8>) -> Event {
+        tokio::select! {
+            changed = phase.changed() => Event::Phase(changed.is_ok()),
+            msg = self.ws.recv() => Event::Frame(msg),
+        }
+    }
+
+    /// Handles a frame (its lines: pings answered, publications counted and timed, a
+    /// disconnect push an error) or a change of phase (what was timed is published);
+    /// returns the reply the frame held, if any: its id, and its text if an error.
+    async fn handle(&mut self, event: Event) -> Result<Option<(u32, Option<String>)>, String> {
+        let msg = match event {
+            Event::Phase(false) => return Err("the generator stopped".to_string()),
+            Event::Phase(true) => {
+                self.publish();
+                if *self.shared.phase_tx.borrow() != MEASURING {
+                    self.shared.flushed.fetch_add(1, Relaxed);
+                }
+                return Ok(None);
+            }
+            Event::Frame(msg) => msg,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(frame))) => return Err(closed_by_server(frame.map(|f| f.code))),
+            Some(Ok(_)) => return Ok(None),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err(closed_by_server(None)),
+        };
+        let mut ping = false;
+        let mut reply = None;
+        let now = Instant::now();
+        for line in text.as_bytes().split(|&b| b == b'\n') {
+            if line == b"{}" {
+                ping = true;
+            } else if line.starts_with(b"{\"push\":") {
+                if contains(line, b"\"pub\":") {
+                    self.delivered(line, now);
+                } else if contains(line, b"\"disconnect\":") {
+                    return Err(format!("disconnected by the server: {}", excerpt(line)));
+                }
+            } else if let Some(id) = reply_id(line) {
+                reply = Some((id, is_error(line).then(|| excerpt(line))));
+            }
+        }
+        if ping {
+            self.ws.send(Message::text("{}")).await.map_err(|e| format!("sending a pong: {e}"))?;
+            self.shared.pongs.fetch_add(1, Relaxed);
+        }
+        Ok(reply)
+    }
+
+    /// A publication arrived at `now`.
+    fn delivered(&mut self, push: &[u8], now: Instant) {
+        self.received += 1;
+        self.shared.received.fetch_add(1, Relaxed);
+        if self.received == self.plan.burst as u64 {
+            self.shared.burst_done.fetch_add(1, Relaxed);
+        }
+        if self.shared.phase.load(Relaxed) != MEASURING {
+            return;
+        }
+        let Some(t) = api::sent_at(push) else { return };
+        let sent = self.shared.base + Duration::from_micros(t);
+        let us = now.saturating_duration_since(sent).as_micros().clamp(1, u128::from(u32::MAX));
+        if self.latencies.capacity() == 0 {
+            self.latencies.reserve_exact(BATCH);
+        }
+        self.latencies.push(us as u32);
+        if self.latencies.len() >= BATCH {
+            self.publish();
+        }
+    }
+
+    /// Moves the latencies kept into the shared histogram.
+    fn publish(&mut self) {
+        if self.latencies.is_empty() {
+            return;
+        }
+        let mut h = self.shared.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        for &us in &self.latencies {
+            h.saturating_record(u64::from(us));
+        }
+        self.latencies.clear();
+    }
+}
+
+/// The id of a reply line (`{"id":N,...`), if it is one.
+fn reply_id(line: &[u8]) -> Option<u32> {
+    let rest = line.strip_prefix(b"{\"id\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// Whether a reply line is an error.
+fn is_error(line: &[u8]) -> bool {
+    contains(line, b"\"error\":")
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn excerpt(line: &[u8]) -> String {
+    String::from_utf8_lossy(&line[..line.len().min(160)]).into_owned()
+}
+
+fn closed_by_server(code: Option<CloseCode>) -> String {
+    match code {
+        Some(code) => format!("closed by the server ({code})"),
+        None => "closed by the server".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_told_apart() {
+        assert_eq!(reply_id(b"{\"id\":2,\"subscribe\":{}}"), Some(2));
+        assert!(!is_error(b"{\"id\":2,\"subscribe\":{}}"));
+        assert!(is_error(b"{\"id\":2,\"error\":{\"code\":103,\"message\":\"permission denied\"}}"));
+        assert_eq!(reply_id(b"{\"push\":{\"channel\":\"a\"}}"), None);
+        assert_eq!(reply_id(b"{}"), None);
+    }
+}
