@@ -21,6 +21,7 @@ use axum::extract::Query;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+#[cfg(not(unix))]
 use axum::serve::ListenerExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
