@@ -1,7 +1,7 @@
 //! Tags filters: the `tf` of a subscribe (centrifuge-js's `tagsFilter`). A subscriber
 //! with a filter receives only the publications whose `tags` match it, live and in
 //! recovery. [`validate`] checks a filter once, when the subscription is made (107
-//! otherwise); [`matches`] runs for each publication and allocates nothing.
+//! otherwise); [`matches()`] runs for each publication and allocates nothing.
 //!
 //! A filter is a tree of [`FilterNode`]s. A leaf (`op` empty) compares one tag: `eq`,
 //! `neq`, `in`, `nin` (against `vals`), `ex`, `nex` (the key is there or not), `sw`,

@@ -5,11 +5,11 @@
 //! the connect command, and `/emulation` for the client's later commands, each a
 //! separate POST naming the session and the node that holds it.
 //!
-//! A stream is served by the same session loop as a WebSocket ([`websocket::run`]) over
+//! A stream is served by the same session loop as a WebSocket (`websocket::run`) over
 //! a carrier whose commands come from a channel that `/emulation` feeds and whose frames
 //! go to the response body (a channel of one frame: a client that does not read fills
 //! its outbox, which disconnects it with 3008, and nothing else is buffered). Emulation
-//! sessions are never parked. [`Sessions`] maps a session id to its command channel
+//! sessions are never parked. `Sessions` maps a session id to its command channel
 //! while the stream lives.
 //!
 //! No sticky sessions: a command that lands on a node other than the one named in the

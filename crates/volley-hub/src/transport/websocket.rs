@@ -2,9 +2,9 @@
 //! session; the client's queue out, everything queued at once in one frame (JSON
 //! replies joined by newlines, Protobuf ones one after another).
 //!
-//! It also owns the session loop every bidirectional transport shares ([`run`]):
+//! It also owns the session loop every bidirectional transport shares (`run`):
 //! commands in, the queue out, pings, pongs, expiry and the stale timer, over a
-//! [`Carrier`] (a WebSocket here; the emulation streams in `transport::emulation`).
+//! `Carrier` (a WebSocket here; the emulation streams in `transport::emulation`).
 
 use std::future::Future;
 use std::net::SocketAddr;
