@@ -217,6 +217,12 @@ class OtherWork:
         return max(0.0, (self.busy() - self.busy0 - own) / wall) if wall > 0 else None
 
 
+def stamp(facts):
+    """When a run ended, and on which commit: a report may merge runs of other days."""
+    return {"at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": facts["volley_commit"]}
+
+
 def cpu_sum(pids):
     """CPU seconds (user + system) of these processes, from /proc/PID/stat."""
     total = 0
@@ -851,6 +857,10 @@ Cases past one process's descriptor limit run as several hubs (see below).
             continue
         runs = [r for r in results["runs"] if r["case"] == case]
         body.append(f"## {title(case, conf)}\n")
+        when = sorted({(r.get("at"), r.get("commit")) for r in runs if r.get("at")})
+        if when:
+            ends = [when[0]] if len(when) == 1 else [when[0], when[-1]]
+            body.append(f"Measured {' to '.join(f'{a} (Volley {c})' for a, c in ends)}.\n")
         other = [r.get("other_work") for r in runs if r.get("other_work") is not None]
         if other:
             body.append(f"Other work on the machine while this ran (both cores' CPU time less this run's own): "
@@ -981,6 +991,9 @@ def main():
     p.add_argument("--server-core", type=int, default=0, help="core the hub is pinned to (default 0)")
     p.add_argument("--client-core", type=int, default=1, help="core the generator is pinned to (default 1)")
     p.add_argument("--rerender", metavar="RESULTS_JSON", help="only write the report again from a saved run")
+    p.add_argument("--merge", metavar="RESULTS_JSON",
+                   help="take the cases this run leaves out (--only) from a saved run: the report says when "
+                        "each case was measured")
     args = p.parse_args()
     if args.rerender:
         path, _ = rerender(args.rerender, os.path.abspath(args.out or os.path.join(ROOT, "docs")))
@@ -1025,7 +1038,8 @@ def main():
                     continue
                 log(f"==> {title(case, conf)}, repetition {rep + 1}")
                 data, error, hub_facts = run_one(args, volley, logdir, secret, case, conf, conf[case])
-                results["runs"].append({"case": case, "rep": rep, "data": data, "error": error, **hub_facts})
+                results["runs"].append({"case": case, "rep": rep, "data": data, "error": error, **hub_facts,
+                                        **stamp(facts)})
                 if error:
                     results["failures"].append(f"{case} rep {rep + 1}: {error}")
                 summary = ""
@@ -1044,7 +1058,8 @@ def main():
             if not error and (d.get("steady_min_subscriptions") or 0) < c["clients"]:
                 error = f"{d.get('steady_min_subscriptions') or 0:,} of {c['clients']:,} held: {d.get('reason')}"
             results["runs"].append({"case": "many", "rep": 0, "data": d, "error": error,
-                                    "nofile_soft": d.get("nofile_soft"), "other_work": d.get("other_work")})
+                                    "nofile_soft": d.get("nofile_soft"), "other_work": d.get("other_work"),
+                                    **stamp(facts)})
             if error:
                 results["failures"].append(f"many: {error}")
         if "held" in args.only_set:
@@ -1059,13 +1074,27 @@ def main():
                 if args.quick and held < count:
                     error = error or f"{held} of {count} held: {d.get('reason')}"
                 results["runs"].append({"case": "held", "rep": i, "data": d, "error": error,
-                                        "nofile_soft": d.get("nofile_soft"), "other_work": d.get("other_work")})
+                                        "nofile_soft": d.get("nofile_soft"), "other_work": d.get("other_work"),
+                                        **stamp(facts)})
                 if error:
                     results["failures"].append(f"held {count:,}: {error}")
                 if held >= count:
                     break
     facts["load_end"] = lib.load_avg()
     finished = datetime.datetime.now(datetime.timezone.utc)
+    if args.merge:
+        with open(args.merge) as f:
+            saved = json.load(f)
+        kept = [r for r in saved["runs"] if r["case"] not in args.only_set]
+        for r in kept:
+            r.setdefault("at", saved["finished"][:16].replace("T", " ") + " UTC")
+            r.setdefault("commit", saved["machine"]["volley_commit"])
+        results["runs"] = kept + results["runs"]
+        results["failures"] = [f for f in saved["failures"] if f.split()[0] not in args.only_set] + results["failures"]
+        started = min(started, datetime.datetime.fromisoformat(saved["started"]))
+        args.only_set = set(CASES) if not saved["settings"].get("only") else args.only_set | {
+            r["case"] for r in kept}
+        args.only = sorted(args.only_set, key=CASES.index)
     command = " ".join(["python3", "bench/hub.py"] + [shlex.quote(a) for a in sys.argv[1:]])
     path, goals = write_report(args, results, facts, started, finished, out_dir, command)
     log(f"\n==> {time.monotonic() - t0:.0f} s; report: {path}")
