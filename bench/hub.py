@@ -217,6 +217,22 @@ class OtherWork:
         return max(0.0, (self.busy() - self.busy0 - own) / wall) if wall > 0 else None
 
 
+def portable(arg):
+    """A command-line argument as the report shows it: a path inside the repository
+    relative to it, a path outside it by its name alone (the report names no machine's
+    directories)."""
+    if os.sep not in arg or not os.path.exists(arg):
+        return arg
+    path = os.path.abspath(arg)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else os.path.basename(path)
+
+
+def stamp(facts):
+    """When a run ended, and on which commit: a report may merge runs of other days."""
+    return {"at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": facts["volley_commit"]}
+
+
 def cpu_sum(pids):
     """CPU seconds (user + system) of these processes, from /proc/PID/stat."""
     total = 0
@@ -656,21 +672,22 @@ def fanout_table(md, runs, goal_rows, shape):
         if p99 is not None and p99 < GOAL_P99_US and per_cpu is not None and (best is None or per_cpu > best[1]):
             best = (dps, per_cpu, p99, call, rate, steps)
     md.append("")
+    top = max((s for steps in rows.values() for s in steps), key=lambda s: s["deliveries_per_sec"])
+    at_top = f"at the most deliveries/s ({lib.fmt_num(top['deliveries_per_sec'])}): {bound(top['cost'])}"
     if best:
         dps, per_cpu, p99, call, rate, steps = best
         goal_rows.append((f"fan-out, {shape}: the most deliveries per server-CPU-s with p99 < 100 ms",
                           f"{lib.fmt_num(per_cpu)} per server-CPU-s ({lib.fmt_num(dps)} deliveries/s, {call}, "
                           f"{rate:,.0f} publications/s, p99 {lib.fmt_us(p99)})",
                           f"{GOAL_DELIVERIES_PER_CPU:,} per server-CPU-s, p99 < 100 ms",
-                          per_cpu >= GOAL_DELIVERIES_PER_CPU, bound(steps[0]["cost"])))
+                          per_cpu >= GOAL_DELIVERIES_PER_CPU, at_top))
     else:
-        top = max((s for steps in rows.values() for s in steps), key=lambda s: s["deliveries_per_sec"])
         goal_rows.append((f"fan-out, {shape}", f"no step with p99 < 100 ms (the lowest p99: "
                           f"{lib.fmt_us(min(get(s, 'latency_us', 'p99') or 1e12 for st in rows.values() for s in st))}"
                           f"; the most: {lib.fmt_num(top['deliveries_per_sec'])} deliveries/s, "
                           f"{lib.fmt_num(top.get('deliveries_per_server_cpu_s'))} per server-CPU-s, p99 "
                           f"{lib.fmt_us(get(top, 'latency_us', 'p99'))})",
-                          f"{GOAL_DELIVERIES_PER_CPU:,} per server-CPU-s, p99 < 100 ms", False, bound(top["cost"])))
+                          f"{GOAL_DELIVERIES_PER_CPU:,} per server-CPU-s, p99 < 100 ms", False, at_top))
 
 
 def phase_rows(md, runs):
@@ -851,6 +868,12 @@ Cases past one process's descriptor limit run as several hubs (see below).
             continue
         runs = [r for r in results["runs"] if r["case"] == case]
         body.append(f"## {title(case, conf)}\n")
+        when = sorted({(r.get("at"), r.get("commit")) for r in runs if r.get("at")})
+        if when:
+            (first, c0), (last, c1) = when[0], when[-1]
+            span = first if first == last else f"{first} to {last}"
+            commits = c0 if c0 == c1 else f"{c0} to {c1}"
+            body.append(f"Measured {span} (Volley {commits}).\n")
         other = [r.get("other_work") for r in runs if r.get("other_work") is not None]
         if other:
             body.append(f"Other work on the machine while this ran (both cores' CPU time less this run's own): "
@@ -981,6 +1004,9 @@ def main():
     p.add_argument("--server-core", type=int, default=0, help="core the hub is pinned to (default 0)")
     p.add_argument("--client-core", type=int, default=1, help="core the generator is pinned to (default 1)")
     p.add_argument("--rerender", metavar="RESULTS_JSON", help="only write the report again from a saved run")
+    p.add_argument("--merge", metavar="RESULTS_JSON",
+                   help="take the cases this run leaves out (--only) from a saved run: the report says when "
+                        "each case was measured")
     args = p.parse_args()
     if args.rerender:
         path, _ = rerender(args.rerender, os.path.abspath(args.out or os.path.join(ROOT, "docs")))
@@ -1025,7 +1051,8 @@ def main():
                     continue
                 log(f"==> {title(case, conf)}, repetition {rep + 1}")
                 data, error, hub_facts = run_one(args, volley, logdir, secret, case, conf, conf[case])
-                results["runs"].append({"case": case, "rep": rep, "data": data, "error": error, **hub_facts})
+                results["runs"].append({"case": case, "rep": rep, "data": data, "error": error, **hub_facts,
+                                        **stamp(facts)})
                 if error:
                     results["failures"].append(f"{case} rep {rep + 1}: {error}")
                 summary = ""
@@ -1044,7 +1071,8 @@ def main():
             if not error and (d.get("steady_min_subscriptions") or 0) < c["clients"]:
                 error = f"{d.get('steady_min_subscriptions') or 0:,} of {c['clients']:,} held: {d.get('reason')}"
             results["runs"].append({"case": "many", "rep": 0, "data": d, "error": error,
-                                    "nofile_soft": d.get("nofile_soft"), "other_work": d.get("other_work")})
+                                    "nofile_soft": d.get("nofile_soft"), "other_work": d.get("other_work"),
+                                    **stamp(facts)})
             if error:
                 results["failures"].append(f"many: {error}")
         if "held" in args.only_set:
@@ -1059,14 +1087,28 @@ def main():
                 if args.quick and held < count:
                     error = error or f"{held} of {count} held: {d.get('reason')}"
                 results["runs"].append({"case": "held", "rep": i, "data": d, "error": error,
-                                        "nofile_soft": d.get("nofile_soft"), "other_work": d.get("other_work")})
+                                        "nofile_soft": d.get("nofile_soft"), "other_work": d.get("other_work"),
+                                        **stamp(facts)})
                 if error:
                     results["failures"].append(f"held {count:,}: {error}")
                 if held >= count:
                     break
     facts["load_end"] = lib.load_avg()
     finished = datetime.datetime.now(datetime.timezone.utc)
-    command = " ".join(["python3", "bench/hub.py"] + [shlex.quote(a) for a in sys.argv[1:]])
+    if args.merge:
+        with open(args.merge) as f:
+            saved = json.load(f)
+        kept = [r for r in saved["runs"] if r["case"] not in args.only_set]
+        for r in kept:
+            r.setdefault("at", saved["finished"][:16].replace("T", " ") + " UTC")
+            r.setdefault("commit", saved["machine"]["volley_commit"])
+        results["runs"] = kept + results["runs"]
+        results["failures"] = [f for f in saved["failures"] if f.split()[0] not in args.only_set] + results["failures"]
+        started = min(started, datetime.datetime.fromisoformat(saved["started"]))
+        args.only_set = set(CASES) if not saved["settings"].get("only") else args.only_set | {
+            r["case"] for r in kept}
+        args.only = sorted(args.only_set, key=CASES.index)
+    command = " ".join(["python3", "bench/hub.py"] + [shlex.quote(portable(a)) for a in sys.argv[1:]])
     path, goals = write_report(args, results, facts, started, finished, out_dir, command)
     log(f"\n==> {time.monotonic() - t0:.0f} s; report: {path}")
     for what, value, goal, ok, by in goals:
