@@ -113,7 +113,8 @@ def settings(args):
         "held": {"counts": [300] if q else args.held_counts, "limit_s": 60 if q else args.held_limit,
                  "steady_s": 1 if q else STEADY_S, "ramp": 1000 if q else args.held_ramp},
         "per_process": 100 if q else PER_PROCESS,
-        "hold": 0.3 if q else 2.0,
+        # Longer than the default client.park_after (5 s): idle clients are parked by then.
+        "hold": 0.3 if q else 7.0,
         "burst": 2,
         "duration": 0.3 if q else args.duration,
         "warmup": 0.1 if q else args.warmup,
