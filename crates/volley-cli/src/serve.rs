@@ -523,11 +523,7 @@ async fn serve_tls(
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tower::ServiceExt as _;
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http2().enable_connect_protocol();
-    let builder = std::sync::Arc::new(builder);
+    let builder = std::sync::Arc::new(volley_hub::transport::http::http_builder());
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -549,13 +545,7 @@ async fn serve_tls(
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                app.clone().oneshot(req)
-            });
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended");
-            }
+            volley_hub::transport::http::serve_http(tls, peer, app, &builder).await;
         });
     }
 }

@@ -150,6 +150,34 @@ async fn metrics(State(hub): State<Hub>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
 }
 
+/// Serves one HTTP connection (plain or TLS) with the axum router; each request
+/// carries the peer's address as axum's `ConnectInfo`.
+pub async fn serve_http<I>(io: I, peer: SocketAddr, app: Router, builder: &HttpBuilder)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower::ServiceExt as _;
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        app.clone().oneshot(req)
+    });
+    if let Err(e) = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}
+
+/// What serves HTTP connections: HTTP/1.1 or HTTP/2 as the client speaks, with
+/// upgrades and HTTP/2's extended CONNECT (RFC 8441).
+pub type HttpBuilder = hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
+
+/// An [`HttpBuilder`] for the hub's routes (extended CONNECT on, for WebSockets over
+/// HTTP/2).
+pub fn http_builder() -> HttpBuilder {
+    let mut builder = HttpBuilder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http2().enable_connect_protocol();
+    builder
+}
+
 #[cfg(test)]
 mod tests {
     use super::origin_allowed;

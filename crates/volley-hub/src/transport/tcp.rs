@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use volley::park::{ParkError, ParkedId, Parking};
 use volley::{Rejection, ServerBuilder, WebSocket};
 
-use super::http::origin_allowed;
+use super::http::{http_builder, origin_allowed, serve_http};
 use super::websocket::{self, Conn, Exit, PROTOBUF_SUBPROTOCOL};
 use crate::engine::{lock, Hub};
 
@@ -60,9 +60,7 @@ pub async fn serve(hub: Hub, listener: TcpListener, app: Router, shutdown: impl 
             }
         },
     };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.http2().enable_connect_protocol();
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_builder());
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -81,7 +79,10 @@ pub async fn serve(hub: Hub, listener: TcpListener, app: Router, shutdown: impl 
         tokio::spawn(async move {
             match websocket_request(&tcp).await {
                 Ok(true) => accept_websocket(hub, tcp, peer, parker).await,
-                Ok(false) => serve_http(tcp, peer, app, &builder).await,
+                Ok(false) => {
+                    let _ = tcp.set_nodelay(true);
+                    serve_http(tcp, peer, app, &builder).await
+                }
                 Err(e) => tracing::debug!(%peer, error = %e, "no request"),
             }
         });
@@ -106,24 +107,6 @@ async fn websocket_request(tcp: &TcpStream) -> std::io::Result<bool> {
         }
         // The start of the line came alone: wait for the rest.
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Serves an HTTP connection with the axum router.
-async fn serve_http(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    app: Router,
-    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-) {
-    use tower::ServiceExt as _;
-    let _ = tcp.set_nodelay(true);
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-        app.clone().oneshot(req)
-    });
-    if let Err(e) = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), service).await {
-        tracing::debug!(%peer, error = %e, "HTTP connection ended");
     }
 }
 
