@@ -106,7 +106,11 @@ impl<T> Clone for Parking<T> {
 impl<T> fmt::Debug for Parking<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = self.handle.core.lock();
-        f.debug_struct("Parking").field("parked", &st.parked).field("woken", &st.woken.len()).finish()
+        f.debug_struct("Parking")
+            .field("parked", &st.parked)
+            .field("woken", &st.woken.len())
+            .field("deadlines", &st.deadlines.len())
+            .finish()
     }
 }
 
@@ -442,11 +446,30 @@ impl<T> Parking<T> {
     /// and try again later.
     #[allow(clippy::result_large_err)] // see `ParkError`
     pub fn park(&self, ws: WebSocket<TcpStream>, value: T) -> Result<ParkedId, ParkError<T>> {
+        self.park_until(ws, value, None)
+    }
+
+    /// [`park`](Parking::park)s a connection that is also handed back through
+    /// [`Parking::woken`] at `wake_at` (if it is still parked then): for the
+    /// application's own timers, such as a protocol-level ping or a token's expiry.
+    ///
+    /// The deadline lives in the parking's own timer heap, with the keepalive ones:
+    /// a connection parked and taken back many times leaves no deadlines behind.
+    #[allow(clippy::result_large_err)] // see `ParkError`
+    pub fn park_until(
+        &self,
+        ws: WebSocket<TcpStream>,
+        value: T,
+        wake_at: Option<Instant>,
+    ) -> Result<ParkedId, ParkError<T>> {
         let (io, socket, timers) = match ws.park() {
             Ok(parts) => parts,
             Err(ws) => return Err(ParkError::Busy(ws, value)),
         };
-        let deadline = timers.as_ref().and_then(ParkedKeepalive::deadline);
+        let deadline = match (timers.as_ref().and_then(ParkedKeepalive::deadline), wake_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let io = match io.into_std() {
             Ok(io) => io,
             Err(e) => return Err(ParkError::Io(e, value)),

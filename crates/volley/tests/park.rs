@@ -147,6 +147,62 @@ async fn a_keepalive_ping_due_wakes_a_parked_connection() {
     assert!(matches!(within(recv).await.unwrap(), Some(Ok(Message::Pong(_)))));
 }
 
+#[tokio::test]
+async fn an_application_deadline_wakes_a_parked_connection_once() {
+    let parking = Parking::new().unwrap();
+    let (port, task) = server(Config::new()).await;
+    let _raw = raw_client(port).await;
+    let at = tokio::time::Instant::now() + Duration::from_millis(300);
+    let id = match parking.park_until(task.await.unwrap(), User("a"), Some(at)) {
+        Ok(id) => id,
+        Err(e) => panic!("not parked: {e}"),
+    };
+    assert!(tokio::time::timeout(Duration::from_millis(100), parking.woken()).await.is_err(), "not before");
+    let (ws, user) = within(parking.woken()).await.unwrap();
+    assert_eq!(user, User("a"));
+    assert!(tokio::time::Instant::now() >= at);
+    assert!(parking.take(id).is_none(), "handed back already");
+    // Parked again with a later deadline: the earlier one, already spent, does not
+    // hand it back a second time.
+    let later = tokio::time::Instant::now() + Duration::from_millis(400);
+    park_until_ok(&parking, ws, User("b"), later);
+    assert!(tokio::time::timeout(Duration::from_millis(150), parking.woken()).await.is_err());
+    let (_ws, user) = within(parking.woken()).await.unwrap();
+    assert_eq!(user, User("b"));
+}
+
+#[tokio::test]
+async fn deadlines_of_connections_taken_back_are_not_kept() {
+    // A connection parked and taken back again and again, each time with a deadline
+    // far away, leaves nothing behind: the parking stays empty when it is taken.
+    let parking = Parking::new().unwrap();
+    let (port, task) = server(Config::new()).await;
+    let _raw = raw_client(port).await;
+    let mut ws = task.await.unwrap();
+    let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+    for _ in 0..10_000 {
+        let id = park_until_ok(&parking, ws, User("c"), far);
+        ws = parking.take(id).expect("parked").0;
+    }
+    assert!(parking.is_empty());
+    let debug = format!("{parking:?}");
+    let kept: usize = debug.split("deadlines: ").nth(1).and_then(|r| r.trim_end_matches(" }").parse().ok()).unwrap();
+    // Dropped lazily, in bulk: a bounded number may wait for the next sweep.
+    assert!(kept <= 1026, "{kept} deadlines kept for one connection");
+}
+
+fn park_until_ok<T>(
+    parking: &Parking<T>,
+    ws: WebSocket<TcpStream>,
+    value: T,
+    at: tokio::time::Instant,
+) -> volley::park::ParkedId {
+    match parking.park_until(ws, value, Some(at)) {
+        Ok(id) => id,
+        Err(e) => panic!("not parked: {e}"),
+    }
+}
+
 /// A waker that counts its clones: the test's stand-in for the task that parks.
 struct Witness;
 

@@ -14,24 +14,22 @@
 //! it (a publication, a join, a disconnect, a server-side subscribe), or when its next
 //! ping or expiry check is due.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use volley::park::{ParkError, ParkedId, Parking};
 use volley::{Rejection, ServerBuilder, WebSocket};
 
 use super::http::{http_builder, origin_allowed, serve_http};
 use super::websocket::{self, Conn, Exit, PROTOBUF_SUBPROTOCOL};
-use crate::engine::{lock, Hub};
+use crate::engine::Hub;
 
 /// The path of the WebSocket endpoint, as it starts a request line.
 const WS_REQUEST_LINE: &[u8] = b"GET /connection/websocket";
@@ -167,13 +165,11 @@ async fn serve_parkable(hub: Hub, parker: Arc<Parker>, mut ws: WebSocket<TcpStre
         let wake_at = c.wake_at(&hub);
         // Counted before: once parked, it may be woken (and uncounted) at once.
         hub.metrics().parked_connections.fetch_add(1, Relaxed);
-        match parker.parking.park(back, c) {
+        // The parking hands it back at `wake_at` (its next ping or expiry check).
+        match parker.parking.park_until(back, c, wake_at) {
             Ok(id) => {
                 idle.parked(id, parker.unpark.clone());
                 hub.metrics().parks_total.fetch_add(1, Relaxed);
-                if let Some(at) = wake_at {
-                    parker.wake_at(at, id);
-                }
                 return;
             }
             Err(ParkError::Busy(back, mut c)) => {
@@ -199,44 +195,17 @@ struct Parker {
     after: Duration,
     /// Where a parked client's id is sent when something is queued for it.
     unpark: mpsc::UnboundedSender<ParkedId>,
-    /// When parked clients must be taken back whatever their peers do (pings, expiry).
-    schedule: Mutex<BinaryHeap<Reverse<Due>>>,
-    /// Wakes the scheduler when an earlier deadline was added.
-    rescheduled: Notify,
-}
-
-/// A parked connection's deadline; ordered by time alone.
-struct Due(Instant, ParkedId);
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-impl Eq for Due {}
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Due {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.cmp(&other.0)
-    }
 }
 
 impl Parker {
-    /// The parking and its three tasks: one serves the connections whose peers sent
-    /// something, one those that something was queued for, one those whose deadline
-    /// came.
+    /// The parking and its two tasks: one serves the connections whose peers sent
+    /// something or whose deadline came, one those that something was queued for.
     fn start(hub: &Hub, after: Duration) -> std::io::Result<Arc<Parker>> {
         let (unpark, mut unparked) = mpsc::unbounded_channel();
         let parker = Arc::new(Parker {
             parking: Parking::new()?,
             after,
             unpark,
-            schedule: Mutex::new(BinaryHeap::new()),
-            rescheduled: Notify::new(),
         });
         let (p, h) = (parker.clone(), hub.clone());
         tokio::spawn(async move {
@@ -256,38 +225,6 @@ impl Parker {
                 p.take(&h, id);
             }
         });
-        // Deadlines of clients taken back earlier (their peer spoke) stay in the heap
-        // until they come; a client parks at most once per `park_after`, so the heap
-        // holds a few entries per client at most.
-        let (p, h) = (parker.clone(), hub.clone());
-        tokio::spawn(async move {
-            loop {
-                let rescheduled = p.rescheduled.notified();
-                tokio::pin!(rescheduled);
-                rescheduled.as_mut().enable();
-                let (due, next) = {
-                    let mut schedule = lock(&p.schedule);
-                    let now = Instant::now();
-                    let mut due = Vec::new();
-                    while schedule.peek().is_some_and(|Reverse(d)| d.0 <= now) {
-                        due.push(schedule.pop().expect("peeked").0 .1);
-                    }
-                    (due, schedule.peek().map(|Reverse(d)| d.0))
-                };
-                for id in due {
-                    p.take(&h, id);
-                }
-                match next {
-                    Some(at) => {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(at) => {}
-                            _ = rescheduled => {}
-                        }
-                    }
-                    None => rescheduled.await,
-                }
-            }
-        });
         tracing::info!(after = ?after, "parking idle clients");
         Ok(parker)
     }
@@ -297,17 +234,6 @@ impl Parker {
         if let Some((ws, conn)) = self.parking.take(id) {
             hub.metrics().parked_connections.fetch_sub(1, Relaxed);
             tokio::spawn(serve_parkable(hub.clone(), self.clone(), ws, conn));
-        }
-    }
-
-    /// Has the parked client `id` taken back at `at`.
-    fn wake_at(&self, at: Instant, id: ParkedId) {
-        let mut schedule = lock(&self.schedule);
-        let earliest = schedule.peek().is_none_or(|Reverse(d)| at < d.0);
-        schedule.push(Reverse(Due(at, id)));
-        drop(schedule);
-        if earliest {
-            self.rescheduled.notify_one();
         }
     }
 }
