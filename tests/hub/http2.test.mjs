@@ -136,3 +136,34 @@ for (const transport of ['sse', 'http_stream']) {
     assert.ok(emulation.length >= STREAMS && emulation.every((p) => p === 'h2'), JSON.stringify(emulation));
   });
 }
+
+test('every stream the browser opens over HTTP/2 tells proxies not to buffer it', async () => {
+  const heads = await page.evaluate(async () => {
+    const connect = encodeURIComponent(JSON.stringify({ id: 1, connect: {} }));
+    const requests = [
+      ['GET', `/connection/sse?cf_connect=${connect}`],
+      ['POST', '/connection/http_stream', JSON.stringify({ id: 1, connect: {} })],
+      ['GET', '/connection/uni_sse?channel=open:headers'],
+    ];
+    const out = [];
+    for (const [method, url, body] of requests) {
+      const abort = new AbortController();
+      const r = await fetch(url, { method, body, signal: abort.signal, headers: body ? { 'Content-Type': 'application/json' } : {} });
+      // The first chunk: the stream is open and flowing.
+      const reader = r.body.getReader();
+      const first = new TextDecoder().decode((await reader.read()).value);
+      abort.abort();
+      out.push({
+        url, status: r.status, first: first.length > 0,
+        cache: r.headers.get('cache-control'), accel: r.headers.get('x-accel-buffering'),
+      });
+    }
+    return out;
+  });
+  for (const h of heads) {
+    assert.equal(h.status, 200, h.url);
+    assert.ok(h.first, h.url);
+    assert.match(h.cache, /no-cache/, h.url);
+    assert.equal(h.accel, 'no', h.url);
+  }
+});
