@@ -3,7 +3,9 @@
 // speaks HTTP/2 to it (ALPN h2). Over HTTP/1.1 a browser opens at most six connections
 // to a host, so a seventh SSE stream would wait; over HTTP/2 they are all streams of
 // one connection. Each test opens more than six streams and checks they all get the
-// publication, and that the browser used h2.
+// publication, and that the browser used h2; the streams' headers are those that keep
+// buffering proxies out; and centrifuge-js's WebSocket runs as an extended CONNECT
+// (RFC 8441) on the page's HTTP/2 connection.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -166,4 +168,34 @@ test('every stream the browser opens over HTTP/2 tells proxies not to buffer it'
     assert.match(h.cache, /no-cache/, h.url);
     assert.equal(h.accel, 'no', h.url);
   }
+});
+
+test('centrifuge-js over WebSocket: Chromium opens it as a stream of the HTTP/2 connection (RFC 8441), and it round-trips', async () => {
+  // The browser's own record of the handshake: HTTP/2's extended CONNECT is answered
+  // with 200, HTTP/1.1's upgrade with 101.
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Network.enable');
+  const statuses = [];
+  cdp.on('Network.webSocketHandshakeResponseReceived', (e) => statuses.push(e.response.status));
+  const got = await page.evaluate(async ({ url, key }) => {
+    const c = new Centrifuge(url);
+    const s = c.newSubscription('open:ws');
+    const received = new Promise((resolve) => s.on('publication', (ctx) => resolve(ctx.data)));
+    const transport = new Promise((resolve) => c.on('connected', (ctx) => resolve(ctx.transport)));
+    c.connect();
+    s.subscribe();
+    await s.ready(10000);
+    const r = await fetch('/api/publish', {
+      method: 'POST',
+      headers: { 'X-API-Key': key, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ channel: 'open:ws', data: { over: 'websocket' } }),
+    });
+    if (r.status !== 200) throw new Error(`publish: ${r.status}`);
+    const data = await received;
+    c.disconnect();
+    return { data, transport: await transport };
+  }, { url: `${base.replace('https:', 'wss:')}/connection/websocket`, key: API_KEY });
+  await cdp.detach();
+  assert.deepEqual(got, { data: { over: 'websocket' }, transport: 'websocket' });
+  assert.deepEqual(statuses, [200]);
 });
