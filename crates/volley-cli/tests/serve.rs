@@ -182,6 +182,97 @@ async fn tls_serves_websockets_over_http_1_1_and_http_2_on_one_port() {
     let _ = std::fs::remove_file(key);
 }
 
+/// Over TLS, a browser's way: ALPN `h2`, then many SSE streams and the server API as
+/// streams of one HTTP/2 connection. Each stream carries the anti-buffering headers and,
+/// idle, heartbeats; the publication reaches every one.
+#[tokio::test]
+async fn tls_multiplexes_sse_streams_and_the_server_api_on_one_http_2_connection() {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    const STREAMS: usize = 10;
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = write_config(&generated.cert.pem(), "crt");
+    let key = write_config(&generated.signing_key.serialize_pem(), "key");
+    let config = json!({
+        "http_server": {"tls": {"cert_file": cert, "key_file": key}},
+        "client": {"allow_anonymous_connect_without_token": true, "ping_interval": "300ms"},
+        "channel": {"without_namespace": {"allow_subscribe_for_anonymous": true}},
+        "http_api": {"key": "the-key"},
+        "uni_sse": {"enabled": true},
+    });
+    let file = write_config(&config.to_string(), "json");
+    let (_p, addr) = serve(&["--config", file.to_str().unwrap()], &[]);
+    let port = addr.rsplit(':').next().unwrap();
+
+    let mut roots = volley::tls::rustls::RootCertStore::empty();
+    roots.add(volley::tls::CertificateDer::from(generated.cert.der().to_vec())).unwrap();
+    let connector = volley::tls::TlsConnector::from(volley::http::h2_client_config(roots));
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = volley::tls::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = |method: &str, path: &str, body: String| {
+        let mut send = send.clone();
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost:{port}{path}"))
+            .header("x-api-key", "the-key")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        async move {
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.version(), hyper::Version::HTTP_2);
+            resp
+        }
+    };
+    // Reads a stream until its text holds `needle`.
+    async fn read_until(body: &mut hyper::body::Incoming, text: &mut String, needle: &str) {
+        while !text.contains(needle) {
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("no {needle:?} in {text:?}"))
+                .expect("the stream is open")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    }
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let resp = request("GET", "/connection/uni_sse?channel=news", String::new()).await;
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers();
+        assert_eq!(h["content-type"], "text/event-stream");
+        assert!(h["cache-control"].to_str().unwrap().contains("no-cache"), "{h:?}");
+        assert_eq!(h["x-accel-buffering"], "no");
+        assert!(!h.contains_key("connection") && !h.contains_key("transfer-encoding"), "{h:?}");
+        let mut body = resp.into_body();
+        let mut text = String::new();
+        read_until(&mut body, &mut text, "\"connect\"").await;
+        streams.push((body, text));
+    }
+    // Idle, each gets a heartbeat (an SSE comment).
+    for (body, text) in &mut streams {
+        read_until(body, text, "\n:\n\n").await;
+    }
+    let resp = request("POST", "/api/publish", json!({"channel": "news", "data": {"n": 1}}).to_string()).await;
+    assert_eq!(resp.status(), 200);
+    let reply = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(reply.starts_with(b"{\"result\""), "{reply:?}");
+    for (body, text) in &mut streams {
+        read_until(body, text, "\"data\":{\"n\":1}").await;
+    }
+    for f in [cert, key, file] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
 /// The hub answers `connect` on this WebSocket.
 async fn hub_connects<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut ws: volley::WebSocket<S>) {
     ws.send(Message::text(json!({"id": 1, "connect": {}}).to_string())).await.unwrap();

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes as AxBytes};
 use axum::extract::{ConnectInfo, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
@@ -225,10 +225,11 @@ impl futures_util::Stream for FrameStream {
 }
 
 /// The CORS headers for a cross-origin request from an allowed origin; `Err` with a
-/// 403 response when the origin is not allowed.
-fn cors(hub: &Hub, headers: &HeaderMap) -> Result<Headers, Box<Response>> {
+/// 403 response when the origin is not allowed. The request's host is its `Host`
+/// field or, in HTTP/2 (which has none), its `:authority` (RFC 9113 §8.3.1).
+fn cors(hub: &Hub, uri: &Uri, headers: &HeaderMap) -> Result<Headers, Box<Response>> {
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(Vec::new()) };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()));
     let allowed = origin.to_str().is_ok_and(|o| origin_allowed(o, host, &hub.config().client.allowed_origins));
     if !allowed {
         tracing::debug!(?origin, "origin not allowed");
@@ -243,8 +244,8 @@ fn cors(hub: &Hub, headers: &HeaderMap) -> Result<Headers, Box<Response>> {
 
 /// Answers a CORS preflight: the methods and headers centrifuge-js uses, for an allowed
 /// origin.
-pub(crate) async fn preflight(State(hub): State<Hub>, headers: HeaderMap) -> Response {
-    match cors(&hub, &headers) {
+pub(crate) async fn preflight(State(hub): State<Hub>, uri: Uri, headers: HeaderMap) -> Response {
+    match cors(&hub, &uri, &headers) {
         Err(r) => *r,
         Ok(mut h) => {
             h.push((header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS")));
@@ -287,8 +288,8 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, StatusCode> {
 /// 204 once handed to the session (or forwarded to its node), 400 for a malformed
 /// body, 404 when the session is not on its node, 413 for a body over
 /// `emulation.max_request_body_size`.
-pub(crate) async fn emulation(State(hub): State<Hub>, headers: HeaderMap, body: Body) -> Response {
-    let cors = match cors(&hub, &headers) {
+pub(crate) async fn emulation(State(hub): State<Hub>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let cors = match cors(&hub, &uri, &headers) {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -341,7 +342,7 @@ pub(crate) async fn http_stream(State(hub): State<Hub>, req: Request) -> Respons
     let remote = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
-    let cors = match cors(&hub, &headers) {
+    let cors = match cors(&hub, &parts.uri, &headers) {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -361,7 +362,7 @@ pub(crate) async fn sse(State(hub): State<Hub>, req: Request) -> Response {
     let headers = parts.headers;
     let query: HashMap<String, String> = Query::try_from_uri(&parts.uri).map(|Query(q)| q).unwrap_or_default();
     let method = parts.method;
-    let cors = match cors(&hub, &headers) {
+    let cors = match cors(&hub, &parts.uri, &headers) {
         Ok(c) => c,
         Err(r) => return *r,
     };
