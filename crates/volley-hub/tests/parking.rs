@@ -157,6 +157,44 @@ async fn a_parked_subscriber_gets_publications_pings_replies_and_its_disconnect(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinged_client_parks_again_as_soon_as_it_has_answered() {
+    // park_after is longer than the pings' interval: a client that had to wait that
+    // long again after each pong would never park between pings.
+    let mut c = config();
+    c.client.park_after = Duration::from_secs(2);
+    c.client.ping_interval = Duration::from_millis(600);
+    c.client.pong_timeout = Duration::from_millis(400);
+    let (hub, addr) = serve(c).await;
+    let (mut ws, mut pending) = connected(addr, "bea").await;
+    let mut pings = 0;
+    // Parked once idle for park_after (answering the pings meanwhile).
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while hub.metrics().parked_connections.load(Ordering::Relaxed) != 1 {
+        assert!(tokio::time::Instant::now() < until, "never parked");
+        let _ = tokio::time::timeout(Duration::from_millis(50), next(&mut ws, &mut pending, &mut pings)).await;
+    }
+    let parks = hub.metrics().parks_total.load(Ordering::Relaxed);
+    let seen = pings;
+    while pings < seen + 3 {
+        let before = pings;
+        let r = tokio::time::timeout(Duration::from_millis(100), next(&mut ws, &mut pending, &mut pings)).await;
+        assert!(r.is_err(), "nothing but pings is sent: {r:?}");
+        if pings > before {
+            // Answered: parked again well before park_after has passed.
+            let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+            while hub.metrics().parked_connections.load(Ordering::Relaxed) != 1 {
+                assert!(tokio::time::Instant::now() < until, "not parked again after its pong");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    // Taken back for each ping and parked again after each pong: a few parks, not a
+    // churn of them.
+    let more = hub.metrics().parks_total.load(Ordering::Relaxed) - parks;
+    assert!((3..=9).contains(&more), "{more} parks for 3 pings");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_client_that_stops_answering_pings_is_disconnected_with_3012() {
     let (hub, addr) = serve(config()).await;
     let (mut ws, mut pending) = connected(addr, "bob").await;

@@ -62,7 +62,8 @@
 //! ```
 //!
 //! Only a [quiescent](WebSocket::is_quiescent) connection parks: open, with every
-//! received message handed out and every queued write taken by the socket. Plain TCP
+//! received message handed out, every queued write taken by the socket, and nothing
+//! waiting to be read in the socket. Plain TCP
 //! connections only (a TLS session's state is far larger than what parking saves).
 //! Dropping the last handle to a [`Parking`] closes the connections it holds without a
 //! closing handshake; [`Parking::wake_all`] hands them all back first, to close them
@@ -200,6 +201,27 @@ struct State<T> {
     failed: Option<io::Error>,
 }
 
+/// The poller's token of a connection parked in slot `key` as `generation`: both,
+/// where a token has room for them (64-bit targets), so that a readiness event that
+/// arrives after the connection left its slot is not taken for the next one's.
+fn token(key: usize, generation: u32) -> Token {
+    #[cfg(target_pointer_width = "64")]
+    return Token(((generation as usize) << 32) | key);
+    #[cfg(not(target_pointer_width = "64"))]
+    {
+        let _ = generation;
+        Token(key)
+    }
+}
+
+/// The slot and, where the token carries it, the generation that a token names.
+fn slot_of(token: Token) -> (usize, Option<u32>) {
+    #[cfg(target_pointer_width = "64")]
+    return (token.0 & 0xffff_ffff, Some((token.0 >> 32) as u32));
+    #[cfg(not(target_pointer_width = "64"))]
+    (token.0, None)
+}
+
 /// Slots in chunks of [`Slots::CHUNK`] that never move: growing neither copies the
 /// parked connections nor frees a large block (which the allocator could keep, and
 /// keep resident). The timers' state of parked connections that have timers is in a
@@ -252,6 +274,11 @@ impl<T> Slots<T> {
         slot.generation = slot.generation.wrapping_add(1);
         let timers = self.timers.get_mut(key / Self::CHUNK).and_then(|t| t.get_mut(key % Self::CHUNK)?.take());
         Some(Entry { io, socket, timers, value })
+    }
+
+    /// The generation the empty slot `key` gives the connection parked in it next.
+    fn generation(&self, key: usize) -> u32 {
+        self.get(key).map_or(0, |s| s.generation)
     }
 
     /// Whether slot `key` still holds the connection parked as `generation`.
@@ -364,7 +391,14 @@ fn run_poller<T>(mut poller: mio::Poll, core: Arc<Core<T>>) {
         let mut st = core.lock();
         let before = st.woken.len();
         for event in events.iter().filter(|e| e.token() != WAKER) {
-            if let Some(entry) = st.unpark(event.token().0, &core.registry) {
+            // An event read before the lock was taken may be for a connection that
+            // has been handed back since, and its slot given to another: that one is
+            // not woken (its peer did not speak).
+            let (key, generation) = slot_of(event.token());
+            if generation.is_some_and(|g| !st.slots.holds(key as u32, g)) {
+                continue;
+            }
+            if let Some(entry) = st.unpark(key, &core.registry) {
                 st.woken.push_back(entry);
             }
         }
@@ -474,6 +508,16 @@ impl<T> Parking<T> {
             Ok(io) => io,
             Err(e) => return Err(ParkError::Io(e, value)),
         };
+        // Input the runtime has not reported yet (a connection handed back because its
+        // peer spoke, and asked to park again before its task was told the socket is
+        // readable): parked, it would be handed back at once, again and again, and the
+        // input never read. Served on, it is read.
+        if has_input(&io) {
+            return match TcpStream::from_std(io) {
+                Ok(io) => Err(ParkError::Busy(socket.resume(io, timers), value)),
+                Err(e) => Err(ParkError::Io(e, value)),
+            };
+        }
         let core = self.core();
         let mut st = core.lock();
         if let Some(e) = &st.failed {
@@ -487,11 +531,14 @@ impl<T> Parking<T> {
         // Registered under the lock: the poller's thread cannot see the socket ready
         // before its slot is filled. A socket that is already readable is reported at
         // once.
-        if let Err(e) = core.registry.register(&mut SourceFd(&io.as_raw_fd()), Token(key), Interest::READABLE) {
+        let generation = st.slots.generation(key);
+        let token = token(key, generation);
+        if let Err(e) = core.registry.register(&mut SourceFd(&io.as_raw_fd()), token, Interest::READABLE) {
             st.free.push(key as u32);
             return Err(ParkError::Io(e, value));
         }
-        let generation = st.slots.fill(key, Entry { io, socket, timers, value });
+        let filled = st.slots.fill(key, Entry { io, socket, timers, value });
+        debug_assert_eq!(filled, generation);
         st.parked += 1;
         if let Some(at) = deadline {
             st.deadlines.push(Reverse((at, key as u32, generation)));
@@ -571,6 +618,15 @@ impl<T> Parking<T> {
                 None => notified.await,
             }
         }
+    }
+}
+
+/// Whether the (non-blocking) socket has bytes to read, or its peer closed it: one
+/// `recv(MSG_PEEK)`.
+fn has_input(io: &std::net::TcpStream) -> bool {
+    match io.peek(&mut [0u8; 1]) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
     }
 }
 

@@ -112,6 +112,30 @@ async fn a_connection_with_input_not_yet_handed_out_is_busy() {
 }
 
 #[tokio::test]
+async fn a_connection_with_input_still_in_its_socket_is_busy() {
+    // Bytes the runtime has not reported yet: parked, the connection would be handed
+    // back at once and parked again, over and over, without ever reading them.
+    let parking = Parking::new().unwrap();
+    let (port, task) = server(Config::new()).await;
+    let mut raw = raw_client(port).await;
+    let ws = task.await.unwrap();
+    raw.write_all(&masked(0x81, b"unread")).await.unwrap();
+    // Loopback: the bytes are in the server's socket once the write returns and the
+    // kernel has moved them; give it a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ws = match parking.park(ws, ()) {
+        Err(ParkError::Busy(ws, ())) => ws,
+        Ok(_) => panic!("parked with input in its socket"),
+        Err(ParkError::Io(e, ())) => panic!("{e}"),
+    };
+    match within(ws.recv()).await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "unread"),
+        other => panic!("{other:?}"),
+    }
+    assert!(parking.is_empty());
+}
+
+#[tokio::test]
 async fn a_peer_that_goes_away_wakes_its_parked_connection() {
     let parking = Parking::new().unwrap();
     // A close frame.

@@ -150,6 +150,12 @@ impl ClientShared {
         self.notify.notified().await
     }
 
+    /// Whether anything is queued, or the client is marked to close.
+    pub fn has_queued(&self) -> bool {
+        let o = self.lock();
+        !o.items.is_empty() || o.closing.is_some()
+    }
+
     /// The disconnect asked, if one was.
     pub fn closing(&self) -> Option<Disconnect> {
         self.lock().closing.clone()

@@ -234,6 +234,11 @@ impl Session {
     }
 
     /// Applies what the server API asked (server-side subscribe and unsubscribe).
+    /// Whether the server API or the delivery asked anything of the session.
+    pub fn has_control(&self) -> bool {
+        !lock(&self.control.requests).is_empty() || !lock(&self.control.lost).is_empty()
+    }
+
     pub async fn apply_control(&mut self) -> Outcome {
         self.forget_lost().await;
         let requests = std::mem::take(&mut *lock(&self.control.requests));

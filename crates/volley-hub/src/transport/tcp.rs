@@ -202,11 +202,7 @@ impl Parker {
     /// something or whose deadline came, one those that something was queued for.
     fn start(hub: &Hub, after: Duration) -> std::io::Result<Arc<Parker>> {
         let (unpark, mut unparked) = mpsc::unbounded_channel();
-        let parker = Arc::new(Parker {
-            parking: Parking::new()?,
-            after,
-            unpark,
-        });
+        let parker = Arc::new(Parker { parking: Parking::new()?, after, unpark });
         let (p, h) = (parker.clone(), hub.clone());
         tokio::spawn(async move {
             loop {

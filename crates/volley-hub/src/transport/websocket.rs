@@ -206,15 +206,22 @@ pub(crate) async fn run<C: Carrier>(hub: &Hub, mut ws: C, mut conn: Conn, park_a
         let session = &mut conn.session;
         let pong_deadline = session.ping_sent.map(|t| tokio::time::Instant::from_std(t + config.pong_timeout));
         let expiry = session.deadline().map(expiry_instant);
-        // Not with an expiry due: parked, it would be taken back at once, again and again.
+        // Not with a ping or an expiry due: parked, it would be taken back at once. (A
+        // timer whose deadline is long past can win over one due a moment ago: the
+        // runtime's clock moves by turns.)
+        let now = tokio::time::Instant::now();
         let parkable = park_after.is_some()
             && session.is_connected()
             && session.ping_sent.is_none()
-            && expiry.is_none_or(|at| at > tokio::time::Instant::now());
+            && (config.ping_interval.is_zero() || conn.next_ping > now)
+            && expiry.is_none_or(|at| at > now);
         let mut active = true;
         tokio::select! {
             biased;
             _ = client.ready() => {
+                // Woken for its own ping (queued and written by this task) is no
+                // activity: the client may park again at once.
+                active = client.has_queued() || session.has_control();
                 if let Err(d) = Box::pin(session.apply_control()).await {
                     break Some(d);
                 }
