@@ -62,8 +62,11 @@ pub(crate) struct HubInner {
     pub metrics: Metrics,
     /// The next channel id for channel compaction.
     channel_ids: AtomicU64,
-    /// The emulation sessions on this node (`/connection/http_stream`, `/connection/sse`).
+    /// The emulation sessions on this node (`/connection/http_stream`, `/connection/sse`,
+    /// `/connection/long_poll`): where their commands go.
     pub(crate) emulation: crate::transport::emulation::Sessions,
+    /// The long-polling sessions on this node: what waits for their next poll.
+    pub(crate) long_polls: crate::transport::long_poll::Polls,
 }
 
 /// Counters for `/metrics`.
@@ -319,6 +322,7 @@ impl Hub {
             metrics: Metrics::default(),
             channel_ids: AtomicU64::new(1),
             emulation: Default::default(),
+            long_polls: Default::default(),
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })
