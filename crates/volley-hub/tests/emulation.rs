@@ -403,10 +403,7 @@ async fn exchange(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     h.push(("Connection", "close"));
     let mut s = request(addr, method, path, &h, body).await;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("the response ended")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("the response ended").unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}"));
     Answer { status: status(head), head: head.to_owned(), body: body.to_owned() }
@@ -416,8 +413,9 @@ async fn exchange(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
 /// and the node.
 async fn long_poll_connect(addr: SocketAddr) -> (Answer, String, String) {
     let connect = json!({"id": 1, "connect": {}}).to_string();
-    let a = exchange(addr, "POST", "/connection/long_poll", &[("Content-Type", "application/json")], connect.as_bytes())
-        .await;
+    let a =
+        exchange(addr, "POST", "/connection/long_poll", &[("Content-Type", "application/json")], connect.as_bytes())
+            .await;
     assert_eq!(a.status, 200, "{}{}", a.head, a.body);
     let line = a.body.lines().find(|l| l.contains("\"connect\"")).expect("the connect reply");
     let reply: Value = serde_json::from_str(line).unwrap();

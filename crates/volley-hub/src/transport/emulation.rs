@@ -400,8 +400,8 @@ pub(super) fn start(
     connect: &[u8],
     remote: Option<SocketAddr>,
 ) -> Result<Started, (StatusCode, &'static str)> {
-    let cmds = Sessions::decode(format, connect)
-        .map_err(|_| (StatusCode::BAD_REQUEST, "malformed connect command\n"))?;
+    let cmds =
+        Sessions::decode(format, connect).map_err(|_| (StatusCode::BAD_REQUEST, "malformed connect command\n"))?;
     if !matches!(cmds.first(), Some(Command { request: protocol::Request::Connect(_), .. })) {
         return Err((StatusCode::BAD_REQUEST, "the first command must be connect\n"));
     }
