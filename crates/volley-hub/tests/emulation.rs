@@ -580,3 +580,68 @@ async fn a_long_poll_buffer_past_its_bound_disconnects_with_3008() {
     assert!(a.body.len() <= 4096 + 2048, "{} bytes buffered", a.body.len());
     assert_eq!(poll(addr, &session, &node).await.status, 404);
 }
+
+/// Sends a request with `Connection: close`: the status and the body's bytes.
+async fn exchange_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut h = headers.to_vec();
+    h.push(("Connection", "close"));
+    let mut s = request(addr, method, path, &h, body).await;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("the response ended").unwrap();
+    let at = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a head");
+    let head = String::from_utf8_lossy(&buf[..at]).into_owned();
+    assert!(head.contains("content-type: application/octet-stream") || !head.contains(" 200 "), "{head}");
+    (status(&head), buf[at + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn long_poll_speaks_protobuf_when_the_connect_is_protobuf() {
+    use volley_hub::protocol::{
+        protobuf, Command, ConnectRequest, PushKind, Reply, ReplyResult, Request, SubscribeRequest,
+    };
+    let (hub, addr) = serve(config()).await;
+    let h = [("Content-Type", "application/octet-stream")];
+    let mut connect = bytes::BytesMut::new();
+    protobuf::encode_command(&Command { id: 1, request: Request::Connect(ConnectRequest::default()) }, &mut connect);
+    let (code, body) = exchange_bytes(addr, "POST", "/connection/long_poll", &h, &connect).await;
+    assert_eq!(code, 200);
+    let replies: Vec<Reply> = protobuf::replies(&body).map(Result::unwrap).collect();
+    let Some(Reply::Result { result: ReplyResult::Connect(c), .. }) = replies.first() else { panic!("{replies:?}") };
+    let (session, node) = (c.session.clone(), c.node.clone());
+
+    // A Protobuf EmulationRequest (node = 1, session = 2, data = 3) with a subscribe.
+    let mut data = bytes::BytesMut::new();
+    let sub = SubscribeRequest { channel: "open:pb".into(), ..Default::default() };
+    protobuf::encode_command(&Command { id: 2, request: Request::Subscribe(sub) }, &mut data);
+    let mut pb = Vec::new();
+    for (tag, v) in [(0x0a, node.as_bytes()), (0x12, session.as_bytes()), (0x1a, &data[..])] {
+        pb.push(tag);
+        pb.push(v.len() as u8);
+        pb.extend_from_slice(v);
+    }
+    let r = request(addr, "POST", "/emulation", &h, &pb).await;
+    assert_eq!(status(&head(r).await), 204);
+    hub.publish("open:pb", Bytes::from_static(b"{\"n\":1}"), Default::default()).await.unwrap();
+
+    // Polls until both the subscribe result and the publication came, in that order.
+    let path = format!("/connection/long_poll?session={session}&node={node}");
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let (code, body) = exchange_bytes(addr, "GET", &path, &[], b"").await;
+        assert!(code == 200 || code == 204, "{code}");
+        got.extend(protobuf::replies(&body).map(Result::unwrap));
+        if got.iter().any(|r| matches!(r, Reply::Push(p) if matches!(p.kind, PushKind::Publication(_)))) {
+            break;
+        }
+    }
+    assert!(matches!(got.first(), Some(Reply::Result { id: 2, result: ReplyResult::Subscribe(_) })), "{got:?}");
+    let Some(Reply::Push(p)) = got.last() else { panic!("{got:?}") };
+    assert_eq!(p.channel, "open:pb");
+    assert!(matches!(p.kind, PushKind::Publication(_)), "{p:?}");
+}
