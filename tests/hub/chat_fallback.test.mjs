@@ -2,8 +2,9 @@
 // faster transports need, or whose network refuses them: the client falls back by
 // itself (WebSocket, then HTTP streaming or SSE, then long polling), two tabs still see
 // each other's messages, who is present and who joins, and the page says which
-// transport it uses. Over long polling, a tab whose connection dropped gets the
-// messages sent meanwhile, and a tab that goes away is seen leaving.
+// transport it uses. On each, a tab whose connection dropped comes back over it and
+// gets the messages sent meanwhile; over long polling, a tab that goes away is seen
+// leaving.
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -109,7 +110,22 @@ async function twoTabsChat(a, b, want, label, tag) {
   return [x, y];
 }
 
-test('with WebSocket missing from one page and refused to the other, two tabs chat over HTTP streaming', async () => {
+// x's connection drops and stays away a moment while y says three things: x comes back
+// over the same transport and gets them, once each, in order.
+async function dropAndRecover(x, y, want) {
+  const before = (await messages(x.page)).length;
+  await x.page.evaluate(() => { window.demo.hub.minDelay = 1500; window.demo.hub.transport.close(); });
+  await x.page.waitForFunction(() => document.body.dataset.state === 'connecting');
+  const said = [`${want} one`, `${want} two`, `${want} three`];
+  for (const t of said) await say(y.page, t);
+  await x.page.waitForFunction(() => document.body.dataset.state === 'connected', null, { timeout: 20000 });
+  await x.page.waitForFunction((n) => document.querySelectorAll('#log li.message').length >= n, before + 3, { timeout: 20000 });
+  assert.deepEqual((await messages(x.page)).slice(before), said.map((t) => `${y.name}${t}`));
+  await logSays(x.page, '3 missed message(s) recovered');
+  assert.equal(await x.page.getAttribute('#transport', 'data-transport'), want);
+}
+
+test('with WebSocket missing from one page and refused to the other, two tabs chat over HTTP streaming and recover', async () => {
   const [x, y] = await twoTabsChat(NO_WEBSOCKET, REFUSED_WEBSOCKET, 'http_stream', 'HTTP streaming', 'stream');
   assert.equal(await x.page.evaluate(() => typeof window.WebSocket), 'undefined');
   assert.ok(!x.paths.includes('/connection/websocket'), x.paths.join(' '));
@@ -118,14 +134,16 @@ test('with WebSocket missing from one page and refused to the other, two tabs ch
   assert.ok(i >= 0 && y.paths.indexOf('/connection/http_stream') > i, y.paths.join(' '));
   assert.ok(x.paths.includes('/connection/http_stream'), x.paths.join(' '));
   assert.ok(x.paths.includes('/emulation'), 'commands go to /emulation');
+  await dropAndRecover(x, y, 'http_stream');
   for (const t of [x, y]) await t.page.context().close();
 });
 
-test('with WebSocket and streaming fetch missing, two tabs chat over SSE', async () => {
+test('with WebSocket and streaming fetch missing, two tabs chat over SSE and recover', async () => {
   const init = NO_WEBSOCKET + NO_STREAMING_FETCH;
   const [x, y] = await twoTabsChat(init, init, 'sse', 'SSE', 'sse');
   assert.deepEqual(await x.page.evaluate(() => [typeof ReadableStream, 'body' in Response.prototype]), ['undefined', false]);
   assert.ok(x.paths.includes('/connection/sse') && !x.paths.includes('/connection/http_stream'), x.paths.join(' '));
+  await dropAndRecover(x, y, 'sse');
   for (const t of [x, y]) await t.page.context().close();
 });
 
@@ -147,16 +165,7 @@ test('with WebSocket, EventSource and streaming fetch missing, two tabs chat ove
   assert.deepEqual((await messages(z.page)).slice(-2), (await messages(x.page)).slice(-2));
   await present(x.page, z.name);
 
-  // x's connection drops and stays away a moment: it gets what was said meanwhile, once.
-  const before = (await messages(x.page)).length;
-  await x.page.evaluate(() => { window.demo.hub.minDelay = 1500; window.demo.hub.transport.close(); });
-  await x.page.waitForFunction(() => document.body.dataset.state === 'connecting');
-  for (const t of ['one', 'two', 'three']) await say(y.page, t);
-  await x.page.waitForFunction(() => document.body.dataset.state === 'connected', null, { timeout: 20000 });
-  await x.page.waitForFunction((n) => document.querySelectorAll('#log li.message').length >= n, before + 3, { timeout: 20000 });
-  assert.deepEqual((await messages(x.page)).slice(before), [`${y.name}one`, `${y.name}two`, `${y.name}three`]);
-  await logSays(x.page, '3 missed message(s) recovered');
-  assert.equal(await x.page.getAttribute('#transport', 'data-transport'), 'long_poll');
+  await dropAndRecover(x, y, 'long_poll');
 
   // A tab that goes away stops polling: the others see it leave.
   await z.page.context().close();
