@@ -530,6 +530,23 @@ async fn a_long_poll_session_nobody_polls_expires_and_its_client_leaves() {
     assert!(gone, "a poll of the expired session is answered 404");
 }
 
+#[test]
+fn a_long_poll_configuration_that_cannot_work_is_refused() {
+    let mut c = config();
+    c.long_poll.session_ttl = Duration::ZERO;
+    let e = Hub::new(c).expect_err("refused").to_string();
+    assert!(e.contains("long_poll.session_ttl"), "{e}");
+    let mut c = config();
+    c.long_poll.max_buffer_size = 0;
+    let e = Hub::new(c).expect_err("refused").to_string();
+    assert!(e.contains("long_poll.max_buffer_size"), "{e}");
+    // Off, its keys do not matter.
+    let mut c = config();
+    c.long_poll.enabled = false;
+    c.long_poll.session_ttl = Duration::ZERO;
+    assert!(Hub::new(c).is_ok());
+}
+
 #[tokio::test]
 async fn long_poll_answers_bad_input_with_the_documented_status() {
     let (_hub, addr) = serve(config()).await;

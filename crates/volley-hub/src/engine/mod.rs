@@ -304,6 +304,15 @@ impl Hub {
     /// A hub on the given broker.
     pub fn with_broker(config: HubConfig, broker: Arc<dyn Broker>) -> Result<Hub, ConfigError> {
         let channels = Channels::new(&config.channel)?;
+        let lp = &config.long_poll;
+        if lp.enabled && lp.session_ttl.is_zero() {
+            return Err(ConfigError(
+                "long_poll.session_ttl: must be more than 0 (each session would end with its first poll)".into(),
+            ));
+        }
+        if lp.enabled && lp.max_buffer_size == 0 {
+            return Err(ConfigError("long_poll.max_buffer_size: must be more than 0".into()));
+        }
         let verifier =
             TokenVerifier::new(&config.client.token).map_err(|e| ConfigError(format!("client.token: {e}")))?;
         let sub_verifier = match &config.client.subscription_token {
