@@ -183,7 +183,7 @@ class LongPollTransport extends EmulationTransport {
         if (r.status === 200) {
           for (const line of (await r.text()).split('\n')) this.receive(line);
         } else if (r.status !== 204) {
-          break; // 404: the session is over; 421: it is on another node.
+          break; // 404: the session is over; 504: its node did not answer.
         }
         if (this.done || !this.session) break;
         const q = `session=${encodeURIComponent(this.session)}&node=${encodeURIComponent(this.node)}`;

@@ -372,6 +372,47 @@ async fn a_command_that_lands_on_another_node_is_forwarded_to_its_session() {
     assert_eq!(emulate(b, json!({"session": session, "node": "gone", "data": "{}"})).await, 404);
 }
 
+/// Two hubs whose brokers reach each other for control messages.
+async fn linked_pair() -> Vec<(Hub, SocketAddr)> {
+    let nodes = Arc::new(Mutex::new(HashMap::new()));
+    let mut hubs = Vec::new();
+    for _ in 0..2 {
+        let broker = Arc::new(Linked { inner: MemoryBroker::new(), events: OnceLock::new(), nodes: nodes.clone() });
+        let hub = Hub::with_broker(config(), broker.clone()).unwrap();
+        nodes.lock().unwrap().insert(hub.node().to_owned(), broker);
+        let addr = common::serve_hub(hub.clone()).await;
+        hubs.push((hub, addr));
+    }
+    hubs
+}
+
+#[tokio::test]
+async fn a_poll_that_lands_on_another_node_is_forwarded_to_its_session() {
+    let hubs = linked_pair().await;
+    let (a, b) = (hubs[0].1, hubs[1].1);
+    let (_first, session, node) = long_poll_connect(a).await;
+    assert_eq!(node, hubs[0].0.node());
+    // Commands and polls both reach b (no sticky sessions): the session on a answers.
+    let data = json!({"id": 2, "subscribe": {"channel": "open:x"}}).to_string();
+    assert_eq!(emulate(b, json!({"session": session, "node": node, "data": data})).await, 204);
+    let got = poll_until(b, &session, &node, "{\"id\":2,\"subscribe\"").await;
+    assert!(!got.contains("\"connect\""), "the connect reply was taken already: {got}");
+    // A poll forwarded while it waits gets what comes meanwhile.
+    let waiting = tokio::spawn({
+        let (session, node) = (session.clone(), node.clone());
+        async move { poll_until(b, &session, &node, "\"pub\":{\"data\":{\"n\":1}").await }
+    });
+    hubs[0].0.publish("open:x", Bytes::from_static(b"{\"n\":1}"), Default::default()).await.unwrap();
+    waiting.await.unwrap();
+    // Nothing more: 204, as from the session's own node.
+    assert_eq!(poll(b, &session, &node).await.status, 204);
+    // A session its node does not have: 404, from either node.
+    assert_eq!(poll(b, "nobody", &node).await.status, 404);
+    assert_eq!(poll(a, "nobody", &node).await.status, 404);
+    // A node no broker knows: 404.
+    assert_eq!(poll(b, &session, "gone").await.status, 404);
+}
+
 #[tokio::test]
 async fn streams_count_against_the_connections_per_ip() {
     let mut c = config();
@@ -551,12 +592,12 @@ fn a_long_poll_configuration_that_cannot_work_is_refused() {
 async fn long_poll_answers_bad_input_with_the_documented_status() {
     let (_hub, addr) = serve(config()).await;
     let (_first, session, node) = long_poll_connect(addr).await;
-    // No session: 400. An unknown one: 404. One of another node: 421.
+    // No session: 400. An unknown one, or one of a node the broker does not know: 404.
     assert_eq!(exchange(addr, "GET", "/connection/long_poll", &[], b"").await.status, 400);
     assert_eq!(poll(addr, "nobody", &node).await.status, 404);
     let a = poll(addr, &session, "elsewhere").await;
-    assert_eq!(a.status, 421);
-    assert!(a.body.contains("another node"), "{}", a.body);
+    assert_eq!(a.status, 404);
+    assert!(a.body.contains("unknown session"), "{}", a.body);
     // The connect: not a connect, malformed, too big.
     let h = [("Content-Type", "application/json")];
     let rpc = json!({"id": 1, "rpc": {}}).to_string();

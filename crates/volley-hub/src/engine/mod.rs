@@ -899,7 +899,10 @@ impl BrokerEvents for Events {
 
     fn control(&self, message: Bytes) {
         if let Some(hub) = self.0.upgrade() {
-            hub.emulation.deliver_now(&message);
+            // A forwarded long poll, or its answer; a forwarded command otherwise.
+            if !crate::transport::long_poll::forwarded(&hub, &message) {
+                hub.emulation.deliver_now(&message);
+            }
         }
     }
 }

@@ -13,10 +13,12 @@
 //! disconnects its client with 3008, as a slow reader is. What the loop wrote before it
 //! ended (the disconnect push last) waits for one more poll.
 //!
-//! A poll must reach the node that holds its session: one that lands on another node
-//! is answered 421 and the client reconnects. Commands to `/emulation` are forwarded
-//! through the broker, polls are not: a poll needs an answer, and the broker's control
-//! messages carry none.
+//! No sticky sessions: a poll that lands on a node other than the one it names is
+//! forwarded there through the broker ([`crate::broker::Broker::send_control`]) as a
+//! [`ForwardedPoll`], and that node sends what the poll took back the same way to the
+//! node that asked, which answers the client. A node the broker does not know is a 404;
+//! an answer that does not come back in time (`long_poll.timeout` and
+//! [`FORWARD_SLACK`]) a 504: either way the client reconnects and recovers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,20 +31,135 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::{mpsc, Notify};
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::emulation::{self, Headers, Registration};
 use super::uni::MAX_POLL_WAIT;
 use super::websocket::{self, Carrier, Inbound};
-use crate::engine::{lock, Hub};
+use crate::engine::{lock, Hub, HubInner};
 use crate::protocol::{self, Command, Disconnect, Format, Push, PushKind, Reply};
 
 /// The long-polling sessions of this node: session id → what waits for its next poll.
 /// An entry lives as long as its session, and after it until its last frames are taken
-/// (or `long_poll.session_ttl` passes without a poll).
+/// (or `long_poll.session_ttl` passes without a poll). Also the polls this node
+/// forwarded to another, waiting for their answer.
 #[derive(Default)]
-pub(crate) struct Polls(Mutex<HashMap<String, Arc<Buffer>>>);
+pub(crate) struct Polls(Mutex<HashMap<String, Arc<Buffer>>>, Mutex<HashMap<String, oneshot::Sender<ForwardedPoll>>>);
+
+/// How much longer than `long_poll.timeout` a node waits for the answer to a poll it
+/// forwarded (504 after).
+pub const FORWARD_SLACK: Duration = Duration::from_secs(5);
+
+/// A poll forwarded by the node it landed on to the node that holds its session, and
+/// the answer sent back, as broker control messages. Its tags are apart from those of
+/// [`super::emulation::EmulationRequest`], the other control message, so that neither
+/// reads as the other.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardedPoll {
+    /// The poll's id, given by the node it landed on.
+    #[prost(string, tag = "10")]
+    pub id: String,
+    /// The request: the node to answer to.
+    #[prost(string, tag = "11")]
+    pub reply_to: String,
+    /// The request: the session polled.
+    #[prost(string, tag = "12")]
+    pub session: String,
+    /// The answer: its HTTP status (200, 204 or 404).
+    #[prost(uint32, tag = "13")]
+    pub status: u32,
+    /// The answer: what the poll took (with status 200).
+    #[prost(bytes = "bytes", tag = "14")]
+    pub frames: Bytes,
+    /// The answer: the session's format is Protobuf.
+    #[prost(bool, tag = "15")]
+    pub protobuf: bool,
+}
+
+/// Handles a control message if it is a [`ForwardedPoll`]: a request is served (in a
+/// task of its own, the broker's delivery must not wait) and answered to its node; an
+/// answer goes to the poll waiting for it. False for any other message.
+pub(crate) fn forwarded(hub: &Arc<HubInner>, message: &[u8]) -> bool {
+    let Ok(m) = ForwardedPoll::decode(message) else { return false };
+    if m.id.is_empty() {
+        return false;
+    }
+    if m.reply_to.is_empty() {
+        // An answer.
+        match lock(&hub.long_polls.1).remove(&m.id) {
+            Some(tx) => {
+                let _ = tx.send(m);
+            }
+            None => tracing::debug!(poll = %m.id, "answer to a forwarded poll no longer waited for"),
+        }
+        return true;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::debug!("forwarded poll outside a runtime");
+        return true;
+    };
+    let hub = hub.clone();
+    runtime.spawn(async move {
+        let wait = hub.config.long_poll.timeout.min(MAX_POLL_WAIT);
+        let mut answer = ForwardedPoll { id: m.id, ..Default::default() };
+        answer.status = match hub.long_polls.get(&m.session) {
+            None => 404,
+            Some(buffer) => match hub.long_polls.take(&m.session, &buffer, wait).await {
+                Taken::Frames(format, frames) => {
+                    answer.frames = frames;
+                    answer.protobuf = format == Format::Protobuf;
+                    200
+                }
+                Taken::Nothing => 204,
+                Taken::Gone => 404,
+            },
+        };
+        if let Err(e) = hub.broker.send_control(&m.reply_to, Bytes::from(answer.encode_to_vec())).await {
+            tracing::debug!(error = %e, node = %m.reply_to, "answer to a forwarded poll not delivered");
+        }
+    });
+    true
+}
+
+/// Forwards a poll of `session` to `node` and waits for its answer.
+async fn forward(hub: &Hub, node: &str, session: &str, cors: Headers) -> Response {
+    let id = crate::engine::client::new_client_id();
+    let (tx, rx) = oneshot::channel();
+    let polls = &hub.inner.long_polls;
+    lock(&polls.1).insert(id.clone(), tx);
+    // Forgotten however this ends (the client may go away first).
+    struct Forget<'a>(&'a Polls, &'a str);
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            lock(&self.0 .1).remove(self.1);
+        }
+    }
+    let _forget = Forget(polls, &id);
+    let request = ForwardedPoll {
+        id: id.clone(),
+        reply_to: hub.inner.node.clone(),
+        session: session.to_owned(),
+        ..Default::default()
+    };
+    if let Err(e) = hub.inner.broker.send_control(node, Bytes::from(request.encode_to_vec())).await {
+        tracing::debug!(error = %e, node, "poll for another node not delivered");
+        return emulation::status(StatusCode::NOT_FOUND, "unknown session\n", cors);
+    }
+    let wait = hub.config().long_poll.timeout.min(MAX_POLL_WAIT) + FORWARD_SLACK;
+    let taken = match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(a)) if a.status == 200 => {
+            Taken::Frames(if a.protobuf { Format::Protobuf } else { Format::Json }, a.frames)
+        }
+        Ok(Ok(a)) if a.status == 204 => Taken::Nothing,
+        Ok(Ok(_)) => Taken::Gone,
+        Ok(Err(_)) | Err(_) => {
+            return emulation::status(StatusCode::GATEWAY_TIMEOUT, "no answer from the session's node\n", cors)
+        }
+    };
+    respond(taken, cors)
+}
 
 /// What waits for a session's next poll, shared by its carrier and its polls.
 pub(crate) struct Buffer {
@@ -303,7 +420,8 @@ pub(crate) async fn connect(State(hub): State<Hub>, req: Request) -> Response {
 /// `GET /connection/long_poll?session=..&node=..`: everything the session has buffered,
 /// or what comes within `long_poll.timeout`. 200 with replies and pushes (JSON lines, or
 /// varint-delimited Protobuf), 204 when nothing came, 400 without a session, 404 for a
-/// session not (or no longer) on this node, 421 for a session of another node.
+/// session not (or no longer) on its node. A poll naming another node is forwarded
+/// there (504 when its answer does not come back).
 pub(crate) async fn poll(State(hub): State<Hub>, req: Request) -> Response {
     let cors = match emulation::cors(&hub, req.headers()) {
         Ok(c) => c,
@@ -313,8 +431,8 @@ pub(crate) async fn poll(State(hub): State<Hub>, req: Request) -> Response {
     let Some(session) = query.get("session").filter(|s| !s.is_empty()) else {
         return emulation::status(StatusCode::BAD_REQUEST, "no session\n", cors);
     };
-    if query.get("node").is_some_and(|n| !n.is_empty() && *n != hub.inner.node) {
-        return emulation::status(StatusCode::MISDIRECTED_REQUEST, "session on another node\n", cors);
+    if let Some(node) = query.get("node").filter(|n| !n.is_empty() && **n != hub.inner.node) {
+        return forward(&hub, node, session, cors).await;
     }
     let Some(buffer) = hub.inner.long_polls.get(session) else {
         return emulation::status(StatusCode::NOT_FOUND, "unknown session\n", cors);
@@ -325,7 +443,12 @@ pub(crate) async fn poll(State(hub): State<Hub>, req: Request) -> Response {
 /// Answers a poll of `session`.
 async fn answer(hub: &Hub, session: &str, buffer: &Buffer, cors: Headers) -> Response {
     let wait = hub.config().long_poll.timeout.min(MAX_POLL_WAIT);
-    let mut r = match hub.inner.long_polls.take(session, buffer, wait).await {
+    respond(hub.inner.long_polls.take(session, buffer, wait).await, cors)
+}
+
+/// The response to a poll that took `taken`.
+fn respond(taken: Taken, cors: Headers) -> Response {
+    let mut r = match taken {
         Taken::Frames(format, frames) => {
             let mut r = Response::new(Body::from(frames));
             let content_type = match format {
