@@ -41,12 +41,16 @@ use super::websocket::{self, Carrier, Inbound};
 use crate::engine::{lock, Hub, HubInner};
 use crate::protocol::{self, Command, Disconnect, Format, Push, PushKind, Reply};
 
-/// The long-polling sessions of this node: session id → what waits for its next poll.
-/// An entry lives as long as its session, and after it until its last frames are taken
-/// (or `long_poll.session_ttl` passes without a poll). Also the polls this node
-/// forwarded to another, waiting for their answer.
+/// The long-polling sessions of this node, and the polls it forwarded to another.
 #[derive(Default)]
-pub(crate) struct Polls(Mutex<HashMap<String, Arc<Buffer>>>, Mutex<HashMap<String, oneshot::Sender<ForwardedPoll>>>);
+pub(crate) struct Polls {
+    /// Session id → what waits for its next poll. An entry lives as long as its
+    /// session, and after it until its last frames are taken (or
+    /// `long_poll.session_ttl` passes without a poll).
+    sessions: Mutex<HashMap<String, Arc<Buffer>>>,
+    /// Forwarded poll id → where its answer goes, while the poll waits for it.
+    forwarded: Mutex<HashMap<String, oneshot::Sender<ForwardedPoll>>>,
+}
 
 /// How much longer than `long_poll.timeout` a node waits for the answer to a poll it
 /// forwarded (504 after).
@@ -88,7 +92,7 @@ pub(crate) fn forwarded(hub: &Arc<HubInner>, message: &[u8]) -> bool {
     }
     if m.reply_to.is_empty() {
         // An answer.
-        match lock(&hub.long_polls.1).remove(&m.id) {
+        match lock(&hub.long_polls.forwarded).remove(&m.id) {
             Some(tx) => {
                 let _ = tx.send(m);
             }
@@ -128,12 +132,12 @@ async fn forward(hub: &Hub, node: &str, session: &str, cors: Headers) -> Respons
     let id = crate::engine::client::new_client_id();
     let (tx, rx) = oneshot::channel();
     let polls = &hub.inner.long_polls;
-    lock(&polls.1).insert(id.clone(), tx);
+    lock(&polls.forwarded).insert(id.clone(), tx);
     // Forgotten however this ends (the client may go away first).
     struct Forget<'a>(&'a Polls, &'a str);
     impl Drop for Forget<'_> {
         fn drop(&mut self) {
-            lock(&self.0 .1).remove(self.1);
+            lock(&self.0.forwarded).remove(self.1);
         }
     }
     let _forget = Forget(polls, &id);
@@ -322,11 +326,11 @@ enum Taken {
 
 impl Polls {
     fn get(&self, session: &str) -> Option<Arc<Buffer>> {
-        lock(&self.0).get(session).cloned()
+        lock(&self.sessions).get(session).cloned()
     }
 
     fn remove(&self, session: &str) {
-        lock(&self.0).remove(session);
+        lock(&self.sessions).remove(session);
     }
 
     /// Takes what `session` has buffered, waiting up to `wait` for something.
@@ -393,7 +397,7 @@ pub(crate) async fn connect(State(hub): State<Hub>, req: Request) -> Response {
     };
     let session = started.session;
     let buffer = Arc::new(Buffer::new(format));
-    lock(&hub.inner.long_polls.0).insert(session.clone(), buffer.clone());
+    lock(&hub.inner.long_polls.sessions).insert(session.clone(), buffer.clone());
     let carrier = PollCarrier {
         commands: started.commands,
         buffer: buffer.clone(),
