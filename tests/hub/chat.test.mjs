@@ -58,6 +58,9 @@ test('two tabs see each other, each other\'s messages, joins and leaves, and the
   const a = await tab();
   const b = await tab();
   await a.page.waitForFunction((n) => [...document.querySelectorAll('#people li')].some((li) => li.textContent === n), b.name);
+  // Nothing in the way of WebSocket: the page says it uses it.
+  assert.equal(await a.page.getAttribute('#transport', 'data-transport'), 'websocket');
+  assert.match(await a.page.textContent('#transport'), /WebSocket/);
   assert.deepEqual(await people(a.page), [a.name, b.name].sort());
   assert.deepEqual(await people(b.page), [a.name, b.name].sort());
   await a.page.waitForFunction((n) => document.getElementById('log').textContent.includes(`${n} joined`), b.name);
@@ -88,7 +91,7 @@ test('a tab whose connection dropped gets the messages sent meanwhile, once each
   const b = await tab();
   const before = (await messages(a.page)).length;
   // Drop a's connection and keep it away for a moment.
-  await a.page.evaluate(() => { window.demo.hub.minDelay = 1500; window.demo.hub.ws.close(); });
+  await a.page.evaluate(() => { window.demo.hub.minDelay = 1500; window.demo.hub.transport.close(); });
   await a.page.waitForFunction(() => document.body.dataset.state === 'connecting');
   for (const t of ['one', 'two', 'three']) await say(b.page, t);
   await a.page.waitForFunction(() => document.body.dataset.state === 'connected', null, { timeout: 10000 });

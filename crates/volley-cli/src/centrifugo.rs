@@ -53,13 +53,14 @@ const RECOVERY_MAX_PUBLICATION_LIMIT: u64 = 300;
 const ALL_INTERFACES: &str = "0.0.0.0";
 
 /// The sections of Volley's configuration (the top-level keys of `ServeConfig`).
-const VOLLEY_SECTIONS: [&str; 13] = [
+const VOLLEY_SECTIONS: [&str; 14] = [
     "http_server",
     "client",
     "channel",
     "http_api",
     "http_stream",
     "sse",
+    "long_poll",
     "emulation",
     "uni_sse",
     "uni_http_stream",
@@ -298,6 +299,8 @@ pub fn translate(tree: &Value) -> anyhow::Result<Translation> {
             None => put(&mut out, &format!("{name}.enabled"), json!(false)),
         }
     }
+    // Centrifugo has no long-polling emulation: the translated server serves none.
+    put(&mut out, "long_poll.enabled", json!(false));
     if let Some(s) = root.section(&mut cx, "emulation") {
         emulation(&mut cx, s, &mut out);
     }
@@ -1443,9 +1446,10 @@ timeout = "30s"
         assert_eq!(c.emulation.max_request_body_size, 2000);
         assert_eq!(ignored, ["sse.handler_prefix"]);
         let (c, _) = translated(json!({}));
-        assert!(!c.http_stream.enabled && !c.sse.enabled);
+        assert!(!c.http_stream.enabled && !c.sse.enabled && !c.long_poll.enabled);
         // Volley's own configuration has them on by default.
-        assert!(ServeConfig::default().http_stream.enabled && ServeConfig::default().sse.enabled);
+        let own = ServeConfig::default();
+        assert!(own.http_stream.enabled && own.sse.enabled && own.long_poll.enabled);
     }
 
     fn ignored(tree: Value) -> Vec<String> {

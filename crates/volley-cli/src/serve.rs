@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use volley_hub::config::{
     duration, ChannelConfig, ChannelOptions, ClientConfig, EmulationConfig, EmulationStreamConfig, HttpApiConfig,
-    LongPollingConfig, UniConfig,
+    LongPollEmulationConfig, LongPollingConfig, UniConfig,
 };
 use volley_hub::{Hub, HubConfig};
 
@@ -69,6 +69,8 @@ pub struct ServeConfig {
     pub http_stream: EmulationStreamConfig,
     /// The SSE emulation transport (`/connection/sse`).
     pub sse: EmulationStreamConfig,
+    /// The long-polling emulation transport (`/connection/long_poll`).
+    pub long_poll: LongPollEmulationConfig,
     /// The emulation transports' command endpoint (`/emulation`).
     pub emulation: EmulationConfig,
     /// Unidirectional SSE.
@@ -94,6 +96,7 @@ impl ServeConfig {
             http_api: self.http_api.clone(),
             http_stream: self.http_stream.clone(),
             sse: self.sse.clone(),
+            long_poll: self.long_poll.clone(),
             emulation: self.emulation.clone(),
             uni_sse: self.uni_sse.clone(),
             uni_http_stream: self.uni_http_stream.clone(),

@@ -23,6 +23,8 @@ pub struct HubConfig {
     pub http_stream: EmulationStreamConfig,
     /// The SSE emulation transport (`/connection/sse`).
     pub sse: EmulationStreamConfig,
+    /// The long-polling emulation transport (`/connection/long_poll`).
+    pub long_poll: LongPollEmulationConfig,
     /// The endpoint of the emulation transports' commands (`/emulation`).
     pub emulation: EmulationConfig,
     /// Unidirectional SSE (`/connection/uni_sse`).
@@ -350,7 +352,44 @@ impl Default for EmulationStreamConfig {
     }
 }
 
-/// The emulation endpoint (`/emulation`), served when `http_stream` or `sse` is.
+/// The long-polling emulation (`/connection/long_poll`): the connect command opens a
+/// session whose replies and pushes wait in a buffer for the client's next poll, with
+/// the client's commands sent to `/emulation`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LongPollEmulationConfig {
+    /// Whether the endpoint is served. On by default, as the streams are: it is the
+    /// last fallback where nothing may stay open.
+    pub enabled: bool,
+    /// The largest connect command accepted, in bytes; 413 beyond.
+    pub max_request_body_size: usize,
+    /// How long a poll with nothing buffered waits for something (at most 120s); it is
+    /// answered 204 after that.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// How long a session waits for its client's next poll: past it, the client is
+    /// disconnected (it leaves its channels and their presence).
+    #[serde(with = "duration")]
+    pub session_ttl: Duration,
+    /// The most bytes waiting for the next poll: past it, the client is disconnected
+    /// with 3008, as a slow reader is.
+    pub max_buffer_size: usize,
+}
+
+impl Default for LongPollEmulationConfig {
+    fn default() -> Self {
+        LongPollEmulationConfig {
+            enabled: true,
+            max_request_body_size: 65536,
+            timeout: Duration::from_secs(25),
+            session_ttl: Duration::from_secs(15),
+            max_buffer_size: 1 << 20,
+        }
+    }
+}
+
+/// The emulation endpoint (`/emulation`), served when `http_stream`, `sse` or
+/// `long_poll` is.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmulationConfig {

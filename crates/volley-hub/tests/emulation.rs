@@ -2,7 +2,8 @@
 //! connect command (`/connection/http_stream`, `/connection/sse`) whose connect result
 //! names the session and the node, commands POSTed to `/emulation`, and the statuses a
 //! client relies on for bad input (400, 404, 413), CORS, and a client that never reads
-//! its stream.
+//! its stream; long polling (`/connection/long_poll`): connect, polls that take what is
+//! buffered, expiry of a session nobody polls, the buffer's bound.
 
 mod common;
 
@@ -33,9 +34,11 @@ fn config() -> HubConfig {
         "channel": {
             "namespaces": [
                 {"name": "open", "allow_subscribe_for_anonymous": true, "allow_publish_for_subscriber": true},
+                {"name": "room", "allow_subscribe_for_anonymous": true, "presence": true},
             ]
         },
         "emulation": {"max_request_body_size": 1024},
+        "long_poll": {"max_request_body_size": 1024, "timeout": "1s", "session_ttl": "5s"},
         "http_stream": {"max_request_body_size": 1024},
         "sse": {"max_request_body_size": 1024},
     }))
@@ -369,6 +372,47 @@ async fn a_command_that_lands_on_another_node_is_forwarded_to_its_session() {
     assert_eq!(emulate(b, json!({"session": session, "node": "gone", "data": "{}"})).await, 404);
 }
 
+/// Two hubs whose brokers reach each other for control messages.
+async fn linked_pair() -> Vec<(Hub, SocketAddr)> {
+    let nodes = Arc::new(Mutex::new(HashMap::new()));
+    let mut hubs = Vec::new();
+    for _ in 0..2 {
+        let broker = Arc::new(Linked { inner: MemoryBroker::new(), events: OnceLock::new(), nodes: nodes.clone() });
+        let hub = Hub::with_broker(config(), broker.clone()).unwrap();
+        nodes.lock().unwrap().insert(hub.node().to_owned(), broker);
+        let addr = common::serve_hub(hub.clone()).await;
+        hubs.push((hub, addr));
+    }
+    hubs
+}
+
+#[tokio::test]
+async fn a_poll_that_lands_on_another_node_is_forwarded_to_its_session() {
+    let hubs = linked_pair().await;
+    let (a, b) = (hubs[0].1, hubs[1].1);
+    let (_first, session, node) = long_poll_connect(a).await;
+    assert_eq!(node, hubs[0].0.node());
+    // Commands and polls both reach b (no sticky sessions): the session on a answers.
+    let data = json!({"id": 2, "subscribe": {"channel": "open:x"}}).to_string();
+    assert_eq!(emulate(b, json!({"session": session, "node": node, "data": data})).await, 204);
+    let got = poll_until(b, &session, &node, "{\"id\":2,\"subscribe\"").await;
+    assert!(!got.contains("\"connect\""), "the connect reply was taken already: {got}");
+    // A poll forwarded while it waits gets what comes meanwhile.
+    let waiting = tokio::spawn({
+        let (session, node) = (session.clone(), node.clone());
+        async move { poll_until(b, &session, &node, "\"pub\":{\"data\":{\"n\":1}").await }
+    });
+    hubs[0].0.publish("open:x", Bytes::from_static(b"{\"n\":1}"), Default::default()).await.unwrap();
+    waiting.await.unwrap();
+    // Nothing more: 204, as from the session's own node.
+    assert_eq!(poll(b, &session, &node).await.status, 204);
+    // A session its node does not have: 404, from either node.
+    assert_eq!(poll(b, "nobody", &node).await.status, 404);
+    assert_eq!(poll(a, "nobody", &node).await.status, 404);
+    // A node no broker knows: 404.
+    assert_eq!(poll(b, &session, "gone").await.status, 404);
+}
+
 #[tokio::test]
 async fn streams_count_against_the_connections_per_ip() {
     let mut c = config();
@@ -385,4 +429,277 @@ async fn streams_count_against_the_connections_per_ip() {
     // The body's last chunk (the connection itself may stay for another request).
     read_until(&mut s, &mut buf, "\r\n0\r\n\r\n").await;
     assert_eq!(hub.num_clients(), 1);
+}
+
+/// A whole response, read to its end (the request asked to close the connection).
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// Sends a request with `Connection: close` and reads the whole response.
+async fn exchange(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let mut h = headers.to_vec();
+    h.push(("Connection", "close"));
+    let mut s = request(addr, method, path, &h, body).await;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("the response ended").unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {text:?}"));
+    Answer { status: status(head), head: head.to_owned(), body: body.to_owned() }
+}
+
+/// Starts a long-polling session with an anonymous connect: the answer, the session
+/// and the node.
+async fn long_poll_connect(addr: SocketAddr) -> (Answer, String, String) {
+    let connect = json!({"id": 1, "connect": {}}).to_string();
+    let a =
+        exchange(addr, "POST", "/connection/long_poll", &[("Content-Type", "application/json")], connect.as_bytes())
+            .await;
+    assert_eq!(a.status, 200, "{}{}", a.head, a.body);
+    let line = a.body.lines().find(|l| l.contains("\"connect\"")).expect("the connect reply");
+    let reply: Value = serde_json::from_str(line).unwrap();
+    let session = reply["connect"]["session"].as_str().unwrap().to_owned();
+    let node = reply["connect"]["node"].as_str().unwrap().to_owned();
+    assert!(!session.is_empty() && !node.is_empty(), "{reply}");
+    (a, session, node)
+}
+
+/// Polls a long-polling session.
+async fn poll(addr: SocketAddr, session: &str, node: &str) -> Answer {
+    exchange(addr, "GET", &format!("/connection/long_poll?session={session}&node={node}"), &[], b"").await
+}
+
+/// Polls until the answer holds `needle`: what was polled, all answers joined.
+async fn poll_until(addr: SocketAddr, session: &str, node: &str, needle: &str) -> String {
+    let mut got = String::new();
+    for _ in 0..20 {
+        let a = poll(addr, session, node).await;
+        assert!(a.status == 200 || a.status == 204, "{}{}", a.head, a.body);
+        got.push_str(&a.body);
+        if got.contains(needle) {
+            return got;
+        }
+    }
+    panic!("no {needle:?} in {got:?}");
+}
+
+/// Waits until `f` holds (5 s at most).
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..250 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test]
+async fn long_poll_takes_replies_and_pushes_of_commands_sent_to_emulation() {
+    let (hub, addr) = serve(config()).await;
+    let (first, session, node) = long_poll_connect(addr).await;
+    assert_eq!(node, hub.node());
+    assert!(first.head.contains("content-type: application/json"), "{}", first.head);
+    assert!(first.head.contains("cache-control: private, no-cache"), "{}", first.head);
+
+    // Two commands in one request; both replies come with the next poll.
+    let data = format!(
+        "{}\n{}",
+        json!({"id": 2, "subscribe": {"channel": "open:news"}}),
+        json!({"id": 3, "rpc": {"method": "nothing"}})
+    );
+    assert_eq!(emulate(addr, json!({"session": session, "node": node, "data": data})).await, 204);
+    let got = poll_until(addr, &session, &node, "{\"id\":3,\"error\":{\"code\":104").await;
+    assert!(got.contains("{\"id\":2,\"subscribe\""), "{got}");
+
+    // A poll that waits gets the publication that comes meanwhile.
+    let waiting = tokio::spawn({
+        let (session, node) = (session.clone(), node.clone());
+        async move { poll_until(addr, &session, &node, "\"pub\":{\"data\":{\"n\":1}").await }
+    });
+    hub.publish("open:news", Bytes::from_static(b"{\"n\":1}"), Default::default()).await.unwrap();
+    let got = waiting.await.unwrap();
+    assert!(got.contains("{\"push\":{\"channel\":\"open:news\",\"pub\":{\"data\":{\"n\":1}"), "{got}");
+
+    // Several publications between polls all come with the next one, in order.
+    for n in 2..5 {
+        hub.publish("open:news", Bytes::from(format!("{{\"n\":{n}}}")), Default::default()).await.unwrap();
+    }
+    let got = poll_until(addr, &session, &node, "{\"n\":4}").await;
+    let (i2, i3, i4) = (got.find("{\"n\":2}").unwrap(), got.find("{\"n\":3}").unwrap(), got.find("{\"n\":4}").unwrap());
+    assert!(i2 < i3 && i3 < i4, "{got}");
+
+    // Nothing buffered: the poll is answered 204 once its wait is over.
+    assert_eq!(poll(addr, &session, &node).await.status, 204);
+    assert_eq!(hub.num_clients(), 1);
+}
+
+#[tokio::test]
+async fn a_long_poll_session_nobody_polls_expires_and_its_client_leaves() {
+    let mut c = config();
+    c.long_poll.session_ttl = Duration::from_millis(500);
+    let (hub, addr) = serve(c).await;
+    let (_first, session, node) = long_poll_connect(addr).await;
+    // Subscribed while a poll is waiting: a session being polled does not expire.
+    let waiting = tokio::spawn({
+        let (session, node) = (session.clone(), node.clone());
+        async move { poll_until(addr, &session, &node, "{\"id\":2,\"subscribe\"").await }
+    });
+    let data = json!({"id": 2, "subscribe": {"channel": "room:a"}}).to_string();
+    assert_eq!(emulate(addr, json!({"session": session, "node": node, "data": data})).await, 204);
+    waiting.await.unwrap();
+    assert_eq!(hub.presence("room:a").await.unwrap().len(), 1);
+
+    // No poll comes any more: the client is disconnected and leaves the presence.
+    eventually("the client is gone", || hub.num_clients() == 0).await;
+    assert!(hub.presence("room:a").await.unwrap().is_empty());
+    let late = json!({"session": session, "node": node, "data": json!({"id": 3, "rpc": {}}).to_string()});
+    assert_eq!(emulate(addr, late).await, 404);
+    // Its buffer goes too, within another ttl.
+    let mut gone = false;
+    for _ in 0..50 {
+        let a = poll(addr, &session, &node).await;
+        if a.status == 404 {
+            gone = true;
+            break;
+        }
+        assert!(a.status == 200 || a.status == 204, "{}{}", a.head, a.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "a poll of the expired session is answered 404");
+}
+
+#[test]
+fn a_long_poll_configuration_that_cannot_work_is_refused() {
+    let mut c = config();
+    c.long_poll.session_ttl = Duration::ZERO;
+    let e = Hub::new(c).expect_err("refused").to_string();
+    assert!(e.contains("long_poll.session_ttl"), "{e}");
+    let mut c = config();
+    c.long_poll.max_buffer_size = 0;
+    let e = Hub::new(c).expect_err("refused").to_string();
+    assert!(e.contains("long_poll.max_buffer_size"), "{e}");
+    // Off, its keys do not matter.
+    let mut c = config();
+    c.long_poll.enabled = false;
+    c.long_poll.session_ttl = Duration::ZERO;
+    assert!(Hub::new(c).is_ok());
+}
+
+#[tokio::test]
+async fn long_poll_answers_bad_input_with_the_documented_status() {
+    let (_hub, addr) = serve(config()).await;
+    let (_first, session, node) = long_poll_connect(addr).await;
+    // No session: 400. An unknown one, or one of a node the broker does not know: 404.
+    assert_eq!(exchange(addr, "GET", "/connection/long_poll", &[], b"").await.status, 400);
+    assert_eq!(poll(addr, "nobody", &node).await.status, 404);
+    let a = poll(addr, &session, "elsewhere").await;
+    assert_eq!(a.status, 404);
+    assert!(a.body.contains("unknown session"), "{}", a.body);
+    // The connect: not a connect, malformed, too big.
+    let h = [("Content-Type", "application/json")];
+    let rpc = json!({"id": 1, "rpc": {}}).to_string();
+    assert_eq!(exchange(addr, "POST", "/connection/long_poll", &h, rpc.as_bytes()).await.status, 400);
+    assert_eq!(exchange(addr, "POST", "/connection/long_poll", &h, b"{").await.status, 400);
+    let big = format!("{{\"id\":1,\"connect\":{{\"token\":\"{}\"}}}}", "x".repeat(2000));
+    assert_eq!(exchange(addr, "POST", "/connection/long_poll", &h, big.as_bytes()).await.status, 413);
+    // From an origin not allowed: 403; from an allowed one, with CORS headers.
+    let connect = json!({"id": 1, "connect": {}}).to_string();
+    let h = [("Content-Type", "application/json"), ("Origin", "https://evil.example")];
+    assert_eq!(exchange(addr, "POST", "/connection/long_poll", &h, connect.as_bytes()).await.status, 403);
+    let h = [("Content-Type", "application/json"), ("Origin", "https://app.example")];
+    let a = exchange(addr, "POST", "/connection/long_poll", &h, connect.as_bytes()).await;
+    assert_eq!(a.status, 200);
+    assert!(a.head.contains("access-control-allow-origin: https://app.example"), "{}", a.head);
+}
+
+#[tokio::test]
+async fn a_long_poll_buffer_past_its_bound_disconnects_with_3008() {
+    let mut c = config();
+    c.long_poll.max_buffer_size = 4096;
+    let (hub, addr) = serve(c).await;
+    let (_first, session, node) = long_poll_connect(addr).await;
+    let data = json!({"id": 2, "subscribe": {"channel": "open:flood"}}).to_string();
+    assert_eq!(emulate(addr, json!({"session": session, "node": node, "data": data})).await, 204);
+    poll_until(addr, &session, &node, "{\"id\":2,\"subscribe\"").await;
+    // The client stops polling; publications pile up past 4 KiB.
+    let payload = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(1000)));
+    for _ in 0..10 {
+        hub.publish("open:flood", payload.clone(), Default::default()).await.unwrap();
+    }
+    eventually("the client is gone", || hub.num_clients() == 0).await;
+    // Its next poll gets what was buffered, the disconnect last; then the session is gone.
+    let a = poll(addr, &session, &node).await;
+    assert_eq!(a.status, 200);
+    let last = a.body.lines().last().unwrap();
+    assert!(last.starts_with("{\"push\":{\"disconnect\":{\"code\":3008"), "{last}");
+    assert!(a.body.len() <= 4096 + 2048, "{} bytes buffered", a.body.len());
+    assert_eq!(poll(addr, &session, &node).await.status, 404);
+}
+
+/// Sends a request with `Connection: close`: the status and the body's bytes.
+async fn exchange_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut h = headers.to_vec();
+    h.push(("Connection", "close"));
+    let mut s = request(addr, method, path, &h, body).await;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("the response ended").unwrap();
+    let at = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a head");
+    let head = String::from_utf8_lossy(&buf[..at]).into_owned();
+    assert!(head.contains("content-type: application/octet-stream") || !head.contains(" 200 "), "{head}");
+    (status(&head), buf[at + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn long_poll_speaks_protobuf_when_the_connect_is_protobuf() {
+    use volley_hub::protocol::{
+        protobuf, Command, ConnectRequest, PushKind, Reply, ReplyResult, Request, SubscribeRequest,
+    };
+    let (hub, addr) = serve(config()).await;
+    let h = [("Content-Type", "application/octet-stream")];
+    let mut connect = bytes::BytesMut::new();
+    protobuf::encode_command(&Command { id: 1, request: Request::Connect(ConnectRequest::default()) }, &mut connect);
+    let (code, body) = exchange_bytes(addr, "POST", "/connection/long_poll", &h, &connect).await;
+    assert_eq!(code, 200);
+    let replies: Vec<Reply> = protobuf::replies(&body).map(Result::unwrap).collect();
+    let Some(Reply::Result { result: ReplyResult::Connect(c), .. }) = replies.first() else { panic!("{replies:?}") };
+    let (session, node) = (c.session.clone(), c.node.clone());
+
+    // A Protobuf EmulationRequest (node = 1, session = 2, data = 3) with a subscribe.
+    let mut data = bytes::BytesMut::new();
+    let sub = SubscribeRequest { channel: "open:pb".into(), ..Default::default() };
+    protobuf::encode_command(&Command { id: 2, request: Request::Subscribe(sub) }, &mut data);
+    let mut pb = Vec::new();
+    for (tag, v) in [(0x0a, node.as_bytes()), (0x12, session.as_bytes()), (0x1a, &data[..])] {
+        pb.push(tag);
+        pb.push(v.len() as u8);
+        pb.extend_from_slice(v);
+    }
+    let r = request(addr, "POST", "/emulation", &h, &pb).await;
+    assert_eq!(status(&head(r).await), 204);
+    hub.publish("open:pb", Bytes::from_static(b"{\"n\":1}"), Default::default()).await.unwrap();
+
+    // Polls until both the subscribe result and the publication came, in that order.
+    let path = format!("/connection/long_poll?session={session}&node={node}");
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let (code, body) = exchange_bytes(addr, "GET", &path, &[], b"").await;
+        assert!(code == 200 || code == 204, "{code}");
+        got.extend(protobuf::replies(&body).map(Result::unwrap));
+        if got.iter().any(|r| matches!(r, Reply::Push(p) if matches!(p.kind, PushKind::Publication(_)))) {
+            break;
+        }
+    }
+    assert!(matches!(got.first(), Some(Reply::Result { id: 2, result: ReplyResult::Subscribe(_) })), "{got:?}");
+    let Some(Reply::Push(p)) = got.last() else { panic!("{got:?}") };
+    assert_eq!(p.channel, "open:pb");
+    assert!(matches!(p.kind, PushKind::Publication(_)), "{p:?}");
 }

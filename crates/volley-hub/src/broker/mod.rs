@@ -47,7 +47,8 @@ pub trait BrokerEvents: Send + Sync + 'static {
     fn leave(&self, channel: &str, info: ClientInfo);
     /// A control message another node sent to this one ([`Broker::send_control`]).
     /// Opaque to the broker; the hub uses it to forward the emulation transports'
-    /// commands to the node that holds their session. Ignored by default.
+    /// commands and long polls to the node that holds their session, and the polls'
+    /// answers back. Ignored by default.
     fn control(&self, message: Bytes) {
         let _ = message;
     }

@@ -62,8 +62,11 @@ pub(crate) struct HubInner {
     pub metrics: Metrics,
     /// The next channel id for channel compaction.
     channel_ids: AtomicU64,
-    /// The emulation sessions on this node (`/connection/http_stream`, `/connection/sse`).
+    /// The emulation sessions on this node (`/connection/http_stream`, `/connection/sse`,
+    /// `/connection/long_poll`): where their commands go.
     pub(crate) emulation: crate::transport::emulation::Sessions,
+    /// The long-polling sessions on this node: what waits for their next poll.
+    pub(crate) long_polls: crate::transport::long_poll::Polls,
 }
 
 /// Counters for `/metrics`.
@@ -301,6 +304,15 @@ impl Hub {
     /// A hub on the given broker.
     pub fn with_broker(config: HubConfig, broker: Arc<dyn Broker>) -> Result<Hub, ConfigError> {
         let channels = Channels::new(&config.channel)?;
+        let lp = &config.long_poll;
+        if lp.enabled && lp.session_ttl.is_zero() {
+            return Err(ConfigError(
+                "long_poll.session_ttl: must be more than 0 (each session would end with its first poll)".into(),
+            ));
+        }
+        if lp.enabled && lp.max_buffer_size == 0 {
+            return Err(ConfigError("long_poll.max_buffer_size: must be more than 0".into()));
+        }
         let verifier =
             TokenVerifier::new(&config.client.token).map_err(|e| ConfigError(format!("client.token: {e}")))?;
         let sub_verifier = match &config.client.subscription_token {
@@ -319,6 +331,7 @@ impl Hub {
             metrics: Metrics::default(),
             channel_ids: AtomicU64::new(1),
             emulation: Default::default(),
+            long_polls: Default::default(),
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })
@@ -886,7 +899,10 @@ impl BrokerEvents for Events {
 
     fn control(&self, message: Bytes) {
         if let Some(hub) = self.0.upgrade() {
-            hub.emulation.deliver_now(&message);
+            // A forwarded long poll, or its answer; a forwarded command otherwise.
+            if !crate::transport::long_poll::forwarded(&hub, &message) {
+                hub.emulation.deliver_now(&message);
+            }
         }
     }
 }

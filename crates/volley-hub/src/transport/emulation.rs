@@ -16,6 +16,8 @@
 //! request is forwarded there through the broker ([`crate::broker::Broker::send_control`]),
 //! as an encoded [`EmulationRequest`]; when that node is unknown the answer is 404 and
 //! the client reconnects.
+//!
+//! Long polling (`transport::long_poll`) starts its sessions here too (`start`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -40,7 +42,7 @@ use crate::protocol::{self, Command, Disconnect, Format, Push, PushKind, Reply};
 
 /// How many decoded command batches may wait for a session's loop before `/emulation`
 /// waits (and, forwarded from another node, fails with 404 after [`SEND_TIMEOUT`]).
-const COMMAND_QUEUE: usize = 64;
+pub(super) const COMMAND_QUEUE: usize = 64;
 
 /// How long `/emulation` waits for room in a busy session's command queue (503 after).
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,7 +71,7 @@ pub(crate) struct Sessions(Mutex<HashMap<String, Entry>>);
 type Entry = (Format, mpsc::Sender<Vec<Command>>);
 
 /// Headers to add to a response (CORS).
-type Headers = Vec<(header::HeaderName, HeaderValue)>;
+pub(super) type Headers = Vec<(header::HeaderName, HeaderValue)>;
 
 /// Why a command was not handed to its session.
 #[derive(Debug, PartialEq, Eq)]
@@ -87,7 +89,7 @@ impl Sessions {
         lock(&self.0).get(session).cloned()
     }
 
-    fn decode(format: Format, data: &[u8]) -> Result<Vec<Command>, Refused> {
+    pub(super) fn decode(format: Format, data: &[u8]) -> Result<Vec<Command>, Refused> {
         let decoded = match format {
             Format::Json => protocol::json::decode_commands(&Bytes::copy_from_slice(data)).map_err(|e| e.to_string()),
             Format::Protobuf => protocol::protobuf::decode_commands(data).map_err(|e| e.to_string()),
@@ -129,7 +131,7 @@ impl Sessions {
 }
 
 /// A session's registration in [`Sessions`], removed when its stream ends.
-struct Registration {
+pub(super) struct Registration {
     hub: Arc<HubInner>,
     session: String,
 }
@@ -227,7 +229,7 @@ impl futures_util::Stream for FrameStream {
 /// The CORS headers for a cross-origin request from an allowed origin; `Err` with a
 /// 403 response when the origin is not allowed. The request's host is its `Host`
 /// field or, in HTTP/2 (which has none), its `:authority` (RFC 9113 §8.3.1).
-fn cors(hub: &Hub, uri: &Uri, headers: &HeaderMap) -> Result<Headers, Box<Response>> {
+pub(super) fn cors(hub: &Hub, uri: &Uri, headers: &HeaderMap) -> Result<Headers, Box<Response>> {
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(Vec::new()) };
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()));
     let allowed = origin.to_str().is_ok_and(|o| origin_allowed(o, host, &hub.config().client.allowed_origins));
@@ -261,18 +263,18 @@ pub(crate) async fn preflight(State(hub): State<Hub>, uri: Uri, headers: HeaderM
     }
 }
 
-fn status(code: StatusCode, msg: &'static str, cors: Headers) -> Response {
+pub(super) fn status(code: StatusCode, msg: &'static str, cors: Headers) -> Response {
     let mut r = (code, msg).into_response();
     r.headers_mut().extend(cors);
     r
 }
 
-fn is_protobuf(headers: &HeaderMap) -> bool {
+pub(super) fn is_protobuf(headers: &HeaderMap) -> bool {
     headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"))
 }
 
 /// Reads a request body up to `limit` bytes: `Err(413)` beyond.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, StatusCode> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, StatusCode> {
     match axum::body::to_bytes(body, limit).await {
         Ok(b) => Ok(b),
         Err(e) => {
@@ -382,6 +384,38 @@ pub(crate) async fn sse(State(hub): State<Hub>, req: Request) -> Response {
     open(hub, Format::Json, Framing::Sse, &connect, remote, cors)
 }
 
+/// An emulation session just started from its connect command: the connection's state,
+/// its commands (the connect first), and its registration in [`Sessions`].
+pub(super) struct Started {
+    pub(super) conn: Conn,
+    pub(super) commands: mpsc::Receiver<Vec<Command>>,
+    pub(super) registration: Registration,
+    pub(super) session: String,
+}
+
+/// Starts an emulation session from its connect command; the status and message to
+/// answer when it is not one.
+pub(super) fn start(
+    hub: &Hub,
+    format: Format,
+    connect: &[u8],
+    remote: Option<SocketAddr>,
+) -> Result<Started, (StatusCode, &'static str)> {
+    let cmds =
+        Sessions::decode(format, connect).map_err(|_| (StatusCode::BAD_REQUEST, "malformed connect command\n"))?;
+    if !matches!(cmds.first(), Some(Command { request: protocol::Request::Connect(_), .. })) {
+        return Err((StatusCode::BAD_REQUEST, "the first command must be connect\n"));
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let mut conn = Conn::new(hub, format, remote);
+    let session = crate::engine::client::new_client_id();
+    conn.session.set_emulation_session(session.clone());
+    lock(&hub.inner.emulation.0).insert(session.clone(), (format, cmd_tx.clone()));
+    let registration = Registration { hub: hub.inner.clone(), session: session.clone() };
+    let _ = cmd_tx.try_send(cmds);
+    Ok(Started { conn, commands: cmd_rx, registration, session })
+}
+
 /// Starts an emulation session from its connect command and answers with its stream.
 fn open(
     hub: Hub,
@@ -391,23 +425,15 @@ fn open(
     remote: Option<SocketAddr>,
     cors: Headers,
 ) -> Response {
-    let cmds = match Sessions::decode(format, connect) {
-        Ok(c) => c,
-        Err(_) => return status(StatusCode::BAD_REQUEST, "malformed connect command\n", cors),
+    let started = match start(&hub, format, connect, remote) {
+        Ok(s) => s,
+        Err((code, msg)) => return status(code, msg, cors),
     };
-    if !matches!(cmds.first(), Some(Command { request: protocol::Request::Connect(_), .. })) {
-        return status(StatusCode::BAD_REQUEST, "the first command must be connect\n", cors);
-    }
-    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     // One frame in flight: the client's outbox bounds the rest.
     let (out_tx, out_rx) = mpsc::channel(1);
-    let mut conn = Conn::new(&hub, format, remote);
-    let session = crate::engine::client::new_client_id();
-    conn.session.set_emulation_session(session.clone());
-    lock(&hub.inner.emulation.0).insert(session.clone(), (format, cmd_tx.clone()));
-    let registration = Registration { hub: hub.inner.clone(), session };
-    let _ = cmd_tx.try_send(cmds);
-    let carrier = StreamCarrier { commands: cmd_rx, out: out_tx, framing, _registration: registration };
+    let carrier =
+        StreamCarrier { commands: started.commands, out: out_tx, framing, _registration: started.registration };
+    let conn = started.conn;
     tokio::spawn(async move {
         // Never parked: the loop's task lives as long as the stream.
         let _ = websocket::run(&hub, carrier, conn, None).await;
@@ -420,7 +446,14 @@ fn open(
     let mut r = Response::new(Body::from_stream(FrameStream(out_rx)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // No proxy or browser cache may hold the stream back or keep it.
+    no_cache(h);
+    h.extend(cors);
+    r
+}
+
+/// Headers that keep every proxy and browser cache from holding a response back or
+/// keeping it.
+pub(super) fn no_cache(h: &mut HeaderMap) {
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
@@ -429,6 +462,4 @@ fn open(
     h.insert(header::EXPIRES, HeaderValue::from_static("0"));
     // nginx buffers responses unless told not to.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    h.extend(cors);
-    r
 }

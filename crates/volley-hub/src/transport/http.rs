@@ -36,7 +36,8 @@ pub fn router(hub: Hub) -> Router {
 }
 
 /// The bidirectional emulation routes, as the configuration enables them:
-/// `/connection/http_stream`, `/connection/sse`, and `/emulation` when either is on.
+/// `/connection/http_stream`, `/connection/sse`, `/connection/long_poll`, and
+/// `/emulation` when any of them is on.
 fn emulation_routes(hub: &Hub) -> Router<Hub> {
     use axum::routing::{options, post};
     let c = hub.config();
@@ -47,7 +48,13 @@ fn emulation_routes(hub: &Hub) -> Router<Hub> {
     if c.sse.enabled {
         r = r.route("/connection/sse", get(emulation::sse).post(emulation::sse).options(emulation::preflight));
     }
-    if c.http_stream.enabled || c.sse.enabled {
+    if c.long_poll.enabled {
+        r = r.route(
+            "/connection/long_poll",
+            get(super::long_poll::poll).post(super::long_poll::connect).options(emulation::preflight),
+        );
+    }
+    if c.http_stream.enabled || c.sse.enabled || c.long_poll.enabled {
         r = r.route("/emulation", post(emulation::emulation).merge(options(emulation::preflight)));
     }
     r

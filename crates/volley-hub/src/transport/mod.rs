@@ -3,6 +3,7 @@
 
 pub mod emulation;
 pub mod http;
+pub(crate) mod long_poll;
 pub mod position;
 #[cfg(unix)]
 pub mod tcp;
