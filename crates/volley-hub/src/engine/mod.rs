@@ -12,6 +12,7 @@
 
 pub(crate) mod channel;
 pub(crate) mod client;
+pub(crate) mod keyed;
 pub(crate) mod session;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use crate::protocol::{
 };
 use channel::Channels;
 use client::ClientShared;
+use keyed::Keyed;
 
 const SHARDS: usize = 64;
 
@@ -133,15 +135,28 @@ impl Histogram {
     }
 }
 
-/// The connected clients of this node, for limits and the server API.
+/// The connected clients of this node, for limits and the server API, which reaches
+/// them by user (and client id) alone.
 #[derive(Default)]
 pub(crate) struct Connections {
-    pub by_id: HashMap<String, Arc<ClientShared>>,
-    pub users: HashMap<String, Vec<String>>,
+    /// Each user's sessions (anonymous ones under ""), by the client's `seq`.
+    pub users: HashMap<String, Keyed<u64, Connected>>,
     pub ips: HashMap<std::net::IpAddr, usize>,
     pub total: usize,
-    /// Client id → (user, channels) for the API's `info`, `subscribe`, `unsubscribe`.
-    pub sessions: HashMap<String, Arc<SessionControl>>,
+}
+
+/// A connected session, as the server API reaches it from outside its task.
+#[derive(Clone)]
+pub(crate) struct Connected {
+    pub client: Arc<ClientShared>,
+    pub control: Arc<SessionControl>,
+}
+
+impl Connected {
+    /// What the server API's `connections` shows of it.
+    fn details(&self) -> ConnectionInfo {
+        ConnectionInfo { client: self.client.id.clone(), ..self.control.details.clone() }
+    }
 }
 
 /// What the server API and the delivery may ask of a connected session from outside
@@ -154,7 +169,8 @@ pub(crate) struct SessionControl {
     /// (unsubscribe 2500) and gets nothing more from them; the session forgets them
     /// before its next command, so that the client's resubscribe finds them gone.
     pub lost: Mutex<Vec<String>>,
-    /// What the server API's `connections` shows of the session.
+    /// What the server API's `connections` shows of the session (its `client` left
+    /// empty: the id is the client's).
     pub details: ConnectionInfo,
 }
 
@@ -199,7 +215,8 @@ pub(crate) enum ControlRequest {
 
 /// The subscribers of one channel on this node.
 struct Local {
-    subs: HashMap<u64, Sub>,
+    /// By the client's `seq`.
+    subs: Keyed<u64, Sub>,
     /// The channel's id on this node, for subscribers with channel compaction: given
     /// when the channel gets its first local subscriber, never given to another.
     id: u64,
@@ -213,8 +230,9 @@ struct Sub {
     positioned: bool,
     /// The offset of the last publication queued to it.
     last: u64,
-    /// Publications that arrived while the subscription was being set up.
-    buffer: Option<Vec<Arc<Publication>>>,
+    /// Publications that arrived while the subscription was being set up (boxed: a
+    /// live subscription, the usual kind, keeps a pointer's room for it).
+    buffer: Option<Box<Vec<Arc<Publication>>>>,
     /// Fossil deltas were negotiated: publications go as deltas from the one before when
     /// the client holds that one (JSON: full payloads as strings).
     delta: bool,
@@ -380,15 +398,8 @@ impl Hub {
     pub fn connections(&self, user: Option<&str>) -> Vec<ConnectionInfo> {
         let conns = lock(&self.inner.conns);
         match user {
-            Some(user) => conns
-                .users
-                .get(user)
-                .into_iter()
-                .flatten()
-                .filter_map(|id| conns.sessions.get(id))
-                .map(|s| s.details.clone())
-                .collect(),
-            None => conns.sessions.values().map(|s| s.details.clone()).collect(),
+            Some(user) => conns.users.get(user).into_iter().flat_map(|s| s.values()).map(Connected::details).collect(),
+            None => conns.users.values().flat_map(|s| s.values()).map(Connected::details).collect(),
         }
     }
 
@@ -417,14 +428,10 @@ impl Hub {
     /// Disconnects every connection of `user` on this node (the API's `disconnect`).
     pub fn disconnect_user(&self, user: &str, client: Option<&str>, d: Disconnect) -> usize {
         let conns = lock(&self.inner.conns);
-        let ids = conns.users.get(user).cloned().unwrap_or_default();
         let mut n = 0;
-        for id in ids {
-            if client.is_some_and(|c| c != id) {
-                continue;
-            }
-            if let Some(c) = conns.by_id.get(&id) {
-                c.close(d.clone());
+        for c in conns.users.get(user).into_iter().flat_map(|s| s.values()) {
+            if client.is_none_or(|id| id == c.client.id) {
+                c.client.close(d.clone());
                 n += 1;
             }
         }
@@ -434,7 +441,8 @@ impl Hub {
     /// Disconnects everyone (shutdown), spreading the disconnects over `window` so that
     /// clients do not all reconnect at the same moment.
     pub async fn disconnect_all(&self, d: Disconnect, window: Duration) {
-        let clients: Vec<_> = lock(&self.inner.conns).by_id.values().cloned().collect();
+        let clients: Vec<_> =
+            lock(&self.inner.conns).users.values().flat_map(|s| s.values()).map(|c| c.client.clone()).collect();
         if clients.is_empty() {
             return;
         }
@@ -452,14 +460,11 @@ impl Hub {
     pub(crate) fn control_user(&self, user: &str, client: Option<&str>, req: impl Fn() -> ControlRequest) -> usize {
         let conns = lock(&self.inner.conns);
         let mut n = 0;
-        for id in conns.users.get(user).into_iter().flatten() {
-            if client.is_some_and(|c| c != id) {
-                continue;
-            }
-            if let (Some(s), Some(c)) = (conns.sessions.get(id), conns.by_id.get(id)) {
-                lock(&s.requests).push(req());
+        for c in conns.users.get(user).into_iter().flat_map(|s| s.values()) {
+            if client.is_none_or(|id| id == c.client.id) {
+                lock(&c.control.requests).push(req());
                 // Wakes the session's task, which applies the request.
-                c.push_wake();
+                c.client.push_wake();
                 n += 1;
             }
         }
@@ -602,7 +607,7 @@ impl HubInner {
         let (first, id) = {
             let mut shard = self.shard(channel);
             let local = shard.entry(channel.to_owned()).or_insert_with(|| Local {
-                subs: HashMap::new(),
+                subs: Keyed::default(),
                 id: self.channel_ids.fetch_add(1, Ordering::Relaxed),
             });
             let first = local.subs.is_empty();
@@ -614,7 +619,7 @@ impl HubInner {
                     join_leave: o.join_leave,
                     positioned: o.positioned,
                     last: 0,
-                    buffer: Some(Vec::new()),
+                    buffer: Some(Box::default()),
                     delta: o.delta,
                     base: None,
                     filter: o.filter,
@@ -659,7 +664,7 @@ impl HubInner {
         }
         sub.last = last;
         sub.base = base;
-        let buffered = sub.buffer.take().unwrap_or_default();
+        let buffered = sub.buffer.take().map(|b| *b).unwrap_or_default();
         for p in buffered {
             match sub.advance(p.offset) {
                 Ok(true) => {}

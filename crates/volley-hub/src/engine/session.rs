@@ -2,7 +2,7 @@
 //! state they build (the user, the subscriptions, the expiry). Replies and pushes go
 //! to the client's queue; the transport writes them.
 
-use std::collections::HashMap;
+use super::keyed::Keyed;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ pub(crate) struct Session {
     conn_info: Bytes,
     /// When the connection expires (Unix seconds), unless refreshed.
     expires_at: Option<u64>,
-    subs: HashMap<String, LocalSub>,
+    subs: Keyed<String, LocalSub>,
     /// Commands allowed now (a token bucket).
     tokens: f64,
     refilled: Instant,
@@ -103,7 +103,7 @@ impl Session {
             user: String::new(),
             conn_info: Bytes::new(),
             expires_at: None,
-            subs: HashMap::new(),
+            subs: Keyed::default(),
             tokens: burst,
             refilled: Instant::now(),
             ping_sent: None,
@@ -221,7 +221,7 @@ impl Session {
     /// not refreshed within three ping intervals).
     pub async fn refresh_presence(&mut self) {
         self.forget_lost().await;
-        for (channel, sub) in &self.subs {
+        for (channel, sub) in self.subs.iter() {
             if sub.options.presence {
                 let _ =
                     self.hub.broker.add_presence(channel, self.info(sub.chan_info.clone()), self.presence_ttl()).await;
@@ -432,7 +432,7 @@ impl Session {
         // What the server API's `connections` shows; `meta` goes nowhere else (not to
         // clients: not in presence, joins, leaves or publications).
         let details = ConnectionInfo {
-            client: self.client.id.clone(),
+            client: String::new(),
             user: self.user.clone(),
             app_name: req.name.clone(),
             app_version: req.version.clone(),
@@ -508,7 +508,7 @@ impl Session {
         }
         if c.user_connection_limit > 0
             && !self.user.is_empty()
-            && conns.users.get(&self.user).map_or(0, Vec::len) >= c.user_connection_limit
+            && conns.users.get(&self.user).map_or(0, |s| s.len()) >= c.user_connection_limit
         {
             return Err(Disconnect::CONNECTION_LIMIT);
         }
@@ -519,10 +519,9 @@ impl Session {
             *conns.ips.entry(ip).or_default() += 1;
         }
         conns.total += 1;
-        conns.users.entry(self.user.clone()).or_default().push(self.client.id.clone());
-        conns.by_id.insert(self.client.id.clone(), self.client.clone());
         self.control = Arc::new(SessionControl { details, ..SessionControl::default() });
-        conns.sessions.insert(self.client.id.clone(), self.control.clone());
+        let connected = super::Connected { client: self.client.clone(), control: self.control.clone() };
+        conns.users.entry(self.user.clone()).or_default().insert(self.client.seq, connected);
         self.hub.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -911,11 +910,9 @@ impl Session {
         self.connected = false;
         let mut conns = lock(&self.hub.conns);
         conns.total = conns.total.saturating_sub(1);
-        conns.by_id.remove(&self.client.id);
-        conns.sessions.remove(&self.client.id);
-        if let Some(ids) = conns.users.get_mut(&self.user) {
-            ids.retain(|i| *i != self.client.id);
-            if ids.is_empty() {
+        if let Some(sessions) = conns.users.get_mut(&self.user) {
+            sessions.remove(&self.client.seq);
+            if sessions.is_empty() {
                 conns.users.remove(&self.user);
             }
         }
