@@ -21,6 +21,9 @@ const SMALL: usize = 8;
 #[derive(Debug)]
 pub(crate) struct Keyed<K, V> {
     list: Vec<(K, V)>,
+    // Boxed on purpose: a pointer's room in every small map, a hash map's (48 bytes)
+    // only in the large ones.
+    #[allow(clippy::box_collection)]
     index: Option<Box<HashMap<K, usize>>>,
 }
 

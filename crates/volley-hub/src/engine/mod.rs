@@ -232,6 +232,7 @@ struct Sub {
     last: u64,
     /// Publications that arrived while the subscription was being set up (boxed: a
     /// live subscription, the usual kind, keeps a pointer's room for it).
+    #[allow(clippy::box_collection)]
     buffer: Option<Box<Vec<Arc<Publication>>>>,
     /// Fossil deltas were negotiated: publications go as deltas from the one before when
     /// the client holds that one (JSON: full payloads as strings).
