@@ -153,10 +153,34 @@ pub(crate) struct Connected {
 }
 
 impl Connected {
-    /// What the server API's `connections` shows of it.
-    fn details(&self) -> ConnectionInfo {
-        ConnectionInfo { client: self.client.id.clone(), ..self.control.details.clone() }
+    /// What the server API's `connections` shows of it, a session of `user`.
+    fn details(&self, user: &str) -> ConnectionInfo {
+        let d = &self.control.details;
+        ConnectionInfo {
+            client: self.client.id.clone(),
+            user: user.to_owned(),
+            app_name: d.app_name.to_string(),
+            app_version: d.app_version.to_string(),
+            transport: d.transport,
+            protocol: self.client.format,
+            token_uid: d.token_uid.as_deref().map(str::to_owned),
+            token_issued_at: d.token_issued_at,
+            meta: d.meta.clone(),
+        }
     }
+}
+
+/// What a session keeps for the server API's `connections`, besides what the hub
+/// knows of it already (its client id, user and format): held for every connected
+/// client, so in its smallest form.
+#[derive(Debug, Default)]
+pub(crate) struct Details {
+    pub app_name: Box<str>,
+    pub app_version: Box<str>,
+    pub transport: &'static str,
+    pub token_uid: Option<Box<str>>,
+    pub token_issued_at: Option<u64>,
+    pub meta: Bytes,
 }
 
 /// What the server API and the delivery may ask of a connected session from outside
@@ -169,9 +193,8 @@ pub(crate) struct SessionControl {
     /// (unsubscribe 2500) and gets nothing more from them; the session forgets them
     /// before its next command, so that the client's resubscribe finds them gone.
     pub lost: Mutex<Vec<String>>,
-    /// What the server API's `connections` shows of the session (its `client` left
-    /// empty: the id is the client's).
-    pub details: ConnectionInfo,
+    /// What the server API's `connections` shows of the session.
+    pub details: Details,
 }
 
 /// A connected client as the server API's `connections` shows it: who it is, what it
@@ -399,8 +422,8 @@ impl Hub {
     pub fn connections(&self, user: Option<&str>) -> Vec<ConnectionInfo> {
         let conns = lock(&self.inner.conns);
         match user {
-            Some(user) => conns.users.get(user).into_iter().flat_map(|s| s.values()).map(Connected::details).collect(),
-            None => conns.users.values().flat_map(|s| s.values()).map(Connected::details).collect(),
+            Some(user) => conns.users.get(user).into_iter().flat_map(|s| s.values()).map(|c| c.details(user)).collect(),
+            None => conns.users.iter().flat_map(|(u, s)| s.values().map(|c| c.details(u))).collect(),
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::client::ClientShared;
-use super::{encode, lock, now_ms, ConnectionInfo, ControlRequest, HubInner, SessionControl, SubOptions};
+use super::{encode, lock, now_ms, ControlRequest, Details, HubInner, SessionControl, SubOptions};
 use crate::auth::{ConnectToken, SubscribeToken, TokenError};
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::protocol::{
@@ -431,14 +431,11 @@ impl Session {
         self.expires_at = token.expire_at;
         // What the server API's `connections` shows; `meta` goes nowhere else (not to
         // clients: not in presence, joins, leaves or publications).
-        let details = ConnectionInfo {
-            client: String::new(),
-            user: self.user.clone(),
-            app_name: req.name.clone(),
-            app_version: req.version.clone(),
+        let details = Details {
+            app_name: req.name.as_str().into(),
+            app_version: req.version.as_str().into(),
             transport: "websocket",
-            protocol: self.client.format,
-            token_uid: token.jti.clone(),
+            token_uid: token.jti.as_deref().map(Into::into),
             token_issued_at: token.issued_at,
             meta: token.meta.clone().unwrap_or_default(),
         };
@@ -500,7 +497,7 @@ impl Session {
         Ok(())
     }
 
-    fn register_connection(&mut self, details: ConnectionInfo) -> Outcome {
+    fn register_connection(&mut self, details: Details) -> Outcome {
         let c = &self.hub.config.client;
         let mut conns = lock(&self.hub.conns);
         if c.connection_limit != 0 && conns.total >= c.connection_limit {
