@@ -493,10 +493,12 @@ async fn idle_streams_carry_heartbeats_over_http2() {
         uni_sse.event_with("\"connect\"").await;
         assert_eq!(uni_sse.until("\n\n").await, ":\n\n", "{mode:?} uni_sse");
 
-        // The unidirectional HTTP stream: an empty object.
-        let mut uni_stream = h2.stream("GET", "/connection/uni_http_stream?channel=open:idle", "").await;
+        // The unidirectional HTTP stream, opened as Centrifugo's clients do (the connect
+        // request POSTed): a JSON null, Centrifugo's ping there.
+        let body = json!({"subs": {"open:idle": {}}}).to_string();
+        let mut uni_stream = h2.stream("POST", "/connection/uni_http_stream", &body).await;
         uni_stream.line_with("\"connect\"").await;
-        assert_eq!(uni_stream.until("\n").await, "{}\n", "{mode:?} uni_http_stream");
+        assert_eq!(uni_stream.until("\n").await, "null\n", "{mode:?} uni_http_stream");
     }
 }
 
