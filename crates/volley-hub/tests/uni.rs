@@ -122,7 +122,7 @@ impl Stream {
             if let Some(i) = self.buf.windows(self.sep.len()).position(|w| w == self.sep) {
                 let frame = String::from_utf8(self.buf[..i].to_vec()).unwrap();
                 self.buf.drain(..i + self.sep.len());
-                if frame.starts_with(':') || frame == "null" || frame.starts_with("retry:") {
+                if frame.starts_with("event: ping") || frame == "null" || frame.starts_with("retry:") {
                     self.beats.push(frame);
                     continue;
                 }
@@ -640,4 +640,10 @@ async fn uni_sse_takes_centrifugos_cf_connect_or_a_post_body() {
         assert_eq!(p["channel"], "#u2", "{p}");
         assert_eq!(n_of(&p), 1);
     }
+    // Centrifugo's SSE ping: an event named ping, with empty data.
+    while get_sse.beats.len() < 2 {
+        publish(&hub, "#u2", 2).await;
+        get_sse.next().await;
+    }
+    assert_eq!(get_sse.beats[1], "event: ping\ndata:", "{:?}", get_sse.beats);
 }

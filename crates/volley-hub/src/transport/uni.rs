@@ -1,10 +1,14 @@
 //! The unidirectional transports, for clients with no SDK: SSE (`/connection/uni_sse`),
-//! an HTTP stream of newline-delimited JSON (`/connection/uni_http_stream`) and long
-//! polling (`/connection/uni_long_poll`).
+//! an HTTP stream of newline-delimited JSON (`/connection/uni_http_stream`), a WebSocket
+//! that only receives (`/connection/uni_websocket`) and long polling
+//! (`/connection/uni_long_poll`).
 //!
-//! A reader names a token (or none, in the anonymous mode), its channels and, to
-//! resume, a position ([`super::position`]). The hub builds the connect and subscribe
-//! commands itself and runs them through a [`Session`], so every rule of a
+//! A reader sends Centrifugo's connect request (the body of a POST, `cf_connect`, a
+//! uni WebSocket's first message) or names in the query a token (or none, in the
+//! anonymous mode), its channels and, to resume, a position ([`super::position`]); it
+//! may name no channel and read those its user is subscribed to server-side. The
+//! messages, pings included, are framed as Centrifugo's. The hub builds the connect and
+//! subscribe commands itself and runs them through a [`Session`], so every rule of a
 //! bidirectional client applies (token, permissions, limits); the session's bounded
 //! queue feeds the reader. Each publication goes out with the position reached, the
 //! token to resume from: an SSE event's `id` (the browser sends it back as
@@ -550,7 +554,9 @@ async fn pump(
 ) -> Option<Disconnect> {
     let client = reader.session.client.clone();
     let beat = match framing {
-        Framing::Sse => Bytes::from_static(b":\n\n"),
+        // Centrifugo's ping: an event named `ping`, its data empty (`onmessage` does
+        // not see it; `addEventListener("ping", ...)` does).
+        Framing::Sse => Bytes::from_static(b"event: ping\ndata:\n\n"),
         // Centrifugo's ping on this transport: JSON `null`.
         Framing::Ndjson => Bytes::from_static(b"null\n"),
     };
