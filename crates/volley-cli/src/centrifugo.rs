@@ -1009,6 +1009,11 @@ fn uni(cx: &mut Cx, mut s: Section, name: &str, out: &mut Value) {
     if let Some(b) = s.bool(cx, "enabled") {
         put(out, &format!("{name}.enabled"), json!(b));
     }
+    if name != "uni_websocket" {
+        if let Some(n) = s.uint(cx, "max_request_body_size").filter(|n| *n > 0) {
+            put(out, &format!("{name}.max_request_body_size"), json!(n));
+        }
+    }
     let default_prefix = format!("/connection/{name}");
     if s.string(cx, "handler_prefix").is_some_and(|p| !p.is_empty() && p != default_prefix) {
         cx.report(s.key("handler_prefix"));
@@ -1566,13 +1571,15 @@ timeout = "30s"
         let (c, ignored) = translated(from_json(
             r#"{
               "uni_sse": { "enabled": true },
-              "uni_http_stream": { "enabled": true, "max_request_body_size": 65536 },
+              "uni_http_stream": { "enabled": true, "max_request_body_size": 1000 },
               "uni_websocket": { "enabled": false, "handler_prefix": "/uni" }
             }"#,
         ));
         assert!(c.uni_sse.enabled && c.uni_http_stream.enabled && !c.uni_websocket.enabled);
         assert!(!c.uni_long_polling.enabled, "Volley's own, off by default");
-        assert_eq!(ignored, ["uni_http_stream.max_request_body_size", "uni_websocket.handler_prefix"]);
+        assert_eq!(c.uni_http_stream.max_request_body_size, 1000);
+        assert_eq!(c.uni_sse.max_request_body_size, 65536);
+        assert_eq!(ignored, ["uni_websocket.handler_prefix"]);
     }
 
     #[test]

@@ -37,12 +37,22 @@ pub struct HubConfig {
     pub uni_long_polling: LongPollingConfig,
 }
 
-/// A unidirectional transport's switch.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// A unidirectional transport's switch, and the size of the connect request it takes.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UniConfig {
     /// Whether its endpoint answers (404 otherwise).
     pub enabled: bool,
+    /// The largest connect request accepted, in bytes: a POST body (`uni_sse`,
+    /// `uni_http_stream`) or the `cf_connect` parameter; 413 beyond. `uni_websocket`
+    /// reads its first message up to `client.max_command_size` instead.
+    pub max_request_body_size: usize,
+}
+
+impl Default for UniConfig {
+    fn default() -> Self {
+        UniConfig { enabled: false, max_request_body_size: 65536 }
+    }
 }
 
 /// Long polling.

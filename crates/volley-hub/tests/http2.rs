@@ -488,15 +488,17 @@ async fn idle_streams_carry_heartbeats_over_http2() {
         stream.line_with("\"id\":1").await;
         assert_eq!(stream.until("\n").await, "{}\n", "{mode:?} http_stream");
 
-        // Unidirectional SSE: a comment (EventSource ignores it).
+        // Unidirectional SSE: Centrifugo's ping event (onmessage does not see it).
         let mut uni_sse = h2.stream("GET", "/connection/uni_sse?channel=open:idle", "").await;
         uni_sse.event_with("\"connect\"").await;
-        assert_eq!(uni_sse.until("\n\n").await, ":\n\n", "{mode:?} uni_sse");
+        assert_eq!(uni_sse.until("\n\n").await, "event: ping\ndata:\n\n", "{mode:?} uni_sse");
 
-        // The unidirectional HTTP stream: an empty object.
-        let mut uni_stream = h2.stream("GET", "/connection/uni_http_stream?channel=open:idle", "").await;
+        // The unidirectional HTTP stream, opened as Centrifugo's clients do (the connect
+        // request POSTed): a JSON null, Centrifugo's ping there.
+        let body = json!({"subs": {"open:idle": {}}}).to_string();
+        let mut uni_stream = h2.stream("POST", "/connection/uni_http_stream", &body).await;
         uni_stream.line_with("\"connect\"").await;
-        assert_eq!(uni_stream.until("\n").await, "{}\n", "{mode:?} uni_http_stream");
+        assert_eq!(uni_stream.until("\n").await, "null\n", "{mode:?} uni_http_stream");
     }
 }
 

@@ -48,13 +48,29 @@ async fn publish(hub: &Hub, channel: &str, n: u64) {
 /// An HTTP/1.0 GET (the body is delimited by the connection's end, no chunks): the
 /// status, the headers (lowercase names) and the open stream after them.
 async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, TcpStream, Vec<u8>) {
+    request(addr, "GET", path, headers, None).await
+}
+
+/// An HTTP/1.0 request with `body`, if any, as [`get`] makes.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, String, TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+    }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body.unwrap_or_default());
+    s.write_all(&req).await.unwrap();
     let mut buf = Vec::new();
     loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -82,13 +98,22 @@ struct Stream {
     s: TcpStream,
     buf: Vec<u8>,
     sep: &'static [u8],
+    /// The heartbeats skipped so far.
+    beats: Vec<String>,
 }
 
 impl Stream {
     async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)], sep: &'static [u8]) -> (String, Stream) {
         let (status, head, s, buf) = get(addr, path, headers).await;
         assert_eq!(status, 200, "{head}");
-        (head, Stream { s, buf, sep })
+        (head, Stream { s, buf, sep, beats: Vec::new() })
+    }
+
+    /// A stream opened by a POST of `body`.
+    async fn post(addr: SocketAddr, path: &str, body: &[u8], sep: &'static [u8]) -> (String, Stream) {
+        let (status, head, s, buf) = request(addr, "POST", path, &[], Some(body)).await;
+        assert_eq!(status, 200, "{head}");
+        (head, Stream { s, buf, sep, beats: Vec::new() })
     }
 
     /// The next frame that is not a heartbeat.
@@ -97,7 +122,8 @@ impl Stream {
             if let Some(i) = self.buf.windows(self.sep.len()).position(|w| w == self.sep) {
                 let frame = String::from_utf8(self.buf[..i].to_vec()).unwrap();
                 self.buf.drain(..i + self.sep.len());
-                if frame.starts_with(':') || frame == "{}" || frame.starts_with("retry:") {
+                if frame.starts_with("event: ping") || frame == "null" || frame.starts_with("retry:") {
+                    self.beats.push(frame);
                     continue;
                 }
                 return frame;
@@ -503,4 +529,121 @@ async fn a_uni_websocket_refused_a_channel_is_closed_with_3507() {
         }
     }
     assert_eq!(code, Some(3507));
+}
+
+/// The whole answer to a POST of `body`: its status and body.
+async fn post_body(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
+    let (status, _, mut s, mut rest) = request(addr, "POST", path, &[], Some(body)).await;
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await.unwrap().unwrap();
+    (status, String::from_utf8(rest).unwrap())
+}
+
+/// Centrifugo's setup for its readers without SDK: each user subscribed server-side to
+/// their personal channel (`#USER`), the connect request the token alone.
+fn personal_config() -> HubConfig {
+    let mut c = config();
+    c.client.user_subscribe_to_personal = true;
+    c.uni_http_stream.max_request_body_size = 4096;
+    c.uni_sse.max_request_body_size = 4096;
+    c
+}
+
+#[tokio::test]
+async fn uni_http_stream_takes_centrifugos_connect_request_as_the_post_body() {
+    let (hub, addr) = serve(personal_config()).await;
+    let t = token(json!({"sub": "u1", "exp": common::unix_now() + 60}));
+    let body = json!({"token": t, "name": "curl", "version": "8"}).to_string();
+    let (head, mut s) = Stream::post(addr, "/connection/uni_http_stream", body.as_bytes(), b"\n").await;
+    assert!(head.contains("application/x-ndjson"), "{head}");
+    let c: Value = serde_json::from_str(&s.next().await).unwrap();
+    let connect = &c["connect"];
+    assert!(connect["client"].as_str().is_some_and(|id| !id.is_empty()), "{c}");
+    assert!(connect["version"].is_string(), "{c}");
+    assert_eq!(connect["ping"], 1, "{c}");
+    assert!(connect["subs"]["#u1"].is_object(), "the personal channel, server-side: {c}");
+    assert!(connect.get("pong").is_none(), "a reader sends no pong: {c}");
+    publish(&hub, "#u1", 1).await;
+    let p: Value = serde_json::from_str(&s.next().await).unwrap();
+    assert_eq!(p["channel"], "#u1", "{p}");
+    assert_eq!(n_of(&p), 1);
+    // Centrifugo's ping on this transport is a JSON null line.
+    while s.beats.is_empty() {
+        publish(&hub, "#u1", 2).await;
+        s.next().await;
+    }
+    assert_eq!(s.beats[0], "null");
+
+    // Channels named in `subs` are subscribed (Volley's own), resumable by position.
+    let body = json!({"token": t, "subs": {"h:a": {}}}).to_string();
+    let (_, mut s) = Stream::post(addr, "/connection/uni_http_stream", body.as_bytes(), b"\n").await;
+    let c: Value = serde_json::from_str(&s.next().await).unwrap();
+    assert_eq!(c["connect"]["channels"], json!(["h:a"]), "{c}");
+    assert!(c["connect"]["subs"]["h:a"]["epoch"].is_string(), "{c}");
+    assert!(c["connect"]["subs"]["#u1"].is_object(), "{c}");
+    publish(&hub, "h:a", 7).await;
+    let p: Value = serde_json::from_str(&s.next().await).unwrap();
+    assert_eq!(n_of(&p), 7);
+    let pos = p["position"].as_str().unwrap().to_owned();
+    drop(s);
+    publish(&hub, "h:a", 8).await;
+    let body = json!({"token": t, "channels": ["h:a"], "since": pos}).to_string();
+    let (_, mut s) = Stream::post(addr, "/connection/uni_http_stream", body.as_bytes(), b"\n").await;
+    let c: Value = serde_json::from_str(&s.next().await).unwrap();
+    assert_eq!(c["connect"]["recovered"], true, "{c}");
+    assert_eq!(n_of(&serde_json::from_str(&s.next().await).unwrap()), 8);
+}
+
+#[tokio::test]
+async fn a_bad_or_oversized_connect_request_is_refused_400_or_413() {
+    let (_hub, addr) = serve(personal_config()).await;
+    for path in ["/connection/uni_http_stream", "/connection/uni_sse"] {
+        let (status, body) = post_body(addr, path, b"{\"token\": ").await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("not JSON"), "{body}");
+        let (status, body) = post_body(addr, path, b"[\"token\"]").await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let big = json!({"token": "x".repeat(5000)}).to_string();
+        let (status, body) = post_body(addr, path, big.as_bytes()).await;
+        assert_eq!(status, 413, "{path}: {body}");
+        assert!(body.contains("max_request_body_size (4096 bytes)"), "{body}");
+        // Anonymous, no channel: nothing to read.
+        let (status, body) = post_body(addr, path, b"{}").await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("no channel"), "{body}");
+        let (status, body) = post_body(addr, path, br#"{"token": "nope"}"#).await;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    let q = serde_urlencoded::to_string([("cf_connect", json!({"token": "x".repeat(5000)}).to_string())]).unwrap();
+    let (status, body) = get_body(addr, &format!("/connection/uni_sse?{q}")).await;
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = get_body(addr, "/connection/uni_sse?cf_connect=%7Bnot").await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn uni_sse_takes_centrifugos_cf_connect_or_a_post_body() {
+    let (hub, addr) = serve(personal_config()).await;
+    let t = token(json!({"sub": "u2", "exp": common::unix_now() + 60}));
+    let q = serde_urlencoded::to_string([("cf_connect", json!({"token": t}).to_string())]).unwrap();
+    let (head, mut get_sse) = Stream::open(addr, &format!("/connection/uni_sse?{q}"), &[], b"\n\n").await;
+    assert!(head.contains("text/event-stream"), "{head}");
+    let body = json!({"token": t}).to_string();
+    let (_, mut post_sse) = Stream::post(addr, "/connection/uni_sse", body.as_bytes(), b"\n\n").await;
+    for sse in [&mut get_sse, &mut post_sse] {
+        let (id, c) = event(&sse.next().await);
+        assert!(c["connect"]["subs"]["#u2"].is_object(), "{c}");
+        assert!(id.is_none(), "no position when no channel is named: {c}");
+    }
+    publish(&hub, "#u2", 1).await;
+    for sse in [&mut get_sse, &mut post_sse] {
+        let (_, p) = event(&sse.next().await);
+        assert_eq!(p["channel"], "#u2", "{p}");
+        assert_eq!(n_of(&p), 1);
+    }
+    // Centrifugo's SSE ping: an event named ping, with empty data.
+    while get_sse.beats.len() < 2 {
+        publish(&hub, "#u2", 2).await;
+        get_sse.next().await;
+    }
+    assert_eq!(get_sse.beats[1], "event: ping\ndata:", "{:?}", get_sse.beats);
 }

@@ -27,8 +27,8 @@ pub fn router(hub: Hub) -> Router {
         .route("/ready", get(|| async { ([(header::CONTENT_TYPE, "application/json")], "{}") }))
         .route("/metrics", get(metrics))
         // The unidirectional transports (each answers 404 unless enabled).
-        .route("/connection/uni_sse", get(super::uni::sse))
-        .route("/connection/uni_http_stream", get(super::uni::http_stream))
+        .route("/connection/uni_sse", get(super::uni::sse).post(super::uni::sse))
+        .route("/connection/uni_http_stream", get(super::uni::http_stream).post(super::uni::http_stream))
         .route("/connection/uni_long_poll", get(super::uni::long_poll))
         .route("/connection/uni_websocket", any(super::uni::websocket))
         .with_state(hub.clone())

@@ -1,10 +1,14 @@
 //! The unidirectional transports, for clients with no SDK: SSE (`/connection/uni_sse`),
-//! an HTTP stream of newline-delimited JSON (`/connection/uni_http_stream`) and long
-//! polling (`/connection/uni_long_poll`).
+//! an HTTP stream of newline-delimited JSON (`/connection/uni_http_stream`), a WebSocket
+//! that only receives (`/connection/uni_websocket`) and long polling
+//! (`/connection/uni_long_poll`).
 //!
-//! A reader names a token (or none, in the anonymous mode), its channels and, to
-//! resume, a position ([`super::position`]). The hub builds the connect and subscribe
-//! commands itself and runs them through a [`Session`], so every rule of a
+//! A reader sends Centrifugo's connect request (the body of a POST, `cf_connect`, a
+//! uni WebSocket's first message) or names in the query a token (or none, in the
+//! anonymous mode), its channels and, to resume, a position ([`super::position`]); it
+//! may name no channel and read those its user is subscribed to server-side. The
+//! messages, pings included, are framed as Centrifugo's. The hub builds the connect and
+//! subscribe commands itself and runs them through a [`Session`], so every rule of a
 //! bidirectional client applies (token, permissions, limits); the session's bounded
 //! queue feeds the reader. Each publication goes out with the position reached, the
 //! token to resume from: an SSE event's `id` (the browser sends it back as
@@ -14,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -27,13 +31,18 @@ use crate::protocol::{Command, ConnectRequest, Disconnect, Format, Request as Re
 /// The most channels a reader may name.
 const MAX_CHANNELS: usize = position::MAX_CHANNELS;
 
-/// What a reader asks: its token, its channels (sorted, without duplicates), where to
-/// resume.
+/// What a reader asks: its token, its channels (sorted, without duplicates; none when
+/// its token or the personal channel subscribes it server-side), where to resume, and
+/// what a connect request may carry besides (`data` for a connect proxy, the client's
+/// `name` and `version`).
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct UniRequest {
     pub token: String,
     pub channels: Vec<String>,
     pub since: Option<Vec<Position>>,
+    pub data: Bytes,
+    pub name: String,
+    pub version: String,
 }
 
 /// A request refused before any stream starts.
@@ -51,11 +60,22 @@ fn bad(msg: impl Into<String>) -> Refused {
     Refused(StatusCode::BAD_REQUEST, msg.into())
 }
 
+fn too_large(limit: usize) -> Refused {
+    Refused(StatusCode::PAYLOAD_TOO_LARGE, format!("the connect request is over max_request_body_size ({limit} bytes)"))
+}
+
 /// Reads a reader's request from the query (`token`, `channel` repeated, `since`, or
-/// Centrifugo's `cf_connect` JSON: `{"token", "subs": {CHANNEL: {"offset", "epoch"}}}`)
-/// and, when given, the `Last-Event-ID` header (it wins over `since`: a browser
-/// reconnects to the same URL with the id it saw last).
-pub(crate) fn parse_request(query: Option<&str>, last_event_id: Option<&str>) -> Result<UniRequest, Refused> {
+/// Centrifugo's `cf_connect` JSON: `{"token", "subs": {CHANNEL: {"offset", "epoch"}}}`),
+/// the connect request POSTed as the body, if any (the same JSON as `cf_connect`), and,
+/// when given, the `Last-Event-ID` header (it wins over `since`: a browser reconnects to
+/// the same URL with the id it saw last). `cf_connect` longer than `limit` is refused
+/// with 413, as a longer body is.
+pub(crate) fn parse_request(
+    query: Option<&str>,
+    body: Option<&[u8]>,
+    last_event_id: Option<&str>,
+    limit: usize,
+) -> Result<UniRequest, Refused> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| bad(format!("malformed query: {e}")))?;
     let mut r = UniRequest::default();
@@ -67,11 +87,20 @@ pub(crate) fn parse_request(query: Option<&str>, last_event_id: Option<&str>) ->
             "channel" => r.channels.push(v),
             "since" => since = Some(v),
             "cf_connect" => {
+                if v.len() > limit {
+                    return Err(too_large(limit));
+                }
                 let c: Value = serde_json::from_str(&v).map_err(|e| bad(format!("cf_connect is not JSON: {e}")))?;
                 connect_json(&c, &mut r, &mut since, &mut cf_positions)?;
             }
             _ => {}
         }
+    }
+    // An empty body is no connect request: the query says it all.
+    if let Some(b) = body.filter(|b| !b.iter().all(u8::is_ascii_whitespace)) {
+        let c: Value =
+            serde_json::from_slice(b).map_err(|e| bad(format!("the connect request (body) is not JSON: {e}")))?;
+        connect_json(&c, &mut r, &mut since, &mut cf_positions)?;
     }
     if let Some(id) = last_event_id.filter(|s| !s.is_empty()) {
         since = Some(id.to_owned());
@@ -79,8 +108,9 @@ pub(crate) fn parse_request(query: Option<&str>, last_event_id: Option<&str>) ->
     finish(r, since, cf_positions)
 }
 
-/// Reads a connect object: Centrifugo's (`{"token", "subs": {CHANNEL: {"recover",
-/// "offset", "epoch"}}}`) or the plain one (`{"token", "channels": [...], "since"}`).
+/// Reads a connect object: Centrifugo's (`{"token", "data", "name", "version", "subs":
+/// {CHANNEL: {"recover", "offset", "epoch"}}}`) or the plain one (`{"token", "channels":
+/// [...], "since"}`).
 fn connect_json(
     c: &Value,
     r: &mut UniRequest,
@@ -93,7 +123,17 @@ fn connect_json(
     if let Some(t) = c.get("token").and_then(Value::as_str) {
         r.token = t.to_owned();
     }
-    if let Some(subs) = c.get("subs").and_then(Value::as_object) {
+    if let Some(d) = c.get("data").filter(|d| !d.is_null()) {
+        r.data = Bytes::from(d.to_string());
+    }
+    if let Some(n) = c.get("name").and_then(Value::as_str) {
+        r.name = n.to_owned();
+    }
+    if let Some(v) = c.get("version").and_then(Value::as_str) {
+        r.version = v.to_owned();
+    }
+    if let Some(subs) = c.get("subs").filter(|s| !s.is_null()) {
+        let subs = subs.as_object().ok_or_else(|| bad("subs: not an object"))?;
         for (ch, s) in subs {
             r.channels.push(ch.clone());
             if s.get("recover").and_then(Value::as_bool).unwrap_or(false) {
@@ -119,8 +159,8 @@ fn finish(
 ) -> Result<UniRequest, Refused> {
     r.channels.sort();
     r.channels.dedup();
-    if r.channels.is_empty() {
-        return Err(bad("no channel: name one or more with channel=NAME"));
+    if r.channels.is_empty() && since.is_some() {
+        return Err(bad("a position names channels: name them with channel=NAME"));
     }
     if r.channels.len() > MAX_CHANNELS {
         return Err(bad(format!("too many channels (at most {MAX_CHANNELS})")));
@@ -180,74 +220,135 @@ fn refusal(d: &Disconnect) -> Refused {
     Refused(status, format!("{} {}", d.code, d.reason))
 }
 
+/// Takes what a session queued after a command into `replies`; refuses the reader
+/// when the command failed or the session is closing.
+async fn take(session: &mut Session, outcome: Result<(), Disconnect>, replies: &mut Vec<Value>) -> Result<(), Refused> {
+    let mut batch = Vec::new();
+    let closing = session.client.take_since(&mut batch).0;
+    if let Some(d) = outcome.err().or(closing) {
+        session.close().await;
+        return Err(refusal(&d));
+    }
+    for b in batch {
+        match serde_json::from_slice::<Value>(&b) {
+            Ok(v) => replies.push(v),
+            Err(e) => tracing::warn!(error = %e, "unreadable queued message"),
+        }
+    }
+    Ok(())
+}
+
+/// A command's error reply, as the refusal of the reader.
+fn reply_error(what: &str, e: &Value) -> Refused {
+    let code = e["code"].as_u64().unwrap_or(0);
+    let status = match code {
+        101 | 109 => StatusCode::UNAUTHORIZED,
+        103 => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    Refused(status, format!("{what}: {code} {}", e["message"].as_str().unwrap_or("")))
+}
+
 impl Reader {
     /// Connects and subscribes as the request asks. Returns the reader and its first
-    /// messages: the `connect` one (the position it starts from, whether it was
-    /// recovered), then the recovered publications and whatever arrived meanwhile.
+    /// messages: the `connect` one (Centrifugo's connect result, its `subs` holding
+    /// every subscription, server-side or asked for, plus the position the reader
+    /// starts from and whether it was recovered), then the recovered publications and
+    /// whatever arrived meanwhile.
     pub async fn open(hub: &Hub, req: UniRequest, ip: Option<IpAddr>) -> Result<(Reader, Vec<Out>), Refused> {
         let mut session = Session::new(hub.inner.clone(), Format::Json, ip);
-        let connect = ConnectRequest { token: req.token, name: "uni".into(), ..Default::default() };
-        let mut batch = Vec::new();
+        // A channel the token subscribes server-side recovers in the connect itself.
+        let mut subs = std::collections::BTreeMap::new();
+        for (i, ch) in req.channels.iter().enumerate() {
+            if let Some(p) = req.since.as_ref().map(|s| &s[i]) {
+                let sub =
+                    SubscribeRequest { recover: true, offset: p.offset, epoch: p.epoch.clone(), ..Default::default() };
+                subs.insert(ch.clone(), sub);
+            }
+        }
+        let name = if req.name.is_empty() { "uni".to_owned() } else { req.name.clone() };
+        let connect = ConnectRequest {
+            token: req.token.clone(),
+            data: req.data.clone(),
+            subs,
+            name,
+            version: req.version.clone(),
+        };
         let mut replies = Vec::new();
+        let outcome = session.handle(Command { id: 1, request: Req::Connect(connect) }).await;
+        take(&mut session, outcome, &mut replies).await?;
+        let mut rest = Vec::new();
+        let mut connect = Value::Null;
+        for v in replies.drain(..) {
+            match v.get("id").and_then(Value::as_u64).unwrap_or(0) {
+                1 => connect = v,
+                _ => rest.push(v),
+            }
+        }
+        if let Some(e) = connect.get("error") {
+            session.close().await;
+            return Err(reply_error("connect", e));
+        }
+        let mut connect = connect.get("connect").cloned().unwrap_or_else(|| json!({}));
+        let server_side: serde_json::Map<String, Value> =
+            connect.get("subs").and_then(Value::as_object).cloned().unwrap_or_default();
+        if req.channels.is_empty() && server_side.is_empty() {
+            session.close().await;
+            return Err(bad("no channel: name one or more with channel=NAME (or subscribe the token server-side)"));
+        }
+        if req.channels.len() + server_side.len() > MAX_CHANNELS {
+            session.close().await;
+            return Err(bad(format!("too many channels (at most {MAX_CHANNELS})")));
+        }
         let outcome = async {
-            session.handle(Command { id: 1, request: Req::Connect(connect) }).await?;
-            if session.is_connected() {
-                for (i, ch) in req.channels.iter().enumerate() {
-                    let p = req.since.as_ref().map(|s| s[i].clone()).unwrap_or_default();
-                    let sub = SubscribeRequest {
-                        channel: ch.clone(),
-                        recover: req.since.is_some(),
-                        offset: p.offset,
-                        epoch: p.epoch,
-                        recoverable: true,
-                        positioned: true,
-                        ..Default::default()
-                    };
-                    session.handle(Command { id: 2 + i as u32, request: Req::Subscribe(sub) }).await?;
+            for (i, ch) in req.channels.iter().enumerate() {
+                if server_side.contains_key(ch) {
+                    continue;
                 }
+                let p = req.since.as_ref().map(|s| s[i].clone()).unwrap_or_default();
+                let sub = SubscribeRequest {
+                    channel: ch.clone(),
+                    recover: req.since.is_some(),
+                    offset: p.offset,
+                    epoch: p.epoch,
+                    recoverable: true,
+                    positioned: true,
+                    ..Default::default()
+                };
+                session.handle(Command { id: 2 + i as u32, request: Req::Subscribe(sub) }).await?;
             }
             Ok::<(), Disconnect>(())
         }
         .await;
-        let closing = session.client.take_since(&mut batch).0;
-        if let Err(d) = outcome.as_ref().map_err(Clone::clone).and_then(|_| closing.map_or(Ok(()), Err)) {
-            session.close().await;
-            return Err(refusal(&d));
-        }
-        for b in batch.drain(..) {
-            match serde_json::from_slice::<Value>(&b) {
-                Ok(v) => replies.push(v),
-                Err(e) => tracing::warn!(error = %e, "unreadable queued message"),
-            }
-        }
-        let mut pos = vec![Position::default(); req.channels.len()];
-        let mut unrecovered = Vec::new();
-        let mut client = String::new();
-        let mut rest = Vec::new();
+        take(&mut session, outcome, &mut replies).await?;
+        // Every subscription's result: the server-side ones from the connect, the others
+        // from their subscribe.
+        let mut results: std::collections::BTreeMap<String, Value> = server_side.into_iter().collect();
         for v in replies {
             let id = v.get("id").and_then(Value::as_u64).unwrap_or(0);
-            if id == 0 {
+            if id < 2 {
                 rest.push(v);
                 continue;
             }
+            let ch = &req.channels[id as usize - 2];
             if let Some(e) = v.get("error") {
                 session.close().await;
-                let what =
-                    if id == 1 { "connect".to_owned() } else { format!("channel {:?}", req.channels[id as usize - 2]) };
-                let code = e["code"].as_u64().unwrap_or(0);
-                let status = match code {
-                    101 | 109 => StatusCode::UNAUTHORIZED,
-                    103 => StatusCode::FORBIDDEN,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                return Err(Refused(status, format!("{what}: {code} {}", e["message"].as_str().unwrap_or(""))));
+                return Err(reply_error(&format!("channel {ch:?}"), e));
             }
-            if id == 1 {
-                client = v["connect"]["client"].as_str().unwrap_or("").to_owned();
-                continue;
+            results.insert(ch.clone(), v["subscribe"].clone());
+        }
+        let mut pos = vec![Position::default(); req.channels.len()];
+        let mut unrecovered = Vec::new();
+        let mut recovered_pubs = Vec::new();
+        for (ch, r) in results.iter_mut() {
+            for p in r.get("publications").and_then(Value::as_array).into_iter().flatten() {
+                recovered_pubs.push(json!({ "push": { "channel": ch, "pub": p } }));
             }
-            let i = id as usize - 2;
-            let r = &v["subscribe"];
+            if let Value::Object(m) = r {
+                // Sent as pushes of their own, each with the position it reaches.
+                m.remove("publications");
+            }
+            let Ok(i) = req.channels.binary_search(ch) else { continue };
             let top = Position {
                 offset: r["offset"].as_u64().unwrap_or(0),
                 epoch: r["epoch"].as_str().unwrap_or("").to_owned(),
@@ -256,27 +357,31 @@ impl Reader {
             pos[i] = match &req.since {
                 Some(since) if recovered => since[i].clone(),
                 Some(_) => {
-                    unrecovered.push(req.channels[i].clone());
+                    unrecovered.push(ch.clone());
                     top
                 }
                 None => top,
             };
-            for p in r["publications"].as_array().into_iter().flatten() {
-                rest.push(json!({ "push": { "channel": req.channels[i], "pub": p } }));
-            }
         }
         let mut reader =
             Reader { session, channels: req.channels, pos, recovered: unrecovered.is_empty(), batch: Vec::new() };
-        let start = position::format(&reader.pos);
-        let mut connect = json!({ "client": client, "channels": reader.channels, "position": start });
-        if req.since.is_some() {
-            connect["recovered"] = json!(unrecovered.is_empty());
-            if !unrecovered.is_empty() {
-                connect["unrecovered"] = json!(unrecovered);
+        let start = (!reader.channels.is_empty()).then(|| position::format(&reader.pos));
+        if let Value::Object(m) = &mut connect {
+            m.remove("pong");
+            m.insert("subs".into(), json!(results));
+            m.insert("channels".into(), json!(reader.channels));
+            if let Some(start) = &start {
+                m.insert("position".into(), json!(start));
+            }
+            if req.since.is_some() {
+                m.insert("recovered".into(), json!(unrecovered.is_empty()));
+                if !unrecovered.is_empty() {
+                    m.insert("unrecovered".into(), json!(unrecovered));
+                }
             }
         }
-        let mut outs = vec![Out { position: Some(start), data: json!({ "connect": connect }) }];
-        for v in rest {
+        let mut outs = vec![Out { position: start, data: json!({ "connect": connect }) }];
+        for v in recovered_pubs.into_iter().chain(rest) {
             outs.extend(reader.message(v));
         }
         Ok((reader, outs))
@@ -353,12 +458,14 @@ fn frame(framing: Framing, out: &Out) -> String {
 /// takes the rest (and, bounded, drops it with 3008).
 const STREAM_BUFFER: usize = 16;
 
-/// `GET /connection/uni_sse`: a `text/event-stream`.
+/// `GET /connection/uni_sse` (or `POST`, the connect request as the body): a
+/// `text/event-stream`.
 pub(crate) async fn sse(hub: axum::extract::State<Hub>, req: Request) -> Response {
     stream(hub.0, req, Framing::Sse).await
 }
 
-/// `GET /connection/uni_http_stream`: newline-delimited JSON.
+/// `POST /connection/uni_http_stream`, the connect request as the body (or `GET`, the
+/// request in the query): newline-delimited JSON.
 pub(crate) async fn http_stream(hub: axum::extract::State<Hub>, req: Request) -> Response {
     stream(hub.0, req, Framing::Ndjson).await
 }
@@ -368,19 +475,32 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 async fn stream(hub: Hub, req: Request, framing: Framing) -> Response {
-    let enabled = match framing {
-        Framing::Sse => hub.config().uni_sse.enabled,
-        Framing::Ndjson => hub.config().uni_http_stream.enabled,
+    let config = match framing {
+        Framing::Sse => &hub.config().uni_sse,
+        Framing::Ndjson => &hub.config().uni_http_stream,
     };
+    let (enabled, limit) = (config.enabled, config.max_request_body_size);
     if !enabled {
         return Refused(StatusCode::NOT_FOUND, "this transport is not enabled".into()).into_response();
     }
-    let last_id = if framing == Framing::Sse { header_str(req.headers(), "last-event-id") } else { None };
-    let parsed = match parse_request(req.uri().query(), last_id) {
+    let ip = ip_of(&req);
+    let last_id =
+        if framing == Framing::Sse { header_str(req.headers(), "last-event-id").map(str::to_owned) } else { None };
+    let query = req.uri().query().map(str::to_owned);
+    let body = if req.method() == Method::POST {
+        match super::emulation::read_body(req.into_body(), limit).await {
+            Ok(b) => Some(b),
+            Err(StatusCode::PAYLOAD_TOO_LARGE) => return too_large(limit).into_response(),
+            Err(_) => return bad("unreadable request body").into_response(),
+        }
+    } else {
+        None
+    };
+    let parsed = match parse_request(query.as_deref(), body.as_deref(), last_id.as_deref(), limit) {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
-    let (mut reader, first) = match Reader::open(&hub, parsed, ip_of(&req)).await {
+    let (mut reader, first) = match Reader::open(&hub, parsed, ip).await {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
@@ -434,8 +554,11 @@ async fn pump(
 ) -> Option<Disconnect> {
     let client = reader.session.client.clone();
     let beat = match framing {
-        Framing::Sse => Bytes::from_static(b":\n\n"),
-        Framing::Ndjson => Bytes::from_static(b"{}\n"),
+        // Centrifugo's ping: an event named `ping`, its data empty (`onmessage` does
+        // not see it; `addEventListener("ping", ...)` does).
+        Framing::Sse => Bytes::from_static(b"event: ping\ndata:\n\n"),
+        // Centrifugo's ping on this transport: JSON `null`.
+        Framing::Ndjson => Bytes::from_static(b"null\n"),
     };
     let mut pending = Some(head);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -488,8 +611,9 @@ pub(crate) async fn websocket(hub: axum::extract::State<Hub>, ws: volley::http::
     let in_query = query
         .as_deref()
         .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("channel=") || kv.starts_with("cf_connect=")));
+    let max = hub.config().client.max_command_size;
     let from_query = if in_query {
-        match parse_request(query.as_deref(), None) {
+        match parse_request(query.as_deref(), None, None, max) {
             Ok(r) => Some(r),
             Err(r) => return r.into_response(),
         }
@@ -497,7 +621,6 @@ pub(crate) async fn websocket(hub: axum::extract::State<Hub>, ws: volley::http::
         None
     };
     let ip = ws.remote_addr().map(|a| a.ip());
-    let max = hub.config().client.max_command_size;
     let config = volley::Config::default().max_message_size(max).max_frame_size(max);
     ws.config(config).on_upgrade(move |mut ws| async move {
         use volley::{CloseCode, Message};
@@ -593,7 +716,11 @@ pub(crate) async fn long_poll(hub: axum::extract::State<Hub>, req: Request) -> R
     if !config.enabled {
         return Refused(StatusCode::NOT_FOUND, "this transport is not enabled".into()).into_response();
     }
-    let parsed = match parse_request(req.uri().query(), None) {
+    let parsed = match parse_request(req.uri().query(), None, None, usize::MAX) {
+        // Its cursor is the position in the channels it names.
+        Ok(r) if r.channels.is_empty() => {
+            return bad("no channel: name one or more with channel=NAME").into_response();
+        }
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
@@ -663,24 +790,38 @@ mod tests {
 
     #[test]
     fn requests_from_plain_params_and_from_cf_connect() {
-        let r = parse_request(Some("token=t&channel=b&channel=a&channel=b&since=3.e,0."), None).unwrap();
+        let r = parse_request(Some("token=t&channel=b&channel=a&channel=b&since=3.e,0."), None, None, 100).unwrap();
         assert_eq!(r.token, "t");
         assert_eq!(r.channels, ["a", "b"]);
         assert_eq!(r.since.unwrap()[0], Position { offset: 3, epoch: "e".into() });
         let cf = r#"{"token":"x","subs":{"b":{"recover":true,"offset":2,"epoch":"q"},"a":{"recover":true,"offset":1,"epoch":"p"}}}"#;
         let q = serde_urlencoded::to_string([("cf_connect", cf)]).unwrap();
-        let r = parse_request(Some(&q), None).unwrap();
+        let r = parse_request(Some(&q), None, None, 1000).unwrap();
         assert_eq!(r.token, "x");
         assert_eq!(position::format(&r.since.unwrap()), "1.p,2.q");
-        let r = parse_request(Some("channel=a&since=1.x"), Some("5.y")).unwrap();
+        let r = parse_request(Some("channel=a&since=1.x"), None, Some("5.y"), 100).unwrap();
         assert_eq!(r.since.unwrap()[0].offset, 5, "Last-Event-ID wins");
+        let body = br#"{"token":"y","data":{"k":1},"name":"app","version":"2","subs":{"a":{}}}"#;
+        let r = parse_request(Some("channel=b"), Some(body), None, 1000).unwrap();
+        assert_eq!((r.token.as_str(), r.name.as_str(), r.version.as_str()), ("y", "app", "2"));
+        assert_eq!(r.data, Bytes::from_static(br#"{"k":1}"#));
+        assert_eq!(r.channels, ["a", "b"]);
+        assert!(r.since.is_none());
+        let r = parse_request(None, Some(b"{}"), None, 1000).unwrap();
+        assert!(r.channels.is_empty(), "server-side subscriptions only");
     }
 
     #[test]
     fn bad_requests_say_why() {
-        assert!(parse_request(Some("token=t"), None).unwrap_err().1.contains("no channel"));
-        assert!(parse_request(Some("channel=a&since=zz"), None).unwrap_err().1.contains("malformed position"));
-        assert!(parse_request(Some("channel=a"), Some("1.a,2.b")).unwrap_err().1.contains("names 2 channels"));
-        assert!(parse_request(Some("cf_connect=%7B"), None).unwrap_err().1.contains("not JSON"));
+        let p = |q: &str, body: Option<&[u8]>, id: Option<&str>| parse_request(Some(q), body, id, 100).unwrap_err();
+        assert!(p("token=t&since=1.a", None, None).1.contains("names channels"));
+        assert!(p("channel=a&since=zz", None, None).1.contains("malformed position"));
+        assert!(p("channel=a", None, Some("1.a,2.b")).1.contains("names 2 channels"));
+        assert!(p("cf_connect=%7B", None, None).1.contains("not JSON"));
+        assert!(p("", Some(b"{"), None).1.contains("not JSON"));
+        assert!(p("", Some(b"[1]"), None).1.contains("not a JSON object"));
+        assert!(p("", Some(br#"{"subs":[]}"#), None).1.contains("subs: not an object"));
+        let long = format!("cf_connect={}", "x".repeat(101));
+        assert_eq!(p(&long, None, None).0, StatusCode::PAYLOAD_TOO_LARGE);
     }
 }
