@@ -18,9 +18,11 @@ check "sse: content-type text/event-stream" yes "$(grep -q '^content-type: text/
 check "sse: cache-control no-cache and x-accel-buffering no" yes \
     "$(grep -q '^cache-control: no-cache' <<<"$headers" && grep -q '^x-accel-buffering: no' <<<"$headers" && echo yes)"
 
+# The reader's first position, taken before anything is published (the connect event
+# carries it as its id): the first publication cannot come before the reader.
+last=$(curl -s -N --max-time 0.5 "$URL" | grep -m1 '^id: ' | cut -c5-)
 publisher n:count "$N" 0.03 &
 pub_pid=$!
-last=""
 rounds=0
 # Read for 0.4 s, stay away 0.3 s, come back with the last id, until the last number.
 while :; do
