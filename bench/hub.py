@@ -802,6 +802,8 @@ def best_step(data):
 def transports_section(body, runs, conf):
     """The transports case: per transport, memory per reader and its best fan-out step."""
     c = conf["transports"]
+    order = lambda r: TRANSPORTS.index(r["transport"]) if r.get("transport") in TRANSPORTS else 99  # noqa: E731
+    runs = sorted(runs, key=order)
     body.append(f"{c['clients']:,} readers of one channel per transport, each transport its own run against a "
                 f"fresh hub (the configuration above, with the unidirectional transports enabled and the "
                 f"namespace's history on, which long polling resumes from; WebSocket runs with it too):\n")
@@ -835,11 +837,20 @@ def transports_section(body, runs, conf):
         if r.get("error"):
             why = f"**{lib.esc(r['error'])}**; {why}"
         held = get(d, "idle", "clients_held")
+        steps = d.get("fanout") or []
         if best:
+            after = steps[steps.index(best) + 1:]
+            if not after and not best.get("stopped"):
+                by = (f"the rates asked: the highest ran with the server {fmt_pct(share(best['cost']))} and the "
+                      f"generator {fmt_pct(share(best['cost'], 'generator_cpu_s'))} busy")
+            else:
+                nxt = after[0] if after else best
+                by = (f"at {nxt['rate']:g}/s, p99 {lib.fmt_us(get(nxt, 'latency_us', 'p99'))}, "
+                      f"{bound(nxt['cost'])}")
             body.append(f"| {t} | {fmt_int(held)} | {lib.fmt_bytes(get(d, 'idle', 'rss_per_client'))} | "
                         f"**{lib.fmt_num(best['deliveries_per_server_cpu_s'])}** | {best['rate']:g} | "
                         f"{lib.fmt_num(best['deliveries_per_sec'])} | {lib.fmt_us(get(best, 'latency_us', 'p50'))} | "
-                        f"{lib.fmt_us(get(best, 'latency_us', 'p99'))} | {bound(best['cost'])} | {lib.esc(why)} |")
+                        f"{lib.fmt_us(get(best, 'latency_us', 'p99'))} | {lib.esc(by)} | {lib.esc(why)} |")
         else:
             body.append(f"| {t} | {fmt_int(held)} | {lib.fmt_bytes(get(d, 'idle', 'rss_per_client'))} | "
                         f"no step with p99 < 100 ms | – | – | – | – | – | {lib.esc(why)} |")
@@ -1105,6 +1116,9 @@ def main():
                    help="held: seconds allowed to connect and subscribe them (default 1200)")
     p.add_argument("--held-ramp", type=float, default=HELD_RAMP,
                    help=f"held: connects per second, all generators together (default {HELD_RAMP:,})")
+    p.add_argument("--transports", default=",".join(TRANSPORTS),
+                   help=f"transports: the transports run (default all: {','.join(TRANSPORTS)}); with --merge, "
+                        "the others' runs are taken from the saved run")
     p.add_argument("--quick", action="store_true", help="tiny counts and short steps: a smoke test (needs --out)")
     p.add_argument("--out", default="", help="directory for HUB-BENCHMARKS.md and bench/ (default: docs/)")
     p.add_argument("--no-build", action="store_true", help="use the release binary already built")
@@ -1134,6 +1148,10 @@ def main():
         if c not in CASES:
             p.error(f"unknown case {c} (known: {','.join(CASES)})")
     args.only_set = set(args.only or CASES)
+    args.transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    for t in args.transports:
+        if t not in TRANSPORTS:
+            p.error(f"unknown transport {t} (known: {','.join(TRANSPORTS)})")
     if not sys.platform.startswith("linux"):
         sys.exit("hub.py: Linux only (taskset, /proc)")
     usable = sorted(os.sched_getaffinity(0))
@@ -1172,7 +1190,7 @@ def main():
                 log(f"    {summary}{'  FAILED: ' + error if error else ''}")
         if "transports" in args.only_set:
             c = conf["transports"]
-            for t in c["transports"]:
+            for t in args.transports:
                 log(f"==> {title('transports', conf)}: {t}")
                 data, error, hub_facts = run_one(args, volley, logdir, secret, "transports", conf, c, transport=t)
                 results["runs"].append({"case": "transports", "rep": 0, "transport": t, "data": data, "error": error,
@@ -1219,12 +1237,15 @@ def main():
     if args.merge:
         with open(args.merge) as f:
             saved = json.load(f)
-        kept = [r for r in saved["runs"] if r["case"] not in args.only_set]
+        redone = lambda r: r["case"] in args.only_set and (  # noqa: E731
+            r["case"] != "transports" or r.get("transport") in args.transports)
+        kept = [r for r in saved["runs"] if not redone(r)]
         for r in kept:
             r.setdefault("at", saved["finished"][:16].replace("T", " ") + " UTC")
             r.setdefault("commit", saved["machine"]["volley_commit"])
         results["runs"] = kept + results["runs"]
-        results["failures"] = [f for f in saved["failures"] if f.split()[0] not in args.only_set] + results["failures"]
+        results["failures"] = [f for f in saved["failures"] if f.split()[0] not in args.only_set or (
+            f.startswith("transports ") and f.split()[1].rstrip(":") not in args.transports)] + results["failures"]
         started = min(started, datetime.datetime.fromisoformat(saved["started"]))
         args.only_set = set(CASES) if not saved["settings"].get("only") else args.only_set | {
             r["case"] for r in kept}
