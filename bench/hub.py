@@ -821,14 +821,27 @@ def transports_section(body, runs, conf):
                 f"publications/s (each delivered to all {c['clients']:,}), stopping after a step whose p99 "
                 "passes the limit; the table gives the step with the most deliveries per server-CPU-second "
                 "whose p99 is under 100 ms.\n")
+    body.append("What bounds each: memory per reader is what a connection keeps while idle. A WebSocket "
+                "client of `/connection/websocket` idle for `client.park_after` (5 s) is parked, held without "
+                "a task; every other transport's reader is served by the HTTP server (hyper, for "
+                "`uni_websocket` too), which keeps a task and the connection's buffers for it, and the long "
+                "poll holds one request waiting. Deliveries per server-CPU-second rise with the rate, as the "
+                "fixed costs (pings, timers, the server API's requests) spread over more deliveries; a "
+                "transport's best step is bounded by the step after it, whose p99 passed 100 ms (with the core "
+                "that was busy then), or by the highest rate asked. A long poll costs the hub a connect, a "
+                "subscribe and a recovery from history per answer, so it is the first to fill the server "
+                "core. The last column, the other work on the machine during the run (both cores' CPU time "
+                "less the run's own, in cores), says how far a row can be trusted: on a shared machine a "
+                "step's p99 grows with it.\n")
     body.append("| transport | readers | memory per reader | deliveries per server-CPU-s | at publications/s "
-                "| deliveries/s | p50 | p99 | bound by | the last step |")
-    body.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+                "| deliveries/s | p50 | p99 | bound by | the last step | other work |")
+    body.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for r in runs:
         d = r.get("data")
         t = r.get("transport", "?")
         if not d:
-            body.append(f"| {t} | – | – | – | – | – | – | – | – | **{lib.esc(r.get('error'))}** |")
+            body.append(f"| {t} | – | – | – | – | – | – | – | – | **{lib.esc(r.get('error'))}** | "
+                        f"{fmt_pct(r.get('other_work'))} |")
             continue
         best = best_step(d)
         last = (d.get("fanout") or [{}])[-1]
@@ -850,10 +863,12 @@ def transports_section(body, runs, conf):
             body.append(f"| {t} | {fmt_int(held)} | {lib.fmt_bytes(get(d, 'idle', 'rss_per_client'))} | "
                         f"**{lib.fmt_num(best['deliveries_per_server_cpu_s'])}** | {best['rate']:g} | "
                         f"{lib.fmt_num(best['deliveries_per_sec'])} | {lib.fmt_us(get(best, 'latency_us', 'p50'))} | "
-                        f"{lib.fmt_us(get(best, 'latency_us', 'p99'))} | {lib.esc(by)} | {lib.esc(why)} |")
+                        f"{lib.fmt_us(get(best, 'latency_us', 'p99'))} | {lib.esc(by)} | {lib.esc(why)} | "
+                        f"{fmt_pct(r.get('other_work'))} |")
         else:
             body.append(f"| {t} | {fmt_int(held)} | {lib.fmt_bytes(get(d, 'idle', 'rss_per_client'))} | "
-                        f"no step with p99 < 100 ms | – | – | – | – | – | {lib.esc(why)} |")
+                        f"no step with p99 < 100 ms | – | – | – | – | – | {lib.esc(why)} | "
+                        f"{fmt_pct(r.get('other_work'))} |")
     body.append("")
     body.append("Every step of every transport:\n")
     body.append("| transport | publications/s | deliveries/s | server busy | generator busy | deliveries per "
