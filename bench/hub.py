@@ -28,6 +28,7 @@ Python 3 standard library only; Linux only (taskset, /proc).
     python3 bench/hub.py                    # every case (about 20 minutes)
     python3 bench/hub.py --quick --out DIR  # tiny counts, seconds: the CI smoke
     python3 bench/hub.py --only fanout-one,many --no-build
+    python3 bench/hub.py --only transports --transports uni_sse,sse --merge docs/bench/hub-results.json
 
 Exit status: 0 when every run produced its report, 1 otherwise.
 """

@@ -223,24 +223,7 @@ impl Feed {
                 }
             },
             Feed::Stream { body, buf, sse, .. } => loop {
-                let mut out = Vec::new();
-                if let Some(end) = buf.iter().rposition(|&b| b == b'\n') {
-                    let lines: Vec<u8> = buf.drain(..=end).collect();
-                    for line in lines.split(|&b| b == b'\n') {
-                        let line = line.strip_suffix(b"\r").unwrap_or(line);
-                        let msg = if *sse {
-                            match line.strip_prefix(b"data:") {
-                                Some(d) => d.strip_prefix(b" ").unwrap_or(d),
-                                None => continue,
-                            }
-                        } else {
-                            line
-                        };
-                        if !msg.is_empty() {
-                            out.push(msg.to_vec());
-                        }
-                    }
-                }
+                let out = take_messages(buf, *sse);
                 if !out.is_empty() {
                     return Ok(out);
                 }
@@ -409,6 +392,30 @@ impl Reader {
     }
 }
 
+/// Takes the whole lines of `buf` (what was read of a stream) and returns the messages
+/// they hold: each non-empty line of newline-delimited JSON, or each SSE `data:` field
+/// (comments, `id:` and `retry:` lines skipped). A partial last line stays in `buf`.
+fn take_messages(buf: &mut Vec<u8>, sse: bool) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return out };
+    let lines: Vec<u8> = buf.drain(..=end).collect();
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let msg = if sse {
+            match line.strip_prefix(b"data:") {
+                Some(d) => d.strip_prefix(b" ").unwrap_or(d),
+                None => continue,
+            }
+        } else {
+            line
+        };
+        if !msg.is_empty() {
+            out.push(msg.to_vec());
+        }
+    }
+    out
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -426,5 +433,19 @@ mod tests {
         assert_eq!(encode("bench:1"), "bench%3A1");
         assert_eq!(encode("a.b-c_d~"), "a.b-c_d~");
         assert_eq!(encode("{\"id\":1}"), "%7B%22id%22%3A1%7D");
+    }
+
+    #[test]
+    fn stream_lines_become_messages_and_a_partial_line_waits() {
+        let mut buf = b"retry: 1000\n\n: ping\nid: 3.ab\ndata: {\"pub\":1}\r\n\ndata: {\"pu".to_vec();
+        assert_eq!(take_messages(&mut buf, true), vec![b"{\"pub\":1}".to_vec()]);
+        assert_eq!(buf, b"data: {\"pu");
+        buf.extend_from_slice(b"b\":2}\n\n");
+        assert_eq!(take_messages(&mut buf, true), vec![b"{\"pub\":2}".to_vec()]);
+        assert!(buf.is_empty());
+        let mut buf = b"{\"connect\":{}}\n{}\n\n{\"channel\":\"a\"".to_vec();
+        assert_eq!(take_messages(&mut buf, false), vec![b"{\"connect\":{}}".to_vec(), b"{}".to_vec()]);
+        assert_eq!(buf, b"{\"channel\":\"a\"");
+        assert!(take_messages(&mut buf, false).is_empty());
     }
 }
