@@ -16,6 +16,9 @@ and the generator pinned to the other, and runs the cases:
   many         100,000 clients, a channel each, idle after a burst: memory per client
   held         --max-clients (1,000,000) subscribed clients asked for at once: the most
                held
+  transports   1,000 readers on one channel over each transport (WebSocket, the
+               unidirectional ones, the bidirectional emulation's streams): memory per
+               reader, then fan-out steps at rising rates into that channel
 
 Cases past one process's descriptor limit (`many`, `held`) run as several hubs, each its
 own `volley serve` on its own port with up to --per-process clients, and as many
@@ -25,6 +28,7 @@ Python 3 standard library only; Linux only (taskset, /proc).
     python3 bench/hub.py                    # every case (about 20 minutes)
     python3 bench/hub.py --quick --out DIR  # tiny counts, seconds: the CI smoke
     python3 bench/hub.py --only fanout-one,many --no-build
+    python3 bench/hub.py --only transports --transports uni_sse,sse --merge docs/bench/hub-results.json
 
 Exit status: 0 when every run produced its report, 1 otherwise.
 """
@@ -51,7 +55,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as lib  # noqa: E402  (bench/run.py: process, machine and format helpers)
 
 ROOT = lib.ROOT
-CASES = ["fanout-many", "fanout-one", "many", "held"]
+CASES = ["fanout-many", "fanout-one", "many", "held", "transports"]
+# The transports case's transports, in the report's order (`volley bench-hub --transport`).
+TRANSPORTS = ["websocket", "uni_websocket", "uni_sse", "uni_http_stream", "uni_long_poll", "sse", "http_stream"]
 NAMESPACE = "bench"
 # Clients per hub process in the many-process cases: under the descriptor limit
 # (20,000 here) with room for the listener, the API connections and the runtime.
@@ -112,6 +118,11 @@ def settings(args):
         "many": {"clients": 300 if q else 100000, "steady_s": 1 if q else STEADY_S},
         "held": {"counts": [300] if q else args.held_counts, "limit_s": 60 if q else args.held_limit,
                  "steady_s": 1 if q else STEADY_S, "ramp": 1000 if q else args.held_ramp},
+        "transports": {
+            "clients": 20 if q else 1000, "channels": 1,
+            "rates": [20] if q else [10, 50, 100, 200],
+            "batches": [1], "transports": TRANSPORTS,
+        },
         "per_process": 100 if q else PER_PROCESS,
         # Longer than the default client.park_after (5 s): idle clients are parked by then.
         "hold": 0.3 if q else 7.0,
@@ -132,6 +143,7 @@ def title(case, conf):
         "fanout-one": f"{n:,} clients on one channel",
         "many": f"{n:,} clients, a channel each, over several hubs",
         "held": "The most subscribed clients held",
+        "transports": f"{n:,} readers on one channel, per transport",
     }[case]
 
 
@@ -147,9 +159,32 @@ def build(args):
     return path
 
 
-def config_text(port, secret, api_key):
+# The transports case's additions to the configuration: the unidirectional transports
+# on, and the namespace's history, which long polling resumes from (every transport of
+# the case runs with it, WebSocket included).
+TRANSPORTS_CONFIG = """
+[uni_sse]
+enabled = true
+
+[uni_http_stream]
+enabled = true
+
+[uni_websocket]
+enabled = true
+
+[uni_long_polling]
+enabled = true
+"""
+TRANSPORTS_NAMESPACE = """history_size = 1000
+history_ttl = "60s"
+allow_recovery = true
+"""
+
+
+def config_text(port, secret, api_key, transports=False):
     """The configuration the hub runs with: what a user writes to let authenticated
-    clients subscribe to one namespace and a backend publish; all else at its default."""
+    clients subscribe to one namespace and a backend publish; all else at its default.
+    With `transports`, the additions of the transports case."""
     return f"""# volley serve: the hub's benchmark configuration. Every key not here is at its
 # default (`volley default-config`): pings every 25 s, 100 commands per second per client,
 # 1 MiB outbound queue per client, up to 1,000,000 connections.
@@ -166,7 +201,7 @@ key = "{api_key}"
 [[channel.namespaces]]
 name = "{NAMESPACE}"
 allow_subscribe_for_client = true
-"""
+{TRANSPORTS_NAMESPACE if transports else ""}{TRANSPORTS_CONFIG if transports else ""}"""
 
 
 def shell_limits():
@@ -281,11 +316,11 @@ class CoreClock:
 class Hub:
     """`volley serve --config FILE`, pinned to the server core; stopped with SIGTERM."""
 
-    def __init__(self, volley, logdir, core, secret, api_key, name="hub"):
+    def __init__(self, volley, logdir, core, secret, api_key, name="hub", transports=False):
         self.port = lib.free_port()
         self.config = os.path.join(logdir, f"{name}-{self.port}.toml")
         with open(self.config, "w") as f:
-            f.write(config_text(self.port, secret, api_key))
+            f.write(config_text(self.port, secret, api_key, transports))
         self.api_key = api_key
         self.errlog = tempfile.NamedTemporaryFile(dir=logdir, prefix=f"{name}-", suffix=".log", delete=False)
         cmd = ["taskset", "-c", str(core), volley, "serve", "--config", self.config]
@@ -360,18 +395,21 @@ def last_json(text):
     return None
 
 
-def run_one(args, volley, logdir, secret, name, conf, case):
-    """One hub, one generator: returns (report, error, hub facts)."""
+def run_one(args, volley, logdir, secret, name, conf, case, transport=None):
+    """One hub, one generator: returns (report, error, hub facts). With `transport`, the
+    generator's clients are of that transport, and the hub has the transports case's
+    configuration."""
     api_key = secrets.token_hex(16)
     try:
-        hub = Hub(volley, logdir, args.server_core, secret, api_key)
+        hub = Hub(volley, logdir, args.server_core, secret, api_key, transports=transport is not None)
     except RuntimeError as e:
         return None, str(e), {}
     facts = {"nofile_soft": hub.nofile}
     try:
         cmd = ["taskset", "-c", str(args.client_core)] + generator_cmd(
             volley, hub, secret, case["clients"], case.get("channels"), case.get("rates", ()),
-            case.get("batches", (1,)), conf)
+            case.get("batches", (1,)), conf,
+            extra=["--transport", transport, "--max-p99", f"{args.max_p99:g}"] if transport else ())
         steps = len(case.get("rates", ())) * len(case.get("batches", (1,)))
         timeout = 120 + case["clients"] / 500 + steps * (conf["duration"] + conf["warmup"] + 10)
         before = OtherWork([hub.pid])
@@ -754,6 +792,99 @@ def timeline_table(md, timeline, rows=16):
     md.append("")
 
 
+def best_step(data):
+    """The fan-out step of a report with the most deliveries per server-CPU-second among
+    those whose p99 is under the goal (100 ms), or None."""
+    steps = [s for s in (data or {}).get("fanout", [])
+             if s.get("deliveries_per_server_cpu_s") and (get(s, "latency_us", "p99") or 1e12) < GOAL_P99_US]
+    return max(steps, key=lambda s: s["deliveries_per_server_cpu_s"]) if steps else None
+
+
+def transports_section(body, runs, conf):
+    """The transports case: per transport, memory per reader and its best fan-out step."""
+    c = conf["transports"]
+    order = lambda r: TRANSPORTS.index(r["transport"]) if r.get("transport") in TRANSPORTS else 99  # noqa: E731
+    runs = sorted(runs, key=order)
+    body.append(f"{c['clients']:,} readers of one channel per transport, each transport its own run against a "
+                f"fresh hub (the configuration above, with the unidirectional transports enabled and the "
+                f"namespace's history on, which long polling resumes from; WebSocket runs with it too):\n")
+    body.append("```toml\n[[channel.namespaces]]  # the namespace above, with\n" + TRANSPORTS_NAMESPACE
+                + TRANSPORTS_CONFIG + "```\n")
+    body.append("`volley bench-hub --transport T` opens the readers: `websocket` clients send `connect` and "
+                "`subscribe`; `uni_websocket` names its channel in its first message; `uni_sse` and "
+                "`uni_http_stream` name it in the query of a `GET`; `uni_long_poll` readers poll with their "
+                "cursor, again as soon as each answer came; `sse` and `http_stream` (the bidirectional "
+                "emulation) connect with a token whose `channels` claim subscribes them (a server-side "
+                "subscription) and answer pings through `/emulation`. Every reader is its own HTTP/1.1 (or "
+                "WebSocket) connection. After the burst and the idle hold, memory per reader is the hub's RSS "
+                "growth ÷ readers, as for WebSocket clients (a long-polling reader holds one poll waiting). "
+                f"Fan-out steps publish into the channel at {', '.join(f'{r:g}' for r in c['rates'])} "
+                f"publications/s (each delivered to all {c['clients']:,}), stopping after a step whose p99 "
+                "passes the limit; the table gives the step with the most deliveries per server-CPU-second "
+                "whose p99 is under 100 ms.\n")
+    body.append("What bounds each: memory per reader is what a connection keeps while idle. A WebSocket "
+                "client of `/connection/websocket` idle for `client.park_after` (5 s) is parked, held without "
+                "a task; every other transport's reader is served by the HTTP server (hyper, for "
+                "`uni_websocket` too), which keeps a task and the connection's buffers for it, and the long "
+                "poll holds one request waiting. Deliveries per server-CPU-second rise with the rate, as the "
+                "fixed costs (pings, timers, the server API's requests) spread over more deliveries; a "
+                "transport's best step is bounded by the step after it, whose p99 passed 100 ms (with the core "
+                "that was busy then), or by the highest rate asked. A long poll costs the hub a connect, a "
+                "subscribe and a recovery from history per answer, so it is the first to fill the server "
+                "core. The last column, the other work on the machine during the run (both cores' CPU time "
+                "less the run's own, in cores), says how far a row can be trusted: on a shared machine a "
+                "step's p99 grows with it.\n")
+    body.append("| transport | readers | memory per reader | deliveries per server-CPU-s | at publications/s "
+                "| deliveries/s | p50 | p99 | bound by | the last step | other work |")
+    body.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    for r in runs:
+        d = r.get("data")
+        t = r.get("transport", "?")
+        if not d:
+            body.append(f"| {t} | – | – | – | – | – | – | – | – | **{lib.esc(r.get('error'))}** | "
+                        f"{fmt_pct(r.get('other_work'))} |")
+            continue
+        best = best_step(d)
+        last = (d.get("fanout") or [{}])[-1]
+        why = last.get("stopped") or (f"{last['rate']:g}/s: p99 {lib.fmt_us(get(last, 'latency_us', 'p99'))}"
+                                      if last.get("rate") else "–")
+        if r.get("error"):
+            why = f"**{lib.esc(r['error'])}**; {why}"
+        held = get(d, "idle", "clients_held")
+        steps = d.get("fanout") or []
+        if best:
+            after = steps[steps.index(best) + 1:]
+            if not after and not best.get("stopped"):
+                by = (f"the rates asked: the highest ran with the server {fmt_pct(share(best['cost']))} and the "
+                      f"generator {fmt_pct(share(best['cost'], 'generator_cpu_s'))} busy")
+            else:
+                nxt = after[0] if after else best
+                by = (f"at {nxt['rate']:g}/s, p99 {lib.fmt_us(get(nxt, 'latency_us', 'p99'))}, "
+                      f"{bound(nxt['cost'])}")
+            body.append(f"| {t} | {fmt_int(held)} | {lib.fmt_bytes(get(d, 'idle', 'rss_per_client'))} | "
+                        f"**{lib.fmt_num(best['deliveries_per_server_cpu_s'])}** | {best['rate']:g} | "
+                        f"{lib.fmt_num(best['deliveries_per_sec'])} | {lib.fmt_us(get(best, 'latency_us', 'p50'))} | "
+                        f"{lib.fmt_us(get(best, 'latency_us', 'p99'))} | {lib.esc(by)} | {lib.esc(why)} | "
+                        f"{fmt_pct(r.get('other_work'))} |")
+        else:
+            body.append(f"| {t} | {fmt_int(held)} | {lib.fmt_bytes(get(d, 'idle', 'rss_per_client'))} | "
+                        f"no step with p99 < 100 ms | – | – | – | – | – | {lib.esc(why)} | "
+                        f"{fmt_pct(r.get('other_work'))} |")
+    body.append("")
+    body.append("Every step of every transport:\n")
+    body.append("| transport | publications/s | deliveries/s | server busy | generator busy | deliveries per "
+                "server-CPU-s | p50 | p99 | lost |")
+    body.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        for s in (r.get("data") or {}).get("fanout", []):
+            body.append(f"| {r.get('transport', '?')} | {s['rate']:g} | {lib.fmt_num(s['deliveries_per_sec'])} | "
+                        f"{fmt_pct(share(s['cost']))} | {fmt_pct(share(s['cost'], 'generator_cpu_s'))} | "
+                        f"{lib.fmt_num(s.get('deliveries_per_server_cpu_s'))} | "
+                        f"{lib.fmt_us(get(s, 'latency_us', 'p50'))} | {lib.fmt_us(get(s, 'latency_us', 'p99'))} | "
+                        f"{fmt_int(s['lost'])} |")
+    body.append("")
+
+
 def many_section(body, d, conf, facts):
     """The table and the timeline of one many-process run."""
     steady = d.get("steady_s")
@@ -880,7 +1011,9 @@ Cases past one process's descriptor limit run as several hubs (see below).
             body.append(f"Other work on the machine while this ran (both cores' CPU time less this run's own): "
                         f"{', '.join(fmt_pct(o) for o in other)} of a core"
                         f"{' per run' if len(other) > 1 else ''}.\n")
-        if case in ("fanout-many", "fanout-one"):
+        if case == "transports":
+            transports_section(body, runs, conf)
+        elif case in ("fanout-many", "fanout-one"):
             ok = [r["data"] for r in runs if r.get("data") and r["data"].get("idle")]
             for r in runs:
                 if r.get("error"):
@@ -999,6 +1132,9 @@ def main():
                    help="held: seconds allowed to connect and subscribe them (default 1200)")
     p.add_argument("--held-ramp", type=float, default=HELD_RAMP,
                    help=f"held: connects per second, all generators together (default {HELD_RAMP:,})")
+    p.add_argument("--transports", default=",".join(TRANSPORTS),
+                   help=f"transports: the transports run (default all: {','.join(TRANSPORTS)}); with --merge, "
+                        "the others' runs are taken from the saved run")
     p.add_argument("--quick", action="store_true", help="tiny counts and short steps: a smoke test (needs --out)")
     p.add_argument("--out", default="", help="directory for HUB-BENCHMARKS.md and bench/ (default: docs/)")
     p.add_argument("--no-build", action="store_true", help="use the release binary already built")
@@ -1028,6 +1164,10 @@ def main():
         if c not in CASES:
             p.error(f"unknown case {c} (known: {','.join(CASES)})")
     args.only_set = set(args.only or CASES)
+    args.transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    for t in args.transports:
+        if t not in TRANSPORTS:
+            p.error(f"unknown transport {t} (known: {','.join(TRANSPORTS)})")
     if not sys.platform.startswith("linux"):
         sys.exit("hub.py: Linux only (taskset, /proc)")
     usable = sorted(os.sched_getaffinity(0))
@@ -1064,6 +1204,20 @@ def main():
                                f"{lib.fmt_bytes(get(data, 'idle', 'rss_per_client'))}/client idle"
                                + (f", up to {lib.fmt_num(top['deliveries_per_sec'])} deliveries/s" if top else ""))
                 log(f"    {summary}{'  FAILED: ' + error if error else ''}")
+        if "transports" in args.only_set:
+            c = conf["transports"]
+            for t in args.transports:
+                log(f"==> {title('transports', conf)}: {t}")
+                data, error, hub_facts = run_one(args, volley, logdir, secret, "transports", conf, c, transport=t)
+                results["runs"].append({"case": "transports", "rep": 0, "transport": t, "data": data, "error": error,
+                                        **hub_facts, **stamp(facts)})
+                if error:
+                    results["failures"].append(f"transports {t}: {error}")
+                best = best_step(data)
+                log(f"    {lib.fmt_bytes(get(data, 'idle', 'rss_per_client'))}/reader idle"
+                    + (f", {lib.fmt_num(best.get('deliveries_per_server_cpu_s'))} deliveries per server-CPU-s at "
+                       f"{best['rate']:g} publications/s" if best else "")
+                    + (f"  FAILED: {error}" if error else ""))
         if "many" in args.only_set:
             log(f"==> {title('many', conf)}")
             c = conf["many"]
@@ -1099,12 +1253,15 @@ def main():
     if args.merge:
         with open(args.merge) as f:
             saved = json.load(f)
-        kept = [r for r in saved["runs"] if r["case"] not in args.only_set]
+        redone = lambda r: r["case"] in args.only_set and (  # noqa: E731
+            r["case"] != "transports" or r.get("transport") in args.transports)
+        kept = [r for r in saved["runs"] if not redone(r)]
         for r in kept:
             r.setdefault("at", saved["finished"][:16].replace("T", " ") + " UTC")
             r.setdefault("commit", saved["machine"]["volley_commit"])
         results["runs"] = kept + results["runs"]
-        results["failures"] = [f for f in saved["failures"] if f.split()[0] not in args.only_set] + results["failures"]
+        results["failures"] = [f for f in saved["failures"] if f.split()[0] not in args.only_set or (
+            f.startswith("transports ") and f.split()[1].rstrip(":") not in args.transports)] + results["failures"]
         started = min(started, datetime.datetime.fromisoformat(saved["started"]))
         args.only_set = set(CASES) if not saved["settings"].get("only") else args.only_set | {
             r["case"] for r in kept}

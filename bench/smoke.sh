@@ -2,8 +2,9 @@
 # Benchmark harness smoke test, for CI: runs bench/run.py --quick (it builds the bench
 # workspace and the volley binary in release mode first), every server through every
 # workload once with tiny counts and sub-second runs, then bench/hub.py --quick (the
-# hub's cases, a few hundred clients each, on the binary just built), into a temporary
-# directory, so docs/BENCHMARKS.md and docs/HUB-BENCHMARKS.md are left alone. No timing
+# hub's cases, a few hundred clients each, and 20 readers over each transport, on the
+# binary just built), into a temporary directory, so docs/BENCHMARKS.md and
+# docs/HUB-BENCHMARKS.md are left alone. No timing
 # is asserted. Exits non-zero if a server failed to start or a run produced no report
 # (the scripts' exit status), or if a report was not written.
 set -euo pipefail

@@ -7,6 +7,12 @@
 //! rates, and time each delivery from that time to its arrival at a client (the
 //! generator's own receiving included).
 //!
+//! `--transport` chooses what the clients are: WebSocket clients of the protocol (the
+//! default), or readers of another transport (`uni_websocket`, `uni_sse`,
+//! `uni_http_stream`, `uni_long_poll`, and the bidirectional emulation's `sse` and
+//! `http_stream`), each subscribed to its channel with its connect; the same phases and
+//! figures follow.
+//!
 //! Connections are spread over loopback source addresses as in `volley bench`; the
 //! server's CPU time and resident memory come from /proc (`--server-pid`). The report is
 //! a table or one JSON object; `--events` also prints a JSON line as each phase ends, and
@@ -14,6 +20,7 @@
 
 mod api;
 mod client;
+mod reader;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -59,6 +66,61 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// How long a token is valid (its `exp`), from the start.
 const TOKEN_TTL_S: u64 = 24 * 3600;
 
+/// What the clients of `volley bench-hub` are.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Transport {
+    /// Clients of the protocol over `/connection/websocket`: `connect`, then `subscribe`.
+    #[value(name = "websocket")]
+    #[serde(rename = "websocket")]
+    WebSocket,
+    /// Readers over `/connection/uni_websocket` (the channel in the first message).
+    #[value(name = "uni_websocket")]
+    #[serde(rename = "uni_websocket")]
+    UniWebSocket,
+    /// Readers of `GET /connection/uni_sse` (SSE events).
+    #[value(name = "uni_sse")]
+    #[serde(rename = "uni_sse")]
+    UniSse,
+    /// Readers of `GET /connection/uni_http_stream` (newline-delimited JSON).
+    #[value(name = "uni_http_stream")]
+    #[serde(rename = "uni_http_stream")]
+    UniHttpStream,
+    /// Readers polling `GET /connection/uni_long_poll` with their cursor, again as soon as
+    /// each answer came (the channel needs history).
+    #[value(name = "uni_long_poll")]
+    #[serde(rename = "uni_long_poll")]
+    UniLongPoll,
+    /// Clients of the emulation over `GET /connection/sse?cf_connect=...`, subscribed by
+    /// their token's `channels` claim; pongs go to `/emulation`.
+    #[value(name = "sse")]
+    #[serde(rename = "sse")]
+    Sse,
+    /// Clients of the emulation over `POST /connection/http_stream`, as `sse`.
+    #[value(name = "http_stream")]
+    #[serde(rename = "http_stream")]
+    HttpStream,
+}
+
+impl Transport {
+    /// The transport's name, as `--transport` takes it.
+    fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::UniWebSocket => "uni_websocket",
+            Transport::UniSse => "uni_sse",
+            Transport::UniHttpStream => "uni_http_stream",
+            Transport::UniLongPoll => "uni_long_poll",
+            Transport::Sse => "sse",
+            Transport::HttpStream => "http_stream",
+        }
+    }
+
+    /// Whether this is one of the unidirectional transports.
+    fn is_uni(self) -> bool {
+        matches!(self, Transport::UniWebSocket | Transport::UniSse | Transport::UniHttpStream | Transport::UniLongPoll)
+    }
+}
+
 /// Flags of `volley bench-hub`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -68,6 +130,11 @@ pub struct Args {
     /// Clients to connect.
     #[arg(short = 'c', long, default_value_t = 1000)]
     clients: usize,
+    /// What the clients are: WebSocket clients of the protocol, or readers of another
+    /// transport, each subscribed to its channel as it connects (the unidirectional ones
+    /// must be enabled in the hub's configuration).
+    #[arg(long, value_enum, default_value = "websocket")]
+    transport: Transport,
     /// Channels: client number N subscribes to NAMESPACE:(N modulo CHANNELS). Default: a
     /// channel of its own for every client.
     #[arg(long)]
@@ -222,7 +289,10 @@ impl Args {
 /// What every client shares: where to connect, and how its token and channel are made.
 #[derive(Debug)]
 pub struct Plan {
+    transport: Transport,
     addr: SocketAddr,
+    /// The hub's `Host`.
+    authority: String,
     sources: Vec<IpAddr>,
     client: ClientBuilder,
     secret: String,
@@ -246,6 +316,16 @@ impl Plan {
 
     fn token(&self, index: usize) -> String {
         let claims = serde_json::json!({ "sub": format!("u{}", self.number(index)), "exp": self.exp });
+        crate::serve::hs256(&self.secret, &claims)
+    }
+
+    /// A token whose `channels` claim subscribes its client to its channel (server-side).
+    fn token_with_channel(&self, index: usize) -> String {
+        let claims = serde_json::json!({
+            "sub": format!("u{}", self.number(index)),
+            "exp": self.exp,
+            "channels": [self.channel_of(index)],
+        });
         crate::serve::hs256(&self.secret, &claims)
     }
 
@@ -546,6 +626,7 @@ pub struct StepReport {
 pub struct Report {
     mode: &'static str,
     url: String,
+    transport: Transport,
     clients: usize,
     channels: usize,
     client_from: usize,
@@ -645,10 +726,16 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     let channels = args.channels.unwrap_or(args.client_from + args.clients);
     let prefix = if args.namespace.is_empty() { String::new() } else { format!("{}:", args.namespace) };
     let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let path = match args.transport {
+        Transport::UniWebSocket => "uni_websocket",
+        _ => "websocket",
+    };
     let plan = Arc::new(Plan {
+        transport: args.transport,
         addr,
+        authority: authority.clone(),
         sources: sources.clone(),
-        client: ClientBuilder::new(format!("ws://{authority}/connection/websocket")).no_proxy().config(config),
+        client: ClientBuilder::new(format!("ws://{authority}/connection/{path}")).no_proxy().config(config),
         secret: args.secret.clone(),
         exp: now_s + TOKEN_TTL_S,
         client_from: args.client_from,
@@ -735,6 +822,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     Ok(Report {
         mode: "hub",
         url: args.url.clone(),
+        transport: args.transport,
         clients: args.clients,
         channels,
         client_from: args.client_from,
@@ -825,7 +913,12 @@ impl Run<'_> {
                     permits.clone().acquire_owned().await
                 } => {
                     let Ok(permit) = permit else { break };
-                    tasks.spawn(client::run(spawned, self.plan.clone(), self.shared.clone(), permit));
+                    let (plan, shared) = (self.plan.clone(), self.shared.clone());
+                    if self.args.transport == Transport::WebSocket {
+                        tasks.spawn(client::run(spawned, plan, shared, permit));
+                    } else {
+                        tasks.spawn(reader::run(spawned, plan, shared, permit));
+                    }
                     spawned += 1;
                 }
                 _ = self.tick.tick() => self.progress.set_position(attempted(&self.shared)),
@@ -1157,8 +1250,9 @@ impl Report {
         };
         let opt_bytes = |v: Option<f64>| v.map_or("?".to_string(), bytes);
         println!(
-            "volley bench-hub {} ({} clients, {} channels)",
+            "volley bench-hub {} over {} ({} clients, {} channels)",
             self.url,
+            self.transport.name(),
             thousands(self.clients as u64),
             thousands(self.channels as u64)
         );
@@ -1177,7 +1271,12 @@ impl Report {
         if let Some(us) = c.server_cpu_us_each {
             row("", format!("{us:.1} µs server CPU per connect; latency {}", lat(&c.latency_us)));
         }
-        if let Some(s) = &self.subscribe {
+        if let Some(s) = self.subscribe.as_ref().filter(|_| self.transport != Transport::WebSocket) {
+            row(
+                "subscribe",
+                format!("{} subscribed with their connect, {} failed", thousands(s.subscribed), thousands(s.errors)),
+            );
+        } else if let Some(s) = &self.subscribe {
             row(
                 "subscribe",
                 format!(
