@@ -221,9 +221,13 @@ pub(crate) async fn run<C: Carrier>(hub: &Hub, mut ws: C, mut conn: Conn, park_a
             _ = client.ready() => {
                 // Woken for its own ping (queued and written by this task) is no
                 // activity: the client may park again at once.
-                active = client.has_queued() || session.has_control();
-                if let Err(d) = Box::pin(session.apply_control()).await {
-                    break Some(d);
+                let control = session.has_control();
+                active = control || client.has_queued();
+                // Most wakes are for publications: no control future to allocate.
+                if control {
+                    if let Err(d) = Box::pin(session.apply_control()).await {
+                        break Some(d);
+                    }
                 }
             }
             msg = ws.recv(client.format) => {
