@@ -7,11 +7,9 @@
 // leaving.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import readline from 'node:readline';
 import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
-import { volleyBin } from './lib.mjs';
+import { startServe } from './lib.mjs';
 
 const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
@@ -36,24 +34,14 @@ let browser;
 before(async () => {
   // A session whose client stops polling ends after 2 s (15 s by default), so that a
   // tab that went away is seen leaving soon.
-  const args = ['serve', '--listen', '127.0.0.1:0', '--set', 'long_poll.session_ttl=2s', '--set', 'long_poll.timeout=5s'];
-  server = spawn(volleyBin(), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VOLLEY_LOG: 'warn' } });
-  let stderr = '';
-  server.stderr.on('data', (d) => { stderr += d; });
-  const addr = await new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`volley serve did not start: ${stderr}`)), 15000);
-    readline.createInterface({ input: server.stdout }).on('line', (l) => {
-      const m = /^listening on (\S+)/.exec(l);
-      if (m) { clearTimeout(t); resolve(m[1]); }
-    });
-  });
-  base = `http://${addr}`;
+  server = await startServe(['--listen', '127.0.0.1:0', '--set', 'long_poll.session_ttl=2s', '--set', 'long_poll.timeout=5s']);
+  base = server.base;
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium', args: CHROMIUM_ARGS });
 });
 
 after(async () => {
   await browser?.close();
-  server?.kill('SIGTERM');
+  await server?.stop();
 });
 
 // A tab of the chat with `init` run first on its page; the paths it requested

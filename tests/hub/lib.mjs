@@ -67,7 +67,17 @@ export async function startHub(config = DEFAULT_CONFIG, extraArgs = []) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'volley-hub-test-'));
   const file = path.join(dir, 'config.json');
   fs.writeFileSync(file, JSON.stringify(config));
-  const child = spawn(volleyBin(), ['serve', '--config', file, '--listen', '127.0.0.1:0', ...extraArgs], {
+  try {
+    return await startServe(['--config', file, '--listen', '127.0.0.1:0', ...extraArgs], config.http_api?.key ?? API_KEY);
+  } finally {
+    // The configuration was read at start.
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Starts `volley serve ARGS` and waits until it listens; `apiKey` for `api()`. */
+export async function startServe(args, apiKey = API_KEY) {
+  const child = spawn(volleyBin(), ['serve', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, VOLLEY_LOG: process.env.VOLLEY_LOG || 'warn' },
   });
@@ -82,8 +92,6 @@ export async function startHub(config = DEFAULT_CONFIG, extraArgs = []) {
     });
     child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`volley serve exited (${code}): ${stderr}`)); });
   });
-  // The configuration was read at start.
-  fs.rmSync(dir, { recursive: true, force: true });
   const base = `http://${addr}`;
   return {
     addr,
@@ -94,7 +102,7 @@ export async function startHub(config = DEFAULT_CONFIG, extraArgs = []) {
     async api(method, params = {}) {
       const r = await fetch(`${base}/api/${method}`, {
         method: 'POST',
-        headers: { 'X-API-Key': config.http_api?.key ?? API_KEY, 'Content-Type': 'application/json' },
+        headers: { 'X-API-Key': apiKey, 'Content-Type': 'application/json' },
         body: JSON.stringify(params),
       });
       const body = await r.json();

@@ -41,7 +41,7 @@ pub async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, permit: Own
         }
     };
     shared.connected(started.elapsed());
-    let mut client = Client { ws, shared: &shared, plan: &plan, received: 0, latencies: Vec::new() };
+    let mut client = Client { ws, shared: &shared, plan: &plan, tally: Tally::default() };
     let result = client.live(index, &mut phase).await;
     client.publish();
     shared.alive.fetch_sub(1, Relaxed);
@@ -86,10 +86,8 @@ struct Client<'a> {
     ws: Ws,
     shared: &'a Shared,
     plan: &'a Plan,
-    /// Publications received.
-    received: u64,
-    /// Latencies (µs) not yet in the shared histogram.
-    latencies: Vec<u32>,
+    /// What it received.
+    tally: Tally,
 }
 
 /// What a client waits for: a frame, or a change of phase (`false`: the generator is
@@ -220,32 +218,53 @@ impl Client<'_> {
 
     /// A publication arrived at `now`.
     fn delivered(&mut self, push: &[u8], now: Instant) {
+        self.tally.delivered(self.shared, self.plan.burst as u64, push, now);
+    }
+
+    /// Moves the latencies kept into the shared histogram.
+    fn publish(&mut self) {
+        self.tally.publish(self.shared);
+    }
+}
+
+/// What one client or reader counts of the publications it receives.
+#[derive(Default)]
+pub(super) struct Tally {
+    /// Publications received.
+    received: u64,
+    /// Latencies (µs) not yet moved into the shared histogram.
+    latencies: Vec<u32>,
+}
+
+impl Tally {
+    /// A publication arrived at `now` (the burst has `burst` per client).
+    pub(super) fn delivered(&mut self, shared: &Shared, burst: u64, msg: &[u8], now: Instant) {
         self.received += 1;
-        self.shared.received.fetch_add(1, Relaxed);
-        if self.received == self.plan.burst as u64 {
-            self.shared.burst_done.fetch_add(1, Relaxed);
+        shared.received.fetch_add(1, Relaxed);
+        if self.received == burst {
+            shared.burst_done.fetch_add(1, Relaxed);
         }
-        if self.shared.phase.load(Relaxed) != MEASURING {
+        if shared.phase.load(Relaxed) != MEASURING {
             return;
         }
-        let Some(t) = api::sent_at(push) else { return };
-        let sent = self.shared.base + Duration::from_micros(t);
+        let Some(t) = api::sent_at(msg) else { return };
+        let sent = shared.base + Duration::from_micros(t);
         let us = now.saturating_duration_since(sent).as_micros().clamp(1, u128::from(u32::MAX));
         if self.latencies.capacity() == 0 {
             self.latencies.reserve_exact(BATCH);
         }
         self.latencies.push(us as u32);
         if self.latencies.len() >= BATCH {
-            self.publish();
+            self.publish(shared);
         }
     }
 
     /// Moves the latencies kept into the shared histogram.
-    fn publish(&mut self) {
+    pub(super) fn publish(&mut self, shared: &Shared) {
         if self.latencies.is_empty() {
             return;
         }
-        let mut h = self.shared.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = shared.deliveries.lock().unwrap_or_else(|e| e.into_inner());
         for &us in &self.latencies {
             h.saturating_record(u64::from(us));
         }

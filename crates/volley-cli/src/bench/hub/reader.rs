@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
@@ -23,10 +22,8 @@ use tokio::time::Instant;
 use volley::{CloseCode, Message};
 
 use super::super::conn::{open_ws, Ws};
-use super::{api, Plan, Shared, Transport, MEASURING, STOPPED};
-
-/// Latencies kept by a reader before they go into the shared histogram.
-const BATCH: usize = 256;
+use super::client::Tally;
+use super::{Plan, Shared, Transport, MEASURING, STOPPED};
 
 /// The id of the bidirectional emulation's `connect` command.
 const CONNECT_ID: u32 = 1;
@@ -65,8 +62,7 @@ pub async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, permit: Own
     // The subscription came with the connect.
     shared.connected(started.elapsed());
     shared.subscribed(started.elapsed());
-    let mut reader =
-        Reader { feed, session, shared: shared.clone(), plan: plan.clone(), received: 0, latencies: Vec::new() };
+    let mut reader = Reader { feed, session, shared: shared.clone(), plan: plan.clone(), tally: Tally::default() };
     shared.alive.fetch_add(1, Relaxed);
     let result = reader.live(&mut phase).await;
     reader.publish();
@@ -280,10 +276,8 @@ struct Reader {
     session: Option<(String, String)>,
     shared: Arc<Shared>,
     plan: Arc<Plan>,
-    /// Publications received.
-    received: u64,
-    /// Latencies (µs) not yet in the shared histogram.
-    latencies: Vec<u32>,
+    /// What it received.
+    tally: Tally,
 }
 
 /// What a reader waits for: messages, or a change of phase (`false`: the generator is
@@ -359,36 +353,12 @@ impl Reader {
 
     /// A publication arrived at `now`.
     fn delivered(&mut self, msg: &[u8], now: Instant) {
-        self.received += 1;
-        self.shared.received.fetch_add(1, Relaxed);
-        if self.received == self.plan.burst as u64 {
-            self.shared.burst_done.fetch_add(1, Relaxed);
-        }
-        if self.shared.phase.load(Relaxed) != MEASURING {
-            return;
-        }
-        let Some(t) = api::sent_at(msg) else { return };
-        let sent = self.shared.base + Duration::from_micros(t);
-        let us = now.saturating_duration_since(sent).as_micros().clamp(1, u128::from(u32::MAX));
-        if self.latencies.capacity() == 0 {
-            self.latencies.reserve_exact(BATCH);
-        }
-        self.latencies.push(us as u32);
-        if self.latencies.len() >= BATCH {
-            self.publish();
-        }
+        self.tally.delivered(&self.shared, self.plan.burst as u64, msg, now);
     }
 
     /// Moves the latencies kept into the shared histogram.
     fn publish(&mut self) {
-        if self.latencies.is_empty() {
-            return;
-        }
-        let mut h = self.shared.deliveries.lock().unwrap_or_else(|e| e.into_inner());
-        for &us in &self.latencies {
-            h.saturating_record(u64::from(us));
-        }
-        self.latencies.clear();
+        self.tally.publish(&self.shared);
     }
 }
 
