@@ -341,15 +341,7 @@ impl Broker for Linked {
 
 #[tokio::test]
 async fn a_command_that_lands_on_another_node_is_forwarded_to_its_session() {
-    let nodes = Arc::new(Mutex::new(HashMap::new()));
-    let mut hubs = Vec::new();
-    for _ in 0..2 {
-        let broker = Arc::new(Linked { inner: MemoryBroker::new(), events: OnceLock::new(), nodes: nodes.clone() });
-        let hub = Hub::with_broker(config(), broker.clone()).unwrap();
-        nodes.lock().unwrap().insert(hub.node().to_owned(), broker);
-        let addr = common::serve_hub(hub.clone()).await;
-        hubs.push((hub, addr));
-    }
+    let hubs = linked_pair().await;
     let (a, b) = (hubs[0].1, hubs[1].1);
     let (mut s, mut buf, session, node) = open_stream(a).await;
     assert_eq!(node, hubs[0].0.node());
