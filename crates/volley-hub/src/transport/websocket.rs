@@ -209,12 +209,10 @@ pub(crate) async fn run<C: Carrier>(hub: &Hub, mut ws: C, mut conn: Conn, park_a
         // Not with a ping or an expiry due: parked, it would be taken back at once. (A
         // timer whose deadline is long past can win over one due a moment ago: the
         // runtime's clock moves by turns.)
-        let now = tokio::time::Instant::now();
-        let parkable = park_after.is_some()
-            && session.is_connected()
-            && session.ping_sent.is_none()
-            && (config.ping_interval.is_zero() || conn.next_ping > now)
-            && expiry.is_none_or(|at| at > now);
+        let parkable = park_after.is_some() && session.is_connected() && session.ping_sent.is_none() && {
+            let now = tokio::time::Instant::now();
+            (config.ping_interval.is_zero() || conn.next_ping > now) && expiry.is_none_or(|at| at > now)
+        };
         let mut active = true;
         tokio::select! {
             biased;
