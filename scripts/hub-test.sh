@@ -2,7 +2,8 @@
 # The hub (`volley serve`) against the real clients of its protocols: centrifuge-js in
 # Node (tests/hub/*.test.mjs, node's test runner), centrifuge-python and cent from
 # PyPI (tests/hub/python, unittest), and curl in shell scripts for the unidirectional
-# transports (tests/hub/shell/*.sh, "ok - NAME" / "not ok - NAME" lines; curl and jq).
+# transports (tests/hub/shell/*.sh, "ok - NAME" / "not ok - NAME" lines; curl, jq and
+# openssl).
 #
 # Assumes `scripts/install-test-deps.sh hub` has been run and the binary built
 # (`cargo build --release -p volley-cli`; VOLLEY_BIN overrides target/release/volley).

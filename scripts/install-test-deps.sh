@@ -9,7 +9,8 @@
 #   browser   Debian's chromium (/usr/bin/chromium) + `npm ci` in tests/browser
 #   hub       the real clients of the hub's protocols: Debian's chromium, `npm ci` in
 #             tests/hub (centrifuge-js, ws, playwright-core) and a virtualenv in tests/hub/python/.venv with
-#             centrifuge-python and cent from PyPI (tests/hub/python/requirements.txt)
+#             centrifuge-python and cent from PyPI (tests/hub/python/requirements.txt);
+#             Debian's curl, jq and openssl for the shell tests (tests/hub/shell)
 #   proxies   Debian's tinyproxy (HTTP CONNECT), microsocks (SOCKS5) and nginx (a real
 #             HTTP server's redirects), for crates/volley/tests/{proxy,proxy_env,redirects}.rs
 #
@@ -80,9 +81,10 @@ install_browser() {
 install_hub() {
   # The chat demo's test runs in Debian's Chromium, as the browser tests do.
   chromium
-  # tests/hub/shell: a reader with curl, its answers read with jq.
+  # tests/hub/shell: a reader with curl, its answers read with jq, a token signed
+  # with openssl.
   local tools=() t
-  for t in curl jq; do command -v "$t" >/dev/null || tools+=("$t"); done
+  for t in curl jq openssl; do command -v "$t" >/dev/null || tools+=("$t"); done
   if [[ ${#tools[@]} -gt 0 ]]; then
     apt_install "${tools[@]}"
   fi
