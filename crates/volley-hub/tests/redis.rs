@@ -295,6 +295,19 @@ async fn semantics(addresses: Vec<String>, cluster: bool) {
     assert_eq!(p.keys().collect::<Vec<_>>(), ["c2"]);
     assert_eq!(p["c2"].user, "u1");
 
+    // A user's connections counted across nodes, up to the limit.
+    let ttl = Duration::from_secs(60);
+    assert!(a.add_user_connection("u", "c1", ttl, 2).await.unwrap());
+    assert!(b.add_user_connection("u", "c2", ttl, 2).await.unwrap());
+    assert!(!a.add_user_connection("u", "c3", ttl, 2).await.unwrap(), "a third connection");
+    assert!(b.add_user_connection("u", "c1", ttl, 2).await.unwrap(), "a refresh of a counted one");
+    assert!(a.add_user_connection("other", "c9", ttl, 2).await.unwrap(), "another user");
+    b.remove_user_connection("u", "c2").await.unwrap();
+    assert!(a.add_user_connection("u", "c3", ttl, 2).await.unwrap(), "a place was freed");
+    assert!(b.add_user_connection("brief", "c1", Duration::from_millis(100), 1).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(a.add_user_connection("brief", "c2", ttl, 1).await.unwrap(), "an expired connection frees its place");
+
     // Control: to one node, to every other node, and node info.
     // Node B listens for control from its start (it subscribed in the background).
     let deadline = Instant::now() + Duration::from_secs(10);

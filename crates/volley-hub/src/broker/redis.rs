@@ -108,6 +108,7 @@ struct Inner {
     relay: Script,
     presence_add: Script,
     presence_get: Script,
+    user_connection: Script,
 }
 
 struct Shard {
@@ -217,6 +218,7 @@ impl RedisBroker {
             relay: Script::new(RELAY_LUA),
             presence_add: Script::new(&format!("{PRELUDE_LUA}{PRESENCE_ADD_LUA}")),
             presence_get: Script::new(&format!("{PRELUDE_LUA}{PRESENCE_GET_LUA}")),
+            user_connection: Script::new(&format!("{PRELUDE_LUA}{USER_CONNECTION_LUA}")),
         });
         for (i, rx) in receivers.into_iter().enumerate() {
             tokio::spawn(dispatch(Arc::downgrade(&inner), i, rx));
@@ -725,6 +727,20 @@ if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
 return redis.call('HGETALL', KEYS[1])
 "#;
 
+/// KEYS: the user's connections (client id → when it expires). ARGV: client, ttl (ms),
+/// limit. Returns 1 when counted (or refreshed), 0 when the user has `limit` already.
+const USER_CONNECTION_LUA: &str = r#"
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"#;
+
 impl Broker for RedisBroker {
     fn set_events(&self, events: Arc<dyn BrokerEvents>) {
         let _ = self.inner.events.set(events);
@@ -989,6 +1005,33 @@ impl Broker for RedisBroker {
 
     fn ready(&self) -> bool {
         self.inner.shards.iter().all(|s| s.healthy.load(Ordering::Relaxed))
+    }
+
+    fn add_user_connection(
+        &self,
+        user: &str,
+        client: &str,
+        ttl: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<bool, BrokerError>> {
+        let key = self.inner.key(&format!("user:{user}"), "conns");
+        let client = client.to_owned();
+        Box::pin(async move {
+            let inner = &self.inner;
+            let mut inv = inner.user_connection.prepare_invoke();
+            inv.key(&key).arg(&client).arg(ttl.as_millis().max(1) as u64).arg(limit);
+            let shard = inner.shard_of(&key);
+            Ok(inner.timed(shard.conn.invoke::<i64>(&inv)).await? == 1)
+        })
+    }
+
+    fn remove_user_connection(&self, user: &str, client: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let key = self.inner.key(&format!("user:{user}"), "conns");
+        let client = client.to_owned();
+        Box::pin(async move {
+            let shard = self.inner.shard_of(&key);
+            self.inner.timed(shard.conn.query::<()>(redis::cmd("ZREM").arg(&key).arg(&client))).await
+        })
     }
 }
 
