@@ -1100,7 +1100,7 @@ fn redis(cx: &mut Cx, mut s: Section, out: &mut Value) {
     let url = |a: &str| {
         let mut u = if a.contains("://") { a.to_owned() } else { format!("redis://{a}") };
         if let Some(db) = db {
-            if !u.trim_end_matches('/').rsplit('/').next().is_some_and(|p| p.parse::<u64>().is_ok()) {
+            if u.trim_end_matches('/').rsplit('/').next().is_none_or(|p| p.parse::<u64>().is_err()) {
                 u = format!("{}/{db}", u.trim_end_matches('/'));
             }
         }

@@ -111,10 +111,14 @@ fn cluster() -> Vec<Redis> {
     nodes
 }
 
+/// A publication as a node received it: channel, offset, epoch, data, the previous
+/// publication's offset.
+type Received = (String, u64, String, Bytes, Option<u64>);
+
 /// What a node's broker handed over.
 #[derive(Default)]
 struct Seen {
-    publications: Mutex<Vec<(String, u64, String, Bytes, Option<u64>)>>,
+    publications: Mutex<Vec<Received>>,
     joins: Mutex<Vec<(String, String)>>,
     leaves: Mutex<Vec<(String, String)>>,
     control: Mutex<Vec<Bytes>>,
