@@ -399,3 +399,68 @@ async fn a_restarted_redis_is_resubscribed_and_the_interruption_reported() {
     assert_ne!(after.epoch, before.epoch);
     eventually("the publication after the restart", || seen_a.publications.lock().unwrap().len() == 2).await;
 }
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_addresses_speak_tls_verified_by_the_configured_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("volley-redis-tls-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file, ca_file) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
+    let ca_pem = pem("CERTIFICATE", ca.der());
+    std::fs::write(&cert_file, pem("CERTIFICATE", cert.der())).unwrap();
+    std::fs::write(&key_file, pem("PRIVATE KEY", &key.serialize_der())).unwrap();
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let mut child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .arg("--tls-cert-file")
+        .arg(&cert_file)
+        .arg("--tls-key-file")
+        .arg(&key_file)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca_file)
+        .args(["--tls-auth-clients", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let url = format!("rediss://localhost:{port}");
+    let config = |ca: &str| RedisConfig {
+        addresses: vec![url.clone()],
+        prefix: "tls".into(),
+        tls_ca_pem: ca.into(),
+        connect_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    // Started when it accepts TLS connections with the CA (the PEM text, here).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let broker = loop {
+        match RedisBroker::connect(&config(&ca_pem)).await {
+            Ok(b) => break b,
+            Err(e) => assert!(Instant::now() < deadline, "never connected over TLS: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = broker.publish("c", data(1), opts(5)).await.unwrap();
+    assert_eq!(r.position.offset, 1);
+    // The CA as a file's path works the same.
+    let by_path = RedisBroker::connect(&config(ca_file.to_str().unwrap())).await.expect("the CA by its path");
+    assert_eq!(by_path.history("c", HistoryQuery::default()).await.unwrap().position.offset, 1);
+    // The system's roots do not trust this CA: refused.
+    assert!(RedisBroker::connect(&config("")).await.is_err(), "an untrusted certificate is refused");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

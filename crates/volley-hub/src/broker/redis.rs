@@ -69,6 +69,9 @@ pub struct RedisConfig {
     pub username: String,
     /// The password (empty: the address's, or none).
     pub password: String,
+    /// For `rediss://` addresses: the CA that signs the servers' certificates, as PEM
+    /// text or the path of a PEM file (empty: the system's roots).
+    pub tls_ca_pem: String,
     /// How long connecting may take.
     #[serde(with = "crate::config::duration")]
     pub connect_timeout: Duration,
@@ -85,6 +88,7 @@ impl Default for RedisConfig {
             prefix: "volley".into(),
             username: String::new(),
             password: String::new(),
+            tls_ca_pem: String::new(),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
         }
@@ -234,6 +238,14 @@ async fn open(
     tx: tokio::sync::mpsc::UnboundedSender<PushInfo>,
 ) -> redis::RedisResult<Conn> {
     use redis::IntoConnectionInfo;
+    let ca = match config.tls_ca_pem.trim() {
+        "" => None,
+        pem if pem.contains("-----BEGIN") => Some(pem.as_bytes().to_vec()),
+        path => Some(std::fs::read(path).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "broker.redis.tls_ca_pem", format!("{path}: {e}")))
+        })?),
+    };
+    let certs = |root_cert: Vec<u8>| redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
     let mut infos = Vec::new();
     for a in addrs {
         let info = a.as_str().into_connection_info()?;
@@ -247,7 +259,11 @@ async fn open(
         infos.push(info.set_redis_settings(settings));
     }
     if config.cluster {
-        let client = redis::cluster::ClusterClientBuilder::new(infos)
+        let mut builder = redis::cluster::ClusterClientBuilder::new(infos);
+        if let Some(ca) = ca {
+            builder = builder.certs(certs(ca));
+        }
+        let client = builder
             .use_protocol(ProtocolVersion::RESP3)
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.command_timeout)
@@ -255,7 +271,13 @@ async fn open(
             .build()?;
         Ok(Conn::Cluster(client.get_async_connection().await?))
     } else {
-        let client = redis::Client::open(infos.remove(0))?;
+        let info = infos.remove(0);
+        let client = match ca {
+            Some(ca) if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) => {
+                redis::Client::build_with_tls(info, certs(ca))?
+            }
+            _ => redis::Client::open(info)?,
+        };
         let cm = ConnectionManagerConfig::new()
             .set_push_sender(tx)
             .set_automatic_resubscription()
