@@ -296,7 +296,9 @@ struct Local {
     /// The stream's epoch, as this node last learned it (from a subscription's history
     /// or a publication): a publication or a subscription of another epoch means the
     /// stream started again, and positioned subscribers of the old one cannot go on.
-    epoch: Option<Box<str>>,
+    /// A hash of it (0: not known yet), rather than the text: four bytes, and no
+    /// allocation, per channel.
+    epoch: u32,
 }
 
 struct Sub {
@@ -334,17 +336,19 @@ impl Local {
     /// Learns the stream's epoch; when it changed, the positioned subscribers of the
     /// old one (all but `except`, which learned the new one) are told they lost it.
     fn new_epoch(&mut self, channel: &str, epoch: &str, except: Option<u64>) {
-        match &self.epoch {
-            Some(known) if **known == *epoch => {}
-            Some(_) => {
-                self.epoch = Some(epoch.into());
+        // FNV-1a, never 0.
+        let hash = epoch.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)).max(1);
+        match self.epoch {
+            known if known == hash => {}
+            0 => self.epoch = hash,
+            _ => {
+                self.epoch = hash;
                 for sub in self.subs.values_mut() {
                     if Some(sub.client.seq) != except && sub.positioned && !sub.lost && sub.buffer.is_none() {
                         sub.lose(channel);
                     }
                 }
             }
-            None => self.epoch = Some(epoch.into()),
         }
     }
 }
@@ -821,7 +825,7 @@ impl HubInner {
             let local = shard.entry(channel.to_owned()).or_insert_with(|| Local {
                 subs: Keyed::default(),
                 id: self.channel_ids.fetch_add(1, Ordering::Relaxed),
-                epoch: None,
+                epoch: 0,
             });
             let first = local.subs.is_empty();
             let id = if o.compact { local.id } else { 0 };
