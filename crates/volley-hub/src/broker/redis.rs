@@ -45,6 +45,8 @@ use super::{
 };
 use crate::protocol::{ClientInfo, PayloadKind, Publication, StreamPosition};
 
+/// Messages from a Redis connection waiting for the engine, at most.
+const PUSH_QUEUE: usize = 65_536;
 /// How often each connection is checked (and an interrupted one resubscribed).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// How often a node says what it is, and how long the others believe it.
@@ -120,8 +122,9 @@ struct Shard {
     /// The pub/sub channels this node holds here (Redis names).
     channels: Mutex<HashSet<String>>,
     healthy: AtomicBool,
-    /// The connection dropped since the channels were last subscribed.
-    interrupted: AtomicBool,
+    /// The connection dropped (or what it delivered overflowed the queue to the
+    /// engine) since the channels were last subscribed.
+    interrupted: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -195,8 +198,19 @@ impl RedisBroker {
             config.addresses.iter().map(|a| vec![a.clone()]).collect()
         };
         for addrs in conns {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
-            let conn = tokio::time::timeout(config.connect_timeout, open(config, &addrs, tx))
+            // Bounded: a node that cannot keep up with what Redis sends drops the
+            // rest, and counts it as an interruption (its positioned subscribers that
+            // fell behind are told, and recover), rather than queueing without end.
+            let (tx, rx) = tokio::sync::mpsc::channel::<PushInfo>(PUSH_QUEUE);
+            let interrupted = Arc::new(AtomicBool::new(false));
+            let flag = interrupted.clone();
+            let sender = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+                if tx.try_send(info).is_err() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            };
+            let conn = tokio::time::timeout(config.connect_timeout, open(config, &addrs, sender))
                 .await
                 .map_err(|_| {
                     BrokerError(format!("redis: {}: no answer within {:?}", addrs.join(", "), config.connect_timeout))
@@ -207,7 +221,7 @@ impl RedisBroker {
                 conn,
                 channels: Mutex::new(HashSet::new()),
                 healthy: AtomicBool::new(true),
-                interrupted: AtomicBool::new(false),
+                interrupted,
             });
         }
         let inner = Arc::new(Inner {
@@ -235,7 +249,7 @@ impl RedisBroker {
 async fn open(
     config: &RedisConfig,
     addrs: &[String],
-    tx: tokio::sync::mpsc::UnboundedSender<PushInfo>,
+    tx: impl redis::aio::AsyncPushSender + Clone,
 ) -> redis::RedisResult<Conn> {
     use redis::IntoConnectionInfo;
     let ca = match config.tls_ca_pem.trim() {
@@ -400,7 +414,7 @@ impl Inner {
 }
 
 /// Hands what arrives on a shard's connection to the engine, in order.
-async fn dispatch(inner: Weak<Inner>, shard: usize, mut rx: tokio::sync::mpsc::UnboundedReceiver<PushInfo>) {
+async fn dispatch(inner: Weak<Inner>, shard: usize, mut rx: tokio::sync::mpsc::Receiver<PushInfo>) {
     while let Some(push) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { return };
         match push.kind {
