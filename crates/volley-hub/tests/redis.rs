@@ -533,6 +533,7 @@ async fn hubs_on_one_redis_deliver_answer_and_control_across_nodes() {
     let (_a, addr_a) = hub_node(&redis, "hubs", serde_json::json!({"user_connection_limit": 2})).await;
     let (_b, addr_b) = hub_node(&redis, "hubs", serde_json::json!({"user_connection_limit": 2})).await;
     wait_nodes(addr_a, 2).await;
+    wait_nodes(addr_b, 2).await;
 
     // A subscriber on node A receives what the API published through node B.
     let (mut alice, _) = common::Client::connected(addr_a, connect_token("alice")).await;
@@ -549,8 +550,16 @@ async fn hubs_on_one_redis_deliver_answer_and_control_across_nodes() {
     bob.call(serde_json::json!({"id": 2, "subscribe": {"channel": "s:room"}})).await;
     let h = bob.call(serde_json::json!({"id": 3, "history": {"channel": "s:room", "limit": -1}})).await;
     assert_eq!(h["history"]["publications"][0]["data"]["n"], 1, "{h}");
-    let stats = api(addr_a, "presence_stats", serde_json::json!({"channel": "s:room"})).await;
-    assert_eq!(stats["result"], serde_json::json!({"num_clients": 2, "num_users": 2}));
+    // (Presence is added as the subscription goes live, just after its reply.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = api(addr_a, "presence_stats", serde_json::json!({"channel": "s:room"})).await;
+        if stats["result"] == serde_json::json!({"num_clients": 2, "num_users": 2}) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "presence on node A never counted both: {stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // `channels` and `connections` gather every node's.
     let ch = api(addr_a, "channels", serde_json::json!({})).await;

@@ -483,8 +483,8 @@ async fn health(inner: Weak<Inner>, index: usize) {
         }
         shard.healthy.store(true, Ordering::Relaxed);
         if index == 0 && last_info.is_none_or(|t| t.elapsed() >= NODE_INFO_EVERY) {
-            last_info = Some(tokio::time::Instant::now());
             if let (Some(events), Some(node)) = (inner.events(), inner.node.get()) {
+                last_info = Some(tokio::time::Instant::now());
                 let info = events.node_info();
                 let mut value = now_ms().to_string().into_bytes();
                 value.push(b' ');
