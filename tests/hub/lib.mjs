@@ -20,8 +20,8 @@
 //   balancer(backends)   a TCP proxy that sends each new connection to the first backend
 //                        (host:port) of the list that accepts it
 //
-// Every process started here (hubs, redis-server) is killed when the test process exits,
-// even when a test failed before its own clean-up.
+// Every process started here (hubs, redis-server) is killed when the test process exits
+// or is interrupted, even when a test failed before its own clean-up.
 //
 // Environment: VOLLEY_BIN, the server binary (default: target/release/volley).
 
@@ -41,7 +41,10 @@ export const API_KEY = 'test-api-key';
 
 export function volleyBin() {
   const bin = process.env.VOLLEY_BIN || path.join(process.env.CARGO_TARGET_DIR || 'target', 'release', 'volley');
-  return bin.includes('/') ? path.resolve(REPO_ROOT, bin) : bin;
+  if (!bin.includes('/')) return bin;
+  // A relative path: from the working directory when it is there, else from the repository.
+  const here = path.resolve(bin);
+  return fs.existsSync(here) ? here : path.resolve(REPO_ROOT, bin);
 }
 
 /** A namespace whose clients may do everything that needs no token. */
@@ -94,12 +97,8 @@ export async function startHub(config = DEFAULT_CONFIG, extraArgs = []) {
 // The processes this test process started and that still run: killed when it exits.
 const children = new Set();
 
-// A process that a test forgot to stop does not keep the test process alive: it is
-// killed when that exits.
 function track(child) {
   children.add(child);
-  child.unref();
-  for (const s of [child.stdout, child.stderr]) s?.unref?.();
   child.once('exit', () => children.delete(child));
   return child;
 }
@@ -151,7 +150,7 @@ export async function startServe(args, apiKey = API_KEY) {
       return body.result;
     },
     async stop(signal = 'SIGTERM') {
-      if (child.exitCode !== null) return child.exitCode;
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode ?? child.signalCode;
       child.kill(signal);
       return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
     },

@@ -1,0 +1,489 @@
+// Several `volley serve` nodes sharing one Redis (the Redis broker), against the real
+// centrifuge-js: a publication made on one node reaches subscribers on the others;
+// presence, presence stats and history agree from every node, and join/leave pushes
+// cross nodes; a client that reconnects to another node recovers what it missed; the
+// emulation transports work with each HTTP request sent to any node (no sticky
+// sessions); the server API reaches a user's connections on every node and `info`
+// lists every node. Then the failures, each watched by clients counting numbered
+// publications (none lost, none repeated, unless the client was told): Redis killed
+// and restarted empty, Redis unreachable for a while, a node killed while its clients
+// connect through a balancer.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Centrifuge } from 'centrifuge';
+import { EventSource } from 'eventsource';
+import WebSocket from 'ws';
+import {
+  DEFAULT_CONFIG, balancer, gate, once, redisBroker, startHub, startRedis, token, waitFor,
+} from './lib.mjs';
+
+let redis;
+before(async () => { redis = await startRedis(); });
+after(async () => { await redis?.stop(); });
+
+// A key prefix of its own for each group of nodes: tests never see each other's keys.
+let seq = 0;
+const uniquePrefix = () => `volley-test-${process.pid}-${Date.now().toString(36)}-${++seq}`;
+
+/**
+ * `n` nodes on the Redis broker at `url` (the file's Redis by default), with `extra`
+ * configuration sections, stopped when test `t` ends.
+ */
+async function startNodes(t, n, { url = redis.url, prefix = uniquePrefix(), extra = {} } = {}) {
+  const nodes = [];
+  t.after(() => Promise.all(nodes.map((h) => h.stop('SIGKILL'))));
+  for (let i = 0; i < n; i++) nodes.push(await startHub({ ...DEFAULT_CONFIG, ...extra, broker: redisBroker(url, prefix) }));
+  return nodes;
+}
+
+/**
+ * A centrifuge-js client (JSON) over WebSocket to `addr`, or over `transports` (a list
+ * of { transport, endpoint }) when given.
+ */
+function client(addr, { transports, ...opts } = {}) {
+  const c = new Centrifuge(transports ?? `ws://${addr}/connection/websocket`, {
+    websocket: WebSocket,
+    fetch: globalThis.fetch,
+    readableStream: globalThis.ReadableStream,
+    eventsource: EventSource,
+    emulationEndpoint: `http://${addr}/emulation`,
+    minReconnectDelay: 50,
+    maxReconnectDelay: 300,
+    ...opts,
+  });
+  c.on('error', () => {});
+  return c;
+}
+
+async function connected(c) {
+  c.connect();
+  await c.ready(5000);
+  return c;
+}
+
+async function subscribed(c, channel, opts = {}) {
+  const s = c.newSubscription(channel, opts);
+  s.subscribe();
+  await s.ready(5000);
+  return s;
+}
+
+const ready = async (node) => (await fetch(`${node.base}/ready`)).status;
+
+const users = (presence) => Object.values(presence).map((i) => i.user).sort();
+
+// Everything a subscription went through, in order: numbered publications and the
+// subscription's state changes.
+function journal(s) {
+  const log = [];
+  s.on('publication', (ctx) => log.push({ pub: ctx.data.n, offset: ctx.offset }));
+  s.on('subscribed', (ctx) => log.push({ subscribed: true, recovered: ctx.recovered, wasRecovering: ctx.wasRecovering, epoch: ctx.streamPosition?.epoch }));
+  s.on('subscribing', (ctx) => log.push({ subscribing: ctx.code }));
+  s.on('unsubscribed', (ctx) => log.push({ unsubscribed: ctx.code }));
+  return {
+    sub: s,
+    log,
+    seen: () => log.filter((e) => 'pub' in e).map((e) => e.pub),
+    subscribes: () => log.filter((e) => e.subscribed),
+  };
+}
+
+/** A recoverable subscription of `c` to `channel`, journaled from its first subscribe. */
+async function watched(c, channel) {
+  const s = c.newSubscription(channel, { recoverable: true, positioned: true });
+  const j = journal(s);
+  s.subscribe();
+  await s.ready(5000);
+  return j;
+}
+
+// Numbers `from..to` published in order: those seen are in order and each once; a
+// number missing is allowed only where the client was told, between the publications
+// around the gap, that its position could not be recovered (a subscribe with
+// `recovered: false`); `to` itself must have arrived.
+function assertNoSilentGap(log, from, to, who = 'the client') {
+  const seen = log.filter((e) => 'pub' in e).map((e) => e.pub);
+  for (let i = 1; i < seen.length; i++) {
+    assert.ok(seen[i] > seen[i - 1], `${who}: ${seen[i]} after ${seen[i - 1]} (repeated or out of order): ${JSON.stringify(log)}`);
+  }
+  assert.equal(seen.at(-1), to, `${who} got the last one: ${JSON.stringify(log)}`);
+  let expect = from;
+  let told = false;
+  for (const e of log) {
+    if (e.subscribed && e.recovered === false && e.wasRecovering) told = true;
+    if (!('pub' in e)) continue;
+    if (e.pub !== expect) {
+      assert.ok(told, `${who} missed ${expect}..${e.pub - 1} and was not told: ${JSON.stringify(log)}`);
+    }
+    expect = e.pub + 1;
+    told = false;
+  }
+}
+
+describe('several nodes on one Redis', () => {
+  test('a client on node A receives what the API published on node B, and what a client on B published', async (t) => {
+    const [a, b] = await startNodes(t, 2);
+    const ch = 'chat:cross-node';
+    const alice = await connected(client(a.addr, { token: token({ sub: 'alice' }) }));
+    const bob = await connected(client(b.addr, { token: token({ sub: 'bob' }) }));
+    t.after(() => { alice.disconnect(); bob.disconnect(); });
+    const sa = await subscribed(alice, ch, { recoverable: true, positioned: true });
+    const sb = await subscribed(bob, ch, { recoverable: true, positioned: true });
+    const onA = [];
+    const onB = [];
+    sa.on('publication', (ctx) => onA.push(ctx));
+    sb.on('publication', (ctx) => onB.push(ctx));
+
+    await b.api('publish', { channel: ch, data: { text: 'from the API on B' } });
+    await sb.publish({ text: 'from bob on B' });
+    await a.api('publish', { channel: ch, data: { text: 'from the API on A' } });
+    await waitFor(() => onA.length === 3 && onB.length === 3, 'three publications on each node');
+    for (const got of [onA, onB]) {
+      assert.deepEqual(got.map((p) => p.data.text), ['from the API on B', 'from bob on B', 'from the API on A']);
+      // One stream, numbered once for the whole cluster.
+      assert.deepEqual(got.map((p) => p.offset), [1, 2, 3]);
+      assert.equal(got[1].info.user, 'bob');
+    }
+  });
+
+  test('presence, presence stats and history agree from every node; join and leave cross nodes', async (t) => {
+    const nodes = await startNodes(t, 3);
+    const ch = 'chat:agree';
+    const names = ['alice', 'bob', 'carol'];
+    const clients = [];
+    t.after(() => clients.forEach((c) => c.disconnect()));
+    const subs = [];
+    const joins = [];
+    const leaves = [];
+    for (let i = 0; i < 3; i++) {
+      const c = await connected(client(nodes[i].addr, { token: token({ sub: names[i], info: { name: names[i] } }) }));
+      clients.push(c);
+      const s = c.newSubscription(ch, { recoverable: true, positioned: true, joinLeave: true });
+      if (i === 0) {
+        s.on('join', (ctx) => joins.push(ctx.info.user));
+        s.on('leave', (ctx) => leaves.push(ctx.info.user));
+      }
+      s.subscribe();
+      await s.ready(5000);
+      subs.push(s);
+    }
+    // Alice, on node A, sees the others join on B and C.
+    await waitFor(() => joins.includes('bob') && joins.includes('carol'), 'the joins from B and C on A');
+
+    for (const [i, node] of nodes.entries()) {
+      const p = await node.api('presence', { channel: ch });
+      assert.deepEqual(users(p.presence), names, `API presence on node ${i}`);
+      const carol = Object.values(p.presence).find((x) => x.user === 'carol');
+      assert.deepEqual(carol.conn_info, { name: 'carol' });
+      assert.deepEqual(await node.api('presence_stats', { channel: ch }), { num_clients: 3, num_users: 3 }, `API presence_stats on node ${i}`);
+      assert.deepEqual(users((await subs[i].presence()).clients), names, `client presence on node ${i}`);
+      assert.deepEqual(await subs[i].presenceStats(), { numClients: 3, numUsers: 3 }, `client presence stats on node ${i}`);
+    }
+
+    // A publication made on each node; all in one history, read alike from every node.
+    for (const [i, node] of nodes.entries()) await node.api('publish', { channel: ch, data: { n: i + 1 } });
+    const histories = [];
+    for (const [i, node] of nodes.entries()) {
+      const h = await node.api('history', { channel: ch, limit: -1 });
+      assert.deepEqual(h.publications.map((p) => [p.data.n, p.offset]), [[1, 1], [2, 2], [3, 3]], `API history on node ${i}`);
+      assert.equal(h.offset, 3);
+      histories.push(h.epoch);
+      const ch2 = await subs[i].history({ limit: 10 });
+      assert.deepEqual(ch2.publications.map((p) => p.data.n), [1, 2, 3], `client history on node ${i}`);
+      assert.equal(ch2.epoch, h.epoch);
+      assert.equal(ch2.offset, 3);
+    }
+    assert.equal(new Set(histories).size, 1, `one epoch: ${histories}`);
+
+    // Carol leaves on C: Alice sees it on A, and presence says so from every node.
+    clients[2].disconnect();
+    await waitFor(() => leaves.includes('carol'), 'the leave from C on A');
+    for (const [i, node] of nodes.entries()) {
+      await waitFor(async () => (await node.api('presence_stats', { channel: ch })).num_clients === 2, `presence without carol on node ${i}`);
+      assert.deepEqual(users((await node.api('presence', { channel: ch })).presence), ['alice', 'bob']);
+    }
+  });
+
+  test('recovery across nodes: cut from node A, reconnected to node B, the client gets exactly what it missed', async (t) => {
+    const [a, b] = await startNodes(t, 2);
+    const ch = 'chat:recover-elsewhere';
+    // Through a balancer: to A first; once A is taken out of it, to B.
+    const lb = await balancer([a.addr, b.addr]);
+    t.after(() => lb.close());
+    const c = client(lb.addr, { token: token({ sub: 'alice' }) });
+    t.after(() => c.disconnect());
+    await connected(c);
+    assert.deepEqual(lb.connections(), { [a.addr]: 1 });
+    const j = await watched(c, ch);
+    for (let n = 1; n <= 5; n++) await b.api('publish', { channel: ch, data: { n } });
+    await waitFor(() => j.seen().length === 5, 'the first five');
+    lb.backends.splice(0, 1);
+    lb.cut();
+    await waitFor(() => c.state !== 'connected', 'the client to notice');
+    for (let n = 6; n <= 15; n++) await b.api('publish', { channel: ch, data: { n } });
+    await waitFor(() => j.seen().length === 15, 'the missed ones');
+    // Published on A, which no longer has the client: through Redis to B.
+    for (let n = 16; n <= 20; n++) await a.api('publish', { channel: ch, data: { n } });
+    await waitFor(() => j.seen().length === 20, 'the live ones after');
+    assert.deepEqual(lb.connections(), { [a.addr]: 1, [b.addr]: 1 });
+    assert.deepEqual(j.seen(), Array.from({ length: 20 }, (_, i) => i + 1));
+    assert.deepEqual(j.log.filter((e) => 'pub' in e).map((e) => e.offset), Array.from({ length: 20 }, (_, i) => i + 1));
+    const last = j.subscribes().at(-1);
+    assert.equal(j.subscribes().length, 2);
+    assert.equal(last.wasRecovering, true);
+    assert.equal(last.recovered, true);
+  });
+
+  for (const transport of ['http_stream', 'sse']) {
+    test(`centrifuge-js over ${transport}: the stream on node A, every command to node B's /emulation`, async (t) => {
+      const [a, b] = await startNodes(t, 2);
+      const ch = `chat:emulation-${transport}`;
+      const c = client(a.addr, {
+        token: token({ sub: 'erin' }),
+        transports: [{ transport, endpoint: `http://${a.addr}/connection/${transport}` }],
+        emulationEndpoint: `http://${b.addr}/emulation`,
+      });
+      t.after(() => c.disconnect());
+      const ctx = once(c, 'connected');
+      await connected(c);
+      assert.equal((await ctx).transport, transport);
+      // The subscribe went to B, which passed it to A through Redis.
+      const s = await subscribed(c, ch, { recoverable: true, positioned: true });
+      const got = [];
+      s.on('publication', (p) => got.push(p));
+      await s.publish({ n: 1 });
+      await b.api('publish', { channel: ch, data: { n: 2 } });
+      await a.api('publish', { channel: ch, data: { n: 3 } });
+      await waitFor(() => got.length === 3, 'the three publications over the stream');
+      assert.deepEqual(got.map((p) => [p.data.n, p.offset]), [[1, 1], [2, 2], [3, 3]]);
+      assert.equal(got[0].info.user, 'erin');
+      const h = await s.history({ limit: 10 });
+      assert.deepEqual(h.publications.map((p) => p.data.n), [1, 2, 3]);
+      assert.deepEqual(users((await s.presence()).clients), ['erin']);
+      const rpcRefused = await c.rpc('nothing', {}).catch((e) => e.code);
+      assert.equal(rpcRefused, 104);
+    });
+  }
+
+  test('long polling: the connect on node A, then polls and commands alternating between B and A', async (t) => {
+    // A poll with nothing to take is answered 204 after 2 s (25 s by default).
+    const [a, b] = await startNodes(t, 2, { extra: { long_poll: { timeout: '2s' } } });
+    const ch = 'chat:long-poll';
+    const nodes = [b, a];
+    let turn = 0;
+    const next = () => nodes[turn++ % 2];
+    const received = [];
+    const take = async (r) => {
+      if (r.status === 204) return;
+      const text = await r.text();
+      assert.equal(r.status, 200, `a poll: ${r.status} ${text}`);
+      for (const line of text.split('\n')) if (line) received.push(JSON.parse(line));
+    };
+    await take(await fetch(`${a.base}/connection/long_poll`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ id: 1, connect: { token: token({ sub: 'lp' }) } }),
+    }));
+    const connect = received.find((m) => m.id === 1)?.connect;
+    assert.ok(connect?.session && connect?.node, `the connect result names session and node: ${JSON.stringify(received)}`);
+    const { session, node } = connect;
+    const polls = { [a.base]: 0, [b.base]: 0 };
+    const poll = async () => {
+      const target = next();
+      polls[target.base] += 1;
+      await take(await fetch(`${target.base}/connection/long_poll?session=${encodeURIComponent(session)}&node=${encodeURIComponent(node)}`));
+      // Pings are answered, as a client does.
+      if (received.some((m) => Object.keys(m).length === 0)) {
+        await command({});
+        received.splice(0, received.length, ...received.filter((m) => Object.keys(m).length > 0));
+      }
+    };
+    const command = async (cmd) => {
+      const target = next();
+      const r = await fetch(`${target.base}/emulation`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ session, node, data: JSON.stringify(cmd) }),
+      });
+      assert.ok(r.ok, `/emulation on ${target.base}: ${r.status}`);
+    };
+    const reply = async (id) => waitFor(async () => {
+      const m = received.find((x) => x.id === id);
+      if (!m) await poll();
+      return m;
+    }, `the reply ${id}`, 20000);
+
+    await command({ id: 2, subscribe: { channel: ch } });
+    const sub = await reply(2);
+    assert.ok(sub.subscribe && !sub.error, JSON.stringify(sub));
+    await command({ id: 3, publish: { channel: ch, data: { n: 1 } } });
+    assert.ok(!(await reply(3)).error);
+    for (let n = 2; n <= 6; n++) await next().api('publish', { channel: ch, data: { n } });
+    const pubs = () => received.filter((m) => m.push?.pub && m.push.channel === ch).map((m) => [m.push.pub.data.n, m.push.pub.offset]);
+    await waitFor(async () => {
+      if (pubs().length < 6) await poll();
+      return pubs().length >= 6;
+    }, 'six publications over the polls', 20000);
+    assert.deepEqual(pubs(), [[1, 1], [2, 2], [3, 3], [4, 4], [5, 5], [6, 6]]);
+    await command({ id: 4, presence: { channel: ch } });
+    const p = await reply(4);
+    assert.deepEqual(users(p.presence.presence), ['lp']);
+    assert.ok(polls[a.base] > 0 && polls[b.base] > 0, `polls on both nodes: ${JSON.stringify(polls)}`);
+    await command({ id: 5, unsubscribe: { channel: ch } });
+    await reply(5);
+  });
+
+  test('the API on node B reaches a user connected on node A: subscribe, unsubscribe, disconnect', async (t) => {
+    const [a, b] = await startNodes(t, 2);
+    const c = client(a.addr, { token: token({ sub: 'dave' }) });
+    t.after(() => c.disconnect());
+    const serverSubs = [];
+    const serverUnsubs = [];
+    const pubs = [];
+    c.on('subscribed', (ctx) => serverSubs.push(ctx.channel));
+    c.on('unsubscribed', (ctx) => serverUnsubs.push(ctx.channel));
+    c.on('publication', (ctx) => pubs.push(ctx.data));
+    await connected(c);
+    const ch = 'chat:pushed-from-b';
+    await b.api('subscribe', { user: 'dave', channel: ch });
+    await waitFor(() => serverSubs.includes(ch), 'the server-side subscribe from B');
+    await b.api('publish', { channel: ch, data: { n: 1 } });
+    await waitFor(() => pubs.length === 1, 'a publication on the server-side subscription');
+    await b.api('unsubscribe', { user: 'dave', channel: ch });
+    await waitFor(() => serverUnsubs.includes(ch), 'the server-side unsubscribe from B');
+    const d = once(c, 'disconnected');
+    await b.api('disconnect', { user: 'dave', disconnect: { code: 4501, reason: 'go away' } });
+    const ctx = await d;
+    assert.equal(ctx.code, 4501);
+    assert.equal(ctx.reason, 'go away');
+    assert.equal(c.state, 'disconnected');
+  });
+
+  test('the API `info` on either node lists both nodes', async (t) => {
+    const [a, b] = await startNodes(t, 2);
+    const c = await connected(client(a.addr, { token: token({ sub: 'fay' }) }));
+    t.after(() => c.disconnect());
+    for (const node of [a, b]) {
+      const info = await waitFor(async () => {
+        const r = await node.api('info');
+        return r.nodes.length === 2 && r.nodes.some((x) => x.num_clients === 1) && r;
+      }, `both nodes in info on ${node.addr}`, 15000);
+      const names = info.nodes.map((x) => x.name);
+      assert.equal(new Set(names).size, 2, `two distinct nodes: ${names}`);
+      assert.deepEqual(info.nodes.map((x) => x.num_clients).sort(), [0, 1]);
+    }
+    const uids = async (node) => (await node.api('info')).nodes.map((x) => x.uid).sort();
+    assert.deepEqual(await uids(a), await uids(b));
+  });
+});
+
+describe('failures', () => {
+  test('Redis killed and restarted empty on the same port: clients are told, never a silent gap or a repeat', async (t) => {
+    const own = await startRedis();
+    t.after(() => own.stop());
+    const [a, b] = await startNodes(t, 2, { url: own.url });
+    const ch = 'chat:redis-restart';
+    const clients = [await connected(client(a.addr, { token: token({ sub: 'u1' }) })), await connected(client(b.addr, { token: token({ sub: 'u2' }) }))];
+    t.after(() => clients.forEach((c) => c.disconnect()));
+    const journals = [];
+    for (const c of clients) journals.push(await watched(c, ch));
+    const epoch = journals[0].subscribes()[0].epoch;
+    for (let n = 1; n <= 5; n++) await b.api('publish', { channel: ch, data: { n } });
+    await waitFor(() => journals.every((j) => j.seen().length === 5), 'the first five');
+
+    await own.kill();
+    for (const node of [a, b]) await waitFor(async () => await ready(node) === 503, `/ready 503 on ${node.addr}`);
+    await assert.rejects(b.api('publish', { channel: ch, data: { n: 0 } }), (e) => e.code === 100, 'a publish while Redis is down fails with 100');
+    const marks = journals.map((j) => j.log.length);
+    await own.restart();
+    for (const node of [a, b]) await waitFor(async () => await ready(node) === 200, `/ready 200 on ${node.addr}`, 15000);
+    for (let n = 6; n <= 10; n++) await b.api('publish', { channel: ch, data: { n } });
+    // The stream restarted in a new epoch: each client is told (resubscribed, not
+    // recovered), by the time the publications after the restart reach it.
+    for (const [i, j] of journals.entries()) {
+      await waitFor(() => j.log.slice(marks[i]).some((e) => e.subscribed && e.recovered === false), `client ${i} told its position is gone`, 15000);
+      await waitFor(() => j.sub.state === 'subscribed', `client ${i} subscribed again`);
+    }
+    for (let n = 11; n <= 15; n++) await a.api('publish', { channel: ch, data: { n } });
+    for (const [i, j] of journals.entries()) {
+      await waitFor(() => j.seen().at(-1) === 15, `client ${i}: the live ones after the restart`);
+      assertNoSilentGap(j.log, 1, 15, `client ${i}`);
+      const last = j.subscribes().at(-1);
+      assert.notEqual(last.epoch, epoch, 'the new stream has a new epoch');
+    }
+    for (const c of clients) assert.equal(c.state, 'connected');
+  });
+
+  test('Redis unreachable for a while: publishing fails with 100, clients stay connected, /ready is 503, then all heals and nothing is lost', async (t) => {
+    const own = await startRedis();
+    t.after(() => own.stop());
+    const door = await gate(`127.0.0.1:${own.port}`);
+    t.after(() => door.close());
+    const [a, b] = await startNodes(t, 2, { url: door.url });
+    const ch = 'chat:redis-away';
+    const clients = [await connected(client(a.addr, { token: token({ sub: 'u1' }) })), await connected(client(b.addr, { token: token({ sub: 'u2' }) }))];
+    t.after(() => clients.forEach((c) => c.disconnect()));
+    const drops = [];
+    for (const c of clients) c.on('disconnected', (ctx) => drops.push(ctx)).on('connecting', (ctx) => drops.push(ctx));
+    const journals = [];
+    for (const c of clients) journals.push(await watched(c, ch));
+    for (let n = 1; n <= 5; n++) await b.api('publish', { channel: ch, data: { n } });
+    await waitFor(() => journals.every((j) => j.seen().length === 5), 'the first five');
+
+    await door.down();
+    for (const node of [a, b]) await waitFor(async () => await ready(node) === 503, `/ready 503 on ${node.addr}`);
+    await assert.rejects(b.api('publish', { channel: ch, data: { n: 0 } }), (e) => e.code === 100, 'a publish on B while Redis is away');
+    await assert.rejects(a.api('publish', { channel: ch, data: { n: 0 } }), (e) => e.code === 100, 'a publish on A while Redis is away');
+    // Away for a few seconds: the clients stay.
+    await sleep(3000);
+    assert.deepEqual(drops, []);
+    for (const c of clients) assert.equal(c.state, 'connected');
+    assert.equal(await ready(a), 503);
+
+    await door.up();
+    for (const node of [a, b]) await waitFor(async () => await ready(node) === 200, `/ready 200 again on ${node.addr}`, 15000);
+    for (let n = 6; n <= 10; n++) await b.api('publish', { channel: ch, data: { n } });
+    // Redis kept its data: whether the nodes resubscribed in time or a client was made
+    // to resubscribe and recover, every number arrives, once.
+    for (const [i, j] of journals.entries()) {
+      await waitFor(() => j.seen().at(-1) === 10, `client ${i}: 6..10`, 15000);
+      assert.deepEqual(j.seen(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], `client ${i}: ${JSON.stringify(j.log)}`);
+      assert.ok(j.subscribes().every((e) => e.recovered || !e.wasRecovering), `client ${i} never lost its position: ${JSON.stringify(j.log)}`);
+    }
+    assert.deepEqual(drops, [], 'no client was disconnected');
+  });
+
+  test('a node killed (SIGKILL): its clients reconnect through the balancer to the other node and recover', async (t) => {
+    const [a, b] = await startNodes(t, 2);
+    const lb = await balancer([a.addr, b.addr]);
+    t.after(() => lb.close());
+    const ch = 'chat:node-dies';
+    const clients = [];
+    t.after(() => clients.forEach((c) => c.disconnect()));
+    const journals = [];
+    for (let i = 0; i < 3; i++) {
+      const c = await connected(client(lb.addr, { token: token({ sub: `u${i}` }), minReconnectDelay: 100, maxReconnectDelay: 500 }));
+      clients.push(c);
+      journals.push(await watched(c, ch));
+    }
+    assert.deepEqual(lb.connections(), { [a.addr]: 3 });
+    for (let n = 1; n <= 5; n++) await b.api('publish', { channel: ch, data: { n } });
+    await waitFor(() => journals.every((j) => j.seen().length === 5), 'the first five');
+
+    await a.stop('SIGKILL');
+    // Published on B while A's clients find their way there.
+    for (let n = 6; n <= 10; n++) await b.api('publish', { channel: ch, data: { n } });
+    await waitFor(() => journals.every((j) => j.subscribes().length === 2), 'every client subscribed again', 15000);
+    for (let n = 11; n <= 15; n++) await b.api('publish', { channel: ch, data: { n } });
+    for (const [i, j] of journals.entries()) {
+      await waitFor(() => j.seen().at(-1) === 15, `client ${i}: every number`);
+      assert.deepEqual(j.seen(), Array.from({ length: 15 }, (_, k) => k + 1), `client ${i}: ${JSON.stringify(j.log)}`);
+      const last = j.subscribes().at(-1);
+      assert.equal(last.wasRecovering, true);
+      assert.equal(last.recovered, true);
+    }
+    assert.deepEqual(lb.connections(), { [a.addr]: 3, [b.addr]: 3 });
+  });
+});
