@@ -53,7 +53,7 @@ const RECOVERY_MAX_PUBLICATION_LIMIT: u64 = 300;
 const ALL_INTERFACES: &str = "0.0.0.0";
 
 /// The sections of Volley's configuration (the top-level keys of `ServeConfig`).
-const VOLLEY_SECTIONS: [&str; 14] = [
+const VOLLEY_SECTIONS: [&str; 15] = [
     "http_server",
     "client",
     "channel",
@@ -68,13 +68,13 @@ const VOLLEY_SECTIONS: [&str; 14] = [
     "uni_long_polling",
     "demo",
     "shutdown",
+    "broker",
 ];
 
 /// The top-level sections of a Centrifugo v6 configuration that Volley's has not.
 const CENTRIFUGO_SECTIONS: &[&str] = &[
     "log",
     "engine",
-    "broker",
     "presence_manager",
     "map_broker",
     "controller",
@@ -104,6 +104,20 @@ const CENTRIFUGO_SECTIONS: &[&str] = &[
 /// Keys of the sections both configurations have that only Centrifugo v6 has (`[]` stands
 /// for any element of a list).
 const CENTRIFUGO_KEYS: &[&str] = &[
+    // Both have `broker.type` and `broker.redis.prefix`; these are Centrifugo's alone.
+    "broker.enabled",
+    "broker.nats",
+    "broker.redisnats",
+    "broker.postgres",
+    "broker.redis.address",
+    "broker.redis.cluster_address",
+    "broker.redis.sentinel_address",
+    "broker.redis.sentinel_master_name",
+    "broker.redis.user",
+    "broker.redis.db",
+    "broker.redis.tls",
+    "broker.redis.io_timeout",
+    "broker.redis.force_resp2",
     "http_stream.handler_prefix",
     "sse.handler_prefix",
     "emulation.handler_prefix",

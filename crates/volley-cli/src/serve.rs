@@ -85,6 +85,8 @@ pub struct ServeConfig {
     pub demo: Demo,
     /// Shutdown.
     pub shutdown: Shutdown,
+    /// What the hub's nodes share: in memory (one node) or Redis (several).
+    pub broker: BrokerConfig,
 }
 
 impl ServeConfig {
@@ -149,6 +151,29 @@ pub struct Demo {
     /// Serve the chat at `/` (its namespace `chat` is added if the configuration has
     /// none: anonymous clients may subscribe, publish, read history and presence).
     pub enabled: bool,
+}
+
+/// The broker (`[broker]`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `memory`: one node, nothing survives a restart (the default). `redis`: several
+    /// nodes share Redis (`broker.redis`).
+    #[serde(rename = "type")]
+    pub kind: BrokerKind,
+    /// The Redis broker.
+    pub redis: volley_hub::broker::RedisConfig,
+}
+
+/// Which broker.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// In this process.
+    #[default]
+    Memory,
+    /// Redis: a single instance, several, or a cluster.
+    Redis,
 }
 
 /// Shutdown.
@@ -379,7 +404,16 @@ fn random_key() -> String {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let hub_config = config.hub_config();
-    let hub = Hub::new(hub_config).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let broker: std::sync::Arc<dyn volley_hub::broker::Broker> = match config.broker.kind {
+        BrokerKind::Memory => std::sync::Arc::new(volley_hub::broker::MemoryBroker::new()),
+        BrokerKind::Redis => {
+            let redis = &config.broker.redis;
+            let broker = volley_hub::broker::RedisBroker::connect(redis).await.context("broker.redis")?;
+            tracing::info!(addresses = ?redis.addresses, cluster = redis.cluster, prefix = %redis.prefix, "broker: redis");
+            std::sync::Arc::new(broker)
+        }
+    };
+    let hub = Hub::with_broker(hub_config, broker).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let mut app = volley_hub::router(hub.clone());
     if config.demo.enabled {
         let secret = config.client.token.hmac_secret_key.clone().unwrap_or_default();

@@ -5,7 +5,6 @@
 //! "transport"` errors are HTTP statuses instead (400, 404, 500...).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::body::Bytes as Body;
 use axum::extract::{Path, State};
@@ -19,22 +18,20 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::engine::{ConnectionInfo, ControlRequest, Hub, ServerPublish};
+use crate::engine::{ConnectionInfo, Hub, ServerPublish, UserControl};
 use crate::protocol::{ClientInfo, Disconnect, ErrorReply, Format, PayloadKind, Publication, StreamPosition};
 
 /// The API's routes: `/api/{method}` (and `/api` with `{"method", "params"}`).
 pub fn router(hub: Hub) -> Router {
-    let started = Instant::now();
     Router::new()
         .route("/api/{method}", post(method_handler))
         .route("/api", post(legacy_handler))
-        .with_state(Api { hub, started })
+        .with_state(Api { hub })
 }
 
 #[derive(Clone)]
 struct Api {
     hub: Hub,
-    started: Instant,
 }
 
 fn authorized(api: &Api, headers: &HeaderMap) -> bool {
@@ -300,16 +297,14 @@ fn call<'a>(
                     return Err(ErrorReply::BAD_REQUEST);
                 }
                 hub.inner.channels.resolve(&p.channel)?;
-                let client = (!p.client.is_empty()).then_some(p.client.as_str());
-                let channel = p.channel.clone();
-                let subscribe = method == "subscribe";
-                hub.control_user(&p.user, client, || {
-                    if subscribe {
-                        ControlRequest::Subscribe { channel: channel.clone() }
-                    } else {
-                        ControlRequest::Unsubscribe { channel: channel.clone() }
-                    }
-                });
+                let client = (!p.client.is_empty()).then(|| p.client.clone());
+                let (user, channel) = (p.user.clone(), p.channel.clone());
+                hub.user_control(if method == "subscribe" {
+                    UserControl::Subscribe { user, client, channel }
+                } else {
+                    UserControl::Unsubscribe { user, client, channel }
+                })
+                .await?;
                 Ok(json!({}))
             }
             "disconnect" => {
@@ -321,8 +316,14 @@ fn call<'a>(
                     Some(_) => return Err(ErrorReply::BAD_REQUEST),
                     None => Disconnect::FORCE_NO_RECONNECT,
                 };
-                let client = (!p.client.is_empty()).then_some(p.client.as_str());
-                hub.disconnect_user(&p.user, client, d);
+                let client = (!p.client.is_empty()).then(|| p.client.clone());
+                hub.user_control(UserControl::Disconnect {
+                    user: p.user.clone(),
+                    client,
+                    code: d.code,
+                    reason: d.reason.into_owned(),
+                })
+                .await?;
                 Ok(json!({}))
             }
             "refresh" => {
@@ -337,9 +338,10 @@ fn call<'a>(
                     expire_at: u64,
                 }
                 let p: RefreshParams = parse(params)?;
-                let client = (!p.client.is_empty()).then_some(p.client.as_str());
+                let client = (!p.client.is_empty()).then(|| p.client.clone());
                 let expire_at = (p.expire_at > 0).then_some(p.expire_at);
-                hub.control_user(&p.user, client, || ControlRequest::Refresh { expired: p.expired, expire_at });
+                hub.user_control(UserControl::Refresh { user: p.user.clone(), client, expired: p.expired, expire_at })
+                    .await?;
                 Ok(json!({}))
             }
             "presence" => {
@@ -402,18 +404,16 @@ fn call<'a>(
                 }
                 Ok(json!({ "connections": map }))
             }
-            "info" => Ok(json!({
-                "nodes": [{
-                    "uid": hub.node(),
-                    "name": hub.node(),
-                    "version": crate::engine::session::VERSION,
-                    "num_clients": hub.num_clients(),
-                    "num_users": hub.num_users(),
-                    "num_channels": hub.channels().len(),
-                    "num_subs": hub.num_subscriptions(),
-                    "uptime": api.started.elapsed().as_secs(),
-                }]
-            })),
+            "info" => {
+                // This node, then what the others last said of themselves.
+                let mut nodes = vec![hub.node_info()];
+                for info in hub.inner.broker.nodes().await.map_err(crate::engine::internal)? {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&info) {
+                        nodes.push(v);
+                    }
+                }
+                Ok(json!({ "nodes": nodes }))
+            }
             "batch" => {
                 let p: BatchParams = parse(params)?;
                 let mut replies = Vec::with_capacity(p.commands.len());

@@ -10,6 +10,8 @@
 //! every stream's epoch.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +21,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 pub use memory::MemoryBroker;
+#[cfg(feature = "redis")]
+pub use redis::{RedisBroker, RedisConfig};
 
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
@@ -51,6 +55,17 @@ pub trait BrokerEvents: Send + Sync + 'static {
     /// answers back. Ignored by default.
     fn control(&self, message: Bytes) {
         let _ = message;
+    }
+    /// The node's subscription to `channel` was interrupted (the broker's connection
+    /// dropped) and is live again: publications may have been missed meanwhile, and the
+    /// stream may have a new epoch. Ignored by default.
+    fn interrupted(&self, channel: &str) {
+        let _ = channel;
+    }
+    /// What this node tells the others of itself (the server API's `info`), as JSON; a
+    /// broker across processes publishes it periodically. Empty by default.
+    fn node_info(&self) -> Bytes {
+        Bytes::new()
     }
 }
 
@@ -166,6 +181,31 @@ pub trait Broker: Send + Sync + 'static {
     /// is gone), no acknowledgement that the node acted on it. A node does not send
     /// control messages to itself (the hub handles those locally).
     fn send_control(&self, node: &str, message: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// This node's id, given once, before [`Broker::set_events`]: a broker across
+    /// processes delivers the control messages sent to it. Ignored by default.
+    fn set_node(&self, node: &str) {
+        let _ = node;
+    }
+
+    /// Sends a control message to every other node (the server API's `disconnect`,
+    /// `subscribe`, `unsubscribe` and `refresh` reach a user's connections on every
+    /// node). At most once. By default there is no other node: nothing to do.
+    fn broadcast_control(&self, message: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let _ = message;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// What the other live nodes last said of themselves ([`BrokerEvents::node_info`]).
+    /// None by default.
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<Bytes>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Whether the broker is reachable now (`/ready`). Always, by default.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// A new epoch: random, short, printable.

@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 pub use channel::ConfigError;
 
 use crate::auth::TokenVerifier;
-use crate::broker::{Broker, BrokerEvents, HistoryQuery, MemoryBroker, PublishOptions, PublishResult};
+use crate::broker::{BoxFuture, Broker, BrokerEvents, HistoryQuery, MemoryBroker, PublishOptions, PublishResult};
 use crate::config::HubConfig;
 use crate::protocol::{
     self, ClientInfo, Disconnect, ErrorReply, FilterNode, Format, PayloadKind, Publication, Push, PushKind, Reply,
@@ -69,6 +69,8 @@ pub(crate) struct HubInner {
     pub(crate) emulation: crate::transport::emulation::Sessions,
     /// The long-polling sessions on this node: what waits for their next poll.
     pub(crate) long_polls: crate::transport::long_poll::Polls,
+    /// When the hub started (the API's `info`).
+    pub(crate) started: std::time::Instant,
 }
 
 /// Counters for `/metrics`.
@@ -236,6 +238,16 @@ pub(crate) enum ControlRequest {
     },
 }
 
+/// The server API's request for a user's connections, carried out on every node.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum UserControl {
+    Disconnect { user: String, client: Option<String>, code: u16, reason: String },
+    Subscribe { user: String, client: Option<String>, channel: String },
+    Unsubscribe { user: String, client: Option<String>, channel: String },
+    Refresh { user: String, client: Option<String>, expired: bool, expire_at: Option<u64> },
+}
+
 /// The subscribers of one channel on this node.
 struct Local {
     /// By the client's `seq`.
@@ -243,6 +255,10 @@ struct Local {
     /// The channel's id on this node, for subscribers with channel compaction: given
     /// when the channel gets its first local subscriber, never given to another.
     id: u64,
+    /// The stream's epoch, as this node last learned it (from a subscription's history
+    /// or a publication): a publication or a subscription of another epoch means the
+    /// stream started again, and positioned subscribers of the old one cannot go on.
+    epoch: Option<Box<str>>,
 }
 
 struct Sub {
@@ -274,6 +290,25 @@ struct Sub {
     control: Arc<SessionControl>,
     /// Channel compaction: pushes name the channel by its id.
     compact: bool,
+}
+
+impl Local {
+    /// Learns the stream's epoch; when it changed, the positioned subscribers of the
+    /// old one (all but `except`, which learned the new one) are told they lost it.
+    fn new_epoch(&mut self, channel: &str, epoch: &str, except: Option<u64>) {
+        match &self.epoch {
+            Some(known) if **known == *epoch => {}
+            Some(_) => {
+                self.epoch = Some(epoch.into());
+                for sub in self.subs.values_mut() {
+                    if Some(sub.client.seq) != except && sub.positioned && !sub.lost && sub.buffer.is_none() {
+                        sub.lose(channel);
+                    }
+                }
+            }
+            None => self.epoch = Some(epoch.into()),
+        }
+    }
 }
 
 impl Sub {
@@ -361,19 +396,22 @@ impl Hub {
             Some(t) => TokenVerifier::new(t).map_err(|e| ConfigError(format!("client.subscription_token: {e}")))?,
             None => verifier.clone(),
         };
+        let node = client::new_client_id();
+        broker.set_node(&node);
         let inner = Arc::new(HubInner {
             config,
             channels,
             broker: broker.clone(),
             verifier,
             sub_verifier,
-            node: client::new_client_id(),
+            node,
             registry: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             conns: Mutex::new(Connections::default()),
             metrics: Metrics::default(),
             channel_ids: AtomicU64::new(1),
             emulation: Default::default(),
             long_polls: Default::default(),
+            started: std::time::Instant::now(),
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })
@@ -477,6 +515,55 @@ impl Hub {
                 tokio::time::sleep(step).await;
             }
         }
+    }
+
+    /// Carries out the server API's request for a user's connections here, and sends it
+    /// to every other node. Fails when the other nodes could not be reached.
+    pub(crate) async fn user_control(&self, c: UserControl) -> Result<(), ErrorReply> {
+        self.apply_user_control(&c);
+        let mut message = vec![0u8];
+        message.extend_from_slice(&serde_json::to_vec(&c).expect("serializes"));
+        self.inner.broker.broadcast_control(Bytes::from(message)).await.map_err(internal)
+    }
+
+    /// Carries out the server API's request for a user's connections on this node.
+    pub(crate) fn apply_user_control(&self, c: &UserControl) -> usize {
+        match c {
+            UserControl::Disconnect { user, client: id, code, reason } => {
+                self.disconnect_user(user, id.as_deref(), Disconnect { code: *code, reason: reason.clone().into() })
+            }
+            UserControl::Subscribe { user, client: id, channel } => {
+                self.control_user(user, id.as_deref(), || ControlRequest::Subscribe { channel: channel.clone() })
+            }
+            UserControl::Unsubscribe { user, client: id, channel } => {
+                self.control_user(user, id.as_deref(), || ControlRequest::Unsubscribe { channel: channel.clone() })
+            }
+            UserControl::Refresh { user, client: id, expired, expire_at } => {
+                self.control_user(user, id.as_deref(), || ControlRequest::Refresh {
+                    expired: *expired,
+                    expire_at: *expire_at,
+                })
+            }
+        }
+    }
+
+    /// What this node says of itself to the others (the server API's `info`).
+    pub(crate) fn node_info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "uid": self.node(),
+            "name": self.node(),
+            "version": session::VERSION,
+            "num_clients": self.num_clients(),
+            "num_users": self.num_users(),
+            "num_channels": self.channels().len(),
+            "num_subs": self.num_subscriptions(),
+            "uptime": self.inner.started.elapsed().as_secs(),
+        })
+    }
+
+    /// Whether the broker is reachable (`/ready`).
+    pub fn ready(&self) -> bool {
+        self.inner.broker.ready()
     }
 
     /// Asks the sessions of `user` to subscribe to (or unsubscribe from) `channel`
@@ -633,6 +720,7 @@ impl HubInner {
             let local = shard.entry(channel.to_owned()).or_insert_with(|| Local {
                 subs: Keyed::default(),
                 id: self.channel_ids.fetch_add(1, Ordering::Relaxed),
+                epoch: None,
             });
             let first = local.subs.is_empty();
             let id = if o.compact { local.id } else { 0 };
@@ -677,10 +765,15 @@ impl HubInner {
         first: Option<Bytes>,
         last: u64,
         base: Option<u64>,
+        epoch: &str,
         client: &ClientShared,
     ) -> bool {
         let mut shard = self.shard(&pending.channel);
-        let Some(sub) = shard.get_mut(&pending.channel).and_then(|l| l.subs.get_mut(&pending.seq)) else {
+        let Some(local) = shard.get_mut(&pending.channel) else { return true };
+        if !epoch.is_empty() {
+            local.new_epoch(&pending.channel, epoch, Some(pending.seq));
+        }
+        let Some(sub) = local.subs.get_mut(&pending.seq) else {
             return true;
         };
         if let Some(first) = first {
@@ -713,7 +806,12 @@ impl HubInner {
     }
 
     /// Removes a subscriber; unsubscribes the node when it was the last.
-    pub(crate) async fn unregister(&self, channel: &str, seq: u64) {
+    pub(crate) fn unregister(&self, channel: &str, seq: u64) -> BoxFuture<'_, ()> {
+        let channel = channel.to_owned();
+        Box::pin(async move { self.unregister_now(&channel, seq).await })
+    }
+
+    async fn unregister_now(&self, channel: &str, seq: u64) {
         let last = {
             let mut shard = self.shard(channel);
             match shard.get_mut(channel) {
@@ -732,13 +830,52 @@ impl HubInner {
             if let Err(e) = self.broker.unsubscribe(channel).await {
                 tracing::warn!(error = %e, channel, "broker unsubscribe failed");
             }
+            // A first subscriber that came meanwhile subscribed the node before this
+            // unsubscribe went out: subscribe again, and check what it may have missed.
+            if self.shard(channel).contains_key(channel) {
+                if let Err(e) = self.broker.subscribe(channel).await {
+                    tracing::warn!(error = %e, channel, "broker subscribe failed");
+                }
+                self.check_positions(channel).await;
+            }
         }
     }
 
-    fn deliver(&self, channel: &str, publication: Arc<Publication>, previous: Option<Arc<Publication>>) {
+    /// After the node's subscription to `channel` was interrupted: positioned
+    /// subscribers behind the stream's top, or on another epoch, missed something, and
+    /// are told so (they recover from history).
+    pub(crate) async fn check_positions(&self, channel: &str) {
+        let Ok(resolved) = self.channels.resolve(channel) else { return };
+        if !resolved.options.has_history() {
+            return;
+        }
+        let top = match self.history(channel, &resolved.options, None, Some(0), false).await {
+            Ok((_, top)) => top,
+            Err(_) => return,
+        };
+        let mut shard = self.shard(channel);
+        let Some(local) = shard.get_mut(channel) else { return };
+        local.new_epoch(channel, &top.epoch, None);
+        for sub in local.subs.values_mut() {
+            if sub.positioned && !sub.lost && sub.buffer.is_none() && sub.last < top.offset {
+                sub.lose(channel);
+            }
+        }
+    }
+
+    fn deliver(
+        &self,
+        channel: &str,
+        publication: Arc<Publication>,
+        position: &StreamPosition,
+        previous: Option<Arc<Publication>>,
+    ) {
         self.metrics.publications_total.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(channel);
         let Some(local) = shard.get_mut(channel) else { return };
+        if publication.offset > 0 && !position.epoch.is_empty() {
+            local.new_epoch(channel, &position.epoch, None);
+        }
         let chan_id = local.id;
         // Each form encoded at most once, and only if a subscriber needs it.
         let mut encoded = Encodings::default();
@@ -906,11 +1043,24 @@ impl BrokerEvents for Events {
         &self,
         channel: &str,
         publication: Arc<Publication>,
-        _position: &StreamPosition,
+        position: &StreamPosition,
         previous: Option<Arc<Publication>>,
     ) {
         if let Some(hub) = self.0.upgrade() {
-            hub.deliver(channel, publication, previous);
+            hub.deliver(channel, publication, position, previous);
+        }
+    }
+
+    fn interrupted(&self, channel: &str) {
+        let (Some(hub), Ok(rt)) = (self.0.upgrade(), tokio::runtime::Handle::try_current()) else { return };
+        let channel = channel.to_owned();
+        rt.spawn(async move { hub.check_positions(&channel).await });
+    }
+
+    fn node_info(&self) -> Bytes {
+        match self.0.upgrade() {
+            Some(hub) => Bytes::from(Hub { inner: hub }.node_info().to_string()),
+            None => Bytes::new(),
         }
     }
 
@@ -928,6 +1078,17 @@ impl BrokerEvents for Events {
 
     fn control(&self, message: Bytes) {
         if let Some(hub) = self.0.upgrade() {
+            // The server API's request for a user's connections (a zero byte, which
+            // starts no Protobuf message, then JSON).
+            if let Some(json) = message.strip_prefix(b"\0") {
+                match serde_json::from_slice::<UserControl>(json) {
+                    Ok(c) => {
+                        Hub { inner: hub }.apply_user_control(&c);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a control message that does not decode"),
+                }
+                return;
+            }
             // A forwarded long poll, or its answer; a forwarded command otherwise.
             if !crate::transport::long_poll::forwarded(&hub, &message) {
                 hub.emulation.deliver_now(&message);

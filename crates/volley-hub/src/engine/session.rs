@@ -718,7 +718,7 @@ impl Session {
         // carried when the result is not sent, as in a server-side subscribe push).
         let base = if first.is_empty() { None } else { p.result.publications.last().map(|p| p.offset) };
         let first = if first.is_empty() { None } else { Some(first) };
-        if !self.hub.go_live(&p.pending, first, p.last, base, &self.client) {
+        if !self.hub.go_live(&p.pending, first, p.last, base, &p.result.epoch, &self.client) {
             // A gap in what arrived while subscribing: the client was told (2500) and
             // resubscribes; the subscription goes no further.
             self.hub.unregister(&channel, p.pending.seq).await;

@@ -17,6 +17,21 @@ use super::emulation;
 use super::websocket::{self, PROTOBUF_SUBPROTOCOL};
 use crate::engine::{lock, Hub};
 
+/// `/ready`: 200 while the broker is reachable, 503 (with why) when it is not, so that a
+/// load balancer sends new clients elsewhere; clients connected here stay connected.
+async fn ready(State(hub): State<Hub>) -> Response {
+    if hub.ready() {
+        ([(header::CONTENT_TYPE, "application/json")], "{}").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"error\":\"the broker is unreachable\"}",
+        )
+            .into_response()
+    }
+}
+
 /// The hub's routes: `/connection/websocket`, the server API (`/api/...`), `/health`,
 /// `/ready`, `/metrics`.
 pub fn router(hub: Hub) -> Router {
@@ -24,7 +39,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/connection/websocket", any(ws_handler))
         .merge(emulation_routes(&hub))
         .route("/health", get(|| async { ([(header::CONTENT_TYPE, "application/json")], "{}") }))
-        .route("/ready", get(|| async { ([(header::CONTENT_TYPE, "application/json")], "{}") }))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         // The unidirectional transports (each answers 404 unless enabled).
         .route("/connection/uni_sse", get(super::uni::sse).post(super::uni::sse))
