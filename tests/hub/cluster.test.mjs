@@ -12,115 +12,17 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Centrifuge } from 'centrifuge';
-import { EventSource } from 'eventsource';
-import WebSocket from 'ws';
+import { balancer, gate, once, startRedis, token, waitFor } from './lib.mjs';
 import {
-  DEFAULT_CONFIG, balancer, gate, once, redisBroker, startHub, startRedis, token, waitFor,
-} from './lib.mjs';
+  assertNoSilentGap, client, connected, ready, startNodes as startNodesOn, subscribed, users, watched,
+} from './nodes.mjs';
 
 let redis;
 before(async () => { redis = await startRedis(); });
 after(async () => { await redis?.stop(); });
 
-// A key prefix of its own for each group of nodes: tests never see each other's keys.
-let seq = 0;
-const uniquePrefix = () => `volley-test-${process.pid}-${Date.now().toString(36)}-${++seq}`;
-
-/**
- * `n` nodes on the Redis broker at `url` (the file's Redis by default), with `extra`
- * configuration sections, stopped when test `t` ends.
- */
-async function startNodes(t, n, { url = redis.url, prefix = uniquePrefix(), extra = {} } = {}) {
-  const nodes = [];
-  t.after(() => Promise.all(nodes.map((h) => h.stop('SIGKILL'))));
-  for (let i = 0; i < n; i++) nodes.push(await startHub({ ...DEFAULT_CONFIG, ...extra, broker: redisBroker(url, prefix) }));
-  return nodes;
-}
-
-/**
- * A centrifuge-js client (JSON) over WebSocket to `addr`, or over `transports` (a list
- * of { transport, endpoint }) when given.
- */
-function client(addr, { transports, ...opts } = {}) {
-  const c = new Centrifuge(transports ?? `ws://${addr}/connection/websocket`, {
-    websocket: WebSocket,
-    fetch: globalThis.fetch,
-    readableStream: globalThis.ReadableStream,
-    eventsource: EventSource,
-    emulationEndpoint: `http://${addr}/emulation`,
-    minReconnectDelay: 50,
-    maxReconnectDelay: 300,
-    ...opts,
-  });
-  c.on('error', () => {});
-  return c;
-}
-
-async function connected(c) {
-  c.connect();
-  await c.ready(5000);
-  return c;
-}
-
-async function subscribed(c, channel, opts = {}) {
-  const s = c.newSubscription(channel, opts);
-  s.subscribe();
-  await s.ready(5000);
-  return s;
-}
-
-const ready = async (node) => (await fetch(`${node.base}/ready`)).status;
-
-const users = (presence) => Object.values(presence).map((i) => i.user).sort();
-
-// Everything a subscription went through, in order: numbered publications and the
-// subscription's state changes.
-function journal(s) {
-  const log = [];
-  s.on('publication', (ctx) => log.push({ pub: ctx.data.n, offset: ctx.offset }));
-  s.on('subscribed', (ctx) => log.push({ subscribed: true, recovered: ctx.recovered, wasRecovering: ctx.wasRecovering, epoch: ctx.streamPosition?.epoch }));
-  s.on('subscribing', (ctx) => log.push({ subscribing: ctx.code }));
-  s.on('unsubscribed', (ctx) => log.push({ unsubscribed: ctx.code }));
-  return {
-    sub: s,
-    log,
-    seen: () => log.filter((e) => 'pub' in e).map((e) => e.pub),
-    subscribes: () => log.filter((e) => e.subscribed),
-  };
-}
-
-/** A recoverable subscription of `c` to `channel`, journaled from its first subscribe. */
-async function watched(c, channel) {
-  const s = c.newSubscription(channel, { recoverable: true, positioned: true });
-  const j = journal(s);
-  s.subscribe();
-  await s.ready(5000);
-  return j;
-}
-
-// Numbers `from..to` published in order: those seen are in order and each once; a
-// number missing is allowed only where the client was told, between the publications
-// around the gap, that its position could not be recovered (a subscribe with
-// `recovered: false`); `to` itself must have arrived.
-function assertNoSilentGap(log, from, to, who = 'the client') {
-  const seen = log.filter((e) => 'pub' in e).map((e) => e.pub);
-  for (let i = 1; i < seen.length; i++) {
-    assert.ok(seen[i] > seen[i - 1], `${who}: ${seen[i]} after ${seen[i - 1]} (repeated or out of order): ${JSON.stringify(log)}`);
-  }
-  assert.equal(seen.at(-1), to, `${who} got the last one: ${JSON.stringify(log)}`);
-  let expect = from;
-  let told = false;
-  for (const e of log) {
-    if (e.subscribed && e.recovered === false && e.wasRecovering) told = true;
-    if (!('pub' in e)) continue;
-    if (e.pub !== expect) {
-      assert.ok(told, `${who} missed ${expect}..${e.pub - 1} and was not told: ${JSON.stringify(log)}`);
-    }
-    expect = e.pub + 1;
-    told = false;
-  }
-}
+/** `n` nodes on the file's Redis, or on `url`. */
+const startNodes = (t, n, { url = redis.url, ...opts } = {}) => startNodesOn(t, n, url, opts);
 
 describe('several nodes on one Redis', () => {
   test('a client on node A receives what the API published on node B, and what a client on B published', async (t) => {
@@ -271,9 +173,10 @@ describe('several nodes on one Redis', () => {
     // A poll with nothing to take is answered 204 after 2 s (25 s by default).
     const [a, b] = await startNodes(t, 2, { extra: { long_poll: { timeout: '2s' } } });
     const ch = 'chat:long-poll';
-    const nodes = [b, a];
-    let turn = 0;
-    const next = () => nodes[turn++ % 2];
+    // Polls alternate between B and A, and so do commands.
+    const alternate = () => { let turn = 0; return () => [b, a][turn++ % 2]; };
+    const nextPoll = alternate();
+    const nextCommand = alternate();
     const received = [];
     const take = async (r) => {
       if (r.status === 204) return;
@@ -290,8 +193,9 @@ describe('several nodes on one Redis', () => {
     assert.ok(connect?.session && connect?.node, `the connect result names session and node: ${JSON.stringify(received)}`);
     const { session, node } = connect;
     const polls = { [a.base]: 0, [b.base]: 0 };
+    const commands = { [a.base]: 0, [b.base]: 0 };
     const poll = async () => {
-      const target = next();
+      const target = nextPoll();
       polls[target.base] += 1;
       await take(await fetch(`${target.base}/connection/long_poll?session=${encodeURIComponent(session)}&node=${encodeURIComponent(node)}`));
       // Pings are answered, as a client does.
@@ -301,7 +205,8 @@ describe('several nodes on one Redis', () => {
       }
     };
     const command = async (cmd) => {
-      const target = next();
+      const target = nextCommand();
+      commands[target.base] += 1;
       const r = await fetch(`${target.base}/emulation`, {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
@@ -320,7 +225,7 @@ describe('several nodes on one Redis', () => {
     assert.ok(sub.subscribe && !sub.error, JSON.stringify(sub));
     await command({ id: 3, publish: { channel: ch, data: { n: 1 } } });
     assert.ok(!(await reply(3)).error);
-    for (let n = 2; n <= 6; n++) await next().api('publish', { channel: ch, data: { n } });
+    for (let n = 2; n <= 6; n++) await [a, b][n % 2].api('publish', { channel: ch, data: { n } });
     const pubs = () => received.filter((m) => m.push?.pub && m.push.channel === ch).map((m) => [m.push.pub.data.n, m.push.pub.offset]);
     await waitFor(async () => {
       if (pubs().length < 6) await poll();
@@ -331,6 +236,7 @@ describe('several nodes on one Redis', () => {
     const p = await reply(4);
     assert.deepEqual(users(p.presence.presence), ['lp']);
     assert.ok(polls[a.base] > 0 && polls[b.base] > 0, `polls on both nodes: ${JSON.stringify(polls)}`);
+    assert.ok(commands[a.base] > 0 && commands[b.base] > 0, `commands to both nodes: ${JSON.stringify(commands)}`);
     await command({ id: 5, unsubscribe: { channel: ch } });
     await reply(5);
   });

@@ -167,6 +167,14 @@ export function token(claims, secret = SECRET) {
 
 export const now = () => Math.floor(Date.now() / 1000);
 
+// Ends `socket` with a TCP reset, as a dropped network path is seen. Not once it was
+// ended (half-closed): Node cannot reset a socket that shut down its writing side, and
+// such a socket, never closed, keeps the process from exiting. It is destroyed instead.
+function reset(socket) {
+  if (socket.writableEnded || socket.destroyed) socket.destroy();
+  else socket.resetAndDestroy();
+}
+
 /** A TCP proxy to `target` (host:port) whose connections `cut()` destroys. */
 export async function cutter(target) {
   const [host, port] = target.split(':');
@@ -183,7 +191,7 @@ export async function cutter(target) {
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   return {
     addr: `127.0.0.1:${server.address().port}`,
-    cut() { for (const [a, b] of sockets) { a.resetAndDestroy(); b.destroy(); } sockets.clear(); },
+    cut() { for (const [a, b] of sockets) { reset(a); b.destroy(); } sockets.clear(); },
     close() { this.cut(); server.close(); },
   };
 }
@@ -408,7 +416,7 @@ export async function gate(target) {
   });
   let server = make();
   const own = await listen(server);
-  const cutAll = () => { for (const [a, b] of sockets) { a.resetAndDestroy(); b.destroy(); } sockets.clear(); };
+  const cutAll = () => { for (const [a, b] of sockets) { reset(a); b.destroy(); } sockets.clear(); };
   return {
     port: own,
     addr: `127.0.0.1:${own}`,
@@ -466,7 +474,7 @@ export async function balancer(backends) {
     addr: `127.0.0.1:${port}`,
     backends,
     connections: () => Object.fromEntries(counts),
-    cut() { for (const [a, b] of sockets) { a.resetAndDestroy(); b.destroy(); } sockets.clear(); },
+    cut() { for (const [a, b] of sockets) { reset(a); b.destroy(); } sockets.clear(); },
     close() { this.cut(); return new Promise((r) => server.close(r)); },
   };
 }

@@ -1,0 +1,116 @@
+// What the tests of several `volley serve` nodes on the Redis broker share: nodes on a
+// Redis, centrifuge-js clients (JSON) for them, and a journal of a subscription's
+// numbered publications and state changes, with the check that nothing was lost or
+// repeated without the client being told.
+//
+//   startNodes(t, n, url, { prefix, extra, redis })  n nodes, stopped when test t ends
+//   client(addr, opts), connected(c), subscribed(c, channel, opts)
+//   watched(c, channel)      a recoverable subscription and its journal
+//   assertNoSilentGap(log, from, to)
+//   ready(node)              the status of the node's /ready
+//   uniquePrefix()           a key prefix no other test uses
+
+import assert from 'node:assert/strict';
+import { Centrifuge } from 'centrifuge';
+import { EventSource } from 'eventsource';
+import WebSocket from 'ws';
+import { DEFAULT_CONFIG, redisBroker, startHub } from './lib.mjs';
+
+// A key prefix of its own for each group of nodes: tests never see each other's keys.
+let seq = 0;
+export const uniquePrefix = () => `volley-test-${process.pid}-${Date.now().toString(36)}-${++seq}`;
+
+/**
+ * `n` nodes on the Redis broker at `url` (one address or several), with `extra`
+ * configuration sections (`redis` adds keys to broker.redis), stopped when test `t` ends.
+ */
+export async function startNodes(t, n, url, { prefix = uniquePrefix(), extra = {}, redis = {} } = {}) {
+  const nodes = [];
+  t.after(() => Promise.all(nodes.map((h) => h.stop('SIGKILL'))));
+  for (let i = 0; i < n; i++) nodes.push(await startHub({ ...DEFAULT_CONFIG, ...extra, broker: redisBroker(url, prefix, redis) }));
+  return nodes;
+}
+
+/**
+ * A centrifuge-js client (JSON) over WebSocket to `addr`, or over `transports` (a list
+ * of { transport, endpoint }) when given.
+ */
+export function client(addr, { transports, ...opts } = {}) {
+  const c = new Centrifuge(transports ?? `ws://${addr}/connection/websocket`, {
+    websocket: WebSocket,
+    fetch: globalThis.fetch,
+    readableStream: globalThis.ReadableStream,
+    eventsource: EventSource,
+    emulationEndpoint: `http://${addr}/emulation`,
+    minReconnectDelay: 50,
+    maxReconnectDelay: 300,
+    ...opts,
+  });
+  c.on('error', () => {});
+  return c;
+}
+
+export async function connected(c) {
+  c.connect();
+  await c.ready(5000);
+  return c;
+}
+
+export async function subscribed(c, channel, opts = {}) {
+  const s = c.newSubscription(channel, opts);
+  s.subscribe();
+  await s.ready(5000);
+  return s;
+}
+
+export const ready = async (node) => (await fetch(`${node.base}/ready`)).status;
+
+export const users = (presence) => Object.values(presence).map((i) => i.user).sort();
+
+// Everything a subscription went through, in order: numbered publications and the
+// subscription's state changes.
+export function journal(s) {
+  const log = [];
+  s.on('publication', (ctx) => log.push({ pub: ctx.data.n, offset: ctx.offset }));
+  s.on('subscribed', (ctx) => log.push({ subscribed: true, recovered: ctx.recovered, wasRecovering: ctx.wasRecovering, epoch: ctx.streamPosition?.epoch }));
+  s.on('subscribing', (ctx) => log.push({ subscribing: ctx.code }));
+  s.on('unsubscribed', (ctx) => log.push({ unsubscribed: ctx.code }));
+  return {
+    sub: s,
+    log,
+    seen: () => log.filter((e) => 'pub' in e).map((e) => e.pub),
+    subscribes: () => log.filter((e) => e.subscribed),
+  };
+}
+
+/** A recoverable subscription of `c` to `channel`, journaled from its first subscribe. */
+export async function watched(c, channel) {
+  const s = c.newSubscription(channel, { recoverable: true, positioned: true });
+  const j = journal(s);
+  s.subscribe();
+  await s.ready(5000);
+  return j;
+}
+
+// Numbers `from..to` published in order: those seen are in order and each once; a
+// number missing is allowed only where the client was told, between the publications
+// around the gap, that its position could not be recovered (a subscribe with
+// `recovered: false`); `to` itself must have arrived.
+export function assertNoSilentGap(log, from, to, who = 'the client') {
+  const seen = log.filter((e) => 'pub' in e).map((e) => e.pub);
+  for (let i = 1; i < seen.length; i++) {
+    assert.ok(seen[i] > seen[i - 1], `${who}: ${seen[i]} after ${seen[i - 1]} (repeated or out of order): ${JSON.stringify(log)}`);
+  }
+  assert.equal(seen.at(-1), to, `${who} got the last one: ${JSON.stringify(log)}`);
+  let expect = from;
+  let told = false;
+  for (const e of log) {
+    if (e.subscribed && e.recovered === false && e.wasRecovering) told = true;
+    if (!('pub' in e)) continue;
+    if (e.pub !== expect) {
+      assert.ok(told, `${who} missed ${expect}..${e.pub - 1} and was not told: ${JSON.stringify(log)}`);
+    }
+    expect = e.pub + 1;
+    told = false;
+  }
+}
