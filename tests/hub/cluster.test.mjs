@@ -12,9 +12,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Centrifuge } from 'centrifuge';
+import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
 import { balancer, gate, once, startRedis, token, waitFor } from './lib.mjs';
 import {
-  assertNoSilentGap, client, connected, ready, startNodes as startNodesOn, subscribed, users, watched,
+  assertNoSilentGap, client, connected, publisher, ready, startNodes as startNodesOn, subscribed, users, watched,
 } from './nodes.mjs';
 
 let redis;
@@ -138,11 +140,15 @@ describe('several nodes on one Redis', () => {
     assert.equal(last.recovered, true);
   });
 
-  for (const transport of ['http_stream', 'sse']) {
-    test(`centrifuge-js over ${transport}: the stream on node A, every command to node B's /emulation`, async (t) => {
+  for (const [transport, format] of [['http_stream', 'json'], ['http_stream', 'protobuf'], ['sse', 'json']]) {
+    test(`centrifuge-js over ${transport} (${format}): the stream on node A, every command to node B's /emulation`, async (t) => {
       const [a, b] = await startNodes(t, 2);
-      const ch = `chat:emulation-${transport}`;
+      const ch = `chat:emulation-${transport}-${format}`;
+      // Over Protobuf, payloads are bytes (here, JSON text).
+      const out = format === 'json' ? (v) => v : (v) => new TextEncoder().encode(JSON.stringify(v));
+      const data = format === 'json' ? (d) => d : (d) => JSON.parse(new TextDecoder().decode(d));
       const c = client(a.addr, {
+        Centrifuge: format === 'json' ? Centrifuge : CentrifugeProtobuf,
         token: token({ sub: 'erin' }),
         transports: [{ transport, endpoint: `http://${a.addr}/connection/${transport}` }],
         emulationEndpoint: `http://${b.addr}/emulation`,
@@ -155,16 +161,19 @@ describe('several nodes on one Redis', () => {
       const s = await subscribed(c, ch, { recoverable: true, positioned: true });
       const got = [];
       s.on('publication', (p) => got.push(p));
-      await s.publish({ n: 1 });
-      await b.api('publish', { channel: ch, data: { n: 2 } });
-      await a.api('publish', { channel: ch, data: { n: 3 } });
+      await s.publish(out({ n: 1 }));
+      const api = (node, n) => node.api('publish', format === 'json'
+        ? { channel: ch, data: { n } }
+        : { channel: ch, b64data: Buffer.from(JSON.stringify({ n })).toString('base64') });
+      await api(b, 2);
+      await api(a, 3);
       await waitFor(() => got.length === 3, 'the three publications over the stream');
-      assert.deepEqual(got.map((p) => [p.data.n, p.offset]), [[1, 1], [2, 2], [3, 3]]);
+      assert.deepEqual(got.map((p) => [data(p.data).n, p.offset]), [[1, 1], [2, 2], [3, 3]]);
       assert.equal(got[0].info.user, 'erin');
       const h = await s.history({ limit: 10 });
-      assert.deepEqual(h.publications.map((p) => p.data.n), [1, 2, 3]);
+      assert.deepEqual(h.publications.map((p) => data(p.data).n), [1, 2, 3]);
       assert.deepEqual(users((await s.presence()).clients), ['erin']);
-      const rpcRefused = await c.rpc('nothing', {}).catch((e) => e.code);
+      const rpcRefused = await c.rpc('nothing', out({})).catch((e) => e.code);
       assert.equal(rpcRefused, 104);
     });
   }
@@ -241,7 +250,7 @@ describe('several nodes on one Redis', () => {
     await reply(5);
   });
 
-  test('the API on node B reaches a user connected on node A: subscribe, unsubscribe, disconnect', async (t) => {
+  test('the API on node B reaches a user connected on node A: subscribe, unsubscribe, refresh, disconnect', async (t) => {
     const [a, b] = await startNodes(t, 2);
     const c = client(a.addr, { token: token({ sub: 'dave' }) });
     t.after(() => c.disconnect());
@@ -259,6 +268,12 @@ describe('several nodes on one Redis', () => {
     await waitFor(() => pubs.length === 1, 'a publication on the server-side subscription');
     await b.api('unsubscribe', { user: 'dave', channel: ch });
     await waitFor(() => serverUnsubs.includes(ch), 'the server-side unsubscribe from B');
+    // Refreshed as expired: the connection ends with 3005 (the client reconnects).
+    const codes = [];
+    c.on('connecting', (ctx) => codes.push(ctx.code));
+    await b.api('refresh', { user: 'dave', expired: true });
+    await waitFor(() => codes.includes(3005), 'the expired connection (3005)');
+    await waitFor(() => c.state === 'connected', 'the reconnect');
     const d = once(c, 'disconnected');
     await b.api('disconnect', { user: 'dave', disconnect: { code: 4501, reason: 'go away' } });
     const ctx = await d;
@@ -286,6 +301,20 @@ describe('several nodes on one Redis', () => {
 });
 
 describe('failures', () => {
+  // Each scenario runs while a publisher keeps publishing numbered messages through the
+  // API of a node, and clients count them.
+
+  // Publishes `count` more numbers after the publisher's last, through `node`: the
+  // live ones that every client must get once everything has healed.
+  async function publishMore(node, ch, pub, count = 5) {
+    const more = [];
+    for (let n = pub.count + 1; n <= pub.count + count; n++) {
+      await node.api('publish', { channel: ch, data: { n } });
+      more.push(n);
+    }
+    return [...pub.ok, ...more];
+  }
+
   test('Redis killed and restarted empty on the same port: clients are told, never a silent gap or a repeat', async (t) => {
     const own = await startRedis();
     t.after(() => own.stop());
@@ -296,28 +325,33 @@ describe('failures', () => {
     const journals = [];
     for (const c of clients) journals.push(await watched(c, ch));
     const epoch = journals[0].subscribes()[0].epoch;
-    for (let n = 1; n <= 5; n++) await b.api('publish', { channel: ch, data: { n } });
-    await waitFor(() => journals.every((j) => j.seen().length === 5), 'the first five');
+    const pub = publisher(b, ch, { pause: 20 });
+    t.after(() => pub.stop());
+    await waitFor(() => journals.every((j) => j.seen().length >= 5), 'the first publications');
 
     await own.kill();
-    for (const node of [a, b]) await waitFor(async () => await ready(node) === 503, `/ready 503 on ${node.addr}`);
-    await assert.rejects(b.api('publish', { channel: ch, data: { n: 0 } }), (e) => e.code === 100, 'a publish while Redis is down fails with 100');
     const marks = journals.map((j) => j.log.length);
+    for (const node of [a, b]) await waitFor(async () => await ready(node) === 503, `/ready 503 on ${node.addr}`);
+    await assert.rejects(a.api('publish', { channel: ch, data: { n: 0 } }), (e) => e.code === 100, 'a publish while Redis is down fails with 100');
+    await waitFor(() => pub.failed.length >= 3, 'the publisher failing');
+    const restartedAt = pub.count;
     await own.restart();
     for (const node of [a, b]) await waitFor(async () => await ready(node) === 200, `/ready 200 on ${node.addr}`, 15000);
-    for (let n = 6; n <= 10; n++) await b.api('publish', { channel: ch, data: { n } });
+    await waitFor(() => pub.ok.filter((n) => n > restartedAt).length >= 20, 'publishing again', 15000);
+    await pub.stop();
+    assert.deepEqual([...new Set(pub.failed.map(([, code]) => code))], [100], 'failed publishes fail with 100');
     // The stream restarted in a new epoch: each client is told (resubscribed, not
-    // recovered), by the time the publications after the restart reach it.
+    // recovered).
     for (const [i, j] of journals.entries()) {
       await waitFor(() => j.log.slice(marks[i]).some((e) => e.subscribed && e.recovered === false), `client ${i} told its position is gone`, 15000);
       await waitFor(() => j.sub.state === 'subscribed', `client ${i} subscribed again`);
     }
-    for (let n = 11; n <= 15; n++) await a.api('publish', { channel: ch, data: { n } });
+    const expected = await publishMore(a, ch, pub);
+    const uncertain = new Set(pub.failed.map(([n]) => n));
     for (const [i, j] of journals.entries()) {
-      await waitFor(() => j.seen().at(-1) === 15, `client ${i}: the live ones after the restart`);
-      assertNoSilentGap(j.log, 1, 15, `client ${i}`);
-      const last = j.subscribes().at(-1);
-      assert.notEqual(last.epoch, epoch, 'the new stream has a new epoch');
+      await waitFor(() => j.seen().at(-1) === expected.at(-1), `client ${i}: the live ones after the restart`);
+      assertNoSilentGap(j.log, expected, `client ${i}`, uncertain);
+      assert.notEqual(j.subscribes().at(-1).epoch, epoch, 'the new stream has a new epoch');
     }
     for (const c of clients) assert.equal(c.state, 'connected');
   });
@@ -335,27 +369,35 @@ describe('failures', () => {
     for (const c of clients) c.on('disconnected', (ctx) => drops.push(ctx)).on('connecting', (ctx) => drops.push(ctx));
     const journals = [];
     for (const c of clients) journals.push(await watched(c, ch));
-    for (let n = 1; n <= 5; n++) await b.api('publish', { channel: ch, data: { n } });
-    await waitFor(() => journals.every((j) => j.seen().length === 5), 'the first five');
+    const pub = publisher(b, ch, { pause: 20 });
+    t.after(() => pub.stop());
+    await waitFor(() => journals.every((j) => j.seen().length >= 5), 'the first publications');
 
     await door.down();
     for (const node of [a, b]) await waitFor(async () => await ready(node) === 503, `/ready 503 on ${node.addr}`);
-    await assert.rejects(b.api('publish', { channel: ch, data: { n: 0 } }), (e) => e.code === 100, 'a publish on B while Redis is away');
     await assert.rejects(a.api('publish', { channel: ch, data: { n: 0 } }), (e) => e.code === 100, 'a publish on A while Redis is away');
+    await waitFor(() => pub.failed.length >= 3, 'the publisher failing');
     // Away for a few seconds: the clients stay.
     await sleep(3000);
     assert.deepEqual(drops, []);
     for (const c of clients) assert.equal(c.state, 'connected');
     assert.equal(await ready(a), 503);
+    assert.equal(await ready(b), 503);
 
+    const backAt = pub.count;
     await door.up();
     for (const node of [a, b]) await waitFor(async () => await ready(node) === 200, `/ready 200 again on ${node.addr}`, 15000);
-    for (let n = 6; n <= 10; n++) await b.api('publish', { channel: ch, data: { n } });
+    await waitFor(() => pub.ok.filter((n) => n > backAt).length >= 20, 'publishing again', 15000);
+    await pub.stop();
+    assert.deepEqual([...new Set(pub.failed.map(([, code]) => code))], [100], 'failed publishes fail with 100');
+    const expected = await publishMore(a, ch, pub);
     // Redis kept its data: whether the nodes resubscribed in time or a client was made
-    // to resubscribe and recover, every number arrives, once.
+    // to resubscribe and recover, every number published arrives, once.
+    const uncertain = new Set(pub.failed.map(([n]) => n));
     for (const [i, j] of journals.entries()) {
-      await waitFor(() => j.seen().at(-1) === 10, `client ${i}: 6..10`, 15000);
-      assert.deepEqual(j.seen(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], `client ${i}: ${JSON.stringify(j.log)}`);
+      await waitFor(() => j.seen().at(-1) === expected.at(-1), `client ${i}: every number`, 15000);
+      assert.deepEqual(j.seen().filter((n) => !uncertain.has(n)), expected, `client ${i}: ${JSON.stringify(j.log)}`);
+      assertNoSilentGap(j.log, expected, `client ${i}`, uncertain);
       assert.ok(j.subscribes().every((e) => e.recovered || !e.wasRecovering), `client ${i} never lost its position: ${JSON.stringify(j.log)}`);
     }
     assert.deepEqual(drops, [], 'no client was disconnected');
@@ -375,17 +417,20 @@ describe('failures', () => {
       journals.push(await watched(c, ch));
     }
     assert.deepEqual(lb.connections(), { [a.addr]: 3 });
-    for (let n = 1; n <= 5; n++) await b.api('publish', { channel: ch, data: { n } });
-    await waitFor(() => journals.every((j) => j.seen().length === 5), 'the first five');
+    const pub = publisher(b, ch, { pause: 20 });
+    t.after(() => pub.stop());
+    await waitFor(() => journals.every((j) => j.seen().length >= 5), 'the first publications');
 
     await a.stop('SIGKILL');
-    // Published on B while A's clients find their way there.
-    for (let n = 6; n <= 10; n++) await b.api('publish', { channel: ch, data: { n } });
     await waitFor(() => journals.every((j) => j.subscribes().length === 2), 'every client subscribed again', 15000);
-    for (let n = 11; n <= 15; n++) await b.api('publish', { channel: ch, data: { n } });
+    const backAt = pub.count;
+    await waitFor(() => pub.ok.filter((n) => n > backAt).length >= 10, 'more publications');
+    await pub.stop();
+    assert.deepEqual(pub.failed, [], 'node B published all along');
+    const expected = await publishMore(b, ch, pub);
     for (const [i, j] of journals.entries()) {
-      await waitFor(() => j.seen().at(-1) === 15, `client ${i}: every number`);
-      assert.deepEqual(j.seen(), Array.from({ length: 15 }, (_, k) => k + 1), `client ${i}: ${JSON.stringify(j.log)}`);
+      await waitFor(() => j.seen().at(-1) === expected.at(-1), `client ${i}: every number`);
+      assert.deepEqual(j.seen(), expected, `client ${i}: ${JSON.stringify(j.log)}`);
       const last = j.subscribes().at(-1);
       assert.equal(last.wasRecovering, true);
       assert.equal(last.recovered, true);
