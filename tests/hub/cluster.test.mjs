@@ -14,7 +14,9 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Centrifuge } from 'centrifuge';
 import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
-import { balancer, gate, once, startRedis, token, waitFor } from './lib.mjs';
+import {
+  DEFAULT_CONFIG, balancer, gate, once, openNamespace, startRedis, token, waitFor,
+} from './lib.mjs';
 import {
   assertNoSilentGap, client, connected, publisher, ready, startNodes as startNodesOn, subscribed, users, watched,
 } from './nodes.mjs';
@@ -302,7 +304,12 @@ describe('several nodes on one Redis', () => {
 
 describe('failures', () => {
   // Each scenario runs while a publisher keeps publishing numbered messages through the
-  // API of a node, and clients count them.
+  // API of a node, and clients count them, on channels of the namespace `long`, whose
+  // history keeps all of them (however long a reconnect takes on a busy machine, what
+  // was missed can be recovered).
+  const extra = {
+    channel: { namespaces: [...DEFAULT_CONFIG.channel.namespaces, openNamespace('long', { history_size: 100000 })] },
+  };
 
   // Publishes `count` more numbers after the publisher's last, through `node`: the
   // live ones that every client must get once everything has healed.
@@ -318,8 +325,8 @@ describe('failures', () => {
   test('Redis killed and restarted empty on the same port: clients are told, never a silent gap or a repeat', async (t) => {
     const own = await startRedis();
     t.after(() => own.stop());
-    const [a, b] = await startNodes(t, 2, { url: own.url });
-    const ch = 'chat:redis-restart';
+    const [a, b] = await startNodes(t, 2, { url: own.url, extra });
+    const ch = 'long:redis-restart';
     const clients = [await connected(client(a.addr, { token: token({ sub: 'u1' }) })), await connected(client(b.addr, { token: token({ sub: 'u2' }) }))];
     t.after(() => clients.forEach((c) => c.disconnect()));
     const journals = [];
@@ -361,8 +368,8 @@ describe('failures', () => {
     t.after(() => own.stop());
     const door = await gate(`127.0.0.1:${own.port}`);
     t.after(() => door.close());
-    const [a, b] = await startNodes(t, 2, { url: door.url });
-    const ch = 'chat:redis-away';
+    const [a, b] = await startNodes(t, 2, { url: door.url, extra });
+    const ch = 'long:redis-away';
     const clients = [await connected(client(a.addr, { token: token({ sub: 'u1' }) })), await connected(client(b.addr, { token: token({ sub: 'u2' }) }))];
     t.after(() => clients.forEach((c) => c.disconnect()));
     const drops = [];
@@ -404,10 +411,10 @@ describe('failures', () => {
   });
 
   test('a node killed (SIGKILL): its clients reconnect through the balancer to the other node and recover', async (t) => {
-    const [a, b] = await startNodes(t, 2);
+    const [a, b] = await startNodes(t, 2, { extra });
     const lb = await balancer([a.addr, b.addr]);
     t.after(() => lb.close());
-    const ch = 'chat:node-dies';
+    const ch = 'long:node-dies';
     const clients = [];
     t.after(() => clients.forEach((c) => c.disconnect()));
     const journals = [];
