@@ -6,8 +6,8 @@
 // sessions); the server API reaches a user's connections on every node and `info`
 // lists every node. Then the failures, each watched by clients counting numbered
 // publications (none lost, none repeated, unless the client was told): Redis killed
-// and restarted empty, Redis unreachable for a while, a node killed while its clients
-// connect through a balancer.
+// and restarted empty, Redis unreachable for a while, Redis frozen for a while, a node
+// killed while its clients connect through a balancer.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -406,6 +406,47 @@ describe('failures', () => {
       assert.deepEqual(j.seen().filter((n) => !uncertain.has(n)), expected, `client ${i}: ${JSON.stringify(j.log)}`);
       assertNoSilentGap(j.log, expected, `client ${i}`, uncertain);
       assert.ok(j.subscribes().every((e) => e.recovered || !e.wasRecovering), `client ${i} never lost its position: ${JSON.stringify(j.log)}`);
+    }
+    assert.deepEqual(drops, [], 'no client was disconnected');
+  });
+
+  test('Redis frozen for a while (SIGSTOP): commands time out with 100, clients stay connected, /ready is 503, then all heals and nothing is lost', async (t) => {
+    const own = await startRedis();
+    t.after(() => own.stop());
+    // Commands that get no answer fail after 1 s (5 s by default).
+    const [a, b] = await startNodes(t, 2, { url: own.url, extra, redis: { command_timeout: '1s' } });
+    const ch = 'long:redis-frozen';
+    const clients = [await connected(client(a.addr, { token: token({ sub: 'u1' }) })), await connected(client(b.addr, { token: token({ sub: 'u2' }) }))];
+    t.after(() => clients.forEach((c) => c.disconnect()));
+    const drops = [];
+    for (const c of clients) c.on('disconnected', (ctx) => drops.push(ctx)).on('connecting', (ctx) => drops.push(ctx));
+    const journals = [];
+    for (const c of clients) journals.push(await watched(c, ch));
+    const pub = publisher(b, ch, { pause: 20 });
+    t.after(() => pub.stop());
+    await waitFor(() => journals.every((j) => j.seen().length >= 5), 'the first publications');
+
+    own.pause();
+    t.after(() => own.resume());
+    await waitFor(() => pub.failed.length >= 2, 'the publisher failing', 15000);
+    for (const node of [a, b]) await waitFor(async () => await ready(node) === 503, `/ready 503 on ${node.addr}`, 15000);
+    assert.deepEqual(drops, []);
+    for (const c of clients) assert.equal(c.state, 'connected');
+
+    const backAt = pub.count;
+    own.resume();
+    for (const node of [a, b]) await waitFor(async () => await ready(node) === 200, `/ready 200 again on ${node.addr}`, 15000);
+    await waitFor(() => pub.ok.filter((n) => n > backAt).length >= 20, 'publishing again', 15000);
+    await pub.stop();
+    assert.deepEqual([...new Set(pub.failed.map(([, code]) => code))], [100], 'failed publishes fail with 100');
+    const expected = await publishMore(a, ch, pub);
+    // Redis kept its data; a publish that timed out may still have been run when Redis
+    // woke up.
+    const uncertain = new Set(pub.failed.map(([n]) => n));
+    for (const [i, j] of journals.entries()) {
+      await waitFor(() => j.seen().at(-1) === expected.at(-1), `client ${i}: every number`, 15000);
+      assertNoSilentGap(j.log, expected, `client ${i}`, uncertain);
+      assert.deepEqual(j.seen().filter((n) => !uncertain.has(n)), expected, `client ${i} lost nothing: ${JSON.stringify(j.log)}`);
     }
     assert.deepEqual(drops, [], 'no client was disconnected');
   });
