@@ -324,11 +324,11 @@ pub fn translate(tree: &Value) -> anyhow::Result<Translation> {
         }
     }
     if let Some(s) = root.section(&mut cx, "engine") {
-        engine(&mut cx, s);
+        engine(&mut cx, s, &mut out);
     }
     for name in ["broker", "presence_manager"] {
         if let Some(s) = root.section(&mut cx, name) {
-            broker(&mut cx, s);
+            broker(&mut cx, s, &mut out);
         }
     }
     for (name, prefix) in [("prometheus", "/metrics"), ("health", "/health")] {
@@ -1076,22 +1076,65 @@ fn emulation(cx: &mut Cx, mut s: Section, out: &mut Value) {
 }
 
 /// `engine`: Volley's is the memory engine; a memory engine's `redis` is unused.
-fn engine(cx: &mut Cx, mut s: Section) {
-    let memory = match s.string(cx, "type").as_deref() {
-        None | Some("") | Some("memory") => true,
-        Some(_) => {
-            cx.report(s.key("type"));
-            false
+fn engine(cx: &mut Cx, mut s: Section, out: &mut Value) {
+    match s.string(cx, "type").as_deref() {
+        None | Some("") | Some("memory") => {
+            s.take("redis");
         }
-    };
-    if memory {
-        s.take("redis");
+        Some("redis") => {
+            if let Some(r) = s.section(cx, "redis") {
+                redis(cx, r, out);
+            } else {
+                put(out, "broker.type", json!("redis"));
+            }
+        }
+        Some(_) => cx.report(s.key("type")),
     }
     s.finish(cx);
 }
 
-/// `broker` and `presence_manager`: off unless `enabled`; an enabled memory one is Volley's.
-fn broker(cx: &mut Cx, mut s: Section) {
+/// `engine.redis` (or `broker.redis`): Volley's Redis broker, on the same addresses.
+fn redis(cx: &mut Cx, mut s: Section, out: &mut Value) {
+    put(out, "broker.type", json!("redis"));
+    let db = s.uint(cx, "db").filter(|&d| d > 0);
+    let url = |a: &str| {
+        let mut u = if a.contains("://") { a.to_owned() } else { format!("redis://{a}") };
+        if let Some(db) = db {
+            if u.trim_end_matches('/').rsplit('/').next().is_none_or(|p| p.parse::<u64>().is_err()) {
+                u = format!("{}/{db}", u.trim_end_matches('/'));
+            }
+        }
+        u
+    };
+    if let Some(cluster) = s.strings(cx, "cluster_address").filter(|a| !a.is_empty()) {
+        put(out, "broker.redis.addresses", json!(cluster.iter().map(|a| url(a)).collect::<Vec<_>>()));
+        put(out, "broker.redis.cluster", json!(true));
+        s.take("address");
+    } else if let Some(addresses) = s.strings(cx, "address").filter(|a| !a.is_empty()) {
+        put(out, "broker.redis.addresses", json!(addresses.iter().map(|a| url(a)).collect::<Vec<_>>()));
+    }
+    if let Some(prefix) = s.string(cx, "prefix") {
+        put(out, "broker.redis.prefix", json!(prefix));
+    }
+    if let Some(user) = s.string(cx, "user") {
+        put(out, "broker.redis.username", json!(user));
+    }
+    if let Some(password) = s.string(cx, "password") {
+        put(out, "broker.redis.password", json!(password));
+    }
+    if let Some(d) = s.volley_duration(cx, "connect_timeout") {
+        put(out, "broker.redis.connect_timeout", d);
+    }
+    if let Some(d) = s.volley_duration(cx, "io_timeout") {
+        put(out, "broker.redis.command_timeout", d);
+    }
+    s.finish(cx);
+}
+
+/// `broker` and `presence_manager`: off unless `enabled`; an enabled memory one is
+/// Volley's, an enabled Redis broker is Volley's Redis broker (which is also its
+/// presence manager).
+fn broker(cx: &mut Cx, mut s: Section, out: &mut Value) {
     let enabled_path = s.key("enabled");
     let enabled = s.bool(cx, "enabled");
     if enabled != Some(true) {
@@ -1102,6 +1145,13 @@ fn broker(cx: &mut Cx, mut s: Section) {
         None | Some("") | Some("memory") => {
             for k in ["redis", "nats", "redisnats", "postgres"] {
                 s.take(k);
+            }
+        }
+        Some("redis") => {
+            if let Some(r) = s.section(cx, "redis") {
+                redis(cx, r, out);
+            } else {
+                put(out, "broker.type", json!("redis"));
             }
         }
         Some(_) => {
@@ -1597,6 +1647,32 @@ timeout = "30s"
     }
 
     #[test]
+    fn a_redis_engine_becomes_volleys_redis_broker() {
+        let (c, ignored) = translated(from_json(
+            r#"{ "engine": { "type": "redis", "redis": {
+                   "address": ["127.0.0.1:6379", "redis://r2:6379"], "db": 2, "prefix": "app",
+                   "user": "u", "password": "p", "connect_timeout": "2s", "io_timeout": "500ms",
+                   "force_resp2": true } } }"#,
+        ));
+        assert_eq!(c.broker.kind, crate::serve::BrokerKind::Redis);
+        let r = &c.broker.redis;
+        assert_eq!(r.addresses, ["redis://127.0.0.1:6379/2", "redis://r2:6379/2"]);
+        assert!(!r.cluster);
+        assert_eq!((r.prefix.as_str(), r.username.as_str(), r.password.as_str()), ("app", "u", "p"));
+        assert_eq!((r.connect_timeout, r.command_timeout), (Duration::from_secs(2), Duration::from_millis(500)));
+        assert_eq!(ignored, ["engine.redis.force_resp2"]);
+        let (c, ignored) = translated(from_json(
+            r#"{ "broker": { "enabled": true, "type": "redis",
+                   "redis": { "cluster_address": ["redis://a:7000", "redis://b:7001"] } } }"#,
+        ));
+        assert_eq!((c.broker.kind, c.broker.redis.cluster), (crate::serve::BrokerKind::Redis, true));
+        assert_eq!(c.broker.redis.addresses, ["redis://a:7000", "redis://b:7001"]);
+        assert!(ignored.is_empty(), "{ignored:?}");
+        let (c, _) = translated(from_json(r#"{ "engine": { "type": "memory" } }"#));
+        assert_eq!(c.broker.kind, crate::serve::BrokerKind::Memory);
+    }
+
+    #[test]
     fn off_values_and_disabled_sections_are_ignored_silently_and_the_rest_is_named() {
         let tree = from_json(
             r#"{
@@ -1618,17 +1694,12 @@ timeout = "30s"
             ignored(tree),
             [
                 "client.connect_include_server_time",
-                "engine.redis.address",
-                "engine.type",
                 "graphite.enabled",
                 "graphite.host",
                 "http_api.disabled",
                 "http_api.insecure",
                 "log.level",
                 "pid_file",
-                "presence_manager.enabled",
-                "presence_manager.redis.address",
-                "presence_manager.type",
                 "prometheus.enabled",
                 "websocket.handler_prefix",
             ]

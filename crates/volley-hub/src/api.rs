@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::engine::{ConnectionInfo, Hub, ServerPublish, UserControl};
+use crate::engine::{ConnectionInfo, Hub, NodeMessage, ServerPublish};
 use crate::protocol::{ClientInfo, Disconnect, ErrorReply, Format, PayloadKind, Publication, StreamPosition};
 
 /// The API's routes: `/api/{method}` (and `/api` with `{"method", "params"}`).
@@ -300,9 +300,9 @@ fn call<'a>(
                 let client = (!p.client.is_empty()).then(|| p.client.clone());
                 let (user, channel) = (p.user.clone(), p.channel.clone());
                 hub.user_control(if method == "subscribe" {
-                    UserControl::Subscribe { user, client, channel }
+                    NodeMessage::Subscribe { user, client, channel }
                 } else {
-                    UserControl::Unsubscribe { user, client, channel }
+                    NodeMessage::Unsubscribe { user, client, channel }
                 })
                 .await?;
                 Ok(json!({}))
@@ -317,7 +317,7 @@ fn call<'a>(
                     None => Disconnect::FORCE_NO_RECONNECT,
                 };
                 let client = (!p.client.is_empty()).then(|| p.client.clone());
-                hub.user_control(UserControl::Disconnect {
+                hub.user_control(NodeMessage::Disconnect {
                     user: p.user.clone(),
                     client,
                     code: d.code,
@@ -340,7 +340,7 @@ fn call<'a>(
                 let p: RefreshParams = parse(params)?;
                 let client = (!p.client.is_empty()).then(|| p.client.clone());
                 let expire_at = (p.expire_at > 0).then_some(p.expire_at);
-                hub.user_control(UserControl::Refresh { user: p.user.clone(), client, expired: p.expired, expire_at })
+                hub.user_control(NodeMessage::Refresh { user: p.user.clone(), client, expired: p.expired, expire_at })
                     .await?;
                 Ok(json!({}))
             }
@@ -379,30 +379,28 @@ fn call<'a>(
                 hub.remove_history(&p.channel).await?;
                 Ok(json!({}))
             }
-            "channels" => {
-                let p: ChannelsParams = parse(params)?;
-                let mut map = serde_json::Map::new();
-                for (name, n) in hub.channels() {
-                    if p.pattern.is_empty() || glob(&p.pattern, &name) {
-                        map.insert(name, json!({ "num_clients": n }));
+            "channels" | "connections" => {
+                // Every node's, merged: channels with their subscriber counts summed;
+                // connections by client id.
+                let local = local_survey(hub, method, params)?;
+                let key = if method == "channels" { "channels" } else { "connections" };
+                let mut merged = serde_json::Map::new();
+                for answer in hub.survey(method, params, local).await {
+                    let Some(Value::Object(map)) = answer.get(key).cloned() else { continue };
+                    for (name, v) in map {
+                        match (merged.get_mut(&name), key) {
+                            (Some(have), "channels") => {
+                                let n =
+                                    have["num_clients"].as_u64().unwrap_or(0) + v["num_clients"].as_u64().unwrap_or(0);
+                                have["num_clients"] = json!(n);
+                            }
+                            _ => {
+                                merged.insert(name, v);
+                            }
+                        }
                     }
                 }
-                Ok(json!({ "channels": map }))
-            }
-            "connections" => {
-                // Centrifugo PRO's method: the connections of a user (of everyone
-                // when `user` is left out), with the `meta` their tokens attached.
-                #[derive(Deserialize)]
-                struct ConnectionsParams {
-                    #[serde(default)]
-                    user: Option<String>,
-                }
-                let p: ConnectionsParams = parse(params)?;
-                let mut map = serde_json::Map::new();
-                for c in hub.connections(p.user.as_deref()) {
-                    map.insert(c.client.clone(), connection_json(&c));
-                }
-                Ok(json!({ "connections": map }))
+                Ok(json!({ key: merged }))
             }
             "info" => {
                 // This node, then what the others last said of themselves.
@@ -436,6 +434,39 @@ fn call<'a>(
             _ => Err(ErrorReply::METHOD_NOT_FOUND),
         }
     })
+}
+
+/// This node's answer to `channels` or `connections` (each node answers its part of a
+/// survey with it).
+pub(crate) fn local_survey(hub: &Hub, method: &str, params: &str) -> Result<Value, ErrorReply> {
+    match method {
+        "channels" => {
+            let p: ChannelsParams = parse(params)?;
+            let mut map = serde_json::Map::new();
+            for (name, n) in hub.channels() {
+                if p.pattern.is_empty() || glob(&p.pattern, &name) {
+                    map.insert(name, json!({ "num_clients": n }));
+                }
+            }
+            Ok(json!({ "channels": map }))
+        }
+        "connections" => {
+            // Centrifugo PRO's method: the connections of a user (of everyone when
+            // `user` is left out), with the `meta` their tokens attached.
+            #[derive(Deserialize)]
+            struct ConnectionsParams {
+                #[serde(default)]
+                user: Option<String>,
+            }
+            let p: ConnectionsParams = parse(params)?;
+            let mut map = serde_json::Map::new();
+            for c in hub.connections(p.user.as_deref()) {
+                map.insert(c.client.clone(), connection_json(&c));
+            }
+            Ok(json!({ "connections": map }))
+        }
+        _ => Err(ErrorReply::METHOD_NOT_FOUND),
+    }
 }
 
 fn connection_json(c: &ConnectionInfo) -> Value {

@@ -3,6 +3,8 @@
 //! and a three-master Redis Cluster. Two brokers stand for two hub nodes.
 #![cfg(feature = "redis")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -111,10 +113,14 @@ fn cluster() -> Vec<Redis> {
     nodes
 }
 
+/// A publication as a node received it: channel, offset, epoch, data, the previous
+/// publication's offset.
+type Received = (String, u64, String, Bytes, Option<u64>);
+
 /// What a node's broker handed over.
 #[derive(Default)]
 struct Seen {
-    publications: Mutex<Vec<(String, u64, String, Bytes, Option<u64>)>>,
+    publications: Mutex<Vec<Received>>,
     joins: Mutex<Vec<(String, String)>>,
     leaves: Mutex<Vec<(String, String)>>,
     control: Mutex<Vec<Bytes>>,
@@ -295,6 +301,19 @@ async fn semantics(addresses: Vec<String>, cluster: bool) {
     assert_eq!(p.keys().collect::<Vec<_>>(), ["c2"]);
     assert_eq!(p["c2"].user, "u1");
 
+    // A user's connections counted across nodes, up to the limit.
+    let ttl = Duration::from_secs(60);
+    assert!(a.add_user_connection("u", "c1", ttl, 2).await.unwrap());
+    assert!(b.add_user_connection("u", "c2", ttl, 2).await.unwrap());
+    assert!(!a.add_user_connection("u", "c3", ttl, 2).await.unwrap(), "a third connection");
+    assert!(b.add_user_connection("u", "c1", ttl, 2).await.unwrap(), "a refresh of a counted one");
+    assert!(a.add_user_connection("other", "c9", ttl, 2).await.unwrap(), "another user");
+    b.remove_user_connection("u", "c2").await.unwrap();
+    assert!(a.add_user_connection("u", "c3", ttl, 2).await.unwrap(), "a place was freed");
+    assert!(b.add_user_connection("brief", "c1", Duration::from_millis(100), 1).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(a.add_user_connection("brief", "c2", ttl, 1).await.unwrap(), "an expired connection frees its place");
+
     // Control: to one node, to every other node, and node info.
     // Node B listens for control from its start (it subscribed in the background).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -381,4 +400,205 @@ async fn a_restarted_redis_is_resubscribed_and_the_interruption_reported() {
     let after = b.publish("c", data(3), opts(10)).await.unwrap().position;
     assert_ne!(after.epoch, before.epoch);
     eventually("the publication after the restart", || seen_a.publications.lock().unwrap().len() == 2).await;
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_addresses_speak_tls_verified_by_the_configured_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("volley-redis-tls-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file, ca_file) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
+    let ca_pem = pem("CERTIFICATE", ca.der());
+    std::fs::write(&cert_file, pem("CERTIFICATE", cert.der())).unwrap();
+    std::fs::write(&key_file, pem("PRIVATE KEY", &key.serialize_der())).unwrap();
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let mut child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .arg("--tls-cert-file")
+        .arg(&cert_file)
+        .arg("--tls-key-file")
+        .arg(&key_file)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca_file)
+        .args(["--tls-auth-clients", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let url = format!("rediss://localhost:{port}");
+    let config = |ca: &str| RedisConfig {
+        addresses: vec![url.clone()],
+        prefix: "tls".into(),
+        tls_ca_pem: ca.into(),
+        connect_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    // Started when it accepts TLS connections with the CA (the PEM text, here).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let broker = loop {
+        match RedisBroker::connect(&config(&ca_pem)).await {
+            Ok(b) => break b,
+            Err(e) => assert!(Instant::now() < deadline, "never connected over TLS: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = broker.publish("c", data(1), opts(5)).await.unwrap();
+    assert_eq!(r.position.offset, 1);
+    // The CA as a file's path works the same.
+    let by_path = RedisBroker::connect(&config(ca_file.to_str().unwrap())).await.expect("the CA by its path");
+    assert_eq!(by_path.history("c", HistoryQuery::default()).await.unwrap().position.offset, 1);
+    // The system's roots do not trust this CA: refused.
+    assert!(RedisBroker::connect(&config("")).await.is_err(), "an untrusted certificate is refused");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Hubs on the Redis broker, with clients of the protocol.
+
+fn hub_config(extra_client: serde_json::Value) -> volley_hub::HubConfig {
+    let mut client = serde_json::json!({"token": {"hmac_secret_key": common::SECRET}, "park_after": "50ms"});
+    client.as_object_mut().unwrap().extend(extra_client.as_object().unwrap().clone());
+    serde_json::from_value(serde_json::json!({
+        "client": client,
+        "http_api": {"key": "key"},
+        "channel": {"namespaces": [
+            {"name": "s", "allow_subscribe_for_client": true, "history_size": 100, "history_ttl": "60s",
+             "allow_recovery": true, "allow_positioning": true, "presence": true,
+             "allow_history_for_subscriber": true},
+        ]},
+    }))
+    .unwrap()
+}
+
+async fn hub_node(
+    redis: &Redis,
+    prefix: &str,
+    extra_client: serde_json::Value,
+) -> (volley_hub::Hub, std::net::SocketAddr) {
+    let config = RedisConfig { addresses: vec![redis.url()], prefix: prefix.into(), ..Default::default() };
+    let broker = Arc::new(RedisBroker::connect(&config).await.unwrap());
+    let hub = volley_hub::Hub::with_broker(hub_config(extra_client), broker).unwrap();
+    let addr = common::serve_hub(hub.clone()).await;
+    (hub, addr)
+}
+
+async fn api(addr: std::net::SocketAddr, method: &str, params: serde_json::Value) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = params.to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /api/{method} HTTP/1.1\r\nHost: x\r\nX-API-Key: key\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{out}: {e}"))
+}
+
+fn connect_token(user: &str) -> serde_json::Value {
+    serde_json::json!({"token": common::token(serde_json::json!({"sub": user, "exp": common::unix_now() + 3600}))})
+}
+
+async fn wait_nodes(addr: std::net::SocketAddr, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = api(addr, "info", serde_json::json!({})).await;
+        if info["result"]["nodes"].as_array().is_some_and(|a| a.len() == n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} nodes never listed: {info}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_on_one_redis_deliver_answer_and_control_across_nodes() {
+    let redis = Redis::start(false);
+    let (_a, addr_a) = hub_node(&redis, "hubs", serde_json::json!({"user_connection_limit": 2})).await;
+    let (_b, addr_b) = hub_node(&redis, "hubs", serde_json::json!({"user_connection_limit": 2})).await;
+    wait_nodes(addr_a, 2).await;
+
+    // A subscriber on node A receives what the API published through node B.
+    let (mut alice, _) = common::Client::connected(addr_a, connect_token("alice")).await;
+    let r = alice.call(serde_json::json!({"id": 2, "subscribe": {"channel": "s:room", "recover": true}})).await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    let p = api(addr_b, "publish", serde_json::json!({"channel": "s:room", "data": {"n": 1}})).await;
+    assert_eq!(p["result"]["offset"], 1, "{p}");
+    let push = alice.next().await.unwrap();
+    assert_eq!(push["push"]["pub"]["data"]["n"], 1, "{push}");
+    assert_eq!(push["push"]["pub"]["offset"], 1, "{push}");
+
+    // A client of node B: history and presence agree with node A's.
+    let (mut bob, _) = common::Client::connected(addr_b, connect_token("bob")).await;
+    bob.call(serde_json::json!({"id": 2, "subscribe": {"channel": "s:room"}})).await;
+    let h = bob.call(serde_json::json!({"id": 3, "history": {"channel": "s:room", "limit": -1}})).await;
+    assert_eq!(h["history"]["publications"][0]["data"]["n"], 1, "{h}");
+    let stats = api(addr_a, "presence_stats", serde_json::json!({"channel": "s:room"})).await;
+    assert_eq!(stats["result"], serde_json::json!({"num_clients": 2, "num_users": 2}));
+
+    // `channels` and `connections` gather every node's.
+    let ch = api(addr_a, "channels", serde_json::json!({})).await;
+    assert_eq!(ch["result"]["channels"]["s:room"]["num_clients"], 2, "{ch}");
+    let conns = api(addr_b, "connections", serde_json::json!({})).await;
+    assert_eq!(conns["result"]["connections"].as_object().unwrap().len(), 2, "{conns}");
+
+    // A user's connections are counted on every node: a third one is refused.
+    let (_alice2, _) = common::Client::connected(addr_b, connect_token("alice")).await;
+    let mut third = common::Client::open(addr_a).await;
+    third.send(serde_json::json!({"id": 1, "connect": connect_token("alice")})).await;
+    assert_eq!(third.close_code().await, 3504, "the user's third connection, across nodes");
+
+    // The API's disconnect through node B reaches alice's connection on node A.
+    let d = api(addr_b, "disconnect", serde_json::json!({"user": "bob"})).await;
+    assert!(d["result"].is_object(), "{d}");
+    assert_eq!(bob.close_code().await, bob_code(), "bob, on node B itself");
+    api(addr_b, "disconnect", serde_json::json!({"user": "alice", "disconnect": {"code": 4000, "reason": "bye"}}))
+        .await;
+    assert_eq!(alice.close_code().await, 4000, "alice, on node A, through node B's API");
+}
+
+/// The code of the API's `disconnect` without one of its own.
+fn bob_code() -> u16 {
+    volley_hub::protocol::Disconnect::FORCE_NO_RECONNECT.code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_tells_positioned_subscribers_they_lost_the_stream() {
+    let mut redis = Redis::start(false);
+    let (_a, addr) = hub_node(&redis, "restart", serde_json::json!({})).await;
+    let (mut c, _) = common::Client::connected(addr, connect_token("u")).await;
+    let r = c.call(serde_json::json!({"id": 2, "subscribe": {"channel": "s:x", "recover": true}})).await;
+    let epoch = r["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    api(addr, "publish", serde_json::json!({"channel": "s:x", "data": {"n": 1}})).await;
+    assert_eq!(c.next().await.unwrap()["push"]["pub"]["offset"], 1);
+
+    redis.kill();
+    redis.spawn();
+    // Nothing published since: the hub finds the stream gone (a new epoch) on its own,
+    // and unsubscribes the client with 2500 so that it resubscribes.
+    let push = c.next_within(Duration::from_secs(10)).await.expect("told within seconds").expect("a push");
+    assert_eq!(push["push"]["unsubscribe"]["code"], 2500, "{push}");
+    let r = c
+        .call(
+            serde_json::json!({"id": 3, "subscribe": {"channel": "s:x", "recover": true, "epoch": epoch, "offset": 1}}),
+        )
+        .await;
+    assert_eq!(r["subscribe"]["recovered"], serde_json::Value::Null, "not recovered: {r}");
+    assert_ne!(r["subscribe"]["epoch"].as_str().unwrap(), epoch);
 }

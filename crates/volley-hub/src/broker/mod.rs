@@ -206,6 +206,28 @@ pub trait Broker: Send + Sync + 'static {
     fn ready(&self) -> bool {
         true
     }
+
+    /// Counts a connection of `user` across nodes, unless the user already has `limit`
+    /// (then `Ok(false)`, and nothing changes); a connection already counted is
+    /// refreshed. Each expires after `ttl` unless refreshed, so a node that dies frees
+    /// its users' places. By default (one node) the hub's own count is the whole count:
+    /// always `Ok(true)`.
+    fn add_user_connection(
+        &self,
+        user: &str,
+        client: &str,
+        ttl: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<bool, BrokerError>> {
+        let _ = (user, client, ttl, limit);
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    /// Stops counting a connection of `user`.
+    fn remove_user_connection(&self, user: &str, client: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let _ = (user, client);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// A new epoch: random, short, printable.

@@ -45,6 +45,8 @@ use super::{
 };
 use crate::protocol::{ClientInfo, PayloadKind, Publication, StreamPosition};
 
+/// Messages from a Redis connection waiting for the engine, at most.
+const PUSH_QUEUE: usize = 65_536;
 /// How often each connection is checked (and an interrupted one resubscribed).
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// How often a node says what it is, and how long the others believe it.
@@ -69,6 +71,9 @@ pub struct RedisConfig {
     pub username: String,
     /// The password (empty: the address's, or none).
     pub password: String,
+    /// For `rediss://` addresses: the CA that signs the servers' certificates, as PEM
+    /// text or the path of a PEM file (empty: the system's roots).
+    pub tls_ca_pem: String,
     /// How long connecting may take.
     #[serde(with = "crate::config::duration")]
     pub connect_timeout: Duration,
@@ -85,6 +90,7 @@ impl Default for RedisConfig {
             prefix: "volley".into(),
             username: String::new(),
             password: String::new(),
+            tls_ca_pem: String::new(),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
         }
@@ -108,6 +114,7 @@ struct Inner {
     relay: Script,
     presence_add: Script,
     presence_get: Script,
+    user_connection: Script,
 }
 
 struct Shard {
@@ -115,8 +122,9 @@ struct Shard {
     /// The pub/sub channels this node holds here (Redis names).
     channels: Mutex<HashSet<String>>,
     healthy: AtomicBool,
-    /// The connection dropped since the channels were last subscribed.
-    interrupted: AtomicBool,
+    /// The connection dropped (or what it delivered overflowed the queue to the
+    /// engine) since the channels were last subscribed.
+    interrupted: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -190,8 +198,19 @@ impl RedisBroker {
             config.addresses.iter().map(|a| vec![a.clone()]).collect()
         };
         for addrs in conns {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
-            let conn = tokio::time::timeout(config.connect_timeout, open(config, &addrs, tx))
+            // Bounded: a node that cannot keep up with what Redis sends drops the
+            // rest, and counts it as an interruption (its positioned subscribers that
+            // fell behind are told, and recover), rather than queueing without end.
+            let (tx, rx) = tokio::sync::mpsc::channel::<PushInfo>(PUSH_QUEUE);
+            let interrupted = Arc::new(AtomicBool::new(false));
+            let flag = interrupted.clone();
+            let sender = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+                if tx.try_send(info).is_err() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            };
+            let conn = tokio::time::timeout(config.connect_timeout, open(config, &addrs, sender))
                 .await
                 .map_err(|_| {
                     BrokerError(format!("redis: {}: no answer within {:?}", addrs.join(", "), config.connect_timeout))
@@ -202,7 +221,7 @@ impl RedisBroker {
                 conn,
                 channels: Mutex::new(HashSet::new()),
                 healthy: AtomicBool::new(true),
-                interrupted: AtomicBool::new(false),
+                interrupted,
             });
         }
         let inner = Arc::new(Inner {
@@ -217,6 +236,7 @@ impl RedisBroker {
             relay: Script::new(RELAY_LUA),
             presence_add: Script::new(&format!("{PRELUDE_LUA}{PRESENCE_ADD_LUA}")),
             presence_get: Script::new(&format!("{PRELUDE_LUA}{PRESENCE_GET_LUA}")),
+            user_connection: Script::new(&format!("{PRELUDE_LUA}{USER_CONNECTION_LUA}")),
         });
         for (i, rx) in receivers.into_iter().enumerate() {
             tokio::spawn(dispatch(Arc::downgrade(&inner), i, rx));
@@ -229,9 +249,17 @@ impl RedisBroker {
 async fn open(
     config: &RedisConfig,
     addrs: &[String],
-    tx: tokio::sync::mpsc::UnboundedSender<PushInfo>,
+    tx: impl redis::aio::AsyncPushSender + Clone,
 ) -> redis::RedisResult<Conn> {
     use redis::IntoConnectionInfo;
+    let ca = match config.tls_ca_pem.trim() {
+        "" => None,
+        pem if pem.contains("-----BEGIN") => Some(pem.as_bytes().to_vec()),
+        path => Some(std::fs::read(path).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "broker.redis.tls_ca_pem", format!("{path}: {e}")))
+        })?),
+    };
+    let certs = |root_cert: Vec<u8>| redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
     let mut infos = Vec::new();
     for a in addrs {
         let info = a.as_str().into_connection_info()?;
@@ -245,7 +273,11 @@ async fn open(
         infos.push(info.set_redis_settings(settings));
     }
     if config.cluster {
-        let client = redis::cluster::ClusterClientBuilder::new(infos)
+        let mut builder = redis::cluster::ClusterClientBuilder::new(infos);
+        if let Some(ca) = ca {
+            builder = builder.certs(certs(ca));
+        }
+        let client = builder
             .use_protocol(ProtocolVersion::RESP3)
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.command_timeout)
@@ -253,7 +285,13 @@ async fn open(
             .build()?;
         Ok(Conn::Cluster(client.get_async_connection().await?))
     } else {
-        let client = redis::Client::open(infos.remove(0))?;
+        let info = infos.remove(0);
+        let client = match ca {
+            Some(ca) if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) => {
+                redis::Client::build_with_tls(info, certs(ca))?
+            }
+            _ => redis::Client::open(info)?,
+        };
         let cm = ConnectionManagerConfig::new()
             .set_push_sender(tx)
             .set_automatic_resubscription()
@@ -376,7 +414,7 @@ impl Inner {
 }
 
 /// Hands what arrives on a shard's connection to the engine, in order.
-async fn dispatch(inner: Weak<Inner>, shard: usize, mut rx: tokio::sync::mpsc::UnboundedReceiver<PushInfo>) {
+async fn dispatch(inner: Weak<Inner>, shard: usize, mut rx: tokio::sync::mpsc::Receiver<PushInfo>) {
     while let Some(push) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { return };
         match push.kind {
@@ -725,6 +763,20 @@ if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
 return redis.call('HGETALL', KEYS[1])
 "#;
 
+/// KEYS: the user's connections (client id → when it expires). ARGV: client, ttl (ms),
+/// limit. Returns 1 when counted (or refreshed), 0 when the user has `limit` already.
+const USER_CONNECTION_LUA: &str = r#"
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"#;
+
 impl Broker for RedisBroker {
     fn set_events(&self, events: Arc<dyn BrokerEvents>) {
         let _ = self.inner.events.set(events);
@@ -989,6 +1041,33 @@ impl Broker for RedisBroker {
 
     fn ready(&self) -> bool {
         self.inner.shards.iter().all(|s| s.healthy.load(Ordering::Relaxed))
+    }
+
+    fn add_user_connection(
+        &self,
+        user: &str,
+        client: &str,
+        ttl: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<bool, BrokerError>> {
+        let key = self.inner.key(&format!("user:{user}"), "conns");
+        let client = client.to_owned();
+        Box::pin(async move {
+            let inner = &self.inner;
+            let mut inv = inner.user_connection.prepare_invoke();
+            inv.key(&key).arg(&client).arg(ttl.as_millis().max(1) as u64).arg(limit);
+            let shard = inner.shard_of(&key);
+            Ok(inner.timed(shard.conn.invoke::<i64>(&inv)).await? == 1)
+        })
+    }
+
+    fn remove_user_connection(&self, user: &str, client: &str) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let key = self.inner.key(&format!("user:{user}"), "conns");
+        let client = client.to_owned();
+        Box::pin(async move {
+            let shard = self.inner.shard_of(&key);
+            self.inner.timed(shard.conn.query::<()>(redis::cmd("ZREM").arg(&key).arg(&client))).await
+        })
     }
 }
 

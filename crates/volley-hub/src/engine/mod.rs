@@ -71,6 +71,9 @@ pub(crate) struct HubInner {
     pub(crate) long_polls: crate::transport::long_poll::Polls,
     /// When the hub started (the API's `info`).
     pub(crate) started: std::time::Instant,
+    /// Surveys waiting for the other nodes' answers, by id.
+    surveys: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<serde_json::Value>>>,
+    survey_ids: AtomicU64,
 }
 
 /// Counters for `/metrics`.
@@ -238,14 +241,49 @@ pub(crate) enum ControlRequest {
     },
 }
 
-/// The server API's request for a user's connections, carried out on every node.
+/// How long a survey waits for the other nodes' answers.
+const SURVEY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What nodes tell each other through the broker: the server API's requests for a
+/// user's connections, carried out on every node, and surveys.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub(crate) enum UserControl {
-    Disconnect { user: String, client: Option<String>, code: u16, reason: String },
-    Subscribe { user: String, client: Option<String>, channel: String },
-    Unsubscribe { user: String, client: Option<String>, channel: String },
-    Refresh { user: String, client: Option<String>, expired: bool, expire_at: Option<u64> },
+pub(crate) enum NodeMessage {
+    Disconnect {
+        user: String,
+        client: Option<String>,
+        code: u16,
+        reason: String,
+    },
+    Subscribe {
+        user: String,
+        client: Option<String>,
+        channel: String,
+    },
+    Unsubscribe {
+        user: String,
+        client: Option<String>,
+        channel: String,
+    },
+    Refresh {
+        user: String,
+        client: Option<String>,
+        expired: bool,
+        expire_at: Option<u64>,
+    },
+    /// A question to every node (the API's `channels` and `connections`): each answers
+    /// `from` with its part.
+    Survey {
+        id: u64,
+        from: String,
+        method: String,
+        params: String,
+    },
+    /// A node's part of the answer to a survey.
+    SurveyReply {
+        id: u64,
+        result: serde_json::Value,
+    },
 }
 
 /// The subscribers of one channel on this node.
@@ -258,7 +296,9 @@ struct Local {
     /// The stream's epoch, as this node last learned it (from a subscription's history
     /// or a publication): a publication or a subscription of another epoch means the
     /// stream started again, and positioned subscribers of the old one cannot go on.
-    epoch: Option<Box<str>>,
+    /// A hash of it (0: not known yet), rather than the text: four bytes, and no
+    /// allocation, per channel.
+    epoch: u32,
 }
 
 struct Sub {
@@ -296,17 +336,19 @@ impl Local {
     /// Learns the stream's epoch; when it changed, the positioned subscribers of the
     /// old one (all but `except`, which learned the new one) are told they lost it.
     fn new_epoch(&mut self, channel: &str, epoch: &str, except: Option<u64>) {
-        match &self.epoch {
-            Some(known) if **known == *epoch => {}
-            Some(_) => {
-                self.epoch = Some(epoch.into());
+        // FNV-1a, never 0.
+        let hash = epoch.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)).max(1);
+        match self.epoch {
+            known if known == hash => {}
+            0 => self.epoch = hash,
+            _ => {
+                self.epoch = hash;
                 for sub in self.subs.values_mut() {
                     if Some(sub.client.seq) != except && sub.positioned && !sub.lost && sub.buffer.is_none() {
                         sub.lose(channel);
                     }
                 }
             }
-            None => self.epoch = Some(epoch.into()),
         }
     }
 }
@@ -412,6 +454,8 @@ impl Hub {
             emulation: Default::default(),
             long_polls: Default::default(),
             started: std::time::Instant::now(),
+            surveys: Mutex::new(HashMap::new()),
+            survey_ids: AtomicU64::new(1),
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })
@@ -519,32 +563,85 @@ impl Hub {
 
     /// Carries out the server API's request for a user's connections here, and sends it
     /// to every other node. Fails when the other nodes could not be reached.
-    pub(crate) async fn user_control(&self, c: UserControl) -> Result<(), ErrorReply> {
-        self.apply_user_control(&c);
-        let mut message = vec![0u8];
-        message.extend_from_slice(&serde_json::to_vec(&c).expect("serializes"));
-        self.inner.broker.broadcast_control(Bytes::from(message)).await.map_err(internal)
+    pub(crate) async fn user_control(&self, c: NodeMessage) -> Result<(), ErrorReply> {
+        self.apply_node_message(&c);
+        self.inner.broker.broadcast_control(node_message(&c)).await.map_err(internal)
     }
 
     /// Carries out the server API's request for a user's connections on this node.
-    pub(crate) fn apply_user_control(&self, c: &UserControl) -> usize {
+    pub(crate) fn apply_node_message(&self, c: &NodeMessage) -> usize {
         match c {
-            UserControl::Disconnect { user, client: id, code, reason } => {
+            NodeMessage::Disconnect { user, client: id, code, reason } => {
                 self.disconnect_user(user, id.as_deref(), Disconnect { code: *code, reason: reason.clone().into() })
             }
-            UserControl::Subscribe { user, client: id, channel } => {
+            NodeMessage::Subscribe { user, client: id, channel } => {
                 self.control_user(user, id.as_deref(), || ControlRequest::Subscribe { channel: channel.clone() })
             }
-            UserControl::Unsubscribe { user, client: id, channel } => {
+            NodeMessage::Unsubscribe { user, client: id, channel } => {
                 self.control_user(user, id.as_deref(), || ControlRequest::Unsubscribe { channel: channel.clone() })
             }
-            UserControl::Refresh { user, client: id, expired, expire_at } => {
+            NodeMessage::Refresh { user, client: id, expired, expire_at } => {
                 self.control_user(user, id.as_deref(), || ControlRequest::Refresh {
                     expired: *expired,
                     expire_at: *expire_at,
                 })
             }
+            NodeMessage::Survey { id, from, method, params } => {
+                let result = match crate::api::local_survey(self, method, params) {
+                    Ok(v) => v,
+                    Err(e) => serde_json::json!({ "error": { "code": e.code } }),
+                };
+                let reply = node_message(&NodeMessage::SurveyReply { id: *id, result });
+                let (hub, from) = (self.clone(), from.clone());
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if let Err(e) = hub.inner.broker.send_control(&from, reply).await {
+                            tracing::debug!(error = %e, node = from, "a survey's answer was not sent");
+                        }
+                    });
+                }
+                0
+            }
+            NodeMessage::SurveyReply { id, result } => {
+                if let Some(tx) = lock(&self.inner.surveys).get(id) {
+                    let _ = tx.send(result.clone());
+                }
+                0
+            }
         }
+    }
+
+    /// Asks every other live node `method` (`channels`, `connections`) and returns
+    /// `local` and their answers: those that came within [`SURVEY_TIMEOUT`].
+    pub(crate) async fn survey(&self, method: &str, params: &str, local: serde_json::Value) -> Vec<serde_json::Value> {
+        let mut out = vec![local];
+        let others = match self.inner.broker.nodes().await {
+            Ok(n) => n.len(),
+            Err(_) => return out,
+        };
+        if others == 0 {
+            return out;
+        }
+        let id = self.inner.survey_ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        lock(&self.inner.surveys).insert(id, tx);
+        let ask = NodeMessage::Survey {
+            id,
+            from: self.node().to_owned(),
+            method: method.to_owned(),
+            params: params.to_owned(),
+        };
+        if self.inner.broker.broadcast_control(node_message(&ask)).await.is_ok() {
+            let deadline = tokio::time::Instant::now() + SURVEY_TIMEOUT;
+            while out.len() <= others {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(v)) => out.push(v),
+                    _ => break,
+                }
+            }
+        }
+        lock(&self.inner.surveys).remove(&id);
+        out
     }
 
     /// What this node says of itself to the others (the server API's `info`).
@@ -637,6 +734,14 @@ pub struct ServerPublish {
     pub kind: PayloadKind,
 }
 
+/// A message for other nodes: a zero byte (which starts no Protobuf message, so it is
+/// told apart from the transports' forwarded commands), then JSON.
+fn node_message(m: &NodeMessage) -> Bytes {
+    let mut message = vec![0u8];
+    message.extend_from_slice(&serde_json::to_vec(m).expect("serializes"));
+    Bytes::from(message)
+}
+
 pub(crate) fn internal(e: impl std::fmt::Display) -> ErrorReply {
     tracing::warn!(error = %e, "broker error");
     ErrorReply::INTERNAL
@@ -720,7 +825,7 @@ impl HubInner {
             let local = shard.entry(channel.to_owned()).or_insert_with(|| Local {
                 subs: Keyed::default(),
                 id: self.channel_ids.fetch_add(1, Ordering::Relaxed),
-                epoch: None,
+                epoch: 0,
             });
             let first = local.subs.is_empty();
             let id = if o.compact { local.id } else { 0 };
@@ -1081,9 +1186,9 @@ impl BrokerEvents for Events {
             // The server API's request for a user's connections (a zero byte, which
             // starts no Protobuf message, then JSON).
             if let Some(json) = message.strip_prefix(b"\0") {
-                match serde_json::from_slice::<UserControl>(json) {
+                match serde_json::from_slice::<NodeMessage>(json) {
                     Ok(c) => {
-                        Hub { inner: hub }.apply_user_control(&c);
+                        Hub { inner: hub }.apply_node_message(&c);
                     }
                     Err(e) => tracing::warn!(error = %e, "a control message that does not decode"),
                 }

@@ -221,6 +221,11 @@ impl Session {
     /// not refreshed within three ping intervals).
     pub async fn refresh_presence(&mut self) {
         self.forget_lost().await;
+        let limit = self.hub.config.client.user_connection_limit;
+        if self.connected && limit > 0 && !self.user.is_empty() {
+            let ttl = self.presence_ttl();
+            let _ = self.hub.broker.add_user_connection(&self.user, &self.client.id, ttl, usize::MAX).await;
+        }
         for (channel, sub) in self.subs.iter() {
             if sub.options.presence {
                 let _ =
@@ -441,6 +446,24 @@ impl Session {
         };
         self.register_connection(details)?;
         self.connected = true;
+        // The user's connections on every node (a broker across processes counts them).
+        if c.user_connection_limit > 0 && !self.user.is_empty() {
+            let counted = self.hub.broker.add_user_connection(
+                &self.user,
+                &self.client.id,
+                self.presence_ttl(),
+                c.user_connection_limit,
+            );
+            match counted.await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.unregister_connection();
+                    return Err(Disconnect::CONNECTION_LIMIT);
+                }
+                // The count is best effort while the broker is unreachable.
+                Err(e) => tracing::warn!(error = %e, "counting the user's connections failed"),
+            }
+        }
 
         // Server-side subscriptions: the token's, and the user's personal channel.
         let mut channels: Vec<String> = token.channels.clone();
@@ -901,6 +924,17 @@ impl Session {
         for ch in channels {
             self.remove_sub(&ch).await;
         }
+        if !self.connected {
+            return;
+        }
+        if self.hub.config.client.user_connection_limit > 0 && !self.user.is_empty() {
+            let _ = self.hub.broker.remove_user_connection(&self.user, &self.client.id).await;
+        }
+        self.unregister_connection();
+    }
+
+    /// Frees the session's place in the limits of this node.
+    fn unregister_connection(&mut self) {
         if !self.connected {
             return;
         }

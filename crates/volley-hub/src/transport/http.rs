@@ -130,6 +130,7 @@ async fn metrics(State(hub): State<Hub>) -> Response {
         "WebSocket connections parked now (idle, held without a task).",
         m.parked_connections.load(Ordering::Relaxed),
     );
+    gauge("broker_up", "1 while the broker is reachable (always, in memory), 0 otherwise.", u64::from(hub.ready()));
     let mut counter = |name: &str, help: &str, v: u64| {
         let _ = writeln!(s, "# HELP volley_hub_{name} {help}\n# TYPE volley_hub_{name} counter\nvolley_hub_{name} {v}");
     };
