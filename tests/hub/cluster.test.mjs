@@ -18,7 +18,7 @@ import {
   DEFAULT_CONFIG, balancer, gate, once, openNamespace, startRedis, token, waitFor,
 } from './lib.mjs';
 import {
-  assertNoSilentGap, client, connected, publisher, ready, startNodes as startNodesOn, subscribed, users, watched,
+  assertNoSilentGap, client, connected, publishMore, publisher, ready, startNodes as startNodesOn, subscribed, users, watched,
 } from './nodes.mjs';
 
 let redis;
@@ -310,17 +310,6 @@ describe('failures', () => {
   const extra = {
     channel: { namespaces: [...DEFAULT_CONFIG.channel.namespaces, openNamespace('long', { history_size: 100000 })] },
   };
-
-  // Publishes `count` more numbers after the publisher's last, through `node`: the
-  // live ones that every client must get once everything has healed.
-  async function publishMore(node, ch, pub, count = 5) {
-    const more = [];
-    for (let n = pub.count + 1; n <= pub.count + count; n++) {
-      await node.api('publish', { channel: ch, data: { n } });
-      more.push(n);
-    }
-    return [...pub.ok, ...more];
-  }
 
   test('Redis killed and restarted empty on the same port: clients are told, never a silent gap or a repeat', async (t) => {
     const own = await startRedis();

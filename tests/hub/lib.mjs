@@ -13,7 +13,8 @@
 //                        (its data lost, as after a crash)
 //   startRedisCluster(n) n masters of a Redis Cluster, joined by `redis-cli --cluster
 //                        create`, once every node says cluster_state:ok; resolves to
-//                        { urls, ports, nodes, stop() }
+//                        { urls, ports, nodes, masterOf(key), stop() }, each node with
+//                        kill() and restart() (the same port and slots, its data lost)
 //   redisCli(port, ...args)  `redis-cli -p PORT ARGS`, resolves to its output
 //   gate(target)         a TCP proxy that can be taken down (its connections cut, new
 //                        ones refused) and brought up again on the same port
@@ -320,11 +321,25 @@ export async function startRedis(extraArgs = []) {
  */
 export async function startRedisCluster(n = 3) {
   const nodes = [];
+  // A master that is down takes only its own slots out of service.
+  const args = ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf',
+    '--cluster-node-timeout', '2000', '--cluster-require-full-coverage', 'no'];
   const stop = async () => {
     await Promise.all(nodes.map(async ({ proc, dir }) => {
       await endProcess(proc, 'SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
     }));
+  };
+  const ports = () => nodes.map((x) => x.port);
+  // Until every node says cluster_state:ok and knows all `n`.
+  const settled = async () => {
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      const infos = await Promise.all(ports().map((p) => redisCli(p, 'cluster', 'info').catch((e) => e.message)));
+      if (infos.every((info) => /cluster_state:ok/.test(info) && new RegExp(`cluster_known_nodes:${n}\\b`).test(info))) return;
+      if (Date.now() > deadline) throw new Error(`the cluster did not settle:\n${infos.join('\n')}`);
+      await sleep(50);
+    }
   };
   try {
     for (let i = 0; i < n; i++) {
@@ -333,28 +348,35 @@ export async function startRedisCluster(n = 3) {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'volley-redis-cluster-'));
       const node = { port, dir, proc: null };
       nodes.push(node);
-      node.proc = await spawnRedis(port, dir, ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf',
-        '--cluster-node-timeout', '2000', '--cluster-require-full-coverage', 'yes']);
+      node.proc = await spawnRedis(port, dir, args);
     }
-    const ports = nodes.map((x) => x.port);
-    await redisCli(ports[0], '--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`),
+    await redisCli(ports()[0], '--cluster', 'create', ...ports().map((p) => `127.0.0.1:${p}`),
       '--cluster-replicas', '0', '--cluster-yes');
-    const deadline = Date.now() + 20000;
-    for (;;) {
-      const infos = await Promise.all(ports.map((p) => redisCli(p, 'cluster', 'info')));
-      if (infos.every((info) => /cluster_state:ok/.test(info) && new RegExp(`cluster_known_nodes:${n}\\b`).test(info))) break;
-      if (Date.now() > deadline) throw new Error(`the cluster did not settle:\n${infos.join('\n')}`);
-      await sleep(50);
-    }
+    await settled();
     return {
-      ports,
-      urls: ports.map((p) => `redis://127.0.0.1:${p}`),
-      nodes: nodes.map((x) => ({ port: x.port, cli: (...args) => redisCli(x.port, ...args) })),
-      cli: (...args) => redisCli(ports[0], '-c', ...args),
+      ports: ports(),
+      urls: ports().map((p) => `redis://127.0.0.1:${p}`),
+      nodes: nodes.map((x) => ({
+        port: x.port,
+        cli: (...a) => redisCli(x.port, ...a),
+        /** SIGKILL: its slots are out of service until it restarts. */
+        async kill() { await endProcess(x.proc, 'SIGKILL'); },
+        /**
+         * A fresh process on the same port and directory: it rejoins the cluster with
+         * its slots (nodes.conf) but none of its data, as after a crash. Resolves once
+         * the cluster is ok again.
+         */
+        async restart() {
+          await endProcess(x.proc, 'SIGKILL');
+          x.proc = await spawnRedis(x.port, x.dir, args);
+          await settled();
+        },
+      })),
+      cli: (...a) => redisCli(ports()[0], '-c', ...a),
       /** The port of the master that holds `key`'s slot. */
       async masterOf(key) {
-        const slot = Number(await redisCli(ports[0], 'cluster', 'keyslot', key));
-        const slots = await clusterSlots(ports[0]);
+        const slot = Number(await redisCli(ports()[0], 'cluster', 'keyslot', key));
+        const slots = await clusterSlots(ports()[0]);
         const range = slots.find(([from, to]) => slot >= from && slot <= to);
         return range[2];
       },

@@ -8,6 +8,7 @@
 //   watched(c, channel)      a recoverable subscription and its journal
 //   assertNoSilentGap(log, expected, who, uncertain)
 //   publisher(node, channel)  numbered publications through the API until stopped
+//   publishMore(node, channel, pub)  a few more after it, once it stopped
 //   ready(node)              the status of the node's /ready
 //   uniquePrefix()           a key prefix no other test uses
 
@@ -153,4 +154,18 @@ export function publisher(node, channel, { pause = 5, max = 5000 } = {}) {
     get count() { return n; },
     async stop() { running = false; await done; },
   };
+}
+
+/**
+ * Publishes `count` more numbers after the stopped publisher `pub`'s last, through
+ * `node`: the live ones every client must get once everything has healed. Resolves to
+ * every number published successfully, in order.
+ */
+export async function publishMore(node, channel, pub, count = 5) {
+  const more = [];
+  for (let n = pub.count + 1; n <= pub.count + count; n++) {
+    await node.api('publish', { channel, data: { n } });
+    more.push(n);
+  }
+  return [...pub.ok, ...more];
 }

@@ -2,13 +2,18 @@
 // and on two independent Redis instances sharing the channels by a consistent hash,
 // against the real centrifuge-js: publications cross nodes, presence and history agree
 // from every node, a client reconnected to another node recovers what it missed, on
-// channels that live on different masters; and each channel's keys are where the
-// broker says they are.
+// channels that live on different masters; each channel's keys are where the broker
+// says they are; and a master killed and restarted empty costs only its own channels
+// their streams, their subscribers being told.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { balancer, startRedis, startRedisCluster, token, waitFor } from './lib.mjs';
-import { client, connected, startNodes, uniquePrefix, users, watched } from './nodes.mjs';
+import {
+  DEFAULT_CONFIG, balancer, openNamespace, startRedis, startRedisCluster, token, waitFor,
+} from './lib.mjs';
+import {
+  assertNoSilentGap, client, connected, publishMore, publisher, ready, startNodes, uniquePrefix, users, watched,
+} from './nodes.mjs';
 
 // The history key of `channel` under `prefix` (the broker keeps a channel's keys under
 // one hash tag, so a Redis Cluster puts them on one slot: that of the channel's name).
@@ -139,6 +144,69 @@ describe('a Redis Cluster of three masters', () => {
       assert.equal(last.wasRecovering, true);
       assert.equal(last.recovered, true, `${ch}: ${JSON.stringify(j.log)}`);
     }
+  });
+});
+
+describe('a master of the Redis Cluster killed and restarted empty', () => {
+  test('subscribers of its channels are told, never a silent gap or a repeat; those of the other masters lose nothing', async (t) => {
+    const own = await startRedisCluster(3);
+    t.after(() => own.stop());
+    // One channel on the master that dies, one on another (of the namespace `long`,
+    // whose history keeps every number).
+    const pick = async (want) => {
+      for (let i = 0; ; i++) {
+        const ch = `long:master-${i}`;
+        if (want(await own.masterOf(ch))) return ch;
+      }
+    };
+    const victim = own.nodes[0];
+    const lost = await pick((port) => port === victim.port);
+    const kept = await pick((port) => port !== victim.port);
+    const extra = {
+      channel: { namespaces: [...DEFAULT_CONFIG.channel.namespaces, openNamespace('long', { history_size: 100000 })] },
+    };
+    const [a, b] = await startNodes(t, 2, own.urls, { extra, redis: { cluster: true, command_timeout: '1s' } });
+    const clients = [await connected(client(a.addr, { token: token({ sub: 'u1' }) })), await connected(client(b.addr, { token: token({ sub: 'u2' }) }))];
+    t.after(() => clients.forEach((c) => c.disconnect()));
+    const journals = { [lost]: [], [kept]: [] };
+    for (const c of clients) for (const ch of [lost, kept]) journals[ch].push(await watched(c, ch));
+    const pubs = { [lost]: publisher(b, lost, { pause: 20 }), [kept]: publisher(a, kept, { pause: 20 }) };
+    t.after(() => Promise.all(Object.values(pubs).map((p) => p.stop())));
+    const all = () => [...journals[lost], ...journals[kept]];
+    await waitFor(() => all().every((j) => j.seen().length >= 5), 'the first publications');
+
+    const epochs = Object.fromEntries([lost, kept].map((ch) => [ch, journals[ch][0].subscribes()[0].epoch]));
+    await victim.kill();
+    const marks = journals[lost].map((j) => j.log.length);
+    await waitFor(() => pubs[lost].failed.length >= 3, 'publishing to the dead master failing', 15000);
+    await victim.restart();
+    for (const node of [a, b]) await waitFor(async () => await ready(node) === 200, `/ready 200 on ${node.addr}`, 15000);
+    const backAt = pubs[lost].count;
+    await waitFor(() => pubs[lost].ok.filter((n) => n > backAt).length >= 10, 'publishing again', 15000);
+    await Promise.all(Object.values(pubs).map((p) => p.stop()));
+    assert.deepEqual([...new Set(pubs[lost].failed.map(([, code]) => code))], [100], 'failed publishes fail with 100');
+
+    // The stream of the channel on the restarted master began a new epoch: its
+    // subscribers are told.
+    for (const [i, j] of journals[lost].entries()) {
+      await waitFor(() => j.log.slice(marks[i]).some((e) => e.subscribed && e.recovered === false), `client ${i} told its position in ${lost} is gone`, 15000);
+      await waitFor(() => j.sub.state === 'subscribed', `client ${i} subscribed again`);
+    }
+    for (const ch of [lost, kept]) {
+      const expected = await publishMore(a, ch, pubs[ch]);
+      const uncertain = new Set(pubs[ch].failed.map(([n]) => n));
+      for (const [i, j] of journals[ch].entries()) {
+        await waitFor(() => j.seen().at(-1) === expected.at(-1), `client ${i}: the live ones of ${ch}`);
+        assertNoSilentGap(j.log, expected, `client ${i} on ${ch}`, uncertain);
+      }
+    }
+    // The other master kept its data: nothing of its channel was lost, nobody told so.
+    for (const [i, j] of journals[kept].entries()) {
+      assert.ok(j.subscribes().every((e) => e.recovered || !e.wasRecovering), `client ${i} on ${kept}: ${JSON.stringify(j.log)}`);
+      assert.equal(j.subscribes().at(-1).epoch, epochs[kept]);
+    }
+    for (const j of journals[lost]) assert.notEqual(j.subscribes().at(-1).epoch, epochs[lost]);
+    for (const c of clients) assert.equal(c.state, 'connected');
   });
 });
 
