@@ -14,9 +14,10 @@
 #   proxies   Debian's tinyproxy (HTTP CONNECT), microsocks (SOCKS5) and nginx (a real
 #             HTTP server's redirects), for crates/volley/tests/{proxy,proxy_env,redirects}.rs
 #   terminal  Debian's tmux, for crates/volley-cli/tests/connect.rs
-#   redis     Debian's redis-server and redis-tools (redis-cli), for the hub's tests on the
-#             Redis broker (tests/hub/cluster.test.mjs, tests/hub/redis_cluster.test.mjs): each
-#             test starts its own redis-server processes on free loopback ports
+#   redis     Debian's redis-server and redis-tools (redis-cli), for the tests of the Redis
+#             broker (crates/volley-hub/tests/redis.rs; tests/hub/cluster.test.mjs,
+#             tests/hub/redis_cluster.test.mjs, tests/hub/python/test_cluster_python.py):
+#             each test starts its own redis-server processes on free loopback ports
 #
 # To add a section: write an `install_<name>` function below and append <name> to
 # SECTIONS. Use `apt_install` for Debian packages (it runs `apt-get update` at most
