@@ -21,8 +21,9 @@
 //   balancer(backends)   a TCP proxy that sends each new connection to the first backend
 //                        (host:port) of the list that accepts it
 //
-// Every process started here (hubs, redis-server) is killed when the test process exits
-// or is interrupted, even when a test failed before its own clean-up.
+// Every process started here (hubs, redis-server) is killed, and the redis-server
+// directories removed, when the test process exits or is interrupted, even when a test
+// failed before its own clean-up.
 //
 // Environment: VOLLEY_BIN, the server binary (default: target/release/volley).
 
@@ -104,11 +105,27 @@ function track(child) {
   return child;
 }
 
+// The directories of the redis-server processes: removed with them, or at exit.
+const redisDirs = new Set();
+
+function redisDir(prefix) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  redisDirs.add(dir);
+  return dir;
+}
+
+function removeDir(dir) {
+  fs.rmSync(dir, { recursive: true, force: true });
+  redisDirs.delete(dir);
+}
+
 function killAll() {
   for (const child of children) {
     try { child.kill('SIGKILL'); } catch { /* already gone */ }
   }
   children.clear();
+  for (const dir of redisDirs) fs.rmSync(dir, { recursive: true, force: true });
+  redisDirs.clear();
 }
 
 process.once('exit', killAll);
@@ -288,7 +305,7 @@ async function endProcess(proc, signal) {
  */
 export async function startRedis(extraArgs = []) {
   const port = await freePort();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'volley-redis-'));
+  const dir = redisDir('volley-redis-');
   let proc = await spawnRedis(port, dir, extraArgs);
   return {
     port,
@@ -307,9 +324,9 @@ export async function startRedis(extraArgs = []) {
     pause() { proc.child.kill('SIGSTOP'); },
     resume() { proc.child.kill('SIGCONT'); },
     async stop() {
-      if (proc.child.signalCode === 'SIGSTOP') proc.child.kill('SIGCONT');
+      // SIGKILL ends a paused process too.
       await endProcess(proc, 'SIGKILL');
-      fs.rmSync(dir, { recursive: true, force: true });
+      removeDir(dir);
     },
   };
 }
@@ -327,7 +344,7 @@ export async function startRedisCluster(n = 3) {
   const stop = async () => {
     await Promise.all(nodes.map(async ({ proc, dir }) => {
       await endProcess(proc, 'SIGKILL');
-      fs.rmSync(dir, { recursive: true, force: true });
+      removeDir(dir);
     }));
   };
   const ports = () => nodes.map((x) => x.port);
@@ -345,7 +362,7 @@ export async function startRedisCluster(n = 3) {
     for (let i = 0; i < n; i++) {
       // The cluster bus listens on port + 10000: both must be free.
       const port = await freePort(true);
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'volley-redis-cluster-'));
+      const dir = redisDir('volley-redis-cluster-');
       const node = { port, dir, proc: null };
       nodes.push(node);
       node.proc = await spawnRedis(port, dir, args);
