@@ -6,8 +6,8 @@
 # openssl).
 #
 # The tests of several nodes on the Redis broker (tests/hub/cluster.test.mjs,
-# tests/hub/redis_cluster.test.mjs, tests/hub/python/test_cluster_python.py) start their
-# own redis-server processes.
+# tests/hub/redis_cluster.test.mjs, tests/hub/chat_cluster.test.mjs,
+# tests/hub/python/test_cluster_python.py) start their own redis-server processes.
 #
 # Assumes `scripts/install-test-deps.sh hub redis` has been run and the binary built
 # (`cargo build --release -p volley-cli`; VOLLEY_BIN overrides target/release/volley).

@@ -16,7 +16,8 @@
 #   terminal  Debian's tmux, for crates/volley-cli/tests/connect.rs
 #   redis     Debian's redis-server and redis-tools (redis-cli), for the tests of the Redis
 #             broker (crates/volley-hub/tests/redis.rs; tests/hub/cluster.test.mjs,
-#             tests/hub/redis_cluster.test.mjs, tests/hub/python/test_cluster_python.py):
+#             tests/hub/redis_cluster.test.mjs, tests/hub/chat_cluster.test.mjs,
+#             tests/hub/python/test_cluster_python.py):
 #             each test starts its own redis-server processes on free loopback ports
 #
 # To add a section: write an `install_<name>` function below and append <name> to
