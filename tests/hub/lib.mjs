@@ -6,11 +6,12 @@
 //   cutter()             a TCP proxy whose connections the test can cut, to drop a
 //                        client's connection without the client or server knowing
 //   waitFor(fn)          poll until fn() is truthy
+//   (nodes.mjs has the helpers of the tests of several nodes on the Redis broker)
 //   redisBroker(urls, prefix, extra)  a `broker` section for the Redis broker
 //   startRedis()         a real `redis-server` on a free loopback port, without
 //                        persistence; resolves to { url, port, cli(...args), stop(), kill(),
-//                        restart() }, restart() being a fresh process on the same port
-//                        (its data lost, as after a crash)
+//                        restart(), pause(), resume() }, restart() being a fresh process on
+//                        the same port (its data lost, as after a crash), pause() SIGSTOP
 //   startRedisCluster(n) n masters of a Redis Cluster, joined by `redis-cli --cluster
 //                        create`, once every node says cluster_state:ok; resolves to
 //                        { urls, ports, nodes, masterOf(key), stop() }, each node with
