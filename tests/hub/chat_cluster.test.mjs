@@ -2,7 +2,8 @@
 // tabs on different nodes see each other present, each other's messages and joins and
 // leaves, and a tab opened on either node gets the last messages; a tab whose node is
 // killed comes back through the load balancer on the other node and gets the messages
-// sent meanwhile.
+// sent meanwhile; a page that can only long-poll, its polls and commands sent to either
+// node in turn (no sticky sessions), chats as well.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -26,14 +27,21 @@ after(async () => {
   await redis?.stop();
 });
 
-/** Two nodes of the demo (no configuration file) on the Redis broker, stopped when `t` ends. */
-async function demoNodes(t) {
+/**
+ * Two nodes of the demo (no configuration file) on the Redis broker, with `args` added,
+ * stopped when `t` ends.
+ */
+async function demoNodes(t, args = []) {
   const prefix = uniquePrefix();
+  // The demo signs its tokens with a key of its own, random unless set: the nodes share
+  // one, so that a token one node gave is good on the other.
+  const secret = `demo-secret-${prefix}`;
   const nodes = [];
   t.after(() => Promise.all(nodes.map((n) => n.stop('SIGKILL'))));
   for (let i = 0; i < 2; i++) {
     nodes.push(await startServe(['--listen', '127.0.0.1:0', '--set', 'broker.type=redis',
-      '--set', `broker.redis.addresses=${JSON.stringify([redis.url])}`, '--set', `broker.redis.prefix=${prefix}`]));
+      '--set', `broker.redis.addresses=${JSON.stringify([redis.url])}`, '--set', `broker.redis.prefix=${prefix}`,
+      '--set', `client.token.hmac_secret_key=${secret}`, ...args]));
   }
   return nodes;
 }
@@ -116,6 +124,57 @@ test('a tab whose node is killed comes back on the other node and gets the messa
   // Still one chat: a message from the tab, now on node B, reaches the other.
   await say(a.page, 'back');
   await b.page.waitForFunction((text) => document.getElementById('log').textContent.includes(text), 'back');
+  await a.page.context().close();
+  await b.page.context().close();
+});
+
+test('a page that can only long-poll, its polls and commands sent to either node in turn, chats with a tab on the other node', async (t) => {
+  // A poll with nothing to take is answered 204 after 2 s (25 s by default).
+  const [x, y] = await demoNodes(t, ['--set', 'long_poll.timeout=2s']);
+  const context = await browser.newContext();
+  // No WebSocket, no EventSource, no streaming fetch: the chat falls back to long polling.
+  await context.addInitScript('delete window.WebSocket; delete window.EventSource; delete window.ReadableStream; delete Response.prototype.body;');
+  const page = await context.newPage();
+  // As a load balancer without sticky sessions would: each poll and each command goes to
+  // the next node in turn, whichever holds the session.
+  const sent = { poll: { [x.base]: 0, [y.base]: 0 }, command: { [x.base]: 0, [y.base]: 0 } };
+  let turn = 0;
+  const spread = (kind) => async (route) => {
+    const target = [y, x][turn++ % 2].base;
+    sent[kind][target] += 1;
+    const u = new URL(route.request().url());
+    // Sent on by the test to another host than the page's: without the page's Origin,
+    // which that host would refuse (behind a real balancer, Origin and Host agree).
+    const { origin, ...headers } = route.request().headers();
+    try {
+      const response = await route.fetch({ url: `${target}${u.pathname}${u.search}`, headers, timeout: 20000 });
+      await route.fulfill({ response });
+    } catch {
+      await route.abort().catch(() => {});
+    }
+  };
+  await page.route('**/connection/long_poll*', spread('poll'));
+  await page.route('**/emulation', spread('command'));
+  await page.goto(x.base);
+  await page.waitForFunction(() => document.body.dataset.state === 'connected', null, { timeout: 20000 });
+  assert.equal(await page.getAttribute('#transport', 'data-transport'), 'long_poll');
+  const a = { page, name: await page.evaluate(() => window.demo.name) };
+  const b = await tab(y.base);
+  await present(a.page, b.name);
+  await present(b.page, a.name);
+  for (let i = 1; i <= 3; i++) {
+    await say(a.page, `poll ${i}`);
+    await say(b.page, `ws ${i}`);
+  }
+  for (const { page: p } of [a, b]) {
+    await p.waitForFunction(() => document.querySelectorAll('#log li.message').length >= 6, null, { timeout: 20000 });
+  }
+  const want = [1, 2, 3].flatMap((i) => [`${a.name}poll ${i}`, `${b.name}ws ${i}`]).sort();
+  assert.deepEqual((await messages(a.page)).sort(), want);
+  assert.deepEqual(await messages(b.page), await messages(a.page));
+  for (const kind of ['poll', 'command']) {
+    assert.ok(Object.values(sent[kind]).every((n) => n > 0), `${kind}s to both nodes: ${JSON.stringify(sent[kind])}`);
+  }
   await a.page.context().close();
   await b.page.context().close();
 });

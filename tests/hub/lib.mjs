@@ -499,10 +499,14 @@ export async function balancer(backends) {
     }
     return [null, null];
   };
+  // Connections accepted whose backend is not chosen yet.
+  const pending = new Set();
   const server = net.createServer(async (client) => {
     client.pause();
     client.on('error', () => {});
+    pending.add(client);
     const [backend, upstream] = await connectFirst([...backends]);
+    pending.delete(client);
     if (!upstream || client.destroyed) { client.destroy(); upstream?.destroy(); return; }
     counts.set(backend, (counts.get(backend) ?? 0) + 1);
     splice(client, upstream, sockets);
@@ -515,6 +519,11 @@ export async function balancer(backends) {
     backends,
     connections: () => Object.fromEntries(counts),
     cut() { for (const [a, b] of sockets) { reset(a); b.destroy(); } sockets.clear(); },
-    close() { this.cut(); return new Promise((r) => server.close(r)); },
+    close() {
+      const closed = new Promise((r) => server.close(r));
+      this.cut();
+      for (const c of pending) c.destroy();
+      return closed;
+    },
   };
 }
