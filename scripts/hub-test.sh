@@ -5,7 +5,11 @@
 # transports (tests/hub/shell/*.sh, "ok - NAME" / "not ok - NAME" lines; curl, jq and
 # openssl).
 #
-# Assumes `scripts/install-test-deps.sh hub` has been run and the binary built
+# The tests of several nodes on the Redis broker (tests/hub/cluster.test.mjs,
+# tests/hub/redis_cluster.test.mjs, tests/hub/chat_cluster.test.mjs,
+# tests/hub/python/test_cluster_python.py) start their own redis-server processes.
+#
+# Assumes `scripts/install-test-deps.sh hub redis` has been run and the binary built
 # (`cargo build --release -p volley-cli`; VOLLEY_BIN overrides target/release/volley).
 # Ends with node's "# pass N / # fail M" summary lines, the Python and shell ones added in.
 set -uo pipefail
@@ -13,6 +17,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 [[ -d tests/hub/node_modules/centrifuge ]] || { echo "hub-test: run scripts/install-test-deps.sh hub" >&2; exit 1; }
 [[ -x tests/hub/python/.venv/bin/python ]] || { echo "hub-test: run scripts/install-test-deps.sh hub" >&2; exit 1; }
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "hub-test: run scripts/install-test-deps.sh redis" >&2; exit 1; }
 
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT

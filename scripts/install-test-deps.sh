@@ -13,6 +13,12 @@
 #             Debian's curl, jq and openssl for the shell tests (tests/hub/shell)
 #   proxies   Debian's tinyproxy (HTTP CONNECT), microsocks (SOCKS5) and nginx (a real
 #             HTTP server's redirects), for crates/volley/tests/{proxy,proxy_env,redirects}.rs
+#   terminal  Debian's tmux, for crates/volley-cli/tests/connect.rs
+#   redis     Debian's redis-server and redis-tools (redis-cli), for the tests of the Redis
+#             broker (crates/volley-hub/tests/redis.rs; tests/hub/cluster.test.mjs,
+#             tests/hub/redis_cluster.test.mjs, tests/hub/chat_cluster.test.mjs,
+#             tests/hub/python/test_cluster_python.py):
+#             each test starts its own redis-server processes on free loopback ports
 #
 # To add a section: write an `install_<name>` function below and append <name> to
 # SECTIONS. Use `apt_install` for Debian packages (it runs `apt-get update` at most
@@ -20,7 +26,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SECTIONS=(browser hub proxies terminal)
+SECTIONS=(browser hub proxies terminal redis)
 
 log() { printf '[install-test-deps] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -137,6 +143,19 @@ install_terminal() {
     apt_install tmux
     command -v tmux >/dev/null || die "apt-get installed tmux but it is not on PATH"
   fi
+}
+
+install_redis() {
+  # The Redis broker's tests run their own redis-server processes (single instances and
+  # a Redis Cluster) and join the cluster with redis-cli. The package also enables a
+  # system service on port 6379: the tests never use it.
+  if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+    log "redis-server and redis-cli present"
+    return
+  fi
+  apt_install redis-server redis-tools
+  command -v redis-server >/dev/null || die "apt-get installed redis-server but it is not on PATH"
+  command -v redis-cli >/dev/null || die "apt-get installed redis-tools but redis-cli is not on PATH"
 }
 
 # --- main ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Starts `volley serve` for the Python tests, and makes tokens.
+"""Starts `volley serve` (and `redis-server`, for nodes on the Redis broker) for the
+Python tests, and makes tokens.
 
 VOLLEY_BIN overrides the server binary (default: target/release/volley).
 """
@@ -9,6 +10,7 @@ import hmac
 import json
 import os
 import re
+import socket
 import shutil
 import subprocess
 import tempfile
@@ -84,6 +86,51 @@ class Hub:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=15)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """A `redis-server` on a free loopback port, without persistence, in its own
+    temporary directory."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="volley-redis-py-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, "--protected-mode", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on {self.port}")
+            time.sleep(0.03)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def on_redis(url, prefix, config=CONFIG):
+    """`config` with the Redis broker at `url`, its keys under `prefix`."""
+    return dict(config, broker={"type": "redis", "redis": {"addresses": [url], "prefix": prefix}})
 
 
 def token(claims, secret=SECRET):
