@@ -1,0 +1,636 @@
+#!/usr/bin/env python3
+"""The hub's multi-node benchmark: `volley serve` nodes sharing a Redis broker, loaded by
+one `volley bench-hub` that spreads its clients and its server API connections over
+them (client N on node N modulo the nodes, API connection J through node J modulo the
+nodes, so that publications enter through every node).
+
+Builds the `volley` binary in release mode, then for each setup starts what it needs,
+runs the cases, and stops it:
+
+  memory-1   one node on the memory broker (bench/hub.py's configuration), for comparison
+  redis-1    one node on the Redis broker, one redis-server
+  redis-2    two nodes, one redis-server
+  redis-3    three nodes, one redis-server
+  cluster-3  three nodes on a three-master Redis Cluster (sharded pub/sub)
+
+Cases (100-byte publications through the server API at rising rates, bench/hub.py's
+fan-out rates; a series stops after a step whose p99 passes --max-p99, that delivers
+under 90% of what it owes, or whose publications fall under 90% of the rate asked):
+
+  one    10,000 clients on one channel, spread over the nodes
+  many   10,000 clients, a channel each (`broadcast` of 100 channels per call, then one
+         `publish` per publication)
+
+Pinning, on a machine of two cores: the hub nodes and the redis-server processes share
+--server-core (0), the generator has --client-core (1) to itself. Every figure of CPU
+is read from /proc over each step's measured phase: each node's (`--server-pid`) and
+each redis-server's (`--broker-pid`). Writes docs/CLUSTER-BENCHMARKS.md and
+docs/bench/cluster-results.json (or --out DIR). Python 3 standard library only; Linux
+only (taskset, /proc); needs Debian's redis-server and redis-cli.
+
+    python3 bench/cluster.py                    # every setup and case (about 12 minutes)
+    python3 bench/cluster.py --quick --out DIR  # tiny counts, seconds: the CI smoke
+    python3 bench/cluster.py --only redis-2,cluster-3 --cases one --no-build --out DIR
+
+Exit status: 0 when every run produced its report, 1 otherwise.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hub  # noqa: E402  (bench/hub.py: the hub, its configuration, report helpers)
+import run as lib  # noqa: E402  (bench/run.py: process, machine and format helpers)
+
+ROOT = lib.ROOT
+# name: (broker, nodes)
+SETUPS = {
+    "memory-1": ("memory", 1),
+    "redis-1": ("redis", 1),
+    "redis-2": ("redis", 2),
+    "redis-3": ("redis", 3),
+    "cluster-3": ("cluster", 3),
+}
+CASES = ["one", "many"]
+CLUSTER_MASTERS = 3
+# A step "keeps up" when its p99 is under this (µs): the summary's best step.
+GOOD_P99_US = 100_000
+# A core this busy or more bounds the step.
+FULL = 0.85
+# The INFO stats read from each redis-server before and after a run.
+REDIS_STATS = ["total_commands_processed", "total_net_input_bytes", "total_net_output_bytes"]
+
+log = lib.log
+
+
+def settings(args):
+    """Case parameters: full size, or tiny with --quick."""
+    q = args.quick
+    return {
+        "one": {"clients": 200 if q else 10000, "channels": 1,
+                "rates": [5, 20] if q else [1, 10, 30, 100, 200, 400], "batches": [1]},
+        "many": {"clients": 200 if q else 10000, "channels": None,
+                 "rates": [200, 1000] if q else [3000, 10000, 30000, 100000],
+                 "batches": [20, 1] if q else [100, 1]},
+        # Memory per client is bench/hub.py's business: a short hold.
+        "hold": 0.3 if q else 1.0,
+        "burst": 2,
+        "duration": 0.3 if q else args.duration,
+        "warmup": 0.1 if q else args.warmup,
+    }
+
+
+def title(case, conf):
+    n = conf[case]["clients"]
+    return {"one": f"{n:,} clients on one channel", "many": f"{n:,} clients, a channel each"}[case]
+
+
+def port_pair_free(port):
+    """Whether `port` and its cluster bus port (+10000) are free on loopback."""
+    for p in (port, port + 10000):
+        if p > 65535:
+            return False
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                return False
+    return True
+
+
+class Redis:
+    """A redis-server on loopback without persistence, pinned to `core`; stopped with
+    SIGTERM (then SIGKILL)."""
+
+    def __init__(self, logdir, core, cluster=False):
+        for _ in range(100):
+            self.port = lib.free_port()
+            if not cluster or port_pair_free(self.port):
+                break
+        self.dir = tempfile.mkdtemp(dir=logdir, prefix=f"redis-{self.port}-")
+        cmd = ["taskset", "-c", str(core), "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", self.dir, "--logfile", "redis.log"]
+        if cluster:
+            cmd += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.pid = self.proc.pid  # taskset execs redis-server: same process
+        deadline = time.monotonic() + 10
+        while self.cli("ping") != "PONG":
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_tail()
+                self.stop()
+                raise RuntimeError(f"redis-server on port {self.port} did not start: {tail}")
+            time.sleep(0.02)
+        self.url = f"redis://127.0.0.1:{self.port}"
+
+    def cli(self, *args, timeout=10):
+        try:
+            p = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
+                               timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    def stats(self):
+        """INFO stats figures of REDIS_STATS, or {}."""
+        out = {}
+        for line in (self.cli("info", "stats") or "").splitlines():
+            k, _, v = line.strip().partition(":")
+            if k in REDIS_STATS:
+                try:
+                    out[k] = int(v)
+                except ValueError:
+                    pass
+        return out
+
+    def log_tail(self):
+        try:
+            with open(os.path.join(self.dir, "redis.log"), errors="replace") as f:
+                return " | ".join(f.read().strip().splitlines()[-3:])
+        except OSError:
+            return ""
+
+    def stop(self):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(self.proc.pid, sig)
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def create_cluster(redises):
+    """`redis-cli --cluster create` over the masters, no replicas; waits for
+    cluster_state:ok on each."""
+    addrs = [f"127.0.0.1:{r.port}" for r in redises]
+    p = subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError(f"redis-cli --cluster create: {(p.stdout + p.stderr).strip().splitlines()[-1:]}")
+    deadline = time.monotonic() + 30
+    for r in redises:
+        while "cluster_state:ok" not in (r.cli("cluster", "info") or ""):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not become ok (node {r.port})")
+            time.sleep(0.05)
+
+
+def broker_config(redises, cluster, prefix):
+    """The configuration's broker section for these Redis addresses."""
+    addresses = ", ".join(f'"{r.url}"' for r in redises)
+    return f"""
+[broker]
+type = "redis"
+
+[broker.redis]
+addresses = [{addresses}]
+prefix = "{prefix}"
+{"cluster = true" if cluster else ""}
+"""
+
+
+def start_setup(args, volley, logdir, setup, secret, api_key):
+    """Starts a setup's Redis (if any) and its nodes: (nodes, redises). Whatever started
+    is stopped if a later part fails."""
+    broker, count = SETUPS[setup]
+    redises, nodes = [], []
+    try:
+        extra = ""
+        if broker == "redis":
+            redises.append(Redis(logdir, args.redis_core))
+        elif broker == "cluster":
+            for _ in range(CLUSTER_MASTERS):
+                redises.append(Redis(logdir, args.redis_core, cluster=True))
+            create_cluster(redises)
+        if redises:
+            extra = broker_config(redises, broker == "cluster", f"bench-{secrets.token_hex(4)}")
+        for i in range(count):
+            nodes.append(hub.Hub(volley, logdir, args.server_core, secret, api_key, name=f"{setup}-node{i}",
+                                 extra_config=extra))
+        return nodes, redises
+    except Exception:
+        stop_all(nodes, redises)
+        raise
+
+
+def stop_all(nodes, redises):
+    for n in nodes:
+        n.stop()
+    for r in redises:
+        r.stop()
+
+
+def generator_cmd(args, volley, nodes, redises, secret, api_key, case, conf):
+    cmd = ["taskset", "-c", str(args.client_core), volley, "bench-hub", *[n.url for n in nodes],
+           "-c", str(case["clients"]), "--secret", secret, "--api-key", api_key, "--namespace", hub.NAMESPACE,
+           "--json", "--no-progress", "--hold", str(conf["hold"]), "--burst", str(conf["burst"]),
+           "--max-p99", f"{args.max_p99:g}",
+           "--rates", ",".join(f"{r:g}" for r in case["rates"]),
+           "--batches", ",".join(str(b) for b in case["batches"]),
+           "-d", str(conf["duration"]), "--warmup", str(conf["warmup"])]
+    for n in nodes:
+        cmd += ["--server-pid", str(n.pid)]
+    for r in redises:
+        cmd += ["--broker-pid", str(r.pid)]
+    if case["channels"] is not None:
+        cmd += ["--channels", str(case["channels"])]
+    return cmd
+
+
+def run_one(args, volley, logdir, secret, setup, case_name, conf):
+    """One setup, one case: returns the run's record (report, error, Redis stats)."""
+    case = conf[case_name]
+    api_key = secrets.token_hex(16)
+    rec = {"setup": setup, "case": case_name, "data": None, "error": None}
+    try:
+        nodes, redises = start_setup(args, volley, logdir, setup, secret, api_key)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        rec["error"] = f"could not start: {e}"
+        return rec
+    try:
+        rec["nodes"] = [{"pid": n.pid, "port": n.port} for n in nodes]
+        rec["redis"] = [{"pid": r.pid, "port": r.port, "before": r.stats()} for r in redises]
+        cmd = generator_cmd(args, volley, nodes, redises, secret, api_key, case, conf)
+        steps = len(case["rates"]) * len(case["batches"])
+        timeout = 120 + case["clients"] / 500 + steps * (conf["duration"] + conf["warmup"] + 10)
+        before = hub.OtherWork([n.pid for n in nodes] + [r.pid for r in redises])
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=lib.raise_nofile)
+        except subprocess.TimeoutExpired:
+            rec["error"] = f"timed out after {timeout:.0f} s"
+            return rec
+        rec["other_work"] = before.share()
+        for r, saved in zip(redises, rec["redis"]):
+            saved["after"] = r.stats()
+        data = hub.last_json(p.stdout)
+        if data is None:
+            tail = " | ".join(p.stderr.strip().splitlines()[-3:])
+            rec["error"] = f"exit {p.returncode}, no report: {tail}"
+            return rec
+        rec["data"] = data
+        error = None if p.returncode == 0 else f"exit {p.returncode}"
+        want = case["clients"]
+        sub = (data.get("subscribe") or {}).get("subscribed", 0)
+        if sub < want:
+            error = error or f"only {sub} of {want} clients subscribed: " + str(
+                data["connect"].get("first_error") or (data.get("subscribe") or {}).get("first_error"))
+        complete = hub.get(data, "idle", "clients_complete") or 0
+        if not error and complete < want:
+            error = f"only {complete} of {want} clients received the whole burst"
+        lost = sum(s.get("lost", 0) for s in data.get("fanout", []))
+        api_errors = [s.get("first_api_error") for s in data.get("fanout", []) if s.get("api_errors")]
+        if not error and api_errors:
+            error = f"server API errors: {api_errors[0]}"
+        if not error and data.get("errors"):
+            error = f"{data['errors']} client(s) failed: {data.get('first_error')}"
+        rec["lost"] = lost
+        for n in nodes:
+            if not error and not n.alive():
+                error = f"node {n.port} exited: {n.stderr_tail()}"
+        for r in redises:
+            if not error and r.proc.poll() is not None:
+                error = f"redis-server {r.port} exited: {r.log_tail()}"
+        rec["error"] = error
+        return rec
+    finally:
+        stop_all(nodes, redises)
+
+
+# ---- the report -------------------------------------------------------------------------
+
+
+def cpu_shares(step):
+    """A step's CPU as shares of one core: (each node's, each redis-server's, the
+    generator's)."""
+    cost = step.get("cost") or {}
+    window = cost.get("cpu_window_s") or cost.get("seconds") or 0
+    if not window:
+        return [], [], None
+    nodes = cost.get("server_cpu_each_s") or ([cost["server_cpu_s"]] if cost.get("server_cpu_s") is not None else [])
+    redis = cost.get("broker_cpu_each_s") or ([cost["broker_cpu_s"]] if cost.get("broker_cpu_s") is not None else [])
+    gen = cost.get("generator_cpu_s")
+    return [c / window for c in nodes], [c / window for c in redis], None if gen is None else gen / window
+
+
+def pcts(values):
+    return " + ".join(f"{v:.0%}" for v in values) if values else "–"
+
+
+def bound(step, same_core):
+    """What bounded a step, from the measured shares of the cores."""
+    nodes, redis, gen = cpu_shares(step)
+    if gen is None or not nodes:
+        return "–"
+    hubs, rds = sum(nodes), sum(redis)
+    if redis and max(redis) >= FULL:
+        return f"Redis: a redis-server at {max(redis):.0%} of its one thread"
+    if same_core:
+        core0 = hubs + rds
+        if core0 >= FULL and core0 >= gen:
+            split = f"nodes {hubs:.0%}" + (f", Redis {rds:.0%}" if redis else "")
+            return f"core 0 full ({split})"
+    elif hubs >= FULL:
+        return f"the nodes' core ({hubs:.0%})"
+    if gen >= FULL:
+        return f"the generator's core ({gen:.0%}; core 0 {hubs + rds:.0%})"
+    stopped = step.get("stopped") or ""
+    if "server API took" in stopped:
+        return f"the server API's round trips (16 calls in flight; core 0 {hubs + rds:.0%}, generator {gen:.0%})"
+    return f"neither core (core 0 {hubs + rds:.0%}, generator {gen:.0%}): the rate asked"
+
+
+def call_name(batch):
+    return "publish" if batch == 1 else f"broadcast × {batch}"
+
+
+def per_total(step):
+    return step.get("deliveries_per_server_and_broker_cpu_s") or step.get("deliveries_per_server_cpu_s")
+
+
+def best_step(steps):
+    """The step with the most deliveries/s among those with p99 under GOOD_P99_US."""
+    good = [s for s in steps if (hub.get(s, "latency_us", "p99") or 1e12) < GOOD_P99_US]
+    return max(good, key=lambda s: s["deliveries_per_sec"]) if good else None
+
+
+def redis_traffic(rec):
+    """(commands, bytes in, bytes out) over the run, summed over the redis-servers."""
+    tot = [0, 0, 0]
+    seen = False
+    for r in rec.get("redis") or []:
+        a, b = r.get("after") or {}, r.get("before") or {}
+        for i, k in enumerate(REDIS_STATS):
+            if k in a and k in b:
+                tot[i] += a[k] - b[k]
+                seen = True
+    return tot if seen else None
+
+
+def write_report(args, results, facts, started, finished, out_dir, command):
+    conf = settings(args)
+    same_core = args.redis_core == args.server_core
+    os.makedirs(os.path.join(out_dir, "bench"), exist_ok=True)
+    md = ["# Multi-node benchmarks", "", "<!-- Generated by bench/cluster.py; do not edit by hand. -->", ""]
+    md.append(f"Command: `{command}`\n")
+    md.append(f"Run {started:%Y-%m-%d %H:%M} to {finished:%H:%M} UTC; fan-out steps {conf['duration']} s measured "
+              f"after {conf['warmup']} s of warm-up.{' A --quick run: tiny counts, not figures.' if args.quick else ''}\n")
+    md.append("## Machine\n")
+    md.append(f"- CPU: {facts['cpu']}, {facts['nproc']} logical cores; memory {facts['memory']}")
+    md.append(f"- Linux {facts['kernel']}; {facts['rustc']}; {facts.get('redis_version') or 'redis-server ?'}")
+    md.append(f"- Volley at commit {facts['volley_commit']}")
+    md.append(f"- The hub nodes (`volley serve`, each its multi-threaded runtime) pinned to core {args.server_core}, "
+              f"the redis-server processes to core {args.redis_core}, the generator (`volley bench-hub`, one "
+              f"thread) to core {args.client_core} (`taskset`): "
+              + ("the nodes and Redis share one core, so the figures are CPU per delivery, not the throughput "
+                 "a node per core would reach" if same_core else "Redis has a core apart from the nodes"))
+    md.append(f"- Load average at the start {facts['load_start']}, at the end {facts['load_end']}; other work "
+              f"during each run (CPU of both cores less this run's processes, as a share of one core) is in the "
+              f"raw results (`other_work`), at most {max((r.get('other_work') or 0 for r in results['runs']), default=0):.0%} "
+              f"here")
+    md.append("")
+    md.append("## Setups\n")
+    md.append("| setup | broker | nodes |")
+    md.append("|---|---|---:|")
+    for name in SETUPS:
+        if name in args.only_set:
+            broker, n = SETUPS[name]
+            what = {"memory": "memory (in the process)", "redis": "Redis: one redis-server",
+                    "cluster": f"Redis Cluster: {CLUSTER_MASTERS} masters, no replicas, sharded pub/sub"}[broker]
+            md.append(f"| {name} | {what} | {n} |")
+    md.append("")
+    md.append("Every node runs bench/hub.py's configuration (a token secret, a server API key, one namespace "
+              "clients may subscribe to) with the broker added; the redis-server processes run without "
+              "persistence (`--save \"\" --appendonly no`):\n")
+    md.append("```toml\n[broker]\ntype = \"redis\"\n\n[broker.redis]\naddresses = [\"redis://127.0.0.1:PORT\"]  "
+              "# the cluster: its three masters\nprefix = \"bench-RANDOM\"\n# cluster = true  "
+              "# the cluster\n```\n")
+    md.append("## How\n")
+    md.append(f"""One `volley bench-hub` drives every node of a setup: client N connects to node N
+modulo the nodes, and server API connection J (16 of them, one call in flight each)
+publishes through node J modulo the nodes, so publications enter through every node
+and, on the Redis broker, reach the other nodes through Redis (each node receives the
+publications of the channels it has subscribers of). After the connects, the subscribes
+and a burst of {conf['burst']} publications per channel, fan-out steps publish 100 B
+payloads at rising rates, open loop; each delivery is timed from the publication's due
+time to its arrival at a client. CPU time is read from /proc over each step's measured
+phase for every node and every redis-server: **deliveries per hub-CPU-s** divides the
+deliveries by the nodes' CPU time summed, **per hub+Redis-CPU-s** by the nodes' and
+Redis's together. CPU columns are shares of one core over the measured phase. A series
+stops after a step whose p99 passes {args.max_p99:g} ms, that delivers under 90% of what it owes,
+or whose publications fall under 90% of the rate asked.
+""")
+    runs = [r for r in results["runs"] if r.get("data")]
+    md.append("## Summary\n")
+    md.append(f"For each case and setup, the step with the most deliveries/s whose p99 stayed under "
+              f"{GOOD_P99_US // 1000} ms, and the most deliveries/s of any step.\n")
+    md.append("| case | setup | best step (p99 < 100 ms) | deliveries/s | per hub-CPU-s | per hub+Redis-CPU-s "
+              "| p50 | p99 | nodes' CPU | Redis CPU | generator | most deliveries/s (any p99) | what bounds the most |")
+    md.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for case in CASES:
+        if case not in args.cases_set:
+            continue
+        for setup in SETUPS:
+            rec = next((r for r in runs if r["setup"] == setup and r["case"] == case), None)
+            if rec is None or setup not in args.only_set:
+                continue
+            steps = rec["data"].get("fanout", [])
+            if not steps:
+                continue
+            b = best_step(steps)
+            top = max(steps, key=lambda s: s["deliveries_per_sec"])
+            if b:
+                nodes, redis, gen = cpu_shares(b)
+                md.append(f"| {case} | {setup} | {call_name(b['batch'])}, {b['rate']:,.0f}/s | "
+                          f"{lib.fmt_num(b['deliveries_per_sec'])} | {lib.fmt_num(b.get('deliveries_per_server_cpu_s'))} | "
+                          f"{lib.fmt_num(per_total(b))} | {lib.fmt_us(hub.get(b, 'latency_us', 'p50'))} | "
+                          f"{lib.fmt_us(hub.get(b, 'latency_us', 'p99'))} | {pcts(nodes)} | {pcts(redis)} | "
+                          f"{hub.fmt_pct(gen)} | {lib.fmt_num(top['deliveries_per_sec'])} | "
+                          f"{lib.esc(bound(top, same_core))} |")
+            else:
+                md.append(f"| {case} | {setup} | none | | | | | | | | | {lib.fmt_num(top['deliveries_per_sec'])} | "
+                          f"{lib.esc(bound(top, same_core))} |")
+    md.append("")
+    for case in CASES:
+        if case not in args.cases_set:
+            continue
+        md.append(f"## {title(case, conf)}\n")
+        md.append("| setup | API call | publications/s asked | made | deliveries/s | per hub-CPU-s "
+                  "| per hub+Redis-CPU-s | p50 | p99 | nodes' CPU | Redis CPU | generator | lost | what bounds it |")
+        md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for setup in SETUPS:
+            if setup not in args.only_set:
+                continue
+            rec = next((r for r in results["runs"] if r["setup"] == setup and r["case"] == case), None)
+            if rec is None:
+                continue
+            if not rec.get("data"):
+                md.append(f"| {setup} | failed: {lib.esc(rec.get('error') or '?')} | | | | | | | | | | | | |")
+                continue
+            for s in rec["data"].get("fanout", []):
+                nodes, redis, gen = cpu_shares(s)
+                why = bound(s, same_core)
+                if s.get("stopped"):
+                    why += f"; stopped rising: {s['stopped']}"
+                md.append(f"| {setup} | {call_name(s['batch'])} | {s['rate']:,.0f} | "
+                          f"{lib.fmt_num(s['publications_per_sec'])} | {lib.fmt_num(s['deliveries_per_sec'])} | "
+                          f"{lib.fmt_num(s.get('deliveries_per_server_cpu_s'))} | {lib.fmt_num(per_total(s))} | "
+                          f"{lib.fmt_us(hub.get(s, 'latency_us', 'p50'))} | {lib.fmt_us(hub.get(s, 'latency_us', 'p99'))} | "
+                          f"{pcts(nodes)} | {pcts(redis)} | {hub.fmt_pct(gen)} | {hub.fmt_int(s.get('lost'))} | "
+                          f"{lib.esc(why)} |")
+        md.append("")
+        traffic = []
+        for setup in SETUPS:
+            rec = next((r for r in runs if r["setup"] == setup and r["case"] == case), None)
+            t = rec and redis_traffic(rec)
+            if t:
+                traffic.append(f"{setup}: {t[0]:,} commands, {lib.fmt_bytes(t[1])} in, {lib.fmt_bytes(t[2])} out")
+        if traffic:
+            md.append("Redis over the whole run (connects, subscribes, burst and every step; INFO stats, all "
+                      "redis-servers): " + "; ".join(traffic) + ".\n")
+    if results["failures"]:
+        md.append("## Failures\n")
+        for f in results["failures"]:
+            md.append(f"- {lib.esc(f)}")
+        md.append("")
+    md.append("Raw results of every run: [bench/cluster-results.json](bench/cluster-results.json).\n")
+    path = os.path.join(out_dir, "CLUSTER-BENCHMARKS.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md))
+    with open(os.path.join(out_dir, "bench", "cluster-results.json"), "w") as f:
+        json.dump({"command": command, "settings": {k: getattr(args, k) for k in SAVED_ARGS},
+                   "started": started.isoformat(), "finished": finished.isoformat(), "machine": facts,
+                   "failures": results["failures"], "runs": results["runs"]}, f, indent=1)
+    return path
+
+
+SAVED_ARGS = ["duration", "warmup", "only", "cases", "quick", "server_core", "redis_core", "client_core", "max_p99"]
+
+
+def rerender(path, out_dir):
+    with open(path) as f:
+        saved = json.load(f)
+    args = argparse.Namespace(**saved["settings"])
+    args.only_set = set(args.only or SETUPS)
+    args.cases_set = set(args.cases or CASES)
+    results = {"runs": saved["runs"], "failures": saved["failures"]}
+    return write_report(args, results, saved["machine"], datetime.datetime.fromisoformat(saved["started"]),
+                        datetime.datetime.fromisoformat(saved["finished"]), out_dir, saved["command"])
+
+
+def redis_version():
+    try:
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    v = next((w for w in out.split() if w.startswith("v=")), None)
+    return f"redis-server {v[2:]}" if v else None
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--only", default="", help=f"comma-separated setups (default: all: {','.join(SETUPS)})")
+    p.add_argument("--cases", default="", help=f"comma-separated cases (default: all: {','.join(CASES)})")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per fan-out step (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per fan-out step (default 1)")
+    p.add_argument("--max-p99", type=float, default=1000.0,
+                   help="a series of rising rates stops after a step with a p99 over this, in ms (default 1000)")
+    p.add_argument("--quick", action="store_true", help="tiny counts and short steps: a smoke test (needs --out)")
+    p.add_argument("--out", default="", help="directory for CLUSTER-BENCHMARKS.md and bench/ (default: docs/)")
+    p.add_argument("--no-build", action="store_true", help="use the release binary already built")
+    p.add_argument("--server-core", type=int, default=0, help="core the hub nodes are pinned to (default 0)")
+    p.add_argument("--redis-core", type=int, default=None, help="core redis-server is pinned to (default: the "
+                   "nodes' core)")
+    p.add_argument("--client-core", type=int, default=1, help="core the generator is pinned to (default 1)")
+    p.add_argument("--rerender", metavar="RESULTS_JSON", help="only write the report again from a saved run")
+    args = p.parse_args()
+    if args.rerender:
+        path = rerender(args.rerender, os.path.abspath(args.out or os.path.join(ROOT, "docs")))
+        log(f"report: {path}")
+        return 0
+    if args.quick and not args.out:
+        p.error("--quick does not overwrite docs/CLUSTER-BENCHMARKS.md: give --out DIR")
+    args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+    for c in args.only:
+        if c not in SETUPS:
+            p.error(f"unknown setup {c} (known: {','.join(SETUPS)})")
+    args.only_set = set(args.only or SETUPS)
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    for c in args.cases:
+        if c not in CASES:
+            p.error(f"unknown case {c} (known: {','.join(CASES)})")
+    args.cases_set = set(args.cases or CASES)
+    if not sys.platform.startswith("linux"):
+        sys.exit("cluster.py: Linux only (taskset, /proc)")
+    wants_redis = any(SETUPS[s][0] != "memory" for s in args.only_set)
+    for tool in ("redis-server", "redis-cli") if wants_redis else ():
+        if shutil.which(tool) is None:
+            sys.exit(f"cluster.py: {tool} is missing (Debian's redis-server and redis-tools packages)")
+    if args.redis_core is None:
+        args.redis_core = args.server_core
+    usable = sorted(os.sched_getaffinity(0))
+    for attr in ("server_core", "redis_core", "client_core"):
+        if getattr(args, attr) not in usable:
+            log(f"cluster.py: core {getattr(args, attr)} is not available (usable: {usable}); using {usable[-1]}")
+            setattr(args, attr, usable[-1])
+    out_dir = os.path.abspath(args.out or os.path.join(ROOT, "docs"))
+
+    volley = hub.build(args)
+    facts = lib.machine_facts()
+    facts["redis_version"] = redis_version()
+    facts["load_start"] = lib.load_avg()
+    conf = settings(args)
+    results = {"runs": [], "failures": []}
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t0 = time.monotonic()
+    secret = secrets.token_hex(24)
+    with tempfile.TemporaryDirectory(prefix="volley-cluster-bench-") as logdir:
+        for setup in SETUPS:
+            if setup not in args.only_set:
+                continue
+            for case in CASES:
+                if case not in args.cases_set:
+                    continue
+                log(f"==> {setup}: {title(case, conf)}")
+                rec = run_one(args, volley, logdir, secret, setup, case, conf)
+                rec.update(hub.stamp(facts))
+                results["runs"].append(rec)
+                if rec["error"]:
+                    results["failures"].append(f"{setup} {case}: {rec['error']}")
+                steps = (rec.get("data") or {}).get("fanout", [])
+                top = max(steps, key=lambda s: s["deliveries_per_sec"]) if steps else None
+                log("    " + (f"up to {lib.fmt_num(top['deliveries_per_sec'])} deliveries/s, "
+                             f"{lib.fmt_num(top.get('deliveries_per_server_cpu_s'))} per hub-CPU-s" if top else "")
+                    + (f"  FAILED: {rec['error']}" if rec["error"] else ""))
+    facts["load_end"] = lib.load_avg()
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    command = " ".join(["python3", "bench/cluster.py"] + [shlex.quote(hub.portable(a)) for a in sys.argv[1:]])
+    path = write_report(args, results, facts, started, finished, out_dir, command)
+    log(f"\n==> {time.monotonic() - t0:.0f} s; report: {path}")
+    if results["failures"]:
+        log(f"\n{len(results['failures'])} failed run(s):")
+        for f in results["failures"]:
+            log(f"    {f}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
