@@ -239,7 +239,7 @@ def stop_all(nodes, redises):
 def generator_cmd(args, volley, nodes, redises, secret, api_key, case, conf):
     cmd = ["taskset", "-c", str(args.client_core), volley, "bench-hub", *[n.url for n in nodes],
            "-c", str(case["clients"]), "--secret", secret, "--api-key", api_key, "--namespace", hub.NAMESPACE,
-           "--json", "--no-progress", "--hold", str(conf["hold"]), "--burst", str(conf["burst"]),
+           "--json", "--no-progress", "--cores", "--hold", str(conf["hold"]), "--burst", str(conf["burst"]),
            "--max-p99", f"{args.max_p99:g}",
            "--rates", ",".join(f"{r:g}" for r in case["rates"]),
            "--batches", ",".join(str(b) for b in case["batches"]),
@@ -332,27 +332,46 @@ def pcts(values):
     return " + ".join(f"{v:.0%}" for v in values) if values else "–"
 
 
-def bound(step, same_core):
-    """What bounded a step, from the measured shares of the cores."""
+def core_busy(step, core):
+    """How busy `core` was over a step (whatever ran on it), or None."""
+    busy = (step.get("cost") or {}).get("cores_busy") or []
+    return busy[core] if core < len(busy) else None
+
+
+def other_on_core(step, args):
+    """The share of the nodes' core that went to work other than this run's over a
+    step: the core's business less the nodes' (and Redis's, when it shares the core)."""
+    busy = core_busy(step, args.server_core)
+    if busy is None:
+        return None
+    nodes, redis, _ = cpu_shares(step)
+    ours = sum(nodes) + (sum(redis) if args.redis_core == args.server_core else 0)
+    return max(0.0, busy - ours)
+
+
+def bound(step, args):
+    """What bounded a step, from the measured shares of the cores and the processes."""
     nodes, redis, gen = cpu_shares(step)
     if gen is None or not nodes:
         return "–"
+    same_core = args.redis_core == args.server_core
     hubs, rds = sum(nodes), sum(redis)
+    busy = core_busy(step, args.server_core)
+    other = other_on_core(step, args)
+    core = f"core {args.server_core}"
+    split = f"nodes {hubs:.0%}" + (f", Redis {rds:.0%}" if redis and same_core else "") + (
+        f", other work {other:.0%}" if other is not None and other >= 0.05 else "")
     if redis and max(redis) >= FULL:
         return f"Redis: a redis-server at {max(redis):.0%} of its one thread"
-    if same_core:
-        core0 = hubs + rds
-        if core0 >= FULL and core0 >= gen:
-            split = f"nodes {hubs:.0%}" + (f", Redis {rds:.0%}" if redis else "")
-            return f"core 0 full ({split})"
-    elif hubs >= FULL:
-        return f"the nodes' core ({hubs:.0%})"
+    ours = hubs + (rds if same_core else 0)
+    if (busy if busy is not None else ours) >= FULL and ours >= gen:
+        return f"{core} full ({split})"
     if gen >= FULL:
-        return f"the generator's core ({gen:.0%}; core 0 {hubs + rds:.0%})"
+        return f"the generator's core ({gen:.0%}; {core} {split})"
     if step.get("publications_per_sec", 0) < 0.9 * step["rate"]:
         return (f"the server API's round trips: 16 calls in flight took {step['publications_per_sec']:,.0f}/s "
-                f"(core 0 {hubs + rds:.0%}, generator {gen:.0%})")
-    return f"neither core (core 0 {hubs + rds:.0%}, generator {gen:.0%}): the rate asked"
+                f"({core}: {split}; generator {gen:.0%})")
+    return f"neither core ({core}: {split}; generator {gen:.0%}): the rate asked"
 
 
 def call_name(batch):
@@ -472,10 +491,10 @@ or whose publications fall under 90% of the rate asked.
     md.append(f"For each case and setup, the step with the most deliveries/s that kept up (p99 under "
               f"{args.max_p99:g} ms, the rate asked published, every delivery made), and the most deliveries/s "
               f"of any step.\n")
-    md.append("| case | setup | the most that kept up | deliveries/s | per hub-CPU-s | per hub+Redis-CPU-s "
-              "| p50 | p99 | nodes' CPU | Redis CPU | generator | most deliveries/s (any p99) | what bounds the most "
-              "| other work on the machine |")
-    md.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    md.append(f"| case | setup | the most that kept up | deliveries/s | per hub-CPU-s | per hub+Redis-CPU-s "
+              "| p50 | p99 | nodes' CPU | Redis CPU | generator | core {args.server_core} busy | most deliveries/s (any p99) "
+              "| what bounds the most | other work on the machine |")
+    md.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for case in CASES:
         if case not in args.cases_set:
             continue
@@ -494,11 +513,12 @@ or whose publications fall under 90% of the rate asked.
                           f"{lib.fmt_num(b['deliveries_per_sec'])} | {lib.fmt_num(b.get('deliveries_per_server_cpu_s'))} | "
                           f"{lib.fmt_num(per_total(b))} | {lib.fmt_us(hub.get(b, 'latency_us', 'p50'))} | "
                           f"{lib.fmt_us(hub.get(b, 'latency_us', 'p99'))} | {pcts(nodes)} | {pcts(redis)} | "
-                          f"{hub.fmt_pct(gen)} | {lib.fmt_num(top['deliveries_per_sec'])} | "
-                          f"{lib.esc(bound(top, same_core))} | {hub.fmt_pct(rec.get('other_work'))} |")
+                          f"{hub.fmt_pct(gen)} | {hub.fmt_pct(core_busy(b, args.server_core))} | "
+                          f"{lib.fmt_num(top['deliveries_per_sec'])} | "
+                          f"{lib.esc(bound(top, args))} | {hub.fmt_pct(rec.get('other_work'))} |")
             else:
-                md.append(f"| {case} | {setup} | none | | | | | | | | | {lib.fmt_num(top['deliveries_per_sec'])} | "
-                          f"{lib.esc(bound(top, same_core))} | {hub.fmt_pct(rec.get('other_work'))} |")
+                md.append(f"| {case} | {setup} | none | | | | | | | | | | {lib.fmt_num(top['deliveries_per_sec'])} | "
+                          f"{lib.esc(bound(top, args))} | {hub.fmt_pct(rec.get('other_work'))} |")
     md.append("")
     md.append(f"""Other work on the machine is the CPU both cores spent on anything but this run's
 processes over the run, as a share of one core: what other work took from the
@@ -509,9 +529,10 @@ processes over the run, as a share of one core: what other work took from the
             continue
         md.append(f"## {title(case, conf)}\n")
         scaling_table(md, runs, case, args)
-        md.append("| setup | API call | publications/s asked | made | deliveries/s | per hub-CPU-s "
-                  "| per hub+Redis-CPU-s | p50 | p99 | nodes' CPU | Redis CPU | generator | lost | what bounds it |")
-        md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        md.append(f"| setup | API call | publications/s asked | made | deliveries/s | per hub-CPU-s "
+                  f"| per hub+Redis-CPU-s | p50 | p99 | nodes' CPU | Redis CPU | generator | core {args.server_core} busy | lost "
+                  "| what bounds it |")
+        md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for setup in SETUPS:
             if setup not in args.only_set:
                 continue
@@ -519,18 +540,19 @@ processes over the run, as a share of one core: what other work took from the
             if rec is None:
                 continue
             if not rec.get("data"):
-                md.append(f"| {setup} | failed: {lib.esc(rec.get('error') or '?')} | | | | | | | | | | | | |")
+                md.append(f"| {setup} | failed: {lib.esc(rec.get('error') or '?')} | | | | | | | | | | | | | |")
                 continue
             for s in rec["data"].get("fanout", []):
                 nodes, redis, gen = cpu_shares(s)
-                why = bound(s, same_core)
+                why = bound(s, args)
                 if s.get("stopped"):
                     why += f"; stopped rising: {s['stopped']}"
                 md.append(f"| {setup} | {call_name(s['batch'])} | {s['rate']:,.0f} | "
                           f"{lib.fmt_num(s['publications_per_sec'])} | {lib.fmt_num(s['deliveries_per_sec'])} | "
                           f"{lib.fmt_num(s.get('deliveries_per_server_cpu_s'))} | {lib.fmt_num(per_total(s))} | "
                           f"{lib.fmt_us(hub.get(s, 'latency_us', 'p50'))} | {lib.fmt_us(hub.get(s, 'latency_us', 'p99'))} | "
-                          f"{pcts(nodes)} | {pcts(redis)} | {hub.fmt_pct(gen)} | {hub.fmt_int(s.get('lost'))} | "
+                          f"{pcts(nodes)} | {pcts(redis)} | {hub.fmt_pct(gen)} | "
+                          f"{hub.fmt_pct(core_busy(s, args.server_core))} | {hub.fmt_int(s.get('lost'))} | "
                           f"{lib.esc(why)} |")
         md.append("")
         traffic = []
@@ -538,10 +560,21 @@ processes over the run, as a share of one core: what other work took from the
             rec = next((r for r in runs if r["setup"] == setup and r["case"] == case), None)
             t = rec and redis_traffic(rec)
             if t:
-                traffic.append(f"{setup}: {t[0]:,} commands, {lib.fmt_bytes(t[1])} in, {lib.fmt_bytes(t[2])} out")
+                d = rec["data"]
+                pubs = sum(s.get("published", 0) for s in d.get("fanout", [])) + (
+                    hub.get(d, "idle", "burst") or 0) * d.get("channels", 0)
+                peak = max((s["publications_per_sec"] for s in d.get("fanout", [])), default=0)
+                line = f"{setup}: {t[0]:,} commands, {lib.fmt_bytes(t[1])} in, {lib.fmt_bytes(t[2])} out"
+                if pubs:
+                    line += (f" for {pubs:,} publications: {t[0] / pubs:.1f} commands, {lib.fmt_bytes(t[1] / pubs)} in "
+                             f"and {lib.fmt_bytes(t[2] / pubs)} out each, so {lib.fmt_bytes(peak * (t[1] + t[2]) / pubs)}/s "
+                             f"at the most publications/s ({peak:,.0f})")
+                traffic.append(line)
         if traffic:
             md.append("Redis over the whole run (connects, subscribes, burst and every step; INFO stats, all "
-                      "redis-servers): " + "; ".join(traffic) + ".\n")
+                      "redis-servers; traffic on loopback):\n")
+            md.extend(f"- {t}" for t in traffic)
+            md.append("")
     if results["failures"]:
         md.append("## Failures\n")
         for f in results["failures"]:

@@ -203,6 +203,10 @@ pub struct Args {
     /// the server's, not counted in it.
     #[arg(long, value_name = "PID", value_delimiter = ',')]
     broker_pid: Vec<u32>,
+    /// Also read how busy each core of the machine was over each phase (Linux
+    /// /proc/stat), so that other work on the machine shows beside the processes'.
+    #[arg(long)]
+    cores: bool,
     /// Spread connections round-robin over source addresses 127.0.0.1 .. 127.0.0.N (as
     /// `volley bench`; default one per 12,000 clients).
     #[arg(long, value_name = "N")]
@@ -531,6 +535,8 @@ struct Sample {
     generator_cpu: Option<f64>,
     /// The server processes' resident memory, summed.
     rss: Option<u64>,
+    /// Each core's busy and total clock ticks (`--cores`).
+    cores: Option<Vec<(u64, u64)>>,
 }
 
 /// What a phase cost: its length and the CPU both sides spent.
@@ -554,6 +560,9 @@ pub struct Cost {
     broker_cpu_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     broker_cpu_each_s: Option<Vec<f64>>,
+    /// With `--cores`: how busy each core was over the window (0 to 1), whatever ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cores_busy: Option<Vec<f64>>,
 }
 
 /// The resident memory of the server processes, summed (`None` without any, or if one
@@ -580,6 +589,7 @@ impl Sample {
             broker_cpu: cpu(&args.broker_pid),
             generator_cpu: sys::cpu_seconds(std::process::id()).ok(),
             rss: servers_rss(&args.server_pid),
+            cores: args.cores.then(|| sys::core_ticks().ok()).flatten(),
         }
     }
 
@@ -601,6 +611,17 @@ impl Sample {
             server_cpu_each_s: servers.filter(|v| v.len() > 1),
             broker_cpu_s: brokers.as_ref().map(|v| v.iter().sum()),
             broker_cpu_each_s: brokers.filter(|v| v.len() > 1),
+            cores_busy: match (&self.cores, &start.cores) {
+                (Some(end), Some(start)) => Some(
+                    end.iter()
+                        .zip(start)
+                        .map(|((b1, t1), (b0, t0))| {
+                            per(b1.saturating_sub(*b0) as f64, t1.saturating_sub(*t0) as f64).min(1.0)
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            },
         }
     }
 }
@@ -1355,6 +1376,10 @@ impl Report {
                 if let Some(v) = &c.broker_cpu_each_s {
                     text += &format!(" = {} s by process", each(v));
                 }
+            }
+            if let Some(v) = &c.cores_busy {
+                let busy: Vec<String> = v.iter().map(|b| format!("{:.0}%", 100.0 * b)).collect();
+                text += &format!("; cores busy {}", busy.join(" "));
             }
             text
         };
