@@ -364,6 +364,8 @@ def bound(step, args):
     if redis and max(redis) >= FULL:
         return f"Redis: a redis-server at {max(redis):.0%} of its one thread"
     ours = hubs + (rds if same_core else 0)
+    if busy is not None and busy >= FULL and other is not None and other >= ours:
+        return f"{core} full, most of it other work ({split})"
     if (busy if busy is not None else ours) >= FULL and ours >= gen:
         return f"{core} full ({split})"
     if gen >= FULL:
