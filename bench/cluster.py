@@ -435,6 +435,64 @@ def scaling_table(md, runs, case, args):
     md.append("Every step:\n")
 
 
+def findings(md, runs, args, conf):
+    """Where it stops scaling, per case, from the figures: the most each setup kept up
+    with, CPU per delivery at a load every setup kept up with, and Redis's share."""
+    md.append("## Where it stops scaling\n")
+    same_core = args.redis_core == args.server_core
+    if same_core:
+        md.append(f"Every node and every redis-server share core {args.server_core}: more nodes here cannot "
+                  "add throughput, they divide one core's work. What the setups compare is the CPU a delivery "
+                  "costs each way, and where a core fills first.\n")
+    for case in CASES:
+        recs = {r["setup"]: r for r in runs if r["case"] == case and r["setup"] in args.only_set}
+        setups = [s for s in SETUPS if s in recs]
+        if not setups:
+            continue
+        steps = {s: {(x["batch"], x["rate"]): x for x in recs[s]["data"].get("fanout", [])} for s in setups}
+        kept = []
+        for s in setups:
+            b = best_step(list(steps[s].values()))
+            kept.append(f"{s} {lib.fmt_num(b['deliveries_per_sec'])}/s ({call_name(b['batch'])})" if b else f"{s} none")
+        lines = [f"**{title(case, conf)}.** The most deliveries/s that kept up: " + ", ".join(kept) + "."]
+        for batch in sorted({k[0] for st in steps.values() for k in st}, reverse=True):
+            common = [k for k in steps[setups[0]] if k[0] == batch and all(
+                k in steps[s] and not steps[s][k].get("stopped") for s in setups)]
+            if not common:
+                continue
+            key = max(common, key=lambda k: k[1])
+            ref = per_total(steps[setups[0]][key])
+            cells = []
+            for s in setups:
+                v = per_total(steps[s][key])
+                rel = f" ({v / ref:.0%})" if ref and v and s != setups[0] else ""
+                cells.append(f"{s} {lib.fmt_num(v)}{rel}")
+            lines.append(f"At {key[1]:,.0f} publications/s by `{call_name(batch)}`, the most every setup kept up "
+                         f"with, deliveries per hub+Redis-CPU-s: " + ", ".join(cells) + f" (of {setups[0]}).")
+        shares = [(s, max((sum(cpu_shares(x)[1]) for x in steps[s].values()), default=0)) for s in setups]
+        redis_top = max((v for _, v in shares), default=0)
+        with_redis = [f"{s} {v:.0%}" for s, v in shares if SETUPS[s][0] != "memory"]
+        if with_redis:
+            lines.append("Redis's CPU at its busiest step, all redis-servers together, as a share of one core: "
+                         + ", ".join(with_redis) + ".")
+        if with_redis and redis_top < 0.1:
+            lines.append("Redis is not what bounds it: each publication goes through Redis once and reaches each "
+                         "node once, and each node writes it to its own subscribers, so the cost is the nodes' "
+                         "fan-out, which fills the core.")
+        elif with_redis:
+            lines.append("Redis costs a share of every publication: each crosses Redis (the publish script, then "
+                         "pub/sub to the node of its subscriber), and the node that takes the API call and the "
+                         "node that delivers both work on it, so the core fills with the nodes' and Redis's work "
+                         "together.")
+            short = [s for s in setups if SETUPS[s][0] != "memory" and any(
+                x["batch"] == 1 and "server API's round trips" in bound(x, args) for x in steps[s].values())]
+            if short:
+                lines.append("The `publish` series of " + ", ".join(short) + " stopped where the 16 server API "
+                             "calls in flight, each waiting for its round trip through Redis, could not make the "
+                             "rate asked before the core was full.")
+        md.append(" ".join(lines) + "\n")
+
+
 def write_report(args, results, facts, started, finished, out_dir, command):
     conf = settings(args)
     same_core = args.redis_core == args.server_core
@@ -494,7 +552,7 @@ or whose publications fall under 90% of the rate asked.
               f"{args.max_p99:g} ms, the rate asked published, every delivery made), and the most deliveries/s "
               f"of any step.\n")
     md.append(f"| case | setup | the most that kept up | deliveries/s | per hub-CPU-s | per hub+Redis-CPU-s "
-              "| p50 | p99 | nodes' CPU | Redis CPU | generator | core {args.server_core} busy | most deliveries/s (any p99) "
+              f"| p50 | p99 | nodes' CPU | Redis CPU | generator | core {args.server_core} busy | most deliveries/s (any p99) "
               "| what bounds the most | other work on the machine |")
     md.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for case in CASES:
@@ -522,6 +580,7 @@ or whose publications fall under 90% of the rate asked.
                 md.append(f"| {case} | {setup} | none | | | | | | | | | | {lib.fmt_num(top['deliveries_per_sec'])} | "
                           f"{lib.esc(bound(top, args))} | {hub.fmt_pct(rec.get('other_work'))} |")
     md.append("")
+    findings(md, runs, args, conf)
     md.append(f"""Other work on the machine is the CPU both cores spent on anything but this run's
 processes over the run, as a share of one core: what other work took from the
 {"core the nodes and Redis share" if same_core else "nodes' core"} shows in the rates and latencies, not in the CPU per delivery.
