@@ -28,7 +28,7 @@ each redis-server's (`--broker-pid`). Writes docs/CLUSTER-BENCHMARKS.md and
 docs/bench/cluster-results.json (or --out DIR). Python 3 standard library only; Linux
 only (taskset, /proc); needs Debian's redis-server and redis-cli.
 
-    python3 bench/cluster.py                    # every setup and case (about 12 minutes)
+    python3 bench/cluster.py                    # every setup and case (about 8 minutes)
     python3 bench/cluster.py --quick --out DIR  # tiny counts, seconds: the CI smoke
     python3 bench/cluster.py --only redis-2,cluster-3 --cases one --no-build --out DIR
 
