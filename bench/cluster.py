@@ -542,7 +542,9 @@ payloads at rising rates, open loop; each delivery is timed from the publication
 time to its arrival at a client. CPU time is read from /proc over each step's measured
 phase for every node and every redis-server: **deliveries per hub-CPU-s** divides the
 deliveries by the nodes' CPU time summed, **per hub+Redis-CPU-s** by the nodes' and
-Redis's together. CPU columns are shares of one core over the measured phase. A series
+Redis's together. CPU columns are shares of one core over the measured phase; **core
+{args.server_core} busy** is how busy that core was over it (/proc/stat), whatever ran there: what it
+has beyond the nodes' and Redis's is other work on the machine. A series
 stops after a step whose p99 passes {args.max_p99:g} ms, that delivers under 90% of what it owes,
 or whose publications fall under 90% of the rate asked.
 """)
