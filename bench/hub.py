@@ -314,13 +314,14 @@ class CoreClock:
 
 
 class Hub:
-    """`volley serve --config FILE`, pinned to the server core; stopped with SIGTERM."""
+    """`volley serve --config FILE`, pinned to the server core; stopped with SIGTERM.
+    `extra_config` is appended to the configuration (bench/cluster.py's broker)."""
 
-    def __init__(self, volley, logdir, core, secret, api_key, name="hub", transports=False):
+    def __init__(self, volley, logdir, core, secret, api_key, name="hub", transports=False, extra_config=""):
         self.port = lib.free_port()
         self.config = os.path.join(logdir, f"{name}-{self.port}.toml")
         with open(self.config, "w") as f:
-            f.write(config_text(self.port, secret, api_key, transports))
+            f.write(config_text(self.port, secret, api_key, transports) + extra_config)
         self.api_key = api_key
         self.errlog = tempfile.NamedTemporaryFile(dir=logdir, prefix=f"{name}-", suffix=".log", delete=False)
         cmd = ["taskset", "-c", str(core), volley, "serve", "--config", self.config]

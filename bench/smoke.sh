@@ -3,8 +3,10 @@
 # workspace and the volley binary in release mode first), every server through every
 # workload once with tiny counts and sub-second runs, then bench/hub.py --quick (the
 # hub's cases, a few hundred clients each, and 20 readers over each transport, on the
-# binary just built), into a temporary directory, so docs/BENCHMARKS.md and
-# docs/HUB-BENCHMARKS.md are left alone. No timing
+# binary just built), then bench/cluster.py --quick (hub nodes on the memory broker, on
+# one redis-server and on a three-master Redis Cluster, 200 clients each), into a
+# temporary directory, so docs/BENCHMARKS.md, docs/HUB-BENCHMARKS.md and
+# docs/CLUSTER-BENCHMARKS.md are left alone. No timing
 # is asserted. Exits non-zero if a server failed to start or a run produced no report
 # (the scripts' exit status), or if a report was not written.
 set -euo pipefail
@@ -26,3 +28,8 @@ python3 bench/hub.py --quick --no-build --out "$OUT/hub"
 test -s "$OUT/hub/HUB-BENCHMARKS.md"
 test -s "$OUT/hub/bench/hub-results.json"
 echo "benchmark harness smoke: the hub ran every case ($(($(date +%s) - start)) s)"
+start=$(date +%s)
+python3 bench/cluster.py --quick --no-build --out "$OUT/cluster"
+test -s "$OUT/cluster/CLUSTER-BENCHMARKS.md"
+test -s "$OUT/cluster/bench/cluster-results.json"
+echo "benchmark harness smoke: the hub ran on every broker setup ($(($(date +%s) - start)) s)"

@@ -46,6 +46,26 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Each core's clock ticks since boot, busy and in all, from `/proc/stat` (idle and
+/// iowait are not busy), in the order of the cores.
+pub fn core_ticks() -> io::Result<Vec<(u64, u64)>> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    Ok(parse_core_ticks(&stat))
+}
+
+/// The `cpuN` lines of `/proc/stat`: (busy, total) ticks of each core.
+fn parse_core_ticks(stat: &str) -> Vec<(u64, u64)> {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .filter_map(|l| {
+            let v: Vec<u64> = l.split_whitespace().skip(1).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+            let total: u64 = v.iter().sum();
+            let idle = v.get(3)? + v.get(4)?;
+            Some((total - idle, total))
+        })
+        .collect()
+}
+
 /// `VmRSS` of a `/proc/PID/status` file, in bytes.
 fn parse_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -85,6 +105,14 @@ pub fn resource_hint(e: &io::Error) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn core_ticks_of_proc_stat() {
+        let stat = "cpu  30 0 10 100 5 0 0 0 0 0\ncpu0 20 0 5 50 5 0 0 0 0 0\ncpu1 10 0 5 50 0 0 0 0 0 0\nintr 1 2\n";
+        assert_eq!(parse_core_ticks(stat), [(25, 80), (15, 65)]);
+        assert!(parse_core_ticks("cpu0 1 2\n").is_empty(), "a short line is skipped");
+        assert!(!core_ticks().unwrap().is_empty());
+    }
 
     #[test]
     fn proc_files() {

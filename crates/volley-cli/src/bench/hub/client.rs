@@ -60,7 +60,8 @@ pub async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, permit: Own
 
 /// Opens the connection and connects: `connect` with the client's token, and its reply.
 async fn open(index: usize, plan: &Plan) -> Result<Ws, String> {
-    let mut ws = open_ws(index, plan.addr, &plan.sources, &plan.client).await?;
+    let node = plan.node(index);
+    let mut ws = open_ws(index, node.addr, &plan.sources, &node.client).await?;
     let token = plan.token(index);
     let cmd = format!("{{\"id\":{CONNECT_ID},\"connect\":{{\"token\":\"{token}\",\"name\":\"volley-bench\"}}}}");
     ws.send(Message::text(cmd)).await.map_err(|e| format!("sending connect: {e}"))?;

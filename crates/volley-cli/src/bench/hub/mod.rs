@@ -13,8 +13,11 @@
 //! `http_stream`), each subscribed to its channel with its connect; the same phases and
 //! figures follow.
 //!
-//! Connections are spread over loopback source addresses as in `volley bench`; the
-//! server's CPU time and resident memory come from /proc (`--server-pid`). The report is
+//! Several URLs are the nodes of one hub sharing a broker: client N connects to node N
+//! modulo their count and server API connection J publishes through node J modulo their
+//! count. Connections are spread over loopback source addresses as in `volley bench`;
+//! the server's CPU time and resident memory come from /proc (`--server-pid`, summed over
+//! several; `--broker-pid` reports a broker's CPU time beside them). The report is
 //! a table or one JSON object; `--events` also prints a JSON line as each phase ends, and
 //! `--wait` keeps the clients connected until SIGINT, for runs of several generators.
 
@@ -125,8 +128,12 @@ impl Transport {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The hub's address, http://HOST:PORT: clients connect to /connection/websocket,
-    /// publications go to the server API at /api.
-    url: String,
+    /// publications go to the server API at /api. Several (or a comma-separated list):
+    /// the nodes of one hub that share a broker; client number N connects to node N
+    /// modulo their count, and server API connection J publishes through node J modulo
+    /// their count, so that publications enter through every node.
+    #[arg(value_name = "URL", required = true, num_args = 1.., value_delimiter = ',')]
+    urls: Vec<String>,
     /// Clients to connect.
     #[arg(short = 'c', long, default_value_t = 1000)]
     clients: usize,
@@ -187,9 +194,19 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 16)]
     publishers: usize,
     /// Measure this server process: CPU time of each phase and resident memory (Linux
-    /// /proc).
-    #[arg(long, value_name = "PID")]
-    server_pid: Option<u32>,
+    /// /proc). Given several times (or a comma-separated list), for several nodes: their
+    /// CPU times and memory are summed, and each one's CPU time is reported too.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// A process the hub relies on, such as a Redis broker (several times, or a
+    /// comma-separated list, for several): its CPU time in each phase is reported beside
+    /// the server's, not counted in it.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    broker_pid: Vec<u32>,
+    /// Also read how busy each core of the machine was over each phase (Linux
+    /// /proc/stat), so that other work on the machine shows beside the processes'.
+    #[arg(long)]
+    cores: bool,
     /// Spread connections round-robin over source addresses 127.0.0.1 .. 127.0.0.N (as
     /// `volley bench`; default one per 12,000 clients).
     #[arg(long, value_name = "N")]
@@ -250,6 +267,12 @@ impl Args {
                 bail!("--{name} must be at least 1");
             }
         }
+        for url in &self.urls {
+            host_port(url)?;
+        }
+        if let Some(pid) = self.server_pid.iter().chain(&self.broker_pid).find(|&&p| p == 0) {
+            bail!("--server-pid, --broker-pid: {pid} is not a process id");
+        }
         if self.channels == Some(0) {
             bail!("--channels must be at least 1");
         }
@@ -286,15 +309,23 @@ impl Args {
     }
 }
 
+/// One node of the hub: where its clients and its server API calls go.
+#[derive(Debug)]
+pub struct Node {
+    addr: SocketAddr,
+    /// The node's `Host`.
+    authority: String,
+    /// The WebSocket client of its clients.
+    client: ClientBuilder,
+}
+
 /// What every client shares: where to connect, and how its token and channel are made.
 #[derive(Debug)]
 pub struct Plan {
     transport: Transport,
-    addr: SocketAddr,
-    /// The hub's `Host`.
-    authority: String,
+    /// The hub's nodes (one, unless several URLs were given).
+    nodes: Vec<Node>,
     sources: Vec<IpAddr>,
-    client: ClientBuilder,
     secret: String,
     /// Token expiry (Unix seconds).
     exp: u64,
@@ -312,6 +343,16 @@ impl Plan {
     /// The global number of this generator's client `index`.
     fn number(&self, index: usize) -> usize {
         self.client_from + index
+    }
+
+    /// The node client `index` connects to: its number modulo the nodes.
+    fn node(&self, index: usize) -> &Node {
+        &self.nodes[self.number(index) % self.nodes.len()]
+    }
+
+    /// The node server API connection `publisher` publishes through.
+    fn api_node(&self, publisher: usize) -> &Node {
+        &self.nodes[publisher % self.nodes.len()]
     }
 
     fn token(&self, index: usize) -> String {
@@ -484,16 +525,22 @@ impl Latency {
 }
 
 /// The server's and the generator's CPU time and the server's memory at one moment.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Sample {
     at: Instant,
-    server_cpu: Option<f64>,
+    /// Each server process's CPU seconds, in the order of `--server-pid`.
+    server_cpu: Vec<Option<f64>>,
+    /// Each `--broker-pid` process's CPU seconds.
+    broker_cpu: Vec<Option<f64>>,
     generator_cpu: Option<f64>,
+    /// The server processes' resident memory, summed.
     rss: Option<u64>,
+    /// Each core's busy and total clock ticks (`--cores`).
+    cores: Option<Vec<(u64, u64)>>,
 }
 
 /// What a phase cost: its length and the CPU both sides spent.
-#[derive(Debug, Serialize, Clone, Copy)]
+#[derive(Debug, Serialize, Clone)]
 pub struct Cost {
     /// Seconds.
     seconds: f64,
@@ -504,15 +551,45 @@ pub struct Cost {
     server_cpu_s: Option<f64>,
     /// Generator CPU seconds.
     generator_cpu_s: Option<f64>,
+    /// With several server processes: each one's CPU seconds (they add up to
+    /// `server_cpu_s`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_cpu_each_s: Option<Vec<f64>>,
+    /// With `--broker-pid`: the broker processes' CPU seconds, summed, and each one's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broker_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broker_cpu_each_s: Option<Vec<f64>>,
+    /// With `--cores`: how busy each core was over the window (0 to 1), whatever ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cores_busy: Option<Vec<f64>>,
+}
+
+/// The resident memory of the server processes, summed (`None` without any, or if one
+/// could not be read).
+fn servers_rss(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| sys::rss_bytes(p).ok()).sum()
+}
+
+/// The CPU seconds of each process from `start` to `end`; `None` if one could not be
+/// read at either.
+fn cpu_diffs(end: &[Option<f64>], start: &[Option<f64>]) -> Option<Vec<f64>> {
+    end.iter().zip(start).map(|(a, b)| Some((a.as_ref()? - b.as_ref()?).max(0.0))).collect()
 }
 
 impl Sample {
-    fn take(pid: Option<u32>) -> Self {
+    fn take(args: &Args) -> Self {
+        let cpu = |pids: &[u32]| pids.iter().map(|&p| sys::cpu_seconds(p).ok()).collect();
         Sample {
             at: Instant::now(),
-            server_cpu: pid.and_then(|p| sys::cpu_seconds(p).ok()),
+            server_cpu: cpu(&args.server_pid),
+            broker_cpu: cpu(&args.broker_pid),
             generator_cpu: sys::cpu_seconds(std::process::id()).ok(),
-            rss: pid.and_then(|p| sys::rss_bytes(p).ok()),
+            rss: servers_rss(&args.server_pid),
+            cores: args.cores.then(|| sys::core_ticks().ok()).flatten(),
         }
     }
 
@@ -524,11 +601,27 @@ impl Sample {
     /// (the CPU time read at this sample covers it).
     fn since_until(&self, start: &Sample, end: Instant) -> Cost {
         let diff = |a: Option<f64>, b: Option<f64>| Some((a? - b?).max(0.0));
+        let servers = cpu_diffs(&self.server_cpu, &start.server_cpu).filter(|v| !v.is_empty());
+        let brokers = cpu_diffs(&self.broker_cpu, &start.broker_cpu).filter(|v| !v.is_empty());
         Cost {
             seconds: end.min(self.at).saturating_duration_since(start.at).as_secs_f64(),
             cpu_window_s: self.at.saturating_duration_since(start.at).as_secs_f64(),
-            server_cpu_s: diff(self.server_cpu, start.server_cpu),
+            server_cpu_s: servers.as_ref().map(|v| v.iter().sum()),
             generator_cpu_s: diff(self.generator_cpu, start.generator_cpu),
+            server_cpu_each_s: servers.filter(|v| v.len() > 1),
+            broker_cpu_s: brokers.as_ref().map(|v| v.iter().sum()),
+            broker_cpu_each_s: brokers.filter(|v| v.len() > 1),
+            cores_busy: match (&self.cores, &start.cores) {
+                (Some(end), Some(start)) => Some(
+                    end.iter()
+                        .zip(start)
+                        .map(|((b1, t1), (b0, t0))| {
+                            per(b1.saturating_sub(*b0) as f64, t1.saturating_sub(*t0) as f64).min(1.0)
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            },
         }
     }
 }
@@ -611,6 +704,10 @@ pub struct StepReport {
     deliveries: u64,
     deliveries_per_sec: f64,
     deliveries_per_server_cpu_s: Option<f64>,
+    /// With `--broker-pid`: deliveries per CPU second of the server and the broker
+    /// together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliveries_per_server_and_broker_cpu_s: Option<f64>,
     /// Publications the server API took per second in the measured phase.
     publications_per_sec: f64,
     /// From the time a publication was due to be sent to its arrival at a client.
@@ -625,6 +722,7 @@ pub struct StepReport {
 #[derive(Debug, Serialize)]
 pub struct Report {
     mode: &'static str,
+    /// The URL, or the nodes' URLs separated by commas.
     url: String,
     transport: Transport,
     clients: usize,
@@ -632,7 +730,13 @@ pub struct Report {
     client_from: usize,
     size: usize,
     source_addrs: usize,
+    /// The server process, when one was measured.
     server_pid: Option<u32>,
+    /// The server processes, when several were measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_pids: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    broker_pids: Vec<u32>,
     connect: ConnectReport,
     subscribe: Option<SubscribeReport>,
     idle: Option<IdleReport>,
@@ -696,9 +800,6 @@ struct Run<'a> {
     ctrl_c: watch::Receiver<bool>,
     interrupted: bool,
     tick: tokio::time::Interval,
-    /// Where the server API is, and its `Host`.
-    api_addr: SocketAddr,
-    api_host: String,
     /// This generator's channels, and the subscribers each has among its clients.
     channels: Vec<usize>,
     subscribers: Vec<u64>,
@@ -714,28 +815,35 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         Ok(_) => {}
         Err(e) => eprintln!("volley bench-hub: warning: could not raise the open-file limit: {e}"),
     }
-    let (host, port) = host_port(&args.url)?;
-    let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .with_context(|| format!("resolving {host}"))?
-        .next()
-        .with_context(|| format!("{host}: no address"))?;
-    let sources = super::source_addresses(addr, args.clients, args.source_addrs, args.source_from, "volley bench-hub");
-    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let config = Config::new().ping_interval(None).close_timeout(Duration::from_secs(2)).deflate(None);
-    let channels = args.channels.unwrap_or(args.client_from + args.clients);
-    let prefix = if args.namespace.is_empty() { String::new() } else { format!("{}:", args.namespace) };
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let path = match args.transport {
         Transport::UniWebSocket => "uni_websocket",
         _ => "websocket",
     };
+    let mut nodes = Vec::new();
+    for url in &args.urls {
+        let (host, port) = host_port(url)?;
+        let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .with_context(|| format!("{host}: no address"))?;
+        let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let client =
+            ClientBuilder::new(format!("ws://{authority}/connection/{path}")).no_proxy().config(config.clone());
+        nodes.push(Node { addr, authority, client });
+    }
+    // Source addresses only when every node is at a 127.x.x.x address.
+    let probe = nodes.iter().find(|n| !matches!(n.addr.ip(), IpAddr::V4(ip) if ip.is_loopback())).unwrap_or(&nodes[0]);
+    let sources =
+        super::source_addresses(probe.addr, args.clients, args.source_addrs, args.source_from, "volley bench-hub");
+    let channels = args.channels.unwrap_or(args.client_from + args.clients);
+    let prefix = if args.namespace.is_empty() { String::new() } else { format!("{}:", args.namespace) };
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let plan = Arc::new(Plan {
         transport: args.transport,
-        addr,
-        authority: authority.clone(),
+        nodes,
         sources: sources.clone(),
-        client: ClientBuilder::new(format!("ws://{authority}/connection/{path}")).no_proxy().config(config),
         secret: args.secret.clone(),
         exp: now_s + TOKEN_TTL_S,
         client_from: args.client_from,
@@ -756,18 +864,18 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         ctrl_c: interrupts(),
         interrupted: false,
         tick,
-        api_addr: addr,
-        api_host: authority,
         channels: mine,
         subscribers,
     };
-    let pid = args.server_pid;
-    if let Some(pid) = pid {
+    for &pid in &args.server_pid {
         sys::rss_bytes(pid).with_context(|| format!("reading the memory of process {pid}"))?;
+    }
+    for &pid in &args.broker_pid {
+        sys::cpu_seconds(pid).with_context(|| format!("reading the CPU time of process {pid}"))?;
     }
 
     // Connect every client, at most `connect_concurrency` at once.
-    let before = Sample::take(pid);
+    let before = Sample::take(args);
     let mut tasks = JoinSet::new();
     let connect = run.connect(&mut tasks).await;
     let generator_rss = sys::own_rss_bytes();
@@ -821,14 +929,19 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     tasks.abort_all();
     Ok(Report {
         mode: "hub",
-        url: args.url.clone(),
+        url: args.urls.join(","),
         transport: args.transport,
         clients: args.clients,
         channels,
         client_from: args.client_from,
         size: args.size,
         source_addrs: sources.len().max(1),
-        server_pid: pid,
+        server_pid: match args.server_pid[..] {
+            [pid] => Some(pid),
+            _ => None,
+        },
+        server_pids: (args.server_pid.len() > 1).then(|| args.server_pid.clone()),
+        broker_pids: args.broker_pid.clone(),
         connect,
         subscribe,
         idle,
@@ -898,7 +1011,7 @@ impl Run<'_> {
 
     async fn connect(&mut self, tasks: &mut JoinSet<()>) -> ConnectReport {
         let n = self.args.clients;
-        let start = Sample::take(self.args.server_pid);
+        let start = Sample::take(self.args);
         self.progress.counting("connecting", n);
         let permits = Arc::new(Semaphore::new(self.args.connect_concurrency));
         let attempted = |s: &Shared| s.connected.load(Relaxed) + s.connect_errors.load(Relaxed);
@@ -929,7 +1042,7 @@ impl Run<'_> {
         if !self.interrupted {
             self.wait_for(|s| attempted(s) >= spawned, attempted).await;
         }
-        let end = Sample::take(self.args.server_pid);
+        let end = Sample::take(self.args);
         let last = self.shared.base + Duration::from_micros(self.shared.last_connect_us.load(Relaxed));
         let cost = end.since_until(&start, if last > start.at { last } else { end.at });
         let connected = self.shared.connected.load(Relaxed);
@@ -937,7 +1050,7 @@ impl Run<'_> {
             connected,
             errors: self.shared.connect_errors.load(Relaxed),
             first_error: Shared::first(&self.shared.first_connect_error),
-            cost,
+            cost: cost.clone(),
             per_sec: per(connected as f64, cost.seconds),
             server_cpu_us_each: cost.server_cpu_s.map(|c| per(c * 1e6, connected as f64)),
             latency_us: Latency::take(&self.shared.connect_latency),
@@ -948,12 +1061,12 @@ impl Run<'_> {
 
     async fn subscribe(&mut self, rss_connected: Option<u64>) -> SubscribeReport {
         let alive = self.shared.alive.load(Relaxed);
-        let start = Sample::take(self.args.server_pid);
+        let start = Sample::take(self.args);
         self.progress.counting("subscribing", alive as usize);
         self.shared.set_phase(SUBSCRIBING);
         let answered = |s: &Shared| s.subscribed.load(Relaxed) + s.subscribe_errors.load(Relaxed);
         self.wait_for(|s| answered(s) + s.errors.load(Relaxed) >= alive, answered).await;
-        let end = Sample::take(self.args.server_pid);
+        let end = Sample::take(self.args);
         let last = self.shared.base + Duration::from_micros(self.shared.last_subscribe_us.load(Relaxed));
         let cost = end.since_until(&start, if last > start.at { last } else { end.at });
         let subscribed = self.shared.subscribed.load(Relaxed);
@@ -962,7 +1075,7 @@ impl Run<'_> {
             subscribed,
             errors: self.shared.subscribe_errors.load(Relaxed),
             first_error: Shared::first(&self.shared.first_subscribe_error),
-            cost,
+            cost: cost.clone(),
             per_sec: per(subscribed as f64, cost.seconds),
             server_cpu_us_each: cost.server_cpu_s.map(|c| per(c * 1e6, subscribed as f64)),
             latency_us: Latency::take(&self.shared.subscribe_latency),
@@ -978,8 +1091,7 @@ impl Run<'_> {
     /// Publishes the burst to every channel, waits until every subscribed client has it,
     /// holds the clients idle, and reads the server's memory.
     async fn burst_and_hold(&mut self, rss_before: Option<u64>) -> IdleReport {
-        let pid = self.args.server_pid;
-        let start = Sample::take(pid);
+        let start = Sample::take(self.args);
         let want = self.shared.subscribed.load(Relaxed);
         self.progress.counting("burst", want as usize);
         let calls: Vec<Vec<usize>> =
@@ -988,13 +1100,13 @@ impl Run<'_> {
         let queue = Arc::new(Mutex::new(calls));
         let counters = Arc::new(StepCounters::default());
         let mut publishers = JoinSet::new();
-        for _ in 0..self.args.publishers.min(calls_n as usize) {
+        for p in 0..self.args.publishers.min(calls_n as usize) {
             let (queue, counters, plan, shared) =
                 (queue.clone(), counters.clone(), self.plan.clone(), self.shared.clone());
-            let (addr, host, key, size) =
-                (self.api_addr, self.api_host.clone(), self.args.api_key.clone(), self.args.size);
+            let (key, size) = (self.args.api_key.clone(), self.args.size);
             publishers.spawn(async move {
-                let mut conn = match api::ApiConn::open(addr, &host, &key).await {
+                let node = plan.api_node(p);
+                let mut conn = match api::ApiConn::open(node.addr, &node.authority, &key).await {
                     Ok(c) => c,
                     Err(e) => return counters.failed(e),
                 };
@@ -1014,7 +1126,7 @@ impl Run<'_> {
         if self.args.burst > 0 {
             self.wait_for(|s| s.burst_done.load(Relaxed) >= want, |s| s.burst_done.load(Relaxed)).await;
         }
-        let end = Sample::take(pid);
+        let end = Sample::take(self.args);
         let hold = self.args.hold;
         self.progress.phase("holding", hold);
         let until = Instant::now() + Duration::from_secs_f64(hold);
@@ -1025,7 +1137,7 @@ impl Run<'_> {
                 _ = interrupted_by(&mut self.ctrl_c) => self.interrupted = true,
             }
         }
-        let rss_idle = pid.and_then(|p| sys::rss_bytes(p).ok());
+        let rss_idle = servers_rss(&self.args.server_pid);
         let held = self.shared.alive.load(Relaxed);
         IdleReport {
             burst: self.args.burst,
@@ -1048,7 +1160,6 @@ impl Run<'_> {
     /// One fan-out step: `rate` publications per second, `batch` channels per call.
     async fn step(&mut self, rate: f64, batch: usize) -> StepReport {
         let args = self.args;
-        let pid = args.server_pid;
         let batch = batch.min(self.channels.len());
         let interval = Duration::from_secs_f64(batch as f64 / rate);
         let start = Instant::now() + Duration::from_millis(20);
@@ -1061,9 +1172,10 @@ impl Run<'_> {
         for p in 0..args.publishers {
             let (counters, channels, plan, shared) =
                 (counters.clone(), channels.clone(), self.plan.clone(), self.shared.clone());
-            let (addr, host, key, size) = (self.api_addr, self.api_host.clone(), args.api_key.clone(), args.size);
+            let (key, size) = (args.api_key.clone(), args.size);
             publishers.spawn(async move {
-                let mut conn = match api::ApiConn::open(addr, &host, &key).await {
+                let node = plan.api_node(p);
+                let mut conn = match api::ApiConn::open(node.addr, &node.authority, &key).await {
                     Ok(c) => c,
                     Err(e) => {
                         counters.failed(e);
@@ -1100,13 +1212,13 @@ impl Run<'_> {
         self.shared.set_phase(WARMUP);
         self.progress.phase(&format!("{} pub/s", thousands(rate as u64)), args.warmup + args.duration);
         self.sleep_until(measure_at).await;
-        let measured_start = Sample::take(pid);
+        let measured_start = Sample::take(args);
         let delivered_start = self.shared.received.load(Relaxed);
         self.shared.set_phase(MEASURING);
         self.sleep_until(end).await;
         self.shared.flushed.store(0, Relaxed);
         self.shared.set_phase(HOLDING);
-        let measured_end = Sample::take(pid);
+        let measured_end = Sample::take(args);
         let delivered = self.shared.received.load(Relaxed) - delivered_start;
         while publishers.join_next().await.is_some() {}
         // Drain: what was published arrives, or counts as lost.
@@ -1165,10 +1277,16 @@ impl Run<'_> {
             api_calls: counters.calls.load(Relaxed),
             api_errors: counters.errors.load(Relaxed),
             first_api_error: Shared::first(&counters.first_error),
-            cost,
+            cost: cost.clone(),
             deliveries: delivered,
             deliveries_per_sec: per(delivered as f64, cost.seconds),
             deliveries_per_server_cpu_s: cost.server_cpu_s.filter(|c| *c > 0.0).map(|c| delivered as f64 / c),
+            deliveries_per_server_and_broker_cpu_s: cost
+                .server_cpu_s
+                .zip(cost.broker_cpu_s)
+                .map(|(s, b)| s + b)
+                .filter(|c| *c > 0.0)
+                .map(|c| delivered as f64 / c),
             publications_per_sec: per(counters.measured.load(Relaxed) as f64, cost.seconds),
             latency_us: latency,
             lost,
@@ -1244,9 +1362,26 @@ impl Report {
             Some(l) => format!("p50 {}  p99 {}  max {}", micros(l.p50), micros(l.p99), micros(l.max)),
             None => "–".to_string(),
         };
-        let cpu = |c: &Cost| match c.server_cpu_s {
-            Some(s) => format!("{s:.2} s server CPU ({:.0}% of one core)", 100.0 * per(s, c.cpu_window_s)),
-            None => "server CPU not measured".to_string(),
+        let cpu = |c: &Cost| {
+            let mut text = match c.server_cpu_s {
+                Some(s) => format!("{s:.2} s server CPU ({:.0}% of one core)", 100.0 * per(s, c.cpu_window_s)),
+                None => "server CPU not measured".to_string(),
+            };
+            let each = |v: &[f64]| v.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(" + ");
+            if let Some(v) = &c.server_cpu_each_s {
+                text += &format!(" = {} s by node", each(v));
+            }
+            if let Some(b) = c.broker_cpu_s {
+                text += &format!("; {b:.2} s broker CPU ({:.0}% of one core)", 100.0 * per(b, c.cpu_window_s));
+                if let Some(v) = &c.broker_cpu_each_s {
+                    text += &format!(" = {} s by process", each(v));
+                }
+            }
+            if let Some(v) = &c.cores_busy {
+                let busy: Vec<String> = v.iter().map(|b| format!("{:.0}%", 100.0 * b)).collect();
+                text += &format!("; cores busy {}", busy.join(" "));
+            }
+            text
         };
         let opt_bytes = |v: Option<f64>| v.map_or("?".to_string(), bytes);
         println!(
@@ -1322,7 +1457,10 @@ impl Report {
             );
         }
         for s in &self.fanout {
-            let per_cpu = s.deliveries_per_server_cpu_s.map_or("?".to_string(), |d| thousands(d.round() as u64));
+            let mut per_cpu = s.deliveries_per_server_cpu_s.map_or("?".to_string(), |d| thousands(d.round() as u64));
+            if let Some(d) = s.deliveries_per_server_and_broker_cpu_s {
+                per_cpu += &format!(" ({} with the broker's)", thousands(d.round() as u64));
+            }
             row(
                 &format!("{} pub/s × {}", thousands(s.rate as u64), s.batch),
                 format!(
@@ -1374,5 +1512,61 @@ mod tests {
         let picks: Vec<usize> = (0..1000).map(|_| r.below(10)).collect();
         assert!(picks.iter().all(|&p| p < 10));
         assert!((0..10).all(|v| picks.contains(&v)), "every channel comes up");
+    }
+
+    /// `volley bench-hub`'s flags alone, parsed as the command line gives them.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(line: &[&str]) -> Args {
+        use clap::Parser as _;
+        let mut argv = vec!["bench-hub", "--secret", "s", "--api-key", "k"];
+        argv.extend_from_slice(line);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn several_nodes_share_the_clients_and_the_publishers() {
+        let listed = parse(&["http://127.0.0.1:8001,http://127.0.0.1:8002", "http://127.0.0.1:8003"]);
+        assert_eq!(listed.urls, ["http://127.0.0.1:8001", "http://127.0.0.1:8002", "http://127.0.0.1:8003"]);
+        let pids =
+            parse(&["http://127.0.0.1:8001", "--server-pid", "10,11", "--server-pid", "12", "--broker-pid", "9"]);
+        assert_eq!((pids.server_pid, pids.broker_pid), (vec![10, 11, 12], vec![9]));
+        assert!(parse(&["http://127.0.0.1:8001,https://example.com"]).check().is_err(), "every URL is checked");
+        use clap::Parser as _;
+        assert!(Cli::try_parse_from(["bench-hub", "--secret", "s", "--api-key", "k"]).is_err(), "a URL is needed");
+
+        let node = |port: u16| Node {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            authority: format!("127.0.0.1:{port}"),
+            client: ClientBuilder::new(format!("ws://127.0.0.1:{port}/connection/websocket")),
+        };
+        let plan = |client_from: usize, nodes: Vec<Node>| Plan {
+            transport: Transport::WebSocket,
+            nodes,
+            sources: Vec::new(),
+            secret: "s".to_string(),
+            exp: 0,
+            client_from,
+            channels: 1,
+            prefix: String::new(),
+            burst: 0,
+            subscribe_at_once: false,
+        };
+        let port = |n: &Node| n.addr.port();
+        // Client number N (its index plus --client-from) goes to node N modulo 3.
+        let three = plan(4, vec![node(8001), node(8002), node(8003)]);
+        let clients: Vec<u16> = (0..6).map(|i| port(three.node(i))).collect();
+        assert_eq!(clients, [8002, 8003, 8001, 8002, 8003, 8001]);
+        assert_eq!(three.node(0).authority, "127.0.0.1:8002");
+        // Publisher J goes through node J modulo 3, whatever the clients' numbers.
+        let publishers: Vec<u16> = (0..5).map(|j| port(three.api_node(j))).collect();
+        assert_eq!(publishers, [8001, 8002, 8003, 8001, 8002]);
+        // One node takes everything.
+        let one = plan(7, vec![node(9000)]);
+        assert!((0..10).all(|i| port(one.node(i)) == 9000 && port(one.api_node(i)) == 9000));
     }
 }

@@ -23,7 +23,7 @@ use volley::{CloseCode, Message};
 
 use super::super::conn::{open_ws, Ws};
 use super::client::Tally;
-use super::{Plan, Shared, Transport, MEASURING, STOPPED};
+use super::{Node, Plan, Shared, Transport, MEASURING, STOPPED};
 
 /// The id of the bidirectional emulation's `connect` command.
 const CONNECT_ID: u32 = 1;
@@ -62,7 +62,8 @@ pub async fn run(index: usize, plan: Arc<Plan>, shared: Arc<Shared>, permit: Own
     // The subscription came with the connect.
     shared.connected(started.elapsed());
     shared.subscribed(started.elapsed());
-    let mut reader = Reader { feed, session, shared: shared.clone(), plan: plan.clone(), tally: Tally::default() };
+    let mut reader =
+        Reader { index, feed, session, shared: shared.clone(), plan: plan.clone(), tally: Tally::default() };
     shared.alive.fetch_add(1, Relaxed);
     let result = reader.live(&mut phase).await;
     reader.publish();
@@ -106,8 +107,8 @@ async fn http(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
     Ok(sender)
 }
 
-fn request(plan: &Plan, method: &str, path: &str, body: Option<String>) -> Result<hyper::Request<Full<Bytes>>, String> {
-    let mut r = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, &plan.authority);
+fn request(node: &Node, method: &str, path: &str, body: Option<String>) -> Result<hyper::Request<Full<Bytes>>, String> {
+    let mut r = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, &node.authority);
     if body.is_some() {
         r = r.header(hyper::header::CONTENT_TYPE, "application/json");
     }
@@ -126,10 +127,11 @@ async fn call(sender: &mut SendRequest<Full<Bytes>>, req: hyper::Request<Full<By
 /// Opens the reader's feed, subscribed; with the emulation's session and node.
 async fn open(index: usize, plan: &Plan) -> Result<(Feed, Option<(String, String)>), String> {
     let channel = plan.channel_of(index);
+    let node = plan.node(index);
     let uni_query = format!("channel={}&token={}", encode(&channel), encode(&plan.token(index)));
     let stream_path = match plan.transport {
         Transport::UniWebSocket => {
-            let mut ws = open_ws(index, plan.addr, &plan.sources, &plan.client).await?;
+            let mut ws = open_ws(index, node.addr, &plan.sources, &node.client).await?;
             let token = plan.token(index);
             let first = format!("{{\"token\":\"{token}\",\"channels\":[\"{channel}\"]}}");
             ws.send(Message::text(first)).await.map_err(|e| format!("sending connect: {e}"))?;
@@ -141,16 +143,16 @@ async fn open(index: usize, plan: &Plan) -> Result<(Feed, Option<(String, String
             };
         }
         Transport::UniLongPoll => {
-            let mut sender = http(plan.addr).await?;
+            let mut sender = http(node.addr).await?;
             let path = format!("/connection/uni_long_poll?{uni_query}");
-            let (status, body) = call(&mut sender, request(plan, "GET", &path, None)?).await?;
+            let (status, body) = call(&mut sender, request(node, "GET", &path, None)?).await?;
             if status != 200 {
                 return Err(format!("HTTP {status}: {}", excerpt(&body)));
             }
             let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("the first answer: {e}"))?;
             let cursor = v["position"].as_str().ok_or("the first answer has no position")?.to_string();
             return Ok((
-                Feed::Poll { sender, authority: plan.authority.clone(), query: uni_query, cursor, inflight: None },
+                Feed::Poll { sender, authority: node.authority.clone(), query: uni_query, cursor, inflight: None },
                 None,
             ));
         }
@@ -169,9 +171,9 @@ async fn open(index: usize, plan: &Plan) -> Result<(Feed, Option<(String, String
         Transport::WebSocket => return Err("a WebSocket client is not a reader".to_string()),
     };
     let (method, path, body) = stream_path;
-    let mut sender = http(plan.addr).await?;
+    let mut sender = http(node.addr).await?;
     sender.ready().await.map_err(|e| e.to_string())?;
-    let response = sender.send_request(request(plan, method, &path, body)?).await.map_err(|e| e.to_string())?;
+    let response = sender.send_request(request(node, method, &path, body)?).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     if status != 200 {
         let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -271,6 +273,8 @@ impl Feed {
 }
 
 struct Reader {
+    /// Its number in this generator (its node follows).
+    index: usize,
     feed: Feed,
     /// The emulation's session and node, where pongs go.
     session: Option<(String, String)>,
@@ -333,7 +337,8 @@ impl Reader {
 
     /// Answers the emulation's ping through `/emulation`, on a connection of its own.
     fn pong(&self, session: String, node: String) {
-        let (addr, authority) = (self.plan.addr, self.plan.authority.clone());
+        let hub = self.plan.node(self.index);
+        let (addr, authority) = (hub.addr, hub.authority.clone());
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let body = serde_json::json!({ "session": session, "node": node, "data": "{}" }).to_string();
