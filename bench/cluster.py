@@ -42,7 +42,6 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -154,24 +153,10 @@ class Redis:
         return out
 
     def log_tail(self):
-        try:
-            with open(os.path.join(self.dir, "redis.log"), errors="replace") as f:
-                return " | ".join(f.read().strip().splitlines()[-3:])
-        except OSError:
-            return ""
+        return hub.last_lines(os.path.join(self.dir, "redis.log"))
 
     def stop(self):
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.kill(self.proc.pid, sig)
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=10)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-        self.proc.wait()
+        hub.stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

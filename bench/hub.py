@@ -351,26 +351,38 @@ class Hub:
             return None
 
     def stderr_tail(self):
-        try:
-            with open(self.errlog.name, errors="replace") as f:
-                return " | ".join(f.read().strip().splitlines()[-3:])
-        except OSError:
-            return ""
+        return last_lines(self.errlog.name)
 
     def stop(self):
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=30)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-        self.proc.wait()
+        stop_process(self.proc, group=True, timeout=30)
         self.proc.stdout.close()
         self.errlog.close()
+
+
+def last_lines(path, n=3):
+    """The last `n` lines of a log file, on one line ("" if it cannot be read)."""
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(f.read().strip().splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def stop_process(proc, group=False, timeout=10):
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` s (to its process
+    group with `group`), and waits for it."""
+    kill = os.killpg if group else os.kill
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            kill(proc.pid, sig)
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+    proc.wait()
 
 
 def generator_cmd(volley, hub, secret, clients, channels=None, rates=(), batches=(1,), conf=None, extra=()):

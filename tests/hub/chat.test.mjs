@@ -5,11 +5,8 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { chromium } from 'playwright-core';
+import { launchChromium, messages, people, say, tab as openTab } from './chat_page.mjs';
 import { startServe } from './lib.mjs';
-
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
 let server;
 let base;
@@ -18,7 +15,7 @@ let browser;
 before(async () => {
   server = await startServe(['--listen', '127.0.0.1:0']);
   base = server.base;
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium', args: CHROMIUM_ARGS });
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -26,22 +23,7 @@ after(async () => {
   await server?.stop();
 });
 
-async function tab() {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  await page.goto(base);
-  await page.waitForFunction(() => document.body.dataset.state === 'connected', null, { timeout: 10000 });
-  const name = await page.evaluate(() => window.demo.name);
-  return { page, name };
-}
-
-async function say(page, text) {
-  await page.fill('#text', text);
-  await page.click('form button');
-}
-
-const messages = (page) => page.$$eval('#log li.message', (lis) => lis.map((li) => li.textContent));
-const people = (page) => page.$$eval('#people li', (lis) => lis.map((li) => li.textContent).sort());
+const tab = () => openTab(browser, base);
 
 test('two tabs see each other, each other\'s messages, joins and leaves, and the last messages on load', async () => {
   const a = await tab();

@@ -7,19 +7,16 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { chromium } from 'playwright-core';
+import { launchChromium, messages, people, present, say, tab as openTab } from './chat_page.mjs';
 import { balancer, startRedis, startServe } from './lib.mjs';
 import { uniquePrefix } from './nodes.mjs';
-
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
 let redis;
 let browser;
 
 before(async () => {
   redis = await startRedis();
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium', args: CHROMIUM_ARGS });
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -46,24 +43,7 @@ async function demoNodes(t, args = []) {
   return nodes;
 }
 
-async function tab(base) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  await page.goto(base);
-  await page.waitForFunction(() => document.body.dataset.state === 'connected', null, { timeout: 10000 });
-  const name = await page.evaluate(() => window.demo.name);
-  return { page, name };
-}
-
-async function say(page, text) {
-  await page.fill('#text', text);
-  await page.click('form button');
-}
-
-const messages = (page) => page.$$eval('#log li.message', (lis) => lis.map((li) => li.textContent));
-const people = (page) => page.$$eval('#people li', (lis) => lis.map((li) => li.textContent).sort());
-const present = (page, name) => page.waitForFunction(
-  (n) => [...document.querySelectorAll('#people li')].some((li) => li.textContent === n), name);
+const tab = (base) => openTab(browser, base);
 
 test('tabs on two nodes see each other, each other\'s messages, joins and leaves, and the last messages on load', async (t) => {
   const [x, y] = await demoNodes(t);

@@ -28,6 +28,21 @@ after(async () => { await redis?.stop(); });
 /** `n` nodes on the file's Redis, or on `url`. */
 const startNodes = (t, n, { url = redis.url, ...opts } = {}) => startNodesOn(t, n, url, opts);
 
+// A client on each of nodes `a` and `b` watching `ch` (their drops recorded), and a
+// publisher through `b` that never stops, once both clients saw its first numbers.
+async function watchedOnBoth(t, a, b, ch) {
+  const clients = [await connected(client(a.addr, { token: token({ sub: 'u1' }) })), await connected(client(b.addr, { token: token({ sub: 'u2' }) }))];
+  t.after(() => clients.forEach((c) => c.disconnect()));
+  const drops = [];
+  for (const c of clients) c.on('disconnected', (ctx) => drops.push(ctx)).on('connecting', (ctx) => drops.push(ctx));
+  const journals = [];
+  for (const c of clients) journals.push(await watched(c, ch));
+  const pub = publisher(b, ch, { pause: 20 });
+  t.after(() => pub.stop());
+  await waitFor(() => journals.every((j) => j.seen().length >= 5), 'the first publications');
+  return { clients, drops, journals, pub };
+}
+
 describe('several nodes on one Redis', () => {
   test('a client on node A receives what the API published on node B, and what a client on B published', async (t) => {
     const [a, b] = await startNodes(t, 2);
@@ -359,15 +374,7 @@ describe('failures', () => {
     t.after(() => door.close());
     const [a, b] = await startNodes(t, 2, { url: door.url, extra });
     const ch = 'long:redis-away';
-    const clients = [await connected(client(a.addr, { token: token({ sub: 'u1' }) })), await connected(client(b.addr, { token: token({ sub: 'u2' }) }))];
-    t.after(() => clients.forEach((c) => c.disconnect()));
-    const drops = [];
-    for (const c of clients) c.on('disconnected', (ctx) => drops.push(ctx)).on('connecting', (ctx) => drops.push(ctx));
-    const journals = [];
-    for (const c of clients) journals.push(await watched(c, ch));
-    const pub = publisher(b, ch, { pause: 20 });
-    t.after(() => pub.stop());
-    await waitFor(() => journals.every((j) => j.seen().length >= 5), 'the first publications');
+    const { clients, drops, journals, pub } = await watchedOnBoth(t, a, b, ch);
 
     await door.down();
     for (const node of [a, b]) await waitFor(async () => await ready(node) === 503, `/ready 503 on ${node.addr}`);
@@ -405,15 +412,7 @@ describe('failures', () => {
     // Commands that get no answer fail after 1 s (5 s by default).
     const [a, b] = await startNodes(t, 2, { url: own.url, extra, redis: { command_timeout: '1s' } });
     const ch = 'long:redis-frozen';
-    const clients = [await connected(client(a.addr, { token: token({ sub: 'u1' }) })), await connected(client(b.addr, { token: token({ sub: 'u2' }) }))];
-    t.after(() => clients.forEach((c) => c.disconnect()));
-    const drops = [];
-    for (const c of clients) c.on('disconnected', (ctx) => drops.push(ctx)).on('connecting', (ctx) => drops.push(ctx));
-    const journals = [];
-    for (const c of clients) journals.push(await watched(c, ch));
-    const pub = publisher(b, ch, { pause: 20 });
-    t.after(() => pub.stop());
-    await waitFor(() => journals.every((j) => j.seen().length >= 5), 'the first publications');
+    const { clients, drops, journals, pub } = await watchedOnBoth(t, a, b, ch);
 
     own.pause();
     t.after(() => own.resume());

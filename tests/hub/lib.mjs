@@ -198,15 +198,7 @@ function reset(socket) {
 export async function cutter(target) {
   const [host, port] = target.split(':');
   const sockets = new Set();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(Number(port), host);
-    client.pipe(upstream);
-    upstream.pipe(client);
-    const pair = [client, upstream];
-    sockets.add(pair);
-    const end = () => { client.destroy(); upstream.destroy(); sockets.delete(pair); };
-    client.on('error', end); upstream.on('error', end); client.on('close', end); upstream.on('close', end);
-  });
+  const server = net.createServer((client) => splice(client, net.connect(Number(port), host), sockets));
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   return {
     addr: `127.0.0.1:${server.address().port}`,

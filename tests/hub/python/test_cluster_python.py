@@ -5,29 +5,13 @@ Protobuf, and presence and history agree from both."""
 import asyncio
 import json
 import os
-import time
 import unittest
 
 from cent import Client as ApiClient, HistoryRequest, PresenceRequest, PublishRequest
-from centrifuge import Client, SubscriptionEventHandler
+from centrifuge import Client
 
 from hub import API_KEY, Hub, Redis, on_redis, token
-
-
-class Collector(SubscriptionEventHandler):
-    def __init__(self):
-        self.publications = []
-
-    async def on_publication(self, ctx):
-        self.publications.append(ctx.pub)
-
-
-async def wait_for(cond, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+from test_centrifuge_python import Collector, wait_for
 
 
 class TwoNodes(unittest.IsolatedAsyncioTestCase):
