@@ -43,6 +43,25 @@ async function watchedOnBoth(t, a, b, ch) {
   return { clients, drops, journals, pub };
 }
 
+// Brings Redis back (`back()`), then: both nodes ready again, publishing again, failed
+// publishes failed with 100, and every client got every number once (a number whose
+// publish failed at most once), never a silent gap.
+async function healed(nodes, ch, pub, journals, back) {
+  const backAt = pub.count;
+  await back();
+  for (const node of nodes) await waitFor(async () => await ready(node) === 200, `/ready 200 again on ${node.addr}`, 15000);
+  await waitFor(() => pub.ok.filter((n) => n > backAt).length >= 20, 'publishing again', 15000);
+  await pub.stop();
+  assert.deepEqual([...new Set(pub.failed.map(([, code]) => code))], [100], 'failed publishes fail with 100');
+  const expected = await publishMore(nodes[0], ch, pub);
+  const uncertain = new Set(pub.failed.map(([n]) => n));
+  for (const [i, j] of journals.entries()) {
+    await waitFor(() => j.seen().at(-1) === expected.at(-1), `client ${i}: every number`, 15000);
+    assertNoSilentGap(j.log, expected, `client ${i}`, uncertain);
+    assert.deepEqual(j.seen().filter((n) => !uncertain.has(n)), expected, `client ${i} lost nothing: ${JSON.stringify(j.log)}`);
+  }
+}
+
 describe('several nodes on one Redis', () => {
   test('a client on node A receives what the API published on node B, and what a client on B published', async (t) => {
     const [a, b] = await startNodes(t, 2);
@@ -387,20 +406,10 @@ describe('failures', () => {
     assert.equal(await ready(a), 503);
     assert.equal(await ready(b), 503);
 
-    const backAt = pub.count;
-    await door.up();
-    for (const node of [a, b]) await waitFor(async () => await ready(node) === 200, `/ready 200 again on ${node.addr}`, 15000);
-    await waitFor(() => pub.ok.filter((n) => n > backAt).length >= 20, 'publishing again', 15000);
-    await pub.stop();
-    assert.deepEqual([...new Set(pub.failed.map(([, code]) => code))], [100], 'failed publishes fail with 100');
-    const expected = await publishMore(a, ch, pub);
     // Redis kept its data: whether the nodes resubscribed in time or a client was made
     // to resubscribe and recover, every number published arrives, once.
-    const uncertain = new Set(pub.failed.map(([n]) => n));
+    await healed([a, b], ch, pub, journals, () => door.up());
     for (const [i, j] of journals.entries()) {
-      await waitFor(() => j.seen().at(-1) === expected.at(-1), `client ${i}: every number`, 15000);
-      assert.deepEqual(j.seen().filter((n) => !uncertain.has(n)), expected, `client ${i}: ${JSON.stringify(j.log)}`);
-      assertNoSilentGap(j.log, expected, `client ${i}`, uncertain);
       assert.ok(j.subscribes().every((e) => e.recovered || !e.wasRecovering), `client ${i} never lost its position: ${JSON.stringify(j.log)}`);
     }
     assert.deepEqual(drops, [], 'no client was disconnected');
@@ -421,21 +430,9 @@ describe('failures', () => {
     assert.deepEqual(drops, []);
     for (const c of clients) assert.equal(c.state, 'connected');
 
-    const backAt = pub.count;
-    own.resume();
-    for (const node of [a, b]) await waitFor(async () => await ready(node) === 200, `/ready 200 again on ${node.addr}`, 15000);
-    await waitFor(() => pub.ok.filter((n) => n > backAt).length >= 20, 'publishing again', 15000);
-    await pub.stop();
-    assert.deepEqual([...new Set(pub.failed.map(([, code]) => code))], [100], 'failed publishes fail with 100');
-    const expected = await publishMore(a, ch, pub);
     // Redis kept its data; a publish that timed out may still have been run when Redis
     // woke up.
-    const uncertain = new Set(pub.failed.map(([n]) => n));
-    for (const [i, j] of journals.entries()) {
-      await waitFor(() => j.seen().at(-1) === expected.at(-1), `client ${i}: every number`, 15000);
-      assertNoSilentGap(j.log, expected, `client ${i}`, uncertain);
-      assert.deepEqual(j.seen().filter((n) => !uncertain.has(n)), expected, `client ${i} lost nothing: ${JSON.stringify(j.log)}`);
-    }
+    await healed([a, b], ch, pub, journals, () => own.resume());
     assert.deepEqual(drops, [], 'no client was disconnected');
   });
 
