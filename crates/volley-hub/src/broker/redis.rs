@@ -148,6 +148,13 @@ impl Conn {
         }
     }
 
+    async fn query_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => pipe.query_async(&mut c.clone()).await,
+        }
+    }
+
     async fn subscribe(&self, name: &str) -> redis::RedisResult<()> {
         match self {
             Conn::Single(c) => {
@@ -944,15 +951,7 @@ impl Broker for RedisBroker {
                 .arg(inner.key(&channel, "pz"))
                 .arg(&client)
                 .ignore();
-            let conn = &inner.shard_of(&channel).conn;
-            inner
-                .timed(async {
-                    match conn {
-                        Conn::Single(c) => pipe.query_async::<()>(&mut c.clone()).await,
-                        Conn::Cluster(c) => pipe.query_async::<()>(&mut c.clone()).await,
-                    }
-                })
-                .await
+            inner.timed(inner.shard_of(&channel).conn.query_pipe::<()>(&pipe)).await
         })
     }
 
