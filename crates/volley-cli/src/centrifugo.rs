@@ -53,7 +53,7 @@ const RECOVERY_MAX_PUBLICATION_LIMIT: u64 = 300;
 const ALL_INTERFACES: &str = "0.0.0.0";
 
 /// The sections of Volley's configuration (the top-level keys of `ServeConfig`).
-const VOLLEY_SECTIONS: [&str; 15] = [
+const VOLLEY_SECTIONS: [&str; 16] = [
     "http_server",
     "client",
     "channel",
@@ -66,6 +66,7 @@ const VOLLEY_SECTIONS: [&str; 15] = [
     "uni_http_stream",
     "uni_websocket",
     "uni_long_polling",
+    "pusher",
     "demo",
     "shutdown",
     "broker",

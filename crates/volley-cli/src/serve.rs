@@ -81,6 +81,8 @@ pub struct ServeConfig {
     pub uni_websocket: UniConfig,
     /// Long polling.
     pub uni_long_polling: LongPollingConfig,
+    /// Pusher Channels compatibility: the apps.
+    pub pusher: volley_hub::pusher::PusherConfig,
     /// The chat demo at `/`.
     pub demo: Demo,
     /// Shutdown.
@@ -104,6 +106,7 @@ impl ServeConfig {
             uni_http_stream: self.uni_http_stream.clone(),
             uni_websocket: self.uni_websocket.clone(),
             uni_long_polling: self.uni_long_polling.clone(),
+            pusher: self.pusher.clone(),
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct HubConfig {
     pub uni_websocket: UniConfig,
     /// Long polling (`/connection/uni_long_poll`).
     pub uni_long_polling: LongPollingConfig,
+    /// Pusher Channels compatibility: the apps Pusher clients and backends use.
+    pub pusher: crate::pusher::PusherConfig,
 }
 
 /// A unidirectional transport's switch, and the size of the connect request it takes.

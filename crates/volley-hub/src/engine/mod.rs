@@ -432,6 +432,7 @@ impl Hub {
         if lp.enabled && lp.max_buffer_size == 0 {
             return Err(ConfigError("long_poll.max_buffer_size: must be more than 0".into()));
         }
+        config.pusher.check().map_err(ConfigError)?;
         let verifier =
             TokenVerifier::new(&config.client.token).map_err(|e| ConfigError(format!("client.token: {e}")))?;
         let sub_verifier = match &config.client.subscription_token {
