@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{duration, ChannelOptions};
 
+pub mod sign;
+
 /// The tag that holds a publication's Pusher event name.
 pub const TAG_EVENT: &str = "event";
 /// The tag that holds the user id of a client event's sender on a presence channel.
