@@ -1612,6 +1612,28 @@ mod tests {
     }
 
     #[test]
+    fn each_protocol_asks_for_its_credentials() {
+        use clap::Parser as _;
+        let args = |line: &[&str]| {
+            let mut argv = vec!["bench-hub", "http://127.0.0.1:6001"];
+            argv.extend_from_slice(line);
+            Cli::try_parse_from(argv).unwrap().args
+        };
+        assert!(args(&[]).check().is_err(), "Centrifugo's needs the token secret and the API key");
+        assert!(args(&["--secret", "s", "--api-key", "k"]).check().is_ok());
+        let pusher = ["--protocol", "pusher", "--api-key", "app-key", "--secret", "s"];
+        assert!(args(&pusher).check().is_err(), "Pusher's needs the app's id");
+        let mut with_id = pusher.to_vec();
+        with_id.extend(["--app-id", "1001"]);
+        assert!(args(&with_id).check().is_ok());
+        with_id.extend(["--transport", "uni_sse"]);
+        assert!(args(&with_id).check().is_err(), "a Pusher client is a WebSocket client");
+        assert!(args(&["--protocol", "pusher", "--api-key", "a/b", "--secret", "s", "--app-id", "1"]).check().is_err());
+        assert!(args(&["--protocol", "socketio"]).check().is_ok(), "Socket.IO's needs nothing");
+        assert!(matches!(args(&["--protocol", "socketio"]).publisher(), api::Publisher::SocketIo));
+    }
+
+    #[test]
     fn several_nodes_share_the_clients_and_the_publishers() {
         let listed = parse(&["http://127.0.0.1:8001,http://127.0.0.1:8002", "http://127.0.0.1:8003"]);
         assert_eq!(listed.urls, ["http://127.0.0.1:8001", "http://127.0.0.1:8002", "http://127.0.0.1:8003"]);
