@@ -450,7 +450,9 @@ def write_report(args, results, facts, started, finished, out_dir, command):
               "Centrifugo's protocol (server API) and over Pusher's (Pusher HTTP API)")
     md.append(f"- **Sockudo** {v.get('sockudo') or '(not installed)'} from crates.io (`cargo install sockudo --locked`"
               ", default features), its defaults but: rate limiter off, no connection limit (server and app), "
-              "the queue in memory (webhooks are unused), one app; adapter `local`, metrics as by default")
+              "the queue in memory (webhooks are unused), one app; adapter `local`, metrics as by default. Its HTTP "
+              "API answers every request with `Connection: close`: the generator opens a connection for each call, "
+              "as a backend's HTTP client would, and that work is in Sockudo's CPU time")
     md.append(f"- **Socket.IO** {v.get('socket.io') or '(not installed)'} on Node.js {v.get('node') or '?'}: "
               "bench/peers/socketio-server.mjs, default options, a `subscribe` event joins a room, "
               "`POST /publish` emits to rooms")

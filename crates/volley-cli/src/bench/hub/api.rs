@@ -44,6 +44,7 @@ pub enum Publisher {
 /// One HTTP/1.1 connection to the server API; one call at a time.
 pub struct ApiConn {
     sender: SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
     host: String,
     publisher: Publisher,
 }
@@ -52,15 +53,8 @@ impl ApiConn {
     /// Connects to the server at `addr`, whose `Host` is `host`, to publish through
     /// `publisher`.
     pub async fn open(addr: SocketAddr, host: &str, publisher: &Publisher) -> Result<Self, String> {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("server API: connect {addr}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| format!("server API: TCP_NODELAY: {e}"))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("server API: handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(ApiConn { sender, host: host.to_owned(), publisher: publisher.clone() })
+        let sender = connect(addr).await?;
+        Ok(ApiConn { sender, addr, host: host.to_owned(), publisher: publisher.clone() })
     }
 
     /// Publishes `data` (a JSON object) to `channels` in one call: `publish` or
@@ -116,15 +110,32 @@ impl ApiConn {
         Ok(())
     }
 
-    /// POSTs the JSON `body` to `uri`; the answer's body if its status is a success.
+    /// POSTs the JSON `body` to `uri`; the answer's body if its status is a success. A
+    /// connection the server closed between two requests (Sockudo closes kept-alive
+    /// ones) is opened again, and a request it closed before answering sent once more
+    /// on the new one, as an HTTP client's pool does.
     async fn send(&mut self, what: &str, uri: String, body: String) -> Result<Bytes, String> {
-        self.sender.ready().await.map_err(|e| format!("{what}: {e}"))?;
-        let request = hyper::Request::post(uri)
-            .header(hyper::header::HOST, &self.host)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("{what}: {e}"))?;
-        let response = self.sender.send_request(request).await.map_err(|e| format!("{what}: {e}"))?;
+        let body = Bytes::from(body);
+        let mut again = false;
+        let response = loop {
+            if self.sender.ready().await.is_err() {
+                self.sender = connect(self.addr).await.map_err(|e| format!("{what}: {e}"))?;
+                self.sender.ready().await.map_err(|e| format!("{what}: {e}"))?;
+            }
+            let request = hyper::Request::post(uri.as_str())
+                .header(hyper::header::HOST, &self.host)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(body.clone()))
+                .map_err(|e| format!("{what}: {e}"))?;
+            match self.sender.send_request(request).await {
+                Ok(response) => break response,
+                Err(e) if !again && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) => {
+                    again = true;
+                    self.sender = connect(self.addr).await.map_err(|e| format!("{what}: {e}"))?;
+                }
+                Err(e) => return Err(format!("{what}: {e}")),
+            }
+        };
         let status = response.status();
         let body =
             response.into_body().collect().await.map_err(|e| format!("{what}: reading the answer: {e}"))?.to_bytes();
@@ -133,6 +144,19 @@ impl ApiConn {
         }
         Ok(body)
     }
+}
+
+/// A kept-alive HTTP/1.1 connection to `addr`.
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| format!("server API: connect {addr}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| format!("server API: TCP_NODELAY: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("server API: handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// The body of a Pusher `events` request: event [`EVENT`] to `channels`, its `data` the
