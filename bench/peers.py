@@ -140,7 +140,8 @@ secret = "{app_secret}"
 def sockudo_config(port, metrics_port, app_secret):
     """Sockudo's configuration: its defaults (local adapter, memory app manager and
     cache, metrics on), the rate limiter off, no connection limit, the queue (webhooks,
-    unused here) in memory rather than on a Redis, and one app."""
+    unused here) in memory rather than on a Redis, a short grace period at stop, and one
+    app."""
     return {
         "host": "127.0.0.1",
         "port": port,
@@ -153,6 +154,9 @@ def sockudo_config(port, metrics_port, app_secret):
         "queue": {"driver": "memory"},
         "rate_limiter": {"enabled": False},
         "max_connections": 0,
+        # Seconds it waits for connections to close when stopped (10 by default): the
+        # runs stop it between cases.
+        "shutdown_grace_period": 1,
         "metrics": {"enabled": True, "host": "127.0.0.1", "port": metrics_port},
     }
 
