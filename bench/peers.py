@@ -355,7 +355,8 @@ def figures(case, data):
             f["p50_us"] = get(s, "latency_us", "p50")
             f["p99_us"] = get(s, "latency_us", "p99")
             f["best_rate"] = s["rate"]
-        f["steps"] = {f"{st['rate']:g}": {"p50_us": get(st, "latency_us", "p50"), "p99_us": get(st, "latency_us", "p99"),
+        f["steps"] = {f"{st['rate']:g}": {"p50_us": get(st, "latency_us", "p50"),
+                                          "p99_us": get(st, "latency_us", "p99"),
                                           "stopped": bool(st.get("stopped"))} for st in data.get("fanout") or []}
     return f
 
@@ -606,7 +607,8 @@ which core was busy.
     return path
 
 
-SAVED_ARGS = ["reps", "duration", "warmup", "only", "servers", "clients", "many_clients", "batch", "held_counts", "held_ramp", "quick",
+SAVED_ARGS = ["reps", "duration", "warmup", "only", "servers", "clients", "many_clients", "batch", "held_counts",
+              "held_ramp", "quick",
               "server_core", "client_core", "max_p99"]
 
 
