@@ -19,6 +19,9 @@
 #             tests/hub/redis_cluster.test.mjs, tests/hub/chat_cluster.test.mjs,
 #             tests/hub/python/test_cluster_python.py):
 #             each test starts its own redis-server processes on free loopback ports
+#   bench     `npm ci` in bench/peers (socket.io): the Socket.IO row of bench/peers.py,
+#             which bench/smoke.sh runs (Sockudo, its other peer, is not installed here:
+#             bench/install-peers.sh builds it, and the smoke run skips its row)
 #
 # To add a section: write an `install_<name>` function below and append <name> to
 # SECTIONS. Use `apt_install` for Debian packages (it runs `apt-get update` at most
@@ -26,7 +29,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SECTIONS=(browser hub proxies terminal redis)
+SECTIONS=(browser hub proxies terminal redis bench)
 
 log() { printf '[install-test-deps] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -108,6 +111,10 @@ install_hub() {
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
   printf '%s\n' "$want" >"$stamp"
+}
+
+install_bench() {
+  npm_ci_if_stale "$ROOT/bench/peers"
 }
 
 install_proxies() {

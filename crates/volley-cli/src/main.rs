@@ -43,7 +43,7 @@ enum Command {
     Bench(bench::Args),
     /// Load-test the hub (`volley serve`): clients connect with tokens and subscribe,
     /// memory per idle client, then fan-out deliveries at rising rates.
-    BenchHub(bench::hub::Args),
+    BenchHub(Box<bench::hub::Args>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,7 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Echo(args) => echo::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::BenchHub(args) => bench::hub::run(args),
+        Command::BenchHub(args) => bench::hub::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,10 +1,13 @@
-//! The publishing side of `volley bench-hub`: calls of the hub's server API (`POST
-//! /api/publish`, `/api/broadcast` with the API key) over kept-alive HTTP/1.1
-//! connections, and the payloads they carry: a JSON object of a chosen size holding the
-//! time it was meant to be sent, which each receiving client reads back.
+//! The publishing side of `volley bench-hub`: calls of the server's HTTP API over
+//! kept-alive HTTP/1.1 connections, and the payloads they carry: a JSON object of a
+//! chosen size holding the time it was meant to be sent, which each receiving client
+//! reads back. The API is the hub's server API (`POST /api/publish`, `/api/broadcast`
+//! with the API key), Pusher's HTTP API (`POST /apps/{id}/events`, signed with the app's
+//! secret), or the `POST /publish` of the Socket.IO server the peer benchmarks run.
 
 use std::net::SocketAddr;
 
+use hmac::{Hmac, Mac as _};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
@@ -14,34 +17,79 @@ use tokio::net::TcpStream;
 /// The shortest payload: `{"t":` and a time of up to 12 digits, `,"p":""}`.
 pub const MIN_PAYLOAD: usize = 32;
 
+/// The name of the events the Pusher and Socket.IO publishers send.
+pub const EVENT: &str = "bench";
+
+/// Which HTTP API publications go through, with its credentials.
+#[derive(Clone, Debug)]
+pub enum Publisher {
+    /// The hub's server API, with its key (`X-API-Key`).
+    Centrifugo {
+        /// The API key.
+        key: String,
+    },
+    /// Pusher's HTTP API of one app: `POST /apps/{id}/events`, signed.
+    Pusher {
+        /// The app's id.
+        app_id: String,
+        /// The app's key (`auth_key`).
+        key: String,
+        /// The app's secret, which signs each request.
+        secret: String,
+    },
+    /// The Socket.IO bench server's `POST /publish` (`{"room", "event", "data"}`).
+    SocketIo,
+}
+
 /// One HTTP/1.1 connection to the server API; one call at a time.
 pub struct ApiConn {
     sender: SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
     host: String,
-    key: String,
+    publisher: Publisher,
 }
 
 impl ApiConn {
-    /// Connects to the server at `addr`, whose `Host` is `host`, with API key `key`.
-    pub async fn open(addr: SocketAddr, host: &str, key: &str) -> Result<Self, String> {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("server API: connect {addr}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| format!("server API: TCP_NODELAY: {e}"))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("server API: handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(ApiConn { sender, host: host.to_owned(), key: key.to_owned() })
+    /// Connects to the server at `addr`, whose `Host` is `host`, to publish through
+    /// `publisher`.
+    pub async fn open(addr: SocketAddr, host: &str, publisher: &Publisher) -> Result<Self, String> {
+        let sender = connect(addr).await?;
+        Ok(ApiConn { sender, addr, host: host.to_owned(), publisher: publisher.clone() })
+    }
+
+    /// Publishes `data` (a JSON object) to `channels` in one call: `publish` or
+    /// `broadcast` of the server API, one Pusher event to several channels, or one
+    /// Socket.IO emit to several rooms. `Ok` once the server answered without an error.
+    pub async fn publish(&mut self, channels: &[String], data: &str) -> Result<(), String> {
+        match &self.publisher {
+            Publisher::Centrifugo { .. } => {
+                let (method, body) = publish_body(channels.iter().map(String::as_str), data);
+                self.call(method, body).await
+            }
+            Publisher::Pusher { app_id, key, secret } => {
+                let body = pusher_body(channels, data);
+                let path = format!("/apps/{app_id}/events");
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let uri = pusher_signed_uri(&path, key, secret, now.as_secs(), &body);
+                self.send("Pusher HTTP API", uri, body).await.map(drop)
+            }
+            Publisher::SocketIo => {
+                let body = socketio_body(channels, data);
+                self.send("Socket.IO /publish", "/publish".to_string(), body).await.map(drop)
+            }
+        }
     }
 
     /// Calls `method` with the JSON `body`; `Ok` once the server answered without an
     /// error (for `broadcast`, without an error for any channel).
     pub async fn call(&mut self, method: &str, body: String) -> Result<(), String> {
+        let Publisher::Centrifugo { key } = &self.publisher else {
+            return Err(format!("server API {method}: not a Centrifugo publisher"));
+        };
         self.sender.ready().await.map_err(|e| format!("server API: {e}"))?;
         let request = hyper::Request::post(format!("/api/{method}"))
             .header(hyper::header::HOST, &self.host)
-            .header("x-api-key", &self.key)
+            .header("x-api-key", key)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("server API: {e}"))?;
@@ -61,6 +109,117 @@ impl ApiConn {
         }
         Ok(())
     }
+
+    /// POSTs the JSON `body` to `uri`; the answer's body if its status is a success. A
+    /// connection the server closed between two requests (Sockudo closes kept-alive
+    /// ones) is opened again, and a request it closed before answering sent once more
+    /// on the new one, as an HTTP client's pool does.
+    async fn send(&mut self, what: &str, uri: String, body: String) -> Result<Bytes, String> {
+        let body = Bytes::from(body);
+        let mut again = false;
+        let response = loop {
+            if self.sender.ready().await.is_err() {
+                self.sender = connect(self.addr).await.map_err(|e| format!("{what}: {e}"))?;
+                self.sender.ready().await.map_err(|e| format!("{what}: {e}"))?;
+            }
+            let request = hyper::Request::post(uri.as_str())
+                .header(hyper::header::HOST, &self.host)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(body.clone()))
+                .map_err(|e| format!("{what}: {e}"))?;
+            match self.sender.send_request(request).await {
+                Ok(response) => break response,
+                Err(e) if !again && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) => {
+                    again = true;
+                    self.sender = connect(self.addr).await.map_err(|e| format!("{what}: {e}"))?;
+                }
+                Err(e) => return Err(format!("{what}: {e}")),
+            }
+        };
+        let status = response.status();
+        let body =
+            response.into_body().collect().await.map_err(|e| format!("{what}: reading the answer: {e}"))?.to_bytes();
+        if !status.is_success() {
+            return Err(format!("{what}: HTTP {status}: {}", excerpt(&body)));
+        }
+        Ok(body)
+    }
+}
+
+/// A kept-alive HTTP/1.1 connection to `addr`.
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| format!("server API: connect {addr}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| format!("server API: TCP_NODELAY: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("server API: handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// The body of a Pusher `events` request: event [`EVENT`] to `channels`, its `data` the
+/// JSON text of `data` as a string (as the Pusher SDKs send an object).
+pub fn pusher_body(channels: &[String], data: &str) -> String {
+    let mut body = String::with_capacity(64 + data.len() * 2 + channels.len() * 16);
+    body.push_str("{\"name\":\"");
+    body.push_str(EVENT);
+    body.push_str("\",\"channels\":[");
+    for (i, c) in channels.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        push_json_string(&mut body, c);
+    }
+    body.push_str("],\"data\":");
+    push_json_string(&mut body, data);
+    body.push('}');
+    body
+}
+
+/// The path and signed query of a Pusher HTTP API `POST` of `body` to `path` at Unix
+/// time `now_s`: `auth_key`, `auth_timestamp`, `auth_version=1.0`, `body_md5`, then
+/// `auth_signature`, the HMAC-SHA256 (hex) with the app's secret of `POST`, the path and
+/// the other parameters sorted by name, one a line.
+pub fn pusher_signed_uri(path: &str, key: &str, secret: &str, now_s: u64, body: &str) -> String {
+    use md5::Digest as _;
+    let body_md5 = hex(&md5::Md5::digest(body.as_bytes()));
+    // Already in order of their names.
+    let query = format!("auth_key={key}&auth_timestamp={now_s}&auth_version=1.0&body_md5={body_md5}");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(format!("POST\n{path}\n{query}").as_bytes());
+    let signature = hex(&mac.finalize().into_bytes());
+    format!("{path}?{query}&auth_signature={signature}")
+}
+
+/// The body of the Socket.IO server's `/publish`: `data` emitted as event [`EVENT`] to
+/// a room, or to several at once (`io.to([...])`).
+pub fn socketio_body(rooms: &[String], data: &str) -> String {
+    let mut body = String::with_capacity(64 + data.len() + rooms.len() * 16);
+    body.push_str("{\"room\":");
+    if let [room] = rooms {
+        push_json_string(&mut body, room);
+    } else {
+        body.push('[');
+        for (i, r) in rooms.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            push_json_string(&mut body, r);
+        }
+        body.push(']');
+    }
+    body.push_str(",\"event\":\"");
+    body.push_str(EVENT);
+    body.push_str("\",\"data\":");
+    body.push_str(data);
+    body.push('}');
+    body
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn excerpt(body: &[u8]) -> String {
@@ -126,6 +285,19 @@ pub fn sent_at(push: &[u8]) -> Option<u64> {
     std::str::from_utf8(&push[at..at + digits]).ok()?.parse().ok()
 }
 
+/// The send time (microseconds) a Pusher event or a Socket.IO event carries: the digits
+/// after the first `"t":` of the message, or `\\"t\\":` inside a Pusher event's `data`
+/// string (the payload's only key `t`, ahead of its padding).
+pub fn sent_at_anywhere(msg: &[u8]) -> Option<u64> {
+    let at = match (find(msg, b"\\\"t\\\":"), find(msg, b"\"t\":")) {
+        (Some(escaped), _) => escaped + 6,
+        (None, Some(plain)) => plain + 4,
+        (None, None) => return None,
+    };
+    let digits = msg[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&msg[at..at + digits]).ok()?.parse().ok()
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -149,6 +321,40 @@ mod tests {
         let sorted = br#"{"push":{"channel":"bench:1","pub":{"data":{"p":"xxt","t":1422992},"time":1796}}}"#;
         assert_eq!(sent_at(sorted), Some(1_422_992));
         assert_eq!(sent_at(b"{\"push\":{\"channel\":\"x\",\"pub\":{\"data\":\"text\"}}}"), None);
+    }
+
+    #[test]
+    fn pusher_and_socketio_events_carry_the_time() {
+        let p = payload(42_000, 64);
+        let body: serde_json::Value = serde_json::from_str(&pusher_body(&["bench-1".to_string()], &p)).unwrap();
+        assert_eq!(body["name"], EVENT);
+        assert_eq!(body["channels"], serde_json::json!(["bench-1"]));
+        assert_eq!(body["data"], p, "the data is the payload's JSON text, as a string");
+        // What a Pusher server delivers: the event with its data string as it came.
+        let event = serde_json::json!({"event": EVENT, "channel": "bench-1", "data": p}).to_string();
+        assert_eq!(sent_at_anywhere(event.as_bytes()), Some(42_000));
+        let body: serde_json::Value =
+            serde_json::from_str(&socketio_body(&["a".to_string(), "b".to_string()], &p)).unwrap();
+        assert_eq!(body["room"], serde_json::json!(["a", "b"]));
+        assert_eq!(body["data"]["t"], 42_000);
+        let one: serde_json::Value = serde_json::from_str(&socketio_body(&["a".to_string()], &p)).unwrap();
+        assert_eq!(one["room"], "a");
+        let emitted = format!("42[\"{EVENT}\",{p}]");
+        assert_eq!(sent_at_anywhere(emitted.as_bytes()), Some(42_000));
+        assert_eq!(sent_at_anywhere(b"42[\"bench\",{}]"), None);
+    }
+
+    #[test]
+    fn pusher_requests_are_signed_as_the_http_api_documents() {
+        // The example of Pusher's HTTP API reference ("Worked authentication example").
+        let body = r#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
+        let uri = pusher_signed_uri("/apps/3/events", "278d425bdf160c739803", "7ad3773142a6692b25b8", 1353088179, body);
+        assert_eq!(
+            uri,
+            "/apps/3/events?auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0\
+             &body_md5=ec365a775a4cd0599faeb73354201b6f\
+             &auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"
+        );
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! rates, and time each delivery from that time to its arrival at a client (the
 //! generator's own receiving included).
 //!
+//! `--protocol` chooses whose protocol the clients and the publisher speak, so that the
+//! same phases measure the hub's peers too: Centrifugo's (the default), Pusher's
+//! (clients of `/app/{key}?protocol=7`, publications through the signed HTTP API of one
+//! app) or Socket.IO's (Engine.IO v4 over WebSocket; a `subscribe` event joins a room,
+//! publications through the bench server's `POST /publish`).
+//!
 //! `--transport` chooses what the clients are: WebSocket clients of the protocol (the
 //! default), or readers of another transport (`uni_websocket`, `uni_sse`,
 //! `uni_http_stream`, `uni_long_poll`, and the bidirectional emulation's `sse` and
@@ -57,6 +63,9 @@ const STOPPED: u8 = 5;
 
 /// Channels per `broadcast` call of the burst.
 const BURST_BATCH: usize = 1000;
+
+/// Channels per Pusher `events` call of the burst (the HTTP API's limit).
+const PUSHER_BURST_BATCH: usize = 100;
 
 /// A phase that waits on the clients (connect, subscribe, burst, a drain) gives up after
 /// this long without progress.
@@ -124,6 +133,26 @@ impl Transport {
     }
 }
 
+/// Whose client protocol and HTTP API `volley bench-hub` speaks.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Protocol {
+    /// Centrifugo's client protocol v2 (JSON) with HS256 tokens, and the server API.
+    #[value(name = "centrifugo")]
+    #[serde(rename = "centrifugo")]
+    Centrifugo,
+    /// Pusher's protocol 7 over `/app/{key}`, public channels, and Pusher's HTTP API
+    /// (`POST /apps/{id}/events`, signed with the app's secret).
+    #[value(name = "pusher")]
+    #[serde(rename = "pusher")]
+    Pusher,
+    /// Socket.IO 4 (Engine.IO v4 over `/socket.io/?EIO=4&transport=websocket`): a
+    /// `subscribe` event with an acknowledgement joins a room; publications go to the
+    /// server's `POST /publish` (`{"room", "event", "data"}`).
+    #[value(name = "socketio")]
+    #[serde(rename = "socketio")]
+    SocketIo,
+}
+
 /// Flags of `volley bench-hub`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -153,12 +182,21 @@ pub struct Args {
     /// named from N, so that several generators can share one hub.
     #[arg(long, value_name = "N", default_value_t = 0)]
     client_from: usize,
-    /// The HMAC secret of connection tokens (the hub's `client.token.hmac_secret_key`).
-    #[arg(long)]
+    /// Whose protocol the clients and the publisher speak: Centrifugo's (the hub's
+    /// native one), Pusher's, or Socket.IO's (see the command's description).
+    #[arg(long, value_enum, default_value = "centrifugo")]
+    protocol: Protocol,
+    /// The HMAC secret of connection tokens (the hub's `client.token.hmac_secret_key`);
+    /// with `--protocol pusher`, the app's secret, which signs HTTP API requests.
+    #[arg(long, default_value = "")]
     secret: String,
-    /// The server API key (the hub's `http_api.key`).
-    #[arg(long)]
+    /// The server API key (the hub's `http_api.key`); with `--protocol pusher`, the
+    /// app's key, which clients connect with.
+    #[arg(long, default_value = "")]
     api_key: String,
+    /// With `--protocol pusher`: the app's id (`/apps/{id}/events`).
+    #[arg(long, value_name = "ID", default_value = "")]
+    app_id: String,
     /// Publications to every channel in the burst each client receives before the idle
     /// hold.
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -246,6 +284,19 @@ pub struct Args {
 }
 
 impl Args {
+    /// The HTTP API publications go through.
+    fn publisher(&self) -> api::Publisher {
+        match self.protocol {
+            Protocol::Centrifugo => api::Publisher::Centrifugo { key: self.api_key.clone() },
+            Protocol::Pusher => api::Publisher::Pusher {
+                app_id: self.app_id.clone(),
+                key: self.api_key.clone(),
+                secret: self.secret.clone(),
+            },
+            Protocol::SocketIo => api::Publisher::SocketIo,
+        }
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         let seconds = |name: &str, v: f64, min: f64| {
             if !(v.is_finite() && v >= min && v <= 1e6) {
@@ -294,6 +345,27 @@ impl Args {
         if self.namespace.contains(['"', '\\']) || self.namespace.chars().any(char::is_control) {
             bail!("--namespace: no quotes, backslashes or control characters");
         }
+        match self.protocol {
+            Protocol::Centrifugo if self.secret.is_empty() || self.api_key.is_empty() => {
+                bail!("--secret (the token secret) and --api-key (the server API key) are needed")
+            }
+            Protocol::Pusher if self.secret.is_empty() || self.api_key.is_empty() || self.app_id.is_empty() => {
+                bail!("--protocol pusher needs the app's --app-id, --api-key (its key) and --secret")
+            }
+            Protocol::Pusher | Protocol::SocketIo if self.transport != Transport::WebSocket => {
+                bail!("--transport: the Pusher and Socket.IO clients are WebSocket clients")
+            }
+            _ => {}
+        }
+        if self.protocol == Protocol::Pusher
+            && (self
+                .api_key
+                .bytes()
+                .chain(self.app_id.bytes())
+                .any(|b| !b.is_ascii_alphanumeric() && !b"-_.".contains(&b)))
+        {
+            bail!("--api-key, --app-id: letters, digits, '-', '_' and '.' only");
+        }
         if let Some(n) = self.source_addrs {
             if n == 0 || n > 1 << 16 {
                 bail!("--source-addrs must be between 1 and 65536");
@@ -322,6 +394,7 @@ pub struct Node {
 /// What every client shares: where to connect, and how its token and channel are made.
 #[derive(Debug)]
 pub struct Plan {
+    protocol: Protocol,
     transport: Transport,
     /// The hub's nodes (one, unless several URLs were given).
     nodes: Vec<Node>,
@@ -724,6 +797,7 @@ pub struct Report {
     mode: &'static str,
     /// The URL, or the nodes' URLs separated by commas.
     url: String,
+    protocol: Protocol,
     transport: Transport,
     clients: usize,
     channels: usize,
@@ -816,9 +890,11 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         Err(e) => eprintln!("volley bench-hub: warning: could not raise the open-file limit: {e}"),
     }
     let config = Config::new().ping_interval(None).close_timeout(Duration::from_secs(2)).deflate(None);
-    let path = match args.transport {
-        Transport::UniWebSocket => "uni_websocket",
-        _ => "websocket",
+    let path = match (args.protocol, args.transport) {
+        (Protocol::Pusher, _) => format!("app/{}?protocol=7&client=volley-bench&version=1.0", args.api_key),
+        (Protocol::SocketIo, _) => "socket.io/?EIO=4&transport=websocket".to_string(),
+        (_, Transport::UniWebSocket) => "connection/uni_websocket".to_string(),
+        _ => "connection/websocket".to_string(),
     };
     let mut nodes = Vec::new();
     for url in &args.urls {
@@ -829,8 +905,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
             .next()
             .with_context(|| format!("{host}: no address"))?;
         let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-        let client =
-            ClientBuilder::new(format!("ws://{authority}/connection/{path}")).no_proxy().config(config.clone());
+        let client = ClientBuilder::new(format!("ws://{authority}/{path}")).no_proxy().config(config.clone());
         nodes.push(Node { addr, authority, client });
     }
     // Source addresses only when every node is at a 127.x.x.x address.
@@ -838,9 +913,12 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     let sources =
         super::source_addresses(probe.addr, args.clients, args.source_addrs, args.source_from, "volley bench-hub");
     let channels = args.channels.unwrap_or(args.client_from + args.clients);
-    let prefix = if args.namespace.is_empty() { String::new() } else { format!("{}:", args.namespace) };
+    // Pusher's channel names have no ':'.
+    let separator = if args.protocol == Protocol::Pusher { '-' } else { ':' };
+    let prefix = if args.namespace.is_empty() { String::new() } else { format!("{}{separator}", args.namespace) };
     let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let plan = Arc::new(Plan {
+        protocol: args.protocol,
         transport: args.transport,
         nodes,
         sources: sources.clone(),
@@ -930,6 +1008,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     Ok(Report {
         mode: "hub",
         url: args.urls.join(","),
+        protocol: args.protocol,
         transport: args.transport,
         clients: args.clients,
         channels,
@@ -1094,8 +1173,9 @@ impl Run<'_> {
         let start = Sample::take(self.args);
         let want = self.shared.subscribed.load(Relaxed);
         self.progress.counting("burst", want as usize);
+        let burst_batch = if self.args.protocol == Protocol::Pusher { PUSHER_BURST_BATCH } else { BURST_BATCH };
         let calls: Vec<Vec<usize>> =
-            (0..self.args.burst).flat_map(|_| self.channels.chunks(BURST_BATCH).map(<[usize]>::to_vec)).collect();
+            (0..self.args.burst).flat_map(|_| self.channels.chunks(burst_batch).map(<[usize]>::to_vec)).collect();
         let calls_n = calls.len() as u64;
         let queue = Arc::new(Mutex::new(calls));
         let counters = Arc::new(StepCounters::default());
@@ -1103,10 +1183,10 @@ impl Run<'_> {
         for p in 0..self.args.publishers.min(calls_n as usize) {
             let (queue, counters, plan, shared) =
                 (queue.clone(), counters.clone(), self.plan.clone(), self.shared.clone());
-            let (key, size) = (self.args.api_key.clone(), self.args.size);
+            let (publisher, size) = (self.args.publisher(), self.args.size);
             publishers.spawn(async move {
                 let node = plan.api_node(p);
-                let mut conn = match api::ApiConn::open(node.addr, &node.authority, &key).await {
+                let mut conn = match api::ApiConn::open(node.addr, &node.authority, &publisher).await {
                     Ok(c) => c,
                     Err(e) => return counters.failed(e),
                 };
@@ -1114,9 +1194,8 @@ impl Run<'_> {
                     let Some(channels) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else { break };
                     let names: Vec<String> = channels.iter().map(|&c| plan.channel_name(c)).collect();
                     let t = shared.base.elapsed().as_micros() as u64;
-                    let (method, body) = api::publish_body(names.iter().map(String::as_str), &api::payload(t, size));
                     counters.calls.fetch_add(1, Relaxed);
-                    if let Err(e) = conn.call(method, body).await {
+                    if let Err(e) = conn.publish(&names, &api::payload(t, size)).await {
                         counters.failed(e);
                     }
                 }
@@ -1172,10 +1251,10 @@ impl Run<'_> {
         for p in 0..args.publishers {
             let (counters, channels, plan, shared) =
                 (counters.clone(), channels.clone(), self.plan.clone(), self.shared.clone());
-            let (key, size) = (args.api_key.clone(), args.size);
+            let (publisher, size) = (args.publisher(), args.size);
             publishers.spawn(async move {
                 let node = plan.api_node(p);
-                let mut conn = match api::ApiConn::open(node.addr, &node.authority, &key).await {
+                let mut conn = match api::ApiConn::open(node.addr, &node.authority, &publisher).await {
                     Ok(c) => c,
                     Err(e) => {
                         counters.failed(e);
@@ -1196,14 +1275,14 @@ impl Run<'_> {
                     let names: Vec<String> = picked.clone().map(|i| plan.channel_name(list[i])).collect();
                     let owed: u64 = picked.map(|i| subs[i]).sum();
                     let t = due.saturating_duration_since(shared.base).as_micros() as u64;
-                    let (method, body) = api::publish_body(names.iter().map(String::as_str), &api::payload(t, size));
+                    let data = api::payload(t, size);
                     counters.calls.fetch_add(1, Relaxed);
                     counters.published.fetch_add(batch as u64, Relaxed);
                     counters.expected.fetch_add(owed, Relaxed);
                     if Instant::now() >= measure_at && Instant::now() < end {
                         counters.measured.fetch_add(batch as u64, Relaxed);
                     }
-                    if let Err(e) = conn.call(method, body).await {
+                    if let Err(e) = conn.publish(&names, &data).await {
                         counters.failed(e);
                     }
                 }
@@ -1387,7 +1466,11 @@ impl Report {
         println!(
             "volley bench-hub {} over {} ({} clients, {} channels)",
             self.url,
-            self.transport.name(),
+            match self.protocol {
+                Protocol::Centrifugo => self.transport.name(),
+                Protocol::Pusher => "Pusher's protocol",
+                Protocol::SocketIo => "Socket.IO's protocol",
+            },
             thousands(self.clients as u64),
             thousands(self.channels as u64)
         );
@@ -1529,6 +1612,28 @@ mod tests {
     }
 
     #[test]
+    fn each_protocol_asks_for_its_credentials() {
+        use clap::Parser as _;
+        let args = |line: &[&str]| {
+            let mut argv = vec!["bench-hub", "http://127.0.0.1:6001"];
+            argv.extend_from_slice(line);
+            Cli::try_parse_from(argv).unwrap().args
+        };
+        assert!(args(&[]).check().is_err(), "Centrifugo's needs the token secret and the API key");
+        assert!(args(&["--secret", "s", "--api-key", "k"]).check().is_ok());
+        let pusher = ["--protocol", "pusher", "--api-key", "app-key", "--secret", "s"];
+        assert!(args(&pusher).check().is_err(), "Pusher's needs the app's id");
+        let mut with_id = pusher.to_vec();
+        with_id.extend(["--app-id", "1001"]);
+        assert!(args(&with_id).check().is_ok());
+        with_id.extend(["--transport", "uni_sse"]);
+        assert!(args(&with_id).check().is_err(), "a Pusher client is a WebSocket client");
+        assert!(args(&["--protocol", "pusher", "--api-key", "a/b", "--secret", "s", "--app-id", "1"]).check().is_err());
+        assert!(args(&["--protocol", "socketio"]).check().is_ok(), "Socket.IO's needs nothing");
+        assert!(matches!(args(&["--protocol", "socketio"]).publisher(), api::Publisher::SocketIo));
+    }
+
+    #[test]
     fn several_nodes_share_the_clients_and_the_publishers() {
         let listed = parse(&["http://127.0.0.1:8001,http://127.0.0.1:8002", "http://127.0.0.1:8003"]);
         assert_eq!(listed.urls, ["http://127.0.0.1:8001", "http://127.0.0.1:8002", "http://127.0.0.1:8003"]);
@@ -1545,6 +1650,7 @@ mod tests {
             client: ClientBuilder::new(format!("ws://127.0.0.1:{port}/connection/websocket")),
         };
         let plan = |client_from: usize, nodes: Vec<Node>| Plan {
+            protocol: Protocol::Centrifugo,
             transport: Transport::WebSocket,
             nodes,
             sources: Vec::new(),

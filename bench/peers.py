@@ -1,0 +1,759 @@
+#!/usr/bin/env python3
+"""The hub against its peers: `volley serve` (over Centrifugo's protocol and over
+Pusher's), Sockudo (a Rust Pusher server) and a Socket.IO 4 server, each loaded by
+`volley bench-hub` speaking that server's own protocol and HTTP API.
+
+Each server runs pinned to one core (--server-core), the generator to the other
+(--client-core); the servers take turns within each repetition (their order rotates from
+one repetition to the next), and every ratio compares figures of the same repetition.
+The cases:
+
+  fanout-one   10,000 clients on one channel: memory per idle client, then publications
+               through the HTTP API at rising rates, each delivered to all 10,000
+  fanout-many  10,000 clients, a channel each: connects and subscribes per second, memory
+               per idle client, then publications at rising rates to random channels
+               (--batch channels per HTTP API call: a Pusher event to up to 100 channels,
+               a Socket.IO emit to as many rooms, a Centrifugo broadcast)
+  many         100,000 clients, a channel each, idle after a burst: memory per client
+  held         the most subscribed clients held: --held-counts asked for in turn (at
+               --held-ramp connects per second) until a count is not held or memory
+               runs short
+
+Rows: volley-centrifugo, volley-pusher (skipped while the binary answers 404 on /app/),
+sockudo (bench/install-peers.sh installs it), socketio (bench/peers/socketio-server.mjs).
+Soketi and Laravel Reverb are not measured: neither can be installed from the package
+registries this harness uses (Soketi depends on a GitHub-only package, Reverb on PHP).
+
+Writes docs/PEER-BENCHMARKS.md and docs/bench/peer-results.json (or --out DIR). Python 3
+standard library only; Linux only (taskset, /proc).
+
+    bash bench/install-peers.sh            # once: Sockudo (long build), Socket.IO
+    python3 bench/peers.py                 # every case (about an hour)
+    python3 bench/peers.py --quick --out DIR   # tiny counts, seconds: a smoke test
+    python3 bench/peers.py --only fanout-one --servers volley-centrifugo,sockudo --reps 1
+
+Exit status: 0 when every run produced its report, 1 otherwise.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hub as hublib  # noqa: E402  (bench/hub.py: figures, processes)
+import run as lib  # noqa: E402  (bench/run.py: process, machine and format helpers)
+
+ROOT = lib.ROOT
+log = lib.log
+med, get, share, bound = hublib.med, hublib.get, hublib.share, hublib.bound
+
+CASES = ["fanout-one", "fanout-many", "many", "held"]
+SERVERS = ["volley-centrifugo", "volley-pusher", "sockudo", "socketio"]
+PEERS = ["sockudo", "socketio"]
+LABEL = {"volley-centrifugo": "Volley (Centrifugo protocol)", "volley-pusher": "Volley (Pusher protocol)",
+         "sockudo": "Sockudo", "socketio": "Socket.IO 4"}
+NAMESPACE = "bench"
+APP_ID, APP_KEY = "1001", "bench-key"
+PEERS_DIR = os.path.join(ROOT, "bench", "peers")
+SOCKETIO_SERVER = os.path.join(PEERS_DIR, "socketio-server.mjs")
+# The descriptor limit asked for the servers and the generator (root may raise the hard
+# limit up to fs.nr_open): 100,000 clients need more than a login shell's.
+NOFILE_WANT = 1 << 20
+# The held case stops its generator when the machine's available memory falls below this
+# share of the total (or MEMORY_GUARD_MIN bytes, the larger).
+MEMORY_GUARD, MEMORY_GUARD_MIN = 0.1, 2 << 30
+HELD_COUNTS = [100_000, 200_000, 400_000]
+HELD_RAMP = 2000
+# What the issue's filer measured before this harness (same cases, other machine).
+FILED = {"sockudo": "~152 KB per idle subscribed client, 91-95k deliveries per server-CPU-s, p99 0.9-1.7 s",
+         "socketio": "~17 KB per idle subscribed client, 54-62k deliveries per server-CPU-s, p99 ~9 s"}
+
+
+def settings(args):
+    q = args.quick
+    return {
+        "fanout-one": {"clients": 200 if q else args.clients, "channels": 1,
+                       "rates": [5, 20] if q else [1, 10, 30, 100, 200, 400], "batch": 1},
+        "fanout-many": {"clients": 200 if q else args.clients, "channels": None,
+                        "rates": [200, 1000] if q else [3000, 10_000, 30_000, 100_000, 200_000],
+                        "batch": min(args.batch, 20) if q else args.batch},
+        "many": {"clients": 300 if q else args.many_clients},
+        "held": {"counts": [300] if q else args.held_counts, "ramp": 1000 if q else args.held_ramp},
+        "hold": 0.3 if q else 7.0,
+        "burst": 2,
+        "duration": 0.3 if q else args.duration,
+        "warmup": 0.1 if q else args.warmup,
+    }
+
+
+def raise_nofile():
+    """preexec_fn of the servers and the generator: the descriptor limit up to
+    NOFILE_WANT (the hard limit too, as root), else the soft limit up to the hard one."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            want = min(NOFILE_WANT, int(f.read()))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (OSError, ValueError):
+        lib.raise_nofile()
+
+
+def wait_port(port, proc, timeout=30):
+    """Waits until something accepts on 127.0.0.1:port (or the process exits)."""
+    until = time.monotonic() + timeout
+    while time.monotonic() < until and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def volley_config(port, secret, api_key, app_secret):
+    """`volley serve`'s configuration: hub.py's (a token secret, a server API key, one
+    namespace), and one Pusher app with its default limits."""
+    return hublib.config_text(port, secret, api_key) + f"""
+[[pusher.apps]]
+id = "{APP_ID}"
+key = "{APP_KEY}"
+secret = "{app_secret}"
+"""
+
+
+def sockudo_config(port, metrics_port, app_secret):
+    """Sockudo's configuration: its defaults (local adapter, memory app manager and
+    cache, metrics on), the rate limiter off, no connection limit, the queue (webhooks,
+    unused here) in memory rather than on a Redis, a short grace period at stop, and one
+    app."""
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "adapter": {"driver": "local"},
+        "app_manager": {"driver": "memory", "array": {"apps": [{
+            "id": APP_ID, "key": APP_KEY, "secret": app_secret, "enabled": True,
+            "max_connections": 0, "max_client_events_per_second": 10000,
+            "enable_client_messages": False,
+        }]}},
+        "queue": {"driver": "memory"},
+        "rate_limiter": {"enabled": False},
+        "max_connections": 0,
+        # Seconds it waits for connections to close when stopped (10 by default): the
+        # runs stop it between cases.
+        "shutdown_grace_period": 1,
+        "metrics": {"enabled": True, "host": "127.0.0.1", "port": metrics_port},
+    }
+
+
+class Server:
+    """One server under test, pinned to the server core; stopped with SIGTERM."""
+
+    def __init__(self, kind, args, paths, logdir, creds):
+        self.kind = kind
+        self.port = lib.free_port()
+        self.errlog = tempfile.NamedTemporaryFile(dir=logdir, prefix=f"{kind}-", suffix=".log", delete=False)
+        env = dict(os.environ)
+        if kind.startswith("volley"):
+            conf = os.path.join(logdir, f"volley-{self.port}.toml")
+            with open(conf, "w") as f:
+                f.write(volley_config(self.port, creds["secret"], creds["api_key"], creds["app_secret"]))
+            cmd = [paths["volley"], "serve", "--config", conf]
+        elif kind == "sockudo":
+            conf = os.path.join(logdir, f"sockudo-{self.port}.json")
+            with open(conf, "w") as f:
+                json.dump(sockudo_config(self.port, lib.free_port(), creds["app_secret"]), f, indent=2)
+            cmd = [paths["sockudo"], "--config", conf]
+            env.setdefault("RUST_LOG", "warn")
+        else:
+            cmd = ["node", SOCKETIO_SERVER, str(self.port)]
+        self.proc = subprocess.Popen(["taskset", "-c", str(args.server_core)] + cmd, stdout=subprocess.PIPE,
+                                     stderr=self.errlog, stdin=subprocess.DEVNULL, text=True, bufsize=1, env=env,
+                                     preexec_fn=raise_nofile, start_new_session=True)
+        self.pid = self.proc.pid  # taskset execs the server: same process
+        self.url = f"http://127.0.0.1:{self.port}"
+        # Stdout is drained so that a chatty server never blocks on a full pipe.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        if not wait_port(self.port, self.proc):
+            self.stop()
+            raise RuntimeError(f"{kind} did not start: {hublib.last_lines(self.errlog.name)}")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        hublib.stop_process(self.proc, group=True, timeout=30)
+        self.errlog.close()
+
+
+def volley_speaks_pusher(paths, logdir, creds, args):
+    """Whether this `volley` serves Pusher's endpoint: `GET /app/KEY` without an upgrade
+    is refused (400/426) by a binary that has it, and 404 by one that does not."""
+    try:
+        s = Server("volley-pusher", args, paths, logdir, creds)
+    except RuntimeError as e:
+        return False, str(e)
+    try:
+        urllib.request.urlopen(f"{s.url}/app/{APP_KEY}?protocol=7", timeout=5).read()
+        return True, ""
+    except urllib.error.HTTPError as e:
+        return e.code != 404, "this volley binary answers 404 on /app/{key} (no Pusher endpoint yet)"
+    except OSError as e:
+        return False, str(e)
+    finally:
+        s.stop()
+
+
+def versions(paths):
+    out = {"volley": lib.run_capture([paths["volley"], "--version"]) if paths.get("volley") else None}
+    if paths.get("sockudo"):
+        out["sockudo"] = lib.run_capture([paths["sockudo"], "--version"])
+    out["node"] = lib.run_capture(["node", "--version"])
+    try:
+        with open(os.path.join(PEERS_DIR, "node_modules", "socket.io", "package.json")) as f:
+            out["socket.io"] = json.load(f)["version"]
+    except (OSError, ValueError, KeyError):
+        out["socket.io"] = None
+    return out
+
+
+def find_servers(args, paths):
+    """Which rows can run: {server: None} or {server: why not}."""
+    why = {}
+    sockudo = args.sockudo or shutil.which("sockudo") or os.path.expanduser("~/.cargo/bin/sockudo")
+    if os.access(sockudo, os.X_OK):
+        paths["sockudo"] = sockudo
+    else:
+        why["sockudo"] = "not installed (bash bench/install-peers.sh)"
+    if not os.path.isdir(os.path.join(PEERS_DIR, "node_modules", "socket.io")) or not shutil.which("node"):
+        why["socketio"] = "socket.io is not installed in bench/peers (bash bench/install-peers.sh)"
+    return why
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def protocol_args(kind, creds):
+    if kind == "volley-centrifugo":
+        return ["--protocol", "centrifugo", "--secret", creds["secret"], "--api-key", creds["api_key"]]
+    if kind in ("volley-pusher", "sockudo"):
+        return ["--protocol", "pusher", "--app-id", APP_ID, "--api-key", APP_KEY, "--secret", creds["app_secret"]]
+    return ["--protocol", "socketio"]
+
+
+def memory_guard(proc, stop, note):
+    """Interrupts the generator (SIGINT: it reports what it had) when the machine's
+    available memory runs short."""
+    total = lib.meminfo("MemTotal") or 0
+    floor = max(MEMORY_GUARD * total, MEMORY_GUARD_MIN)
+    while not stop.wait(0.5):
+        avail = lib.meminfo("MemAvailable")
+        if avail is not None and avail < floor:
+            note.append(f"stopped: {lib.fmt_bytes(avail)} of memory available")
+            try:
+                proc.send_signal(signal.SIGINT)
+            except OSError:
+                pass
+            return
+
+
+def run_one(args, paths, logdir, creds, kind, conf, case, clients, channels=None, rates=(), batch=1, extra=()):
+    """One server, one generator: (report, error)."""
+    try:
+        server = Server(kind, args, paths, logdir, creds)
+    except RuntimeError as e:
+        return None, str(e)
+    try:
+        cmd = ["taskset", "-c", str(args.client_core), paths["volley"], "bench-hub", server.url, "-c", str(clients),
+               "--namespace", NAMESPACE, "--server-pid", str(server.pid), "--json", "--no-progress", "--cores",
+               "--hold", str(conf["hold"]), "--burst", str(conf["burst"]), "--max-p99", f"{args.max_p99:g}"]
+        cmd += protocol_args(kind, creds)
+        if channels is not None:
+            cmd += ["--channels", str(channels)]
+        if rates:
+            cmd += ["--rates", ",".join(f"{r:g}" for r in rates), "--batches", str(batch),
+                    "-d", str(conf["duration"]), "--warmup", str(conf["warmup"])]
+        cmd += list(extra)
+        timeout = 180 + clients / 300 + len(rates) * (conf["duration"] + conf["warmup"] + 10)
+        gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=raise_nofile)
+        stop, note = threading.Event(), []
+        guard = threading.Thread(target=memory_guard, args=(gen, stop, note), daemon=True)
+        guard.start()
+        try:
+            out, err = gen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            gen.send_signal(signal.SIGINT)
+            try:
+                out, err = gen.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                gen.kill()
+                out, err = gen.communicate()
+            note.append(f"timed out after {timeout:.0f} s")
+        finally:
+            stop.set()
+        data = hublib.last_json(out)
+        if data is None:
+            tail = " | ".join(err.strip().splitlines()[-3:])
+            return None, f"exit {gen.returncode}, no report: {tail}"
+        data["guard"] = note[0] if note else None
+        error = None if gen.returncode == 0 else f"exit {gen.returncode}"
+        sub = get(data, "subscribe", "subscribed") or 0
+        if case != "held" and sub < clients:
+            error = error or f"only {sub:,} of {clients:,} clients subscribed: " + str(
+                get(data, "connect", "first_error") or get(data, "subscribe", "first_error") or data.get("first_error"))
+        if not server.alive():
+            error = error or f"the server exited: {hublib.last_lines(server.errlog.name)}"
+        return data, error
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def best_step(data):
+    """The fan-out step with the most deliveries per second among those that did not stop
+    the series (the first step if every one did)."""
+    steps = (data or {}).get("fanout") or []
+    kept = [s for s in steps if not s.get("stopped")] or steps[:1]
+    return max(kept, key=lambda s: s["deliveries_per_sec"]) if kept else None
+
+
+def figures(case, data):
+    """The figures of one run, by name (None where it has none)."""
+    if not data:
+        return {}
+    f = {}
+    if case in ("fanout-one", "fanout-many", "many"):
+        f["idle_bytes"] = get(data, "idle", "rss_per_client")
+    if case == "fanout-many":
+        f["connects_per_s"] = get(data, "connect", "per_sec")
+        f["subscribes_per_s"] = get(data, "subscribe", "per_sec")
+        f["connect_cpu_us"] = get(data, "connect", "server_cpu_us_each")
+        f["subscribe_cpu_us"] = get(data, "subscribe", "server_cpu_us_each")
+    if case in ("fanout-one", "fanout-many"):
+        s = best_step(data)
+        if s:
+            f["deliveries_per_cpu_s"] = s.get("deliveries_per_server_cpu_s")
+            f["deliveries_per_s"] = s.get("deliveries_per_sec")
+            f["p50_us"] = get(s, "latency_us", "p50")
+            f["p99_us"] = get(s, "latency_us", "p99")
+            f["best_rate"] = s["rate"]
+        f["steps"] = {f"{st['rate']:g}": {"p50_us": get(st, "latency_us", "p50"),
+                                          "p99_us": get(st, "latency_us", "p99"),
+                                          "stopped": bool(st.get("stopped"))} for st in data.get("fanout") or []}
+    return f
+
+
+def common_latencies(runs):
+    """Latency is compared at one rate: in each repetition of a fan-out case, the highest
+    rate that every server's series reached without stopping there. Sets each run's
+    `figures` `p50_us` and `p99_us` to that step's, and `latency_rate` to the rate."""
+    groups = {}
+    for r in runs:
+        if r["case"] in ("fanout-one", "fanout-many") and r.get("figures", {}).get("steps"):
+            groups.setdefault((r["case"], r["rep"]), []).append(r)
+    for group in groups.values():
+        ok = [{k for k, v in r["figures"]["steps"].items() if not v["stopped"]} for r in group]
+        shared = set.intersection(*ok) if ok else set()
+        rate = max(shared, key=float) if shared else None
+        for r in group:
+            step = r["figures"]["steps"].get(rate) if rate else None
+            r["figures"]["latency_rate"] = float(rate) if rate else None
+            r["figures"]["p50_us"] = step["p50_us"] if step else None
+            r["figures"]["p99_us"] = step["p99_us"] if step else None
+
+
+LOWER_IS_BETTER = {"idle_bytes", "connect_cpu_us", "subscribe_cpu_us", "p50_us", "p99_us"}
+
+
+def ratios(runs, case, metric):
+    """Per server: the median over repetitions of (its figure ÷ the best peer's figure
+    in the same repetition)."""
+    by_rep = {}
+    for r in runs:
+        if r["case"] == case and r.get("figures", {}).get(metric) is not None:
+            by_rep.setdefault(r["rep"], {})[r["server"]] = r["figures"][metric]
+    out = {}
+    for rep, vals in by_rep.items():
+        peers = [vals[p] for p in PEERS if p in vals]
+        if not peers:
+            continue
+        best = min(peers) if metric in LOWER_IS_BETTER else max(peers)
+        for server, v in vals.items():
+            if best:
+                out.setdefault(server, []).append(v / best)
+    return {s: med(v) for s, v in out.items()}
+
+
+def fig(runs, case, server, metric):
+    return med([r.get("figures", {}).get(metric) for r in runs if r["case"] == case and r["server"] == server])
+
+
+def fmt_ratio(v, metric):
+    if v is None:
+        return "–"
+    better = v < 1 if metric in LOWER_IS_BETTER else v > 1
+    return f"{v:.2f}×" + (" (better)" if better and abs(v - 1) > 0.005 else "")
+
+
+def held_of(runs, server):
+    """The largest count held through the hold, and the run that did not hold, if any."""
+    held, short = None, None
+    for r in runs:
+        if r["case"] != "held" or r["server"] != server or not r.get("data"):
+            continue
+        d = r["data"]
+        got = get(d, "idle", "clients_held") or 0
+        if got >= r["asked"] and not r.get("error"):
+            held = max(held or 0, got)
+        else:
+            short = {"asked": r["asked"], "connected": get(d, "connect", "connected"),
+                     "subscribed": get(d, "subscribe", "subscribed"), "held": got,
+                     "why": r.get("error") or d.get("guard") or get(d, "connect", "first_error")}
+    return held, short
+
+
+def write_report(args, results, facts, started, finished, out_dir, command):
+    conf = settings(args)
+    os.makedirs(os.path.join(out_dir, "bench"), exist_ok=True)
+    runs = results["runs"]
+    for r in runs:
+        if r["case"] != "held":
+            r["figures"] = figures(r["case"], r.get("data"))
+    common_latencies(runs)
+    rows = [s for s in args.servers if s not in results["skipped"]]
+    md = ["# Volley against its peers", "", "<!-- Generated by bench/peers.py; do not edit by hand. -->", ""]
+    md.append(f"Command: `{command}`\n")
+    md.append(f"Run {started:%Y-%m-%d %H:%M} to {finished:%H:%M} UTC, {args.reps} repetition(s) of the 10,000-client "
+              f"cases (figures are medians; ratios are taken within a repetition, then their median); fan-out steps "
+              f"{conf['duration']} s measured after {conf['warmup']} s of warm-up."
+              f"{' A --quick run: tiny counts, not figures.' if args.quick else ''}\n")
+    md.append("Full run (about an hour; `bash bench/install-peers.sh` first): `python3 bench/peers.py`. "
+              "Each server's figures are its own CPU time and memory; the generator's core and the machine's other "
+              "work show in \"bound by\" and the load average.\n")
+    md.append("## Servers\n")
+    v = results["versions"]
+    md.append(f"- **Volley** `volley serve` ({v.get('volley') or '?'}, commit {facts['volley_commit']}), the "
+              "configuration of docs/HUB-BENCHMARKS.md plus one Pusher app at its default limits; measured over "
+              "Centrifugo's protocol (server API) and over Pusher's (Pusher HTTP API)")
+    md.append(f"- **Sockudo** {v.get('sockudo') or '(not installed)'} from crates.io (`cargo install sockudo --locked`"
+              ", default features), its defaults but: rate limiter off, no connection limit (server and app), "
+              "the queue in memory (webhooks are unused), one app; adapter `local`, metrics as by default. Its HTTP "
+              "API answers every request with `Connection: close`: the generator opens a connection for each call, "
+              "as a backend's HTTP client would, and that work is in Sockudo's CPU time")
+    md.append(f"- **Socket.IO** {v.get('socket.io') or '(not installed)'} on Node.js {v.get('node') or '?'}: "
+              "bench/peers/socketio-server.mjs, default options, a `subscribe` event joins a room, "
+              "`POST /publish` emits to rooms")
+    md.append("- **Not measured: Soketi and Laravel Reverb.** Neither installs from the package registries: "
+              "Soketi depends on a package published only on GitHub, Reverb is PHP.")
+    for s, why in results["skipped"].items():
+        md.append(f"- Row {LABEL[s]} skipped in this run: {why}")
+    md.append("")
+    md.append("## Machine\n")
+    md.append(f"- CPU: {facts['cpu']}, {facts['nproc']} logical cores; memory {facts['memory']}; Linux "
+              f"{facts['kernel']}")
+    md.append(f"- Each server pinned to core {args.server_core}, the generator (`volley bench-hub`, one thread) to "
+              f"core {args.client_core} (`taskset`); descriptor limit raised to {NOFILE_WANT:,} for both where allowed")
+    md.append(f"- Load average at the start {facts['load_start']}, at the end {facts['load_end']}")
+    md.append("")
+    md.append("## How\n")
+    md.append(f"""`volley bench-hub --protocol P` speaks each server's own client protocol and HTTP
+API: Centrifugo's (`connect` with an HS256 token, `subscribe`; the server API),
+Pusher's (`/app/{{key}}?protocol=7`, `pusher:subscribe` answered by
+`pusher_internal:subscription_succeeded`, pings answered; `POST /apps/{{id}}/events`
+signed with the app's secret, one event to up to 100 channels), Socket.IO's (Engine.IO
+v4 over WebSocket, the namespace's connect, a `subscribe` event with an
+acknowledgement, pings answered; the server's `POST /publish`). The phases are the
+hub benchmark's: connect every client, subscribe each, publish a burst of
+{conf['burst']} publications to every channel, hold the clients idle {conf['hold']} s
+and read the server's resident memory (**memory per client = (RSS idle − RSS before
+the first client) ÷ clients held**), then fan-out steps at rising publication rates,
+open loop from 16 kept-alive HTTP connections, each payload (100 B) carrying its due
+time: **latency is from that due time to the arrival at a client**, HTTP call, fan-out,
+write and the generator's own reading included. A series stops after a step with a p99
+over {args.max_p99:g} ms, with losses, or that delivered or published less than 90% of
+what it should. **Deliveries per server-CPU-second** divide the deliveries of the
+measured phase by the server's CPU time (user + system, /proc) over it; "bound by" says
+which core was busy.
+""")
+    md.append("## Summary\n")
+    n1, nm, nb = conf["fanout-one"]["clients"], conf["fanout-many"]["clients"], conf["many"]["clients"]
+    metrics = [
+        ("fanout-one", "deliveries_per_cpu_s", f"Fan-out, one channel × {n1:,}: deliveries per server-CPU-s", "n"),
+        ("fanout-one", "p50_us", "  p50 publish → delivery (at the highest rate all sustained)", "us"),
+        ("fanout-one", "p99_us", "  p99 publish → delivery", "us"),
+        ("fanout-many", "deliveries_per_cpu_s", f"Fan-out, {nm:,} channels × 1: deliveries per server-CPU-s", "n"),
+        ("fanout-many", "p50_us", "  p50 publish → delivery", "us"),
+        ("fanout-many", "p99_us", "  p99 publish → delivery", "us"),
+        ("fanout-many", "idle_bytes", f"Memory per idle subscribed client, {nm:,}", "b"),
+        ("many", "idle_bytes", f"Memory per idle subscribed client, {nb:,}", "b"),
+        ("fanout-many", "connects_per_s", f"Connects per second ({nm:,}, 256 at once)", "n"),
+        ("fanout-many", "subscribes_per_s", f"Subscribes per second ({nm:,}, 256 at once)", "n"),
+    ]
+    fmt = {"n": lib.fmt_num, "us": lib.fmt_us, "b": lib.fmt_bytes}
+    md.append("| figure | " + " | ".join(LABEL[s] for s in rows) + " | " +
+              " | ".join(f"{LABEL[s]} ÷ best peer" for s in rows if s.startswith("volley")) + " |")
+    md.append("|---|" + "---:|" * (len(rows) + sum(s.startswith("volley") for s in rows)))
+    for case, metric, name, kind in metrics:
+        if case not in args.only_set:
+            continue
+        rs = ratios(runs, case, metric)
+        md.append(f"| {name} | " + " | ".join(fmt[kind](fig(runs, case, s, metric)) for s in rows) + " | " +
+                  " | ".join(fmt_ratio(rs.get(s), metric) for s in rows if s.startswith("volley")) + " |")
+    if "held" in args.only_set:
+        cells = []
+        for s in rows:
+            held, short = held_of(runs, s)
+            cells.append(f"≥ {held:,}" if held else ("–" if not short else f"< {short['asked']:,}"))
+        md.append("| The most subscribed clients held | " + " | ".join(cells) + " | " +
+                  " | ".join("" for s in rows if s.startswith("volley")) + " |")
+    md.append("")
+    md.append("Deliveries per server-CPU-second are each server's best step's: the one with the most deliveries "
+              "per second among the steps that did not stop the series. Latencies are compared at one rate: in each "
+              "repetition, the highest rate every server's series reached without stopping. The steps follow.\n")
+    md.append(f"Figures filed with the issue that asked for this comparison (another machine): Sockudo "
+              f"{FILED['sockudo']}; Socket.IO {FILED['socketio']}.\n")
+    for case, title in (("fanout-one", f"Fan-out: {conf['fanout-one']['clients']:,} clients on one channel"),
+                        ("fanout-many", f"Fan-out: {conf['fanout-many']['clients']:,} clients, a channel each "
+                                        f"({conf['fanout-many']['batch']} channels per HTTP API call)")):
+        if case not in args.only_set:
+            continue
+        md.append(f"## {title}\n")
+        md.append("| server | publications/s asked | made | deliveries/s | deliveries per server-CPU-s | p50 | p99 | "
+                  "lost | bound by | stopped |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+        for s in rows:
+            steps = {}
+            for r in runs:
+                if r["case"] == case and r["server"] == s and r.get("data"):
+                    for st in r["data"].get("fanout", []):
+                        steps.setdefault(st["rate"], []).append(st)
+            for rate, sts in sorted(steps.items()):
+                stopped = [st["stopped"] for st in sts if st.get("stopped")]
+                md.append(
+                    f"| {LABEL[s]} | {rate:,.0f} | {lib.fmt_num(med([st['publications_per_sec'] for st in sts]))} | "
+                    f"{lib.fmt_num(med([st['deliveries_per_sec'] for st in sts]))} | "
+                    f"{lib.fmt_num(med([st.get('deliveries_per_server_cpu_s') for st in sts]))} | "
+                    f"{lib.fmt_us(med([get(st, 'latency_us', 'p50') for st in sts]))} | "
+                    f"{lib.fmt_us(med([get(st, 'latency_us', 'p99') for st in sts]))} | "
+                    f"{sum(st['lost'] for st in sts):,} | {bound(sts[0]['cost'])} | "
+                    f"{stopped[0] if stopped else ''} |")
+        md.append("")
+    md.append("## Memory, connects, subscribes\n")
+    md.append("| server | clients | memory per idle client | connects/s | server CPU per connect | subscribes/s | "
+              "server CPU per subscribe | connect bound by |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|---|")
+    for case in ("fanout-one", "fanout-many", "many"):
+        if case not in args.only_set:
+            continue
+        for s in rows:
+            ds = [r["data"] for r in runs if r["case"] == case and r["server"] == s and r.get("data")]
+            if not ds:
+                continue
+            us = lambda v: "–" if v is None else f"{v:,.0f} µs"  # noqa: E731
+            md.append(f"| {LABEL[s]} | {ds[0]['clients']:,} on {ds[0]['channels']:,} channel(s) | "
+                      f"{lib.fmt_bytes(med([get(d, 'idle', 'rss_per_client') for d in ds]))} | "
+                      f"{lib.fmt_num(med([get(d, 'connect', 'per_sec') for d in ds]))} | "
+                      f"{us(med([get(d, 'connect', 'server_cpu_us_each') for d in ds]))} | "
+                      f"{lib.fmt_num(med([get(d, 'subscribe', 'per_sec') for d in ds]))} | "
+                      f"{us(med([get(d, 'subscribe', 'server_cpu_us_each') for d in ds]))} | "
+                      f"{bound(get(ds[0], 'connect', 'cost'))} |")
+    md.append("")
+    if "held" in args.only_set:
+        md.append("## The most subscribed clients held\n")
+        md.append(f"Counts asked for in turn ({', '.join(f'{c:,}' for c in conf['held']['counts'])}) at "
+                  f"{conf['held']['ramp']:,} connects per second, each client subscribing as it connects; a count "
+                  f"is held when every client is still connected and subscribed after the {conf['hold']} s hold. "
+                  f"The generator is stopped when the machine's available memory falls under "
+                  f"{MEMORY_GUARD:.0%} of it.\n")
+        md.append("| server | held | the count not held: connected, subscribed, held | why |")
+        md.append("|---|---:|---|---|")
+        for s in rows:
+            held, short = held_of(runs, s)
+            miss = "–" if not short else (f"{short['asked']:,}: {short['connected'] or 0:,}, "
+                                          f"{short['subscribed'] or 0:,}, {short['held']:,}")
+            md.append(f"| {LABEL[s]} | {'–' if held is None else f'{held:,}'} | {miss} | "
+                      f"{(short or {}).get('why') or ''} |")
+        md.append("")
+    if results["failures"]:
+        md.append("## Failed runs\n")
+        md += [f"- {f}" for f in results["failures"]]
+        md.append("")
+    path = os.path.join(out_dir, "PEER-BENCHMARKS.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md))
+    saved = {"command": command, "started": started.isoformat(), "finished": finished.isoformat(),
+             "machine": facts, "versions": results["versions"], "skipped": results["skipped"],
+             "settings": {k: getattr(args, k) for k in SAVED_ARGS}, "runs": runs, "failures": results["failures"]}
+    with open(os.path.join(out_dir, "bench", "peer-results.json"), "w") as f:
+        json.dump(saved, f, indent=1)
+    return path
+
+
+SAVED_ARGS = ["reps", "duration", "warmup", "only", "servers", "clients", "many_clients", "batch", "held_counts",
+              "held_ramp", "quick",
+              "server_core", "client_core", "max_p99"]
+
+
+def rerender(path, out_dir):
+    with open(path) as f:
+        saved = json.load(f)
+    args = argparse.Namespace(**saved["settings"])
+    args.only_set = set(args.only or CASES)
+    results = {"runs": saved["runs"], "failures": saved["failures"], "skipped": saved["skipped"],
+               "versions": saved["versions"]}
+    return write_report(args, results, saved["machine"], datetime.datetime.fromisoformat(saved["started"]),
+                        datetime.datetime.fromisoformat(saved["finished"]), out_dir, saved["command"])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--only", default="", help=f"comma-separated cases (default: all: {','.join(CASES)})")
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"rows (default: all: {','.join(SERVERS)})")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of the 10,000-client cases (default 3)")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per fan-out step (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per fan-out step (default 1)")
+    p.add_argument("--clients", type=int, default=10_000,
+                   help="clients of the fan-out cases (default 10,000; fewer for a trial run)")
+    p.add_argument("--many-clients", type=int, default=100_000, help="clients of the many case (default 100,000)")
+    p.add_argument("--batch", type=int, default=100,
+                   help="fanout-many: channels per HTTP API call (default 100, Pusher's most)")
+    p.add_argument("--max-p99", type=float, default=2000.0,
+                   help="a series of rising rates stops after a step with a p99 over this, in ms (default 2000)")
+    p.add_argument("--held-counts", default=",".join(str(c) for c in HELD_COUNTS),
+                   help=f"held: counts asked for in turn (default {','.join(str(c) for c in HELD_COUNTS)})")
+    p.add_argument("--held-ramp", type=float, default=HELD_RAMP,
+                   help=f"held: connects per second (default {HELD_RAMP:,})")
+    p.add_argument("--sockudo", default="", help="the sockudo binary (default: on PATH, or ~/.cargo/bin)")
+    p.add_argument("--quick", action="store_true", help="tiny counts and short steps: a smoke test (needs --out)")
+    p.add_argument("--out", default="", help="directory for PEER-BENCHMARKS.md and bench/ (default: docs/)")
+    p.add_argument("--no-build", action="store_true", help="use the release binary already built")
+    p.add_argument("--volley", default="", help="this volley binary rather than the release build")
+    p.add_argument("--server-core", type=int, default=0, help="core the servers are pinned to (default 0)")
+    p.add_argument("--client-core", type=int, default=1, help="core the generator is pinned to (default 1)")
+    p.add_argument("--rerender", metavar="RESULTS_JSON", help="only write the report again from a saved run")
+    args = p.parse_args()
+    if args.rerender:
+        log(f"report: {rerender(args.rerender, os.path.abspath(args.out or os.path.join(ROOT, 'docs')))}")
+        return 0
+    if args.quick:
+        if not args.out:
+            p.error("--quick does not overwrite docs/PEER-BENCHMARKS.md: give --out DIR")
+        args.reps = 1
+    if not 1 <= args.batch <= 100:
+        p.error("--batch: 1 to 100 channels per call (Pusher's HTTP API takes at most 100)")
+    try:
+        args.held_counts = [int(c) for c in args.held_counts.split(",") if c.strip()]
+    except ValueError:
+        p.error("--held-counts: numbers of clients, comma-separated")
+    args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for c in args.only:
+        if c not in CASES:
+            p.error(f"unknown case {c} (known: {','.join(CASES)})")
+    for s in args.servers:
+        if s not in SERVERS:
+            p.error(f"unknown server {s} (known: {','.join(SERVERS)})")
+    args.only_set = set(args.only or CASES)
+    if not sys.platform.startswith("linux"):
+        sys.exit("peers.py: Linux only (taskset, /proc)")
+    usable = sorted(os.sched_getaffinity(0))
+    for attr in ("server_core", "client_core"):
+        if getattr(args, attr) not in usable:
+            log(f"peers.py: core {getattr(args, attr)} is not available (usable: {usable}); using {usable[-1]}")
+            setattr(args, attr, usable[-1])
+    out_dir = os.path.abspath(args.out or os.path.join(ROOT, "docs"))
+
+    paths = {"volley": os.path.abspath(args.volley) if args.volley else hublib.build(args)}
+    skipped = {s: why for s, why in find_servers(args, paths).items() if s in args.servers}
+    creds = {"secret": secrets.token_hex(24), "api_key": secrets.token_hex(16), "app_secret": secrets.token_hex(16)}
+    facts = lib.machine_facts()
+    facts["load_start"] = lib.load_avg()
+    conf = settings(args)
+    results = {"runs": [], "failures": [], "skipped": skipped, "versions": versions(paths)}
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="volley-peer-bench-") as logdir:
+        if "volley-pusher" in args.servers:
+            ok, why = volley_speaks_pusher(paths, logdir, creds, args)
+            if not ok:
+                skipped["volley-pusher"] = why
+        rows = [s for s in args.servers if s not in skipped]
+        for s, why in skipped.items():
+            log(f"==> {LABEL[s]}: skipped ({why})")
+
+        def record(case, rep, server, data, error, **extra):
+            results["runs"].append({"case": case, "rep": rep, "server": server, "data": data, "error": error,
+                                    "figures": figures(case, data), **extra, **hublib.stamp(facts)})
+            if error:
+                results["failures"].append(f"{case} {server} rep {rep + 1}: {error}")
+            f = figures(case, data)
+            log(f"    {LABEL[server]}: {lib.fmt_bytes(f.get('idle_bytes'))}/client idle"
+                + (f", {lib.fmt_num(f['deliveries_per_cpu_s'])} deliveries per server-CPU-s, p99 "
+                   f"{lib.fmt_us(f.get('p99_us'))}" if f.get("deliveries_per_cpu_s") else "")
+                + (f"  FAILED: {error}" if error else ""))
+
+        for rep in range(args.reps):
+            # The servers take turns, in an order that rotates with the repetition.
+            order = rows[rep % len(rows):] + rows[:rep % len(rows)] if rows else []
+            for case in ("fanout-one", "fanout-many"):
+                if case not in args.only_set:
+                    continue
+                c = conf[case]
+                log(f"==> {case}: {c['clients']:,} clients, repetition {rep + 1}")
+                for s in order:
+                    data, error = run_one(args, paths, logdir, creds, s, conf, case, c["clients"], c["channels"],
+                                          c["rates"], c["batch"])
+                    record(case, rep, s, data, error)
+        if "many" in args.only_set:
+            log(f"==> many: {conf['many']['clients']:,} clients, a channel each")
+            for s in rows:
+                data, error = run_one(args, paths, logdir, creds, s, conf, "many", conf["many"]["clients"])
+                record("many", 0, s, data, error)
+        if "held" in args.only_set:
+            c = conf["held"]
+            for s in rows:
+                for i, count in enumerate(c["counts"]):
+                    log(f"==> held: {LABEL[s]}, {count:,} asked for")
+                    data, error = run_one(args, paths, logdir, creds, s, conf, "held", count,
+                                          extra=["--connect-rate", f"{c['ramp']:g}", "--subscribe-at-once"])
+                    held = get(data, "idle", "clients_held") or 0
+                    results["runs"].append({"case": "held", "rep": i, "server": s, "asked": count, "data": data,
+                                            "error": error, **hublib.stamp(facts)})
+                    log(f"    {held:,} held{'  (' + error + ')' if error else ''}")
+                    if error and args.quick:
+                        results["failures"].append(f"held {s} {count:,}: {error}")
+                    if error or held < count:
+                        break
+    facts["load_end"] = lib.load_avg()
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    command = " ".join(["python3", "bench/peers.py"] + [shlex.quote(hublib.portable(a)) for a in sys.argv[1:]])
+    path = write_report(args, results, facts, started, finished, out_dir, command)
+    log(f"\n==> {time.monotonic() - t0:.0f} s; report: {path}")
+    if results["failures"]:
+        log(f"\n{len(results['failures'])} failed run(s):")
+        for f in results["failures"]:
+            log(f"    {f}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
