@@ -74,6 +74,8 @@ pub(crate) struct HubInner {
     /// Surveys waiting for the other nodes' answers, by id.
     surveys: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<serde_json::Value>>>,
     survey_ids: AtomicU64,
+    /// Pusher connections on this node, by app id (each app's `max_connections`).
+    pub(crate) pusher_conns: Mutex<HashMap<String, usize>>,
 }
 
 /// Counters for `/metrics`.
@@ -330,6 +332,9 @@ struct Sub {
     control: Arc<SessionControl>,
     /// Channel compaction: pushes name the channel by its id.
     compact: bool,
+    /// A Pusher client: publications go in Pusher's wire shape, except to the socket
+    /// their [`TAG_EXCLUDE`](crate::pusher::TAG_EXCLUDE) tag names (its client id).
+    pusher: bool,
 }
 
 impl Local {
@@ -412,6 +417,8 @@ pub(crate) struct SubOptions {
     pub control: Arc<SessionControl>,
     /// Channel compaction was negotiated.
     pub compact: bool,
+    /// A Pusher client (see `Sub::pusher`).
+    pub pusher: bool,
 }
 
 impl Hub {
@@ -457,6 +464,7 @@ impl Hub {
             started: std::time::Instant::now(),
             surveys: Mutex::new(HashMap::new()),
             survey_ids: AtomicU64::new(1),
+            pusher_conns: Mutex::new(HashMap::new()),
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })
@@ -845,6 +853,7 @@ impl HubInner {
                     lost: false,
                     control: o.control,
                     compact: o.compact,
+                    pusher: o.pusher,
                 },
             );
             (first, id)
@@ -898,6 +907,14 @@ impl HubInner {
                 }
             }
             if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &p.tags)) {
+                continue;
+            }
+            if sub.pusher {
+                if !crate::pusher::wire::excluded(&p, &client.id) {
+                    if let Some(b) = crate::pusher::wire::encode_event(&pending.channel, &p) {
+                        client.push(b);
+                    }
+                }
                 continue;
             }
             match encode_publication(&pending.channel, pending.id, &p, client.format, sub.delta) {
@@ -986,6 +1003,8 @@ impl HubInner {
         // Each form encoded at most once, and only if a subscriber needs it.
         let mut encoded = Encodings::default();
         let mut delta: Option<Option<Publication>> = None;
+        // Pusher's wire shape, encoded once for all Pusher subscribers.
+        let mut pusher: Option<Option<Bytes>> = None;
         let mut sent = 0u64;
         for sub in local.subs.values_mut() {
             if sub.lost {
@@ -1005,6 +1024,18 @@ impl HubInner {
             }
             // No allocation: a filter only compares the tags in place.
             if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &publication.tags)) {
+                continue;
+            }
+            if sub.pusher {
+                if crate::pusher::wire::excluded(&publication, &sub.client.id) {
+                    continue;
+                }
+                let bytes = pusher.get_or_insert_with(|| crate::pusher::wire::encode_event(channel, &publication));
+                if let Some(b) = bytes {
+                    if sub.client.push(b.clone()) {
+                        sent += 1;
+                    }
+                }
                 continue;
             }
             // A delta only from the publication the client holds.

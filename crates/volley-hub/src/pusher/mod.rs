@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{duration, ChannelOptions};
 
+pub(crate) mod api;
+pub(crate) mod conn;
 pub mod sign;
+pub(crate) mod wire;
 
 /// The tag that holds a publication's Pusher event name.
 pub const TAG_EVENT: &str = "event";
