@@ -20,6 +20,19 @@ const APP = {
   enable_client_messages: true,
   max_client_events_per_second: 5,
 };
+// Strict: a connection must authorize within a second, one connection at most, pings
+// after a second of silence, 4201 a second later.
+const STRICT = {
+  id: '4322',
+  key: 'strict-key',
+  secret: 'strict-secret',
+  require_authorization: true,
+  authorization_timeout: '1s',
+  max_connections: 1,
+  activity_timeout: '1s',
+  pong_timeout: '1s',
+};
+const DISABLED = { id: '4323', key: 'disabled-key', secret: 'disabled-secret', enabled: false };
 const MASTER_KEY = Buffer.alloc(32, 7).toString('base64');
 
 let hub;
@@ -81,7 +94,7 @@ function collect(channel, event) {
 }
 
 before(async () => {
-  hub = await startHub({ ...DEFAULT_CONFIG, pusher: { apps: [APP] } });
+  hub = await startHub({ ...DEFAULT_CONFIG, pusher: { apps: [APP, STRICT, DISABLED] } });
   server = new PusherServer({
     appId: APP.id,
     key: APP.key,
@@ -317,6 +330,33 @@ describe('Pusher protocol', () => {
     a.disconnect();
   });
 
+  test('watchlist: online and offline events of the watched users', async () => {
+    const w = connect('watcher');
+    await connected(w);
+    const online = [];
+    const offline = [];
+    w.user.watchlist.bind('online', (e) => online.push(...e.user_ids));
+    w.user.watchlist.bind('offline', (e) => offline.push(...e.user_ids));
+    w.signin();
+    await waitFor(() => w.user.user_data?.id === 'watcher');
+    await sleep(100);
+    const b = connect('bob');
+    await connected(b);
+    b.signin();
+    await waitFor(() => online.includes('bob'));
+    // A second watcher learns at sign-in that bob is online.
+    const w2 = connect('watcher2');
+    await connected(w2);
+    const online2 = [];
+    w2.user.watchlist.bind('online', (e) => online2.push(...e.user_ids));
+    w2.signin();
+    await waitFor(() => online2.includes('bob'));
+    b.disconnect();
+    await waitFor(() => offline.includes('bob'));
+    w.disconnect();
+    w2.disconnect();
+  });
+
   test('the API refuses a bad signature with 401', async () => {
     const bad = new PusherServer({
       appId: APP.id,
@@ -349,6 +389,36 @@ describe('Pusher protocol', () => {
     await sleep(300);
     assert.notEqual(c.connection.state, 'connected');
     c.disconnect();
+  });
+
+  test('a disabled app is closed with 4003', async () => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port()}/app/${DISABLED.key}?protocol=7`);
+    const code = await new Promise((resolve) => ws.on('close', resolve));
+    assert.equal(code, 4003);
+  });
+
+  test('limits: connections (4100), authorization in time (4009), pings (4201)', async () => {
+    const url = `ws://127.0.0.1:${port()}/app/${STRICT.key}?protocol=7`;
+    const first = new WebSocket(url);
+    const messages = [];
+    first.on('message', (m) => messages.push(JSON.parse(m.toString())));
+    await waitFor(() => messages.length === 1);
+    const second = new WebSocket(url);
+    assert.equal(await new Promise((resolve) => second.on('close', resolve)), 4100);
+    // Neither signed in nor subscribed to a private channel within a second.
+    assert.equal(await new Promise((resolve) => first.on('close', resolve)), 4009);
+    // Authorized, silent: pinged after a second, closed a second later.
+    const third = new WebSocket(url);
+    const got = [];
+    third.on('message', (m) => got.push(JSON.parse(m.toString())));
+    await waitFor(() => got.length === 1);
+    const { socket_id } = JSON.parse(got[0].data);
+    const strict = new PusherServer({ appId: STRICT.id, key: STRICT.key, secret: STRICT.secret, host: '127.0.0.1', port: String(port()) });
+    third.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel: 'private-a', ...strict.authorizeChannel(socket_id, 'private-a') } }));
+    const code = await new Promise((resolve) => third.on('close', resolve));
+    assert.equal(code, 4201);
+    assert.ok(got.some((m) => m.event === 'pusher_internal:subscription_succeeded'));
+    assert.ok(got.some((m) => m.event === 'pusher:ping'));
   });
 
   test('another protocol version is closed with 4007', async () => {

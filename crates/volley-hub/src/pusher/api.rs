@@ -287,7 +287,7 @@ async fn channels(
         }
         let mut out = Map::new();
         for (name, n) in subscription_counts(&hub, &app, &prefix).await {
-            if n == 0 || name.starts_with("#server-to-user-") {
+            if n == 0 || name.starts_with('#') {
                 continue;
             }
             let mut v = json!({});

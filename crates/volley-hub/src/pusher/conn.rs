@@ -29,8 +29,6 @@ use crate::engine::client::ClientShared;
 use crate::engine::{lock, now_ms, Connected, Details, Hub, SessionControl, SubOptions};
 use crate::protocol::{ClientInfo, Disconnect, Format, PayloadKind, Publication};
 
-/// How long a client has to answer the server's `pusher:ping` (4201 after).
-const PONG_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a presence entry lives unless refreshed; refreshed every third of it.
 const PRESENCE_TTL: Duration = Duration::from_secs(60);
 
@@ -178,7 +176,7 @@ where
                 client.push(wire::message("pusher:ping", None, &json!({})));
                 ping_sent = Some(Instant::now());
             }
-            _ = sleep_until(ping_sent.map(|t| t + PONG_TIMEOUT)), if ping_sent.is_some() => {
+            _ = sleep_until(ping_sent.map(|t| t + s.app.pong_timeout)), if ping_sent.is_some() => {
                 break Some(close::NO_PONG);
             }
             _ = sleep_until(auth_deadline), if auth_deadline.is_some() && !s.authorized => {
@@ -256,6 +254,28 @@ struct Sub {
 /// The signed-in user.
 struct SignedIn {
     id: String,
+    /// The users of its watchlist.
+    watching: Vec<String>,
+}
+
+/// The most users one watchlist may hold (beyond: the rest are left out).
+const MAX_WATCHLIST: usize = 100;
+
+/// The engine channel whose presence holds the app's signed-in users (never a
+/// subscription: `#` names are refused to clients and the HTTP API).
+fn online_channel(app_id: &str) -> String {
+    internal_channel(app_id, "#online")
+}
+
+/// The engine channel where a user's coming online and going offline is told to the
+/// users who watch it.
+fn watch_channel(app_id: &str, user: &str) -> String {
+    internal_channel(app_id, &format!("{}{user}", super::wire::WATCHLIST_PREFIX))
+}
+
+/// A watchlist event's data.
+fn watchlist_events(name: &str, users: &[&str]) -> Value {
+    json!({ "events": [{ "name": name, "user_ids": users }] })
 }
 
 struct PusherSession {
@@ -504,6 +524,10 @@ impl PusherSession {
             };
             let _ = self.hub.inner.broker.add_presence(&internal, me, PRESENCE_TTL).await;
         }
+        if let Some(user) = &self.user {
+            let me = ClientInfo { user: user.id.clone(), client: self.client.id.clone(), ..ClientInfo::default() };
+            let _ = self.hub.inner.broker.add_presence(&online_channel(&self.app.id), me, PRESENCE_TTL).await;
+        }
     }
 
     async fn client_event(&mut self, event: &str, channel: Option<&str>, data: Value) {
@@ -583,9 +607,54 @@ impl PusherSession {
             }
             Err(_) => return self.error(None, "Sign-in failed: internal error"),
         }
-        self.user = Some(SignedIn { id });
         self.authorized = true;
         self.push(wire::message("pusher:signin_success", None, &json!({ "user_data": user_data })));
+        let watching = self.watch(&id, user_data).await;
+        self.user = Some(SignedIn { id, watching });
+    }
+
+    /// Marks the user online (telling its watchers on its first connection), follows
+    /// the users of its watchlist and tells which of them are online now.
+    async fn watch(&mut self, id: &str, user_data: &str) -> Vec<String> {
+        let inner = self.hub.inner.clone();
+        let online = online_channel(&self.app.id);
+        let me = ClientInfo { user: id.to_owned(), client: self.client.id.clone(), ..ClientInfo::default() };
+        if let Err(e) = inner.broker.add_presence(&online, me, PRESENCE_TTL).await {
+            tracing::warn!(error = %e, "the online users' presence failed");
+        }
+        let users = inner.broker.presence(&online).await.unwrap_or_default();
+        if users.values().filter(|c| c.user == id).count() <= 1 {
+            self.internal_event(
+                &watch_channel(&self.app.id, id),
+                "pusher_internal:watchlist_events",
+                &watchlist_events("online", &[id]),
+            )
+            .await;
+        }
+        let parsed: Value = serde_json::from_str(user_data).unwrap_or(Value::Null);
+        let mut watching: Vec<String> = parsed
+            .get("watchlist")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).take(MAX_WATCHLIST).collect())
+            .unwrap_or_default();
+        watching.sort();
+        watching.dedup();
+        for w in &watching {
+            let sub = SubOptions { pusher: true, control: self.control.clone(), ..SubOptions::default() };
+            if let Ok(pending) = inner.register(&watch_channel(&self.app.id, w), &self.client, sub).await {
+                inner.go_live(&pending, None, 0, None, "", &self.client);
+            }
+        }
+        let now_online: Vec<&str> =
+            watching.iter().filter(|w| users.values().any(|c| &&c.user == w)).map(String::as_str).collect();
+        if !now_online.is_empty() {
+            self.push(wire::message(
+                "pusher_internal:watchlist_events",
+                None,
+                &watchlist_events("online", &now_online),
+            ));
+        }
+        watching
     }
 
     /// Leaves every channel (member events included) and the hub's registry.
@@ -595,8 +664,20 @@ impl PusherSession {
             self.unsubscribe(&ch).await;
         }
         if let Some(user) = self.user.take() {
+            let inner = self.hub.inner.clone();
             let internal = internal_channel(&self.app.id, &format!("#server-to-user-{}", user.id));
-            self.hub.inner.unregister(&internal, self.client.seq).await;
+            inner.unregister(&internal, self.client.seq).await;
+            for w in &user.watching {
+                inner.unregister(&watch_channel(&self.app.id, w), self.client.seq).await;
+            }
+            let online = online_channel(&self.app.id);
+            let _ = inner.broker.remove_presence(&online, &self.client.id, &user.id).await;
+            let users = inner.broker.presence(&online).await.unwrap_or_default();
+            if !users.values().any(|c| c.user == user.id) {
+                let data = watchlist_events("offline", &[&user.id]);
+                self.internal_event(&watch_channel(&self.app.id, &user.id), "pusher_internal:watchlist_events", &data)
+                    .await;
+            }
         }
         let mut conns = lock(&self.hub.inner.conns);
         remove_registration(&mut conns, &self.registered_as, self.client.seq);

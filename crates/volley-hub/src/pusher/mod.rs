@@ -82,6 +82,10 @@ pub struct PusherApp {
     /// client pings after this long without a message.
     #[serde(with = "duration")]
     pub activity_timeout: Duration,
+    /// How long a client the server pinged (after `activity_timeout` of silence) has
+    /// to answer before it is closed with 4201.
+    #[serde(with = "duration")]
+    pub pong_timeout: Duration,
     /// How long a connection may stay without a subscription or sign-in before it is
     /// closed with 4009, when the app requires it (`require_authorization`).
     #[serde(with = "duration")]
@@ -112,6 +116,7 @@ impl Default for PusherApp {
             max_event_channels_at_once: 100,
             max_event_batch_size: 10,
             activity_timeout: Duration::from_secs(120),
+            pong_timeout: Duration::from_secs(30),
             authorization_timeout: Duration::from_secs(30),
             require_authorization: false,
             cache_ttl: Duration::from_secs(30 * 60),

@@ -7,6 +7,10 @@ use serde_json::Value;
 use super::{external_channel, TAG_EVENT, TAG_EXCLUDE, TAG_USER_ID};
 use crate::protocol::Publication;
 
+/// What starts the Pusher names of the internal channels of watchlist events: their
+/// events go without a channel, as Pusher sends them.
+pub(crate) const WATCHLIST_PREFIX: &str = "#watchlist-";
+
 /// Whether a publication is not to go to the socket `socket_id` (it sent it, or the
 /// HTTP API's `socket_id` names it).
 pub(crate) fn excluded(p: &Publication, socket_id: &str) -> bool {
@@ -25,8 +29,10 @@ pub(crate) fn encode_event(internal: &str, p: &Publication) -> Option<Bytes> {
     let mut out = BytesMut::with_capacity(48 + event.len() + channel.len() + p.data.len());
     out.put_slice(b"{\"event\":");
     put_str(&mut out, event);
-    out.put_slice(b",\"channel\":");
-    put_str(&mut out, channel);
+    if !channel.starts_with(WATCHLIST_PREFIX) {
+        out.put_slice(b",\"channel\":");
+        put_str(&mut out, channel);
+    }
     out.put_slice(b",\"data\":");
     if p.data.is_empty() {
         out.put_slice(b"\"\"");
