@@ -43,8 +43,17 @@ fn reply(status: StatusCode, body: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-fn refused(status: StatusCode, message: impl Into<String>) -> Response {
-    reply(status, json!({ "error": message.into() }))
+/// A refused request: its status and why.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        reply(self.0, json!({ "error": self.1 }))
+    }
+}
+
+fn refused(status: StatusCode, message: impl Into<String>) -> Refused {
+    Refused(status, message.into())
 }
 
 /// The largest request body taken, whatever the app's limits (413 beyond).
@@ -55,7 +64,7 @@ fn max_body(app: &PusherApp) -> usize {
 
 /// Reads the body (413 over the limit), authenticates the request, checks the app is
 /// enabled (403).
-async fn authenticate(app: &PusherApp, method: &Method, uri: &Uri, body: Body) -> Result<Bytes, Response> {
+async fn authenticate(app: &PusherApp, method: &Method, uri: &Uri, body: Body) -> Result<Bytes, Refused> {
     let body = axum::body::to_bytes(body, max_body(app))
         .await
         .map_err(|_| refused(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"))?;
@@ -68,7 +77,7 @@ async fn authenticate(app: &PusherApp, method: &Method, uri: &Uri, body: Body) -
     Ok(body)
 }
 
-fn app_by_id(hub: &Hub, id: &str) -> Result<PusherApp, Response> {
+fn app_by_id(hub: &Hub, id: &str) -> Result<PusherApp, Refused> {
     hub.config().pusher.by_id(id).cloned().ok_or_else(|| refused(StatusCode::NOT_FOUND, "Unknown app"))
 }
 
@@ -100,7 +109,7 @@ struct Event {
 
 /// Checks an event and publishes it to its channels; returns the info asked per
 /// channel, if any.
-async fn trigger(hub: &Hub, app: &PusherApp, e: Event) -> Result<Option<Map<String, Value>>, Response> {
+async fn trigger(hub: &Hub, app: &PusherApp, e: Event) -> Result<Option<Map<String, Value>>, Refused> {
     let channels: Vec<String> = match (e.channels, e.channel) {
         (Some(c), None) => c,
         (None, Some(c)) => vec![c],
@@ -193,7 +202,7 @@ async fn channel_attributes(
     app: &PusherApp,
     channel: &str,
     info: &HashSet<String>,
-) -> Result<Value, Response> {
+) -> Result<Value, Refused> {
     let mut v = json!({});
     let presence = channel_kind(channel).0 == ChannelKind::Presence;
     if info.contains("user_count") {
@@ -216,14 +225,14 @@ async fn events(State(hub): State<Hub>, Path(app_id): Path<String>, method: Meth
         let body = authenticate(&app, &method, &uri, body).await?;
         let e: Event = serde_json::from_slice(&body)
             .map_err(|e| refused(StatusCode::BAD_REQUEST, format!("Invalid event: {e}")))?;
-        Ok(match trigger(&hub, &app, e).await? {
+        Ok::<_, Refused>(match trigger(&hub, &app, e).await? {
             Some(channels) => json!({ "channels": channels }),
             None => json!({}),
         })
     };
     match run.await {
         Ok(v) => reply(StatusCode::OK, v),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -261,11 +270,11 @@ async fn batch_events(
             let info = trigger(&hub, &app, e).await?;
             infos.push(info.and_then(|mut m| m.remove(&channel)).unwrap_or_else(|| json!({})));
         }
-        Ok(if any_info { json!({ "batch": infos }) } else { json!({}) })
+        Ok::<_, Refused>(if any_info { json!({ "batch": infos }) } else { json!({}) })
     };
     match run.await {
         Ok(v) => reply(StatusCode::OK, v),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -300,11 +309,11 @@ async fn channels(
             }
             out.insert(name, v);
         }
-        Ok(json!({ "channels": out }))
+        Ok::<_, Refused>(json!({ "channels": out }))
     };
     match run.await {
         Ok(v) => reply(StatusCode::OK, v),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -336,11 +345,11 @@ async fn channel(
                 }
             }
         }
-        Ok(v)
+        Ok::<_, Refused>(v)
     };
     match run.await {
         Ok(v) => reply(StatusCode::OK, v),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -364,11 +373,11 @@ async fn users(
             .await
             .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let ids: std::collections::BTreeSet<String> = members.into_values().map(|c| c.user).collect();
-        Ok(json!({ "users": ids.into_iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() }))
+        Ok::<_, Refused>(json!({ "users": ids.into_iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() }))
     };
     match run.await {
         Ok(v) => reply(StatusCode::OK, v),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -383,7 +392,7 @@ async fn terminate_user(hub: &Hub, app: &PusherApp, user_id: &str) -> Response {
     };
     match hub.user_control(m).await {
         Ok(()) => reply(StatusCode::OK, json!({})),
-        Err(e) => refused(StatusCode::INTERNAL_SERVER_ERROR, e.message.to_string()),
+        Err(e) => refused(StatusCode::INTERNAL_SERVER_ERROR, e.message.to_string()).into_response(),
     }
 }
 
@@ -396,10 +405,10 @@ async fn terminate(
 ) -> Response {
     let app = match app_by_id(&hub, &app_id) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let Err(r) = authenticate(&app, &method, &uri, body).await {
-        return r;
+        return r.into_response();
     }
     terminate_user(&hub, &app, &user_id).await
 }
@@ -413,10 +422,10 @@ async fn terminate_by_key(
 ) -> Response {
     let key = query_value(&uri, "auth_key").unwrap_or_default();
     let Some(app) = hub.config().pusher.by_key(&key).cloned() else {
-        return refused(StatusCode::NOT_FOUND, "Unknown app");
+        return refused(StatusCode::NOT_FOUND, "Unknown app").into_response();
     };
     if let Err(r) = authenticate(&app, &method, &uri, body).await {
-        return r;
+        return r.into_response();
     }
     terminate_user(&hub, &app, &user_id).await
 }

@@ -247,8 +247,8 @@ where
 /// A Pusher channel the client is subscribed to.
 struct Sub {
     kind: ChannelKind,
-    /// On presence channels: the member's user id.
-    member: Option<String>,
+    /// On presence channels: the member's user id and `user_info` (JSON text).
+    member: Option<(String, Bytes)>,
 }
 
 /// The signed-in user.
@@ -295,7 +295,9 @@ struct PusherSession {
 
 impl PusherSession {
     fn new(hub: Hub, app: PusherApp, details: Details) -> Self {
-        let socket_id = format!("{}.{}", rand::random::<u32>() % 1_000_000_000, rand::random::<u32>());
+        // Random across nodes, a counter within this one: unique.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let socket_id = format!("{}.{}", rand::random::<u32>() % 1_000_000_000, NEXT.fetch_add(1, Ordering::Relaxed));
         let client = Arc::new(ClientShared::with_id(socket_id, Format::Json, hub.config().client.queue_max_bytes));
         let control = Arc::new(SessionControl { details, ..SessionControl::default() });
         let registered_as = internal_user(&app.id, "");
@@ -423,10 +425,7 @@ impl PusherSession {
         let mut succeeded = json!({});
         let mut first_of_user = false;
         if let Some((user_id, info)) = &member {
-            let members = match inner.broker.presence(&internal).await {
-                Ok(m) => m,
-                Err(_) => HashMap::new(),
-            };
+            let members = inner.broker.presence(&internal).await.unwrap_or_default();
             let known = members.values().any(|c| &c.user == user_id);
             let users: std::collections::HashSet<&str> = members.values().map(|c| c.user.as_str()).collect();
             if !known && users.len() >= self.app.max_presence_members_per_channel {
@@ -442,9 +441,10 @@ impl PusherSession {
             if let Err(e) = inner.broker.add_presence(&internal, me.clone(), PRESENCE_TTL).await {
                 tracing::warn!(error = %e, channel, "presence failed");
             }
-            let mut members = inner.broker.presence(&internal).await.unwrap_or_default();
+            // What was there, and this connection: no second read of the whole channel.
+            let mut members = members;
             members.insert(me.client.clone(), me);
-            first_of_user = members.values().filter(|c| &c.user == user_id).count() == 1;
+            first_of_user = !known;
             let mut hash = serde_json::Map::new();
             for c in members.values() {
                 let info = serde_json::from_slice::<Value>(&c.conn_info).unwrap_or(Value::Null);
@@ -474,7 +474,7 @@ impl PusherSession {
             let data = json!({ "user_id": user_id, "user_info": info });
             self.internal_event(&internal, "pusher_internal:member_added", &data).await;
         }
-        self.subs.insert(channel.to_owned(), Sub { kind, member: member.map(|(u, _)| u) });
+        self.subs.insert(channel.to_owned(), Sub { kind, member });
     }
 
     /// Publishes a server event to a channel's subscribers but this one, everywhere,
@@ -500,7 +500,7 @@ impl PusherSession {
         let internal = internal_channel(&self.app.id, channel);
         let inner = &self.hub.inner;
         inner.unregister(&internal, self.client.seq).await;
-        if let Some(user_id) = sub.member {
+        if let Some((user_id, _)) = sub.member {
             let _ = inner.broker.remove_presence(&internal, &self.client.id, &user_id).await;
             let members = inner.broker.presence(&internal).await.unwrap_or_default();
             if !members.values().any(|c| c.user == user_id) {
@@ -511,15 +511,12 @@ impl PusherSession {
 
     async fn refresh_presence(&mut self) {
         for (channel, sub) in &self.subs {
-            let Some(user_id) = &sub.member else { continue };
+            let Some((user_id, info)) = &sub.member else { continue };
             let internal = internal_channel(&self.app.id, channel);
-            // The user_info kept is the one presence holds: read it back.
-            let members = self.hub.inner.broker.presence(&internal).await.unwrap_or_default();
-            let info = members.get(&self.client.id).map(|c| c.conn_info.clone()).unwrap_or_default();
             let me = ClientInfo {
                 user: user_id.clone(),
                 client: self.client.id.clone(),
-                conn_info: info,
+                conn_info: info.clone(),
                 chan_info: Bytes::new(),
             };
             let _ = self.hub.inner.broker.add_presence(&internal, me, PRESENCE_TTL).await;
@@ -561,7 +558,7 @@ impl PusherSession {
         let mut tags = std::collections::BTreeMap::new();
         tags.insert(TAG_EVENT.to_owned(), event.to_owned());
         tags.insert(TAG_EXCLUDE.to_owned(), self.client.id.clone());
-        if let Some(user) = &sub.member {
+        if let Some((user, _)) = &sub.member {
             tags.insert(TAG_USER_ID.to_owned(), user.clone());
         }
         let internal = internal_channel(&self.app.id, channel);
