@@ -31,6 +31,8 @@ const STRICT = {
   max_connections: 1,
   activity_timeout: '1s',
   pong_timeout: '1s',
+  max_event_payload_size: 100,
+  max_event_batch_size: 2,
 };
 const DISABLED = { id: '4323', key: 'disabled-key', secret: 'disabled-secret', enabled: false };
 const MASTER_KEY = Buffer.alloc(32, 7).toString('base64');
@@ -419,6 +421,17 @@ describe('Pusher protocol', () => {
     assert.equal(code, 4201);
     assert.ok(got.some((m) => m.event === 'pusher_internal:subscription_succeeded'));
     assert.ok(got.some((m) => m.event === 'pusher:ping'));
+  });
+
+  test('the API\'s limits: 413 for data too large, 400 for a batch too large, 403 for a disabled app', async () => {
+    const opts = { host: '127.0.0.1', port: String(port()), useTLS: false };
+    const strict = new PusherServer({ appId: STRICT.id, key: STRICT.key, secret: STRICT.secret, ...opts });
+    await assert.rejects(strict.trigger('a', 'e', 'x'.repeat(200)), (e) => e.status === 413);
+    assert.equal((await strict.trigger('a', 'e', 'x'.repeat(50))).status, 200);
+    const three = [1, 2, 3].map((n) => ({ channel: 'a', name: 'e', data: String(n) }));
+    await assert.rejects(strict.triggerBatch(three), (e) => e.status === 400);
+    const disabled = new PusherServer({ appId: DISABLED.id, key: DISABLED.key, secret: DISABLED.secret, ...opts });
+    await assert.rejects(disabled.trigger('a', 'e', {}), (e) => e.status === 403);
   });
 
   test('another protocol version is closed with 4007', async () => {

@@ -12,6 +12,7 @@ import websockets
 from hub import CONFIG, Hub
 
 APP = {"id": "777", "key": "py-pusher-key", "secret": "py-pusher-secret", "enable_client_messages": True}
+DISABLED = {"id": "778", "key": "py-disabled-key", "secret": "py-disabled-secret", "enabled": False}
 
 
 class Socket:
@@ -52,7 +53,7 @@ class Socket:
 class PusherPythonTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.hub = Hub(dict(CONFIG, pusher={"apps": [APP]}))
+        cls.hub = Hub(dict(CONFIG, pusher={"apps": [APP, DISABLED]}))
         host, port = cls.hub.addr.rsplit(":", 1)
         cls.client = pusher.Pusher(
             app_id=APP["id"], key=APP["key"], secret=APP["secret"], host=host, port=int(port), ssl=False
@@ -118,6 +119,39 @@ class PusherPythonTest(unittest.TestCase):
             self.assertEqual(closed.exception.rcvd.code, 4009)
 
         self.run_async(go())
+
+    def test_batches_with_info_and_cache_channels(self):
+        async def go():
+            a = await Socket().open(self.hub.addr)
+            await a.subscribe(self.client, "py-batch")
+            r = self.client.trigger_batch([
+                {"channel": "py-batch", "name": "x", "data": "1", "info": "subscription_count"},
+                {"channel": "cache-py", "name": "x", "data": "2"},
+            ])
+            self.assertEqual(r, {"batch": [{"subscription_count": 1}, {}]})
+            self.assertEqual((await a.next("x"))["data"], "1")
+            # The cache channel's last event: on subscribe, and through the API.
+            b = await Socket().open(self.hub.addr)
+            await b.subscribe(self.client, "cache-py")
+            self.assertEqual((await b.next("x"))["data"], "2")
+            info = self.client.channel_info("cache-py", ["cache"])
+            self.assertEqual(info["cache"]["data"], "2")
+            await a.ws.close()
+            await b.ws.close()
+
+        self.run_async(go())
+
+    def test_refusals(self):
+        with self.assertRaises(pusher.errors.PusherBadRequest):
+            self.client.users_info("py-news")
+        with self.assertRaises(pusher.errors.PusherBadRequest):
+            self.client.channels_info(attributes=["user_count"])
+        host, port = self.hub.addr.rsplit(":", 1)
+        disabled = pusher.Pusher(
+            app_id=DISABLED["id"], key=DISABLED["key"], secret=DISABLED["secret"], host=host, port=int(port), ssl=False
+        )
+        with self.assertRaises(pusher.errors.PusherForbidden):
+            disabled.trigger(["py-news"], "x", {})
 
     def test_a_wrong_secret_is_refused(self):
         host, port = self.hub.addr.rsplit(":", 1)
