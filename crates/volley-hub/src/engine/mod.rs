@@ -1261,4 +1261,40 @@ mod tests {
             encode_publication("c", 0, &publication(b"\xff", PayloadKind::Binary), Format::Protobuf, false).is_some()
         );
     }
+
+    /// Pusher subscribers get Pusher's shape, encoded once for them all (the same
+    /// bytes), except the socket the publication excludes; a Centrifugo subscriber of
+    /// the same channel still gets Centrifugo's push.
+    #[tokio::test]
+    async fn pusher_subscribers_share_one_encoding_and_the_excluded_one_is_skipped() {
+        use crate::pusher::{internal_channel, TAG_EVENT, TAG_EXCLUDE};
+        let hub = Hub::new(HubConfig::default()).unwrap();
+        let inner = &hub.inner;
+        let channel = internal_channel("1", "news");
+        let client = |id: &str| Arc::new(ClientShared::with_id(id.into(), Format::Json, 1 << 20));
+        let (a, b, c) = (client("1.1"), client("1.2"), client("1.3"));
+        let centrifugo = Arc::new(ClientShared::new(Format::Json, 1 << 20));
+        for (cl, pusher) in [(&a, true), (&b, true), (&c, true), (&centrifugo, false)] {
+            let pending = inner.register(&channel, cl, SubOptions { pusher, ..SubOptions::default() }).await.unwrap();
+            inner.go_live(&pending, None, 0, None, "", cl);
+        }
+        let tags = [(TAG_EVENT.to_owned(), "e".to_owned()), (TAG_EXCLUDE.to_owned(), "1.1".to_owned())];
+        let p = Publication {
+            data: Bytes::from_static(b"\"x\""),
+            tags: tags.into_iter().collect(),
+            kind: PayloadKind::Json,
+            ..Default::default()
+        };
+        inner.publish(&channel, &Default::default(), p, None, true).await.unwrap();
+        let take = |cl: &ClientShared| {
+            let mut out = Vec::new();
+            cl.take_since(&mut out);
+            out
+        };
+        assert!(take(&a).is_empty(), "excluded");
+        let (got_b, got_c) = (take(&b), take(&c));
+        assert_eq!(&got_b[0][..], br#"{"event":"e","channel":"news","data":"x"}"#);
+        assert_eq!(got_b[0].as_ptr(), got_c[0].as_ptr(), "one encoding shared");
+        assert!(take(&centrifugo)[0].starts_with(b"{\"push\""));
+    }
 }

@@ -11,6 +11,16 @@
 //! presence channels ([`TAG_USER_ID`]) and the socket excluded from delivery
 //! ([`TAG_EXCLUDE`]); its data is the JSON text of the event's `data` (a JSON string for
 //! the HTTP API's events), embedded as it is.
+//!
+//! A Pusher connection's subscriptions are engine subscribers marked Pusher: the
+//! delivery encodes an event in Pusher's shape (`wire`) once per publication for all of
+//! them and skips the one whose socket id (its client id) the exclusion tag names.
+//! `conn` serves the connections (`/app/{key}`), `api` the HTTP API (`/apps/{id}/...`),
+//! [`sign`] checks the signatures. Member events (`pusher_internal:member_added`,
+//! `member_removed`) and watchlist events are publications too, sent when the broker's
+//! presence shows a user's first or last connection; the app's signed-in users are the
+//! presence of an internal `#online` channel, and a user's watchers subscribe to its
+//! internal `#watchlist-{id}` channel.
 
 use std::time::Duration;
 
