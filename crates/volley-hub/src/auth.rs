@@ -34,8 +34,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rustls_pki_types::pem::{self, PemObject};
@@ -43,8 +41,9 @@ use rustls_pki_types::SubjectPublicKeyInfoDer;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Number;
-use tokio::io::{AsyncRead, AsyncWrite};
 use volley::tls::rustls::ClientConfig;
+
+use crate::http_client::{Endpoint, Request};
 
 /// The keys and checks of one kind of token: Centrifugo's `client.token` section (and
 /// `client.subscription_token`, less its `enabled`), with the same key names.
@@ -916,50 +915,6 @@ fn check_rsa_size(modulus: &[u8]) -> Result<(), String> {
 const MAX_JWKS_BYTES: usize = 1 << 20;
 const MAX_JWKS_KEYS: usize = 256;
 
-/// Where a JWK set is fetched.
-#[derive(Debug)]
-struct Endpoint {
-    url: String,
-    tls: bool,
-    /// The host without brackets, to connect to and to check the certificate against.
-    host: String,
-    port: u16,
-    /// `host[:port]`, for the `Host` header.
-    authority: String,
-    path: String,
-}
-
-impl Endpoint {
-    fn parse(url: &str) -> Result<Endpoint, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("{url:?}: the scheme must be https:// or http://")),
-        };
-        let authority = uri.authority().ok_or_else(|| format!("{url:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("{url:?}: credentials in the URL are not supported"));
-        }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-        if host.is_empty() {
-            return Err(format!("{url:?} has no host"));
-        }
-        let path = match uri.path_and_query().map(|p| p.as_str()) {
-            Some(p) if !p.is_empty() => p.to_string(),
-            _ => "/".to_string(),
-        };
-        Ok(Endpoint {
-            url: url.to_string(),
-            tls,
-            host,
-            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-            authority: authority.as_str().to_string(),
-            path,
-        })
-    }
-}
-
 /// The keys of a JWKS endpoint, fetched when first needed, used for `ttl`, and fetched
 /// again when a token names a key the set does not hold, at most every `min_refetch`.
 struct Jwks {
@@ -1044,49 +999,14 @@ impl Jwks {
     }
 }
 
-/// GETs the endpoint over HTTP/1.1 (in TLS for `https://`): the body of a 200 answer.
+/// GETs the JWK set: the body of a 200 answer.
 async fn fetch(endpoint: &Endpoint, tls: &Arc<ClientConfig>) -> Result<Bytes, String> {
-    let tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-        .await
-        .map_err(|e| format!("connecting: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    if endpoint.tls {
-        let name = volley::tls::server_name(&endpoint.host).map_err(|e| e.to_string())?;
-        let stream =
-            volley::tls::TlsConnector::from(tls.clone()).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-        get(stream, endpoint).await
-    } else {
-        get(tcp, endpoint).await
+    let request = Request::get(endpoint, &[("accept", "application/json")]);
+    let (status, body) = request.send(tls, MAX_JWKS_BYTES).await?;
+    if status != http::StatusCode::OK {
+        return Err(format!("answered {status}"));
     }
-}
-
-async fn get<S>(io: S, endpoint: &Endpoint) -> Result<Bytes, String>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
-    let connection = tokio::spawn(connection);
-    let result = async {
-        let request = http::Request::get(endpoint.path.as_str())
-            .header(http::header::HOST, endpoint.authority.as_str())
-            .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, concat!("volley-hub/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
-        if response.status() != http::StatusCode::OK {
-            return Err(format!("answered {}", response.status()));
-        }
-        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?;
-        Ok(body.to_bytes())
-    }
-    .await;
-    connection.abort();
-    result
+    Ok(body)
 }
 
 #[derive(Deserialize)]
@@ -1194,7 +1114,7 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header};
     use rustls_pki_types::{PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
     use serde_json::json;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;

@@ -14,6 +14,7 @@ pub mod config;
 pub mod delta;
 pub mod engine;
 pub mod filter;
+pub(crate) mod http_client;
 pub mod protocol;
 pub mod pusher;
 pub mod transport;

@@ -31,6 +31,7 @@ use crate::config::{duration, ChannelOptions};
 pub(crate) mod api;
 pub(crate) mod conn;
 pub mod sign;
+pub mod webhook;
 pub(crate) mod wire;
 
 /// The tag that holds a publication's Pusher event name.
@@ -52,6 +53,8 @@ pub struct PusherConfig {
     /// The apps Pusher clients and backends may use (none: the Pusher endpoints answer
     /// 404).
     pub apps: Vec<PusherApp>,
+    /// How webhooks are sent (the apps name where to).
+    pub webhooks: webhook::WebhookSettings,
 }
 
 /// One Pusher app: its credentials, limits and features.
@@ -106,6 +109,8 @@ pub struct PusherApp {
     /// How long a `cache-` channel keeps its last event.
     #[serde(with = "duration")]
     pub cache_ttl: Duration,
+    /// Where the app's webhooks go.
+    pub webhooks: Vec<webhook::WebhookTarget>,
 }
 
 impl Default for PusherApp {
@@ -130,6 +135,7 @@ impl Default for PusherApp {
             authorization_timeout: Duration::from_secs(30),
             require_authorization: false,
             cache_ttl: Duration::from_secs(30 * 60),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -160,6 +166,9 @@ impl PusherConfig {
             }
             if self.apps[..i].iter().any(|b| b.key == a.key) {
                 return Err(format!("{what}: key {:?} is used by another app", a.key));
+            }
+            for (j, w) in a.webhooks.iter().enumerate() {
+                w.check().map_err(|e| format!("{what}.webhooks[{j}]: {e}"))?;
             }
         }
         Ok(())
@@ -276,9 +285,9 @@ mod tests {
             secret: "s".into(),
             ..Default::default()
         };
-        assert!(PusherConfig { apps: vec![app("1", "k1"), app("2", "k2")] }.check().is_ok());
-        assert!(PusherConfig { apps: vec![app("1", "k1"), app("1", "k2")] }.check().is_err());
-        assert!(PusherConfig { apps: vec![app("1", "k1"), app("2", "k1")] }.check().is_err());
-        assert!(PusherConfig { apps: vec![app("", "k1")] }.check().is_err());
+        assert!(PusherConfig { apps: vec![app("1", "k1"), app("2", "k2")], ..Default::default() }.check().is_ok());
+        assert!(PusherConfig { apps: vec![app("1", "k1"), app("1", "k2")], ..Default::default() }.check().is_err());
+        assert!(PusherConfig { apps: vec![app("1", "k1"), app("2", "k1")], ..Default::default() }.check().is_err());
+        assert!(PusherConfig { apps: vec![app("", "k1")], ..Default::default() }.check().is_err());
     }
 }
