@@ -38,6 +38,8 @@ const DISABLED = { id: '4323', key: 'disabled-key', secret: 'disabled-secret', e
 const MASTER_KEY = Buffer.alloc(32, 7).toString('base64');
 
 let hub;
+let hookServer; // the app's webhook endpoint
+const hooks = []; // the webhook events received, each checked with the SDK
 let server; // the Pusher SDK, against the hub
 let authServer; // the app's authorization endpoints
 let authUrl;
@@ -96,7 +98,21 @@ function collect(channel, event) {
 }
 
 before(async () => {
-  hub = await startHub({ ...DEFAULT_CONFIG, pusher: { apps: [APP, STRICT, DISABLED] } });
+  hookServer = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const hook = server.webhook({ headers: req.headers, rawBody: Buffer.concat(chunks).toString() });
+      if (hook.isValid()) hooks.push(...hook.getEvents());
+      res.writeHead(hook.isValid() ? 200 : 401).end();
+    });
+  });
+  await new Promise((r) => hookServer.listen(0, '127.0.0.1', r));
+  const webhooks = [{ url: `http://127.0.0.1:${hookServer.address().port}/hooks` }];
+  hub = await startHub({
+    ...DEFAULT_CONFIG,
+    pusher: { apps: [{ ...APP, webhooks }, STRICT, DISABLED], webhooks: { removal_delay: '200ms', batch_window: '10ms' } },
+  });
   server = new PusherServer({
     appId: APP.id,
     key: APP.key,
@@ -131,6 +147,7 @@ before(async () => {
 after(async () => {
   for (const c of clients) c.disconnect();
   authServer?.close();
+  hookServer?.close();
   await hub?.stop();
 });
 
@@ -357,6 +374,14 @@ describe('Pusher protocol', () => {
     await waitFor(() => offline.includes('bob'));
     w.disconnect();
     w2.disconnect();
+  });
+
+  test('webhooks: members, client events and cache misses, signed as the SDK checks', async () => {
+    const has = (f) => hooks.some(f);
+    await waitFor(() => has((e) => e.name === 'member_added' && e.channel === 'presence-lobby' && e.user_id === 'bob'));
+    await waitFor(() => has((e) => e.name === 'member_removed' && e.channel === 'presence-lobby' && e.user_id === 'bob'));
+    await waitFor(() => has((e) => e.name === 'client_event' && e.event === 'client-typing' && e.user_id === 'alice'));
+    await waitFor(() => has((e) => e.name === 'cache_miss' && e.channel === 'cache-empty'));
   });
 
   test('the API refuses a bad signature with 401', async () => {

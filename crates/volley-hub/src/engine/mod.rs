@@ -76,6 +76,8 @@ pub(crate) struct HubInner {
     survey_ids: AtomicU64,
     /// Pusher connections on this node, by app id (each app's `max_connections`).
     pub(crate) pusher_conns: Mutex<HashMap<String, usize>>,
+    /// The Pusher apps' webhooks.
+    pub(crate) webhooks: crate::pusher::webhook::Webhooks,
 }
 
 /// Counters for `/metrics`.
@@ -440,6 +442,7 @@ impl Hub {
             return Err(ConfigError("long_poll.max_buffer_size: must be more than 0".into()));
         }
         config.pusher.check().map_err(ConfigError)?;
+        let webhooks = crate::pusher::webhook::Webhooks::new(&config.pusher).map_err(ConfigError)?;
         let verifier =
             TokenVerifier::new(&config.client.token).map_err(|e| ConfigError(format!("client.token: {e}")))?;
         let sub_verifier = match &config.client.subscription_token {
@@ -465,6 +468,7 @@ impl Hub {
             surveys: Mutex::new(HashMap::new()),
             survey_ids: AtomicU64::new(1),
             pusher_conns: Mutex::new(HashMap::new()),
+            webhooks,
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })

@@ -463,11 +463,15 @@ impl PusherSession {
             }
             if first.is_none() {
                 first = Some(Bytes::from(json!({ "event": "pusher:cache_miss", "channel": channel }).to_string()));
+                inner.webhooks.emit(&self.app, json!({ "name": "cache_miss", "channel": channel }));
             }
         }
         inner.go_live(&pending, first, 0, None, "", &self.client);
         if kind != ChannelKind::Public {
             self.authorized = true;
+        }
+        if let (Some((user_id, _)), true) = (&member, first_of_user) {
+            inner.webhooks.member_added(&self.app, channel, user_id);
         }
         if let (Some((user_id, info)), true) = (&member, first_of_user) {
             let info = serde_json::from_slice::<Value>(info).unwrap_or(Value::Null);
@@ -504,6 +508,7 @@ impl PusherSession {
             let _ = inner.broker.remove_presence(&internal, &self.client.id, &user_id).await;
             let members = inner.broker.presence(&internal).await.unwrap_or_default();
             if !members.values().any(|c| c.user == user_id) {
+                inner.webhooks.member_removed(&self.app, channel, &user_id);
                 self.internal_event(&internal, "pusher_internal:member_removed", &json!({ "user_id": user_id })).await;
             }
         }
@@ -560,6 +565,20 @@ impl PusherSession {
         tags.insert(TAG_EXCLUDE.to_owned(), self.client.id.clone());
         if let Some((user, _)) = &sub.member {
             tags.insert(TAG_USER_ID.to_owned(), user.clone());
+        }
+        let hooks = &self.hub.inner.webhooks;
+        if hooks.wants(&self.app, "client_event") {
+            let mut e = json!({
+                "name": "client_event",
+                "channel": channel,
+                "event": event,
+                "data": String::from_utf8_lossy(&data),
+                "socket_id": self.client.id,
+            });
+            if let Some((user, _)) = &sub.member {
+                e["user_id"] = json!(user);
+            }
+            hooks.emit(&self.app, e);
         }
         let internal = internal_channel(&self.app.id, channel);
         let options = channel_options(&self.app, channel);
