@@ -261,10 +261,11 @@ struct SignedIn {
 /// The most users one watchlist may hold (beyond: the rest are left out).
 const MAX_WATCHLIST: usize = 100;
 
-/// The engine channel whose presence holds the app's signed-in users (never a
-/// subscription: `#` names are refused to clients and the HTTP API).
-fn online_channel(app_id: &str) -> String {
-    internal_channel(app_id, "#online")
+/// The engine channel whose presence holds a signed-in user's connections (never a
+/// subscription: `#` names are refused to clients and the HTTP API). One per user, so
+/// that a sign-in reads its own user's connections, not every user's.
+fn online_channel(app_id: &str, user: &str) -> String {
+    internal_channel(app_id, &format!("#online-{user}"))
 }
 
 /// The engine channel where a user's coming online and going offline is told to the
@@ -528,7 +529,7 @@ impl PusherSession {
         }
         if let Some(user) = &self.user {
             let me = ClientInfo { user: user.id.clone(), client: self.client.id.clone(), ..ClientInfo::default() };
-            let _ = self.hub.inner.broker.add_presence(&online_channel(&self.app.id), me, PRESENCE_TTL).await;
+            let _ = self.hub.inner.broker.add_presence(&online_channel(&self.app.id, &user.id), me, PRESENCE_TTL).await;
         }
     }
 
@@ -633,13 +634,13 @@ impl PusherSession {
     /// the users of its watchlist and tells which of them are online now.
     async fn watch(&mut self, id: &str, user_data: &str) -> Vec<String> {
         let inner = self.hub.inner.clone();
-        let online = online_channel(&self.app.id);
+        let online = online_channel(&self.app.id, id);
         let me = ClientInfo { user: id.to_owned(), client: self.client.id.clone(), ..ClientInfo::default() };
         if let Err(e) = inner.broker.add_presence(&online, me, PRESENCE_TTL).await {
             tracing::warn!(error = %e, "the online users' presence failed");
         }
-        let users = inner.broker.presence(&online).await.unwrap_or_default();
-        if users.values().filter(|c| c.user == id).count() <= 1 {
+        let conns = inner.broker.presence(&online).await.unwrap_or_default();
+        if conns.len() <= 1 {
             self.internal_event(
                 &watch_channel(&self.app.id, id),
                 "pusher_internal:watchlist_events",
@@ -661,8 +662,13 @@ impl PusherSession {
                 inner.go_live(&pending, None, 0, None, "", &self.client);
             }
         }
-        let now_online: Vec<&str> =
-            watching.iter().filter(|w| users.values().any(|c| &&c.user == w)).map(String::as_str).collect();
+        let mut now_online: Vec<&str> = Vec::new();
+        for w in &watching {
+            let on = inner.broker.presence_stats(&online_channel(&self.app.id, w)).await;
+            if on.is_ok_and(|s| s.clients > 0) {
+                now_online.push(w);
+            }
+        }
         if !now_online.is_empty() {
             self.push(wire::message(
                 "pusher_internal:watchlist_events",
@@ -686,10 +692,10 @@ impl PusherSession {
             for w in &user.watching {
                 inner.unregister(&watch_channel(&self.app.id, w), self.client.seq).await;
             }
-            let online = online_channel(&self.app.id);
+            let online = online_channel(&self.app.id, &user.id);
             let _ = inner.broker.remove_presence(&online, &self.client.id, &user.id).await;
-            let users = inner.broker.presence(&online).await.unwrap_or_default();
-            if !users.values().any(|c| c.user == user.id) {
+            let left = inner.broker.presence_stats(&online).await.map_or(0, |s| s.clients);
+            if left == 0 {
                 let data = watchlist_events("offline", &[&user.id]);
                 self.internal_event(&watch_channel(&self.app.id, &user.id), "pusher_internal:watchlist_events", &data)
                     .await;

@@ -18,9 +18,9 @@
 //! `conn` serves the connections (`/app/{key}`), `api` the HTTP API (`/apps/{id}/...`),
 //! [`sign`] checks the signatures. Member events (`pusher_internal:member_added`,
 //! `member_removed`) and watchlist events are publications too, sent when the broker's
-//! presence shows a user's first or last connection; the app's signed-in users are the
-//! presence of an internal `#online` channel, and a user's watchers subscribe to its
-//! internal `#watchlist-{id}` channel.
+//! presence shows a user's first or last connection; a signed-in user's connections
+//! are the presence of an internal `#online-{id}` channel, and its watchers subscribe to
+//! its internal `#watchlist-{id}` channel.
 
 use std::time::Duration;
 
