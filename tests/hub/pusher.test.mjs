@@ -376,12 +376,16 @@ describe('Pusher protocol', () => {
     w2.disconnect();
   });
 
-  test('webhooks: members, client events and cache misses, signed as the SDK checks', async () => {
+  test('webhooks: occupancy, members, client events and cache misses, signed as the SDK checks', async () => {
     const has = (f) => hooks.some(f);
     await waitFor(() => has((e) => e.name === 'member_added' && e.channel === 'presence-lobby' && e.user_id === 'bob'));
     await waitFor(() => has((e) => e.name === 'member_removed' && e.channel === 'presence-lobby' && e.user_id === 'bob'));
     await waitFor(() => has((e) => e.name === 'client_event' && e.event === 'client-typing' && e.user_id === 'alice'));
     await waitFor(() => has((e) => e.name === 'cache_miss' && e.channel === 'cache-empty'));
+    // 'news' had two subscribers, then none.
+    await waitFor(() => has((e) => e.name === 'channel_occupied' && e.channel === 'news'));
+    await waitFor(() => has((e) => e.name === 'channel_vacated' && e.channel === 'news'));
+    assert.equal(hooks.filter((e) => e.name === 'channel_occupied' && e.channel === 'news').length, 1);
   });
 
   test('the API refuses a bad signature with 401', async () => {

@@ -774,6 +774,8 @@ pub(crate) struct Pending {
     pub seq: u64,
     /// The channel's id for channel compaction (0: not compacted).
     pub id: u64,
+    /// The channel's first subscriber on this node.
+    pub first: bool,
 }
 
 impl HubInner {
@@ -868,7 +870,7 @@ impl HubInner {
                 return Err(internal(e));
             }
         }
-        Ok(Pending { channel: channel.to_owned(), seq: client.seq, id })
+        Ok(Pending { channel: channel.to_owned(), seq: client.seq, id, first })
     }
 
     /// Ends a subscription's set-up: queues `first` (the reply that carries what was
@@ -930,6 +932,11 @@ impl HubInner {
             }
         }
         true
+    }
+
+    /// The subscribers of `channel` on this node.
+    pub(crate) fn local_subscribers(&self, channel: &str) -> usize {
+        self.shard(channel).get(channel).map_or(0, |l| l.subs.len())
     }
 
     /// Removes a subscriber; unsubscribes the node when it was the last.

@@ -247,6 +247,9 @@ where
 /// A Pusher channel the client is subscribed to.
 struct Sub {
     kind: ChannelKind,
+    /// Counted in the channel's occupancy (for the `channel_occupied` and
+    /// `channel_vacated` webhooks).
+    counted: bool,
     /// On presence channels: the member's user id and `user_info` (JSON text).
     member: Option<(String, Bytes)>,
 }
@@ -272,6 +275,13 @@ fn online_channel(app_id: &str, user: &str) -> String {
 /// users who watch it.
 fn watch_channel(app_id: &str, user: &str) -> String {
     internal_channel(app_id, &format!("{}{user}", super::wire::WATCHLIST_PREFIX))
+}
+
+/// The engine channel whose presence holds a Pusher channel's subscribers, when the
+/// app's webhooks want to know when it is occupied and vacated (the cluster's count,
+/// where the engine's registry is one node's).
+fn occupancy_channel(app_id: &str, channel: &str) -> String {
+    internal_channel(app_id, &format!("#subs-{channel}"))
 }
 
 /// A watchlist event's data.
@@ -479,7 +489,18 @@ impl PusherSession {
             let data = json!({ "user_id": user_id, "user_info": info });
             self.internal_event(&internal, "pusher_internal:member_added", &data).await;
         }
-        self.subs.insert(channel.to_owned(), Sub { kind, member });
+        let hooks = &inner.webhooks;
+        let counted = hooks.wants(&self.app, "channel_occupied") || hooks.wants(&self.app, "channel_vacated");
+        if counted {
+            let occupancy = occupancy_channel(&self.app.id, channel);
+            let me = ClientInfo { client: self.client.id.clone(), ..ClientInfo::default() };
+            let _ = inner.broker.add_presence(&occupancy, me, PRESENCE_TTL).await;
+            // The cluster's count is read only when this node got its first subscriber.
+            if pending.first && inner.broker.presence_stats(&occupancy).await.is_ok_and(|s| s.clients == 1) {
+                hooks.channel_occupied(&self.app, channel);
+            }
+        }
+        self.subs.insert(channel.to_owned(), Sub { kind, counted, member });
     }
 
     /// Publishes a server event to a channel's subscribers but this one, everywhere,
@@ -505,6 +526,15 @@ impl PusherSession {
         let internal = internal_channel(&self.app.id, channel);
         let inner = &self.hub.inner;
         inner.unregister(&internal, self.client.seq).await;
+        if sub.counted {
+            let occupancy = occupancy_channel(&self.app.id, channel);
+            let _ = inner.broker.remove_presence(&occupancy, &self.client.id, "").await;
+            if inner.local_subscribers(&internal) == 0
+                && inner.broker.presence_stats(&occupancy).await.is_ok_and(|s| s.clients == 0)
+            {
+                inner.webhooks.channel_vacated(&self.app, channel);
+            }
+        }
         if let Some((user_id, _)) = sub.member {
             let _ = inner.broker.remove_presence(&internal, &self.client.id, &user_id).await;
             let members = inner.broker.presence(&internal).await.unwrap_or_default();
@@ -517,6 +547,11 @@ impl PusherSession {
 
     async fn refresh_presence(&mut self) {
         for (channel, sub) in &self.subs {
+            if sub.counted {
+                let me = ClientInfo { client: self.client.id.clone(), ..ClientInfo::default() };
+                let occupancy = occupancy_channel(&self.app.id, channel);
+                let _ = self.hub.inner.broker.add_presence(&occupancy, me, PRESENCE_TTL).await;
+            }
             let Some((user_id, info)) = &sub.member else { continue };
             let internal = internal_channel(&self.app.id, channel);
             let me = ClientInfo {
