@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The hub (`volley serve`) against the real clients of its protocols: centrifuge-js in
-# Node (tests/hub/*.test.mjs, node's test runner), centrifuge-python and cent from
-# PyPI (tests/hub/python, unittest), and curl in shell scripts for the unidirectional
+# The hub (`volley serve`) against the real clients of its protocols: centrifuge-js and
+# pusher-js with the Pusher Node SDK in Node (tests/hub/*.test.mjs, node's test
+# runner), centrifuge-python, cent and the Pusher SDK from PyPI (tests/hub/python,
+# unittest), and curl in shell scripts for the unidirectional
 # transports (tests/hub/shell/*.sh, "ok - NAME" / "not ok - NAME" lines; curl, jq and
 # openssl).
 #
 # The tests of several nodes on the Redis broker (tests/hub/cluster.test.mjs,
 # tests/hub/redis_cluster.test.mjs, tests/hub/chat_cluster.test.mjs,
+# tests/hub/pusher_cluster.test.mjs,
 # tests/hub/python/test_cluster_python.py) start their own redis-server processes.
 #
 # Assumes `scripts/install-test-deps.sh hub redis` has been run and the binary built

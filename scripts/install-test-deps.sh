@@ -8,8 +8,9 @@
 # Sections (run in this order):
 #   browser   Debian's chromium (/usr/bin/chromium) + `npm ci` in tests/browser
 #   hub       the real clients of the hub's protocols: Debian's chromium, `npm ci` in
-#             tests/hub (centrifuge-js, ws, playwright-core) and a virtualenv in tests/hub/python/.venv with
-#             centrifuge-python and cent from PyPI (tests/hub/python/requirements.txt);
+#             tests/hub (centrifuge-js, pusher-js, the Pusher Node SDK, ws, playwright-core) and a
+#             virtualenv in tests/hub/python/.venv with centrifuge-python, cent and the
+#             Pusher SDK from PyPI (tests/hub/python/requirements.txt);
 #             Debian's curl, jq and openssl for the shell tests (tests/hub/shell)
 #   proxies   Debian's tinyproxy (HTTP CONNECT), microsocks (SOCKS5) and nginx (a real
 #             HTTP server's redirects), for crates/volley/tests/{proxy,proxy_env,redirects}.rs

@@ -72,9 +72,14 @@ static SEQ: AtomicU64 = AtomicU64::new(1);
 
 impl ClientShared {
     pub fn new(format: Format, limit: usize) -> Self {
+        Self::with_id(new_client_id(), format, limit)
+    }
+
+    /// A client with the given id (a Pusher client's socket id).
+    pub fn with_id(id: String, format: Format, limit: usize) -> Self {
         ClientShared {
             seq: SEQ.fetch_add(1, Ordering::Relaxed),
-            id: new_client_id(),
+            id,
             format,
             outbox: Mutex::new(Outbox { limit, ..Default::default() }),
             notify: Notify::new(),

@@ -74,6 +74,10 @@ pub(crate) struct HubInner {
     /// Surveys waiting for the other nodes' answers, by id.
     surveys: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<serde_json::Value>>>,
     survey_ids: AtomicU64,
+    /// Pusher connections on this node, by app id (each app's `max_connections`).
+    pub(crate) pusher_conns: Mutex<HashMap<String, usize>>,
+    /// The Pusher apps' webhooks.
+    pub(crate) webhooks: crate::pusher::webhook::Webhooks,
 }
 
 /// Counters for `/metrics`.
@@ -330,6 +334,9 @@ struct Sub {
     control: Arc<SessionControl>,
     /// Channel compaction: pushes name the channel by its id.
     compact: bool,
+    /// A Pusher client: publications go in Pusher's wire shape, except to the socket
+    /// their [`TAG_EXCLUDE`](crate::pusher::TAG_EXCLUDE) tag names (its client id).
+    pusher: bool,
 }
 
 impl Local {
@@ -412,6 +419,8 @@ pub(crate) struct SubOptions {
     pub control: Arc<SessionControl>,
     /// Channel compaction was negotiated.
     pub compact: bool,
+    /// A Pusher client (see `Sub::pusher`).
+    pub pusher: bool,
 }
 
 impl Hub {
@@ -433,6 +442,7 @@ impl Hub {
             return Err(ConfigError("long_poll.max_buffer_size: must be more than 0".into()));
         }
         config.pusher.check().map_err(ConfigError)?;
+        let webhooks = crate::pusher::webhook::Webhooks::new(&config.pusher).map_err(ConfigError)?;
         let verifier =
             TokenVerifier::new(&config.client.token).map_err(|e| ConfigError(format!("client.token: {e}")))?;
         let sub_verifier = match &config.client.subscription_token {
@@ -457,6 +467,8 @@ impl Hub {
             started: std::time::Instant::now(),
             surveys: Mutex::new(HashMap::new()),
             survey_ids: AtomicU64::new(1),
+            pusher_conns: Mutex::new(HashMap::new()),
+            webhooks,
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })
@@ -762,6 +774,8 @@ pub(crate) struct Pending {
     pub seq: u64,
     /// The channel's id for channel compaction (0: not compacted).
     pub id: u64,
+    /// The channel's first subscriber on this node.
+    pub first: bool,
 }
 
 impl HubInner {
@@ -845,6 +859,7 @@ impl HubInner {
                     lost: false,
                     control: o.control,
                     compact: o.compact,
+                    pusher: o.pusher,
                 },
             );
             (first, id)
@@ -855,7 +870,7 @@ impl HubInner {
                 return Err(internal(e));
             }
         }
-        Ok(Pending { channel: channel.to_owned(), seq: client.seq, id })
+        Ok(Pending { channel: channel.to_owned(), seq: client.seq, id, first })
     }
 
     /// Ends a subscription's set-up: queues `first` (the reply that carries what was
@@ -900,6 +915,14 @@ impl HubInner {
             if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &p.tags)) {
                 continue;
             }
+            if sub.pusher {
+                if !crate::pusher::wire::excluded(&p, &client.id) {
+                    if let Some(b) = crate::pusher::wire::encode_event(&pending.channel, &p) {
+                        client.push(b);
+                    }
+                }
+                continue;
+            }
             match encode_publication(&pending.channel, pending.id, &p, client.format, sub.delta) {
                 Some(b) => {
                     client.push(b);
@@ -909,6 +932,11 @@ impl HubInner {
             }
         }
         true
+    }
+
+    /// The subscribers of `channel` on this node.
+    pub(crate) fn local_subscribers(&self, channel: &str) -> usize {
+        self.shard(channel).get(channel).map_or(0, |l| l.subs.len())
     }
 
     /// Removes a subscriber; unsubscribes the node when it was the last.
@@ -986,6 +1014,8 @@ impl HubInner {
         // Each form encoded at most once, and only if a subscriber needs it.
         let mut encoded = Encodings::default();
         let mut delta: Option<Option<Publication>> = None;
+        // Pusher's wire shape, encoded once for all Pusher subscribers.
+        let mut pusher: Option<Option<Bytes>> = None;
         let mut sent = 0u64;
         for sub in local.subs.values_mut() {
             if sub.lost {
@@ -1005,6 +1035,18 @@ impl HubInner {
             }
             // No allocation: a filter only compares the tags in place.
             if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &publication.tags)) {
+                continue;
+            }
+            if sub.pusher {
+                if crate::pusher::wire::excluded(&publication, &sub.client.id) {
+                    continue;
+                }
+                let bytes = pusher.get_or_insert_with(|| crate::pusher::wire::encode_event(channel, &publication));
+                if let Some(b) = bytes {
+                    if sub.client.push(b.clone()) {
+                        sent += 1;
+                    }
+                }
                 continue;
             }
             // A delta only from the publication the client holds.
@@ -1229,5 +1271,41 @@ mod tests {
         assert!(
             encode_publication("c", 0, &publication(b"\xff", PayloadKind::Binary), Format::Protobuf, false).is_some()
         );
+    }
+
+    /// Pusher subscribers get Pusher's shape, encoded once for them all (the same
+    /// bytes), except the socket the publication excludes; a Centrifugo subscriber of
+    /// the same channel still gets Centrifugo's push.
+    #[tokio::test]
+    async fn pusher_subscribers_share_one_encoding_and_the_excluded_one_is_skipped() {
+        use crate::pusher::{internal_channel, TAG_EVENT, TAG_EXCLUDE};
+        let hub = Hub::new(HubConfig::default()).unwrap();
+        let inner = &hub.inner;
+        let channel = internal_channel("1", "news");
+        let client = |id: &str| Arc::new(ClientShared::with_id(id.into(), Format::Json, 1 << 20));
+        let (a, b, c) = (client("1.1"), client("1.2"), client("1.3"));
+        let centrifugo = Arc::new(ClientShared::new(Format::Json, 1 << 20));
+        for (cl, pusher) in [(&a, true), (&b, true), (&c, true), (&centrifugo, false)] {
+            let pending = inner.register(&channel, cl, SubOptions { pusher, ..SubOptions::default() }).await.unwrap();
+            inner.go_live(&pending, None, 0, None, "", cl);
+        }
+        let tags = [(TAG_EVENT.to_owned(), "e".to_owned()), (TAG_EXCLUDE.to_owned(), "1.1".to_owned())];
+        let p = Publication {
+            data: Bytes::from_static(b"\"x\""),
+            tags: tags.into_iter().collect(),
+            kind: PayloadKind::Json,
+            ..Default::default()
+        };
+        inner.publish(&channel, &Default::default(), p, None, true).await.unwrap();
+        let take = |cl: &ClientShared| {
+            let mut out = Vec::new();
+            cl.take_since(&mut out);
+            out
+        };
+        assert!(take(&a).is_empty(), "excluded");
+        let (got_b, got_c) = (take(&b), take(&c));
+        assert_eq!(&got_b[0][..], br#"{"event":"e","channel":"news","data":"x"}"#);
+        assert_eq!(got_b[0].as_ptr(), got_c[0].as_ptr(), "one encoding shared");
+        assert!(take(&centrifugo)[0].starts_with(b"{\"push\""));
     }
 }

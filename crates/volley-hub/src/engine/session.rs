@@ -660,6 +660,7 @@ impl Session {
                 && self.client.format == Format::Json
                 && o.allow_channel_compaction
                 && req.flag & SubscribeRequest::FLAG_CHANNEL_COMPACTION != 0,
+            pusher: false,
         };
         let pending = self.hub.register(channel, &self.client, sub).await?;
         let (expires, ttl) = ttl(expires_at);

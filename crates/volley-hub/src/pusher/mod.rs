@@ -11,6 +11,16 @@
 //! presence channels ([`TAG_USER_ID`]) and the socket excluded from delivery
 //! ([`TAG_EXCLUDE`]); its data is the JSON text of the event's `data` (a JSON string for
 //! the HTTP API's events), embedded as it is.
+//!
+//! A Pusher connection's subscriptions are engine subscribers marked Pusher: the
+//! delivery encodes an event in Pusher's shape (`wire`) once per publication for all of
+//! them and skips the one whose socket id (its client id) the exclusion tag names.
+//! `conn` serves the connections (`/app/{key}`), `api` the HTTP API (`/apps/{id}/...`),
+//! [`sign`] checks the signatures. Member events (`pusher_internal:member_added`,
+//! `member_removed`) and watchlist events are publications too, sent when the broker's
+//! presence shows a user's first or last connection; a signed-in user's connections
+//! are the presence of an internal `#online-{id}` channel, and its watchers subscribe to
+//! its internal `#watchlist-{id}` channel.
 
 use std::time::Duration;
 
@@ -18,8 +28,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{duration, ChannelOptions};
 
+pub(crate) mod api;
+pub(crate) mod conn;
 pub mod sign;
 pub mod webhook;
+pub(crate) mod wire;
 
 /// The tag that holds a publication's Pusher event name.
 pub const TAG_EVENT: &str = "event";
@@ -82,6 +95,10 @@ pub struct PusherApp {
     /// client pings after this long without a message.
     #[serde(with = "duration")]
     pub activity_timeout: Duration,
+    /// How long a client the server pinged (after `activity_timeout` of silence) has
+    /// to answer before it is closed with 4201.
+    #[serde(with = "duration")]
+    pub pong_timeout: Duration,
     /// How long a connection may stay without a subscription or sign-in before it is
     /// closed with 4009, when the app requires it (`require_authorization`).
     #[serde(with = "duration")]
@@ -114,6 +131,7 @@ impl Default for PusherApp {
             max_event_channels_at_once: 100,
             max_event_batch_size: 10,
             activity_timeout: Duration::from_secs(120),
+            pong_timeout: Duration::from_secs(30),
             authorization_timeout: Duration::from_secs(30),
             require_authorization: false,
             cache_ttl: Duration::from_secs(30 * 60),

@@ -46,7 +46,10 @@ pub fn router(hub: Hub) -> Router {
         .route("/connection/uni_http_stream", get(super::uni::http_stream).post(super::uni::http_stream))
         .route("/connection/uni_long_poll", get(super::uni::long_poll))
         .route("/connection/uni_websocket", any(super::uni::websocket))
+        // Pusher clients (each answers 404 without Pusher apps).
+        .route("/app/{key}", any(pusher_ws_handler))
         .with_state(hub.clone())
+        .merge(crate::pusher::api::router(hub.clone()))
         .merge(crate::api::router(hub))
 }
 
@@ -96,6 +99,27 @@ async fn ws_handler(State(hub): State<Hub>, headers: HeaderMap, ws: WebSocketUpg
         let format = websocket::format_of(ws.protocol(), query.as_deref());
         websocket::serve(hub, ws, format, remote).await
     })
+}
+
+/// `/app/{key}`: a Pusher client (protocol 7). The app is found and checked after the
+/// upgrade, so that the client learns why it is refused from a close code (4001, 4003,
+/// 4007, 4100) as Pusher clients expect. No `Origin` check: Pusher apps are open to
+/// any page that has their key.
+async fn pusher_ws_handler(
+    State(hub): State<Hub>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if hub.config().pusher.apps.is_empty() {
+        return (StatusCode::NOT_FOUND, "no Pusher apps\n").into_response();
+    }
+    let query = ws.request().query().map(str::to_owned);
+    let max = hub.config().client.max_command_size;
+    let mut config = volley::Config::default().max_message_size(max).max_frame_size(max);
+    if !hub.config().client.websocket_compression {
+        config = config.deflate(None);
+    }
+    ws.config(config).on_upgrade(move |ws| async move { crate::pusher::conn::serve(hub, ws, key, query).await })
 }
 
 /// Whether a browser's `Origin` may connect: listed (`*`, an exact origin, or a pattern

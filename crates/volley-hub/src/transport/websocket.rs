@@ -293,7 +293,7 @@ pub(crate) async fn run<C: Carrier>(hub: &Hub, mut ws: C, mut conn: Conn, park_a
 pub(crate) struct OpenGuard(Hub);
 
 impl OpenGuard {
-    fn new(hub: &Hub) -> Self {
+    pub(crate) fn new(hub: &Hub) -> Self {
         hub.metrics().open_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         OpenGuard(hub.clone())
     }

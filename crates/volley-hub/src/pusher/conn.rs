@@ -1,0 +1,766 @@
+//! A Pusher client's connection (`/app/{key}`, protocol 7): the handshake's checks,
+//! `pusher:connection_established`, pings both ways, subscriptions (with the app's
+//! signatures on private, encrypted and presence channels), presence members per user,
+//! cache channels, client events, and the sign-in's user channel.
+//!
+//! The session lives in the engine as any client does: its subscriptions are engine
+//! subscribers marked Pusher (the delivery encodes Pusher's shape once for them all),
+//! its connection is registered under [`internal_user`] (the server API and the Pusher
+//! API's `terminate_connections` reach it, on every node), and presence is the
+//! broker's. Pusher connections are never parked: each keeps its task.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use volley::{CloseCode, Message, WebSocket};
+
+use super::wire;
+use super::{
+    channel_kind, channel_options, internal_channel, internal_user, valid_channel_name, ChannelKind, PusherApp,
+    TAG_EVENT, TAG_EXCLUDE, TAG_USER_ID,
+};
+use crate::engine::client::ClientShared;
+use crate::engine::{lock, now_ms, Connected, Details, Hub, SessionControl, SubOptions};
+use crate::protocol::{ClientInfo, Disconnect, Format, PayloadKind, Publication};
+
+/// How long a presence entry lives unless refreshed; refreshed every third of it.
+const PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+/// Pusher's close codes.
+pub(crate) mod close {
+    use crate::protocol::Disconnect;
+    use std::borrow::Cow;
+
+    const fn d(code: u16, reason: &'static str) -> Disconnect {
+        Disconnect { code, reason: Cow::Borrowed(reason) }
+    }
+    /// No app has the key.
+    pub const APP_NOT_FOUND: Disconnect = d(4001, "App key not in use");
+    /// The app is disabled.
+    pub const APP_DISABLED: Disconnect = d(4003, "App disabled");
+    /// A protocol version other than 7.
+    pub const PROTOCOL: Disconnect = d(4007, "Unsupported protocol version");
+    /// Not authorized in time, or terminated by the app.
+    pub const UNAUTHORIZED: Disconnect = d(4009, "Connection not authorized within timeout");
+    /// The app's connection limit.
+    pub const OVER_QUOTA: Disconnect = d(4100, "Over connection quota");
+    /// No pong.
+    pub const NO_PONG: Disconnect = d(4201, "Pong reply not received");
+    /// Terminated by the HTTP API's `terminate_connections`.
+    pub const TERMINATED: Disconnect = d(4009, "Connection terminated by the app");
+}
+
+/// What the handshake's query says: the protocol version, the client's name and
+/// version.
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+}
+
+/// Serves one Pusher client on an accepted WebSocket (`key` from the path) until it
+/// ends.
+pub(crate) async fn serve<S>(hub: Hub, mut ws: WebSocket<S>, key: String, query: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let _open = crate::transport::websocket::OpenGuard::new(&hub);
+    if query_param(query.as_deref(), "protocol") != Some("7") {
+        return refuse(&mut ws, close::PROTOCOL).await;
+    }
+    let Some(app) = hub.config().pusher.by_key(&key).cloned() else {
+        return refuse(&mut ws, close::APP_NOT_FOUND).await;
+    };
+    if !app.enabled {
+        return refuse(&mut ws, close::APP_DISABLED).await;
+    }
+    let Some(count) = AppCount::new(&hub, &app) else {
+        return refuse(&mut ws, close::OVER_QUOTA).await;
+    };
+    let details = Details {
+        app_name: query_param(query.as_deref(), "client").unwrap_or("pusher").into(),
+        app_version: query_param(query.as_deref(), "version").unwrap_or_default().into(),
+        transport: "pusher",
+        ..Details::default()
+    };
+    let mut s = PusherSession::new(hub.clone(), app, details);
+    drop(query);
+    run(&mut s, &mut ws).await;
+    s.close().await;
+    drop(count);
+}
+
+/// Tells the client why with `pusher:error`, and closes with the same code.
+async fn refuse<S>(ws: &mut WebSocket<S>, d: Disconnect)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let _ = ws.send(Message::Text(utf8(wire::error(Some(d.code), &d.reason)))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(CloseCode::from(d.code), &d.reason)).await;
+}
+
+fn utf8(b: Bytes) -> volley::Utf8Bytes {
+    b.try_into().expect("the JSON encoder writes UTF-8")
+}
+
+/// Counts the app's connections on this node while it lives.
+struct AppCount(Hub, String);
+
+impl AppCount {
+    fn new(hub: &Hub, app: &PusherApp) -> Option<AppCount> {
+        let mut counts = lock(&hub.inner.pusher_conns);
+        let n = counts.entry(app.id.clone()).or_default();
+        if app.max_connections != 0 && *n >= app.max_connections {
+            return None;
+        }
+        *n += 1;
+        Some(AppCount(hub.clone(), app.id.clone()))
+    }
+}
+
+impl Drop for AppCount {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.0.inner.pusher_conns);
+        if let Some(n) = counts.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// The connection's loop: messages in, the queue out (one frame per message), pings,
+/// the authorization deadline.
+async fn run<S>(s: &mut PusherSession, ws: &mut WebSocket<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let client = s.client.clone();
+    let established = json!({ "socket_id": client.id, "activity_timeout": s.app.activity_timeout.as_secs() });
+    client.push(wire::message("pusher:connection_established", None, &established));
+    let mut last_seen = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    let auth_deadline = s.app.require_authorization.then(|| Instant::now() + s.app.authorization_timeout);
+    let mut refresh = tokio::time::interval_at(Instant::now() + PRESENCE_TTL / 3, PRESENCE_TTL / 3);
+    let mut batch = Vec::new();
+    let end: Option<Disconnect> = loop {
+        let activity_at = last_seen + s.app.activity_timeout;
+        tokio::select! {
+            biased;
+            _ = client.ready() => {
+                // The server API's subscribe and unsubscribe do not apply to Pusher
+                // clients; disconnects come as the queue's close.
+                lock(&s.control.requests).clear();
+                lock(&s.control.lost).clear();
+            }
+            msg = ws.recv() => {
+                last_seen = Instant::now();
+                match msg {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Text(t))) => {
+                        ping_sent = None;
+                        s.handle(t.as_bytes()).await;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        client.push(wire::error(None, "binary messages are not supported"));
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = tokio::time::sleep_until(activity_at), if ping_sent.is_none() => {
+                client.push(wire::message("pusher:ping", None, &json!({})));
+                ping_sent = Some(Instant::now());
+            }
+            _ = sleep_until(ping_sent.map(|t| t + s.app.pong_timeout)), if ping_sent.is_some() => {
+                break Some(close::NO_PONG);
+            }
+            _ = sleep_until(auth_deadline), if auth_deadline.is_some() && !s.authorized => {
+                break Some(close::UNAUTHORIZED);
+            }
+            _ = refresh.tick() => s.refresh_presence().await,
+        }
+        match flush(ws, &client, &mut batch).await {
+            Ok(None) => {}
+            Ok(Some(d)) => break Some(d),
+            Err(()) => break None,
+        }
+    };
+    if let Some(d) = end {
+        let closing = async {
+            if d != Disconnect::SLOW {
+                let _ = flush(ws, &client, &mut batch).await;
+            }
+            let _ = ws.close(CloseCode::from(d.code), &d.reason).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes what is queued, one frame per message; a write to a client that does not
+/// read is abandoned once the client is marked to close (its queue overflowed).
+async fn flush<S>(
+    ws: &mut WebSocket<S>,
+    client: &ClientShared,
+    batch: &mut Vec<Bytes>,
+) -> Result<Option<Disconnect>, ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    loop {
+        let (closing, _) = client.take_since(batch);
+        if batch.is_empty() || closing.is_some() {
+            batch.clear();
+            return Ok(closing);
+        }
+        for item in batch.drain(..) {
+            let send = ws.send(Message::Text(utf8(item)));
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    r = &mut send => {
+                        r.map_err(|_| ())?;
+                        break;
+                    }
+                    _ = client.ready() => {
+                        if let Some(d) = client.closing() {
+                            return Ok(Some(d));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A Pusher channel the client is subscribed to.
+struct Sub {
+    kind: ChannelKind,
+    /// Counted in the channel's occupancy (for the `channel_occupied` and
+    /// `channel_vacated` webhooks).
+    counted: bool,
+    /// On presence channels: the member's user id and `user_info` (JSON text).
+    member: Option<(String, Bytes)>,
+}
+
+/// The signed-in user.
+struct SignedIn {
+    id: String,
+    /// The users of its watchlist.
+    watching: Vec<String>,
+}
+
+/// The most users one watchlist may hold (beyond: the rest are left out).
+const MAX_WATCHLIST: usize = 100;
+
+/// The engine channel whose presence holds a signed-in user's connections (never a
+/// subscription: `#` names are refused to clients and the HTTP API). One per user, so
+/// that a sign-in reads its own user's connections, not every user's.
+fn online_channel(app_id: &str, user: &str) -> String {
+    internal_channel(app_id, &format!("#online-{user}"))
+}
+
+/// The engine channel where a user's coming online and going offline is told to the
+/// users who watch it.
+fn watch_channel(app_id: &str, user: &str) -> String {
+    internal_channel(app_id, &format!("{}{user}", super::wire::WATCHLIST_PREFIX))
+}
+
+/// The engine channel whose presence holds a Pusher channel's subscribers, when the
+/// app's webhooks want to know when it is occupied and vacated (the cluster's count,
+/// where the engine's registry is one node's).
+fn occupancy_channel(app_id: &str, channel: &str) -> String {
+    internal_channel(app_id, &format!("#subs-{channel}"))
+}
+
+/// A watchlist event's data.
+fn watchlist_events(name: &str, users: &[&str]) -> Value {
+    json!({ "events": [{ "name": name, "user_ids": users }] })
+}
+
+struct PusherSession {
+    hub: Hub,
+    app: PusherApp,
+    client: Arc<ClientShared>,
+    control: Arc<SessionControl>,
+    /// The key the connection is registered under in the hub's connections.
+    registered_as: String,
+    subs: HashMap<String, Sub>,
+    user: Option<SignedIn>,
+    /// Signed in, or subscribed to a channel that needs authorization.
+    authorized: bool,
+    /// Client events in the current second, and when it started.
+    events: (Instant, u32),
+}
+
+impl PusherSession {
+    fn new(hub: Hub, app: PusherApp, details: Details) -> Self {
+        // Random across nodes, a counter within this one: unique.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let socket_id = format!("{}.{}", rand::random::<u32>() % 1_000_000_000, NEXT.fetch_add(1, Ordering::Relaxed));
+        let client = Arc::new(ClientShared::with_id(socket_id, Format::Json, hub.config().client.queue_max_bytes));
+        let control = Arc::new(SessionControl { details, ..SessionControl::default() });
+        let registered_as = internal_user(&app.id, "");
+        {
+            let mut conns = lock(&hub.inner.conns);
+            conns.total += 1;
+            let c = Connected { client: client.clone(), control: control.clone() };
+            conns.users.entry(registered_as.clone()).or_default().insert(client.seq, c);
+        }
+        hub.metrics().connections_total.fetch_add(1, Ordering::Relaxed);
+        PusherSession {
+            hub,
+            app,
+            client,
+            control,
+            registered_as,
+            subs: HashMap::new(),
+            user: None,
+            authorized: false,
+            events: (Instant::now(), 0),
+        }
+    }
+
+    fn push(&self, b: Bytes) {
+        if self.client.push(b) {
+            self.hub.metrics().messages_out_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn error(&self, code: Option<u16>, text: &str) {
+        self.push(wire::error(code, text));
+    }
+
+    /// Handles one message from the client. Nothing it sends ends the connection:
+    /// what is wrong gets a `pusher:error` (or a subscription error).
+    async fn handle(&mut self, text: &[u8]) {
+        self.hub.metrics().commands_total.fetch_add(1, Ordering::Relaxed);
+        let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(text) else {
+            return self.error(None, "Invalid JSON: expected an object with an event");
+        };
+        let Some(Value::String(event)) = m.remove("event") else {
+            return self.error(None, "Invalid message: no event");
+        };
+        let mut data = m.remove("data").unwrap_or(Value::Null);
+        // Some clients send data as a JSON string.
+        if let Value::String(s) = &data {
+            if event.starts_with("pusher:") {
+                if let Ok(v) = serde_json::from_str::<Value>(s) {
+                    data = v;
+                }
+            }
+        }
+        let channel = m.get("channel").and_then(Value::as_str).map(str::to_owned);
+        match event.as_str() {
+            "pusher:ping" => self.push(wire::message("pusher:pong", None, &json!({}))),
+            "pusher:pong" => {}
+            "pusher:subscribe" => self.subscribe(&data).await,
+            "pusher:unsubscribe" => {
+                if let Some(ch) = data.get("channel").and_then(Value::as_str) {
+                    self.unsubscribe(ch).await;
+                }
+            }
+            "pusher:signin" => self.signin(&data).await,
+            e if e.starts_with("client-") => self.client_event(e, channel.as_deref(), data).await,
+            e => self.error(None, &format!("Unsupported event: {e}")),
+        }
+    }
+
+    async fn subscribe(&mut self, data: &Value) {
+        let Some(channel) = data.get("channel").and_then(Value::as_str) else {
+            return self.error(None, "pusher:subscribe: no channel");
+        };
+        if !valid_channel_name(channel, self.app.max_channel_name_length) {
+            return self.push(wire::subscription_error(channel, 400, "Invalid channel name"));
+        }
+        let (kind, _) = channel_kind(channel);
+        if kind == ChannelKind::User {
+            // The sign-in subscribed the connection already (pusher-js asks again).
+            let own = self.user.as_ref().is_some_and(|u| format!("#server-to-user-{}", u.id) == channel);
+            return if own {
+                self.push(wire::message("pusher_internal:subscription_succeeded", Some(channel), &json!({})));
+            } else {
+                self.push(wire::subscription_error(channel, 403, "Not signed in as this user"))
+            };
+        }
+        if self.subs.contains_key(channel) {
+            return self.error(None, &format!("Existing subscription to channel {channel}"));
+        }
+        if self.subs.len() >= self.hub.config().client.channel_limit {
+            return self.push(wire::subscription_error(channel, 403, "Too many channels"));
+        }
+        let channel_data = data.get("channel_data").and_then(Value::as_str);
+        if kind != ChannelKind::Public {
+            let auth = data.get("auth").and_then(Value::as_str).unwrap_or_default();
+            let signed = if kind == ChannelKind::Presence { channel_data } else { None };
+            if !super::sign::verify_channel_auth(&self.app, &self.client.id, channel, signed, auth) {
+                return self.push(wire::subscription_error(channel, 401, "Invalid signature"));
+            }
+        }
+        // Presence: who the member is.
+        let member = if kind == ChannelKind::Presence {
+            let parsed = channel_data.and_then(|d| serde_json::from_str::<Value>(d).ok());
+            let user_id = match parsed.as_ref().and_then(|v| v.get("user_id")) {
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => return self.push(wire::subscription_error(channel, 400, "channel_data: no user_id")),
+            };
+            let info = parsed.as_ref().and_then(|v| v.get("user_info")).cloned().unwrap_or(Value::Null);
+            let info = Bytes::from(info.to_string());
+            if info.len() > self.app.max_presence_member_size {
+                return self.push(wire::subscription_error(channel, 413, "user_info is too large"));
+            }
+            Some((user_id, info))
+        } else {
+            None
+        };
+        let internal = internal_channel(&self.app.id, channel);
+        let options = channel_options(&self.app, channel);
+        let inner = &self.hub.inner;
+        let sub = SubOptions { pusher: true, control: self.control.clone(), ..SubOptions::default() };
+        let pending = match inner.register(&internal, &self.client, sub).await {
+            Ok(p) => p,
+            Err(_) => return self.push(wire::subscription_error(channel, 500, "Internal error")),
+        };
+        let mut succeeded = json!({});
+        let mut first_of_user = false;
+        if let Some((user_id, info)) = &member {
+            let members = inner.broker.presence(&internal).await.unwrap_or_default();
+            let known = members.values().any(|c| &c.user == user_id);
+            let users: std::collections::HashSet<&str> = members.values().map(|c| c.user.as_str()).collect();
+            if !known && users.len() >= self.app.max_presence_members_per_channel {
+                inner.unregister(&internal, self.client.seq).await;
+                return self.push(wire::subscription_error(channel, 403, "Presence channel is full"));
+            }
+            let me = ClientInfo {
+                user: user_id.clone(),
+                client: self.client.id.clone(),
+                conn_info: info.clone(),
+                chan_info: Bytes::new(),
+            };
+            if let Err(e) = inner.broker.add_presence(&internal, me.clone(), PRESENCE_TTL).await {
+                tracing::warn!(error = %e, channel, "presence failed");
+            }
+            // What was there, and this connection: no second read of the whole channel.
+            let mut members = members;
+            members.insert(me.client.clone(), me);
+            first_of_user = !known;
+            let mut hash = serde_json::Map::new();
+            for c in members.values() {
+                let info = serde_json::from_slice::<Value>(&c.conn_info).unwrap_or(Value::Null);
+                hash.insert(c.user.clone(), info);
+            }
+            let ids: Vec<&String> = hash.keys().collect();
+            succeeded = json!({ "presence": { "count": hash.len(), "ids": ids, "hash": hash } });
+        }
+        self.push(wire::message("pusher_internal:subscription_succeeded", Some(channel), &succeeded));
+        // Cache channels: the last event, or a miss.
+        let mut first = None;
+        if options.history_size > 0 {
+            match inner.history(&internal, &options, None, Some(1), true).await {
+                Ok((pubs, _)) => first = pubs.first().and_then(|p| wire::encode_event(&internal, p)),
+                Err(e) => tracing::debug!(error = ?e, channel, "cache read failed"),
+            }
+            if first.is_none() {
+                first = Some(Bytes::from(json!({ "event": "pusher:cache_miss", "channel": channel }).to_string()));
+                inner.webhooks.emit(&self.app, json!({ "name": "cache_miss", "channel": channel }));
+            }
+        }
+        inner.go_live(&pending, first, 0, None, "", &self.client);
+        if kind != ChannelKind::Public {
+            self.authorized = true;
+        }
+        if let (Some((user_id, _)), true) = (&member, first_of_user) {
+            inner.webhooks.member_added(&self.app, channel, user_id);
+        }
+        if let (Some((user_id, info)), true) = (&member, first_of_user) {
+            let info = serde_json::from_slice::<Value>(info).unwrap_or(Value::Null);
+            let data = json!({ "user_id": user_id, "user_info": info });
+            self.internal_event(&internal, "pusher_internal:member_added", &data).await;
+        }
+        let hooks = &inner.webhooks;
+        let counted = hooks.wants(&self.app, "channel_occupied") || hooks.wants(&self.app, "channel_vacated");
+        if counted {
+            let occupancy = occupancy_channel(&self.app.id, channel);
+            let me = ClientInfo { client: self.client.id.clone(), ..ClientInfo::default() };
+            let _ = inner.broker.add_presence(&occupancy, me, PRESENCE_TTL).await;
+            // The cluster's count is read only when this node got its first subscriber.
+            if pending.first && inner.broker.presence_stats(&occupancy).await.is_ok_and(|s| s.clients == 1) {
+                hooks.channel_occupied(&self.app, channel);
+            }
+        }
+        self.subs.insert(channel.to_owned(), Sub { kind, counted, member });
+    }
+
+    /// Publishes a server event to a channel's subscribers but this one, everywhere,
+    /// without keeping it (a cache channel's last event stays the app's).
+    async fn internal_event(&self, internal: &str, event: &str, data: &Value) {
+        let publication = Publication {
+            data: Bytes::from(Value::String(data.to_string()).to_string()),
+            tags: [(TAG_EVENT.to_owned(), event.to_owned()), (TAG_EXCLUDE.to_owned(), self.client.id.clone())]
+                .into_iter()
+                .collect(),
+            time: now_ms(),
+            kind: PayloadKind::Json,
+            ..Default::default()
+        };
+        let options = crate::config::ChannelOptions::default();
+        if let Err(e) = self.hub.inner.publish(internal, &options, publication, None, true).await {
+            tracing::warn!(error = ?e, event, "a member event was not published");
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) {
+        let Some(sub) = self.subs.remove(channel) else { return };
+        let internal = internal_channel(&self.app.id, channel);
+        let inner = &self.hub.inner;
+        inner.unregister(&internal, self.client.seq).await;
+        if sub.counted {
+            let occupancy = occupancy_channel(&self.app.id, channel);
+            let _ = inner.broker.remove_presence(&occupancy, &self.client.id, "").await;
+            if inner.local_subscribers(&internal) == 0
+                && inner.broker.presence_stats(&occupancy).await.is_ok_and(|s| s.clients == 0)
+            {
+                inner.webhooks.channel_vacated(&self.app, channel);
+            }
+        }
+        if let Some((user_id, _)) = sub.member {
+            let _ = inner.broker.remove_presence(&internal, &self.client.id, &user_id).await;
+            let members = inner.broker.presence(&internal).await.unwrap_or_default();
+            if !members.values().any(|c| c.user == user_id) {
+                inner.webhooks.member_removed(&self.app, channel, &user_id);
+                self.internal_event(&internal, "pusher_internal:member_removed", &json!({ "user_id": user_id })).await;
+            }
+        }
+    }
+
+    async fn refresh_presence(&mut self) {
+        for (channel, sub) in &self.subs {
+            if sub.counted {
+                let me = ClientInfo { client: self.client.id.clone(), ..ClientInfo::default() };
+                let occupancy = occupancy_channel(&self.app.id, channel);
+                let _ = self.hub.inner.broker.add_presence(&occupancy, me, PRESENCE_TTL).await;
+            }
+            let Some((user_id, info)) = &sub.member else { continue };
+            let internal = internal_channel(&self.app.id, channel);
+            let me = ClientInfo {
+                user: user_id.clone(),
+                client: self.client.id.clone(),
+                conn_info: info.clone(),
+                chan_info: Bytes::new(),
+            };
+            let _ = self.hub.inner.broker.add_presence(&internal, me, PRESENCE_TTL).await;
+        }
+        if let Some(user) = &self.user {
+            let me = ClientInfo { user: user.id.clone(), client: self.client.id.clone(), ..ClientInfo::default() };
+            let _ = self.hub.inner.broker.add_presence(&online_channel(&self.app.id, &user.id), me, PRESENCE_TTL).await;
+        }
+    }
+
+    async fn client_event(&mut self, event: &str, channel: Option<&str>, data: Value) {
+        if !self.app.enable_client_messages {
+            return self.error(None, "Client events are not enabled for this app");
+        }
+        let Some(channel) = channel else { return self.error(None, "Client event without a channel") };
+        let Some(sub) = self.subs.get(channel) else {
+            return self.error(None, &format!("Client event on {channel}: not subscribed"));
+        };
+        if !matches!(sub.kind, ChannelKind::Private | ChannelKind::Presence) {
+            return self.error(None, "Client events are only allowed on private and presence channels");
+        }
+        if event.len() > self.app.max_event_name_length {
+            return self.error(None, "Event name too long");
+        }
+        let now = Instant::now();
+        if now.duration_since(self.events.0) >= Duration::from_secs(1) {
+            self.events = (now, 0);
+        }
+        if self.events.1 >= self.app.max_client_events_per_second {
+            let text =
+                format!("Client event rejected - only {} accepted per second", self.app.max_client_events_per_second);
+            return self.error(Some(4301), &text);
+        }
+        self.events.1 += 1;
+        let data = Bytes::from(data.to_string());
+        if data.len() > self.app.max_event_payload_size {
+            return self.error(None, "Client event data too large");
+        }
+        let mut tags = std::collections::BTreeMap::new();
+        tags.insert(TAG_EVENT.to_owned(), event.to_owned());
+        tags.insert(TAG_EXCLUDE.to_owned(), self.client.id.clone());
+        if let Some((user, _)) = &sub.member {
+            tags.insert(TAG_USER_ID.to_owned(), user.clone());
+        }
+        let hooks = &self.hub.inner.webhooks;
+        if hooks.wants(&self.app, "client_event") {
+            let mut e = json!({
+                "name": "client_event",
+                "channel": channel,
+                "event": event,
+                "data": String::from_utf8_lossy(&data),
+                "socket_id": self.client.id,
+            });
+            if let Some((user, _)) = &sub.member {
+                e["user_id"] = json!(user);
+            }
+            hooks.emit(&self.app, e);
+        }
+        let internal = internal_channel(&self.app.id, channel);
+        let options = channel_options(&self.app, channel);
+        let publication = Publication { data, tags, time: now_ms(), kind: PayloadKind::Json, ..Default::default() };
+        if let Err(e) = self.hub.inner.publish(&internal, &options, publication, None, false).await {
+            tracing::warn!(error = ?e, channel, "a client event was not published");
+            self.error(None, "Client event not published: internal error");
+        }
+    }
+
+    async fn signin(&mut self, data: &Value) {
+        let auth = data.get("auth").and_then(Value::as_str).unwrap_or_default();
+        let Some(user_data) = data.get("user_data").and_then(Value::as_str) else {
+            return self.error(None, "pusher:signin: no user_data");
+        };
+        if !super::sign::verify_user_auth(&self.app, &self.client.id, user_data, auth) {
+            return self.error(Some(4009), "Invalid signature");
+        }
+        let id = match serde_json::from_str::<Value>(user_data).ok().as_ref().and_then(|v| v.get("id")) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return self.error(Some(4009), "user_data: no id"),
+        };
+        if self.user.is_some() {
+            return self.error(None, "Already signed in");
+        }
+        // Registered under the user: terminate_connections reaches the connection.
+        let as_user = internal_user(&self.app.id, &id);
+        {
+            let mut conns = lock(&self.hub.inner.conns);
+            let c = Connected { client: self.client.clone(), control: self.control.clone() };
+            remove_registration(&mut conns, &self.registered_as, self.client.seq);
+            conns.users.entry(as_user.clone()).or_default().insert(self.client.seq, c);
+        }
+        self.registered_as = as_user;
+        // The user's channel: events sent to it reach all of the user's connections.
+        let internal = internal_channel(&self.app.id, &format!("#server-to-user-{id}"));
+        let sub = SubOptions { pusher: true, control: self.control.clone(), ..SubOptions::default() };
+        match self.hub.inner.register(&internal, &self.client, sub).await {
+            Ok(pending) => {
+                self.hub.inner.go_live(&pending, None, 0, None, "", &self.client);
+            }
+            Err(_) => return self.error(None, "Sign-in failed: internal error"),
+        }
+        self.authorized = true;
+        self.push(wire::message("pusher:signin_success", None, &json!({ "user_data": user_data })));
+        let watching = self.watch(&id, user_data).await;
+        self.user = Some(SignedIn { id, watching });
+    }
+
+    /// Marks the user online (telling its watchers on its first connection), follows
+    /// the users of its watchlist and tells which of them are online now.
+    async fn watch(&mut self, id: &str, user_data: &str) -> Vec<String> {
+        let inner = self.hub.inner.clone();
+        let online = online_channel(&self.app.id, id);
+        let me = ClientInfo { user: id.to_owned(), client: self.client.id.clone(), ..ClientInfo::default() };
+        if let Err(e) = inner.broker.add_presence(&online, me, PRESENCE_TTL).await {
+            tracing::warn!(error = %e, "the online users' presence failed");
+        }
+        let conns = inner.broker.presence(&online).await.unwrap_or_default();
+        if conns.len() <= 1 {
+            self.internal_event(
+                &watch_channel(&self.app.id, id),
+                "pusher_internal:watchlist_events",
+                &watchlist_events("online", &[id]),
+            )
+            .await;
+        }
+        let parsed: Value = serde_json::from_str(user_data).unwrap_or(Value::Null);
+        let mut watching: Vec<String> = parsed
+            .get("watchlist")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).take(MAX_WATCHLIST).collect())
+            .unwrap_or_default();
+        watching.sort();
+        watching.dedup();
+        for w in &watching {
+            let sub = SubOptions { pusher: true, control: self.control.clone(), ..SubOptions::default() };
+            if let Ok(pending) = inner.register(&watch_channel(&self.app.id, w), &self.client, sub).await {
+                inner.go_live(&pending, None, 0, None, "", &self.client);
+            }
+        }
+        let mut now_online: Vec<&str> = Vec::new();
+        for w in &watching {
+            let on = inner.broker.presence_stats(&online_channel(&self.app.id, w)).await;
+            if on.is_ok_and(|s| s.clients > 0) {
+                now_online.push(w);
+            }
+        }
+        if !now_online.is_empty() {
+            self.push(wire::message(
+                "pusher_internal:watchlist_events",
+                None,
+                &watchlist_events("online", &now_online),
+            ));
+        }
+        watching
+    }
+
+    /// Leaves every channel (member events included) and the hub's registry.
+    async fn close(&mut self) {
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for ch in channels {
+            self.unsubscribe(&ch).await;
+        }
+        if let Some(user) = self.user.take() {
+            let inner = self.hub.inner.clone();
+            let internal = internal_channel(&self.app.id, &format!("#server-to-user-{}", user.id));
+            inner.unregister(&internal, self.client.seq).await;
+            for w in &user.watching {
+                inner.unregister(&watch_channel(&self.app.id, w), self.client.seq).await;
+            }
+            let online = online_channel(&self.app.id, &user.id);
+            let _ = inner.broker.remove_presence(&online, &self.client.id, &user.id).await;
+            let left = inner.broker.presence_stats(&online).await.map_or(0, |s| s.clients);
+            if left == 0 {
+                let data = watchlist_events("offline", &[&user.id]);
+                self.internal_event(&watch_channel(&self.app.id, &user.id), "pusher_internal:watchlist_events", &data)
+                    .await;
+            }
+        }
+        let mut conns = lock(&self.hub.inner.conns);
+        remove_registration(&mut conns, &self.registered_as, self.client.seq);
+        conns.total = conns.total.saturating_sub(1);
+    }
+}
+
+fn remove_registration(conns: &mut crate::engine::Connections, key: &str, seq: u64) {
+    if let Some(sessions) = conns.users.get_mut(key) {
+        sessions.remove(&seq);
+        if sessions.is_empty() {
+            conns.users.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_is_read() {
+        let q = Some("protocol=7&client=js&version=8.4.0");
+        assert_eq!(query_param(q, "protocol"), Some("7"));
+        assert_eq!(query_param(q, "client"), Some("js"));
+        assert_eq!(query_param(q, "flash"), None);
+        assert_eq!(query_param(None, "protocol"), None);
+    }
+}
