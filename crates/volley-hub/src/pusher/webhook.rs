@@ -480,6 +480,13 @@ mod tests {
         hooks.channel_occupied(&app, "a");
         let got = wait_for(&b, 1).await;
         assert_eq!(names(&got[0].1), ["channel_occupied"]);
+        // Counted once the answer is read, after the backend recorded the request.
+        for _ in 0..100 {
+            if hooks.stats().sent.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(hooks.stats().failed.load(Ordering::Relaxed), 2);
         assert_eq!(hooks.stats().sent.load(Ordering::Relaxed), 1);
     }

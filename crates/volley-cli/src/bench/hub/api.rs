@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 
-use hmac::{Hmac, Mac as _};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
@@ -183,14 +182,8 @@ pub fn pusher_body(channels: &[String], data: &str) -> String {
 /// `auth_signature`, the HMAC-SHA256 (hex) with the app's secret of `POST`, the path and
 /// the other parameters sorted by name, one a line.
 pub fn pusher_signed_uri(path: &str, key: &str, secret: &str, now_s: u64, body: &str) -> String {
-    use md5::Digest as _;
-    let body_md5 = hex(&md5::Md5::digest(body.as_bytes()));
-    // Already in order of their names.
-    let query = format!("auth_key={key}&auth_timestamp={now_s}&auth_version=1.0&body_md5={body_md5}");
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
-    mac.update(format!("POST\n{path}\n{query}").as_bytes());
-    let signature = hex(&mac.finalize().into_bytes());
-    format!("{path}?{query}&auth_signature={signature}")
+    let query = volley_hub::pusher::sign::signed_query(key, secret, "POST", path, body.as_bytes(), now_s);
+    format!("{path}?{query}")
 }
 
 /// The body of the Socket.IO server's `/publish`: `data` emitted as event [`EVENT`] to
@@ -216,10 +209,6 @@ pub fn socketio_body(rooms: &[String], data: &str) -> String {
     body.push_str(data);
     body.push('}');
     body
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn excerpt(body: &[u8]) -> String {
