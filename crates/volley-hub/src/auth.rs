@@ -629,8 +629,10 @@ struct SubscribeClaims {
     overrides: Option<OverrideClaims>,
 }
 
+/// A server-side subscription's options, as a token's `subs` (or a connect proxy's
+/// answer) gives them.
 #[derive(Deserialize)]
-struct SubClaims {
+pub(crate) struct SubClaims {
     info: Option<Box<RawValue>>,
     b64info: Option<String>,
     data: Option<Box<RawValue>>,
@@ -656,7 +658,7 @@ struct BoolValue {
 }
 
 impl SubClaims {
-    fn into_options(self) -> Result<SubscribeOptions, TokenError> {
+    pub(crate) fn into_options(self) -> Result<SubscribeOptions, TokenError> {
         let overrides = self.overrides.map_or_else(SubscribeOverrides::default, |o| SubscribeOverrides {
             presence: o.presence.map(|b| b.value),
             join_leave: o.join_leave.map(|b| b.value),
@@ -672,12 +674,16 @@ impl SubClaims {
     }
 }
 
-fn raw_bytes(raw: &RawValue) -> Bytes {
+pub(crate) fn raw_bytes(raw: &RawValue) -> Bytes {
     Bytes::copy_from_slice(raw.get().as_bytes())
 }
 
 /// A JSON claim's text, or its base64 twin decoded, which wins when set (as Centrifugo).
-fn raw_or_base64(raw: Option<Box<RawValue>>, b64: Option<String>, name: &str) -> Result<Option<Bytes>, TokenError> {
+pub(crate) fn raw_or_base64(
+    raw: Option<Box<RawValue>>,
+    b64: Option<String>,
+    name: &str,
+) -> Result<Option<Bytes>, TokenError> {
     match b64.filter(|s| !s.is_empty()) {
         Some(b64) => {
             let bytes = STANDARD.decode(b64).map_err(|e| invalid(format!("`{name}` is not base64: {e}")))?;
@@ -916,21 +922,21 @@ fn check_rsa_size(modulus: &[u8]) -> Result<(), String> {
 const MAX_JWKS_BYTES: usize = 1 << 20;
 const MAX_JWKS_KEYS: usize = 256;
 
-/// Where a JWK set is fetched.
+/// An HTTP(S) endpoint: where a JWK set is fetched, or where a proxy sends its requests.
 #[derive(Debug)]
-struct Endpoint {
-    url: String,
-    tls: bool,
+pub(crate) struct Endpoint {
+    pub(crate) url: String,
+    pub(crate) tls: bool,
     /// The host without brackets, to connect to and to check the certificate against.
-    host: String,
-    port: u16,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// `host[:port]`, for the `Host` header.
-    authority: String,
-    path: String,
+    pub(crate) authority: String,
+    pub(crate) path: String,
 }
 
 impl Endpoint {
-    fn parse(url: &str) -> Result<Endpoint, String> {
+    pub(crate) fn parse(url: &str) -> Result<Endpoint, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,

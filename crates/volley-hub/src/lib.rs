@@ -15,6 +15,7 @@ pub mod delta;
 pub mod engine;
 pub mod filter;
 pub mod protocol;
+pub mod proxy;
 pub mod pusher;
 pub mod transport;
 
