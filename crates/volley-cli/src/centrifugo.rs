@@ -1050,13 +1050,11 @@ const OPTION_BOOLS: [&str; 21] = [
 /// A namespace's proxies Volley has not: the proxy's switch, its name, and the
 /// permissions that the proxy decides in Centrifugo and the namespace's options would grant
 /// in Volley without it.
-const OPTION_PROXIES: [(&str, &str, &[&str]); 1] = [
-    (
-        "subscribe_stream_proxy_enabled",
-        "subscribe_stream_proxy_name",
-        &["allow_subscribe_for_client", "allow_subscribe_for_anonymous"],
-    ),
-];
+const OPTION_PROXIES: [(&str, &str, &[&str]); 1] = [(
+    "subscribe_stream_proxy_enabled",
+    "subscribe_stream_proxy_name",
+    &["allow_subscribe_for_client", "allow_subscribe_for_anonymous"],
+)];
 
 fn options(cx: &mut Cx, mut s: Section) -> Map<String, Value> {
     let mut o = Map::new();
@@ -1938,7 +1936,11 @@ timeout = "30s"
               "rpc": { "namespaces": [{ "name": "r", "proxy_enabled": true, "proxy_name": "p" }] }
             }"#,
         ));
-        for path in ["client.proxy.connect.endpoint", "channel.namespaces[a].publish_proxy_name", "rpc.namespaces[r].proxy_name"] {
+        for path in [
+            "client.proxy.connect.endpoint",
+            "channel.namespaces[a].publish_proxy_name",
+            "rpc.namespaces[r].proxy_name",
+        ] {
             assert!(e.contains(&format!("\n  {path}: ")), "{path} not refused in:\n{e}");
         }
     }

@@ -586,7 +586,7 @@ impl ConnectResult {
 }
 
 /// The refresh and sub_refresh proxies' `result`.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub(crate) struct RefreshResult {
     #[serde(default)]
     pub expired: bool,
@@ -608,7 +608,7 @@ impl RefreshResult {
 }
 
 /// The subscribe proxy's `result`.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub(crate) struct SubscribeResult {
     expire_at: Option<i64>,
     info: Option<Box<RawValue>>,
@@ -636,7 +636,7 @@ impl SubscribeResult {
 }
 
 /// The publish proxy's `result`.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub(crate) struct PublishResult {
     data: Option<Box<RawValue>>,
     b64data: Option<String>,
@@ -652,7 +652,7 @@ impl PublishResult {
 }
 
 /// The RPC proxy's `result`.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub(crate) struct RpcResult {
     data: Option<Box<RawValue>>,
     b64data: Option<String>,
@@ -748,6 +748,81 @@ mod tests {
             .unwrap());
     }
 
+    /// A backend on a raw socket: answers each request by its path (`/ok`, `/500`,
+    /// `/silent`), keeps connections alive, and counts the connections it accepted.
+    async fn backend() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut r = BufReader::new(tcp);
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                        let mut length = 0;
+                        loop {
+                            let mut h = String::new();
+                            r.read_line(&mut h).await.unwrap();
+                            if h == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        r.read_exact(&mut body).await.unwrap();
+                        let (status, answer) = match path.as_str() {
+                            "/ok" => ("200 OK", r#"{"result":{"data":{"n":1}}}"#),
+                            "/500" => ("500 Internal Server Error", r#"{"result":{}}"#),
+                            _ => {
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                return;
+                            }
+                        };
+                        let out = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{answer}", answer.len());
+                        r.get_mut().write_all(out.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), accepted)
+    }
+
+    fn at(url: String) -> Proxy {
+        Proxy::new(&ProxyConfig { endpoint: url, timeout: Duration::from_millis(300), ..Default::default() }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_reuse_a_kept_alive_connection_and_failures_are_failures() {
+        let (base, accepted) = backend().await;
+        let ok = at(format!("{base}/ok"));
+        for _ in 0..3 {
+            let Answer::Result(r) = ok.call::<RpcResult>(b"{}".to_vec(), &[]).await.unwrap() else { panic!() };
+            assert_eq!(&r.into_data().unwrap()[..], br#"{"n":1}"#);
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection for three requests");
+        let e = at(format!("{base}/500")).call::<RpcResult>(b"{}".to_vec(), &[]).await.unwrap_err();
+        assert!(e.0.contains("500"), "{e}");
+        let started = Instant::now();
+        let e = at(format!("{base}/silent")).call::<RpcResult>(b"{}".to_vec(), &[]).await.unwrap_err();
+        assert!(e.0.contains("no answer within"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Nothing listens there.
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let e = at(format!("http://{dead}/x")).call::<RpcResult>(b"{}".to_vec(), &[]).await.unwrap_err();
+        assert!(e.0.contains("connecting"), "{e}");
+    }
+
     #[test]
     fn rpc_namespaces_choose_the_proxy() {
         let c: RpcConfig = serde_json::from_str(
@@ -777,6 +852,7 @@ mod tests {
         });
         assert_eq!(&kept[..], &[(http::header::COOKIE, HeaderValue::from_static("sid=1"))]);
         config.client.proxy.connect.endpoint = "ftp://b".into();
-        assert!(Proxies::new(&config).unwrap_err().starts_with("client.proxy.connect"));
+        let e = Proxies::new(&config).err().expect("an ftp endpoint is refused");
+        assert!(e.starts_with("client.proxy.connect"), "{e}");
     }
 }

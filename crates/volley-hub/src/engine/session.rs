@@ -159,7 +159,9 @@ impl Session {
         proxy: &Proxy,
         body: serde_json::Map<String, serde_json::Value>,
     ) -> Result<T, Refused> {
-        match proxy.call::<T>(proxy::body(body), &self.headers).await {
+        // Boxed: the request's future stays out of the connection's (which is held as
+        // long as the client is connected).
+        match Box::pin(proxy.call::<T>(proxy::body(body), &self.headers)).await {
             Ok(Answer::Result(r)) => Ok(r),
             Ok(Answer::Error(e)) => Err(Refused::Error(e)),
             Ok(Answer::Disconnect(d)) => Err(Refused::Disconnect(d)),
@@ -262,7 +264,10 @@ impl Session {
     /// client resubscribes with a new token).
     pub async fn check_expiry(&mut self) -> Outcome {
         let now = unix_now();
-        self.refresh_by_proxy(now).await?;
+        if self.hub.proxies.refresh.is_some() || self.hub.proxies.sub_refresh.is_some() {
+            // Boxed, as the commands are: it is rare, and the loop's future stays small.
+            Box::pin(self.refresh_by_proxy(now)).await?;
+        }
         let c = &self.hub.config.client;
         if self.expires_at.is_some_and(|t| t + c.expired_close_delay.as_secs() <= now) {
             return Err(Disconnect::EXPIRED);
