@@ -108,6 +108,7 @@ function proxyConfig(base) {
         { name: 'open', allow_subscribe_for_client: true, allow_publish_for_subscriber: true },
       ],
     },
+    uni_sse: { enabled: true },
     rpc: {
       proxy: p('/rpc', { include_connection_meta: true }),
       without_namespace: { proxy_enabled: true },
@@ -384,6 +385,28 @@ describe('RPC proxy', () => {
     const ctx = await gone;
     assert.equal(ctx.code, 4503);
     c.disconnect();
+  });
+});
+
+describe('unidirectional transports', () => {
+  test('uni_sse: the connect proxy decides from the forwarded cookie', { timeout: 20000 }, async () => {
+    const ctrl = new AbortController();
+    const res = await fetch(`http://${hub.addr}/connection/uni_sse?channel=open:feed`, {
+      headers: { Cookie: 'sid=uma' },
+      signal: ctrl.signal,
+    });
+    assert.equal(res.status, 200);
+    const reader = res.body.getReader();
+    let text = '';
+    while (!text.includes('\n\n')) text += new TextDecoder().decode((await reader.read()).value);
+    assert.match(text, /"connect"/);
+    const r = requests.findLast((x) => x.path === '/connect' && x.headers.cookie === 'sid=uma');
+    assert.equal(r.body.transport, 'uni_sse');
+    ctrl.abort();
+    // Refused by the backend: no stream.
+    const refused = await fetch(`http://${hub.addr}/connection/uni_sse?channel=open:feed`, { headers: { Cookie: 'sid=banned' } });
+    assert.notEqual(refused.status, 200);
+    await refused.text();
   });
 });
 
