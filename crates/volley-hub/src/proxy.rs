@@ -357,26 +357,28 @@ impl Proxy {
     }
 
     async fn post(&self, body: Vec<u8>, client_headers: &[(HeaderName, HeaderValue)]) -> Result<Bytes, String> {
-        let mut req = self.request(Bytes::from(body), client_headers)?;
-        // A kept-alive connection first; if the backend closed it before it could take
-        // the request (the request comes back unsent), the next, or a new one.
-        let sent = loop {
-            let Some(mut s) = self.pooled() else { break Err(req) };
+        let body = Bytes::from(body);
+        // A kept-alive connection first; if the backend closed it before it took the
+        // request (canceled, never sent), the next, or a new one.
+        let mut sent = None;
+        while let Some(mut s) = self.pooled() {
             if s.ready().await.is_err() {
                 continue;
             }
-            match s.try_send_request(req).await {
-                Ok(response) => break Ok((s, response)),
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Err(format!("request: {}", e.error())),
-                },
+            match s.send_request(self.request(body.clone(), client_headers)?).await {
+                Ok(response) => {
+                    sent = Some((s, response));
+                    break;
+                }
+                Err(e) if e.is_canceled() => continue,
+                Err(e) => return Err(format!("request: {e}")),
             }
-        };
+        }
         let (s, response) = match sent {
-            Ok(sent) => sent,
-            Err(req) => {
+            Some(sent) => sent,
+            None => {
                 let mut s = self.connect().await?;
+                let req = self.request(body, client_headers)?;
                 let response = s.send_request(req).await.map_err(|e| format!("request: {e}"))?;
                 (s, response)
             }
