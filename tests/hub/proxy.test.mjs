@@ -91,7 +91,7 @@ function proxyConfig(base) {
       // Without the refresh proxy, an expired connection would be closed 1 s later.
       expired_close_delay: '1s',
       proxy: {
-        connect: p('/connect', { enabled: true }),
+        connect: p('/connect', { enabled: true, emulated_headers: ['Authorization'] }),
         refresh: p('/refresh', { enabled: true }),
       },
     },
@@ -110,7 +110,7 @@ function proxyConfig(base) {
     },
     uni_sse: { enabled: true },
     rpc: {
-      proxy: p('/rpc', { include_connection_meta: true }),
+      proxy: p('/rpc', { include_connection_meta: true, emulated_headers: ['Authorization'] }),
       without_namespace: { proxy_enabled: true },
       namespaces: [{ name: 'off', proxy_enabled: false }],
     },
@@ -260,6 +260,27 @@ describe('connect proxy', () => {
     const r = requests.findLast((x) => x.path === '/connect' && x.headers.cookie === 'sid=carol');
     assert.equal(r.body.protocol, 'protobuf');
     assert.equal(r.body.encoding, 'binary');
+    c.disconnect();
+  });
+});
+
+describe('emulated headers', () => {
+  test('the headers option of centrifuge-js reaches the proxies that list them, and only those', { timeout: 20000 }, async () => {
+    // An emulated Cookie is not forwarded: Cookie is listed in http_headers only.
+    const c = client('sid=nina', { headers: { Authorization: 'Bearer abc', Cookie: 'sid=forged' } });
+    await connectedCtx(c);
+    const r = requests.findLast((x) => x.path === '/connect' && x.headers.cookie === 'sid=nina');
+    assert.equal(r.headers.authorization, 'Bearer abc');
+    await c.rpc('echo', {});
+    const rpc = requests.findLast((x) => x.path === '/rpc');
+    assert.equal(rpc.headers.authorization, 'Bearer abc');
+    assert.equal(rpc.headers.cookie, undefined, 'the RPC proxy forwards no cookie');
+    const sub = c.newSubscription('sec:emulated');
+    sub.subscribe();
+    await sub.ready(5000);
+    const s = requests.findLast((x) => x.path === '/subscribe' && x.body.channel === 'sec:emulated');
+    assert.equal(s.headers.authorization, undefined, 'the subscribe proxy lists no emulated header');
+    assert.equal(s.headers.cookie, 'sid=nina');
     c.disconnect();
   });
 });

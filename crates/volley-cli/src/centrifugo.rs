@@ -167,27 +167,21 @@ const CENTRIFUGO_KEYS: &[&str] = &[
     "http_api.insecure",
     "shutdown.timeout",
     "client.proxy.connect.grpc_metadata",
-    "client.proxy.connect.emulated_headers",
     "client.proxy.connect.grpc",
     "client.proxy.connect.http.status_to_code_transforms",
     "client.proxy.refresh.grpc_metadata",
-    "client.proxy.refresh.emulated_headers",
     "client.proxy.refresh.grpc",
     "client.proxy.refresh.http.status_to_code_transforms",
     "channel.proxy.subscribe.grpc_metadata",
-    "channel.proxy.subscribe.emulated_headers",
     "channel.proxy.subscribe.grpc",
     "channel.proxy.subscribe.http.status_to_code_transforms",
     "channel.proxy.publish.grpc_metadata",
-    "channel.proxy.publish.emulated_headers",
     "channel.proxy.publish.grpc",
     "channel.proxy.publish.http.status_to_code_transforms",
     "channel.proxy.sub_refresh.grpc_metadata",
-    "channel.proxy.sub_refresh.emulated_headers",
     "channel.proxy.sub_refresh.grpc",
     "channel.proxy.sub_refresh.http.status_to_code_transforms",
     "rpc.proxy.grpc_metadata",
-    "rpc.proxy.emulated_headers",
     "rpc.proxy.grpc",
     "rpc.proxy.http.status_to_code_transforms",
 ];
@@ -838,8 +832,10 @@ fn proxy(cx: &mut Cx, mut s: Section, out: &mut Value, to: &str) {
     if let Some(t) = s.volley_duration(cx, "timeout") {
         o.insert("timeout".into(), t);
     }
-    if let Some(h) = s.strings(cx, "http_headers") {
-        o.insert("http_headers".into(), json!(h));
+    for key in ["http_headers", "emulated_headers"] {
+        if let Some(h) = s.strings(cx, key) {
+            o.insert(key.into(), json!(h));
+        }
     }
     if let Some(mut h) = s.section(cx, "http") {
         match h.take("static_headers") {
@@ -1913,11 +1909,14 @@ timeout = "30s"
             }"#,
         );
         let (c, ignored) = translated(tree);
-        assert_eq!(ignored, ["client.proxy.connect.emulated_headers", "proxies"]);
+        assert_eq!(ignored, ["proxies"]);
         let connect = &c.client.proxy.connect;
         assert!(connect.enabled);
         assert_eq!((connect.endpoint.as_str(), connect.timeout), ("http://b/connect", Duration::from_secs(3)));
-        assert_eq!(connect.http_headers, ["Cookie"]);
+        assert_eq!(
+            (&connect.http_headers[..], &connect.emulated_headers[..]),
+            (&["Cookie".to_string()][..], &["Authorization".to_string()][..])
+        );
         assert_eq!(connect.http.static_headers["X-Key"], "k");
         assert!(c.client.proxy.refresh.include_connection_meta);
         assert!(c.channel.proxy.publish.binary_encoding);

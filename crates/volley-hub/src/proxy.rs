@@ -46,6 +46,11 @@ pub struct ProxyConfig {
     /// proxy (`Cookie`, `Authorization`, `X-Real-Ip`...). Only these are kept with the
     /// connection.
     pub http_headers: Vec<String>,
+    /// Headers the client emulates (centrifuge-js's `headers` option, sent in its
+    /// connect command) forwarded in every request of this proxy. The client sets them
+    /// as it likes: only for what the backend checks (a token it verifies). A real
+    /// header of the same name wins.
+    pub emulated_headers: Vec<String>,
     /// Send the connection's `meta` (from its token or the connect proxy) in requests.
     pub include_connection_meta: bool,
     /// Payloads as base64 (`b64data`) instead of JSON (`data`), for binary data.
@@ -66,6 +71,7 @@ impl Default for ProxyConfig {
             endpoint: String::new(),
             timeout: Duration::from_secs(1),
             http_headers: Vec::new(),
+            emulated_headers: Vec::new(),
             include_connection_meta: false,
             binary_encoding: false,
             http: ProxyHttpConfig::default(),
@@ -163,6 +169,9 @@ pub(crate) struct Proxies {
     pub rpc: Option<Proxy>,
     /// Every header some proxy forwards: what a connection keeps of its request.
     pub header_names: Box<[HeaderName]>,
+    /// Every emulated header some proxy forwards: what a connection keeps of those its
+    /// client sent.
+    pub emulated_names: Box<[HeaderName]>,
 }
 
 impl Proxies {
@@ -193,23 +202,40 @@ impl Proxies {
             )?,
             rpc: build(rpc_used, &config.rpc.proxy, "rpc.proxy")?,
             header_names: Box::default(),
+            emulated_names: Box::default(),
         };
-        let mut names: Vec<HeaderName> = [
-            &proxies.connect,
-            &proxies.refresh,
-            &proxies.subscribe,
-            &proxies.publish,
-            &proxies.sub_refresh,
-            &proxies.rpc,
-        ]
-        .into_iter()
-        .flatten()
-        .flat_map(|p| p.headers.iter().cloned())
-        .collect();
-        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        names.dedup();
-        proxies.header_names = names.into();
+        let all = |of: fn(&Proxy) -> &[HeaderName]| -> Box<[HeaderName]> {
+            let mut names: Vec<HeaderName> = [
+                &proxies.connect,
+                &proxies.refresh,
+                &proxies.subscribe,
+                &proxies.publish,
+                &proxies.sub_refresh,
+                &proxies.rpc,
+            ]
+            .into_iter()
+            .flatten()
+            .flat_map(|p| of(p).iter().cloned())
+            .collect();
+            names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            names.dedup();
+            names.into()
+        };
+        let (headers, emulated) = (all(|p| &p.headers), all(|p| &p.emulated));
+        proxies.header_names = headers;
+        proxies.emulated_names = emulated;
         Ok(proxies)
+    }
+
+    /// The emulated headers of a client's connect command that some proxy forwards.
+    pub fn keep_emulated(&self, sent: &BTreeMap<String, String>) -> Box<[(HeaderName, HeaderValue)]> {
+        sent.iter()
+            .filter_map(|(n, v)| {
+                let name = HeaderName::from_bytes(n.as_bytes()).ok()?;
+                self.emulated_names.contains(&name).then_some(())?;
+                Some((name, HeaderValue::from_str(v).ok()?))
+            })
+            .collect()
     }
 
     /// The headers of a client's request that some proxy forwards.
@@ -245,6 +271,8 @@ pub(crate) struct Proxy {
     timeout: Duration,
     /// The client's headers it forwards (lowercase).
     headers: Box<[HeaderName]>,
+    /// The client's emulated headers it forwards (lowercase).
+    emulated: Box<[HeaderName]>,
     static_headers: Vec<(HeaderName, HeaderValue)>,
     pub include_meta: bool,
     pub binary: bool,
@@ -254,6 +282,9 @@ pub(crate) struct Proxy {
     idle: Mutex<Vec<(Instant, SendRequest<Full<Bytes>>)>>,
     tls: Arc<ClientConfig>,
 }
+
+/// A client's headers: those of its connection request, and those it emulates.
+pub(crate) type ClientHeaders<'a> = (&'a [(HeaderName, HeaderValue)], &'a [(HeaderName, HeaderValue)]);
 
 /// How long a kept-alive connection may stay unused before it is dropped.
 const IDLE_FOR: Duration = Duration::from_secs(30);
@@ -273,6 +304,14 @@ impl Proxy {
         if c.max_concurrent_requests == 0 {
             return Err("`max_concurrent_requests` must be more than 0".into());
         }
+        let names = |list: &[String], key: &str| {
+            list.iter()
+                .map(|h| {
+                    HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("`{key}`: {h:?} is not a header name"))
+                })
+                .collect::<Result<Box<[HeaderName]>, String>>()
+        };
+        let emulated = names(&c.emulated_headers, "emulated_headers")?;
         let headers = c
             .http_headers
             .iter()
@@ -296,6 +335,7 @@ impl Proxy {
             endpoint,
             timeout: c.timeout,
             headers,
+            emulated,
             static_headers,
             include_meta: c.include_connection_meta,
             binary: c.binary_encoding,
@@ -306,11 +346,12 @@ impl Proxy {
         })
     }
 
-    /// POSTs `body` with the client's headers this proxy forwards, and reads the answer.
+    /// POSTs `body` with the client's headers this proxy forwards (its request's, then
+    /// its emulated ones where the request has none of that name), and reads the answer.
     pub async fn call<T: serde::de::DeserializeOwned>(
         &self,
         body: Vec<u8>,
-        client_headers: &[(HeaderName, HeaderValue)],
+        client_headers: ClientHeaders<'_>,
     ) -> Result<Answer<T>, ProxyFailure> {
         let sent = tokio::time::timeout(self.timeout, async {
             let _permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
@@ -325,11 +366,7 @@ impl Proxy {
         decode(&raw).map_err(|e| ProxyFailure(format!("{}: {e}", self.endpoint.url)))
     }
 
-    fn request(
-        &self,
-        body: Bytes,
-        client_headers: &[(HeaderName, HeaderValue)],
-    ) -> Result<http::Request<Full<Bytes>>, String> {
+    fn request(&self, body: Bytes, client_headers: ClientHeaders<'_>) -> Result<http::Request<Full<Bytes>>, String> {
         let mut req = http::Request::post(self.endpoint.path.as_str())
             .header(http::header::HOST, self.endpoint.authority.as_str())
             .header(http::header::USER_AGENT, concat!("volley-hub/", env!("CARGO_PKG_VERSION")))
@@ -339,7 +376,13 @@ impl Proxy {
         for (n, v) in &self.static_headers {
             h.insert(n.clone(), v.clone());
         }
-        for (n, v) in client_headers {
+        let (real, emulated) = client_headers;
+        for (n, v) in emulated {
+            if self.emulated.contains(n) {
+                h.insert(n.clone(), v.clone());
+            }
+        }
+        for (n, v) in real {
             if self.headers.contains(n) {
                 h.insert(n.clone(), v.clone());
             }
@@ -356,7 +399,7 @@ impl Proxy {
         idle.pop().map(|(_, s)| s)
     }
 
-    async fn post(&self, body: Vec<u8>, client_headers: &[(HeaderName, HeaderValue)]) -> Result<Bytes, String> {
+    async fn post(&self, body: Vec<u8>, client_headers: ClientHeaders<'_>) -> Result<Bytes, String> {
         let body = Bytes::from(body);
         // A kept-alive connection first; if the backend closed it before it took the
         // request (canceled, never sent), the next, or a new one.
@@ -809,19 +852,19 @@ mod tests {
         let (base, accepted) = backend().await;
         let ok = at(format!("{base}/ok"));
         for _ in 0..3 {
-            let Answer::Result(r) = ok.call::<RpcResult>(b"{}".to_vec(), &[]).await.unwrap() else { panic!() };
+            let Answer::Result(r) = ok.call::<RpcResult>(b"{}".to_vec(), (&[], &[])).await.unwrap() else { panic!() };
             assert_eq!(&r.into_data().unwrap()[..], br#"{"n":1}"#);
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection for three requests");
-        let e = at(format!("{base}/500")).call::<RpcResult>(b"{}".to_vec(), &[]).await.unwrap_err();
+        let e = at(format!("{base}/500")).call::<RpcResult>(b"{}".to_vec(), (&[], &[])).await.unwrap_err();
         assert!(e.0.contains("500"), "{e}");
         let started = Instant::now();
-        let e = at(format!("{base}/silent")).call::<RpcResult>(b"{}".to_vec(), &[]).await.unwrap_err();
+        let e = at(format!("{base}/silent")).call::<RpcResult>(b"{}".to_vec(), (&[], &[])).await.unwrap_err();
         assert!(e.0.contains("no answer within"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(2));
         // Nothing listens there.
         let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        let e = at(format!("http://{dead}/x")).call::<RpcResult>(b"{}".to_vec(), &[]).await.unwrap_err();
+        let e = at(format!("http://{dead}/x")).call::<RpcResult>(b"{}".to_vec(), (&[], &[])).await.unwrap_err();
         assert!(e.0.contains("connecting"), "{e}");
     }
 

@@ -50,6 +50,8 @@ pub(crate) struct Session {
     transport: &'static str,
     /// The headers of the client's request that proxies forward (only those).
     headers: Box<[(HeaderName, HeaderValue)]>,
+    /// The headers the client emulates (in its connect command) that proxies forward.
+    emulated: Box<[(HeaderName, HeaderValue)]>,
 }
 
 /// How long a refresh or sub_refresh proxy that failed waits before it is asked again.
@@ -125,6 +127,7 @@ impl Session {
             emulation_session: String::new(),
             transport: "websocket",
             headers: Box::default(),
+            emulated: Box::default(),
         }
     }
 
@@ -161,7 +164,7 @@ impl Session {
     ) -> Result<T, Refused> {
         // Boxed: the request's future stays out of the connection's (which is held as
         // long as the client is connected).
-        match Box::pin(proxy.call::<T>(proxy::body(body), &self.headers)).await {
+        match Box::pin(proxy.call::<T>(proxy::body(body), (&self.headers, &self.emulated))).await {
             Ok(Answer::Result(r)) => Ok(r),
             Ok(Answer::Error(e)) => Err(Refused::Error(e)),
             Ok(Answer::Disconnect(d)) => Err(Refused::Disconnect(d)),
@@ -558,6 +561,9 @@ impl Session {
         let hub = self.hub.clone();
         let c = &hub.config.client;
         let mut connect_data = Bytes::new();
+        if !req.headers.is_empty() && !hub.proxies.emulated_names.is_empty() {
+            self.emulated = hub.proxies.keep_emulated(&req.headers);
+        }
         let token = if !req.token.is_empty() {
             match self.connect_token(&req.token).await {
                 Ok(t) => t,

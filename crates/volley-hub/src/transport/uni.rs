@@ -286,6 +286,7 @@ impl Reader {
             subs,
             name,
             version: req.version.clone(),
+            headers: Default::default(),
         };
         let mut replies = Vec::new();
         let outcome = session.handle(Command { id: 1, request: Req::Connect(connect) }).await;
