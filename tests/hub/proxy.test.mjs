@@ -274,7 +274,7 @@ describe('emulated headers', () => {
     await c.rpc('echo', {});
     const rpc = requests.findLast((x) => x.path === '/rpc');
     assert.equal(rpc.headers.authorization, 'Bearer abc');
-    assert.equal(rpc.headers.cookie, undefined, 'the RPC proxy forwards no cookie');
+    assert.equal(rpc.headers.cookie, 'sid=nina', 'the real header, not the emulated one');
     const sub = c.newSubscription('sec:emulated');
     sub.subscribe();
     await sub.ready(5000);
@@ -282,6 +282,14 @@ describe('emulated headers', () => {
     assert.equal(s.headers.authorization, undefined, 'the subscribe proxy lists no emulated header');
     assert.equal(s.headers.cookie, 'sid=nina');
     c.disconnect();
+    // Without a real cookie, the emulated one is not forwarded either (Cookie is not
+    // in emulated_headers): the backend sees no session.
+    const forger = client(null, { headers: { Authorization: 'Bearer forger', Cookie: 'sid=forged' }, minReconnectDelay: 5000 });
+    forger.connect();
+    await waitFor(() => requests.some((x) => x.path === '/connect' && x.headers.authorization === 'Bearer forger'), 'the forger');
+    const f = requests.findLast((x) => x.path === '/connect' && x.headers.authorization === 'Bearer forger');
+    assert.equal(f.headers.cookie, undefined);
+    forger.disconnect();
   });
 });
 
