@@ -452,6 +452,10 @@ describe('backend down', () => {
       const r = await refusal(anon);
       assert.equal(r.error?.code, 100, JSON.stringify(r));
       anon.disconnect();
+      // A unidirectional client is told to come back later.
+      const uni = await fetch(`http://${down.addr}/connection/uni_sse?channel=open:feed`, { headers: { Cookie: 'sid=x' } });
+      assert.equal(uni.status, 503);
+      await uni.text();
 
       const c = client(null, { token: token({ sub: 'mo' }) }, CentrifugeJson, down.addr);
       await connectedCtx(c);

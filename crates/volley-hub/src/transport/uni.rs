@@ -255,6 +255,8 @@ fn reply_error(what: &str, e: &Value) -> Refused {
     let status = match code {
         101 | 109 => StatusCode::UNAUTHORIZED,
         103 => StatusCode::FORBIDDEN,
+        // Temporary (a proxy's backend or the token keys unavailable): try again later.
+        _ if e["temporary"].as_bool() == Some(true) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     Refused(status, format!("{what}: {code} {}", e["message"].as_str().unwrap_or("")))
