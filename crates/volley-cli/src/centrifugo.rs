@@ -53,7 +53,7 @@ const RECOVERY_MAX_PUBLICATION_LIMIT: u64 = 300;
 const ALL_INTERFACES: &str = "0.0.0.0";
 
 /// The sections of Volley's configuration (the top-level keys of `ServeConfig`).
-const VOLLEY_SECTIONS: [&str; 16] = [
+const VOLLEY_SECTIONS: [&str; 17] = [
     "http_server",
     "client",
     "channel",
@@ -67,6 +67,7 @@ const VOLLEY_SECTIONS: [&str; 16] = [
     "uni_websocket",
     "uni_long_polling",
     "pusher",
+    "rpc",
     "demo",
     "shutdown",
     "broker",
@@ -80,7 +81,6 @@ const CENTRIFUGO_SECTIONS: &[&str] = &[
     "map_broker",
     "controller",
     "shared_poll",
-    "rpc",
     "proxies",
     "grpc_api",
     "consumers",
@@ -134,7 +134,6 @@ const CENTRIFUGO_KEYS: &[&str] = &[
     "http_server.internal_tls",
     "http_server.http3",
     "http_server.h2c_external",
-    "client.proxy",
     "client.disallow_anonymous_connection_tokens",
     "client.queue_max_size",
     "client.presence_update_interval",
@@ -156,24 +155,43 @@ const CENTRIFUGO_KEYS: &[&str] = &[
     "client.subscription_token.audience_regex",
     "client.subscription_token.issuer_regex",
     "client.subscription_token.insecure_skip_jwks_endpoint_safety_check",
-    "channel.proxy",
+    "channel.proxy.subscribe_stream",
+    "channel.proxy.state",
+    "channel.proxy.cache_empty",
+    "rpc.without_namespace.proxy_name",
+    "rpc.namespaces[].proxy_name",
     "channel.history_meta_ttl",
     "http_api.disabled",
     "http_api.handler_prefix",
     "http_api.external",
     "http_api.insecure",
     "shutdown.timeout",
+    "client.proxy.connect.grpc_metadata",
+    "client.proxy.connect.grpc",
+    "client.proxy.connect.http.status_to_code_transforms",
+    "client.proxy.refresh.grpc_metadata",
+    "client.proxy.refresh.grpc",
+    "client.proxy.refresh.http.status_to_code_transforms",
+    "channel.proxy.subscribe.grpc_metadata",
+    "channel.proxy.subscribe.grpc",
+    "channel.proxy.subscribe.http.status_to_code_transforms",
+    "channel.proxy.publish.grpc_metadata",
+    "channel.proxy.publish.grpc",
+    "channel.proxy.publish.http.status_to_code_transforms",
+    "channel.proxy.sub_refresh.grpc_metadata",
+    "channel.proxy.sub_refresh.grpc",
+    "channel.proxy.sub_refresh.http.status_to_code_transforms",
+    "rpc.proxy.grpc_metadata",
+    "rpc.proxy.grpc",
+    "rpc.proxy.http.status_to_code_transforms",
 ];
 
 /// Keys of a Centrifugo v6 namespace (and of `channel.without_namespace`) that Volley's
 /// namespaces have not.
 const CENTRIFUGO_NAMESPACE_KEYS: &[&str] = &[
     "delta_publish",
-    "subscribe_proxy_enabled",
     "subscribe_proxy_name",
-    "publish_proxy_enabled",
     "publish_proxy_name",
-    "sub_refresh_proxy_enabled",
     "sub_refresh_proxy_name",
     "subscribe_stream_proxy_enabled",
     "subscribe_stream_proxy_name",
@@ -303,6 +321,9 @@ pub fn translate(tree: &Value) -> anyhow::Result<Translation> {
     channel(&mut cx, channel_section, &mut out, recovery_limit);
     if let Some(s) = root.section(&mut cx, "http_api") {
         http_api(&mut cx, s, &mut out);
+    }
+    if let Some(s) = root.section(&mut cx, "rpc") {
+        rpc(&mut cx, s, &mut out);
     }
     if let Some(s) = root.section(&mut cx, "websocket") {
         websocket(&mut cx, s, &mut out);
@@ -781,19 +802,117 @@ fn client(cx: &mut Cx, mut s: Section, out: &mut Value) -> u64 {
         }
         personal.finish(cx);
     }
-    if let Some(proxy) = s.take("proxy") {
-        if proxy.pointer("/connect/enabled") == Some(&json!(true)) && anonymous == Some(true) {
-            cx.error(
-                &s.key("proxy.connect.enabled"),
-                "Centrifugo asks the backend about connections without a token; Volley, without \
-                 the proxy, would let them all in as allow_anonymous_connect_without_token says: \
-                 refused rather than ignored",
-            );
+    if let Some(mut p) = s.section(cx, "proxy") {
+        for name in ["connect", "refresh"] {
+            if let Some(section) = p.section(cx, name) {
+                proxy(cx, section, out, &format!("client.proxy.{name}"));
+            }
         }
-        cx.ignore(&s.key("proxy"), &proxy);
+        p.finish(cx);
     }
     s.finish(cx);
     recovery_limit
+}
+
+/// A proxy object: what Volley's proxies read of it, put at `to`. A GRPC endpoint is
+/// refused: the proxy guards what clients may do, and Volley's speak HTTP only.
+fn proxy(cx: &mut Cx, mut s: Section, out: &mut Value, to: &str) {
+    let mut o = Map::new();
+    for key in ["enabled", "include_connection_meta", "binary_encoding"] {
+        if let Some(b) = s.bool(cx, key) {
+            o.insert(key.into(), json!(b));
+        }
+    }
+    if let Some(e) = s.string(cx, "endpoint") {
+        if e.starts_with("grpc://") {
+            cx.error(&s.key("endpoint"), "a GRPC proxy: Volley's proxies speak HTTP only: refused rather than ignored");
+        }
+        o.insert("endpoint".into(), json!(e));
+    }
+    if let Some(t) = s.volley_duration(cx, "timeout") {
+        o.insert("timeout".into(), t);
+    }
+    for key in ["http_headers", "emulated_headers"] {
+        if let Some(h) = s.strings(cx, key) {
+            o.insert(key.into(), json!(h));
+        }
+    }
+    if let Some(mut h) = s.section(cx, "http") {
+        match h.take("static_headers") {
+            Some(v @ Value::Object(_)) => {
+                o.insert("http".into(), json!({ "static_headers": v }));
+            }
+            Some(other) => cx.error(&h.key("static_headers"), format!("expected an object, found {}", kind(&other))),
+            None => {}
+        }
+        h.finish(cx);
+    }
+    s.finish(cx);
+    put(out, to, Value::Object(o));
+}
+
+/// `rpc`: the RPC proxy and the RPC namespaces that use it.
+fn rpc(cx: &mut Cx, mut s: Section, out: &mut Value) {
+    if let Some(p) = s.section(cx, "proxy") {
+        proxy(cx, p, out, "rpc.proxy");
+    }
+    if let Some(w) = s.section(cx, "without_namespace") {
+        put(out, "rpc.without_namespace", rpc_namespace(cx, w));
+    }
+    if let Some(v) = s.take("namespaces") {
+        match v {
+            Value::Array(list) => {
+                let mut namespaces = Vec::with_capacity(list.len());
+                for (i, ns) in list.into_iter().enumerate() {
+                    let Value::Object(map) = ns else {
+                        cx.error(&format!("rpc.namespaces[{i}]"), "expected an object");
+                        continue;
+                    };
+                    let label = map.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
+                    let path = match label {
+                        Some(n) => format!("rpc.namespaces[{n}]"),
+                        None => format!("rpc.namespaces[{i}]"),
+                    };
+                    let mut section = Section { path, map };
+                    let Some(name) = section.string(cx, "name").filter(|n| !n.is_empty()) else {
+                        cx.error(&section.path, "an RPC namespace needs a name");
+                        continue;
+                    };
+                    let mut o = rpc_namespace(cx, section);
+                    if let Value::Object(m) = &mut o {
+                        m.insert("name".into(), json!(name));
+                    }
+                    namespaces.push(o);
+                }
+                put(out, "rpc.namespaces", Value::Array(namespaces));
+            }
+            other => cx.error("rpc.namespaces", format!("expected a list, found {}", kind(&other))),
+        }
+    }
+    if let Some(b) = s.string(cx, "namespace_boundary") {
+        put(out, "rpc.namespace_boundary", json!(b));
+    }
+    s.finish(cx);
+}
+
+fn rpc_namespace(cx: &mut Cx, mut s: Section) -> Value {
+    let enabled = s.bool(cx, "proxy_enabled").unwrap_or(false);
+    named_proxy(cx, &mut s, "proxy_name", enabled, "rpc.proxy");
+    s.finish(cx);
+    json!({ "proxy_enabled": enabled })
+}
+
+/// A named proxy (from `proxies`) where the switch is on: refused, as Volley would ask the
+/// default proxy (`default`) instead.
+fn named_proxy(cx: &mut Cx, s: &mut Section, key: &str, enabled: bool, default: &str) {
+    let path = s.key(key);
+    let name = s.string(cx, key).unwrap_or_default();
+    if enabled && !name.is_empty() && name != "default" {
+        cx.error(
+            &path,
+            format!("named proxies (`proxies`) are not supported: Volley would ask `{default}` instead: refused rather than ignored"),
+        );
+    }
 }
 
 /// The keys of a token section Volley reads as they are (strings).
@@ -880,6 +999,14 @@ fn channel(cx: &mut Cx, mut s: Section, out: &mut Value, recovery_limit: u64) {
             other => cx.error("channel.namespaces", format!("expected a list, found {}", kind(&other))),
         }
     }
+    if let Some(mut p) = s.section(cx, "proxy") {
+        for name in ["subscribe", "publish", "sub_refresh"] {
+            if let Some(section) = p.section(cx, name) {
+                proxy(cx, section, out, &format!("channel.proxy.{name}"));
+            }
+        }
+        p.finish(cx);
+    }
     if let Some(n) = s.uint(cx, "max_length") {
         put(out, "channel.max_length", json!(n));
     }
@@ -916,26 +1043,14 @@ const OPTION_BOOLS: [&str; 21] = [
     "allow_channel_compaction",
 ];
 
-/// A namespace's proxies: the proxy's switch, its name, and the permissions that the
-/// proxy decides in Centrifugo and the namespace's options would grant in Volley without it.
-const OPTION_PROXIES: [(&str, &str, &[&str]); 4] = [
-    (
-        "subscribe_proxy_enabled",
-        "subscribe_proxy_name",
-        &["allow_subscribe_for_client", "allow_subscribe_for_anonymous"],
-    ),
-    (
-        "publish_proxy_enabled",
-        "publish_proxy_name",
-        &["allow_publish_for_subscriber", "allow_publish_for_client", "allow_publish_for_anonymous"],
-    ),
-    ("sub_refresh_proxy_enabled", "sub_refresh_proxy_name", &[]),
-    (
-        "subscribe_stream_proxy_enabled",
-        "subscribe_stream_proxy_name",
-        &["allow_subscribe_for_client", "allow_subscribe_for_anonymous"],
-    ),
-];
+/// A namespace's proxies Volley has not: the proxy's switch, its name, and the
+/// permissions that the proxy decides in Centrifugo and the namespace's options would grant
+/// in Volley without it.
+const OPTION_PROXIES: [(&str, &str, &[&str]); 1] = [(
+    "subscribe_stream_proxy_enabled",
+    "subscribe_stream_proxy_name",
+    &["allow_subscribe_for_client", "allow_subscribe_for_anonymous"],
+)];
 
 fn options(cx: &mut Cx, mut s: Section) -> Map<String, Value> {
     let mut o = Map::new();
@@ -966,6 +1081,17 @@ fn options(cx: &mut Cx, mut s: Section) -> Map<String, Value> {
     }
     if let Some(types) = s.strings(cx, "allowed_delta_types") {
         o.insert("allowed_delta_types".into(), json!(types));
+    }
+    for (switch, name, default) in [
+        ("subscribe_proxy_enabled", "subscribe_proxy_name", "channel.proxy.subscribe"),
+        ("publish_proxy_enabled", "publish_proxy_name", "channel.proxy.publish"),
+        ("sub_refresh_proxy_enabled", "sub_refresh_proxy_name", "channel.proxy.sub_refresh"),
+    ] {
+        let enabled = s.bool(cx, switch) == Some(true);
+        named_proxy(cx, &mut s, name, enabled, default);
+        if enabled {
+            o.insert(switch.into(), json!(true));
+        }
     }
     for (switch, name, grants) in OPTION_PROXIES {
         let enabled = s.bool(cx, switch) == Some(true);
@@ -1256,6 +1382,7 @@ mod tests {
       },
       "channel": {
         "history_meta_ttl": "168h",
+        "proxy": { "subscribe": { "endpoint": "http://localhost:3000/centrifugo/subscribe", "timeout": "2s", "http_headers": ["Cookie"] } },
         "without_namespace": { "presence": true, "allow_subscribe_for_client": true },
         "namespaces": [
           { "name": "personal", "presence": true, "join_leave": true },
@@ -1268,7 +1395,7 @@ mod tests {
           },
           {
             "name": "updates", "history_size": 1, "history_ttl": "10m", "force_recovery": true,
-            "force_recovery_mode": "cache", "subscribe_proxy_enabled": true, "subscribe_proxy_name": "updates-proxy"
+            "force_recovery_mode": "cache", "subscribe_proxy_enabled": true
           }
         ]
       },
@@ -1327,6 +1454,11 @@ client:
       endpoint: http://localhost:3000/centrifugo/connect
 channel:
   history_meta_ttl: 168h
+  proxy:
+    subscribe:
+      endpoint: http://localhost:3000/centrifugo/subscribe
+      timeout: 2s
+      http_headers: [Cookie]
   without_namespace:
     presence: true
     allow_subscribe_for_client: true
@@ -1353,7 +1485,6 @@ channel:
       force_recovery: true
       force_recovery_mode: cache
       subscribe_proxy_enabled: true
-      subscribe_proxy_name: updates-proxy
 http_api:
   key: api-key
   handler_prefix: /api
@@ -1427,6 +1558,11 @@ endpoint = "http://localhost:3000/centrifugo/connect"
 [channel]
 history_meta_ttl = "168h"
 
+[channel.proxy.subscribe]
+endpoint = "http://localhost:3000/centrifugo/subscribe"
+timeout = "2s"
+http_headers = ["Cookie"]
+
 [channel.without_namespace]
 presence = true
 allow_subscribe_for_client = true
@@ -1458,7 +1594,6 @@ history_ttl = "10m"
 force_recovery = true
 force_recovery_mode = "cache"
 subscribe_proxy_enabled = true
-subscribe_proxy_name = "updates-proxy"
 
 [http_api]
 key = "api-key"
@@ -1590,6 +1725,12 @@ timeout = "30s"
         let updates = &c.channel.namespaces[2];
         assert_eq!(updates.force_recovery_mode, volley_hub::config::RecoveryMode::Cache);
         assert_eq!((updates.history_size, updates.history_ttl), (1, s(600)));
+        assert!(updates.subscribe_proxy_enabled);
+        let p = &c.channel.proxy.subscribe;
+        assert_eq!((p.endpoint.as_str(), p.timeout), ("http://localhost:3000/centrifugo/subscribe", s(2)));
+        assert_eq!(p.http_headers, ["Cookie"]);
+        assert!(!c.client.proxy.connect.enabled);
+        assert_eq!(c.client.proxy.connect.endpoint, "http://localhost:3000/centrifugo/connect");
         // And the hub accepts it.
         let hub_config = c.hub_config();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -1603,8 +1744,6 @@ timeout = "30s"
             ignored,
             [
                 "channel.namespaces[chat].delta_publish",
-                "channel.namespaces[updates].subscribe_proxy_enabled",
-                "channel.namespaces[updates].subscribe_proxy_name",
                 "client.history_max_publication_limit",
                 "client.presence_update_interval",
                 "http_server.internal_port",
@@ -1735,40 +1874,74 @@ timeout = "30s"
             "client.token.some_new_check",
             "client.subscription_token.issuer_regex",
             "client.disallow_anonymous_connection_tokens",
-            "client.proxy.connect.enabled",
             "http_server.tls.client_ca_pem",
             "http_server.tls_autocert.enabled",
-            "channel.namespaces[a].subscribe_proxy_enabled",
-            "channel.namespaces[b].publish_proxy_enabled",
             "channel.namespaces[c].subscribe_stream_proxy_enabled",
         ] {
             assert!(e.contains(&format!("\n  {path}: ")), "{path} not refused in:\n{e}");
         }
-        assert_eq!(e.matches("\n  ").count(), 11, "{e}");
+        assert_eq!(e.matches("\n  ").count(), 8, "{e}");
     }
 
     #[test]
-    fn a_proxy_that_guards_nothing_the_namespace_grants_is_reported_not_refused() {
+    fn proxies_are_translated_and_named_or_grpc_ones_refused() {
         let tree = from_json(
             r#"{
-              "client": { "proxy": { "connect": { "enabled": true, "endpoint": "http://b/connect" } } },
-              "channel": { "namespaces": [
-                { "name": "a", "subscribe_proxy_enabled": true, "publish_proxy_enabled": true, "publish_proxy_name": "p",
-                  "allow_history_for_subscriber": true },
-                { "name": "b", "subscribe_proxy_name": "unused", "sub_refresh_proxy_enabled": false }
-              ] }
+              "client": { "proxy": {
+                "connect": { "enabled": true, "endpoint": "http://b/connect", "timeout": "3s", "http_headers": ["Cookie"],
+                  "emulated_headers": ["Authorization"], "http": { "static_headers": { "X-Key": "k" } } },
+                "refresh": { "enabled": true, "endpoint": "http://b/refresh", "include_connection_meta": true }
+              } },
+              "channel": {
+                "proxy": { "publish": { "endpoint": "http://b/publish", "binary_encoding": true } },
+                "namespaces": [
+                  { "name": "a", "publish_proxy_enabled": true, "allow_history_for_subscriber": true },
+                  { "name": "b", "subscribe_proxy_name": "unused", "sub_refresh_proxy_enabled": false }
+                ]
+              },
+              "rpc": {
+                "proxy": { "endpoint": "http://b/rpc" },
+                "without_namespace": { "proxy_enabled": true },
+                "namespaces": [{ "name": "ns", "proxy_enabled": true }],
+                "namespace_boundary": "."
+              },
+              "proxies": [{ "name": "p", "endpoint": "http://c/p" }]
             }"#,
         );
+        let (c, ignored) = translated(tree);
+        assert_eq!(ignored, ["proxies"]);
+        let connect = &c.client.proxy.connect;
+        assert!(connect.enabled);
+        assert_eq!((connect.endpoint.as_str(), connect.timeout), ("http://b/connect", Duration::from_secs(3)));
         assert_eq!(
-            ignored(tree),
-            [
-                "channel.namespaces[a].publish_proxy_enabled",
-                "channel.namespaces[a].publish_proxy_name",
-                "channel.namespaces[a].subscribe_proxy_enabled",
-                "client.proxy.connect.enabled",
-                "client.proxy.connect.endpoint",
-            ]
+            (&connect.http_headers[..], &connect.emulated_headers[..]),
+            (&["Cookie".to_string()][..], &["Authorization".to_string()][..])
         );
+        assert_eq!(connect.http.static_headers["X-Key"], "k");
+        assert!(c.client.proxy.refresh.include_connection_meta);
+        assert!(c.channel.proxy.publish.binary_encoding);
+        assert!(c.channel.namespaces[0].publish_proxy_enabled);
+        assert!(c.rpc.without_namespace.proxy_enabled && c.rpc.namespaces[0].proxy_enabled);
+        assert_eq!((c.rpc.namespaces[0].name.as_str(), c.rpc.namespace_boundary.as_str()), ("ns", "."));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { volley_hub::Hub::new(c.hub_config()).map(|_| ()) }).unwrap();
+
+        // A named proxy where the switch is on would be asked as the default one; a GRPC
+        // proxy cannot be asked at all: both refused.
+        let e = refused(from_json(
+            r#"{
+              "client": { "proxy": { "connect": { "enabled": true, "endpoint": "grpc://b:9000" } } },
+              "channel": { "namespaces": [{ "name": "a", "publish_proxy_enabled": true, "publish_proxy_name": "p" }] },
+              "rpc": { "namespaces": [{ "name": "r", "proxy_enabled": true, "proxy_name": "p" }] }
+            }"#,
+        ));
+        for path in [
+            "client.proxy.connect.endpoint",
+            "channel.namespaces[a].publish_proxy_name",
+            "rpc.namespaces[r].proxy_name",
+        ] {
+            assert!(e.contains(&format!("\n  {path}: ")), "{path} not refused in:\n{e}");
+        }
     }
 
     #[test]

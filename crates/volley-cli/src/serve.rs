@@ -83,6 +83,8 @@ pub struct ServeConfig {
     pub uni_long_polling: LongPollingConfig,
     /// Pusher Channels compatibility: the apps.
     pub pusher: volley_hub::pusher::PusherConfig,
+    /// RPC: the proxy that answers clients' calls, and its namespaces.
+    pub rpc: volley_hub::proxy::RpcConfig,
     /// The chat demo at `/`.
     pub demo: Demo,
     /// Shutdown.
@@ -107,6 +109,7 @@ impl ServeConfig {
             uni_websocket: self.uni_websocket.clone(),
             uni_long_polling: self.uni_long_polling.clone(),
             pusher: self.pusher.clone(),
+            rpc: self.rpc.clone(),
         }
     }
 }

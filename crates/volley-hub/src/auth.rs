@@ -628,8 +628,10 @@ struct SubscribeClaims {
     overrides: Option<OverrideClaims>,
 }
 
+/// A server-side subscription's options, as a token's `subs` (or a connect proxy's
+/// answer) gives them.
 #[derive(Deserialize)]
-struct SubClaims {
+pub(crate) struct SubClaims {
     info: Option<Box<RawValue>>,
     b64info: Option<String>,
     data: Option<Box<RawValue>>,
@@ -655,7 +657,7 @@ struct BoolValue {
 }
 
 impl SubClaims {
-    fn into_options(self) -> Result<SubscribeOptions, TokenError> {
+    pub(crate) fn into_options(self) -> Result<SubscribeOptions, TokenError> {
         let overrides = self.overrides.map_or_else(SubscribeOverrides::default, |o| SubscribeOverrides {
             presence: o.presence.map(|b| b.value),
             join_leave: o.join_leave.map(|b| b.value),
@@ -671,12 +673,16 @@ impl SubClaims {
     }
 }
 
-fn raw_bytes(raw: &RawValue) -> Bytes {
+pub(crate) fn raw_bytes(raw: &RawValue) -> Bytes {
     Bytes::copy_from_slice(raw.get().as_bytes())
 }
 
 /// A JSON claim's text, or its base64 twin decoded, which wins when set (as Centrifugo).
-fn raw_or_base64(raw: Option<Box<RawValue>>, b64: Option<String>, name: &str) -> Result<Option<Bytes>, TokenError> {
+pub(crate) fn raw_or_base64(
+    raw: Option<Box<RawValue>>,
+    b64: Option<String>,
+    name: &str,
+) -> Result<Option<Bytes>, TokenError> {
     match b64.filter(|s| !s.is_empty()) {
         Some(b64) => {
             let bytes = STANDARD.decode(b64).map_err(|e| invalid(format!("`{name}` is not base64: {e}")))?;

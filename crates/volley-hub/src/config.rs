@@ -37,6 +37,8 @@ pub struct HubConfig {
     pub uni_long_polling: LongPollingConfig,
     /// Pusher Channels compatibility: the apps Pusher clients and backends use.
     pub pusher: crate::pusher::PusherConfig,
+    /// RPC: the proxy that answers clients' calls, and its namespaces.
+    pub rpc: crate::proxy::RpcConfig,
 }
 
 /// A unidirectional transport's switch, and the size of the connect request it takes.
@@ -142,6 +144,8 @@ pub struct ClientConfig {
     /// Offer permessage-deflate (RFC 7692) to WebSocket clients. Off by default: it costs
     /// CPU per connection for every message.
     pub websocket_compression: bool,
+    /// The connect and refresh proxies to the application's backend.
+    pub proxy: crate::proxy::ClientProxies,
 }
 
 impl Default for ClientConfig {
@@ -169,6 +173,7 @@ impl Default for ClientConfig {
             user_subscribe_to_personal: false,
             user_personal_channel_namespace: String::new(),
             websocket_compression: false,
+            proxy: Default::default(),
         }
     }
 }
@@ -192,6 +197,9 @@ pub struct ChannelConfig {
     pub user_boundary: String,
     /// Separates the users of a user-limited channel.
     pub user_separator: String,
+    /// The subscribe, publish and sub_refresh proxies to the application's backend,
+    /// used in the namespaces that switch them on.
+    pub proxy: crate::proxy::ChannelProxies,
 }
 
 impl Default for ChannelConfig {
@@ -204,6 +212,7 @@ impl Default for ChannelConfig {
             namespace_boundary: ":".into(),
             user_boundary: "#".into(),
             user_separator: ",".into(),
+            proxy: Default::default(),
         }
     }
 }
@@ -289,6 +298,15 @@ pub struct ChannelOptions {
     /// does) get a numeric channel id, and their publication, join and leave pushes
     /// carry it instead of the channel's name.
     pub allow_channel_compaction: bool,
+    /// Subscriptions without a token are decided by the subscribe proxy
+    /// (`channel.proxy.subscribe`) instead of the `allow_subscribe_for_*` options.
+    pub subscribe_proxy_enabled: bool,
+    /// Publications are decided (and may be changed) by the publish proxy
+    /// (`channel.proxy.publish`) instead of the `allow_publish_for_*` options.
+    pub publish_proxy_enabled: bool,
+    /// Expiring subscriptions are refreshed by the sub_refresh proxy
+    /// (`channel.proxy.sub_refresh`), not by the client with a new token.
+    pub sub_refresh_proxy_enabled: bool,
 }
 
 impl Default for ChannelOptions {
@@ -323,6 +341,9 @@ impl Default for ChannelOptions {
             channel_regex: String::new(),
             allow_tags_filter: false,
             allow_channel_compaction: false,
+            subscribe_proxy_enabled: false,
+            publish_proxy_enabled: false,
+            sub_refresh_proxy_enabled: false,
         }
     }
 }

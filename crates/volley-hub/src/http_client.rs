@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use volley::tls::rustls::ClientConfig;
@@ -15,13 +16,13 @@ use volley::tls::rustls::ClientConfig;
 pub(crate) struct Endpoint {
     /// The URL as configured.
     pub url: String,
-    tls: bool,
+    pub tls: bool,
     /// The host without brackets, to connect to and to check the certificate against.
-    host: String,
-    port: u16,
+    pub host: String,
+    pub port: u16,
     /// `host[:port]`, for the `Host` header.
-    authority: String,
-    path: String,
+    pub authority: String,
+    pub path: String,
 }
 
 impl Endpoint {
@@ -75,54 +76,54 @@ impl<'a> Request<'a> {
         Request { endpoint, method: http::Method::POST, headers, body }
     }
 
-    /// Sends it and reads the answer, up to `limit` bytes of body: its status and body.
-    /// No timeout here: the caller bounds the whole exchange.
+    /// Sends it on a new connection and reads the answer, up to `limit` bytes of
+    /// body: its status and body. No timeout here: the caller bounds the whole exchange.
     pub async fn send(self, tls: &Arc<ClientConfig>, limit: usize) -> Result<(http::StatusCode, Bytes), String> {
-        let endpoint = self.endpoint;
-        let tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-            .await
-            .map_err(|e| format!("connecting: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        if endpoint.tls {
-            let name = volley::tls::server_name(&endpoint.host).map_err(|e| e.to_string())?;
-            let stream = volley::tls::TlsConnector::from(tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            self.exchange(stream, limit).await
-        } else {
-            self.exchange(tcp, limit).await
+        let mut sender = connect(self.endpoint, tls).await?;
+        let mut request = http::Request::builder()
+            .method(self.method)
+            .uri(self.endpoint.path.as_str())
+            .header(http::header::HOST, self.endpoint.authority.as_str())
+            .header(http::header::USER_AGENT, concat!("volley-hub/", env!("CARGO_PKG_VERSION")));
+        for (name, value) in self.headers {
+            request = request.header(*name, *value);
         }
+        let request = request.body(Full::new(self.body)).map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        Ok((status, body.to_bytes()))
     }
+}
 
-    async fn exchange<S>(self, io: S, limit: usize) -> Result<(http::StatusCode, Bytes), String>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io))
-            .await
-            .map_err(|e| e.to_string())?;
-        let connection = tokio::spawn(connection);
-        let result = async {
-            let mut request = http::Request::builder()
-                .method(self.method)
-                .uri(self.endpoint.path.as_str())
-                .header(http::header::HOST, self.endpoint.authority.as_str())
-                .header(http::header::USER_AGENT, concat!("volley-hub/", env!("CARGO_PKG_VERSION")));
-            for (name, value) in self.headers {
-                request = request.header(*name, *value);
-            }
-            let request = request.body(Full::new(self.body)).map_err(|e| e.to_string())?;
-            let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer: {e}"))?;
-            Ok((status, body.to_bytes()))
-        }
-        .await;
-        connection.abort();
-        result
+/// Opens an HTTP/1.1 connection to the endpoint (in TLS for `https://`): its sender,
+/// whose connection lives until the sender is dropped or the server closes it.
+pub(crate) async fn connect(endpoint: &Endpoint, tls: &Arc<ClientConfig>) -> Result<SendRequest<Full<Bytes>>, String> {
+    let tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    if endpoint.tls {
+        let name = volley::tls::server_name(&endpoint.host).map_err(|e| e.to_string())?;
+        let stream =
+            volley::tls::TlsConnector::from(tls.clone()).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+        handshake(stream).await
+    } else {
+        handshake(tcp).await
     }
+}
+
+async fn handshake<S>(io: S) -> Result<SendRequest<Full<Bytes>>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }

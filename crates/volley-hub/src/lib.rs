@@ -16,6 +16,7 @@ pub mod engine;
 pub mod filter;
 pub(crate) mod http_client;
 pub mod protocol;
+pub mod proxy;
 pub mod pusher;
 pub mod transport;
 

@@ -57,6 +57,8 @@ pub(crate) struct HubInner {
     pub broker: Arc<dyn Broker>,
     pub verifier: TokenVerifier,
     pub sub_verifier: TokenVerifier,
+    /// The proxies to the application's backend.
+    pub(crate) proxies: crate::proxy::Proxies,
     /// This node's id.
     pub node: String,
     registry: Box<[Mutex<HashMap<String, Local>>]>,
@@ -449,6 +451,7 @@ impl Hub {
             Some(t) => TokenVerifier::new(t).map_err(|e| ConfigError(format!("client.subscription_token: {e}")))?,
             None => verifier.clone(),
         };
+        let proxies = crate::proxy::Proxies::new(&config).map_err(ConfigError)?;
         let node = client::new_client_id();
         broker.set_node(&node);
         let inner = Arc::new(HubInner {
@@ -457,6 +460,7 @@ impl Hub {
             broker: broker.clone(),
             verifier,
             sub_verifier,
+            proxies,
             node,
             registry: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             conns: Mutex::new(Connections::default()),

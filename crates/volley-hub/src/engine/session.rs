@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 
 use super::client::ClientShared;
 use super::{encode, lock, now_ms, ControlRequest, Details, HubInner, SessionControl, SubOptions};
@@ -19,6 +20,7 @@ use crate::protocol::{
     HistoryRequest, PayloadKind, Publication, Push, PushKind, Reply, ReplyResult, Request, StreamPosition,
     SubscribeRequest, SubscribeResult,
 };
+use crate::proxy::{self, Answer, Proxy};
 
 /// The server's version, as sent in connect results.
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -44,6 +46,21 @@ pub(crate) struct Session {
     pub ping_sent: Option<Instant>,
     /// The session id of an emulation transport, given in the connect result.
     emulation_session: String,
+    /// The transport's name, as proxies and the server API are told.
+    transport: &'static str,
+    /// The headers of the client's request that proxies forward (only those).
+    headers: Box<[(HeaderName, HeaderValue)]>,
+    /// The headers the client emulates (in its connect command) that proxies forward.
+    emulated: Box<[(HeaderName, HeaderValue)]>,
+}
+
+/// How long a refresh or sub_refresh proxy that failed waits before it is asked again.
+const PROXY_RETRY: Duration = Duration::from_secs(10);
+
+/// A proxy's refusal: an error for the client, or a disconnect.
+enum Refused {
+    Error(ErrorReply),
+    Disconnect(Disconnect),
 }
 
 struct LocalSub {
@@ -108,6 +125,65 @@ impl Session {
             refilled: Instant::now(),
             ping_sent: None,
             emulation_session: String::new(),
+            transport: "websocket",
+            headers: Box::default(),
+            emulated: Box::default(),
+        }
+    }
+
+    /// Names the transport for proxies and the server API (`websocket` until set).
+    pub fn set_transport(&mut self, name: &'static str) {
+        self.transport = name;
+    }
+
+    /// Keeps the headers of the client's request that some proxy forwards; `get` reads
+    /// a header (lowercase name) of the request.
+    pub fn keep_headers<'a>(&mut self, get: impl Fn(&str) -> Option<&'a str>) {
+        if !self.hub.proxies.header_names.is_empty() {
+            self.headers = self.hub.proxies.keep_headers(get);
+        }
+    }
+
+    /// What proxies are told of the connection.
+    fn proxy_conn(&self) -> proxy::Conn<'_> {
+        proxy::Conn {
+            client: &self.client.id,
+            transport: self.transport,
+            format: self.client.format,
+            user: Some(&self.user),
+            meta: &self.control.details.meta,
+        }
+    }
+
+    /// Asks a proxy. Its failure (unreachable, slow, not a proxy answer) is error 100.
+    async fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        which: &'static str,
+        proxy: &Proxy,
+        body: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<T, Refused> {
+        // Boxed: the request's future stays out of the connection's (which is held as
+        // long as the client is connected).
+        match Box::pin(proxy.call::<T>(proxy::body(body), (&self.headers, &self.emulated))).await {
+            Ok(Answer::Result(r)) => Ok(r),
+            Ok(Answer::Error(e)) => Err(Refused::Error(e)),
+            Ok(Answer::Disconnect(d)) => Err(Refused::Disconnect(d)),
+            Err(e) => Err(proxy_failed(which, e)),
+        }
+    }
+
+    /// Data from a proxy for the client: a JSON client gets it on one line, or not at
+    /// all if it is not JSON.
+    fn for_client(&self, data: Bytes) -> Bytes {
+        if self.client.format == Format::Protobuf || data.is_empty() {
+            return data;
+        }
+        let data = protocol::json::one_line(data);
+        if PayloadKind::of(&data) == PayloadKind::Json {
+            data
+        } else {
+            tracing::warn!("a proxy answered binary data for a JSON client: left out");
+            Bytes::new()
         }
     }
 
@@ -168,9 +244,18 @@ impl Session {
     /// When the session must be checked next for expiry (connection or subscription).
     pub fn deadline(&self) -> Option<u64> {
         let c = &self.hub.config.client;
-        let conn = self.expires_at.map(|t| t + c.expired_close_delay.as_secs());
-        let subs =
-            self.subs.values().filter_map(|s| s.expires_at).min().map(|t| t + c.expired_sub_close_delay.as_secs());
+        let p = &self.hub.proxies;
+        // The refresh proxies are asked when the connection or subscription expires.
+        let conn_delay = if p.refresh.is_some() { 0 } else { c.expired_close_delay.as_secs() };
+        let conn = self.expires_at.map(|t| t + conn_delay);
+        let sub_delay = |s: &LocalSub| {
+            if p.sub_refresh.is_some() && s.options.sub_refresh_proxy_enabled {
+                0
+            } else {
+                c.expired_sub_close_delay.as_secs()
+            }
+        };
+        let subs = self.subs.values().filter_map(|s| s.expires_at.map(|t| t + sub_delay(s))).min();
         match (conn, subs) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -182,6 +267,10 @@ impl Session {
     /// client resubscribes with a new token).
     pub async fn check_expiry(&mut self) -> Outcome {
         let now = unix_now();
+        if self.hub.proxies.refresh.is_some() || self.hub.proxies.sub_refresh.is_some() {
+            // Boxed, as the commands are: it is rare, and the loop's future stays small.
+            Box::pin(self.refresh_by_proxy(now)).await?;
+        }
         let c = &self.hub.config.client;
         if self.expires_at.is_some_and(|t| t + c.expired_close_delay.as_secs() <= now) {
             return Err(Disconnect::EXPIRED);
@@ -203,6 +292,62 @@ impl Session {
                     reason: "subscription expired".into(),
                 },
             }));
+        }
+        Ok(())
+    }
+
+    /// Asks the refresh proxy about the connection if it expired, and the sub_refresh
+    /// proxy about each subscription that did (where the namespace uses it). An answer
+    /// that it expired ends the connection (3005) or the subscription (2501); a failure
+    /// is retried a little later, so that a backend's outage does not end them.
+    async fn refresh_by_proxy(&mut self, now: u64) -> Outcome {
+        let hub = self.hub.clone();
+        if let Some(proxy) = &hub.proxies.refresh {
+            if self.connected && self.expires_at.is_some_and(|t| t <= now) {
+                let body = proxy::request(proxy, &self.proxy_conn());
+                match self.ask::<proxy::RefreshResult>("refresh", proxy, body).await {
+                    Ok(mut r) => {
+                        if r.expired || r.expire_at().is_some_and(|t| t <= now) {
+                            return Err(Disconnect::EXPIRED);
+                        }
+                        self.expires_at = r.expire_at();
+                        match r.info() {
+                            Ok(Some(info)) => self.conn_info = protocol::json::one_line(info),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(error = %e, "refresh proxy: bad info"),
+                        }
+                    }
+                    Err(Refused::Disconnect(_)) => return Err(Disconnect::EXPIRED),
+                    Err(Refused::Error(_)) => self.expires_at = Some(now + PROXY_RETRY.as_secs()),
+                }
+            }
+        }
+        if let Some(proxy) = &hub.proxies.sub_refresh {
+            let due: Vec<String> = self
+                .subs
+                .iter()
+                .filter(|(_, s)| s.options.sub_refresh_proxy_enabled && s.expires_at.is_some_and(|t| t <= now))
+                .map(|(ch, _)| ch.clone())
+                .collect();
+            for channel in due {
+                let mut body = proxy::request(proxy, &self.proxy_conn());
+                body.insert("channel".into(), channel.clone().into());
+                let answer = self.ask::<proxy::RefreshResult>("sub_refresh", proxy, body).await;
+                let Some(sub) = self.subs.get_mut(&channel) else { continue };
+                match answer {
+                    Ok(mut r) if !r.expired && r.expire_at().is_none_or(|t| t > now) => {
+                        sub.expires_at = r.expire_at();
+                        match r.info() {
+                            Ok(Some(info)) => sub.chan_info = protocol::json::one_line(info),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(error = %e, channel, "sub_refresh proxy: bad info"),
+                        }
+                    }
+                    // Expired: unsubscribed below.
+                    Ok(_) | Err(Refused::Disconnect(_)) => sub.expires_at = Some(0),
+                    Err(Refused::Error(_)) => sub.expires_at = Some(now + PROXY_RETRY.as_secs()),
+                }
+            }
         }
         Ok(())
     }
@@ -361,8 +506,7 @@ impl Session {
             Request::Presence { channel } => self.presence(&channel).await,
             Request::PresenceStats { channel } => self.presence_stats(&channel).await,
             Request::History(req) => self.history(req).await,
-            // No RPC handler is configured: the method does not exist.
-            Request::Rpc { .. } => Err(ErrorReply::METHOD_NOT_FOUND),
+            Request::Rpc { method, data } => self.rpc(&method, data).await,
             Request::Send { .. } => return Ok(()),
             Request::Refresh { token } => return self.refresh(id, &token).await,
             Request::SubRefresh { channel, token } => return self.sub_refresh(id, &channel, &token).await,
@@ -416,10 +560,39 @@ impl Session {
     async fn connect(&mut self, id: u32, req: ConnectRequest) -> Outcome {
         let hub = self.hub.clone();
         let c = &hub.config.client;
+        let mut connect_data = Bytes::new();
+        if !req.headers.is_empty() && !hub.proxies.emulated_names.is_empty() {
+            self.emulated = hub.proxies.keep_emulated(&req.headers);
+        }
         let token = if !req.token.is_empty() {
             match self.connect_token(&req.token).await {
                 Ok(t) => t,
                 Err(e) => return self.token_refused(id, e, "connection"),
+            }
+        } else if let Some(proxy) = &hub.proxies.connect {
+            // The backend decides who connects (from the forwarded cookie, say).
+            let conn = proxy::Conn { user: None, meta: &[], ..self.proxy_conn() };
+            let mut body = proxy::request(proxy, &conn);
+            for (key, value) in [("name", &req.name), ("version", &req.version)] {
+                if !value.is_empty() {
+                    body.insert(key.into(), value.as_str().into());
+                }
+            }
+            proxy::put_data(proxy, &mut body, &req.data);
+            let answer = self
+                .ask::<proxy::ConnectResult>("connect", proxy, body)
+                .await
+                .and_then(|r| r.into_grant().map_err(|e| proxy_failed("connect", proxy::ProxyFailure(e))));
+            match answer {
+                Ok((t, data)) => {
+                    connect_data = self.for_client(data);
+                    t
+                }
+                Err(Refused::Error(e)) => {
+                    self.error(id, e);
+                    return Ok(());
+                }
+                Err(Refused::Disconnect(d)) => return Err(d),
             }
         } else if c.allow_anonymous_connect_without_token || c.insecure {
             ConnectToken::default()
@@ -439,7 +612,7 @@ impl Session {
         let details = Details {
             app_name: req.name.as_str().into(),
             app_version: req.version.as_str().into(),
-            transport: "websocket",
+            transport: self.transport,
             token_uid: token.jti.as_deref().map(Into::into),
             token_issued_at: token.issued_at,
             meta: token.meta.clone().unwrap_or_default(),
@@ -490,7 +663,12 @@ impl Session {
                 token.subs.get(&channel).and_then(|o| o.info.clone()).map(protocol::json::one_line).unwrap_or_default();
             let grant = Grant { chan_info, ..Grant::server_side() };
             match self.prepare(&channel, &resolved.options, &recover, grant).await {
-                Ok(p) => prepared.push((channel, p)),
+                Ok(mut p) => {
+                    if let Some(data) = token.subs.get(&channel).and_then(|o| o.data.clone()) {
+                        p.result.data = self.for_client(data);
+                    }
+                    prepared.push((channel, p))
+                }
                 Err(e) => {
                     for (ch, p) in prepared {
                         self.hub.unregister(&ch, p.pending.seq).await;
@@ -500,12 +678,15 @@ impl Session {
                 }
             }
         }
-        let (expires, ttl) = ttl(self.expires_at);
+        // With a refresh proxy, the hub refreshes the connection: the client is not told
+        // it expires.
+        let (expires, ttl) = if hub.proxies.refresh.is_some() { (false, 0) } else { ttl(self.expires_at) };
         let result = ConnectResult {
             client: self.client.id.clone(),
             version: VERSION.into(),
             expires,
             ttl,
+            data: connect_data,
             subs: prepared.iter().map(|(ch, p)| (ch.clone(), p.result.clone())).collect(),
             ping: self.hub.config.client.ping_interval.as_secs() as u32,
             pong: !self.hub.config.client.ping_interval.is_zero(),
@@ -564,8 +745,17 @@ impl Session {
             return Ok(());
         }
         let insecure = self.hub.config.client.insecure;
+        let hub = self.hub.clone();
         let mut chan_info = Bytes::new();
         let mut expires_at = None;
+        let mut sub_data = Bytes::new();
+        // The subscribe proxy decides subscriptions without a token, but for
+        // user-limited channels (as Centrifugo).
+        let sub_proxy = hub
+            .proxies
+            .subscribe
+            .as_ref()
+            .filter(|_| resolved.options.subscribe_proxy_enabled && resolved.users.is_none());
         if !req.token.is_empty() {
             let token = match self.subscribe_token(&req.token).await {
                 Ok(t) => t,
@@ -581,6 +771,26 @@ impl Session {
             }
             chan_info = token.options.info.map(protocol::json::one_line).unwrap_or_default();
             expires_at = token.expire_at;
+        } else if let Some(proxy) = sub_proxy {
+            let mut body = proxy::request(proxy, &self.proxy_conn());
+            body.insert("channel".into(), channel.as_str().into());
+            proxy::put_data(proxy, &mut body, &req.data);
+            let answer = self
+                .ask::<proxy::SubscribeResult>("subscribe", proxy, body)
+                .await
+                .and_then(|r| r.into_grant().map_err(|e| proxy_failed("subscribe", proxy::ProxyFailure(e))));
+            match answer {
+                Ok(g) => {
+                    chan_info = protocol::json::one_line(g.info);
+                    expires_at = g.expire_at;
+                    sub_data = self.for_client(g.data);
+                }
+                Err(Refused::Error(e)) => {
+                    self.error(id, e);
+                    return Ok(());
+                }
+                Err(Refused::Disconnect(d)) => return Err(d),
+            }
         } else {
             let o = &resolved.options;
             let allowed = if resolved.private {
@@ -615,8 +825,15 @@ impl Session {
             },
         };
         let grant = Grant { chan_info, expires_at, filter, server_side: false };
+        // With a sub_refresh proxy, the hub refreshes the subscription: the client is not
+        // told it expires.
+        let server_refresh = hub.proxies.sub_refresh.is_some() && resolved.options.sub_refresh_proxy_enabled;
         match self.prepare(&channel, &resolved.options, &req, grant).await {
-            Ok(p) => {
+            Ok(mut p) => {
+                p.result.data = sub_data;
+                if server_refresh {
+                    (p.result.expires, p.result.ttl) = (false, 0);
+                }
                 let reply =
                     encode(&Reply::Result { id, result: ReplyResult::Subscribe(p.result.clone()) }, self.client.format);
                 self.finish(channel, p, reply).await;
@@ -789,12 +1006,17 @@ impl Session {
     async fn publish(&mut self, channel: &str, data: Bytes) -> Result<ReplyResult, ErrorReply> {
         let resolved = self.hub.channels.resolve(channel)?;
         let o = &resolved.options;
-        if !self.allowed(
-            channel,
-            o.allow_publish_for_subscriber,
-            o.allow_publish_for_client,
-            o.allow_publish_for_anonymous,
-        ) {
+        let hub = self.hub.clone();
+        // The publish proxy decides instead of the options.
+        let pub_proxy = hub.proxies.publish.as_ref().filter(|_| o.publish_proxy_enabled);
+        if pub_proxy.is_none()
+            && !self.allowed(
+                channel,
+                o.allow_publish_for_subscriber,
+                o.allow_publish_for_client,
+                o.allow_publish_for_anonymous,
+            )
+        {
             return Err(ErrorReply::PERMISSION_DENIED);
         }
         if data.is_empty() {
@@ -802,17 +1024,69 @@ impl Session {
         }
         // Checked here, once: a JSON command's data was parsed with the command, a
         // Protobuf one's bytes are looked at now. Delivery trusts the kind.
-        let (data, kind) = if self.client.format == Format::Json {
+        let (mut data, mut kind) = if self.client.format == Format::Json {
             (protocol::json::one_line(data), PayloadKind::Json)
         } else {
             let kind = PayloadKind::of(&data);
             (data, kind)
         };
+        let mut skip_history = false;
+        if let Some(proxy) = pub_proxy {
+            let mut body = proxy::request(proxy, &self.proxy_conn());
+            body.insert("channel".into(), channel.into());
+            proxy::put_data(proxy, &mut body, &data);
+            match self.ask::<proxy::PublishResult>("publish", proxy, body).await {
+                Ok(mut r) => {
+                    skip_history = r.skip_history;
+                    // The backend's data instead of the client's.
+                    match r.data() {
+                        Ok(Some(new)) if !new.is_empty() => {
+                            let lined = protocol::json::one_line(new.clone());
+                            (data, kind) = match PayloadKind::of(&lined) {
+                                PayloadKind::Json => (lined, PayloadKind::Json),
+                                _ => (new, PayloadKind::Binary),
+                            };
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(proxy_error(proxy_failed("publish", proxy::ProxyFailure(e)))),
+                    }
+                }
+                Err(Refused::Disconnect(d)) => {
+                    self.client.close(d);
+                    return Err(ErrorReply::INTERNAL);
+                }
+                Err(Refused::Error(e)) => return Err(e),
+            }
+        }
         let chan_info = self.subs.get(channel).map(|s| s.chan_info.clone()).unwrap_or_default();
         let publication =
             Publication { data, info: Some(self.info(chan_info)), time: now_ms(), kind, ..Default::default() };
-        self.hub.publish(channel, o, publication, None, false).await?;
+        self.hub.publish(channel, o, publication, None, skip_history).await?;
         Ok(ReplyResult::Publish)
+    }
+
+    /// An RPC: answered by the RPC proxy where its namespace uses it; 104 otherwise.
+    async fn rpc(&mut self, method: &str, data: Bytes) -> Result<ReplyResult, ErrorReply> {
+        let hub = self.hub.clone();
+        let Some(proxy) = hub.proxies.rpc.as_ref().filter(|_| hub.config.rpc.proxied(method)) else {
+            return Err(ErrorReply::METHOD_NOT_FOUND);
+        };
+        let mut body = proxy::request(proxy, &self.proxy_conn());
+        if !method.is_empty() {
+            body.insert("method".into(), method.into());
+        }
+        proxy::put_data(proxy, &mut body, &data);
+        match self.ask::<proxy::RpcResult>("rpc", proxy, body).await {
+            Ok(r) => match r.into_data() {
+                Ok(data) => Ok(ReplyResult::Rpc { data: self.for_client(data) }),
+                Err(e) => Err(proxy_error(proxy_failed("rpc", proxy::ProxyFailure(e)))),
+            },
+            Err(Refused::Disconnect(d)) => {
+                self.client.close(d);
+                Err(ErrorReply::INTERNAL)
+            }
+            Err(Refused::Error(e)) => Err(e),
+        }
     }
 
     async fn history(&mut self, req: HistoryRequest) -> Result<ReplyResult, ErrorReply> {
@@ -956,6 +1230,19 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// A proxy that could not answer: logged, and error 100 for the client.
+fn proxy_failed(which: &'static str, e: proxy::ProxyFailure) -> Refused {
+    tracing::warn!(error = %e, proxy = which, "proxy failed");
+    Refused::Error(ErrorReply::INTERNAL)
+}
+
+fn proxy_error(r: Refused) -> ErrorReply {
+    match r {
+        Refused::Error(e) => e,
+        Refused::Disconnect(_) => ErrorReply::INTERNAL,
     }
 }
 

@@ -48,6 +48,7 @@ fn decode_command(frame: &Bytes, line: &[u8]) -> Result<Command, DecodeError> {
             subs: r.subs.into_iter().map(|(ch, s)| (ch, s.into_request(frame))).collect(),
             name: r.name,
             version: r.version,
+            headers: r.headers,
         })
     } else if let Some(r) = c.subscribe {
         Request::Subscribe(r.into_request(frame))
@@ -117,6 +118,8 @@ struct JConnect<'a> {
     name: String,
     #[serde(default)]
     version: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]

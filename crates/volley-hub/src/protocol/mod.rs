@@ -130,6 +130,9 @@ pub struct ConnectRequest {
     pub name: String,
     /// The client's version.
     pub version: String,
+    /// Headers the client emulates (centrifuge-js's `headers` option), forwarded by
+    /// proxies that list them in `emulated_headers`.
+    pub headers: BTreeMap<String, String>,
 }
 
 /// The parameters of `subscribe` (also the recovery state of a server-side

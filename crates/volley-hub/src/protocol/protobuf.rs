@@ -390,6 +390,7 @@ fn command_from_wire(command: wire::Command) -> Command {
             subs: r.subs.into_iter().map(|(channel, sub)| (channel, subscribe_request_from_wire(sub))).collect(),
             name: r.name,
             version: r.version,
+            headers: r.headers,
         })
     } else if let Some(r) = subscribe {
         Request::Subscribe(subscribe_request_from_wire(r))
@@ -639,6 +640,7 @@ fn command_to_wire(command: &Command) -> wire::Command {
                 subs: r.subs.iter().map(|(channel, sub)| (channel.clone(), subscribe_request_to_wire(sub))).collect(),
                 name: r.name.clone(),
                 version: r.version.clone(),
+                headers: r.headers.clone(),
                 ..Default::default()
             })
         }
@@ -1083,7 +1085,7 @@ mod wire {
         pub name: String,
         #[prost(string, tag = "5")]
         pub version: String,
-        /// Headers for a connect proxy (emulated on transports without them); skipped.
+        /// Headers for a connect proxy (emulated on transports without them).
         #[prost(btree_map = "string, string", tag = "6")]
         pub headers: BTreeMap<String, String>,
         /// Connection features the client asks for; none are offered here.
@@ -1423,6 +1425,7 @@ mod tests {
                     )]),
                     name: "python".into(),
                     version: "0.7.0".into(),
+                    headers: BTreeMap::from([("x-h".to_string(), "v".to_string())]),
                 }),
             },
             Command {
@@ -1578,6 +1581,7 @@ mod tests {
                     ]),
                     name: "js".into(),
                     version: "5.0.0".into(),
+                    headers: BTreeMap::new(),
                 }),
             },
             Command { id: 2, request: Request::Subscribe(sub) },

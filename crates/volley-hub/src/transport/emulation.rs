@@ -353,7 +353,7 @@ pub(crate) async fn http_stream(State(hub): State<Hub>, req: Request) -> Respons
         Ok(b) => b,
         Err(code) => return status(code, "bad request body\n", cors),
     };
-    open(hub, format, Framing::HttpStream, &body, remote, cors)
+    open(hub, format, Framing::HttpStream, &body, (remote, &headers), cors)
 }
 
 /// `/connection/sse`: `GET` with the JSON connect command in `cf_connect`, or `POST`
@@ -381,7 +381,7 @@ pub(crate) async fn sse(State(hub): State<Hub>, req: Request) -> Response {
             Err(code) => return status(code, "bad request body\n", cors),
         }
     };
-    open(hub, Format::Json, Framing::Sse, &connect, remote, cors)
+    open(hub, Format::Json, Framing::Sse, &connect, (remote, &headers), cors)
 }
 
 /// An emulation session just started from its connect command: the connection's state,
@@ -393,13 +393,17 @@ pub(super) struct Started {
     pub(super) session: String,
 }
 
-/// Starts an emulation session from its connect command; the status and message to
-/// answer when it is not one.
+/// The client of a request: its address, and its request's headers.
+pub(super) type From<'a> = (Option<SocketAddr>, &'a HeaderMap);
+
+/// Starts an emulation session (of the transport named) from its connect command; the
+/// status and message to answer when it is not one.
 pub(super) fn start(
     hub: &Hub,
     format: Format,
     connect: &[u8],
-    remote: Option<SocketAddr>,
+    (remote, headers): From<'_>,
+    transport: &'static str,
 ) -> Result<Started, (StatusCode, &'static str)> {
     let cmds =
         Sessions::decode(format, connect).map_err(|_| (StatusCode::BAD_REQUEST, "malformed connect command\n"))?;
@@ -408,6 +412,8 @@ pub(super) fn start(
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let mut conn = Conn::new(hub, format, remote);
+    conn.session.set_transport(transport);
+    conn.session.keep_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()));
     let session = crate::engine::client::new_client_id();
     conn.session.set_emulation_session(session.clone());
     lock(&hub.inner.emulation.0).insert(session.clone(), (format, cmd_tx.clone()));
@@ -417,15 +423,9 @@ pub(super) fn start(
 }
 
 /// Starts an emulation session from its connect command and answers with its stream.
-fn open(
-    hub: Hub,
-    format: Format,
-    framing: Framing,
-    connect: &[u8],
-    remote: Option<SocketAddr>,
-    cors: Headers,
-) -> Response {
-    let started = match start(&hub, format, connect, remote) {
+fn open(hub: Hub, format: Format, framing: Framing, connect: &[u8], from: From<'_>, cors: Headers) -> Response {
+    let transport = if framing == Framing::Sse { "sse" } else { "http_stream" };
+    let started = match start(&hub, format, connect, from, transport) {
         Ok(s) => s,
         Err((code, msg)) => return status(code, msg, cors),
     };

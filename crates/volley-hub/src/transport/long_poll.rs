@@ -391,7 +391,7 @@ pub(crate) async fn connect(State(hub): State<Hub>, req: Request) -> Response {
         Ok(b) => b,
         Err(code) => return emulation::status(code, "bad request body\n", cors),
     };
-    let started = match emulation::start(&hub, format, &body, remote) {
+    let started = match emulation::start(&hub, format, &body, (remote, &parts.headers), "long_poll") {
         Ok(s) => s,
         Err((code, msg)) => return emulation::status(code, msg, cors),
     };

@@ -136,10 +136,11 @@ async fn accept_websocket(hub: Hub, tcp: TcpStream, peer: SocketAddr, parker: Op
         Err(e) => return tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
     };
     let format = websocket::format_of(ws.protocol(), ws.info().query());
-    // Everything needed from the request was read: its headers would cost memory as
-    // long as the client stays.
+    let mut conn = Conn::new(&hub, format, Some(peer));
+    // The session keeps the headers proxies forward, and nothing else: the request's
+    // headers would cost memory as long as the client stays.
+    conn.session.keep_headers(|name| ws.info().headers().get(name));
     ws.drop_request_headers();
-    let conn = Conn::new(&hub, format, Some(peer));
     match parker {
         Some(parker) => serve_parkable(hub, parker, ws, conn).await,
         None => {

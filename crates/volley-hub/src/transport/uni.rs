@@ -209,6 +209,17 @@ fn ip_of(req: &Request) -> Option<IpAddr> {
     req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
 
+/// Who opens a reader: its address, its transport's name, and its request's headers
+/// (the session keeps those the proxies forward).
+pub(crate) struct Opener<'a> {
+    /// The client's address.
+    pub ip: Option<IpAddr>,
+    /// The transport's name, as proxies are told.
+    pub transport: &'static str,
+    /// The request's headers.
+    pub headers: Option<&'a HeaderMap>,
+}
+
 fn refusal(d: &Disconnect) -> Refused {
     let status = match d.code {
         3500 | 3005 => StatusCode::UNAUTHORIZED,
@@ -244,6 +255,8 @@ fn reply_error(what: &str, e: &Value) -> Refused {
     let status = match code {
         101 | 109 => StatusCode::UNAUTHORIZED,
         103 => StatusCode::FORBIDDEN,
+        // Temporary (a proxy's backend or the token keys unavailable): try again later.
+        _ if e["temporary"].as_bool() == Some(true) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     Refused(status, format!("{what}: {code} {}", e["message"].as_str().unwrap_or("")))
@@ -255,8 +268,10 @@ impl Reader {
     /// every subscription, server-side or asked for, plus the position the reader
     /// starts from and whether it was recovered), then the recovered publications and
     /// whatever arrived meanwhile.
-    pub async fn open(hub: &Hub, req: UniRequest, ip: Option<IpAddr>) -> Result<(Reader, Vec<Out>), Refused> {
-        let mut session = Session::new(hub.inner.clone(), Format::Json, ip);
+    pub async fn open(hub: &Hub, req: UniRequest, from: Opener<'_>) -> Result<(Reader, Vec<Out>), Refused> {
+        let mut session = Session::new(hub.inner.clone(), Format::Json, from.ip);
+        session.set_transport(from.transport);
+        session.keep_headers(|name| from.headers.and_then(|h| h.get(name)).and_then(|v| v.to_str().ok()));
         // A channel the token subscribes server-side recovers in the connect itself.
         let mut subs = std::collections::BTreeMap::new();
         for (i, ch) in req.channels.iter().enumerate() {
@@ -273,6 +288,7 @@ impl Reader {
             subs,
             name,
             version: req.version.clone(),
+            headers: Default::default(),
         };
         let mut replies = Vec::new();
         let outcome = session.handle(Command { id: 1, request: Req::Connect(connect) }).await;
@@ -484,6 +500,8 @@ async fn stream(hub: Hub, req: Request, framing: Framing) -> Response {
         return Refused(StatusCode::NOT_FOUND, "this transport is not enabled".into()).into_response();
     }
     let ip = ip_of(&req);
+    let headers = req.headers().clone();
+    let transport = if framing == Framing::Sse { "uni_sse" } else { "uni_http_stream" };
     let last_id =
         if framing == Framing::Sse { header_str(req.headers(), "last-event-id").map(str::to_owned) } else { None };
     let query = req.uri().query().map(str::to_owned);
@@ -500,7 +518,8 @@ async fn stream(hub: Hub, req: Request, framing: Framing) -> Response {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
-    let (mut reader, first) = match Reader::open(&hub, parsed, ip).await {
+    let opener = Opener { ip, transport, headers: Some(&headers) };
+    let (mut reader, first) = match Reader::open(&hub, parsed, opener).await {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
@@ -640,7 +659,20 @@ pub(crate) async fn websocket(hub: axum::extract::State<Hub>, ws: volley::http::
             }
         };
         let reader = match parsed {
-            Ok(r) => Reader::open(&hub, r, ip).await,
+            Ok(r) => {
+                let headers: HeaderMap = ws
+                    .info()
+                    .headers()
+                    .iter()
+                    .filter_map(|(n, v)| {
+                        Some((
+                            axum::http::HeaderName::from_bytes(n.as_bytes()).ok()?,
+                            axum::http::HeaderValue::from_bytes(v).ok()?,
+                        ))
+                    })
+                    .collect();
+                Reader::open(&hub, r, Opener { ip, transport: "uni_websocket", headers: Some(&headers) }).await
+            }
             Err(e) => Err(e),
         };
         let (mut reader, first) = match reader {
@@ -727,7 +759,8 @@ pub(crate) async fn long_poll(hub: axum::extract::State<Hub>, req: Request) -> R
     let wait = config.timeout.min(MAX_POLL_WAIT);
     let max = config.max_publications.max(1);
     let asked = parsed.since.is_some();
-    let (mut reader, first) = match Reader::open(&hub, parsed, ip_of(&req)).await {
+    let opener = Opener { ip: ip_of(&req), transport: "uni_long_poll", headers: Some(req.headers()) };
+    let (mut reader, first) = match Reader::open(&hub, parsed, opener).await {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };

@@ -39,7 +39,8 @@ pub async fn serve<S>(hub: Hub, ws: WebSocket<S>, format: Format, remote: Option
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let conn = Conn::new(&hub, format, remote);
+    let mut conn = Conn::new(&hub, format, remote);
+    conn.session.keep_headers(|name| ws.info().headers().get(name));
     // Any transport: never parked.
     let _ = run(&hub, ws, conn, None).await;
 }
