@@ -860,39 +860,53 @@ fn rpc(cx: &mut Cx, mut s: Section, out: &mut Value) {
         put(out, "rpc.without_namespace", rpc_namespace(cx, w));
     }
     if let Some(v) = s.take("namespaces") {
-        match v {
-            Value::Array(list) => {
-                let mut namespaces = Vec::with_capacity(list.len());
-                for (i, ns) in list.into_iter().enumerate() {
-                    let Value::Object(map) = ns else {
-                        cx.error(&format!("rpc.namespaces[{i}]"), "expected an object");
-                        continue;
-                    };
-                    let label = map.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
-                    let path = match label {
-                        Some(n) => format!("rpc.namespaces[{n}]"),
-                        None => format!("rpc.namespaces[{i}]"),
-                    };
-                    let mut section = Section { path, map };
-                    let Some(name) = section.string(cx, "name").filter(|n| !n.is_empty()) else {
-                        cx.error(&section.path, "an RPC namespace needs a name");
-                        continue;
-                    };
-                    let mut o = rpc_namespace(cx, section);
-                    if let Value::Object(m) = &mut o {
-                        m.insert("name".into(), json!(name));
-                    }
-                    namespaces.push(o);
-                }
-                put(out, "rpc.namespaces", Value::Array(namespaces));
-            }
-            other => cx.error("rpc.namespaces", format!("expected a list, found {}", kind(&other))),
+        if let Some(list) = named_list(cx, v, "rpc.namespaces", "an RPC namespace needs a name", rpc_namespace) {
+            put(out, "rpc.namespaces", list);
         }
     }
     if let Some(b) = s.string(cx, "namespace_boundary") {
         put(out, "rpc.namespace_boundary", json!(b));
     }
     s.finish(cx);
+}
+
+/// Translates a list of named sections (`channel.namespaces`, `rpc.namespaces`): each
+/// an object with a name, translated by `each`, its name put back; `None` (and an
+/// error) when it is not a list.
+fn named_list(
+    cx: &mut Cx,
+    v: Value,
+    key: &str,
+    nameless: &str,
+    mut each: impl FnMut(&mut Cx, Section) -> Value,
+) -> Option<Value> {
+    let Value::Array(list) = v else {
+        cx.error(key, format!("expected a list, found {}", kind(&v)));
+        return None;
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.into_iter().enumerate() {
+        let Value::Object(map) = item else {
+            cx.error(&format!("{key}[{i}]"), "expected an object");
+            continue;
+        };
+        let label = map.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
+        let path = match label {
+            Some(n) => format!("{key}[{n}]"),
+            None => format!("{key}[{i}]"),
+        };
+        let mut section = Section { path, map };
+        let Some(name) = section.string(cx, "name").filter(|n| !n.is_empty()) else {
+            cx.error(&section.path, nameless);
+            continue;
+        };
+        let mut o = each(cx, section);
+        if let Value::Object(m) = &mut o {
+            m.insert("name".into(), json!(name));
+        }
+        out.push(o);
+    }
+    Some(Value::Array(out))
 }
 
 fn rpc_namespace(cx: &mut Cx, mut s: Section) -> Value {
@@ -972,31 +986,13 @@ fn channel(cx: &mut Cx, mut s: Section, out: &mut Value, recovery_limit: u64) {
     };
     put(out, "channel.without_namespace", fill(without));
     if let Some(v) = s.take("namespaces") {
-        match v {
-            Value::Array(list) => {
-                let mut namespaces = Vec::with_capacity(list.len());
-                for (i, ns) in list.into_iter().enumerate() {
-                    let Value::Object(map) = ns else {
-                        cx.error(&format!("channel.namespaces[{i}]"), "expected an object");
-                        continue;
-                    };
-                    let label = map.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
-                    let path = match label {
-                        Some(n) => format!("channel.namespaces[{n}]"),
-                        None => format!("channel.namespaces[{i}]"),
-                    };
-                    let mut section = Section { path, map };
-                    let Some(name) = section.string(cx, "name").filter(|n| !n.is_empty()) else {
-                        cx.error(&section.path, "a namespace needs a name");
-                        continue;
-                    };
-                    let mut o = options(cx, section);
-                    o.insert("name".into(), json!(name));
-                    namespaces.push(fill(o));
-                }
-                put(out, "channel.namespaces", Value::Array(namespaces));
-            }
-            other => cx.error("channel.namespaces", format!("expected a list, found {}", kind(&other))),
+        let each = |cx: &mut Cx, section: Section| Value::Object(options(cx, section));
+        if let Some(Value::Array(list)) = named_list(cx, v, "channel.namespaces", "a namespace needs a name", each) {
+            let filled = list.into_iter().map(|o| match o {
+                Value::Object(m) => fill(m),
+                other => other,
+            });
+            put(out, "channel.namespaces", Value::Array(filled.collect()));
         }
     }
     if let Some(mut p) = s.section(cx, "proxy") {

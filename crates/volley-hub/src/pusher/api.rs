@@ -230,10 +230,7 @@ async fn events(State(hub): State<Hub>, Path(app_id): Path<String>, method: Meth
             None => json!({}),
         })
     };
-    match run.await {
-        Ok(v) => reply(StatusCode::OK, v),
-        Err(r) => r.into_response(),
-    }
+    answer(run.await)
 }
 
 async fn batch_events(
@@ -272,10 +269,7 @@ async fn batch_events(
         }
         Ok::<_, Refused>(if any_info { json!({ "batch": infos }) } else { json!({}) })
     };
-    match run.await {
-        Ok(v) => reply(StatusCode::OK, v),
-        Err(r) => r.into_response(),
-    }
+    answer(run.await)
 }
 
 async fn channels(
@@ -311,10 +305,7 @@ async fn channels(
         }
         Ok::<_, Refused>(json!({ "channels": out }))
     };
-    match run.await {
-        Ok(v) => reply(StatusCode::OK, v),
-        Err(r) => r.into_response(),
-    }
+    answer(run.await)
 }
 
 async fn channel(
@@ -347,10 +338,7 @@ async fn channel(
         }
         Ok::<_, Refused>(v)
     };
-    match run.await {
-        Ok(v) => reply(StatusCode::OK, v),
-        Err(r) => r.into_response(),
-    }
+    answer(run.await)
 }
 
 async fn users(
@@ -375,10 +363,7 @@ async fn users(
         let ids: std::collections::BTreeSet<String> = members.into_values().map(|c| c.user).collect();
         Ok::<_, Refused>(json!({ "users": ids.into_iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() }))
     };
-    match run.await {
-        Ok(v) => reply(StatusCode::OK, v),
-        Err(r) => r.into_response(),
-    }
+    answer(run.await)
 }
 
 /// Closes every connection of the user, on every node.
@@ -428,6 +413,14 @@ async fn terminate_by_key(
         return r.into_response();
     }
     terminate_user(&hub, &app, &user_id).await
+}
+
+/// A handler's answer: 200 with its JSON, or its refusal.
+fn answer(r: Result<Value, Refused>) -> Response {
+    match r {
+        Ok(v) => reply(StatusCode::OK, v),
+        Err(r) => r.into_response(),
+    }
 }
 
 #[cfg(test)]
