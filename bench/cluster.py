@@ -742,12 +742,7 @@ def main():
     command = " ".join(["python3", "bench/cluster.py"] + [shlex.quote(hub.portable(a)) for a in sys.argv[1:]])
     path = write_report(args, results, facts, started, finished, out_dir, command)
     log(f"\n==> {time.monotonic() - t0:.0f} s; report: {path}")
-    if results["failures"]:
-        log(f"\n{len(results['failures'])} failed run(s):")
-        for f in results["failures"]:
-            log(f"    {f}")
-        return 1
-    return 0
+    return lib.finish(results["failures"])
 
 
 if __name__ == "__main__":

@@ -1284,12 +1284,7 @@ def main():
     log(f"\n==> {time.monotonic() - t0:.0f} s; report: {path}")
     for what, value, goal, ok, by in goals:
         log(f"    {what}: {value}{' (goal ' + goal + ': ' + ('met' if ok else 'not met') + ')' if ok is not None else ''}")
-    if results["failures"]:
-        log(f"\n{len(results['failures'])} failed run(s):")
-        for f in results["failures"]:
-            log(f"    {f}")
-        return 1
-    return 0
+    return lib.finish(results["failures"])
 
 
 if __name__ == "__main__":

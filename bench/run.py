@@ -170,6 +170,16 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def finish(failures):
+    """Logs the failed runs, if any; the exit status: 1 when some failed, 0 otherwise."""
+    if not failures:
+        return 0
+    log(f"\n{len(failures)} failed run(s):")
+    for f in failures:
+        log(f"    {f}")
+    return 1
+
+
 def run_capture(cmd, cwd=ROOT):
     try:
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False).stdout.strip()
