@@ -18,9 +18,13 @@
 //! nothing when it disconnects); a closed session's close line waits [`CLOSED_TTL`]
 //! for a receive request.
 //!
-//! Across nodes without sticky sessions, an `xhr_send` for a session this node does not
-//! hold is sent to every node through the broker ([`crate::broker::Broker::broadcast_control`])
-//! and the node that holds it hands it on.
+//! Across nodes without sticky sessions: a request for a session this node does not
+//! hold is sent to every node through the broker
+//! ([`crate::broker::Broker::broadcast_control`]) and the node that holds it serves it:
+//! an `xhr_send` is handed on; a receive request is answered `Held` at once, then with
+//! the lines it took (a stream relays one forwarded receive after another). When no
+//! node says it holds the session within [`LOCATE_WAIT`] the receive request starts it
+//! here (at once when the broker knows no other node).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,9 +65,14 @@ const SLOW: Disconnect = Disconnect { code: 4200, reason: std::borrow::Cow::Borr
 /// Protobuf message starts with it, nor JSON).
 pub(crate) const FORWARD_PREFIX: u8 = 1;
 
-/// The HTTP sessions of this node: `{key}/{server}/{session}` → the session.
+/// The HTTP sessions of this node: `{key}/{server}/{session}` → the session; and the
+/// receive requests this node forwarded, by id, waiting for their answers.
 #[derive(Default)]
-pub(crate) struct XhrSessions(Mutex<HashMap<String, Arc<Session>>>);
+pub(crate) struct XhrSessions(Mutex<HashMap<String, Arc<Session>>>, Mutex<HashMap<String, mpsc::Sender<Forward>>>);
+
+/// How long a node waits for the node that holds a session it does not to say so,
+/// before it starts the session itself.
+pub const LOCATE_WAIT: Duration = Duration::from_secs(1);
 
 /// A message from the client (`None`: a heartbeat).
 type FromClient = Option<volley::Utf8Bytes>;
@@ -290,8 +299,19 @@ pub(crate) async fn route(
     }
     let id = format!("{key}/{server}/{session}");
     match kind.as_str() {
-        "xhr_streaming" => receive(hub, id, &key, parts.uri.query(), Receive::Streaming, &headers).await_poll().await,
-        "xhr" => receive(hub, id, &key, parts.uri.query(), Receive::Polling, &headers).await_poll().await,
+        "xhr_streaming" | "xhr" => {
+            let how = if kind == "xhr" { Receive::Polling } else { Receive::Streaming };
+            let here = lock(&hub.inner.pusher_xhr.0).contains_key(&id);
+            if !here {
+                if let Some(first) = remote_receive(&hub, &id).await {
+                    return match how {
+                        Receive::Polling => answer(&headers, StatusCode::OK, first),
+                        Receive::Streaming => remote_stream(hub, id, first, &headers),
+                    };
+                }
+            }
+            receive(hub, id, &key, parts.uri.query(), how, &headers).await_poll().await
+        }
         "xhr_send" => send(hub, id, body, &headers).await,
         _ => answer(&headers, StatusCode::NOT_FOUND, "unknown transport\n"),
     }
@@ -393,11 +413,84 @@ fn start(hub: &Hub, id: String, key: &str, query: Option<&str>) -> Result<Arc<Se
     Ok(session)
 }
 
-/// An `xhr_send` forwarded to the other nodes.
+/// What nodes tell each other of HTTP sessions, as broker control messages (after
+/// [`FORWARD_PREFIX`]).
 #[derive(Serialize, Deserialize)]
-struct Forwarded {
-    session: String,
-    messages: Vec<String>,
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Forward {
+    /// An `xhr_send`, to every node: the one that holds the session hands it on.
+    Send { session: String, messages: Vec<String> },
+    /// A receive request, to every node: the one that holds the session answers `Held`
+    /// at once and `Answer` once the request has something.
+    Receive { id: String, session: String, reply_to: String },
+    /// The answer to a `Receive`: this node holds the session.
+    Held { id: String },
+    /// The answer to a `Receive`: the lines it took.
+    Answer { id: String, body: String },
+}
+
+fn encode(f: &Forward) -> Bytes {
+    let mut m = vec![FORWARD_PREFIX];
+    m.extend(serde_json::to_vec(f).unwrap_or_default());
+    Bytes::from(m)
+}
+
+/// A receive request for a session this node does not hold, forwarded to the node that
+/// does: the lines it took, or `None` when no node says it holds the session within
+/// [`LOCATE_WAIT`] (or there is no other node).
+async fn remote_receive(hub: &Hub, session: &str) -> Option<Bytes> {
+    if hub.inner.broker.nodes().await.map_or(true, |n| n.is_empty()) {
+        return None;
+    }
+    let id = crate::engine::client::new_client_id();
+    let (tx, mut rx) = mpsc::channel(2);
+    let sessions = &hub.inner.pusher_xhr;
+    lock(&sessions.1).insert(id.clone(), tx);
+    // Forgotten however this ends (the client may go away first).
+    struct Forget<'a>(&'a XhrSessions, &'a str);
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            lock(&self.0 .1).remove(self.1);
+        }
+    }
+    let _forget = Forget(sessions, &id);
+    let request = Forward::Receive { id: id.clone(), session: session.to_owned(), reply_to: hub.inner.node.clone() };
+    if let Err(e) = hub.inner.broker.broadcast_control(encode(&request)).await {
+        tracing::debug!(error = %e, "receive request not forwarded");
+        return None;
+    }
+    match tokio::time::timeout(LOCATE_WAIT, rx.recv()).await {
+        Ok(Some(Forward::Held { .. })) => {}
+        Ok(Some(Forward::Answer { body, .. })) => return Some(Bytes::from(body)),
+        _ => return None,
+    }
+    match tokio::time::timeout(POLL_WAIT + LOCATE_WAIT * 5, rx.recv()).await {
+        Ok(Some(Forward::Answer { body, .. })) => Some(Bytes::from(body)),
+        // No answer in time: a heartbeat, and the client asks again.
+        _ => Some(Bytes::from_static(b"h\n")),
+    }
+}
+
+/// A stream of a session another node holds: forwarded receive requests, one after
+/// the other, until the session closes or no node holds it.
+fn remote_stream(hub: Hub, session: String, first: Bytes, headers: &HeaderMap) -> Response {
+    let done = first.starts_with(b"c");
+    let stream = futures_util::stream::unfold((Some(first), done), move |(first, done)| {
+        let hub = hub.clone();
+        let session = session.clone();
+        async move {
+            if let Some(b) = first {
+                return Some((Ok::<_, std::convert::Infallible>(b), (None, done)));
+            }
+            if done {
+                return None;
+            }
+            let b = remote_receive(&hub, &session).await?;
+            let done = b.starts_with(b"c") || b.windows(2).any(|w| w == b"\nc");
+            Some((Ok(b), (None, done)))
+        }
+    });
+    answer(headers, StatusCode::OK, Body::from_stream(stream))
 }
 
 /// `xhr_send`: the client's messages (a JSON array of message texts; `[]` a heartbeat)
@@ -415,9 +508,7 @@ async fn send(hub: Hub, id: String, body: Body, headers: &HeaderMap) -> Response
     };
     let session = lock(&hub.inner.pusher_xhr.0).get(&id).cloned();
     let Some(session) = session else {
-        let mut m = vec![FORWARD_PREFIX];
-        m.extend(serde_json::to_vec(&Forwarded { session: id, messages }).unwrap_or_default());
-        return match hub.inner.broker.broadcast_control(Bytes::from(m)).await {
+        return match hub.inner.broker.broadcast_control(encode(&Forward::Send { session: id, messages })).await {
             Ok(()) => answer(headers, StatusCode::NO_CONTENT, ""),
             Err(e) => {
                 tracing::debug!(error = %e, "xhr_send not forwarded");
@@ -437,19 +528,53 @@ async fn send(hub: Hub, id: String, body: Body, headers: &HeaderMap) -> Response
     answer(headers, StatusCode::NO_CONTENT, "")
 }
 
-/// Hands an `xhr_send` forwarded by another node to a session of this one, if it holds
-/// it, without waiting (the broker's delivery must not block).
+/// Handles what another node forwarded: an `xhr_send` or a receive request for a
+/// session of this node (if it holds it; without waiting, the broker's delivery must
+/// not block), or the answer to a receive request this node forwarded.
 pub(crate) fn deliver_forwarded(hub: &Arc<HubInner>, message: &[u8]) {
-    let Ok(f) = serde_json::from_slice::<Forwarded>(message) else {
-        tracing::debug!("malformed forwarded xhr_send");
+    let Ok(f) = serde_json::from_slice::<Forward>(message) else {
+        tracing::debug!("malformed forwarded HTTP session message");
         return;
     };
-    let Some(session) = lock(&hub.pusher_xhr.0).get(&f.session).cloned() else { return };
-    let items: Vec<FromClient> =
-        if f.messages.is_empty() { vec![None] } else { f.messages.into_iter().map(|m| Some(m.into())).collect() };
-    for item in items {
-        if session.inbound.try_send(item).is_err() {
-            tracing::debug!(session = %f.session, "forwarded xhr_send dropped: session busy or gone");
+    match f {
+        Forward::Send { session: id, messages } => {
+            let Some(session) = lock(&hub.pusher_xhr.0).get(&id).cloned() else { return };
+            let items: Vec<FromClient> =
+                if messages.is_empty() { vec![None] } else { messages.into_iter().map(|m| Some(m.into())).collect() };
+            for item in items {
+                if session.inbound.try_send(item).is_err() {
+                    tracing::debug!(session = %id, "forwarded xhr_send dropped: session busy or gone");
+                }
+            }
+        }
+        Forward::Receive { id, session, reply_to } => {
+            let Some(session) = lock(&hub.pusher_xhr.0).get(&session).cloned() else { return };
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+            let hub = hub.clone();
+            runtime.spawn(async move {
+                let attached = Attached::new(&session);
+                let generation = session.receiver.fetch_add(1, Ordering::AcqRel) + 1;
+                session.notify.notify_waiters();
+                let held = encode(&Forward::Held { id: id.clone() });
+                if let Err(e) = hub.broker.send_control(&reply_to, held).await {
+                    tracing::debug!(error = %e, node = %reply_to, "forwarded receive not answered");
+                    return;
+                }
+                let body = match attached.0.wait(generation, Instant::now() + POLL_WAIT).await {
+                    Taken::Messages(b) | Taken::Closed(b) => b,
+                    Taken::Nothing | Taken::Superseded => Bytes::from_static(b"h\n"),
+                };
+                drop(attached);
+                let body = String::from_utf8_lossy(&body).into_owned();
+                if let Err(e) = hub.broker.send_control(&reply_to, encode(&Forward::Answer { id, body })).await {
+                    tracing::debug!(error = %e, node = %reply_to, "forwarded receive not answered");
+                }
+            });
+        }
+        Forward::Held { ref id } | Forward::Answer { ref id, .. } => {
+            if let Some(tx) = lock(&hub.pusher_xhr.1).get(id) {
+                let _ = tx.try_send(f);
+            }
         }
     }
 }
