@@ -173,3 +173,31 @@ describe('the HTTP session endpoints', () => {
     assert.equal(r.status, 400);
   });
 });
+
+describe('bounds', () => {
+  test('a session whose client does not poll is closed with 4200 once its outbox is full', async (t) => {
+    const small = await startHub({
+      ...DEFAULT_CONFIG,
+      client: { ...DEFAULT_CONFIG.client, queue_max_bytes: 4096 },
+      pusher: { apps: [APP] },
+    });
+    t.after(() => small.stop());
+    const p = Number(new URL(small.url).port);
+    const api = new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1', port: String(p), useTLS: false });
+    const url = `http://127.0.0.1:${p}/pusher/app/${APP.key}/3/slowpoll`;
+    assert.equal(await (await fetch(`${url}/xhr?protocol=7`, { method: 'POST' })).text(), 'o\n');
+    const sub = JSON.stringify({ event: 'pusher:subscribe', data: { channel: 'flood' } });
+    assert.equal((await fetch(`${url}/xhr_send`, { method: 'POST', body: JSON.stringify([sub]) })).status, 204);
+    await waitFor(async () => {
+      const r = await api.get({ path: '/channels/flood', params: { info: 'subscription_count' } });
+      return (await r.json()).occupied;
+    }, 'subscribed');
+    const big = 'x'.repeat(1000);
+    for (let i = 0; i < 10; i++) await api.trigger('flood', 'e', { big, i });
+    // The next poll takes what fit, then the close.
+    const body = await (await fetch(`${url}/xhr?protocol=7`, { method: 'POST' })).text();
+    const lines = body.trim().split('\n');
+    assert.match(lines.at(-1), /^c\[4200,/);
+    assert.ok(body.length < 4096 * 3, `bounded: ${body.length} bytes`);
+  });
+});
