@@ -301,8 +301,10 @@ pub(crate) async fn route(
     match kind.as_str() {
         "xhr_streaming" | "xhr" => {
             let how = if kind == "xhr" { Receive::Polling } else { Receive::Streaming };
+            // An unknown key is refused here (`start`), without asking the other nodes.
+            let known = hub.config().pusher.by_key(&key).is_some();
             let here = lock(&hub.inner.pusher_xhr.0).contains_key(&id);
-            if !here {
+            if known && !here {
                 if let Some(first) = remote_receive(&hub, &id).await {
                     return match how {
                         Receive::Polling => answer(&headers, StatusCode::OK, first),
