@@ -8,7 +8,7 @@
 #
 # The tests of several nodes on the Redis broker (tests/hub/cluster.test.mjs,
 # tests/hub/redis_cluster.test.mjs, tests/hub/chat_cluster.test.mjs,
-# tests/hub/pusher_cluster.test.mjs,
+# tests/hub/pusher_cluster.test.mjs, tests/hub/pusher_xhr_cluster.test.mjs,
 # tests/hub/python/test_cluster_python.py) start their own redis-server processes.
 #
 # Assumes `scripts/install-test-deps.sh hub redis` has been run and the binary built

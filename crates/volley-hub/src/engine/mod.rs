@@ -76,6 +76,8 @@ pub(crate) struct HubInner {
     /// Surveys waiting for the other nodes' answers, by id.
     surveys: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<serde_json::Value>>>,
     survey_ids: AtomicU64,
+    /// pusher-js's HTTP fallback sessions on this node.
+    pub(crate) pusher_xhr: crate::pusher::xhr::XhrSessions,
     /// Pusher connections on this node, by app id (each app's `max_connections`).
     pub(crate) pusher_conns: Mutex<HashMap<String, usize>>,
     /// The Pusher apps' webhooks.
@@ -471,6 +473,7 @@ impl Hub {
             started: std::time::Instant::now(),
             surveys: Mutex::new(HashMap::new()),
             survey_ids: AtomicU64::new(1),
+            pusher_xhr: Default::default(),
             pusher_conns: Mutex::new(HashMap::new()),
             webhooks,
         });
@@ -1239,6 +1242,10 @@ impl BrokerEvents for Events {
                     }
                     Err(e) => tracing::warn!(error = %e, "a control message that does not decode"),
                 }
+                return;
+            }
+            if let Some(forwarded) = message.strip_prefix(&[crate::pusher::xhr::FORWARD_PREFIX]) {
+                crate::pusher::xhr::deliver_forwarded(&hub, forwarded);
                 return;
             }
             // A forwarded long poll, or its answer; a forwarded command otherwise.

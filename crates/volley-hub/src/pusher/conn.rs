@@ -69,29 +69,98 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let _open = crate::transport::websocket::OpenGuard::new(&hub);
-    if query_param(query.as_deref(), "protocol") != Some("7") {
-        return refuse(&mut ws, close::PROTOCOL).await;
+    let admitted = match admit(&hub, &key, query.as_deref()) {
+        Ok(a) => a,
+        Err(d) => return refuse(&mut ws, d).await,
+    };
+    drop(query);
+    serve_on(&hub, admitted, &mut ws).await;
+}
+
+/// A connection the handshake's checks let in: its app, counted, and its details.
+pub(crate) struct Admitted {
+    app: PusherApp,
+    count: AppCount,
+    details: Details,
+}
+
+/// The handshake's checks (protocol 7, an enabled app with room): why not, as the
+/// close code to tell the client.
+pub(crate) fn admit(hub: &Hub, key: &str, query: Option<&str>) -> Result<Admitted, Disconnect> {
+    if query_param(query, "protocol") != Some("7") {
+        return Err(close::PROTOCOL);
     }
-    let Some(app) = hub.config().pusher.by_key(&key).cloned() else {
-        return refuse(&mut ws, close::APP_NOT_FOUND).await;
+    let Some(app) = hub.config().pusher.by_key(key).cloned() else {
+        return Err(close::APP_NOT_FOUND);
     };
     if !app.enabled {
-        return refuse(&mut ws, close::APP_DISABLED).await;
+        return Err(close::APP_DISABLED);
     }
-    let Some(count) = AppCount::new(&hub, &app) else {
-        return refuse(&mut ws, close::OVER_QUOTA).await;
+    let Some(count) = AppCount::new(hub, &app) else {
+        return Err(close::OVER_QUOTA);
     };
     let details = Details {
-        app_name: query_param(query.as_deref(), "client").unwrap_or("pusher").into(),
-        app_version: query_param(query.as_deref(), "version").unwrap_or_default().into(),
+        app_name: query_param(query, "client").unwrap_or("pusher").into(),
+        app_version: query_param(query, "version").unwrap_or_default().into(),
         transport: "pusher",
         ..Details::default()
     };
+    Ok(Admitted { app, count, details })
+}
+
+/// Serves an admitted connection over its carrier until it ends, then leaves its
+/// channels.
+pub(crate) async fn serve_on<C: Carrier>(hub: &Hub, admitted: Admitted, carrier: &mut C) {
+    let Admitted { app, count, details } = admitted;
     let mut s = PusherSession::new(hub.clone(), app, details);
-    drop(query);
-    run(&mut s, &mut ws).await;
+    run(&mut s, carrier).await;
     s.close().await;
     drop(count);
+}
+
+/// What a message from the client is.
+pub(crate) enum Inbound {
+    /// A text message: one Pusher message (JSON).
+    Text(volley::Utf8Bytes),
+    /// A binary message (refused with an error).
+    Binary,
+    /// Anything else that shows the client is there (a ping frame).
+    Other,
+    /// The client went away.
+    End,
+}
+
+/// What carries a Pusher connection's messages: a WebSocket, or an HTTP fallback
+/// session (`pusher::xhr`).
+pub(crate) trait Carrier {
+    /// The client's next message.
+    async fn recv(&mut self) -> Inbound;
+    /// Sends one message (JSON text); `Err` when the client is gone.
+    async fn send(&mut self, item: Bytes) -> Result<(), ()>;
+    /// Ends the connection with a close code and reason.
+    async fn close(&mut self, d: &Disconnect);
+}
+
+impl<S> Carrier for WebSocket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn recv(&mut self) -> Inbound {
+        match WebSocket::recv(self).await {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Inbound::End,
+            Some(Ok(Message::Text(t))) => Inbound::Text(t),
+            Some(Ok(Message::Binary(_))) => Inbound::Binary,
+            Some(Ok(_)) => Inbound::Other,
+        }
+    }
+
+    async fn send(&mut self, item: Bytes) -> Result<(), ()> {
+        WebSocket::send(self, Message::Text(utf8(item))).await.map_err(|_| ())
+    }
+
+    async fn close(&mut self, d: &Disconnect) {
+        let _ = WebSocket::close(self, CloseCode::from(d.code), &d.reason).await;
+    }
 }
 
 /// Tells the client why with `pusher:error`, and closes with the same code.
@@ -136,10 +205,7 @@ impl Drop for AppCount {
 
 /// The connection's loop: messages in, the queue out (one frame per message), pings,
 /// the authorization deadline.
-async fn run<S>(s: &mut PusherSession, ws: &mut WebSocket<S>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+async fn run<C: Carrier>(s: &mut PusherSession, ws: &mut C) {
     let client = s.client.clone();
     let established = json!({ "socket_id": client.id, "activity_timeout": s.app.activity_timeout.as_secs() });
     client.push(wire::message("pusher:connection_established", None, &established));
@@ -161,15 +227,15 @@ where
             msg = ws.recv() => {
                 last_seen = Instant::now();
                 match msg {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
-                    Some(Ok(Message::Text(t))) => {
+                    Inbound::End => break None,
+                    Inbound::Text(t) => {
                         ping_sent = None;
                         s.handle(t.as_bytes()).await;
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Inbound::Binary => {
                         client.push(wire::error(None, "binary messages are not supported"));
                     }
-                    Some(Ok(_)) => {}
+                    Inbound::Other => {}
                 }
             }
             _ = tokio::time::sleep_until(activity_at), if ping_sent.is_none() => {
@@ -195,7 +261,7 @@ where
             if d != Disconnect::SLOW {
                 let _ = flush(ws, &client, &mut batch).await;
             }
-            let _ = ws.close(CloseCode::from(d.code), &d.reason).await;
+            ws.close(&d).await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
     }
@@ -210,14 +276,11 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Writes what is queued, one frame per message; a write to a client that does not
 /// read is abandoned once the client is marked to close (its queue overflowed).
-async fn flush<S>(
-    ws: &mut WebSocket<S>,
+async fn flush<C: Carrier>(
+    ws: &mut C,
     client: &ClientShared,
     batch: &mut Vec<Bytes>,
-) -> Result<Option<Disconnect>, ()>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) -> Result<Option<Disconnect>, ()> {
     loop {
         let (closing, _) = client.take_since(batch);
         if batch.is_empty() || closing.is_some() {
@@ -225,7 +288,7 @@ where
             return Ok(closing);
         }
         for item in batch.drain(..) {
-            let send = ws.send(Message::Text(utf8(item)));
+            let send = ws.send(item);
             tokio::pin!(send);
             loop {
                 tokio::select! {

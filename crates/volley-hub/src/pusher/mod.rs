@@ -33,6 +33,7 @@ pub(crate) mod conn;
 pub mod sign;
 pub mod webhook;
 pub(crate) mod wire;
+pub(crate) mod xhr;
 
 /// The tag that holds a publication's Pusher event name.
 pub const TAG_EVENT: &str = "event";
@@ -47,7 +48,7 @@ pub const TAG_EXCLUDE: &str = "socket_id";
 const SEP: char = '\u{1f}';
 
 /// Pusher compatibility: the apps.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PusherConfig {
     /// The apps Pusher clients and backends may use (none: the Pusher endpoints answer
@@ -55,6 +56,20 @@ pub struct PusherConfig {
     pub apps: Vec<PusherApp>,
     /// How webhooks are sent (the apps name where to).
     pub webhooks: webhook::WebhookSettings,
+    /// How long an HTTP fallback session (`xhr_streaming`, `xhr_polling`) lives without
+    /// a receive request open (its client went away).
+    #[serde(with = "duration")]
+    pub http_session_timeout: Duration,
+}
+
+impl Default for PusherConfig {
+    fn default() -> Self {
+        PusherConfig {
+            apps: Vec::new(),
+            webhooks: webhook::WebhookSettings::default(),
+            http_session_timeout: Duration::from_secs(15),
+        }
+    }
 }
 
 /// One Pusher app: its credentials, limits and features.
@@ -153,6 +168,9 @@ impl PusherConfig {
 
     /// Checks the apps: ids and keys present and unique, secrets present.
     pub fn check(&self) -> Result<(), String> {
+        if self.http_session_timeout < Duration::from_millis(100) {
+            return Err("pusher.http_session_timeout: must be at least 100ms".into());
+        }
         for (i, a) in self.apps.iter().enumerate() {
             let what = format!("pusher.apps[{i}]");
             if a.id.is_empty() || a.key.is_empty() || a.secret.is_empty() {

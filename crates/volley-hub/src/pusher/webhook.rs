@@ -409,7 +409,7 @@ mod tests {
             }],
             ..PusherApp::default()
         };
-        (PusherConfig { apps: vec![app.clone()], webhooks: settings }, app)
+        (PusherConfig { apps: vec![app.clone()], webhooks: settings, ..PusherConfig::default() }, app)
     }
 
     fn fast() -> WebhookSettings {

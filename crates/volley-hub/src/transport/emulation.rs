@@ -274,7 +274,7 @@ pub(super) fn is_protobuf(headers: &HeaderMap) -> bool {
 }
 
 /// Reads a request body up to `limit` bytes: `Err(413)` beyond.
-pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, StatusCode> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, StatusCode> {
     match axum::body::to_bytes(body, limit).await {
         Ok(b) => Ok(b),
         Err(e) => {

@@ -48,6 +48,7 @@ pub fn router(hub: Hub) -> Router {
         .route("/connection/uni_websocket", any(super::uni::websocket))
         // Pusher clients (each answers 404 without Pusher apps).
         .route("/app/{key}", any(pusher_ws_handler))
+        .route("/pusher/app/{key}/{server}/{session}/{kind}", any(crate::pusher::xhr::route))
         .with_state(hub.clone())
         .merge(crate::pusher::api::router(hub.clone()))
         .merge(crate::api::router(hub))
