@@ -18,6 +18,7 @@ const APP = {
   key: 'test-pusher-key',
   secret: 'test-pusher-secret',
   enable_client_messages: true,
+  enable_subscription_count: true,
   max_client_events_per_second: 5,
 };
 // Strict: a connection must authorize within a second, one connection at most, pings
@@ -329,6 +330,40 @@ describe('Pusher protocol', () => {
     await waitFor(() => got.length === 1);
     assert.deepEqual(got[0].data, { t: 2 });
     a.disconnect();
+  });
+
+  test('subscription counts: to every subscriber when the number changes, never cached, not on presence', async () => {
+    const last = (got) => got.at(-1)?.data?.subscription_count;
+    await server.trigger('cache-counted', 'app-event', { v: 1 });
+    const a = connect('alice');
+    const b = connect('bob');
+    await Promise.all([connected(a), connected(b)]);
+    const ca = a.subscribe('cache-counted');
+    const countsA = collect(ca, 'pusher:subscription_count');
+    await subscribed(ca);
+    await waitFor(() => last(countsA) === 1, 'a is told 1');
+    const cb = b.subscribe('cache-counted');
+    const countsB = collect(cb, 'pusher:subscription_count');
+    const cachedB = collect(cb, 'app-event');
+    await subscribed(cb);
+    // The second change comes within the channel's interval: told at its end.
+    await waitFor(() => last(countsA) === 2 && last(countsB) === 2, 'both are told 2', 5000);
+    assert.equal(ca.subscriptionCount, 2);
+    // The cache keeps the app's last event, not a count.
+    await waitFor(() => cachedB.length === 1);
+    assert.deepEqual(cachedB[0].data, { v: 1 });
+    b.unsubscribe('cache-counted');
+    await waitFor(() => last(countsA) === 1, 'a is told 1 again', 5000);
+    // The webhook carries the same numbers.
+    await waitFor(() => hooks.some((e) => e.name === 'subscription_count' && e.channel === 'cache-counted' && e.subscription_count === 2));
+    // Presence channels have members instead.
+    const p = a.subscribe('presence-counted');
+    const countsP = collect(p, 'pusher:subscription_count');
+    await subscribed(p);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(countsP.length, 0);
+    a.disconnect();
+    b.disconnect();
   });
 
   test('sign-in: events to the user, then its connections terminated', async () => {

@@ -234,3 +234,49 @@ test('Laravel Echo with the pusher broadcaster: channel, private, presence (here
   assert.deepEqual(of('leaving'), [['one', 'User 2']]);
   await page.evaluate(() => { window.T.one.disconnect(); window.T.two.disconnect(); });
 });
+
+// pusher-js's HTTP fallbacks in the browser, as behind a proxy that breaks WebSocket:
+// XMLHttpRequest to the hub's origin from the page's (CORS), a stream read as it comes
+// (xhr_streaming) or one request after another (xhr_polling).
+for (const transport of ['xhr_streaming', 'xhr_polling']) {
+  test(`pusher-js in the browser over ${transport}: public and private events, client events`, async () => {
+    await page.evaluate((opts) => {
+      const T = { log: [] };
+      window.T = T;
+      const make = (user) => new Pusher(opts.key, {
+        ...opts.client,
+        channelAuthorization: { endpoint: `/pusher/auth?user=${user}`, transport: 'ajax' },
+      });
+      T.a = make('alice');
+      T.b = make('bob');
+      for (const [who, p] of [['a', T.a], ['b', T.b]]) {
+        p.connection.bind('connected', () => T.log.push([who, 'connected', p.connection.connection.transport.name]));
+        for (const name of ['news', 'private-orders']) {
+          const ch = p.subscribe(name);
+          ch.bind('pusher:subscription_succeeded', () => T.log.push([who, 'subscribed', name]));
+          ch.bind_global((event, data) => {
+            if (!event.startsWith('pusher:')) T.log.push([who, 'event', name, event, data]);
+          });
+        }
+      }
+    }, { key: APP.key, client: clientOptions({ enabledTransports: [transport] }) });
+    await until(() => window.T.log.filter((l) => l[1] === 'subscribed').length >= 4, 'both subscribed to both channels');
+    const connected = await page.evaluate(() => window.T.log.filter((l) => l[1] === 'connected').map((l) => l[2]));
+    assert.deepEqual(connected, [transport, transport]);
+
+    await server.trigger('news', 'headline', { title: transport });
+    await server.trigger('private-orders', 'shipped', { order: 8 });
+    await until(() => window.T.log.filter((l) => l[1] === 'event').length >= 4, 'the events');
+    await page.evaluate(() => window.T.a.channel('private-orders').trigger('client-note', { from: 'a' }));
+    await until(() => window.T.log.some((l) => l[0] === 'b' && l[3] === 'client-note'), 'the client event');
+    const events = await page.evaluate(() => window.T.log.filter((l) => l[1] === 'event').map((l) => [l[0], l[3], l[4]]));
+    assert.deepEqual(events.sort(), [
+      ['a', 'headline', { title: transport }],
+      ['a', 'shipped', { order: 8 }],
+      ['b', 'client-note', { from: 'a' }],
+      ['b', 'headline', { title: transport }],
+      ['b', 'shipped', { order: 8 }],
+    ]);
+    await page.evaluate(() => { window.T.a.disconnect(); window.T.b.disconnect(); });
+  });
+}

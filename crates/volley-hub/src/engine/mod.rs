@@ -78,6 +78,8 @@ pub(crate) struct HubInner {
     survey_ids: AtomicU64,
     /// pusher-js's HTTP fallback sessions on this node.
     pub(crate) pusher_xhr: crate::pusher::xhr::XhrSessions,
+    /// Pusher channels whose subscription count is being told.
+    pub(crate) pusher_counts: crate::pusher::count::Counts,
     /// Pusher connections on this node, by app id (each app's `max_connections`).
     pub(crate) pusher_conns: Mutex<HashMap<String, usize>>,
     /// The Pusher apps' webhooks.
@@ -474,6 +476,7 @@ impl Hub {
             surveys: Mutex::new(HashMap::new()),
             survey_ids: AtomicU64::new(1),
             pusher_xhr: Default::default(),
+            pusher_counts: Default::default(),
             pusher_conns: Mutex::new(HashMap::new()),
             webhooks,
         });

@@ -50,6 +50,9 @@ pub(crate) mod close {
     pub const UNAUTHORIZED: Disconnect = d(4009, "Connection not authorized within timeout");
     /// The app's connection limit.
     pub const OVER_QUOTA: Disconnect = d(4100, "Over connection quota");
+    /// The connection's outbound queue (or an HTTP session's outbox) overflowed:
+    /// pusher-js reconnects at once.
+    pub const TOO_SLOW: Disconnect = d(4200, "Client too slow");
     /// No pong.
     pub const NO_PONG: Disconnect = d(4201, "Pong reply not received");
     /// Terminated by the HTTP API's `terminate_connections`.
@@ -261,6 +264,8 @@ async fn run<C: Carrier>(s: &mut PusherSession, ws: &mut C) {
             if d != Disconnect::SLOW {
                 let _ = flush(ws, &client, &mut batch).await;
             }
+            // The engine's code for a slow reader, in Pusher's range.
+            let d = if d == Disconnect::SLOW { close::TOO_SLOW } else { d };
             ws.close(&d).await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
@@ -553,7 +558,9 @@ impl PusherSession {
             self.internal_event(&internal, "pusher_internal:member_added", &data).await;
         }
         let hooks = &inner.webhooks;
-        let counted = hooks.wants(&self.app, "channel_occupied") || hooks.wants(&self.app, "channel_vacated");
+        let counting = self.counts(kind);
+        let counted =
+            counting || hooks.wants(&self.app, "channel_occupied") || hooks.wants(&self.app, "channel_vacated");
         if counted {
             let occupancy = occupancy_channel(&self.app.id, channel);
             let me = ClientInfo { client: self.client.id.clone(), ..ClientInfo::default() };
@@ -562,8 +569,19 @@ impl PusherSession {
             if pending.first && inner.broker.presence_stats(&occupancy).await.is_ok_and(|s| s.clients == 1) {
                 hooks.channel_occupied(&self.app, channel);
             }
+            if counting {
+                super::count::changed(&self.hub, &self.app, channel, occupancy);
+            }
         }
         self.subs.insert(channel.to_owned(), Sub { kind, counted, member });
+    }
+
+    /// Whether the subscribers of a channel of this kind are counted for
+    /// `pusher_internal:subscription_count` or its webhook (never on presence channels,
+    /// whose members are told instead).
+    fn counts(&self, kind: ChannelKind) -> bool {
+        kind != ChannelKind::Presence
+            && (self.app.enable_subscription_count || self.hub.inner.webhooks.wants(&self.app, "subscription_count"))
     }
 
     /// Publishes a server event to a channel's subscribers but this one, everywhere,
@@ -596,6 +614,9 @@ impl PusherSession {
                 && inner.broker.presence_stats(&occupancy).await.is_ok_and(|s| s.clients == 0)
             {
                 inner.webhooks.channel_vacated(&self.app, channel);
+            }
+            if self.counts(sub.kind) {
+                super::count::changed(&self.hub, &self.app, channel, occupancy);
             }
         }
         if let Some((user_id, _)) = sub.member {

@@ -30,6 +30,7 @@ use crate::config::{duration, ChannelOptions};
 
 pub(crate) mod api;
 pub(crate) mod conn;
+pub(crate) mod count;
 pub mod sign;
 pub mod webhook;
 pub(crate) mod wire;
@@ -88,6 +89,10 @@ pub struct PusherApp {
     pub enabled: bool,
     /// Client events (`client-` on private and presence channels) are relayed.
     pub enable_client_messages: bool,
+    /// `pusher_internal:subscription_count` events to the subscribers of public,
+    /// private and cache channels when their number changes (Pusher's subscription
+    /// counting; throttled per channel, `pusher::count`).
+    pub enable_subscription_count: bool,
     /// Client events one connection may send per second (4301 above).
     pub max_client_events_per_second: u32,
     /// Connections to this app on this node (4100 above); 0 for no limit.
@@ -136,6 +141,7 @@ impl Default for PusherApp {
             secret: String::new(),
             enabled: true,
             enable_client_messages: false,
+            enable_subscription_count: false,
             max_client_events_per_second: 10,
             max_connections: 0,
             max_presence_members_per_channel: 100,

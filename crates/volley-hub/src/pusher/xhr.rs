@@ -58,9 +58,6 @@ const INBOUND_QUEUE: usize = 64;
 /// How long `xhr_send` waits for room in a busy session's queue (503 after).
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The close code of a session whose client does not receive what waits for it.
-const SLOW: Disconnect = Disconnect { code: 4200, reason: std::borrow::Cow::Borrowed("Client too slow") };
-
 /// The first byte of a forwarded `xhr_send` among the broker's control messages (no
 /// Protobuf message starts with it, nor JSON).
 pub(crate) const FORWARD_PREFIX: u8 = 1;
@@ -222,7 +219,7 @@ impl Carrier for XhrCarrier {
         }
         if out.bytes + item.len() > self.max_bytes {
             drop(out);
-            self.session.close(SLOW);
+            self.session.close(conn::close::TOO_SLOW);
             return Err(());
         }
         out.bytes += item.len();
