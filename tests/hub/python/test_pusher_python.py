@@ -1,9 +1,13 @@
 """The Pusher Python SDK (PyPI `pusher`) against `volley serve` as a Pusher Channels
-server: every HTTP API call it makes, with a numeric app id, and the authorizations it
-signs, used by WebSocket clients that speak Pusher's protocol 7."""
+server: every HTTP API call it makes, with a numeric app id, the authorizations it
+signs, used by WebSocket clients that speak Pusher's protocol 7, and the hub's webhooks,
+which the SDK's `validate_webhook` checks."""
 
 import asyncio
+import http.server
 import json
+import threading
+import time
 import unittest
 
 import pusher
@@ -53,7 +57,32 @@ class Socket:
 class PusherPythonTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.hub = Hub(dict(CONFIG, pusher={"apps": [APP, DISABLED]}))
+        # The app's backend: each webhook checked with the SDK (`None`: refused).
+        cls.hooks, cls.refused_hooks = [], []
+        test = cls
+
+        class Hooks(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                valid = test.client.validate_webhook(
+                    key=self.headers.get("X-Pusher-Key"), signature=self.headers.get("X-Pusher-Signature"), body=body
+                )
+                if valid is None:
+                    test.refused_hooks.append(body)
+                else:
+                    test.hooks.extend(valid["events"])
+                self.send_response(200 if valid is not None else 401)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        cls.hook_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+        threading.Thread(target=cls.hook_server.serve_forever, daemon=True).start()
+        hook_url = f"http://127.0.0.1:{cls.hook_server.server_address[1]}/hooks"
+        app = dict(APP, webhooks=[{"url": hook_url}])
+        settings = {"removal_delay": "100ms", "batch_window": "10ms"}
+        cls.hub = Hub(dict(CONFIG, pusher={"apps": [app, DISABLED], "webhooks": settings}))
         host, port = cls.hub.addr.rsplit(":", 1)
         cls.client = pusher.Pusher(
             app_id=APP["id"], key=APP["key"], secret=APP["secret"], host=host, port=int(port), ssl=False
@@ -62,6 +91,40 @@ class PusherPythonTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.hub.stop()
+        cls.hook_server.shutdown()
+
+    def wait_hook(self, match, what):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if any(match(e) for e in self.hooks):
+                return
+            time.sleep(0.05)
+        self.fail(f"no webhook: {what}; got {self.hooks}, refused {self.refused_hooks}")
+
+    def test_webhooks_are_signed_as_the_sdk_checks(self):
+        async def go():
+            a = await Socket().open(self.hub.addr)
+            b = await Socket().open(self.hub.addr)
+            await a.subscribe(self.client, "private-py-hooks")
+            await b.subscribe(self.client, "presence-py-hooks", {"user_id": "py-user"})
+            await a.send("client-ping", {"n": 1}, channel="private-py-hooks")
+            await asyncio.sleep(0.2)
+            await a.ws.close()
+            await b.ws.close()
+
+        self.run_async(go())
+        self.wait_hook(lambda e: e["name"] == "channel_occupied" and e["channel"] == "private-py-hooks", "occupied")
+        self.wait_hook(
+            lambda e: e["name"] == "member_added" and e["channel"] == "presence-py-hooks" and e["user_id"] == "py-user",
+            "member_added",
+        )
+        self.wait_hook(
+            lambda e: e["name"] == "client_event" and e["event"] == "client-ping" and e["socket_id"],
+            "client_event",
+        )
+        self.wait_hook(lambda e: e["name"] == "channel_vacated" and e["channel"] == "private-py-hooks", "vacated")
+        self.wait_hook(lambda e: e["name"] == "member_removed" and e["user_id"] == "py-user", "member_removed")
+        self.assertEqual(self.refused_hooks, [])
 
     def run_async(self, coro):
         return asyncio.run(coro)
