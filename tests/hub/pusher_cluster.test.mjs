@@ -4,7 +4,6 @@
 // counts are the cluster's, and terminate_connections reaches every node.
 
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -13,39 +12,22 @@ import PusherServer from 'pusher';
 
 import { startRedis, waitFor } from './lib.mjs';
 import { startNodes } from './nodes.mjs';
+import { startAuthServer, subscribed } from './pusher_lib.mjs';
 
 const APP = { id: '55', key: 'cluster-key', secret: 'cluster-secret', enable_client_messages: true };
 
 let redis;
-let authServer;
-let authUrl;
-let sdk; // signs only
+let auth; // the backend's authorization endpoints
 const clients = new Set();
 
 before(async () => {
   redis = await startRedis();
-  sdk = new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1' });
-  authServer = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c) => (body += c));
-    req.on('end', () => {
-      const url = new URL(req.url, 'http://x');
-      const p = new URLSearchParams(body);
-      const user = url.searchParams.get('user');
-      const out = url.pathname === '/auth'
-        ? sdk.authorizeChannel(p.get('socket_id'), p.get('channel_name'),
-          p.get('channel_name').startsWith('presence-') ? { user_id: user, user_info: { u: user } } : undefined)
-        : sdk.authenticateUser(p.get('socket_id'), { id: user });
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(out));
-    });
-  });
-  await new Promise((r) => authServer.listen(0, '127.0.0.1', r));
-  authUrl = `http://127.0.0.1:${authServer.address().port}`;
+  auth = await startAuthServer(new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1' }));
 });
 
 after(async () => {
   for (const c of clients) c.disconnect();
-  authServer?.close();
+  auth?.close();
   await redis?.stop();
 });
 
@@ -65,17 +47,12 @@ function connect(node, user) {
     forceTLS: false,
     enabledTransports: ['ws'],
     disableStats: true,
-    channelAuthorization: { endpoint: `${authUrl}/auth?user=${user}`, transport: 'ajax' },
-    userAuthentication: { endpoint: `${authUrl}/signin?user=${user}`, transport: 'ajax' },
+    channelAuthorization: { endpoint: `${auth.url}/auth?user=${user}`, transport: 'ajax' },
+    userAuthentication: { endpoint: `${auth.url}/signin?user=${user}`, transport: 'ajax' },
   });
   clients.add(c);
   return c;
 }
-
-const subscribed = (ch) => new Promise((resolve, reject) => {
-  ch.bind('pusher:subscription_succeeded', resolve);
-  ch.bind('pusher:subscription_error', reject);
-});
 
 test('events, presence, client events, counts and terminations cross nodes', async (t) => {
   const [n1, n2] = await startNodes(t, 2, redis.url, { extra: { pusher: { apps: [APP] } } });

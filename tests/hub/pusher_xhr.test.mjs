@@ -5,20 +5,19 @@
 // disconnects; the hub's own answers to malformed requests are checked too.
 
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 
 import PusherClient from 'pusher-js';
 import PusherServer from 'pusher';
 
 import { DEFAULT_CONFIG, startHub, waitFor } from './lib.mjs';
+import { connected, next, startAuthServer, subscribed } from './pusher_lib.mjs';
 
 const APP = { id: '7001', key: 'xhr-key', secret: 'xhr-secret', enable_client_messages: true };
 
 let hub;
 let server;
-let authServer;
-let authUrl;
+let auth; // the backend's authorization endpoints
 const clients = new Set();
 
 function port() {
@@ -33,30 +32,10 @@ function connect(transport, user) {
     forceTLS: false,
     enabledTransports: [transport],
     disableStats: true,
-    channelAuthorization: { endpoint: `${authUrl}/auth?user=${user}`, transport: 'ajax' },
+    channelAuthorization: { endpoint: `${auth.url}/auth?user=${user}`, transport: 'ajax' },
   });
   clients.add(c);
   return c;
-}
-
-function connected(c) {
-  return new Promise((resolve, reject) => {
-    if (c.connection.state === 'connected') return resolve();
-    c.connection.bind('connected', resolve);
-    c.connection.bind('failed', () => reject(new Error('failed')));
-    c.connection.bind('unavailable', () => reject(new Error('unavailable')));
-  });
-}
-
-function subscribed(channel) {
-  return new Promise((resolve, reject) => {
-    channel.bind('pusher:subscription_succeeded', resolve);
-    channel.bind('pusher:subscription_error', (e) => reject(Object.assign(new Error('subscription error'), e)));
-  });
-}
-
-function next(channel, event) {
-  return new Promise((resolve) => channel.bind(event, resolve));
 }
 
 before(async () => {
@@ -69,22 +48,12 @@ before(async () => {
     port: String(port()),
     useTLS: false,
   });
-  authServer = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c) => (body += c));
-    req.on('end', () => {
-      const p = new URLSearchParams(body);
-      const out = server.authorizeChannel(p.get('socket_id'), p.get('channel_name'));
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(out));
-    });
-  });
-  await new Promise((r) => authServer.listen(0, '127.0.0.1', r));
-  authUrl = `http://127.0.0.1:${authServer.address().port}`;
+  auth = await startAuthServer(server);
 });
 
 after(async () => {
   for (const c of clients) c.disconnect();
-  authServer?.close();
+  auth?.close();
   await hub?.stop();
 });
 

@@ -12,34 +12,22 @@ import PusherServer from 'pusher';
 
 import { startRedis, waitFor } from './lib.mjs';
 import { startNodes } from './nodes.mjs';
+import { connected, next, startAuthServer, subscribed } from './pusher_lib.mjs';
 
 const APP = { id: '77', key: 'xhr-cluster-key', secret: 'xhr-cluster-secret', enable_client_messages: true };
 
 let redis;
-let authServer;
-let authUrl;
-let sdk; // signs only
+let auth; // the backend's authorization endpoints
 const clients = new Set();
 
 before(async () => {
   redis = await startRedis();
-  sdk = new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1' });
-  authServer = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c) => (body += c));
-    req.on('end', () => {
-      const p = new URLSearchParams(body);
-      const out = sdk.authorizeChannel(p.get('socket_id'), p.get('channel_name'));
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(out));
-    });
-  });
-  await new Promise((r) => authServer.listen(0, '127.0.0.1', r));
-  authUrl = `http://127.0.0.1:${authServer.address().port}`;
+  auth = await startAuthServer(new PusherServer({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1' }));
 });
 
 after(async () => {
   for (const c of clients) c.disconnect();
-  authServer?.close();
+  auth?.close();
   await redis?.stop();
 });
 
@@ -75,25 +63,11 @@ function connect(port, transport, user) {
     forceTLS: false,
     enabledTransports: [transport],
     disableStats: true,
-    channelAuthorization: { endpoint: `${authUrl}/auth?user=${user}`, transport: 'ajax' },
+    channelAuthorization: { endpoint: `${auth.url}/auth?user=${user}`, transport: 'ajax' },
   });
   clients.add(c);
   return c;
 }
-
-const connected = (c) => new Promise((resolve, reject) => {
-  if (c.connection.state === 'connected') return resolve();
-  c.connection.bind('connected', resolve);
-  c.connection.bind('failed', () => reject(new Error('failed')));
-  c.connection.bind('unavailable', () => reject(new Error('unavailable')));
-});
-
-const subscribed = (ch) => new Promise((resolve, reject) => {
-  ch.bind('pusher:subscription_succeeded', resolve);
-  ch.bind('pusher:subscription_error', reject);
-});
-
-const next = (ch, event) => new Promise((resolve) => ch.bind(event, resolve));
 
 test('xhr_streaming and xhr_polling sessions with requests alternating between nodes', async (t) => {
   const nodes = await startNodes(t, 2, redis.url, { extra: { pusher: { apps: [APP] } } });
