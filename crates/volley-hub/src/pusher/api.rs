@@ -323,7 +323,11 @@ async fn channel(
         }
         let info = info_of(query_value(&uri, "info").as_deref());
         let mut v = channel_attributes(&hub, &app, &channel, &info).await?;
-        let count = subscription_counts(&hub, &app, &channel).await.get(&channel).copied().unwrap_or(0);
+        // The count `info` asked for, or one survey of the nodes for `occupied`.
+        let count = match v.get("subscription_count").and_then(Value::as_u64) {
+            Some(n) => n,
+            None => subscription_counts(&hub, &app, &channel).await.get(&channel).copied().unwrap_or(0),
+        };
         v["occupied"] = json!(count > 0);
         if info.contains("cache") && channel_kind(&channel).1 {
             let internal = internal_channel(&app.id, &channel);

@@ -587,19 +587,7 @@ impl PusherSession {
     /// Publishes a server event to a channel's subscribers but this one, everywhere,
     /// without keeping it (a cache channel's last event stays the app's).
     async fn internal_event(&self, internal: &str, event: &str, data: &Value) {
-        let publication = Publication {
-            data: Bytes::from(Value::String(data.to_string()).to_string()),
-            tags: [(TAG_EVENT.to_owned(), event.to_owned()), (TAG_EXCLUDE.to_owned(), self.client.id.clone())]
-                .into_iter()
-                .collect(),
-            time: now_ms(),
-            kind: PayloadKind::Json,
-            ..Default::default()
-        };
-        let options = crate::config::ChannelOptions::default();
-        if let Err(e) = self.hub.inner.publish(internal, &options, publication, None, true).await {
-            tracing::warn!(error = ?e, event, "a member event was not published");
-        }
+        publish_internal(&self.hub, internal, event, data, Some(&self.client.id)).await;
     }
 
     async fn unsubscribe(&mut self, channel: &str) {
@@ -823,6 +811,26 @@ impl PusherSession {
         let mut conns = lock(&self.hub.inner.conns);
         remove_registration(&mut conns, &self.registered_as, self.client.seq);
         conns.total = conns.total.saturating_sub(1);
+    }
+}
+
+/// Publishes a server event to a channel's subscribers (but the socket `exclude`
+/// names), everywhere, without keeping it: a cache channel's last event stays the app's.
+pub(crate) async fn publish_internal(hub: &Hub, internal: &str, event: &str, data: &Value, exclude: Option<&str>) {
+    let mut tags: std::collections::BTreeMap<String, String> = [(TAG_EVENT.to_owned(), event.to_owned())].into();
+    if let Some(socket) = exclude {
+        tags.insert(TAG_EXCLUDE.to_owned(), socket.to_owned());
+    }
+    let publication = Publication {
+        data: Bytes::from(Value::String(data.to_string()).to_string()),
+        tags,
+        time: now_ms(),
+        kind: PayloadKind::Json,
+        ..Default::default()
+    };
+    let options = crate::config::ChannelOptions::default();
+    if let Err(e) = hub.inner.publish(internal, &options, publication, None, true).await {
+        tracing::warn!(error = ?e, event, "a server event was not published");
     }
 }
 

@@ -14,12 +14,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{internal_channel, PusherApp, TAG_EVENT};
-use crate::engine::{lock, now_ms, Hub};
-use crate::protocol::{PayloadKind, Publication};
+use super::{internal_channel, PusherApp};
+use crate::engine::{lock, Hub};
 
 /// The least time between two counts of one channel from one node.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -78,19 +76,8 @@ pub(crate) fn changed(hub: &Hub, app: &PusherApp, channel: &str, occupancy: Stri
 /// The event to the channel's subscribers (when the app counts), and the webhook.
 async fn tell(hub: &Hub, app: &PusherApp, channel: &str, internal: &str, n: u64) {
     if app.enable_subscription_count && n > 0 {
-        let data = json!({ "subscription_count": n }).to_string();
-        let publication = Publication {
-            data: Bytes::from(Value::String(data).to_string()),
-            tags: [(TAG_EVENT.to_owned(), "pusher_internal:subscription_count".to_owned())].into_iter().collect(),
-            time: now_ms(),
-            kind: PayloadKind::Json,
-            ..Default::default()
-        };
-        // Not kept: a cache channel's last event stays the app's.
-        let options = crate::config::ChannelOptions::default();
-        if let Err(e) = hub.inner.publish(internal, &options, publication, None, true).await {
-            tracing::debug!(error = ?e, channel, "subscription count not published");
-        }
+        let data = json!({ "subscription_count": n });
+        super::conn::publish_internal(hub, internal, "pusher_internal:subscription_count", &data, None).await;
     }
     if hub.inner.webhooks.wants(app, "subscription_count") {
         hub.inner

@@ -74,6 +74,15 @@ pub const LOCATE_WAIT: Duration = Duration::from_secs(1);
 /// A message from the client (`None`: a heartbeat).
 type FromClient = Option<volley::Utf8Bytes>;
 
+/// An `xhr_send`'s messages for the session's loop: `[]` is a heartbeat.
+fn from_client(messages: Vec<String>) -> Vec<FromClient> {
+    if messages.is_empty() {
+        vec![None]
+    } else {
+        messages.into_iter().map(|m| Some(m.into())).collect()
+    }
+}
+
 /// One HTTP session: where the client's messages go, and what waits for the client.
 pub(crate) struct Session {
     inbound: mpsc::Sender<FromClient>,
@@ -165,6 +174,14 @@ impl Session {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(deadline) => return self.take(generation),
             }
+        }
+    }
+
+    /// A poll's answer: what waits or comes within [`POLL_WAIT`], else a heartbeat.
+    async fn poll(&self, generation: u64) -> Bytes {
+        match self.wait(generation, Instant::now() + POLL_WAIT).await {
+            Taken::Messages(b) | Taken::Closed(b) => b,
+            Taken::Nothing | Taken::Superseded => Bytes::from_static(b"h\n"),
         }
     }
 
@@ -327,10 +344,7 @@ impl Received {
         match self {
             Received::Now(r) => r,
             Received::Poll { headers, session, generation } => {
-                let body = match session.0.wait(generation, Instant::now() + POLL_WAIT).await {
-                    Taken::Messages(b) | Taken::Closed(b) => b,
-                    Taken::Nothing | Taken::Superseded => Bytes::from_static(b"h\n"),
-                };
+                let body = session.0.poll(generation).await;
                 answer(&headers, StatusCode::OK, body)
             }
         }
@@ -515,9 +529,7 @@ async fn send(hub: Hub, id: String, body: Body, headers: &HeaderMap) -> Response
             }
         };
     };
-    let items: Vec<FromClient> =
-        if messages.is_empty() { vec![None] } else { messages.into_iter().map(|m| Some(m.into())).collect() };
-    for item in items {
+    for item in from_client(messages) {
         match tokio::time::timeout(SEND_TIMEOUT, session.inbound.send(item)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return answer(headers, StatusCode::NOT_FOUND, "session closed\n"),
@@ -538,9 +550,7 @@ pub(crate) fn deliver_forwarded(hub: &Arc<HubInner>, message: &[u8]) {
     match f {
         Forward::Send { session: id, messages } => {
             let Some(session) = lock(&hub.pusher_xhr.0).get(&id).cloned() else { return };
-            let items: Vec<FromClient> =
-                if messages.is_empty() { vec![None] } else { messages.into_iter().map(|m| Some(m.into())).collect() };
-            for item in items {
+            for item in from_client(messages) {
                 if session.inbound.try_send(item).is_err() {
                     tracing::debug!(session = %id, "forwarded xhr_send dropped: session busy or gone");
                 }
@@ -559,10 +569,7 @@ pub(crate) fn deliver_forwarded(hub: &Arc<HubInner>, message: &[u8]) {
                     tracing::debug!(error = %e, node = %reply_to, "forwarded receive not answered");
                     return;
                 }
-                let body = match attached.0.wait(generation, Instant::now() + POLL_WAIT).await {
-                    Taken::Messages(b) | Taken::Closed(b) => b,
-                    Taken::Nothing | Taken::Superseded => Bytes::from_static(b"h\n"),
-                };
+                let body = attached.0.poll(generation).await;
                 drop(attached);
                 let body = String::from_utf8_lossy(&body).into_owned();
                 if let Err(e) = hub.broker.send_control(&reply_to, encode(&Forward::Answer { id, body })).await {
