@@ -229,18 +229,19 @@ impl Carrier for XhrCarrier {
         }
     }
 
-    async fn send(&mut self, item: Bytes) -> Result<(), ()> {
+    async fn send(&mut self, batch: &mut Vec<Bytes>) -> Result<(), ()> {
         let mut out = lock(&self.session.out);
         if out.closed.is_some() {
             return Err(());
         }
-        if out.bytes + item.len() > self.max_bytes {
+        let size: usize = batch.iter().map(Bytes::len).sum();
+        if out.bytes + size > self.max_bytes {
             drop(out);
             self.session.close(conn::close::TOO_SLOW);
             return Err(());
         }
-        out.bytes += item.len();
-        out.items.push_back(item);
+        out.bytes += size;
+        out.items.extend(batch.drain(..));
         drop(out);
         self.session.notify.notify_waiters();
         Ok(())
