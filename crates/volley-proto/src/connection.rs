@@ -275,6 +275,30 @@ impl ParkedConnection {
     pub fn role(&self) -> Role {
         self.role
     }
+
+    /// The frame [`Connection::send_prepared`] would queue for `msg` on this
+    /// connection, as its header and payload, without resuming it: a server's frame is
+    /// one of the prepared ones, chosen by the connection's permessage-deflate
+    /// parameters. `None` for a client, whose frames are each masked with a key of
+    /// their own.
+    pub fn prepared_frame<'m>(&self, msg: &'m PreparedMessage) -> Option<(&'m Bytes, &'m Bytes)> {
+        if self.role == Role::Client {
+            return None;
+        }
+        Some(server_frame(self.deflate.as_deref(), msg))
+    }
+}
+
+/// A server's frame for a prepared message: the compressed one where the connection's
+/// permessage-deflate parameters allow it and the payload is worth compressing, the
+/// plain one otherwise.
+fn server_frame<'m>(deflate: Option<&Deflate>, msg: &'m PreparedMessage) -> (&'m Bytes, &'m Bytes) {
+    match deflate {
+        Some(d) if msg.payload().len() >= d.config.threshold => {
+            msg.compressed_for(&d.params).unwrap_or_else(|| msg.plain())
+        }
+        _ => msg.plain(),
+    }
 }
 
 /// permessage-deflate state: the agreed parameters and the codec halves, made on
@@ -908,12 +932,7 @@ impl Connection {
             let compress = self.deflate.is_some();
             return self.send_message(opcode, msg.payload(), compress);
         }
-        let frame = match &self.deflate {
-            Some(d) if msg.payload().len() >= d.config.threshold => {
-                msg.compressed_for(&d.params).unwrap_or_else(|| msg.plain())
-            }
-            _ => msg.plain(),
-        };
+        let frame = server_frame(self.deflate.as_deref(), msg);
         self.out.push_encoded(frame.0, frame.1, &self.config);
         Ok(())
     }

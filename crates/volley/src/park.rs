@@ -72,11 +72,12 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
-use std::io;
+use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::{Bytes, BytesMut};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 use tokio::net::TcpStream;
@@ -84,6 +85,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::websocket::{ParkedKeepalive, ParkedSocket, WebSocket};
+use crate::PreparedMessage;
 
 /// How many readiness events one poll of the parking's poller takes.
 const EVENTS: usize = 256;
@@ -155,6 +157,22 @@ impl<T> fmt::Display for ParkError<T> {
 }
 
 impl<T> std::error::Error for ParkError<T> {}
+
+/// What [`Parking::send`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The socket took the whole frame: the connection stays parked.
+    Written,
+    /// The socket took part of the frame or none of it (its send buffer is full, or
+    /// it failed): the connection left the parking with the rest of the frame queued,
+    /// and is handed back through [`Parking::woken`]; serving it writes the rest
+    /// before anything else.
+    HandedBack,
+    /// Nothing was written: no connection is parked as this id (it was handed back
+    /// or taken), or it is a client's connection (whose frames are masked each with a
+    /// key of its own). Take it back to send it the message.
+    NotParked,
+}
 
 /// What the handles own: dropping the last one stops the poller's thread.
 struct Handle<T> {
@@ -242,7 +260,8 @@ impl<T> Slots<T> {
 
     /// Puts a connection in the empty slot `key`; returns the slot's generation.
     fn fill(&mut self, key: usize, entry: Entry<T>) -> u32 {
-        let Entry { io, socket, timers, value } = entry;
+        let Entry { io, socket, timers, value, unsent } = entry;
+        debug_assert!(unsent.is_none(), "a connection parks with nothing unsent");
         let slot = self.get_mut(key).expect("a slot found free or just made");
         (slot.io, slot.parked) = (Some(io), Some((socket, value)));
         let generation = slot.generation;
@@ -273,7 +292,7 @@ impl<T> Slots<T> {
         let (io, (socket, value)) = (slot.io.take()?, slot.parked.take()?);
         slot.generation = slot.generation.wrapping_add(1);
         let timers = self.timers.get_mut(key / Self::CHUNK).and_then(|t| t.get_mut(key % Self::CHUNK)?.take());
-        Some(Entry { io, socket, timers, value })
+        Some(Entry { io, socket, timers, value, unsent: None })
     }
 
     /// The generation the empty slot `key` gives the connection parked in it next.
@@ -330,6 +349,9 @@ struct Entry<T> {
     socket: ParkedSocket,
     timers: Option<ParkedKeepalive>,
     value: T,
+    /// The rest of a frame [`Parking::send`] wrote in part (`true`: some of it left),
+    /// to be written first once the connection is served again.
+    unsent: Option<(Bytes, bool)>,
 }
 
 impl<T> State<T> {
@@ -537,7 +559,7 @@ impl<T> Parking<T> {
             st.free.push(key as u32);
             return Err(ParkError::Io(e, value));
         }
-        let filled = st.slots.fill(key, Entry { io, socket, timers, value });
+        let filled = st.slots.fill(key, Entry { io, socket, timers, value, unsent: None });
         debug_assert_eq!(filled, generation);
         st.parked += 1;
         if let Some(at) = deadline {
@@ -568,6 +590,58 @@ impl<T> Parking<T> {
             st.unpark(id.key as usize, &core.registry)?
         };
         resume(entry)
+    }
+
+    /// Writes a message to the connection parked as `id` without taking it back,
+    /// when its socket takes the whole frame at once: a publication to many idle
+    /// connections costs each of them a write, not a task. See [`Sent`] for what
+    /// happens otherwise. The frame is the prepared one the connection's
+    /// permessage-deflate parameters call for, as with
+    /// [`WebSocket::feed_prepared`].
+    ///
+    /// The write happens under the parking's lock (with one lock for all its
+    /// connections, several threads sending to one parking take turns).
+    pub fn send(&self, id: ParkedId, msg: &PreparedMessage) -> Sent {
+        let core = self.core();
+        let mut st = core.lock();
+        if !st.slots.holds(id.key, id.generation) {
+            return Sent::NotParked;
+        }
+        let key = id.key as usize;
+        let Some(Slot { io: Some(io), parked: Some((socket, _)), .. }) = st.slots.get(key) else {
+            return Sent::NotParked;
+        };
+        let Some((header, payload)) = socket.prepared_frame(msg) else {
+            return Sent::NotParked;
+        };
+        let mut io: &std::net::TcpStream = io;
+        let written = loop {
+            match io.write_vectored(&[IoSlice::new(header), IoSlice::new(payload)]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Full (or failed): the rest goes with the connection's task, which
+                // waits for room (or finds the failure).
+                Err(_) => break 0,
+            }
+        };
+        if written == header.len() + payload.len() {
+            return Sent::Written;
+        }
+        let rest = if written < header.len() {
+            let mut b = BytesMut::with_capacity(header.len() + payload.len() - written);
+            b.extend_from_slice(&header[written..]);
+            b.extend_from_slice(payload);
+            b.freeze()
+        } else {
+            payload.slice(written - header.len()..)
+        };
+        if let Some(mut entry) = st.unpark(key, &core.registry) {
+            entry.unsent = Some((rest, written > 0));
+            st.woken.push_back(entry);
+        }
+        drop(st);
+        core.notify.notify_one();
+        Sent::HandedBack
     }
 
     /// Hands every parked connection back through [`Parking::woken`]: before a
@@ -632,9 +706,15 @@ fn has_input(io: &std::net::TcpStream) -> bool {
 
 /// Puts a handed-back socket back on the runtime.
 fn resume<T>(entry: Entry<T>) -> Option<(WebSocket<TcpStream>, T)> {
-    let Entry { io, socket, timers, value } = entry;
+    let Entry { io, socket, timers, value, unsent } = entry;
     match TcpStream::from_std(io) {
-        Ok(io) => Some((socket.resume(io, timers), value)),
+        Ok(io) => {
+            let mut ws = socket.resume(io, timers);
+            if let Some((rest, started)) = unsent {
+                ws.queue_unsent(rest, started);
+            }
+            Some((ws, value))
+        }
         Err(e) => {
             tracing::debug!(error = %e, "a parked connection could not rejoin the runtime: dropped");
             None

@@ -346,3 +346,66 @@ async fn dropping_the_parking_closes_what_it_holds() {
         assert!(rest.is_empty(), "nothing was sent: {rest:?}");
     }
 }
+
+#[tokio::test]
+async fn send_writes_to_a_parked_connection_without_taking_it_back() {
+    let parking = Parking::new().unwrap();
+    let (port, task) = server(Config::new()).await;
+    // With permessage-deflate (context takeover): the plain frame goes, valid there.
+    let (mut client, _) = volley::ClientBuilder::new(url(port, "/")).connect().await.unwrap();
+    let ws = task.await.unwrap();
+    assert!(ws.deflate().is_some());
+    let id = park(&parking, ws, 7);
+    for i in 0..50 {
+        let msg = volley::PreparedMessage::text(format!("publication {i}"));
+        assert_eq!(parking.send(id, &msg), volley::park::Sent::Written);
+    }
+    assert_eq!(parking.len(), 1, "still parked");
+    for i in 0..50 {
+        let got = within(client.recv()).await.unwrap().unwrap();
+        assert_eq!(got, Message::text(format!("publication {i}")));
+    }
+    // Still parked, and the same connection: it comes back when its peer speaks.
+    client.send(Message::text("hello")).await.unwrap();
+    let (mut ws, value) = within(parking.woken()).await.unwrap();
+    assert_eq!(value, 7);
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("hello"));
+    assert_eq!(parking.send(id, &volley::PreparedMessage::text("late")), volley::park::Sent::NotParked);
+    ws.send(Message::text("bye")).await.unwrap();
+    assert_eq!(within(client.recv()).await.unwrap().unwrap(), Message::text("bye"));
+}
+
+#[tokio::test]
+async fn a_frame_the_socket_takes_in_part_goes_on_with_the_connection() {
+    let parking = Parking::new().unwrap();
+    let (mut raw, id) = parked_raw(&parking, Config::new(), ()).await;
+    // The peer reads nothing: sooner or later the socket takes a frame in part.
+    let payload = "x".repeat(100_000);
+    let msg = volley::PreparedMessage::text(payload.clone());
+    let mut sent = 0;
+    let handed_back = loop {
+        match parking.send(id, &msg) {
+            volley::park::Sent::Written => sent += 1,
+            volley::park::Sent::HandedBack => break true,
+            volley::park::Sent::NotParked => break false,
+        }
+        assert!(sent < 10_000, "the socket never filled");
+    };
+    assert!(handed_back);
+    assert_eq!(parking.send(id, &msg), volley::park::Sent::NotParked);
+    let (mut ws, ()) = within(parking.woken()).await.unwrap();
+    // Served again: the rest of the frame goes first, then what is sent next.
+    let writer = tokio::spawn(async move {
+        ws.send(Message::text("after")).await.unwrap();
+        ws
+    });
+    for _ in 0..=sent {
+        let (header, body) = within(read_frame(&mut raw)).await;
+        assert_eq!(header & 0x0f, 1, "a text frame");
+        assert_eq!(body, payload.as_bytes());
+    }
+    let (_, body) = within(read_frame(&mut raw)).await;
+    assert_eq!(body, b"after");
+    drop(writer.await.unwrap());
+    let _ = raw.shutdown().await;
+}

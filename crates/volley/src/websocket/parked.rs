@@ -26,9 +26,29 @@ impl ParkedSocket {
         let keepalive = keepalive.map(|k| Box::new(k.resume()));
         WebSocket::running(io, conn.resume(), limits, info, user_data, keepalive, dropped)
     }
+
+    /// The frame the connection would send for a prepared message (see
+    /// [`ParkedConnection::prepared_frame`]).
+    pub(crate) fn prepared_frame<'m>(
+        &self,
+        msg: &'m volley_proto::PreparedMessage,
+    ) -> Option<(&'m bytes::Bytes, &'m bytes::Bytes)> {
+        self.conn.prepared_frame(msg)
+    }
 }
 
 impl<S> WebSocket<S> {
+    /// Queues the rest of a frame written in part while the connection was parked, to
+    /// go before anything else; `started`: some of the frame has left (nothing may be
+    /// put before the rest).
+    #[cfg_attr(not(all(unix, feature = "park")), allow(dead_code))] // used by `crate::park`
+    pub(crate) fn queue_unsent(&mut self, rest: bytes::Bytes, started: bool) {
+        debug_assert!(self.wq.is_empty());
+        self.wq_len += rest.len();
+        self.wq.push_back(rest);
+        self.front_partial = started;
+    }
+
     /// Whether the connection is open with nothing in flight: no input read and not
     /// yet handed out, no message half-received or half-sent, nothing queued for the
     /// transport, and no closing handshake under way. Only such a connection can be
