@@ -107,13 +107,17 @@ async fn a_parked_subscriber_gets_publications_pings_replies_and_its_disconnect(
     parked(&hub, 1).await;
     let parks = hub.metrics().parks_total.load(Ordering::Relaxed);
 
-    // A publication takes it back, and it parks again after.
-    hub.publish("open:a", Bytes::from_static(b"{\"n\":1}"), ServerPublish::default()).await.unwrap();
-    let r = next(&mut ws, &mut pending, &mut pings).await;
-    assert_eq!(r["push"]["pub"]["data"], json!({"n": 1}), "{r}");
-    assert_eq!(r["push"]["pub"]["offset"], 1, "{r}");
-    parked(&hub, 1).await;
-    assert!(hub.metrics().parks_total.load(Ordering::Relaxed) > parks);
+    // Publications are written to it where it is parked: it is not taken back.
+    for n in 1..=3 {
+        hub.publish("open:a", Bytes::from(format!("{{\"n\":{n}}}")), ServerPublish::default()).await.unwrap();
+    }
+    for n in 1..=3 {
+        let r = next(&mut ws, &mut pending, &mut pings).await;
+        assert_eq!(r["push"]["pub"]["data"], json!({ "n": n }), "{r}");
+        assert_eq!(r["push"]["pub"]["offset"], n, "{r}");
+    }
+    assert_eq!(hub.metrics().parked_connections.load(Ordering::Relaxed), 1);
+    assert_eq!(hub.metrics().parks_total.load(Ordering::Relaxed), parks, "never taken back");
 
     // Pings keep coming while it is parked between them; the pongs keep it connected
     // (pong_timeout is 500 ms) and in presence.

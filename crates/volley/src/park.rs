@@ -90,6 +90,9 @@ use crate::PreparedMessage;
 /// How many readiness events one poll of the parking's poller takes.
 const EVENTS: usize = 256;
 
+/// The most slices one vectored write of [`Parking::send_all`] is given.
+const MAX_IOVECS: usize = 64;
+
 /// The token of the poller's waker (parked sockets use their slot number).
 const WAKER: Token = Token(usize::MAX);
 
@@ -602,6 +605,12 @@ impl<T> Parking<T> {
     /// The write happens under the parking's lock (with one lock for all its
     /// connections, several threads sending to one parking take turns).
     pub fn send(&self, id: ParkedId, msg: &PreparedMessage) -> Sent {
+        self.send_all(id, std::slice::from_ref(msg))
+    }
+
+    /// [`send`](Parking::send)s several messages, one frame each, in as few writes as
+    /// the socket allows (one, typically).
+    pub fn send_all(&self, id: ParkedId, msgs: &[PreparedMessage]) -> Sent {
         let core = self.core();
         let mut st = core.lock();
         if !st.slots.holds(id.key, id.generation) {
@@ -611,32 +620,54 @@ impl<T> Parking<T> {
         let Some(Slot { io: Some(io), parked: Some((socket, _)), .. }) = st.slots.get(key) else {
             return Sent::NotParked;
         };
-        let Some((header, payload)) = socket.prepared_frame(msg) else {
-            return Sent::NotParked;
-        };
+        let mut frames = Vec::with_capacity(msgs.len() * 2);
+        for msg in msgs {
+            let Some((header, payload)) = socket.prepared_frame(msg) else {
+                return Sent::NotParked;
+            };
+            frames.push(header);
+            frames.push(payload);
+        }
+        let total: usize = frames.iter().map(|f| f.len()).sum();
         let mut io: &std::net::TcpStream = io;
-        let written = loop {
-            match io.write_vectored(&[IoSlice::new(header), IoSlice::new(payload)]) {
-                Ok(n) => break n,
+        let mut written = 0;
+        while written < total {
+            let (mut skip, mut slices) = (written, Vec::with_capacity(frames.len().min(MAX_IOVECS)));
+            for f in &frames {
+                if skip >= f.len() {
+                    skip -= f.len();
+                    continue;
+                }
+                slices.push(IoSlice::new(&f[skip..]));
+                skip = 0;
+                if slices.len() == MAX_IOVECS {
+                    break;
+                }
+            }
+            match io.write_vectored(&slices) {
+                Ok(0) => break,
+                Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // Full (or failed): the rest goes with the connection's task, which
                 // waits for room (or finds the failure).
-                Err(_) => break 0,
+                Err(_) => break,
             }
-        };
-        if written == header.len() + payload.len() {
+        }
+        if written == total {
             return Sent::Written;
         }
-        let rest = if written < header.len() {
-            let mut b = BytesMut::with_capacity(header.len() + payload.len() - written);
-            b.extend_from_slice(&header[written..]);
-            b.extend_from_slice(payload);
-            b.freeze()
-        } else {
-            payload.slice(written - header.len()..)
-        };
+        let mut rest = BytesMut::with_capacity(total - written);
+        let mut skip = written;
+        for f in &frames {
+            if skip >= f.len() {
+                skip -= f.len();
+                continue;
+            }
+            rest.extend_from_slice(&f[skip..]);
+            skip = 0;
+        }
         if let Some(mut entry) = st.unpark(key, &core.registry) {
-            entry.unsent = Some((rest, written > 0));
+            entry.unsent = Some((rest.freeze(), written > 0));
             st.woken.push_back(entry);
         }
         drop(st);

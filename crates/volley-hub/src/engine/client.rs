@@ -7,9 +7,12 @@
 //! queued at once and writes it as one frame.
 //!
 //! A client whose connection is parked (held without a task, `volley::park`) has no
-//! task to wake: whatever would wake it (a push, a close, a control request) sends its
-//! parked id to the transport's unparker instead, which takes the connection back and
-//! starts a task for it.
+//! task to wake. What is queued for it is handed to the parking's writer, which
+//! writes it to the socket in place (the connection stays parked: a publication to
+//! many idle clients costs each a write, not a task; a writer that falls behind
+//! writes all that waits at once). Whatever else would wake it (a close, a control
+//! request, a socket that does not take the write) has the transport take the
+//! connection back and start a task for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -46,8 +49,33 @@ struct Outbox {
     parked: Option<(ParkedId, Unparker)>,
 }
 
-/// Where a parked client's id goes to have its connection taken back and served.
-pub(crate) type Unparker = tokio::sync::mpsc::UnboundedSender<ParkedId>;
+/// What holds parked connections: writes to one in place, or has it taken back and
+/// served.
+pub(crate) trait Parked: Send + Sync + std::fmt::Debug {
+    /// Has [`ClientShared::write_parked`] called for the client soon (its queue was
+    /// empty and has something now).
+    fn schedule(&self, client: std::sync::Arc<ClientShared>);
+    /// Writes encoded items (a frame each, text for JSON, binary for Protobuf) to the
+    /// connection parked as `id`, if its socket takes them.
+    /// `since`: when the oldest of them was queued (for the delivery latency).
+    fn write(&self, id: ParkedId, items: &[Bytes], format: Format, since: Option<Instant>) -> Written;
+    /// Has the connection parked as `id` taken back and served, if it still is.
+    fn unpark(&self, id: ParkedId);
+}
+
+/// What [`Parked::write`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Written whole: the connection stays parked.
+    Whole,
+    /// Written in part: the connection was taken back with the rest, and is served.
+    HandedBack,
+    /// Not written: the connection is no longer parked there.
+    No,
+}
+
+/// Where a parked client's connection is.
+pub(crate) type Unparker = std::sync::Arc<dyn Parked>;
 
 /// The id of a parked connection, as the transport's parking names it.
 #[cfg(unix)]
@@ -88,7 +116,7 @@ impl ClientShared {
 
     /// Queues encoded bytes (one reply or push, without a separator). Returns false if
     /// the client is being disconnected (now, or already).
-    pub fn push(&self, item: Bytes) -> bool {
+    pub fn push(self: &std::sync::Arc<Self>, item: Bytes) -> bool {
         let mut o = self.lock();
         if o.closing.is_some() {
             return false;
@@ -107,9 +135,43 @@ impl ClientShared {
         o.bytes += item.len();
         o.items.push(item);
         if first {
-            self.wake(o);
+            match &o.parked {
+                // The parking's writer takes it (and whatever comes before it runs).
+                Some((_, parked)) => {
+                    let parked = parked.clone();
+                    drop(o);
+                    parked.schedule(self.clone());
+                }
+                None => self.wake(o),
+            }
         }
         true
+    }
+
+    /// Writes what is queued to the client's parked connection, in place (see
+    /// [`Parked::write`]); if the connection is no longer parked, wakes its task
+    /// instead. Under the queue's lock: nothing queued meanwhile can overtake it.
+    pub fn write_parked(&self) {
+        let mut o = self.lock();
+        let Some((id, parked)) = o.parked.clone() else { return };
+        if o.items.is_empty() || o.closing.is_some() {
+            return;
+        }
+        match parked.write(id, &o.items, self.format, o.since) {
+            Written::Whole => {
+                o.items.clear();
+                o.bytes = 0;
+                o.since = None;
+            }
+            // The rest is in the connection's own queue.
+            Written::HandedBack => {
+                o.items.clear();
+                o.bytes = 0;
+                o.since = None;
+                o.parked = None;
+            }
+            Written::No => self.wake(o),
+        }
     }
 
     /// Wakes the client's task, or has its parked connection taken back.
@@ -117,9 +179,8 @@ impl ClientShared {
         let parked = o.parked.take();
         drop(o);
         self.notify.notify_one();
-        if let Some((id, unparker)) = parked {
-            // The unparker is gone only when the server stopped.
-            let _ = unparker.send(id);
+        if let Some((id, parked)) = parked {
+            parked.unpark(id);
         }
     }
 
@@ -195,7 +256,7 @@ mod tests {
 
     #[test]
     fn an_overflowing_queue_marks_the_client_slow_and_drops_what_waits() {
-        let c = ClientShared::new(Format::Json, 10);
+        let c = std::sync::Arc::new(ClientShared::new(Format::Json, 10));
         assert!(c.push(Bytes::from_static(b"12345")));
         assert!(c.push(Bytes::from_static(b"12345")));
         assert!(!c.push(Bytes::from_static(b"1")));
@@ -203,6 +264,92 @@ mod tests {
         assert_eq!(c.take_since(&mut out).0, Some(Disconnect::SLOW));
         assert!(out.is_empty());
         assert!(!c.push(Bytes::from_static(b"1")), "nothing more is queued");
+    }
+
+    /// A parking that records what it is asked, and answers `answer` to writes.
+    #[derive(Debug)]
+    struct FakeParking {
+        scheduled: Mutex<usize>,
+        written: Mutex<Vec<Bytes>>,
+        answer: Written,
+    }
+
+    impl Parked for FakeParking {
+        fn schedule(&self, _client: std::sync::Arc<ClientShared>) {
+            *self.scheduled.lock().unwrap() += 1;
+        }
+        fn write(&self, _id: ParkedId, items: &[Bytes], _f: Format, _since: Option<Instant>) -> Written {
+            if self.answer != Written::No {
+                self.written.lock().unwrap().extend(items.iter().cloned());
+            }
+            self.answer
+        }
+        fn unpark(&self, _id: ParkedId) {}
+    }
+
+    #[cfg(unix)]
+    fn parked_client(answer: Written) -> (std::sync::Arc<ClientShared>, std::sync::Arc<FakeParking>) {
+        let c = std::sync::Arc::new(ClientShared::new(Format::Json, 1000));
+        let p = std::sync::Arc::new(FakeParking { scheduled: Mutex::new(0), written: Mutex::default(), answer });
+        // A real id from a real parking (its fields are private).
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let id = rt.block_on(async {
+            let parking = volley::park::Parking::<()>::new().unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ws = volley::WebSocket::from_handshaken(
+                tcp,
+                volley::Role::Server,
+                volley::Config::default(),
+                &[],
+                None,
+                None,
+            );
+            parking.park(ws, ()).unwrap()
+        });
+        c.idle().unwrap().parked(id, p.clone());
+        (c, p)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn what_is_queued_for_a_parked_client_goes_to_the_writer_in_order() {
+        let (c, p) = parked_client(Written::Whole);
+        assert!(c.push(Bytes::from_static(b"a")));
+        assert!(c.push(Bytes::from_static(b"b")));
+        assert_eq!(*p.scheduled.lock().unwrap(), 1, "scheduled once for what waits");
+        c.write_parked();
+        assert_eq!(*p.written.lock().unwrap(), [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert!(!c.has_queued());
+        // Still parked: the next push is scheduled again.
+        assert!(c.push(Bytes::from_static(b"c")));
+        assert_eq!(*p.scheduled.lock().unwrap(), 2);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_parked_client_whose_connection_left_the_parking_keeps_its_queue_for_its_task() {
+        let (c, p) = parked_client(Written::No);
+        assert!(c.push(Bytes::from_static(b"a")));
+        c.write_parked();
+        assert!(p.written.lock().unwrap().is_empty());
+        // Its task (served again) finds the queue whole, and is woken for it.
+        let woken = futures_util_now(c.ready());
+        assert!(woken, "the task was woken");
+        let mut out = Vec::new();
+        c.take_since(&mut out);
+        assert_eq!(out, [Bytes::from_static(b"a")]);
+        // No longer parked: what comes next wakes the task.
+        assert!(c.push(Bytes::from_static(b"b")));
+        assert_eq!(*p.scheduled.lock().unwrap(), 1);
+    }
+
+    /// Whether a future is ready at its first poll.
+    fn futures_util_now(f: impl std::future::Future<Output = ()>) -> bool {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_millis(1), f).await.is_ok() })
     }
 
     #[test]

@@ -897,7 +897,7 @@ impl HubInner {
         last: u64,
         base: Option<u64>,
         epoch: &str,
-        client: &ClientShared,
+        client: &Arc<ClientShared>,
     ) -> bool {
         let mut shard = self.shard(&pending.channel);
         let Some(local) = shard.get_mut(&pending.channel) else { return true };

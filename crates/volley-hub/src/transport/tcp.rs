@@ -17,19 +17,22 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::Router;
+use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use volley::park::{ParkError, ParkedId, Parking};
-use volley::{Rejection, ServerBuilder, WebSocket};
+use volley::park::{ParkError, ParkedId, Parking, Sent};
+use volley::{PreparedMessage, Rejection, ServerBuilder, Utf8Bytes, WebSocket};
 
 use super::http::{http_builder, origin_allowed, serve_http};
 use super::websocket::{self, Conn, Exit, PROTOBUF_SUBPROTOCOL};
-use crate::engine::Hub;
+use crate::engine::client::{ClientShared, Parked, Written};
+use crate::engine::{Hub, HubInner};
+use crate::protocol::Format;
 
 /// The path of the WebSocket endpoint, as it starts a request line.
 const WS_REQUEST_LINE: &[u8] = b"GET /connection/websocket";
@@ -166,10 +169,11 @@ async fn serve_parkable(hub: Hub, parker: Arc<Parker>, mut ws: WebSocket<TcpStre
         let wake_at = c.wake_at(&hub);
         // Counted before: once parked, it may be woken (and uncounted) at once.
         hub.metrics().parked_connections.fetch_add(1, Relaxed);
+        let shard = &parker.shards[(client.seq % parker.shards.len() as u64) as usize];
         // The parking hands it back at `wake_at` (its next ping or expiry check).
-        match parker.parking.park_until(back, c, wake_at) {
+        match shard.parking.park_until(back, c, wake_at) {
             Ok(id) => {
-                idle.parked(id, parker.unpark.clone());
+                idle.parked(id, shard.clone());
                 hub.metrics().parks_total.fetch_add(1, Relaxed);
                 return;
             }
@@ -190,47 +194,110 @@ async fn serve_parkable(hub: Hub, parker: Arc<Parker>, mut ws: WebSocket<TcpStre
     }
 }
 
-/// The parking of idle clients, and what takes them back.
+/// The parking of idle clients, in shards: one per core the process may run on, each
+/// with its poller's thread and its writer, so that writes to parked clients spread
+/// over the cores as their tasks would.
 struct Parker {
-    parking: Parking<Conn>,
+    shards: Vec<Arc<Shard>>,
     after: Duration,
-    /// Where a parked client's id is sent when something is queued for it.
+}
+
+/// One parking, what writes to its clients in place, and what takes them back.
+struct Shard {
+    parking: Parking<Conn>,
+    /// Where a parked client's id is sent to have it taken back.
     unpark: mpsc::UnboundedSender<ParkedId>,
+    /// Where a parked client with something queued is sent to have it written.
+    writes: mpsc::UnboundedSender<Arc<ClientShared>>,
+    /// The hub, for its metrics (weak: a parked client's queue holds the shard).
+    hub: Weak<HubInner>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("parking", &self.parking).finish()
+    }
+}
+
+impl Parked for Shard {
+    fn schedule(&self, client: Arc<ClientShared>) {
+        // The receiver is gone only when the server stopped.
+        let _ = self.writes.send(client);
+    }
+
+    fn write(&self, id: ParkedId, items: &[Bytes], format: Format, since: Option<std::time::Instant>) -> Written {
+        let mut msgs = Vec::with_capacity(items.len());
+        for item in items {
+            msgs.push(match format {
+                Format::Json => match Utf8Bytes::try_from(item.clone()) {
+                    Ok(text) => PreparedMessage::text(text),
+                    Err(_) => return Written::No,
+                },
+                Format::Protobuf => PreparedMessage::binary(item.clone()),
+            });
+        }
+        match self.parking.send_all(id, &msgs) {
+            Sent::Written => {
+                if let (Some(hub), Some(since)) = (self.hub.upgrade(), since) {
+                    hub.metrics.delivery.observe(since.elapsed());
+                }
+                Written::Whole
+            }
+            Sent::HandedBack => Written::HandedBack,
+            Sent::NotParked => Written::No,
+        }
+    }
+
+    fn unpark(&self, id: ParkedId) {
+        let _ = self.unpark.send(id);
+    }
 }
 
 impl Parker {
-    /// The parking and its two tasks: one serves the connections whose peers sent
-    /// something or whose deadline came, one those that something was queued for.
+    /// The shards and their tasks: for each, one serves the connections whose peers
+    /// sent something or whose deadline came, one those taken back at once (a close,
+    /// a control request), one writes what is queued for its parked clients.
     fn start(hub: &Hub, after: Duration) -> std::io::Result<Arc<Parker>> {
-        let (unpark, mut unparked) = mpsc::unbounded_channel();
-        let parker = Arc::new(Parker { parking: Parking::new()?, after, unpark });
-        let (p, h) = (parker.clone(), hub.clone());
-        tokio::spawn(async move {
-            loop {
-                match p.parking.woken().await {
-                    Ok((ws, conn)) => {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut shards = Vec::with_capacity(n);
+        let mut queues = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (unpark, unparked) = mpsc::unbounded_channel();
+            let (writes, to_write) = mpsc::unbounded_channel();
+            let parking = Parking::new()?;
+            shards.push(Arc::new(Shard { parking, unpark, writes, hub: Arc::downgrade(&hub.inner) }));
+            queues.push((unparked, to_write));
+        }
+        let parker = Arc::new(Parker { shards, after });
+        for (shard, (mut unparked, mut to_write)) in parker.shards.iter().zip(queues) {
+            let (p, h, s) = (parker.clone(), hub.clone(), shard.clone());
+            tokio::spawn(async move {
+                loop {
+                    match s.parking.woken().await {
+                        Ok((ws, conn)) => {
+                            h.metrics().parked_connections.fetch_sub(1, Relaxed);
+                            tokio::spawn(serve_parkable(h.clone(), p.clone(), ws, conn));
+                        }
+                        Err(e) => return tracing::error!(error = %e, "the parking stopped"),
+                    }
+                }
+            });
+            let (p, h, s) = (parker.clone(), hub.clone(), shard.clone());
+            tokio::spawn(async move {
+                while let Some(id) = unparked.recv().await {
+                    if let Some((ws, conn)) = s.parking.take(id) {
                         h.metrics().parked_connections.fetch_sub(1, Relaxed);
                         tokio::spawn(serve_parkable(h.clone(), p.clone(), ws, conn));
                     }
-                    Err(e) => return tracing::error!(error = %e, "the parking stopped"),
                 }
-            }
-        });
-        let (p, h) = (parker.clone(), hub.clone());
-        tokio::spawn(async move {
-            while let Some(id) = unparked.recv().await {
-                p.take(&h, id);
-            }
-        });
-        tracing::info!(after = ?after, "parking idle clients");
-        Ok(parker)
-    }
-
-    /// Takes a parked client back, if it still is, and serves it.
-    fn take(self: &Arc<Self>, hub: &Hub, id: ParkedId) {
-        if let Some((ws, conn)) = self.parking.take(id) {
-            hub.metrics().parked_connections.fetch_sub(1, Relaxed);
-            tokio::spawn(serve_parkable(hub.clone(), self.clone(), ws, conn));
+            });
+            tokio::spawn(async move {
+                while let Some(client) = to_write.recv().await {
+                    client.write_parked();
+                }
+            });
         }
+        tracing::info!(after = ?after, shards = n, "parking idle clients");
+        Ok(parker)
     }
 }
