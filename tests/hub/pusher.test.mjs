@@ -504,3 +504,73 @@ describe('Pusher protocol', () => {
     assert.equal(code, 4007);
   });
 });
+
+describe('Pusher clients parked while idle', () => {
+  // A hub of its own, so that its metrics count this test's clients alone. Pings after
+  // a second of silence: they must come to parked clients too.
+  const PARK = { id: '4400', key: 'park-key', secret: 'park-secret', activity_timeout: '1s', pong_timeout: '1s' };
+  let parkHub;
+  let sdk;
+  const mine = [];
+
+  async function metric(name) {
+    const text = await (await fetch(`http://127.0.0.1:${new URL(parkHub.url).port}/metrics`)).text();
+    const line = text.split('\n').find((l) => l.startsWith(`volley_hub_${name} `));
+    return Number(line.split(' ')[1]);
+  }
+
+  before(async () => {
+    parkHub = await startHub({ ...DEFAULT_CONFIG, pusher: { apps: [PARK] } });
+    const p = Number(new URL(parkHub.url).port);
+    sdk = new PusherServer({ appId: PARK.id, key: PARK.key, secret: PARK.secret, host: '127.0.0.1', port: String(p), useTLS: false });
+  });
+
+  after(async () => {
+    for (const c of mine) c.disconnect();
+    await parkHub?.stop();
+  });
+
+  test('an idle client is parked, gets events where it is parked, and answers pings', async () => {
+    const c = new PusherClient(PARK.key, {
+      cluster: 'local',
+      wsHost: '127.0.0.1',
+      wsPort: Number(new URL(parkHub.url).port),
+      forceTLS: false,
+      enabledTransports: ['ws'],
+      disableStats: true,
+    });
+    mine.push(c);
+    const states = [];
+    c.connection.bind('state_change', (s) => states.push(s.current));
+    await connected(c);
+    const ch = c.subscribe('parked-news');
+    await subscribed(ch);
+    await waitFor(async () => (await metric('parked_connections')) === 1, 'the client parked');
+    const parks = await metric('parks_total');
+
+    // Events are written where it is parked: it is not taken back for them.
+    const got = collect(ch, 'tick');
+    for (let i = 0; i < 3; i++) await sdk.trigger('parked-news', 'tick', { i });
+    await waitFor(() => got.length === 3, 'three events');
+    assert.deepEqual(got.map((g) => g.data.i), [0, 1, 2]);
+    assert.equal(await metric('parks_total'), parks, 'never taken back for the events');
+    assert.equal(await metric('parked_connections'), 1);
+
+    // Its peer speaking takes it back; idle again, it parks again and still gets events.
+    const other = c.subscribe('parked-other');
+    await subscribed(other);
+    await waitFor(async () => (await metric('parks_total')) > parks, 'parked again');
+    const more = collect(other, 'tock');
+    await sdk.trigger(['parked-news', 'parked-other'], 'tock', { n: 1 });
+    await waitFor(() => more.length === 1, 'an event on the second channel');
+
+    // Pings come to it while it is parked between them (a second of silence), and
+    // its pongs keep it connected.
+    await sleep(3500);
+    assert.equal(c.connection.state, 'connected', states.join(' → '));
+    assert.deepEqual(states.filter((s) => s !== 'connected' && s !== 'connecting'), [], states.join(' → '));
+    const last = collect(ch, 'last');
+    await sdk.trigger('parked-news', 'last', {});
+    await waitFor(() => last.length === 1, 'an event after the pings');
+  });
+});

@@ -7,7 +7,9 @@
 //! subscribers marked Pusher (the delivery encodes Pusher's shape once for them all),
 //! its connection is registered under [`internal_user`] (the server API and the Pusher
 //! API's `terminate_connections` reach it, on every node), and presence is the
-//! broker's. Pusher connections are never parked: each keeps its task.
+//! broker's. On plain TCP (`transport::tcp`) an idle Pusher connection is parked as
+//! the hub's own clients are, and what is queued for it is written where it is
+//! parked.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -28,6 +30,7 @@ use super::{
 use crate::engine::client::ClientShared;
 use crate::engine::{lock, now_ms, Connected, Details, Hub, SessionControl, SubOptions};
 use crate::protocol::{ClientInfo, Disconnect, Format, PayloadKind, Publication};
+use crate::transport::websocket::Exit;
 
 /// How long a presence entry lives unless refreshed; refreshed every third of it.
 const PRESENCE_TTL: Duration = Duration::from_secs(60);
@@ -66,18 +69,17 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 /// Serves one Pusher client on an accepted WebSocket (`key` from the path) until it
-/// ends.
+/// ends, without parking it (the HTTP router's path: HTTP/2, TLS).
 pub(crate) async fn serve<S>(hub: Hub, mut ws: WebSocket<S>, key: String, query: Option<String>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let _open = crate::transport::websocket::OpenGuard::new(&hub);
     let admitted = match admit(&hub, &key, query.as_deref()) {
         Ok(a) => a,
         Err(d) => return refuse(&mut ws, d).await,
     };
     drop(query);
-    serve_on(&hub, admitted, &mut ws).await;
+    serve_on(&hub, admitted, ws).await;
 }
 
 /// A connection the handshake's checks let in: its app, counted, and its details.
@@ -111,14 +113,73 @@ pub(crate) fn admit(hub: &Hub, key: &str, query: Option<&str>) -> Result<Admitte
     Ok(Admitted { app, count, details })
 }
 
-/// Serves an admitted connection over its carrier until it ends, then leaves its
-/// channels.
-pub(crate) async fn serve_on<C: Carrier>(hub: &Hub, admitted: Admitted, carrier: &mut C) {
-    let Admitted { app, count, details } = admitted;
-    let mut s = PusherSession::new(hub.clone(), app, details);
-    run(&mut s, carrier).await;
-    s.close().await;
-    drop(count);
+/// Serves an admitted connection over its carrier until it ends (and has left its
+/// channels), without parking it.
+pub(crate) async fn serve_on<C: Carrier>(hub: &Hub, admitted: Admitted, carrier: C) {
+    let conn = PusherConn::new(hub, admitted);
+    let _ = run(carrier, conn, None).await;
+}
+
+/// A Pusher connection's state, which outlives its task while it is parked: the
+/// session, its counts, and its timers.
+pub(crate) struct PusherConn {
+    s: PusherSession,
+    _count: AppCount,
+    _open: crate::transport::websocket::OpenGuard,
+    /// When the client last sent anything.
+    last_seen: Instant,
+    /// When the server's `pusher:ping` went, while its pong is awaited.
+    ping_sent: Option<Instant>,
+    /// When the presence entries are next refreshed.
+    next_refresh: Instant,
+    /// When the connection may be parked if it stays idle until then.
+    park_at: Instant,
+}
+
+impl PusherConn {
+    /// A new connection's state, `pusher:connection_established` queued.
+    pub(crate) fn new(hub: &Hub, admitted: Admitted) -> Box<Self> {
+        let Admitted { app, count, details } = admitted;
+        let s = PusherSession::new(hub.clone(), app, details);
+        let established = json!({ "socket_id": s.client.id, "activity_timeout": s.app.activity_timeout.as_secs() });
+        s.client.push(wire::message("pusher:connection_established", None, &established));
+        let now = Instant::now();
+        Box::new(PusherConn {
+            s,
+            _count: count,
+            _open: crate::transport::websocket::OpenGuard::new(hub),
+            last_seen: now,
+            ping_sent: None,
+            next_refresh: now + PRESENCE_TTL / 3,
+            park_at: now,
+        })
+    }
+
+    /// The client's queue.
+    pub(crate) fn client(&self) -> &Arc<ClientShared> {
+        &self.s.client
+    }
+
+    /// When the connection must have a task again whatever its peer does: its next
+    /// ping, or its presence entries' refresh.
+    pub(crate) fn wake_at(&self) -> Instant {
+        let ping = self.last_seen + self.s.app.activity_timeout;
+        if self.s.keeps_presence() {
+            ping.min(self.next_refresh)
+        } else {
+            ping
+        }
+    }
+
+    /// Leaves the channels and the registry (a connection lost while being parked).
+    pub(crate) async fn close(&mut self) {
+        self.s.close().await;
+    }
+
+    /// Tries to park the connection again in `delay` if it stays idle.
+    pub(crate) fn park_in(&mut self, delay: Duration) {
+        self.park_at = Instant::now() + delay;
+    }
 }
 
 /// What a message from the client is.
@@ -174,7 +235,7 @@ where
 }
 
 /// Tells the client why with `pusher:error`, and closes with the same code.
-async fn refuse<S>(ws: &mut WebSocket<S>, d: Disconnect)
+pub(crate) async fn refuse<S>(ws: &mut WebSocket<S>, d: Disconnect)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -213,39 +274,60 @@ impl Drop for AppCount {
     }
 }
 
-/// The connection's loop: messages in, the queue out (one frame per message), pings,
-/// the authorization deadline.
-async fn run<C: Carrier>(s: &mut PusherSession, ws: &mut C) {
-    let client = s.client.clone();
-    let established = json!({ "socket_id": client.id, "activity_timeout": s.app.activity_timeout.as_secs() });
-    client.push(wire::message("pusher:connection_established", None, &established));
-    let mut last_seen = Instant::now();
-    let mut ping_sent: Option<Instant> = None;
+/// The connection's loop: messages in, the queue out (everything queued in one
+/// write), pings, the authorization deadline, the presence refresh. It ends when the
+/// connection does (its channels left), or, with `park_after`, when the connection
+/// has been idle that long with nothing owed (no pong awaited, authorized if it must
+/// be, nothing queued).
+pub(crate) async fn run<C: Carrier>(
+    mut ws: C,
+    mut c: Box<PusherConn>,
+    park_after: Option<Duration>,
+) -> Exit<C, Box<PusherConn>> {
+    let client = c.s.client.clone();
+    client.unparked();
     // Timers kept across iterations: a delivery wakes the loop without registering
     // any. The keepalive's is moved forward lazily, when it fires.
-    let keepalive = tokio::time::sleep_until(last_seen + s.app.activity_timeout);
+    let keepalive = tokio::time::sleep_until(match c.ping_sent {
+        Some(sent) => sent + c.s.app.pong_timeout,
+        None => c.last_seen + c.s.app.activity_timeout,
+    });
     tokio::pin!(keepalive);
-    let auth = tokio::time::sleep(s.app.authorization_timeout);
+    let must_authorize = c.s.app.require_authorization;
+    let auth = tokio::time::sleep_until(c.s.opened + c.s.app.authorization_timeout);
     tokio::pin!(auth);
-    let must_authorize = s.app.require_authorization;
-    let mut refresh = tokio::time::interval_at(Instant::now() + PRESENCE_TTL / 3, PRESENCE_TTL / 3);
+    let refresh = tokio::time::sleep_until(c.next_refresh);
+    tokio::pin!(refresh);
+    let idle_timer = tokio::time::sleep_until(c.park_at);
+    tokio::pin!(idle_timer);
+    let after = park_after.unwrap_or_default();
     let mut batch = Vec::new();
     let end: Option<Disconnect> = loop {
+        // Not with a ping, a pong or a refresh due: parked, it would be taken back at
+        // once.
+        let parkable = park_after.is_some() && c.ping_sent.is_none() && (!must_authorize || c.s.authorized) && {
+            let now = Instant::now();
+            c.last_seen + c.s.app.activity_timeout > now && (!c.s.keeps_presence() || c.next_refresh > now)
+        };
+        let mut active = true;
         tokio::select! {
             biased;
             _ = client.ready() => {
                 // The server API's subscribe and unsubscribe do not apply to Pusher
                 // clients; disconnects come as the queue's close.
-                lock(&s.control.requests).clear();
-                lock(&s.control.lost).clear();
+                lock(&c.s.control.requests).clear();
+                lock(&c.s.control.lost).clear();
+                active = client.has_queued();
             }
             msg = ws.recv() => {
-                last_seen = Instant::now();
+                c.last_seen = Instant::now();
                 match msg {
                     Inbound::End => break None,
                     Inbound::Text(t) => {
-                        ping_sent = None;
-                        s.handle(t.as_bytes()).await;
+                        c.ping_sent = None;
+                        // Boxed: the session's futures would otherwise live in every
+                        // connection's task, idle or not.
+                        Box::pin(c.s.handle(t.as_bytes())).await;
                     }
                     Inbound::Binary => {
                         client.push(wire::error(None, "binary messages are not supported"));
@@ -254,39 +336,55 @@ async fn run<C: Carrier>(s: &mut PusherSession, ws: &mut C) {
                 }
             }
             _ = &mut keepalive => {
-                match ping_sent {
+                active = false;
+                match c.ping_sent {
                     // Nothing heard since the ping, in time.
-                    Some(sent) if last_seen <= sent => break Some(close::NO_PONG),
+                    Some(sent) if c.last_seen <= sent => break Some(close::NO_PONG),
                     _ => {
-                        let idle_until = last_seen + s.app.activity_timeout;
+                        let idle_until = c.last_seen + c.s.app.activity_timeout;
                         if idle_until > Instant::now() {
                             // Heard from since: not idle yet.
-                            ping_sent = None;
+                            c.ping_sent = None;
                             keepalive.as_mut().reset(idle_until);
                         } else {
                             client.push(wire::message("pusher:ping", None, &json!({})));
                             let now = Instant::now();
-                            ping_sent = Some(now);
-                            keepalive.as_mut().reset(now + s.app.pong_timeout);
+                            c.ping_sent = Some(now);
+                            keepalive.as_mut().reset(now + c.s.app.pong_timeout);
                         }
                     }
                 }
             }
-            _ = &mut auth, if must_authorize && !s.authorized => {
+            _ = &mut auth, if must_authorize && !c.s.authorized => {
                 break Some(close::UNAUTHORIZED);
             }
-            _ = refresh.tick() => s.refresh_presence().await,
+            _ = &mut refresh => {
+                active = false;
+                c.next_refresh = Instant::now() + PRESENCE_TTL / 3;
+                refresh.as_mut().reset(c.next_refresh);
+                Box::pin(c.s.refresh_presence()).await;
+            }
+            _ = &mut idle_timer, if parkable => {
+                return Exit::Idle(ws, c);
+            }
         }
-        match flush(ws, &client, &mut batch).await {
+        match flush(&mut ws, &client, &mut batch).await {
             Ok(None) => {}
             Ok(Some(d)) => break Some(d),
             Err(()) => break None,
         }
+        if active && park_after.is_some() {
+            c.park_at = Instant::now() + after;
+            idle_timer.as_mut().reset(c.park_at);
+        }
     };
+    // Out of the channels first: a client that does not read may never take the
+    // close frame.
+    Box::pin(c.s.close()).await;
     if let Some(d) = end {
         let closing = async {
             if d != Disconnect::SLOW {
-                let _ = flush(ws, &client, &mut batch).await;
+                let _ = flush(&mut ws, &client, &mut batch).await;
             }
             // The engine's code for a slow reader, in Pusher's range.
             let d = if d == Disconnect::SLOW { close::TOO_SLOW } else { d };
@@ -294,6 +392,7 @@ async fn run<C: Carrier>(s: &mut PusherSession, ws: &mut C) {
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
     }
+    Exit::Done
 }
 
 /// Writes what is queued, one frame per message, in one write; a write to a client
@@ -386,6 +485,8 @@ struct PusherSession {
     authorized: bool,
     /// Client events in the current second, and when it started.
     events: (Instant, u32),
+    /// When the connection was opened (its authorization deadline runs from then).
+    opened: Instant,
 }
 
 impl PusherSession {
@@ -413,6 +514,7 @@ impl PusherSession {
             user: None,
             authorized: false,
             events: (Instant::now(), 0),
+            opened: Instant::now(),
         }
     }
 
@@ -631,6 +733,12 @@ impl PusherSession {
                 self.internal_event(&internal, "pusher_internal:member_removed", &json!({ "user_id": user_id })).await;
             }
         }
+    }
+
+    /// Whether the connection has presence entries to refresh: members, counted
+    /// subscriptions, a signed-in user.
+    fn keeps_presence(&self) -> bool {
+        self.user.is_some() || self.subs.values().any(|sub| sub.counted || sub.member.is_some())
     }
 
     async fn refresh_presence(&mut self) {

@@ -406,7 +406,7 @@ fn start(hub: &Hub, id: String, key: &str, query: Option<&str>) -> Result<Arc<Se
     });
     lock(&hub.inner.pusher_xhr.0).insert(id.clone(), session.clone());
     let timeout = hub.config().pusher.http_session_timeout;
-    let mut carrier = XhrCarrier {
+    let carrier = XhrCarrier {
         inbound: rx,
         session: session.clone(),
         max_bytes: hub.config().client.queue_max_bytes,
@@ -415,12 +415,12 @@ fn start(hub: &Hub, id: String, key: &str, query: Option<&str>) -> Result<Arc<Se
     };
     let hub = hub.clone();
     tokio::spawn(async move {
-        let _open = crate::transport::websocket::OpenGuard::new(&hub);
-        conn::serve_on(&hub, admitted, &mut carrier).await;
-        carrier.session.close(Disconnect { code: 1006, reason: "Connection closed".into() });
+        let session = carrier.session.clone();
+        conn::serve_on(&hub, admitted, carrier).await;
+        session.close(Disconnect { code: 1006, reason: "Connection closed".into() });
         tokio::time::sleep(CLOSED_TTL).await;
         let mut sessions = lock(&hub.inner.pusher_xhr.0);
-        if sessions.get(&id).is_some_and(|s| Arc::ptr_eq(s, &carrier.session)) {
+        if sessions.get(&id).is_some_and(|s| Arc::ptr_eq(s, &session)) {
             sessions.remove(&id);
         }
     });

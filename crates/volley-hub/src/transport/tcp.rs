@@ -1,18 +1,20 @@
 //! The hub on plain TCP, with idle clients parked.
 //!
 //! [`serve`] accepts TCP connections and looks at each request's first line without
-//! reading it: a `GET /connection/websocket` is answered by Volley's handshake on the
-//! socket itself, so the connection stays a `WebSocket<TcpStream>` that can be parked
-//! (`volley::park`) when its client is idle; every other request (the server API, the
-//! health and metrics routes, the application's own) goes to the axum router through
-//! hyper, HTTP/1.1 or HTTP/2.
+//! reading it: a `GET /connection/websocket` (or, with Pusher apps configured, a
+//! `GET /app/{key}`) is answered by Volley's handshake on the socket itself, so the
+//! connection stays a `WebSocket<TcpStream>` that can be parked (`volley::park`) when
+//! its client is idle; every other request (the server API, the health and metrics
+//! routes, the application's own) goes to the axum router through hyper, HTTP/1.1 or
+//! HTTP/2.
 //!
 //! A client is parked once it has been idle for `client.park_after`: nothing received
 //! but pongs, nothing sent but pings, no pong awaited, nothing queued. Parked, it costs
-//! its session and the socket's protocol state, without a task. It is taken back and
-//! served by a task again when its peer sends anything, when something is queued for
-//! it (a publication, a join, a disconnect, a server-side subscribe), or when its next
-//! ping or expiry check is due.
+//! its session and the socket's protocol state, without a task. What is queued for it
+//! (publications, joins) is written where it is parked, by its parking shard's writer.
+//! It is taken back and served by a task again when its peer sends anything, when a
+//! disconnect or a server-side subscribe is asked, when its socket does not take a
+//! write whole, or when its next ping, expiry check or presence refresh is due.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,9 +35,14 @@ use super::websocket::{self, Conn, Exit, PROTOBUF_SUBPROTOCOL};
 use crate::engine::client::{ClientShared, Parked, Written};
 use crate::engine::{Hub, HubInner};
 use crate::protocol::Format;
+use crate::pusher::conn::PusherConn;
 
 /// The path of the WebSocket endpoint, as it starts a request line.
 const WS_REQUEST_LINE: &[u8] = b"GET /connection/websocket";
+
+/// The start of Pusher's WebSocket endpoint (`/app/{key}`), as it starts a request
+/// line.
+const PUSHER_REQUEST_LINE: &[u8] = b"GET /app/";
 
 /// How long a new connection may take to send the start of its request line.
 const REQUEST_LINE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,9 +85,11 @@ pub async fn serve(hub: Hub, listener: TcpListener, app: Router, shutdown: impl 
         };
         let (hub, parker, app, builder) = (hub.clone(), parker.clone(), app.clone(), builder.clone());
         tokio::spawn(async move {
-            match websocket_request(&tcp).await {
-                Ok(true) => accept_websocket(hub, tcp, peer, parker).await,
-                Ok(false) => {
+            let pusher = !hub.config().pusher.apps.is_empty();
+            match websocket_request(&tcp, pusher).await {
+                Ok(Endpoint::Hub) => accept_websocket(hub, tcp, peer, parker).await,
+                Ok(Endpoint::Pusher) => accept_pusher(hub, tcp, peer, parker).await,
+                Ok(Endpoint::Other) => {
                     let _ = tcp.set_nodelay(true);
                     serve_http(tcp, peer, app, &builder).await
                 }
@@ -90,24 +99,69 @@ pub async fn serve(hub: Hub, listener: TcpListener, app: Router, shutdown: impl 
     }
 }
 
-/// Whether the connection's request is a `GET` of the WebSocket endpoint, from its
-/// first bytes, left unread.
-async fn websocket_request(tcp: &TcpStream) -> std::io::Result<bool> {
+/// Which endpoint a connection's first request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// A `GET` of `/connection/websocket`.
+    Hub,
+    /// A `GET` of Pusher's `/app/{key}` (when Pusher apps are configured).
+    Pusher,
+    /// Anything else: the router's.
+    Other,
+}
+
+/// Which endpoint the connection's request is for, from its first bytes, left unread.
+async fn websocket_request(tcp: &TcpStream, pusher: bool) -> std::io::Result<Endpoint> {
     let deadline = Instant::now() + REQUEST_LINE_TIMEOUT;
     let mut head = [0u8; WS_REQUEST_LINE.len() + 1];
     loop {
         let n = tokio::time::timeout_at(deadline, tcp.peek(&mut head))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line"))??;
-        if n == head.len() {
-            return Ok(head.starts_with(WS_REQUEST_LINE) && matches!(head[n - 1], b' ' | b'?'));
+        let got = &head[..n];
+        if pusher && got.starts_with(PUSHER_REQUEST_LINE) {
+            return Ok(Endpoint::Pusher);
         }
-        if n == 0 || !WS_REQUEST_LINE.starts_with(&head[..n]) {
+        if n == head.len() {
+            let hub = head.starts_with(WS_REQUEST_LINE) && matches!(head[n - 1], b' ' | b'?');
+            return Ok(if hub { Endpoint::Hub } else { Endpoint::Other });
+        }
+        if n == 0 || !(WS_REQUEST_LINE.starts_with(got) || pusher && PUSHER_REQUEST_LINE.starts_with(got)) {
             // Closed, or another request: hyper answers (or sees the end).
-            return Ok(false);
+            return Ok(Endpoint::Other);
         }
         // The start of the line came alone: wait for the rest.
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs the WebSocket handshake of a Pusher client on the socket, then serves it,
+/// parking it when idle. As on the router's path, no `Origin` check (Pusher apps are
+/// open to any page that has their key), and the app is checked after the upgrade so
+/// that a refused client learns why from the close code.
+async fn accept_pusher(hub: Hub, tcp: TcpStream, peer: SocketAddr, parker: Option<Arc<Parker>>) {
+    let c = &hub.config().client;
+    let mut config = volley::Config::default().max_message_size(c.max_command_size).max_frame_size(c.max_command_size);
+    if !c.websocket_compression {
+        config = config.deflate(None);
+    }
+    let mut ws = match ServerBuilder::new().config(config).accept_tcp(tcp).await {
+        Ok(ws) => ws,
+        Err(e) => return tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+    };
+    let key = ws.info().path().strip_prefix("/app/").unwrap_or_default().to_owned();
+    let admitted = crate::pusher::conn::admit(&hub, &key, ws.info().query());
+    ws.drop_request_headers();
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(d) => return crate::pusher::conn::refuse(&mut ws, d).await,
+    };
+    let conn = PusherConn::new(&hub, admitted);
+    match parker {
+        Some(parker) => serve_parkable(hub, parker, ws, Held::Pusher(conn)).await,
+        None => {
+            let _ = crate::pusher::conn::run(ws, conn, None).await;
+        }
     }
 }
 
@@ -145,25 +199,69 @@ async fn accept_websocket(hub: Hub, tcp: TcpStream, peer: SocketAddr, parker: Op
     conn.session.keep_headers(|name| ws.info().headers().get(name));
     ws.drop_request_headers();
     match parker {
-        Some(parker) => serve_parkable(hub, parker, ws, conn).await,
+        Some(parker) => serve_parkable(hub, parker, ws, Held::Hub(conn)).await,
         None => {
             let _ = websocket::run(&hub, ws, conn, None).await;
         }
     }
 }
 
+/// What a parked connection keeps: a hub client's state, or a Pusher client's.
+pub(crate) enum Held {
+    /// A client of the hub's own protocol.
+    Hub(Conn),
+    /// A Pusher client.
+    Pusher(Box<PusherConn>),
+}
+
+impl Held {
+    fn client(&self) -> Arc<ClientShared> {
+        match self {
+            Held::Hub(c) => c.session.client.clone(),
+            Held::Pusher(p) => p.client().clone(),
+        }
+    }
+
+    fn wake_at(&self, hub: &Hub) -> Option<Instant> {
+        match self {
+            Held::Hub(c) => c.wake_at(hub),
+            Held::Pusher(p) => Some(p.wake_at()),
+        }
+    }
+
+    fn park_in(&mut self, delay: Duration) {
+        match self {
+            Held::Hub(c) => c.park_in(delay),
+            Held::Pusher(p) => p.park_in(delay),
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            Held::Hub(c) => c.session.close().await,
+            Held::Pusher(p) => p.close().await,
+        }
+    }
+}
+
 /// Serves a client until it ends or is parked.
-async fn serve_parkable(hub: Hub, parker: Arc<Parker>, mut ws: WebSocket<TcpStream>, mut conn: Conn) {
+async fn serve_parkable(hub: Hub, parker: Arc<Parker>, mut ws: WebSocket<TcpStream>, mut held: Held) {
     loop {
-        let (back, c) = match websocket::run(&hub, ws, conn, Some(parker.after)).await {
-            Exit::Done => return,
-            Exit::Idle(back, c) => (back, c),
+        let (back, c) = match held {
+            Held::Hub(conn) => match websocket::run(&hub, ws, conn, Some(parker.after)).await {
+                Exit::Done => return,
+                Exit::Idle(back, c) => (back, Held::Hub(c)),
+            },
+            Held::Pusher(conn) => match crate::pusher::conn::run(ws, conn, Some(parker.after)).await {
+                Exit::Done => return,
+                Exit::Idle(back, c) => (back, Held::Pusher(c)),
+            },
         };
-        let client = c.session.client.clone();
+        let client = c.client();
         // The queue stays locked until the connection is parked and its id recorded:
         // whatever is queued meanwhile finds the id and has it taken back.
         let Some(idle) = client.idle() else {
-            (ws, conn) = (back, c);
+            (ws, held) = (back, c);
             continue;
         };
         let wake_at = c.wake_at(&hub);
@@ -181,13 +279,13 @@ async fn serve_parkable(hub: Hub, parker: Arc<Parker>, mut ws: WebSocket<TcpStre
                 drop(idle);
                 hub.metrics().parked_connections.fetch_sub(1, Relaxed);
                 c.park_in(PARK_RETRY);
-                (ws, conn) = (back, c);
+                (ws, held) = (back, c);
             }
             Err(ParkError::Io(e, mut c)) => {
                 drop(idle);
                 hub.metrics().parked_connections.fetch_sub(1, Relaxed);
                 tracing::debug!(error = %e, "parking failed: connection lost");
-                c.session.close().await;
+                c.close().await;
                 return;
             }
         }
@@ -204,7 +302,7 @@ struct Parker {
 
 /// One parking, what writes to its clients in place, and what takes them back.
 struct Shard {
-    parking: Parking<Conn>,
+    parking: Parking<Held>,
     /// Where a parked client's id is sent to have it taken back.
     unpark: mpsc::UnboundedSender<ParkedId>,
     /// Where a parked client with something queued is sent to have it written.

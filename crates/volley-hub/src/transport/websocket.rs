@@ -103,12 +103,13 @@ fn expiry_instant(unix_secs: u64) -> tokio::time::Instant {
 /// How a connection's loop ended.
 // Handed back by value once per parking: boxing it would allocate on that path.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Exit<C> {
+pub(crate) enum Exit<C, T = Conn> {
     /// The connection is over (closed, failed, disconnected).
     Done,
     /// The client has been idle for the `park_after` given: the connection may be
-    /// parked (the caller checks the queue is still empty, under its lock).
-    Idle(C, Conn),
+    /// parked with its state (the caller checks the queue is still empty, under its
+    /// lock).
+    Idle(C, T),
 }
 
 /// What a carrier received from its client.
