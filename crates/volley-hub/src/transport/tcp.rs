@@ -207,6 +207,9 @@ async fn accept_websocket(hub: Hub, tcp: TcpStream, peer: SocketAddr, parker: Op
 }
 
 /// What a parked connection keeps: a hub client's state, or a Pusher client's.
+// The hub's clients are the many: their state stays inline in the parking's slot
+// (boxed, it would cost an allocation per parking); the Pusher one is boxed.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Held {
     /// A client of the hub's own protocol.
     Hub(Conn),
