@@ -13,8 +13,9 @@
 //! When the peer sends anything (a message, a ping, a close frame, or just closes the
 //! socket), or when the connection's ping, idle or lifetime timer is due, the connection
 //! is handed back by [`Parking::woken`] with its value, exactly as it was parked, and the
-//! application spawns a task for it again. [`Parking::take`] unparks one at once, to send
-//! it something.
+//! application spawns a task for it again. [`Parking::send`] writes a message to a parked
+//! connection where it is (a publication to many idle connections costs each a write,
+//! not a task); [`Parking::take`] unparks one at once.
 //!
 //! ```no_run
 //! use std::time::Duration;
