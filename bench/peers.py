@@ -492,6 +492,21 @@ over {args.max_p99:g} ms, with losses, or that delivered or published less than 
 what it should. **Deliveries per server-CPU-second** divide the deliveries of the
 measured phase by the server's CPU time (user + system, /proc) over it; "bound by" says
 which core was busy.
+
+**What bounds the figures.** Every delivery is a write to its own loopback TCP socket,
+and on loopback the sender's core also runs the receiving side of TCP and wakes the
+reader: a profile of Volley's server core during the fan-out steps
+(`perf record -e cpu-clock -g -p PID`) puts 70-85% of its time in the kernel's TCP
+path, the rest in Volley. Hence: at a low rate, one publication to one channel is a
+burst of writes back to back, and **its p50 and p99 are about the time the server
+core takes to make half and all of them** ("neither core" is busy on average, but the
+server's is for that burst); at rising rates, what waits for a client leaves in one
+write of several frames (the hub's clients are parked, and their parking's writer
+writes all that waits at once), so deliveries per server-CPU-second rise with the
+rate until the server core is full. With a channel per client, each delivery is a
+write of its own at any rate: the server core's cost per write bounds the
+deliveries per CPU-second, and the HTTP API calls (100 channels each, handled in
+turn) bound the latencies.
 """)
     md.append("## Summary\n")
     n1, nm, nb = conf["fanout-one"]["clients"], conf["fanout-many"]["clients"], conf["many"]["clients"]
