@@ -633,18 +633,7 @@ impl<T> Parking<T> {
         let mut io: &std::net::TcpStream = io;
         let mut written = 0;
         while written < total {
-            let (mut skip, mut slices) = (written, Vec::with_capacity(frames.len().min(MAX_IOVECS)));
-            for f in &frames {
-                if skip >= f.len() {
-                    skip -= f.len();
-                    continue;
-                }
-                slices.push(IoSlice::new(&f[skip..]));
-                skip = 0;
-                if slices.len() == MAX_IOVECS {
-                    break;
-                }
-            }
+            let slices: Vec<IoSlice<'_>> = unsent(&frames, written).take(MAX_IOVECS).map(IoSlice::new).collect();
             match io.write_vectored(&slices) {
                 Ok(0) => break,
                 Ok(n) => written += n,
@@ -658,15 +647,7 @@ impl<T> Parking<T> {
             return Sent::Written;
         }
         let mut rest = BytesMut::with_capacity(total - written);
-        let mut skip = written;
-        for f in &frames {
-            if skip >= f.len() {
-                skip -= f.len();
-                continue;
-            }
-            rest.extend_from_slice(&f[skip..]);
-            skip = 0;
-        }
+        unsent(&frames, written).for_each(|part| rest.extend_from_slice(part));
         if let Some(mut entry) = st.unpark(key, &core.registry) {
             entry.unsent = Some((rest.freeze(), written > 0));
             st.woken.push_back(entry);
@@ -737,6 +718,19 @@ fn has_input(io: &std::net::TcpStream) -> bool {
 }
 
 /// Puts a handed-back socket back on the runtime.
+/// What is left of `frames` once their first `written` bytes have gone.
+fn unsent<'a>(frames: &'a [&'a Bytes], mut written: usize) -> impl Iterator<Item = &'a [u8]> {
+    frames.iter().filter_map(move |f| {
+        if written >= f.len() {
+            written -= f.len();
+            return None;
+        }
+        let part = &f[written..];
+        written = 0;
+        Some(part)
+    })
+}
+
 fn resume<T>(entry: Entry<T>) -> Option<(WebSocket<TcpStream>, T)> {
     let Entry { io, socket, timers, value, unsent } = entry;
     match TcpStream::from_std(io) {

@@ -157,20 +157,16 @@ impl ClientShared {
         if o.items.is_empty() || o.closing.is_some() {
             return;
         }
-        match parked.write(id, &o.items, self.format, o.since) {
-            Written::Whole => {
-                o.items.clear();
-                o.bytes = 0;
-                o.since = None;
-            }
-            // The rest is in the connection's own queue.
-            Written::HandedBack => {
-                o.items.clear();
-                o.bytes = 0;
-                o.since = None;
-                o.parked = None;
-            }
-            Written::No => self.wake(o),
+        let written = parked.write(id, &o.items, self.format, o.since);
+        if written == Written::No {
+            return self.wake(o);
+        }
+        o.items.clear();
+        o.bytes = 0;
+        o.since = None;
+        // Handed back: the rest is in the connection's own queue, and it has a task.
+        if written == Written::HandedBack {
+            o.parked = None;
         }
     }
 
