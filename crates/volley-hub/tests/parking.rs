@@ -160,6 +160,35 @@ async fn a_parked_subscriber_gets_publications_pings_replies_and_its_disconnect(
     assert_eq!(hub.num_clients(), 0);
 }
 
+/// A channel of a few subscribers has its parked subscribers written to by the
+/// publisher; a larger one (more than 32) by its parkings' writers. Both keep them
+/// parked, and deliver in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_subscribers_of_a_large_channel_get_every_publication_in_order() {
+    let (hub, addr) = serve(config()).await;
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        let (mut ws, mut pending) = connected(addr, &format!("u{i}")).await;
+        send(&mut ws, json!({"id": 2, "subscribe": {"channel": "open:many"}})).await;
+        let r = next(&mut ws, &mut pending, &mut 0).await;
+        assert!(r["subscribe"].is_object(), "{r}");
+        clients.push((ws, pending));
+    }
+    parked(&hub, 40).await;
+    let parks = hub.metrics().parks_total.load(Ordering::Relaxed);
+    for n in 1..=5 {
+        hub.publish("open:many", Bytes::from(format!("{{\"n\":{n}}}")), ServerPublish::default()).await.unwrap();
+    }
+    for (ws, pending) in &mut clients {
+        for n in 1..=5 {
+            let r = next(ws, pending, &mut 0).await;
+            assert_eq!(r["push"]["pub"]["data"], json!({ "n": n }), "{r}");
+        }
+    }
+    assert_eq!(hub.metrics().parks_total.load(Ordering::Relaxed), parks, "never taken back");
+    assert_eq!(hub.metrics().parked_connections.load(Ordering::Relaxed), 40);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinged_client_parks_again_as_soon_as_it_has_answered() {
     // park_after is longer than the pings' interval: a client that had to wait that

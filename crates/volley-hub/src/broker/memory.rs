@@ -94,8 +94,16 @@ impl MemoryBroker {
     }
 
     fn publish_now(&self, channel: &str, mut publication: Publication, options: &PublishOptions) -> PublishResult {
-        let now = Instant::now();
         let mut shard = self.shard(channel);
+        if options.history_size == 0 && options.idempotency_key.is_none() && !options.use_delta {
+            // Nothing to keep (no history, no key, no delta base) and no position to
+            // give: delivered at once, still under the shard's lock (in order).
+            if let Some(events) = self.events.get() {
+                events.publication(channel, Arc::new(publication), &StreamPosition::default(), None);
+            }
+            return PublishResult { position: StreamPosition::default(), suppressed: false };
+        }
+        let now = Instant::now();
         let stream = stream(&mut shard.streams, channel, now, options.history_meta_ttl);
         if let Some(key) = &options.idempotency_key {
             if let Some((until, position)) = stream.keys.get(key) {

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use volley::{PreparedMessage, Utf8Bytes};
 
 use crate::protocol::{Disconnect, Format};
 
@@ -36,9 +37,56 @@ pub(crate) struct ClientShared {
     notify: Notify,
 }
 
+/// One reply or push queued for a client.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    /// Its encoded bytes.
+    Encoded(Bytes),
+    /// A push to many clients (a publication), with its WebSocket frame prepared once
+    /// for them all: a parked client gets that frame as it is.
+    Prepared(std::sync::Arc<PreparedMessage>),
+}
+
+impl Item {
+    /// A push to many clients in `format`, its frame prepared once (when JSON that is
+    /// not UTF-8, which the hub's encoders never produce, just the bytes).
+    pub fn shared(bytes: Bytes, format: Format) -> Item {
+        let message = match format {
+            Format::Json => match Utf8Bytes::try_from(bytes.clone()) {
+                Ok(text) => PreparedMessage::text(text),
+                Err(_) => return Item::Encoded(bytes),
+            },
+            Format::Protobuf => PreparedMessage::binary(bytes),
+        };
+        Item::Prepared(std::sync::Arc::new(message))
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Item::Encoded(b) => b,
+            Item::Prepared(m) => m.payload(),
+        }
+    }
+
+    /// The encoded bytes, owned.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Item::Encoded(b) => b,
+            Item::Prepared(m) => m.payload().clone(),
+        }
+    }
+}
+
+impl From<Bytes> for Item {
+    fn from(b: Bytes) -> Item {
+        Item::Encoded(b)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Outbox {
-    items: Vec<Bytes>,
+    items: Vec<Item>,
     /// When the oldest item waiting was queued.
     since: Option<Instant>,
     bytes: usize,
@@ -58,7 +106,7 @@ pub(crate) trait Parked: Send + Sync + std::fmt::Debug {
     /// Writes encoded items (a frame each, text for JSON, binary for Protobuf) to the
     /// connection parked as `id`, if its socket takes them.
     /// `since`: when the oldest of them was queued (for the delivery latency).
-    fn write(&self, id: ParkedId, items: &[Bytes], format: Format, since: Option<Instant>) -> Written;
+    fn write(&self, id: ParkedId, items: &[Item], format: Format, since: Option<Instant>) -> Written;
     /// Has the connection parked as `id` taken back and served, if it still is.
     fn unpark(&self, id: ParkedId);
 }
@@ -116,12 +164,26 @@ impl ClientShared {
 
     /// Queues encoded bytes (one reply or push, without a separator). Returns false if
     /// the client is being disconnected (now, or already).
-    pub fn push(self: &std::sync::Arc<Self>, item: Bytes) -> bool {
+    pub fn push(self: &std::sync::Arc<Self>, item: impl Into<Item>) -> bool {
+        self.push_to(item.into(), None)
+    }
+
+    /// [`push`](Self::push)es an item; if the client is parked and the item is the
+    /// first waiting, adds the client to `inline` rather than to its parking's writer:
+    /// the caller then calls [`write_parked`](Self::write_parked) for each client in
+    /// `inline` itself, once it holds no lock (a small fan-out costs a write each,
+    /// without a hand-over to the writer's task).
+    pub fn push_inline(self: &std::sync::Arc<Self>, item: Item, inline: &mut Vec<std::sync::Arc<Self>>) -> bool {
+        self.push_to(item, Some(inline))
+    }
+
+    fn push_to(self: &std::sync::Arc<Self>, item: Item, inline: Option<&mut Vec<std::sync::Arc<Self>>>) -> bool {
+        let len = item.bytes().len();
         let mut o = self.lock();
         if o.closing.is_some() {
             return false;
         }
-        if o.bytes + item.len() > o.limit {
+        if o.bytes + len > o.limit {
             o.closing = Some(Disconnect::SLOW);
             o.items.clear();
             o.bytes = 0;
@@ -132,16 +194,19 @@ impl ClientShared {
         if first {
             o.since = Some(Instant::now());
         }
-        o.bytes += item.len();
+        o.bytes += len;
         o.items.push(item);
         if first {
             match &o.parked {
                 // The parking's writer takes it (and whatever comes before it runs).
-                Some((_, parked)) => {
-                    let parked = parked.clone();
-                    drop(o);
-                    parked.schedule(self.clone());
-                }
+                Some((_, parked)) => match inline {
+                    Some(inline) => inline.push(self.clone()),
+                    None => {
+                        let parked = parked.clone();
+                        drop(o);
+                        parked.schedule(self.clone());
+                    }
+                },
                 None => self.wake(o),
             }
         }
@@ -227,7 +292,7 @@ impl ClientShared {
     /// taken was queued.
     pub fn take_since(&self, into: &mut Vec<Bytes>) -> (Option<Disconnect>, Option<Instant>) {
         let mut o = self.lock();
-        into.append(&mut o.items);
+        into.extend(o.items.drain(..).map(Item::into_bytes));
         o.bytes = 0;
         (o.closing.clone(), o.since.take())
     }
@@ -274,9 +339,9 @@ mod tests {
         fn schedule(&self, _client: std::sync::Arc<ClientShared>) {
             *self.scheduled.lock().unwrap() += 1;
         }
-        fn write(&self, _id: ParkedId, items: &[Bytes], _f: Format, _since: Option<Instant>) -> Written {
+        fn write(&self, _id: ParkedId, items: &[Item], _f: Format, _since: Option<Instant>) -> Written {
             if self.answer != Written::No {
-                self.written.lock().unwrap().extend(items.iter().cloned());
+                self.written.lock().unwrap().extend(items.iter().map(|i| i.bytes().clone()));
             }
             self.answer
         }

@@ -33,10 +33,20 @@ use crate::protocol::{
     StreamPosition,
 };
 use channel::Channels;
-use client::ClientShared;
+use client::{ClientShared, Item};
 use keyed::Keyed;
 
 const SHARDS: usize = 64;
+
+/// Channels with at most this many subscribers have their parked subscribers written
+/// to by the publisher itself, at once; larger ones hand them to their parkings'
+/// writers, which spread the writes over the cores. A write to a parked connection
+/// costs about 10 µs: 32 of them keep a publisher busy about a third of a millisecond.
+/// Written at once, a broadcast to 100 channels of one subscriber each reaches its
+/// first subscribers before the last channel is handled: in `volley bench-hub -c 10000
+/// --rates 10000 --batches 100` (server and generator on a core each), the median
+/// latency went from 2.2-4.0 ms to 2.0-2.2 ms over three runs.
+const INLINE_FANOUT: usize = 32;
 
 /// The hub: embed it in an application (see the crate's documentation), or run it as
 /// `volley serve`. Cheap to clone.
@@ -1025,8 +1035,16 @@ impl HubInner {
         let mut encoded = Encodings::default();
         let mut delta: Option<Option<Publication>> = None;
         // Pusher's wire shape, encoded once for all Pusher subscribers.
-        let mut pusher: Option<Option<Bytes>> = None;
+        let mut pusher: Option<Option<Item>> = None;
         let mut sent = 0u64;
+        // Parked subscribers of a small channel are written to here, once the
+        // channels' lock is released, rather than handed to their parking's writer.
+        let mut inline = Vec::new();
+        let small = local.subs.len() <= INLINE_FANOUT;
+        let mut push = |client: &Arc<ClientShared>, item: Item| match small {
+            true => client.push_inline(item, &mut inline),
+            false => client.push(item),
+        };
         for sub in local.subs.values_mut() {
             if sub.lost {
                 continue;
@@ -1051,9 +1069,11 @@ impl HubInner {
                 if crate::pusher::wire::excluded(&publication, &sub.client.id) {
                     continue;
                 }
-                let bytes = pusher.get_or_insert_with(|| crate::pusher::wire::encode_event(channel, &publication));
+                let bytes = pusher.get_or_insert_with(|| {
+                    crate::pusher::wire::encode_event(channel, &publication).map(|b| Item::shared(b, Format::Json))
+                });
                 if let Some(b) = bytes {
-                    if sub.client.push(b.clone()) {
+                    if push(&sub.client, b.clone()) {
                         sent += 1;
                     }
                 }
@@ -1087,7 +1107,7 @@ impl HubInner {
             });
             match bytes {
                 Some(b) => {
-                    if sub.client.push(b) {
+                    if push(&sub.client, b) {
                         sent += 1;
                     }
                     sub.base = Some(publication.offset);
@@ -1095,7 +1115,11 @@ impl HubInner {
                 None => sub.client.close(Disconnect::INAPPROPRIATE_PROTOCOL),
             }
         }
+        drop(shard);
         self.metrics.messages_out_total.fetch_add(sent, Ordering::Relaxed);
+        for client in inline {
+            client.write_parked();
+        }
     }
 
     fn deliver_join_leave(&self, channel: &str, info: ClientInfo, join: bool) {
@@ -1145,11 +1169,14 @@ enum Form {
 /// format, form, and whether the channel is named by its id (channel compaction).
 #[derive(Default)]
 struct Encodings {
-    slots: [Option<Option<Bytes>>; 12],
+    slots: [Option<Option<Item>>; 12],
 }
 
 impl Encodings {
-    fn get(&mut self, format: Format, form: Form, id: u64, make: impl FnOnce() -> Option<Bytes>) -> Option<Bytes> {
+    /// The push in `format`, `form` and with channel id `id`, encoded by `make` on
+    /// first use, its frame prepared once for every subscriber that gets it.
+    fn get(&mut self, format: Format, form: Form, id: u64, make: impl FnOnce() -> Option<Bytes>) -> Option<Item> {
+        let wire = format;
         let format = match format {
             Format::Json => 0,
             Format::Protobuf => 1,
@@ -1160,7 +1187,7 @@ impl Encodings {
             Form::Delta => 2,
         };
         let slot = (format * 3 + form) * 2 + usize::from(id != 0);
-        self.slots[slot].get_or_insert_with(make).clone()
+        self.slots[slot].get_or_insert_with(|| make().map(|b| Item::shared(b, wire))).clone()
     }
 }
 

@@ -16,6 +16,7 @@
 //! disconnect or a server-side subscribe is asked, when its socket does not take a
 //! write whole, or when its next ping, expiry check or presence refresh is due.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,7 +24,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::Router;
-use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,7 +32,7 @@ use volley::{PreparedMessage, Rejection, ServerBuilder, Utf8Bytes, WebSocket};
 
 use super::http::{http_builder, origin_allowed, serve_http};
 use super::websocket::{self, Conn, Exit, PROTOBUF_SUBPROTOCOL};
-use crate::engine::client::{ClientShared, Parked, Written};
+use crate::engine::client::{ClientShared, Item, Parked, Written};
 use crate::engine::{Hub, HubInner};
 use crate::protocol::Format;
 use crate::pusher::conn::PusherConn;
@@ -326,15 +326,19 @@ impl Parked for Shard {
         let _ = self.writes.send(client);
     }
 
-    fn write(&self, id: ParkedId, items: &[Bytes], format: Format, since: Option<std::time::Instant>) -> Written {
+    fn write(&self, id: ParkedId, items: &[Item], format: Format, since: Option<std::time::Instant>) -> Written {
         let mut msgs = Vec::with_capacity(items.len());
         for item in items {
-            msgs.push(match format {
-                Format::Json => match Utf8Bytes::try_from(item.clone()) {
-                    Ok(text) => PreparedMessage::text(text),
-                    Err(_) => return Written::No,
-                },
-                Format::Protobuf => PreparedMessage::binary(item.clone()),
+            msgs.push(match item {
+                // A publication's frame, prepared once for all its subscribers.
+                Item::Prepared(m) => Cow::Borrowed(&**m),
+                Item::Encoded(b) => Cow::Owned(match format {
+                    Format::Json => match Utf8Bytes::try_from(b.clone()) {
+                        Ok(text) => PreparedMessage::text(text),
+                        Err(_) => return Written::No,
+                    },
+                    Format::Protobuf => PreparedMessage::binary(b.clone()),
+                }),
             });
         }
         match self.parking.send_all(id, &msgs) {
