@@ -402,6 +402,28 @@ def ratios(runs, case, metric):
     return {s: med(v) for s, v in out.items()}
 
 
+def ratios_by_rate(runs, case):
+    """Per rate that every server's series reached without stopping, in at least one
+    repetition: per server, the median over those repetitions of its p50 and p99 ÷ the
+    best peer's at that rate."""
+    reps = {}
+    for r in runs:
+        if r["case"] == case and r.get("figures", {}).get("steps"):
+            reps.setdefault(r["rep"], {})[r["server"]] = r["figures"]["steps"]
+    out = {}
+    for servers in reps.values():
+        ok = [{k for k, v in steps.items() if not v["stopped"]} for steps in servers.values()]
+        for rate in set.intersection(*ok) if ok else set():
+            for metric in ("p50_us", "p99_us"):
+                vals = {s: steps[rate][metric] for s, steps in servers.items() if steps[rate][metric]}
+                peers = [vals[p] for p in PEERS if p in vals]
+                if not peers:
+                    continue
+                for server, v in vals.items():
+                    out.setdefault(float(rate), {}).setdefault((server, metric), []).append(v / min(peers))
+    return {rate: {k: med(v) for k, v in cells.items()} for rate, cells in out.items()}
+
+
 def fig(runs, case, server, metric):
     return med([r.get("figures", {}).get(metric) for r in runs if r["case"] == case and r["server"] == server])
 
@@ -543,6 +565,21 @@ turn) bound the latencies.
     md.append("Deliveries per server-CPU-second are each server's best step's: the one with the most deliveries "
               "per second among the steps that did not stop the series. Latencies are compared at one rate: in each "
               "repetition, the highest rate every server's series reached without stopping. The steps follow.\n")
+    volleys = [s for s in rows if s.startswith("volley")]
+    for case, name in (("fanout-one", "one channel"), ("fanout-many", "a channel each")):
+        by_rate = ratios_by_rate(runs, case) if case in args.only_set else {}
+        if not by_rate:
+            continue
+        md.append(f"Latency ratios (÷ best peer) at every rate all servers reached without stopping, fan-out to "
+                  f"{name} (the median over the repetitions in which that rate was reached by all):\n")
+        md.append("| publications/s | " + " | ".join(f"{LABEL[s]} p50 | {LABEL[s]} p99" for s in volleys) + " |")
+        md.append("|---:|" + "---:|" * (2 * len(volleys)))
+        for rate in sorted(by_rate):
+            cells = by_rate[rate]
+            md.append(f"| {rate:,.0f} | " + " | ".join(
+                f"{fmt_ratio(cells.get((s, 'p50_us')), 'p50_us')} | {fmt_ratio(cells.get((s, 'p99_us')), 'p99_us')}"
+                for s in volleys) + " |")
+        md.append("")
     md.append(f"Figures filed with the issue that asked for this comparison (another machine): Sockudo "
               f"{FILED['sockudo']}; Socket.IO {FILED['socketio']}.\n")
     for case, title in (("fanout-one", f"Fan-out: {conf['fanout-one']['clients']:,} clients on one channel"),
