@@ -1254,13 +1254,11 @@ impl Run<'_> {
             let (publisher, size) = (args.publisher(), args.size);
             publishers.spawn(async move {
                 let node = plan.api_node(p);
-                let mut conn = match api::ApiConn::open(node.addr, &node.authority, &publisher).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        counters.failed(e);
-                        return;
-                    }
-                };
+                // Opened when first needed (and again after a failure), as a backend's
+                // HTTP client does: a server may close a connection that sends no
+                // request for a while (the hub's limit is 10 s), and at a low rate a
+                // publisher's first call comes up to `duration` after the start.
+                let mut conn: Option<api::ApiConn> = None;
                 let mut rng = XorShift::new(p as u64 + 1);
                 let (list, subs) = &*channels;
                 loop {
@@ -1282,8 +1280,20 @@ impl Run<'_> {
                     if Instant::now() >= measure_at && Instant::now() < end {
                         counters.measured.fetch_add(batch as u64, Relaxed);
                     }
-                    if let Err(e) = conn.publish(&names, &data).await {
-                        counters.failed(e);
+                    if conn.is_none() {
+                        match api::ApiConn::open(node.addr, &node.authority, &publisher).await {
+                            Ok(c) => conn = Some(c),
+                            Err(e) => {
+                                counters.failed(e);
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(c) = &mut conn {
+                        if let Err(e) = c.publish(&names, &data).await {
+                            conn = None;
+                            counters.failed(e);
+                        }
                     }
                 }
             });
