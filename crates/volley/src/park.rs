@@ -714,28 +714,25 @@ impl<T> Parking<T> {
 /// `scratch` and go in one `send`, which costs the kernel less than a `writev` of the
 /// pieces (no iovec to import, no file position to look up).
 fn write_frames(mut io: &std::net::TcpStream, frames: &[&Bytes], total: usize, scratch: &mut Vec<u8>) -> usize {
-    let mut written = 0;
-    if total <= COPY_UP_TO {
+    let copied = total <= COPY_UP_TO;
+    if copied {
         scratch.clear();
         frames.iter().for_each(|f| scratch.extend_from_slice(f));
-        while written < total {
-            match io.write(&scratch[written..]) {
-                Ok(0) => break,
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // Full (or failed): the rest goes with the connection's task, which
-                // waits for room (or finds the failure).
-                Err(_) => break,
-            }
-        }
-        return written;
     }
+    let mut written = 0;
     while written < total {
-        let slices: Vec<IoSlice<'_>> = unsent(frames, written).take(MAX_IOVECS).map(IoSlice::new).collect();
-        match io.write_vectored(&slices) {
+        let result = if copied {
+            io.write(&scratch[written..])
+        } else {
+            let slices: Vec<IoSlice<'_>> = unsent(frames, written).take(MAX_IOVECS).map(IoSlice::new).collect();
+            io.write_vectored(&slices)
+        };
+        match result {
             Ok(0) => break,
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Full (or failed): the rest goes with the connection's task, which waits
+            // for room (or finds the failure).
             Err(_) => break,
         }
     }
@@ -751,7 +748,6 @@ fn has_input(io: &std::net::TcpStream) -> bool {
     }
 }
 
-/// Puts a handed-back socket back on the runtime.
 /// What is left of `frames` once their first `written` bytes have gone.
 fn unsent<'a>(frames: &'a [&'a Bytes], mut written: usize) -> impl Iterator<Item = &'a [u8]> {
     frames.iter().filter_map(move |f| {
@@ -765,6 +761,7 @@ fn unsent<'a>(frames: &'a [&'a Bytes], mut written: usize) -> impl Iterator<Item
     })
 }
 
+/// Puts a handed-back socket back on the runtime.
 fn resume<T>(entry: Entry<T>) -> Option<(WebSocket<TcpStream>, T)> {
     let Entry { io, socket, timers, value, unsent } = entry;
     match TcpStream::from_std(io) {

@@ -51,14 +51,20 @@ impl Item {
     /// A push to many clients in `format`, its frame prepared once (when JSON that is
     /// not UTF-8, which the hub's encoders never produce, just the bytes).
     pub fn shared(bytes: Bytes, format: Format) -> Item {
-        let message = match format {
-            Format::Json => match Utf8Bytes::try_from(bytes.clone()) {
-                Ok(text) => PreparedMessage::text(text),
-                Err(_) => return Item::Encoded(bytes),
-            },
-            Format::Protobuf => PreparedMessage::binary(bytes),
-        };
-        Item::Prepared(std::sync::Arc::new(message))
+        match prepare(&bytes, format) {
+            Some(message) => Item::Prepared(std::sync::Arc::new(message)),
+            None => Item::Encoded(bytes),
+        }
+    }
+
+    /// The item's message, as a frame of its own (text for JSON, binary for
+    /// Protobuf): the one prepared for it, or one made now; `None` for JSON that is not
+    /// UTF-8.
+    pub fn message(&self, format: Format) -> Option<std::borrow::Cow<'_, PreparedMessage>> {
+        match self {
+            Item::Prepared(m) => Some(std::borrow::Cow::Borrowed(&**m)),
+            Item::Encoded(b) => prepare(b, format).map(std::borrow::Cow::Owned),
+        }
     }
 
     /// The encoded bytes.
@@ -75,6 +81,15 @@ impl Item {
             Item::Encoded(b) => b,
             Item::Prepared(m) => m.payload().clone(),
         }
+    }
+}
+
+/// Encoded bytes as a message in `format`'s frame type; `None` for JSON that is not
+/// UTF-8.
+fn prepare(bytes: &Bytes, format: Format) -> Option<PreparedMessage> {
+    match format {
+        Format::Json => Utf8Bytes::try_from(bytes.clone()).ok().map(PreparedMessage::text),
+        Format::Protobuf => Some(PreparedMessage::binary(bytes.clone())),
     }
 }
 

@@ -1041,9 +1041,12 @@ impl HubInner {
         // channels' lock is released, rather than handed to their parking's writer.
         let mut inline = Vec::new();
         let small = local.subs.len() <= INLINE_FANOUT;
-        let mut push = |client: &Arc<ClientShared>, item: Item| match small {
-            true => client.push_inline(item, &mut inline),
-            false => client.push(item),
+        let mut push = |client: &Arc<ClientShared>, item: Item| {
+            if small {
+                client.push_inline(item, &mut inline)
+            } else {
+                client.push(item)
+            }
         };
         for sub in local.subs.values_mut() {
             if sub.lost {

@@ -16,7 +16,6 @@
 //! disconnect or a server-side subscribe is asked, when its socket does not take a
 //! write whole, or when its next ping, expiry check or presence refresh is due.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use volley::park::{ParkError, ParkedId, Parking, Sent};
-use volley::{PreparedMessage, Rejection, ServerBuilder, Utf8Bytes, WebSocket};
+use volley::{Rejection, ServerBuilder, WebSocket};
 
 use super::http::{http_builder, origin_allowed, serve_http};
 use super::websocket::{self, Conn, Exit, PROTOBUF_SUBPROTOCOL};
@@ -327,20 +326,9 @@ impl Parked for Shard {
     }
 
     fn write(&self, id: ParkedId, items: &[Item], format: Format, since: Option<std::time::Instant>) -> Written {
-        let mut msgs = Vec::with_capacity(items.len());
-        for item in items {
-            msgs.push(match item {
-                // A publication's frame, prepared once for all its subscribers.
-                Item::Prepared(m) => Cow::Borrowed(&**m),
-                Item::Encoded(b) => Cow::Owned(match format {
-                    Format::Json => match Utf8Bytes::try_from(b.clone()) {
-                        Ok(text) => PreparedMessage::text(text),
-                        Err(_) => return Written::No,
-                    },
-                    Format::Protobuf => PreparedMessage::binary(b.clone()),
-                }),
-            });
-        }
+        let Some(msgs) = items.iter().map(|item| item.message(format)).collect::<Option<Vec<_>>>() else {
+            return Written::No;
+        };
         match self.parking.send_all(id, &msgs) {
             Sent::Written => {
                 if let (Some(hub), Some(since)) = (self.hub.upgrade(), since) {

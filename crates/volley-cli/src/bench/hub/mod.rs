@@ -1280,20 +1280,19 @@ impl Run<'_> {
                     if Instant::now() >= measure_at && Instant::now() < end {
                         counters.measured.fetch_add(batch as u64, Relaxed);
                     }
-                    if conn.is_none() {
-                        match api::ApiConn::open(node.addr, &node.authority, &publisher).await {
-                            Ok(c) => conn = Some(c),
+                    let mut c = match conn.take() {
+                        Some(c) => c,
+                        None => match api::ApiConn::open(node.addr, &node.authority, &publisher).await {
+                            Ok(c) => c,
                             Err(e) => {
                                 counters.failed(e);
                                 continue;
                             }
-                        }
-                    }
-                    if let Some(c) = &mut conn {
-                        if let Err(e) = c.publish(&names, &data).await {
-                            conn = None;
-                            counters.failed(e);
-                        }
+                        },
+                    };
+                    match c.publish(&names, &data).await {
+                        Ok(_) => conn = Some(c),
+                        Err(e) => counters.failed(e),
                     }
                 }
             });
