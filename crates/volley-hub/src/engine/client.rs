@@ -241,7 +241,9 @@ impl ClientShared {
         if written == Written::No {
             return self.wake(o);
         }
-        o.items.clear();
+        // The queue's room is given back too: a parked client is idle, and most stay
+        // so (4 items' room, 128 bytes, on each of them otherwise).
+        o.items = Vec::new();
         o.bytes = 0;
         o.since = None;
         // Handed back: the rest is in the connection's own queue, and it has a task.
@@ -263,8 +265,13 @@ impl ClientShared {
     /// The queue, locked, if nothing is queued and no disconnect is asked: the
     /// connection may be parked while the guard is held.
     pub fn idle(&self) -> Option<IdleGuard<'_>> {
-        let o = self.lock();
-        (o.items.is_empty() && o.closing.is_none()).then_some(IdleGuard(o))
+        let mut o = self.lock();
+        if !o.items.is_empty() || o.closing.is_some() {
+            return None;
+        }
+        // Parking: the queue's room goes (see `write_parked`).
+        o.items = Vec::new();
+        Some(IdleGuard(o))
     }
 
     /// Forgets the parked id: the connection has a task again.

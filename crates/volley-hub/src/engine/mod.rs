@@ -94,6 +94,9 @@ pub(crate) struct HubInner {
     pub(crate) pusher_conns: Mutex<HashMap<String, usize>>,
     /// The Pusher apps' webhooks.
     pub(crate) webhooks: crate::pusher::webhook::Webhooks,
+    /// The WebSocket configurations of the client endpoints, shared by their
+    /// connections.
+    pub(crate) websocket: crate::transport::WebSocketConfigs,
 }
 
 /// Counters for `/metrics`.
@@ -468,6 +471,7 @@ impl Hub {
         let proxies = crate::proxy::Proxies::new(&config).map_err(ConfigError)?;
         let node = client::new_client_id();
         broker.set_node(&node);
+        let websocket = crate::transport::WebSocketConfigs::new(&config);
         let inner = Arc::new(HubInner {
             config,
             channels,
@@ -489,6 +493,7 @@ impl Hub {
             pusher_counts: Default::default(),
             pusher_conns: Mutex::new(HashMap::new()),
             webhooks,
+            websocket,
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })

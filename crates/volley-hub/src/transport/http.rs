@@ -14,7 +14,7 @@ use axum::Router;
 use volley::http::WebSocketUpgrade;
 
 use super::emulation;
-use super::websocket::{self, PROTOBUF_SUBPROTOCOL};
+use super::websocket;
 use crate::engine::{lock, Hub};
 
 /// `/ready`: 200 while the broker is reachable, 503 (with why) when it is not, so that a
@@ -90,13 +90,7 @@ async fn ws_handler(State(hub): State<Hub>, headers: HeaderMap, ws: WebSocketUpg
     }
     let remote: Option<SocketAddr> = ws.remote_addr();
     let query = ws.request().query().map(str::to_owned);
-    let max = hub.config().client.max_command_size;
-    let mut config =
-        volley::Config::default().max_message_size(max).max_frame_size(max).protocols([PROTOBUF_SUBPROTOCOL]);
-    if !hub.config().client.websocket_compression {
-        config = config.deflate(None);
-    }
-    ws.config(config).on_upgrade(move |ws| async move {
+    ws.config(hub.inner.websocket.hub.clone()).on_upgrade(move |ws| async move {
         let format = websocket::format_of(ws.protocol(), query.as_deref());
         websocket::serve(hub, ws, format, remote).await
     })
@@ -115,12 +109,8 @@ async fn pusher_ws_handler(
         return (StatusCode::NOT_FOUND, "no Pusher apps\n").into_response();
     }
     let query = ws.request().query().map(str::to_owned);
-    let max = hub.config().client.max_command_size;
-    let mut config = volley::Config::default().max_message_size(max).max_frame_size(max);
-    if !hub.config().client.websocket_compression {
-        config = config.deflate(None);
-    }
-    ws.config(config).on_upgrade(move |ws| async move { crate::pusher::conn::serve(hub, ws, key, query).await })
+    ws.config(hub.inner.websocket.pusher.clone())
+        .on_upgrade(move |ws| async move { crate::pusher::conn::serve(hub, ws, key, query).await })
 }
 
 /// Whether a browser's `Origin` may connect: listed (`*`, an exact origin, or a pattern

@@ -30,7 +30,7 @@ use volley::park::{ParkError, ParkedId, Parking, Sent};
 use volley::{Rejection, ServerBuilder, WebSocket};
 
 use super::http::{http_builder, origin_allowed, serve_http};
-use super::websocket::{self, Conn, Exit, PROTOBUF_SUBPROTOCOL};
+use super::websocket::{self, Conn, Exit};
 use crate::engine::client::{ClientShared, Item, Parked, Written};
 use crate::engine::{Hub, HubInner};
 use crate::protocol::Format;
@@ -134,24 +134,12 @@ async fn websocket_request(tcp: &TcpStream, pusher: bool) -> std::io::Result<End
     }
 }
 
-/// The WebSocket configuration of both endpoints: the command size limit, and
-/// permessage-deflate only when `client.websocket_compression` is on.
-fn ws_config(hub: &Hub) -> volley::Config {
-    let c = &hub.config().client;
-    let config = volley::Config::default().max_message_size(c.max_command_size).max_frame_size(c.max_command_size);
-    if c.websocket_compression {
-        config
-    } else {
-        config.deflate(None)
-    }
-}
-
 /// Runs the WebSocket handshake of a Pusher client on the socket, then serves it,
 /// parking it when idle. As on the router's path, no `Origin` check (Pusher apps are
 /// open to any page that has their key), and the app is checked after the upgrade so
 /// that a refused client learns why from the close code.
 async fn accept_pusher(hub: Hub, tcp: TcpStream, peer: SocketAddr, parker: Option<Arc<Parker>>) {
-    let mut ws = match ServerBuilder::new().config(ws_config(&hub)).accept_tcp(tcp).await {
+    let mut ws = match ServerBuilder::new().config(hub.inner.websocket.pusher.clone()).accept_tcp(tcp).await {
         Ok(ws) => ws,
         Err(e) => return tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
     };
@@ -174,7 +162,7 @@ async fn accept_pusher(hub: Hub, tcp: TcpStream, peer: SocketAddr, parker: Optio
 /// Runs the WebSocket handshake on the socket (with the Origin check), then serves the
 /// client, parking it when idle.
 async fn accept_websocket(hub: Hub, tcp: TcpStream, peer: SocketAddr, parker: Option<Arc<Parker>>) {
-    let config = ws_config(&hub).protocols([PROTOBUF_SUBPROTOCOL]);
+    let config = hub.inner.websocket.hub.clone();
     let checker = hub.clone();
     let accepted = ServerBuilder::new()
         .config(config)
