@@ -97,6 +97,8 @@ pub(crate) struct HubInner {
     /// The WebSocket configurations of the client endpoints, shared by their
     /// connections.
     pub(crate) websocket: crate::transport::WebSocketConfigs,
+    /// The Pusher apps of the configuration, shared by their connections.
+    pub(crate) pusher_apps: Box<[Arc<crate::pusher::PusherApp>]>,
 }
 
 /// Counters for `/metrics`.
@@ -472,6 +474,7 @@ impl Hub {
         let node = client::new_client_id();
         broker.set_node(&node);
         let websocket = crate::transport::WebSocketConfigs::new(&config);
+        let pusher_apps = config.pusher.apps.iter().cloned().map(Arc::new).collect();
         let inner = Arc::new(HubInner {
             config,
             channels,
@@ -494,6 +497,7 @@ impl Hub {
             pusher_conns: Mutex::new(HashMap::new()),
             webhooks,
             websocket,
+            pusher_apps,
         });
         broker.set_events(Arc::new(Events(Arc::downgrade(&inner))));
         Ok(Hub { inner })

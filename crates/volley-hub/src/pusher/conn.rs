@@ -84,7 +84,7 @@ where
 
 /// A connection the handshake's checks let in: its app, counted, and its details.
 pub(crate) struct Admitted {
-    app: PusherApp,
+    app: Arc<PusherApp>,
     count: AppCount,
     details: Details,
 }
@@ -95,7 +95,7 @@ pub(crate) fn admit(hub: &Hub, key: &str, query: Option<&str>) -> Result<Admitte
     if query_param(query, "protocol") != Some("7") {
         return Err(close::PROTOCOL);
     }
-    let Some(app) = hub.config().pusher.by_key(key).cloned() else {
+    let Some(app) = hub.inner.pusher_apps.iter().find(|a| a.key == key).cloned() else {
         return Err(close::APP_NOT_FOUND);
     };
     if !app.enabled {
@@ -248,27 +248,27 @@ fn utf8(b: Bytes) -> volley::Utf8Bytes {
 }
 
 /// Counts the app's connections on this node while it lives.
-struct AppCount(Hub, String);
+struct AppCount(Hub, Arc<PusherApp>);
 
 impl AppCount {
-    fn new(hub: &Hub, app: &PusherApp) -> Option<AppCount> {
+    fn new(hub: &Hub, app: &Arc<PusherApp>) -> Option<AppCount> {
         let mut counts = lock(&hub.inner.pusher_conns);
         let n = counts.entry(app.id.clone()).or_default();
         if app.max_connections != 0 && *n >= app.max_connections {
             return None;
         }
         *n += 1;
-        Some(AppCount(hub.clone(), app.id.clone()))
+        Some(AppCount(hub.clone(), app.clone()))
     }
 }
 
 impl Drop for AppCount {
     fn drop(&mut self) {
         let mut counts = lock(&self.0.inner.pusher_conns);
-        if let Some(n) = counts.get_mut(&self.1) {
+        if let Some(n) = counts.get_mut(&self.1.id) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&self.1);
+                counts.remove(&self.1.id);
             }
         }
     }
@@ -474,7 +474,8 @@ fn watchlist_events(name: &str, users: &[&str]) -> Value {
 
 struct PusherSession {
     hub: Hub,
-    app: PusherApp,
+    /// The app, shared by its connections.
+    app: Arc<PusherApp>,
     client: Arc<ClientShared>,
     control: Arc<SessionControl>,
     /// The key the connection is registered under in the hub's connections.
@@ -490,7 +491,7 @@ struct PusherSession {
 }
 
 impl PusherSession {
-    fn new(hub: Hub, app: PusherApp, details: Details) -> Self {
+    fn new(hub: Hub, app: Arc<PusherApp>, details: Details) -> Self {
         // Random across nodes, a counter within this one: unique.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let socket_id = format!("{}.{}", rand::random::<u32>() % 1_000_000_000, NEXT.fetch_add(1, Ordering::Relaxed));
