@@ -19,6 +19,13 @@ The cases:
                --held-ramp connects per second) until a count is not held or memory
                runs short
 
+The many and held cases run each server as several processes of at most --per-process
+clients (15,000), each on ports of its own and all pinned to the server core, with one
+generator per process on the client core, all at once (bench/hub.py's way): a process
+here may hold 20,000 descriptors (`ulimit -Hn`, which only CAP_SYS_RESOURCE raises), so
+no single process can hold 100,000 sockets. Their memory per client is (the processes'
+RSS idle, summed − their RSS before the first client, summed) ÷ the clients held in all.
+
 Rows: volley-centrifugo, volley-pusher (skipped while the binary answers 404 on /app/),
 sockudo (bench/install-peers.sh installs it), socketio (bench/peers/socketio-server.mjs).
 Soketi and Laravel Reverb are not measured: neither can be installed from the package
@@ -38,6 +45,7 @@ Exit status: 0 when every run produced its report, 1 otherwise.
 import argparse
 import datetime
 import json
+import math
 import os
 import resource
 import secrets
@@ -77,6 +85,10 @@ NOFILE_WANT = 1 << 20
 # share of the total (or MEMORY_GUARD_MIN bytes, the larger).
 MEMORY_GUARD, MEMORY_GUARD_MIN = 0.1, 2 << 30
 HELD_COUNTS = [100_000, 200_000, 400_000]
+# Clients per server process in the many and held cases (hub.py's): under the descriptor
+# limit a process has here (20,000) with room for the listeners, the HTTP API's
+# connections and the runtime's own.
+PER_PROCESS = hublib.PER_PROCESS
 HELD_RAMP = 2000
 # What the issue's filer measured before this harness (same cases, other machine).
 FILED = {"sockudo": "~152 KB per idle subscribed client, 91-95k deliveries per server-CPU-s, p99 0.9-1.7 s",
@@ -93,6 +105,8 @@ def settings(args):
                         "batch": min(args.batch, 20) if q else args.batch},
         "many": {"clients": 300 if q else args.many_clients},
         "held": {"counts": [300] if q else args.held_counts, "ramp": 1000 if q else args.held_ramp},
+        # A quick run still spreads its 300 clients over 3 processes of each server.
+        "per_process": min(args.per_process, 100) if q else args.per_process,
         "hold": 0.3 if q else 7.0,
         "burst": 2,
         "duration": 0.3 if q else args.duration,
@@ -272,6 +286,15 @@ def memory_guard(proc, stop, note):
             return
 
 
+def generator_cmd(args, paths, creds, kind, server, clients, conf):
+    """`volley bench-hub` on the client core, speaking `kind`'s protocol to `server` and
+    measuring that process."""
+    cmd = ["taskset", "-c", str(args.client_core), paths["volley"], "bench-hub", server.url, "-c", str(clients),
+           "--namespace", NAMESPACE, "--server-pid", str(server.pid), "--json", "--no-progress", "--cores",
+           "--hold", str(conf["hold"]), "--burst", str(conf["burst"]), "--max-p99", f"{args.max_p99:g}"]
+    return cmd + protocol_args(kind, creds)
+
+
 def run_one(args, paths, logdir, creds, kind, conf, case, clients, channels=None, rates=(), batch=1, extra=()):
     """One server, one generator: (report, error)."""
     try:
@@ -279,10 +302,7 @@ def run_one(args, paths, logdir, creds, kind, conf, case, clients, channels=None
     except RuntimeError as e:
         return None, str(e)
     try:
-        cmd = ["taskset", "-c", str(args.client_core), paths["volley"], "bench-hub", server.url, "-c", str(clients),
-               "--namespace", NAMESPACE, "--server-pid", str(server.pid), "--json", "--no-progress", "--cores",
-               "--hold", str(conf["hold"]), "--burst", str(conf["burst"]), "--max-p99", f"{args.max_p99:g}"]
-        cmd += protocol_args(kind, creds)
+        cmd = generator_cmd(args, paths, creds, kind, server, clients, conf)
         if channels is not None:
             cmd += ["--channels", str(channels)]
         if rates:
@@ -322,6 +342,204 @@ def run_one(args, paths, logdir, creds, kind, conf, case, clients, channels=None
         return data, error
     finally:
         server.stop()
+
+
+# The generator's events (`--events`) by the report's key of the phase they end.
+EVENTS = {"connect": "connected", "subscribe": "subscribed", "idle": "idle"}
+
+
+def run_spread(args, paths, logdir, creds, kind, conf, case, count, ramp=0):
+    """`count` clients spread evenly over several processes of the server, at most
+    conf["per_process"] each (no process here can hold 100,000 sockets: see the module's
+    docstring), each on ports of its own and pinned to the server core, and one
+    generator per process pinned to the client core, all started at once: hub.py's
+    run_many. Each generator connects and subscribes its share (with `ramp`, all of them
+    together start at most that many connects per second, each client subscribing as it
+    connects), receives the burst, reads its own process's memory after the hold, then
+    keeps its clients (--wait) until every generator is idle, so that all the clients
+    are held at the same time; then all are interrupted and their reports merged into
+    one shaped like a generator's (merge_reports). Stops early when the machine's
+    available memory runs short (the memory guard), a process exits, or time runs out.
+    Returns (report, error)."""
+    share = conf["per_process"]
+    nproc = max(1, math.ceil(count / share))
+    servers, gens, note = [], [], []
+    floor = max(MEMORY_GUARD * (lib.meminfo("MemTotal") or 0), MEMORY_GUARD_MIN)
+    timeout = 180 + count / 300
+    error = None
+    t0 = time.monotonic()
+    try:
+        for _ in range(nproc):
+            servers.append(Server(kind, args, paths, logdir, creds))
+        first = 0
+        for i, server in enumerate(servers):
+            # The clients evenly over the processes (none over `share`), so that at one
+            # ramp each all the generators end their connects together.
+            c = count // nproc + (i < count % nproc)
+            # Source addresses of its own per generator (127.0.0.2 on), and few connects
+            # and subscribes in flight each, as hub.py does when generators share a core.
+            cmd = generator_cmd(args, paths, creds, kind, server, c, conf) + [
+                "--client-from", str(first), "--events", "--wait",
+                "--source-from", lib.generator_source(i, hublib.SOURCES_PER_GENERATOR),
+                "--source-addrs", str(hublib.SOURCES_PER_GENERATOR),
+                "--connect-concurrency", str(hublib.MANY_CONCURRENCY),
+                "--subscribe-concurrency", str(hublib.MANY_CONCURRENCY)]
+            if ramp:
+                cmd += ["--connect-rate", f"{ramp / nproc:g}", "--subscribe-at-once"]
+            err = tempfile.TemporaryFile(dir=logdir)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, bufsize=0, preexec_fn=raise_nofile)
+            gens.append({"proc": proc, "err": err, "events": {}, "clients": c})
+            first += c
+        while True:
+            hublib.read_events(gens, 0.5)
+            if all("idle" in g["events"] or g["proc"].poll() is not None for g in gens):
+                break
+            avail = lib.meminfo("MemAvailable")
+            if avail is not None and avail < floor:
+                note.append(f"stopped: {lib.fmt_bytes(avail)} of memory available")
+                break
+            if not all(s.alive() for s in servers):
+                break
+            if time.monotonic() - t0 > timeout:
+                note.append(f"timed out after {timeout:.0f} s")
+                break
+    except RuntimeError as e:
+        error = str(e)  # a process did not start
+    finally:
+        dead = next((s for s in servers if not s.alive()), None)
+        dead_log = hublib.last_lines(dead.errlog.name) if dead else ""
+        # Every generator reports what it had once interrupted (SIGINT). Short of memory,
+        # the servers are stopped at once too: their memory back first.
+        for g in gens:
+            if g["proc"].poll() is None:
+                g["proc"].send_signal(signal.SIGINT)
+        if note and note[0].startswith("stopped"):
+            for s in servers:
+                s.stop()
+        deadline = time.monotonic() + 60
+        while any(not g.get("eof") for g in gens) and time.monotonic() < deadline:
+            hublib.read_events(gens, 1)
+        for g in gens:
+            try:
+                g["proc"].wait(timeout=max(1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                g["proc"].kill()
+                g["proc"].wait()
+            g["err"].seek(0)
+            g["stderr"] = g["err"].read().decode(errors="replace")
+            g["proc"].stdout.close()
+            g["err"].close()
+        for s in servers:
+            if s.alive():
+                s.stop()
+    if error:
+        return None, error
+    data = merge_reports(gens, servers, count, share, ramp)
+    data["guard"] = note[0] if note else None
+    mute = [(i, g) for i, g in enumerate(gens) if not g.get("report")]
+    if mute:
+        i, g = mute[0]
+        tail = " | ".join(g["stderr"].strip().splitlines()[-3:])
+        error = f"{len(mute)} of {nproc} generators gave no report; generator {i}: exit {g['proc'].returncode}: {tail}"
+    failed = next(((i, g) for i, g in enumerate(gens) if g["proc"].returncode), None)
+    if failed:
+        error = error or f"generator {failed[0]} exited {failed[1]['proc'].returncode}"
+    sub = get(data, "subscribe", "subscribed") or 0
+    if case != "held":
+        if sub < count:
+            error = error or f"only {sub:,} of {count:,} clients subscribed: " + str(
+                data["guard"] or get(data, "connect", "first_error") or get(data, "subscribe", "first_error")
+                or data.get("first_error"))
+        elif data["idle_processes"] < nproc:
+            error = error or f"only {data['idle_processes']} of {nproc} processes' clients reached the idle hold"
+        error = error or data["guard"]
+    if dead:
+        error = error or f"a server process exited: {dead_log}"
+    log(f"    {LABEL[kind]}: {data['held']:,} of {count:,} subscribed clients held over {nproc} "
+        f"process{'es' if nproc > 1 else ''}"
+        + (f" ({data['guard']})" if data["guard"] else ""))
+    return data, error
+
+
+def merge_cost(costs):
+    """Phases' costs of the several processes as one: their CPU seconds summed over the
+    longest window (the phases ran at the same time, the processes on one core and the
+    generators on the other), so that "bound by" reads the two cores' shares."""
+    costs = [c for c in costs if c]
+    if not costs:
+        return None
+    out = {"seconds": max(c.get("seconds") or 0 for c in costs),
+           "cpu_window_s": max(c.get("cpu_window_s") or c.get("seconds") or 0 for c in costs)}
+    for key in ("server_cpu_s", "generator_cpu_s"):
+        vals = [c.get(key) for c in costs]
+        out[key] = None if any(v is None for v in vals) else sum(vals)
+    return out
+
+
+def merge_phase(phases, key):
+    """The connect or subscribe phase of every process as one (`key`: the count it made):
+    counts summed, per second over the longest phase, server CPU per operation over all."""
+    phases = [p for p in phases if p]
+    if not phases:
+        return None
+    n = sum(p.get(key) or 0 for p in phases)
+    cost = merge_cost([p.get("cost") for p in phases])
+    cpu = (cost or {}).get("server_cpu_s")
+    return {key: n, "errors": sum(p.get("errors") or 0 for p in phases),
+            "first_error": next((p["first_error"] for p in phases if p.get("first_error")), None),
+            "cost": cost, "per_sec": n / cost["seconds"] if cost and cost["seconds"] else None,
+            "server_cpu_us_each": cpu * 1e6 / n if cpu is not None and n else None,
+            "concurrency": sum(p.get("concurrency") or 0 for p in phases), "processes": len(phases)}
+
+
+def merge_reports(gens, servers, count, share, ramp):
+    """One report, shaped like a generator's, of the generators of run_spread: counts
+    summed, memory per client = (the processes' RSS idle, summed − their RSS before the
+    first client, summed) ÷ the clients held in all at those readings, and `held`: the
+    clients still connected and subscribed when the generators were interrupted, of the
+    generators that reached the idle hold (a generator's clients alive then are those
+    connected less those that failed, its `errors`: a client closed because the
+    generator was told to stop is not one). `by_process` keeps each one's figures."""
+    phase = {k: [(g.get("report") or {}).get(k) or g["events"].get(ev) for g in gens] for k, ev in EVENTS.items()}
+    by_process, held = [], 0
+    for g, c, s, i in zip(gens, phase["connect"], phase["subscribe"], phase["idle"]):
+        r = g.get("report")
+        # Without the final report, nothing says the clients stayed: none counted held.
+        end = (min(i["clients_held"], (s or {}).get("subscribed") or 0,
+                   (c or {}).get("connected", 0) - r.get("errors", 0)) if i and r else 0)
+        held += max(0, end)
+        by_process.append({"clients": g["clients"], "connected": (c or {}).get("connected"),
+                           "subscribed": (s or {}).get("subscribed"), "held_idle": (i or {}).get("clients_held"),
+                           "held": max(0, end), "errors": (r or {}).get("errors"),
+                           "rss_before": (i or {}).get("rss_before"), "rss_idle": (i or {}).get("rss_idle"),
+                           "rss_per_client": (i or {}).get("rss_per_client")})
+    idles = [i for i in phase["idle"] if i]
+    idle = None
+    if idles:
+        read = [i for i in idles if i.get("rss_idle") is not None and i.get("rss_before") is not None]
+        n = sum(i["clients_held"] for i in read)
+        idle = {"clients_held": sum(i["clients_held"] for i in idles),
+                "clients_complete": sum(i.get("clients_complete") or 0 for i in idles),
+                "hold_s": idles[0].get("hold_s"), "burst": idles[0].get("burst"),
+                "burst_calls": sum(i.get("burst_calls") or 0 for i in idles),
+                "burst_errors": sum(i.get("burst_errors") or 0 for i in idles),
+                "first_burst_error": next((i["first_burst_error"] for i in idles if i.get("first_burst_error")), None),
+                "burst_cost": merge_cost([i.get("burst_cost") for i in idles]),
+                "rss_before": sum(i["rss_before"] for i in read) if read else None,
+                "rss_idle": sum(i["rss_idle"] for i in read) if read else None,
+                "rss_per_client": sum(i["rss_idle"] - i["rss_before"] for i in read) / n if n else None}
+    reports = [g["report"] for g in gens if g.get("report")]
+    return {"mode": "hub", "protocol": reports[0].get("protocol") if reports else None,
+            "clients": count, "channels": count, "processes": len(servers), "per_process": share, "ramp": ramp,
+            "server_pids": [s.pid for s in servers],
+            "connect": merge_phase(phase["connect"], "connected"),
+            "subscribe": merge_phase(phase["subscribe"], "subscribed"),
+            "idle": idle, "idle_processes": len(idles), "fanout": [], "held": held,
+            "errors": sum(r.get("errors") or 0 for r in reports),
+            "first_error": next((r["first_error"] for r in reports if r.get("first_error")), None),
+            "pongs": sum(r.get("pongs") or 0 for r in reports),
+            "generator_rss": sum(r.get("generator_rss") or 0 for r in reports) or None,
+            "interrupted": any(r.get("interrupted") for r in reports), "by_process": by_process}
 
 
 # --------------------------------------------------------------------------- figures
@@ -435,6 +653,15 @@ def fmt_ratio(v, metric):
     return f"{v:.2f}×" + (" (better)" if better and abs(v - 1) > 0.005 else "")
 
 
+def held_count(data):
+    """The clients of a held run still connected and subscribed at its end: run_spread's
+    `held` (every process's), or a single generator's clients held through the hold (the
+    runs saved before the case ran as several processes)."""
+    if not data:
+        return 0
+    return data["held"] if "held" in data else (get(data, "idle", "clients_held") or 0)
+
+
 def held_of(runs, server):
     """The largest count held through the hold, and the run that did not hold, if any."""
     held, short = None, None
@@ -442,14 +669,43 @@ def held_of(runs, server):
         if r["case"] != "held" or r["server"] != server or not r.get("data"):
             continue
         d = r["data"]
-        got = get(d, "idle", "clients_held") or 0
+        got = held_count(d)
         if got >= r["asked"] and not r.get("error"):
             held = max(held or 0, got)
         else:
             short = {"asked": r["asked"], "connected": get(d, "connect", "connected"),
                      "subscribed": get(d, "subscribe", "subscribed"), "held": got,
-                     "why": r.get("error") or d.get("guard") or get(d, "connect", "first_error")}
+                     "why": r.get("error") or d.get("guard") or get(d, "connect", "first_error")
+                     or get(d, "subscribe", "first_error") or d.get("first_error")}
     return held, short
+
+
+def spread_of(runs, case):
+    """How a case's runs spread each server over processes, in words ("7 processes of at
+    most 15,000 clients", or per count asked for the held case), or None for runs of one
+    process each (saved before the cases ran as several)."""
+    ds = [(r.get("asked") or get(r, "data", "clients"), r["data"]) for r in runs
+          if r["case"] == case and r.get("data") and r["data"].get("processes")]
+    if not ds:
+        return None
+    share = ds[0][1]["per_process"]
+    counts = sorted({(n, d["processes"]) for n, d in ds})
+    if len({p for _, p in counts}) == 1:
+        n = counts[0][1]
+        return f"{n} process{'es' if n > 1 else ''} of at most {share:,} clients"
+    return (f"processes of at most {share:,} clients ("
+            + ", ".join(f"{p} for {n:,}" for n, p in counts) + ")")
+
+
+def spread_why(facts, most):
+    """Why the many and held cases run several processes: the descriptor limit, when it
+    is under the `most` clients a case asked for."""
+    hard = facts.get("nofile_hard")
+    where = "each on ports of its own and all pinned to the server core"
+    if hard and 0 < hard < most:
+        return (f"{where}, because a process here may hold {hard:,} descriptors (the hard limit, `ulimit -Hn`, "
+                f"which only CAP_SYS_RESOURCE raises) and so cannot hold {most:,} sockets")
+    return f"{where} (--per-process), as on machines where a process may hold 20,000 descriptors"
 
 
 def write_report(args, results, facts, started, finished, out_dir, command):
@@ -492,7 +748,10 @@ def write_report(args, results, facts, started, finished, out_dir, command):
     md.append(f"- CPU: {facts['cpu']}, {facts['nproc']} logical cores; memory {facts['memory']}; Linux "
               f"{facts['kernel']}")
     md.append(f"- Each server pinned to core {args.server_core}, the generator (`volley bench-hub`, one thread) to "
-              f"core {args.client_core} (`taskset`); descriptor limit raised to {NOFILE_WANT:,} for both where allowed")
+              f"core {args.client_core} (`taskset`); descriptor limit raised to {NOFILE_WANT:,} for both where allowed"
+              + (f" (here the hard limit, {facts['nofile_hard']:,} per process: the many and held cases run each "
+                 f"server as several processes, each loaded by its own generator)"
+                 if 0 < (facts.get("nofile_hard") or 0) < NOFILE_WANT else ""))
     md.append(f"- Load average at the start {facts['load_start']}, at the end {facts['load_end']}")
     md.append("")
     md.append("## How\n")
@@ -540,7 +799,8 @@ turn) bound the latencies.
         ("fanout-many", "p50_us", "  p50 publish → delivery", "us"),
         ("fanout-many", "p99_us", "  p99 publish → delivery", "us"),
         ("fanout-many", "idle_bytes", f"Memory per idle subscribed client, {nm:,}", "b"),
-        ("many", "idle_bytes", f"Memory per idle subscribed client, {nb:,}", "b"),
+        ("many", "idle_bytes", f"Memory per idle subscribed client, {nb:,}"
+                               + (f" ({spread_of(runs, 'many')} each)" if spread_of(runs, "many") else ""), "b"),
         ("fanout-many", "connects_per_s", f"Connects per second ({nm:,}, 256 at once)", "n"),
         ("fanout-many", "subscribes_per_s", f"Subscribes per second ({nm:,}, 256 at once)", "n"),
     ]
@@ -620,7 +880,8 @@ turn) bound the latencies.
             if not ds:
                 continue
             us = lambda v: "–" if v is None else f"{v:,.0f} µs"  # noqa: E731
-            md.append(f"| {LABEL[s]} | {ds[0]['clients']:,} on {ds[0]['channels']:,} channel(s) | "
+            procs = f", {ds[0]['processes']} processes" if ds[0].get("processes") else ""
+            md.append(f"| {LABEL[s]} | {ds[0]['clients']:,} on {ds[0]['channels']:,} channel(s){procs} | "
                       f"{lib.fmt_bytes(med([get(d, 'idle', 'rss_per_client') for d in ds]))} | "
                       f"{lib.fmt_num(med([get(d, 'connect', 'per_sec') for d in ds]))} | "
                       f"{us(med([get(d, 'connect', 'server_cpu_us_each') for d in ds]))} | "
@@ -628,19 +889,41 @@ turn) bound the latencies.
                       f"{us(med([get(d, 'subscribe', 'server_cpu_us_each') for d in ds]))} | "
                       f"{bound(get(ds[0], 'connect', 'cost'))} |")
     md.append("")
+    spread = spread_of(runs, "many")
+    if "many" in args.only_set and spread:
+        md.append(f"The many case ({conf['many']['clients']:,} clients, a channel each) ran each server as "
+                  f"{spread}, "
+                  f"{spread_why(facts, conf['many']['clients'])}. One generator loaded each process, all at once, "
+                  f"each measuring its own process "
+                  f"({hublib.MANY_CONCURRENCY} connects and subscribes in flight per generator, rather than 256). "
+                  f"Its memory per client is (the processes' RSS idle, summed − their RSS before the first client, "
+                  f"summed) ÷ the clients held in all; its connects and subscribes per second are all the "
+                  f"processes' over the longest phase, the CPU per connect and subscribe all the processes' CPU "
+                  f"time ÷ all the connects and subscribes.\n")
     if "held" in args.only_set:
         md.append("## The most subscribed clients held\n")
+        spread = spread_of(runs, "held")
         md.append(f"Counts asked for in turn ({', '.join(f'{c:,}' for c in conf['held']['counts'])}) at "
-                  f"{conf['held']['ramp']:,} connects per second, each client subscribing as it connects; a count "
-                  f"is held when every client is still connected and subscribed after the {conf['hold']} s hold. "
-                  f"The generator is stopped when the machine's available memory falls under "
-                  f"{MEMORY_GUARD:.0%} of it.\n")
+                  f"{conf['held']['ramp']:,} connects per second (all the generators together), each client "
+                  f"subscribing as it connects; a count is held when every client of every process is still "
+                  f"connected and subscribed after the {conf['hold']} s hold, once all of them are idle. "
+                  f"The generators and the servers are stopped when the machine's available memory falls under "
+                  f"{MEMORY_GUARD:.0%} of it (at least {MEMORY_GUARD_MIN / (1 << 30):g} GiB): a server that needs more "
+                  f"memory per client than the machine has for the count shows that as the reason here, not as a "
+                  f"failed run.\n")
+        if spread:
+            md.append(f"Each server ran as {spread}, {spread_why(facts, max(conf['held']['counts']))}. One "
+                      f"generator loaded each process, all at once ({hublib.MANY_CONCURRENCY} connects in flight "
+                      f"each at most); the clients are counted per process, then summed.\n")
         md.append("| server | held | the count not held: connected, subscribed, held | why |")
         md.append("|---|---:|---|---|")
         for s in rows:
             held, short = held_of(runs, s)
-            miss = "–" if not short else (f"{short['asked']:,}: {short['connected'] or 0:,}, "
-                                          f"{short['subscribed'] or 0:,}, {short['held']:,}")
+            # "–" for a phase no generator reported (interrupted while connecting, a
+            # generator reports no subscribes, even those made as each client connected).
+            n = lambda v: "–" if v is None else f"{v:,}"  # noqa: E731
+            miss = "–" if not short else (f"{short['asked']:,}: {n(short['connected'])}, "
+                                          f"{n(short['subscribed'])}, {short['held']:,}")
             md.append(f"| {LABEL[s]} | {'–' if held is None else f'{held:,}'} | {miss} | "
                       f"{(short or {}).get('why') or ''} |")
         md.append("")
@@ -660,14 +943,15 @@ turn) bound the latencies.
 
 
 SAVED_ARGS = ["reps", "duration", "warmup", "only", "servers", "clients", "many_clients", "batch", "held_counts",
-              "held_ramp", "quick",
+              "held_ramp", "per_process", "quick",
               "server_core", "client_core", "max_p99"]
 
 
 def rerender(path, out_dir):
     with open(path) as f:
         saved = json.load(f)
-    args = argparse.Namespace(**saved["settings"])
+    # Runs saved before --per-process ran the many and held cases as one process each.
+    args = argparse.Namespace(**{"per_process": PER_PROCESS, **saved["settings"]})
     args.only_set = set(args.only or CASES)
     results = {"runs": saved["runs"], "failures": saved["failures"], "skipped": saved["skipped"],
                "versions": saved["versions"]}
@@ -693,6 +977,9 @@ def main():
                    help=f"held: counts asked for in turn (default {','.join(str(c) for c in HELD_COUNTS)})")
     p.add_argument("--held-ramp", type=float, default=HELD_RAMP,
                    help=f"held: connects per second (default {HELD_RAMP:,})")
+    p.add_argument("--per-process", type=int, default=PER_PROCESS,
+                   help=f"many, held: clients per server process, and per generator (default {PER_PROCESS:,}; "
+                        f"a quick run: at most 100)")
     p.add_argument("--sockudo", default="", help="the sockudo binary (default: on PATH, or ~/.cargo/bin)")
     p.add_argument("--quick", action="store_true", help="tiny counts and short steps: a smoke test (needs --out)")
     p.add_argument("--out", default="", help="directory for PEER-BENCHMARKS.md and bench/ (default: docs/)")
@@ -709,6 +996,8 @@ def main():
         if not args.out:
             p.error("--quick does not overwrite docs/PEER-BENCHMARKS.md: give --out DIR")
         args.reps = 1
+    if args.per_process < 1:
+        p.error("--per-process: at least 1 client per process")
     if not 1 <= args.batch <= 100:
         p.error("--batch: 1 to 100 channels per call (Pusher's HTTP API takes at most 100)")
     try:
@@ -738,6 +1027,7 @@ def main():
     creds = {"secret": secrets.token_hex(24), "api_key": secrets.token_hex(16), "app_secret": secrets.token_hex(16)}
     facts = lib.machine_facts()
     facts["load_start"] = lib.load_avg()
+    facts["nofile_hard"] = lib.nofile_hard()
     conf = settings(args)
     results = {"runs": [], "failures": [], "skipped": skipped, "versions": versions(paths)}
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -774,19 +1064,22 @@ def main():
                     data, error = run_one(args, paths, logdir, creds, s, conf, case, c["clients"], c["channels"],
                                           c["rates"], c["batch"])
                     record(case, rep, s, data, error)
+        # The many and held cases: each server as several processes (run_spread).
         if "many" in args.only_set:
-            log(f"==> many: {conf['many']['clients']:,} clients, a channel each")
+            n = conf["many"]["clients"]
+            log(f"==> many: {n:,} clients, a channel each, over {math.ceil(n / conf['per_process'])} processes "
+                f"of each server")
             for s in rows:
-                data, error = run_one(args, paths, logdir, creds, s, conf, "many", conf["many"]["clients"])
+                data, error = run_spread(args, paths, logdir, creds, s, conf, "many", n)
                 record("many", 0, s, data, error)
         if "held" in args.only_set:
             c = conf["held"]
             for s in rows:
                 for i, count in enumerate(c["counts"]):
-                    log(f"==> held: {LABEL[s]}, {count:,} asked for")
-                    data, error = run_one(args, paths, logdir, creds, s, conf, "held", count,
-                                          extra=["--connect-rate", f"{c['ramp']:g}", "--subscribe-at-once"])
-                    held = get(data, "idle", "clients_held") or 0
+                    log(f"==> held: {LABEL[s]}, {count:,} asked for, over {math.ceil(count / conf['per_process'])} "
+                        f"processes")
+                    data, error = run_spread(args, paths, logdir, creds, s, conf, "held", count, ramp=c["ramp"])
+                    held = held_count(data)
                     results["runs"].append({"case": "held", "rep": i, "server": s, "asked": count, "data": data,
                                             "error": error, **hublib.stamp(facts)})
                     log(f"    {held:,} held{'  (' + error + ')' if error else ''}")
