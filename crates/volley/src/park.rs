@@ -62,6 +62,11 @@
 //! # }
 //! ```
 //!
+//! A parking made [with a keeper](Parking::with_keeper) also keeps an application's own
+//! keepalive in place: when a parked connection's deadline comes, the [`Keeper`] may
+//! have a message (a protocol-level ping) written to it where it is, and a small
+//! message from its peer (the pong) may be handled where it is, without a task.
+//!
 //! Only a [quiescent](WebSocket::is_quiescent) connection parks: open, with every
 //! received message handed out, every queued write taken by the socket, and nothing
 //! waiting to be read in the socket. Plain TCP
@@ -74,7 +79,7 @@ use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -98,6 +103,11 @@ const MAX_IOVECS: usize = 64;
 /// Frames up to this many bytes in all are copied into one buffer and sent with one
 /// `send` rather than written piecewise with `writev`.
 const COPY_UP_TO: usize = 16 * 1024;
+
+/// The largest frame a parked connection's peer may send that is read in place (see
+/// [`Keeper::received`]): a 7-bit length, a mask, and the payload.
+const IN_PLACE_PAYLOAD: usize = 125;
+const IN_PLACE_FRAME: usize = 2 + 4 + IN_PLACE_PAYLOAD;
 
 /// The token of the poller's waker (parked sockets use their slot number).
 const WAKER: Token = Token(usize::MAX);
@@ -183,6 +193,41 @@ pub enum Sent {
     NotParked,
 }
 
+/// What a parking asks its application about the connections it holds, so that some
+/// of their traffic is handled where they are rather than by handing them back (see
+/// [`Parking::with_keeper`]): typically a protocol-level keepalive, whose ping is due
+/// at the deadline given to [`Parking::park_until`] and whose pong is a small message.
+///
+/// Both methods run on the parking's poller thread with its lock held: they must be
+/// quick and must not block or call back into the parking. Connections with the
+/// library's own timers (a WebSocket keepalive, an idle timeout or a lifetime) are
+/// never passed to them: those are handed back as without a keeper.
+pub trait Keeper<T>: Send + Sync {
+    /// The deadline of the connection holding `value` has come: what to do with it.
+    fn due(&self, value: &mut T) -> Due;
+
+    /// The connection's peer sent one complete, unfragmented, uncompressed data
+    /// message of at most 125 bytes (`text`: valid UTF-8), and nothing else yet:
+    /// whether it is handled. Handled, it is consumed and the connection stays
+    /// parked; not handled, nothing is consumed and the connection is handed back to
+    /// read it as usual.
+    fn received(&self, value: &mut T, text: bool, payload: &[u8]) -> bool;
+}
+
+/// What [`Keeper::due`] decides for a parked connection whose deadline came.
+#[derive(Debug, Clone)]
+pub enum Due {
+    /// Hand it back through [`Parking::woken`], as without a keeper.
+    Wake,
+    /// Keep it parked, sending nothing, until this deadline (if any) or its peer
+    /// speaks. A deadline that has already passed hands it back.
+    Keep(Option<Instant>),
+    /// Write this message to it in place and keep it parked until the deadline (if
+    /// any) or its peer speaks. If its socket does not take the whole frame at once,
+    /// the connection is handed back with the rest queued, as with [`Parking::send`].
+    Send(Arc<PreparedMessage>, Option<Instant>),
+}
+
 /// What the handles own: dropping the last one stops the poller's thread.
 struct Handle<T> {
     core: Arc<Core<T>>,
@@ -203,6 +248,7 @@ struct Core<T> {
     /// Signalled when connections are handed back, or when the poller failed.
     notify: Notify,
     shutdown: AtomicBool,
+    keeper: Option<Box<dyn Keeper<T>>>,
 }
 
 impl<T> Core<T> {
@@ -306,6 +352,11 @@ impl<T> Slots<T> {
         Some(Entry { io, socket, timers, value, unsent: None })
     }
 
+    /// Whether the connection in slot `key` has the library's timers.
+    fn has_timers(&self, key: usize) -> bool {
+        self.timers.get(key / Self::CHUNK).and_then(|t| t.get(key % Self::CHUNK)).is_some_and(Option::is_some)
+    }
+
     /// The generation the empty slot `key` gives the connection parked in it next.
     fn generation(&self, key: usize) -> u32 {
         self.get(key).map_or(0, |s| s.generation)
@@ -375,19 +426,124 @@ impl<T> State<T> {
         Some(entry)
     }
 
-    /// Hands back every connection whose deadline has come.
-    fn expire(&mut self, now: Instant, registry: &mio::Registry) {
+    /// Hands back every connection whose deadline has come, but those the keeper
+    /// keeps.
+    fn expire(&mut self, now: Instant, registry: &mio::Registry, keeper: Option<&dyn Keeper<T>>) {
         while let Some(&Reverse((at, key, generation))) = self.deadlines.peek() {
             if at > now {
                 break;
             }
             self.deadlines.pop();
-            if self.slots.holds(key, generation) {
-                if let Some(entry) = self.unpark(key as usize, registry) {
-                    self.woken.push_back(entry);
+            if !self.slots.holds(key, generation) {
+                continue;
+            }
+            if let Some(keeper) = keeper {
+                if self.keep(key as usize, generation, now, keeper, registry) {
+                    continue;
                 }
             }
+            if let Some(entry) = self.unpark(key as usize, registry) {
+                self.woken.push_back(entry);
+            }
         }
+    }
+
+    /// Asks the keeper about the connection in slot `key`, whose deadline has come;
+    /// writes what it asks to have written. Whether the connection was dealt with:
+    /// kept, or handed back with part of that write.
+    fn keep(
+        &mut self,
+        key: usize,
+        generation: u32,
+        now: Instant,
+        keeper: &dyn Keeper<T>,
+        registry: &mio::Registry,
+    ) -> bool {
+        if self.slots.has_timers(key) {
+            return false;
+        }
+        let State { slots, scratch, deadlines, .. } = self;
+        let Some(Slot { io: Some(io), parked: Some((socket, value)), .. }) = slots.get_mut(key) else {
+            return false;
+        };
+        let (msg, next) = match keeper.due(value) {
+            Due::Wake => return false,
+            Due::Keep(next) => (None, next),
+            Due::Send(msg, next) => (Some(msg), next),
+        };
+        if next.is_some_and(|at| at <= now) {
+            return false;
+        }
+        if let Some(msg) = msg {
+            let Some((header, payload)) = socket.prepared_frame(&msg) else {
+                return false;
+            };
+            let frames = [header, payload];
+            let total = header.len() + payload.len();
+            let written = write_frames(io, &frames, total, scratch);
+            if written < total {
+                let mut rest = BytesMut::with_capacity(total - written);
+                unsent(&frames, written).for_each(|part| rest.extend_from_slice(part));
+                if let Some(mut entry) = self.unpark(key, registry) {
+                    entry.unsent = Some((rest.freeze(), written > 0));
+                    self.woken.push_back(entry);
+                }
+                return true;
+            }
+        }
+        if let Some(at) = next {
+            deadlines.push(Reverse((at, key as u32, generation)));
+        }
+        true
+    }
+
+    /// Reads in place what the peer of the connection in slot `key` sent, when it is
+    /// one small data message the keeper handles (see [`Keeper::received`]). Whether
+    /// the connection stays parked.
+    fn read_in_place(&mut self, key: usize, keeper: &dyn Keeper<T>) -> bool {
+        if self.slots.has_timers(key) {
+            return false;
+        }
+        let Some(Slot { io: Some(io), parked: Some((socket, value)), .. }) = self.slots.get_mut(key) else {
+            return false;
+        };
+        if !socket.is_server() {
+            return false;
+        }
+        // One byte more than the largest frame read in place: a frame followed by
+        // anything is left to the connection's task.
+        let mut buf = [0u8; IN_PLACE_FRAME + 1];
+        let n = match io.peek(&mut buf) {
+            Ok(n) => n,
+            // Nothing to read after all (an event for input already consumed).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        };
+        let Some((text, len)) = small_frame(&buf[..n]) else {
+            return false;
+        };
+        let (head, rest) = buf.split_at_mut(6);
+        let payload = &mut rest[..len];
+        payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= head[2 + i % 4]);
+        if text && std::str::from_utf8(payload).is_err() {
+            return false;
+        }
+        if !keeper.received(value, text, payload) {
+            return false;
+        }
+        // Consumed: the peeked bytes are in the socket's buffer, and nothing else
+        // reads the socket while it is parked.
+        let mut left = 6 + len;
+        while left > 0 {
+            match (&*io).read(&mut buf[..left]) {
+                Ok(0) => return false,
+                Ok(k) => left -= k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        // More came meanwhile: its task reads it.
+        !has_input(io)
     }
 
     /// The earliest deadline of a connection still parked.
@@ -431,11 +587,16 @@ fn run_poller<T>(mut poller: mio::Poll, core: Arc<Core<T>>) {
             if generation.is_some_and(|g| !st.slots.holds(key as u32, g)) {
                 continue;
             }
+            if let Some(keeper) = core.keeper.as_deref() {
+                if st.read_in_place(key, keeper) {
+                    continue;
+                }
+            }
             if let Some(entry) = st.unpark(key, &core.registry) {
                 st.woken.push_back(entry);
             }
         }
-        st.expire(Instant::now(), &core.registry);
+        st.expire(Instant::now(), &core.registry, core.keeper.as_deref());
         let woke = st.woken.len() > before;
         drop(st);
         if woke {
@@ -463,6 +624,17 @@ fn run_poller<T>(mut poller: mio::Poll, core: Arc<Core<T>>) {
 impl<T: Send + 'static> Parking<T> {
     /// An empty parking, with its poller's thread.
     pub fn new() -> io::Result<Self> {
+        Self::build(None)
+    }
+
+    /// An empty parking whose connections' deadlines and small messages from their
+    /// peers go to `keeper` first (see [`Keeper`]): a protocol-level keepalive kept
+    /// without waking the connections.
+    pub fn with_keeper(keeper: impl Keeper<T> + 'static) -> io::Result<Self> {
+        Self::build(Some(Box::new(keeper)))
+    }
+
+    fn build(keeper: Option<Box<dyn Keeper<T>>>) -> io::Result<Self> {
         let poller = mio::Poll::new()?;
         let registry = poller.registry().try_clone()?;
         let waker = mio::Waker::new(poller.registry(), WAKER)?;
@@ -481,6 +653,7 @@ impl<T: Send + 'static> Parking<T> {
             }),
             notify: Notify::new(),
             shutdown: AtomicBool::new(false),
+            keeper,
         });
         let thread_core = Arc::clone(&core);
         std::thread::Builder::new().name("volley-parking".into()).spawn(move || run_poller(poller, thread_core))?;
@@ -737,6 +910,22 @@ fn write_frames(mut io: &std::net::TcpStream, frames: &[&Bytes], total: usize, s
         }
     }
     written
+}
+
+/// The message of `bytes` when they are exactly one frame a parked connection's peer
+/// may have read in place: final, no extension bits, text or binary, masked, with a
+/// 7-bit length (at most 125 bytes), and nothing after it. Its kind (`true`: text)
+/// and payload length. Anything else is left to the protocol's parser, which reports
+/// what is wrong with it.
+fn small_frame(bytes: &[u8]) -> Option<(bool, usize)> {
+    let [b0, b1, ..] = *bytes else { return None };
+    let text = match b0 {
+        0x81 => true,
+        0x82 => false,
+        _ => return None,
+    };
+    let len = usize::from(b1 & 0x7f);
+    (b1 & 0x80 != 0 && len <= IN_PLACE_PAYLOAD && bytes.len() == 6 + len).then_some((text, len))
 }
 
 /// Whether the (non-blocking) socket has bytes to read, or its peer closed it: one

@@ -1,7 +1,8 @@
 //! Parking over real TCP on 127.0.0.1: a parked connection comes back, unchanged, when
 //! its peer sends a message, a burst, a close frame or just closes the socket, or when
 //! its keepalive ping is due; busy connections are refused; `take` and `wake_all`
-//! unpark at once; dropping the parking closes what it holds.
+//! unpark at once; dropping the parking closes what it holds; a keeper's own
+//! keepalive goes on in place.
 #![cfg(all(unix, feature = "park"))]
 
 mod common;
@@ -408,4 +409,128 @@ async fn a_frame_the_socket_takes_in_part_goes_on_with_the_connection() {
     assert_eq!(body, b"after");
     drop(writer.await.unwrap());
     let _ = raw.shutdown().await;
+}
+
+/// A keeper with a keepalive of its own: a `ping` text when due, a `pong` text back.
+struct Pinger {
+    every: Duration,
+}
+
+/// What a connection parked with a [`Pinger`] keeps.
+#[derive(Debug, Default, PartialEq)]
+struct Pings {
+    sent: u32,
+    answered: u32,
+    owed: bool,
+}
+
+impl volley::park::Keeper<Pings> for Pinger {
+    fn due(&self, p: &mut Pings) -> volley::park::Due {
+        if p.owed {
+            return volley::park::Due::Wake;
+        }
+        p.owed = true;
+        p.sent += 1;
+        let next = tokio::time::Instant::now() + self.every;
+        volley::park::Due::Send(std::sync::Arc::new(volley::PreparedMessage::text("ping")), Some(next))
+    }
+
+    fn received(&self, p: &mut Pings, text: bool, payload: &[u8]) -> bool {
+        if !(text && payload == b"pong") {
+            return false;
+        }
+        p.owed = false;
+        p.answered += 1;
+        true
+    }
+}
+
+/// A connection without the library's keepalive (a keeper never sees the others),
+/// parked with a [`Pinger`] whose first deadline is 100 ms away.
+async fn parked_with_pinger(parking: &Parking<Pings>) -> TcpStream {
+    let (port, task) = server(Config::new().ping_interval(None)).await;
+    let raw = raw_client(port).await;
+    let at = tokio::time::Instant::now() + Duration::from_millis(100);
+    park_until_ok(parking, task.await.unwrap(), Pings::default(), at);
+    raw
+}
+
+#[tokio::test]
+async fn a_keeper_pings_in_place_and_reads_the_pong_without_handing_back() {
+    let parking = Parking::with_keeper(Pinger { every: Duration::from_millis(300) }).unwrap();
+    let mut raw = parked_with_pinger(&parking).await;
+    for _ in 0..3 {
+        assert_eq!(within(read_frame(&mut raw)).await, (0x81, b"ping".to_vec()));
+        raw.write_all(&masked(0x81, b"pong")).await.unwrap();
+    }
+    // Three rounds, and never handed back.
+    assert_eq!(parking.len(), 1);
+    assert!(tokio::time::timeout(Duration::from_millis(50), parking.woken()).await.is_err());
+    // Not answered: the next deadline hands it back, with what the keeper counted.
+    assert_eq!(within(read_frame(&mut raw)).await, (0x81, b"ping".to_vec()));
+    let (mut ws, pings) = within(parking.woken()).await.unwrap();
+    assert_eq!(pings, Pings { sent: 4, answered: 3, owed: true });
+    // The connection is intact: the pongs read in place left nothing behind.
+    raw.write_all(&masked(0x81, b"after")).await.unwrap();
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("after"));
+    ws.send(Message::text("bye")).await.unwrap();
+    assert_eq!(within(read_frame(&mut raw)).await, (0x81, b"bye".to_vec()));
+}
+
+#[tokio::test]
+async fn what_the_keeper_does_not_handle_is_left_whole_for_the_task() {
+    let parking = Parking::with_keeper(Pinger { every: Duration::from_secs(3600) }).unwrap();
+    // Another message: handed back with it unread.
+    let mut raw = parked_with_pinger(&parking).await;
+    assert_eq!(within(read_frame(&mut raw)).await, (0x81, b"ping".to_vec()));
+    raw.write_all(&masked(0x81, b"hello")).await.unwrap();
+    let (mut ws, pings) = within(parking.woken()).await.unwrap();
+    assert_eq!(pings, Pings { sent: 1, answered: 0, owed: true });
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("hello"));
+    // A pong with something after it in the same write: neither is read in place.
+    let mut raw = parked_with_pinger(&parking).await;
+    assert_eq!(within(read_frame(&mut raw)).await, (0x81, b"ping".to_vec()));
+    let mut both = masked(0x81, b"pong");
+    both.extend(masked(0x81, b"more"));
+    raw.write_all(&both).await.unwrap();
+    let (mut ws, pings) = within(parking.woken()).await.unwrap();
+    assert_eq!(pings.answered, 0);
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("pong"));
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("more"));
+    // A pong in a fragment, and an unmasked one: left to the parser (which fails the
+    // connection for the second).
+    let mut raw = parked_with_pinger(&parking).await;
+    assert_eq!(within(read_frame(&mut raw)).await, (0x81, b"ping".to_vec()));
+    raw.write_all(&masked(0x01, b"po")).await.unwrap();
+    let (mut ws, _) = within(parking.woken()).await.unwrap();
+    raw.write_all(&masked(0x80, b"ng")).await.unwrap();
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("pong"));
+    let mut raw = parked_with_pinger(&parking).await;
+    assert_eq!(within(read_frame(&mut raw)).await, (0x81, b"ping".to_vec()));
+    raw.write_all(&[0x81, 0x04, b'p', b'o', b'n', b'g']).await.unwrap();
+    let (mut ws, _) = within(parking.woken()).await.unwrap();
+    assert!(within(ws.recv()).await.unwrap().is_err());
+    // And a peer that goes away.
+    let raw = parked_with_pinger(&parking).await;
+    drop(raw);
+    let (mut ws, _) = within(parking.woken()).await.unwrap();
+    assert!(within(ws.recv()).await.is_none_or(|r| r.is_err()));
+}
+
+#[tokio::test]
+async fn a_connection_with_the_librarys_keepalive_is_not_given_to_the_keeper() {
+    let parking = Parking::with_keeper(Pinger { every: Duration::from_secs(3600) }).unwrap();
+    let (port, task) = server(Config::new().ping_interval(Some(Duration::from_secs(3600)))).await;
+    let mut raw = raw_client(port).await;
+    let at = tokio::time::Instant::now() + Duration::from_millis(100);
+    park_until_ok(&parking, task.await.unwrap(), Pings::default(), at);
+    // Its deadline hands it back, nothing written; a pong is not read in place.
+    let (ws, pings) = within(parking.woken()).await.unwrap();
+    assert_eq!(pings, Pings::default());
+    let at = tokio::time::Instant::now() + Duration::from_secs(3600);
+    park_until_ok(&parking, ws, pings, at);
+    raw.write_all(&masked(0x81, b"pong")).await.unwrap();
+    let (mut ws, pings) = within(parking.woken()).await.unwrap();
+    assert_eq!(pings, Pings::default());
+    assert_eq!(within(ws.recv()).await.unwrap().unwrap(), Message::text("pong"));
 }

@@ -241,6 +241,22 @@ impl Session {
         }
     }
 
+    /// The client's pong, read where its connection is parked: counted as
+    /// [`handle`](Session::handle) counts a command.
+    pub fn pong(&mut self) {
+        self.hub.metrics.commands_total.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.hub.metrics.commands).entry(Request::None.method()).or_default() += 1;
+        self.ping_sent = None;
+    }
+
+    /// Whether the ping timer's [`refresh_presence`](Session::refresh_presence) has
+    /// anything to do (calls to the broker, subscriptions to forget).
+    pub fn refreshes_presence(&self) -> bool {
+        (self.connected && self.hub.config.client.user_connection_limit > 0 && !self.user.is_empty())
+            || self.subs.iter().any(|(_, sub)| sub.options.presence)
+            || !lock(&self.control.lost).is_empty()
+    }
+
     /// When the session must be checked next for expiry (connection or subscription).
     pub fn deadline(&self) -> Option<u64> {
         let c = &self.hub.config.client;

@@ -14,7 +14,9 @@
 //! (publications, joins) is written where it is parked, by its parking shard's writer.
 //! It is taken back and served by a task again when its peer sends anything, when a
 //! disconnect or a server-side subscribe is asked, when its socket does not take a
-//! write whole, or when its next ping, expiry check or presence refresh is due.
+//! write whole, or when its expiry check or presence refresh is due. A client of the
+//! hub's own protocol is pinged where it is parked, and its pong (`{}`) read there
+//! (`volley::park::Keeper`): its keepalive costs two system calls and no task.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,14 +28,14 @@ use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use volley::park::{ParkError, ParkedId, Parking, Sent};
-use volley::{Rejection, ServerBuilder, WebSocket};
+use volley::park::{Due, Keeper, ParkError, ParkedId, Parking, Sent};
+use volley::{PreparedMessage, Rejection, ServerBuilder, WebSocket};
 
 use super::http::{http_builder, origin_allowed, serve_http};
 use super::websocket::{self, Conn, Exit};
 use crate::engine::client::{ClientShared, Item, Parked, Written};
 use crate::engine::{Hub, HubInner};
-use crate::protocol::Format;
+use crate::protocol::{Format, Reply};
 use crate::pusher::conn::PusherConn;
 
 /// The path of the WebSocket endpoint, as it starts a request line.
@@ -334,6 +336,49 @@ impl Parked for Shard {
     }
 }
 
+/// Keeps the protocol's keepalive of parked hub clients where they are: the ping
+/// written in place when due, the pong read in place (see [`Conn::due_parked`]).
+/// Pusher clients are handed back for theirs.
+struct Keep {
+    hub: Weak<HubInner>,
+    /// The server's ping (`{}`, or an empty Protobuf reply), one for each format.
+    pings: [Arc<PreparedMessage>; 2],
+}
+
+impl Keep {
+    fn new(hub: &Hub) -> Keep {
+        let ping = |format| match Item::shared(crate::engine::encode(&Reply::Ping, format), format) {
+            Item::Prepared(m) => m,
+            Item::Encoded(_) => unreachable!("the encoders write UTF-8 JSON"),
+        };
+        Keep { hub: Arc::downgrade(&hub.inner), pings: [ping(Format::Json), ping(Format::Protobuf)] }
+    }
+}
+
+impl Keeper<Held> for Keep {
+    fn due(&self, held: &mut Held) -> Due {
+        let (Held::Hub(conn), Some(hub)) = (held, self.hub.upgrade()) else {
+            return Due::Wake;
+        };
+        let format = conn.session.client.format;
+        match conn.due_parked(&hub) {
+            None => Due::Wake,
+            Some((false, next)) => Due::Keep(next),
+            Some((true, next)) => {
+                hub.metrics.messages_out_total.fetch_add(1, Relaxed);
+                Due::Send(self.pings[usize::from(format == Format::Protobuf)].clone(), next)
+            }
+        }
+    }
+
+    fn received(&self, held: &mut Held, text: bool, payload: &[u8]) -> bool {
+        match held {
+            Held::Hub(conn) => conn.pong_parked(text, payload),
+            Held::Pusher(_) => false,
+        }
+    }
+}
+
 impl Parker {
     /// The shards and their tasks: for each, one serves the connections whose peers
     /// sent something or whose deadline came, one those taken back at once (a close,
@@ -345,7 +390,7 @@ impl Parker {
         for _ in 0..n {
             let (unpark, unparked) = mpsc::unbounded_channel();
             let (writes, to_write) = mpsc::unbounded_channel();
-            let parking = Parking::new()?;
+            let parking = Parking::with_keeper(Keep::new(hub))?;
             shards.push(Arc::new(Shard { parking, unpark, writes, hub: Arc::downgrade(&hub.inner) }));
             queues.push((unparked, to_write));
         }

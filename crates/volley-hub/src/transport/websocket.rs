@@ -16,7 +16,7 @@ use volley::{CloseCode, Message, WebSocket};
 
 use crate::engine::client::ClientShared;
 use crate::engine::session::Session;
-use crate::engine::Hub;
+use crate::engine::{Hub, HubInner};
 use crate::protocol::{self, Disconnect, Format};
 
 /// The subprotocol of the Protobuf format.
@@ -78,6 +78,57 @@ impl Conn {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// A parked connection's deadline has come (see [`wake_at`](Conn::wake_at)):
+    /// `Some((true, next))` when its ping is due and may be written where it is (it
+    /// is counted as sent: a pong is owed from now), `Some((false, next))` when
+    /// nothing is due yet (the pong came; `next` is its next deadline), `None` when
+    /// its task must run: the pong is overdue (3012), an expiry check or a presence
+    /// refresh (calls to the broker) is due.
+    pub(crate) fn due_parked(&mut self, hub: &HubInner) -> Option<(bool, Option<tokio::time::Instant>)> {
+        let c = &hub.config.client;
+        if c.ping_interval.is_zero() {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        let expiry = self.session.deadline().map(expiry_instant);
+        if expiry.is_some_and(|at| at <= now) {
+            return None;
+        }
+        let earliest = |at: tokio::time::Instant| Some(expiry.map_or(at, |e| e.min(at)));
+        if let Some(sent) = self.session.ping_sent {
+            let pong_by = tokio::time::Instant::from_std(sent + c.pong_timeout);
+            return (pong_by > now).then(|| (false, earliest(pong_by)));
+        }
+        if self.next_ping > now {
+            return Some((false, earliest(self.next_ping)));
+        }
+        if self.session.refreshes_presence() {
+            return None;
+        }
+        // As the task's ping timer does.
+        self.next_ping += c.ping_interval;
+        if self.next_ping <= now {
+            self.next_ping = now + c.ping_interval;
+        }
+        self.session.ping_sent = Some(std::time::Instant::now());
+        Some((true, earliest((now + c.pong_timeout).min(self.next_ping))))
+    }
+
+    /// A small message a parked connection's client sent (see
+    /// [`volley::park::Keeper::received`]): whether it is the pong, handled here as
+    /// the session would (`{}` in JSON, an empty command in Protobuf).
+    pub(crate) fn pong_parked(&mut self, text: bool, payload: &[u8]) -> bool {
+        let pong = match self.session.client.format {
+            Format::Json => text && matches!(payload, b"{}" | b"{}\n"),
+            Format::Protobuf => !text && payload == [0],
+        };
+        if !pong || !self.session.is_connected() {
+            return false;
+        }
+        self.session.pong();
+        true
     }
 
     /// Tries to park the connection again in `delay` if it stays idle.

@@ -27,6 +27,11 @@ impl ParkedSocket {
         WebSocket::running(io, conn.resume(), limits, info, user_data, keepalive, dropped)
     }
 
+    /// Whether this is the server's end (whose peer masks its frames).
+    pub(crate) fn is_server(&self) -> bool {
+        self.conn.role() == volley_proto::Role::Server
+    }
+
     /// The frame the connection would send for a prepared message (see
     /// [`ParkedConnection::prepared_frame`]).
     pub(crate) fn prepared_frame<'m>(
