@@ -44,10 +44,18 @@ pub(crate) struct Session {
     refilled: Instant,
     /// When a ping was sent that no pong has answered yet.
     pub ping_sent: Option<Instant>,
-    /// The session id of an emulation transport, given in the connect result.
-    emulation_session: String,
     /// The transport's name, as proxies and the server API are told.
     transport: &'static str,
+    /// What only some sessions have (boxed: the others keep a pointer's room for it, in
+    /// every parked client).
+    extras: Option<Box<Extras>>,
+}
+
+/// The parts of a session that only some transports or configurations use.
+#[derive(Default)]
+struct Extras {
+    /// The session id of an emulation transport, given in the connect result.
+    emulation_session: String,
     /// The headers of the client's request that proxies forward (only those).
     headers: Box<[(HeaderName, HeaderValue)]>,
     /// The headers the client emulates (in its connect command) that proxies forward.
@@ -124,10 +132,8 @@ impl Session {
             tokens: burst,
             refilled: Instant::now(),
             ping_sent: None,
-            emulation_session: String::new(),
             transport: "websocket",
-            headers: Box::default(),
-            emulated: Box::default(),
+            extras: None,
         }
     }
 
@@ -140,7 +146,10 @@ impl Session {
     /// a header (lowercase name) of the request.
     pub fn keep_headers<'a>(&mut self, get: impl Fn(&str) -> Option<&'a str>) {
         if !self.hub.proxies.header_names.is_empty() {
-            self.headers = self.hub.proxies.keep_headers(get);
+            let headers = self.hub.proxies.keep_headers(get);
+            if !headers.is_empty() {
+                self.extras().headers = headers;
+            }
         }
     }
 
@@ -164,7 +173,8 @@ impl Session {
     ) -> Result<T, Refused> {
         // Boxed: the request's future stays out of the connection's (which is held as
         // long as the client is connected).
-        match Box::pin(proxy.call::<T>(proxy::body(body), (&self.headers, &self.emulated))).await {
+        let headers = self.extras.as_deref().map_or((&[][..], &[][..]), |x| (&x.headers[..], &x.emulated[..]));
+        match Box::pin(proxy.call::<T>(proxy::body(body), headers)).await {
             Ok(Answer::Result(r)) => Ok(r),
             Ok(Answer::Error(e)) => Err(Refused::Error(e)),
             Ok(Answer::Disconnect(d)) => Err(Refused::Disconnect(d)),
@@ -190,7 +200,12 @@ impl Session {
     /// Makes this an emulation transport's session: its connect result carries `id` and
     /// the node, for the client's `/emulation` requests.
     pub fn set_emulation_session(&mut self, id: String) {
-        self.emulation_session = id;
+        self.extras().emulation_session = id;
+    }
+
+    /// The session's extras, made on first use.
+    fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -578,7 +593,10 @@ impl Session {
         let c = &hub.config.client;
         let mut connect_data = Bytes::new();
         if !req.headers.is_empty() && !hub.proxies.emulated_names.is_empty() {
-            self.emulated = hub.proxies.keep_emulated(&req.headers);
+            let emulated = hub.proxies.keep_emulated(&req.headers);
+            if !emulated.is_empty() {
+                self.extras().emulated = emulated;
+            }
         }
         let token = if !req.token.is_empty() {
             match self.connect_token(&req.token).await {
@@ -707,7 +725,7 @@ impl Session {
             ping: self.hub.config.client.ping_interval.as_secs() as u32,
             pong: !self.hub.config.client.ping_interval.is_zero(),
             node: self.hub.node.clone(),
-            session: self.emulation_session.clone(),
+            session: self.extras.as_ref().map(|x| x.emulation_session.clone()).unwrap_or_default(),
             ..Default::default()
         };
         self.reply(id, ReplyResult::Connect(result));

@@ -91,11 +91,14 @@ impl Conn {
         if c.ping_interval.is_zero() {
             return None;
         }
-        let now = tokio::time::Instant::now();
-        let expiry = self.session.deadline().map(expiry_instant);
-        if expiry.is_some_and(|at| at <= now) {
+        // The expiry check is due once its second has come (compared in seconds, as
+        // the check itself does: an instant made from it would always lie ahead).
+        let deadline = self.session.deadline();
+        if deadline.is_some_and(|at| at <= crate::engine::now_ms() as u64 / 1000) {
             return None;
         }
+        let now = tokio::time::Instant::now();
+        let expiry = deadline.map(expiry_instant);
         let earliest = |at: tokio::time::Instant| Some(expiry.map_or(at, |e| e.min(at)));
         if let Some(sent) = self.session.ping_sent {
             let pong_by = tokio::time::Instant::from_std(sent + c.pong_timeout);
@@ -442,5 +445,14 @@ mod tests {
         let run = super::run(&hub, ws, conn, Some(std::time::Duration::from_secs(5)));
         let size = std::mem::size_of_val(&run);
         assert!(size < 4096, "the loop's future takes {size} bytes");
+    }
+
+    /// A parked client's state is kept inline in the parking's slot, for every idle
+    /// client: what only some sessions use is boxed out of it (it was 304 bytes).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_parked_clients_state_stays_small() {
+        let size = std::mem::size_of::<super::Conn>();
+        assert!(size <= 256, "Conn is {size} bytes");
     }
 }
