@@ -76,8 +76,8 @@ STALL_S = 60
 # How often a many-process run reads the hubs' counts, the cores and the memory (s).
 SAMPLE_S = 2
 # The held case keeps its clients this long once all are subscribed, reading the count:
-# longer than both keepalives' intervals (the protocol's pings every 25 s, the
-# WebSocket pings every 30 s) and their timeouts.
+# longer than the keepalive's interval (the protocol's pings every 25 s) and its
+# timeout.
 STEADY_S = 75
 # The held case's ramp: connects per second, all generators together. A burst as fast
 # as the cores go leaves clients waiting longer than the protocol's pong timeout (8 s)
@@ -483,7 +483,7 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s
     to stop. The count held is the hubs' own (`info`: clients and subscriptions), read
     once every generator is idle, or when the run stops: the memory guard, no growth for
     STALL_S, or `limit_s`. With `steady_s`, the clients are then held that long (the
-    pings of both keepalives answered) and the count is read along: what stays held.
+    protocol's pings answered) and the count is read along: what stays held.
     With `ramp`, the generators together start at most that many connects per second,
     and each client subscribes as soon as it is connected."""
     share = conf["per_process"]
@@ -941,8 +941,8 @@ def many_section(body, d, conf, facts):
                       if held_n and share_ is not None else "")
         body.append(f"| the cores while the clients were held {steady} s | hubs' core "
                     f"{fmt_pct(sc.get('cpu0'))}, generators' core {fmt_pct(sc.get('cpu1'))} busy, for the "
-                    f"keepalives (the protocol's pings every 25 s and the WebSocket pings every 30 s, each "
-                    f"answered) and the count's polling{per_client} |")
+                    f"keepalive (the protocol's pings every 25 s, each answered; the hubs write them and read "
+                    f"the pongs where the clients are parked) and the count's polling{per_client} |")
     if d.get("ramp"):
         body.append(f"| connects started | at most {d['ramp']:,.0f} per second, all generators together; "
                     f"each client subscribes once connected |")
@@ -1075,7 +1075,7 @@ Cases past one process's descriptor limit run as several hubs (see below).
                                   f"{d['processes']} hubs' RSS growth ÷ clients"))
                 share_, n = d.get("steady_hub_cpu_share"), d.get("steady_min_subscriptions")
                 if share_ and n:
-                    goal_rows.append((f"the hubs' CPU for {n:,} idle clients (both keepalives answered)",
+                    goal_rows.append((f"the hubs' CPU for {n:,} idle clients (their pings answered)",
                                       f"{share_:.0%} of a core: {share_ * 1e6 / n:.1f} µs per client per second",
                                       "", None, f"one core holds about {1 / (share_ / n) / 1e3:,.0f} k idle clients "
                                       "at this rate"))
