@@ -83,6 +83,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mio::unix::SourceFd;
@@ -108,6 +109,12 @@ const COPY_UP_TO: usize = 16 * 1024;
 /// [`Keeper::received`]): a 7-bit length, a mask, and the payload.
 const IN_PLACE_PAYLOAD: usize = 125;
 const IN_PLACE_FRAME: usize = 2 + 4 + IN_PLACE_PAYLOAD;
+
+/// How long after the earliest deadline the poller's thread waits before handling
+/// what is due: the deadlines that fall within it are handled in the same wakeup. With
+/// many parked connections whose keepalives are due at scattered instants, one wakeup
+/// per deadline would cost a thread switch each.
+const TIMER_SLACK: Duration = Duration::from_millis(20);
 
 /// The token of the poller's waker (parked sockets use their slot number).
 const WAKER: Token = Token(usize::MAX);
@@ -567,7 +574,7 @@ fn run_poller<T>(mut poller: mio::Poll, core: Arc<Core<T>>) {
             let mut st = core.lock();
             let at = st.next_deadline();
             st.timer_at = at;
-            at.map(|at| at.saturating_duration_since(Instant::now()))
+            at.map(|at| (at + TIMER_SLACK).saturating_duration_since(Instant::now()))
         };
         if core.shutdown.load(Ordering::Acquire) {
             break Ok(());
@@ -696,6 +703,8 @@ impl<T> Parking<T> {
     ///
     /// The deadline lives in the parking's own timer heap, with the keepalive ones:
     /// a connection parked and taken back many times leaves no deadlines behind.
+    /// Deadlines are handled up to 20 ms late, so that those due close together are
+    /// handled in one wakeup of the poller's thread.
     #[allow(clippy::result_large_err)] // see `ParkError`
     pub fn park_until(
         &self,
