@@ -448,6 +448,29 @@ def run_one(args, volley, logdir, secret, name, conf, case, transport=None):
         hub.stop()
 
 
+def stop_generators(gens, wait_s=60):
+    """Interrupts the generators (SIGINT: each prints its report; SIGCONT, should one be
+    stopped), reads what they print for up to `wait_s` seconds, kills those still
+    running then, and keeps each one's stderr (`stderr`) before closing its pipes."""
+    for g in gens:
+        if g["proc"].poll() is None:
+            g["proc"].send_signal(signal.SIGINT)
+            g["proc"].send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + wait_s
+    while any(not g.get("eof") for g in gens) and time.monotonic() < deadline:
+        read_events(gens, 1)
+    for g in gens:
+        try:
+            g["proc"].wait(timeout=max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            g["proc"].kill()
+            g["proc"].wait()
+        g["err"].seek(0)
+        g["stderr"] = g["err"].read().decode(errors="replace")
+        g["proc"].stdout.close()
+        g["err"].close()
+
+
 def read_events(gens, timeout):
     """Reads what the generators printed within `timeout` seconds: each generator's
     state keeps its latest event of each kind and, at the end, its report. Raw reads
@@ -615,24 +638,8 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s
         if (out.get("reason") or "").startswith("memory"):
             for h in hubs:
                 h.stop()  # their memory back first
-        for g in gens:
-            if g["proc"].poll() is None:
-                g["proc"].send_signal(signal.SIGINT)
-                g["proc"].send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 60
-        while any(not g.get("eof") for g in gens) and time.monotonic() < deadline:
-            read_events(gens, 1)
-        errors = 0
-        for g in gens:
-            try:
-                g["proc"].wait(timeout=max(1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                g["proc"].kill()
-                g["proc"].wait()
-            errors += (g.get("report") or {}).get("errors", 0)
-            g["proc"].stdout.close()
-            g["err"].close()
-        out["client_errors"] = errors
+        stop_generators(gens)
+        out["client_errors"] = sum((g.get("report") or {}).get("errors", 0) for g in gens)
         out["first_client_error"] = next((g["report"].get("first_error") for g in gens
                                           if g.get("report") and g["report"].get("first_error")), None)
         for h in hubs:

@@ -412,27 +412,12 @@ def run_spread(args, paths, logdir, creds, kind, conf, case, count, ramp=0):
     finally:
         dead = next((s for s in servers if not s.alive()), None)
         dead_log = hublib.last_lines(dead.errlog.name) if dead else ""
-        # Every generator reports what it had once interrupted (SIGINT). Short of memory,
-        # the servers are stopped at once too: their memory back first.
-        for g in gens:
-            if g["proc"].poll() is None:
-                g["proc"].send_signal(signal.SIGINT)
+        # Short of memory, the servers are stopped at once: their memory back first.
+        # Every generator reports what it had once interrupted.
         if note and note[0].startswith("stopped"):
             for s in servers:
                 s.stop()
-        deadline = time.monotonic() + 60
-        while any(not g.get("eof") for g in gens) and time.monotonic() < deadline:
-            hublib.read_events(gens, 1)
-        for g in gens:
-            try:
-                g["proc"].wait(timeout=max(1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                g["proc"].kill()
-                g["proc"].wait()
-            g["err"].seek(0)
-            g["stderr"] = g["err"].read().decode(errors="replace")
-            g["proc"].stdout.close()
-            g["err"].close()
+        hublib.stop_generators(gens)
         for s in servers:
             if s.alive():
                 s.stop()

@@ -433,6 +433,18 @@ impl<T> State<T> {
         Some(entry)
     }
 
+    /// Hands back the connection in slot `key` after a write of `frames` that its
+    /// socket took only the first `written` bytes of: the rest goes first once it is
+    /// served again.
+    fn hand_back_unsent(&mut self, key: usize, frames: &[&Bytes], written: usize, registry: &mio::Registry) {
+        let mut rest = BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum::<usize>() - written);
+        unsent(frames, written).for_each(|part| rest.extend_from_slice(part));
+        if let Some(mut entry) = self.unpark(key, registry) {
+            entry.unsent = Some((rest.freeze(), written > 0));
+            self.woken.push_back(entry);
+        }
+    }
+
     /// Hands back every connection whose deadline has come, but those the keeper
     /// keeps.
     fn expire(&mut self, now: Instant, registry: &mio::Registry, keeper: Option<&dyn Keeper<T>>) {
@@ -489,12 +501,7 @@ impl<T> State<T> {
             let total = header.len() + payload.len();
             let written = write_frames(io, &frames, total, scratch);
             if written < total {
-                let mut rest = BytesMut::with_capacity(total - written);
-                unsent(&frames, written).for_each(|part| rest.extend_from_slice(part));
-                if let Some(mut entry) = self.unpark(key, registry) {
-                    entry.unsent = Some((rest.freeze(), written > 0));
-                    self.woken.push_back(entry);
-                }
+                self.hand_back_unsent(key, &frames, written, registry);
                 return true;
             }
         }
@@ -827,12 +834,7 @@ impl<T> Parking<T> {
         if written == total {
             return Sent::Written;
         }
-        let mut rest = BytesMut::with_capacity(total - written);
-        unsent(&frames, written).for_each(|part| rest.extend_from_slice(part));
-        if let Some(mut entry) = st.unpark(key, &core.registry) {
-            entry.unsent = Some((rest.freeze(), written > 0));
-            st.woken.push_back(entry);
-        }
+        st.hand_back_unsent(key, &frames, written, &core.registry);
         drop(st);
         core.notify.notify_one();
         Sent::HandedBack

@@ -86,7 +86,7 @@ impl Item {
 
 /// Encoded bytes as a message in `format`'s frame type; `None` for JSON that is not
 /// UTF-8.
-fn prepare(bytes: &Bytes, format: Format) -> Option<PreparedMessage> {
+pub(crate) fn prepare(bytes: &Bytes, format: Format) -> Option<PreparedMessage> {
     match format {
         Format::Json => Utf8Bytes::try_from(bytes.clone()).ok().map(PreparedMessage::text),
         Format::Protobuf => Some(PreparedMessage::binary(bytes.clone())),

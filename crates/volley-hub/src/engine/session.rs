@@ -259,15 +259,26 @@ impl Session {
     /// The client's pong, read where its connection is parked: counted as
     /// [`handle`](Session::handle) counts a command.
     pub fn pong(&mut self) {
-        self.hub.metrics.commands_total.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.hub.metrics.commands).entry(Request::None.method()).or_default() += 1;
+        self.count_command(&Request::None);
         self.ping_sent = None;
+    }
+
+    /// Counts a command received, in all and by method (`/metrics`).
+    fn count_command(&self, request: &Request) {
+        self.hub.metrics.commands_total.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.hub.metrics.commands).entry(request.method()).or_default() += 1;
+    }
+
+    /// Whether this connection is kept among its user's for
+    /// `client.user_connection_limit` (refreshed with the presence).
+    fn counts_user_connection(&self) -> bool {
+        self.connected && self.hub.config.client.user_connection_limit > 0 && !self.user.is_empty()
     }
 
     /// Whether the ping timer's [`refresh_presence`](Session::refresh_presence) has
     /// anything to do (calls to the broker, subscriptions to forget).
     pub fn refreshes_presence(&self) -> bool {
-        (self.connected && self.hub.config.client.user_connection_limit > 0 && !self.user.is_empty())
+        self.counts_user_connection()
             || self.subs.iter().any(|(_, sub)| sub.options.presence)
             || !lock(&self.control.lost).is_empty()
     }
@@ -397,8 +408,7 @@ impl Session {
     /// not refreshed within three ping intervals).
     pub async fn refresh_presence(&mut self) {
         self.forget_lost().await;
-        let limit = self.hub.config.client.user_connection_limit;
-        if self.connected && limit > 0 && !self.user.is_empty() {
+        if self.counts_user_connection() {
             let ttl = self.presence_ttl();
             let _ = self.hub.broker.add_user_connection(&self.user, &self.client.id, ttl, usize::MAX).await;
         }
@@ -502,8 +512,7 @@ impl Session {
     /// Handles one command.
     pub async fn handle(&mut self, cmd: Command) -> Outcome {
         self.forget_lost().await;
-        self.hub.metrics.commands_total.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.hub.metrics.commands).entry(cmd.request.method()).or_default() += 1;
+        self.count_command(&cmd.request);
         let id = cmd.id;
         if id == 0 {
             // The pong (an empty command), or an old-style ping.

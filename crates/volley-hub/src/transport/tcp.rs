@@ -33,7 +33,7 @@ use volley::{PreparedMessage, Rejection, ServerBuilder, WebSocket};
 
 use super::http::{http_builder, origin_allowed, serve_http};
 use super::websocket::{self, Conn, Exit};
-use crate::engine::client::{ClientShared, Item, Parked, Written};
+use crate::engine::client::{prepare, ClientShared, Item, Parked, Written};
 use crate::engine::{Hub, HubInner};
 use crate::protocol::{Format, Reply};
 use crate::pusher::conn::PusherConn;
@@ -347,9 +347,9 @@ struct Keep {
 
 impl Keep {
     fn new(hub: &Hub) -> Keep {
-        let ping = |format| match Item::shared(crate::engine::encode(&Reply::Ping, format), format) {
-            Item::Prepared(m) => m,
-            Item::Encoded(_) => unreachable!("the encoders write UTF-8 JSON"),
+        let ping = |format| {
+            let bytes = crate::engine::encode(&Reply::Ping, format);
+            Arc::new(prepare(&bytes, format).expect("the encoders write UTF-8 JSON"))
         };
         Keep { hub: Arc::downgrade(&hub.inner), pings: [ping(Format::Json), ping(Format::Protobuf)] }
     }

@@ -110,11 +110,7 @@ impl Conn {
         if self.session.refreshes_presence() {
             return None;
         }
-        // As the task's ping timer does.
-        self.next_ping += c.ping_interval;
-        if self.next_ping <= now {
-            self.next_ping = now + c.ping_interval;
-        }
+        advance_ping(&mut self.next_ping, c.ping_interval, now);
         self.session.ping_sent = Some(std::time::Instant::now());
         Some((true, earliest((now + c.pong_timeout).min(self.next_ping))))
     }
@@ -137,6 +133,15 @@ impl Conn {
     /// Tries to park the connection again in `delay` if it stays idle.
     pub(crate) fn park_in(&mut self, delay: Duration) {
         self.park_at = tokio::time::Instant::now() + delay;
+    }
+}
+
+/// Moves `next_ping` one interval on, as a ping is sent at `now`; from `now` when
+/// that is already past (woken late, parked or on a busy runtime: no burst of pings).
+fn advance_ping(next_ping: &mut tokio::time::Instant, every: Duration, now: tokio::time::Instant) {
+    *next_ping += every;
+    if *next_ping <= now {
+        *next_ping = now + every;
     }
 }
 
@@ -297,11 +302,7 @@ pub(crate) async fn run<C: Carrier>(hub: &Hub, mut ws: C, mut conn: Conn, park_a
             }
             _ = &mut stale, if !session.is_connected() => break Some(Disconnect::STALE),
             _ = &mut ping_timer, if session.is_connected() && !config.ping_interval.is_zero() => {
-                conn.next_ping += every;
-                if conn.next_ping <= tokio::time::Instant::now() {
-                    // Woken late (parked, or a busy runtime): no burst of pings.
-                    conn.next_ping = tokio::time::Instant::now() + every;
-                }
+                advance_ping(&mut conn.next_ping, every, tokio::time::Instant::now());
                 ping_timer.as_mut().reset(conn.next_ping);
                 active = false;
                 session.ping();
