@@ -834,8 +834,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
     }
     .context("starting the runtime")?;
-    let report = runtime.block_on(bench(&args))?;
+    let publishing = PublisherThread::start().context("starting the publishers' thread")?;
+    let report = runtime.block_on(bench(&args, publishing.handle.clone()))?;
     runtime.shutdown_background();
+    drop(publishing);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -854,6 +856,54 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("no client could connect");
     }
     Ok(())
+}
+
+/// The thread the fan-out steps' publishers run on, a runtime of its own: the
+/// clients' thread may be busy reading deliveries when a call is due, and a
+/// publisher that waited for it would start its calls late. Its calls are timed to
+/// within a tenth of a millisecond by [`sleep_precisely`].
+struct PublisherThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PublisherThread {
+    fn start() -> std::io::Result<PublisherThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("publishers".into()).spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+            runtime.shutdown_background();
+        })?;
+        Ok(PublisherThread { handle, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for PublisherThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits until `due`, to within about a tenth of a millisecond: tokio's timer ticks
+/// every millisecond and wakes up to a tick (or, with the thread busy, more) late,
+/// which would count in every latency measured from `due`. It sleeps on the timer
+/// until 2 ms before, then blocks its thread (the publishers' own) for the rest.
+async fn sleep_precisely(due: Instant) {
+    if let Some(early) = due.checked_sub(Duration::from_millis(2)) {
+        tokio::time::sleep_until(early).await;
+    }
+    let left = due.saturating_duration_since(Instant::now());
+    if !left.is_zero() {
+        std::thread::sleep(left);
+    }
 }
 
 /// Host and port of an http:// URL (ws:// accepted too).
@@ -877,9 +927,11 @@ struct Run<'a> {
     /// This generator's channels, and the subscribers each has among its clients.
     channels: Vec<usize>,
     subscribers: Vec<u64>,
+    /// Where the fan-out steps' publishers run ([`PublisherThread`]).
+    publishing: tokio::runtime::Handle,
 }
 
-async fn bench(args: &Args) -> anyhow::Result<Report> {
+async fn bench(args: &Args, publishing: tokio::runtime::Handle) -> anyhow::Result<Report> {
     match sys::raise_nofile_limit() {
         Ok(limit) if (limit as usize) < args.clients + args.publishers + 64 => eprintln!(
             "volley bench-hub: warning: the open-file limit is {limit}, fewer than {} clients need; raise its hard \
@@ -944,6 +996,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         tick,
         channels: mine,
         subscribers,
+        publishing,
     };
     for &pid in &args.server_pid {
         sys::rss_bytes(pid).with_context(|| format!("reading the memory of process {pid}"))?;
@@ -1252,50 +1305,53 @@ impl Run<'_> {
             let (counters, channels, plan, shared) =
                 (counters.clone(), channels.clone(), self.plan.clone(), self.shared.clone());
             let (publisher, size) = (args.publisher(), args.size);
-            publishers.spawn(async move {
-                let node = plan.api_node(p);
-                // Opened when first needed (and again after a failure), as a backend's
-                // HTTP client does: a server may close a connection that sends no
-                // request for a while (the hub's limit is 10 s), and at a low rate a
-                // publisher's first call comes up to `duration` after the start.
-                let mut conn: Option<api::ApiConn> = None;
-                let mut rng = XorShift::new(p as u64 + 1);
-                let (list, subs) = &*channels;
-                loop {
-                    let k = counters.next.fetch_add(1, Relaxed);
-                    let due = start + interval.mul_f64(k as f64);
-                    if due >= end {
-                        break;
+            publishers.spawn_on(
+                async move {
+                    let node = plan.api_node(p);
+                    // Opened when first needed (and again after a failure), as a backend's
+                    // HTTP client does: a server may close a connection that sends no
+                    // request for a while (the hub's limit is 10 s), and at a low rate a
+                    // publisher's first call comes up to `duration` after the start.
+                    let mut conn: Option<api::ApiConn> = None;
+                    let mut rng = XorShift::new(p as u64 + 1);
+                    let (list, subs) = &*channels;
+                    loop {
+                        let k = counters.next.fetch_add(1, Relaxed);
+                        let due = start + interval.mul_f64(k as f64);
+                        if due >= end {
+                            break;
+                        }
+                        sleep_precisely(due).await;
+                        let first = if batch == list.len() { 0 } else { rng.below(list.len()) };
+                        let picked = (0..batch).map(|i| (first + i) % list.len());
+                        let names: Vec<String> = picked.clone().map(|i| plan.channel_name(list[i])).collect();
+                        let owed: u64 = picked.map(|i| subs[i]).sum();
+                        let t = due.saturating_duration_since(shared.base).as_micros() as u64;
+                        let data = api::payload(t, size);
+                        counters.calls.fetch_add(1, Relaxed);
+                        counters.published.fetch_add(batch as u64, Relaxed);
+                        counters.expected.fetch_add(owed, Relaxed);
+                        if Instant::now() >= measure_at && Instant::now() < end {
+                            counters.measured.fetch_add(batch as u64, Relaxed);
+                        }
+                        let mut c = match conn.take() {
+                            Some(c) => c,
+                            None => match api::ApiConn::open(node.addr, &node.authority, &publisher).await {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    counters.failed(e);
+                                    continue;
+                                }
+                            },
+                        };
+                        match c.publish(&names, &data).await {
+                            Ok(_) => conn = Some(c),
+                            Err(e) => counters.failed(e),
+                        }
                     }
-                    tokio::time::sleep_until(due).await;
-                    let first = if batch == list.len() { 0 } else { rng.below(list.len()) };
-                    let picked = (0..batch).map(|i| (first + i) % list.len());
-                    let names: Vec<String> = picked.clone().map(|i| plan.channel_name(list[i])).collect();
-                    let owed: u64 = picked.map(|i| subs[i]).sum();
-                    let t = due.saturating_duration_since(shared.base).as_micros() as u64;
-                    let data = api::payload(t, size);
-                    counters.calls.fetch_add(1, Relaxed);
-                    counters.published.fetch_add(batch as u64, Relaxed);
-                    counters.expected.fetch_add(owed, Relaxed);
-                    if Instant::now() >= measure_at && Instant::now() < end {
-                        counters.measured.fetch_add(batch as u64, Relaxed);
-                    }
-                    let mut c = match conn.take() {
-                        Some(c) => c,
-                        None => match api::ApiConn::open(node.addr, &node.authority, &publisher).await {
-                            Ok(c) => c,
-                            Err(e) => {
-                                counters.failed(e);
-                                continue;
-                            }
-                        },
-                    };
-                    match c.publish(&names, &data).await {
-                        Ok(_) => conn = Some(c),
-                        Err(e) => counters.failed(e),
-                    }
-                }
-            });
+                },
+                &self.publishing,
+            );
         }
         self.shared.set_phase(WARMUP);
         self.progress.phase(&format!("{} pub/s", thousands(rate as u64)), args.warmup + args.duration);
@@ -1593,6 +1649,30 @@ mod tests {
         assert_eq!(channels_of(0, 10_000, 1), (vec![0], vec![10_000]));
         // Fewer clients than channels, wrapping.
         assert_eq!(channels_of(4, 3, 5), (vec![4, 0, 1], vec![1, 1, 1]));
+    }
+
+    #[test]
+    fn the_publishers_thread_runs_their_calls_and_none_starts_early() {
+        let publishing = PublisherThread::start().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let start = Instant::now();
+        for k in 0..5u32 {
+            let tx = tx.clone();
+            publishing.handle.spawn(async move {
+                // Due times both past the timer's 2 ms and inside it.
+                let due = start + Duration::from_micros(500 + 1_700 * u64::from(k));
+                sleep_precisely(due).await;
+                let _ = tx.send((due, Instant::now(), std::thread::current().name().map(str::to_owned)));
+            });
+        }
+        drop(tx);
+        let woke: Vec<_> = rx.iter().collect();
+        assert_eq!(woke.len(), 5);
+        for (due, at, thread) in woke {
+            assert!(at >= due, "woke {:?} before its due time", due - at);
+            assert_eq!(thread.as_deref(), Some("publishers"));
+        }
+        drop(publishing);
     }
 
     #[test]
