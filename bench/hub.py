@@ -313,6 +313,23 @@ class CoreClock:
         return out
 
 
+# A run starts once every core has been at most this busy for QUIET_S seconds in a row
+# (waiting at most QUIET_LIMIT_S): the last run's processes exiting, the kernel freeing
+# their memory and closing their sockets, otherwise take a share of the next run's cores.
+QUIET_BUSY, QUIET_S, QUIET_LIMIT_S = 0.05, 2, 60
+
+
+def wait_quiet():
+    """Waits until the machine is quiet (see QUIET_BUSY); returns the seconds waited."""
+    start = time.monotonic()
+    clock, quiet = CoreClock(), 0
+    while quiet < QUIET_S and time.monotonic() - start < QUIET_LIMIT_S:
+        time.sleep(1)
+        busy = clock.busy()
+        quiet = quiet + 1 if busy and max(busy.values()) <= QUIET_BUSY else 0
+    return round(time.monotonic() - start, 1)
+
+
 class Hub:
     """`volley serve --config FILE`, pinned to the server core; stopped with SIGTERM.
     `extra_config` is appended to the configuration (bench/cluster.py's broker)."""
@@ -413,11 +430,12 @@ def run_one(args, volley, logdir, secret, name, conf, case, transport=None):
     generator's clients are of that transport, and the hub has the transports case's
     configuration."""
     api_key = secrets.token_hex(16)
+    quiet_after = wait_quiet()
     try:
         hub = Hub(volley, logdir, args.server_core, secret, api_key, transports=transport is not None)
     except RuntimeError as e:
         return None, str(e), {}
-    facts = {"nofile_soft": hub.nofile}
+    facts = {"nofile_soft": hub.nofile, "quiet_after_s": quiet_after}
     try:
         cmd = ["taskset", "-c", str(args.client_core)] + generator_cmd(
             volley, hub, secret, case["clients"], case.get("channels"), case.get("rates", ()),
@@ -1013,7 +1031,8 @@ phase: the API requests' parsing counts in it. A series of rising rates stops af
 step whose p99 passes {args.max_p99:g} ms, that delivers under 90% of what its
 publications owe, or whose publications fall under 90% of the rate asked (the server API
 or the publishers fell behind). "Lost" counts deliveries owed that had not arrived 5 s after the step.
-Cases past one process's descriptor limit run as several hubs (see below).
+Each 10,000-client run starts once the machine is quiet (every core at most {QUIET_BUSY:.0%} busy for
+{QUIET_S} s in a row). Cases past one process's descriptor limit run as several hubs (see below).
 """)
     goal_rows = []
     body = []

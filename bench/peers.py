@@ -301,6 +301,7 @@ def generator_cmd(args, paths, creds, kind, server, clients, conf):
 
 def run_one(args, paths, logdir, creds, kind, conf, case, clients, channels=None, rates=(), batch=1, extra=()):
     """One server, one generator: (report, error)."""
+    quiet_after = hublib.wait_quiet()
     try:
         server = Server(kind, args, paths, logdir, creds)
     except RuntimeError as e:
@@ -336,6 +337,7 @@ def run_one(args, paths, logdir, creds, kind, conf, case, clients, channels=None
             tail = " | ".join(err.strip().splitlines()[-3:])
             return None, f"exit {gen.returncode}, no report: {tail}"
         data["guard"] = note[0] if note else None
+        data["quiet_after_s"] = quiet_after
         error = None if gen.returncode == 0 else f"exit {gen.returncode}"
         sub = get(data, "subscribe", "subscribed") or 0
         if case != "held" and sub < clients:
@@ -836,7 +838,9 @@ write and the generator's own reading included. A series stops after a step with
 over {args.max_p99:g} ms, with losses, or that delivered or published less than 90% of
 what it should. **Deliveries per server-CPU-second** divide the deliveries of the
 measured phase by the server's CPU time (user + system, /proc) over it; "bound by" says
-which core was busy.
+which core was busy. Each server starts once the machine is quiet (every core at most
+{hublib.QUIET_BUSY:.0%} busy for {hublib.QUIET_S} s in a row): the last server's exit (its memory
+freed, its clients' sockets closed) otherwise took a share of the next one's cores.
 
 **What bounds the figures.** Every delivery is a write to its own loopback TCP socket,
 and on loopback the sender's core also runs the receiving side of TCP and wakes the
