@@ -834,10 +834,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
     }
     .context("starting the runtime")?;
-    let publishing = PublisherThread::start().context("starting the publishers' thread")?;
-    let report = runtime.block_on(bench(&args, publishing.handle.clone()))?;
+    let publishing = publishers_runtime().context("starting the publishers' thread")?;
+    let report = runtime.block_on(bench(&args, publishing.handle().clone()))?;
     runtime.shutdown_background();
-    drop(publishing);
+    publishing.shutdown_background();
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -858,38 +858,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The thread the fan-out steps' publishers run on, a runtime of its own: the
+/// The runtime the fan-out steps' publishers run on, with one thread of its own: the
 /// clients' thread may be busy reading deliveries when a call is due, and a
 /// publisher that waited for it would start its calls late. Its calls are timed to
 /// within a tenth of a millisecond by [`sleep_precisely`].
-struct PublisherThread {
-    handle: tokio::runtime::Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PublisherThread {
-    fn start() -> std::io::Result<PublisherThread> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("publishers".into()).spawn(move || {
-            runtime.block_on(async {
-                let _ = stopped.await;
-            });
-            runtime.shutdown_background();
-        })?;
-        Ok(PublisherThread { handle, stop: Some(stop), thread: Some(thread) })
-    }
-}
-
-impl Drop for PublisherThread {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn publishers_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("publishers").enable_all().build()
 }
 
 /// Waits until `due`, to within about a tenth of a millisecond: tokio's timer ticks
@@ -927,7 +901,7 @@ struct Run<'a> {
     /// This generator's channels, and the subscribers each has among its clients.
     channels: Vec<usize>,
     subscribers: Vec<u64>,
-    /// Where the fan-out steps' publishers run ([`PublisherThread`]).
+    /// Where the fan-out steps' publishers run ([`publishers_runtime`]).
     publishing: tokio::runtime::Handle,
 }
 
@@ -1653,12 +1627,12 @@ mod tests {
 
     #[test]
     fn the_publishers_thread_runs_their_calls_and_none_starts_early() {
-        let publishing = PublisherThread::start().unwrap();
+        let publishing = publishers_runtime().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let start = Instant::now();
         for k in 0..5u32 {
             let tx = tx.clone();
-            publishing.handle.spawn(async move {
+            publishing.handle().spawn(async move {
                 // Due times both past the timer's 2 ms and inside it.
                 let due = start + Duration::from_micros(500 + 1_700 * u64::from(k));
                 sleep_precisely(due).await;
@@ -1672,7 +1646,7 @@ mod tests {
             assert!(at >= due, "woke {:?} before its due time", due - at);
             assert_eq!(thread.as_deref(), Some("publishers"));
         }
-        drop(publishing);
+        publishing.shutdown_background();
     }
 
     #[test]
