@@ -15,16 +15,20 @@
 //! connection back and start a task for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use volley::{PreparedMessage, Utf8Bytes};
 
+use super::{ControlRequest, Details};
 use crate::protocol::{Disconnect, Format};
 
-/// A client's queue and identity, shared by its task and the hub.
+/// A client's queue and identity, shared by its task and the hub, and what the server
+/// API and the delivery ask of its session from outside its task. One block per
+/// client (384 bytes with its reference counts, one of the allocator's size classes:
+/// a field more moves it to the next, 448).
 #[derive(Debug)]
 pub(crate) struct ClientShared {
     /// A number unique in this process (the registry's key).
@@ -35,6 +39,21 @@ pub(crate) struct ClientShared {
     pub format: Format,
     outbox: Mutex<Outbox>,
     notify: Notify,
+    control: Mutex<Control>,
+    /// What the server API's `connections` shows of the session: set once, when it is
+    /// connected.
+    details: OnceLock<Details>,
+}
+
+/// What the server API and the delivery ask of a session from outside its task.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    /// Server-side subscribe/unsubscribe asked by the API, applied by the session.
+    pub requests: Vec<ControlRequest>,
+    /// Channels whose stream the delivery found a gap in: the client was told
+    /// (unsubscribe 2500) and gets nothing more from them; the session forgets them
+    /// before its next command, so that the client's resubscribe finds them gone.
+    pub lost: Vec<String>,
 }
 
 /// One reply or push queued for a client.
@@ -174,7 +193,26 @@ impl ClientShared {
             format,
             outbox: Mutex::new(Outbox { limit, ..Default::default() }),
             notify: Notify::new(),
+            control: Mutex::default(),
+            details: OnceLock::new(),
         }
+    }
+
+    /// What the server API and the delivery asked of the session.
+    pub fn control(&self) -> MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What the server API's `connections` shows of the session; `None` until it is
+    /// connected.
+    pub fn details(&self) -> Option<&Details> {
+        self.details.get()
+    }
+
+    /// Records what the server API's `connections` shows of the session, once it is
+    /// connected (a second call changes nothing).
+    pub fn set_details(&self, details: Details) {
+        let _ = self.details.set(details);
     }
 
     /// Queues encoded bytes (one reply or push, without a separator). Returns false if
@@ -346,6 +384,12 @@ pub(crate) fn new_client_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_with_its_reference_counts_fits_the_allocators_384_byte_class() {
+        // Two counts of a word each precede the value in an `Arc`'s block.
+        assert!(std::mem::size_of::<ClientShared>() + 16 <= 384, "{}", std::mem::size_of::<ClientShared>());
+    }
 
     #[test]
     fn client_ids_are_version_4_uuids_in_strings_of_their_exact_length() {

@@ -179,13 +179,13 @@ pub(crate) struct Connections {
 #[derive(Clone)]
 pub(crate) struct Connected {
     pub client: Arc<ClientShared>,
-    pub control: Arc<SessionControl>,
 }
 
 impl Connected {
     /// What the server API's `connections` shows of it, a session of `user`.
     fn details(&self, user: &str) -> ConnectionInfo {
-        let d = &self.control.details;
+        let no_details = Details::default();
+        let d = self.client.details().unwrap_or(&no_details);
         ConnectionInfo {
             client: self.client.id.clone(),
             user: user.to_owned(),
@@ -211,20 +211,6 @@ pub(crate) struct Details {
     pub token_uid: Option<Box<str>>,
     pub token_issued_at: Option<u64>,
     pub meta: Bytes,
-}
-
-/// What the server API and the delivery may ask of a connected session from outside
-/// its task.
-#[derive(Debug, Default)]
-pub(crate) struct SessionControl {
-    /// Server-side subscribe/unsubscribe asked by the API, applied by the session.
-    pub requests: Mutex<Vec<ControlRequest>>,
-    /// Channels whose stream the delivery found a gap in: the client was told
-    /// (unsubscribe 2500) and gets nothing more from them; the session forgets them
-    /// before its next command, so that the client's resubscribe finds them gone.
-    pub lost: Mutex<Vec<String>>,
-    /// What the server API's `connections` shows of the session.
-    pub details: Details,
 }
 
 /// A connected client as the server API's `connections` shows it: who it is, what it
@@ -351,8 +337,6 @@ struct Sub {
     /// A gap was found: the client was unsubscribed (2500) and gets nothing more here
     /// until its session removes the subscription.
     lost: bool,
-    /// Where the session learns that it was.
-    control: Arc<SessionControl>,
     /// Channel compaction: pushes name the channel by its id.
     compact: bool,
     /// A Pusher client: publications go in Pusher's wire shape, except to the socket
@@ -409,7 +393,7 @@ impl Sub {
         self.lost = true;
         // Recorded before the push wakes the session (or takes its parked connection
         // back), so that it finds the channel to forget.
-        lock(&self.control.lost).push(channel.to_owned());
+        self.client.control().lost.push(channel.to_owned());
         let push = Reply::Push(Push {
             id: 0,
             channel: channel.to_owned(),
@@ -436,8 +420,6 @@ pub(crate) struct SubOptions {
     pub filter: Option<Arc<FilterNode>>,
     /// Made by the server, not by a subscribe command.
     pub server_side: bool,
-    /// The session's control, where a lost subscription is reported.
-    pub control: Arc<SessionControl>,
     /// Channel compaction was negotiated.
     pub compact: bool,
     /// A Pusher client (see `Sub::pusher`).
@@ -712,7 +694,7 @@ impl Hub {
         let mut n = 0;
         for c in conns.users.get(user).into_iter().flat_map(|s| s.values()) {
             if client.is_none_or(|id| id == c.client.id) {
-                lock(&c.control.requests).push(req());
+                c.client.control().requests.push(req());
                 // Wakes the session's task, which applies the request.
                 c.client.push_wake();
                 n += 1;
@@ -886,7 +868,6 @@ impl HubInner {
                     filter: o.filter,
                     server_side: o.server_side,
                     lost: false,
-                    control: o.control,
                     compact: o.compact,
                     pusher: o.pusher,
                 },

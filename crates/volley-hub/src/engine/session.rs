@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 
 use super::client::ClientShared;
-use super::{encode, lock, now_ms, ControlRequest, Details, HubInner, SessionControl, SubOptions};
+use super::{encode, lock, now_ms, ControlRequest, Details, HubInner, SubOptions};
 use crate::auth::{ConnectToken, SubscribeToken, TokenError};
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::protocol::{
@@ -31,7 +31,6 @@ pub(crate) type Outcome = Result<(), Disconnect>;
 pub(crate) struct Session {
     hub: Arc<HubInner>,
     pub client: Arc<ClientShared>,
-    control: Arc<SessionControl>,
     remote_ip: Option<IpAddr>,
     connected: bool,
     user: String,
@@ -61,6 +60,9 @@ struct Extras {
     /// The headers the client emulates (in its connect command) that proxies forward.
     emulated: Box<[(HeaderName, HeaderValue)]>,
 }
+
+/// The `meta` of a session that has none (not connected yet).
+static NO_META: Bytes = Bytes::new();
 
 /// How long a refresh or sub_refresh proxy that failed waits before it is asked again.
 const PROXY_RETRY: Duration = Duration::from_secs(10);
@@ -122,7 +124,6 @@ impl Session {
         Session {
             hub,
             client,
-            control: Arc::default(),
             remote_ip,
             connected: false,
             user: String::new(),
@@ -160,7 +161,7 @@ impl Session {
             transport: self.transport,
             format: self.client.format,
             user: Some(&self.user),
-            meta: &self.control.details.meta,
+            meta: self.client.details().map_or(&NO_META, |d| &d.meta),
         }
     }
 
@@ -280,7 +281,7 @@ impl Session {
     pub fn refreshes_presence(&self) -> bool {
         self.counts_user_connection()
             || self.subs.iter().any(|(_, sub)| sub.options.presence)
-            || !lock(&self.control.lost).is_empty()
+            || !self.client.control().lost.is_empty()
     }
 
     /// When the session must be checked next for expiry (connection or subscription).
@@ -398,7 +399,7 @@ impl Session {
     /// 2500): out of the channel, its presence and the registry. Done before anything
     /// else the session does, so that the client's resubscribe finds the channel free.
     async fn forget_lost(&mut self) {
-        let lost = std::mem::take(&mut *lock(&self.control.lost));
+        let lost = std::mem::take(&mut self.client.control().lost);
         for channel in lost {
             self.remove_sub(&channel).await;
         }
@@ -427,12 +428,13 @@ impl Session {
     /// Applies what the server API asked (server-side subscribe and unsubscribe).
     /// Whether the server API or the delivery asked anything of the session.
     pub fn has_control(&self) -> bool {
-        !lock(&self.control.requests).is_empty() || !lock(&self.control.lost).is_empty()
+        let control = self.client.control();
+        !control.requests.is_empty() || !control.lost.is_empty()
     }
 
     pub async fn apply_control(&mut self) -> Outcome {
         self.forget_lost().await;
-        let requests = std::mem::take(&mut *lock(&self.control.requests));
+        let requests = std::mem::take(&mut self.client.control().requests);
         for r in requests {
             match r {
                 ControlRequest::Subscribe { channel } => {
@@ -763,8 +765,8 @@ impl Session {
             *conns.ips.entry(ip).or_default() += 1;
         }
         conns.total += 1;
-        self.control = Arc::new(SessionControl { details, ..SessionControl::default() });
-        let connected = super::Connected { client: self.client.clone(), control: self.control.clone() };
+        self.client.set_details(details);
+        let connected = super::Connected { client: self.client.clone() };
         conns.users.entry(self.user.clone()).or_default().insert(self.client.seq, connected);
         self.hub.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -911,7 +913,6 @@ impl Session {
             delta,
             filter: filter.clone(),
             server_side,
-            control: self.control.clone(),
             // Only on a client's own subscription: a server-side one has no subscribe
             // reply to carry the id. Only on JSON: over Protobuf, centrifuge-js (5.8)
             // holds the int64 id as a Long object and compares ids with `===`, so it

@@ -28,7 +28,7 @@ use super::{
     TAG_EVENT, TAG_EXCLUDE, TAG_USER_ID,
 };
 use crate::engine::client::ClientShared;
-use crate::engine::{lock, now_ms, Connected, Details, Hub, SessionControl, SubOptions};
+use crate::engine::{lock, now_ms, Connected, Details, Hub, SubOptions};
 use crate::protocol::{ClientInfo, Disconnect, Format, PayloadKind, Publication};
 use crate::transport::websocket::Exit;
 
@@ -315,8 +315,9 @@ pub(crate) async fn run<C: Carrier>(
             _ = client.ready() => {
                 // The server API's subscribe and unsubscribe do not apply to Pusher
                 // clients; disconnects come as the queue's close.
-                lock(&c.s.control.requests).clear();
-                lock(&c.s.control.lost).clear();
+                let mut control = c.s.client.control();
+                control.requests.clear();
+                control.lost.clear();
                 active = client.has_queued();
             }
             msg = ws.recv() => {
@@ -477,7 +478,6 @@ struct PusherSession {
     /// The app, shared by its connections.
     app: Arc<PusherApp>,
     client: Arc<ClientShared>,
-    control: Arc<SessionControl>,
     /// The key the connection is registered under in the hub's connections.
     registered_as: String,
     subs: HashMap<String, Sub>,
@@ -496,12 +496,12 @@ impl PusherSession {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let socket_id = format!("{}.{}", rand::random::<u32>() % 1_000_000_000, NEXT.fetch_add(1, Ordering::Relaxed));
         let client = Arc::new(ClientShared::with_id(socket_id, Format::Json, hub.config().client.queue_max_bytes));
-        let control = Arc::new(SessionControl { details, ..SessionControl::default() });
+        client.set_details(details);
         let registered_as = internal_user(&app.id, "");
         {
             let mut conns = lock(&hub.inner.conns);
             conns.total += 1;
-            let c = Connected { client: client.clone(), control: control.clone() };
+            let c = Connected { client: client.clone() };
             conns.users.entry(registered_as.clone()).or_default().insert(client.seq, c);
         }
         hub.metrics().connections_total.fetch_add(1, Ordering::Relaxed);
@@ -509,7 +509,6 @@ impl PusherSession {
             hub,
             app,
             client,
-            control,
             registered_as,
             subs: HashMap::new(),
             user: None,
@@ -615,7 +614,7 @@ impl PusherSession {
         let internal = internal_channel(&self.app.id, channel);
         let options = channel_options(&self.app, channel);
         let inner = &self.hub.inner;
-        let sub = SubOptions { pusher: true, control: self.control.clone(), ..SubOptions::default() };
+        let sub = SubOptions { pusher: true, ..SubOptions::default() };
         let pending = match inner.register(&internal, &self.client, sub).await {
             Ok(p) => p,
             Err(_) => return self.push(wire::subscription_error(channel, 500, "Internal error")),
@@ -842,14 +841,14 @@ impl PusherSession {
         let as_user = internal_user(&self.app.id, &id);
         {
             let mut conns = lock(&self.hub.inner.conns);
-            let c = Connected { client: self.client.clone(), control: self.control.clone() };
+            let c = Connected { client: self.client.clone() };
             remove_registration(&mut conns, &self.registered_as, self.client.seq);
             conns.users.entry(as_user.clone()).or_default().insert(self.client.seq, c);
         }
         self.registered_as = as_user;
         // The user's channel: events sent to it reach all of the user's connections.
         let internal = internal_channel(&self.app.id, &format!("#server-to-user-{id}"));
-        let sub = SubOptions { pusher: true, control: self.control.clone(), ..SubOptions::default() };
+        let sub = SubOptions { pusher: true, ..SubOptions::default() };
         match self.hub.inner.register(&internal, &self.client, sub).await {
             Ok(pending) => {
                 self.hub.inner.go_live(&pending, None, 0, None, "", &self.client);
@@ -889,7 +888,7 @@ impl PusherSession {
         watching.sort();
         watching.dedup();
         for w in &watching {
-            let sub = SubOptions { pusher: true, control: self.control.clone(), ..SubOptions::default() };
+            let sub = SubOptions { pusher: true, ..SubOptions::default() };
             if let Ok(pending) = inner.register(&watch_channel(&self.app.id, w), &self.client, sub).await {
                 inner.go_live(&pending, None, 0, None, "", &self.client);
             }
