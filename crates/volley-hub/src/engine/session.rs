@@ -31,20 +31,18 @@ pub(crate) type Outcome = Result<(), Disconnect>;
 pub(crate) struct Session {
     hub: Arc<HubInner>,
     pub client: Arc<ClientShared>,
-    remote_ip: Option<IpAddr>,
     connected: bool,
     user: String,
     conn_info: Bytes,
     /// When the connection expires (Unix seconds), unless refreshed.
     expires_at: Option<u64>,
     subs: Keyed<String, LocalSub>,
-    /// Commands allowed now (a token bucket).
-    tokens: f64,
-    refilled: Instant,
+    /// Commands allowed now (a token bucket), and when it was last refilled
+    /// ([`clock_ms`]).
+    tokens: f32,
+    refilled: u64,
     /// When a ping was sent that no pong has answered yet.
     pub ping_sent: Option<Instant>,
-    /// The transport's name, as proxies and the server API are told.
-    transport: &'static str,
     /// What only some sessions have (boxed: the others keep a pointer's room for it, in
     /// every parked client).
     extras: Option<Box<Extras>>,
@@ -53,12 +51,25 @@ pub(crate) struct Session {
 /// The parts of a session that only some transports or configurations use.
 #[derive(Default)]
 struct Extras {
+    /// The transport's name, as proxies and the server API are told, when it is not
+    /// `websocket`.
+    transport: Option<&'static str>,
+    /// The client's address, kept only where connections per address are limited.
+    remote_ip: Option<IpAddr>,
     /// The session id of an emulation transport, given in the connect result.
     emulation_session: String,
     /// The headers of the client's request that proxies forward (only those).
     headers: Box<[(HeaderName, HeaderValue)]>,
     /// The headers the client emulates (in its connect command) that proxies forward.
     emulated: Box<[(HeaderName, HeaderValue)]>,
+}
+
+/// Milliseconds on a monotonic clock that starts with the first call (a session's
+/// token bucket keeps its last refill as one: eight bytes, where an `Instant` takes
+/// sixteen, in every parked client).
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// The `meta` of a session that has none (not connected yet).
@@ -120,27 +131,43 @@ fn ttl(expires_at: Option<u64>) -> (bool, u32) {
 impl Session {
     pub fn new(hub: Arc<HubInner>, format: Format, remote_ip: Option<IpAddr>) -> Self {
         let client = Arc::new(ClientShared::new(format, hub.config.client.queue_max_bytes));
-        let burst = f64::from(hub.config.client.command_burst.max(1));
+        let burst = hub.config.client.command_burst.max(1) as f32;
+        let extras = match remote_ip {
+            Some(ip) if hub.config.client.ip_connection_limit > 0 => {
+                Some(Box::new(Extras { remote_ip: Some(ip), ..Extras::default() }))
+            }
+            _ => None,
+        };
         Session {
             hub,
             client,
-            remote_ip,
             connected: false,
             user: String::new(),
             conn_info: Bytes::new(),
             expires_at: None,
             subs: Keyed::default(),
             tokens: burst,
-            refilled: Instant::now(),
+            refilled: clock_ms(),
             ping_sent: None,
-            transport: "websocket",
-            extras: None,
+            extras,
         }
     }
 
     /// Names the transport for proxies and the server API (`websocket` until set).
     pub fn set_transport(&mut self, name: &'static str) {
-        self.transport = name;
+        if name != "websocket" || self.extras.is_some() {
+            self.extras().transport = Some(name);
+        }
+    }
+
+    /// The transport's name.
+    fn transport(&self) -> &'static str {
+        self.extras.as_ref().and_then(|e| e.transport).unwrap_or("websocket")
+    }
+
+    /// The client's address, where connections per address are limited.
+    fn remote_ip(&self) -> Option<IpAddr> {
+        self.extras.as_ref()?.remote_ip
     }
 
     /// Keeps the headers of the client's request that some proxy forwards; `get` reads
@@ -158,7 +185,7 @@ impl Session {
     fn proxy_conn(&self) -> proxy::Conn<'_> {
         proxy::Conn {
             client: &self.client.id,
-            transport: self.transport,
+            transport: self.transport(),
             format: self.client.format,
             user: Some(&self.user),
             meta: self.client.details().map_or(&NO_META, |d| &d.meta),
@@ -498,10 +525,10 @@ impl Session {
         if c.command_rate == 0 {
             return true;
         }
-        let now = Instant::now();
-        let burst = f64::from(c.command_burst.max(1));
-        self.tokens =
-            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * f64::from(c.command_rate)).min(burst);
+        let now = clock_ms();
+        let burst = c.command_burst.max(1) as f32;
+        let elapsed = now.saturating_sub(self.refilled) as f32 / 1000.0;
+        self.tokens = (self.tokens + elapsed * c.command_rate as f32).min(burst);
         self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -657,7 +684,7 @@ impl Session {
         let details = Details {
             app_name: req.name.as_str().into(),
             app_version: req.version.as_str().into(),
-            transport: self.transport,
+            transport: self.transport(),
             token_uid: token.jti.as_deref().map(Into::into),
             token_issued_at: token.issued_at,
             meta: token.meta.clone().unwrap_or_default(),
@@ -758,7 +785,7 @@ impl Session {
         {
             return Err(Disconnect::CONNECTION_LIMIT);
         }
-        if let Some(ip) = self.remote_ip {
+        if let Some(ip) = self.remote_ip() {
             if c.ip_connection_limit > 0 && conns.ips.get(&ip).copied().unwrap_or(0) >= c.ip_connection_limit {
                 return Err(Disconnect::CONNECTION_LIMIT);
             }
@@ -1266,7 +1293,7 @@ impl Session {
                 conns.users.remove(&self.user);
             }
         }
-        if let Some(ip) = self.remote_ip {
+        if let Some(ip) = self.remote_ip() {
             if let Some(n) = conns.ips.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {

@@ -11,7 +11,6 @@
 //! the hub's own clients are, and what is queued for it is written where it is
 //! parked.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +27,7 @@ use super::{
     TAG_EVENT, TAG_EXCLUDE, TAG_USER_ID,
 };
 use crate::engine::client::ClientShared;
+use crate::engine::keyed::Keyed;
 use crate::engine::{lock, now_ms, Connected, Details, Hub, SubOptions};
 use crate::protocol::{ClientInfo, Disconnect, Format, PayloadKind, Publication};
 use crate::transport::websocket::Exit;
@@ -480,7 +480,9 @@ struct PusherSession {
     client: Arc<ClientShared>,
     /// The key the connection is registered under in the hub's connections.
     registered_as: String,
-    subs: HashMap<String, Sub>,
+    /// A list while small (most clients have one or two): a `HashMap` would allocate
+    /// room for four from the first.
+    subs: Keyed<String, Sub>,
     user: Option<SignedIn>,
     /// Signed in, or subscribed to a channel that needs authorization.
     authorized: bool,
@@ -510,7 +512,7 @@ impl PusherSession {
             app,
             client,
             registered_as,
-            subs: HashMap::new(),
+            subs: Keyed::default(),
             user: None,
             authorized: false,
             events: (Instant::now(), 0),
@@ -742,7 +744,7 @@ impl PusherSession {
     }
 
     async fn refresh_presence(&mut self) {
-        for (channel, sub) in &self.subs {
+        for (channel, sub) in self.subs.iter() {
             if sub.counted {
                 let me = ClientInfo { client: self.client.id.clone(), ..ClientInfo::default() };
                 let occupancy = occupancy_channel(&self.app.id, channel);
