@@ -15,7 +15,7 @@
 //! connection back and start a task for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -27,8 +27,9 @@ use crate::protocol::{Disconnect, Format};
 
 /// A client's queue and identity, shared by its task and the hub, and what the server
 /// API and the delivery ask of its session from outside its task. One block per
-/// client (384 bytes with its reference counts, one of the allocator's size classes:
-/// a field more moves it to the next, 448).
+/// client (320 bytes with its reference counts, one of the allocator's size classes:
+/// a field more moves it to the next, 384).
+
 #[derive(Debug)]
 pub(crate) struct ClientShared {
     /// A number unique in this process (the registry's key).
@@ -39,7 +40,6 @@ pub(crate) struct ClientShared {
     pub format: Format,
     outbox: Mutex<Outbox>,
     notify: Notify,
-    control: Mutex<Control>,
     /// What the server API's `connections` shows of the session: set once, when it is
     /// connected.
     details: OnceLock<Details>,
@@ -127,6 +127,9 @@ struct Outbox {
     limit: usize,
     /// Set once: the client is to be disconnected.
     closing: Option<Disconnect>,
+    /// What the server API and the delivery asked of the session, while anything is
+    /// (boxed: rarely anything, and a client keeps a pointer's room for it).
+    control: Option<Box<Control>>,
     /// Set while the connection is parked: its id, and where to send it to be woken.
     parked: Option<(ParkedId, Unparker)>,
 }
@@ -193,14 +196,43 @@ impl ClientShared {
             format,
             outbox: Mutex::new(Outbox { limit, ..Default::default() }),
             notify: Notify::new(),
-            control: Mutex::default(),
             details: OnceLock::new(),
         }
     }
 
-    /// What the server API and the delivery asked of the session.
-    pub fn control(&self) -> MutexGuard<'_, Control> {
-        self.control.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Asks something of the session: `f` adds it to what is asked.
+    pub fn ask(&self, f: impl FnOnce(&mut Control)) {
+        f(self.lock().control.get_or_insert_with(Box::default));
+    }
+
+    /// Whether anything is asked of the session.
+    pub fn asked(&self) -> bool {
+        self.lock().control.is_some()
+    }
+
+    /// Whether the delivery lost any of the session's subscriptions.
+    pub fn lost_any(&self) -> bool {
+        self.lock().control.as_ref().is_some_and(|c| !c.lost.is_empty())
+    }
+
+    /// Takes the subscriptions the delivery lost.
+    pub fn take_lost(&self) -> Vec<String> {
+        self.take_asked(|c| std::mem::take(&mut c.lost))
+    }
+
+    /// Takes the server API's requests.
+    pub fn take_requests(&self) -> Vec<ControlRequest> {
+        self.take_asked(|c| std::mem::take(&mut c.requests))
+    }
+
+    fn take_asked<T: Default>(&self, take: impl FnOnce(&mut Control) -> T) -> T {
+        let mut o = self.lock();
+        let Some(control) = o.control.as_mut() else { return T::default() };
+        let taken = take(control);
+        if control.requests.is_empty() && control.lost.is_empty() {
+            o.control = None;
+        }
+        taken
     }
 
     /// What the server API's `connections` shows of the session; `None` until it is
@@ -386,9 +418,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_client_with_its_reference_counts_fits_the_allocators_384_byte_class() {
+    fn a_client_with_its_reference_counts_fits_the_allocators_320_byte_class() {
         // Two counts of a word each precede the value in an `Arc`'s block.
-        assert!(std::mem::size_of::<ClientShared>() + 16 <= 384, "{}", std::mem::size_of::<ClientShared>());
+        assert!(std::mem::size_of::<ClientShared>() + 16 <= 320, "{}", std::mem::size_of::<ClientShared>());
     }
 
     #[test]

@@ -72,9 +72,6 @@ fn clock_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// The `meta` of a session that has none (not connected yet).
-static NO_META: Bytes = Bytes::new();
-
 /// How long a refresh or sub_refresh proxy that failed waits before it is asked again.
 const PROXY_RETRY: Duration = Duration::from_secs(10);
 
@@ -188,7 +185,7 @@ impl Session {
             transport: self.transport(),
             format: self.client.format,
             user: Some(&self.user),
-            meta: self.client.details().map_or(&NO_META, |d| &d.meta),
+            meta: self.client.details().map_or(&[], |d| &d.meta),
         }
     }
 
@@ -306,9 +303,7 @@ impl Session {
     /// Whether the ping timer's [`refresh_presence`](Session::refresh_presence) has
     /// anything to do (calls to the broker, subscriptions to forget).
     pub fn refreshes_presence(&self) -> bool {
-        self.counts_user_connection()
-            || self.subs.iter().any(|(_, sub)| sub.options.presence)
-            || !self.client.control().lost.is_empty()
+        self.counts_user_connection() || self.subs.iter().any(|(_, sub)| sub.options.presence) || self.client.lost_any()
     }
 
     /// When the session must be checked next for expiry (connection or subscription).
@@ -426,7 +421,7 @@ impl Session {
     /// 2500): out of the channel, its presence and the registry. Done before anything
     /// else the session does, so that the client's resubscribe finds the channel free.
     async fn forget_lost(&mut self) {
-        let lost = std::mem::take(&mut self.client.control().lost);
+        let lost = self.client.take_lost();
         for channel in lost {
             self.remove_sub(&channel).await;
         }
@@ -452,16 +447,15 @@ impl Session {
         (self.hub.config.client.ping_interval * 3).max(Duration::from_secs(30))
     }
 
-    /// Applies what the server API asked (server-side subscribe and unsubscribe).
     /// Whether the server API or the delivery asked anything of the session.
     pub fn has_control(&self) -> bool {
-        let control = self.client.control();
-        !control.requests.is_empty() || !control.lost.is_empty()
+        self.client.asked()
     }
 
+    /// Applies what the server API asked (server-side subscribe and unsubscribe).
     pub async fn apply_control(&mut self) -> Outcome {
         self.forget_lost().await;
-        let requests = std::mem::take(&mut self.client.control().requests);
+        let requests = self.client.take_requests();
         for r in requests {
             match r {
                 ControlRequest::Subscribe { channel } => {
@@ -687,7 +681,7 @@ impl Session {
             transport: self.transport(),
             token_uid: token.jti.as_deref().map(Into::into),
             token_issued_at: token.issued_at,
-            meta: token.meta.clone().unwrap_or_default(),
+            meta: token.meta.as_deref().unwrap_or_default().into(),
         };
         self.register_connection(details)?;
         self.connected = true;

@@ -315,9 +315,8 @@ pub(crate) async fn run<C: Carrier>(
             _ = client.ready() => {
                 // The server API's subscribe and unsubscribe do not apply to Pusher
                 // clients; disconnects come as the queue's close.
-                let mut control = c.s.client.control();
-                control.requests.clear();
-                control.lost.clear();
+                c.s.client.take_requests();
+                c.s.client.take_lost();
                 active = client.has_queued();
             }
             msg = ws.recv() => {
