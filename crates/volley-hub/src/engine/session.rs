@@ -32,8 +32,10 @@ pub(crate) struct Session {
     hub: Arc<HubInner>,
     pub client: Arc<ClientShared>,
     connected: bool,
-    user: String,
-    conn_info: Bytes,
+    user: Box<str>,
+    /// The connection's `info` (boxed bytes: 16 bytes where `Bytes` take 32, in every
+    /// parked client).
+    conn_info: Box<[u8]>,
     /// When the connection expires (Unix seconds), unless refreshed.
     expires_at: Option<u64>,
     subs: Keyed<String, LocalSub>,
@@ -139,8 +141,8 @@ impl Session {
             hub,
             client,
             connected: false,
-            user: String::new(),
-            conn_info: Bytes::new(),
+            user: Box::default(),
+            conn_info: Box::default(),
             expires_at: None,
             subs: Keyed::default(),
             tokens: burst,
@@ -239,9 +241,9 @@ impl Session {
 
     fn info(&self, chan_info: Bytes) -> ClientInfo {
         ClientInfo {
-            user: self.user.clone(),
+            user: self.user.to_string(),
             client: self.client.id.clone(),
-            conn_info: self.conn_info.clone(),
+            conn_info: Bytes::copy_from_slice(&self.conn_info),
             chan_info,
         }
     }
@@ -377,7 +379,7 @@ impl Session {
                         }
                         self.expires_at = r.expire_at();
                         match r.info() {
-                            Ok(Some(info)) => self.conn_info = protocol::json::one_line(info),
+                            Ok(Some(info)) => self.conn_info = protocol::json::one_line(info).as_ref().into(),
                             Ok(None) => {}
                             Err(e) => tracing::warn!(error = %e, "refresh proxy: bad info"),
                         }
@@ -670,8 +672,8 @@ impl Session {
             self.error(id, ErrorReply::TOKEN_EXPIRED);
             return Ok(());
         }
-        self.user = token.user.clone();
-        self.conn_info = token.info.clone().map(protocol::json::one_line).unwrap_or_default();
+        self.user = token.user.as_str().into();
+        self.conn_info = token.info.clone().map(protocol::json::one_line).unwrap_or_default().as_ref().into();
         self.expires_at = token.expire_at;
         // What the server API's `connections` shows; `meta` goes nowhere else (not to
         // clients: not in presence, joins, leaves or publications).
@@ -775,7 +777,7 @@ impl Session {
         }
         if c.user_connection_limit > 0
             && !self.user.is_empty()
-            && conns.users.get(&self.user).map_or(0, |s| s.len()) >= c.user_connection_limit
+            && conns.users.get(&*self.user).map_or(0, |s| s.len()) >= c.user_connection_limit
         {
             return Err(Disconnect::CONNECTION_LIMIT);
         }
@@ -788,7 +790,7 @@ impl Session {
         conns.total += 1;
         self.client.set_details(details);
         let connected = super::Connected { client: self.client.clone() };
-        conns.users.entry(self.user.clone()).or_default().insert(self.client.seq, connected);
+        conns.users.entry(self.user.to_string()).or_default().insert(self.client.seq, connected);
         self.hub.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -862,7 +864,7 @@ impl Session {
             let allowed = if resolved.private {
                 false
             } else if let Some(users) = &resolved.users {
-                !self.user.is_empty() && users.contains(&self.user)
+                !self.user.is_empty() && users.iter().any(|u| **u == *self.user)
             } else {
                 insecure
                     || (self.user.is_empty() && o.allow_subscribe_for_anonymous)
@@ -1229,7 +1231,7 @@ impl Session {
             Ok(t) => t,
             Err(e) => return self.token_refused(id, e, "connection"),
         };
-        if t.user != self.user {
+        if *t.user != *self.user {
             return Err(Disconnect::INVALID_TOKEN);
         }
         self.expires_at = t.expire_at;
@@ -1281,10 +1283,10 @@ impl Session {
         self.connected = false;
         let mut conns = lock(&self.hub.conns);
         conns.total = conns.total.saturating_sub(1);
-        if let Some(sessions) = conns.users.get_mut(&self.user) {
+        if let Some(sessions) = conns.users.get_mut(&*self.user) {
             sessions.remove(&self.client.seq);
             if sessions.is_empty() {
-                conns.users.remove(&self.user);
+                conns.users.remove(&*self.user);
             }
         }
         if let Some(ip) = self.remote_ip() {
