@@ -35,7 +35,7 @@ pub(crate) struct ClientShared {
     /// A number unique in this process (the registry's key).
     pub seq: u64,
     /// The client id (a UUID) given in the connect result.
-    pub id: String,
+    pub id: ClientId,
     /// The client's wire format.
     pub format: Format,
     outbox: Mutex<Outbox>,
@@ -125,8 +125,9 @@ struct Outbox {
     since: Option<Instant>,
     bytes: usize,
     limit: usize,
-    /// Set once: the client is to be disconnected.
-    closing: Option<Disconnect>,
+    /// Set once: the client is to be disconnected (boxed: a pointer's room in every
+    /// client, for what happens once).
+    closing: Option<Box<Disconnect>>,
     /// What the server API and the delivery asked of the session, while anything is
     /// (boxed: rarely anything, and a client keeps a pointer's room for it).
     control: Option<Box<Control>>,
@@ -189,7 +190,7 @@ impl ClientShared {
     }
 
     /// A client with the given id (a Pusher client's socket id).
-    pub fn with_id(id: String, format: Format, limit: usize) -> Self {
+    pub fn with_id(id: ClientId, format: Format, limit: usize) -> Self {
         ClientShared {
             seq: SEQ.fetch_add(1, Ordering::Relaxed),
             id,
@@ -269,7 +270,7 @@ impl ClientShared {
             return false;
         }
         if o.bytes + len > o.limit {
-            o.closing = Some(Disconnect::SLOW);
+            o.closing = Some(Box::new(Disconnect::SLOW));
             o.items.clear();
             o.bytes = 0;
             self.wake(o);
@@ -354,7 +355,7 @@ impl ClientShared {
     pub fn close(&self, d: Disconnect) {
         let mut o = self.lock();
         if o.closing.is_none() {
-            o.closing = Some(d);
+            o.closing = Some(Box::new(d));
         }
         self.wake(o);
     }
@@ -377,7 +378,7 @@ impl ClientShared {
 
     /// The disconnect asked, if one was.
     pub fn closing(&self) -> Option<Disconnect> {
-        self.lock().closing.clone()
+        self.lock().closing.as_deref().cloned()
     }
 
     /// Takes what is queued: the disconnect if one was asked, and when the oldest item
@@ -386,7 +387,7 @@ impl ClientShared {
         let mut o = self.lock();
         into.extend(o.items.drain(..).map(Item::into_bytes));
         o.bytes = 0;
-        (o.closing.clone(), o.since.take())
+        (o.closing.as_deref().cloned(), o.since.take())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
@@ -395,22 +396,112 @@ impl ClientShared {
 }
 
 /// A random UUID (version 4), as Centrifugo's client ids are.
-pub(crate) fn new_client_id() -> String {
+pub(crate) fn new_client_id() -> ClientId {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    // Written into a string of its exact length: it stays as long as the client does
-    // (`format!` would leave it in a 64-byte block).
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(36);
+    let mut id = ClientId { len: 0, bytes: [0; ClientId::MAX] };
     for (i, x) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            id.push('-');
+            id.push(b'-');
         }
-        id.push(char::from(HEX[usize::from(x >> 4)]));
-        id.push(char::from(HEX[usize::from(x & 0x0f)]));
+        id.push(HEX[usize::from(x >> 4)]);
+        id.push(HEX[usize::from(x & 0x0f)]);
     }
     id
+}
+
+/// A client id, kept inline: a UUID's 36 characters, or a Pusher socket id (at most
+/// 30). Inline rather than a `String`, which would cost every client a 48-byte block
+/// of its own.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ClientId {
+    len: u8,
+    bytes: [u8; ClientId::MAX],
+}
+
+impl ClientId {
+    /// The longest id.
+    pub const MAX: usize = 36;
+
+    /// The id `id`: ids are made by the hub, never longer than [`ClientId::MAX`]; a
+    /// longer one is cut there (at a character's boundary).
+    pub fn new(id: &str) -> ClientId {
+        let mut end = id.len().min(Self::MAX);
+        while !id.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0; Self::MAX];
+        bytes[..end].copy_from_slice(&id.as_bytes()[..end]);
+        ClientId { len: end as u8, bytes }
+    }
+
+    fn push(&mut self, b: u8) {
+        self.bytes[usize::from(self.len)] = b;
+        self.len += 1;
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Made from a `&str` cut at a character's boundary, or from ASCII.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for ClientId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl serde::Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for ClientId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ClientId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<ClientId> for &str {
+    fn eq(&self, other: &ClientId) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<ClientId> for str {
+    fn eq(&self, other: &ClientId) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<String> for ClientId {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
 }
 
 #[cfg(test)]
@@ -425,8 +516,9 @@ mod tests {
 
     #[test]
     fn client_ids_are_version_4_uuids_in_strings_of_their_exact_length() {
-        let a = new_client_id();
-        assert_eq!((a.len(), a.capacity()), (36, 36));
+        let id = new_client_id();
+        let a = id.as_str();
+        assert_eq!(a.len(), 36);
         let groups: Vec<&str> = a.split('-').collect();
         assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{a}");
         assert!(a.bytes().all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{a}");

@@ -187,7 +187,7 @@ impl Connected {
         let no_details = Details::default();
         let d = self.client.details().unwrap_or(&no_details);
         ConnectionInfo {
-            client: self.client.id.clone(),
+            client: self.client.id.to_string(),
             user: user.to_owned(),
             app_name: d.app_name.to_string(),
             app_version: d.app_version.to_string(),
@@ -454,7 +454,7 @@ impl Hub {
             None => verifier.clone(),
         };
         let proxies = crate::proxy::Proxies::new(&config).map_err(ConfigError)?;
-        let node = client::new_client_id();
+        let node = client::new_client_id().to_string();
         broker.set_node(&node);
         let websocket = crate::transport::WebSocketConfigs::new(&config);
         let pusher_apps = config.pusher.apps.iter().cloned().map(Arc::new).collect();
@@ -1317,7 +1317,7 @@ mod tests {
         let hub = Hub::new(HubConfig::default()).unwrap();
         let inner = &hub.inner;
         let channel = internal_channel("1", "news");
-        let client = |id: &str| Arc::new(ClientShared::with_id(id.into(), Format::Json, 1 << 20));
+        let client = |id: &str| Arc::new(ClientShared::with_id(client::ClientId::new(id), Format::Json, 1 << 20));
         let (a, b, c) = (client("1.1"), client("1.2"), client("1.3"));
         let centrifugo = Arc::new(ClientShared::new(Format::Json, 1 << 20));
         for (cl, pusher) in [(&a, true), (&b, true), (&c, true), (&centrifugo, false)] {

@@ -85,7 +85,8 @@ enum Refused {
 
 struct LocalSub {
     options: Arc<ChannelOptions>,
-    chan_info: Bytes,
+    /// Boxed bytes rather than `Bytes`: 16 bytes where those take 32, per subscription.
+    chan_info: Box<[u8]>,
     expires_at: Option<u64>,
 }
 
@@ -242,7 +243,7 @@ impl Session {
     fn info(&self, chan_info: Bytes) -> ClientInfo {
         ClientInfo {
             user: self.user.to_string(),
-            client: self.client.id.clone(),
+            client: self.client.id.to_string(),
             conn_info: Bytes::copy_from_slice(&self.conn_info),
             chan_info,
         }
@@ -405,7 +406,7 @@ impl Session {
                     Ok(mut r) if !r.expired && r.expire_at().is_none_or(|t| t > now) => {
                         sub.expires_at = r.expire_at();
                         match r.info() {
-                            Ok(Some(info)) => sub.chan_info = protocol::json::one_line(info),
+                            Ok(Some(info)) => sub.chan_info = protocol::json::one_line(info).as_ref().into(),
                             Ok(None) => {}
                             Err(e) => tracing::warn!(error = %e, channel, "sub_refresh proxy: bad info"),
                         }
@@ -439,8 +440,11 @@ impl Session {
         }
         for (channel, sub) in self.subs.iter() {
             if sub.options.presence {
-                let _ =
-                    self.hub.broker.add_presence(channel, self.info(sub.chan_info.clone()), self.presence_ttl()).await;
+                let _ = self
+                    .hub
+                    .broker
+                    .add_presence(channel, self.info(Bytes::copy_from_slice(&sub.chan_info)), self.presence_ttl())
+                    .await;
             }
         }
     }
@@ -750,7 +754,7 @@ impl Session {
         // it expires.
         let (expires, ttl) = if hub.proxies.refresh.is_some() { (false, 0) } else { ttl(self.expires_at) };
         let result = ConnectResult {
-            client: self.client.id.clone(),
+            client: self.client.id.to_string(),
             version: VERSION.into(),
             expires,
             ttl,
@@ -979,7 +983,12 @@ impl Session {
                 result.publications = pubs.iter().map(|p| (**p).clone()).collect();
             }
         }
-        Ok(Prepared { pending, result, last, local: LocalSub { options: o.clone(), chan_info, expires_at } })
+        Ok(Prepared {
+            pending,
+            result,
+            last,
+            local: LocalSub { options: o.clone(), chan_info: chan_info.as_ref().into(), expires_at },
+        })
     }
 
     /// Recovery: the publications after the client's position, or `recovered: false`.
@@ -1033,7 +1042,7 @@ impl Session {
             return;
         }
         let o = p.local.options.clone();
-        let info = self.info(p.local.chan_info.clone());
+        let info = self.info(Bytes::copy_from_slice(&p.local.chan_info));
         self.subs.insert(channel.clone(), p.local);
         if o.presence {
             if let Err(e) = self.hub.broker.add_presence(&channel, info.clone(), self.presence_ttl()).await {
@@ -1052,7 +1061,7 @@ impl Session {
             let _ = self.hub.broker.remove_presence(channel, &self.client.id, &self.user).await;
         }
         if sub.options.join_leave {
-            let _ = self.hub.broker.publish_leave(channel, self.info(sub.chan_info)).await;
+            let _ = self.hub.broker.publish_leave(channel, self.info(Bytes::copy_from_slice(&sub.chan_info))).await;
         }
     }
 
@@ -1125,7 +1134,7 @@ impl Session {
                 Err(Refused::Error(e)) => return Err(e),
             }
         }
-        let chan_info = self.subs.get(channel).map(|s| s.chan_info.clone()).unwrap_or_default();
+        let chan_info = self.subs.get(channel).map(|s| Bytes::copy_from_slice(&s.chan_info)).unwrap_or_default();
         let publication =
             Publication { data, info: Some(self.info(chan_info)), time: now_ms(), kind, ..Default::default() };
         self.hub.publish(channel, o, publication, None, skip_history).await?;
@@ -1236,7 +1245,10 @@ impl Session {
         }
         self.expires_at = t.expire_at;
         let (expires, ttl) = ttl(self.expires_at);
-        self.reply(id, ReplyResult::Refresh { client: self.client.id.clone(), version: VERSION.into(), expires, ttl });
+        self.reply(
+            id,
+            ReplyResult::Refresh { client: self.client.id.to_string(), version: VERSION.into(), expires, ttl },
+        );
         Ok(())
     }
 

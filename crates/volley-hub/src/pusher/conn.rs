@@ -26,7 +26,7 @@ use super::{
     channel_kind, channel_options, internal_channel, internal_user, valid_channel_name, ChannelKind, PusherApp,
     TAG_EVENT, TAG_EXCLUDE, TAG_USER_ID,
 };
-use crate::engine::client::ClientShared;
+use crate::engine::client::{ClientId, ClientShared};
 use crate::engine::keyed::Keyed;
 use crate::engine::{lock, now_ms, Connected, Details, Hub, SubOptions};
 use crate::protocol::{ClientInfo, Disconnect, Format, PayloadKind, Publication};
@@ -496,7 +496,11 @@ impl PusherSession {
         // Random across nodes, a counter within this one: unique.
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let socket_id = format!("{}.{}", rand::random::<u32>() % 1_000_000_000, NEXT.fetch_add(1, Ordering::Relaxed));
-        let client = Arc::new(ClientShared::with_id(socket_id, Format::Json, hub.config().client.queue_max_bytes));
+        let client = Arc::new(ClientShared::with_id(
+            ClientId::new(&socket_id),
+            Format::Json,
+            hub.config().client.queue_max_bytes,
+        ));
         client.set_details(details);
         let registered_as = internal_user(&app.id, "");
         {
@@ -632,7 +636,7 @@ impl PusherSession {
             }
             let me = ClientInfo {
                 user: user_id.clone(),
-                client: self.client.id.clone(),
+                client: self.client.id.to_string(),
                 conn_info: info.clone(),
                 chan_info: Bytes::new(),
             };
@@ -682,7 +686,7 @@ impl PusherSession {
             counting || hooks.wants(&self.app, "channel_occupied") || hooks.wants(&self.app, "channel_vacated");
         if counted {
             let occupancy = occupancy_channel(&self.app.id, channel);
-            let me = ClientInfo { client: self.client.id.clone(), ..ClientInfo::default() };
+            let me = ClientInfo { client: self.client.id.to_string(), ..ClientInfo::default() };
             let _ = inner.broker.add_presence(&occupancy, me, PRESENCE_TTL).await;
             // The cluster's count is read only when this node got its first subscriber.
             if pending.first && inner.broker.presence_stats(&occupancy).await.is_ok_and(|s| s.clients == 1) {
@@ -745,7 +749,7 @@ impl PusherSession {
     async fn refresh_presence(&mut self) {
         for (channel, sub) in self.subs.iter() {
             if sub.counted {
-                let me = ClientInfo { client: self.client.id.clone(), ..ClientInfo::default() };
+                let me = ClientInfo { client: self.client.id.to_string(), ..ClientInfo::default() };
                 let occupancy = occupancy_channel(&self.app.id, channel);
                 let _ = self.hub.inner.broker.add_presence(&occupancy, me, PRESENCE_TTL).await;
             }
@@ -753,14 +757,14 @@ impl PusherSession {
             let internal = internal_channel(&self.app.id, channel);
             let me = ClientInfo {
                 user: user_id.clone(),
-                client: self.client.id.clone(),
+                client: self.client.id.to_string(),
                 conn_info: info.clone(),
                 chan_info: Bytes::new(),
             };
             let _ = self.hub.inner.broker.add_presence(&internal, me, PRESENCE_TTL).await;
         }
         if let Some(user) = &self.user {
-            let me = ClientInfo { user: user.id.clone(), client: self.client.id.clone(), ..ClientInfo::default() };
+            let me = ClientInfo { user: user.id.clone(), client: self.client.id.to_string(), ..ClientInfo::default() };
             let _ = self.hub.inner.broker.add_presence(&online_channel(&self.app.id, &user.id), me, PRESENCE_TTL).await;
         }
     }
@@ -795,7 +799,7 @@ impl PusherSession {
         }
         let mut tags = std::collections::BTreeMap::new();
         tags.insert(TAG_EVENT.to_owned(), event.to_owned());
-        tags.insert(TAG_EXCLUDE.to_owned(), self.client.id.clone());
+        tags.insert(TAG_EXCLUDE.to_owned(), self.client.id.to_string());
         if let Some((user, _)) = &sub.member {
             tags.insert(TAG_USER_ID.to_owned(), user.clone());
         }
@@ -867,7 +871,7 @@ impl PusherSession {
     async fn watch(&mut self, id: &str, user_data: &str) -> Vec<String> {
         let inner = self.hub.inner.clone();
         let online = online_channel(&self.app.id, id);
-        let me = ClientInfo { user: id.to_owned(), client: self.client.id.clone(), ..ClientInfo::default() };
+        let me = ClientInfo { user: id.to_owned(), client: self.client.id.to_string(), ..ClientInfo::default() };
         if let Err(e) = inner.broker.add_presence(&online, me, PRESENCE_TTL).await {
             tracing::warn!(error = %e, "the online users' presence failed");
         }

@@ -456,7 +456,7 @@ async fn remote_receive(hub: &Hub, session: &str) -> Option<Bytes> {
     if hub.inner.broker.nodes().await.map_or(true, |n| n.is_empty()) {
         return None;
     }
-    let id = crate::engine::client::new_client_id();
+    let id = crate::engine::client::new_client_id().to_string();
     let (tx, mut rx) = mpsc::channel(2);
     let sessions = &hub.inner.pusher_xhr;
     lock(&sessions.1).insert(id.clone(), tx);

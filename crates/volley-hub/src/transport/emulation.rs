@@ -414,7 +414,7 @@ pub(super) fn start(
     let mut conn = Conn::new(hub, format, remote);
     conn.session.set_transport(transport);
     conn.session.keep_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()));
-    let session = crate::engine::client::new_client_id();
+    let session = crate::engine::client::new_client_id().to_string();
     conn.session.set_emulation_session(session.clone());
     lock(&hub.inner.emulation.0).insert(session.clone(), (format, cmd_tx.clone()));
     let registration = Registration { hub: hub.inner.clone(), session: session.clone() };

@@ -129,7 +129,7 @@ pub(crate) fn forwarded(hub: &Arc<HubInner>, message: &[u8]) -> bool {
 
 /// Forwards a poll of `session` to `node` and waits for its answer.
 async fn forward(hub: &Hub, node: &str, session: &str, cors: Headers) -> Response {
-    let id = crate::engine::client::new_client_id();
+    let id = crate::engine::client::new_client_id().to_string();
     let (tx, rx) = oneshot::channel();
     let polls = &hub.inner.long_polls;
     lock(&polls.forwarded).insert(id.clone(), tx);
