@@ -26,6 +26,14 @@ pub fn rss_bytes(pid: u32) -> io::Result<u64> {
     parse_rss(&status).ok_or_else(|| bad_data("status"))
 }
 
+/// Anonymous resident memory (`RssAnon`: the heap, stacks; not the pages of the
+/// executable and libraries, which the kernel reads from their files) of process
+/// `pid`, in bytes.
+pub fn anon_bytes(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_kib(&status, "RssAnon:").ok_or_else(|| bad_data("status"))
+}
+
 /// This process's resident set size in bytes, if it can be read.
 pub fn own_rss_bytes() -> Option<u64> {
     parse_rss(&std::fs::read_to_string("/proc/self/status").ok()?)
@@ -68,8 +76,13 @@ fn parse_core_ticks(stat: &str) -> Vec<(u64, u64)> {
 
 /// `VmRSS` of a `/proc/PID/status` file, in bytes.
 fn parse_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line["VmRSS:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    parse_kib(status, "VmRSS:")
+}
+
+/// The `key` line of a `/proc/PID/status`, in bytes (the file gives kB).
+fn parse_kib(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
 }
 
@@ -119,11 +132,13 @@ mod tests {
         let stat = "1234 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 4 0 100 2000 300";
         assert_eq!(parse_cpu_ticks(stat), Some(300));
         assert_eq!(parse_cpu_ticks("garbage"), None);
-        let status = "Name:\tvolley\nVmPeak:\t  9000 kB\nVmRSS:\t    5120 kB\nThreads:\t1\n";
+        let status = "Name:\tvolley\nVmPeak:\t  9000 kB\nVmRSS:\t    5120 kB\nRssAnon:\t    1024 kB\nThreads:\t1\n";
         assert_eq!(parse_rss(status), Some(5120 * 1024));
+        assert_eq!(parse_kib(status, "RssAnon:"), Some(1024 * 1024));
         assert_eq!(parse_rss("Name: x\n"), None);
         assert!(cpu_seconds(std::process::id()).is_ok());
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        assert!(anon_bytes(std::process::id()).unwrap() > 0);
     }
 
     #[test]

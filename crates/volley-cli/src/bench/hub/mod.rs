@@ -608,6 +608,8 @@ struct Sample {
     generator_cpu: Option<f64>,
     /// The server processes' resident memory, summed.
     rss: Option<u64>,
+    /// The server processes' anonymous resident memory, summed.
+    anon: Option<u64>,
     /// Each core's busy and total clock ticks (`--cores`).
     cores: Option<Vec<(u64, u64)>>,
 }
@@ -647,6 +649,14 @@ fn servers_rss(pids: &[u32]) -> Option<u64> {
     pids.iter().map(|&p| sys::rss_bytes(p).ok()).sum()
 }
 
+/// The anonymous resident memory of the server processes, summed.
+fn servers_anon(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| sys::anon_bytes(p).ok()).sum()
+}
+
 /// The CPU seconds of each process from `start` to `end`; `None` if one could not be
 /// read at either.
 fn cpu_diffs(end: &[Option<f64>], start: &[Option<f64>]) -> Option<Vec<f64>> {
@@ -662,6 +672,7 @@ impl Sample {
             broker_cpu: cpu(&args.broker_pid),
             generator_cpu: sys::cpu_seconds(std::process::id()).ok(),
             rss: servers_rss(&args.server_pid),
+            anon: servers_anon(&args.server_pid),
             cores: args.cores.then(|| sys::core_ticks().ok()).flatten(),
         }
     }
@@ -756,6 +767,12 @@ pub struct IdleReport {
     rss_idle: Option<u64>,
     /// (rss_idle − rss_before) ÷ clients_held.
     rss_per_client: Option<f64>,
+    /// The same of the anonymous resident memory (`RssAnon`), which leaves out the
+    /// pages of the server's executable that the run read in: what the clients hold,
+    /// without that fixed cost.
+    anon_before: Option<u64>,
+    anon_idle: Option<u64>,
+    anon_per_client: Option<f64>,
 }
 
 /// One fan-out step.
@@ -995,7 +1012,7 @@ async fn bench(args: &Args, publishing: tokio::runtime::Handle) -> anyhow::Resul
         subscribe = Some(s);
     }
     if !run.interrupted && subscribe.is_some() {
-        let i = run.burst_and_hold(before.rss).await;
+        let i = run.burst_and_hold(before.rss, before.anon).await;
         run.event("idle", &i);
         idle = Some(i);
     }
@@ -1196,7 +1213,7 @@ impl Run<'_> {
 
     /// Publishes the burst to every channel, waits until every subscribed client has it,
     /// holds the clients idle, and reads the server's memory.
-    async fn burst_and_hold(&mut self, rss_before: Option<u64>) -> IdleReport {
+    async fn burst_and_hold(&mut self, rss_before: Option<u64>, anon_before: Option<u64>) -> IdleReport {
         let start = Sample::take(self.args);
         let want = self.shared.subscribed.load(Relaxed);
         self.progress.counting("burst", want as usize);
@@ -1244,6 +1261,7 @@ impl Run<'_> {
             }
         }
         let rss_idle = servers_rss(&self.args.server_pid);
+        let anon_idle = servers_anon(&self.args.server_pid);
         let held = self.shared.alive.load(Relaxed);
         IdleReport {
             burst: self.args.burst,
@@ -1257,6 +1275,12 @@ impl Run<'_> {
             rss_before,
             rss_idle,
             rss_per_client: match (rss_idle, rss_before) {
+                (Some(a), Some(b)) if held > 0 => Some((a as f64 - b as f64) / held as f64),
+                _ => None,
+            },
+            anon_before,
+            anon_idle,
+            anon_per_client: match (anon_idle, anon_before) {
                 (Some(a), Some(b)) if held > 0 => Some((a as f64 - b as f64) / held as f64),
                 _ => None,
             },
@@ -1569,8 +1593,9 @@ impl Report {
             row(
                 "idle memory",
                 format!(
-                    "{} per client ({} held {:.1} s; server {} before, {} idle)",
+                    "{} per client, {} of it anonymous ({} held {:.1} s; server {} before, {} idle)",
                     opt_bytes(i.rss_per_client),
+                    opt_bytes(i.anon_per_client),
                     thousands(i.clients_held),
                     i.hold_s,
                     opt_bytes(i.rss_before.map(|v| v as f64)),
