@@ -14,7 +14,7 @@
 //! request, a socket that does not take the write) has the transport take the
 //! connection back and start a task for it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -40,10 +40,20 @@ pub(crate) struct ClientShared {
     pub format: Format,
     outbox: Mutex<Outbox>,
     notify: Notify,
+    /// What is asked of the session ([`ASKED_REQUESTS`], [`ASKED_LOST`]), readable
+    /// without the queue's lock: the parking's thread asks it while it holds the
+    /// parking's lock, which is taken under the queue's (a parked write), so it must
+    /// not take the queue's.
+    asked: AtomicU8,
     /// What the server API's `connections` shows of the session: set once, when it is
     /// connected.
     details: OnceLock<Details>,
 }
+
+/// In [`ClientShared`]'s `asked`: the server API asked something.
+const ASKED_REQUESTS: u8 = 1;
+/// In [`ClientShared`]'s `asked`: the delivery lost a subscription.
+const ASKED_LOST: u8 = 2;
 
 /// What the server API and the delivery ask of a session from outside its task.
 #[derive(Debug, Default)]
@@ -54,6 +64,19 @@ pub(crate) struct Control {
     /// (unsubscribe 2500) and gets nothing more from them; the session forgets them
     /// before its next command, so that the client's resubscribe finds them gone.
     pub lost: Vec<String>,
+}
+
+impl Control {
+    fn flags(&self) -> u8 {
+        let mut flags = 0;
+        if !self.requests.is_empty() {
+            flags |= ASKED_REQUESTS;
+        }
+        if !self.lost.is_empty() {
+            flags |= ASKED_LOST;
+        }
+        flags
+    }
 }
 
 /// One reply or push queued for a client.
@@ -197,23 +220,27 @@ impl ClientShared {
             format,
             outbox: Mutex::new(Outbox { limit, ..Default::default() }),
             notify: Notify::new(),
+            asked: AtomicU8::new(0),
             details: OnceLock::new(),
         }
     }
 
     /// Asks something of the session: `f` adds it to what is asked.
     pub fn ask(&self, f: impl FnOnce(&mut Control)) {
-        f(self.lock().control.get_or_insert_with(Box::default));
+        let mut o = self.lock();
+        let control = o.control.get_or_insert_with(Box::default);
+        f(control);
+        self.asked.store(control.flags(), Ordering::Release);
     }
 
-    /// Whether anything is asked of the session.
+    /// Whether anything is asked of the session. Takes no lock.
     pub fn asked(&self) -> bool {
-        self.lock().control.is_some()
+        self.asked.load(Ordering::Acquire) != 0
     }
 
-    /// Whether the delivery lost any of the session's subscriptions.
+    /// Whether the delivery lost any of the session's subscriptions. Takes no lock.
     pub fn lost_any(&self) -> bool {
-        self.lock().control.as_ref().is_some_and(|c| !c.lost.is_empty())
+        self.asked.load(Ordering::Acquire) & ASKED_LOST != 0
     }
 
     /// Takes the subscriptions the delivery lost.
@@ -230,7 +257,9 @@ impl ClientShared {
         let mut o = self.lock();
         let Some(control) = o.control.as_mut() else { return T::default() };
         let taken = take(control);
-        if control.requests.is_empty() && control.lost.is_empty() {
+        let flags = control.flags();
+        self.asked.store(flags, Ordering::Release);
+        if flags == 0 {
             o.control = None;
         }
         taken
@@ -507,6 +536,27 @@ impl PartialEq<String> for ClientId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_asked_of_a_session_is_readable_while_its_queue_is_locked() {
+        // The parking's thread asks it under the parking's lock, which a parked write
+        // takes under the queue's: a lock here would be a deadlock.
+        let client = std::sync::Arc::new(ClientShared::new(Format::Json, 1 << 20));
+        client.ask(|c| c.lost.push("chat".into()));
+        let guard = client.idle().expect("nothing queued");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = client.clone();
+        std::thread::spawn(move || tx.send((c.asked(), c.lost_any())).unwrap());
+        let read = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(guard);
+        assert_eq!(read, Ok((true, true)));
+        assert_eq!(client.take_lost(), ["chat"]);
+        assert!(!client.asked() && !client.lost_any());
+        client.ask(|c| c.requests.push(ControlRequest::Subscribe { channel: "news".into() }));
+        assert!(client.asked() && !client.lost_any());
+        assert_eq!(client.take_requests().len(), 1);
+        assert!(!client.asked());
+    }
 
     #[test]
     fn a_client_with_its_reference_counts_fits_the_allocators_320_byte_class() {
