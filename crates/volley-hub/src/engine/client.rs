@@ -29,7 +29,6 @@ use crate::protocol::{Disconnect, Format};
 /// API and the delivery ask of its session from outside its task. One block per
 /// client (320 bytes with its reference counts, one of the allocator's size classes:
 /// a field more moves it to the next, 384).
-
 #[derive(Debug)]
 pub(crate) struct ClientShared {
     /// A number unique in this process (the registry's key).

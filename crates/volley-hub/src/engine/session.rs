@@ -240,12 +240,12 @@ impl Session {
         self.connected
     }
 
-    fn info(&self, chan_info: Bytes) -> ClientInfo {
+    fn info(&self, chan_info: &[u8]) -> ClientInfo {
         ClientInfo {
             user: self.user.to_string(),
             client: self.client.id.to_string(),
             conn_info: Bytes::copy_from_slice(&self.conn_info),
-            chan_info,
+            chan_info: Bytes::copy_from_slice(chan_info),
         }
     }
 
@@ -440,11 +440,7 @@ impl Session {
         }
         for (channel, sub) in self.subs.iter() {
             if sub.options.presence {
-                let _ = self
-                    .hub
-                    .broker
-                    .add_presence(channel, self.info(Bytes::copy_from_slice(&sub.chan_info)), self.presence_ttl())
-                    .await;
+                let _ = self.hub.broker.add_presence(channel, self.info(&sub.chan_info), self.presence_ttl()).await;
             }
         }
     }
@@ -1042,7 +1038,7 @@ impl Session {
             return;
         }
         let o = p.local.options.clone();
-        let info = self.info(Bytes::copy_from_slice(&p.local.chan_info));
+        let info = self.info(&p.local.chan_info);
         self.subs.insert(channel.clone(), p.local);
         if o.presence {
             if let Err(e) = self.hub.broker.add_presence(&channel, info.clone(), self.presence_ttl()).await {
@@ -1061,7 +1057,7 @@ impl Session {
             let _ = self.hub.broker.remove_presence(channel, &self.client.id, &self.user).await;
         }
         if sub.options.join_leave {
-            let _ = self.hub.broker.publish_leave(channel, self.info(Bytes::copy_from_slice(&sub.chan_info))).await;
+            let _ = self.hub.broker.publish_leave(channel, self.info(&sub.chan_info)).await;
         }
     }
 
@@ -1134,7 +1130,7 @@ impl Session {
                 Err(Refused::Error(e)) => return Err(e),
             }
         }
-        let chan_info = self.subs.get(channel).map(|s| Bytes::copy_from_slice(&s.chan_info)).unwrap_or_default();
+        let chan_info = self.subs.get(channel).map_or(&[][..], |s| &s.chan_info);
         let publication =
             Publication { data, info: Some(self.info(chan_info)), time: now_ms(), kind, ..Default::default() };
         self.hub.publish(channel, o, publication, None, skip_history).await?;

@@ -643,18 +643,21 @@ pub struct Cost {
 /// The resident memory of the server processes, summed (`None` without any, or if one
 /// could not be read).
 fn servers_rss(pids: &[u32]) -> Option<u64> {
-    if pids.is_empty() {
-        return None;
-    }
-    pids.iter().map(|&p| sys::rss_bytes(p).ok()).sum()
+    servers_sum(pids, sys::rss_bytes)
 }
 
 /// The anonymous resident memory of the server processes, summed.
 fn servers_anon(pids: &[u32]) -> Option<u64> {
+    servers_sum(pids, sys::anon_bytes)
+}
+
+/// `read` of each server process, summed (`None` without any, or if one could not be
+/// read).
+fn servers_sum(pids: &[u32], read: fn(u32) -> std::io::Result<u64>) -> Option<u64> {
     if pids.is_empty() {
         return None;
     }
-    pids.iter().map(|&p| sys::anon_bytes(p).ok()).sum()
+    pids.iter().map(|&p| read(p).ok()).sum()
 }
 
 /// The CPU seconds of each process from `start` to `end`; `None` if one could not be
