@@ -118,9 +118,11 @@ test('a page that can only long-poll, its polls and commands sent to either node
   // As a load balancer without sticky sessions would: each poll and each command goes to
   // the next node in turn, whichever holds the session.
   const sent = { poll: { [x.base]: 0, [y.base]: 0 }, command: { [x.base]: 0, [y.base]: 0 } };
-  let turn = 0;
+  // A turn per kind: with one counter for both, polls and commands that alternate would
+  // send every command to the same node.
+  const turn = { poll: 0, command: 0 };
   const spread = (kind) => async (route) => {
-    const target = [y, x][turn++ % 2].base;
+    const target = [y, x][turn[kind]++ % 2].base;
     sent[kind][target] += 1;
     const u = new URL(route.request().url());
     // Sent on by the test to another host than the page's: without the page's Origin,
