@@ -27,8 +27,8 @@ use crate::protocol::{Disconnect, Format};
 
 /// A client's queue and identity, shared by its task and the hub, and what the server
 /// API and the delivery ask of its session from outside its task. One block per
-/// client (320 bytes with its reference counts, one of the allocator's size classes:
-/// a field more moves it to the next, 384).
+/// client (256 bytes with its reference counts, one of the allocator's size classes:
+/// a field more moves it to the next, 320).
 #[derive(Debug)]
 pub(crate) struct ClientShared {
     /// A number unique in this process (the registry's key).
@@ -558,9 +558,9 @@ mod tests {
     }
 
     #[test]
-    fn a_client_with_its_reference_counts_fits_the_allocators_320_byte_class() {
+    fn a_client_with_its_reference_counts_fits_the_allocators_256_byte_class() {
         // Two counts of a word each precede the value in an `Arc`'s block.
-        assert!(std::mem::size_of::<ClientShared>() + 16 <= 320, "{}", std::mem::size_of::<ClientShared>());
+        assert!(std::mem::size_of::<ClientShared>() + 16 <= 256, "{}", std::mem::size_of::<ClientShared>());
     }
 
     #[test]

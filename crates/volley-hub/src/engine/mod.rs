@@ -14,6 +14,7 @@ pub(crate) mod channel;
 pub(crate) mod client;
 pub(crate) mod keyed;
 pub(crate) mod session;
+pub(crate) mod users;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -71,7 +72,7 @@ pub(crate) struct HubInner {
     pub(crate) proxies: crate::proxy::Proxies,
     /// This node's id.
     pub node: String,
-    registry: Box<[Mutex<HashMap<String, Local>>]>,
+    registry: Box<[Mutex<Shard>]>,
     pub(crate) conns: Mutex<Connections>,
     pub metrics: Metrics,
     /// The next channel id for channel compaction.
@@ -170,7 +171,7 @@ impl Histogram {
 #[derive(Default)]
 pub(crate) struct Connections {
     /// Each user's sessions (anonymous ones under ""), by the client's `seq`.
-    pub users: HashMap<String, Keyed<u64, Connected>>,
+    pub users: users::Users,
     pub ips: HashMap<std::net::IpAddr, usize>,
     pub total: usize,
 }
@@ -189,29 +190,123 @@ impl Connected {
         ConnectionInfo {
             client: self.client.id.to_string(),
             user: user.to_owned(),
-            app_name: d.app_name.to_string(),
-            app_version: d.app_version.to_string(),
+            app_name: d.app_name().to_owned(),
+            app_version: d.app_version().to_owned(),
             transport: d.transport,
             protocol: self.client.format,
-            token_uid: d.token_uid.as_deref().map(str::to_owned),
-            token_issued_at: d.token_issued_at,
-            meta: Bytes::copy_from_slice(&d.meta),
+            token_uid: d.token_uid().map(str::to_owned),
+            token_issued_at: d.token_issued_at(),
+            meta: Bytes::copy_from_slice(d.meta()),
         }
     }
 }
 
 /// What a session keeps for the server API's `connections`, besides what the hub
 /// knows of it already (its client id, user and format): held for every connected
-/// client, so in its smallest form.
-#[derive(Debug, Default)]
+/// client, so in its smallest form, 40 bytes (the client's name and version, the
+/// token's `jti` and `meta` in one block, none when all are empty).
+#[derive(Debug)]
 pub(crate) struct Details {
-    pub app_name: Box<str>,
-    pub app_version: Box<str>,
+    /// The name, the version, the `jti` and the `meta`, one after another, each after
+    /// its length (four bytes, little-endian; [`u32::MAX`] for a `jti` there is not).
+    packed: Box<[u8]>,
+    /// The token's `iat` ([`u64::MAX`]: none).
+    issued_at: u64,
+    /// The transport.
     pub transport: &'static str,
-    pub token_uid: Option<Box<str>>,
-    pub token_issued_at: Option<u64>,
-    /// Boxed bytes rather than `Bytes`: 16 bytes where those take 32, in every client.
-    pub meta: Box<[u8]>,
+}
+
+impl Default for Details {
+    fn default() -> Details {
+        Details::new("", "", "", None, None, &[])
+    }
+}
+
+impl Details {
+    /// The details of a connection: its client's name and version (from its connect),
+    /// its transport, and its token's `jti`, `iat` and `meta`.
+    pub fn new(
+        app_name: &str,
+        app_version: &str,
+        transport: &'static str,
+        token_uid: Option<&str>,
+        token_issued_at: Option<u64>,
+        meta: &[u8],
+    ) -> Details {
+        let issued_at = token_issued_at.unwrap_or(u64::MAX);
+        if app_name.is_empty() && app_version.is_empty() && token_uid.is_none() && meta.is_empty() {
+            return Details { packed: Box::default(), issued_at, transport };
+        }
+        let fields =
+            [Some(app_name.as_bytes()), Some(app_version.as_bytes()), token_uid.map(str::as_bytes), Some(meta)];
+        let mut packed = Vec::with_capacity(16 + fields.iter().flatten().map(|f| f.len()).sum::<usize>());
+        for field in fields {
+            match field {
+                // Each came in a command or a token, far below 4 GiB.
+                Some(f) => {
+                    packed.extend_from_slice(&u32::try_from(f.len()).unwrap_or(u32::MAX - 1).to_le_bytes());
+                    packed.extend_from_slice(&f[..f.len().min(u32::MAX as usize - 1)]);
+                }
+                None => packed.extend_from_slice(&u32::MAX.to_le_bytes()),
+            }
+        }
+        Details { packed: packed.into_boxed_slice(), issued_at, transport }
+    }
+
+    /// Field `n` of the packed ones (`None`: not there).
+    fn field(&self, n: usize) -> Option<&[u8]> {
+        let mut rest = &self.packed[..];
+        if rest.is_empty() {
+            // All empty, and no `jti`.
+            return (n != 2).then_some(&[][..]);
+        }
+        for i in 0..=n {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = u32::from_le_bytes(*len);
+            if len == u32::MAX {
+                if i == n {
+                    return None;
+                }
+                rest = tail;
+                continue;
+            }
+            let (field, tail) = tail.split_at_checked(len as usize)?;
+            if i == n {
+                return Some(field);
+            }
+            rest = tail;
+        }
+        None
+    }
+
+    fn text(&self, n: usize) -> Option<&str> {
+        self.field(n).map(|f| std::str::from_utf8(f).unwrap_or_default())
+    }
+
+    /// The client's name, as its connect command gave it.
+    pub fn app_name(&self) -> &str {
+        self.text(0).unwrap_or_default()
+    }
+
+    /// The client's version, as its connect command gave it.
+    pub fn app_version(&self) -> &str {
+        self.text(1).unwrap_or_default()
+    }
+
+    /// The connection token's `jti`.
+    pub fn token_uid(&self) -> Option<&str> {
+        self.text(2)
+    }
+
+    /// The connection token's `iat` (Unix seconds).
+    pub fn token_issued_at(&self) -> Option<u64> {
+        (self.issued_at != u64::MAX).then_some(self.issued_at)
+    }
+
+    /// The connection token's `meta`, JSON text as it came (empty: none).
+    pub fn meta(&self) -> &[u8] {
+        self.field(3).unwrap_or_default()
+    }
 }
 
 /// A connected client as the server API's `connections` shows it: who it is, what it
@@ -298,6 +393,11 @@ pub(crate) enum NodeMessage {
     },
 }
 
+/// A part of the channel registry: the channels with subscribers on this node, by
+/// name. Each channel boxed: a table is 60–90% full, so an entry of 24 bytes rather
+/// than the 72 of a `String` and the channel inline is 40–80 bytes less per channel.
+type Shard = HashMap<Box<str>, Box<Local>>;
+
 /// The subscribers of one channel on this node.
 struct Local {
     /// By the client's `seq`.
@@ -313,26 +413,25 @@ struct Local {
     epoch: u32,
 }
 
+/// A subscriber of a channel on this node (48 bytes with its key: one of the allocator's
+/// size classes, a field more moves it to the next, 64).
 struct Sub {
     client: Arc<ClientShared>,
+    /// The offset of the last publication queued to it.
+    last: u64,
+    /// The offset of the publication the client holds as its delta base ([`NO_BASE`]:
+    /// none).
+    base: u64,
+    /// What only some subscriptions have, or have only a while (boxed: the others keep a
+    /// pointer's room for it).
+    extra: Option<Box<SubExtra>>,
     /// Receives join and leave pushes.
     join_leave: bool,
     /// Checks offsets (positioned or recoverable).
     positioned: bool,
-    /// The offset of the last publication queued to it.
-    last: u64,
-    /// Publications that arrived while the subscription was being set up (boxed: a
-    /// live subscription, the usual kind, keeps a pointer's room for it).
-    #[allow(clippy::box_collection)]
-    buffer: Option<Box<Vec<Arc<Publication>>>>,
     /// Fossil deltas were negotiated: publications go as deltas from the one before when
     /// the client holds that one (JSON: full payloads as strings).
     delta: bool,
-    /// The offset of the publication the client holds as its delta base, if any.
-    base: Option<u64>,
-    /// A tags filter: publications whose tags do not match are skipped (their offsets
-    /// still count for the gap check).
-    filter: Option<Arc<FilterNode>>,
     /// Made by the server: a gap closes the connection (3010) instead of unsubscribing.
     server_side: bool,
     /// A gap was found: the client was unsubscribed (2500) and gets nothing more here
@@ -343,6 +442,19 @@ struct Sub {
     /// A Pusher client: publications go in Pusher's wire shape, except to the socket
     /// their [`TAG_EXCLUDE`](crate::pusher::TAG_EXCLUDE) tag names (its client id).
     pusher: bool,
+}
+
+/// In [`Sub`]'s `base`: the client holds no delta base.
+const NO_BASE: u64 = u64::MAX;
+
+/// The parts of a [`Sub`] that only some subscriptions have.
+#[derive(Default)]
+struct SubExtra {
+    /// Publications that arrived while the subscription was being set up.
+    buffer: Option<Vec<Arc<Publication>>>,
+    /// A tags filter: publications whose tags do not match are skipped (their offsets
+    /// still count for the gap check).
+    filter: Option<Arc<FilterNode>>,
 }
 
 impl Local {
@@ -357,7 +469,7 @@ impl Local {
             _ => {
                 self.epoch = hash;
                 for sub in self.subs.values_mut() {
-                    if Some(sub.client.seq) != except && sub.positioned && !sub.lost && sub.buffer.is_none() {
+                    if Some(sub.client.seq) != except && sub.positioned && !sub.lost && !sub.buffering() {
                         sub.lose(channel);
                     }
                 }
@@ -367,6 +479,31 @@ impl Local {
 }
 
 impl Sub {
+    /// Still being set up: what arrives is buffered.
+    fn buffering(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.buffer.is_some())
+    }
+
+    /// Its buffer, while it is being set up.
+    fn buffer_mut(&mut self) -> Option<&mut Vec<Arc<Publication>>> {
+        self.extra.as_mut().and_then(|e| e.buffer.as_mut())
+    }
+
+    /// Ends the set-up: what was buffered (the box goes too unless it holds a filter).
+    fn take_buffer(&mut self) -> Vec<Arc<Publication>> {
+        let Some(extra) = &mut self.extra else { return Vec::new() };
+        let buffered = extra.buffer.take().unwrap_or_default();
+        if extra.filter.is_none() {
+            self.extra = None;
+        }
+        buffered
+    }
+
+    /// Whether its filter skips a publication with these tags.
+    fn skips(&self, tags: &std::collections::BTreeMap<String, String>) -> bool {
+        self.extra.as_ref().and_then(|e| e.filter.as_ref()).is_some_and(|f| !crate::filter::matches(f, tags))
+    }
+
     /// Checks a publication's offset against the last one queued (positioned
     /// subscriptions). `Ok(false)`: already sent, skip it; `Err`: a gap.
     fn advance(&mut self, offset: u64) -> Result<bool, ()> {
@@ -529,8 +666,8 @@ impl Hub {
     pub fn connections(&self, user: Option<&str>) -> Vec<ConnectionInfo> {
         let conns = lock(&self.inner.conns);
         match user {
-            Some(user) => conns.users.get(user).into_iter().flat_map(|s| s.values()).map(|c| c.details(user)).collect(),
-            None => conns.users.iter().flat_map(|(u, s)| s.values().map(|c| c.details(u))).collect(),
+            Some(user) => conns.users.get(user).map(|c| c.details(user)).collect(),
+            None => conns.users.iter().map(|(u, c)| c.details(u)).collect(),
         }
     }
 
@@ -544,7 +681,7 @@ impl Hub {
         let mut out = Vec::new();
         for shard in self.inner.registry.iter() {
             for (name, local) in lock(shard).iter() {
-                out.push((name.clone(), local.subs.len()));
+                out.push((name.to_string(), local.subs.len()));
             }
         }
         out.sort();
@@ -560,7 +697,7 @@ impl Hub {
     pub fn disconnect_user(&self, user: &str, client: Option<&str>, d: Disconnect) -> usize {
         let conns = lock(&self.inner.conns);
         let mut n = 0;
-        for c in conns.users.get(user).into_iter().flat_map(|s| s.values()) {
+        for c in conns.users.get(user) {
             if client.is_none_or(|id| id == c.client.id) {
                 c.client.close(d.clone());
                 n += 1;
@@ -572,8 +709,7 @@ impl Hub {
     /// Disconnects everyone (shutdown), spreading the disconnects over `window` so that
     /// clients do not all reconnect at the same moment.
     pub async fn disconnect_all(&self, d: Disconnect, window: Duration) {
-        let clients: Vec<_> =
-            lock(&self.inner.conns).users.values().flat_map(|s| s.values()).map(|c| c.client.clone()).collect();
+        let clients: Vec<_> = lock(&self.inner.conns).users.iter().map(|(_, c)| c.client.clone()).collect();
         if clients.is_empty() {
             return;
         }
@@ -693,7 +829,7 @@ impl Hub {
     pub(crate) fn control_user(&self, user: &str, client: Option<&str>, req: impl Fn() -> ControlRequest) -> usize {
         let conns = lock(&self.inner.conns);
         let mut n = 0;
-        for c in conns.users.get(user).into_iter().flat_map(|s| s.values()) {
+        for c in conns.users.get(user) {
             if client.is_none_or(|id| id == c.client.id) {
                 c.client.ask(|c| c.requests.push(req()));
                 // Wakes the session's task, which applies the request.
@@ -791,7 +927,7 @@ pub(crate) struct Pending {
 }
 
 impl HubInner {
-    fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, Local>> {
+    fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
         let mut h = DefaultHasher::new();
         channel.hash(&mut h);
         lock(&self.registry[(h.finish() as usize) % SHARDS])
@@ -849,11 +985,12 @@ impl HubInner {
     ) -> Result<Pending, ErrorReply> {
         let (first, id) = {
             let mut shard = self.shard(channel);
-            let local = shard.entry(channel.to_owned()).or_insert_with(|| Local {
-                subs: Keyed::default(),
-                id: self.channel_ids.fetch_add(1, Ordering::Relaxed),
-                epoch: 0,
-            });
+            if !shard.contains_key(channel) {
+                let local =
+                    Local { subs: Keyed::default(), id: self.channel_ids.fetch_add(1, Ordering::Relaxed), epoch: 0 };
+                shard.insert(channel.into(), Box::new(local));
+            }
+            let local = shard.get_mut(channel).expect("inserted above");
             let first = local.subs.is_empty();
             let id = if o.compact { local.id } else { 0 };
             local.subs.insert(
@@ -863,10 +1000,9 @@ impl HubInner {
                     join_leave: o.join_leave,
                     positioned: o.positioned,
                     last: 0,
-                    buffer: Some(Box::default()),
+                    extra: Some(Box::new(SubExtra { buffer: Some(Vec::new()), filter: o.filter })),
                     delta: o.delta,
-                    base: None,
-                    filter: o.filter,
+                    base: NO_BASE,
                     server_side: o.server_side,
                     lost: false,
                     compact: o.compact,
@@ -901,7 +1037,7 @@ impl HubInner {
         client: &Arc<ClientShared>,
     ) -> bool {
         let mut shard = self.shard(&pending.channel);
-        let Some(local) = shard.get_mut(&pending.channel) else { return true };
+        let Some(local) = shard.get_mut(pending.channel.as_str()) else { return true };
         if !epoch.is_empty() {
             local.new_epoch(&pending.channel, epoch, Some(pending.seq));
         }
@@ -912,8 +1048,8 @@ impl HubInner {
             client.push(first);
         }
         sub.last = last;
-        sub.base = base;
-        let buffered = sub.buffer.take().map(|b| *b).unwrap_or_default();
+        sub.base = base.unwrap_or(NO_BASE);
+        let buffered = sub.take_buffer();
         for p in buffered {
             match sub.advance(p.offset) {
                 Ok(true) => {}
@@ -923,7 +1059,7 @@ impl HubInner {
                     return false;
                 }
             }
-            if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &p.tags)) {
+            if sub.skips(&p.tags) {
                 continue;
             }
             if sub.pusher {
@@ -937,7 +1073,7 @@ impl HubInner {
             match encode_publication(&pending.channel, pending.id, &p, client.format, sub.delta) {
                 Some(b) => {
                     client.push(b);
-                    sub.base = Some(p.offset);
+                    sub.base = p.offset;
                 }
                 None => client.close(Disconnect::INAPPROPRIATE_PROTOCOL),
             }
@@ -1002,7 +1138,7 @@ impl HubInner {
         let Some(local) = shard.get_mut(channel) else { return };
         local.new_epoch(channel, &top.epoch, None);
         for sub in local.subs.values_mut() {
-            if sub.positioned && !sub.lost && sub.buffer.is_none() && sub.last < top.offset {
+            if sub.positioned && !sub.lost && !sub.buffering() && sub.last < top.offset {
                 sub.lose(channel);
             }
         }
@@ -1043,7 +1179,7 @@ impl HubInner {
             if sub.lost {
                 continue;
             }
-            if let Some(buffer) = &mut sub.buffer {
+            if let Some(buffer) = sub.buffer_mut() {
                 buffer.push(publication.clone());
                 continue;
             }
@@ -1056,7 +1192,7 @@ impl HubInner {
                 }
             }
             // No allocation: a filter only compares the tags in place.
-            if sub.filter.as_ref().is_some_and(|f| !crate::filter::matches(f, &publication.tags)) {
+            if sub.skips(&publication.tags) {
                 continue;
             }
             if sub.pusher {
@@ -1075,7 +1211,7 @@ impl HubInner {
             }
             // A delta only from the publication the client holds.
             let as_delta = sub.delta
-                && previous.as_ref().is_some_and(|p| sub.base == Some(p.offset))
+                && previous.as_ref().is_some_and(|p| sub.base == p.offset)
                 && delta
                     .get_or_insert_with(|| {
                         let prev = previous.as_ref().expect("checked above");
@@ -1104,7 +1240,7 @@ impl HubInner {
                     if push(&sub.client, b) {
                         sent += 1;
                     }
-                    sub.base = Some(publication.offset);
+                    sub.base = publication.offset;
                 }
                 None => sub.client.close(Disconnect::INAPPROPRIATE_PROTOCOL),
             }
@@ -1121,7 +1257,7 @@ impl HubInner {
         let Some(local) = shard.get(channel) else { return };
         let kind = if join { PushKind::Join(info) } else { PushKind::Leave(info) };
         let mut encoded = Encodings::default();
-        for sub in local.subs.values().filter(|s| s.join_leave && s.buffer.is_none() && !s.lost) {
+        for sub in local.subs.values().filter(|s| s.join_leave && !s.buffering() && !s.lost) {
             let id = if sub.compact { local.id } else { 0 };
             let bytes = encoded.get(sub.client.format, Form::Plain, id, || {
                 let channel = if id == 0 { channel.to_owned() } else { String::new() };
@@ -1283,6 +1419,31 @@ impl BrokerEvents for Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_channels_subscriber_with_its_key_fits_the_allocators_48_byte_class() {
+        assert!(std::mem::size_of::<(u64, Sub)>() <= 48, "{}", std::mem::size_of::<(u64, Sub)>());
+    }
+
+    #[test]
+    fn connection_details_keep_each_field_as_given() {
+        let d = Details::new("js", "5.2", "websocket", Some("jti-1"), Some(1_700_000_000), br#"{"a":1}"#);
+        assert_eq!(std::mem::size_of::<Details>(), 40);
+        assert_eq!((d.app_name(), d.app_version(), d.transport), ("js", "5.2", "websocket"));
+        assert_eq!(
+            (d.token_uid(), d.token_issued_at(), d.meta()),
+            (Some("jti-1"), Some(1_700_000_000), &br#"{"a":1}"#[..])
+        );
+        let d = Details::new("", "", "sse", Some(""), Some(0), &[]);
+        assert_eq!((d.app_name(), d.app_version(), d.token_uid(), d.token_issued_at()), ("", "", Some(""), Some(0)));
+        let d = Details::new("", "", "websocket", None, None, &[]);
+        assert!(d.packed.is_empty(), "nothing to keep, no block");
+        assert_eq!((d.app_name(), d.token_uid(), d.token_issued_at(), d.meta()), ("", None, None, &[][..]));
+        let d = Details::new("python", "", "websocket", None, None, b"{}");
+        assert_eq!((d.app_name(), d.app_version(), d.token_uid(), d.meta()), ("python", "", None, &b"{}"[..]));
+        let d = Details::default();
+        assert_eq!((d.token_uid(), d.token_issued_at()), (None, None));
+    }
 
     fn publication(data: &'static [u8], kind: PayloadKind) -> Publication {
         Publication { data: Bytes::from_static(data), kind, ..Default::default() }

@@ -38,7 +38,7 @@ pub(crate) struct Session {
     conn_info: Box<[u8]>,
     /// When the connection expires (Unix seconds), unless refreshed.
     expires_at: Option<u64>,
-    subs: Keyed<String, LocalSub>,
+    subs: Keyed<Box<str>, LocalSub>,
     /// Commands allowed now (a token bucket), and when it was last refilled
     /// ([`clock_ms`]).
     tokens: f32,
@@ -83,11 +83,29 @@ enum Refused {
     Disconnect(Disconnect),
 }
 
+/// A subscription of the session (48 bytes with its key, one of the allocator's size
+/// classes; a field more moves it to the next, 64).
 struct LocalSub {
     options: Arc<ChannelOptions>,
     /// Boxed bytes rather than `Bytes`: 16 bytes where those take 32, per subscription.
     chan_info: Box<[u8]>,
-    expires_at: Option<u64>,
+    /// When it expires (Unix seconds), unless refreshed; [`NEVER`]: it does not (eight
+    /// bytes, where an `Option` takes sixteen).
+    expires: u64,
+}
+
+/// In [`LocalSub`]'s `expires`: the subscription does not expire.
+const NEVER: u64 = u64::MAX;
+
+impl LocalSub {
+    /// When it expires (Unix seconds), unless refreshed.
+    fn expires_at(&self) -> Option<u64> {
+        (self.expires != NEVER).then_some(self.expires)
+    }
+
+    fn set_expires_at(&mut self, at: Option<u64>) {
+        self.expires = at.unwrap_or(NEVER);
+    }
 }
 
 /// What a subscription is granted besides what its request asks.
@@ -188,7 +206,7 @@ impl Session {
             transport: self.transport(),
             format: self.client.format,
             user: Some(&self.user),
-            meta: self.client.details().map_or(&[], |d| &d.meta),
+            meta: self.client.details().map_or(&[], |d| d.meta()),
         }
     }
 
@@ -323,7 +341,7 @@ impl Session {
                 c.expired_sub_close_delay.as_secs()
             }
         };
-        let subs = self.subs.values().filter_map(|s| s.expires_at.map(|t| t + sub_delay(s))).min();
+        let subs = self.subs.values().filter_map(|s| s.expires_at().map(|t| t + sub_delay(s))).min();
         match (conn, subs) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -347,8 +365,8 @@ impl Session {
         let expired: Vec<String> = self
             .subs
             .iter()
-            .filter(|(_, s)| s.expires_at.is_some_and(|t| t + delay <= now))
-            .map(|(ch, _)| ch.clone())
+            .filter(|(_, s)| s.expires_at().is_some_and(|t| t + delay <= now))
+            .map(|(ch, _)| ch.to_string())
             .collect();
         for channel in expired {
             self.remove_sub(&channel).await;
@@ -394,17 +412,17 @@ impl Session {
             let due: Vec<String> = self
                 .subs
                 .iter()
-                .filter(|(_, s)| s.options.sub_refresh_proxy_enabled && s.expires_at.is_some_and(|t| t <= now))
-                .map(|(ch, _)| ch.clone())
+                .filter(|(_, s)| s.options.sub_refresh_proxy_enabled && s.expires_at().is_some_and(|t| t <= now))
+                .map(|(ch, _)| ch.to_string())
                 .collect();
             for channel in due {
                 let mut body = proxy::request(proxy, &self.proxy_conn());
                 body.insert("channel".into(), channel.clone().into());
                 let answer = self.ask::<proxy::RefreshResult>("sub_refresh", proxy, body).await;
-                let Some(sub) = self.subs.get_mut(&channel) else { continue };
+                let Some(sub) = self.subs.get_mut(channel.as_str()) else { continue };
                 match answer {
                     Ok(mut r) if !r.expired && r.expire_at().is_none_or(|t| t > now) => {
-                        sub.expires_at = r.expire_at();
+                        sub.set_expires_at(r.expire_at());
                         match r.info() {
                             Ok(Some(info)) => sub.chan_info = protocol::json::one_line(info).as_ref().into(),
                             Ok(None) => {}
@@ -412,8 +430,8 @@ impl Session {
                         }
                     }
                     // Expired: unsubscribed below.
-                    Ok(_) | Err(Refused::Disconnect(_)) => sub.expires_at = Some(0),
-                    Err(Refused::Error(_)) => sub.expires_at = Some(now + PROXY_RETRY.as_secs()),
+                    Ok(_) | Err(Refused::Disconnect(_)) => sub.set_expires_at(Some(0)),
+                    Err(Refused::Error(_)) => sub.set_expires_at(Some(now + PROXY_RETRY.as_secs())),
                 }
             }
         }
@@ -461,7 +479,7 @@ impl Session {
         for r in requests {
             match r {
                 ControlRequest::Subscribe { channel } => {
-                    if self.subs.contains_key(&channel) {
+                    if self.subs.contains_key(channel.as_str()) {
                         continue;
                     }
                     let resolved = match self.hub.channels.resolve(&channel) {
@@ -499,7 +517,7 @@ impl Session {
                     }));
                 }
                 ControlRequest::Unsubscribe { channel } => {
-                    if self.subs.contains_key(&channel) {
+                    if self.subs.contains_key(channel.as_str()) {
                         self.remove_sub(&channel).await;
                         self.send(&Reply::Push(Push {
                             id: 0,
@@ -677,14 +695,14 @@ impl Session {
         self.expires_at = token.expire_at;
         // What the server API's `connections` shows; `meta` goes nowhere else (not to
         // clients: not in presence, joins, leaves or publications).
-        let details = Details {
-            app_name: req.name.as_str().into(),
-            app_version: req.version.as_str().into(),
-            transport: self.transport(),
-            token_uid: token.jti.as_deref().map(Into::into),
-            token_issued_at: token.issued_at,
-            meta: token.meta.as_deref().unwrap_or_default().into(),
-        };
+        let details = Details::new(
+            &req.name,
+            &req.version,
+            self.transport(),
+            token.jti.as_deref(),
+            token.issued_at,
+            token.meta.as_deref().unwrap_or_default(),
+        );
         self.register_connection(details)?;
         self.connected = true;
         // The user's connections on every node (a broker across processes counts them).
@@ -777,7 +795,7 @@ impl Session {
         }
         if c.user_connection_limit > 0
             && !self.user.is_empty()
-            && conns.users.get(&*self.user).map_or(0, |s| s.len()) >= c.user_connection_limit
+            && conns.users.count(&self.user) >= c.user_connection_limit
         {
             return Err(Disconnect::CONNECTION_LIMIT);
         }
@@ -789,8 +807,7 @@ impl Session {
         }
         conns.total += 1;
         self.client.set_details(details);
-        let connected = super::Connected { client: self.client.clone() };
-        conns.users.entry(self.user.to_string()).or_default().insert(self.client.seq, connected);
+        conns.users.insert(&self.user, self.client.clone());
         self.hub.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -804,7 +821,7 @@ impl Session {
                 return Ok(());
             }
         };
-        if self.subs.contains_key(&channel) {
+        if self.subs.contains_key(channel.as_str()) {
             self.error(id, ErrorReply::ALREADY_SUBSCRIBED);
             return Ok(());
         }
@@ -983,7 +1000,11 @@ impl Session {
             pending,
             result,
             last,
-            local: LocalSub { options: o.clone(), chan_info: chan_info.as_ref().into(), expires_at },
+            local: LocalSub {
+                options: o.clone(),
+                chan_info: chan_info.as_ref().into(),
+                expires: expires_at.unwrap_or(NEVER),
+            },
         })
     }
 
@@ -1039,7 +1060,7 @@ impl Session {
         }
         let o = p.local.options.clone();
         let info = self.info(&p.local.chan_info);
-        self.subs.insert(channel.clone(), p.local);
+        self.subs.insert(channel.as_str().into(), p.local);
         if o.presence {
             if let Err(e) = self.hub.broker.add_presence(&channel, info.clone(), self.presence_ttl()).await {
                 tracing::warn!(error = %e, channel, "presence failed");
@@ -1261,7 +1282,7 @@ impl Session {
             return Err(Disconnect::INVALID_TOKEN);
         }
         if let Some(s) = self.subs.get_mut(channel) {
-            s.expires_at = t.expire_at;
+            s.set_expires_at(t.expire_at);
         }
         let (expires, ttl) = ttl(t.expire_at);
         self.reply(id, ReplyResult::SubRefresh { expires, ttl });
@@ -1270,7 +1291,7 @@ impl Session {
 
     /// Ends the session: leaves every channel, frees its place in the limits.
     pub async fn close(&mut self) {
-        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        let channels: Vec<String> = self.subs.keys().map(|c| c.to_string()).collect();
         for ch in channels {
             self.remove_sub(&ch).await;
         }
@@ -1291,12 +1312,7 @@ impl Session {
         self.connected = false;
         let mut conns = lock(&self.hub.conns);
         conns.total = conns.total.saturating_sub(1);
-        if let Some(sessions) = conns.users.get_mut(&*self.user) {
-            sessions.remove(&self.client.seq);
-            if sessions.is_empty() {
-                conns.users.remove(&*self.user);
-            }
-        }
+        conns.users.remove(&self.user, self.client.seq);
         if let Some(ip) = self.remote_ip() {
             if let Some(n) = conns.ips.get_mut(&ip) {
                 *n -= 1;
@@ -1356,4 +1372,14 @@ fn insecure_subscribe(token: &str) -> Result<SubscribeToken, TokenError> {
     };
     t.options.info = c.get("info").map(|v| Bytes::from(v.to_string()));
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sessions_subscription_with_its_key_fits_the_allocators_48_byte_class() {
+        assert!(std::mem::size_of::<(Box<str>, LocalSub)>() <= 48, "{}", std::mem::size_of::<(Box<str>, LocalSub)>());
+    }
 }

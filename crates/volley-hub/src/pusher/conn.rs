@@ -28,7 +28,7 @@ use super::{
 };
 use crate::engine::client::{ClientId, ClientShared};
 use crate::engine::keyed::Keyed;
-use crate::engine::{lock, now_ms, Connected, Details, Hub, SubOptions};
+use crate::engine::{lock, now_ms, Details, Hub, SubOptions};
 use crate::protocol::{ClientInfo, Disconnect, Format, PayloadKind, Publication};
 use crate::transport::websocket::Exit;
 
@@ -104,12 +104,14 @@ pub(crate) fn admit(hub: &Hub, key: &str, query: Option<&str>) -> Result<Admitte
     let Some(count) = AppCount::new(hub, &app) else {
         return Err(close::OVER_QUOTA);
     };
-    let details = Details {
-        app_name: query_param(query, "client").unwrap_or("pusher").into(),
-        app_version: query_param(query, "version").unwrap_or_default().into(),
-        transport: "pusher",
-        ..Details::default()
-    };
+    let details = Details::new(
+        query_param(query, "client").unwrap_or("pusher"),
+        query_param(query, "version").unwrap_or_default(),
+        "pusher",
+        None,
+        None,
+        &[],
+    );
     Ok(Admitted { app, count, details })
 }
 
@@ -506,8 +508,7 @@ impl PusherSession {
         {
             let mut conns = lock(&hub.inner.conns);
             conns.total += 1;
-            let c = Connected { client: client.clone() };
-            conns.users.entry(registered_as.clone()).or_default().insert(client.seq, c);
+            conns.users.insert(&registered_as, client.clone());
         }
         hub.metrics().connections_total.fetch_add(1, Ordering::Relaxed);
         PusherSession {
@@ -846,9 +847,8 @@ impl PusherSession {
         let as_user = internal_user(&self.app.id, &id);
         {
             let mut conns = lock(&self.hub.inner.conns);
-            let c = Connected { client: self.client.clone() };
-            remove_registration(&mut conns, &self.registered_as, self.client.seq);
-            conns.users.entry(as_user.clone()).or_default().insert(self.client.seq, c);
+            conns.users.remove(&self.registered_as, self.client.seq);
+            conns.users.insert(&as_user, self.client.clone());
         }
         self.registered_as = as_user;
         // The user's channel: events sent to it reach all of the user's connections.
@@ -938,7 +938,7 @@ impl PusherSession {
             }
         }
         let mut conns = lock(&self.hub.inner.conns);
-        remove_registration(&mut conns, &self.registered_as, self.client.seq);
+        conns.users.remove(&self.registered_as, self.client.seq);
         conns.total = conns.total.saturating_sub(1);
     }
 }
@@ -960,15 +960,6 @@ pub(crate) async fn publish_internal(hub: &Hub, internal: &str, event: &str, dat
     let options = crate::config::ChannelOptions::default();
     if let Err(e) = hub.inner.publish(internal, &options, publication, None, true).await {
         tracing::warn!(error = ?e, event, "a server event was not published");
-    }
-}
-
-fn remove_registration(conns: &mut crate::engine::Connections, key: &str, seq: u64) {
-    if let Some(sessions) = conns.users.get_mut(key) {
-        sessions.remove(&seq);
-        if sessions.is_empty() {
-            conns.users.remove(key);
-        }
     }
 }
 
