@@ -17,31 +17,51 @@ const SMALL: usize = 8;
 
 /// A map from `K` to `V`: a list, with an index by key once it is large. The order of
 /// iteration is not the order of insertion (a removal moves the last entry into the
-/// gap).
+/// gap). 24 bytes, a list's: the index and the list it goes with are boxed together.
 #[derive(Debug)]
-pub(crate) struct Keyed<K, V> {
+pub(crate) enum Keyed<K, V> {
+    /// Up to [`SMALL`] entries (and down to [`SMALL`] / 2 once indexed), scanned.
+    Small(Vec<(K, V)>),
+    /// More: the list and its index.
+    Large(Box<Large<K, V>>),
+}
+
+/// A large [`Keyed`]: the list, and where each key is in it.
+#[derive(Debug)]
+pub(crate) struct Large<K, V> {
     list: Vec<(K, V)>,
-    // Boxed on purpose: a pointer's room in every small map, a hash map's (48 bytes)
-    // only in the large ones.
-    #[allow(clippy::box_collection)]
-    index: Option<Box<HashMap<K, usize>>>,
+    index: HashMap<K, usize>,
 }
 
 impl<K, V> Default for Keyed<K, V> {
     fn default() -> Self {
-        Keyed { list: Vec::new(), index: None }
+        Keyed::Small(Vec::new())
     }
 }
 
 impl<K: Eq + Hash + Clone, V> Keyed<K, V> {
+    fn list(&self) -> &Vec<(K, V)> {
+        match self {
+            Keyed::Small(list) => list,
+            Keyed::Large(large) => &large.list,
+        }
+    }
+
+    fn list_mut(&mut self) -> &mut Vec<(K, V)> {
+        match self {
+            Keyed::Small(list) => list,
+            Keyed::Large(large) => &mut large.list,
+        }
+    }
+
     /// How many entries there are.
     pub fn len(&self) -> usize {
-        self.list.len()
+        self.list().len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.list().is_empty()
     }
 
     fn position<Q>(&self, key: &Q) -> Option<usize>
@@ -49,9 +69,9 @@ impl<K: Eq + Hash + Clone, V> Keyed<K, V> {
         K: Borrow<Q>,
         Q: Eq + Hash + ?Sized,
     {
-        match &self.index {
-            Some(index) => index.get(key).copied(),
-            None => self.list.iter().position(|(k, _)| k.borrow() == key),
+        match self {
+            Keyed::Small(list) => list.iter().position(|(k, _)| k.borrow() == key),
+            Keyed::Large(large) => large.index.get(key).copied(),
         }
     }
 
@@ -61,7 +81,7 @@ impl<K: Eq + Hash + Clone, V> Keyed<K, V> {
         K: Borrow<Q>,
         Q: Eq + Hash + ?Sized,
     {
-        self.position(key).map(|i| &self.list[i].1)
+        self.position(key).map(|i| &self.list()[i].1)
     }
 
     /// The value of `key`, if there is one, to change it.
@@ -70,7 +90,7 @@ impl<K: Eq + Hash + Clone, V> Keyed<K, V> {
         K: Borrow<Q>,
         Q: Eq + Hash + ?Sized,
     {
-        self.position(key).map(|i| &mut self.list[i].1)
+        self.position(key).map(|i| &mut self.list_mut()[i].1)
     }
 
     /// Whether `key` has a value.
@@ -85,20 +105,29 @@ impl<K: Eq + Hash + Clone, V> Keyed<K, V> {
     /// Sets the value of `key`; returns the one it replaced.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         if let Some(i) = self.position(&key) {
-            return Some(std::mem::replace(&mut self.list[i].1, value));
+            return Some(std::mem::replace(&mut self.list_mut()[i].1, value));
         }
-        if self.list.len() == self.list.capacity() {
-            // Grown by half rather than doubled, and from one: a list of one holds one.
-            self.list.reserve_exact((self.list.len() / 2).max(1));
-        }
-        let i = self.list.len();
-        if let Some(index) = &mut self.index {
-            index.insert(key.clone(), i);
-        }
-        self.list.push((key, value));
-        if self.index.is_none() && self.list.len() > SMALL {
-            let index = self.list.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
-            self.index = Some(Box::new(index));
+        match self {
+            Keyed::Small(list) => {
+                if list.len() == list.capacity() {
+                    // Grown by half rather than doubled, and from one: a list of one
+                    // holds one.
+                    list.reserve_exact((list.len() / 2).max(1));
+                }
+                list.push((key, value));
+                if list.len() > SMALL {
+                    let list = std::mem::take(list);
+                    let index = list.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+                    *self = Keyed::Large(Box::new(Large { list, index }));
+                }
+            }
+            Keyed::Large(large) => {
+                if large.list.len() == large.list.capacity() {
+                    large.list.reserve_exact(large.list.len() / 2);
+                }
+                large.index.insert(key.clone(), large.list.len());
+                large.list.push((key, value));
+            }
         }
         None
     }
@@ -110,41 +139,46 @@ impl<K: Eq + Hash + Clone, V> Keyed<K, V> {
         Q: Eq + Hash + ?Sized,
     {
         let i = self.position(key)?;
-        let (k, v) = self.list.swap_remove(i);
-        if let Some(index) = &mut self.index {
-            index.remove::<K>(&k);
-            if let Some((moved, _)) = self.list.get(i) {
-                index.insert(moved.clone(), i);
+        let v = match self {
+            Keyed::Small(list) => list.swap_remove(i).1,
+            Keyed::Large(large) => {
+                let (k, v) = large.list.swap_remove(i);
+                large.index.remove::<K>(&k);
+                if let Some((moved, _)) = large.list.get(i) {
+                    large.index.insert(moved.clone(), i);
+                }
+                if large.list.len() <= SMALL / 2 {
+                    *self = Keyed::Small(std::mem::take(&mut large.list));
+                }
+                v
             }
-            if self.list.len() <= SMALL / 2 {
-                self.index = None;
-            }
-        }
+        };
         // A list that emptied out (a crowd left the channel) gives its memory back.
-        if self.list.capacity() > 2 * self.list.len() + 4 {
-            self.list.shrink_to(self.list.len() + self.list.len() / 2);
+        let list = self.list_mut();
+        if list.capacity() > 2 * list.len() + 4 {
+            list.shrink_to(list.len() + list.len() / 2);
         }
         Some(v)
     }
 
     /// The entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.list.iter().map(|(k, v)| (k, v))
+        self.list().iter().map(|(k, v)| (k, v))
     }
 
     /// The keys, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.list.iter().map(|(k, _)| k)
+        self.list().iter().map(|(k, _)| k)
     }
 
     /// The values, in no particular order.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.list.iter().map(|(_, v)| v)
+        self.list().iter().map(|(_, v)| v)
     }
 
     /// The values, in no particular order, to change them.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.list.iter_mut().map(|(_, v)| v)
+        self.list_mut().iter_mut().map(|(_, v)| v)
     }
 }
 
@@ -157,8 +191,12 @@ mod tests {
     fn a_single_entry_takes_room_for_one() {
         let mut m: Keyed<u64, [u8; 64]> = Keyed::default();
         m.insert(7, [0; 64]);
-        assert_eq!(m.list.capacity(), 1);
-        assert!(m.index.is_none());
+        assert!(matches!(&m, Keyed::Small(list) if list.capacity() == 1));
+    }
+
+    #[test]
+    fn it_takes_a_lists_room() {
+        assert_eq!(std::mem::size_of::<Keyed<u64, [u8; 64]>>(), std::mem::size_of::<Vec<(u64, [u8; 64])>>());
     }
 
     proptest! {
@@ -179,9 +217,10 @@ mod tests {
                 for (k, v) in &reference {
                     prop_assert_eq!(m.get(k.as_str()), Some(v));
                 }
-                if let Some(index) = &m.index {
-                    for (k, i) in index.iter() {
-                        prop_assert_eq!(&m.list[*i].0, k);
+                if let Keyed::Large(large) = &m {
+                    prop_assert_eq!(large.index.len(), large.list.len());
+                    for (k, i) in large.index.iter() {
+                        prop_assert_eq!(&large.list[*i].0, k);
                     }
                 }
             }

@@ -33,18 +33,15 @@ pub(crate) struct Session {
     pub client: Arc<ClientShared>,
     connected: bool,
     user: Box<str>,
-    /// The connection's `info` (boxed bytes: 16 bytes where `Bytes` take 32, in every
-    /// parked client).
-    conn_info: Box<[u8]>,
-    /// When the connection expires (Unix seconds), unless refreshed.
-    expires_at: Option<u64>,
+    /// When the connection expires, unless refreshed.
+    expires_at: Expiry,
     subs: Keyed<Box<str>, LocalSub>,
     /// Commands allowed now (a token bucket), and when it was last refilled
     /// ([`clock_ms`]).
     tokens: f32,
     refilled: u64,
     /// When a ping was sent that no pong has answered yet.
-    pub ping_sent: Option<Instant>,
+    pub ping_sent: Option<Moment>,
     /// What only some sessions have (boxed: the others keep a pointer's room for it, in
     /// every parked client).
     extras: Option<Box<Extras>>,
@@ -58,6 +55,8 @@ struct Extras {
     transport: Option<&'static str>,
     /// The client's address, kept only where connections per address are limited.
     remote_ip: Option<IpAddr>,
+    /// The connection's `info`, from its token or its connect proxy.
+    conn_info: Box<[u8]>,
     /// The session id of an emulation transport, given in the connect result.
     emulation_session: String,
     /// The headers of the client's request that proxies forward (only those).
@@ -66,12 +65,73 @@ struct Extras {
     emulated: Box<[(HeaderName, HeaderValue)]>,
 }
 
+/// When the hub's monotonic clock started (its first reading).
+fn clock_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 /// Milliseconds on a monotonic clock that starts with the first call (a session's
 /// token bucket keeps its last refill as one: eight bytes, where an `Instant` takes
 /// sixteen, in every parked client).
 fn clock_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    clock_start().elapsed().as_millis() as u64
+}
+
+/// A moment on the monotonic clock in eight bytes, as a parked client keeps its timers
+/// (an `Instant` takes sixteen, and an `Option` of one too; an `Option<Moment>` takes
+/// eight): microseconds since the clock's start, plus one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Moment(std::num::NonZeroU64);
+
+impl Moment {
+    /// Now.
+    pub fn now() -> Moment {
+        Moment::from(Instant::now())
+    }
+
+    /// The moment as an `Instant` (to the microsecond).
+    pub fn instant(self) -> Instant {
+        clock_start() + Duration::from_micros(self.0.get() - 1)
+    }
+
+    /// The moment as tokio's `Instant`.
+    pub fn tokio(self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.instant())
+    }
+}
+
+impl From<Instant> for Moment {
+    fn from(t: Instant) -> Moment {
+        let micros = u64::try_from(t.saturating_duration_since(clock_start()).as_micros()).unwrap_or(u64::MAX - 1);
+        Moment(std::num::NonZeroU64::MIN.saturating_add(micros))
+    }
+}
+
+impl From<tokio::time::Instant> for Moment {
+    fn from(t: tokio::time::Instant) -> Moment {
+        Moment::from(t.into_std())
+    }
+}
+
+/// When something expires (Unix seconds), unless refreshed, in eight bytes (an
+/// `Option<u64>` takes sixteen).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Expiry(u64);
+
+impl Expiry {
+    /// It does not expire.
+    const NEVER: Expiry = Expiry(u64::MAX);
+
+    fn get(self) -> Option<u64> {
+        (self != Expiry::NEVER).then_some(self.0)
+    }
+}
+
+impl From<Option<u64>> for Expiry {
+    fn from(at: Option<u64>) -> Expiry {
+        at.map_or(Expiry::NEVER, Expiry)
+    }
 }
 
 /// How long a refresh or sub_refresh proxy that failed waits before it is asked again.
@@ -89,22 +149,18 @@ struct LocalSub {
     options: Arc<ChannelOptions>,
     /// Boxed bytes rather than `Bytes`: 16 bytes where those take 32, per subscription.
     chan_info: Box<[u8]>,
-    /// When it expires (Unix seconds), unless refreshed; [`NEVER`]: it does not (eight
-    /// bytes, where an `Option` takes sixteen).
-    expires: u64,
+    /// When it expires, unless refreshed.
+    expires: Expiry,
 }
-
-/// In [`LocalSub`]'s `expires`: the subscription does not expire.
-const NEVER: u64 = u64::MAX;
 
 impl LocalSub {
     /// When it expires (Unix seconds), unless refreshed.
     fn expires_at(&self) -> Option<u64> {
-        (self.expires != NEVER).then_some(self.expires)
+        self.expires.get()
     }
 
     fn set_expires_at(&mut self, at: Option<u64>) {
-        self.expires = at.unwrap_or(NEVER);
+        self.expires = at.into();
     }
 }
 
@@ -161,8 +217,7 @@ impl Session {
             client,
             connected: false,
             user: Box::default(),
-            conn_info: Box::default(),
-            expires_at: None,
+            expires_at: Expiry::NEVER,
             subs: Keyed::default(),
             tokens: burst,
             refilled: clock_ms(),
@@ -249,6 +304,17 @@ impl Session {
         self.extras().emulation_session = id;
     }
 
+    /// The connection's `info` (empty: none).
+    fn conn_info(&self) -> &[u8] {
+        self.extras.as_ref().map_or(&[], |e| &e.conn_info)
+    }
+
+    fn set_conn_info(&mut self, info: &[u8]) {
+        if !info.is_empty() || self.extras.is_some() {
+            self.extras().conn_info = info.into();
+        }
+    }
+
     /// The session's extras, made on first use.
     fn extras(&mut self) -> &mut Extras {
         self.extras.get_or_insert_with(Box::default)
@@ -262,7 +328,7 @@ impl Session {
         ClientInfo {
             user: self.user.to_string(),
             client: self.client.id.to_string(),
-            conn_info: Bytes::copy_from_slice(&self.conn_info),
+            conn_info: Bytes::copy_from_slice(self.conn_info()),
             chan_info: Bytes::copy_from_slice(chan_info),
         }
     }
@@ -298,7 +364,7 @@ impl Session {
     pub fn ping(&mut self) {
         self.send(&Reply::Ping);
         if self.ping_sent.is_none() {
-            self.ping_sent = Some(Instant::now());
+            self.ping_sent = Some(Moment::now());
         }
     }
 
@@ -333,7 +399,7 @@ impl Session {
         let p = &self.hub.proxies;
         // The refresh proxies are asked when the connection or subscription expires.
         let conn_delay = if p.refresh.is_some() { 0 } else { c.expired_close_delay.as_secs() };
-        let conn = self.expires_at.map(|t| t + conn_delay);
+        let conn = self.expires_at.get().map(|t| t + conn_delay);
         let sub_delay = |s: &LocalSub| {
             if p.sub_refresh.is_some() && s.options.sub_refresh_proxy_enabled {
                 0
@@ -358,7 +424,7 @@ impl Session {
             Box::pin(self.refresh_by_proxy(now)).await?;
         }
         let c = &self.hub.config.client;
-        if self.expires_at.is_some_and(|t| t + c.expired_close_delay.as_secs() <= now) {
+        if self.expires_at.get().is_some_and(|t| t + c.expired_close_delay.as_secs() <= now) {
             return Err(Disconnect::EXPIRED);
         }
         let delay = c.expired_sub_close_delay.as_secs();
@@ -389,22 +455,22 @@ impl Session {
     async fn refresh_by_proxy(&mut self, now: u64) -> Outcome {
         let hub = self.hub.clone();
         if let Some(proxy) = &hub.proxies.refresh {
-            if self.connected && self.expires_at.is_some_and(|t| t <= now) {
+            if self.connected && self.expires_at.get().is_some_and(|t| t <= now) {
                 let body = proxy::request(proxy, &self.proxy_conn());
                 match self.ask::<proxy::RefreshResult>("refresh", proxy, body).await {
                     Ok(mut r) => {
                         if r.expired || r.expire_at().is_some_and(|t| t <= now) {
                             return Err(Disconnect::EXPIRED);
                         }
-                        self.expires_at = r.expire_at();
+                        self.expires_at = r.expire_at().into();
                         match r.info() {
-                            Ok(Some(info)) => self.conn_info = protocol::json::one_line(info).as_ref().into(),
+                            Ok(Some(info)) => self.set_conn_info(&protocol::json::one_line(info)),
                             Ok(None) => {}
                             Err(e) => tracing::warn!(error = %e, "refresh proxy: bad info"),
                         }
                     }
                     Err(Refused::Disconnect(_)) => return Err(Disconnect::EXPIRED),
-                    Err(Refused::Error(_)) => self.expires_at = Some(now + PROXY_RETRY.as_secs()),
+                    Err(Refused::Error(_)) => self.expires_at = Expiry(now + PROXY_RETRY.as_secs()),
                 }
             }
         }
@@ -508,8 +574,8 @@ impl Session {
                     if expired {
                         return Err(Disconnect::EXPIRED);
                     }
-                    self.expires_at = expire_at;
-                    let (expires, ttl) = ttl(self.expires_at);
+                    self.expires_at = expire_at.into();
+                    let (expires, ttl) = ttl(self.expires_at.get());
                     self.send(&Reply::Push(Push {
                         id: 0,
                         channel: String::new(),
@@ -691,8 +757,8 @@ impl Session {
             return Ok(());
         }
         self.user = token.user.as_str().into();
-        self.conn_info = token.info.clone().map(protocol::json::one_line).unwrap_or_default().as_ref().into();
-        self.expires_at = token.expire_at;
+        self.set_conn_info(&token.info.clone().map(protocol::json::one_line).unwrap_or_default());
+        self.expires_at = token.expire_at.into();
         // What the server API's `connections` shows; `meta` goes nowhere else (not to
         // clients: not in presence, joins, leaves or publications).
         let details = Details::new(
@@ -766,7 +832,7 @@ impl Session {
         }
         // With a refresh proxy, the hub refreshes the connection: the client is not told
         // it expires.
-        let (expires, ttl) = if hub.proxies.refresh.is_some() { (false, 0) } else { ttl(self.expires_at) };
+        let (expires, ttl) = if hub.proxies.refresh.is_some() { (false, 0) } else { ttl(self.expires_at.get()) };
         let result = ConnectResult {
             client: self.client.id.to_string(),
             version: VERSION.into(),
@@ -1000,11 +1066,7 @@ impl Session {
             pending,
             result,
             last,
-            local: LocalSub {
-                options: o.clone(),
-                chan_info: chan_info.as_ref().into(),
-                expires: expires_at.unwrap_or(NEVER),
-            },
+            local: LocalSub { options: o.clone(), chan_info: chan_info.as_ref().into(), expires: expires_at.into() },
         })
     }
 
@@ -1260,8 +1322,8 @@ impl Session {
         if *t.user != *self.user {
             return Err(Disconnect::INVALID_TOKEN);
         }
-        self.expires_at = t.expire_at;
-        let (expires, ttl) = ttl(self.expires_at);
+        self.expires_at = t.expire_at.into();
+        let (expires, ttl) = ttl(self.expires_at.get());
         self.reply(
             id,
             ReplyResult::Refresh { client: self.client.id.to_string(), version: VERSION.into(), expires, ttl },

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use volley::{CloseCode, Message, WebSocket};
 
 use crate::engine::client::ClientShared;
-use crate::engine::session::Session;
+use crate::engine::session::{Moment, Session};
 use crate::engine::{Hub, HubInner};
 use crate::protocol::{self, Disconnect, Format};
 
@@ -51,10 +51,10 @@ pub(crate) struct Conn {
     pub(crate) session: Session,
     _open: OpenGuard,
     /// When the next ping is due.
-    next_ping: tokio::time::Instant,
+    next_ping: Moment,
     /// When the client may be parked if it stays idle until then (nothing received
     /// but pongs, nothing sent but pings).
-    park_at: tokio::time::Instant,
+    park_at: Moment,
 }
 
 impl Conn {
@@ -64,15 +64,15 @@ impl Conn {
         Conn {
             session: Session::new(hub.inner.clone(), format, remote.map(|a| a.ip())),
             _open: OpenGuard::new(hub),
-            next_ping: now + ping_every(hub),
-            park_at: now,
+            next_ping: Moment::from(now + ping_every(hub)),
+            park_at: Moment::from(now),
         }
     }
 
     /// When the connection must have a task again whatever its peer does: its next
     /// ping, or its next expiry check. `None` when neither is set.
     pub(crate) fn wake_at(&self, hub: &Hub) -> Option<tokio::time::Instant> {
-        let ping = (!hub.config().client.ping_interval.is_zero()).then_some(self.next_ping);
+        let ping = (!hub.config().client.ping_interval.is_zero()).then_some(self.next_ping.tokio());
         let expiry = self.session.deadline().map(expiry_instant);
         match (ping, expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -101,18 +101,18 @@ impl Conn {
         let expiry = deadline.map(expiry_instant);
         let earliest = |at: tokio::time::Instant| Some(expiry.map_or(at, |e| e.min(at)));
         if let Some(sent) = self.session.ping_sent {
-            let pong_by = tokio::time::Instant::from_std(sent + c.pong_timeout);
+            let pong_by = sent.tokio() + c.pong_timeout;
             return (pong_by > now).then(|| (false, earliest(pong_by)));
         }
-        if self.next_ping > now {
-            return Some((false, earliest(self.next_ping)));
+        if self.next_ping.tokio() > now {
+            return Some((false, earliest(self.next_ping.tokio())));
         }
         if self.session.refreshes_presence() {
             return None;
         }
         advance_ping(&mut self.next_ping, c.ping_interval, now);
-        self.session.ping_sent = Some(std::time::Instant::now());
-        Some((true, earliest((now + c.pong_timeout).min(self.next_ping))))
+        self.session.ping_sent = Some(Moment::now());
+        Some((true, earliest((now + c.pong_timeout).min(self.next_ping.tokio()))))
     }
 
     /// A small message a parked connection's client sent (see
@@ -132,17 +132,18 @@ impl Conn {
 
     /// Tries to park the connection again in `delay` if it stays idle.
     pub(crate) fn park_in(&mut self, delay: Duration) {
-        self.park_at = tokio::time::Instant::now() + delay;
+        self.park_at = Moment::from(tokio::time::Instant::now() + delay);
     }
 }
 
 /// Moves `next_ping` one interval on, as a ping is sent at `now`; from `now` when
 /// that is already past (woken late, parked or on a busy runtime: no burst of pings).
-fn advance_ping(next_ping: &mut tokio::time::Instant, every: Duration, now: tokio::time::Instant) {
-    *next_ping += every;
-    if *next_ping <= now {
-        *next_ping = now + every;
+fn advance_ping(next_ping: &mut Moment, every: Duration, now: tokio::time::Instant) {
+    let mut next = next_ping.tokio() + every;
+    if next <= now {
+        next = now + every;
     }
+    *next_ping = Moment::from(next);
 }
 
 fn ping_every(hub: &Hub) -> Duration {
@@ -258,21 +259,21 @@ pub(crate) async fn run<C: Carrier>(hub: &Hub, mut ws: C, mut conn: Conn, park_a
     let every = ping_every(hub);
     let after = park_after.unwrap_or_default();
     // Timers kept across iterations and reset when their deadline moves.
-    let ping_timer = tokio::time::sleep_until(conn.next_ping);
+    let ping_timer = tokio::time::sleep_until(conn.next_ping.tokio());
     tokio::pin!(ping_timer);
-    let idle_timer = tokio::time::sleep_until(conn.park_at);
+    let idle_timer = tokio::time::sleep_until(conn.park_at.tokio());
     tokio::pin!(idle_timer);
     let mut batch = Vec::new();
     let end: Option<Disconnect> = loop {
         let session = &mut conn.session;
-        let pong_deadline = session.ping_sent.map(|t| tokio::time::Instant::from_std(t + config.pong_timeout));
+        let pong_deadline = session.ping_sent.map(|t| t.tokio() + config.pong_timeout);
         let expiry = session.deadline().map(expiry_instant);
         // Not with a ping or an expiry due: parked, it would be taken back at once. (A
         // timer whose deadline is long past can win over one due a moment ago: the
         // runtime's clock moves by turns.)
         let parkable = park_after.is_some() && session.is_connected() && session.ping_sent.is_none() && {
             let now = tokio::time::Instant::now();
-            (config.ping_interval.is_zero() || conn.next_ping > now) && expiry.is_none_or(|at| at > now)
+            (config.ping_interval.is_zero() || conn.next_ping.tokio() > now) && expiry.is_none_or(|at| at > now)
         };
         let mut active = true;
         tokio::select! {
@@ -303,7 +304,7 @@ pub(crate) async fn run<C: Carrier>(hub: &Hub, mut ws: C, mut conn: Conn, park_a
             _ = &mut stale, if !session.is_connected() => break Some(Disconnect::STALE),
             _ = &mut ping_timer, if session.is_connected() && !config.ping_interval.is_zero() => {
                 advance_ping(&mut conn.next_ping, every, tokio::time::Instant::now());
-                ping_timer.as_mut().reset(conn.next_ping);
+                ping_timer.as_mut().reset(conn.next_ping.tokio());
                 active = false;
                 session.ping();
                 Box::pin(session.refresh_presence()).await;
@@ -324,8 +325,8 @@ pub(crate) async fn run<C: Carrier>(hub: &Hub, mut ws: C, mut conn: Conn, park_a
             Err(_) => break None,
         }
         if active && park_after.is_some() {
-            conn.park_at = tokio::time::Instant::now() + after;
-            idle_timer.as_mut().reset(conn.park_at);
+            conn.park_at = Moment::from(tokio::time::Instant::now() + after);
+            idle_timer.as_mut().reset(conn.park_at.tokio());
         }
     };
     // Out of the channels and the limits first: a client that does not read may never
