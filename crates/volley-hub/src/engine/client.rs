@@ -22,13 +22,14 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use volley::{PreparedMessage, Utf8Bytes};
 
+use super::session::Moment;
 use super::{ControlRequest, Details};
 use crate::protocol::{Disconnect, Format};
 
 /// A client's queue and identity, shared by its task and the hub, and what the server
 /// API and the delivery ask of its session from outside its task. One block per
-/// client (256 bytes with its reference counts, one of the allocator's size classes:
-/// a field more moves it to the next, 320).
+/// client (224 bytes with its reference counts, one of the allocator's size classes:
+/// a field more moves it to the next, 256).
 #[derive(Debug)]
 pub(crate) struct ClientShared {
     /// A number unique in this process (the registry's key).
@@ -144,9 +145,11 @@ impl From<Bytes> for Item {
 struct Outbox {
     items: Vec<Item>,
     /// When the oldest item waiting was queued.
-    since: Option<Instant>,
-    bytes: usize,
-    limit: usize,
+    since: Option<Moment>,
+    /// The bytes waiting, and how many may (a queue holds at most 4 GiB: four bytes
+    /// each, where a `usize` takes eight, in every client).
+    bytes: u32,
+    limit: u32,
     /// Set once: the client is to be disconnected (boxed: a pointer's room in every
     /// client, for what happens once).
     closing: Option<Box<Disconnect>>,
@@ -217,7 +220,7 @@ impl ClientShared {
             seq: SEQ.fetch_add(1, Ordering::Relaxed),
             id,
             format,
-            outbox: Mutex::new(Outbox { limit, ..Default::default() }),
+            outbox: Mutex::new(Outbox { limit: u32::try_from(limit).unwrap_or(u32::MAX), ..Default::default() }),
             notify: Notify::new(),
             asked: AtomicU8::new(0),
             details: OnceLock::new(),
@@ -297,18 +300,19 @@ impl ClientShared {
         if o.closing.is_some() {
             return false;
         }
-        if o.bytes + len > o.limit {
+        let Some(bytes) = u32::try_from(len).ok().and_then(|len| o.bytes.checked_add(len)).filter(|b| *b <= o.limit)
+        else {
             o.closing = Some(Box::new(Disconnect::SLOW));
             o.items.clear();
             o.bytes = 0;
             self.wake(o);
             return false;
-        }
+        };
         let first = o.items.is_empty();
         if first {
-            o.since = Some(Instant::now());
+            o.since = Some(Moment::now());
         }
-        o.bytes += len;
+        o.bytes = bytes;
         o.items.push(item);
         if first {
             match &o.parked {
@@ -336,7 +340,7 @@ impl ClientShared {
         if o.items.is_empty() || o.closing.is_some() {
             return;
         }
-        let written = parked.write(id, &o.items, self.format, o.since);
+        let written = parked.write(id, &o.items, self.format, o.since.map(Moment::instant));
         if written == Written::No {
             return self.wake(o);
         }
@@ -415,7 +419,7 @@ impl ClientShared {
         let mut o = self.lock();
         into.extend(o.items.drain(..).map(Item::into_bytes));
         o.bytes = 0;
-        (o.closing.as_deref().cloned(), o.since.take())
+        (o.closing.as_deref().cloned(), o.since.take().map(Moment::instant))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
@@ -558,9 +562,9 @@ mod tests {
     }
 
     #[test]
-    fn a_client_with_its_reference_counts_fits_the_allocators_256_byte_class() {
+    fn a_client_with_its_reference_counts_fits_the_allocators_224_byte_class() {
         // Two counts of a word each precede the value in an `Arc`'s block.
-        assert!(std::mem::size_of::<ClientShared>() + 16 <= 256, "{}", std::mem::size_of::<ClientShared>());
+        assert!(std::mem::size_of::<ClientShared>() + 16 <= 224, "{}", std::mem::size_of::<ClientShared>());
     }
 
     #[test]

@@ -203,15 +203,14 @@ impl Connected {
 
 /// What a session keeps for the server API's `connections`, besides what the hub
 /// knows of it already (its client id, user and format): held for every connected
-/// client, so in its smallest form, 40 bytes (the client's name and version, the
-/// token's `jti` and `meta` in one block, none when all are empty).
+/// client, so in its smallest form, 32 bytes (the client's name and version, the
+/// token's `jti`, `meta` and `iat` in one block, none when there are none).
 #[derive(Debug)]
 pub(crate) struct Details {
     /// The name, the version, the `jti` and the `meta`, one after another, each after
-    /// its length (four bytes, little-endian; [`u32::MAX`] for a `jti` there is not).
+    /// its length (four bytes, little-endian; [`u32::MAX`] for a `jti` there is not),
+    /// then the `iat` (eight bytes, little-endian) if there is one.
     packed: Box<[u8]>,
-    /// The token's `iat` ([`u64::MAX`]: none).
-    issued_at: u64,
     /// The transport.
     pub transport: &'static str,
 }
@@ -221,6 +220,12 @@ impl Default for Details {
         Details::new("", "", "", None, None, &[])
     }
 }
+
+/// [`Details`]' fields, in its packed block.
+const APP_NAME: usize = 0;
+const APP_VERSION: usize = 1;
+const TOKEN_UID: usize = 2;
+const META: usize = 3;
 
 impl Details {
     /// The details of a connection: its client's name and version (from its connect),
@@ -233,79 +238,83 @@ impl Details {
         token_issued_at: Option<u64>,
         meta: &[u8],
     ) -> Details {
-        let issued_at = token_issued_at.unwrap_or(u64::MAX);
-        if app_name.is_empty() && app_version.is_empty() && token_uid.is_none() && meta.is_empty() {
-            return Details { packed: Box::default(), issued_at, transport };
+        if app_name.is_empty()
+            && app_version.is_empty()
+            && token_uid.is_none()
+            && token_issued_at.is_none()
+            && meta.is_empty()
+        {
+            return Details { packed: Box::default(), transport };
         }
         let fields =
             [Some(app_name.as_bytes()), Some(app_version.as_bytes()), token_uid.map(str::as_bytes), Some(meta)];
-        let mut packed = Vec::with_capacity(16 + fields.iter().flatten().map(|f| f.len()).sum::<usize>());
+        let mut packed = Vec::with_capacity(24 + fields.iter().flatten().map(|f| f.len()).sum::<usize>());
         for field in fields {
             match field {
                 // Each came in a command or a token, far below 4 GiB.
                 Some(f) => {
-                    packed.extend_from_slice(&u32::try_from(f.len()).unwrap_or(u32::MAX - 1).to_le_bytes());
-                    packed.extend_from_slice(&f[..f.len().min(u32::MAX as usize - 1)]);
+                    let len = f.len().min(u32::MAX as usize - 1);
+                    packed.extend_from_slice(&(len as u32).to_le_bytes());
+                    packed.extend_from_slice(&f[..len]);
                 }
                 None => packed.extend_from_slice(&u32::MAX.to_le_bytes()),
             }
         }
-        Details { packed: packed.into_boxed_slice(), issued_at, transport }
+        if let Some(iat) = token_issued_at {
+            packed.extend_from_slice(&iat.to_le_bytes());
+        }
+        Details { packed: packed.into_boxed_slice(), transport }
     }
 
-    /// Field `n` of the packed ones (`None`: not there).
-    fn field(&self, n: usize) -> Option<&[u8]> {
+    /// The packed fields, and what follows them.
+    fn fields(&self) -> ([Option<&[u8]>; 4], &[u8]) {
+        let mut out = [Some(&[][..]), Some(&[][..]), None, Some(&[][..])];
         let mut rest = &self.packed[..];
         if rest.is_empty() {
-            // All empty, and no `jti`.
-            return (n != 2).then_some(&[][..]);
+            return (out, rest);
         }
-        for i in 0..=n {
-            let (len, tail) = rest.split_first_chunk::<4>()?;
+        for field in &mut out {
+            let Some((len, tail)) = rest.split_first_chunk::<4>() else { break };
             let len = u32::from_le_bytes(*len);
             if len == u32::MAX {
-                if i == n {
-                    return None;
-                }
+                *field = None;
                 rest = tail;
                 continue;
             }
-            let (field, tail) = tail.split_at_checked(len as usize)?;
-            if i == n {
-                return Some(field);
-            }
+            let Some((f, tail)) = tail.split_at_checked(len as usize) else { break };
+            *field = Some(f);
             rest = tail;
         }
-        None
+        (out, rest)
     }
 
     fn text(&self, n: usize) -> Option<&str> {
-        self.field(n).map(|f| std::str::from_utf8(f).unwrap_or_default())
+        self.fields().0[n].map(|f| std::str::from_utf8(f).unwrap_or_default())
     }
 
     /// The client's name, as its connect command gave it.
     pub fn app_name(&self) -> &str {
-        self.text(0).unwrap_or_default()
+        self.text(APP_NAME).unwrap_or_default()
     }
 
     /// The client's version, as its connect command gave it.
     pub fn app_version(&self) -> &str {
-        self.text(1).unwrap_or_default()
+        self.text(APP_VERSION).unwrap_or_default()
     }
 
     /// The connection token's `jti`.
     pub fn token_uid(&self) -> Option<&str> {
-        self.text(2)
+        self.text(TOKEN_UID)
     }
 
     /// The connection token's `iat` (Unix seconds).
     pub fn token_issued_at(&self) -> Option<u64> {
-        (self.issued_at != u64::MAX).then_some(self.issued_at)
+        self.fields().1.first_chunk::<8>().map(|b| u64::from_le_bytes(*b))
     }
 
     /// The connection token's `meta`, JSON text as it came (empty: none).
     pub fn meta(&self) -> &[u8] {
-        self.field(3).unwrap_or_default()
+        self.fields().0[META].unwrap_or_default()
     }
 }
 
@@ -401,7 +410,7 @@ type Shard = HashMap<Box<str>, Box<Local>>;
 /// The subscribers of one channel on this node.
 struct Local {
     /// By the client's `seq`.
-    subs: Keyed<u64, Sub>,
+    subs: Subs,
     /// The channel's id on this node, for subscribers with channel compaction: given
     /// when the channel gets its first local subscriber, never given to another.
     id: u64,
@@ -442,6 +451,93 @@ struct Sub {
     /// A Pusher client: publications go in Pusher's wire shape, except to the socket
     /// their [`TAG_EXCLUDE`](crate::pusher::TAG_EXCLUDE) tag names (its client id).
     pusher: bool,
+}
+
+/// A channel's subscribers on this node, by the client's `seq`. Most channels have one
+/// on a node: it is kept in place, in the channel's block, and only a channel with
+/// several has a list (a block of its own, 48 bytes more per channel with one).
+enum Subs {
+    One(u64, Sub),
+    /// None, or several.
+    Many(Keyed<u64, Sub>),
+}
+
+impl Default for Subs {
+    fn default() -> Self {
+        Subs::Many(Keyed::default())
+    }
+}
+
+impl Subs {
+    fn len(&self) -> usize {
+        match self {
+            Subs::One(..) => 1,
+            Subs::Many(m) => m.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(&mut self, seq: u64, sub: Sub) {
+        match self {
+            Subs::Many(m) if m.is_empty() => *self = Subs::One(seq, sub),
+            Subs::Many(m) => {
+                m.insert(seq, sub);
+            }
+            Subs::One(s, one) if *s == seq => *one = sub,
+            Subs::One(..) => {
+                let Subs::One(s, one) = std::mem::take(self) else { unreachable!("matched above") };
+                let mut m = Keyed::default();
+                m.insert(s, one);
+                m.insert(seq, sub);
+                *self = Subs::Many(m);
+            }
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Sub> {
+        match self {
+            Subs::One(s, _) if *s == seq => {
+                let Subs::One(_, one) = std::mem::take(self) else { unreachable!("matched above") };
+                Some(one)
+            }
+            Subs::One(..) => None,
+            Subs::Many(m) => {
+                let removed = m.remove(&seq);
+                if m.len() == 1 {
+                    let last = *m.keys().next().expect("one left");
+                    let one = m.remove(&last).expect("there");
+                    *self = Subs::One(last, one);
+                }
+                removed
+            }
+        }
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Sub> {
+        match self {
+            Subs::One(s, one) => (*s == seq).then_some(one),
+            Subs::Many(m) => m.get_mut(&seq),
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Sub> {
+        let (one, many) = match self {
+            Subs::One(_, one) => (Some(one), None),
+            Subs::Many(m) => (None, Some(m.values())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Sub> {
+        let (one, many) = match self {
+            Subs::One(_, one) => (Some(one), None),
+            Subs::Many(m) => (None, Some(m.values_mut())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 /// In [`Sub`]'s `base`: the client holds no delta base.
@@ -987,7 +1083,7 @@ impl HubInner {
             let mut shard = self.shard(channel);
             if !shard.contains_key(channel) {
                 let local =
-                    Local { subs: Keyed::default(), id: self.channel_ids.fetch_add(1, Ordering::Relaxed), epoch: 0 };
+                    Local { subs: Subs::default(), id: self.channel_ids.fetch_add(1, Ordering::Relaxed), epoch: 0 };
                 shard.insert(channel.into(), Box::new(local));
             }
             let local = shard.get_mut(channel).expect("inserted above");
@@ -1041,7 +1137,7 @@ impl HubInner {
         if !epoch.is_empty() {
             local.new_epoch(&pending.channel, epoch, Some(pending.seq));
         }
-        let Some(sub) = local.subs.get_mut(&pending.seq) else {
+        let Some(sub) = local.subs.get_mut(pending.seq) else {
             return true;
         };
         if let Some(first) = first {
@@ -1097,7 +1193,7 @@ impl HubInner {
             let mut shard = self.shard(channel);
             match shard.get_mut(channel) {
                 Some(local) => {
-                    local.subs.remove(&seq);
+                    local.subs.remove(seq);
                     let empty = local.subs.is_empty();
                     if empty {
                         shard.remove(channel);
@@ -1423,12 +1519,54 @@ mod tests {
     #[test]
     fn a_channels_subscriber_with_its_key_fits_the_allocators_48_byte_class() {
         assert!(std::mem::size_of::<(u64, Sub)>() <= 48, "{}", std::mem::size_of::<(u64, Sub)>());
+        // And a channel with its one subscriber in place, the 64-byte class.
+        assert!(std::mem::size_of::<Local>() <= 64, "{}", std::mem::size_of::<Local>());
+    }
+
+    fn sub(seq: u64) -> Sub {
+        Sub {
+            client: Arc::new(ClientShared::new(Format::Json, 1024)),
+            last: seq,
+            base: NO_BASE,
+            extra: None,
+            join_leave: false,
+            positioned: false,
+            delta: false,
+            server_side: false,
+            lost: false,
+            compact: false,
+            pusher: false,
+        }
+    }
+
+    #[test]
+    fn a_channels_subscribers_are_kept_in_place_while_one_and_listed_while_several() {
+        let mut subs = Subs::default();
+        assert!(subs.is_empty());
+        subs.insert(1, sub(1));
+        assert!(matches!(subs, Subs::One(1, _)));
+        subs.insert(1, sub(10));
+        assert_eq!((subs.len(), subs.get_mut(1).map(|s| s.last)), (1, Some(10)), "replaced");
+        subs.insert(2, sub(2));
+        subs.insert(3, sub(3));
+        assert_eq!(subs.len(), 3);
+        let mut lasts: Vec<u64> = subs.values().map(|s| s.last).collect();
+        lasts.sort();
+        assert_eq!(lasts, [2, 3, 10]);
+        assert_eq!(subs.remove(1).map(|s| s.last), Some(10));
+        assert!(subs.remove(1).is_none());
+        assert_eq!(subs.remove(2).map(|s| s.last), Some(2));
+        assert!(matches!(subs, Subs::One(3, _)), "back in place");
+        assert!(subs.get_mut(2).is_none());
+        subs.values_mut().for_each(|s| s.last = 30);
+        assert_eq!(subs.remove(3).map(|s| s.last), Some(30));
+        assert!(subs.is_empty() && subs.values().next().is_none());
     }
 
     #[test]
     fn connection_details_keep_each_field_as_given() {
         let d = Details::new("js", "5.2", "websocket", Some("jti-1"), Some(1_700_000_000), br#"{"a":1}"#);
-        assert_eq!(std::mem::size_of::<Details>(), 40);
+        assert_eq!(std::mem::size_of::<Details>(), 32);
         assert_eq!((d.app_name(), d.app_version(), d.transport), ("js", "5.2", "websocket"));
         assert_eq!(
             (d.token_uid(), d.token_issued_at(), d.meta()),
@@ -1443,6 +1581,8 @@ mod tests {
         assert_eq!((d.app_name(), d.app_version(), d.token_uid(), d.meta()), ("python", "", None, &b"{}"[..]));
         let d = Details::default();
         assert_eq!((d.token_uid(), d.token_issued_at()), (None, None));
+        let d = Details::new("", "", "websocket", None, Some(7), &[]);
+        assert_eq!((d.app_name(), d.token_uid(), d.token_issued_at(), d.meta()), ("", None, Some(7), &[][..]));
     }
 
     fn publication(data: &'static [u8], kind: PayloadKind) -> Publication {
