@@ -266,12 +266,34 @@ impl<T> Core<T> {
     }
 }
 
+/// A deadline in the parking's heap, in eight bytes (an `Instant` takes sixteen, and
+/// the heap holds one per parked connection with timers): microseconds since the first
+/// one this process made, rounded up, so that a deadline is never early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Tick(u64);
+
+impl Tick {
+    fn origin() -> Instant {
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *ORIGIN.get_or_init(Instant::now)
+    }
+
+    fn from(at: Instant) -> Tick {
+        let micros = at.saturating_duration_since(Tick::origin()).as_nanos().div_ceil(1000);
+        Tick(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    fn instant(self) -> Instant {
+        Tick::origin() + Duration::from_micros(self.0)
+    }
+}
+
 struct State<T> {
     slots: Slots<T>,
     free: Vec<u32>,
     /// Keepalive deadlines of parked connections, earliest first; entries whose slot
     /// has moved on (another generation) are skipped.
-    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    deadlines: BinaryHeap<Reverse<(Tick, u32, u32)>>,
     /// Connections handed back and not yet taken by `woken`.
     woken: VecDeque<Entry<T>>,
     parked: usize,
@@ -449,7 +471,7 @@ impl<T> State<T> {
     /// keeps.
     fn expire(&mut self, now: Instant, registry: &mio::Registry, keeper: Option<&dyn Keeper<T>>) {
         while let Some(&Reverse((at, key, generation))) = self.deadlines.peek() {
-            if at > now {
+            if at.instant() > now {
                 break;
             }
             self.deadlines.pop();
@@ -506,7 +528,7 @@ impl<T> State<T> {
             }
         }
         if let Some(at) = next {
-            deadlines.push(Reverse((at, key as u32, generation)));
+            deadlines.push(Reverse((Tick::from(at), key as u32, generation)));
         }
         true
     }
@@ -564,7 +586,7 @@ impl<T> State<T> {
     fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(&Reverse((at, key, generation))) = self.deadlines.peek() {
             if self.slots.holds(key, generation) {
-                return Some(at);
+                return Some(at.instant());
             }
             self.deadlines.pop();
         }
@@ -764,7 +786,7 @@ impl<T> Parking<T> {
         debug_assert_eq!(filled, generation);
         st.parked += 1;
         if let Some(at) = deadline {
-            st.deadlines.push(Reverse((at, key as u32, generation)));
+            st.deadlines.push(Reverse((Tick::from(at), key as u32, generation)));
             if st.timer_at.is_none_or(|t| at < t) {
                 st.timer_at = Some(at);
                 let _ = core.waker.wake();
@@ -985,6 +1007,17 @@ mod tests {
     /// negotiated, are behind a pointer) and without timers (those are in the chunk's
     /// table) fits the slot size the docs give; the exact figures, which change with
     /// tokio's and the standard library's types, are in docs/PERFORMANCE.md.
+    #[test]
+    fn a_deadline_is_never_early_and_at_most_a_microsecond_late() {
+        let origin = super::Tick::origin();
+        for nanos in [0, 1, 999, 1000, 1001, 25_000_000_123] {
+            let at = origin + std::time::Duration::from_nanos(nanos);
+            let back = super::Tick::from(at).instant();
+            assert!(back >= at && back - at < std::time::Duration::from_micros(1), "{nanos}");
+        }
+        assert_eq!(std::mem::size_of::<(super::Tick, u32, u32)>(), 16);
+    }
+
     #[test]
     fn a_parked_connection_fits_in_a_136_byte_slot() {
         let slot = std::mem::size_of::<super::Slot<()>>();
