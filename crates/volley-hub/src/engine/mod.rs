@@ -208,8 +208,8 @@ impl Connected {
 #[derive(Debug)]
 pub(crate) struct Details {
     /// The name, the version, the `jti` and the `meta`, one after another, each after
-    /// its length (four bytes, little-endian; [`u32::MAX`] for a `jti` there is not),
-    /// then the `iat` (eight bytes, little-endian) if there is one.
+    /// its length plus one (a LEB128 varint: one byte up to 126; 0 for a `jti` there is
+    /// not), then the `iat` (eight bytes, little-endian) if there is one.
     packed: Box<[u8]>,
     /// The transport.
     pub transport: &'static str,
@@ -226,6 +226,27 @@ const APP_NAME: usize = 0;
 const APP_VERSION: usize = 1;
 const TOKEN_UID: usize = 2;
 const META: usize = 3;
+
+fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
 
 impl Details {
     /// The details of a connection: its client's name and version (from its connect),
@@ -248,16 +269,14 @@ impl Details {
         }
         let fields =
             [Some(app_name.as_bytes()), Some(app_version.as_bytes()), token_uid.map(str::as_bytes), Some(meta)];
-        let mut packed = Vec::with_capacity(24 + fields.iter().flatten().map(|f| f.len()).sum::<usize>());
+        let mut packed = Vec::with_capacity(48 + fields.iter().flatten().map(|f| f.len()).sum::<usize>());
         for field in fields {
             match field {
-                // Each came in a command or a token, far below 4 GiB.
                 Some(f) => {
-                    let len = f.len().min(u32::MAX as usize - 1);
-                    packed.extend_from_slice(&(len as u32).to_le_bytes());
-                    packed.extend_from_slice(&f[..len]);
+                    put_varint(f.len() as u64 + 1, &mut packed);
+                    packed.extend_from_slice(f);
                 }
-                None => packed.extend_from_slice(&u32::MAX.to_le_bytes()),
+                None => packed.push(0),
             }
         }
         if let Some(iat) = token_issued_at {
@@ -274,14 +293,14 @@ impl Details {
             return (out, rest);
         }
         for field in &mut out {
-            let Some((len, tail)) = rest.split_first_chunk::<4>() else { break };
-            let len = u32::from_le_bytes(*len);
-            if len == u32::MAX {
+            let Some(len) = take_varint(&mut rest) else { break };
+            if len == 0 {
                 *field = None;
-                rest = tail;
                 continue;
             }
-            let Some((f, tail)) = tail.split_at_checked(len as usize) else { break };
+            let Some((f, tail)) = usize::try_from(len - 1).ok().and_then(|len| rest.split_at_checked(len)) else {
+                break;
+            };
             *field = Some(f);
             rest = tail;
         }
@@ -1581,6 +1600,15 @@ mod tests {
         assert_eq!((d.app_name(), d.app_version(), d.token_uid(), d.meta()), ("python", "", None, &b"{}"[..]));
         let d = Details::default();
         assert_eq!((d.token_uid(), d.token_issued_at()), (None, None));
+        let long = "x".repeat(300);
+        let d = Details::new(&long, "1", "websocket", Some(&long), Some(9), long.as_bytes());
+        assert_eq!(
+            (d.app_name(), d.app_version(), d.token_uid(), d.token_issued_at()),
+            (&*long, "1", Some(&*long), Some(9))
+        );
+        assert_eq!(d.meta(), long.as_bytes());
+        let d = Details::new("volley-bench", "", "websocket", None, None, &[]);
+        assert_eq!(d.packed.len(), 16, "one byte per length");
         let d = Details::new("", "", "websocket", None, Some(7), &[]);
         assert_eq!((d.app_name(), d.token_uid(), d.token_issued_at(), d.meta()), ("", None, Some(7), &[][..]));
     }
