@@ -1,11 +1,11 @@
 //! The connected clients of this node by user, as the limits and the server API reach
 //! them (a user's connections, all of them, how many users).
 //!
-//! One entry per user, and most users have one connection on a node: that one is kept
-//! in the entry itself, and only a user with several has a list of them. The table's
-//! entries are 32 bytes (the name, boxed, and the connection or the list); as a hash
-//! table is 60–90% full, that is about 50 bytes of table per user, where a `String` key
-//! and a list per user took about 140 with the list's block.
+//! Most users have one connection on a node: each user's first is in one table, of
+//! 24-byte entries (the name, boxed, and the connection), and only users with several
+//! have the others in a second. As a hash table is 60–90% full, that is about 35 bytes
+//! of table per user, where a `String` key and a list per user took about 140 with the
+//! list's block.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,93 +18,70 @@ use super::Connected;
 /// keys their sessions register with).
 #[derive(Default)]
 pub(crate) struct Users {
-    map: HashMap<Box<str>, Sessions>,
-}
-
-/// One user's connections on this node.
-enum Sessions {
-    /// The usual case: one.
-    One(Connected),
-    /// Several, by the client's `seq`.
-    Many(Box<Keyed<u64, Connected>>),
-}
-
-impl Sessions {
-    fn len(&self) -> usize {
-        match self {
-            Sessions::One(_) => 1,
-            Sessions::Many(m) => m.len(),
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Connected> {
-        let (one, many) = match self {
-            Sessions::One(c) => (Some(c), None),
-            Sessions::Many(m) => (None, Some(m.values())),
-        };
-        one.into_iter().chain(many.into_iter().flatten())
-    }
+    /// Each user's first connection.
+    first: HashMap<Box<str>, Connected>,
+    /// The others, of the users with several, by the client's `seq`.
+    more: HashMap<Box<str>, Keyed<u64, Connected>>,
 }
 
 impl Users {
     /// How many users have connections here.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.first.len()
     }
 
     /// How many connections `user` has here.
     pub fn count(&self, user: &str) -> usize {
-        self.map.get(user).map_or(0, Sessions::len)
+        usize::from(self.first.contains_key(user)) + self.more.get(user).map_or(0, Keyed::len)
     }
 
     /// The connections of `user`.
     pub fn get(&self, user: &str) -> impl Iterator<Item = &Connected> {
-        self.map.get(user).into_iter().flat_map(Sessions::iter)
+        self.first.get(user).into_iter().chain(self.more.get(user).into_iter().flat_map(Keyed::values))
     }
 
     /// Every connection, with its user.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Connected)> {
-        self.map.iter().flat_map(|(user, s)| s.iter().map(move |c| (&**user, c)))
+        let first = self.first.iter().map(|(user, c)| (&**user, c));
+        first.chain(self.more.iter().flat_map(|(user, m)| m.values().map(move |c| (&**user, c))))
     }
 
     /// Adds a connection of `user`.
     pub fn insert(&mut self, user: &str, client: Arc<ClientShared>) {
         let c = Connected { client };
-        match self.map.get_mut(user) {
-            None => {
-                self.map.insert(user.into(), Sessions::One(c));
-            }
-            Some(Sessions::Many(m)) => {
-                m.insert(c.client.seq, c);
-            }
-            Some(one) => {
-                let Sessions::One(first) = std::mem::replace(one, Sessions::Many(Box::default())) else {
-                    unreachable!("matched above")
-                };
-                let Sessions::Many(m) = one else { unreachable!("just made") };
-                m.insert(first.client.seq, first);
-                m.insert(c.client.seq, c);
-            }
+        if !self.first.contains_key(user) {
+            self.first.insert(user.into(), c);
+        } else if let Some(m) = self.more.get_mut(user) {
+            m.insert(c.client.seq, c);
+        } else {
+            let mut m = Keyed::default();
+            m.insert(c.client.seq, c);
+            self.more.insert(user.into(), m);
         }
     }
 
     /// Removes the connection `seq` of `user`, and the user with its last.
     pub fn remove(&mut self, user: &str, seq: u64) {
-        let Some(sessions) = self.map.get_mut(user) else { return };
-        let empty = match sessions {
-            Sessions::One(c) => c.client.seq == seq,
-            // Never empty after one removal: a list holds two or more.
-            Sessions::Many(m) => {
-                m.remove(&seq);
-                if m.len() == 1 {
-                    let last = m.values().next().cloned().expect("one left");
-                    *sessions = Sessions::One(last);
+        let Some(first) = self.first.get_mut(user) else { return };
+        if first.client.seq == seq {
+            // Another of the user's, if any, takes its place.
+            match self.more.get_mut(user) {
+                Some(m) => {
+                    let next = *m.keys().next().expect("never kept empty");
+                    *first = m.remove(&next).expect("there");
+                    if m.is_empty() {
+                        self.more.remove(user);
+                    }
                 }
-                false
+                None => {
+                    self.first.remove(user);
+                }
             }
-        };
-        if empty {
-            self.map.remove(user);
+        } else if let Some(m) = self.more.get_mut(user) {
+            m.remove(&seq);
+            if m.is_empty() {
+                self.more.remove(user);
+            }
         }
     }
 }
@@ -142,7 +119,23 @@ mod tests {
     }
 
     #[test]
-    fn a_users_entry_takes_32_bytes() {
-        assert_eq!(std::mem::size_of::<(Box<str>, Sessions)>(), 32);
+    fn a_users_entry_takes_24_bytes() {
+        assert_eq!(std::mem::size_of::<(Box<str>, Connected)>(), 24);
+    }
+
+    #[test]
+    fn the_first_connection_removed_hands_its_place_to_another() {
+        let mut users = Users::default();
+        let (a, b, c) = (client(), client(), client());
+        for x in [&a, &b, &c] {
+            users.insert("u", x.clone());
+        }
+        users.remove("u", a.seq);
+        assert_eq!(users.count("u"), 2);
+        users.remove("u", b.seq);
+        assert_eq!(users.get("u").map(|x| x.client.seq).collect::<Vec<_>>(), [c.seq]);
+        assert!(users.more.is_empty(), "no list left for one connection");
+        users.remove("u", c.seq);
+        assert_eq!((users.len(), users.first.len(), users.more.len()), (0, 0, 0));
     }
 }
