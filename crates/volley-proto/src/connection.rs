@@ -78,6 +78,35 @@ enum Pending {
     Eof,
 }
 
+/// What the input produced and [`Connection::poll_event`] has not handed out yet, in
+/// order. The first is kept in place: most reads produce one event, and a
+/// `VecDeque` allocates room for four (192 bytes) with its first, which then stays
+/// with the connection as long as it runs (and, freed when it is parked, leaves holes
+/// among the longer-lived blocks allocated beside it).
+#[derive(Debug, Default)]
+struct PendingQueue {
+    first: Option<Pending>,
+    rest: VecDeque<Pending>,
+}
+
+impl PendingQueue {
+    fn push_back(&mut self, p: Pending) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(p);
+        } else {
+            self.rest.push_back(p);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Pending> {
+        self.first.take().or_else(|| self.rest.pop_front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
+}
+
 /// The frame decoder's position in the input.
 #[derive(Debug, Clone, Copy)]
 enum Rx {
@@ -229,7 +258,7 @@ pub struct Connection {
     /// Kind of the message being received, if fragmented.
     message_kind: Option<MessageKind>,
     rx_utf8: Utf8Validator,
-    pending: VecDeque<Pending>,
+    pending: PendingQueue,
     out: Outbox,
     /// Control frames queued ahead of data while `control_priority` is on (allocated
     /// the first time one is, and released when idle).
@@ -374,7 +403,7 @@ impl Connection {
             message_size: 0,
             message_kind: None,
             rx_utf8: Utf8Validator::new(),
-            pending: VecDeque::new(),
+            pending: PendingQueue::default(),
             out: Outbox::default(),
             ctrl: None,
             control_priority: false,

@@ -14,12 +14,13 @@
 //! request, a socket that does not take the write) has the transport take the
 //! connection back and start a task for it.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use volley::{PreparedMessage, Utf8Bytes};
 
 use super::session::Moment;
@@ -28,8 +29,8 @@ use crate::protocol::{Disconnect, Format};
 
 /// A client's queue and identity, shared by its task and the hub, and what the server
 /// API and the delivery ask of its session from outside its task. One block per
-/// client (224 bytes with its reference counts, one of the allocator's size classes:
-/// a field more moves it to the next, 256).
+/// client (192 bytes with its reference counts, one of the allocator's size classes:
+/// a field more moves it to the next, 224).
 #[derive(Debug)]
 pub(crate) struct ClientShared {
     /// A number unique in this process (the registry's key).
@@ -39,7 +40,11 @@ pub(crate) struct ClientShared {
     /// The client's wire format.
     pub format: Format,
     outbox: Mutex<Outbox>,
-    notify: Notify,
+    /// The client's task, to be woken (a waker and a flag: 24 bytes and one, where
+    /// tokio's `Notify` takes 32, for the one task that waits).
+    waker: AtomicWaker,
+    /// Set by a wake, taken by [`ClientShared::ready`].
+    woken: AtomicBool,
     /// What is asked of the session ([`ASKED_REQUESTS`], [`ASKED_LOST`]), readable
     /// without the queue's lock: the parking's thread asks it while it holds the
     /// parking's lock, which is taken under the queue's (a parked write), so it must
@@ -150,14 +155,33 @@ struct Outbox {
     /// each, where a `usize` takes eight, in every client).
     bytes: u32,
     limit: u32,
-    /// Set once: the client is to be disconnected (boxed: a pointer's room in every
-    /// client, for what happens once).
-    closing: Option<Box<Disconnect>>,
-    /// What the server API and the delivery asked of the session, while anything is
-    /// (boxed: rarely anything, and a client keeps a pointer's room for it).
-    control: Option<Box<Control>>,
+    /// The disconnect asked, and what the server API and the delivery asked of the
+    /// session, while there is any (boxed: rarely anything, and a client keeps a
+    /// pointer's room for it).
+    rare: Option<Box<Rare>>,
     /// Set while the connection is parked: its id, and where to send it to be woken.
     parked: Option<(ParkedId, Unparker)>,
+}
+
+/// What happens to few clients, or once: kept apart from the [`Outbox`].
+#[derive(Debug, Default)]
+struct Rare {
+    /// Set once: the client is to be disconnected.
+    closing: Option<Disconnect>,
+    /// What the server API and the delivery asked of the session.
+    control: Control,
+}
+
+impl Outbox {
+    /// The disconnect asked, if one was.
+    fn closing(&self) -> Option<&Disconnect> {
+        self.rare.as_deref().and_then(|r| r.closing.as_ref())
+    }
+
+    /// What happens rarely, made on first use.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
 }
 
 /// What holds parked connections: writes to one in place, or has it taken back and
@@ -221,7 +245,8 @@ impl ClientShared {
             id,
             format,
             outbox: Mutex::new(Outbox { limit: u32::try_from(limit).unwrap_or(u32::MAX), ..Default::default() }),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             asked: AtomicU8::new(0),
             details: OnceLock::new(),
         }
@@ -230,7 +255,7 @@ impl ClientShared {
     /// Asks something of the session: `f` adds it to what is asked.
     pub fn ask(&self, f: impl FnOnce(&mut Control)) {
         let mut o = self.lock();
-        let control = o.control.get_or_insert_with(Box::default);
+        let control = &mut o.rare().control;
         f(control);
         self.asked.store(control.flags(), Ordering::Release);
     }
@@ -257,12 +282,12 @@ impl ClientShared {
 
     fn take_asked<T: Default>(&self, take: impl FnOnce(&mut Control) -> T) -> T {
         let mut o = self.lock();
-        let Some(control) = o.control.as_mut() else { return T::default() };
-        let taken = take(control);
-        let flags = control.flags();
+        let Some(rare) = o.rare.as_mut() else { return T::default() };
+        let taken = take(&mut rare.control);
+        let flags = rare.control.flags();
         self.asked.store(flags, Ordering::Release);
-        if flags == 0 {
-            o.control = None;
+        if flags == 0 && rare.closing.is_none() {
+            o.rare = None;
         }
         taken
     }
@@ -297,12 +322,12 @@ impl ClientShared {
     fn push_to(self: &std::sync::Arc<Self>, item: Item, inline: Option<&mut Vec<std::sync::Arc<Self>>>) -> bool {
         let len = item.bytes().len();
         let mut o = self.lock();
-        if o.closing.is_some() {
+        if o.closing().is_some() {
             return false;
         }
         let Some(bytes) = u32::try_from(len).ok().and_then(|len| o.bytes.checked_add(len)).filter(|b| *b <= o.limit)
         else {
-            o.closing = Some(Box::new(Disconnect::SLOW));
+            o.rare().closing = Some(Disconnect::SLOW);
             o.items.clear();
             o.bytes = 0;
             self.wake(o);
@@ -337,7 +362,7 @@ impl ClientShared {
     pub fn write_parked(&self) {
         let mut o = self.lock();
         let Some((id, parked)) = o.parked.clone() else { return };
-        if o.items.is_empty() || o.closing.is_some() {
+        if o.items.is_empty() || o.closing().is_some() {
             return;
         }
         let written = parked.write(id, &o.items, self.format, o.since.map(Moment::instant));
@@ -359,7 +384,8 @@ impl ClientShared {
     fn wake(&self, mut o: std::sync::MutexGuard<'_, Outbox>) {
         let parked = o.parked.take();
         drop(o);
-        self.notify.notify_one();
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
         if let Some((id, parked)) = parked {
             parked.unpark(id);
         }
@@ -369,7 +395,7 @@ impl ClientShared {
     /// connection may be parked while the guard is held.
     pub fn idle(&self) -> Option<IdleGuard<'_>> {
         let mut o = self.lock();
-        if !o.items.is_empty() || o.closing.is_some() {
+        if !o.items.is_empty() || o.closing().is_some() {
             return None;
         }
         // Parking: the queue's room goes (see `write_parked`).
@@ -386,8 +412,8 @@ impl ClientShared {
     /// still written before the close frame.
     pub fn close(&self, d: Disconnect) {
         let mut o = self.lock();
-        if o.closing.is_none() {
-            o.closing = Some(Box::new(d));
+        if o.closing().is_none() {
+            o.rare().closing = Some(d);
         }
         self.wake(o);
     }
@@ -398,19 +424,42 @@ impl ClientShared {
     }
 
     /// Waits until something is queued or the client is marked to close.
+    /// (One task waits: the client's.)
     pub async fn ready(&self) {
-        self.notify.notified().await
+        /// Forgets the waker when the wait ends, however it ends: kept, it would keep
+        /// the task's block (its future and all) after the task ended, as a parked
+        /// client's does.
+        struct Forget<'a>(&'a AtomicWaker);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                drop(self.0.take());
+            }
+        }
+        let _forget = Forget(&self.waker);
+        std::future::poll_fn(|cx| {
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A wake between the check and the registration found no waker.
+            if self.woken.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Whether anything is queued, or the client is marked to close.
     pub fn has_queued(&self) -> bool {
         let o = self.lock();
-        !o.items.is_empty() || o.closing.is_some()
+        !o.items.is_empty() || o.closing().is_some()
     }
 
     /// The disconnect asked, if one was.
     pub fn closing(&self) -> Option<Disconnect> {
-        self.lock().closing.as_deref().cloned()
+        self.lock().closing().cloned()
     }
 
     /// Takes what is queued: the disconnect if one was asked, and when the oldest item
@@ -419,7 +468,7 @@ impl ClientShared {
         let mut o = self.lock();
         into.extend(o.items.drain(..).map(Item::into_bytes));
         o.bytes = 0;
-        (o.closing.as_deref().cloned(), o.since.take().map(Moment::instant))
+        (o.closing().cloned(), o.since.take().map(Moment::instant))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
@@ -562,9 +611,9 @@ mod tests {
     }
 
     #[test]
-    fn a_client_with_its_reference_counts_fits_the_allocators_224_byte_class() {
+    fn a_client_with_its_reference_counts_fits_the_allocators_192_byte_class() {
         // Two counts of a word each precede the value in an `Arc`'s block.
-        assert!(std::mem::size_of::<ClientShared>() + 16 <= 224, "{}", std::mem::size_of::<ClientShared>());
+        assert!(std::mem::size_of::<ClientShared>() + 16 <= 192, "{}", std::mem::size_of::<ClientShared>());
     }
 
     #[test]
@@ -676,6 +725,44 @@ mod tests {
     fn futures_util_now(f: impl std::future::Future<Output = ()>) -> bool {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async { tokio::time::timeout(std::time::Duration::from_millis(1), f).await.is_ok() })
+    }
+
+    #[test]
+    fn a_wake_reaches_the_task_whether_it_waits_already_or_later_and_once() {
+        let c = std::sync::Arc::new(ClientShared::new(Format::Json, 1024));
+        assert!(!futures_util_now(c.ready()), "nothing yet");
+        c.push_wake();
+        assert!(futures_util_now(c.ready()), "a wake before the wait is kept");
+        assert!(!futures_util_now(c.ready()), "and taken once");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            for _ in 0..200 {
+                let waiter = tokio::spawn({
+                    let c = c.clone();
+                    async move { c.ready().await }
+                });
+                tokio::task::yield_now().await;
+                c.push_wake();
+                tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.expect("woken").unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn a_wait_that_ended_keeps_no_waker_of_its_task() {
+        let c = std::sync::Arc::new(ClientShared::new(Format::Json, 1024));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let woken = rt.block_on(async {
+            let c2 = c.clone();
+            let task = tokio::spawn(async move {
+                tokio::time::timeout(std::time::Duration::from_millis(1), c2.ready()).await.is_ok()
+            });
+            task.await.unwrap()
+        });
+        assert!(!woken);
+        assert!(c.waker.take().is_none(), "the ended task's waker would keep its block");
+        c.push_wake();
+        assert!(futures_util_now(c.ready()), "and a wake meanwhile is still kept");
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl Connected {
             user: user.to_owned(),
             app_name: d.app_name().to_owned(),
             app_version: d.app_version().to_owned(),
-            transport: d.transport,
+            transport: d.transport().name(),
             protocol: self.client.format,
             token_uid: d.token_uid().map(str::to_owned),
             token_issued_at: d.token_issued_at(),
@@ -201,24 +201,63 @@ impl Connected {
     }
 }
 
+/// A transport, as the server API and the proxies name it: a byte, where a name
+/// takes sixteen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Transport(u8);
+
+impl Transport {
+    /// Centrifugo's protocol over WebSocket.
+    pub const WEBSOCKET: Transport = Transport(0);
+    /// Pusher's protocol over WebSocket.
+    pub const PUSHER: Transport = Transport(1);
+    /// The bidirectional emulation over SSE.
+    pub const SSE: Transport = Transport(2);
+    /// The bidirectional emulation over an HTTP stream.
+    pub const HTTP_STREAM: Transport = Transport(3);
+    /// Long polling.
+    pub const LONG_POLL: Transport = Transport(4);
+    /// The unidirectional SSE transport.
+    pub const UNI_SSE: Transport = Transport(5);
+    /// The unidirectional HTTP stream.
+    pub const UNI_HTTP_STREAM: Transport = Transport(6);
+    /// The unidirectional WebSocket.
+    pub const UNI_WEBSOCKET: Transport = Transport(7);
+    /// Unidirectional long polling.
+    pub const UNI_LONG_POLL: Transport = Transport(8);
+
+    const NAMES: [&'static str; 9] = [
+        "websocket",
+        "pusher",
+        "sse",
+        "http_stream",
+        "long_poll",
+        "uni_sse",
+        "uni_http_stream",
+        "uni_websocket",
+        "uni_long_poll",
+    ];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        Transport::NAMES.get(usize::from(self.0)).copied().unwrap_or("websocket")
+    }
+}
+
+// A transport is kept in four bits of the connection details.
+const _: () = assert!(Transport::NAMES.len() <= 16);
+
 /// What a session keeps for the server API's `connections`, besides what the hub
 /// knows of it already (its client id, user and format): held for every connected
-/// client, so in its smallest form, 32 bytes (the client's name and version, the
-/// token's `jti`, `meta` and `iat` in one block, none when there are none).
-#[derive(Debug)]
+/// client, so in its smallest form, one block of bytes (none for a WebSocket client
+/// with none of the fields).
+#[derive(Debug, Default)]
 pub(crate) struct Details {
     /// The name, the version, the `jti` and the `meta`, one after another, each after
     /// its length plus one (a LEB128 varint: one byte up to 126; 0 for a `jti` there is
-    /// not), then the `iat` (eight bytes, little-endian) if there is one.
+    /// not), the `jti`'s times 16 plus the transport's code; then the `iat` (eight
+    /// bytes, little-endian) if there is one. Empty: WebSocket, and none of them.
     packed: Box<[u8]>,
-    /// The transport.
-    pub transport: &'static str,
-}
-
-impl Default for Details {
-    fn default() -> Details {
-        Details::new("", "", "", None, None, &[])
-    }
 }
 
 /// [`Details`]' fields, in its packed block.
@@ -254,46 +293,49 @@ impl Details {
     pub fn new(
         app_name: &str,
         app_version: &str,
-        transport: &'static str,
+        transport: Transport,
         token_uid: Option<&str>,
         token_issued_at: Option<u64>,
         meta: &[u8],
     ) -> Details {
-        if app_name.is_empty()
-            && app_version.is_empty()
-            && token_uid.is_none()
-            && token_issued_at.is_none()
-            && meta.is_empty()
-        {
-            return Details { packed: Box::default(), transport };
+        let none = app_name.is_empty() && app_version.is_empty() && token_uid.is_none() && meta.is_empty();
+        if none && token_issued_at.is_none() && transport == Transport::WEBSOCKET {
+            return Details { packed: Box::default() };
         }
         let fields =
             [Some(app_name.as_bytes()), Some(app_version.as_bytes()), token_uid.map(str::as_bytes), Some(meta)];
         let mut packed = Vec::with_capacity(48 + fields.iter().flatten().map(|f| f.len()).sum::<usize>());
-        for field in fields {
-            match field {
-                Some(f) => {
-                    put_varint(f.len() as u64 + 1, &mut packed);
-                    packed.extend_from_slice(f);
-                }
-                None => packed.push(0),
-            }
+        for (n, field) in fields.into_iter().enumerate() {
+            let len = field.map_or(0, |f| f.len() as u64 + 1);
+            // The transport rides with the `jti`'s length (most tokens have none: a byte).
+            put_varint(if n == TOKEN_UID { len * 16 + u64::from(transport.0) } else { len }, &mut packed);
+            packed.extend_from_slice(field.unwrap_or_default());
         }
         if let Some(iat) = token_issued_at {
             packed.extend_from_slice(&iat.to_le_bytes());
         }
-        Details { packed: packed.into_boxed_slice(), transport }
+        Details { packed: packed.into_boxed_slice() }
     }
 
-    /// The packed fields, and what follows them.
-    fn fields(&self) -> ([Option<&[u8]>; 4], &[u8]) {
+    /// The transport.
+    pub fn transport(&self) -> Transport {
+        self.fields().2
+    }
+
+    /// The packed fields, what follows them, and the transport.
+    fn fields(&self) -> ([Option<&[u8]>; 4], &[u8], Transport) {
         let mut out = [Some(&[][..]), Some(&[][..]), None, Some(&[][..])];
+        let mut transport = Transport::WEBSOCKET;
         let mut rest = &self.packed[..];
-        if rest.is_empty() {
-            return (out, rest);
-        }
-        for field in &mut out {
-            let Some(len) = take_varint(&mut rest) else { break };
+        for (n, field) in out.iter_mut().enumerate() {
+            if rest.is_empty() {
+                break;
+            }
+            let Some(mut len) = take_varint(&mut rest) else { break };
+            if n == TOKEN_UID {
+                transport = Transport((len % 16) as u8);
+                len /= 16;
+            }
             if len == 0 {
                 *field = None;
                 continue;
@@ -304,7 +346,7 @@ impl Details {
             *field = Some(f);
             rest = tail;
         }
-        (out, rest)
+        (out, rest, transport)
     }
 
     fn text(&self, n: usize) -> Option<&str> {
@@ -1584,32 +1626,34 @@ mod tests {
 
     #[test]
     fn connection_details_keep_each_field_as_given() {
-        let d = Details::new("js", "5.2", "websocket", Some("jti-1"), Some(1_700_000_000), br#"{"a":1}"#);
-        assert_eq!(std::mem::size_of::<Details>(), 32);
-        assert_eq!((d.app_name(), d.app_version(), d.transport), ("js", "5.2", "websocket"));
+        let d = Details::new("js", "5.2", Transport::WEBSOCKET, Some("jti-1"), Some(1_700_000_000), br#"{"a":1}"#);
+        assert_eq!(std::mem::size_of::<Details>(), 16);
+        assert_eq!((d.app_name(), d.app_version(), d.transport()), ("js", "5.2", Transport::WEBSOCKET));
         assert_eq!(
             (d.token_uid(), d.token_issued_at(), d.meta()),
             (Some("jti-1"), Some(1_700_000_000), &br#"{"a":1}"#[..])
         );
-        let d = Details::new("", "", "sse", Some(""), Some(0), &[]);
+        let d = Details::new("", "", Transport::SSE, Some(""), Some(0), &[]);
+        assert_eq!(d.transport().name(), "sse");
         assert_eq!((d.app_name(), d.app_version(), d.token_uid(), d.token_issued_at()), ("", "", Some(""), Some(0)));
-        let d = Details::new("", "", "websocket", None, None, &[]);
+        let d = Details::new("", "", Transport::WEBSOCKET, None, None, &[]);
         assert!(d.packed.is_empty(), "nothing to keep, no block");
         assert_eq!((d.app_name(), d.token_uid(), d.token_issued_at(), d.meta()), ("", None, None, &[][..]));
-        let d = Details::new("python", "", "websocket", None, None, b"{}");
+        let d = Details::new("python", "", Transport::WEBSOCKET, None, None, b"{}");
         assert_eq!((d.app_name(), d.app_version(), d.token_uid(), d.meta()), ("python", "", None, &b"{}"[..]));
         let d = Details::default();
         assert_eq!((d.token_uid(), d.token_issued_at()), (None, None));
         let long = "x".repeat(300);
-        let d = Details::new(&long, "1", "websocket", Some(&long), Some(9), long.as_bytes());
+        let d = Details::new(&long, "1", Transport::UNI_LONG_POLL, Some(&long), Some(9), long.as_bytes());
+        assert_eq!(d.transport().name(), "uni_long_poll");
         assert_eq!(
             (d.app_name(), d.app_version(), d.token_uid(), d.token_issued_at()),
             (&*long, "1", Some(&*long), Some(9))
         );
         assert_eq!(d.meta(), long.as_bytes());
-        let d = Details::new("volley-bench", "", "websocket", None, None, &[]);
-        assert_eq!(d.packed.len(), 16, "one byte per length");
-        let d = Details::new("", "", "websocket", None, Some(7), &[]);
+        let d = Details::new("volley-bench", "", Transport::WEBSOCKET, None, None, &[]);
+        assert_eq!(d.packed.len(), 16, "one byte per length, the transport's in the jti's");
+        let d = Details::new("", "", Transport::WEBSOCKET, None, Some(7), &[]);
         assert_eq!((d.app_name(), d.token_uid(), d.token_issued_at(), d.meta()), ("", None, Some(7), &[][..]));
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 
 use super::client::ClientShared;
-use super::{encode, lock, now_ms, ControlRequest, Details, HubInner, SubOptions};
+use super::{encode, lock, now_ms, ControlRequest, Details, HubInner, SubOptions, Transport};
 use crate::auth::{ConnectToken, SubscribeToken, TokenError};
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::protocol::{
@@ -52,7 +52,7 @@ pub(crate) struct Session {
 struct Extras {
     /// The transport's name, as proxies and the server API are told, when it is not
     /// `websocket`.
-    transport: Option<&'static str>,
+    transport: Option<Transport>,
     /// The client's address, kept only where connections per address are limited.
     remote_ip: Option<IpAddr>,
     /// The connection's `info`, from its token or its connect proxy.
@@ -227,15 +227,15 @@ impl Session {
     }
 
     /// Names the transport for proxies and the server API (`websocket` until set).
-    pub fn set_transport(&mut self, name: &'static str) {
-        if name != "websocket" || self.extras.is_some() {
+    pub fn set_transport(&mut self, name: Transport) {
+        if name != Transport::WEBSOCKET || self.extras.is_some() {
             self.extras().transport = Some(name);
         }
     }
 
     /// The transport's name.
-    fn transport(&self) -> &'static str {
-        self.extras.as_ref().and_then(|e| e.transport).unwrap_or("websocket")
+    fn transport(&self) -> Transport {
+        self.extras.as_ref().and_then(|e| e.transport).unwrap_or(Transport::WEBSOCKET)
     }
 
     /// The client's address, where connections per address are limited.
@@ -258,7 +258,7 @@ impl Session {
     fn proxy_conn(&self) -> proxy::Conn<'_> {
         proxy::Conn {
             client: &self.client.id,
-            transport: self.transport(),
+            transport: self.transport().name(),
             format: self.client.format,
             user: Some(&self.user),
             meta: self.client.details().map_or(&[], |d| d.meta()),

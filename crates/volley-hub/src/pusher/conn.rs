@@ -28,7 +28,7 @@ use super::{
 };
 use crate::engine::client::{ClientId, ClientShared};
 use crate::engine::keyed::Keyed;
-use crate::engine::{lock, now_ms, Details, Hub, SubOptions};
+use crate::engine::{lock, now_ms, Details, Hub, SubOptions, Transport};
 use crate::protocol::{ClientInfo, Disconnect, Format, PayloadKind, Publication};
 use crate::transport::websocket::Exit;
 
@@ -107,7 +107,7 @@ pub(crate) fn admit(hub: &Hub, key: &str, query: Option<&str>) -> Result<Admitte
     let details = Details::new(
         query_param(query, "client").unwrap_or("pusher"),
         query_param(query, "version").unwrap_or_default(),
-        "pusher",
+        Transport::PUSHER,
         None,
         None,
         &[],

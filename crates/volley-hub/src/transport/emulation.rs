@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 
 use super::http::origin_allowed;
 use super::websocket::{self, Carrier, Conn, Inbound};
+use crate::engine::Transport;
 use crate::engine::{lock, Hub, HubInner};
 use crate::protocol::{self, Command, Disconnect, Format, Push, PushKind, Reply};
 
@@ -403,7 +404,7 @@ pub(super) fn start(
     format: Format,
     connect: &[u8],
     (remote, headers): From<'_>,
-    transport: &'static str,
+    transport: Transport,
 ) -> Result<Started, (StatusCode, &'static str)> {
     let cmds =
         Sessions::decode(format, connect).map_err(|_| (StatusCode::BAD_REQUEST, "malformed connect command\n"))?;
@@ -424,7 +425,7 @@ pub(super) fn start(
 
 /// Starts an emulation session from its connect command and answers with its stream.
 fn open(hub: Hub, format: Format, framing: Framing, connect: &[u8], from: From<'_>, cors: Headers) -> Response {
-    let transport = if framing == Framing::Sse { "sse" } else { "http_stream" };
+    let transport = if framing == Framing::Sse { Transport::SSE } else { Transport::HTTP_STREAM };
     let started = match start(&hub, format, connect, from, transport) {
         Ok(s) => s,
         Err((code, msg)) => return status(code, msg, cors),

@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use super::emulation::{self, Headers, Registration};
 use super::uni::MAX_POLL_WAIT;
 use super::websocket::{self, Carrier, Inbound};
+use crate::engine::Transport;
 use crate::engine::{lock, Hub, HubInner};
 use crate::protocol::{self, Command, Disconnect, Format, Push, PushKind, Reply};
 
@@ -391,7 +392,7 @@ pub(crate) async fn connect(State(hub): State<Hub>, req: Request) -> Response {
         Ok(b) => b,
         Err(code) => return emulation::status(code, "bad request body\n", cors),
     };
-    let started = match emulation::start(&hub, format, &body, (remote, &parts.headers), "long_poll") {
+    let started = match emulation::start(&hub, format, &body, (remote, &parts.headers), Transport::LONG_POLL) {
         Ok(s) => s,
         Err((code, msg)) => return emulation::status(code, msg, cors),
     };

@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use super::position::{self, Position};
 use crate::engine::session::Session;
 use crate::engine::Hub;
+use crate::engine::Transport;
 use crate::protocol::{Command, ConnectRequest, Disconnect, Format, Request as Req, SubscribeRequest};
 
 /// The most channels a reader may name.
@@ -215,7 +216,7 @@ pub(crate) struct Opener<'a> {
     /// The client's address.
     pub ip: Option<IpAddr>,
     /// The transport's name, as proxies are told.
-    pub transport: &'static str,
+    pub transport: Transport,
     /// The request's headers.
     pub headers: Option<&'a HeaderMap>,
 }
@@ -501,7 +502,7 @@ async fn stream(hub: Hub, req: Request, framing: Framing) -> Response {
     }
     let ip = ip_of(&req);
     let headers = req.headers().clone();
-    let transport = if framing == Framing::Sse { "uni_sse" } else { "uni_http_stream" };
+    let transport = if framing == Framing::Sse { Transport::UNI_SSE } else { Transport::UNI_HTTP_STREAM };
     let last_id =
         if framing == Framing::Sse { header_str(req.headers(), "last-event-id").map(str::to_owned) } else { None };
     let query = req.uri().query().map(str::to_owned);
@@ -671,7 +672,7 @@ pub(crate) async fn websocket(hub: axum::extract::State<Hub>, ws: volley::http::
                         ))
                     })
                     .collect();
-                Reader::open(&hub, r, Opener { ip, transport: "uni_websocket", headers: Some(&headers) }).await
+                Reader::open(&hub, r, Opener { ip, transport: Transport::UNI_WEBSOCKET, headers: Some(&headers) }).await
             }
             Err(e) => Err(e),
         };
@@ -759,7 +760,7 @@ pub(crate) async fn long_poll(hub: axum::extract::State<Hub>, req: Request) -> R
     let wait = config.timeout.min(MAX_POLL_WAIT);
     let max = config.max_publications.max(1);
     let asked = parsed.since.is_some();
-    let opener = Opener { ip: ip_of(&req), transport: "uni_long_poll", headers: Some(req.headers()) };
+    let opener = Opener { ip: ip_of(&req), transport: Transport::UNI_LONG_POLL, headers: Some(req.headers()) };
     let (mut reader, first) = match Reader::open(&hub, parsed, opener).await {
         Ok(r) => r,
         Err(r) => return r.into_response(),

@@ -528,3 +528,41 @@ fn a_growing_batch_is_never_copied_it_continues_in_a_buffer_twice_the_size() {
         assert!(pair[1] >= 2 * pair[0] - 22 && pair[1] <= 2 * pair[0] + 22, "{sizes:?}");
     }
 }
+
+proptest::proptest! {
+    /// The pending queue, its first entry in place, hands out what it was given in
+    /// order, as a `VecDeque` does, whatever the interleaving of pushes and pops.
+    #[test]
+    fn the_pending_queue_keeps_the_order_of_a_vecdeque(ops in proptest::collection::vec(proptest::prelude::any::<Option<u8>>(), 0..64)) {
+        let mut q = PendingQueue::default();
+        let mut reference = VecDeque::new();
+        for op in ops {
+            match op {
+                Some(n) => {
+                    q.push_back(Pending::Ping(Bytes::from(vec![n])));
+                    reference.push_back(n);
+                }
+                None => {
+                    let got = q.pop_front().map(|p| match p {
+                        Pending::Ping(b) => b[0],
+                        _ => unreachable!(),
+                    });
+                    proptest::prop_assert_eq!(got, reference.pop_front());
+                }
+            }
+            proptest::prop_assert_eq!(q.is_empty(), reference.is_empty());
+        }
+    }
+}
+
+#[test]
+fn one_event_at_a_time_allocates_no_queue() {
+    let mut c = server();
+    let mut client = client();
+    for _ in 0..3 {
+        client.send_text("hi").unwrap();
+        c.receive(&transmit(&mut client));
+        assert_eq!(c.pending.rest.capacity(), 0);
+        assert!(matches!(events(&mut c)[..], [Event::Text(_)]));
+    }
+}

@@ -539,9 +539,12 @@ mod tests {
     #[test]
     fn a_running_connection_stays_small() {
         // An idle connection with a task holds this (plus its task): flags such as the
-        // read size's boost sit in the padding beside the others.
+        // read size's boost sit in the padding beside the others. (512 since the
+        // protocol's first pending event is kept in place: 48 bytes here rather than a
+        // 192-byte queue allocated by the first message and kept while the connection
+        // runs.)
         let size = std::mem::size_of::<WebSocket<tokio::net::TcpStream>>();
-        assert!(size <= 464, "WebSocket<TcpStream> is {size} bytes");
+        assert!(size <= 512, "WebSocket<TcpStream> is {size} bytes");
     }
 
     #[test]
