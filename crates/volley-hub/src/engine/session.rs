@@ -143,24 +143,64 @@ enum Refused {
     Disconnect(Disconnect),
 }
 
-/// A subscription of the session (48 bytes with its key, one of the allocator's size
-/// classes; a field more moves it to the next, 64).
+/// A subscription of the session (32 bytes with its key, one of the allocator's size
+/// classes; a field more moves it to the next, 48).
 struct LocalSub {
-    options: Arc<ChannelOptions>,
-    /// Boxed bytes rather than `Bytes`: 16 bytes where those take 32, per subscription.
-    chan_info: Box<[u8]>,
-    /// When it expires, unless refreshed.
-    expires: Expiry,
+    /// Its info (from its token or its proxy), boxed twice: a pointer's room in every
+    /// subscription, for what few have.
+    #[allow(clippy::box_collection, clippy::redundant_allocation)]
+    chan_info: Option<Box<Box<[u8]>>>,
+    /// When it expires (Unix seconds), unless refreshed; [`u32::MAX`]: it does not
+    /// (four bytes: good until 2106).
+    expires: u32,
+    /// What of its namespace's options it needs ([`SUB_PRESENCE`], [`SUB_JOIN_LEAVE`],
+    /// [`SUB_REFRESH_PROXY`]).
+    flags: u8,
 }
 
+/// In [`LocalSub`]'s flags: the channel keeps presence.
+const SUB_PRESENCE: u8 = 1;
+/// In [`LocalSub`]'s flags: the channel publishes joins and leaves.
+const SUB_JOIN_LEAVE: u8 = 2;
+/// In [`LocalSub`]'s flags: the sub_refresh proxy refreshes the subscription.
+const SUB_REFRESH_PROXY: u8 = 4;
+
 impl LocalSub {
+    fn new(options: &ChannelOptions, chan_info: &[u8], expires_at: Option<u64>) -> LocalSub {
+        let flags = [
+            (options.presence, SUB_PRESENCE),
+            (options.join_leave, SUB_JOIN_LEAVE),
+            (options.sub_refresh_proxy_enabled, SUB_REFRESH_PROXY),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |f, (_, flag)| f | flag);
+        let mut sub = LocalSub { chan_info: None, expires: u32::MAX, flags };
+        sub.set_chan_info(chan_info);
+        sub.set_expires_at(expires_at);
+        sub
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Its info (empty: none).
+    fn chan_info(&self) -> &[u8] {
+        self.chan_info.as_deref().map_or(&[], |b| b)
+    }
+
+    fn set_chan_info(&mut self, info: &[u8]) {
+        self.chan_info = (!info.is_empty()).then(|| Box::new(info.into()));
+    }
+
     /// When it expires (Unix seconds), unless refreshed.
     fn expires_at(&self) -> Option<u64> {
-        self.expires.get()
+        (self.expires != u32::MAX).then_some(u64::from(self.expires))
     }
 
     fn set_expires_at(&mut self, at: Option<u64>) {
-        self.expires = at.into();
+        self.expires = at.map_or(u32::MAX, |t| u32::try_from(t).unwrap_or(u32::MAX - 1).min(u32::MAX - 1));
     }
 }
 
@@ -390,7 +430,9 @@ impl Session {
     /// Whether the ping timer's [`refresh_presence`](Session::refresh_presence) has
     /// anything to do (calls to the broker, subscriptions to forget).
     pub fn refreshes_presence(&self) -> bool {
-        self.counts_user_connection() || self.subs.iter().any(|(_, sub)| sub.options.presence) || self.client.lost_any()
+        self.counts_user_connection()
+            || self.subs.iter().any(|(_, sub)| sub.has(SUB_PRESENCE))
+            || self.client.lost_any()
     }
 
     /// When the session must be checked next for expiry (connection or subscription).
@@ -401,7 +443,7 @@ impl Session {
         let conn_delay = if p.refresh.is_some() { 0 } else { c.expired_close_delay.as_secs() };
         let conn = self.expires_at.get().map(|t| t + conn_delay);
         let sub_delay = |s: &LocalSub| {
-            if p.sub_refresh.is_some() && s.options.sub_refresh_proxy_enabled {
+            if p.sub_refresh.is_some() && s.has(SUB_REFRESH_PROXY) {
                 0
             } else {
                 c.expired_sub_close_delay.as_secs()
@@ -478,7 +520,7 @@ impl Session {
             let due: Vec<String> = self
                 .subs
                 .iter()
-                .filter(|(_, s)| s.options.sub_refresh_proxy_enabled && s.expires_at().is_some_and(|t| t <= now))
+                .filter(|(_, s)| s.has(SUB_REFRESH_PROXY) && s.expires_at().is_some_and(|t| t <= now))
                 .map(|(ch, _)| ch.to_string())
                 .collect();
             for channel in due {
@@ -490,7 +532,7 @@ impl Session {
                     Ok(mut r) if !r.expired && r.expire_at().is_none_or(|t| t > now) => {
                         sub.set_expires_at(r.expire_at());
                         match r.info() {
-                            Ok(Some(info)) => sub.chan_info = protocol::json::one_line(info).as_ref().into(),
+                            Ok(Some(info)) => sub.set_chan_info(&protocol::json::one_line(info)),
                             Ok(None) => {}
                             Err(e) => tracing::warn!(error = %e, channel, "sub_refresh proxy: bad info"),
                         }
@@ -523,8 +565,8 @@ impl Session {
             let _ = self.hub.broker.add_user_connection(&self.user, &self.client.id, ttl, usize::MAX).await;
         }
         for (channel, sub) in self.subs.iter() {
-            if sub.options.presence {
-                let _ = self.hub.broker.add_presence(channel, self.info(&sub.chan_info), self.presence_ttl()).await;
+            if sub.has(SUB_PRESENCE) {
+                let _ = self.hub.broker.add_presence(channel, self.info(sub.chan_info()), self.presence_ttl()).await;
             }
         }
     }
@@ -1062,12 +1104,7 @@ impl Session {
                 result.publications = pubs.iter().map(|p| (**p).clone()).collect();
             }
         }
-        Ok(Prepared {
-            pending,
-            result,
-            last,
-            local: LocalSub { options: o.clone(), chan_info: chan_info.as_ref().into(), expires: expires_at.into() },
-        })
+        Ok(Prepared { pending, result, last, local: LocalSub::new(o, &chan_info, expires_at) })
     }
 
     /// Recovery: the publications after the client's position, or `recovered: false`.
@@ -1120,15 +1157,15 @@ impl Session {
             self.hub.unregister(&channel, p.pending.seq).await;
             return;
         }
-        let o = p.local.options.clone();
-        let info = self.info(&p.local.chan_info);
+        let (presence, join_leave) = (p.local.has(SUB_PRESENCE), p.local.has(SUB_JOIN_LEAVE));
+        let info = self.info(p.local.chan_info());
         self.subs.insert(channel.as_str().into(), p.local);
-        if o.presence {
+        if presence {
             if let Err(e) = self.hub.broker.add_presence(&channel, info.clone(), self.presence_ttl()).await {
                 tracing::warn!(error = %e, channel, "presence failed");
             }
         }
-        if o.join_leave {
+        if join_leave {
             let _ = self.hub.broker.publish_join(&channel, info).await;
         }
     }
@@ -1136,11 +1173,11 @@ impl Session {
     async fn remove_sub(&mut self, channel: &str) {
         let Some(sub) = self.subs.remove(channel) else { return };
         self.hub.unregister(channel, self.client.seq).await;
-        if sub.options.presence {
+        if sub.has(SUB_PRESENCE) {
             let _ = self.hub.broker.remove_presence(channel, &self.client.id, &self.user).await;
         }
-        if sub.options.join_leave {
-            let _ = self.hub.broker.publish_leave(channel, self.info(&sub.chan_info)).await;
+        if sub.has(SUB_JOIN_LEAVE) {
+            let _ = self.hub.broker.publish_leave(channel, self.info(sub.chan_info())).await;
         }
     }
 
@@ -1213,7 +1250,7 @@ impl Session {
                 Err(Refused::Error(e)) => return Err(e),
             }
         }
-        let chan_info = self.subs.get(channel).map_or(&[][..], |s| &s.chan_info);
+        let chan_info = self.subs.get(channel).map_or(&[][..], |s| s.chan_info());
         let publication =
             Publication { data, info: Some(self.info(chan_info)), time: now_ms(), kind, ..Default::default() };
         self.hub.publish(channel, o, publication, None, skip_history).await?;
@@ -1441,7 +1478,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_sessions_subscription_with_its_key_fits_the_allocators_48_byte_class() {
-        assert!(std::mem::size_of::<(Box<str>, LocalSub)>() <= 48, "{}", std::mem::size_of::<(Box<str>, LocalSub)>());
+    fn a_sessions_subscription_with_its_key_fits_the_allocators_32_byte_class() {
+        assert!(std::mem::size_of::<(Box<str>, LocalSub)>() <= 32, "{}", std::mem::size_of::<(Box<str>, LocalSub)>());
+    }
+
+    #[test]
+    fn a_subscription_keeps_its_options_flags_info_and_expiry() {
+        let o = ChannelOptions { presence: true, sub_refresh_proxy_enabled: true, ..ChannelOptions::default() };
+        let mut s = LocalSub::new(&o, b"{}", Some(1_700_000_000));
+        assert!(s.has(SUB_PRESENCE) && s.has(SUB_REFRESH_PROXY) && !s.has(SUB_JOIN_LEAVE));
+        assert_eq!((s.chan_info(), s.expires_at()), (&b"{}"[..], Some(1_700_000_000)));
+        s.set_chan_info(b"");
+        s.set_expires_at(None);
+        assert_eq!((s.chan_info(), s.expires_at()), (&[][..], None));
+        s.set_expires_at(Some(0));
+        assert_eq!(s.expires_at(), Some(0), "expired now");
+        s.set_expires_at(Some(u64::MAX));
+        assert!(s.expires_at().is_some(), "far off, not never");
     }
 }
