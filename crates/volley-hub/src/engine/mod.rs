@@ -266,27 +266,6 @@ const APP_VERSION: usize = 1;
 const TOKEN_UID: usize = 2;
 const META: usize = 3;
 
-fn put_varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn take_varint(b: &mut &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = b.split_first()?;
-        *b = rest;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Some(v);
-        }
-    }
-    None
-}
-
 impl Details {
     /// The details of a connection: its client's name and version (from its connect),
     /// its transport, and its token's `jti`, `iat` and `meta`.
@@ -308,7 +287,10 @@ impl Details {
         for (n, field) in fields.into_iter().enumerate() {
             let len = field.map_or(0, |f| f.len() as u64 + 1);
             // The transport rides with the `jti`'s length (most tokens have none: a byte).
-            put_varint(if n == TOKEN_UID { len * 16 + u64::from(transport.0) } else { len }, &mut packed);
+            prost::encoding::encode_varint(
+                if n == TOKEN_UID { len * 16 + u64::from(transport.0) } else { len },
+                &mut packed,
+            );
             packed.extend_from_slice(field.unwrap_or_default());
         }
         if let Some(iat) = token_issued_at {
@@ -331,7 +313,7 @@ impl Details {
             if rest.is_empty() {
                 break;
             }
-            let Some(mut len) = take_varint(&mut rest) else { break };
+            let Ok(mut len) = prost::encoding::decode_varint(&mut rest) else { break };
             if n == TOKEN_UID {
                 transport = Transport((len % 16) as u8);
                 len /= 16;
