@@ -102,6 +102,20 @@ async fn echo_once(ws: &mut volley::WebSocket<volley::tls::MaybeTlsStream>) {
     within(ws.close(CloseCode::NORMAL, "bye")).await.unwrap();
 }
 
+/// nginx's access log once `done` holds of it, or after 5 s. nginx logs a request once
+/// it has finished it, which can be just after the client has read the answer.
+async fn logged(nginx: &common::process::Process, done: impl Fn(&str) -> bool) -> String {
+    let path = nginx.dir.join("access.log");
+    for _ in 0..250 {
+        let access = std::fs::read_to_string(&path).unwrap();
+        if done(&access) {
+            return access;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    std::fs::read_to_string(&path).unwrap()
+}
+
 /// Connects `client` (no proxy) to where nginx sends it; a failure shows nginx's log.
 async fn through(
     nginx: &common::process::Process,
@@ -123,12 +137,13 @@ async fn follows_a_chain_of_every_redirect_status_from_nginx() {
     assert_eq!(seen.authorization, None, "credentials are dropped once the host changes");
     assert_eq!(seen.cookie, None, "cookies too");
     echo_once(&mut ws).await;
-    let access = std::fs::read_to_string(nginx.dir.join("access.log")).unwrap();
-    for (path, status) in [("/start", 301), ("/two", 302), ("/three", 303), ("/four", 307), ("/five", 308)] {
-        assert!(
-            access.lines().any(|l| l.contains(&format!("GET {path}?room=7 HTTP/1.1\" {status} "))),
-            "nginx answered {path} with {status}:\n{access}"
-        );
+    let hops = [("/start", 301), ("/two", 302), ("/three", 303), ("/four", 307), ("/five", 308)];
+    let answered = |access: &str, (path, status): (&str, u16)| {
+        access.lines().any(|l| l.contains(&format!("GET {path}?room=7 HTTP/1.1\" {status} ")))
+    };
+    let access = logged(&nginx, |access| hops.iter().all(|&hop| answered(access, hop))).await;
+    for (path, status) in hops {
+        assert!(answered(&access, (path, status)), "nginx answered {path} with {status}:\n{access}");
     }
 }
 
@@ -241,7 +256,7 @@ async fn a_redirect_from_ws_to_wss_drops_credentials_and_cookies() {
     assert!(seen.forwarded, "the request came through nginx");
     assert_eq!((seen.authorization, seen.cookie), (None, None), "another scheme is another origin");
     echo_once(&mut ws).await;
-    let access = std::fs::read_to_string(nginx.dir.join("access.log")).unwrap();
+    let access = logged(&nginx, |access| access.contains("\" 301 ")).await;
     assert!(access.contains("\" 301 "), "nginx redirected the plain request:\n{access}");
 }
 
@@ -262,16 +277,8 @@ async fn the_redirect_limit_and_loops_end_with_a_redirect_error() {
         .await
         .unwrap_err();
     assert_eq!(redirect(&e), (302, "/loop"));
-    // nginx logs a request once it has finished it, which can be just after the client
-    // has read the answer: wait (a bounded while) for the last line.
-    let log = nginx.dir.join("access.log");
-    let count = || std::fs::read_to_string(&log).unwrap().matches("GET /loop ").count();
-    for _ in 0..100 {
-        if count() >= 6 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(count(), 6, "the first request and five redirects");
+    let loops = |access: &str| access.matches("GET /loop ").count();
+    let access = logged(&nginx, |access| loops(access) >= 6).await;
+    assert_eq!(loops(&access), 6, "the first request and five redirects");
     assert!(seen.try_recv().is_err(), "no request reached the volley server");
 }
