@@ -59,6 +59,19 @@ CASES = ["fanout-many", "fanout-one", "many", "held", "transports"]
 # The transports case's transports, in the report's order (`volley bench-hub --transport`).
 TRANSPORTS = ["websocket", "uni_websocket", "uni_sse", "uni_http_stream", "uni_long_poll", "sse", "http_stream"]
 NAMESPACE = "bench"
+# The namespace of the warm-up clients: channels of their own, out of every fan-out.
+WARM_NAMESPACE = "warm"
+# Clients that each hub of the memory cases serves (connect, subscribe, a burst, the
+# hold) before the measured ones, and keeps: the memory per idle client is the growth
+# from that warm hub, the cost of one more client. From a fresh process, the growth
+# also holds what the first clients cost once: the executable's code that serving reads
+# in, the runtime's first blocks, the tables' first sizes (about 2.5-3 MiB here, 250 B
+# per client at 10,000); the report gives that figure too. What the warm-up's own burst
+# freed, the measured clients may reuse: at 10,000 clients, 20, 200 and 1,000 warm-up
+# clients gave 825, 814 and 805 B per client: the figure moves by a few dozen bytes.
+WARM_CLIENTS = 50
+# The warm-up clients' numbers (user IDs), past every case's.
+WARM_FROM = 10_000_000
 # Clients per hub process in the many-process cases: under the descriptor limit
 # (20,000 here) with room for the listener, the API connections and the runtime.
 PER_PROCESS = 15000
@@ -124,6 +137,7 @@ def settings(args):
             "batches": [1], "transports": TRANSPORTS,
         },
         "per_process": 100 if q else PER_PROCESS,
+        "warm": 20 if q else WARM_CLIENTS,
         # Longer than the default client.park_after (5 s): idle clients are parked by then.
         "hold": 0.3 if q else 7.0,
         "burst": 2,
@@ -197,6 +211,10 @@ hmac_secret_key = "{secret}"
 
 [http_api]
 key = "{api_key}"
+
+[[channel.namespaces]]
+name = "{WARM_NAMESPACE}"
+allow_subscribe_for_client = true
 
 [[channel.namespaces]]
 name = "{NAMESPACE}"
@@ -352,18 +370,44 @@ class Hub:
             raise RuntimeError(f"volley serve did not start: {line.strip() or self.stderr_tail()}")
         self.url = f"http://127.0.0.1:{self.port}"
         self.nofile = soft_nofile(self.pid)
+        self.warm_gen, self.warm_clients = None, 0
+
+    def warm(self, volley, secret, core, conf, clients):
+        """Serves `clients` warm-up clients (in WARM_NAMESPACE, each on a channel of its
+        own: connect, subscribe, the burst, the hold) and keeps them until stop().
+        Returns the facts: the clients, and the hub's RSS before and after."""
+        fresh = lib.rss_sum([self.pid])
+        cmd = ["taskset", "-c", str(core), volley, "bench-hub", self.url, "-c", str(clients),
+               "--client-from", str(WARM_FROM), "--secret", secret, "--api-key", self.api_key,
+               "--namespace", WARM_NAMESPACE, "--json", "--no-progress", "--events", "--wait",
+               "--hold", str(conf["hold"]), "--burst", str(conf["burst"])]
+        self.warm_gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         preexec_fn=lib.raise_nofile)
+        deadline, buf = time.monotonic() + 60 + conf["hold"], b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.warm_gen.stdout], [], [], 1)
+            chunk = os.read(self.warm_gen.stdout.fileno(), 65536) if ready else b""
+            if ready and not chunk:
+                break
+            buf += chunk
+            if b'"event":"idle"' in buf.replace(b" ", b""):
+                self.warm_clients = clients
+                return {"warm_clients": clients, "rss_fresh": fresh, "rss_warm": lib.rss_sum([self.pid])}
+        raise RuntimeError(f"the {clients} warm-up clients did not go idle: {buf[-300:]!r}")
 
     def alive(self):
         return self.proc.poll() is None
 
     def info(self):
-        """The server API's `info`: (clients, subscriptions), or None."""
+        """The server API's `info`: (clients, subscriptions), the warm-up clients left
+        out, or None."""
         req = urllib.request.Request(f"{self.url}/api/info", data=b"{}", method="POST",
                                      headers={"X-API-Key": self.api_key, "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 node = json.loads(r.read())["result"]["nodes"][0]
-                return node.get("num_clients", 0), node.get("num_subs", 0)
+                return (node.get("num_clients", 0) - self.warm_clients,
+                        node.get("num_subs", 0) - self.warm_clients)
         except (OSError, ValueError, KeyError, IndexError):
             return None
 
@@ -371,6 +415,9 @@ class Hub:
         return last_lines(self.errlog.name)
 
     def stop(self):
+        if self.warm_gen is not None:
+            stop_process(self.warm_gen)
+            self.warm_gen.stdout.close()
         stop_process(self.proc, group=True, timeout=30)
         self.proc.stdout.close()
         self.errlog.close()
@@ -437,6 +484,11 @@ def run_one(args, volley, logdir, secret, name, conf, case, transport=None):
         return None, str(e), {}
     facts = {"nofile_soft": hub.nofile, "quiet_after_s": quiet_after}
     try:
+        if transport is None:
+            try:
+                facts.update(hub.warm(volley, secret, args.client_core, conf, conf["warm"]))
+            except RuntimeError as e:
+                return None, str(e), facts
         cmd = ["taskset", "-c", str(args.client_core)] + generator_cmd(
             volley, hub, secret, case["clients"], case.get("channels"), case.get("rates", ()),
             case.get("batches", (1,)), conf,
@@ -517,7 +569,7 @@ def read_events(gens, timeout):
                 g["report"] = d
 
 
-def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s=0, ramp=0):
+def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s=0, ramp=0, warm=False):
     """`count` clients over several hubs of at most `per_process` clients each, one
     generator per hub, all at once; each generator connects, subscribes, receives the
     burst, reads its hub's memory after the hold, and then keeps its clients until told
@@ -526,7 +578,8 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s
     STALL_S, or `limit_s`. With `steady_s`, the clients are then held that long (the
     protocol's pings answered) and the count is read along: what stays held.
     With `ramp`, the generators together start at most that many connects per second,
-    and each client subscribes as soon as it is connected."""
+    and each client subscribes as soon as it is connected. With `warm`, each hub first
+    serves conf["warm"] warm-up clients (Hub.warm)."""
     share = conf["per_process"]
     nproc = math.ceil(count / share)
     out = {"clients": count, "processes": nproc, "per_process": share, "ramp": ramp}
@@ -541,6 +594,8 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s
         for i in range(nproc):
             hubs.append(Hub(volley, logdir, args.server_core, secret, api_key, name=f"hub{i}"))
         out["nofile_soft"] = hubs[0].nofile
+        if warm:
+            out["warm"] = list(pool.map(lambda h: h.warm(volley, secret, args.client_core, conf, conf["warm"]), hubs))
         for i, hub in enumerate(hubs):
             c = min(share, count - i * share)
             extra = ["--client-from", str(i * share), "--events", "--wait",
@@ -642,6 +697,10 @@ def run_many(args, volley, logdir, secret, conf, count, limit_s, label, steady_s
         out["idle_clients"] = clients
         out["rss_per_client"] = grown / clients if clients else None
         out["rss_per_client_by_process"] = [i.get("rss_per_client") for i in idle]
+        if warm and len(idle) == len(hubs):
+            # From fresh processes: each hub's growth since its start, over every client.
+            fresh = [g["events"]["idle"]["rss_idle"] - w["rss_fresh"] for g, w in zip(gens, out["warm"])]
+            out["rss_per_client_fresh"] = sum(fresh) / (clients + sum(w["warm_clients"] for w in out["warm"]))
         anon = [i for i in idle if i.get("anon_idle") is not None and i.get("anon_before") is not None]
         anon_clients = sum(i["clients_held"] for i in anon)
         out["anon_per_client"] = (sum(i["anon_idle"] - i["anon_before"] for i in anon) / anon_clients
@@ -791,21 +850,36 @@ def phase_rows(md, runs):
               f"clients received all, in {c('idle', 'burst_cost', 'seconds') or 0:.2f} s | |")
     md.append(f"| idle, {runs[0]['idle']['hold_s']} s after the burst | "
               f"**{lib.fmt_bytes(c('idle', 'rss_per_client'))} per client** (server RSS "
-              f"{lib.fmt_bytes(c('idle', 'rss_before'))} before the first client, "
-              f"{lib.fmt_bytes(c('idle', 'rss_idle'))} idle){anon_note(c('idle', 'anon_per_client'))} | |")
+              f"{lib.fmt_bytes(c('warm', 'rss_fresh'))} fresh, {lib.fmt_bytes(c('idle', 'rss_before'))} with the "
+              f"{fmt_int(c('warm', 'warm_clients'))} warm-up clients held, {lib.fmt_bytes(c('idle', 'rss_idle'))} "
+              f"idle){anon_note(c('idle', 'anon_per_client'))}; {fresh_note(med([fresh_per_client(d) for d in runs]))}"
+              f" | |")
 
     md.append(f"| where the idle memory is | {memory_split(runs)} | |")
     md.append("")
 
 
 def anon_note(anon):
-    """What of the memory per client is anonymous (heap, stacks): the rest is the pages
-    of the hub's executable that the run read in, a cost that does not grow with the
-    clients. Empty for runs that did not record it."""
+    """What of the memory per client is anonymous (heap, stacks). Empty for runs that
+    did not record it."""
     if anon is None:
         return ""
-    return (f"; {lib.fmt_bytes(anon)} of it anonymous memory (heap and stacks; the rest is the "
-            f"executable's code, read in once by the run)")
+    return f"; {lib.fmt_bytes(anon)} of it anonymous memory (heap and stacks)"
+
+
+def fresh_per_client(d):
+    """(RSS idle − RSS of the fresh process) ÷ every client, warm-up ones included, from
+    one report of a 10k case (None without the warm-up's figures)."""
+    a, b = get(d, "idle", "rss_idle"), get(d, "warm", "rss_fresh")
+    n = (get(d, "idle", "clients_held") or 0) + (get(d, "warm", "warm_clients") or 0)
+    return (a - b) / n if a is not None and b is not None and n else None
+
+
+def fresh_note(fresh):
+    """The growth from the fresh process per client, in words ("" without it)."""
+    if fresh is None:
+        return ""
+    return f"{lib.fmt_bytes(fresh)} per client from the fresh process (what the first clients cost once included)"
 
 
 def grown(d, after, before, n):
@@ -961,8 +1035,10 @@ def many_section(body, d, conf, facts):
     body.append(f"| the most at once | {d.get('peak_subscriptions', 0):,} subscribed, "
                 f"{d.get('peak_clients', 0):,} connected |")
     body.append(f"| clients that received the whole burst | {d.get('burst_complete', 0):,} |")
-    body.append(f"| memory per idle client (the hubs' summed RSS growth ÷ clients) | "
-                f"{lib.fmt_bytes(d.get('rss_per_client'))} over {d.get('idle_reports', 0)} hubs |")
+    warm = f" from warm hubs ({conf['warm']} warm-up clients each)" if d.get("warm") else ""
+    body.append(f"| memory per idle client (the hubs' summed RSS growth{warm} ÷ clients) | "
+                f"{lib.fmt_bytes(d.get('rss_per_client'))} over {d.get('idle_reports', 0)} hubs"
+                f"{'; ' + fresh_note(d['rss_per_client_fresh']) if d.get('rss_per_client_fresh') else ''} |")
     body.append(f"| the hubs' resident memory, all of them, at the end | {lib.fmt_bytes(d.get('rss_total'))} |")
     body.append(f"| time until every generator was idle, or the run stopped | {d.get('seconds', 0):.0f} s |")
     body.append(f"| connect errors | {d.get('connect_errors', 0):,}"
@@ -1025,14 +1101,18 @@ with its own HS256 token (`sub` u<N>, an `exp` a day ahead), then `subscribe` to
 channel (`{NAMESPACE}:<N>`, or one shared channel); then the server API publishes a burst
 of {conf['burst']} publications of {100} B to every channel (`broadcast`, up to 1,000
 channels per call), and once every client has them all the clients stay idle
-{conf['hold']} s before the hub's resident memory (`VmRSS`) is read: **memory per client
-is (RSS idle − RSS before the first client) ÷ clients**, so it counts what the allocator
-kept after the connects, subscribes and the burst, as well as the session, the
-subscription and the connection. Socket buffers are kernel memory and not in it. It
-also counts the pages of the hub's executable that the run reads in (the code of the
-connects, subscribes and publications, about 2 MiB, once per process): the anonymous
-part of the same growth (`RssAnon`: heap and stacks) is given beside it, without them.
-The clients answer the hub's pings (every 25 s by default).
+{conf['hold']} s before the hub's resident memory (`VmRSS`) is read. Before the measured
+clients, another generator has each hub serve {conf['warm']} warm-up clients the same way
+(namespace `{WARM_NAMESPACE}`, a channel each, out of every fan-out), and keeps them: **memory
+per client is (RSS idle − RSS with the warm-up clients held) ÷ clients**, what one more
+idle client costs. It counts what the allocator kept after the connects, subscribes and
+the burst, as well as the session, the subscription and the connection; socket buffers
+are kernel memory and not in it. What the first clients cost once, whatever their
+number, is out of it: the pages of the hub's executable that serving reads in (the code
+of the connects, subscribes and publications, about 2.5 MiB per process), the runtime's
+first blocks, the tables' first sizes. The growth from the fresh process over every
+client, that cost included, is given beside it, and the anonymous part (`RssAnon`: heap
+and stacks) of the figure. The clients answer the hub's pings (every 25 s by default).
 
 Fan-out steps publish {100} B payloads through the server API (`POST /api/publish`, or
 `/api/broadcast` with several channels per call) from {16} kept-alive HTTP/1.1
@@ -1072,7 +1152,8 @@ Each 10,000-client run starts once the machine is quiet (every core at most {QUI
         if case == "transports":
             transports_section(body, runs, conf)
         elif case in ("fanout-many", "fanout-one"):
-            ok = [r["data"] for r in runs if r.get("data") and r["data"].get("idle")]
+            ok = [{**r["data"], "warm": {k: r.get(k) for k in ("warm_clients", "rss_fresh", "rss_warm")}}
+                  for r in runs if r.get("data") and r["data"].get("idle")]
             for r in runs:
                 if r.get("error"):
                     body.append(f"- repetition {r['rep'] + 1}: **{lib.esc(r['error'])}**")
@@ -1090,7 +1171,9 @@ Each 10,000-client run starts once the machine is quiet (every core at most {QUI
                               f"{'one channel' if c['channels'] == 1 else 'a channel each'}",
                               f"{lib.fmt_bytes(per_client)}", f"≤ {GOAL_BYTES:,} B",
                               None if per_client is None else per_client <= GOAL_BYTES,
-                              memory_split(ok) + anon_note(med([get(d, "idle", "anon_per_client") for d in ok]))))
+                              "one more client, from a warm hub: " + memory_split(ok)
+                              + anon_note(med([get(d, "idle", "anon_per_client") for d in ok])) + "; "
+                              + fresh_note(med([fresh_per_client(d) for d in ok]))))
             if case == "fanout-many":
                 goal_rows.append(("connects per second with a JWT",
                                   f"{lib.fmt_num(med([get(d, 'connect', 'per_sec') for d in ok]))}/s, "
@@ -1117,7 +1200,8 @@ Each 10,000-client run starts once the machine is quiet (every core at most {QUI
                 goal_rows.append((f"memory per idle client, {d['clients']:,} clients, a channel each",
                                   lib.fmt_bytes(d.get("rss_per_client")), f"≤ {GOAL_BYTES:,} B",
                                   None if d.get("rss_per_client") is None else d["rss_per_client"] <= GOAL_BYTES,
-                                  f"{d['processes']} hubs' RSS growth ÷ clients" + anon_note(d.get("anon_per_client"))))
+                                  f"{d['processes']} warm hubs' RSS growth ÷ clients" + anon_note(d.get("anon_per_client"))
+                                  + "; " + fresh_note(d.get("rss_per_client_fresh"))))
                 share_, n = d.get("steady_hub_cpu_share"), d.get("steady_min_subscriptions")
                 if share_ and n:
                     goal_rows.append((f"the hubs' CPU for {n:,} idle clients (their pings answered)",
@@ -1279,7 +1363,8 @@ def main():
         if "many" in args.only_set:
             log(f"==> {title('many', conf)}")
             c = conf["many"]
-            d = run_many(args, volley, logdir, secret, conf, c["clients"], 600, "many", steady_s=c["steady_s"])
+            d = run_many(args, volley, logdir, secret, conf, c["clients"], 600, "many", steady_s=c["steady_s"],
+                         warm=True)
             error = d.get("error")
             if not error and (d.get("steady_min_subscriptions") or 0) < c["clients"]:
                 error = f"{d.get('steady_min_subscriptions') or 0:,} of {c['clients']:,} held: {d.get('reason')}"
