@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -64,7 +65,7 @@ impl Conn {
         Conn {
             session: Session::new(hub.inner.clone(), format, remote.map(|a| a.ip())),
             _open: OpenGuard::new(hub),
-            next_ping: Moment::from(now + ping_every(hub)),
+            next_ping: Moment::from(now + first_ping(ping_every(hub))),
             park_at: Moment::from(now),
         }
     }
@@ -144,6 +145,21 @@ fn advance_ping(next_ping: &mut Moment, every: Duration, now: tokio::time::Insta
         next = now + every;
     }
     *next_ping = Moment::from(next);
+}
+
+/// The delay of a connection's first ping: `every`, less up to a fifth of it. The
+/// fifths taken follow a sequence that spreads any run of connections evenly over it
+/// (multiples of the golden ratio, modulo 1), so that clients that connected together,
+/// as a reconnect storm after a restart does, are not all pinged in the same few
+/// milliseconds every interval after, each wave holding the parking's lock and the core
+/// while publications wait. Clients take an early ping as any other: each restarts
+/// their wait for the next.
+fn first_ping(every: Duration) -> Duration {
+    static CONNECTIONS: AtomicU32 = AtomicU32::new(0);
+    let n = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    // The fraction of the golden ratio's multiple, in [0, 1).
+    let spread = f64::from(n.wrapping_mul(0x9E37_79B9)) / 4_294_967_296.0;
+    every - (every / 5).mul_f64(spread)
 }
 
 fn ping_every(hub: &Hub) -> Duration {
@@ -447,6 +463,21 @@ mod tests {
         let run = super::run(&hub, ws, conn, Some(std::time::Duration::from_secs(5)));
         let size = std::mem::size_of_val(&run);
         assert!(size < 4096, "the loop's future takes {size} bytes");
+    }
+
+    /// Connections made together get their first pings spread over the last fifth of
+    /// the interval, evenly, and never later than the interval.
+    #[test]
+    fn first_pings_of_connections_made_together_are_spread() {
+        let every = std::time::Duration::from_secs(25);
+        let mut buckets = [0u32; 10];
+        for _ in 0..1000 {
+            let at = super::first_ping(every);
+            assert!(at <= every && at >= every * 4 / 5, "first ping after {at:?}");
+            let tenth = ((every - at).as_secs_f64() / (every.as_secs_f64() / 5.0) * 10.0) as usize;
+            buckets[tenth.min(9)] += 1;
+        }
+        assert!(buckets.iter().all(|&n| (90..=110).contains(&n)), "per tenth of the window: {buckets:?}");
     }
 
     /// A parked client's state is kept inline in the parking's slot, for every idle
