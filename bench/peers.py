@@ -883,12 +883,32 @@ turn) bound the latencies.
         md.append(f"| {name} | " + " | ".join(fmt[kind](fig(runs, case, s, metric)) for s in rows) + " | " +
                   " | ".join(fmt_ratio(rs.get(s), metric) for s in rows if s.startswith("volley")) + " |")
     if "held" in args.only_set:
-        cells = []
+        cells, most = [], {}
         for s in rows:
             held, short = held_of(runs, s)
-            cells.append(f"≥ {held:,}" if held else ("–" if not short else f"< {short['asked']:,}"))
-        md.append("| The most subscribed clients held | " + " | ".join(cells) + " | " +
-                  " | ".join("" for s in rows if s.startswith("volley")) + " |")
+            most[s] = max([held or 0] + ([short["held"] or 0] if short else []))
+            if short and (short["held"] or 0) > (held or 0):
+                cells.append(f"{short['held']:,} (of {short['asked']:,} asked)")
+            elif held:
+                cells.append(f"≥ {held:,}" + (f" (< {short['asked']:,})" if short else ""))
+            else:
+                cells.append("–" if not short else f"< {short['asked']:,}")
+        peers = [s for s in rows if not s.startswith("volley")]
+        best = max((most[s] for s in peers), default=0)
+        # A best peer that held every client of the highest count asked for may hold
+        # more: no ratio then.
+        best_open = any(most[s] == best and held_of(runs, s)[1] is None for s in peers)
+
+        def held_ratio(s):
+            if not best or not most[s] or best_open:
+                return "–"
+            # A server that held every client of the highest count asked for may hold more.
+            open_ended = held_of(runs, s)[1] is None
+            v = most[s] / best
+            return f"{'≥ ' if open_ended else ''}{v:.2f}×" + (" (better)" if v > 1.005 else "")
+
+        md.append("| The most subscribed clients held (connected and subscribed through the hold) | " + " | ".join(cells)
+                  + " | " + " | ".join(held_ratio(s) for s in rows if s.startswith("volley")) + " |")
     md.append("")
     md.append("Deliveries per server-CPU-second are each server's best step's: the one with the most deliveries "
               "per second among the steps that did not stop the series. Latencies are compared at one rate: in each "
