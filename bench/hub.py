@@ -375,7 +375,7 @@ class Hub:
     def warm(self, volley, secret, core, conf, clients):
         """Serves `clients` warm-up clients (in WARM_NAMESPACE, each on a channel of its
         own: connect, subscribe, the burst, the hold) and keeps them until stop().
-        Returns the facts: the clients, and the hub's RSS before and after."""
+        Returns the facts: the clients, and the hub's RSS before them."""
         fresh = lib.rss_sum([self.pid])
         cmd = ["taskset", "-c", str(core), volley, "bench-hub", self.url, "-c", str(clients),
                "--client-from", str(WARM_FROM), "--secret", secret, "--api-key", self.api_key,
@@ -383,17 +383,14 @@ class Hub:
                "--hold", str(conf["hold"]), "--burst", str(conf["burst"])]
         self.warm_gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                          preexec_fn=lib.raise_nofile)
-        deadline, buf = time.monotonic() + 60 + conf["hold"], b""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.warm_gen.stdout], [], [], 1)
-            chunk = os.read(self.warm_gen.stdout.fileno(), 65536) if ready else b""
-            if ready and not chunk:
-                break
-            buf += chunk
-            if b'"event":"idle"' in buf.replace(b" ", b""):
+        gen = {"proc": self.warm_gen, "events": {}}
+        deadline = time.monotonic() + 60 + conf["hold"]
+        while time.monotonic() < deadline and not gen.get("eof"):
+            read_events([gen], 1)
+            if "idle" in gen["events"]:
                 self.warm_clients = clients
-                return {"warm_clients": clients, "rss_fresh": fresh, "rss_warm": lib.rss_sum([self.pid])}
-        raise RuntimeError(f"the {clients} warm-up clients did not go idle: {buf[-300:]!r}")
+                return {"warm_clients": clients, "rss_fresh": fresh}
+        raise RuntimeError(f"the {clients} warm-up clients did not go idle (events: {sorted(gen['events'])})")
 
     def alive(self):
         return self.proc.poll() is None
@@ -1152,7 +1149,7 @@ Each 10,000-client run starts once the machine is quiet (every core at most {QUI
         if case == "transports":
             transports_section(body, runs, conf)
         elif case in ("fanout-many", "fanout-one"):
-            ok = [{**r["data"], "warm": {k: r.get(k) for k in ("warm_clients", "rss_fresh", "rss_warm")}}
+            ok = [{**r["data"], "warm": {k: r.get(k) for k in ("warm_clients", "rss_fresh")}}
                   for r in runs if r.get("data") and r["data"].get("idle")]
             for r in runs:
                 if r.get("error"):

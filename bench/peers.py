@@ -886,9 +886,11 @@ turn) bound the latencies.
         md.append(f"| {name} | " + " | ".join(fmt[kind](fig(runs, case, s, metric)) for s in rows) + " | " +
                   " | ".join(fmt_ratio(rs.get(s), metric) for s in rows if s.startswith("volley")) + " |")
     if "held" in args.only_set:
-        cells, most = [], {}
+        cells, most, open_ended = [], {}, {}
         for s in rows:
             held, short = held_of(runs, s)
+            # A server that held every client of the highest count asked for may hold more.
+            open_ended[s] = short is None
             most[s] = max([held or 0] + ([short["held"] or 0] if short else []))
             if short and (short["held"] or 0) > (held or 0):
                 cells.append(f"{short['held']:,} (of {short['asked']:,} asked)")
@@ -900,15 +902,13 @@ turn) bound the latencies.
         best = max((most[s] for s in peers), default=0)
         # A best peer that held every client of the highest count asked for may hold
         # more: no ratio then.
-        best_open = any(most[s] == best and held_of(runs, s)[1] is None for s in peers)
+        best_open = any(most[s] == best and open_ended[s] for s in peers)
 
         def held_ratio(s):
             if not best or not most[s] or best_open:
                 return "–"
-            # A server that held every client of the highest count asked for may hold more.
-            open_ended = held_of(runs, s)[1] is None
             v = most[s] / best
-            return f"{'≥ ' if open_ended else ''}{v:.2f}×" + (" (better)" if v > 1.005 else "")
+            return f"{'≥ ' if open_ended[s] else ''}{v:.2f}×" + (" (better)" if v > 1.005 else "")
 
         md.append("| The most subscribed clients held (connected and subscribed through the hold) | " + " | ".join(cells)
                   + " | " + " | ".join(held_ratio(s) for s in rows if s.startswith("volley")) + " |")
