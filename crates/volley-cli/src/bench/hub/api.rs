@@ -40,6 +40,47 @@ pub enum Publisher {
     SocketIo,
 }
 
+impl Publisher {
+    /// The call that publishes `data` to `channels`, ready to send: made before the
+    /// time it is due, so that building it (the channels' names, the body, a Pusher
+    /// request's signature) is not counted in the latencies measured from that time.
+    pub fn call(&self, channels: &[String], data: &str) -> Call {
+        match self {
+            Publisher::Centrifugo { .. } => {
+                let (method, body) = publish_body(channels.iter().map(String::as_str), data);
+                Call { kind: CallKind::Centrifugo { method }, uri: String::new(), body: Bytes::from(body) }
+            }
+            Publisher::Pusher { app_id, key, secret } => {
+                let body = pusher_body(channels, data);
+                let path = format!("/apps/{app_id}/events");
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let uri = pusher_signed_uri(&path, key, secret, now.as_secs(), &body);
+                Call { kind: CallKind::Pusher, uri, body: Bytes::from(body) }
+            }
+            Publisher::SocketIo => {
+                let body = socketio_body(channels, data);
+                Call { kind: CallKind::SocketIo, uri: "/publish".to_string(), body: Bytes::from(body) }
+            }
+        }
+    }
+}
+
+/// A publishing call ready to send ([`Publisher::call`]).
+#[derive(Debug, Clone)]
+pub struct Call {
+    kind: CallKind,
+    /// The path and query (Pusher's and Socket.IO's calls).
+    uri: String,
+    body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+enum CallKind {
+    Centrifugo { method: &'static str },
+    Pusher,
+    SocketIo,
+}
+
 /// One HTTP/1.1 connection to the server API; one call at a time.
 pub struct ApiConn {
     sender: SendRequest<Full<Bytes>>,
@@ -60,28 +101,23 @@ impl ApiConn {
     /// `broadcast` of the server API, one Pusher event to several channels, or one
     /// Socket.IO emit to several rooms. `Ok` once the server answered without an error.
     pub async fn publish(&mut self, channels: &[String], data: &str) -> Result<(), String> {
-        match &self.publisher {
-            Publisher::Centrifugo { .. } => {
-                let (method, body) = publish_body(channels.iter().map(String::as_str), data);
-                self.call(method, body).await
-            }
-            Publisher::Pusher { app_id, key, secret } => {
-                let body = pusher_body(channels, data);
-                let path = format!("/apps/{app_id}/events");
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                let uri = pusher_signed_uri(&path, key, secret, now.as_secs(), &body);
-                self.send("Pusher HTTP API", uri, body).await.map(drop)
-            }
-            Publisher::SocketIo => {
-                let body = socketio_body(channels, data);
-                self.send("Socket.IO /publish", "/publish".to_string(), body).await.map(drop)
-            }
+        let call = self.publisher.call(channels, data);
+        self.send_call(&call).await
+    }
+
+    /// Makes a call made ready by [`Publisher::call`]. `Ok` once the server answered
+    /// without an error.
+    pub async fn send_call(&mut self, call: &Call) -> Result<(), String> {
+        match &call.kind {
+            CallKind::Centrifugo { method } => self.call(method, call.body.clone()).await,
+            CallKind::Pusher => self.send("Pusher HTTP API", &call.uri, call.body.clone()).await.map(drop),
+            CallKind::SocketIo => self.send("Socket.IO /publish", &call.uri, call.body.clone()).await.map(drop),
         }
     }
 
     /// Calls `method` with the JSON `body`; `Ok` once the server answered without an
     /// error (for `broadcast`, without an error for any channel).
-    pub async fn call(&mut self, method: &str, body: String) -> Result<(), String> {
+    pub async fn call(&mut self, method: &str, body: impl Into<Bytes>) -> Result<(), String> {
         let Publisher::Centrifugo { key } = &self.publisher else {
             return Err(format!("server API {method}: not a Centrifugo publisher"));
         };
@@ -90,7 +126,7 @@ impl ApiConn {
             .header(hyper::header::HOST, &self.host)
             .header("x-api-key", key)
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body.into()))
             .map_err(|e| format!("server API: {e}"))?;
         let response = self.sender.send_request(request).await.map_err(|e| format!("server API {method}: {e}"))?;
         let status = response.status();
@@ -113,15 +149,14 @@ impl ApiConn {
     /// connection the server closed between two requests (Sockudo closes kept-alive
     /// ones) is opened again, and a request it closed before answering sent once more
     /// on the new one, as an HTTP client's pool does.
-    async fn send(&mut self, what: &str, uri: String, body: String) -> Result<Bytes, String> {
-        let body = Bytes::from(body);
+    async fn send(&mut self, what: &str, uri: &str, body: Bytes) -> Result<Bytes, String> {
         let mut again = false;
         let response = loop {
             if self.sender.ready().await.is_err() {
                 self.sender = connect(self.addr).await.map_err(|e| format!("{what}: {e}"))?;
                 self.sender.ready().await.map_err(|e| format!("{what}: {e}"))?;
             }
-            let request = hyper::Request::post(uri.as_str())
+            let request = hyper::Request::post(uri)
                 .header(hyper::header::HOST, &self.host)
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(body.clone()))
