@@ -1114,8 +1114,9 @@ and stacks) of the figure. The clients answer the hub's pings (every 25 s by def
 Fan-out steps publish {100} B payloads through the server API (`POST /api/publish`, or
 `/api/broadcast` with several channels per call) from {16} kept-alive HTTP/1.1
 connections, open loop: each call has a due time, and the payload carries it (the
-publishers run on a thread of their own and start each call within about 0.1 ms of its
-due time: tokio's millisecond timer alone woke them 1 ms late at the median); a client
+publishers run on a thread of their own, make each call ready before its due time and
+send it 5-20 µs after it on average: tokio's millisecond timer alone woke them 1 ms
+late at the median, and Linux's default timer slack 50 µs); a client
 that receives the publication records **the time from the due time to its arrival**, so
 the latency includes the API call, the hub's fan-out, the write, and the generator's
 own reading of the frame (its core may be the busier one), and a publisher that falls
