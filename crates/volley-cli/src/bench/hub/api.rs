@@ -48,18 +48,19 @@ impl Publisher {
         match self {
             Publisher::Centrifugo { .. } => {
                 let (method, body) = publish_body(channels.iter().map(String::as_str), data);
-                Call { kind: CallKind::Centrifugo { method }, uri: String::new(), body: Bytes::from(body) }
+                Call { kind: CallKind::Api { method }, body: Bytes::from(body) }
             }
             Publisher::Pusher { app_id, key, secret } => {
                 let body = pusher_body(channels, data);
                 let path = format!("/apps/{app_id}/events");
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                 let uri = pusher_signed_uri(&path, key, secret, now.as_secs(), &body);
-                Call { kind: CallKind::Pusher, uri, body: Bytes::from(body) }
+                Call { kind: CallKind::Post { what: "Pusher HTTP API", uri }, body: Bytes::from(body) }
             }
             Publisher::SocketIo => {
                 let body = socketio_body(channels, data);
-                Call { kind: CallKind::SocketIo, uri: "/publish".to_string(), body: Bytes::from(body) }
+                let kind = CallKind::Post { what: "Socket.IO /publish", uri: "/publish".to_string() };
+                Call { kind, body: Bytes::from(body) }
             }
         }
     }
@@ -69,16 +70,15 @@ impl Publisher {
 #[derive(Debug, Clone)]
 pub struct Call {
     kind: CallKind,
-    /// The path and query (Pusher's and Socket.IO's calls).
-    uri: String,
     body: Bytes,
 }
 
 #[derive(Debug, Clone)]
 enum CallKind {
-    Centrifugo { method: &'static str },
-    Pusher,
-    SocketIo,
+    /// A method of the hub's server API.
+    Api { method: &'static str },
+    /// A `POST` of the body to `uri` (path and query), `what` naming it in errors.
+    Post { what: &'static str, uri: String },
 }
 
 /// One HTTP/1.1 connection to the server API; one call at a time.
@@ -102,16 +102,15 @@ impl ApiConn {
     /// Socket.IO emit to several rooms. `Ok` once the server answered without an error.
     pub async fn publish(&mut self, channels: &[String], data: &str) -> Result<(), String> {
         let call = self.publisher.call(channels, data);
-        self.send_call(&call).await
+        self.send_call(call).await
     }
 
     /// Makes a call made ready by [`Publisher::call`]. `Ok` once the server answered
     /// without an error.
-    pub async fn send_call(&mut self, call: &Call) -> Result<(), String> {
-        match &call.kind {
-            CallKind::Centrifugo { method } => self.call(method, call.body.clone()).await,
-            CallKind::Pusher => self.send("Pusher HTTP API", &call.uri, call.body.clone()).await.map(drop),
-            CallKind::SocketIo => self.send("Socket.IO /publish", &call.uri, call.body.clone()).await.map(drop),
+    pub async fn send_call(&mut self, call: Call) -> Result<(), String> {
+        match call.kind {
+            CallKind::Api { method } => self.call(method, call.body).await,
+            CallKind::Post { what, uri } => self.send(what, &uri, call.body).await.map(drop),
         }
     }
 

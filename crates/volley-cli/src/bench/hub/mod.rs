@@ -880,8 +880,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// The runtime the fan-out steps' publishers run on, with one thread of its own: the
 /// clients' thread may be busy reading deliveries when a call is due, and a
-/// publisher that waited for it would start its calls late. Its calls are timed to
-/// within a tenth of a millisecond by [`sleep_precisely`].
+/// publisher that waited for it would start its calls late. Its calls are timed by
+/// [`sleep_precisely`], on a thread whose timer slack is 1 ns ([`precise_sleeps`]).
 fn publishers_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -1362,7 +1362,7 @@ impl Run<'_> {
                                 }
                             },
                         };
-                        match c.send_call(&call).await {
+                        match c.send_call(call).await {
                             Ok(_) => conn = Some(c),
                             Err(e) => counters.failed(e),
                         }
